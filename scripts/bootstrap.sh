@@ -1,0 +1,17 @@
+# Sourced by scripts/main and .ci/run: make .venv (once) with everything the project needs, and activate it.
+# torch is pinned here, not in pyproject.toml: 2.13.0 is the CPU build our machines install from local disk.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+stamp=.venv/.softmargin-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  python -m pip install -q --disable-pip-version-check --upgrade pip
+  python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+  python -m pip install -q --disable-pip-version-check -e ".[all,test]"
+  touch "$stamp"
+fi

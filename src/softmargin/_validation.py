@@ -1,0 +1,116 @@
+"""Argument checks shared by every backend, run once at the public entry points (kernels never validate).
+
+The checks are written against the small part of the array interface that NumPy arrays and torch tensors share
+(``shape``, comparisons, ``min``/``max``, ``reshape``, ``sum``), so one message serves both backends. Shape and
+dtype checks are always on; value checks (target range, weights) cost one or two reductions and are switched off
+with ``validate=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _shape(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(s) for s in shape)
+
+
+def check_reduction(reduction: object) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"reduction={reduction!r} is not valid: expected one of {', '.join(repr(r) for r in REDUCTIONS)}"
+        )
+    return reduction  # type: ignore[return-value]
+
+
+def check_input_kind(name: str, kind: str, dtype: object) -> None:
+    """``kind`` is 'float', 'int', 'bool', 'complex' or 'other' (the caller maps its dtype system onto these)."""
+    if kind != "float":
+        raise TypeError(
+            f"{name} has dtype {dtype}: expected a floating-point dtype (float16, bfloat16, float32 or float64) "
+            f"holding logits; convert it with .astype/.to(float32) if these really are logits"
+        )
+
+
+def check_target_kind(kind: str, dtype: object) -> None:
+    if kind in ("complex", "other"):
+        raise TypeError(f"target has dtype {dtype}: expected a real (floating, integer or boolean) dtype")
+
+
+def check_input_ndim(shape: Sequence[int]) -> None:
+    if len(shape) == 0:
+        raise ValueError(
+            "input is a 0-d scalar: expected shape (C,) for one sample or (N, ..., C) for a batch, "
+            "with the classes along the last dimension"
+        )
+
+
+def check_same_shape(name: str, shape: Sequence[int], input_shape: Sequence[int]) -> None:
+    if _shape(shape) != _shape(input_shape):
+        raise ValueError(
+            f"{name}.shape == {_shape(shape)}, expected input.shape == {_shape(input_shape)}: "
+            f"{name}s are never broadcast (a broadcast {name} is almost always a bug); reshape it explicitly"
+        )
+
+
+def check_broadcastable(name: str, shape: Sequence[int], input_shape: Sequence[int]) -> None:
+    """``shape`` must broadcast to ``input_shape`` without changing it."""
+    shape, input_shape = _shape(shape), _shape(input_shape)
+    ok = len(shape) <= len(input_shape) and all(
+        s in (1, t) for s, t in zip(reversed(shape), reversed(input_shape))
+    )
+    if not ok:
+        raise ValueError(
+            f"{name}.shape == {shape} does not broadcast to input.shape == {input_shape}: expected ({input_shape[-1]},) "
+            f"for one {name} per class, or a shape broadcastable to the input"
+        )
+
+
+def _size(array: Any) -> int:
+    return int(array.numel()) if hasattr(array, "numel") else int(array.size)
+
+
+def _first_position(mask: Any, shape: Sequence[int]) -> tuple[int, ...]:
+    # NumPy's nonzero gives a tuple of index arrays, torch's a (k, 1) tensor: [0][0] is the first hit in both.
+    flat = int(mask.reshape(-1).nonzero()[0][0])
+    position = []
+    for size in reversed(_shape(shape)):
+        position.append(flat % size)
+        flat //= size
+    return tuple(reversed(position))
+
+
+def _describe_bad(name: str, bad: Any, array: Any, expected: str) -> str:
+    count = int(bad.sum())
+    position = _first_position(bad, array.shape)
+    value = float(array[position]) if position else float(array)
+    return (
+        f"{name} has {count} value{'s' if count != 1 else ''} outside {expected} "
+        f"(the first at position {position}: {value!r}); expected every {name} value in {expected}"
+    )
+
+
+def check_target_values(target: Any) -> None:
+    """Targets must lie in [0, 1]; a NaN target is out of range too. Cheap path: one min and one max."""
+    if _size(target) == 0:
+        return
+    low, high = float(target.min()), float(target.max())
+    if low >= 0 and high <= 1:  # False for NaN
+        return
+    bad = (target < 0) | (target > 1) | (target != target)
+    raise ValueError(_describe_bad("target", bad, target, "[0, 1]"))
+
+
+def check_weight_values(name: str, weight: Any, *, positive: bool = False) -> None:
+    """Weights must be finite and non-negative (``positive``: strictly positive)."""
+    if _size(weight) == 0:
+        return
+    low, high = float(weight.min()), float(weight.max())
+    if (low > 0 if positive else low >= 0) and math.isfinite(high):
+        return
+    bad = ((weight <= 0) if positive else (weight < 0)) | (weight != weight) | (abs(weight) == math.inf)
+    expected = "(0, inf)" if positive else "[0, inf)"
+    raise ValueError(_describe_bad(name, bad, weight, expected).replace("outside", "outside the finite range"))

@@ -1,0 +1,131 @@
+"""The fused PyTorch operator: loss and gradient in one pass over bounded chunks of rows.
+
+Forward computes the per-sample losses and, when ``input`` requires grad, the gradient ``w * scale * (sigmoid(x)
+- y)`` in the same pass; backward only scales it by the incoming gradient (as Liger-Kernel does for
+cross-entropy). Extra memory is one gradient plus one chunk of temporaries, where torch's composite keeps about
+ten N x C intermediates alive. No validation happens here: the public entry points (``softmargin.torch``) validate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+
+from .._formula import element_loss_and_grad
+
+#: Elements per chunk (float32: 256 KiB per temporary, so a chunk's temporaries stay in a 2 MiB L2 cache).
+CHUNK_ELEMENTS = 1 << 16
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; float16, bfloat16 and float32 are computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _weight_rows(weight: Optional[torch.Tensor], shape: torch.Size, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The weight as a (1, C) row (per-class weight) or laid out like the input as (N, C)."""
+    if weight is None:
+        return None
+    weight = weight.to(dtype)
+    if weight.dim() <= 1:
+        return weight.reshape(1, -1).expand(1, shape[-1])
+    return weight.expand(shape).reshape(math.prod(shape[:-1]), shape[-1])
+
+
+def _scale(reduction: str, num_rows: int, num_classes: int) -> float:
+    count = num_classes * (num_rows if reduction == "mean" else 1)
+    return 1.0 / count if count else float("nan")
+
+
+def loss_and_grad(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    reduction: str,
+    need_grad: bool,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-sample losses (float64 accumulation, shape ``x.shape[:-1]``) and the gradient (``x.dtype``) or None."""
+    num_classes = x.shape[-1]
+    cdtype = compute_dtype(x.dtype)
+    num_rows = math.prod(x.shape[:-1])
+    x2 = x.reshape(num_rows, num_classes)
+    y2 = y.reshape(num_rows, num_classes)
+    w2 = _weight_rows(weight, x.shape, cdtype)
+    zero_weights = w2 is not None and bool((w2 == 0).any())
+    scale = _scale(reduction, num_rows, num_classes)
+
+    row_sums = torch.empty(num_rows, dtype=torch.float64, device=x.device)
+    grad = torch.empty_like(x2, memory_format=torch.contiguous_format) if need_grad else None
+    step = max(1, chunk_elements // max(num_classes, 1))
+    for start in range(0, num_rows, step):
+        stop = min(start + step, num_rows)
+        xc = x2[start:stop].to(cdtype)
+        yc = y2[start:stop].to(cdtype)
+        loss, g = element_loss_and_grad(xc, yc, torch, need_grad=need_grad)
+        if w2 is not None:
+            wc = w2 if w2.shape[0] == 1 else w2[start:stop]
+            loss = loss * wc
+            if zero_weights:  # a zero weight removes the element, even where its loss is inf (0 * inf)
+                loss = torch.where(wc == 0, 0.0, loss)
+            if g is not None:
+                g = g * wc
+        row_sums[start:stop] = loss.sum(dim=1, dtype=torch.float64)
+        if grad is not None and g is not None:
+            grad[start:stop] = g * scale
+    per_sample = (row_sums / num_classes).reshape(x.shape[:-1])
+    return per_sample, (grad.reshape(x.shape) if grad is not None else None)
+
+
+def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample.mean()  # an empty batch gives NaN, as torch's mean does
+
+
+class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
+    """Autograd wrapper: gradient w.r.t. input precomputed in forward; target and weight gradients on demand.
+
+    Under ``create_graph=True`` backward rebuilds the gradients from differentiable torch ops instead, so higher
+    derivatives (``torch.autograd.gradgradcheck``, Hessian-vector products) work too.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor], reduction: str
+    ) -> torch.Tensor:
+        per_sample, grad = loss_and_grad(x, y, weight, reduction, need_grad=ctx.needs_input_grad[0])
+        ctx.reduction = reduction
+        # x, y and weight are the caller's own tensors: saving them costs no memory
+        ctx.save_for_backward(grad, x, y, weight)
+        return reduce(per_sample, reduction).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        grad, x, y, weight = ctx.saved_tensors
+        if ctx.reduction == "none":
+            grad_output = grad_output.unsqueeze(-1)
+        need_x, need_y, need_w = ctx.needs_input_grad[:3]
+        num_classes = x.shape[-1]
+        scale = _scale(ctx.reduction, math.prod(x.shape[:-1]), num_classes)
+        differentiable = torch.is_grad_enabled()
+        grad_x = grad_y = grad_w = None
+        if need_x:
+            if differentiable:
+                grad_x = (torch.sigmoid(x) - y) * (scale * grad_output)
+                grad_x = grad_x if weight is None else grad_x * weight
+            else:
+                grad_x = grad * grad_output.to(grad.dtype)
+        if need_y:  # dL/dy = -scale * w * x; a zero weight removes the element, also where x is infinite
+            grad_y = -x * (scale * grad_output)
+            if weight is not None:
+                grad_y = torch.where(weight == 0, 0.0, grad_y * weight)
+            grad_y = grad_y.to(y.dtype)
+        if need_w:  # dL/dw = scale * l(x, y), summed over the dimensions the weight was broadcast along
+            element_loss, _ = element_loss_and_grad(x.to(weight.dtype), y.to(weight.dtype), torch, need_grad=False)
+            grad_w = (element_loss * (scale * grad_output)).sum_to_size(weight.shape)
+        return grad_x, grad_y, grad_w, None

@@ -1,0 +1,206 @@
+"""softmargin.torch against torch.nn.functional.multilabel_soft_margin_loss itself, and gradcheck."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from softmargin.torch import MultiLabelSoftMarginLoss, multilabel_soft_margin_loss  # noqa: E402
+
+from helpers import SEED_LABELS, SEED_LOGITS, SEED_WEIGHTS, RTOL, assert_close, reference_loss  # noqa: E402
+
+SHAPES = [(3,), (1, 1), (5, 7), (2, 3, 4), (4, 1, 3, 2), (64, 1000)]
+DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _weight(kind, shape, gen):
+    if kind is None:
+        return None
+    if kind == "class":
+        return torch.rand(shape[-1], generator=gen, dtype=torch.float64) * 2
+    if kind == "full":
+        return torch.rand(shape, generator=gen, dtype=torch.float64) * 2
+    if kind == "scalar":
+        return torch.tensor(0.7, dtype=torch.float64)
+    # "rows": one weight per sample, broadcast over the classes
+    return torch.rand(*shape[:-1], 1, generator=gen, dtype=torch.float64) * 2
+
+
+def _loss_and_grad(fn, x, y, w, reduction):
+    x = x.detach().clone().requires_grad_(True)
+    loss = fn(x, y, weight=w, reduction=reduction)
+    loss.sum().backward()
+    return loss.detach(), x.grad
+
+
+def test_seed_example():
+    loss_fn = MultiLabelSoftMarginLoss(weight=torch.tensor(SEED_WEIGHTS))
+    loss = loss_fn(torch.tensor(SEED_LOGITS), torch.tensor(SEED_LABELS, dtype=torch.float))
+    assert abs(loss.item() - 1.18012) < 1e-5
+    loss64 = loss_fn.double()(torch.tensor(SEED_LOGITS, dtype=torch.float64), torch.tensor(SEED_LABELS).double())
+    assert abs(loss64.item() - 1.1801210) < 1e-6
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [None, "class", "full", "rows", "scalar"])
+def test_matches_torch(shape, reduction, dtype, weighted):
+    if weighted == "rows" and len(shape) == 1:
+        pytest.skip("no sample dimension")
+    gen = torch.Generator().manual_seed(hash((shape, reduction, weighted)) % 2**31)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 5).to(dtype)
+    y = (torch.rand(shape, generator=gen) < 0.4).to(dtype)
+    w = _weight(weighted, shape, gen)
+    w = None if w is None else w.to(dtype)
+    ours = _loss_and_grad(multilabel_soft_margin_loss, x, y, w, reduction)
+    theirs = _loss_and_grad(F.multilabel_soft_margin_loss, x, y, w, reduction)
+    assert ours[0].dtype == dtype and ours[0].shape == theirs[0].shape
+    rtol = RTOL[DTYPES[dtype]]
+    assert_close(ours[0].numpy(), theirs[0].numpy(), rtol, "loss")
+    assert_close(ours[1].numpy(), theirs[1].numpy(), rtol, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_soft_targets_match_torch(dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(50, 40, generator=gen, dtype=torch.float64) * 8).to(dtype)
+    y = torch.rand(50, 40, generator=gen, dtype=torch.float64).to(dtype)
+    ours = _loss_and_grad(multilabel_soft_margin_loss, x, y, None, "none")
+    theirs = _loss_and_grad(F.multilabel_soft_margin_loss, x, y, None, "none")
+    rtol = RTOL[DTYPES[dtype]]
+    assert_close(ours[0].numpy(), theirs[0].numpy(), rtol, "loss")
+    assert_close(ours[1].numpy(), theirs[1].numpy(), rtol, "grad")
+
+
+def test_legacy_size_average_and_reduce():
+    x, y = torch.randn(4, 5), (torch.rand(4, 5) > 0.5).float()
+    for size_average, reduce in [(False, None), (None, False), (True, True), (False, True)]:
+        with pytest.warns(UserWarning):
+            ours = multilabel_soft_margin_loss(x, y, size_average=size_average, reduce=reduce)
+        with pytest.warns(UserWarning):
+            theirs = F.multilabel_soft_margin_loss(x, y, size_average=size_average, reduce=reduce)
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_half_precision_against_float64_on_rounded_inputs(dtype, reduction):
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(8, 3000, generator=gen) * 3).to(dtype)
+    y = (torch.rand(8, 3000, generator=gen) < 0.2).to(dtype)
+    w = (torch.rand(3000, generator=gen) + 0.5).to(dtype)
+    xr = x.detach().clone().requires_grad_(True)
+    loss = multilabel_soft_margin_loss(xr, y, w, reduction=reduction)
+    loss.sum().backward()
+    assert loss.dtype == dtype and xr.grad.dtype == dtype
+    ref = reference_loss(x.double().numpy(), y.double().numpy(), w.double().numpy(), reduction)
+    assert_close(loss.detach().double().numpy(), ref, RTOL[str(dtype).split(".")[1]], "loss")
+    ref_grad = torch.func.grad(
+        lambda t: F.multilabel_soft_margin_loss(t, y.double(), w.double(), reduction=reduction).sum()
+    )(x.double())
+    assert_close(xr.grad.double().numpy(), ref_grad.numpy(), RTOL[str(dtype).split(".")[1]], "grad")
+
+
+def test_gradcheck_input_target_weight():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(4, generator=gen, dtype=torch.float64) + 0.1).requires_grad_(True)
+    for reduction in ("none", "mean", "sum"):
+        assert torch.autograd.gradcheck(
+            lambda a, b, c: multilabel_soft_margin_loss(a, b, c, reduction=reduction), (x, y, w)
+        )
+    wf = (torch.rand(3, 4, generator=gen, dtype=torch.float64) + 0.1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, c: multilabel_soft_margin_loss(a, y.detach(), c), (x, wf))
+
+
+def test_target_and_weight_gradients_match_torch():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    y = torch.rand(6, 5, generator=gen, dtype=torch.float64)
+    w = torch.rand(5, generator=gen, dtype=torch.float64) + 0.1
+    grads = []
+    for fn in (multilabel_soft_margin_loss, F.multilabel_soft_margin_loss):
+        args = [t.clone().requires_grad_(True) for t in (x, y, w)]
+        fn(*args, reduction="none").pow(2).sum().backward()  # a non-uniform incoming gradient
+        grads.append([a.grad for a in args])
+    for ours, theirs in zip(*grads):
+        assert_close(ours.numpy(), theirs.numpy(), 1e-12, "grad")
+
+
+def test_module_weight_is_a_buffer():
+    w = torch.tensor(SEED_WEIGHTS)
+    module = MultiLabelSoftMarginLoss(weight=w, reduction="sum")
+    assert "weight" in dict(module.named_buffers())
+    assert torch.equal(module.state_dict()["weight"], w)
+    assert module.to(torch.float64).weight.dtype == torch.float64
+    reference = torch.nn.MultiLabelSoftMarginLoss(weight=w, reduction="sum")
+    assert module.state_dict().keys() == reference.state_dict().keys()
+    fresh = MultiLabelSoftMarginLoss(weight=torch.zeros(3))
+    fresh.load_state_dict(reference.state_dict())
+    assert torch.equal(fresh.weight, w)
+
+
+def test_backward_twice_with_retain_graph_and_scaled_grad_output():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = (torch.rand(4, 3) > 0.5).float()
+    loss = multilabel_soft_margin_loss(x, y)
+    (3.0 * loss).backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, first * (4 / 3))
+    x2 = x.detach().clone().requires_grad_(True)
+    (3.0 * F.multilabel_soft_margin_loss(x2, y)).backward()
+    torch.testing.assert_close(first, x2.grad)
+
+
+def test_gradgradcheck():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(3, 4, generator=gen, dtype=torch.float64)
+    w = torch.rand(4, generator=gen, dtype=torch.float64) + 0.1
+    for reduction in ("none", "mean"):
+        assert torch.autograd.gradgradcheck(lambda a: multilabel_soft_margin_loss(a, y, w, reduction=reduction), (x,))
+
+
+def test_empty_batch_like_torch():
+    for shape in [(0, 3), (2, 0)]:
+        x = torch.zeros(shape, requires_grad=True)
+        for reduction in ("none", "mean", "sum"):
+            ours = multilabel_soft_margin_loss(x, torch.zeros(shape), reduction=reduction)
+            theirs = F.multilabel_soft_margin_loss(x, torch.zeros(shape), reduction=reduction)
+            torch.testing.assert_close(ours, theirs, equal_nan=True)
+        multilabel_soft_margin_loss(x, torch.zeros(shape)).backward()
+        assert x.grad.shape == shape
+
+
+def test_nan_logit_propagates_for_grad_scaler():
+    x = torch.tensor([[float("nan"), 1.0]], requires_grad=True)
+    loss = multilabel_soft_margin_loss(x, torch.tensor([[1.0, 0.0]]))
+    assert torch.isnan(loss)
+    loss.backward()
+    assert torch.isnan(x.grad[0, 0]) and torch.isfinite(x.grad[0, 1])
+
+
+def test_no_input_grad_needed():
+    y = (torch.rand(3, 4) > 0.5).float()
+    with torch.no_grad():
+        loss = multilabel_soft_margin_loss(torch.randn(3, 4), y)
+    assert loss.grad_fn is None
+
+
+def test_numpy_and_torch_backends_agree(rng):
+    import softmargin.numpy as snp
+
+    x = rng.standard_normal((20, 30)) * 10
+    y = rng.random((20, 30))
+    w = rng.random(30)
+    xt = torch.tensor(x, requires_grad=True)
+    loss = multilabel_soft_margin_loss(xt, torch.tensor(y), torch.tensor(w))
+    loss.backward()
+    assert_close(loss.item(), snp.multilabel_soft_margin_loss(x, y, w), 1e-13, "loss")
+    assert_close(xt.grad.numpy(), snp.multilabel_soft_margin_loss_grad(x, y, w), 1e-13, "grad")

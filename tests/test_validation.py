@@ -1,0 +1,101 @@
+"""Every validation error, in both backends, pinned by its message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softmargin.numpy as snp
+
+torch = pytest.importorskip("torch")
+import softmargin.torch as st  # noqa: E402
+
+
+def _np(fn_input, target, **kw):
+    return snp.multilabel_soft_margin_loss(fn_input, target, **kw)
+
+
+def _torch(fn_input, target, **kw):
+    as_tensor = lambda a: a if a is None else torch.as_tensor(a)  # noqa: E731
+    if "weight" in kw:
+        kw["weight"] = as_tensor(kw["weight"])
+    return st.multilabel_soft_margin_loss(as_tensor(fn_input), as_tensor(target), **kw)
+
+
+BACKENDS = pytest.mark.parametrize("loss", [_np, _torch], ids=["numpy", "torch"])
+X = np.zeros((4, 3), dtype=np.float32)
+Y = np.zeros((4, 3), dtype=np.float32)
+
+
+@BACKENDS
+@pytest.mark.parametrize("target_shape", [(4, 1), (3,), (1, 3), (4, 3, 1)])
+def test_target_is_never_broadcast(loss, target_shape):
+    with pytest.raises(ValueError, match=r"target\.shape == .* expected input\.shape == \(4, 3\).*never broadcast"):
+        loss(X, np.zeros(target_shape, dtype=np.float32))
+
+
+@BACKENDS
+@pytest.mark.parametrize("weight_shape", [(4,), (2, 3), (1, 4, 3), (3, 1)])
+def test_weight_must_broadcast_to_input(loss, weight_shape):
+    with pytest.raises(ValueError, match=r"weight\.shape == .* does not broadcast to input\.shape == \(4, 3\)"):
+        loss(X, Y, weight=np.ones(weight_shape, dtype=np.float32))
+
+
+@BACKENDS
+def test_unknown_reduction_lists_valid_ones(loss):
+    with pytest.raises(ValueError, match=r"reduction='avg' is not valid: expected one of 'none', 'mean', 'sum'"):
+        loss(X, Y, reduction="avg")
+
+
+@BACKENDS
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_])
+def test_integer_or_boolean_logits_are_a_type_error(loss, dtype):
+    with pytest.raises(TypeError, match=r"input has dtype .*expected a floating-point dtype"):
+        loss(X.astype(dtype), Y)
+
+
+@BACKENDS
+def test_target_out_of_range_says_how_many_and_where(loss):
+    target = Y.copy()
+    target[1, 2] = 1.5
+    target[3, 0] = -1
+    with pytest.raises(ValueError, match=r"target has 2 values outside \[0, 1\] \(the first at position \(1, 2\): 1\.5\)"):
+        loss(X, target)
+    target = Y.copy()
+    target[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"target has 1 value outside \[0, 1\] \(the first at position \(2, 1\): nan\)"):
+        loss(X, target)
+
+
+@BACKENDS
+@pytest.mark.parametrize("bad", [-0.5, np.inf, np.nan])
+def test_negative_or_non_finite_weights(loss, bad):
+    weight = np.ones(3, dtype=np.float32)
+    weight[1] = bad
+    with pytest.raises(ValueError, match=r"weight has 1 value outside the finite range \[0, inf\) \(the first at position \(1,\)"):
+        loss(X, Y, weight=weight)
+
+
+@BACKENDS
+def test_scalar_input_is_rejected(loss):
+    with pytest.raises(ValueError, match=r"input is a 0-d scalar: expected shape \(C,\)"):
+        loss(np.float32(1.0), np.float32(1.0))
+
+
+@BACKENDS
+def test_validate_false_skips_value_checks_only(loss):
+    target = Y.copy()
+    target[0, 0] = 2.0
+    loss(X, target, validate=False)  # no value check ...
+    with pytest.raises(ValueError, match="never broadcast"):  # ... but shapes are always checked
+        loss(X, Y[:, :1], validate=False)
+
+
+def test_torch_rejects_non_tensors():
+    with pytest.raises(TypeError, match="target is a ndarray: expected a torch.Tensor"):
+        st.multilabel_soft_margin_loss(torch.zeros(2, 3), np.zeros((2, 3)))
+
+
+def test_torch_module_rejects_unknown_reduction():
+    with pytest.raises(ValueError, match="reduction='elementwise' is not valid"):
+        st.MultiLabelSoftMarginLoss(reduction="elementwise")
