@@ -13,3 +13,16 @@ settings.load_profile("ci")
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(params=["native", "chunked"])
+def torch_path(request, monkeypatch):
+    """Run a torch test through the compiled CPU kernel and through the chunked torch fallback."""
+    from softmargin.ops import cpu
+
+    if request.param == "native":
+        if cpu.kernel() is None:
+            pytest.skip("the CPU kernel cannot be built here")
+    else:
+        monkeypatch.setattr(cpu, "kernel", lambda: None)
+    return request.param

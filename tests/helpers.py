@@ -43,8 +43,8 @@ def exact_element_loss(x: float, y: float) -> float:
         return float(-(ym * log_sig(xm) + (1 - ym) * log_sig(-xm)))
 
 
-def assert_close(actual, expected, rtol, what=""):
-    """|a - e| <= rtol * |e| + rtol * max|e|: relative, with an absolute floor at the array's own scale."""
+def assert_close(actual, expected, rtol, what="", atol=0.0):
+    """|a - e| <= rtol * |e| + rtol * max|e| + atol: relative, with an absolute floor at the array's own scale."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
@@ -52,7 +52,7 @@ def assert_close(actual, expected, rtol, what=""):
         return
     scale = np.max(np.abs(expected))
     err = np.abs(actual - expected)
-    bound = rtol * np.abs(expected) + rtol * scale
+    bound = rtol * np.abs(expected) + rtol * scale + atol
     worst = np.argmax(err - bound)
     assert np.all(err <= bound), (
         f"{what}: max violation at {np.unravel_index(worst, err.shape)}: "

@@ -12,6 +12,8 @@ from softmargin.torch import MultiLabelSoftMarginLoss, multilabel_soft_margin_lo
 
 from helpers import SEED_LABELS, SEED_LOGITS, SEED_WEIGHTS, RTOL, assert_close, reference_loss  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("torch_path")
+
 SHAPES = [(3,), (1, 1), (5, 7), (2, 3, 4), (4, 1, 3, 2), (64, 1000)]
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 

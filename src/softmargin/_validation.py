@@ -69,6 +69,13 @@ def check_broadcastable(name: str, shape: Sequence[int], input_shape: Sequence[i
         )
 
 
+def _min_max(array: Any) -> tuple[float, float]:
+    if hasattr(array, "aminmax"):  # torch: one pass instead of two
+        low, high = array.aminmax()
+        return float(low), float(high)
+    return float(array.min()), float(array.max())
+
+
 def _size(array: Any) -> int:
     return int(array.numel()) if hasattr(array, "numel") else int(array.size)
 
@@ -97,7 +104,7 @@ def check_target_values(target: Any) -> None:
     """Targets must lie in [0, 1]; a NaN target is out of range too. Cheap path: one min and one max."""
     if _size(target) == 0:
         return
-    low, high = float(target.min()), float(target.max())
+    low, high = _min_max(target)
     if low >= 0 and high <= 1:  # False for NaN
         return
     bad = (target < 0) | (target > 1) | (target != target)
@@ -108,7 +115,7 @@ def check_weight_values(name: str, weight: Any, *, positive: bool = False) -> No
     """Weights must be finite and non-negative (``positive``: strictly positive)."""
     if _size(weight) == 0:
         return
-    low, high = float(weight.min()), float(weight.max())
+    low, high = _min_max(weight)
     if (low > 0 if positive else low >= 0) and math.isfinite(high):
         return
     bad = ((weight <= 0) if positive else (weight < 0)) | (weight != weight) | (abs(weight) == math.inf)

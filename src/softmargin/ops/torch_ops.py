@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 
 from .._formula import element_loss_and_grad
+from . import cpu
 
 #: Elements per chunk (float32: 256 KiB per temporary, so a chunk's temporaries stay in a 2 MiB L2 cache).
 CHUNK_ELEMENTS = 1 << 16
@@ -25,13 +26,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _weight_rows(weight: Optional[torch.Tensor], shape: torch.Size, dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """The weight as a (1, C) row (per-class weight) or laid out like the input as (N, C)."""
+    """The weight as a (1, C) row (per-class or scalar weight) or laid out like the input as (N, C)."""
     if weight is None:
         return None
     weight = weight.to(dtype)
     if weight.dim() <= 1:
         return weight.reshape(1, -1).expand(1, shape[-1])
-    return weight.expand(shape).reshape(math.prod(shape[:-1]), shape[-1])
+    return weight.expand(shape).reshape(math.prod(shape[:-1]), shape[-1])  # copies only if broadcast
 
 
 def _scale(reduction: str, num_rows: int, num_classes: int) -> float:
@@ -45,29 +46,83 @@ def loss_and_grad(
     weight: Optional[torch.Tensor],
     reduction: str,
     need_grad: bool,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-sample losses (float64 accumulation, shape ``x.shape[:-1]``) and the gradient (``x.dtype``) or None.
+
+    Dispatch: the compiled CPU kernel where it can be built (``ops/cpu.py``), else chunked torch operations on any
+    device. Both give the gradient of ``reduce(per_sample, reduction)`` (for "none", of the sum).
+    """
+    num_classes = x.shape[-1]
+    num_rows = math.prod(x.shape[:-1])
+    scale = _scale(reduction, num_rows, num_classes)
+    if x.device.type == "cpu" and x.numel() > 0 and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
+        row_sums, grad = _native(x, y, weight, num_rows, num_classes, scale, need_grad)
+    else:
+        row_sums, grad = _chunked(x, y, weight, num_rows, num_classes, scale, need_grad)
+    per_sample = (row_sums / num_classes).reshape(x.shape[:-1])
+    return per_sample, (grad.reshape(x.shape) if grad is not None else None)
+
+
+_NATIVE_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _native(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    num_rows: int,
+    num_classes: int,
+    scale: float,
+    need_grad: bool,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The compiled kernel: one pass, no temporaries beyond the gradient itself (see cpu_kernel.c)."""
+    x = x.contiguous()
+    if y.dtype == torch.bool:
+        y = y.contiguous().view(torch.uint8)
+    elif y.dtype not in (x.dtype, torch.uint8):
+        y = y.to(x.dtype)  # a target in another float dtype is converted once (documented cost)
+    y = y.contiguous()
+    w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
+    if w is None:
+        w = torch.ones(1, num_classes, dtype=compute_dtype(x.dtype))
+    w = w.contiguous()
+    row_sums = torch.empty(num_rows, dtype=torch.float64)
+    grad = torch.empty((num_rows, num_classes), dtype=x.dtype) if need_grad else None
+    cpu.fused(
+        _NATIVE_DTYPES[x.dtype],
+        "uint8" if y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype],
+        x.data_ptr(), y.data_ptr(), w.data_ptr(), 0 if w.shape[0] == 1 else num_classes,
+        num_rows, num_classes, scale, row_sums.data_ptr(), None if grad is None else grad.data_ptr(),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return row_sums, grad
+
+
+def _chunked(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    num_rows: int,
+    num_classes: int,
+    scale: float,
+    need_grad: bool,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Per-sample losses (float64 accumulation, shape ``x.shape[:-1]``) and the gradient (``x.dtype``) or None."""
-    num_classes = x.shape[-1]
+    """Chunked torch operations over rows: any device; extra memory one gradient plus one chunk of temporaries."""
     cdtype = compute_dtype(x.dtype)
-    num_rows = math.prod(x.shape[:-1])
     x2 = x.reshape(num_rows, num_classes)
     y2 = y.reshape(num_rows, num_classes)
     w2 = _weight_rows(weight, x.shape, cdtype)
     zero_weights = w2 is not None and bool((w2 == 0).any())
-    scale = _scale(reduction, num_rows, num_classes)
-
     row_sums = torch.empty(num_rows, dtype=torch.float64, device=x.device)
-    grad = torch.empty_like(x2, memory_format=torch.contiguous_format) if need_grad else None
+    grad = torch.empty((num_rows, num_classes), dtype=x.dtype, device=x.device) if need_grad else None
     step = max(1, chunk_elements // max(num_classes, 1))
     for start in range(0, num_rows, step):
         stop = min(start + step, num_rows)
-        xc = x2[start:stop].to(cdtype)
-        yc = y2[start:stop].to(cdtype)
-        loss, g = element_loss_and_grad(xc, yc, torch, need_grad=need_grad)
+        loss, g = element_loss_and_grad(x2[start:stop].to(cdtype), y2[start:stop].to(cdtype), torch, need_grad=need_grad)
         if w2 is not None:
             wc = w2 if w2.shape[0] == 1 else w2[start:stop]
-            loss = loss * wc
+            loss = loss.to(torch.float64) * wc  # in float64: w * l may exceed float32 where the row mean does not
             if zero_weights:  # a zero weight removes the element, even where its loss is inf (0 * inf)
                 loss = torch.where(wc == 0, 0.0, loss)
             if g is not None:
@@ -75,8 +130,7 @@ def loss_and_grad(
         row_sums[start:stop] = loss.sum(dim=1, dtype=torch.float64)
         if grad is not None and g is not None:
             grad[start:stop] = g * scale
-    per_sample = (row_sums / num_classes).reshape(x.shape[:-1])
-    return per_sample, (grad.reshape(x.shape) if grad is not None else None)
+    return row_sums, grad
 
 
 def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -118,6 +172,8 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
             if differentiable:
                 grad_x = (torch.sigmoid(x) - y) * (scale * grad_output)
                 grad_x = grad_x if weight is None else grad_x * weight
+            elif grad_output.numel() == 1 and bool(grad_output == 1):
+                grad_x = grad  # the usual loss.backward(): the precomputed gradient is the answer, no copy
             else:
                 grad_x = grad * grad_output.to(grad.dtype)
         if need_y:  # dL/dy = -scale * w * x; a zero weight removes the element, also where x is infinite

@@ -1,0 +1,137 @@
+"""Build (once, on this machine) and load the fused CPU kernel ``cpu_kernel.c`` through ctypes.
+
+The kernel is compiled at first use with the system's C compiler and cached under ``$SOFTMARGIN_CACHE`` (default
+``~/.cache/softmargin``), keyed by the source, the compiler and the CPU, so a rebuild happens only when one of them
+changes. With no compiler, no glibc vector math, or ``SOFTMARGIN_NATIVE=0``, :func:`kernel` returns ``None`` and the
+callers fall back, correctly, to chunked torch operations: nothing here is a requirement on a user's machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+SOURCE = Path(__file__).with_name("cpu_kernel.c")
+FLAG_SETS = (
+    # glibc's libmvec vector expf/log1pf (x86-64, glibc >= 2.35); -ffast-math deliberately absent (inf/NaN).
+    ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-lmvec"],
+    ["-O3", "-march=native", "-fno-math-errno", "-DSOFTMARGIN_SCALAR_MATH"],
+    ["-O2", "-DSOFTMARGIN_SCALAR_MATH"],
+)
+DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3, "uint8": 4}
+
+
+def _compiler() -> Optional[str]:
+    for candidate in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc", "clang"):
+        if candidate:
+            path = shutil.which(candidate.split()[0])
+            if path:
+                return path
+    return None
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SOFTMARGIN_CACHE") or Path.home() / ".cache" / "softmargin")
+
+
+def _build(compiler: str, flags: list[str], target: Path) -> Optional[str]:
+    """Compile to a temporary file and move it into place atomically; returns an error text or None."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    libs = [f for f in flags if f.startswith("-l")]
+    options = [f for f in flags if not f.startswith("-l")]
+    cmd = [compiler, *options, "-shared", "-fPIC", str(SOURCE), "-o", tmp, *libs, "-lm", "-lpthread"]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            return result.stderr.strip()[-500:] or f"{compiler} exited with {result.returncode}"
+        os.replace(tmp, target)
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel() -> Optional[ctypes.CDLL]:
+    """The loaded kernel library, or None where it cannot be built or loaded here (then callers fall back)."""
+    if os.environ.get("SOFTMARGIN_NATIVE", "1") == "0" or not sys.platform.startswith("linux"):
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    source = SOURCE.read_bytes()
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(), _cpu_id().encode()]))
+        target = _cache_dir() / f"cpu_kernel-{key.hexdigest()[:16]}.so"
+        if not target.exists():
+            error = _build(compiler, flags, target)
+            if error:
+                errors.append(error)
+                continue
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError as exc:
+            errors.append(str(exc))
+            continue
+        fn = lib.softmargin_fused
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        fn.argtypes += [ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        lib.flags = flags  # type: ignore[attr-defined]
+        return lib
+    warnings.warn(
+        "softmargin: the fused CPU kernel could not be built, using the slower chunked torch path "
+        f"(set SOFTMARGIN_NATIVE=0 to silence this). Last error: {errors[-1] if errors else 'unknown'}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return None
+
+
+def fused(
+    xtype: str,
+    ytype: str,
+    x_ptr: int,
+    y_ptr: int,
+    w_ptr: int,
+    w_row_step: int,
+    num_rows: int,
+    num_classes: int,
+    scale: float,
+    out_ptr: int,
+    grad_ptr: Optional[int],
+    num_threads: int,
+) -> None:
+    """Run the kernel on raw pointers (the caller owns the layout: contiguous, see cpu_kernel.c)."""
+    lib = kernel()
+    assert lib is not None, "fused() called without a kernel; check kernel() first"
+    status = lib.softmargin_fused(
+        DTYPE_CODES[xtype], DTYPE_CODES[ytype], x_ptr, y_ptr, w_ptr, w_row_step,
+        num_rows, num_classes, scale, out_ptr, grad_ptr, num_threads,
+    )  # fmt: skip
+    if status != 0:
+        raise RuntimeError(f"softmargin CPU kernel rejected dtypes input={xtype}, target={ytype}")
