@@ -149,12 +149,14 @@ static void run_rows(const job *j) {
     }
 }
 
+#define MAX_THREADS 256
+
+#ifndef _OPENMP
 static void *run_thread(void *arg) {
     run_rows((const job *)arg);
     return 0;
 }
-
-#define MAX_THREADS 256
+#endif
 
 /* x, y, g: contiguous (N, C); w: weights in the compute type, (1, C) with wrowstep 0 or (N, C) with wrowstep C;
  * out: N float64 row sums; g may be NULL. Returns 0, or -1 on a bad dtype. */
@@ -168,18 +170,25 @@ int softmargin_fused(int xtype, int ytype, const void *x, const void *y, const v
     if (useful < nthreads) nthreads = useful < 1 ? 1 : (int)useful;
     if (nthreads > N) nthreads = N < 1 ? 1 : (int)N;
     job jobs[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
-    int started[MAX_THREADS];
     for (int t = 0; t < nthreads; t++) {
         job j = {xtype, ytype, (const char *)x, (const char *)y, (const char *)w, wrowstep, C,
                  N * t / nthreads, N * (t + 1) / nthreads, scale, out, (char *)g};
         jobs[t] = j;
     }
+#ifdef _OPENMP
+    /* OpenMP, not our own threads: loaded beside torch, this is torch's own libgomp (the same soname), so the
+       kernel runs on the pool torch's operators just used instead of fighting its spinning workers for cores. */
+#pragma omp parallel for num_threads(nthreads) schedule(static, 1)
+    for (int t = 0; t < nthreads; t++) run_rows(&jobs[t]);
+#else
+    pthread_t threads[MAX_THREADS];
+    int started[MAX_THREADS];
     for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&threads[t], 0, run_thread, &jobs[t]) == 0;
     run_rows(&jobs[0]);
     for (int t = 1; t < nthreads; t++) {
         if (started[t]) pthread_join(threads[t], 0);
         else run_rows(&jobs[t]); /* no thread to be had: do its rows here */
     }
+#endif
     return 0;
 }

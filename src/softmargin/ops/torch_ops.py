@@ -154,13 +154,16 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         per_sample, grad = loss_and_grad(x, y, weight, reduction, need_grad=ctx.needs_input_grad[0])
         ctx.reduction = reduction
-        # x, y and weight are the caller's own tensors: saving them costs no memory
-        ctx.save_for_backward(grad, x, y, weight)
+        # x, y and weight are the caller's own tensors: saving them costs no memory. The gradient is kept on ctx,
+        # not saved, so that backward can hand it over without a copy (see there).
+        ctx.save_for_backward(x, y, weight)
+        ctx.grad = grad
         return reduce(per_sample, reduction).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
-        grad, x, y, weight = ctx.saved_tensors
+        x, y, weight = ctx.saved_tensors
+        grad = ctx.grad
         if ctx.reduction == "none":
             grad_output = grad_output.unsqueeze(-1)
         need_x, need_y, need_w = ctx.needs_input_grad[:3]
@@ -172,8 +175,12 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
             if differentiable:
                 grad_x = (torch.sigmoid(x) - y) * (scale * grad_output)
                 grad_x = grad_x if weight is None else grad_x * weight
+            elif grad is None:  # a second backward (retain_graph=True) after the gradient was handed over
+                grad_x = loss_and_grad(x, y, weight, ctx.reduction, need_grad=True)[1] * grad_output.to(x.dtype)
             elif grad_output.numel() == 1 and bool(grad_output == 1):
-                grad_x = grad  # the usual loss.backward(): the precomputed gradient is the answer, no copy
+                # the usual loss.backward(): the precomputed gradient is the answer. Dropping ctx's reference
+                # lets autograd take the tensor itself as x.grad instead of copying it.
+                grad_x, ctx.grad = grad, None
             else:
                 grad_x = grad * grad_output.to(grad.dtype)
         if need_y:  # dL/dy = -scale * w * x; a zero weight removes the element, also where x is infinite

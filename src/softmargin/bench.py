@@ -1,0 +1,210 @@
+"""``softmargin bench``: forward+backward time and peak extra memory, softmargin against its anchors, in one run.
+
+Every (implementation, shape, dtype) is measured in a fresh Python process, so the peak-memory reading sees that
+measurement's allocations and nothing else:
+
+- *peak extra memory*: the process's resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
+  during one forward+backward, minus the resident size just before it, with glibc told to return freed blocks to
+  the system (``MALLOC_MMAP_THRESHOLD_``); reported as a multiple of the logits' size. The gradient itself (kept in
+  ``x.grad``) counts: the least any implementation can need is 1x.
+- *time*: the median of ``--repeat`` forward+backward calls after two warm-up calls (``torch.compile``'s
+  compilation happens in the warm-up and is reported apart).
+
+Anchors, measured in the same run on the same data: torch's eager ``MultiLabelSoftMarginLoss``,
+``torch.compile`` of it, ``BCEWithLogitsLoss`` (mean over N*C: the same value), and the *floor*: one read of the
+input and the target and one write of a gradient-sized output (``x + y`` into a new tensor).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+IMPLEMENTATIONS = ("softmargin", "torch eager", "torch.compile", "BCEWithLogits", "floor")
+DEFAULT_SHAPES = ((4096, 2000), (256, 100_000), (32, 10))
+DEFAULT_DTYPES = ("float32", "bfloat16")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from .torch import multilabel_soft_margin_loss
+
+    if impl == "softmargin":
+        fn: Callable[..., Any] = multilabel_soft_margin_loss
+    elif impl == "torch eager":
+        fn = F.multilabel_soft_margin_loss
+    elif impl == "torch.compile":
+        fn = torch.compile(F.multilabel_soft_margin_loss)
+    elif impl == "BCEWithLogits":
+        fn = F.binary_cross_entropy_with_logits
+    elif impl == "floor":
+
+        def step() -> Any:
+            return torch.add(x.detach(), y)
+
+        return step
+    else:
+        raise ValueError(f"impl={impl!r}: expected one of {IMPLEMENTATIONS}")
+
+    def step() -> Any:
+        x.grad = None
+        loss = fn(x, y, weight=w)
+        loss.backward()
+        return loss
+
+    return step
+
+
+def measure_one(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int, what: str) -> dict[str, Any]:
+    """Run in a fresh process (see :func:`measure`): ``what`` is "time" or "memory"."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    tdtype = getattr(torch, dtype)
+    x = torch.randn(*shape, generator=gen).to(tdtype).requires_grad_(True)
+    y = (torch.rand(*shape, generator=gen) < 0.1).to(tdtype)
+    w = torch.rand(shape[-1], generator=gen).to(tdtype) + 0.5
+    step = _step_fn(impl, x, y, w)
+    started = time.perf_counter()
+    step()
+    first_call_s = time.perf_counter() - started
+    step()
+    if what == "memory":
+        x.grad = None
+        gc.collect()
+        _reset_hwm()
+        before = _rss_bytes()
+        kept = step()  # noqa: F841 (the result and x.grad stay alive, as in training)
+        peak = _hwm_bytes() - before
+        return {"peak_extra_mb": peak / 2**20, "peak_extra_x_logits": peak / (x.numel() * x.element_size())}
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return {"median_ms": 1e3 * times[len(times) // 2], "min_ms": 1e3 * times[0], "first_call_s": first_call_s}
+
+
+def _subprocess(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int, what: str) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    if what == "memory":  # glibc returns large freed blocks at once, so the high-water mark sees every allocation
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    code = (
+        "import json; from softmargin.bench import measure_one; "
+        f"print(json.dumps(measure_one({impl!r}, {tuple(shape)!r}, {dtype!r}, {repeat}, {threads}, {what!r})))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
+    if result.returncode != 0:
+        tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int) -> dict[str, Any]:
+    """One configuration: time in one fresh process, peak memory in another."""
+    row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads}
+    for what in ("time", "memory"):
+        row.update(_subprocess(impl, shape, dtype, repeat, threads, what))
+        if "error" in row:
+            break
+    return row
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    from .compare import format_table
+
+    header = ["shape", "dtype", "impl", "median ms", "peak extra (x logits)", "speed-up of softmargin", "first call s"]
+    table = []
+    for row in rows:
+        if "error" in row:
+            table.append([row["shape"], row["dtype"], row["impl"], "error", row["error"][:60], "", ""])
+            continue
+        ours = next(
+            (r for r in rows if r["impl"] == "softmargin" and r["shape"] == row["shape"] and r["dtype"] == row["dtype"]),
+            None,
+        )
+        speedup = _ratio(row["median_ms"], ours.get("median_ms")) if ours and row["impl"] != "softmargin" else ""
+        if row["impl"] == "floor" and ours:
+            speedup = f"softmargin = {ours['median_ms'] / row['median_ms']:.2f}x floor"
+        table.append(
+            [
+                row["shape"],
+                row["dtype"],
+                row["impl"],
+                f"{row['median_ms']:.3f}",
+                f"{row['peak_extra_x_logits']:.2f}",
+                speedup,
+                f"{row['first_call_s']:.2f}",
+            ]
+        )
+    return format_table(header, table)
+
+
+def run(
+    shapes: Sequence[Sequence[int]] = DEFAULT_SHAPES,
+    dtypes: Sequence[str] = DEFAULT_DTYPES,
+    impls: Sequence[str] = IMPLEMENTATIONS,
+    repeat: int = 15,
+    threads: Optional[int] = None,
+    out: Optional[Path] = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    threads = threads or len(os.sched_getaffinity(0))
+    configs = [(impl, shape, dtype) for shape in shapes for dtype in dtypes for impl in impls]
+    rows = []
+    try:
+        from tqdm import tqdm
+
+        iterator: Any = tqdm(configs, desc="bench", disable=not progress, file=sys.stderr)
+    except ImportError:
+        iterator = configs
+    for impl, shape, dtype in iterator:
+        if hasattr(iterator, "set_postfix_str"):
+            iterator.set_postfix_str(f"{impl} {'x'.join(map(str, shape))} {dtype}")
+        rows.append(measure(impl, shape, dtype, repeat, threads))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fields = ["shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
+        fields += ["peak_extra_x_logits", "error"]
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+        os.replace(tmp, out)
+    return rows
