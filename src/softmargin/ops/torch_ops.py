@@ -8,6 +8,7 @@ ten N x C intermediates alive. No validation happens here: the public entry poin
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -49,18 +50,34 @@ def loss_and_grad(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-sample losses (float64 accumulation, shape ``x.shape[:-1]``) and the gradient (``x.dtype``) or None.
 
-    Dispatch: the compiled CPU kernel where it can be built (``ops/cpu.py``), else chunked torch operations on any
-    device. Both give the gradient of ``reduce(per_sample, reduction)`` (for "none", of the sum).
+    Dispatch: the compiled CPU kernel where it can be built (``ops/cpu.py``), the Triton kernel on CUDA where
+    Triton is installed (``ops/triton_ops.py``), else chunked torch operations on any device. Both give the gradient of ``reduce(per_sample, reduction)`` (for "none", of the sum).
     """
     num_classes = x.shape[-1]
     num_rows = math.prod(x.shape[:-1])
     scale = _scale(reduction, num_rows, num_classes)
-    if x.device.type == "cpu" and x.numel() > 0 and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
+    triton_ops = _triton_ops() if x.is_cuda else None
+    if x.numel() == 0:
+        row_sums, grad = _chunked(x, y, weight, num_rows, num_classes, scale, need_grad)
+    elif x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
         row_sums, grad = _native(x, y, weight, num_rows, num_classes, scale, need_grad)
+    elif triton_ops is not None:
+        w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
+        row_sums, grad = triton_ops.fused_rows(x, y, w, num_rows, num_classes, scale, need_grad)
     else:
         row_sums, grad = _chunked(x, y, weight, num_rows, num_classes, scale, need_grad)
     per_sample = (row_sums / num_classes).reshape(x.shape[:-1])
     return per_sample, (grad.reshape(x.shape) if grad is not None else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_ops() -> Any:
+    """The Triton kernel module, or None where Triton is not installed (then the chunked torch path runs)."""
+    try:
+        from . import triton_ops
+    except ImportError:
+        return None
+    return triton_ops
 
 
 _NATIVE_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}

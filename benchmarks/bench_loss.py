@@ -1,0 +1,14 @@
+"""Forward+backward time and peak extra memory of softmargin against its anchors (see softmargin/bench.py).
+
+    python benchmarks/bench_loss.py                      # the default shapes and dtypes, CSV to benchmarks/results/
+    python benchmarks/bench_loss.py --shapes 4096x2000 --dtypes float32 --no-compile
+
+The same as `softmargin bench`; results go to benchmarks/results/bench-cpu.csv, a file to diff between runs.
+"""
+
+import sys
+
+from softmargin.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))
