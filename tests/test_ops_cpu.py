@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from softmargin._chunks import PLAIN  # noqa: E402
 from softmargin.ops import cpu, torch_ops  # noqa: E402
 
 from helpers import assert_close  # noqa: E402
@@ -14,10 +15,12 @@ from helpers import assert_close  # noqa: E402
 pytestmark = pytest.mark.skipif(cpu.kernel() is None, reason="the CPU kernel cannot be built here")
 
 
-def _both_paths(x, y, w, reduction="mean"):
-    native = torch_ops._native(x, y, w, x.numel() // x.shape[-1], x.shape[-1], 0.01, True)
-    chunked = torch_ops._chunked(x, y, w, x.numel() // x.shape[-1], x.shape[-1], 0.01, True)
-    return native, chunked
+def _both_paths(x, y, w):
+    """(row sums, gradient) of the "sum" reduction from the kernel and from the chunked formula."""
+    num_rows, num_classes = x.numel() // x.shape[-1], x.shape[-1]
+    native = torch_ops._native(x, y, w, num_rows, num_classes, 1.0 / num_classes, True)
+    per_sample, grad, _ = torch_ops._chunked(x, y, w, None, None, PLAIN, "sum", True)
+    return native, (per_sample.reshape(-1) * num_classes, grad.reshape(num_rows, num_classes))
 
 
 @pytest.mark.parametrize("num_classes", [1, 15, 16, 17, 511, 512, 513, 5000])

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel module is imported: its @triton.jit reads it
 pytest.importorskip("triton")
 
+from softmargin._chunks import PLAIN  # noqa: E402
 from softmargin.ops import torch_ops, triton_ops  # noqa: E402
 
 from helpers import assert_close  # noqa: E402
@@ -27,7 +28,8 @@ def _compare(x, y, w, rtol, block=None):
     num_rows, num_classes = x.numel() // x.shape[-1], x.shape[-1]
     w_rows = torch_ops._weight_rows(w, x.shape, torch.float32)
     sums, grad = triton_ops.fused_rows(x, y, w_rows, num_rows, num_classes, 0.01, True, block=block)
-    ref_sums, ref_grad = torch_ops._chunked(x.cpu(), y.cpu(), None if w is None else w.cpu(), num_rows, num_classes, 0.01, True)
+    per_sample, ref_grad, _ = torch_ops._chunked(x.cpu(), y.cpu(), None if w is None else w.cpu(), None, None, PLAIN, "sum", True)
+    ref_sums, ref_grad = per_sample.reshape(-1) * num_classes, ref_grad.reshape(num_rows, num_classes) * (0.01 * num_classes)
     assert grad.dtype == x.dtype
     finite = torch.isfinite(ref_sums)
     assert torch.equal(torch.isinf(sums.cpu()), torch.isinf(ref_sums))

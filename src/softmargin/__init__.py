@@ -4,6 +4,8 @@ Submodules are imported on first use, so ``import softmargin`` never imports tor
 
 - :mod:`softmargin.numpy` — NumPy API (no torch needed)
 - :mod:`softmargin.torch` — drop-in PyTorch functional and ``nn.Module``
+
+and :func:`class_weights` / :func:`pos_weight` compute per-class weights from a label matrix (NumPy only).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .weights import class_weights, pos_weight
+
 __version__ = "0.1.0"
+__all__ = ["class_weights", "pos_weight", "__version__"]
 
 _SUBMODULES = ("numpy", "torch", "ops", "cli")
 

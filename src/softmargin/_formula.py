@@ -61,3 +61,78 @@ def element_loss_and_grad(x: Any, y: Any, xp: Any, *, need_grad: bool = True) ->
     sig_neg = xp.where(nonneg, sig_neg_abs, sig_abs)  # sigmoid(-x)
     grad = (1 - y) * sig_pos - y * sig_neg
     return loss, grad
+
+
+def _times(a: Any, b: Any, xp: Any) -> Any:
+    """a * b with 0 * inf taken as 0: the limit wherever a vanishes as b diverges (a right prediction at infinity)."""
+    return xp.where(a == 0, 0.0, a * b)
+
+
+def element_loss_and_grad_options(
+    x: Any,
+    y: Any,
+    xp: Any,
+    *,
+    pos_weight: Any = None,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 0.0,
+    clip: float = 0.0,
+    need_grad: bool = True,
+) -> tuple[Any, Any]:
+    r"""Element loss and ``dl/dx`` with the imbalance options (label smoothing is applied to ``y`` by the caller).
+
+    With :math:`p = \sigma(x)`, :math:`p_m = \max(p - \text{clip}, 0)` and positive weight :math:`\omega`::
+
+        l = y * omega * (1 - p)^gamma_pos * (-log p) + (1 - y) * p_m^gamma_neg * (-log(1 - p_m))
+
+    (Ridnik et al., "Asymmetric Loss For Multi-Label Classification", ICCV 2021; ``gamma_pos = gamma_neg = g`` and
+    ``clip = 0`` is the focal loss of Lin et al., ICCV 2017; ``pos_weight`` is ``BCEWithLogitsLoss``'s). With every
+    option at its default this is :func:`element_loss_and_grad`'s loss. Stable pieces:
+    ``-log p = softplus(-x)``, ``-log(1 - p) = softplus(x)``, ``(1 - p)^g = exp(-g * softplus(x))`` and
+    ``p^g = exp(-g * softplus(-x))``, none of which overflows. Derivatives (``s = p``, ``q = 1 - p``)::
+
+        d/dx[(1 - p)^g+ (-log p)]     = -(1 - p)^g+ * (g+ * p * (-log p) + q)
+        d/dx[p^g- (-log(1 - p))]      = p^g- * (g- * q * (-log(1 - p)) + p)                       (clip = 0)
+        d/dx[p_m^g- (-log(1 - p_m))]  = p q p_m^g- * (g- * (-log(1 - p_m)) / p_m + 1 / (1 - p_m))  (p > clip, else 0)
+    """
+    z = xp.exp(-xp.abs(x))
+    tail = xp.log1p(z)
+    softplus_pos = tail + xp.where(x > 0, x, 0)  # -log(1 - p)
+    softplus_neg = tail + xp.where(x < 0, -x, 0)  # -log p
+    sig_abs = 1 / (1 + z)
+    nonneg = x >= 0
+    p = xp.where(nonneg, sig_abs, z * sig_abs)
+    q = xp.where(nonneg, z * sig_abs, sig_abs)  # 1 - p, without cancellation
+
+    focus_pos = xp.exp(-gamma_pos * softplus_pos) if gamma_pos else None  # (1 - p)^gamma_pos
+    pos_loss = softplus_neg if focus_pos is None else focus_pos * softplus_neg
+    if clip:
+        p_m = xp.where(p > clip, p - clip, 0.0)
+        neg_term = -xp.log1p(-p_m)  # -log(1 - p_m), finite: p_m <= 1 - clip
+        focus_neg = p_m**gamma_neg if gamma_neg else None
+    else:
+        p_m = p
+        neg_term = softplus_pos
+        focus_neg = xp.exp(-gamma_neg * softplus_neg) if gamma_neg else None  # p^gamma_neg
+    neg_loss = neg_term if focus_neg is None else _times(focus_neg, neg_term, xp)
+    if pos_weight is not None:
+        pos_loss = pos_loss * pos_weight
+    loss = _times(y, pos_loss, xp) + _times(1 - y, neg_loss, xp)
+    if not need_grad:
+        return loss, None
+
+    pos_grad = -(gamma_pos * _times(p, softplus_neg, xp) + q)
+    if focus_pos is not None:
+        pos_grad = focus_pos * pos_grad
+    if pos_weight is not None:
+        pos_grad = pos_grad * pos_weight
+    if clip:
+        ratio = xp.where(p_m > 0, neg_term / xp.where(p_m > 0, p_m, 1.0), 1.0)  # -log(1 - p_m) / p_m -> 1
+        focus = 1.0 if focus_neg is None else focus_neg
+        neg_grad = xp.where(p_m > 0, p * q * focus * (gamma_neg * ratio + 1 / (1 - p_m)), 0.0)
+    else:
+        neg_grad = gamma_neg * _times(q, neg_term, xp) + p
+        if focus_neg is not None:
+            neg_grad = focus_neg * neg_grad
+    grad = y * pos_grad + (1 - y) * neg_grad
+    return loss, grad

@@ -121,3 +121,23 @@ def check_weight_values(name: str, weight: Any, *, positive: bool = False) -> No
     bad = ((weight <= 0) if positive else (weight < 0)) | (weight != weight) | (abs(weight) == math.inf)
     expected = "(0, inf)" if positive else "[0, inf)"
     raise ValueError(_describe_bad(name, bad, weight, expected).replace("outside", "outside the finite range"))
+
+
+def check_options(label_smoothing: float, gamma_pos: float, gamma_neg: float, clip: float) -> None:
+    """The scalar loss options: label_smoothing and clip in [0, 1), gammas finite and >= 0."""
+    for name, value in (("label_smoothing", label_smoothing), ("gamma_pos", gamma_pos), ("gamma_neg", gamma_neg), ("clip", clip)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name}={value!r} is a {type(value).__name__}: expected a float")
+    for name, value in (("label_smoothing", label_smoothing), ("clip", clip)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name}={value!r} is outside [0, 1): expected 0 <= {name} < 1")
+    for name, value in (("gamma_pos", gamma_pos), ("gamma_neg", gamma_neg)):
+        if not (0 <= value < math.inf):
+            raise ValueError(f"{name}={value!r}: expected a finite {name} >= 0 (0 switches focusing off)")
+
+
+def check_mask_kind(kind: str, dtype: object) -> None:
+    if kind != "bool":
+        raise TypeError(
+            f"mask has dtype {dtype}: expected bool, True where a label is observed and False where it is missing"
+        )

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _validation as V
-from ._formula import element_loss_and_grad
+from ._chunks import Options, Rows, loss_rows, row_bookkeeping
 
 __all__ = ["multilabel_soft_margin_loss", "multilabel_soft_margin_loss_grad"]
 
@@ -26,79 +26,105 @@ CHUNK_ELEMENTS = 1 << 16
 _KINDS = {"f": "float", "i": "int", "u": "int", "b": "bool", "c": "complex"}
 
 
+def _array(name: str, value: Optional[ArrayLike], shape: tuple[int, ...]) -> Optional[NDArray[Any]]:
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if name == "mask":
+        V.check_mask_kind(_KINDS.get(array.dtype.kind, "other"), array.dtype)
+    else:
+        V.check_target_kind(_KINDS.get(array.dtype.kind, "other"), array.dtype)
+    V.check_broadcastable(name, array.shape, shape)
+    return array
+
+
+def _rows(array: Optional[NDArray[Any]], shape: tuple[int, ...], num_rows: int) -> Optional[NDArray[Any]]:
+    """None, a (1, C) row (for an array of at most one dimension) or the array laid out as (N, C)."""
+    if array is None:
+        return None
+    if array.ndim <= 1:
+        return np.broadcast_to(array.reshape(1, -1), (1, shape[-1]))
+    return np.broadcast_to(array, shape).reshape(num_rows, shape[-1])
+
+
 def _prepare(
-    input: ArrayLike, target: ArrayLike, weight: Optional[ArrayLike], reduction: str, validate: bool
-) -> tuple[NDArray[Any], NDArray[Any], Optional[NDArray[Any]], str]:
+    input: ArrayLike,
+    target: ArrayLike,
+    weight: Optional[ArrayLike],
+    reduction: str,
+    validate: bool,
+    pos_weight: Optional[ArrayLike],
+    mask: Optional[ArrayLike],
+    options: Options,
+) -> tuple[Rows, tuple[int, ...], str]:
     reduction = V.check_reduction(reduction)
+    V.check_options(options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
     x = np.asarray(input)
     y = np.asarray(target)
     V.check_input_kind("input", _KINDS.get(x.dtype.kind, "other"), x.dtype)
     V.check_target_kind(_KINDS.get(y.dtype.kind, "other"), y.dtype)
     V.check_input_ndim(x.shape)
     V.check_same_shape("target", y.shape, x.shape)
-    w = None
-    if weight is not None:
-        w = np.asarray(weight)
-        V.check_target_kind(_KINDS.get(w.dtype.kind, "other"), w.dtype)
-        V.check_broadcastable("weight", w.shape, x.shape)
+    w = _array("weight", weight, x.shape)
+    pw = _array("pos_weight", pos_weight, x.shape)
+    m = _array("mask", mask, x.shape)
     if validate:
         V.check_target_values(y)
         if w is not None:
             V.check_weight_values("weight", w)
-    return x, y, w, reduction
+        if pw is not None:
+            V.check_weight_values("pos_weight", pw, positive=True)
+    n = math.prod(x.shape[:-1])
+    rows = Rows(
+        x.reshape(n, x.shape[-1]), y.reshape(n, x.shape[-1]), _rows(w, x.shape, n), _rows(pw, x.shape, n), _rows(m, x.shape, n)
+    )
+    return rows, x.shape, reduction
+
+
+def _as_float64(array: NDArray[Any]) -> NDArray[np.float64]:
+    return array.astype(np.float64, copy=False)
 
 
 def _compute(
-    x: NDArray[Any], y: NDArray[Any], w: Optional[NDArray[Any]], reduction: str, need_grad: bool
-) -> tuple[NDArray[np.float64], Optional[NDArray[Any]]]:
-    """Per-sample losses (float64, shape ``x.shape[:-1]``) and, if asked, the gradient (``x.dtype``)."""
-    num_classes = x.shape[-1]
-    num_rows = math.prod(x.shape[:-1])
-    x2 = x.reshape(num_rows, num_classes)
-    y2 = y.reshape(num_rows, num_classes)
-    w2: Optional[NDArray[Any]] = None
-    if w is not None:
-        # A per-class weight stays one row; any other broadcastable weight is laid out like the input.
-        w2 = w.reshape(1, -1) if w.ndim <= 1 else np.broadcast_to(w, x.shape).reshape(num_rows, num_classes)
-        w2 = w2.astype(np.float64, copy=False)
-    zero_weights = w2 is not None and not np.all(w2)
-    if reduction == "mean":
-        scale = 1.0 / (num_classes * num_rows) if num_classes * num_rows else np.nan
-    else:
-        scale = 1.0 / num_classes if num_classes else np.nan
-
-    row_sums = np.empty(num_rows, dtype=np.float64)
-    grad = np.empty_like(x2) if need_grad else None
-    step = max(1, CHUNK_ELEMENTS // max(num_classes, 1))
+    rows: Rows, shape: tuple[int, ...], reduction: str, options: Options, need_grad: bool
+) -> tuple[NDArray[np.float64], Optional[NDArray[Any]], float]:
+    """Per-sample losses (float64, shape ``shape[:-1]``), the gradient (input dtype) if asked, rows in the mean."""
+    divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
+    row_sums = np.empty(rows.num_rows, dtype=np.float64)
+    grad = np.empty(rows.x.shape, dtype=rows.x.dtype) if need_grad else None
     # 0 * inf is resolved in the formula and a loss beyond the dtype's range is inf: neither deserves a warning
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        for start in range(0, num_rows, step):
-            rows = slice(start, min(start + step, num_rows))
-            loss, g = element_loss_and_grad(
-                x2[rows].astype(np.float64), y2[rows].astype(np.float64), np, need_grad=need_grad
-            )
-            if w2 is not None:
-                wc = w2 if w2.shape[0] == 1 else w2[rows]
-                loss = loss * wc
-                if zero_weights:  # a zero weight removes the element, even where its loss is inf (0 * inf)
-                    loss = np.where(wc == 0, 0.0, loss)
-                if g is not None:
-                    g = g * wc
-            row_sums[rows] = loss.sum(axis=1)
-            if grad is not None and g is not None:
-                grad[rows] = g * scale
-        per_sample = (row_sums / num_classes).reshape(x.shape[:-1])
-    return per_sample, (grad.reshape(x.shape) if grad is not None else None)
+        loss_rows(
+            rows, options, grad_scale, need_grad, xp=np, compute=_as_float64, row_sum=lambda a: a.sum(axis=1),
+            row_sums_out=row_sums, grad_out=grad, chunk_elements=CHUNK_ELEMENTS,
+        )  # fmt: skip
+        per_sample = row_sums / divisor
+        if rows.mask is not None:  # a sample with no observed label contributes 0
+            per_sample = np.where(np.asarray(divisor) > 0, per_sample, 0.0)
+    per_sample = np.broadcast_to(per_sample, (rows.num_rows,)).reshape(shape[:-1])
+    return per_sample, (grad.reshape(shape) if grad is not None else None), counted
 
 
-def _reduce(per_sample: NDArray[np.float64], reduction: str, dtype: np.dtype[Any]) -> Any:
+def _reduce(per_sample: NDArray[np.float64], reduction: str, counted: float, dtype: np.dtype[Any]) -> Any:
     """Reduce in float64, then round once to the input's dtype (an out-of-range loss becomes inf, silently)."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if reduction == "sum":
             per_sample = np.asarray(per_sample.sum())
-        elif reduction == "mean":  # an empty batch gives NaN, as torch's mean does
-            per_sample = np.asarray(per_sample.sum() / per_sample.size)
+        elif reduction == "mean":  # an empty batch gives NaN, as torch's mean does (0 if all labels are missing)
+            empty = np.nan if per_sample.size == 0 else 0.0  # only a mask leaves a non-empty batch uncounted
+            per_sample = np.asarray(per_sample.sum() / counted if counted else empty)
         return per_sample.astype(dtype)[()]
+
+
+_OPTIONS_DOC = """
+        pos_weight: weights > 0 of the positive term, broadcastable to ``input`` (``BCEWithLogitsLoss``'s).
+        mask: boolean, broadcastable to ``input``: True where a label is observed. Missing labels contribute
+            nothing; each sample's loss is the mean over its observed labels; samples with none are left out of
+            the batch mean (their ``"none"`` loss is 0; a batch with nothing observed has loss 0).
+        label_smoothing: ``eps`` in [0, 1): targets become ``y * (1 - eps) + eps / 2``.
+        gamma_pos, gamma_neg, clip: asymmetric focusing (Ridnik et al., ICCV 2021): a positive's term is weighted by
+            ``(1 - p)^gamma_pos``, a negative's by ``p_m^gamma_neg`` with ``p_m = max(p - clip, 0)`` used in its
+            log term too. ``gamma_pos = gamma_neg = g, clip = 0`` is the focal loss. See docs/imbalance.md."""
 
 
 def multilabel_soft_margin_loss(
@@ -107,6 +133,12 @@ def multilabel_soft_margin_loss(
     weight: Optional[ArrayLike] = None,
     reduction: Reduction = "mean",
     *,
+    pos_weight: Optional[ArrayLike] = None,
+    mask: Optional[ArrayLike] = None,
+    label_smoothing: float = 0.0,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 0.0,
+    clip: float = 0.0,
     validate: bool = True,
 ) -> Any:
     r"""Multi-label soft-margin loss of logits against targets in [0, 1].
@@ -118,7 +150,7 @@ def multilabel_soft_margin_loss(
         input: logits of shape ``(C,)`` or ``(N, ..., C)``, floating point (float16, float32 or float64).
         target: targets of the same shape as ``input`` (never broadcast), values in [0, 1]; soft targets allowed.
         weight: non-negative weights broadcastable to ``input``; usually ``(C,)``, one per class.
-        reduction: ``"none"`` (per-sample losses of shape ``input.shape[:-1]``), ``"mean"`` or ``"sum"``.
+        reduction: ``"none"`` (per-sample losses of shape ``input.shape[:-1]``), ``"mean"`` or ``"sum"``.{options}
         validate: check the target range and the weights (one min/max pass each); ``False`` for hot loops.
 
     Returns:
@@ -133,9 +165,10 @@ def multilabel_soft_margin_loss(
         >>> round(float(multilabel_soft_margin_loss(x, y, weight=[0.5, 2.0, 1.5])), 5)
         1.18012
     """
-    x, y, w, reduction = _prepare(input, target, weight, reduction, validate)
-    per_sample, _ = _compute(x, y, w, reduction, need_grad=False)
-    return _reduce(per_sample, reduction, x.dtype)
+    options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
+    rows, shape, reduction = _prepare(input, target, weight, reduction, validate, pos_weight, mask, options)
+    per_sample, _, counted = _compute(rows, shape, reduction, options, need_grad=False)
+    return _reduce(per_sample, reduction, counted, rows.x.dtype)
 
 
 def multilabel_soft_margin_loss_grad(
@@ -144,6 +177,12 @@ def multilabel_soft_margin_loss_grad(
     weight: Optional[ArrayLike] = None,
     reduction: Reduction = "mean",
     *,
+    pos_weight: Optional[ArrayLike] = None,
+    mask: Optional[ArrayLike] = None,
+    label_smoothing: float = 0.0,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 0.0,
+    clip: float = 0.0,
     validate: bool = True,
 ) -> NDArray[Any]:
     r"""Gradient of :func:`multilabel_soft_margin_loss` with respect to ``input``.
@@ -155,9 +194,10 @@ def multilabel_soft_margin_loss_grad(
     (for ``"none"`` it is the gradient of the sum of the per-sample losses). Same arguments as the loss; the
     result has ``input``'s shape and dtype and is finite for every finite or infinite logit.
     """
-    x, y, w, reduction = _prepare(input, target, weight, reduction, validate)
-    _, grad = _compute(x, y, w, reduction, need_grad=True)
-    assert grad is not None  # need_grad=True always returns one; not a user-input check
+    _, grad = multilabel_soft_margin_loss_and_grad(
+        input, target, weight, reduction, pos_weight=pos_weight, mask=mask, label_smoothing=label_smoothing,
+        gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, validate=validate,
+    )  # fmt: skip
     return grad
 
 
@@ -167,10 +207,20 @@ def multilabel_soft_margin_loss_and_grad(
     weight: Optional[ArrayLike] = None,
     reduction: Reduction = "mean",
     *,
+    pos_weight: Optional[ArrayLike] = None,
+    mask: Optional[ArrayLike] = None,
+    label_smoothing: float = 0.0,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 0.0,
+    clip: float = 0.0,
     validate: bool = True,
 ) -> tuple[Any, NDArray[Any]]:
     """Loss and gradient from one pass (what a training loop wants); same arguments as the loss."""
-    x, y, w, reduction = _prepare(input, target, weight, reduction, validate)
-    per_sample, grad = _compute(x, y, w, reduction, need_grad=True)
-    assert grad is not None
-    return _reduce(per_sample, reduction, x.dtype), grad
+    options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
+    rows, shape, reduction = _prepare(input, target, weight, reduction, validate, pos_weight, mask, options)
+    per_sample, grad, counted = _compute(rows, shape, reduction, options, need_grad=True)
+    assert grad is not None  # need_grad=True always returns one; not a user-input check
+    return _reduce(per_sample, reduction, counted, rows.x.dtype), grad
+
+
+multilabel_soft_margin_loss.__doc__ = (multilabel_soft_margin_loss.__doc__ or "").replace("{options}", _OPTIONS_DOC)

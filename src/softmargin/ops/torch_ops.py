@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from .._chunks import PLAIN, Options, Rows, loss_rows, row_bookkeeping
 from .._formula import element_loss_and_grad
 from . import cpu
 
@@ -26,11 +27,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _weight_rows(weight: Optional[torch.Tensor], shape: torch.Size, dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """The weight as a (1, C) row (per-class or scalar weight) or laid out like the input as (N, C)."""
+def _weight_rows(weight: Optional[torch.Tensor], shape: torch.Size, dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    """None, a (1, C) row (for a tensor of at most one dimension) or the tensor laid out like the input as (N, C)."""
     if weight is None:
         return None
-    weight = weight.to(dtype)
+    if dtype is not None:
+        weight = weight.to(dtype)
     if weight.dim() <= 1:
         return weight.reshape(1, -1).expand(1, shape[-1])
     return weight.expand(shape).reshape(math.prod(shape[:-1]), shape[-1])  # copies only if broadcast
@@ -47,27 +49,39 @@ def loss_and_grad(
     weight: Optional[torch.Tensor],
     reduction: str,
     need_grad: bool,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Per-sample losses (float64 accumulation, shape ``x.shape[:-1]``) and the gradient (``x.dtype``) or None.
+    pos_weight: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    options: Options = PLAIN,
+) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+    """Per-sample losses (float64, shape ``x.shape[:-1]``), the gradient (``x.dtype``) or None, rows in the mean.
 
-    Dispatch: the compiled CPU kernel where it can be built (``ops/cpu.py``), the Triton kernel on CUDA where
-    Triton is installed (``ops/triton_ops.py``), else chunked torch operations on any device. Both give the gradient of ``reduce(per_sample, reduction)`` (for "none", of the sum).
+    Dispatch for the plain loss (``weight`` only): the compiled CPU kernel where it can be built (``ops/cpu.py``),
+    the Triton kernel on CUDA where Triton is installed (``ops/triton_ops.py``), else chunked torch operations on
+    any device. The imbalance options (``pos_weight``, ``mask``, smoothing, focusing) run chunked. The gradient is
+    that of ``reduce(per_sample, reduction)`` (for "none", of the sum).
     """
     num_classes = x.shape[-1]
     num_rows = math.prod(x.shape[:-1])
-    scale = _scale(reduction, num_rows, num_classes)
-    triton_ops = _triton_ops() if x.is_cuda else None
-    if x.numel() == 0:
-        row_sums, grad = _chunked(x, y, weight, num_rows, num_classes, scale, need_grad)
-    elif x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
-        row_sums, grad = _native(x, y, weight, num_rows, num_classes, scale, need_grad)
-    elif triton_ops is not None:
-        w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
-        row_sums, grad = triton_ops.fused_rows(x, y, w, num_rows, num_classes, scale, need_grad)
-    else:
-        row_sums, grad = _chunked(x, y, weight, num_rows, num_classes, scale, need_grad)
-    per_sample = (row_sums / num_classes).reshape(x.shape[:-1])
-    return per_sample, (grad.reshape(x.shape) if grad is not None else None)
+    plain = pos_weight is None and mask is None and options == PLAIN
+    if plain and x.numel() > 0:
+        scale = _scale(reduction, num_rows, num_classes)
+        if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
+            row_sums, grad = _native(x, y, weight, num_rows, num_classes, scale, need_grad)
+            return _per_sample(row_sums, num_classes, x.shape), _shaped(grad, x.shape), float(num_rows)
+        triton_ops = _triton_ops() if x.is_cuda else None
+        if triton_ops is not None:
+            w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
+            row_sums, grad = triton_ops.fused_rows(x, y, w, num_rows, num_classes, scale, need_grad)
+            return _per_sample(row_sums, num_classes, x.shape), _shaped(grad, x.shape), float(num_rows)
+    return _chunked(x, y, weight, pos_weight, mask, options, reduction, need_grad)
+
+
+def _per_sample(row_sums: torch.Tensor, divisor: Any, shape: torch.Size) -> torch.Tensor:
+    return (row_sums / divisor).reshape(shape[:-1])
+
+
+def _shaped(grad: Optional[torch.Tensor], shape: torch.Size) -> Optional[torch.Tensor]:
+    return None if grad is None else grad.reshape(shape)
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,87 +133,105 @@ def _chunked(
     x: torch.Tensor,
     y: torch.Tensor,
     weight: Optional[torch.Tensor],
-    num_rows: int,
-    num_classes: int,
-    scale: float,
+    pos_weight: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    options: Options,
+    reduction: str,
     need_grad: bool,
-    chunk_elements: int = CHUNK_ELEMENTS,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Chunked torch operations over rows: any device; extra memory one gradient plus one chunk of temporaries."""
+) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+    """Chunked torch operations (``_chunks.loss_rows``): any device, any option; one gradient plus one chunk."""
     cdtype = compute_dtype(x.dtype)
-    x2 = x.reshape(num_rows, num_classes)
-    y2 = y.reshape(num_rows, num_classes)
-    w2 = _weight_rows(weight, x.shape, cdtype)
-    zero_weights = w2 is not None and bool((w2 == 0).any())
+    num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
+    rows = Rows(
+        x.reshape(num_rows, num_classes),
+        y.reshape(num_rows, num_classes),
+        _weight_rows(weight, x.shape, cdtype),
+        _weight_rows(pos_weight, x.shape, cdtype),
+        _weight_rows(mask, x.shape, None),
+    )
+    divisor, grad_scale, counted = row_bookkeeping(rows, reduction, torch, lambda t: t.to(torch.float64))
     row_sums = torch.empty(num_rows, dtype=torch.float64, device=x.device)
     grad = torch.empty((num_rows, num_classes), dtype=x.dtype, device=x.device) if need_grad else None
-    step = max(1, chunk_elements // max(num_classes, 1))
-    for start in range(0, num_rows, step):
-        stop = min(start + step, num_rows)
-        loss, g = element_loss_and_grad(x2[start:stop].to(cdtype), y2[start:stop].to(cdtype), torch, need_grad=need_grad)
-        if w2 is not None:
-            wc = w2 if w2.shape[0] == 1 else w2[start:stop]
-            loss = loss.to(torch.float64) * wc  # in float64: w * l may exceed float32 where the row mean does not
-            if zero_weights:  # a zero weight removes the element, even where its loss is inf (0 * inf)
-                loss = torch.where(wc == 0, 0.0, loss)
-            if g is not None:
-                g = g * wc
-        row_sums[start:stop] = loss.sum(dim=1, dtype=torch.float64)
-        if grad is not None and g is not None:
-            grad[start:stop] = g * scale
-    return row_sums, grad
+    loss_rows(
+        rows, options, grad_scale, need_grad, xp=torch, compute=lambda t: t.to(cdtype),
+        row_sum=lambda t: t.sum(dim=1, dtype=torch.float64), row_sums_out=row_sums, grad_out=grad,
+        chunk_elements=CHUNK_ELEMENTS,
+    )  # fmt: skip
+    per_sample = row_sums / divisor
+    if mask is not None:  # a sample with no observed label contributes 0
+        per_sample = torch.where(torch.as_tensor(divisor, device=x.device) > 0, per_sample, 0.0)
+    per_sample = per_sample.expand(num_rows).reshape(x.shape[:-1])
+    return per_sample, _shaped(grad, x.shape), counted
 
 
-def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce(per_sample: torch.Tensor, reduction: str, counted: float) -> torch.Tensor:
     if reduction == "none":
         return per_sample
     if reduction == "sum":
         return per_sample.sum()
-    return per_sample.mean()  # an empty batch gives NaN, as torch's mean does
+    # an empty batch gives NaN, as torch's mean does; a batch whose labels are all missing gives 0 (its sum)
+    return per_sample.sum() / counted if counted else per_sample.sum() * (math.nan if per_sample.numel() == 0 else 0.0)
 
 
 class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
     """Autograd wrapper: gradient w.r.t. input precomputed in forward; target and weight gradients on demand.
 
-    Under ``create_graph=True`` backward rebuilds the gradients from differentiable torch ops instead, so higher
-    derivatives (``torch.autograd.gradgradcheck``, Hessian-vector products) work too.
+    Under ``create_graph=True`` backward rebuilds the gradient of the plain loss from differentiable torch ops,
+    so higher derivatives (``torch.autograd.gradgradcheck``, Hessian-vector products) work too. With the imbalance
+    options only the first derivative w.r.t. ``input`` is available (the public API says so before it starts).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor], reduction: str
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: Optional[torch.Tensor],
+        reduction: str,
+        pos_weight: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        options: Options = PLAIN,
     ) -> torch.Tensor:
-        per_sample, grad = loss_and_grad(x, y, weight, reduction, need_grad=ctx.needs_input_grad[0])
+        per_sample, grad, counted = loss_and_grad(
+            x, y, weight, reduction, ctx.needs_input_grad[0], pos_weight, mask, options
+        )
         ctx.reduction = reduction
+        ctx.plain = pos_weight is None and mask is None and options == PLAIN
         # x, y and weight are the caller's own tensors: saving them costs no memory. The gradient is kept on ctx,
         # not saved, so that backward can hand it over without a copy (see there).
-        ctx.save_for_backward(x, y, weight)
+        ctx.save_for_backward(x, y, weight, pos_weight, mask)
+        ctx.options = options
         ctx.grad = grad
-        return reduce(per_sample, reduction).to(x.dtype)
+        return reduce(per_sample, reduction, counted).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
-        x, y, weight = ctx.saved_tensors
+        x, y, weight, pos_weight, mask = ctx.saved_tensors
         grad = ctx.grad
         if ctx.reduction == "none":
             grad_output = grad_output.unsqueeze(-1)
         need_x, need_y, need_w = ctx.needs_input_grad[:3]
-        num_classes = x.shape[-1]
-        scale = _scale(ctx.reduction, math.prod(x.shape[:-1]), num_classes)
-        differentiable = torch.is_grad_enabled()
+        scale = _scale(ctx.reduction, math.prod(x.shape[:-1]), x.shape[-1])
         grad_x = grad_y = grad_w = None
         if need_x:
-            if differentiable:
+            if torch.is_grad_enabled():  # create_graph=True
+                if not ctx.plain:
+                    raise RuntimeError(
+                        "softmargin: second derivatives are available for the plain loss only, not with "
+                        "pos_weight, mask, label_smoothing or asymmetric focusing"
+                    )
                 grad_x = (torch.sigmoid(x) - y) * (scale * grad_output)
                 grad_x = grad_x if weight is None else grad_x * weight
             elif grad is None:  # a second backward (retain_graph=True) after the gradient was handed over
-                grad_x = loss_and_grad(x, y, weight, ctx.reduction, need_grad=True)[1] * grad_output.to(x.dtype)
+                grad = loss_and_grad(x, y, weight, ctx.reduction, True, pos_weight, mask, ctx.options)[1]
+                grad_x = grad * grad_output.to(x.dtype)
             elif grad_output.numel() == 1 and bool(grad_output == 1):
                 # the usual loss.backward(): the precomputed gradient is the answer. Dropping ctx's reference
                 # lets autograd take the tensor itself as x.grad instead of copying it.
                 grad_x, ctx.grad = grad, None
             else:
                 grad_x = grad * grad_output.to(grad.dtype)
+        # target and weight gradients (plain loss only; checked before forward)
         if need_y:  # dL/dy = -scale * w * x; a zero weight removes the element, also where x is infinite
             grad_y = -x * (scale * grad_output)
             if weight is not None:
@@ -208,4 +240,4 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
         if need_w:  # dL/dw = scale * l(x, y), summed over the dimensions the weight was broadcast along
             element_loss, _ = element_loss_and_grad(x.to(weight.dtype), y.to(weight.dtype), torch, need_grad=False)
             grad_w = (element_loss * (scale * grad_output)).sum_to_size(weight.shape)
-        return grad_x, grad_y, grad_w, None
+        return grad_x, grad_y, grad_w, None, None, None, None

@@ -1,0 +1,129 @@
+"""Per-class weights computed from a label matrix, for imbalanced multi-label data.
+
+Both functions take a label matrix of shape (N, C) with values in [0, 1] (soft labels count fractionally) as a NumPy
+array, a torch tensor or a scipy.sparse matrix, and never densify a sparse one. They return a NumPy float64 array of
+shape (C,), or a float32 torch tensor on the labels' device when given a tensor. A label with no positive example
+gets a warning and the weight of a label with exactly one (the largest finite weight): never inf or NaN.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal, Optional
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["class_weights", "pos_weight"]
+
+Method = Literal["inverse", "sqrt_inverse", "effective_number"]
+METHODS = ("inverse", "sqrt_inverse", "effective_number")
+
+
+def _counts(targets: Any, name: str = "targets") -> tuple[NDArray[np.float64], int, Any]:
+    """(positives per class, number of samples, a function returning a result in the input's array family)."""
+    if type(targets).__module__.split(".")[0] == "torch":
+        device = targets.device
+        array = targets.detach()
+        if array.dim() != 2:
+            raise ValueError(f"{name}.shape == {tuple(array.shape)}: expected a 2-D label matrix (N, C)")
+        n_pos = array.double().sum(0).cpu().numpy()
+
+        def wrap(result: NDArray[np.float64]) -> Any:
+            import torch
+
+            return torch.as_tensor(result, dtype=torch.float32, device=device)
+
+        return n_pos, int(array.shape[0]), wrap
+    if hasattr(targets, "tocsr") and hasattr(targets, "nnz"):  # scipy.sparse: column sums without densifying
+        if len(targets.shape) != 2:
+            raise ValueError(f"{name}.shape == {targets.shape}: expected a 2-D label matrix (N, C)")
+        return np.asarray(targets.sum(axis=0), dtype=np.float64).ravel(), int(targets.shape[0]), lambda r: r
+    array = np.asarray(targets)
+    if array.ndim != 2:
+        raise ValueError(f"{name}.shape == {array.shape}: expected a 2-D label matrix (N, C)")
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} has dtype {array.dtype}: expected numbers or booleans")
+    return array.sum(axis=0, dtype=np.float64), int(array.shape[0]), lambda r: r
+
+
+def _at_least_one(n_pos: NDArray[np.float64], what: str) -> NDArray[np.float64]:
+    empty = np.flatnonzero(n_pos <= 0)
+    if empty.size:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if empty.size > 10 else "")
+        warnings.warn(
+            f"{empty.size} label{'s have' if empty.size > 1 else ' has'} no positive example (columns {shown}); "
+            f"{what} gives {'them' if empty.size > 1 else 'it'} the weight of a label with one positive",
+            UserWarning,
+            stacklevel=3,
+        )
+    return np.maximum(n_pos, 1.0)
+
+
+def class_weights(targets: Any, method: Method = "inverse", beta: float = 0.999, normalize: bool = True) -> Any:
+    r"""Per-class weights that grow as a label gets rarer.
+
+    With :math:`n_c` the number of positives of class :math:`c`, :math:`N` samples and :math:`C` classes:
+
+    - ``"inverse"``: :math:`w_c = N / (C\,n_c)`, scikit-learn's "balanced" scale
+      (``sklearn.utils.class_weight.compute_class_weight``), King & Zeng (2001);
+    - ``"sqrt_inverse"``: :math:`w_c = \sqrt{N / (C\,n_c)}`, a milder version (Mikolov et al., 2013, use the
+      square root of frequencies for the same purpose);
+    - ``"effective_number"``: :math:`w_c = (1 - \beta) / (1 - \beta^{n_c})`, the inverse "effective number of
+      samples" of Cui et al., "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019. ``beta`` in
+      [0, 1): 0 gives equal weights, ``beta -> 1`` approaches ``"inverse"``.
+
+    Args:
+        targets: label matrix (N, C) with values in [0, 1]: NumPy array, torch tensor or scipy.sparse matrix.
+        method: one of ``"inverse"``, ``"sqrt_inverse"``, ``"effective_number"``.
+        beta: the hyper-parameter of ``"effective_number"``.
+        normalize: scale the weights to mean 1 over the classes (then only their ratios matter, and the loss
+            keeps its scale).
+
+    Returns:
+        Weights of shape (C,), to pass as ``weight=`` to the loss.
+
+    Example:
+        >>> import numpy as np
+        >>> class_weights(np.array([[1, 0], [1, 1], [1, 0], [1, 0]]), normalize=False)
+        array([0.5, 2. ])
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not valid: expected one of {', '.join(map(repr, METHODS))}")
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta={beta!r} is outside [0, 1): expected 0 <= beta < 1")
+    n_pos, num_samples, wrap = _counts(targets)
+    n_pos = _at_least_one(n_pos, "class_weights")
+    num_classes = n_pos.size
+    if method == "inverse":
+        weights = num_samples / (num_classes * n_pos)
+    elif method == "sqrt_inverse":
+        weights = np.sqrt(num_samples / (num_classes * n_pos))
+    else:
+        weights = (1 - beta) / -np.expm1(n_pos * np.log(beta)) if beta > 0 else np.ones_like(n_pos)  # 1 - beta^n
+    if normalize and weights.size:
+        weights = weights / weights.mean()
+    return wrap(weights)
+
+
+def pos_weight(targets: Any, max_weight: Optional[float] = None) -> Any:
+    r"""Per-class ``pos_weight`` = :math:`n_{neg} / n_{pos}`, as ``torch.nn.BCEWithLogitsLoss`` documents it.
+
+    It multiplies the positive term of each class so that positives and negatives carry equal total weight.
+
+    Args:
+        targets: label matrix (N, C) with values in [0, 1]: NumPy array, torch tensor or scipy.sparse matrix.
+        max_weight: an upper bound for the weights (rare labels can otherwise get weights in the thousands).
+
+    Returns:
+        Weights > 0 of shape (C,), to pass as ``pos_weight=`` to the loss. A class whose every example is positive
+        gets a tiny positive weight (``n_neg`` is taken as at least 1e-3) rather than 0, which the loss rejects.
+    """
+    if max_weight is not None and not max_weight > 0:
+        raise ValueError(f"max_weight={max_weight!r}: expected a number > 0, or None for no bound")
+    n_pos, num_samples, wrap = _counts(targets)
+    n_neg = np.maximum(num_samples - n_pos, 1e-3)
+    weights = n_neg / _at_least_one(n_pos, "pos_weight")
+    if max_weight is not None:
+        weights = np.minimum(weights, max_weight)
+    return wrap(weights)
