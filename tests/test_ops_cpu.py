@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from softmargin._chunks import PLAIN  # noqa: E402
+from softmargin._chunks import PLAIN, Options  # noqa: E402
 from softmargin.ops import cpu, torch_ops  # noqa: E402
 
 from helpers import assert_close  # noqa: E402
@@ -15,12 +15,12 @@ from helpers import assert_close  # noqa: E402
 pytestmark = pytest.mark.skipif(cpu.kernel() is None, reason="the CPU kernel cannot be built here")
 
 
-def _both_paths(x, y, w):
-    """(row sums, gradient) of the "sum" reduction from the kernel and from the chunked formula."""
-    num_rows, num_classes = x.numel() // x.shape[-1], x.shape[-1]
-    native = torch_ops._native(x, y, w, num_rows, num_classes, 1.0 / num_classes, True)
-    per_sample, grad, _ = torch_ops._chunked(x, y, w, None, None, PLAIN, "sum", True)
-    return native, (per_sample.reshape(-1) * num_classes, grad.reshape(num_rows, num_classes))
+def _both_paths(x, y, w, pos_weight=None, mask=None, options=PLAIN, reduction="sum"):
+    """(per-sample losses, gradient) from the kernel and from the chunked formula."""
+    native = torch_ops._native(x, y, w, pos_weight, mask, options, reduction, True)
+    chunked = torch_ops._chunked(x, y, w, pos_weight, mask, options, reduction, True)
+    assert native[2] == chunked[2]
+    return native[:2], chunked[:2]
 
 
 @pytest.mark.parametrize("num_classes", [1, 15, 16, 17, 511, 512, 513, 5000])
@@ -77,7 +77,7 @@ def test_bitwise_deterministic_for_any_thread_count():
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            results.append(torch_ops._native(x, y, None, 300, 2000, 1e-3, True))
+            results.append(torch_ops._native(x, y, None, None, None, PLAIN, "mean", True)[:2])
     finally:
         torch.set_num_threads(before)
     for sums, grad in results[1:]:
@@ -86,5 +86,44 @@ def test_bitwise_deterministic_for_any_thread_count():
 
 def test_no_gradient_requested_writes_none():
     x = torch.randn(3, 4)
-    sums, grad = torch_ops._native(x, torch.zeros(3, 4), None, 3, 4, 1.0, False)
-    assert grad is None and sums.shape == (3,)
+    per_sample, grad, _ = torch_ops._native(x, torch.zeros(3, 4), None, None, None, PLAIN, "none", False)
+    assert grad is None and per_sample.shape == (3,)
+
+
+OPTION_CASES = [
+    dict(options=Options(label_smoothing=0.1)),
+    dict(options=Options(gamma_pos=2.0, gamma_neg=2.0)),
+    dict(options=Options(gamma_pos=1.0, gamma_neg=4.0, clip=0.05)),
+    dict(options=Options(gamma_neg=0.5, clip=0.2)),
+    dict(pos_weight="class"),
+    dict(pos_weight="full", mask="full"),
+    dict(mask="class", options=Options(gamma_neg=1.0)),
+    dict(mask="full", reduction="mean"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(OPTION_CASES)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("soft", [False, True])
+def test_kernel_options_match_formula(case, dtype, soft):
+    spec = dict(OPTION_CASES[case])
+    gen = torch.Generator().manual_seed(case)
+    shape = (23, 700)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 6).to(dtype)
+    x[0, :4] = torch.tensor([float("inf"), -float("inf"), float("inf"), -float("inf")]).to(dtype)
+    y = (torch.rand(shape, generator=gen) if soft else (torch.rand(shape, generator=gen) < 0.3).double()).to(dtype)
+    y[0, :4] = torch.tensor([1.0, 0.0, 0.0, 1.0]).to(dtype)
+    w = torch.rand(shape[-1], generator=gen) + 0.2
+    pos_weight = {"class": torch.rand(shape[-1], generator=gen) + 0.5, "full": torch.rand(shape, generator=gen) + 0.5}.get(spec.get("pos_weight"))
+    mask = {"class": torch.rand(shape[-1], generator=gen) < 0.7, "full": torch.rand(shape, generator=gen) < 0.7}.get(spec.get("mask"))
+    if mask is not None and mask.dim() == 2:
+        mask[1] = False  # a sample with nothing observed
+    (ns, ng), (cs, cg) = _both_paths(x, y, w, pos_weight, mask, spec.get("options", PLAIN), spec.get("reduction", "sum"))
+    rtol = {torch.float32: 1e-6, torch.float64: 1e-13, torch.bfloat16: 1e-6}[dtype]
+    assert torch.equal(torch.isinf(ns), torch.isinf(cs)) and not torch.isnan(ns).any()
+    finite = torch.isfinite(cs)
+    assert_close(ns[finite].numpy(), cs[finite].numpy(), rtol, "per-sample")
+    if dtype == torch.bfloat16:  # both round the same float32 gradient once; allow one bf16 ulp for libm differences
+        assert_close(ng.double().numpy(), cg.double().numpy(), 2 ** -7, "grad")
+    else:
+        assert_close(ng.double().numpy(), cg.double().numpy(), 10 * rtol, "grad")

@@ -67,7 +67,7 @@ def row_bookkeeping(rows: Rows, reduction: str, xp: Any, as_float64: Callable[[A
         counted = float(n) if (divisor or rows.mask is None) else 0.0
         scale: Any = 1.0 / divisor if divisor else (math.nan if rows.mask is None else 0.0)
     else:
-        divisor = as_float64(rows.mask.sum(1))
+        divisor = as_float64(rows.mask.sum(1, dtype=xp.int32))  # int32: torch sums bytes to int64 10x slower
         observed = divisor > 0
         counted = float(observed.sum())
         scale = xp.where(observed, 1.0 / xp.where(observed, divisor, 1.0), 0.0)

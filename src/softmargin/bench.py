@@ -140,6 +140,47 @@ def measure(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: i
     return row
 
 
+OPTION_CASES = {
+    "plain": {},
+    "weight (C,)": {"weight": "class"},
+    "pos_weight (C,)": {"pos_weight": "class"},
+    "mask (N, C)": {"mask": "full"},
+    "label_smoothing=0.1": {"label_smoothing": 0.1},
+    "focal gamma=2": {"gamma_pos": 2.0, "gamma_neg": 2.0},
+    "asymmetric 0/4/0.05": {"gamma_neg": 4.0, "clip": 0.05},
+}
+
+
+def option_costs(shape: Sequence[int] = (4096, 2000), repeat: int = 11) -> list[dict[str, Any]]:
+    """Forward+backward time of each loss option, in this process (time only), against the plain loss."""
+    import torch
+
+    from .torch import multilabel_soft_margin_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen).requires_grad_(True)
+    y = (torch.rand(*shape, generator=gen) < 0.1).float()
+    per_class = torch.rand(shape[-1], generator=gen) + 0.5
+    mask = torch.rand(*shape, generator=gen) < 0.9
+    rows = []
+    for name, case in OPTION_CASES.items():
+        kwargs: dict[str, Any] = {}
+        for key, value in case.items():
+            kwargs[key] = per_class if value == "class" else mask if value == "full" else value
+        times = []
+        for i in range(repeat + 2):
+            x.grad = None
+            started = time.perf_counter()
+            multilabel_soft_margin_loss(x, y, **kwargs).backward()
+            if i >= 2:
+                times.append(time.perf_counter() - started)
+        times.sort()
+        rows.append({"option": name, "median_ms": 1e3 * times[len(times) // 2]})
+    for row in rows:
+        row["x_plain"] = row["median_ms"] / rows[0]["median_ms"]
+    return rows
+
+
 def _ratio(a: Optional[float], b: Optional[float]) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 

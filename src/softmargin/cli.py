@@ -28,7 +28,14 @@ def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import bench
+    from .compare import format_table
 
+    if args.options:
+        shape = (args.shapes or [(4096, 2000)])[0]
+        rows = bench.option_costs(shape, args.repeat)
+        print(f"Forward+backward, {shape[0]}x{shape[1]} float32, each loss option against the plain loss:")
+        print(format_table(["option", "median ms", "x plain"], [[r["option"], f"{r['median_ms']:.2f}", f"{r['x_plain']:.2f}"] for r in rows]))
+        return 0
     rows = bench.run(
         shapes=args.shapes or bench.DEFAULT_SHAPES,
         dtypes=args.dtypes,
@@ -62,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=15, help="timed calls per configuration (the median is reported)")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while)")
+    bench.add_argument("--options", action="store_true", help="time each loss option (pos_weight, mask, ...) instead")
     bench.add_argument("--out", default="benchmarks/results/bench-cpu.csv", help="CSV file for the results ('' for none)")
     bench.set_defaults(func=_bench)
     return parser

@@ -101,8 +101,9 @@ def kernel() -> Optional[ctypes.CDLL]:
             continue
         fn = lib.softmargin_fused
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-        fn.argtypes += [ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        i64, dbl, ptr = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ptr, ptr, ptr, i64, ptr, i64, ptr, i64, i64, i64, dbl, ptr]
+        fn.argtypes += [ctypes.c_int, dbl, dbl, dbl, dbl, ptr, ptr, ctypes.c_int]
         lib.flags = flags  # type: ignore[attr-defined]
         return lib
     warnings.warn(
@@ -117,23 +118,32 @@ def kernel() -> Optional[ctypes.CDLL]:
 def fused(
     xtype: str,
     ytype: str,
-    x_ptr: int,
-    y_ptr: int,
-    w_ptr: int,
-    w_row_step: int,
+    x: int,
+    y: int,
+    weight: tuple[int, int],
+    pos_weight: tuple[Optional[int], int],
+    mask: tuple[Optional[int], int],
     num_rows: int,
     num_classes: int,
     scale: float,
-    out_ptr: int,
-    grad_ptr: Optional[int],
+    row_scale: Optional[int],
+    options: Optional[tuple[float, float, float, float]],
+    out: int,
+    grad: Optional[int],
     num_threads: int,
 ) -> None:
-    """Run the kernel on raw pointers (the caller owns the layout: contiguous, see cpu_kernel.c)."""
+    """Run the kernel on raw pointers; the caller owns the layout (contiguous; see cpu_kernel.c).
+
+    ``weight``, ``pos_weight`` and ``mask`` are (pointer, row step) pairs; ``options`` is None for the plain loss
+    or (label_smoothing, gamma_pos, gamma_neg, clip).
+    """
     lib = kernel()
     assert lib is not None, "fused() called without a kernel; check kernel() first"
+    eps, gamma_pos, gamma_neg, clip = options or (0.0, 0.0, 0.0, 0.0)
     status = lib.softmargin_fused(
-        DTYPE_CODES[xtype], DTYPE_CODES[ytype], x_ptr, y_ptr, w_ptr, w_row_step,
-        num_rows, num_classes, scale, out_ptr, grad_ptr, num_threads,
+        DTYPE_CODES[xtype], DTYPE_CODES[ytype], x, y, weight[0], weight[1], pos_weight[0], pos_weight[1],
+        mask[0], mask[1], num_rows, num_classes, scale, row_scale, int(options is not None), eps, gamma_pos,
+        gamma_neg, clip, out, grad, num_threads,
     )  # fmt: skip
     if status != 0:
         raise RuntimeError(f"softmargin CPU kernel rejected dtypes input={xtype}, target={ytype}")

@@ -55,29 +55,22 @@ def loss_and_grad(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
     """Per-sample losses (float64, shape ``x.shape[:-1]``), the gradient (``x.dtype``) or None, rows in the mean.
 
-    Dispatch for the plain loss (``weight`` only): the compiled CPU kernel where it can be built (``ops/cpu.py``),
-    the Triton kernel on CUDA where Triton is installed (``ops/triton_ops.py``), else chunked torch operations on
-    any device. The imbalance options (``pos_weight``, ``mask``, smoothing, focusing) run chunked. The gradient is
-    that of ``reduce(per_sample, reduction)`` (for "none", of the sum).
+    Dispatch: the compiled CPU kernel where it can be built (``ops/cpu.py``); on CUDA the Triton kernel for the
+    plain loss where Triton is installed (``ops/triton_ops.py``); else chunked torch operations on any device.
+    The gradient is that of ``reduce(per_sample, reduction)`` (for "none", of the sum).
     """
-    num_classes = x.shape[-1]
-    num_rows = math.prod(x.shape[:-1])
-    plain = pos_weight is None and mask is None and options == PLAIN
-    if plain and x.numel() > 0:
-        scale = _scale(reduction, num_rows, num_classes)
+    if x.numel() > 0:
         if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
-            row_sums, grad = _native(x, y, weight, num_rows, num_classes, scale, need_grad)
-            return _per_sample(row_sums, num_classes, x.shape), _shaped(grad, x.shape), float(num_rows)
-        triton_ops = _triton_ops() if x.is_cuda else None
+            return _native(x, y, weight, pos_weight, mask, options, reduction, need_grad)
+        plain = pos_weight is None and mask is None and options == PLAIN
+        triton_ops = _triton_ops() if x.is_cuda and plain else None
         if triton_ops is not None:
+            num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
             w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
+            scale = _scale(reduction, num_rows, num_classes)
             row_sums, grad = triton_ops.fused_rows(x, y, w, num_rows, num_classes, scale, need_grad)
-            return _per_sample(row_sums, num_classes, x.shape), _shaped(grad, x.shape), float(num_rows)
+            return (row_sums / num_classes).reshape(x.shape[:-1]), _shaped(grad, x.shape), float(num_rows)
     return _chunked(x, y, weight, pos_weight, mask, options, reduction, need_grad)
-
-
-def _per_sample(row_sums: torch.Tensor, divisor: Any, shape: torch.Size) -> torch.Tensor:
-    return (row_sums / divisor).reshape(shape[:-1])
 
 
 def _shaped(grad: Optional[torch.Tensor], shape: torch.Size) -> Optional[torch.Tensor]:
@@ -97,36 +90,66 @@ def _triton_ops() -> Any:
 _NATIVE_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
+def _rows(x: torch.Tensor, y: torch.Tensor, weight: Any, pos_weight: Any, mask: Any, cdtype: Any) -> Rows:
+    num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
+    return Rows(
+        x.reshape(num_rows, num_classes),
+        y.reshape(num_rows, num_classes),
+        _weight_rows(weight, x.shape, cdtype),
+        _weight_rows(pos_weight, x.shape, cdtype),
+        _weight_rows(mask, x.shape, None),
+    )
+
+
+def _per_sample(row_sums: torch.Tensor, divisor: Any, masked: bool, shape: torch.Size) -> torch.Tensor:
+    per_sample = row_sums / divisor
+    if masked:  # a sample with no observed label contributes 0
+        per_sample = torch.where(torch.as_tensor(divisor, device=row_sums.device) > 0, per_sample, 0.0)
+    return per_sample.expand(row_sums.shape[0]).reshape(shape[:-1])
+
+
 def _native(
     x: torch.Tensor,
     y: torch.Tensor,
     weight: Optional[torch.Tensor],
-    num_rows: int,
-    num_classes: int,
-    scale: float,
+    pos_weight: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    options: Options,
+    reduction: str,
     need_grad: bool,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
     """The compiled kernel: one pass, no temporaries beyond the gradient itself (see cpu_kernel.c)."""
+    cdtype = compute_dtype(x.dtype)
     x = x.contiguous()
     if y.dtype == torch.bool:
         y = y.contiguous().view(torch.uint8)
     elif y.dtype not in (x.dtype, torch.uint8):
         y = y.to(x.dtype)  # a target in another float dtype is converted once (documented cost)
-    y = y.contiguous()
-    w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
-    if w is None:
-        w = torch.ones(1, num_classes, dtype=compute_dtype(x.dtype))
-    w = w.contiguous()
+    mask_bytes = None if mask is None else mask.contiguous().view(torch.uint8)  # bool is one byte: no copy
+    rows = _rows(x, y.contiguous(), weight, pos_weight, mask_bytes, cdtype)
+    divisor, grad_scale, counted = row_bookkeeping(rows, reduction, torch, lambda t: t.to(torch.float64))
+    num_rows, num_classes = rows.num_rows, rows.num_classes
+    plain = pos_weight is None and mask is None and options == PLAIN
+    w = (rows.weight if rows.weight is not None else torch.ones(1, num_classes, dtype=cdtype)).contiguous()
+    pw = rows.pos_weight if rows.pos_weight is not None else (None if plain else torch.ones(1, num_classes, dtype=cdtype))
+    pw = None if pw is None else pw.contiguous()
+    m = rows.mask if rows.mask is not None else (None if plain else torch.ones(1, num_classes, dtype=torch.uint8))
+    m = None if m is None else m.contiguous()
+    row_scale = None if isinstance(grad_scale, float) else grad_scale.contiguous()
     row_sums = torch.empty(num_rows, dtype=torch.float64)
     grad = torch.empty((num_rows, num_classes), dtype=x.dtype) if need_grad else None
+
+    def pointer(t: Optional[torch.Tensor]) -> tuple[Optional[int], int]:
+        return (None, 0) if t is None else (t.data_ptr(), 0 if t.shape[0] == 1 else num_classes)
+
     cpu.fused(
-        _NATIVE_DTYPES[x.dtype],
-        "uint8" if y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype],
-        x.data_ptr(), y.data_ptr(), w.data_ptr(), 0 if w.shape[0] == 1 else num_classes,
-        num_rows, num_classes, scale, row_sums.data_ptr(), None if grad is None else grad.data_ptr(),
-        torch.get_num_threads(),
+        _NATIVE_DTYPES[x.dtype], "uint8" if rows.y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype],
+        rows.x.data_ptr(), rows.y.data_ptr(), pointer(w), pointer(pw), pointer(m), num_rows, num_classes,
+        grad_scale if isinstance(grad_scale, float) else 0.0, None if row_scale is None else row_scale.data_ptr(),
+        None if plain else (options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip),
+        row_sums.data_ptr(), None if grad is None else grad.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
-    return row_sums, grad
+    return _per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted
 
 
 def _chunked(
@@ -141,27 +164,16 @@ def _chunked(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
     """Chunked torch operations (``_chunks.loss_rows``): any device, any option; one gradient plus one chunk."""
     cdtype = compute_dtype(x.dtype)
-    num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
-    rows = Rows(
-        x.reshape(num_rows, num_classes),
-        y.reshape(num_rows, num_classes),
-        _weight_rows(weight, x.shape, cdtype),
-        _weight_rows(pos_weight, x.shape, cdtype),
-        _weight_rows(mask, x.shape, None),
-    )
+    rows = _rows(x, y, weight, pos_weight, mask, cdtype)
     divisor, grad_scale, counted = row_bookkeeping(rows, reduction, torch, lambda t: t.to(torch.float64))
-    row_sums = torch.empty(num_rows, dtype=torch.float64, device=x.device)
-    grad = torch.empty((num_rows, num_classes), dtype=x.dtype, device=x.device) if need_grad else None
+    row_sums = torch.empty(rows.num_rows, dtype=torch.float64, device=x.device)
+    grad = torch.empty(rows.x.shape, dtype=x.dtype, device=x.device) if need_grad else None
     loss_rows(
         rows, options, grad_scale, need_grad, xp=torch, compute=lambda t: t.to(cdtype),
         row_sum=lambda t: t.sum(dim=1, dtype=torch.float64), row_sums_out=row_sums, grad_out=grad,
         chunk_elements=CHUNK_ELEMENTS,
     )  # fmt: skip
-    per_sample = row_sums / divisor
-    if mask is not None:  # a sample with no observed label contributes 0
-        per_sample = torch.where(torch.as_tensor(divisor, device=x.device) > 0, per_sample, 0.0)
-    per_sample = per_sample.expand(num_rows).reshape(x.shape[:-1])
-    return per_sample, _shaped(grad, x.shape), counted
+    return _per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted
 
 
 def reduce(per_sample: torch.Tensor, reduction: str, counted: float) -> torch.Tensor:

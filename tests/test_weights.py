@@ -1,0 +1,113 @@
+"""softmargin.class_weights and softmargin.pos_weight against their formulas, for every input family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import softmargin
+
+LABELS = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0], [1, 0, 0, 0]], dtype=np.float32)
+N_POS = np.array([5.0, 1.0, 2.0, 0.0])
+
+
+def test_inverse_is_sklearns_balanced_scale():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = LABELS[:, :3]
+    with _no_warning():
+        weights = softmargin.class_weights(labels, "inverse", normalize=False)
+    np.testing.assert_allclose(weights, 5 / (3 * N_POS[:3]))
+    # scikit-learn's "balanced" scale for one binary column is N / (2 * n_pos): ours divides by C instead of 2
+    sk = compute_class_weight("balanced", classes=np.array([0, 1]), y=labels[:, 2])
+    np.testing.assert_allclose(weights[2] * 3 / 2, sk[1])
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+@pytest.mark.parametrize("method", ["inverse", "sqrt_inverse", "effective_number"])
+def test_methods_follow_their_formulas_and_normalise_to_mean_one(method):
+    with pytest.warns(UserWarning, match=r"1 label has no positive example \(columns 3\)"):
+        raw = softmargin.class_weights(LABELS, method, beta=0.9, normalize=False)
+    counts = np.maximum(N_POS, 1)  # the documented stand-in for a label without positives
+    expected = {
+        "inverse": 5 / (4 * counts),
+        "sqrt_inverse": np.sqrt(5 / (4 * counts)),
+        "effective_number": (1 - 0.9) / (1 - 0.9**counts),
+    }[method]
+    np.testing.assert_allclose(raw, expected, rtol=1e-12)
+    assert np.isfinite(raw).all()
+    with pytest.warns(UserWarning):
+        normalized = softmargin.class_weights(LABELS, method, beta=0.9)
+    np.testing.assert_allclose(normalized.mean(), 1.0)
+    np.testing.assert_allclose(normalized / normalized[0], raw / raw[0])
+
+
+def test_effective_number_tends_to_inverse_and_to_uniform():
+    labels = LABELS[:, :3]
+    uniform = softmargin.class_weights(labels, "effective_number", beta=0.0)
+    np.testing.assert_allclose(uniform, 1.0)
+    near_inverse = softmargin.class_weights(labels, "effective_number", beta=1 - 1e-9)
+    np.testing.assert_allclose(near_inverse, softmargin.class_weights(labels, "inverse"), rtol=1e-6)
+
+
+def test_pos_weight_is_neg_over_pos_with_cap():
+    with pytest.warns(UserWarning, match="no positive example"):
+        weights = softmargin.pos_weight(LABELS)
+    np.testing.assert_allclose(weights, [1e-3 / 5, 4 / 1, 3 / 2, 5 / 1])  # all-positive column: n_neg taken as 1e-3
+    with pytest.warns(UserWarning):
+        np.testing.assert_allclose(softmargin.pos_weight(LABELS, max_weight=2.0), [2e-4, 2.0, 1.5, 2.0])
+
+
+@pytest.mark.parametrize("family", ["numpy", "sparse", "torch", "bool"])
+def test_every_input_family_gives_the_same_weights(family):
+    labels = LABELS[:, :3]
+    expected = softmargin.class_weights(labels)
+    if family == "sparse":
+        given = sp.csr_matrix(labels)
+    elif family == "bool":
+        given = labels.astype(bool)
+    elif family == "torch":
+        torch = pytest.importorskip("torch")
+        given = torch.tensor(labels)
+    else:
+        given = labels
+    result = softmargin.class_weights(given)
+    if family == "torch":
+        assert result.dtype == torch.float32
+        result = result.numpy()
+    np.testing.assert_allclose(result, expected, rtol=1e-6)
+    pw = softmargin.pos_weight(given)
+    np.testing.assert_allclose(np.asarray(pw), softmargin.pos_weight(labels), rtol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"method='balanced' is not valid: expected one of 'inverse', 'sqrt_inverse', 'effective_number'"):
+        softmargin.class_weights(LABELS, "balanced")
+    with pytest.raises(ValueError, match=r"beta=1\.0 is outside \[0, 1\)"):
+        softmargin.class_weights(LABELS, "effective_number", beta=1.0)
+    with pytest.raises(ValueError, match=r"targets\.shape == \(5,\): expected a 2-D label matrix"):
+        softmargin.class_weights(LABELS[:, 0])
+    with pytest.raises(ValueError, match=r"max_weight=0: expected a number > 0"):
+        softmargin.pos_weight(LABELS, max_weight=0)
+
+
+def test_weights_plug_into_the_loss():
+    torch = pytest.importorskip("torch")
+    from softmargin.torch import multilabel_soft_margin_loss
+
+    labels = torch.tensor(LABELS[:, :3])
+    x = torch.randn(5, 3)
+    loss = multilabel_soft_margin_loss(x, labels, weight=softmargin.class_weights(labels), pos_weight=softmargin.pos_weight(labels))
+    assert torch.isfinite(loss)
