@@ -50,6 +50,46 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden {text!r}: expected comma-separated layer sizes, e.g. 512 or 512,256") from None
+    if any(v < 1 for v in sizes):
+        raise argparse.ArgumentTypeError(f"--hidden {text!r}: layer sizes must be positive")
+    return sizes
+
+
+def _names(text: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .runs import train_command
+
+    return train_command(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .runs import evaluate_command
+
+    return evaluate_command(args)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .runs import predict_command
+
+    return predict_command(args)
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, default: Optional[str]) -> None:
+    parser.add_argument("--data", default=default, required=default is None,
+                        help="a built-in data set (yeast) or a file: MULAN .arff, .csv, or LIBSVM/XC text" + (f" (default: {default})" if default else ""))  # fmt: skip
+    parser.add_argument("--test", help="a separate test file (a built-in data set brings its standard split)")
+    parser.add_argument("--labels", type=_names, help="comma-separated label attribute/column names (ARFF without XML, CSV)")
+    parser.add_argument("--xml", help="the MULAN XML file naming the labels (default: found next to the ARFF file)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softmargin",
@@ -60,6 +100,57 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="the seed's example: softmargin vs torch vs sigmoid+BCELoss vs BCEWithLogitsLoss"
     )
     compare.set_defaults(func=_compare)
+
+    train = sub.add_parser(
+        "train", help="train and evaluate a multi-label classifier (the main job)",
+        description="Train a multi-label classifier with the soft-margin loss, evaluate it on the test split and write a run folder.",
+    )  # fmt: skip
+    _add_data_arguments(train, "yeast")
+    model = train.add_argument_group("model")
+    model.add_argument("--model", choices=["linear", "mlp"], default="mlp", help="linear = per-label logistic regression (binary relevance)")
+    model.add_argument("--hidden", type=_hidden, default=(512,), help="MLP hidden sizes, e.g. 512 or 512,256 (default 512)")
+    model.add_argument("--dropout", type=float, default=0.5)
+    model.add_argument("--ensemble", type=int, default=5, help="networks from consecutive seeds, probabilities averaged (default 5)")
+    opt = train.add_argument_group("optimisation")
+    opt.add_argument("--optimizer", choices=["adamw", "lbfgs"], default="adamw", help="lbfgs: full batch, to convergence")
+    opt.add_argument("--epochs", type=int, default=200)
+    opt.add_argument("--batch-size", type=int, default=64)
+    opt.add_argument("--lr", type=float, default=1e-3)
+    opt.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's decoupled weight decay")
+    opt.add_argument("--C", type=float, default=None, help="L2 penalty as LogisticRegression(C=...) (default: none)")
+    opt.add_argument("--valid-fraction", type=float, default=0.15, help="validation split for early stopping (0: none)")
+    opt.add_argument("--patience", type=int, default=20, help="epochs without a better validation loss before stopping")
+    opt.add_argument("--standardize", choices=["auto", "yes", "no"], default="auto", help="auto: dense features only")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    loss = train.add_argument_group("loss (see docs/imbalance.md)")
+    loss.add_argument("--class-weight", choices=["none", "inverse", "sqrt_inverse", "effective_number"], default="none")
+    loss.add_argument("--pos-weight", action="store_true", help="pos_weight = n_neg / n_pos per label (capped by --pos-weight-max)")
+    loss.add_argument("--pos-weight-max", type=float, default=10.0)
+    loss.add_argument("--label-smoothing", type=float, default=0.0)
+    loss.add_argument("--gamma-pos", type=float, default=0.0)
+    loss.add_argument("--gamma-neg", type=float, default=0.0)
+    loss.add_argument("--clip", type=float, default=0.0)
+    decide = train.add_argument_group("decisions")
+    decide.add_argument("--thresholds", choices=["fixed", "tuned"], default="fixed", help="fixed: 0.5; tuned: per label, max F1 on held-out data")
+    decide.add_argument("--at-least-one", choices=["auto", "yes", "no"], default="auto",
+                        help="predict the top label when none passes its threshold (auto: if every training sample has a label)")  # fmt: skip
+    train.add_argument("--out", default="runs", help="folder under which the run folder is made (default: runs)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a saved model (a run folder) on data")
+    evaluate.add_argument("run", help="a run folder written by 'softmargin train'")
+    _add_data_arguments(evaluate, None)
+    evaluate.add_argument("--out", help="also write metrics.json and per_label.csv into this folder")
+    evaluate.set_defaults(func=_evaluate)
+
+    predict = sub.add_parser("predict", help="predict labels with a saved model")
+    predict.add_argument("run", help="a run folder written by 'softmargin train'")
+    _add_data_arguments(predict, None)
+    predict.add_argument("--out", required=True, help="CSV file for the predictions (one probability and one 0/1 column per label)")
+    predict.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    predict.set_defaults(func=_predict)
 
     bench = sub.add_parser(
         "bench", help="forward+backward time and peak memory against torch eager, torch.compile, BCEWithLogits"
@@ -81,7 +172,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # user errors: one clear line, no traceback
+        print(f"softmargin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,87 @@
+"""Multi-label evaluation metrics, from scikit-learn wherever it has them.
+
+Conventions: ``coverage`` is scikit-learn's ``coverage_error`` (1-based: the mean number of top-ranked labels needed to
+cover every true label, so its best value is the label cardinality; MULAN's coverage is this minus 1). ``one_error``
+is the fraction of samples whose top-ranked label is wrong, and ``P@k`` the mean fraction of true labels among each
+sample's k top-ranked ones; scikit-learn has neither, so they are computed here. ``mAP`` is the macro average
+precision over the labels that have at least one positive in the evaluated data (the others have none defined).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def precision_at_k(Y: np.ndarray, scores: np.ndarray, k: int) -> float:
+    k = min(k, Y.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float(np.take_along_axis(Y, top, axis=1).sum(1).mean() / k)
+
+
+def evaluate(
+    Y: np.ndarray, scores: np.ndarray, thresholds: Any = 0.5, pred: Optional[np.ndarray] = None
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """(metrics, per-label rows) for true labels ``Y`` (N, L), scores (probabilities, N x L) and the 0/1 predictions
+    ``pred`` (default: ``scores >= thresholds``)."""
+    Y = np.asarray(Y).astype(np.int64)
+    thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (Y.shape[1],))
+    pred = (scores >= thresholds).astype(np.int64) if pred is None else np.asarray(pred).astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # labels without positives: handled below
+        has_positive = Y.sum(0) > 0
+        result = {
+            "hamming_loss": skm.hamming_loss(Y, pred),
+            "subset_accuracy": skm.accuracy_score(Y, pred),
+            "micro_f1": skm.f1_score(Y, pred, average="micro", zero_division=0),
+            "macro_f1": skm.f1_score(Y, pred, average="macro", zero_division=0),
+            "samples_f1": skm.f1_score(Y, pred, average="samples", zero_division=0),
+            "micro_precision": skm.precision_score(Y, pred, average="micro", zero_division=0),
+            "micro_recall": skm.recall_score(Y, pred, average="micro", zero_division=0),
+            "macro_precision": skm.precision_score(Y, pred, average="macro", zero_division=0),
+            "macro_recall": skm.recall_score(Y, pred, average="macro", zero_division=0),
+            "lrap": skm.label_ranking_average_precision_score(Y, scores),
+            "ranking_loss": skm.label_ranking_loss(Y, scores),
+            "coverage": skm.coverage_error(Y, scores),
+            "one_error": float(1.0 - Y[np.arange(len(Y)), scores.argmax(1)].mean()) if len(Y) else float("nan"),
+            "mAP": skm.average_precision_score(Y[:, has_positive], scores[:, has_positive], average="macro")
+            if has_positive.any()
+            else float("nan"),
+        }
+        for k in (1, 3, 5):
+            result[f"P@{k}"] = precision_at_k(Y, scores, k)
+        precision, recall, f1, support = skm.precision_recall_fscore_support(Y, pred, average=None, zero_division=0)
+    per_label = [
+        {"support": int(s), "precision": float(p), "recall": float(r), "f1": float(f), "threshold": float(t)}
+        for p, r, f, s, t in zip(precision, recall, f1, support, thresholds)
+    ]
+    return {k: float(v) for k, v in result.items()}, per_label
+
+
+def tune_thresholds(Y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per label, the threshold on the scores that maximises that label's F1 on (Y, scores); 0.5 for a label with no
+    positive example. Candidates are midpoints between consecutive distinct scores."""
+    thresholds = np.full(Y.shape[1], 0.5)
+    for j in range(Y.shape[1]):
+        y = Y[:, j].astype(bool)
+        if not y.any():
+            continue
+        order = np.argsort(-scores[:, j], kind="stable")
+        s = scores[order, j]
+        tp = np.cumsum(y[order])
+        fp = np.cumsum(~y[order])
+        f1 = 2 * tp / (tp + fp + y.sum())  # predicting the top i+1 as positive
+        distinct = np.r_[s[1:] != s[:-1], True]  # only cut between different scores
+        best = int(np.argmax(np.where(distinct, f1, -1)))
+        thresholds[j] = (s[best] + s[best + 1]) / 2 if best + 1 < len(s) else s[best] / 2
+    return thresholds
+
+
+TABLE_ORDER = (
+    "hamming_loss", "subset_accuracy", "micro_f1", "macro_f1", "samples_f1", "micro_precision", "micro_recall",
+    "macro_precision", "macro_recall", "lrap", "ranking_loss", "coverage", "one_error", "mAP", "P@1", "P@3", "P@5",
+)  # fmt: skip
+LOWER_IS_BETTER = {"hamming_loss", "ranking_loss", "coverage", "one_error"}
