@@ -5,7 +5,8 @@ Submodules are imported on first use, so ``import softmargin`` never imports tor
 - :mod:`softmargin.numpy` — NumPy API (no torch needed)
 - :mod:`softmargin.torch` — drop-in PyTorch functional and ``nn.Module``
 
-and :func:`class_weights` / :func:`pos_weight` compute per-class weights from a label matrix (NumPy only).
+and :func:`class_weights` / :func:`pos_weight` compute per-class weights from a label matrix (NumPy only);
+:class:`SoftMarginClassifier` is a scikit-learn estimator (torch and scikit-learn needed).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Any
 from .weights import class_weights, pos_weight
 
 __version__ = "0.1.0"
-__all__ = ["class_weights", "pos_weight", "__version__"]
+__all__ = ["class_weights", "pos_weight", "SoftMarginClassifier", "__version__"]
 
-_SUBMODULES = ("numpy", "torch", "ops", "cli")
+_SUBMODULES = ("numpy", "torch", "ops", "cli", "data", "train", "metrics", "sklearn")
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "SoftMarginClassifier":  # needs torch and scikit-learn: imported on first use
+        return importlib.import_module(f"{__name__}.sklearn").SoftMarginClassifier
     raise AttributeError(f"module 'softmargin' has no attribute {name!r}")

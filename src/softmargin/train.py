@@ -11,6 +11,7 @@ A run folder holds everything needed to reuse the model: ``model.safetensors`` (
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import json
@@ -130,13 +131,15 @@ class TrainedModel:
         return np.log(p) - np.log1p(-p)
 
     def predict_proba(self, X: Any, batch_size: int = 4096) -> np.ndarray:
+        """The members' mean probability, (N, L). Computed in float64, so that a row's result does not depend on
+        which other rows share its batch (float32 matrix products round differently with the batch size)."""
         total = np.zeros((X.shape[0], len(self.label_names)), np.float64)
         with torch.no_grad():
             for net in self.nets:
-                net.eval()
+                net64 = copy.deepcopy(net).double().eval()
                 for start in range(0, X.shape[0], batch_size):
                     rows = slice(start, start + batch_size)
-                    total[rows] += torch.sigmoid(net(_dense_batch(X, rows)).double()).numpy()
+                    total[rows] += torch.sigmoid(net64(_dense_batch(X, rows).double())).numpy()
         return total / len(self.nets)
 
     def predict(self, X: Any) -> np.ndarray:

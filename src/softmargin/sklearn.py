@@ -1,0 +1,163 @@
+"""``SoftMarginClassifier``: a scikit-learn estimator trained with the multi-label soft-margin loss.
+
+It takes a multi-label indicator matrix ``y`` of shape (n_samples, n_labels) — the case it is built for — and, like
+scikit-learn's own multi-label capable classifiers, also a 1-D ``y`` of class labels (binary: one sigmoid; multiclass:
+one sigmoid per class, one-vs-rest, probabilities normalised to sum to 1). It works in ``Pipeline`` and
+``GridSearchCV``; sparse ``X`` stays sparse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import train as T
+from .data import Dataset
+
+
+class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
+    """Multi-label classifier (linear "binary relevance" or MLP) trained with the soft-margin loss.
+
+    Parameters mirror ``softmargin train`` (see :class:`softmargin.train.TrainConfig`); ``hidden_layer_sizes`` is
+    scikit-learn's name for ``--hidden``, ``random_state`` for ``--seed``, and ``label_weight`` for ``--class-weight``
+    (a per-label weighting method computed from the data: ``"none"``, ``"inverse"``, ``"sqrt_inverse"``,
+    ``"effective_number"``; not scikit-learn's ``class_weight`` dictionary, whose per-sample meaning it does not have). The defaults train one MLP, quickly;
+    ``softmargin train``'s defaults (an ensemble of 5) are ``ensemble=5, at_least_one="auto"``.
+
+    Attributes:
+        classes_: for a label matrix, ``np.arange(n_labels)``; for 1-D targets, the sorted class labels.
+        model_: the fitted :class:`softmargin.train.TrainedModel`.
+        n_features_in_: number of features seen in ``fit``.
+
+    Example:
+        >>> from sklearn.datasets import make_multilabel_classification
+        >>> X, Y = make_multilabel_classification(n_samples=200, n_classes=5, random_state=0)
+        >>> clf = SoftMarginClassifier(epochs=30, random_state=0).fit(X, Y)
+        >>> clf.predict(X[:2]).shape
+        (2, 5)
+    """
+
+    def __init__(
+        self,
+        model: str = "mlp",
+        hidden_layer_sizes: tuple[int, ...] = (256,),
+        dropout: float = 0.2,
+        ensemble: int = 1,
+        optimizer: str = "adamw",
+        epochs: int = 200,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        C: Optional[float] = None,
+        valid_fraction: float = 0.15,
+        patience: int = 20,
+        standardize: str = "auto",
+        label_weight: str = "none",
+        pos_weight: bool = False,
+        label_smoothing: float = 0.0,
+        gamma_pos: float = 0.0,
+        gamma_neg: float = 0.0,
+        clip: float = 0.0,
+        thresholds: str = "fixed",
+        at_least_one: str = "no",
+        random_state: Optional[int] = None,
+        verbose: bool = False,
+    ) -> None:
+        self.model = model
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.dropout = dropout
+        self.ensemble = ensemble
+        self.optimizer = optimizer
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.C = C
+        self.valid_fraction = valid_fraction
+        self.patience = patience
+        self.standardize = standardize
+        self.label_weight = label_weight
+        self.pos_weight = pos_weight
+        self.label_smoothing = label_smoothing
+        self.gamma_pos = gamma_pos
+        self.gamma_neg = gamma_neg
+        self.clip = clip
+        self.thresholds = thresholds
+        self.at_least_one = at_least_one
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _config(self) -> T.TrainConfig:
+        seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else 0
+        return T.TrainConfig(
+            model=self.model, hidden=tuple(self.hidden_layer_sizes), dropout=self.dropout, ensemble=self.ensemble,
+            optimizer=self.optimizer, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            weight_decay=self.weight_decay, C=self.C, valid_fraction=self.valid_fraction, patience=self.patience,
+            standardize=self.standardize, class_weight=self.label_weight, pos_weight=self.pos_weight,
+            label_smoothing=self.label_smoothing, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, clip=self.clip,
+            thresholds=self.thresholds, at_least_one=self.at_least_one, seed=int(seed),
+        ).check()  # fmt: skip
+
+    def fit(self, X: Any, y: Any) -> "SoftMarginClassifier":
+        config = self._config()
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float32, multi_output=True)
+        target_type = type_of_target(y)
+        if target_type == "multilabel-indicator":
+            Y = np.asarray(y.toarray() if sp.issparse(y) else y).astype(np.uint8)
+            self.classes_ = np.arange(Y.shape[1])
+            self._binarizer = None
+        elif target_type in ("binary", "multiclass"):
+            self._binarizer = LabelBinarizer().fit(y)
+            self.classes_ = self._binarizer.classes_
+            Y = self._binarizer.transform(y).astype(np.uint8)
+        else:
+            raise ValueError(
+                f"Unknown label type: y is {target_type!r}; expected a multi-label indicator matrix "
+                f"(n_samples, n_labels) of 0/1, or binary / multiclass class labels"
+            )
+        if len(self.classes_) < 2 and self._binarizer is not None:
+            raise ValueError(f"y has {len(self.classes_)} class: expected at least 2 classes")
+        names = [str(c) for c in range(Y.shape[1])]
+        features = [str(f) for f in range(X.shape[1])]
+        self.model_ = T.fit(Dataset(X, Y, features, names, "fit"), config, progress=self.verbose)
+        return self
+
+    def _scores(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, accept_sparse="csr", dtype=np.float32, reset=False)
+        return self.model_.predict_proba(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Multi-label: (n, n_labels) probabilities; binary: (n, 2); multiclass: (n, n_classes), rows summing to 1."""
+        p = self._scores(X)
+        if self._binarizer is None:
+            return p
+        if len(self.classes_) == 2:
+            return np.column_stack([1 - p[:, 0], p[:, 0]])
+        return p / np.maximum(p.sum(1, keepdims=True), 1e-300)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Logits: (n, n_labels) for multi-label and multiclass targets, (n,) for binary ones."""
+        p = np.clip(self._scores(X), 1e-12, 1 - 1e-12)
+        logits = np.log(p) - np.log1p(-p)
+        return logits[:, 0] if self._binarizer is not None and len(self.classes_) == 2 else logits
+
+    def predict(self, X: Any) -> np.ndarray:
+        p = self._scores(X)
+        if self._binarizer is None:
+            return T.decide(p, self.model_.thresholds, self.model_.at_least_one).astype(np.int64)
+        if len(self.classes_) == 2:
+            return self.classes_[(p[:, 0] >= self.model_.thresholds[0]).astype(int)]
+        return self.classes_[p.argmax(1)]
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.input_tags.sparse = True
+        return tags

@@ -1,0 +1,137 @@
+"""Data loaders: built-in yeast against MULAN's own files, each format, and errors that name file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from softmargin import data as D
+
+MULAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mulan"
+needs_mulan = pytest.mark.skipif(not MULAN.exists(), reason="../shared/data/mulan is not on this machine")
+
+
+def test_builtin_yeast_has_the_published_statistics():
+    train, test = D.load_builtin("yeast")
+    assert (len(train), len(test)) == (1500, 917)
+    Y = np.vstack([train.Y, test.Y])
+    assert Y.shape == (2417, 14) and train.X.shape[1] == 103
+    assert abs(Y.sum(1).mean() - 4.237) < 1e-3  # label cardinality
+    assert abs(Y.mean() - 0.303) < 1e-3  # label density
+
+
+@needs_mulan
+def test_rivers_yeast_is_mulans_split_test_rows_first():
+    train, test = D.load_builtin("yeast")
+    mulan_train = D.load_arff(MULAN / "yeast" / "yeast-train.arff")
+    mulan_test = D.load_arff(MULAN / "yeast" / "yeast-test.arff")
+    assert mulan_train.label_names == train.label_names
+    np.testing.assert_array_equal(train.X, mulan_train.X)
+    np.testing.assert_array_equal(train.Y, mulan_train.Y)
+    np.testing.assert_array_equal(test.X, mulan_test.X)
+    np.testing.assert_array_equal(test.Y, mulan_test.Y)
+
+
+@needs_mulan
+@pytest.mark.parametrize("name,n,features,labels", [("medical", 333, 1449, 45), ("enron", 1123, 1001, 53), ("scene", 1211, 294, 6)])
+def test_mulan_arff_sparse_and_dense(name, n, features, labels):
+    d = D.load_arff(MULAN / name / f"{name}-train.arff")
+    assert (len(d), d.X.shape[1], d.Y.shape[1]) == (n, features, labels)
+    assert d.sparse == (name != "scene")
+
+
+ARFF = """@relation toy
+@attribute f1 numeric
+@attribute 'f 2' numeric
+@attribute a {0,1}
+@attribute b {0,1}
+@data
+1.5,2,1,0
+-1,0.25,0,1
+"""
+SPARSE_ARFF = """@relation toy
+@attribute f1 numeric
+@attribute f2 numeric
+@attribute a {0,1}
+@attribute b {0,1}
+@data
+{0 1.5,2 1}
+{1 0.25,3 1}
+{}
+"""
+
+
+def test_arff_dense_and_sparse_agree(tmp_path):
+    (tmp_path / "d.arff").write_text(ARFF)
+    (tmp_path / "s.arff").write_text(SPARSE_ARFF)
+    dense = D.load_arff(tmp_path / "d.arff", labels=["a", "b"])
+    assert dense.feature_names == ["f1", "f 2"]
+    np.testing.assert_array_equal(dense.X, [[1.5, 2], [-1, 0.25]])
+    np.testing.assert_array_equal(dense.Y, [[1, 0], [0, 1]])
+    sparse = D.load_arff(tmp_path / "s.arff", labels=["b", "a"])
+    assert sparse.sparse and sparse.label_names == ["a", "b"]  # the file's order
+    np.testing.assert_array_equal(sparse.X.toarray(), [[1.5, 0], [0, 0.25], [0, 0]])
+    np.testing.assert_array_equal(sparse.Y, [[1, 0], [0, 1], [0, 0]])
+
+
+def test_arff_labels_from_sibling_xml(tmp_path):
+    (tmp_path / "toy-train.arff").write_text(ARFF)
+    (tmp_path / "toy.xml").write_text('<labels xmlns="http://mulan.sourceforge.net/labels"><label name="a"></label><label name="b"></label></labels>')
+    assert D.load_arff(tmp_path / "toy-train.arff").label_names == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("1.5,2,1\n", r"d\.arff:7: expected 4 comma-separated numbers"),
+        ("1.5,x,1,0\n", r"d\.arff:7: expected 4 comma-separated numbers"),
+        ("1,2,1,0\n{0 1}\n", r"d\.arff:8: a sparse row in a dense file"),
+        ("1,2,1,3\n", r"label attributes hold values other than 0 and 1"),
+    ],
+)
+def test_malformed_arff_names_file_and_line(tmp_path, body, message):
+    (tmp_path / "d.arff").write_text(ARFF.split("@data\n")[0] + "@data\n" + body)
+    with pytest.raises(D.DataError, match=message):
+        D.load_arff(tmp_path / "d.arff", labels=["a", "b"])
+
+
+def test_arff_without_label_names_is_a_clear_error(tmp_path):
+    (tmp_path / "lonely.arff").write_text(ARFF)
+    with pytest.raises(D.DataError, match=r"which attributes are labels\? Pass --labels"):
+        D.load_arff(tmp_path / "lonely.arff")
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_libsvm_multilabel_with_and_without_header(tmp_path, header):
+    text = ("3 5 4\n" if header else "") + "0,2 0:1.5 3:2\n3 1:1\n 4:0.5\n"
+    (tmp_path / "x.txt").write_text(text)
+    d = D.load_libsvm(tmp_path / "x.txt")
+    assert d.sparse
+    np.testing.assert_array_equal(d.X.toarray()[:, :5], [[1.5, 0, 0, 2, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0.5]])
+    assert d.X.shape[1] == 5 and d.Y.shape[1] == 4
+    np.testing.assert_array_equal(d.Y, [[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]])
+
+
+def test_malformed_libsvm_names_line(tmp_path):
+    (tmp_path / "x.txt").write_text("0 0:1\n1,a 2:3\n")
+    with pytest.raises(D.DataError, match=r"x\.txt:2: expected 'l1,l2,\.\.\. idx:val"):
+        D.load_libsvm(tmp_path / "x.txt")
+
+
+def test_csv_with_named_label_columns(tmp_path):
+    (tmp_path / "t.csv").write_text("f1,y1,f2,y2\n1,0,2,1\n3,1,4,1\n")
+    d = D.load_csv(tmp_path / "t.csv", ["y1", "y2"])
+    np.testing.assert_array_equal(d.X, [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(d.Y, [[0, 1], [1, 1]])
+    (tmp_path / "bad.csv").write_text("f1,y1\n1,0\n2\n")
+    with pytest.raises(D.DataError, match=r"bad\.csv:3: expected 2 fields"):
+        D.load_csv(tmp_path / "bad.csv", ["y1"])
+    with pytest.raises(D.DataError, match=r"label column\(s\) \['z'\] not in the header"):
+        D.load_csv(tmp_path / "t.csv", ["z"])
+
+
+def test_unknown_data_spec():
+    with pytest.raises(FileNotFoundError, match="not a built-in data set"):
+        D.load_train_test("nope.arff")

@@ -1,0 +1,36 @@
+"""Metrics: scikit-learn's where it has them; the hand-written ones (one-error, P@k, thresholds) against hand counts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from softmargin import metrics as M
+
+Y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+S = np.array([[0.9, 0.2, 0.4], [0.6, 0.7, 0.1], [0.3, 0.8, 0.2], [0.1, 0.2, 0.3]])
+
+
+def test_hand_counted_metrics():
+    metrics, per_label = M.evaluate(Y, S, 0.5)
+    pred = (S >= 0.5).astype(int)  # [[1,0,0],[1,1,0],[0,1,0],[0,0,0]]
+    assert metrics["hamming_loss"] == np.mean(pred != Y) == 4 / 12
+    assert metrics["subset_accuracy"] == 0.0
+    assert metrics["one_error"] == 0.0  # every top-ranked label is right: 0, 1, 1, 2
+    assert metrics["P@1"] == 1.0
+    assert metrics["P@3"] == Y.sum() / 12
+    assert [row["support"] for row in per_label] == [2, 2, 2]
+    assert metrics["coverage"] >= Y.sum(1).mean()  # scikit-learn's 1-based convention
+
+
+def test_tuned_thresholds_separate_perfectly_separable_labels():
+    scores = np.array([[0.9, 0.1], [0.8, 0.3], [0.2, 0.6], [0.1, 0.7]])
+    labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    thresholds = M.tune_thresholds(labels, scores)
+    assert ((scores >= thresholds).astype(int) == labels).all()
+    assert M.tune_thresholds(np.zeros((3, 1)), np.ones((3, 1)))[0] == 0.5  # no positive: the default
+
+
+def test_map_skips_labels_without_positives():
+    labels = np.array([[1, 0], [0, 0], [1, 0]])
+    metrics, _ = M.evaluate(labels, np.array([[0.9, 0.1], [0.2, 0.3], [0.8, 0.4]]))
+    assert metrics["mAP"] == 1.0

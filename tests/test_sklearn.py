@@ -1,0 +1,69 @@
+"""SoftMarginClassifier: scikit-learn's own estimator checks, Pipeline, GridSearchCV, and the linear model as
+logistic regression."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from sklearn.datasets import make_multilabel_classification  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import check_estimator  # noqa: E402
+
+from softmargin import SoftMarginClassifier  # noqa: E402
+
+# Checks skipped, and why (everything else in check_estimator must pass):
+EXPECTED_SKIPS = {
+    "check_array_api_input",  # needs SCIPY_ARRAY_API and an array-API namespace: the model computes in torch
+    "check_classifier_data_not_an_array",  # needs pandas, which the project does not depend on
+}
+
+
+def test_check_estimator():
+    results = check_estimator(SoftMarginClassifier(epochs=50, random_state=0), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
+    assert not failed, failed
+    assert skipped <= EXPECTED_SKIPS, skipped - EXPECTED_SKIPS
+    assert len(results) > 40
+
+
+def test_multilabel_fit_predict_shapes_and_reproducibility():
+    X, Y = make_multilabel_classification(n_samples=300, n_features=20, n_classes=6, random_state=0)
+    clf = SoftMarginClassifier(epochs=40, random_state=3).fit(X, Y)
+    assert clf.predict(X).shape == Y.shape and set(np.unique(clf.predict(X))) <= {0, 1}
+    assert clf.predict_proba(X).shape == Y.shape and clf.decision_function(X).shape == Y.shape
+    assert (clf.predict(X) == Y).mean() > 0.8
+    again = SoftMarginClassifier(epochs=40, random_state=3).fit(X, Y)
+    np.testing.assert_array_equal(clf.predict_proba(X), again.predict_proba(X))  # same seed, same numbers
+
+
+def test_pipeline_and_grid_search():
+    X, Y = make_multilabel_classification(n_samples=200, n_features=10, n_classes=4, random_state=1)
+    pipe = make_pipeline(StandardScaler(), SoftMarginClassifier(epochs=20, random_state=0))
+    search = GridSearchCV(pipe, {"softmarginclassifier__hidden_layer_sizes": [(16,), (32,)]}, cv=2, scoring="f1_micro")
+    search.fit(X, Y)
+    assert search.best_params_["softmarginclassifier__hidden_layer_sizes"] in [(16,), (32,)]
+    assert search.predict(X).shape == Y.shape
+
+
+def test_linear_lbfgs_is_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    X, Y = make_multilabel_classification(n_samples=300, n_features=15, n_classes=5, random_state=2)
+    X = StandardScaler().fit_transform(X)
+    ours = SoftMarginClassifier(model="linear", optimizer="lbfgs", C=1.0, valid_fraction=0, standardize="no").fit(X, Y)
+    reference = OneVsRestClassifier(LogisticRegression(C=1.0, tol=1e-8, max_iter=5000)).fit(X, Y)
+    # the same objective, solved in float32 by L-BFGS and in float64 by lbfgs: probabilities agree to 1e-3
+    np.testing.assert_allclose(ours.predict_proba(X), reference.predict_proba(X), atol=1e-3)
+
+
+def test_bad_targets():
+    with pytest.raises(ValueError, match="Unknown label type"):
+        SoftMarginClassifier(epochs=1).fit(np.zeros((4, 2)), np.array([0.5, 1.5, 2.5, 3.5]))
