@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _validation as V
 from ._chunks import Options, Rows, loss_rows, row_bookkeeping
+from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 
 __all__ = ["multilabel_soft_margin_loss", "multilabel_soft_margin_loss_grad"]
 
@@ -60,23 +61,32 @@ def _prepare(
     reduction = V.check_reduction(reduction)
     V.check_options(options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
     x = np.asarray(input)
-    y = np.asarray(target)
     V.check_input_kind("input", _KINDS.get(x.dtype.kind, "other"), x.dtype)
-    V.check_target_kind(_KINDS.get(y.dtype.kind, "other"), y.dtype)
     V.check_input_ndim(x.shape)
-    V.check_same_shape("target", y.shape, x.shape)
+    n = math.prod(x.shape[:-1])
+    y: Any
+    if is_sparse_target(target, lists=False):
+        y = as_sparse_targets(target, (n, x.shape[-1]), np)
+    else:
+        y = np.asarray(target)
+        V.check_target_kind(_KINDS.get(y.dtype.kind, "other"), y.dtype)
+        V.check_same_shape("target", y.shape, x.shape)
     w = _array("weight", weight, x.shape)
     pw = _array("pos_weight", pos_weight, x.shape)
     m = _array("mask", mask, x.shape)
     if validate:
-        V.check_target_values(y)
+        if isinstance(y, SparseTargets):
+            low, high = y.value_range()
+            if not (0 <= low and high <= 1):
+                raise ValueError(f"sparse target has values in [{low}, {high}]: expected every target value in [0, 1]")
+        else:
+            V.check_target_values(y)
         if w is not None:
             V.check_weight_values("weight", w)
         if pw is not None:
             V.check_weight_values("pos_weight", pw, positive=True)
-    n = math.prod(x.shape[:-1])
     rows = Rows(
-        x.reshape(n, x.shape[-1]), y.reshape(n, x.shape[-1]), _rows(w, x.shape, n), _rows(pw, x.shape, n), _rows(m, x.shape, n)
+        x.reshape(n, x.shape[-1]), y if isinstance(y, SparseTargets) else y.reshape(n, x.shape[-1]), _rows(w, x.shape, n), _rows(pw, x.shape, n), _rows(m, x.shape, n)
     )
     return rows, x.shape, reduction
 
@@ -149,6 +159,8 @@ def multilabel_soft_margin_loss(
     Args:
         input: logits of shape ``(C,)`` or ``(N, ..., C)``, floating point (float16, float32 or float64).
         target: targets of the same shape as ``input`` (never broadcast), values in [0, 1]; soft targets allowed.
+            Or the positives only: a scipy.sparse matrix or ``(indptr, indices[, values])`` (rows = the input's
+            samples), never made dense as a whole.
         weight: non-negative weights broadcastable to ``input``; usually ``(C,)``, one per class.
         reduction: ``"none"`` (per-sample losses of shape ``input.shape[:-1]``), ``"mean"`` or ``"sum"``.{options}
         validate: check the target range and the weights (one min/max pass each); ``False`` for hot loops.

@@ -5,6 +5,7 @@ not (infinite logits, float16 with many classes). The work happens in :mod:`soft
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -14,6 +15,7 @@ from torch.nn.modules.loss import _WeightedLoss
 
 from . import _validation as V
 from ._chunks import PLAIN, Options
+from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from .ops.torch_ops import MultiLabelSoftMarginLossFunction
 
 __all__ = ["multilabel_soft_margin_loss", "MultiLabelSoftMarginLoss"]
@@ -41,14 +43,17 @@ def _check(
 ) -> None:
     V.check_reduction(reduction)
     V.check_options(options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
-    named = (("input", input), ("target", target), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask))
+    named = (("input", input), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask))
+    if not isinstance(target, SparseTargets):
+        named += (("target", target),)
     for name, value in named:
         if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"{name} is a {type(value).__name__}: expected a torch.Tensor")
     V.check_input_kind("input", _kind(input.dtype), input.dtype)
-    V.check_target_kind(_kind(target.dtype), target.dtype)
     V.check_input_ndim(input.shape)
-    V.check_same_shape("target", target.shape, input.shape)
+    if not isinstance(target, SparseTargets):
+        V.check_target_kind(_kind(target.dtype), target.dtype)
+        V.check_same_shape("target", target.shape, input.shape)
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
             V.check_target_kind(_kind(value.dtype), value.dtype)
@@ -59,13 +64,18 @@ def _check(
     plain = pos_weight is None and mask is None and options == PLAIN
     if not plain:
         for name, value in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
-            if value is not None and value.requires_grad:
+            if isinstance(value, Tensor) and value.requires_grad:
                 raise ValueError(
                     f"{name} requires grad, but with pos_weight, mask, label_smoothing or asymmetric focusing only "
                     f"input is differentiable; pass {name}.detach()"
                 )
     if validate:
-        V.check_target_values(target.detach())
+        if isinstance(target, SparseTargets):
+            low, high = target.value_range()
+            if not (0 <= low and high <= 1):
+                raise ValueError(f"sparse target has values in [{low}, {high}]: expected every target value in [0, 1]")
+        else:
+            V.check_target_values(target.detach())
         if weight is not None:
             V.check_weight_values("weight", weight.detach())
         if pos_weight is not None:
@@ -95,7 +105,10 @@ def multilabel_soft_margin_loss(
 
     Args:
         input: logits of shape ``(C,)`` or ``(N, ..., C)``; float16, bfloat16, float32 or float64, any device.
-        target: same shape as ``input`` (never broadcast), values in [0, 1] (soft targets allowed).
+        target: same shape as ``input`` (never broadcast), values in [0, 1] (soft targets allowed); or sparse, as
+            the positives only: a sparse CSR/COO tensor, a scipy.sparse matrix, ``(indptr, indices[, values])`` or a
+            list of label-index lists, one per sample (rows = ``input.shape[:-1]`` flattened). A sparse target is
+            never made dense as a whole; it is not differentiable.
         weight: non-negative weights broadcastable to ``input``, usually one per class, shape ``(C,)``.
         size_average, reduce: deprecated, as in torch (use ``reduction``).
         reduction: ``"none"`` (shape ``input.shape[:-1]``), ``"mean"`` or ``"sum"``.
@@ -128,6 +141,10 @@ def multilabel_soft_margin_loss(
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction.legacy_get_string(size_average, reduce)
     options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
+    if is_sparse_target(target, lists=True):
+        rows = math.prod(input.shape[:-1]) if isinstance(input, Tensor) and input.dim() else 0
+        num_classes = input.shape[-1] if isinstance(input, Tensor) and input.dim() else 0
+        target = as_sparse_targets(target, (rows, num_classes), torch, device=input.device)
     _check(input, target, weight, reduction, validate, pos_weight, mask, options)
     return MultiLabelSoftMarginLossFunction.apply(input, target, weight, reduction, pos_weight, mask, options)
 

@@ -103,7 +103,7 @@ def kernel() -> Optional[ctypes.CDLL]:
         fn.restype = ctypes.c_int
         i64, dbl, ptr = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
         fn.argtypes = [ctypes.c_int, ctypes.c_int, ptr, ptr, ptr, i64, ptr, i64, ptr, i64, i64, i64, dbl, ptr]
-        fn.argtypes += [ctypes.c_int, dbl, dbl, dbl, dbl, ptr, ptr, ctypes.c_int]
+        fn.argtypes += [ctypes.c_int, dbl, dbl, dbl, dbl, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
         lib.flags = flags  # type: ignore[attr-defined]
         return lib
     warnings.warn(
@@ -119,7 +119,7 @@ def fused(
     xtype: str,
     ytype: str,
     x: int,
-    y: int,
+    y: Optional[int],
     weight: tuple[int, int],
     pos_weight: tuple[Optional[int], int],
     mask: tuple[Optional[int], int],
@@ -131,8 +131,11 @@ def fused(
     out: int,
     grad: Optional[int],
     num_threads: int,
+    sparse: Optional[tuple[int, int, Optional[int]]] = None,
 ) -> None:
     """Run the kernel on raw pointers; the caller owns the layout (contiguous; see cpu_kernel.c).
+
+    ``sparse`` = (indptr, indices, values or None) replaces ``y`` (then None) with CSR positives.
 
     ``weight``, ``pos_weight`` and ``mask`` are (pointer, row step) pairs; ``options`` is None for the plain loss
     or (label_smoothing, gamma_pos, gamma_neg, clip).
@@ -143,7 +146,7 @@ def fused(
     status = lib.softmargin_fused(
         DTYPE_CODES[xtype], DTYPE_CODES[ytype], x, y, weight[0], weight[1], pos_weight[0], pos_weight[1],
         mask[0], mask[1], num_rows, num_classes, scale, row_scale, int(options is not None), eps, gamma_pos,
-        gamma_neg, clip, out, grad, num_threads,
+        gamma_neg, clip, out, grad, num_threads, *(sparse or (None, None, None)),
     )  # fmt: skip
     if status != 0:
         raise RuntimeError(f"softmargin CPU kernel rejected dtypes input={xtype}, target={ytype}")

@@ -62,7 +62,35 @@ typedef struct {
     void *g;      /* NULL: no gradient */
     void *scratch; /* BLOCK elements the option kernels may write when g is NULL */
     double eps, gamma_pos, gamma_neg, clip;
+    /* sparse targets (y == NULL): this row's positive label indices, ascending, and their values (NULL: all 1) */
+    const int64_t *sp_idx;
+    const void *sp_val;
+    int64_t sp_n;
 } rowargs;
+
+/* One block of a sparse row's targets, made dense in a BLOCK-sized buffer: the N x C target never exists. */
+#define SPARSE_BLOCK(YT, ONE)                                                                                  \
+    static inline const YT *sparse_block_##YT(const rowargs *a, int64_t b, int64_t n, int64_t *k, YT *buf) {   \
+        memset(buf, 0, (size_t)n * sizeof(YT));                                                                \
+        const YT *values = a->sp_val;                                                                          \
+        while (*k < a->sp_n && a->sp_idx[*k] < b + n) {                                                        \
+            buf[a->sp_idx[*k] - b] = values ? values[*k] : (ONE);                                              \
+            (*k)++;                                                                                            \
+        }                                                                                                      \
+        return buf;                                                                                            \
+    }
+typedef _Float16 half_t;
+SPARSE_BLOCK(uint8_t, 1)
+SPARSE_BLOCK(float, 1.0f)
+SPARSE_BLOCK(double, 1.0)
+SPARSE_BLOCK(half_t, (half_t)1.0f)
+SPARSE_BLOCK(uint16_t, 0x3F80) /* bfloat16 1.0 */
+#define SPARSE_FN_uint8_t sparse_block_uint8_t
+#define SPARSE_FN_float sparse_block_float
+#define SPARSE_FN_double sparse_block_double
+#define SPARSE_FN__Float16 sparse_block_half_t
+#define SPARSE_FN_uint16_t sparse_block_uint16_t
+#define TARGET_BLOCK(YT) (a->sp_idx ? SPARSE_FN_##YT(a, b, n, &sp_k, ybuf) : y + b)
 
 typedef double (*row_fn)(const rowargs *);
 
@@ -92,11 +120,13 @@ typedef double (*row_fn)(const rowargs *);
         XT *restrict g = a->g;                                                                                 \
         const T scale = (T)a->scale;                                                                           \
         double lanes[LANES] = {0}, tail = 0;                                                                   \
+        YT ybuf[BLOCK] __attribute__((aligned(64)));                                                           \
+        int64_t sp_k = 0;                                                                                      \
         T buf[BLOCK] __attribute__((aligned(64)));                                                             \
         for (int64_t b = 0; b < a->C; b += BLOCK) {                                                            \
             int64_t n = a->C - b < BLOCK ? a->C - b : BLOCK;                                                   \
             const XT *xb = x + b;                                                                              \
-            const YT *yb = y + b;                                                                              \
+            const YT *yb = TARGET_BLOCK(YT);                                                                   \
             const T *wb = w + b;                                                                               \
             if (g) {                                                                                           \
                 XT *gb = g + b;                                                                                \
@@ -194,12 +224,14 @@ DEFINE_FOCUSED_GRAD(double)
         const int has_clip = a->clip != 0;                                                                     \
         (void)gp; (void)gn; (void)clip; (void)has_clip;                                                        \
         double lanes[LANES] = {0}, tail = 0;                                                                   \
+        YT ybuf[BLOCK] __attribute__((aligned(64)));                                                           \
+        int64_t sp_k = 0;                                                                                      \
         T buf[BLOCK] __attribute__((aligned(64)));                                                             \
         T wbuf[BLOCK] __attribute__((aligned(64)));                                                            \
         for (int64_t b = 0; b < a->C; b += BLOCK) {                                                            \
             int64_t n = a->C - b < BLOCK ? a->C - b : BLOCK;                                                   \
             const XT *xb = x + b;                                                                              \
-            const YT *yb = y + b;                                                                              \
+            const YT *yb = TARGET_BLOCK(YT);                                                                   \
             const T *pwb = pw + b;                                                                             \
             _Pragma("omp simd") for (int64_t c = 0; c < n; c++) /* a missing label weighs 0 */                \
                 wbuf[c] = mask[b + c] ? w[b + c] : (T)0;                                                       \
@@ -247,6 +279,7 @@ typedef struct {
     rowargs base; /* row 0's pointers; the scalars */
     const double *row_scale;
     double *out;
+    const int64_t *sp_indptr; /* sparse targets: N + 1 offsets into base.sp_idx / base.sp_val, or NULL */
 } job;
 
 static void run_rows(const job *j) {
@@ -261,6 +294,11 @@ static void run_rows(const job *j) {
         if (a.mask) a.mask += r * j->maskrowstep;
         if (a.g) a.g = (char *)a.g + r * a.C * j->xsize;
         if (j->row_scale) a.scale = j->row_scale[r];
+        if (j->sp_indptr) {
+            a.sp_idx = j->base.sp_idx + j->sp_indptr[r];
+            if (a.sp_val) a.sp_val = (const char *)a.sp_val + j->sp_indptr[r] * j->ysize;
+            a.sp_n = j->sp_indptr[r + 1] - j->sp_indptr[r];
+        }
         j->out[r] = j->fn(&a);
     }
 }
@@ -274,14 +312,17 @@ static void *run_thread(void *arg) {
 }
 #endif
 
-/* x, y, g: contiguous (N, C); w, pw: weights in the compute type, (1, C) with row step 0 or (N, C) with row step C
+/* sparse targets: y NULL, sp_indptr (N + 1), sp_idx (ascending within each row) and sp_val (NULL for all ones, else
+ * in the target type) give each row's positives;
+ * x, y, g: contiguous (N, C); w, pw: weights in the compute type, (1, C) with row step 0 or (N, C) with row step C
  * (pw may be NULL); mask: uint8 (1, C) or (N, C), or NULL; row_scale: N gradient scales, or NULL for `scale`;
  * out: N float64 row sums; g may be NULL. options = 0 runs the plain loss (pw, mask, eps, gammas, clip ignored).
  * Returns 0, or -1 on a bad dtype. */
 int softmargin_fused(int xtype, int ytype, const void *x, const void *y, const void *w, int64_t wrowstep,
                      const void *pw, int64_t pwrowstep, const uint8_t *mask, int64_t maskrowstep, int64_t N,
                      int64_t C, double scale, const double *row_scale, int options, double eps, double gamma_pos,
-                     double gamma_neg, double clip, double *out, void *g, int nthreads) {
+                     double gamma_neg, double clip, double *out, void *g, int nthreads, const int64_t *sp_indptr,
+                     const int64_t *sp_idx, const void *sp_val) {
     if (xtype < F32 || xtype > BF16 || (ytype != xtype && ytype != U8)) return -1;
     if (options && (!pw || !mask)) return -1;
     if (nthreads < 1) nthreads = 1;
@@ -291,12 +332,15 @@ int softmargin_fused(int xtype, int ytype, const void *x, const void *y, const v
     if (useful < nthreads) nthreads = useful < 1 ? 1 : (int)useful;
     if (nthreads > N) nthreads = N < 1 ? 1 : (int)N;
     const int64_t xsize = XSIZE[xtype];
-    rowargs base = {x, y, w, options ? pw : 0, options ? mask : 0, C, scale, g, 0, eps, gamma_pos, gamma_neg, clip};
+    if (!y && !sp_indptr) return -1;
+    rowargs base = {x,         y,         w,     options ? pw : 0, options ? mask : 0, C, scale, g, 0, eps, gamma_pos,
+                    gamma_neg, clip,      sp_idx, sp_val,           0};
     job jobs[MAX_THREADS];
     for (int t = 0; t < nthreads; t++) {
         int kind = !options ? 0 : (gamma_pos != 0 || gamma_neg != 0 || clip != 0) ? 2 : 1;
         job j = {ROW_FNS[xtype][ytype == U8][kind], xsize, ytype == U8 ? 1 : xsize, xtype == F64 ? 8 : 4,
-                 wrowstep, pwrowstep, maskrowstep, N * t / nthreads, N * (t + 1) / nthreads, base, row_scale, out};
+                 wrowstep, pwrowstep, maskrowstep, N * t / nthreads, N * (t + 1) / nthreads, base, row_scale, out,
+                 sp_indptr};
         jobs[t] = j;
     }
 #ifdef _OPENMP

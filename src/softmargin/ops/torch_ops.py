@@ -16,6 +16,7 @@ import torch
 
 from .._chunks import PLAIN, Options, Rows, loss_rows, row_bookkeeping
 from .._formula import element_loss_and_grad
+from .._sparse import SparseTargets
 from . import cpu
 
 #: Elements per chunk (float32: 256 KiB per temporary, so a chunk's temporaries stay in a 2 MiB L2 cache).
@@ -63,7 +64,7 @@ def loss_and_grad(
         if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
             return _native(x, y, weight, pos_weight, mask, options, reduction, need_grad)
         plain = pos_weight is None and mask is None and options == PLAIN
-        triton_ops = _triton_ops() if x.is_cuda and plain else None
+        triton_ops = _triton_ops() if x.is_cuda and plain and not isinstance(y, SparseTargets) else None
         if triton_ops is not None:
             num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
             w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
@@ -94,7 +95,7 @@ def _rows(x: torch.Tensor, y: torch.Tensor, weight: Any, pos_weight: Any, mask: 
     num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
     return Rows(
         x.reshape(num_rows, num_classes),
-        y.reshape(num_rows, num_classes),
+        y if isinstance(y, SparseTargets) else y.reshape(num_rows, num_classes),
         _weight_rows(weight, x.shape, cdtype),
         _weight_rows(pos_weight, x.shape, cdtype),
         _weight_rows(mask, x.shape, None),
@@ -121,12 +122,16 @@ def _native(
     """The compiled kernel: one pass, no temporaries beyond the gradient itself (see cpu_kernel.c)."""
     cdtype = compute_dtype(x.dtype)
     x = x.contiguous()
-    if y.dtype == torch.bool:
+    sparse = y if isinstance(y, SparseTargets) else None
+    if sparse is not None:
+        y_kind = "uint8" if sparse.values is None else _NATIVE_DTYPES[x.dtype]
+        sparse_values = None if sparse.values is None else sparse.values.to(x.dtype).contiguous()
+    elif y.dtype == torch.bool:
         y = y.contiguous().view(torch.uint8)
     elif y.dtype not in (x.dtype, torch.uint8):
         y = y.to(x.dtype)  # a target in another float dtype is converted once (documented cost)
     mask_bytes = None if mask is None else mask.contiguous().view(torch.uint8)  # bool is one byte: no copy
-    rows = _rows(x, y.contiguous(), weight, pos_weight, mask_bytes, cdtype)
+    rows = _rows(x, y if sparse is not None else y.contiguous(), weight, pos_weight, mask_bytes, cdtype)
     divisor, grad_scale, counted = row_bookkeeping(rows, reduction, torch, lambda t: t.to(torch.float64))
     num_rows, num_classes = rows.num_rows, rows.num_classes
     plain = pos_weight is None and mask is None and options == PLAIN
@@ -142,12 +147,16 @@ def _native(
     def pointer(t: Optional[torch.Tensor]) -> tuple[Optional[int], int]:
         return (None, 0) if t is None else (t.data_ptr(), 0 if t.shape[0] == 1 else num_classes)
 
+    if sparse is None:
+        y_kind = "uint8" if rows.y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype]
     cpu.fused(
-        _NATIVE_DTYPES[x.dtype], "uint8" if rows.y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype],
-        rows.x.data_ptr(), rows.y.data_ptr(), pointer(w), pointer(pw), pointer(m), num_rows, num_classes,
+        _NATIVE_DTYPES[x.dtype], y_kind, rows.x.data_ptr(), None if sparse is not None else rows.y.data_ptr(),
+        pointer(w), pointer(pw), pointer(m), num_rows, num_classes,
         grad_scale if isinstance(grad_scale, float) else 0.0, None if row_scale is None else row_scale.data_ptr(),
         None if plain else (options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip),
         row_sums.data_ptr(), None if grad is None else grad.data_ptr(), torch.get_num_threads(),
+        None if sparse is None else (sparse.indptr.data_ptr(), sparse.indices.data_ptr(),
+                                     None if sparse_values is None else sparse_values.data_ptr()),
     )  # fmt: skip
     return _per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted
 
@@ -211,7 +220,8 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
         ctx.plain = pos_weight is None and mask is None and options == PLAIN
         # x, y and weight are the caller's own tensors: saving them costs no memory. The gradient is kept on ctx,
         # not saved, so that backward can hand it over without a copy (see there).
-        ctx.save_for_backward(x, y, weight, pos_weight, mask)
+        ctx.sparse_target = y if isinstance(y, SparseTargets) else None
+        ctx.save_for_backward(x, None if ctx.sparse_target is not None else y, weight, pos_weight, mask)
         ctx.options = options
         ctx.grad = grad
         return reduce(per_sample, reduction, counted).to(x.dtype)
@@ -219,6 +229,7 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, y, weight, pos_weight, mask = ctx.saved_tensors
+        y = ctx.sparse_target if ctx.sparse_target is not None else y
         grad = ctx.grad
         if ctx.reduction == "none":
             grad_output = grad_output.unsqueeze(-1)
@@ -232,6 +243,8 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
                         "softmargin: second derivatives are available for the plain loss only, not with "
                         "pos_weight, mask, label_smoothing or asymmetric focusing"
                     )
+                if isinstance(y, SparseTargets):
+                    raise RuntimeError("softmargin: second derivatives are not available with sparse targets")
                 grad_x = (torch.sigmoid(x) - y) * (scale * grad_output)
                 grad_x = grad_x if weight is None else grad_x * weight
             elif grad is None:  # a second backward (retain_graph=True) after the gradient was handed over

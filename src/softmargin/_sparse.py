@@ -1,0 +1,143 @@
+"""Sparse targets: each sample's positive labels (and, optionally, their soft values), never a dense N x C matrix.
+
+Accepted forms (``as_sparse_targets``): a torch sparse CSR (or COO) tensor, a scipy.sparse matrix, a tuple
+``(indptr, indices)`` or ``(indptr, indices, values)``, or a list of label-index lists. They become one
+:class:`SparseTargets` in CSR form with the indices of every row ascending and unique. Its rows can be made dense a
+chunk at a time (``targets[start:stop]``), which is how the chunked paths use it; the CPU kernel reads the CSR
+arrays directly and densifies one block of one row at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass
+class SparseTargets:
+    """CSR positives of an (N, C) target: ``indptr`` (N + 1), ``indices`` and ``values`` (None: all ones), as NumPy
+    arrays or torch tensors (``xp`` says which)."""
+
+    indptr: Any
+    indices: Any
+    values: Any
+    shape: tuple[int, int]
+    xp: Any
+
+    @property
+    def dtype(self) -> Any:
+        return self.xp.uint8 if self.values is None else self.values.dtype
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, rows: slice) -> Any:
+        """Rows ``start:stop`` as a dense chunk (float64 for NumPy, the values' dtype or uint8 for torch)."""
+        start, stop, _ = rows.indices(self.shape[0])
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        counts = self.indptr[start + 1:stop + 1] - self.indptr[start:stop]
+        if self.xp.__name__ == "numpy":
+            dense = np.zeros((stop - start, self.shape[1]), dtype=np.float64)
+            row_ids = np.repeat(np.arange(stop - start), counts)
+            dense[row_ids, self.indices[lo:hi]] = 1.0 if self.values is None else self.values[lo:hi]
+            return dense
+        torch = self.xp
+        dense = torch.zeros((stop - start, self.shape[1]), dtype=self.dtype, device=self.indices.device)
+        row_ids = torch.repeat_interleave(torch.arange(stop - start, device=self.indices.device), counts)
+        dense[row_ids, self.indices[lo:hi]] = 1 if self.values is None else self.values[lo:hi]
+        return dense
+
+    def value_range(self) -> tuple[float, float]:
+        if self.values is None or self.nnz == 0:
+            return 1.0, 1.0
+        return float(self.values.min()), float(self.values.max())
+
+
+def is_sparse_target(target: Any, lists: bool) -> bool:
+    """Whether ``target`` is one of the sparse forms. ``lists``: a list means label lists (the torch API, whose dense
+    targets are tensors); the NumPy API takes nested lists as dense targets, so there a list is not sparse."""
+    if isinstance(target, SparseTargets) or isinstance(target, tuple):
+        return True
+    if isinstance(target, list):
+        return lists
+    if hasattr(target, "tocsr") and hasattr(target, "nnz"):  # scipy.sparse
+        return True
+    layout = getattr(target, "layout", None)
+    return layout is not None and str(layout) in ("torch.sparse_csr", "torch.sparse_coo")
+
+
+def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any = None) -> SparseTargets:
+    """Normalise any accepted form to :class:`SparseTargets` of ``shape`` = (rows, classes) in namespace ``xp``."""
+    num_rows, num_classes = shape
+    values: Optional[np.ndarray] = None
+    if isinstance(target, SparseTargets):
+        indptr, indices, values = _to_numpy(target.indptr), _to_numpy(target.indices), _maybe(target.values)
+        given = target.shape
+    elif hasattr(target, "tocsr") and hasattr(target, "nnz"):
+        csr = target.tocsr()
+        indptr, indices, values, given = csr.indptr, csr.indices, csr.data, tuple(csr.shape)
+    elif getattr(target, "layout", None) is not None:
+        csr = target.detach().to_sparse_csr() if str(target.layout) == "torch.sparse_coo" else target.detach()
+        indptr, indices = _to_numpy(csr.crow_indices()), _to_numpy(csr.col_indices())
+        values, given = _to_numpy(csr.values()), tuple(csr.shape)
+    elif isinstance(target, tuple):
+        if len(target) not in (2, 3):
+            raise ValueError(f"target is a tuple of {len(target)}: expected (indptr, indices) or (indptr, indices, values)")
+        indptr, indices = np.asarray(_to_numpy(target[0])), np.asarray(_to_numpy(target[1]))
+        values = None if len(target) == 2 else np.asarray(_to_numpy(target[2]))
+        given = (len(indptr) - 1, num_classes)
+    elif isinstance(target, list):
+        lengths = [len(labels) for labels in target]
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        indices = np.fromiter((int(i) for labels in target for i in labels), dtype=np.int64, count=int(indptr[-1]))
+        given = (len(target), num_classes)
+    else:
+        raise TypeError(f"target is a {type(target).__name__}: expected a tensor, a sparse matrix, (indptr, indices) or a list of label lists")
+    if len(given) != 2 or tuple(int(v) for v in given) != (num_rows, num_classes):
+        raise ValueError(
+            f"sparse target has shape {tuple(given)}, expected ({num_rows}, {num_classes}) = input.shape as (rows, classes): "
+            f"targets are never broadcast"
+        )
+    indptr = np.asarray(indptr, dtype=np.int64)
+    indices = np.asarray(indices, dtype=np.int64)
+    if indptr.shape != (num_rows + 1,) or indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != len(indices):
+        raise ValueError(f"sparse target: indptr must be {num_rows + 1} non-decreasing offsets from 0 to {len(indices)}")
+    if len(indices) and (indices.min() < 0 or indices.max() >= num_classes):
+        bad = int(indices[(indices < 0) | (indices >= num_classes)][0])
+        raise ValueError(f"sparse target has a label index {bad} outside [0, {num_classes}): expected class indices")
+    rows = np.repeat(np.arange(num_rows), np.diff(indptr))
+    order = np.lexsort((indices, rows))
+    if (order != np.arange(len(order))).any():  # sort each row's labels, as the kernel walks them in order
+        indices = indices[order]
+        values = None if values is None else np.asarray(values)[order]
+    duplicate = (np.diff(indices) == 0) & (np.diff(rows) == 0)
+    if duplicate.any():
+        at = int(np.flatnonzero(duplicate)[0])
+        raise ValueError(f"sparse target repeats label {int(indices[at])} in row {int(rows[at])}: expected each label once")
+    if values is not None:
+        values = np.asarray(values, dtype=np.float64)
+        if len(values) != len(indices):
+            raise ValueError(f"sparse target has {len(values)} values for {len(indices)} indices")
+        if np.all(values == 1):
+            values = None  # hard labels: the fast path
+    if xp.__name__ == "numpy":
+        return SparseTargets(indptr, indices, values, (num_rows, num_classes), xp)
+    torch = xp
+    to = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+    return SparseTargets(
+        to(indptr, torch.int64), to(indices, torch.int64), None if values is None else to(values, torch.float64),
+        (num_rows, num_classes), xp,
+    )  # fmt: skip
+
+
+def _to_numpy(a: Any) -> Any:
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    return a
+
+
+def _maybe(a: Any) -> Any:
+    return None if a is None else _to_numpy(a)

@@ -1,0 +1,94 @@
+"""Sparse targets (positives only) give the same loss and gradient as the dense target, in every form and path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import softmargin.numpy as snp
+
+from helpers import assert_close
+
+torch = pytest.importorskip("torch")
+import softmargin.torch as st  # noqa: E402
+
+pytestmark = [pytest.mark.usefixtures("torch_path"), pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")]
+
+
+def _problem(seed=0, rows=7, classes=1200, soft=False):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, classes)) * 4
+    dense = (rng.random((rows, classes)) < 0.01).astype(np.float64)
+    dense[0, [0, classes - 1]] = 1  # the edges of a row
+    dense[1] = 0  # a row without positives
+    if soft:
+        dense[dense > 0] = rng.uniform(0.2, 1.0, int((dense > 0).sum()))
+    return x, dense
+
+
+def _forms(dense):
+    csr = sp.csr_matrix(dense)
+    forms = {
+        "scipy": csr,
+        "indptr/indices": (csr.indptr, csr.indices) if np.all(csr.data == 1) else (csr.indptr, csr.indices, csr.data),
+        "torch csr": torch.tensor(dense).to_sparse_csr(),
+        "torch coo": torch.tensor(dense).to_sparse(),
+    }
+    if np.all(csr.data == 1):
+        forms["label lists"] = [list(np.flatnonzero(r)) for r in dense]
+    return forms
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", [{}, {"weight": "class"}, {"gamma_neg": 2.0, "clip": 0.05, "pos_weight": "class"}])
+def test_torch_sparse_equals_dense(soft, dtype, options):
+    x, dense = _problem(soft=soft)
+    kw = {k: (torch.rand(x.shape[1], dtype=torch.float64) + 0.5 if v == "class" else v) for k, v in options.items()}
+    reference = None
+    for name, target in _forms(dense).items():
+        xt = torch.tensor(x, dtype=dtype, requires_grad=True)
+        loss = st.multilabel_soft_margin_loss(xt, target, reduction="none", **kw)
+        loss.sum().backward()
+        if reference is None:
+            xr = torch.tensor(x, dtype=dtype, requires_grad=True)
+            ref = st.multilabel_soft_margin_loss(xr, torch.tensor(dense, dtype=dtype), reduction="none", **kw)
+            ref.sum().backward()
+            reference = (ref.detach().numpy(), xr.grad.numpy())
+        rtol = 1e-6 if dtype == torch.float32 else 1e-13
+        assert_close(loss.detach().numpy(), reference[0], rtol, f"{name} loss")
+        assert_close(xt.grad.numpy(), reference[1], rtol, f"{name} grad")
+
+
+def test_numpy_sparse_equals_dense():
+    x, dense = _problem(soft=True)
+    expected = snp.multilabel_soft_margin_loss_and_grad(x, dense)
+    for target in (sp.csr_matrix(dense), (sp.csr_matrix(dense).indptr, sp.csr_matrix(dense).indices, sp.csr_matrix(dense).data)):
+        loss, grad = snp.multilabel_soft_margin_loss_and_grad(x, target)
+        assert_close(loss, expected[0], 1e-14)
+        assert_close(grad, expected[1], 1e-14)
+
+
+def test_unsorted_indices_are_sorted():
+    x = torch.randn(2, 10)
+    target = (np.array([0, 2, 3]), np.array([7, 1, 4]))
+    dense = torch.zeros(2, 10)
+    dense[0, [7, 1]] = 1
+    dense[1, 4] = 1
+    torch.testing.assert_close(st.multilabel_soft_margin_loss(x, target), st.multilabel_soft_margin_loss(x, dense))
+
+
+@pytest.mark.parametrize(
+    "target,message",
+    [
+        ((np.array([0, 1]), np.array([3])), r"sparse target has shape \(1, 10\), expected \(2, 10\)"),
+        ((np.array([0, 1, 2]), np.array([3, 10])), r"label index 10 outside \[0, 10\)"),
+        ((np.array([0, 2, 2]), np.array([3, 3])), r"repeats label 3 in row 0"),
+        ((np.array([0, 1, 2]), np.array([3, 4]), np.array([0.5, 1.5])), r"values in \[0\.5, 1\.5\]: expected every target value in \[0, 1\]"),
+        ([[1], [2], [3]], r"expected \(2, 10\)"),
+    ],
+)
+def test_bad_sparse_targets(target, message):
+    with pytest.raises(ValueError, match=message):
+        st.multilabel_soft_margin_loss(torch.zeros(2, 10), target)
