@@ -6,7 +6,7 @@ not (infinite logits, float16 with many classes). The work happens in :mod:`soft
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -16,9 +16,15 @@ from torch.nn.modules.loss import _WeightedLoss
 from . import _validation as V
 from ._chunks import PLAIN, Options
 from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
+from .ops.linear_head import DEFAULT_BUDGET, LinearMultiLabelSoftMarginLossFunction, chunk_shape
 from .ops.torch_ops import MultiLabelSoftMarginLossFunction
 
-__all__ = ["multilabel_soft_margin_loss", "MultiLabelSoftMarginLoss"]
+__all__ = [
+    "multilabel_soft_margin_loss",
+    "MultiLabelSoftMarginLoss",
+    "linear_multilabel_soft_margin_loss",
+    "LinearMultiLabelSoftMarginLoss",
+]
 
 
 def _kind(dtype: torch.dtype) -> str:
@@ -199,3 +205,165 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
             label_smoothing=self.label_smoothing, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg,
             clip=self.clip, validate=self.validate,
         )  # fmt: skip
+
+
+def _total_labels(local: int, group: Any) -> int:
+    if group is None:
+        return local
+    count = torch.tensor([local], dtype=torch.int64)
+    torch.distributed.all_reduce(count, group=group)
+    return int(count.item())
+
+
+def linear_multilabel_soft_margin_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    target: Any,
+    *,
+    class_weight: Optional[Tensor] = None,
+    pos_weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 0.0,
+    clip: float = 0.0,
+    chunk_size: Optional[int] = None,
+    memory_budget: int = DEFAULT_BUDGET,
+    process_group: Any = None,
+    total_labels: Optional[int] = None,
+    validate: bool = True,
+) -> Tensor:
+    r"""``multilabel_soft_margin_loss(hidden @ weight.T + bias, target)`` without ever holding the N x C logits.
+
+    The labels are walked in chunks of ``chunk_size`` (default: as many as fit ``memory_budget`` bytes of
+    temporaries, at least 1024), computing each chunk's logits, loss and gradients at once; the gradients w.r.t.
+    ``hidden`` (so autograd flows into the encoder that produced it), ``weight`` and ``bias`` are exact.
+
+    Args:
+        hidden: (N, H) features, float32 / bfloat16 / float64.
+        weight, bias: the head's parameters, (C, H) and (C,) (``bias`` may be None).
+        target: (N, C) dense tensor, or sparse positives (see :func:`multilabel_soft_margin_loss`), the way to go
+            for millions of labels.
+        class_weight, pos_weight: (C,) per-label weights (the loss's ``weight`` and ``pos_weight``).
+        reduction, label_smoothing, gamma_pos, gamma_neg, clip: as in :func:`multilabel_soft_margin_loss`.
+        process_group: label-parallel training. Each process passes its shard of the labels (``weight`` rows,
+            ``bias``, ``target`` columns, ``class_weight``/``pos_weight``) and the same ``hidden``; the loss and the
+            gradient w.r.t. ``hidden`` are all-reduced (one all-reduce each), the shard's parameter gradients stay
+            local. ``total_labels`` (all shards together) saves one small all-reduce per call when given.
+
+    Returns:
+        The loss, as :func:`multilabel_soft_margin_loss` would give on the full logits (averaged over all labels).
+    """
+    options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
+    V.check_reduction(reduction)
+    V.check_options(label_smoothing, gamma_pos, gamma_neg, clip)
+    for name, value in (("hidden", hidden), ("weight", weight)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} is a {type(value).__name__}: expected a torch.Tensor")
+        V.check_input_kind(name, _kind(value.dtype), value.dtype)
+    if hidden.dim() != 2 or weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"hidden.shape == {tuple(hidden.shape)}, weight.shape == {tuple(weight.shape)}: expected (N, H) and (C, H)"
+        )
+    num_rows, num_labels = hidden.shape[0], weight.shape[0]
+    for name, value in (("bias", bias), ("class_weight", class_weight), ("pos_weight", pos_weight)):
+        if value is not None and tuple(value.shape) != (num_labels,):
+            raise ValueError(f"{name}.shape == {tuple(value.shape)}, expected ({num_labels},): one per label")
+    if is_sparse_target(target, lists=True):
+        target = as_sparse_targets(target, (num_rows, num_labels), torch, device=hidden.device)
+        if validate:
+            low, high = target.value_range()
+            if not (0 <= low and high <= 1):
+                raise ValueError(f"sparse target has values in [{low}, {high}]: expected every target value in [0, 1]")
+    else:
+        V.check_same_shape("target", target.shape, (num_rows, num_labels))
+        if validate:
+            V.check_target_values(target.detach())
+    if validate:
+        if class_weight is not None:
+            V.check_weight_values("class_weight", class_weight.detach())
+        if pos_weight is not None:
+            V.check_weight_values("pos_weight", pos_weight.detach(), positive=True)
+    chunks = chunk_shape(num_rows, num_labels, memory_budget, chunk_size)
+    total = total_labels if total_labels is not None else _total_labels(num_labels, process_group)
+    return LinearMultiLabelSoftMarginLossFunction.apply(
+        hidden, weight, bias, target, class_weight, pos_weight, reduction, options, chunks, process_group, total
+    )
+
+
+class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
+    r"""A linear output layer fused with the multi-label soft-margin loss, for very many labels.
+
+    ``forward(hidden, target)`` is ``MultiLabelSoftMarginLoss()(hidden @ weight.T + bias, target)`` computed in
+    chunks of labels (see :func:`linear_multilabel_soft_margin_loss`); ``logits`` and ``topk`` serve prediction,
+    also in chunks. With ``process_group`` the module holds this process's shard of ``num_labels`` labels
+    (``label_offset`` tells which; ``topk`` then returns global label ids).
+
+    Example:
+        >>> head = LinearMultiLabelSoftMarginLoss(256, 1_000_000)
+        >>> loss = head(encoder(x), [[3, 17], [999_999]])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        bias: bool = True,
+        *,
+        class_weight: Optional[Tensor] = None,
+        pos_weight: Optional[Tensor] = None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        gamma_pos: float = 0.0,
+        gamma_neg: float = 0.0,
+        clip: float = 0.0,
+        chunk_size: Optional[int] = None,
+        memory_budget: int = DEFAULT_BUDGET,
+        process_group: Any = None,
+        label_offset: int = 0,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        V.check_reduction(reduction)
+        V.check_options(label_smoothing, gamma_pos, gamma_neg, clip)
+        linear = torch.nn.Linear(in_features, num_labels, bias=bias, device=device, dtype=dtype)  # its init
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.register_buffer("class_weight", class_weight)
+        self.register_buffer("pos_weight", pos_weight)
+        self.reduction = reduction
+        self.options = dict(label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
+        self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
+        self.process_group = process_group
+        self.label_offset = label_offset
+        self.total_labels = _total_labels(num_labels, process_group)
+
+    def forward(self, hidden: Tensor, target: Any) -> Tensor:
+        return linear_multilabel_soft_margin_loss(
+            hidden, self.weight, self.bias, target, class_weight=self.class_weight, pos_weight=self.pos_weight,
+            reduction=self.reduction, chunk_size=self.chunk_size, memory_budget=self.memory_budget,
+            process_group=self.process_group, total_labels=self.total_labels, **self.options,
+        )  # fmt: skip
+
+    def logits(self, hidden: Tensor, labels: Optional[slice] = None) -> Tensor:
+        """Logits of (a slice of) this shard's labels: (N, len(labels)). For a few labels, or few samples."""
+        labels = labels or slice(0, self.weight.shape[0])
+        return torch.nn.functional.linear(hidden, self.weight[labels], None if self.bias is None else self.bias[labels])
+
+    @torch.no_grad()
+    def topk(self, hidden: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """(scores, label ids) of each sample's k highest logits, walking the labels in chunks (never N x C)."""
+        _, label_chunk = chunk_shape(hidden.shape[0], self.weight.shape[0], self.memory_budget, self.chunk_size)
+        best_scores = best_ids = None
+        for c0 in range(0, self.weight.shape[0], label_chunk):
+            scores = self.logits(hidden, slice(c0, c0 + label_chunk))
+            ids = torch.arange(c0, c0 + scores.shape[1], device=scores.device).expand_as(scores) + self.label_offset
+            if best_scores is not None:
+                scores, ids = torch.cat([best_scores, scores], 1), torch.cat([best_ids, ids], 1)
+            best_scores, order = scores.topk(min(k, scores.shape[1]), dim=1)
+            best_ids = ids.gather(1, order)
+        assert best_scores is not None and best_ids is not None, "topk needs at least one label"
+        return best_scores, best_ids

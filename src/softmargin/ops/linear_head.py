@@ -1,0 +1,174 @@
+"""The fused linear head: ``loss(hidden @ weight.T + bias, target)`` and its gradients without the N x C logits.
+
+Labels are walked in chunks (and rows too, when one chunk of rows would not fit the memory budget): each chunk's
+logits are formed, passed through the fused loss kernel (``torch_ops.loss_and_grad``), and turned at once into their
+contributions to the gradients w.r.t. ``hidden``, ``weight`` and ``bias``; only one chunk of logits and of their
+gradient ever exists. For "mean" and "sum" every gradient is computed in forward and backward only scales it; for
+"none" backward walks the chunks again with the incoming per-sample gradient.
+
+Label-parallel training: with a ``process_group``, each process holds a shard of the labels (rows of ``weight``);
+the per-sample loss sums and the gradient w.r.t. ``hidden`` are combined with one all-reduce each, and each shard's
+weight and bias gradients stay local.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+
+from .._chunks import Options
+from .._sparse import SparseTargets
+from .torch_ops import compute_dtype, loss_and_grad
+
+#: Default memory budget for one chunk's temporaries (logits, their gradient, the target chunk): 256 MiB.
+DEFAULT_BUDGET = 256 << 20
+
+
+def chunk_shape(num_rows: int, num_labels: int, budget_bytes: int, label_chunk: Optional[int] = None) -> tuple[int, int]:
+    """(rows, labels) per chunk so that about four float32 (rows x labels) temporaries fit ``budget_bytes``."""
+    per_element = 16  # logits, their gradient, a target chunk and slack, 4 bytes each
+    if label_chunk is None:
+        label_chunk = max(1, min(num_labels, budget_bytes // max(1, per_element * max(num_rows, 1))))
+        label_chunk = max(label_chunk, min(num_labels, 1024))  # keep the matrix products efficient
+    label_chunk = max(1, min(label_chunk, num_labels))
+    row_chunk = max(1, min(num_rows, budget_bytes // (per_element * label_chunk)))
+    return row_chunk, label_chunk
+
+
+def _target_block(target: Any, r0: int, r1: int, c0: int, c1: int) -> Any:
+    """Rows r0:r1, labels c0:c1 of the target: a dense slice, or a SparseTargets restricted to the block."""
+    if not isinstance(target, SparseTargets):
+        return target[r0:r1, c0:c1]
+    lo, hi = int(target.indptr[r0]), int(target.indptr[r1])
+    indices = target.indices[lo:hi]
+    rows = torch.repeat_interleave(torch.arange(r1 - r0, device=indices.device), target.indptr[r0 + 1:r1 + 1] - target.indptr[r0:r1])
+    keep = (indices >= c0) & (indices < c1)
+    counts = torch.bincount(rows[keep], minlength=r1 - r0)
+    indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    values = None if target.values is None else target.values[lo:hi][keep]
+    return SparseTargets(indptr, indices[keep] - c0, values, (r1 - r0, c1 - c0), torch)
+
+
+def _all_reduce(tensor: torch.Tensor, group: Any) -> torch.Tensor:
+    """Sum over the label shards. A process that died or never arrives makes this fail after the process group's
+    timeout (``init_process_group(timeout=...)``) instead of hanging; the error says so."""
+    if group is not None:
+        try:
+            torch.distributed.all_reduce(tensor, group=group)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                "softmargin: the label-parallel all-reduce failed; another process of the group has probably failed "
+                f"or stopped (the wait is bounded by the process group's timeout): {exc}"
+            ) from exc
+    return tensor
+
+
+def walk(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    target: Any,
+    class_weight: Optional[torch.Tensor],
+    pos_weight: Optional[torch.Tensor],
+    options: Options,
+    row_scale: Optional[torch.Tensor],
+    scale: float,
+    need: tuple[bool, bool, bool],
+    chunks: tuple[int, int],
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """One pass over the chunks: local per-row loss sums (float64) and the gradients of ``sum_n row_scale[n] *
+    scale * row_loss_n`` (``row_scale`` None: all ones) w.r.t. hidden, weight and bias, as asked by ``need``."""
+    num_rows, num_labels = hidden.shape[0], weight.shape[0]
+    row_chunk, label_chunk = chunks
+    need_hidden, need_weight, need_bias = need
+    any_grad = any(need)
+    acc = compute_dtype(hidden.dtype)  # gradients accumulate in float32 (float64 for float64 inputs)
+    row_sums = torch.zeros(num_rows, dtype=torch.float64, device=hidden.device)
+    grad_hidden = torch.zeros_like(hidden, dtype=acc) if need_hidden else None
+    grad_weight = torch.zeros_like(weight, dtype=acc) if need_weight else None
+    grad_bias = torch.zeros(num_labels, dtype=acc, device=weight.device) if need_bias and bias is not None else None
+    for c0 in range(0, num_labels, label_chunk):
+        c1 = min(c0 + label_chunk, num_labels)
+        w_chunk = weight[c0:c1]
+        cw = None if class_weight is None else class_weight[c0:c1]
+        pw = None if pos_weight is None else pos_weight[c0:c1]
+        for r0 in range(0, num_rows, row_chunk):
+            r1 = min(r0 + row_chunk, num_rows)
+            h = hidden[r0:r1]
+            logits = torch.nn.functional.linear(h, w_chunk, None if bias is None else bias[c0:c1])
+            y = _target_block(target, r0, r1, c0, c1)
+            # the kernel's "sum" reduction divides each row by the chunk's label count: undone below
+            per_row, grad, _ = loss_and_grad(logits, y, cw, "sum", any_grad, pw, None, options)
+            row_sums[r0:r1] += per_row * (c1 - c0)
+            if grad is None:
+                continue
+            factor = scale * (c1 - c0)
+            grad = grad.to(acc) * (factor if row_scale is None else row_scale[r0:r1, None].to(acc) * factor)
+            if grad_hidden is not None:
+                grad_hidden[r0:r1] += grad @ w_chunk.to(acc)
+            if grad_weight is not None:
+                grad_weight[c0:c1] += grad.T @ h.to(acc)
+            if grad_bias is not None:
+                grad_bias[c0:c1] += grad.sum(0)
+            del logits, grad
+    return row_sums, grad_hidden, grad_weight, grad_bias
+
+
+class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        target: Any,
+        class_weight: Optional[torch.Tensor],
+        pos_weight: Optional[torch.Tensor],
+        reduction: str,
+        options: Options,
+        chunks: tuple[int, int],
+        group: Any,
+        total_labels: int,
+    ) -> torch.Tensor:
+        num_rows = hidden.shape[0]
+        scale = 1.0 / (total_labels * (num_rows if reduction == "mean" else 1)) if total_labels and num_rows else math.nan
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        eager = reduction != "none"  # "none": the incoming gradient differs per sample; walk again in backward
+        row_sums, g_hidden, g_weight, g_bias = walk(
+            hidden, weight, bias, target, class_weight, pos_weight, options, None, scale,
+            need if eager else (False, False, False), chunks,
+        )  # fmt: skip
+        _all_reduce(row_sums, group)  # the per-sample loss sums over every shard's labels
+        if g_hidden is not None:
+            _all_reduce(g_hidden, group)  # every shard's labels contribute to d loss / d hidden
+        ctx.grads = (g_hidden, g_weight, g_bias)
+        ctx.setup = (target, class_weight, pos_weight, options, scale, need, chunks, group, reduction)
+        ctx.save_for_backward(hidden, weight, bias)
+        per_sample = row_sums / total_labels if total_labels else row_sums * math.nan
+        if reduction == "none":
+            return per_sample.to(hidden.dtype)
+        total = per_sample.sum()
+        return (total / num_rows if reduction == "mean" else total).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        hidden, weight, bias = ctx.saved_tensors
+        target, class_weight, pos_weight, options, scale, need, chunks, group, reduction = ctx.setup
+        if reduction == "none":
+            _, g_hidden, g_weight, g_bias = walk(
+                hidden, weight, bias, target, class_weight, pos_weight, options,
+                grad_output.to(torch.float64), scale, need, chunks,
+            )  # fmt: skip
+            if g_hidden is not None:
+                _all_reduce(g_hidden, group)
+        else:
+            g_hidden, g_weight, g_bias = ctx.grads
+            factor = grad_output
+            g_hidden, g_weight, g_bias = (None if g is None else g * factor for g in (g_hidden, g_weight, g_bias))
+        cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
+        return (
+            cast(g_hidden, hidden), cast(g_weight, weight), None if bias is None else cast(g_bias, bias),
+            None, None, None, None, None, None, None, None,
+        )  # fmt: skip

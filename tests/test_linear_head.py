@@ -1,0 +1,144 @@
+"""The fused linear head against the composite (linear layer + loss), in chunks, with sparse targets, and sharded
+over 2 processes (gloo)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import softmargin.torch as st  # noqa: E402
+
+from helpers import assert_close  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+
+
+def _problem(dtype=torch.float64, n=23, h=12, c=3000, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=gen, dtype=dtype)
+    weight = torch.randn(c, h, generator=gen, dtype=dtype) * 0.5
+    bias = torch.randn(c, generator=gen, dtype=dtype)
+    target = (torch.rand(n, c, generator=gen) < 0.01).to(dtype)
+    return hidden, weight, bias, target
+
+
+def _grads(loss_fn, tensors, grad_output):
+    tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = loss_fn(*tensors)
+    grads = torch.autograd.grad((out * grad_output).sum(), tensors)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chunking", [dict(chunk_size=700), dict(chunk_size=3000), dict(memory_budget=16 * 23 * 50)])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("options", [{}, dict(class_weight="c", pos_weight="c", gamma_neg=2.0, clip=0.05, label_smoothing=0.1)])
+def test_head_equals_linear_plus_loss(reduction, chunking, sparse, options):
+    hidden, weight, bias, target = _problem()
+    per_label = torch.rand(weight.shape[0], dtype=torch.float64) + 0.5
+    kw = {k: (per_label if v == "c" else v) for k, v in options.items()}
+    loss_kw = {("weight" if k == "class_weight" else k): v for k, v in kw.items()}
+    grad_output = torch.rand(hidden.shape[0], dtype=torch.float64) if reduction == "none" else torch.tensor(1.7, dtype=torch.float64)
+    tgt = target.to_sparse_csr() if sparse else target
+    ours = _grads(lambda h, w, b: st.linear_multilabel_soft_margin_loss(h, w, b, tgt, reduction=reduction, **chunking, **kw), (hidden, weight, bias), grad_output)
+    ref = _grads(lambda h, w, b: st.multilabel_soft_margin_loss(h @ w.T + b, target, reduction=reduction, **loss_kw), (hidden, weight, bias), grad_output)
+    assert_close(ours[0].numpy(), ref[0].numpy(), 1e-12, "loss")
+    for name, a, b in zip(("hidden", "weight", "bias"), ours[1], ref[1]):
+        assert_close(a.numpy(), b.numpy(), 1e-11, name)
+
+
+def test_float32_head_and_no_bias():
+    hidden, weight, _, target = _problem(torch.float32)
+    ours = _grads(lambda h, w: st.linear_multilabel_soft_margin_loss(h, w, None, target, chunk_size=512), (hidden, weight), 1.0)
+    ref = _grads(lambda h, w: st.multilabel_soft_margin_loss(h @ w.T, target), (hidden, weight), 1.0)
+    assert_close(ours[0].numpy(), ref[0].numpy(), 1e-6)
+    for a, b in zip(ours[1], ref[1]):
+        assert_close(a.numpy(), b.numpy(), 2e-6)
+
+
+def test_gradcheck_small():
+    hidden, weight, bias, target = _problem(n=3, h=4, c=9)
+    args = [t.requires_grad_(True) for t in (hidden, weight, bias)]
+    assert torch.autograd.gradcheck(lambda h, w, b: st.linear_multilabel_soft_margin_loss(h, w, b, target, chunk_size=4), args)
+
+
+def test_module_trains_an_encoder_and_topk_is_exact():
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(10, 12)
+    head = st.LinearMultiLabelSoftMarginLoss(12, 2000, chunk_size=300)
+    x = torch.randn(40, 10)
+    targets = [list(np.random.default_rng(i).choice(2000, 3, replace=False)) for i in range(40)]
+    loss = head(encoder(x), targets)
+    loss.backward()
+    assert encoder.weight.grad is not None and encoder.weight.grad.abs().sum() > 0
+    scores, ids = head.topk(encoder(x), 5)
+    full = head.logits(encoder(x))
+    torch.testing.assert_close(scores, full.topk(5, dim=1).values)
+    assert torch.equal(full.gather(1, ids), scores)
+
+
+def test_bad_shapes():
+    hidden, weight, bias, target = _problem(n=4, h=3, c=5)
+    with pytest.raises(ValueError, match=r"expected \(N, H\) and \(C, H\)"):
+        st.linear_multilabel_soft_margin_loss(hidden, weight[:, :2], bias, target)
+    with pytest.raises(ValueError, match=r"bias\.shape == \(4,\), expected \(5,\)"):
+        st.linear_multilabel_soft_margin_loss(hidden, weight, bias[:4], target)
+    with pytest.raises(ValueError, match=r"target\.shape == \(4, 4\), expected input\.shape == \(4, 5\)"):
+        st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target[:, :4])
+
+
+def _run_ranks(tmp_path: Path, mode: str, timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    worker = Path(__file__).with_name("distributed_worker.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    procs = [
+        subprocess.Popen([sys.executable, str(worker), str(rank), "2", str(tmp_path / "init"), str(tmp_path / f"rank{rank}.pt"), mode],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for rank in range(2)
+    ]  # fmt: skip
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"a rank hung past {timeout} s")
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+@pytest.mark.slow
+def test_two_process_label_parallel_equals_one_process(tmp_path):
+    results = _run_ranks(tmp_path, "ok")
+    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    shards = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.manual_seed(0)  # the same problem, in one process
+    hidden = torch.randn(16, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(1000, 8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(1000, dtype=torch.float64, requires_grad=True)
+    target = (torch.rand(16, 1000) < 0.02).double()
+    loss = st.multilabel_soft_margin_loss(hidden @ weight.T + bias, target)
+    loss.backward()
+    for shard in shards:
+        assert_close(shard["loss"].numpy(), loss.detach().numpy(), 1e-12, "loss")
+        assert_close(shard["hidden"].numpy(), hidden.grad.numpy(), 1e-12, "d hidden")
+        lo, hi = shard["shard"]
+        assert_close(shard["weight"].numpy(), weight.grad[lo:hi].numpy(), 1e-12, "d weight")
+        assert_close(shard["bias"].numpy(), bias.grad[lo:hi].numpy(), 1e-12, "d bias")
+
+
+@pytest.mark.slow
+def test_a_failing_process_does_not_hang_the_other(tmp_path):
+    started = time.monotonic()
+    results = _run_ranks(tmp_path, "fail", timeout=90)
+    assert results[1].returncode != 0 and "rank 1 fails" in results[1].stderr
+    assert results[0].returncode != 0, "rank 0 should have failed, not finished alone"
+    assert "label-parallel all-reduce failed" in results[0].stderr or "Connection" in results[0].stderr
+    assert time.monotonic() - started < 90
