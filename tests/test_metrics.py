@@ -34,3 +34,21 @@ def test_map_skips_labels_without_positives():
     labels = np.array([[1, 0], [0, 0], [1, 0]])
     metrics, _ = M.evaluate(labels, np.array([[0.9, 0.1], [0.2, 0.3], [0.8, 0.4]]))
     assert metrics["mAP"] == 1.0
+
+
+def test_psp_and_ndcg_against_hand_computation():
+    labels = np.array([[1, 0, 0, 1], [0, 1, 0, 0]])
+    scores = np.array([[0.9, 0.8, 0.1, 0.2], [0.1, 0.2, 0.9, 0.3]])
+    counts = np.array([100, 10, 5, 1])
+    p = M.propensities(counts, 1000)
+    c = (np.log(1000) - 1) * 2.5**0.55
+    np.testing.assert_allclose(p, 1 / (1 + c * (counts + 1.5) ** -0.55))
+    inv = 1 / p
+    # top-1: sample 0 -> label 0 (right), sample 1 -> label 2 (wrong); ideal: label 3 for sample 0, label 1 for 1
+    assert M.psp_at_k(labels, scores, inv, 1) == inv[0] / (inv[3] + inv[1])
+    metrics, _ = M.evaluate(labels, scores, train_label_counts=counts, train_size=1000)
+    assert metrics["PSP@1"] == M.psp_at_k(labels, scores, inv, 1)
+    dcg0 = 1 / np.log2(2) + 1 / np.log2(4)  # sample 0 ranks labels 0, 1, 3, 2: its positives are 1st and 3rd
+    idcg0 = 1 / np.log2(2) + 1 / np.log2(3)
+    dcg1 = 1 / np.log2(4)  # label 1 is ranked 3rd in sample 1
+    assert abs(metrics["nDCG@3"] - (dcg0 / idcg0 + dcg1 / 1.0) / 2) < 1e-12

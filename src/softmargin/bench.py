@@ -181,6 +181,126 @@ def option_costs(shape: Sequence[int] = (4096, 2000), repeat: int = 11) -> list[
     return rows
 
 
+EXTREME_LABELS = (100_000, 1_000_000, 3_000_000)
+
+
+def measure_extreme_one(impl: str, num_labels: int, what: str, rows: int = 256, hidden: int = 256, positives: int = 5,
+                        repeat: int = 3, threads: int = 2) -> dict[str, Any]:
+    """One training step's forward+backward of a linear head on (rows, hidden) features, fresh process.
+
+    ``fused``: :class:`softmargin.torch.LinearMultiLabelSoftMarginLoss` with sparse targets (``positives`` per row);
+    ``plain``: ``torch.nn.Linear`` + ``torch.nn.MultiLabelSoftMarginLoss`` with the dense target. Extra memory is the
+    resident peak of the step minus the resident size before it, minus the parameters' own gradients."""
+    import gc
+
+    import torch
+
+    from .torch import LinearMultiLabelSoftMarginLoss
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    features = torch.randn(rows, hidden, requires_grad=True)
+    label_lists = [torch.randint(0, num_labels, (positives,)).unique().tolist() for _ in range(rows)]
+    if impl == "fused":
+        head = LinearMultiLabelSoftMarginLoss(hidden, num_labels)
+        params = [head.weight, head.bias]
+
+        def step() -> Any:
+            return head(features, label_lists)
+    else:
+        linear = torch.nn.Linear(hidden, num_labels)
+        loss_fn = torch.nn.MultiLabelSoftMarginLoss()
+        target = torch.zeros(rows, num_labels)
+        for i, labels in enumerate(label_lists):
+            target[i, labels] = 1
+        params = [linear.weight, linear.bias]
+
+        def step() -> Any:
+            return loss_fn(linear(features), target)
+
+    def full() -> Any:
+        for p in [*params, features]:
+            p.grad = None
+        loss = step()
+        loss.backward()
+        return loss
+
+    grad_bytes = sum(p.numel() * p.element_size() for p in params) + features.numel() * features.element_size()
+    if what == "memory":
+        for p in params:  # the gradients exist before, as in training: they are not the method's extra memory
+            p.grad = torch.zeros_like(p)
+        gc.collect()
+        _reset_hwm()
+        before = _rss_bytes()
+        kept = step()
+        kept.backward()
+        peak = _hwm_bytes() - before
+        return {"peak_extra_mb": max(peak - features.numel() * features.element_size(), 0) / 2**20, "grad_mb": grad_bytes / 2**20}
+    full()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        full()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return {"median_s": times[len(times) // 2]}
+
+
+def extreme(labels: Sequence[int] = EXTREME_LABELS, repeat: int = 3, threads: Optional[int] = None,
+            out: Optional[Path] = None, progress: bool = True) -> list[dict[str, Any]]:
+    """The fused head against the plain path at N=256, hidden 256; the plain path only where it fits in memory."""
+    threads = threads or len(os.sched_getaffinity(0))
+    total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    rows = []
+    for num_labels in labels:
+        for impl in ("fused", "plain"):
+            plain_gb = 256 * num_labels * 4 * 12 / 2**30  # about ten (N, C) float32 tensors at once
+            if impl == "plain" and plain_gb > 0.8 * total_gb:
+                rows.append({"impl": impl, "labels": num_labels, "error": f"not run: needs about {plain_gb:.0f} GB"})
+                continue
+            row: dict[str, Any] = {"impl": impl, "labels": num_labels}
+            for what in ("time", "memory"):
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                if what == "memory":
+                    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+                code = (
+                    "import json; from softmargin.bench import measure_extreme_one; "
+                    f"print(json.dumps(measure_extreme_one({impl!r}, {num_labels}, {what!r}, repeat={repeat}, threads={threads})))"
+                )
+                if progress:
+                    print(f"extreme: {impl} C={num_labels:,} {what}", file=sys.stderr, flush=True)
+                result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
+                if result.returncode != 0:
+                    row["error"] = (result.stderr.strip().splitlines() or ["failed"])[-1]
+                    break
+                row.update(json.loads(result.stdout.strip().splitlines()[-1]))
+            rows.append(row)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fields = ["labels", "impl", "median_s", "peak_extra_mb", "grad_mb", "error"]
+        with open(out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+def extreme_report(rows: list[dict[str, Any]]) -> str:
+    from .compare import format_table
+
+    table = []
+    for row in rows:
+        plain = next((r for r in rows if r["labels"] == row["labels"] and r["impl"] == "plain" and "error" not in r), None)
+        if "error" in row:
+            table.append([f"{row['labels']:,}", row["impl"], "-", "-", "-", row["error"]])
+            continue
+        ratio = ""
+        if row["impl"] == "fused" and plain:
+            ratio = f"time {row['median_s'] / plain['median_s']:.2f}x, extra memory {100 * row['peak_extra_mb'] / max(plain['peak_extra_mb'], 1e-9):.1f} %"
+        table.append([f"{row['labels']:,}", row["impl"], f"{row['median_s']:.2f}", f"{row['peak_extra_mb']:.0f}", f"{row['grad_mb']:.0f}", ratio])
+    return format_table(["labels", "path", "step s", "extra MB", "param grads MB", "fused vs plain"], table)
+
+
 def _ratio(a: Optional[float], b: Optional[float]) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 

@@ -30,6 +30,11 @@ def _bench(args: argparse.Namespace) -> int:
     from . import bench
     from .compare import format_table
 
+    if args.extreme:
+        rows = bench.extreme(threads=args.threads, out=Path(args.out.replace("bench-cpu", "bench-extreme")) if args.out else None)
+        print("Linear head + loss, N=256, hidden 256, 5 positives per sample; forward+backward per training step:")
+        print(bench.extreme_report(rows))
+        return 0
     if args.options:
         shape = (args.shapes or [(4096, 2000)])[0]
         rows = bench.option_costs(shape, args.repeat)
@@ -111,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hidden", type=_hidden, default=(512,), help="MLP hidden sizes, e.g. 512 or 512,256 (default 512)")
     model.add_argument("--dropout", type=float, default=0.5)
     model.add_argument("--ensemble", type=int, default=5, help="networks from consecutive seeds, probabilities averaged (default 5)")
+    model.add_argument("--head", choices=["auto", "fused", "plain"], default="auto",
+                       help="fused: the last layer and the loss as one fused head, no (batch, labels) logits (auto: from 512 labels)")  # fmt: skip
     opt = train.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=["adamw", "lbfgs"], default="adamw", help="lbfgs: full batch, to convergence")
     opt.add_argument("--epochs", type=int, default=200)
@@ -160,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=15, help="timed calls per configuration (the median is reported)")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while)")
+    bench.add_argument("--extreme", action="store_true", help="the fused linear head vs linear + loss at 100k, 1M, 3M labels")
     bench.add_argument("--options", action="store_true", help="time each loss option (pos_weight, mask, ...) instead")
     bench.add_argument("--out", default="benchmarks/results/bench-cpu.csv", help="CSV file for the results ('' for none)")
     bench.set_defaults(func=_bench)

@@ -1,5 +1,8 @@
 """Multi-label evaluation metrics, from scikit-learn wherever it has them.
 
+Extreme-classification metrics: P@k, nDCG@k (scikit-learn's ``ndcg_score``) and propensity-scored PSP@k (Jain et
+al., KDD 2016, with the usual A = 0.55, B = 1.5), normalised by its best value.
+
 Conventions: ``coverage`` is scikit-learn's ``coverage_error`` (1-based: the mean number of top-ranked labels needed to
 cover every true label, so its best value is the label cardinality; MULAN's coverage is this minus 1). ``one_error``
 is the fraction of samples whose top-ranked label is wrong, and ``P@k`` the mean fraction of true labels among each
@@ -22,11 +25,33 @@ def precision_at_k(Y: np.ndarray, scores: np.ndarray, k: int) -> float:
     return float(np.take_along_axis(Y, top, axis=1).sum(1).mean() / k)
 
 
+def propensities(label_counts: np.ndarray, num_samples: int, A: float = 0.55, B: float = 1.5) -> np.ndarray:
+    """Jain, Prabhu & Varma (KDD 2016) label propensities p_l = 1 / (1 + C exp(-A log(N_l + B))), with
+    C = (log N - 1)(B + 1)^A; A=0.55, B=1.5 are the usual constants (0.6 / 2.6 for Amazon, 0.5 / 0.4 for Wikipedia)."""
+    c = (np.log(num_samples) - 1) * (B + 1) ** A
+    return 1.0 / (1.0 + c * np.exp(-A * np.log(np.asarray(label_counts, dtype=np.float64) + B)))
+
+
+def psp_at_k(Y: np.ndarray, scores: np.ndarray, inv_propensity: np.ndarray, k: int) -> float:
+    """Propensity-scored precision@k, normalised by its best possible value (as the extreme classification
+    repository reports it): sum of y / p over the k top-scored labels over the same for the k best labels."""
+    k = min(k, Y.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    gain = (np.take_along_axis(Y, top, axis=1) * inv_propensity[top]).sum()
+    ideal = -np.sort(-(Y * inv_propensity), axis=1)[:, :k].sum()
+    return float(gain / ideal) if ideal > 0 else float("nan")
+
+
 def evaluate(
-    Y: np.ndarray, scores: np.ndarray, thresholds: Any = 0.5, pred: Optional[np.ndarray] = None
+    Y: np.ndarray,
+    scores: np.ndarray,
+    thresholds: Any = 0.5,
+    pred: Optional[np.ndarray] = None,
+    train_label_counts: Optional[np.ndarray] = None,
+    train_size: Optional[int] = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(metrics, per-label rows) for true labels ``Y`` (N, L), scores (probabilities, N x L) and the 0/1 predictions
-    ``pred`` (default: ``scores >= thresholds``)."""
+    ``pred`` (default: ``scores >= thresholds``). With the training set's label counts and size, also PSP@k."""
     Y = np.asarray(Y).astype(np.int64)
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (Y.shape[1],))
     pred = (scores >= thresholds).astype(np.int64) if pred is None else np.asarray(pred).astype(np.int64)
@@ -53,6 +78,12 @@ def evaluate(
         }
         for k in (1, 3, 5):
             result[f"P@{k}"] = precision_at_k(Y, scores, k)
+        for k in (1, 3, 5):
+            result[f"nDCG@{k}"] = skm.ndcg_score(Y, scores, k=k) if Y.shape[1] > 1 else float("nan")
+        if train_label_counts is not None and train_size:
+            inv_p = 1.0 / propensities(train_label_counts, train_size)
+            for k in (1, 3, 5):
+                result[f"PSP@{k}"] = psp_at_k(Y, scores, inv_p, k)
         precision, recall, f1, support = skm.precision_recall_fscore_support(Y, pred, average=None, zero_division=0)
     per_label = [
         {"support": int(s), "precision": float(p), "recall": float(r), "f1": float(f), "threshold": float(t)}
@@ -83,5 +114,6 @@ def tune_thresholds(Y: np.ndarray, scores: np.ndarray) -> np.ndarray:
 TABLE_ORDER = (
     "hamming_loss", "subset_accuracy", "micro_f1", "macro_f1", "samples_f1", "micro_precision", "micro_recall",
     "macro_precision", "macro_recall", "lrap", "ranking_loss", "coverage", "one_error", "mAP", "P@1", "P@3", "P@5",
+    "nDCG@1", "nDCG@3", "nDCG@5", "PSP@1", "PSP@3", "PSP@5",
 )  # fmt: skip
 LOWER_IS_BETTER = {"hamming_loss", "ranking_loss", "coverage", "one_error"}

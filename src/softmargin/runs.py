@@ -21,7 +21,11 @@ def _say(message: str) -> None:
 
 
 def metrics_table(metrics: dict[str, float], title: str) -> str:
-    rows = [[name, f"{metrics[name]:.4f}", "lower" if name in M.LOWER_IS_BETTER else "higher"] for name in M.TABLE_ORDER]
+    rows = [
+        [name, f"{metrics[name]:.4f}", "lower" if name in M.LOWER_IS_BETTER else "higher"]
+        for name in M.TABLE_ORDER
+        if name in metrics
+    ]
     return f"{title}\n" + format_table(["metric", "value", "better"], rows)
 
 
@@ -41,7 +45,7 @@ def _config(args: argparse.Namespace) -> T.TrainConfig:
         valid_fraction=args.valid_fraction, patience=args.patience, standardize=args.standardize,
         class_weight=args.class_weight, pos_weight=args.pos_weight, pos_weight_max=args.pos_weight_max,
         label_smoothing=args.label_smoothing, gamma_pos=args.gamma_pos, gamma_neg=args.gamma_neg, clip=args.clip,
-        thresholds=args.thresholds, at_least_one=args.at_least_one, ensemble=args.ensemble, seed=args.seed,
+        thresholds=args.thresholds, at_least_one=args.at_least_one, ensemble=args.ensemble, head=args.head, seed=args.seed,
         threads=args.threads,
     ).check()  # fmt: skip
 

@@ -31,10 +31,12 @@ from torch import nn
 
 from . import metrics as M
 from .data import Dataset
-from .torch import MultiLabelSoftMarginLoss
+from .torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
 from .weights import class_weights, pos_weight
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
+#: From this many labels on, ``head="auto"`` trains the last layer and the loss as one fused head.
+FUSED_HEAD_FROM = 512
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrainConfig:
     at_least_one: str = "auto"  # predict each sample's top label when none passes its threshold: auto = if every
     #                             training sample has a label
     ensemble: int = 5  # networks trained from consecutive seeds; their probabilities are averaged
+    head: str = "auto"  # "fused": last layer and loss fused (no batch x labels logits); "plain"; auto: fused from 512 labels
     seed: int = 0
     threads: Optional[int] = None
 
@@ -80,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"valid_fraction={self.valid_fraction!r}: expected a fraction in [0, 1)")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout!r}: expected a probability in [0, 1)")
+        if self.head not in ("auto", "fused", "plain"):
+            raise ValueError(f"head={self.head!r}: expected 'auto', 'fused' or 'plain'")
         if self.at_least_one not in ("auto", "yes", "no"):
             raise ValueError(f"at_least_one={self.at_least_one!r}: expected 'auto', 'yes' or 'no'")
         for name in ("epochs", "batch_size", "ensemble"):
@@ -112,6 +117,17 @@ class MultiLabelNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers((x - self.shift) * self.scale)
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor, loss_fn: MultiLabelSoftMarginLoss, fused: bool) -> torch.Tensor:
+        """The training loss; ``fused``: the last layer and the loss as one fused head (no (batch, L) logits)."""
+        if not fused:
+            return loss_fn(self(x), y)
+        body, last = self.layers[:-1], self.layers[-1]
+        return linear_multilabel_soft_margin_loss(
+            body((x - self.shift) * self.scale), last.weight, last.bias, y, class_weight=loss_fn.weight,
+            pos_weight=loss_fn.pos_weight, label_smoothing=loss_fn.label_smoothing, gamma_pos=loss_fn.gamma_pos,
+            gamma_neg=loss_fn.gamma_neg, clip=loss_fn.clip, validate=False,
+        )  # fmt: skip
+
 
 @dataclass
 class TrainedModel:
@@ -124,16 +140,19 @@ class TrainedModel:
     thresholds: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
     at_least_one: bool = False
+    label_counts: Optional[np.ndarray] = None  # positives per label in the training data (for PSP@k)
+    train_size: int = 0
 
-    def decision_function(self, X: Any, batch_size: int = 4096) -> np.ndarray:
+    def decision_function(self, X: Any, batch_size: Optional[int] = None) -> np.ndarray:
         """The logit of the ensemble's mean probability, (N, L)."""
         p = np.clip(self.predict_proba(X, batch_size), 1e-12, 1 - 1e-12)
         return np.log(p) - np.log1p(-p)
 
-    def predict_proba(self, X: Any, batch_size: int = 4096) -> np.ndarray:
+    def predict_proba(self, X: Any, batch_size: Optional[int] = None) -> np.ndarray:
         """The members' mean probability, (N, L). Computed in float64, so that a row's result does not depend on
         which other rows share its batch (float32 matrix products round differently with the batch size)."""
         total = np.zeros((X.shape[0], len(self.label_names)), np.float64)
+        batch_size = batch_size or max(1, min(4096, (1 << 24) // max(1, len(self.label_names))))
         with torch.no_grad():
             for net in self.nets:
                 net64 = copy.deepcopy(net).double().eval()
@@ -235,7 +254,7 @@ def fit(
     at_least_one = config.at_least_one == "yes" or (config.at_least_one == "auto" and bool((train.Y.sum(1) > 0).all()))
     model = TrainedModel(
         nets, config, list(train.label_names), list(train.feature_names), np.full(train.Y.shape[1], 0.5),
-        [h for member in histories for h in member], at_least_one,
+        [h for member in histories for h in member], at_least_one, train.Y.sum(0).astype(np.int64), len(train),
     )  # fmt: skip
     if config.thresholds == "tuned":  # on held-out predictions only: samples some member never trained on
         seen = held_out_count > 0
@@ -267,6 +286,7 @@ def _fit_one(
     if config.optimizer == "lbfgs":
         return net, _fit_lbfgs(net, loss_fn, penalty, _dense_batch(X, train_index), Y_t[train_index], config)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    fused = config.head == "fused" or (config.head == "auto" and Y.shape[1] >= FUSED_HEAD_FROM)
     X_valid = _dense_batch(X, valid_index) if len(valid_index) else None
     best = (math.inf, 0, {k: v.clone() for k, v in net.state_dict().items()})
     history: list[dict[str, float]] = []
@@ -277,7 +297,7 @@ def _fit_one(
         total, count = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
-            loss = loss_fn(net(_dense_batch(X, batch)), Y_t[batch])
+            loss = net.loss(_dense_batch(X, batch), Y_t[batch], loss_fn, fused)
             if penalty is not None:
                 loss = loss + penalty()
             optimizer.zero_grad(set_to_none=True)
@@ -289,7 +309,7 @@ def _fit_one(
         if X_valid is not None:
             net.eval()
             with torch.no_grad():
-                record["valid_loss"] = loss_fn(net(X_valid), Y_t[valid_index]).item()
+                record["valid_loss"] = net.loss(X_valid, Y_t[valid_index], loss_fn, fused).item()
         history.append(record)
         monitored = record.get("valid_loss", record["train_loss"])
         if monitored < best[0] - 1e-6:
@@ -351,7 +371,8 @@ def evaluate(model: TrainedModel, data: Dataset) -> tuple[dict[str, float], list
             f"the data has {data.Y.shape[1]} labels, the model {len(model.label_names)}: expected the same label set"
         )
     scores = model.predict_proba(data.X)
-    return M.evaluate(data.Y, scores, model.thresholds, decide(scores, model.thresholds, model.at_least_one))
+    pred = decide(scores, model.thresholds, model.at_least_one)
+    return M.evaluate(data.Y, scores, model.thresholds, pred, model.label_counts, model.train_size)
 
 
 # --- run folders ---------------------------------------------------------------------------------------------------
@@ -428,6 +449,8 @@ def save_model(model: TrainedModel, run: Path) -> None:
             "feature_names": model.feature_names,
             "thresholds": model.thresholds.tolist(),
             "at_least_one": model.at_least_one,
+            "label_counts": None if model.label_counts is None else model.label_counts.tolist(),
+            "train_size": model.train_size,
         },
     )
 
@@ -454,9 +477,11 @@ def load_model(run: Path) -> TrainedModel:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         raw = json.loads(config_path.read_text()).get("train", {})
         config = TrainConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in raw.items() if k in fields})
+    counts = meta.get("label_counts")
     return TrainedModel(
-        nets, config, meta["label_names"], meta["feature_names"], np.asarray(meta["thresholds"]), [], meta["at_least_one"]
-    )
+        nets, config, meta["label_names"], meta["feature_names"], np.asarray(meta["thresholds"]), [],
+        meta["at_least_one"], None if counts is None else np.asarray(counts), meta.get("train_size", 0),
+    )  # fmt: skip
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> None:
