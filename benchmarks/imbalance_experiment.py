@@ -57,8 +57,14 @@ def main() -> None:
         f"(one network, early stopping on a 15 % validation split, decisions at 0.5 with the at-least-one rule), "
         f"seeds {args.seeds}, mean ± std on the standard MULAN test splits.\n\n"
     )
+    reading = (
+        "\n\nHow to read it: in this loss a class weight multiplies the whole term of a label, its positives and its\n"
+        "negatives alike, so it changes which labels dominate the loss but not the balance between a label's\n"
+        "positives and negatives; `pos_weight` and asymmetric focusing change that balance. Compare each variant\n"
+        "with the unweighted row of its data set; differences within about two standard deviations are noise.\n"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(header + "\n".join(lines) + "\n")
+    args.out.write_text(header + "\n".join(lines) + reading)
     print(f"\nwritten to {args.out}")
 
 

@@ -142,3 +142,23 @@ def test_a_failing_process_does_not_hang_the_other(tmp_path):
     assert results[0].returncode != 0, "rank 0 should have failed, not finished alone"
     assert "label-parallel all-reduce failed" in results[0].stderr or "Connection" in results[0].stderr
     assert time.monotonic() - started < 90
+
+
+def test_trainers_fused_head_gives_the_plain_loss():
+    from softmargin.train import MultiLabelNet
+    from softmargin.torch import MultiLabelSoftMarginLoss
+
+    torch.manual_seed(0)
+    net = MultiLabelNet(20, 700, hidden=(32,))
+    x = torch.randn(16, 20)
+    y = (torch.rand(16, 700) < 0.05).float()
+    loss_fn = MultiLabelSoftMarginLoss(weight=torch.rand(700) + 0.5, gamma_neg=2.0, clip=0.05)
+    grads = []
+    for fused in (False, True):
+        net.zero_grad()
+        loss = net.loss(x, y, loss_fn, fused)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in net.parameters()]))
+    assert abs(grads[0][0] - grads[1][0]) < 1e-6
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
