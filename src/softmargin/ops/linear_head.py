@@ -156,17 +156,23 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         hidden, weight, bias = ctx.saved_tensors
         target, class_weight, pos_weight, options, scale, need, chunks, group, reduction = ctx.setup
-        if reduction == "none":
+        consumed = ctx.grads is None  # a second backward through the same graph (retain_graph=True, gradcheck)
+        if reduction == "none" or consumed:
+            row_scale = grad_output.to(torch.float64) if reduction == "none" else None
             _, g_hidden, g_weight, g_bias = walk(
-                hidden, weight, bias, target, class_weight, pos_weight, options,
-                grad_output.to(torch.float64), scale, need, chunks,
+                hidden, weight, bias, target, class_weight, pos_weight, options, row_scale, scale, need, chunks,
             )  # fmt: skip
             if g_hidden is not None:
                 _all_reduce(g_hidden, group)
+            if reduction != "none":
+                g_hidden, g_weight, g_bias = (None if g is None else g * grad_output for g in (g_hidden, g_weight, g_bias))
         else:
             g_hidden, g_weight, g_bias = ctx.grads
-            factor = grad_output
-            g_hidden, g_weight, g_bias = (None if g is None else g * factor for g in (g_hidden, g_weight, g_bias))
+            ctx.grads = None
+            if not (grad_output.numel() == 1 and bool(grad_output == 1)):
+                g_hidden, g_weight, g_bias = (None if g is None else g * grad_output for g in (g_hidden, g_weight, g_bias))
+            # else: the usual loss.backward(). Handing over the tensors themselves (ctx holds no reference now) lets
+            # autograd make them the parameters' .grad without a copy: the head's weight gradient is allocated once.
         cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
         return (
             cast(g_hidden, hidden), cast(g_weight, weight), None if bias is None else cast(g_bias, bias),
