@@ -92,3 +92,12 @@ def test_unsorted_indices_are_sorted():
 def test_bad_sparse_targets(target, message):
     with pytest.raises(ValueError, match=message):
         st.multilabel_soft_margin_loss(torch.zeros(2, 10), target)
+
+
+def test_no_positive_at_all():
+    x = torch.randn(3, 50, requires_grad=True)
+    loss = st.multilabel_soft_margin_loss(x, [[], [], []])
+    loss.backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    st.multilabel_soft_margin_loss(x2, torch.zeros(3, 50)).backward()
+    torch.testing.assert_close(x.grad, x2.grad)

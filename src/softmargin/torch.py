@@ -16,7 +16,7 @@ from torch.nn.modules.loss import _WeightedLoss
 from . import _validation as V
 from ._chunks import PLAIN, Options
 from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
-from .ops.linear_head import DEFAULT_BUDGET, LinearMultiLabelSoftMarginLossFunction, chunk_shape
+from .ops.linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, chunk_shape
 from .ops.torch_ops import MultiLabelSoftMarginLossFunction
 
 __all__ = [
@@ -229,7 +229,7 @@ def linear_multilabel_soft_margin_loss(
     gamma_neg: float = 0.0,
     clip: float = 0.0,
     chunk_size: Optional[int] = None,
-    memory_budget: int = DEFAULT_BUDGET,
+    memory_budget: Optional[int] = None,
     process_group: Any = None,
     total_labels: Optional[int] = None,
     validate: bool = True,
@@ -237,7 +237,8 @@ def linear_multilabel_soft_margin_loss(
     r"""``multilabel_soft_margin_loss(hidden @ weight.T + bias, target)`` without ever holding the N x C logits.
 
     The labels are walked in chunks of ``chunk_size`` (default: as many as fit ``memory_budget`` bytes of
-    temporaries, at least 1024), computing each chunk's logits, loss and gradients at once; the gradients w.r.t.
+    temporaries, at least 1024; the default budget is 1/32 of the full logits' size, within 4 to 256 MiB),
+    computing each chunk's logits, loss and gradients at once; the gradients w.r.t.
     ``hidden`` (so autograd flows into the encoder that produced it), ``weight`` and ``bias`` are exact.
 
     Args:
@@ -285,7 +286,8 @@ def linear_multilabel_soft_margin_loss(
             V.check_weight_values("class_weight", class_weight.detach())
         if pos_weight is not None:
             V.check_weight_values("pos_weight", pos_weight.detach(), positive=True)
-    chunks = chunk_shape(num_rows, num_labels, memory_budget, chunk_size)
+    budget = memory_budget if memory_budget is not None else auto_budget(num_rows, num_labels)
+    chunks = chunk_shape(num_rows, num_labels, budget, chunk_size)
     total = total_labels if total_labels is not None else _total_labels(num_labels, process_group)
     return LinearMultiLabelSoftMarginLossFunction.apply(
         hidden, weight, bias, target, class_weight, pos_weight, reduction, options, chunks, process_group, total
@@ -319,7 +321,7 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         gamma_neg: float = 0.0,
         clip: float = 0.0,
         chunk_size: Optional[int] = None,
-        memory_budget: int = DEFAULT_BUDGET,
+        memory_budget: Optional[int] = None,
         process_group: Any = None,
         label_offset: int = 0,
         device: Any = None,
@@ -356,7 +358,8 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
     @torch.no_grad()
     def topk(self, hidden: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(scores, label ids) of each sample's k highest logits, walking the labels in chunks (never N x C)."""
-        _, label_chunk = chunk_shape(hidden.shape[0], self.weight.shape[0], self.memory_budget, self.chunk_size)
+        budget = self.memory_budget or auto_budget(hidden.shape[0], self.weight.shape[0])
+        _, label_chunk = chunk_shape(hidden.shape[0], self.weight.shape[0], budget, self.chunk_size)
         best_scores = best_ids = None
         for c0 in range(0, self.weight.shape[0], label_chunk):
             scores = self.logits(hidden, slice(c0, c0 + label_chunk))

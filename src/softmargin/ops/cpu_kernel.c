@@ -63,9 +63,10 @@ typedef struct {
     void *scratch; /* BLOCK elements the option kernels may write when g is NULL */
     double eps, gamma_pos, gamma_neg, clip;
     /* sparse targets (y == NULL): this row's positive label indices, ascending, and their values (NULL: all 1) */
-    const int64_t *sp_idx;
+    const int64_t *sp_idx; /* may be NULL when there are no positives at all (an empty tensor's data pointer) */
     const void *sp_val;
     int64_t sp_n;
+    int sparse;
 } rowargs;
 
 /* One block of a sparse row's targets, made dense in a BLOCK-sized buffer: the N x C target never exists. */
@@ -90,7 +91,7 @@ SPARSE_BLOCK(uint16_t, 0x3F80) /* bfloat16 1.0 */
 #define SPARSE_FN_double sparse_block_double
 #define SPARSE_FN__Float16 sparse_block_half_t
 #define SPARSE_FN_uint16_t sparse_block_uint16_t
-#define TARGET_BLOCK(YT) (a->sp_idx ? SPARSE_FN_##YT(a, b, n, &sp_k, ybuf) : y + b)
+#define TARGET_BLOCK(YT) (a->sparse ? SPARSE_FN_##YT(a, b, n, &sp_k, ybuf) : y + b)
 
 typedef double (*row_fn)(const rowargs *);
 
@@ -295,7 +296,8 @@ static void run_rows(const job *j) {
         if (a.g) a.g = (char *)a.g + r * a.C * j->xsize;
         if (j->row_scale) a.scale = j->row_scale[r];
         if (j->sp_indptr) {
-            a.sp_idx = j->base.sp_idx + j->sp_indptr[r];
+            a.sparse = 1;
+            a.sp_idx = j->base.sp_idx ? j->base.sp_idx + j->sp_indptr[r] : 0;
             if (a.sp_val) a.sp_val = (const char *)a.sp_val + j->sp_indptr[r] * j->ysize;
             a.sp_n = j->sp_indptr[r + 1] - j->sp_indptr[r];
         }
@@ -334,7 +336,7 @@ int softmargin_fused(int xtype, int ytype, const void *x, const void *y, const v
     const int64_t xsize = XSIZE[xtype];
     if (!y && !sp_indptr) return -1;
     rowargs base = {x,         y,         w,     options ? pw : 0, options ? mask : 0, C, scale, g, 0, eps, gamma_pos,
-                    gamma_neg, clip,      sp_idx, sp_val,           0};
+                    gamma_neg, clip,      sp_idx, sp_val,           0,                  0};
     job jobs[MAX_THREADS];
     for (int t = 0; t < nthreads; t++) {
         int kind = !options ? 0 : (gamma_pos != 0 || gamma_neg != 0 || clip != 0) ? 2 : 1;

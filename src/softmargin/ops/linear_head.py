@@ -22,8 +22,15 @@ from .._chunks import Options
 from .._sparse import SparseTargets
 from .torch_ops import compute_dtype, loss_and_grad
 
-#: Default memory budget for one chunk's temporaries (logits, their gradient, the target chunk): 256 MiB.
+#: Largest default memory budget for one chunk's temporaries (logits, their gradient, the target chunk).
 DEFAULT_BUDGET = 256 << 20
+
+
+def auto_budget(num_rows: int, num_labels: int) -> int:
+    """The default budget: 1/32 of what the full float32 logits would take, within [4 MiB, 256 MiB], so the
+    temporaries stay a few per cent of the plain path's memory at any size, and the chunks large enough for fast
+    matrix products."""
+    return int(min(DEFAULT_BUDGET, max(4 << 20, num_rows * num_labels * 4 // 32)))
 
 
 def chunk_shape(num_rows: int, num_labels: int, budget_bytes: int, label_chunk: Optional[int] = None) -> tuple[int, int]:
