@@ -25,7 +25,8 @@ def generate(num_samples: int, num_labels: int, num_features: int, rng: np.rando
     popularity = ranks ** -0.8
     popularity /= popularity.sum()
     signatures = rng.integers(0, num_features, size=(num_labels, 3))
-    labels = [np.unique(rng.choice(num_labels, 5, p=popularity)) for _ in range(num_samples)]
+    cumulative = np.cumsum(popularity)
+    labels = [np.unique(np.searchsorted(cumulative, rng.random(5) * cumulative[-1])) for _ in range(num_samples)]
     X = np.zeros((num_samples, num_features), np.float32)
     for i, ls in enumerate(labels):
         X[i, signatures[ls].ravel()] += 1.0
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-2)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -50,8 +52,11 @@ def main() -> None:
     print(f"generated {args.samples} samples, {args.labels:,} labels in {time.perf_counter() - started:.1f} s", flush=True)
     encoder = torch.nn.Sequential(torch.nn.Linear(args.features, args.hidden), torch.nn.ReLU())
     head = LinearMultiLabelSoftMarginLoss(args.hidden, args.labels)
+    with torch.no_grad():  # start at the prior (about 5 positives in a million), as usual for rare positives
+        head.bias.fill_(float(np.log(5 / args.labels)))
+        head.weight.mul_(0.1)
     params = list(encoder.parameters()) + list(head.parameters())
-    optimizer = torch.optim.Adam(params, lr=2e-3)
+    optimizer = torch.optim.Adam(params, lr=args.lr)
     X_t = torch.from_numpy(X)
     step_times = []
     for epoch in range(args.epochs):
