@@ -176,7 +176,7 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
         else:
             g_hidden, g_weight, g_bias = ctx.grads
             ctx.grads = None
-            if not (grad_output.numel() == 1 and bool(grad_output == 1)):
+            if not (grad_output.numel() == 1 and grad_output.item() == 1.0):
                 g_hidden, g_weight, g_bias = (None if g is None else g * grad_output for g in (g_hidden, g_weight, g_bias))
             # else: the usual loss.backward(). Handing over the tensors themselves (ctx holds no reference now) lets
             # autograd make them the parameters' .grad without a copy: the head's weight gradient is allocated once.

@@ -109,6 +109,13 @@ def _per_sample(row_sums: torch.Tensor, divisor: Any, masked: bool, shape: torch
     return per_sample.expand(row_sums.shape[0]).reshape(shape[:-1])
 
 
+@functools.lru_cache(maxsize=64)
+def _ones(num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """A (1, C) row of ones (the kernel's default weight, pos_weight and mask), made once per size: the kernel only
+    reads it, and small calls should not pay for an allocation."""
+    return torch.ones(1, num_classes, dtype=dtype)
+
+
 def _native(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -135,10 +142,10 @@ def _native(
     divisor, grad_scale, counted = row_bookkeeping(rows, reduction, torch, lambda t: t.to(torch.float64))
     num_rows, num_classes = rows.num_rows, rows.num_classes
     plain = pos_weight is None and mask is None and options == PLAIN
-    w = (rows.weight if rows.weight is not None else torch.ones(1, num_classes, dtype=cdtype)).contiguous()
-    pw = rows.pos_weight if rows.pos_weight is not None else (None if plain else torch.ones(1, num_classes, dtype=cdtype))
+    w = (rows.weight if rows.weight is not None else _ones(num_classes, cdtype)).contiguous()
+    pw = rows.pos_weight if rows.pos_weight is not None else (None if plain else _ones(num_classes, cdtype))
     pw = None if pw is None else pw.contiguous()
-    m = rows.mask if rows.mask is not None else (None if plain else torch.ones(1, num_classes, dtype=torch.uint8))
+    m = rows.mask if rows.mask is not None else (None if plain else _ones(num_classes, torch.uint8))
     m = None if m is None else m.contiguous()
     row_scale = None if isinstance(grad_scale, float) else grad_scale.contiguous()
     row_sums = torch.empty(num_rows, dtype=torch.float64)
@@ -250,7 +257,7 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
             elif grad is None:  # a second backward (retain_graph=True) after the gradient was handed over
                 grad = loss_and_grad(x, y, weight, ctx.reduction, True, pos_weight, mask, ctx.options)[1]
                 grad_x = grad * grad_output.to(x.dtype)
-            elif grad_output.numel() == 1 and bool(grad_output == 1):
+            elif grad_output.numel() == 1 and grad_output.item() == 1.0:
                 # the usual loss.backward(): the precomputed gradient is the answer. Dropping ctx's reference
                 # lets autograd take the tensor itself as x.grad instead of copying it.
                 grad_x, ctx.grad = grad, None
