@@ -21,6 +21,8 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #ifndef SOFTMARGIN_SCALAR_MATH
 #pragma omp declare simd notinbranch
@@ -337,6 +339,17 @@ int softmargin_fused(int xtype, int ytype, const void *x, const void *y, const v
     if (!y && !sp_indptr) return -1;
     rowargs base = {x,         y,         w,     options ? pw : 0, options ? mask : 0, C, scale, g, 0, eps, gamma_pos,
                     gamma_neg, clip,      sp_idx, sp_val,           0,                  0};
+#ifdef MADV_HUGEPAGE
+    /* A large gradient is fresh memory (glibc maps blocks over 32 MiB anew each time), and faulting it in 4 KiB pages
+       costs more than computing it; ask for transparent huge pages before the first write. Only advice: where the
+       kernel does not honour it, nothing changes. */
+    const size_t gbytes = g ? (size_t)(N * C * xsize) : 0;
+    if (gbytes >= ((size_t)8 << 20)) {
+        const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        const uintptr_t lo = ((uintptr_t)g + page - 1) & ~(page - 1), hi = ((uintptr_t)g + gbytes) & ~(page - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+    }
+#endif
     job jobs[MAX_THREADS];
     for (int t = 0; t < nthreads; t++) {
         int kind = !options ? 0 : (gamma_pos != 0 || gamma_neg != 0 || clip != 0) ? 2 : 1;
