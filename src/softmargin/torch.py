@@ -6,6 +6,7 @@ not (infinite logits, float16 with many classes). The work happens in :mod:`soft
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -82,10 +83,27 @@ def _check(
                 raise ValueError(f"sparse target has values in [{low}, {high}]: expected every target value in [0, 1]")
         else:
             V.check_target_values(target.detach())
-        if weight is not None:
+        if weight is not None and not _seen(weight):
             V.check_weight_values("weight", weight.detach())
-        if pos_weight is not None:
+            _remember(weight)
+        if pos_weight is not None and not _seen(pos_weight):
             V.check_weight_values("pos_weight", pos_weight.detach(), positive=True)
+            _remember(pos_weight)
+
+
+# Weights (a module's buffers, mostly) are checked once per version: a tensor's _version changes on every in-place
+# write, so a weight that changed is checked again. Small calls should not pay two reductions each time.
+_CHECKED: dict[int, tuple["weakref.ref[Tensor]", int]] = {}
+
+
+def _seen(tensor: Tensor) -> bool:
+    entry = _CHECKED.get(id(tensor))
+    return entry is not None and entry[0]() is tensor and entry[1] == tensor._version
+
+
+def _remember(tensor: Tensor) -> None:
+    key = id(tensor)
+    _CHECKED[key] = (weakref.ref(tensor, lambda _: _CHECKED.pop(key, None)), tensor._version)
 
 
 def multilabel_soft_margin_loss(

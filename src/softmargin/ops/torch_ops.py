@@ -129,6 +129,11 @@ def _native(
     """The compiled kernel: one pass, no temporaries beyond the gradient itself (see cpu_kernel.c)."""
     cdtype = compute_dtype(x.dtype)
     x = x.contiguous()
+    if (
+        x.dim() == 2 and pos_weight is None and mask is None and options == PLAIN and isinstance(y, torch.Tensor)
+        and y.dtype in (x.dtype, torch.uint8) and (weight is None or weight.dim() <= 1)
+    ):  # fmt: skip
+        return _native_plain(x, y.contiguous(), weight, cdtype, reduction, need_grad)
     sparse = y if isinstance(y, SparseTargets) else None
     if sparse is not None:
         y_kind = "uint8" if sparse.values is None else _NATIVE_DTYPES[x.dtype]
@@ -166,6 +171,24 @@ def _native(
                                      None if sparse_values is None else sparse_values.data_ptr()),
     )  # fmt: skip
     return _per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted
+
+
+def _native_plain(
+    x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor], cdtype: torch.dtype, reduction: str, need_grad: bool
+) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+    """The common case (dense (N, C) target, a per-class weight or none) without the general path's bookkeeping,
+    which costs more than the kernel at small sizes."""
+    num_rows, num_classes = x.shape
+    w = _ones(num_classes, cdtype) if weight is None else weight.to(cdtype).reshape(1, -1).expand(1, num_classes).contiguous()
+    row_sums = torch.empty(num_rows, dtype=torch.float64)
+    grad = torch.empty_like(x) if need_grad else None
+    cpu.fused(
+        _NATIVE_DTYPES[x.dtype], "uint8" if y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype], x.data_ptr(),
+        y.data_ptr(), (w.data_ptr(), 0), (None, 0), (None, 0), num_rows, num_classes,
+        _scale(reduction, num_rows, num_classes), None, None, row_sums.data_ptr(),
+        None if grad is None else grad.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return row_sums.div_(num_classes), grad, float(num_rows)
 
 
 def _chunked(
