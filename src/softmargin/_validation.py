@@ -141,3 +141,10 @@ def check_mask_kind(kind: str, dtype: object) -> None:
         raise TypeError(
             f"mask has dtype {dtype}: expected bool, True where a label is observed and False where it is missing"
         )
+
+
+def check_sparse_target_values(target: Any) -> None:
+    """A sparse target's values (its positives') must lie in [0, 1]."""
+    low, high = target.value_range()
+    if not (0 <= low and high <= 1):
+        raise ValueError(f"sparse target has values in [{low}, {high}]: expected every target value in [0, 1]")

@@ -76,9 +76,7 @@ def _prepare(
     m = _array("mask", mask, x.shape)
     if validate:
         if isinstance(y, SparseTargets):
-            low, high = y.value_range()
-            if not (0 <= low and high <= 1):
-                raise ValueError(f"sparse target has values in [{low}, {high}]: expected every target value in [0, 1]")
+            V.check_sparse_target_values(y)
         else:
             V.check_target_values(y)
         if w is not None:

@@ -78,9 +78,7 @@ def _check(
                 )
     if validate:
         if isinstance(target, SparseTargets):
-            low, high = target.value_range()
-            if not (0 <= low and high <= 1):
-                raise ValueError(f"sparse target has values in [{low}, {high}]: expected every target value in [0, 1]")
+            V.check_sparse_target_values(target)
         else:
             V.check_target_values(target.detach())
         if weight is not None and not _seen(weight):
@@ -292,9 +290,7 @@ def linear_multilabel_soft_margin_loss(
     if is_sparse_target(target, lists=True):
         target = as_sparse_targets(target, (num_rows, num_labels), torch, device=hidden.device)
         if validate:
-            low, high = target.value_range()
-            if not (0 <= low and high <= 1):
-                raise ValueError(f"sparse target has values in [{low}, {high}]: expected every target value in [0, 1]")
+            V.check_sparse_target_values(target)
     else:
         V.check_same_shape("target", target.shape, (num_rows, num_labels))
         if validate:
