@@ -26,8 +26,10 @@ SOURCE = Path(__file__).with_name("cpu_kernel.c")
 FLAG_SETS = (
     # glibc's libmvec vector expf/log1pf (x86-64, glibc >= 2.35); -ffast-math deliberately absent (inf/NaN).
     # OpenMP: beside torch the kernel shares torch's libgomp thread pool (see cpu_kernel.c).
-    ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-lmvec"],
-    ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-lmvec"],
+    # -falign-loops=64: the hot loops' speed otherwise depends on where they happen to land (measured 2.2-2.6 ns
+    # per element unaligned, 2.0 aligned).
+    ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-lmvec"],
+    ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-falign-loops=64", "-lmvec"],
     ["-O3", "-march=native", "-fno-math-errno", "-DSOFTMARGIN_SCALAR_MATH"],
     ["-O2", "-DSOFTMARGIN_SCALAR_MATH"],
 )
