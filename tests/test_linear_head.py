@@ -162,3 +162,26 @@ def test_trainers_fused_head_gives_the_plain_loss():
     assert abs(grads[0][0] - grads[1][0]) < 1e-6
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+MULAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mulan"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MULAN / "delicious").exists(), reason="../shared/data/mulan is not on this machine")
+def test_trainer_learns_delicious_through_the_fused_head(monkeypatch):
+    from softmargin import data as D
+    from softmargin import train as T
+
+    calls = []
+    fused = T.linear_multilabel_soft_margin_loss
+    monkeypatch.setattr(T, "linear_multilabel_soft_margin_loss", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    train = D.load_arff(MULAN / "delicious" / "delicious-train.arff")
+    test = D.load_arff(MULAN / "delicious" / "delicious-test.arff")
+    model = T.fit(train, T.TrainConfig(ensemble=1, epochs=2, valid_fraction=0, batch_size=256), progress=False)
+    metrics, _ = T.evaluate(model, test)
+    assert calls, "983 labels: head='auto' should have used the fused head"
+    popular = np.argsort(-train.Y.sum(0))[:5]
+    assert metrics["P@1"] > test.Y[:, popular[0]].mean() + 0.03  # better than always the most popular tag
+    assert metrics["P@5"] > test.Y[:, popular].mean() + 0.02
+    assert 0 < metrics["PSP@5"] <= 1 and 0 < metrics["nDCG@5"] <= 1
