@@ -49,6 +49,18 @@ def _reset_hwm() -> None:
         f.write("5")
 
 
+def _peak_bytes(step: Callable[[], Any]) -> tuple[int, Any]:
+    """Resident high-water mark of ``step()`` beyond the resident size just before it, and what it returned (kept
+    alive by the caller, as a training loop would)."""
+    import gc
+
+    gc.collect()
+    _reset_hwm()
+    before = _rss_bytes()
+    result = step()
+    return _hwm_bytes() - before, result
+
+
 def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
     import torch
     import torch.nn.functional as F
@@ -83,7 +95,6 @@ def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
 
 def measure_one(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int, what: str) -> dict[str, Any]:
     """Run in a fresh process (see :func:`measure`): ``what`` is "time" or "memory"."""
-    import gc
 
     import torch
 
@@ -100,11 +111,7 @@ def measure_one(impl: str, shape: Sequence[int], dtype: str, repeat: int, thread
     step()
     if what == "memory":
         x.grad = None
-        gc.collect()
-        _reset_hwm()
-        before = _rss_bytes()
-        kept = step()  # noqa: F841 (the result and x.grad stay alive, as in training)
-        peak = _hwm_bytes() - before
+        peak, _ = _peak_bytes(step)  # the result and x.grad stay alive during the measurement, as in training
         return {"peak_extra_mb": peak / 2**20, "peak_extra_x_logits": peak / (x.numel() * x.element_size())}
     times = []
     for _ in range(repeat):
@@ -115,26 +122,37 @@ def measure_one(impl: str, shape: Sequence[int], dtype: str, repeat: int, thread
     return {"median_ms": 1e3 * times[len(times) // 2], "min_ms": 1e3 * times[0], "first_call_s": first_call_s}
 
 
-def _subprocess(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int, what: str) -> dict[str, Any]:
+def _in_fresh_process(call: str, what: str, threads: int, timeout: int = 1800) -> dict[str, Any]:
+    """Run ``softmargin.bench.<call>`` (a call expression returning a dict) in a new Python process; its result, or
+    {"error": the last line it printed}. For "memory", glibc returns large freed blocks at once, so the high-water
+    mark sees every allocation."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    if what == "memory":  # glibc returns large freed blocks at once, so the high-water mark sees every allocation
+    if what == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    code = (
-        "import json; from softmargin.bench import measure_one; "
-        f"print(json.dumps(measure_one({impl!r}, {tuple(shape)!r}, {dtype!r}, {repeat}, {threads}, {what!r})))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
+    code = f"import json, softmargin.bench as b; print(json.dumps(b.{call}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0:
-        tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0]}
+        return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Results to ``out``, through a temporary file moved into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(tmp, out)
 
 
 def measure(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int) -> dict[str, Any]:
     """One configuration: time in one fresh process, peak memory in another."""
     row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads}
     for what in ("time", "memory"):
-        row.update(_subprocess(impl, shape, dtype, repeat, threads, what))
+        row.update(_in_fresh_process(f"measure_one({impl!r}, {tuple(shape)!r}, {dtype!r}, {repeat}, {threads}, {what!r})", what, threads))
         if "error" in row:
             break
     return row
@@ -191,7 +209,6 @@ def measure_extreme_one(impl: str, num_labels: int, what: str, rows: int = 256, 
     ``fused``: :class:`softmargin.torch.LinearMultiLabelSoftMarginLoss` with sparse targets (``positives`` per row);
     ``plain``: ``torch.nn.Linear`` + ``torch.nn.MultiLabelSoftMarginLoss`` with the dense target. Extra memory is the
     resident peak of the step minus the resident size before it, minus the parameters' own gradients."""
-    import gc
 
     import torch
 
@@ -231,12 +248,7 @@ def measure_extreme_one(impl: str, num_labels: int, what: str, rows: int = 256, 
         # parameters' (and the features') own and are not counted as the method's extra memory
         for p in [*params, features]:
             p.grad = None
-        gc.collect()
-        _reset_hwm()
-        before = _rss_bytes()
-        kept = step()
-        kept.backward()
-        peak = _hwm_bytes() - before
+        peak, _ = _peak_bytes(lambda: step().backward())
         return {"peak_extra_mb": max(peak - grad_bytes, 0) / 2**20, "grad_mb": grad_bytes / 2**20}
     full()
     times = []
@@ -262,28 +274,15 @@ def extreme(labels: Sequence[int] = EXTREME_LABELS, repeat: int = 3, threads: Op
                 continue
             row: dict[str, Any] = {"impl": impl, "labels": num_labels}
             for what in ("time", "memory"):
-                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                if what == "memory":
-                    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-                code = (
-                    "import json; from softmargin.bench import measure_extreme_one; "
-                    f"print(json.dumps(measure_extreme_one({impl!r}, {num_labels}, {what!r}, repeat={repeat}, threads={threads})))"
-                )
                 if progress:
                     print(f"extreme: {impl} C={num_labels:,} {what}", file=sys.stderr, flush=True)
-                result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
-                if result.returncode != 0:
-                    row["error"] = (result.stderr.strip().splitlines() or ["failed"])[-1]
+                call = f"measure_extreme_one({impl!r}, {num_labels}, {what!r}, repeat={repeat}, threads={threads})"
+                row.update(_in_fresh_process(call, what, threads, timeout=3600))
+                if "error" in row:
                     break
-                row.update(json.loads(result.stdout.strip().splitlines()[-1]))
             rows.append(row)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fields = ["labels", "impl", "median_s", "peak_extra_mb", "grad_mb", "error"]
-        with open(out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_csv(out, ["labels", "impl", "median_s", "peak_extra_mb", "grad_mb", "error"], rows)
     return rows
 
 
@@ -360,14 +359,6 @@ def run(
             iterator.set_postfix_str(f"{impl} {'x'.join(map(str, shape))} {dtype}")
         rows.append(measure(impl, shape, dtype, repeat, threads))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         fields = ["shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
-        fields += ["peak_extra_x_logits", "error"]
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-        os.replace(tmp, out)
+        _write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
     return rows

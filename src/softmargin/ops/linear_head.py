@@ -164,22 +164,20 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
         hidden, weight, bias = ctx.saved_tensors
         target, class_weight, pos_weight, options, scale, need, chunks, group, reduction = ctx.setup
         consumed = ctx.grads is None  # a second backward through the same graph (retain_graph=True, gradcheck)
-        if reduction == "none" or consumed:
+        if reduction == "none" or consumed:  # walk again; "none" folds the per-sample gradient into the walk
             row_scale = grad_output.to(torch.float64) if reduction == "none" else None
             _, g_hidden, g_weight, g_bias = walk(
                 hidden, weight, bias, target, class_weight, pos_weight, options, row_scale, scale, need, chunks,
             )  # fmt: skip
             if g_hidden is not None:
                 _all_reduce(g_hidden, group)
-            if reduction != "none":
-                g_hidden, g_weight, g_bias = (None if g is None else g * grad_output for g in (g_hidden, g_weight, g_bias))
         else:
+            # ctx drops its references, so that (for the usual loss.backward(), with no scaling below) autograd
+            # makes these very tensors the parameters' .grad: the head's weight gradient is allocated once
             g_hidden, g_weight, g_bias = ctx.grads
             ctx.grads = None
-            if not (grad_output.numel() == 1 and grad_output.item() == 1.0):
-                g_hidden, g_weight, g_bias = (None if g is None else g * grad_output for g in (g_hidden, g_weight, g_bias))
-            # else: the usual loss.backward(). Handing over the tensors themselves (ctx holds no reference now) lets
-            # autograd make them the parameters' .grad without a copy: the head's weight gradient is allocated once.
+        if reduction != "none" and not (grad_output.numel() == 1 and grad_output.item() == 1.0):
+            g_hidden, g_weight, g_bias = (None if g is None else g * grad_output for g in (g_hidden, g_weight, g_bias))
         cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
         return (
             cast(g_hidden, hidden), cast(g_weight, weight), None if bias is None else cast(g_bias, bias),
