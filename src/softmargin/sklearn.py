@@ -128,9 +128,12 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = T.fit(Dataset(X, Y, features, names, "fit"), config, progress=self.verbose)
         return self
 
-    def _scores(self, X: Any) -> np.ndarray:
+    def _features(self, X: Any) -> Any:
         check_is_fitted(self, "model_")
-        X = validate_data(self, X, accept_sparse="csr", dtype=np.float32, reset=False)
+        return validate_data(self, X, accept_sparse="csr", dtype=np.float32, reset=False)
+
+    def _scores(self, X: Any) -> np.ndarray:
+        X = self._features(X)
         return self.model_.predict_proba(X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -144,8 +147,8 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Logits: (n, n_labels) for multi-label and multiclass targets, (n,) for binary ones."""
-        p = np.clip(self._scores(X), 1e-12, 1 - 1e-12)
-        logits = np.log(p) - np.log1p(-p)
+        X = self._features(X)  # before touching model_: an unfitted estimator raises NotFittedError
+        logits = self.model_.decision_function(X)
         return logits[:, 0] if self._binarizer is not None and len(self.classes_) == 2 else logits
 
     def predict(self, X: Any) -> np.ndarray:

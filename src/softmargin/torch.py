@@ -77,16 +77,20 @@ def _check(
                     f"input is differentiable; pass {name}.detach()"
                 )
     if validate:
-        if isinstance(target, SparseTargets):
-            V.check_sparse_target_values(target)
-        else:
-            V.check_target_values(target.detach())
-        if weight is not None and not _seen(weight):
-            V.check_weight_values("weight", weight.detach())
-            _remember(weight)
-        if pos_weight is not None and not _seen(pos_weight):
-            V.check_weight_values("pos_weight", pos_weight.detach(), positive=True)
-            _remember(pos_weight)
+        _check_values(target, ("weight", weight, False), ("pos_weight", pos_weight, True))
+
+
+def _check_values(target: Any, *weights: tuple[str, Optional[Tensor], bool]) -> None:
+    """The value checks: the target in [0, 1] (dense or sparse); each (name, weight, strictly positive) finite and
+    non-negative (positive), checked once per version of the tensor."""
+    if isinstance(target, SparseTargets):
+        V.check_sparse_target_values(target)
+    else:
+        V.check_target_values(target.detach())
+    for name, value, positive in weights:
+        if value is not None and not _seen(value):
+            V.check_weight_values(name, value.detach(), positive=positive)
+            _remember(value)
 
 
 # Weights (a module's buffers, mostly) are checked once per version: a tensor's _version changes on every in-place
@@ -289,17 +293,10 @@ def linear_multilabel_soft_margin_loss(
             raise ValueError(f"{name}.shape == {tuple(value.shape)}, expected ({num_labels},): one per label")
     if is_sparse_target(target, lists=True):
         target = as_sparse_targets(target, (num_rows, num_labels), torch, device=hidden.device)
-        if validate:
-            V.check_sparse_target_values(target)
     else:
         V.check_same_shape("target", target.shape, (num_rows, num_labels))
-        if validate:
-            V.check_target_values(target.detach())
     if validate:
-        if class_weight is not None:
-            V.check_weight_values("class_weight", class_weight.detach())
-        if pos_weight is not None:
-            V.check_weight_values("pos_weight", pos_weight.detach(), positive=True)
+        _check_values(target, ("class_weight", class_weight, False), ("pos_weight", pos_weight, True))
     budget = memory_budget if memory_budget is not None else auto_budget(num_rows, num_labels)
     chunks = chunk_shape(num_rows, num_labels, budget, chunk_size)
     total = total_labels if total_labels is not None else _total_labels(num_labels, process_group)
