@@ -24,10 +24,10 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
 
-def _compare(x, y, w, rtol, block=None):
+def _compare(x, y, w, rtol, block=None, span=None):
     num_rows, num_classes = x.numel() // x.shape[-1], x.shape[-1]
     w_rows = torch_ops._weight_rows(w, x.shape, torch.float32)
-    sums, grad = triton_ops.fused_rows(x, y, w_rows, num_rows, num_classes, 0.01, True, block=block)
+    sums, grad = triton_ops.fused_rows(x, y, w_rows, num_rows, num_classes, 0.01, True, block=block, span=span)
     per_sample, ref_grad, _ = torch_ops._chunked(x.cpu(), y.cpu(), None if w is None else w.cpu(), None, None, PLAIN, "sum", True)
     ref_sums, ref_grad = per_sample.reshape(-1) * num_classes, ref_grad.reshape(num_rows, num_classes) * (0.01 * num_classes)
     assert grad.dtype == x.dtype
@@ -38,9 +38,11 @@ def _compare(x, y, w, rtol, block=None):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="interpreter tests need TRITON_INTERPRET=1")
-@pytest.mark.parametrize("num_classes,block", [(1, None), (37, 16), (300, 64), (1000, None)])
+@pytest.mark.parametrize(
+    "num_classes,block,span", [(1, None, None), (37, 16, None), (300, 64, None), (300, 64, 128), (1000, None, None), (1000, 64, 64)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
-def test_interpreted_kernel_matches_formula(num_classes, block, dtype):
+def test_interpreted_kernel_matches_formula(num_classes, block, span, dtype):
     gen = torch.Generator().manual_seed(num_classes)
     x = (torch.randn(5, num_classes, generator=gen) * 8).to(dtype)
     x[0, 0] = float("inf")
@@ -48,7 +50,7 @@ def test_interpreted_kernel_matches_formula(num_classes, block, dtype):
     y = (torch.rand(5, num_classes, generator=gen) < 0.4).to(dtype)
     y[0, 0] = 1  # a right prediction at +inf
     w = torch.rand(num_classes, generator=gen) + 0.1
-    _compare(x, y, w, {torch.float32: 2e-6, torch.float16: 1e-3, torch.float64: 1e-13}[dtype], block)
+    _compare(x, y, w, {torch.float32: 2e-6, torch.float16: 1e-3, torch.float64: 1e-13}[dtype], block, span)
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="interpreter tests need TRITON_INTERPRET=1")
@@ -58,6 +60,27 @@ def test_interpreted_soft_targets_full_weights_and_uint8():
     _compare(x, torch.rand(4, 50, generator=gen), torch.rand(4, 50, generator=gen), 2e-6, 32)
     hard = torch.rand(4, 50, generator=gen) < 0.5
     _compare(x, hard, None, 2e-6, 32)
+
+
+@pytest.mark.parametrize("multiprocessors", [4, 132])
+@pytest.mark.parametrize("num_rows,num_classes", [(4096, 2000), (256, 100_000), (2, 100_000), (32, 10), (1, 1), (0, 5)])
+def test_tiling_covers_every_column_once(num_rows, num_classes, multiprocessors):
+    block, span, tiles = triton_ops.tiling(num_rows, num_classes, multiprocessors)
+    assert span % block == 0 and span >= block
+    assert (tiles - 1) * span < num_classes <= tiles * span  # every column in exactly one tile, none empty
+    if tiles > 1:  # split only to fill the GPU, never into tiles shorter than four blocks
+        assert span >= 4 * block and num_rows * (tiles - 1) < 8 * multiprocessors
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="interpreter tests need TRITON_INTERPRET=1")
+def test_interpreted_kernel_is_deterministic_and_takes_bool_targets_without_copy():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 700, generator=gen) * 4
+    y = torch.rand(3, 700, generator=gen) < 0.3
+    first = triton_ops.fused_rows(x, y, None, 3, 700, 0.5, True, block=64, span=192)
+    second = triton_ops.fused_rows(x, y, None, 3, 700, 0.5, True, block=64, span=192)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    _compare(x, y, None, 2e-6, 64, 192)
 
 
 @pytest.mark.gpu

@@ -10,6 +10,10 @@ measurement's allocations and nothing else:
 - *time*: the median of ``--repeat`` forward+backward calls after two warm-up calls (``torch.compile``'s
   compilation happens in the warm-up and is reported apart).
 
+On a CUDA device (``device="cuda"``) everything runs in one process: the caching allocator's own counters
+(``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``) see every allocation exactly, and each timed
+call is bracketed by ``torch.cuda.synchronize()``, so the time includes the launch overhead a training step pays.
+
 Anchors, measured in the same run on the same data: torch's eager ``MultiLabelSoftMarginLoss``,
 ``torch.compile`` of it, ``BCEWithLogitsLoss`` (mean over N*C: the same value), and the *floor*: one read of the
 input and the target and one write of a gradient-sized output (``x + y`` into a new tensor).
@@ -72,7 +76,7 @@ def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
     elif impl == "torch eager":
         fn = F.multilabel_soft_margin_loss
     elif impl == "torch.compile":
-        fn = torch.compile(F.multilabel_soft_margin_loss)
+        fn = torch.compile(F.multilabel_soft_margin_loss, dynamic=False)
     elif impl == "BCEWithLogits":
         fn = F.binary_cross_entropy_with_logits
     elif impl == "floor":
@@ -93,33 +97,53 @@ def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
     return step
 
 
-def measure_one(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int, what: str) -> dict[str, Any]:
-    """Run in a fresh process (see :func:`measure`): ``what`` is "time" or "memory"."""
+def measure_one(
+    impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int, what: str, device: str = "cpu"
+) -> dict[str, Any]:
+    """One configuration: ``what`` is "time", "memory" (CPU: each in a fresh process, see :func:`measure`) or, on
+    CUDA, "both"."""
 
     import torch
 
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     tdtype = getattr(torch, dtype)
-    x = torch.randn(*shape, generator=gen).to(tdtype).requires_grad_(True)
-    y = (torch.rand(*shape, generator=gen) < 0.1).to(tdtype)
-    w = torch.rand(shape[-1], generator=gen).to(tdtype) + 0.5
+    x = torch.randn(*shape, generator=gen).to(tdtype).to(device).requires_grad_(True)
+    y = (torch.rand(*shape, generator=gen) < 0.1).to(tdtype).to(device)
+    w = (torch.rand(shape[-1], generator=gen).to(tdtype) + 0.5).to(device)
+    cuda = x.is_cuda
     step = _step_fn(impl, x, y, w)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     started = time.perf_counter()
     step()
+    sync()
     first_call_s = time.perf_counter() - started
     step()
-    if what == "memory":
+    sync()
+    row: dict[str, Any] = {"first_call_s": first_call_s}
+    logits_bytes = x.numel() * x.element_size()
+    if what in ("memory", "both"):
         x.grad = None
-        peak, _ = _peak_bytes(step)  # the result and x.grad stay alive during the measurement, as in training
-        return {"peak_extra_mb": peak / 2**20, "peak_extra_x_logits": peak / (x.numel() * x.element_size())}
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    times.sort()
-    return {"median_ms": 1e3 * times[len(times) // 2], "min_ms": 1e3 * times[0], "first_call_s": first_call_s}
+        if cuda:  # the result and x.grad stay alive during the measurement, as in training
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            _ = step()
+            sync()
+            peak = torch.cuda.max_memory_allocated() - before
+        else:
+            peak, _ = _peak_bytes(step)
+        row.update(peak_extra_mb=peak / 2**20, peak_extra_x_logits=peak / logits_bytes)
+    if what in ("time", "both"):
+        times = []
+        for _ in range(repeat):
+            sync()
+            started = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - started)
+        times.sort()
+        row.update(median_ms=1e3 * times[len(times) // 2], min_ms=1e3 * times[0])
+    return row
 
 
 def _in_fresh_process(call: str, what: str, threads: int, timeout: int = 1800) -> dict[str, Any]:
@@ -148,9 +172,19 @@ def _write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]])
     os.replace(tmp, out)
 
 
+def _measure_here(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str) -> dict[str, Any]:
+    """One configuration on a CUDA device, in this process (its allocator counts exactly); an error becomes a row."""
+    row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads, "device": device}
+    try:
+        row.update(measure_one(impl, shape, dtype, repeat, threads, "both", device))
+    except Exception as error:  # noqa: BLE001 - one failing anchor (say torch.compile) must not end the run
+        row["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
+    return row
+
+
 def measure(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int) -> dict[str, Any]:
     """One configuration: time in one fresh process, peak memory in another."""
-    row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads}
+    row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads, "device": "cpu"}
     for what in ("time", "memory"):
         row.update(_in_fresh_process(f"measure_one({impl!r}, {tuple(shape)!r}, {dtype!r}, {repeat}, {threads}, {what!r})", what, threads))
         if "error" in row:
@@ -344,9 +378,15 @@ def run(
     threads: Optional[int] = None,
     out: Optional[Path] = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     threads = threads or len(os.sched_getaffinity(0))
     configs = [(impl, shape, dtype) for shape in shapes for dtype in dtypes for impl in impls]
+    if device != "cpu":
+        import torch
+
+        if not torch.device(device).type == "cuda" or not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: expected 'cpu' or a CUDA device, and this machine has no CUDA device")
     rows = []
     try:
         from tqdm import tqdm
@@ -357,8 +397,11 @@ def run(
     for impl, shape, dtype in iterator:
         if hasattr(iterator, "set_postfix_str"):
             iterator.set_postfix_str(f"{impl} {'x'.join(map(str, shape))} {dtype}")
-        rows.append(measure(impl, shape, dtype, repeat, threads))
+        if device == "cpu":
+            rows.append(measure(impl, shape, dtype, repeat, threads))
+        else:
+            rows.append(_measure_here(impl, shape, dtype, repeat, threads, device))
     if out is not None:
-        fields = ["shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
+        fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
         _write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
     return rows

@@ -41,17 +41,19 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"Forward+backward, {shape[0]}x{shape[1]} float32, each loss option against the plain loss:")
         print(format_table(["option", "median ms", "x plain"], [[r["option"], f"{r['median_ms']:.2f}", f"{r['x_plain']:.2f}"] for r in rows]))
         return 0
+    out = args.out.replace("bench-cpu", "bench-cuda") if args.out and args.device != "cpu" else args.out
     rows = bench.run(
         shapes=args.shapes or bench.DEFAULT_SHAPES,
         dtypes=args.dtypes,
         impls=[i for i in bench.IMPLEMENTATIONS if not (args.no_compile and i == "torch.compile")],
         repeat=args.repeat,
         threads=args.threads,
-        out=Path(args.out) if args.out else None,
+        out=Path(out) if out else None,
+        device=args.device,
     )
     print(bench.report(rows))
     if args.out:
-        print(f"\nwritten to {args.out}")
+        print(f"\nwritten to {out}")
     return 0
 
 
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16", "float64"])
     bench.add_argument("--repeat", type=int, default=15, help="timed calls per configuration (the median is reported)")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
+    bench.add_argument("--device", default="cpu", help="cpu, or cuda (results to bench-cuda.csv; one process, exact allocator counts)")
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while)")
     bench.add_argument("--extreme", action="store_true", help="the fused linear head vs linear + loss at 100k, 1M, 3M labels")
     bench.add_argument("--options", action="store_true", help="time each loss option (pos_weight, mask, ...) instead")

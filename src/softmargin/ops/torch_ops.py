@@ -280,6 +280,10 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
             elif grad is None:  # a second backward (retain_graph=True) after the gradient was handed over
                 grad = loss_and_grad(x, y, weight, ctx.reduction, True, pos_weight, mask, ctx.options)[1]
                 grad_x = grad * grad_output.to(x.dtype)
+            elif not grad.is_cpu:
+                # scaled in place (the tensor is ours alone) and handed over: no second gradient-sized buffer, and
+                # no look at grad_output's value, which would wait for the device
+                grad_x, ctx.grad = grad.mul_(grad_output.to(grad.dtype)), None
             elif grad_output.numel() == 1 and grad_output.item() == 1.0:
                 # the usual loss.backward(): the precomputed gradient is the answer. Dropping ctx's reference
                 # lets autograd take the tensor itself as x.grad instead of copying it.

@@ -1,0 +1,207 @@
+"""The public PyTorch API on a CUDA device: the compiled Triton kernel for the plain loss, the chunked path for the
+options, sparse targets and the fused linear head. Every test here is marked ``gpu`` and skipped without a CUDA
+device (as in CI); ``scripts/gpu_check.sh`` runs them on a lent GPU."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import softmargin.torch as st  # noqa: E402
+
+from helpers import RTOL, assert_close, reference_grad, reference_loss  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", reason="needs a CUDA device"
+    ),
+    pytest.mark.filterwarnings("ignore:Sparse CSR tensor support"),
+]
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _data(shape, dtype, seed=0, scale=4.0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    y = (torch.rand(*shape, generator=gen) < 0.2).to(dtype)
+    return x, y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight_kind", [None, "class", "full"])
+@pytest.mark.parametrize("shape", [(64, 300), (8, 40_000), (3, 5, 17)])
+def test_cuda_loss_and_grad_against_float64_reference(dtype, reduction, weight_kind, shape):
+    x, y = _data(shape, dtype)
+    w = None if weight_kind is None else (torch.rand(shape[-1] if weight_kind == "class" else shape, dtype=torch.float64) + 0.5).to(dtype)
+    xc = x.cuda().requires_grad_(True)
+    loss = st.multilabel_soft_margin_loss(xc, y.cuda(), weight=None if w is None else w.cuda(), reduction=reduction)
+    grad_output = torch.rand(loss.shape, dtype=torch.float64) + 0.5
+    loss.backward(grad_output.to(dtype).cuda())
+    assert loss.dtype == dtype and xc.grad.dtype == dtype and xc.grad.is_cuda
+    # the reference sees the same (rounded) inputs, in float64
+    args = (x.double().numpy(), y.double().numpy(), None if w is None else w.double().numpy(), reduction)
+    rtol = RTOL[str(dtype).removeprefix("torch.")]
+    assert_close(loss.detach().double().cpu().numpy(), reference_loss(*args), rtol, "loss")
+    go = grad_output.to(dtype).double().numpy()
+    expected = reference_grad(*args) * (go[..., None] if reduction == "none" else go)
+    # float16's gradients of a mean over many elements are subnormal (spacing 2^-24): rounded once when made and once
+    # more when scaled by grad_output in float16
+    atol = 2.0**-24 * (1.0 + go.max()) if dtype == torch.float16 else 0.0
+    assert_close(xc.grad.double().cpu().numpy(), expected, rtol, "grad", atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_torch_itself(dtype):
+    x, y = _data((256, 3000), dtype, seed=1)
+    w = torch.rand(3000, dtype=dtype) + 0.5
+    xa = x.cuda().requires_grad_(True)
+    xb = x.cuda().requires_grad_(True)
+    ours = st.MultiLabelSoftMarginLoss(weight=w).cuda()(xa, y.cuda())
+    ref = torch.nn.MultiLabelSoftMarginLoss(weight=w).cuda()(xb, y.cuda())
+    ours.backward()
+    ref.backward()
+    rtol = RTOL[str(dtype).removeprefix("torch.")]
+    assert_close(ours.item(), ref.item(), rtol, "loss")
+    assert_close(xa.grad.cpu().numpy(), xb.grad.cpu().numpy(), rtol, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_infinite_logits_give_finite_gradients(dtype):
+    x = torch.tensor([[float("inf"), -float("inf"), 0.0, float("inf")]], dtype=dtype, device="cuda", requires_grad=True)
+    y = torch.tensor([[1.0, 0.0, 1.0, 0.0]], dtype=dtype, device="cuda")
+    per_sample = st.multilabel_soft_margin_loss(x, y, reduction="none")
+    per_sample.sum().backward()
+    assert torch.isinf(per_sample).all()  # the last element is wrong at infinity
+    assert torch.isfinite(x.grad).all()
+    x2 = x.detach()[:, :3].clone().requires_grad_(True)
+    loss = st.multilabel_soft_margin_loss(x2, y[:, :3])
+    loss.backward()
+    assert_close(loss.item(), np.log(2.0) / 3, RTOL[str(dtype).removeprefix("torch.")])
+    assert_close(x2.grad.double().cpu().numpy(), [[0.0, 0.0, -0.5 / 3]], 1e-3)
+
+
+def test_cuda_float16_many_classes_stays_finite():
+    x, y = _data((4, 100_000), torch.float16, seed=2)
+    loss = st.multilabel_soft_margin_loss(x.cuda(), y.cuda())
+    assert torch.isfinite(loss)
+    assert_close(loss.item(), reference_loss(x.double().numpy(), y.double().numpy()), 1e-3)
+
+
+def test_cuda_is_bitwise_deterministic_with_split_rows():
+    x, y = _data((2, 300_000), torch.float32, seed=3)  # few wide rows: each cut into several tiles
+    results = []
+    for _ in range(3):
+        xc = x.cuda().requires_grad_(True)
+        loss = st.multilabel_soft_margin_loss(xc, y.cuda(), reduction="none")
+        loss.sum().backward()
+        results.append((loss.detach().cpu(), xc.grad.cpu()))
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+    assert_close(results[0][0].double().numpy(), reference_loss(x.double().numpy(), y.double().numpy(), reduction="none"), 1e-6)
+
+
+def test_cuda_bool_and_uint8_targets():
+    x, y = _data((32, 500), torch.float32, seed=4)
+    ref = st.multilabel_soft_margin_loss(x.cuda(), y.cuda())
+    for target in (y.bool(), y.to(torch.uint8)):
+        assert_close(st.multilabel_soft_margin_loss(x.cuda(), target.cuda()).item(), ref.item(), 1e-7)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(pos_weight="c"), dict(mask="m"), dict(label_smoothing=0.1), dict(gamma_pos=1.0, gamma_neg=4.0, clip=0.05)],
+)
+def test_cuda_options_match_cpu(options):
+    x, y = _data((64, 700), torch.float64, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    extra = {"c": torch.rand(700, generator=gen, dtype=torch.float64) + 0.5, "m": torch.rand(64, 700, generator=gen) < 0.8}
+    results = []
+    for device in ("cpu", "cuda"):
+        kw = {k: (extra[v].to(device) if isinstance(v, str) else v) for k, v in options.items()}
+        xd = x.to(device).requires_grad_(True)
+        loss = st.multilabel_soft_margin_loss(xd, y.to(device), **kw)
+        loss.backward()
+        results.append((loss.item(), xd.grad.cpu().numpy()))
+    assert_close(results[1][0], results[0][0], 1e-12, "loss")
+    assert_close(results[1][1], results[0][1], 1e-12, "grad")
+
+
+def test_cuda_sparse_targets_match_dense():
+    x, y = _data((16, 5000), torch.float32, seed=7)
+    dense = st.multilabel_soft_margin_loss(x.cuda(), y.cuda())
+    sparse = st.multilabel_soft_margin_loss(x.cuda(), y.cuda().to_sparse_csr())
+    assert_close(sparse.item(), dense.item(), 1e-6)
+
+
+def test_cuda_gradcheck():
+    x = torch.randn(3, 7, dtype=torch.float64, device="cuda", requires_grad=True)
+    y = torch.rand(3, 7, dtype=torch.float64, device="cuda")
+    w = torch.rand(7, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: st.multilabel_soft_margin_loss(a, y, weight=b), (x, w))
+    assert torch.autograd.gradgradcheck(lambda a: st.multilabel_soft_margin_loss(a, y), (x,))
+
+
+def test_cuda_linear_head_matches_linear_plus_loss():
+    gen = torch.Generator().manual_seed(8)
+    hidden = torch.randn(32, 16, generator=gen, dtype=torch.float64)
+    weight = torch.randn(20_000, 16, generator=gen, dtype=torch.float64) * 0.3
+    bias = torch.randn(20_000, generator=gen, dtype=torch.float64)
+    target = (torch.rand(32, 20_000, generator=gen) < 0.001).double()
+    grads = []
+    for fused in (True, False):
+        h, w, b = (t.cuda().requires_grad_(True) for t in (hidden, weight, bias))
+        if fused:
+            loss = st.linear_multilabel_soft_margin_loss(h, w, b, target.cuda(), chunk_size=3000)
+        else:
+            loss = st.multilabel_soft_margin_loss(h @ w.T + b, target.cuda())
+        loss.backward()
+        grads.append([loss.item()] + [t.grad.cpu().numpy() for t in (h, w, b)])
+    assert_close(grads[0][0], grads[1][0], 1e-12, "loss")
+    for a, b in zip(grads[0][1:], grads[1][1:]):
+        assert_close(a, b, 1e-11)
+
+
+def test_cuda_forward_and_backward_allocate_one_gradient():
+    x, y = _data((4096, 2000), torch.float32, seed=9)
+    x, y = x.cuda().requires_grad_(True), y.cuda()
+    st.multilabel_soft_margin_loss(x, y).backward()  # warm-up: compile, caches
+    x.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    st.multilabel_soft_margin_loss(x, y).backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    assert extra <= 1.05 * x.numel() * x.element_size() + (1 << 20)
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0])
+def test_cuda_float32_element_accuracy_against_mpmath(target):
+    from scipy.special import expit
+
+    from helpers import exact_element_loss
+
+    magnitudes = np.logspace(-6, 4, 600)
+    x = np.concatenate([-magnitudes, magnitudes]).astype(np.float32)
+    xc = torch.from_numpy(x).reshape(-1, 1).cuda().requires_grad_(True)  # one class: a sample's loss is its element's
+    y = torch.full_like(xc, target)
+    loss = st.multilabel_soft_margin_loss(xc, y, reduction="none")
+    loss.sum().backward()
+    exact = np.array([exact_element_loss(float(v), target) for v in x])
+    ours = loss.detach().double().cpu().numpy()
+    # libdevice flushes exp's subnormal results (|x| > 87) to zero: losses under 1e-30 are compared absolutely
+    small = exact < 1e-30
+    assert np.all(np.abs(ours[small] - exact[small]) <= 1e-30)
+    rel = np.abs(ours[~small] - exact[~small]) / exact[~small]
+    assert rel.max() <= 4e-7, f"worst loss error {rel.max():.2e} at x={x[~small][rel.argmax()]}"
+    grad = xc.grad.double().cpu().numpy().ravel()
+    x64 = x.astype(np.float64)
+    exact_grad = expit(x64) if target == 0.0 else -expit(-x64)  # sigmoid(x) - y without cancellation
+    nonzero = np.abs(exact_grad) > 1e-30
+    grad_rel = np.abs(grad[nonzero] - exact_grad[nonzero]) / np.abs(exact_grad[nonzero])
+    assert grad_rel.max() <= 4e-7, f"worst gradient error {grad_rel.max():.2e}"
