@@ -123,7 +123,7 @@ def test_cuda_options_match_cpu(options):
     results = []
     for device in ("cpu", "cuda"):
         kw = {k: (extra[v].to(device) if isinstance(v, str) else v) for k, v in options.items()}
-        xd = x.to(device).requires_grad_(True)
+        xd = x.detach().clone().to(device).requires_grad_(True)
         loss = st.multilabel_soft_margin_loss(xd, y.to(device), **kw)
         loss.backward()
         results.append((loss.item(), xd.grad.cpu().numpy()))

@@ -15,6 +15,7 @@ import functools
 import os
 from typing import Optional
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -35,7 +36,8 @@ def _fused_tiles_kernel(
     span,
     num_tiles,
     w_row_stride,
-    scale,
+    scale_hi,
+    scale_lo,
     HAS_GRAD: tl.constexpr,
     BLOCK: tl.constexpr,
     COMPUTE: tl.constexpr,
@@ -49,6 +51,8 @@ def _fused_tiles_kernel(
     first = tile * span
     last = tl.minimum(first + span, num_classes)
     acc = tl.zeros([BLOCK], dtype=tl.float64)
+    # Triton passes Python floats as float32: the scale comes in two parts, so that float64 keeps its precision
+    scale = (tl.zeros([BLOCK], dtype=COMPUTE) + scale_hi) + scale_lo
     for start in range(first, last, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < last
@@ -94,7 +98,7 @@ def tiling(num_rows: int, num_classes: int, multiprocessors: int, block: Optiona
     """``(block, span, tiles per row)``: enough programs to fill the GPU (about eight per multiprocessor) without
     tiles shorter than four blocks."""
     if block is None:
-        block = min(2048, max(16, triton.next_power_of_2(num_classes)))
+        block = min(1024, max(16, triton.next_power_of_2(num_classes)))
     blocks_per_row = triton.cdiv(num_classes, block)
     wanted = triton.cdiv(8 * multiprocessors, max(num_rows, 1))
     tiles = max(1, min(wanted, blocks_per_row // 4))
@@ -128,13 +132,14 @@ def fused_rows(
     block, auto_span, _ = tiling(num_rows, num_classes, _multiprocessors(x.device), block)
     span = auto_span if span is None else span
     num_tiles = triton.cdiv(num_classes, span)
+    scale_hi = float(np.float32(scale))
     partial = torch.empty((num_rows, num_tiles), dtype=torch.float64, device=x.device)
     grad = torch.empty((num_rows, num_classes), dtype=x.dtype, device=x.device) if need_grad else None
     _fused_tiles_kernel[(num_rows, num_tiles)](
         x, y, w, partial, grad if grad is not None else partial,
-        num_classes, span, num_tiles, 0 if w.shape[0] == 1 else num_classes, scale,
+        num_classes, span, num_tiles, 0 if w.shape[0] == 1 else num_classes, scale_hi, scale - scale_hi,
         HAS_GRAD=need_grad, BLOCK=block, COMPUTE=tl.float64 if x.dtype == torch.float64 else tl.float32,
-        ACCURATE=not INTERPRETED, num_warps=8 if block >= 2048 else 4,
+        ACCURATE=not INTERPRETED, num_warps=8 if block >= 4096 else 4,
     )  # fmt: skip
     row_sums = partial[:, 0] if num_tiles == 1 else partial.sum(dim=1)
     return row_sums, grad
