@@ -76,16 +76,16 @@ def _check(
                     f"{name} requires grad, but with pos_weight, mask, label_smoothing or asymmetric focusing only "
                     f"input is differentiable; pass {name}.detach()"
                 )
-    if validate:
-        _check_values(target, ("weight", weight, False), ("pos_weight", pos_weight, True))
+    if validate:  # a dense target is checked where the loss is computed (ops/torch_ops.py: in the kernel, for free)
+        _check_values(target if isinstance(target, SparseTargets) else None, ("weight", weight, False), ("pos_weight", pos_weight, True))
 
 
 def _check_values(target: Any, *weights: tuple[str, Optional[Tensor], bool]) -> None:
-    """The value checks: the target in [0, 1] (dense or sparse); each (name, weight, strictly positive) finite and
-    non-negative (positive), checked once per version of the tensor."""
+    """The value checks: the target in [0, 1] (dense or sparse; None: not here); each (name, weight, strictly
+    positive) finite and non-negative (positive), checked once per version of the tensor."""
     if isinstance(target, SparseTargets):
         V.check_sparse_target_values(target)
-    else:
+    elif target is not None:
         V.check_target_values(target.detach())
     for name, value, positive in weights:
         if value is not None and not _seen(value):
@@ -172,7 +172,9 @@ def multilabel_soft_margin_loss(
         num_classes = input.shape[-1] if isinstance(input, Tensor) and input.dim() else 0
         target = as_sparse_targets(target, (rows, num_classes), torch, device=input.device)
     _check(input, target, weight, reduction, validate, pos_weight, mask, options)
-    return MultiLabelSoftMarginLossFunction.apply(input, target, weight, reduction, pos_weight, mask, options)
+    return MultiLabelSoftMarginLossFunction.apply(
+        input, target, weight, reduction, pos_weight, mask, options, validate and not isinstance(target, SparseTargets)
+    )
 
 
 class MultiLabelSoftMarginLoss(_WeightedLoss):

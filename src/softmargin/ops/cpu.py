@@ -78,6 +78,10 @@ def _build(compiler: str, flags: list[str], target: Path) -> Optional[str]:
             os.unlink(tmp)
 
 
+#: Input dtypes whose plain-loss row functions check the target's range as they read it.
+TARGET_CHECKED = frozenset({"float32", "float16", "bfloat16"})
+
+
 @functools.lru_cache(maxsize=None)
 def kernel() -> Optional[ctypes.CDLL]:
     """The loaded kernel library, or None where it cannot be built or loaded here (then callers fall back)."""
@@ -134,8 +138,10 @@ def fused(
     grad: Optional[int],
     num_threads: int,
     sparse: Optional[tuple[int, int, Optional[int]]] = None,
-) -> None:
-    """Run the kernel on raw pointers; the caller owns the layout (contiguous; see cpu_kernel.c).
+) -> bool:
+    """Run the kernel on raw pointers; the caller owns the layout (contiguous; see cpu_kernel.c). Returns True when
+    the plain loss in float32/16 saw a target outside [0, 1] (those row functions check as they read; the others
+    do not look, see ``TARGET_CHECKED``).
 
     ``sparse`` = (indptr, indices, values or None) replaces ``y`` (then None) with CSR positives.
 
@@ -150,5 +156,6 @@ def fused(
         mask[0], mask[1], num_rows, num_classes, scale, row_scale, int(options is not None), eps, gamma_pos,
         gamma_neg, clip, out, grad, num_threads, *(sparse or (None, None, None)),
     )  # fmt: skip
-    if status != 0:
+    if status < 0:
         raise RuntimeError(f"softmargin CPU kernel rejected dtypes input={xtype}, target={ytype}")
+    return status == 1

@@ -16,6 +16,7 @@ import torch
 
 from .._chunks import PLAIN, Options, Rows, loss_rows, row_bookkeeping
 from .._formula import element_loss_and_grad
+from .. import _validation as V
 from .._sparse import SparseTargets
 from . import cpu
 
@@ -53,16 +54,30 @@ def loss_and_grad(
     pos_weight: Optional[torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
     options: Options = PLAIN,
+    check_target: bool = False,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
     """Per-sample losses (float64, shape ``x.shape[:-1]``), the gradient (``x.dtype``) or None, rows in the mean.
+
+    ``check_target``: raise ValueError for a dense target outside [0, 1]. The CPU kernel's plain loss in float32/16
+    checks as it reads the target, for free; every other path checks first, in one min/max pass.
 
     Dispatch: the compiled CPU kernel where it can be built (``ops/cpu.py``); on CUDA the Triton kernel for the
     plain loss where Triton is installed (``ops/triton_ops.py``); else chunked torch operations on any device.
     The gradient is that of ``reduce(per_sample, reduction)`` (for "none", of the sum).
     """
+    dense = not isinstance(y, SparseTargets)
+    if x.numel() > 0 and x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
+        plain = pos_weight is None and mask is None and options == PLAIN
+        in_kernel = check_target and dense and plain and _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED
+        if check_target and dense and not in_kernel:
+            V.check_target_values(y.detach())
+        result, out_of_range = _native(x, y, weight, pos_weight, mask, options, reduction, need_grad)
+        if out_of_range and in_kernel:
+            V.check_target_values(y.detach())  # raises, naming the first bad value
+        return result
+    if check_target and dense:
+        V.check_target_values(y.detach())
     if x.numel() > 0:
-        if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
-            return _native(x, y, weight, pos_weight, mask, options, reduction, need_grad)
         plain = pos_weight is None and mask is None and options == PLAIN
         triton_ops = _triton_ops() if x.is_cuda and plain and not isinstance(y, SparseTargets) else None
         if triton_ops is not None:
@@ -125,8 +140,9 @@ def _native(
     options: Options,
     reduction: str,
     need_grad: bool,
-) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
-    """The compiled kernel: one pass, no temporaries beyond the gradient itself (see cpu_kernel.c)."""
+) -> tuple[tuple[torch.Tensor, Optional[torch.Tensor], float], bool]:
+    """The compiled kernel: one pass, no temporaries beyond the gradient itself (see cpu_kernel.c). Also returns
+    whether the kernel saw a target outside [0, 1] (float32/16 plain loss only: see ``cpu.fused``)."""
     cdtype = compute_dtype(x.dtype)
     x = x.contiguous()
     if (
@@ -161,7 +177,7 @@ def _native(
 
     if sparse is None:
         y_kind = "uint8" if rows.y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype]
-    cpu.fused(
+    out_of_range = cpu.fused(
         _NATIVE_DTYPES[x.dtype], y_kind, rows.x.data_ptr(), None if sparse is not None else rows.y.data_ptr(),
         pointer(w), pointer(pw), pointer(m), num_rows, num_classes,
         grad_scale if isinstance(grad_scale, float) else 0.0, None if row_scale is None else row_scale.data_ptr(),
@@ -170,25 +186,25 @@ def _native(
         None if sparse is None else (sparse.indptr.data_ptr(), sparse.indices.data_ptr(),
                                      None if sparse_values is None else sparse_values.data_ptr()),
     )  # fmt: skip
-    return _per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted
+    return (_per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted), out_of_range
 
 
 def _native_plain(
     x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor], cdtype: torch.dtype, reduction: str, need_grad: bool
-) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+) -> tuple[tuple[torch.Tensor, Optional[torch.Tensor], float], bool]:
     """The common case (dense (N, C) target, a per-class weight or none) without the general path's bookkeeping,
     which costs more than the kernel at small sizes."""
     num_rows, num_classes = x.shape
     w = _ones(num_classes, cdtype) if weight is None else weight.to(cdtype).reshape(1, -1).expand(1, num_classes).contiguous()
     row_sums = torch.empty(num_rows, dtype=torch.float64)
     grad = torch.empty_like(x) if need_grad else None
-    cpu.fused(
+    out_of_range = cpu.fused(
         _NATIVE_DTYPES[x.dtype], "uint8" if y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype], x.data_ptr(),
         y.data_ptr(), (w.data_ptr(), 0), (None, 0), (None, 0), num_rows, num_classes,
         _scale(reduction, num_rows, num_classes), None, None, row_sums.data_ptr(),
         None if grad is None else grad.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
-    return row_sums.div_(num_classes), grad, float(num_rows)
+    return (row_sums.div_(num_classes), grad, float(num_rows)), out_of_range
 
 
 def _chunked(
@@ -242,9 +258,10 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
         pos_weight: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
         options: Options = PLAIN,
+        check_target: bool = False,
     ) -> torch.Tensor:
         per_sample, grad, counted = loss_and_grad(
-            x, y, weight, reduction, ctx.needs_input_grad[0], pos_weight, mask, options
+            x, y, weight, reduction, ctx.needs_input_grad[0], pos_weight, mask, options, check_target
         )
         ctx.reduction = reduction
         ctx.plain = pos_weight is None and mask is None and options == PLAIN
@@ -299,4 +316,4 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
         if need_w:  # dL/dw = scale * l(x, y), summed over the dimensions the weight was broadcast along
             element_loss, _ = element_loss_and_grad(x.to(weight.dtype), y.to(weight.dtype), torch, need_grad=False)
             grad_w = (element_loss * (scale * grad_output)).sum_to_size(weight.shape)
-        return grad_x, grad_y, grad_w, None, None, None, None
+        return grad_x, grad_y, grad_w, None, None, None, None, None
