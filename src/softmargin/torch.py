@@ -146,8 +146,10 @@ def multilabel_soft_margin_loss(
         gamma_pos, gamma_neg, clip: asymmetric focusing (Ridnik et al., ICCV 2021): a positive's term is weighted
             by ``(1 - p)^gamma_pos``, a negative's by ``p_m^gamma_neg`` with ``p_m = max(p - clip, 0)`` used in its
             log term too; ``gamma_pos = gamma_neg = g, clip = 0`` is the focal loss. See docs/imbalance.md.
-        validate: check the target range and the weights (a min/max pass each, and a device sync on GPU);
-            ``False`` skips these value checks in hot loops. Shape and dtype checks always run.
+        validate: check the target range and the weights; ``False`` skips these value checks in hot loops. The
+            CPU kernel checks a dense target as it reads it (float32/16 plain loss: free); elsewhere it costs a
+            min/max pass (and a device sync on GPU). Weights are checked once per version of the tensor. Shape and
+            dtype checks always run.
 
     Returns:
         The loss in ``input``'s dtype. Half-precision inputs are accumulated in float32. Infinite logits give 0
