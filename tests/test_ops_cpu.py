@@ -181,3 +181,13 @@ def test_target_outside_unit_interval_is_caught_in_the_kernel_and_before_it(dtyp
     with pytest.raises(ValueError, match=r"target.*\(4, 650\)"):
         st.multilabel_soft_margin_loss(x, y, **kw)
     st.multilabel_soft_margin_loss(x, y, validate=False, **kw)  # no check, no error
+
+
+def test_target_in_another_dtype_is_checked_before_conversion():
+    """1 + 1e-9 becomes 1.0 in float32: the check must see the value the caller gave."""
+    import softmargin.torch as st
+
+    y = torch.zeros(2, 5, dtype=torch.float64)
+    y[1, 3] = 1 + 1e-9
+    with pytest.raises(ValueError, match=r"target.*\(1, 3\)"):
+        st.multilabel_soft_margin_loss(torch.randn(2, 5), y)

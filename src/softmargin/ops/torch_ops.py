@@ -14,9 +14,9 @@ from typing import Any, Optional
 
 import torch
 
+from .. import _validation as V
 from .._chunks import PLAIN, Options, Rows, loss_rows, row_bookkeeping
 from .._formula import element_loss_and_grad
-from .. import _validation as V
 from .._sparse import SparseTargets
 from . import cpu
 
@@ -68,7 +68,10 @@ def loss_and_grad(
     dense = not isinstance(y, SparseTargets)
     if x.numel() > 0 and x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
         plain = pos_weight is None and mask is None and options == PLAIN
-        in_kernel = check_target and dense and plain and _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED
+        in_kernel = (
+            check_target and dense and plain and _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED
+            and y.dtype in (x.dtype, torch.uint8, torch.bool)  # a target the kernel reads as given, not converted
+        )  # fmt: skip
         if check_target and dense and not in_kernel:
             V.check_target_values(y.detach())
         result, out_of_range = _native(x, y, weight, pos_weight, mask, options, reduction, need_grad)
