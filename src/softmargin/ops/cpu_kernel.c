@@ -160,7 +160,8 @@ typedef double (*row_fn)(const rowargs *);
     for (int k = 0; k < LANES; k++) acc += lanes[k];                                                           \
     return acc;
 
-/* The plain loss: l = log1p(z) + (1 - y) relu(x) + y relu(-x), g = (1 - y) sigmoid(x) - y sigmoid(-x). */
+/* The plain loss: l = log1p(z) + (1 - y) relu(x) + y relu(-x), g = (1 - y) sigmoid(x) - y sigmoid(-x); used for
+   float64 (the float32 compute types take DEFINE_PLAIN_FAST below). */
 #define DEFINE_PLAIN(NAME, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                       \
     static double NAME(const rowargs *a) {                                                                     \
         const XT *restrict x = a->x;                                                                           \
@@ -366,19 +367,21 @@ DEFINE_FOCUSED_GRAD(double)
 #define U8LOAD(v) ((float)(v))
 #define U8LOAD64(v) ((double)(v))
 
-#define DEFINE_ALL(SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                      \
-    DEFINE_PLAIN(plain_##SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                 \
+#define DEFINE_OPTS(SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                     \
     DEFINE_OPTIONS(weighted_##SUFFIX, WEIGHTED_ELEMENT, WEIGHTED_GRAD, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG) \
     DEFINE_OPTIONS(focused_##SUFFIX, FOCUSED_ELEMENT, FOCUSED_GRAD, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)
+#define DEFINE_ALL(SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                      \
+    DEFINE_PLAIN(plain_##SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                 \
+    DEFINE_OPTS(SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)
 
-DEFINE_ALL(f32_f32, float, expf, log1pf, float, ID, float, ID, ID)
-DEFINE_ALL(f32_u8, float, expf, log1pf, float, ID, uint8_t, U8LOAD, ID)
+DEFINE_OPTS(f32_f32, float, expf, log1pf, float, ID, float, ID, ID)
+DEFINE_OPTS(f32_u8, float, expf, log1pf, float, ID, uint8_t, U8LOAD, ID)
 DEFINE_ALL(f64_f64, double, exp, log1p, double, ID, double, ID, ID)
 DEFINE_ALL(f64_u8, double, exp, log1p, double, ID, uint8_t, U8LOAD64, ID)
-DEFINE_ALL(f16_f16, float, expf, log1pf, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE)
-DEFINE_ALL(f16_u8, float, expf, log1pf, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE)
-DEFINE_ALL(bf16_bf16, float, expf, log1pf, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16)
-DEFINE_ALL(bf16_u8, float, expf, log1pf, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
+DEFINE_OPTS(f16_f16, float, expf, log1pf, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE)
+DEFINE_OPTS(f16_u8, float, expf, log1pf, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE)
+DEFINE_OPTS(bf16_bf16, float, expf, log1pf, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16)
+DEFINE_OPTS(bf16_u8, float, expf, log1pf, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
 
 
 DEFINE_PLAIN_FAST(fast_f32_f32, float, ID, float, ID, ID)
