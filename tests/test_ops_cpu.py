@@ -191,3 +191,26 @@ def test_target_in_another_dtype_is_checked_before_conversion():
     y[1, 3] = 1 + 1e-9
     with pytest.raises(ValueError, match=r"target.*\(1, 3\)"):
         st.multilabel_soft_margin_loss(torch.randn(2, 5), y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_every_value_within_2e6(dtype):
+    """float16/bfloat16 inputs take a shorter log1p (their results are rounded to 5e-4 or 4e-3 anyway): every
+    finite value of the dtype, both labels, against float64 logaddexp, as the kernel sums it (float64)."""
+    x = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype).reshape(-1, 1)
+    x = x[torch.isfinite(x.float()).ravel()]
+    for label in (0.0, 1.0):
+        (per_sample, grad, _), _ = torch_ops._native_plain(x, torch.full_like(x, label), None, torch.float32, "sum", True)
+        x64 = x.double().numpy().ravel()
+        exact = np.logaddexp(0.0, -x64) if label else np.logaddexp(0.0, x64)
+        normal = exact > np.finfo(np.float32).tiny
+        rel = np.abs(per_sample.numpy() - exact)[normal] / exact[normal]
+        assert rel.max() <= 2e-6, f"worst {rel.max():.3g}"
+        from scipy.special import expit
+
+        exact_grad = expit(x64) if label == 0 else -expit(-x64)  # sigmoid(x) - y without cancellation
+        # at most one unit in the last place of the dtype (rounded once from a float32 value good to a few ulp)
+        bits = 7 if dtype == torch.bfloat16 else 10  # explicit mantissa bits; the subnormal spacing is tiny * 2^-bits
+        ulp = (np.abs(exact_grad) + torch.finfo(dtype).smallest_normal) * 2.0**-bits
+        err = np.abs(grad.double().numpy().ravel() - exact_grad)
+        assert np.all(err <= ulp), f"worst gradient at x={x64[np.argmax(err - ulp)]}"

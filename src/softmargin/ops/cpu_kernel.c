@@ -13,9 +13,10 @@
  * A second family of row functions adds the imbalance options (pos_weight, mask, label smoothing, asymmetric
  * focusing; see element_loss_and_grad_options in _formula.py), so that they keep the fused pass too.
  *
- * float32, float16 and bfloat16 are computed in float32: the plain loss with an exp and a log1p of our own (below),
- * the options with glibc's vector expf/log1pf (about 1 ulp); float64 in float64 with glibc's exp/log1p. Each block
- * of element losses is summed in float64, so a row's loss is accurate to about 1e-7 relative.
+ * float32, float16 and bfloat16 are computed in float32: the plain loss with an exp and a log1p of our own (below;
+ * for float16/bfloat16 inputs a shorter log1p, good to 2e-6, far below their own rounding), the options with glibc's
+ * vector expf/log1pf (about 1 ulp); float64 in float64 with glibc's exp/log1p. Each block of element losses is
+ * summed in float64, so a row's loss is accurate to about 1e-7 relative (float32).
  * Every row is summed by one thread in a fixed order: the results are bitwise the same for any thread count.
  */
 #include <math.h>
@@ -81,6 +82,17 @@ static inline float smf_log1p(float zhi, float zlo, float s, float inv, float *l
     p = __builtin_fmaf(p, s2, 1.0f / 3);
     *lo = 2.0f * __builtin_fmaf(p * s2, s, rem * inv);
     return 2.0f * s;
+}
+
+/* log1p(z) for z in [0, 1] from s = z / (2 + z) to about 2e-6 relative: enough for float16/bfloat16 inputs, whose
+   results are rounded to 5e-4 (float16) or 4e-3 (bfloat16) anyway. */
+static inline float smh_log1p(float s) {
+    float s2 = s * s;
+    float p = 1.0f / 9;
+    p = __builtin_fmaf(p, s2, 1.0f / 7);
+    p = __builtin_fmaf(p, s2, 1.0f / 5);
+    p = __builtin_fmaf(p, s2, 1.0f / 3);
+    return 2.0f * __builtin_fmaf(p * s2, s, s);
 }
 
 enum dtype { F32 = 0, F64 = 1, F16 = 2, BF16 = 3, U8 = 4 };
@@ -298,9 +310,10 @@ DEFINE_FOCUSED_GRAD(double)
     }
 
 
-/* The plain loss in float32 with the functions above: the loss of each element as hi + lo, summed in float64. */
+/* The plain loss in float32 with the functions above: the loss of each element as hi + lo, summed in float64.
+   PRECISE = 0 (float16/bfloat16 inputs): smh_log1p and no lo part, about 17 % faster. */
 #define FAST_LIMIT 86.0f
-#define DEFINE_PLAIN_FAST(NAME, XT, LOADX, YT, LOADY, STOREG)                                          \
+#define DEFINE_PLAIN_FAST(NAME, XT, LOADX, YT, LOADY, STOREG, PRECISE)                                 \
     static double NAME(const rowargs *a) {                                                                     \
         const XT *restrict x = a->x;                                                                           \
         const YT *restrict y = a->y;                                                                           \
@@ -328,11 +341,15 @@ DEFINE_FOCUSED_GRAD(double)
                 amax = m > amax ? m : amax;                                                                    \
                 float zlo, z = smf_exp_neg(ax, &zlo); /* e^-|x| in [0, 1]: cannot overflow */                  \
                 float u = 1.0f + z, v = 2.0f + z, q = 1.0f / (u * v); /* one division for two reciprocals */  \
-                float llo, lhi = smf_log1p(z, zlo, z * u * q, u * q, &llo);                                    \
+                float llo = 0.0f, lhi = PRECISE ? smf_log1p(z, zlo, z * u * q, u * q, &llo) : smh_log1p(z * u * q); \
                 float pos = xv > 0 ? xv : 0.0f, neg = xv < 0 ? -xv : 0.0f;                                     \
                 float margin = (yv == 1.0f ? 0.0f : (1.0f - yv) * pos) + (yv == 0.0f ? 0.0f : yv * neg);       \
-                bhi[c] = wv == 0.0f ? 0.0f : lhi; /* a zero weight removes the element */                      \
-                blo[c] = wv == 0.0f ? 0.0f : llo + margin;                                                     \
+                if (PRECISE) { /* a zero weight removes the element */                                         \
+                    bhi[c] = wv == 0.0f ? 0.0f : lhi;                                                          \
+                    blo[c] = wv == 0.0f ? 0.0f : llo + margin;                                                 \
+                } else {                                                                                       \
+                    bhi[c] = wv == 0.0f ? 0.0f : lhi + margin;                                                 \
+                }                                                                                              \
                 float r = q * v, zr = z * r; /* sigmoid(|x|), sigmoid(-|x|) */                                 \
                 float sp = xv >= 0 ? r : zr, sn = xv >= 0 ? zr : r;                                            \
                 g[c] = STOREG(wv * scale * ((1.0f - yv) * sp - yv * sn));                                      \
@@ -354,9 +371,9 @@ DEFINE_FOCUSED_GRAD(double)
             int64_t c = 0;                                                                                     \
             for (; c + LANES <= n; c += LANES) {                                                               \
                 _Pragma("omp simd") for (int k = 0; k < LANES; k++)                                            \
-                    lanes[k] += (double)wb[c + k] * ((double)bhi[c + k] + (double)blo[c + k]);                 \
+                    lanes[k] += (double)wb[c + k] * ((double)bhi[c + k] + (PRECISE ? (double)blo[c + k] : 0.0)); \
             }                                                                                                  \
-            for (; c < n; c++) tail += (double)wb[c] * ((double)bhi[c] + (double)blo[c]);                      \
+            for (; c < n; c++) tail += (double)wb[c] * ((double)bhi[c] + (PRECISE ? (double)blo[c] : 0.0));    \
         }                                                                                                      \
         FINISH                                                                                                 \
     }
@@ -384,12 +401,12 @@ DEFINE_OPTS(bf16_bf16, float, expf, log1pf, uint16_t, bf16_to_f32, uint16_t, bf1
 DEFINE_OPTS(bf16_u8, float, expf, log1pf, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
 
 
-DEFINE_PLAIN_FAST(fast_f32_f32, float, ID, float, ID, ID)
-DEFINE_PLAIN_FAST(fast_f32_u8, float, ID, uint8_t, U8LOAD, ID)
-DEFINE_PLAIN_FAST(fast_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE)
-DEFINE_PLAIN_FAST(fast_f16_u8, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE)
-DEFINE_PLAIN_FAST(fast_bf16_bf16, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16)
-DEFINE_PLAIN_FAST(fast_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
+DEFINE_PLAIN_FAST(fast_f32_f32, float, ID, float, ID, ID, 1)
+DEFINE_PLAIN_FAST(fast_f32_u8, float, ID, uint8_t, U8LOAD, ID, 1)
+DEFINE_PLAIN_FAST(fast_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE, 0)
+DEFINE_PLAIN_FAST(fast_f16_u8, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE, 0)
+DEFINE_PLAIN_FAST(fast_bf16_bf16, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16, 0)
+DEFINE_PLAIN_FAST(fast_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16, 0)
 
 /* [xtype][target is uint8][0 plain, 1 pos_weight/mask/smoothing, 2 with focusing]: the float32 compute types take
    the plain loss with our exp/log1p, float64 and the options glibc's */
