@@ -1,16 +1,19 @@
 """``softmargin bench``: forward+backward time and peak extra memory, softmargin against its anchors, in one run.
 
-Every (implementation, shape, dtype) is measured in a fresh Python process, so the peak-memory reading sees that
-measurement's allocations and nothing else:
+For each (shape, dtype):
 
-- *peak extra memory*: the process's resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
+- *time*: all implementations in one fresh Python process on the same data, interleaved: after two warm-up calls
+  each (``torch.compile``'s compilation happens there and is reported apart), each of ``--repeat`` rounds calls
+  every implementation once (twenty times the rounds for tiny shapes), and the median per implementation is
+  reported. A change in the machine's load during the run then falls on all of them alike: on shared machines,
+  measuring each implementation at its own moment gave ratios that moved by 1.5x between runs.
+- *peak extra memory*: each implementation in its own fresh process, so the reading sees that measurement's
+  allocations and nothing else: the resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
   during one forward+backward, minus the resident size just before it, with glibc told to return freed blocks to
   the system (``MALLOC_MMAP_THRESHOLD_``); reported as a multiple of the logits' size. The gradient itself (kept in
   ``x.grad``) counts: the least any implementation can need is 1x.
-- *time*: the median of ``--repeat`` forward+backward calls after two warm-up calls (``torch.compile``'s
-  compilation happens in the warm-up and is reported apart).
 
-On a CUDA device (``device="cuda"``) everything runs in one process: the caching allocator's own counters
+On a CUDA device (``device="cuda"``) everything runs in this process: the caching allocator's own counters
 (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``) see every allocation exactly, and each timed
 call is bracketed by ``torch.cuda.synchronize()``, so the time includes the launch overhead a training step pays.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -100,53 +104,78 @@ def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
     return step
 
 
-def measure_one(
-    impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int, what: str, device: str = "cpu"
-) -> dict[str, Any]:
-    """One configuration: ``what`` is "time", "memory" (CPU: each in a fresh process, see :func:`measure`) or, on
-    CUDA, "both"."""
-
+def _data(shape: Sequence[int], dtype: str, device: str) -> tuple[Any, Any, Any]:
     import torch
 
-    torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     tdtype = getattr(torch, dtype)
     x = torch.randn(*shape, generator=gen).to(tdtype).to(device).requires_grad_(True)
     y = (torch.rand(*shape, generator=gen) < 0.1).to(tdtype).to(device)
     w = (torch.rand(shape[-1], generator=gen).to(tdtype) + 0.5).to(device)
-    cuda = x.is_cuda
-    step = _step_fn(impl, x, y, w)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    started = time.perf_counter()
-    step()
-    sync()
-    first_call_s = time.perf_counter() - started
-    step()
-    sync()
-    row: dict[str, Any] = {"first_call_s": first_call_s}
-    logits_bytes = x.numel() * x.element_size()
-    if what in ("memory", "both"):
-        x.grad = None
-        if cuda:  # the result and x.grad stay alive during the measurement, as in training
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            _ = step()
+    return x, y, w
+
+
+def time_group(
+    impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str = "cpu"
+) -> dict[str, dict[str, Any]]:
+    """Median forward+backward time of every implementation on the same data, in this process and interleaved:
+    each round calls each implementation once, so a change in the machine's load falls on all of them alike and the
+    ratios keep their meaning on a noisy machine. Two warm-up calls each first (``torch.compile`` compiles there)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x, y, w = _data(shape, dtype, device)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    steps: dict[str, Callable[[], Any]] = {}
+    result: dict[str, dict[str, Any]] = {}
+    for impl in impls:
+        try:
+            step = _step_fn(impl, x, y, w)
+            started = time.perf_counter()
+            step()
             sync()
-            peak = torch.cuda.max_memory_allocated() - before
-        else:
-            peak, _ = _peak_bytes(step)
-        row.update(peak_extra_mb=peak / 2**20, peak_extra_x_logits=peak / logits_bytes)
-    if what in ("time", "both"):
-        times = []
-        for _ in range(repeat):
+            result[impl] = {"first_call_s": time.perf_counter() - started}
+            step()
+            sync()
+            steps[impl] = step
+        except Exception as error:  # noqa: BLE001 - one failing anchor (say torch.compile) must not end the run
+            result[impl] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+    times: dict[str, list[float]] = {impl: [] for impl in steps}
+    for _ in range(repeat):
+        for impl, step in steps.items():
             sync()
             started = time.perf_counter()
             step()
             sync()
-            times.append(time.perf_counter() - started)
-        times.sort()
-        row.update(median_ms=1e3 * times[len(times) // 2], min_ms=1e3 * times[0])
-    return row
+            times[impl].append(time.perf_counter() - started)
+    for impl, spent in times.items():
+        spent.sort()
+        result[impl].update(median_ms=1e3 * spent[len(spent) // 2], min_ms=1e3 * spent[0])
+    return result
+
+
+def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int, device: str = "cpu") -> dict[str, Any]:
+    """Peak extra memory of one forward+backward of one implementation, after two warm-up calls; on the CPU run it
+    in a fresh process (:func:`_in_fresh_process`), on CUDA the caching allocator's own counters are exact."""
+
+    import torch
+
+    torch.set_num_threads(threads)
+    x, y, w = _data(shape, dtype, device)
+    step = _step_fn(impl, x, y, w)
+    step()
+    step()
+    x.grad = None
+    if x.is_cuda:  # the result and x.grad stay alive during the measurement, as in training
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        _ = step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        peak, _ = _peak_bytes(step)
+    return {"peak_extra_mb": peak / 2**20, "peak_extra_x_logits": peak / (x.numel() * x.element_size())}
 
 
 def _in_fresh_process(call: str, what: str, threads: int, timeout: int = 1800) -> dict[str, Any]:
@@ -175,24 +204,37 @@ def _write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]])
     os.replace(tmp, out)
 
 
-def _measure_here(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str) -> dict[str, Any]:
-    """One configuration on a CUDA device, in this process (its allocator counts exactly); an error becomes a row."""
-    row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads, "device": device}
-    try:
-        row.update(measure_one(impl, shape, dtype, repeat, threads, "both", device))
-    except Exception as error:  # noqa: BLE001 - one failing anchor (say torch.compile) must not end the run
-        row["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
-    return row
+def _repeats(shape: Sequence[int], repeat: int) -> int:
+    """Tiny calls take microseconds: twenty times the rounds, so their median is as steady as the large ones'."""
+    return repeat * 20 if math.prod(shape) <= 1 << 16 else repeat
 
 
-def measure(impl: str, shape: Sequence[int], dtype: str, repeat: int, threads: int) -> dict[str, Any]:
-    """One configuration: time in one fresh process, peak memory in another."""
-    row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads, "device": "cpu"}
-    for what in ("time", "memory"):
-        row.update(_in_fresh_process(f"measure_one({impl!r}, {tuple(shape)!r}, {dtype!r}, {repeat}, {threads}, {what!r})", what, threads))
-        if "error" in row:
-            break
-    return row
+def measure_group(
+    impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """One (shape, dtype): the times of all implementations interleaved in one process (:func:`time_group`), then
+    each one's peak memory (CPU: each in a fresh process; CUDA: here, from the allocator's counters)."""
+    base = {"shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads, "device": device}
+    if device == "cpu":
+        call = f"time_group({list(impls)!r}, {tuple(shape)!r}, {dtype!r}, {_repeats(shape, repeat)}, {threads})"
+        timed = _in_fresh_process(call, "time", threads)
+    else:
+        timed = time_group(impls, shape, dtype, _repeats(shape, repeat), threads, device)
+    rows = []
+    for impl in impls:
+        row = {"impl": impl, **base}
+        row.update(timed[impl] if impl in timed else {"error": timed.get("error", "not measured")})
+        if "error" not in row:
+            if device == "cpu":
+                call = f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r}, {threads})"
+                row.update(_in_fresh_process(call, "memory", threads))
+            else:
+                try:
+                    row.update(peak_memory(impl, shape, dtype, threads, device))
+                except Exception as error:  # noqa: BLE001 - reported in the row
+                    row["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
+        rows.append(row)
+    return rows
 
 
 OPTION_CASES = {
@@ -391,21 +433,18 @@ def run(
             raise ValueError(f"device={device!r}: expected 'cpu' or a CUDA device, and this machine has no CUDA device")
         if "softmargin" in impls:
             impls = [*impls[: impls.index("softmargin") + 1], "softmargin validate=False", *impls[impls.index("softmargin") + 1 :]]
-    configs = [(impl, shape, dtype) for shape in shapes for dtype in dtypes for impl in impls]
-    rows = []
+    configs = [(shape, dtype) for shape in shapes for dtype in dtypes]
+    rows: list[dict[str, Any]] = []
     try:
         from tqdm import tqdm
 
         iterator: Any = tqdm(configs, desc="bench", disable=not progress, file=sys.stderr)
     except ImportError:
         iterator = configs
-    for impl, shape, dtype in iterator:
+    for shape, dtype in iterator:
         if hasattr(iterator, "set_postfix_str"):
-            iterator.set_postfix_str(f"{impl} {'x'.join(map(str, shape))} {dtype}")
-        if device == "cpu":
-            rows.append(measure(impl, shape, dtype, repeat, threads))
-        else:
-            rows.append(_measure_here(impl, shape, dtype, repeat, threads, device))
+            iterator.set_postfix_str(f"{'x'.join(map(str, shape))} {dtype}")
+        rows.extend(measure_group(impls, shape, dtype, repeat, threads, device))
     if out is not None:
         fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
         _write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)

@@ -1,0 +1,35 @@
+"""The benchmark's machinery on a tiny problem (its numbers are not checked here: speed lives in benchmarks/)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+pytest.importorskip("torch")
+from softmargin import bench  # noqa: E402
+
+
+def test_time_group_interleaves_every_implementation_in_this_process():
+    timed = bench.time_group(["softmargin", "torch eager", "floor", "no such thing"], (8, 5), "float32", 5, 1)
+    for impl in ("softmargin", "torch eager", "floor"):
+        assert timed[impl]["median_ms"] >= timed[impl]["min_ms"] > 0
+        assert timed[impl]["first_call_s"] > 0
+    assert "ValueError" in timed["no such thing"]["error"]
+
+
+def test_peak_memory_sees_the_gradient_of_a_large_problem():
+    # the gradient (kept in x.grad, as in training) is one logits' worth: the least any implementation can need
+    # (in a fresh process, with glibc returning freed blocks at once: in this one, a freed block would be reused)
+    row = bench._in_fresh_process("peak_memory('softmargin', (512, 4096), 'float32', 1)", "memory", 1)
+    assert 0.9 <= row["peak_extra_x_logits"] <= 1.3
+
+
+def test_run_writes_one_row_per_implementation(tmp_path):
+    out = tmp_path / "bench.csv"
+    rows = bench.run(shapes=[(16, 7)], dtypes=["float32"], impls=["softmargin", "floor"], repeat=3, threads=1, out=out, progress=False)
+    assert [r["impl"] for r in rows] == ["softmargin", "floor"]
+    assert all("error" not in r and r["median_ms"] > 0 for r in rows)
+    written = list(csv.DictReader(open(out)))
+    assert [r["impl"] for r in written] == ["softmargin", "floor"] and written[0]["device"] == "cpu"
+    assert "softmargin" in bench.report(rows)
