@@ -2,18 +2,20 @@
 
 For each (shape, dtype):
 
-- *time*: all implementations in one fresh Python process on the same data, interleaved: after two warm-up calls
-  each (``torch.compile``'s compilation happens there and is reported apart), each of ``--repeat`` rounds calls
-  every implementation once (twenty times the rounds for tiny shapes), and the median per implementation is
-  reported. A change in the machine's load during the run then falls on all of them alike: on shared machines,
-  measuring each implementation at its own moment gave ratios that moved by 1.5x between runs.
+- *time*: the median of ``--repeat`` forward+backward calls (twenty times as many for tiny shapes) after two
+  warm-up calls (``torch.compile``'s compilation happens there and is reported apart), each implementation in its
+  own fresh process, as a training loop runs one step over and over; three rounds over all implementations, and
+  each one's median over its rounds, so that a change in the machine's load during the run falls on all of them
+  alike (on these shared machines one measurement per implementation gave ratios that moved by 1.5x between
+  runs). Timing them all in one process instead would let one's allocations change the others' page faults: the
+  floor's fresh 32 MB output went from 3 to 18 ms after torch's eager loss had run there.
 - *peak extra memory*: each implementation in its own fresh process, so the reading sees that measurement's
   allocations and nothing else: the resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
   during one forward+backward, minus the resident size just before it, with glibc told to return freed blocks to
   the system (``MALLOC_MMAP_THRESHOLD_``); reported as a multiple of the logits' size. The gradient itself (kept in
   ``x.grad``) counts: the least any implementation can need is 1x.
 
-On a CUDA device (``device="cuda"``) everything runs in this process: the caching allocator's own counters
+On a CUDA device (``device="cuda"``) everything runs in this process, interleaved: the caching allocator's own counters
 (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``) see every allocation exactly, and each timed
 call is bracketed by ``torch.cuda.synchronize()``, so the time includes the launch overhead a training step pays.
 
@@ -118,9 +120,8 @@ def _data(shape: Sequence[int], dtype: str, device: str) -> tuple[Any, Any, Any]
 def time_group(
     impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str = "cpu"
 ) -> dict[str, dict[str, Any]]:
-    """Median forward+backward time of every implementation on the same data, in this process and interleaved:
-    each round calls each implementation once, so a change in the machine's load falls on all of them alike and the
-    ratios keep their meaning on a noisy machine. Two warm-up calls each first (``torch.compile`` compiles there)."""
+    """Median forward+backward time of each implementation on the same data in this process, interleaved (each of
+    ``repeat`` rounds calls each once) after two warm-up calls each (``torch.compile`` compiles there)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -210,20 +211,36 @@ def _repeats(shape: Sequence[int], repeat: int) -> int:
 
 
 def measure_group(
-    impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str = "cpu"
+    impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str = "cpu",
+    rounds: int = 3,
 ) -> list[dict[str, Any]]:
-    """One (shape, dtype): the times of all implementations interleaved in one process (:func:`time_group`), then
-    each one's peak memory (CPU: each in a fresh process; CUDA: here, from the allocator's counters)."""
+    """One (shape, dtype), every implementation. CPU: ``rounds`` rounds, each timing every implementation in turn in
+    its own fresh process (a process runs one implementation only, as a training loop would, so its allocations
+    settle as they would there); an implementation's time is the median of its rounds, so a change in the
+    machine's load during the run falls on all of them alike. Then each one's peak memory in a fresh process.
+    CUDA: :func:`time_group` interleaves them in this process, and the allocator's counters give the memory."""
     base = {"shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads, "device": device}
+    reps = _repeats(shape, repeat)
     if device == "cpu":
-        call = f"time_group({list(impls)!r}, {tuple(shape)!r}, {dtype!r}, {_repeats(shape, repeat)}, {threads})"
-        timed = _in_fresh_process(call, "time", threads)
+        per_round: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+        for _ in range(rounds):
+            for impl in impls:
+                timed = _in_fresh_process(f"time_group([{impl!r}], {tuple(shape)!r}, {dtype!r}, {reps}, {threads})", "time", threads)
+                per_round[impl].append(timed.get(impl, timed))
+        timed_all: dict[str, dict[str, Any]] = {}
+        for impl, results in per_round.items():
+            good = [r for r in results if "error" not in r]
+            if not good:
+                timed_all[impl] = {"error": results[0].get("error", "not measured")}
+                continue
+            medians = sorted(r["median_ms"] for r in good)
+            timed_all[impl] = {"median_ms": medians[len(medians) // 2], "min_ms": min(r["min_ms"] for r in good),
+                               "first_call_s": good[0]["first_call_s"], "rounds": len(good)}  # fmt: skip
     else:
-        timed = time_group(impls, shape, dtype, _repeats(shape, repeat), threads, device)
+        timed_all = time_group(impls, shape, dtype, reps, threads, device)
     rows = []
     for impl in impls:
-        row = {"impl": impl, **base}
-        row.update(timed[impl] if impl in timed else {"error": timed.get("error", "not measured")})
+        row = {"impl": impl, **base, **timed_all.get(impl, {"error": "not measured"})}
         if "error" not in row:
             if device == "cpu":
                 call = f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r}, {threads})"
