@@ -44,8 +44,9 @@ extern double log1p(double);
  * glibc's vector expf/log1pf cost two thirds of the plain kernel's time. These two are inline, branch-free and
  * vectorise with the loop; they keep one extra float of precision where it matters (each returns a hi + lo pair),
  * so the element loss log1p(e^-|x|), summed in float64 as hi + lo, is within 4.5e-8 relative for every float32
- * |x| < 86 (checked exhaustively against float64 libm by benchmarks/exp_log1p_exhaustive.py; glibc's path rounds it to float32: ~1.5e-7). Blocks holding
- * a |x| >= 86, whose e^-|x| nears float32's subnormal range, are summed again with glibc's functions. */
+ * |x| < 86 (checked exhaustively against float64 libm: benchmarks/exp_log1p_exhaustive.py; glibc's path rounds it
+ * to float32: ~1.5e-7). Blocks holding a |x| >= 86, whose e^-|x| nears float32's subnormal range, are summed again
+ * with glibc's functions. */
 /* e^-a = hi + lo for 0 <= a < 87 (larger a and NaN give finite garbage: the caller redoes such blocks) in float32:
    Cody-Waite reduction, Cephes' minimax polynomial; lo keeps the rounding of the last addition. */
 static inline float smf_exp_neg(float a, float *lo) {
