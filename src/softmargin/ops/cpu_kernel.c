@@ -173,6 +173,13 @@ typedef double (*row_fn)(const rowargs *);
     for (int k = 0; k < LANES; k++) acc += lanes[k];                                                           \
     return acc;
 
+/* The plain loss's margin (1 - y) relu(x) + y relu(-x), with 0 * inf (a right prediction at infinity) taken as its
+   limit 0, and its gradient (1 - y) sigmoid(x) - y sigmoid(-x) from r = sigmoid(|x|) and zr = sigmoid(-|x|). */
+#define PLAIN_MARGIN(T, X, Y)                                                                                  \
+    (((Y) == (T)1 ? (T)0 : ((T)1 - (Y)) * ((X) > 0 ? (X) : (T)0)) +                                               \
+     ((Y) == (T)0 ? (T)0 : (Y) * ((X) < 0 ? -(X) : (T)0)))
+#define PLAIN_GRAD(T, X, Y, R, ZR) (((T)1 - (Y)) * ((X) >= 0 ? (R) : (ZR)) - (Y) * ((X) >= 0 ? (ZR) : (R)))
+
 /* The plain loss: l = log1p(z) + (1 - y) relu(x) + y relu(-x), g = (1 - y) sigmoid(x) - y sigmoid(-x); used for
    float64 (the float32 compute types take DEFINE_PLAIN_FAST below). */
 #define DEFINE_PLAIN(NAME, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                       \
@@ -196,19 +203,16 @@ typedef double (*row_fn)(const rowargs *);
                 _Pragma("omp simd") for (int64_t c = 0; c < n; c++) {                                          \
                     T xv = LOADX(xb[c]), yv = LOADY(yb[c]), wv = wb[c];                                        \
                     T z = EXP(-(xv < 0 ? -xv : xv)); /* in [0, 1]: cannot overflow */                          \
-                    T pos = xv > 0 ? xv : (T)0, neg = xv < 0 ? -xv : (T)0;                                     \
-                    T margin = (yv == (T)1 ? (T)0 : ((T)1 - yv) * pos) + (yv == (T)0 ? (T)0 : yv * neg);       \
+                    T margin = PLAIN_MARGIN(T, xv, yv);                                                        \
                     buf[c] = wv == (T)0 ? (T)0 : LOG1P(z) + margin; /* a zero weight removes the element */   \
                     T r = (T)1 / ((T)1 + z), zr = z * r; /* sigmoid(|x|), sigmoid(-|x|) */                    \
-                    T sp = xv >= 0 ? r : zr, sn = xv >= 0 ? zr : r;                                            \
-                    gb[c] = STOREG(wv * scale * (((T)1 - yv) * sp - yv * sn));                                 \
+                    gb[c] = STOREG(wv * scale * PLAIN_GRAD(T, xv, yv, r, zr));                                 \
                 }                                                                                              \
             } else {                                                                                           \
                 _Pragma("omp simd") for (int64_t c = 0; c < n; c++) {                                          \
                     T xv = LOADX(xb[c]), yv = LOADY(yb[c]);                                                    \
                     T z = EXP(-(xv < 0 ? -xv : xv));                                                           \
-                    T pos = xv > 0 ? xv : (T)0, neg = xv < 0 ? -xv : (T)0;                                     \
-                    T margin = (yv == (T)1 ? (T)0 : ((T)1 - yv) * pos) + (yv == (T)0 ? (T)0 : yv * neg);       \
+                    T margin = PLAIN_MARGIN(T, xv, yv);                                                        \
                     buf[c] = wb[c] == (T)0 ? (T)0 : LOG1P(z) + margin;                                         \
                 }                                                                                              \
             }                                                                                                  \
@@ -343,8 +347,7 @@ DEFINE_FOCUSED_GRAD(double)
                 float zlo, z = smf_exp_neg(ax, &zlo); /* e^-|x| in [0, 1]: cannot overflow */                  \
                 float u = 1.0f + z, v = 2.0f + z, q = 1.0f / (u * v); /* one division for two reciprocals */  \
                 float llo = 0.0f, lhi = PRECISE ? smf_log1p(z, zlo, z * u * q, u * q, &llo) : smh_log1p(z * u * q); \
-                float pos = xv > 0 ? xv : 0.0f, neg = xv < 0 ? -xv : 0.0f;                                     \
-                float margin = (yv == 1.0f ? 0.0f : (1.0f - yv) * pos) + (yv == 0.0f ? 0.0f : yv * neg);       \
+                float margin = PLAIN_MARGIN(float, xv, yv);                                                    \
                 if (PRECISE) { /* a zero weight removes the element */                                         \
                     bhi[c] = wv == 0.0f ? 0.0f : lhi;                                                          \
                     blo[c] = wv == 0.0f ? 0.0f : llo + margin;                                                 \
@@ -352,21 +355,18 @@ DEFINE_FOCUSED_GRAD(double)
                     bhi[c] = wv == 0.0f ? 0.0f : lhi + margin;                                                 \
                 }                                                                                              \
                 float r = q * v, zr = z * r; /* sigmoid(|x|), sigmoid(-|x|) */                                 \
-                float sp = xv >= 0 ? r : zr, sn = xv >= 0 ? zr : r;                                            \
-                g[c] = STOREG(wv * scale * ((1.0f - yv) * sp - yv * sn));                                      \
+                g[c] = STOREG(wv * scale * PLAIN_GRAD(float, xv, yv, r, zr));                                  \
             }                                                                                                  \
             if (ybad != 0.0f) *a->bad = 1;                                                                     \
             if (!(amax < FAST_LIMIT)) { /* rare: |x| >= 86, inf or NaN: this block again with glibc's functions */ \
                 _Pragma("omp simd") for (int64_t c = 0; c < n; c++) {                                          \
                     float xv = LOADX(xb[c]), yv = LOADY(yb[c]), wv = wb[c];                                    \
                     float z = expf(-(xv < 0 ? -xv : xv));                                                      \
-                    float pos = xv > 0 ? xv : 0.0f, neg = xv < 0 ? -xv : 0.0f;                                 \
-                    float margin = (yv == 1.0f ? 0.0f : (1.0f - yv) * pos) + (yv == 0.0f ? 0.0f : yv * neg);   \
+                    float margin = PLAIN_MARGIN(float, xv, yv);                                                \
                     bhi[c] = wv == 0.0f ? 0.0f : log1pf(z) + margin;                                           \
                     blo[c] = 0.0f;                                                                             \
                     float r = 1.0f / (1.0f + z), zr = z * r;                                                   \
-                    float sp = xv >= 0 ? r : zr, sn = xv >= 0 ? zr : r;                                        \
-                    g[c] = STOREG(wv * scale * ((1.0f - yv) * sp - yv * sn));                                  \
+                    g[c] = STOREG(wv * scale * PLAIN_GRAD(float, xv, yv, r, zr));                              \
                 }                                                                                              \
             }                                                                                                  \
             int64_t c = 0;                                                                                     \
