@@ -66,29 +66,26 @@ def loss_and_grad(
     The gradient is that of ``reduce(per_sample, reduction)`` (for "none", of the sum).
     """
     dense = not isinstance(y, SparseTargets)
-    if x.numel() > 0 and x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None:
-        plain = pos_weight is None and mask is None and options == PLAIN
-        in_kernel = (
-            check_target and dense and plain and _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED
-            and y.dtype in (x.dtype, torch.uint8, torch.bool)  # a target the kernel reads as given, not converted
-        )  # fmt: skip
-        if check_target and dense and not in_kernel:
-            V.check_target_values(y.detach())
+    plain = pos_weight is None and mask is None and options == PLAIN
+    native = x.numel() > 0 and x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None
+    in_kernel = (
+        native and check_target and dense and plain and _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED
+        and y.dtype in (x.dtype, torch.uint8, torch.bool)  # a target the kernel reads as given, not converted
+    )  # fmt: skip
+    if check_target and dense and not in_kernel:
+        V.check_target_values(y.detach())
+    if native:
         result, out_of_range = _native(x, y, weight, pos_weight, mask, options, reduction, need_grad)
         if out_of_range and in_kernel:
             V.check_target_values(y.detach())  # raises, naming the first bad value
         return result
-    if check_target and dense:
-        V.check_target_values(y.detach())
-    if x.numel() > 0:
-        plain = pos_weight is None and mask is None and options == PLAIN
-        triton_ops = _triton_ops() if x.is_cuda and plain and not isinstance(y, SparseTargets) else None
-        if triton_ops is not None:
-            num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
-            w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
-            scale = _scale(reduction, num_rows, num_classes)
-            row_sums, grad = triton_ops.fused_rows(x, y, w, num_rows, num_classes, scale, need_grad)
-            return (row_sums / num_classes).reshape(x.shape[:-1]), _shaped(grad, x.shape), float(num_rows)
+    triton_ops = _triton_ops() if x.numel() > 0 and x.is_cuda and plain and dense else None
+    if triton_ops is not None:
+        num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
+        w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
+        scale = _scale(reduction, num_rows, num_classes)
+        row_sums, grad = triton_ops.fused_rows(x, y, w, num_rows, num_classes, scale, need_grad)
+        return (row_sums / num_classes).reshape(x.shape[:-1]), _shaped(grad, x.shape), float(num_rows)
     return _chunked(x, y, weight, pos_weight, mask, options, reduction, need_grad)
 
 
@@ -128,10 +125,10 @@ def _per_sample(row_sums: torch.Tensor, divisor: Any, masked: bool, shape: torch
 
 
 @functools.lru_cache(maxsize=64)
-def _ones(num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """A (1, C) row of ones (the kernel's default weight, pos_weight and mask), made once per size: the kernel only
-    reads it, and small calls should not pay for an allocation."""
-    return torch.ones(1, num_classes, dtype=dtype)
+def ones_row(num_classes: int, dtype: torch.dtype, device: Optional[torch.device] = None) -> torch.Tensor:
+    """A (1, C) row of ones (the kernels' default weight, pos_weight and mask), made once per size, dtype and
+    device (None: the CPU): the kernels only read it, and small calls should not pay for an allocation."""
+    return torch.ones(1, num_classes, dtype=dtype, device=device)
 
 
 def _native(
@@ -166,10 +163,10 @@ def _native(
     divisor, grad_scale, counted = row_bookkeeping(rows, reduction, torch, lambda t: t.to(torch.float64))
     num_rows, num_classes = rows.num_rows, rows.num_classes
     plain = pos_weight is None and mask is None and options == PLAIN
-    w = (rows.weight if rows.weight is not None else _ones(num_classes, cdtype)).contiguous()
-    pw = rows.pos_weight if rows.pos_weight is not None else (None if plain else _ones(num_classes, cdtype))
+    w = (rows.weight if rows.weight is not None else ones_row(num_classes, cdtype)).contiguous()
+    pw = rows.pos_weight if rows.pos_weight is not None else (None if plain else ones_row(num_classes, cdtype))
     pw = None if pw is None else pw.contiguous()
-    m = rows.mask if rows.mask is not None else (None if plain else _ones(num_classes, torch.uint8))
+    m = rows.mask if rows.mask is not None else (None if plain else ones_row(num_classes, torch.uint8))
     m = None if m is None else m.contiguous()
     row_scale = None if isinstance(grad_scale, float) else grad_scale.contiguous()
     row_sums = torch.empty(num_rows, dtype=torch.float64)
@@ -198,7 +195,7 @@ def _native_plain(
     """The common case (dense (N, C) target, a per-class weight or none) without the general path's bookkeeping,
     which costs more than the kernel at small sizes."""
     num_rows, num_classes = x.shape
-    w = _ones(num_classes, cdtype) if weight is None else weight.to(cdtype).reshape(1, -1).expand(1, num_classes).contiguous()
+    w = ones_row(num_classes, cdtype) if weight is None else weight.to(cdtype).reshape(1, -1).expand(1, num_classes).contiguous()
     row_sums = torch.empty(num_rows, dtype=torch.float64)
     grad = torch.empty_like(x) if need_grad else None
     out_of_range = cpu.fused(

@@ -21,6 +21,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from .torch_ops import ones_row
+
 #: Triton's interpreter (``TRITON_INTERPRET=1``, the CPU tests) runs the kernel in NumPy, without libdevice.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -127,7 +129,7 @@ def fused_rows(
     if y.dtype == torch.bool:
         y = y.view(torch.uint8)  # same bytes, no copy
     if w is None:
-        w = _ones(num_classes, x.device)
+        w = ones_row(num_classes, torch.float32, x.device)
     w = w.contiguous()
     block, auto_span, _ = tiling(num_rows, num_classes, _multiprocessors(x.device), block)
     span = auto_span if span is None else span
@@ -143,9 +145,3 @@ def fused_rows(
     )  # fmt: skip
     row_sums = partial[:, 0] if num_tiles == 1 else partial.sum(dim=1)
     return row_sums, grad
-
-
-@functools.lru_cache(maxsize=64)
-def _ones(num_classes: int, device: torch.device) -> torch.Tensor:
-    """A (1, C) row of ones (the default weight), made once per size and device: the kernel only reads it."""
-    return torch.ones(1, num_classes, dtype=torch.float32, device=device)
