@@ -4,6 +4,8 @@ The kernel is compiled at first use with the system's C compiler and cached unde
 ``~/.cache/softmargin``), keyed by the source, the compiler and the CPU, so a rebuild happens only when one of them
 changes. With no compiler, no glibc vector math, or ``SOFTMARGIN_NATIVE=0``, :func:`kernel` returns ``None`` and the
 callers fall back, correctly, to chunked torch operations: nothing here is a requirement on a user's machine.
+``$SOFTMARGIN_CFLAGS`` adds compiler flags to every attempt (part of the cache key); the tests build with
+``-DSOFTMARGIN_PORTABLE`` that way, to check the loops a CPU without AVX-512 runs.
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ def kernel() -> Optional[ctypes.CDLL]:
         return None
     source = SOURCE.read_bytes()
     errors = []
+    extra = os.environ.get("SOFTMARGIN_CFLAGS", "").split()
     for flags in FLAG_SETS:
+        flags = [*flags, *extra]
         key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(), _cpu_id().encode()]))
         target = _cache_dir() / f"cpu_kernel-{key.hexdigest()[:16]}.so"
         if not target.exists():
@@ -110,6 +114,7 @@ def kernel() -> Optional[ctypes.CDLL]:
         i64, dbl, ptr = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
         fn.argtypes = [ctypes.c_int, ctypes.c_int, ptr, ptr, ptr, i64, ptr, i64, ptr, i64, i64, i64, dbl, ptr]
         fn.argtypes += [ctypes.c_int, dbl, dbl, dbl, dbl, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
+        lib.softmargin_features.restype = ctypes.c_int
         lib.flags = flags  # type: ignore[attr-defined]
         return lib
     warnings.warn(
@@ -119,6 +124,12 @@ def kernel() -> Optional[ctypes.CDLL]:
         stacklevel=3,
     )
     return None
+
+
+def avx512_half() -> bool:
+    """Whether float16/bfloat16 inputs take the AVX-512 loop (``DEFINE_HALF_AVX512`` in cpu_kernel.c) here."""
+    lib = kernel()
+    return lib is not None and bool(lib.softmargin_features() & 1)
 
 
 def fused(
