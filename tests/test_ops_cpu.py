@@ -123,6 +123,31 @@ def test_portable_build_passes_this_module(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
+def test_float16_conversions_match_numpy():
+    """The kernel converts float16 with integer operations (so that its loops vectorise): every float16 value to
+    float32, and float32 values around every float16 rounding boundary (ties, subnormals, overflow, inf, NaN) back,
+    rounding to nearest even as NumPy (and torch) do."""
+    lib = cpu.kernel()
+    halves = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    widened = np.empty(65536, dtype=np.float32)
+    lib.softmargin_f16_to_f32(halves.ctypes.data, widened.ctypes.data, 65536)
+    np.testing.assert_array_equal(widened.view(np.uint32), halves.astype(np.float32).view(np.uint32))
+    # every float16 value, the midpoints to its neighbours, one float32 ulp either side of those, random bits
+    exact = halves.astype(np.float32)
+    finite = exact[np.isfinite(exact)]
+    mids = ((finite[:-1].astype(np.float64) + finite[1:]) / 2).astype(np.float32)
+    near = np.concatenate([mids, np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(-np.inf))])
+    rand = np.random.default_rng(0).integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    values = np.concatenate([exact, near, rand, np.float32([65504, 65519.996, 65520, 1e30, np.inf, -np.inf, np.nan])])
+    narrowed = np.empty(values.size, dtype=np.float16)
+    lib.softmargin_f16_from_f32(values.ctypes.data, narrowed.ctypes.data, values.size)
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(narrowed), nan)
+    np.testing.assert_array_equal(narrowed[~nan].view(np.uint16), expected[~nan].view(np.uint16))
+
+
 def test_full_shape_and_row_weights():
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(6, 4, 9, generator=gen)
@@ -168,7 +193,7 @@ OPTION_CASES = [
 
 
 @pytest.mark.parametrize("case", range(len(OPTION_CASES)))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("soft", [False, True])
 def test_kernel_options_match_formula(case, dtype, soft):
     spec = dict(OPTION_CASES[case])
@@ -184,12 +209,13 @@ def test_kernel_options_match_formula(case, dtype, soft):
     if mask is not None and mask.dim() == 2:
         mask[1] = False  # a sample with nothing observed
     (ns, ng), (cs, cg) = _both_paths(x, y, w, pos_weight, mask, spec.get("options", PLAIN), spec.get("reduction", "sum"))
-    rtol = {torch.float32: 1e-6, torch.float64: 1e-13, torch.bfloat16: 1e-6}[dtype]
+    rtol = {torch.float32: 1e-6, torch.float64: 1e-13, torch.bfloat16: 1e-6, torch.float16: 1e-6}[dtype]
     assert torch.equal(torch.isinf(ns), torch.isinf(cs)) and not torch.isnan(ns).any()
     finite = torch.isfinite(cs)
     assert_close(ns[finite].numpy(), cs[finite].numpy(), rtol, "per-sample")
-    if dtype == torch.bfloat16:  # both round the same float32 gradient once; allow one bf16 ulp for libm differences
-        assert_close(ng.double().numpy(), cg.double().numpy(), 2 ** -7, "grad")
+    if dtype in (torch.bfloat16, torch.float16):  # both round a float32 gradient once: one ulp for libm differences
+        ulp = 2.0 ** -(7 if dtype == torch.bfloat16 else 10)
+        assert_close(ng.double().numpy(), cg.double().numpy(), ulp, "grad", atol=torch.finfo(dtype).smallest_normal * ulp)
     else:
         assert_close(ng.double().numpy(), cg.double().numpy(), 10 * rtol, "grad")
 

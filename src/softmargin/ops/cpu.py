@@ -30,6 +30,8 @@ FLAG_SETS = (
     # OpenMP: beside torch the kernel shares torch's libgomp thread pool (see cpu_kernel.c).
     # -falign-loops=64: the hot loops' speed otherwise depends on where they happen to land (measured 2.2-2.6 ns
     # per element unaligned, 2.0 aligned).
+    # GCC's first scheduling pass, off by default on x86: 1.5 % (float16/bfloat16) to 4 % (float32) faster here.
+    ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-fschedule-insns", "-fsched-pressure", "-lmvec"],
     ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-lmvec"],
     ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-falign-loops=64", "-lmvec"],
     ["-O3", "-march=native", "-fno-math-errno", "-DSOFTMARGIN_SCALAR_MATH"],
@@ -115,6 +117,9 @@ def kernel() -> Optional[ctypes.CDLL]:
         fn.argtypes = [ctypes.c_int, ctypes.c_int, ptr, ptr, ptr, i64, ptr, i64, ptr, i64, i64, i64, dbl, ptr]
         fn.argtypes += [ctypes.c_int, dbl, dbl, dbl, dbl, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
         lib.softmargin_features.restype = ctypes.c_int
+        for name in ("softmargin_f16_from_f32", "softmargin_f16_to_f32"):  # the tests' view of the conversions
+            getattr(lib, name).argtypes = [ptr, ptr, i64]
+            getattr(lib, name).restype = None
         lib.flags = flags  # type: ignore[attr-defined]
         return lib
     warnings.warn(
