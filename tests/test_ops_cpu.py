@@ -104,23 +104,45 @@ def test_half_kernels_blocks_redone_exactly(dtype):
     assert (ng[:, 100] != 0).all() or dtype == torch.float16  # float16 has no room below 6e-8: 0 there too
 
 
-@pytest.mark.skipif(bool(__import__("os").environ.get("SOFTMARGIN_CFLAGS")), reason="already the other build")
+@pytest.mark.skipif(bool(__import__("os").environ.get("SOFTMARGIN_CFLAGS")), reason="already another build")
 @pytest.mark.skipif(not cpu.avx512_half(), reason="this CPU runs the portable loops already")
-def test_portable_build_passes_this_module(tmp_path):
-    """A CPU without AVX-512 runs the portable loops for float16/bfloat16: build the kernel that way (its own cache)
-    and run this whole module against it in a fresh process."""
+@pytest.mark.parametrize(
+    "flags, avx512",
+    [("-DSOFTMARGIN_PORTABLE", False), ("-mno-avx512bf16", True)],
+    ids=["portable loops (no AVX-512)", "AVX-512 without AVX512-BF16"],
+)
+def test_other_builds_pass_this_module(tmp_path, flags, avx512):
+    """Other CPUs build other loops: without AVX-512 the portable ones for float16/bfloat16; with AVX-512 but not
+    AVX512-BF16 the bfloat16 gradient rounded with integer operations. Build the kernel that way (its own cache) and
+    run this whole module against it in a fresh process."""
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ, SOFTMARGIN_CFLAGS="-DSOFTMARGIN_PORTABLE", SOFTMARGIN_CACHE=str(tmp_path))
-    check = "from softmargin.ops import cpu; assert cpu.kernel() is not None and not cpu.avx512_half()"
+    env = dict(os.environ, SOFTMARGIN_CFLAGS=flags, SOFTMARGIN_CACHE=str(tmp_path))
+    check = f"from softmargin.ops import cpu; assert cpu.kernel() is not None and cpu.avx512_half() == {avx512}"
     subprocess.run([sys.executable, "-c", check], env=env, check=True)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_gradient_ties_round_to_even(dtype):
+    """Gradients exactly halfway between two values of the dtype round to the even one, as torch rounds: at x = 0
+    the gradient is w / (2 C) exactly, so a weight of 1 + 2^-(m+1) (m mantissa bits) lands on a tie, rounding down
+    to 1 (even), and one of 1 + 3 * 2^-(m+1) rounds up to 1 + 2^-(m-1)."""
+    bits = 7 if dtype == torch.bfloat16 else 10
+    ties = torch.tensor([1 + 2.0 ** -(bits + 1), 1 + 3 * 2.0 ** -(bits + 1)])
+    w = ties.repeat(8)  # 16 classes, a power of two: the scale 1 / 16 is exact
+    x = torch.zeros(3, 16, dtype=dtype)
+    y = torch.zeros(3, 16, dtype=dtype)
+    (_, grad), (_, ref) = _both_paths(x, y, w)
+    expected = (ties / 32).repeat(8).to(dtype)  # torch's own rounding of the exact float32 gradient
+    assert torch.equal(ref[0], expected)
+    assert torch.equal(grad, ref), (grad[0, :2].float(), ref[0, :2].float())
 
 
 def test_float16_conversions_match_numpy():
