@@ -8,6 +8,7 @@ ten N x C intermediates alive. No validation happens here: the public entry poin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Optional
@@ -66,6 +67,9 @@ def loss_and_grad(
     The gradient is that of ``reduce(per_sample, reduction)`` (for "none", of the sum).
     """
     dense = not isinstance(y, SparseTargets)
+    if not dense and y.values is not None and y.values.dtype != x.dtype:
+        # soft values are used at the input's precision, as a dense target of its dtype would be, on every path
+        y = dataclasses.replace(y, values=y.values.to(x.dtype))
     plain = pos_weight is None and mask is None and options == PLAIN
     native = x.numel() > 0 and x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None
     in_kernel = (
@@ -153,7 +157,7 @@ def _native(
     sparse = y if isinstance(y, SparseTargets) else None
     if sparse is not None:
         y_kind = "uint8" if sparse.values is None else _NATIVE_DTYPES[x.dtype]
-        sparse_values = None if sparse.values is None else sparse.values.to(x.dtype).contiguous()
+        sparse_values = None if sparse.values is None else sparse.values.contiguous()  # in x.dtype already
     elif y.dtype == torch.bool:
         y = y.contiguous().view(torch.uint8)
     elif y.dtype not in (x.dtype, torch.uint8):
