@@ -142,7 +142,7 @@ def fused(
     ytype: str,
     x: int,
     y: Optional[int],
-    weight: tuple[int, int],
+    weight: tuple[Optional[int], int],
     pos_weight: tuple[Optional[int], int],
     mask: tuple[Optional[int], int],
     num_rows: int,

@@ -67,7 +67,7 @@ def loss_and_grad(
     The gradient is that of ``reduce(per_sample, reduction)`` (for "none", of the sum).
     """
     dense = not isinstance(y, SparseTargets)
-    if not dense and y.values is not None and y.values.dtype != x.dtype:
+    if isinstance(y, SparseTargets) and y.values is not None and y.values.dtype != x.dtype:
         # soft values are used at the input's precision, as a dense target of its dtype would be, on every path
         y = dataclasses.replace(y, values=y.values.to(x.dtype))
     plain = pos_weight is None and mask is None and options == PLAIN
@@ -299,8 +299,9 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
                 grad_x = (torch.sigmoid(x) - y) * (scale * grad_output)
                 grad_x = grad_x if weight is None else grad_x * weight
             elif grad is None:  # a second backward (retain_graph=True) after the gradient was handed over
-                grad = loss_and_grad(x, y, weight, ctx.reduction, True, pos_weight, mask, ctx.options)[1]
-                grad_x = grad * grad_output.to(x.dtype)
+                regrad = loss_and_grad(x, y, weight, ctx.reduction, True, pos_weight, mask, ctx.options)[1]
+                assert regrad is not None
+                grad_x = regrad * grad_output.to(x.dtype)
             elif not grad.is_cpu:
                 # scaled in place (the tensor is ours alone) and handed over: no second gradient-sized buffer, and
                 # no look at grad_output's value, which would wait for the device
