@@ -105,7 +105,7 @@ def test_half_kernels_blocks_redone_exactly(dtype):
 
 
 @pytest.mark.skipif(bool(__import__("os").environ.get("SOFTMARGIN_CFLAGS")), reason="already another build")
-@pytest.mark.skipif(not cpu.avx512_half(), reason="this CPU runs the portable loops already")
+@pytest.mark.skipif(not cpu.avx512_loops(), reason="this CPU runs the portable loops already")
 @pytest.mark.parametrize(
     "flags, avx512",
     [("-DSOFTMARGIN_PORTABLE", False), ("-mno-avx512bf16", True)],
@@ -120,7 +120,7 @@ def test_other_builds_pass_this_module(tmp_path, flags, avx512):
     import sys
 
     env = dict(os.environ, SOFTMARGIN_CFLAGS=flags, SOFTMARGIN_CACHE=str(tmp_path))
-    check = f"from softmargin.ops import cpu; assert cpu.kernel() is not None and cpu.avx512_half() == {avx512}"
+    check = f"from softmargin.ops import cpu; assert cpu.kernel() is not None and cpu.avx512_loops() == {avx512}"
     subprocess.run([sys.executable, "-c", check], env=env, check=True)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
@@ -319,7 +319,7 @@ def test_half_inputs_every_value_within_5e7(dtype):
         exact = np.logaddexp(0.0, -x64) if label else np.logaddexp(0.0, x64)
         normal = exact > np.finfo(np.float32).tiny
         rel = np.abs(per_sample.numpy() - exact)[normal] / exact[normal]
-        assert rel.max() <= (5e-7 if cpu.avx512_half() else 2e-6), f"worst {rel.max():.3g}"
+        assert rel.max() <= (5e-7 if cpu.avx512_loops() else 2e-6), f"worst {rel.max():.3g}"
         from scipy.special import expit
 
         exact_grad = expit(x64) if label == 0 else -expit(-x64)  # sigmoid(x) - y without cancellation

@@ -131,8 +131,9 @@ def kernel() -> Optional[ctypes.CDLL]:
     return None
 
 
-def avx512_half() -> bool:
-    """Whether float16/bfloat16 inputs take the AVX-512 loop (``DEFINE_HALF_AVX512`` in cpu_kernel.c) here."""
+def avx512_loops() -> bool:
+    """Whether the plain loss takes the AVX-512 loops here (``DEFINE_AVX512`` in cpu_kernel.c, for float32, float16
+    and bfloat16 inputs) rather than the portable ones."""
     lib = kernel()
     return lib is not None and bool(lib.softmargin_features() & 1)
 

@@ -14,10 +14,11 @@
  * focusing; see element_loss_and_grad_options in _formula.py), so that they keep the fused pass too.
  *
  * float32, float16 and bfloat16 are computed in float32: the plain loss with an exp and a log1p of our own (below;
- * float16/bfloat16 inputs take an AVX-512 loop with shorter polynomials, good to 4.2e-7, or elsewhere a portable loop
- * with a shorter log1p, good to 2e-6: far below their own rounding), the options with glibc's vector expf/log1pf
- * (about 1 ulp); float64 in float64 with glibc's exp/log1p. Each block of element losses is summed in float64, so a
- * row's loss is accurate to about 1e-7 relative (float32).
+ * with AVX-512 in loops written with intrinsics, float16/bfloat16 inputs with shorter polynomials, good to 4.2e-7;
+ * without it in portable loops, float16/bfloat16 with a shorter log1p, good to 2e-6: far below their own rounding),
+ * the options with glibc's vector expf/log1pf (about 1 ulp); float64 in float64 with glibc's exp/log1p. Element
+ * losses are summed in float64 (the AVX-512 loops: per lane in float32 over a block of 32 vectors first), so a row's
+ * loss is accurate to about 1e-7 relative (float32).
  * Every row is summed by one thread in a fixed order: the results are bitwise the same for any thread count.
  */
 #include <math.h>
@@ -390,7 +391,8 @@ DEFINE_FOCUSED_GRAD(double)
     int64_t sp_k = 0;
 
 /* The plain loss in float32 with the functions above: the loss of each element as hi + lo, summed in float64.
-   PRECISE = 0 (float16/bfloat16 inputs where the AVX-512 loop below is not built): smh_log1p, no lo part, 17 % faster. */
+   Used where the AVX-512 loops below are not built. PRECISE = 0 (float16/bfloat16): smh_log1p, no lo part,
+   17 % faster. */
 #define FAST_LIMIT 86.0f
 #define DEFINE_PLAIN_FAST(NAME, XT, LOADX, YT, LOADY, STOREG, PRECISE, EXACT)                         \
     static double NAME(const rowargs *a) {                                                                     \
@@ -441,15 +443,16 @@ DEFINE_FOCUSED_GRAD(double)
     }
 
 
-/* ---- float16 and bfloat16 inputs with AVX-512 ----
- * The plain loss for half-precision inputs, written with intrinsics: GCC 12 neither vectorises _Float16 conversions
- * (the portable loop runs scalar for float16) nor emits vscalefps, vcvtneps2bf16 or the bit tricks below, and it
- * duplicates work in the portable loop's selects. Per 16 elements it is about 47 vector instructions against the
- * portable loop's 72: bfloat16 at 4096x2000 took 5.7 ms on one thread against 11.2, float16 5.5 against 106.
- * Results are rounded once more than the float32 path's (a float32 w * l; exp good to 1.5e-7, log1p to 2e-7, both
- * near-minimax fits; every element loss of every float16/bfloat16 value within 4.2e-7), which float16 (5e-4) and
- * bfloat16 (4e-3) outputs cannot show. Tried and dropped: rcp14 + a Newton step instead of the division (no faster),
- * two vectors interleaved by hand (spills: 9 % slower), exp of degree 4 (4 % faster, 2.9e-6: not worth it).
+/* ---- The plain loss with AVX-512 ----
+ * Loops written with intrinsics, for float32, float16 and bfloat16 inputs: GCC 12 neither vectorises _Float16
+ * conversions (the portable loop runs scalar for float16) nor emits vscalefps, vcvtneps2bf16 or the bit tricks below,
+ * it duplicates work in the portable loops' selects, and their second pass over a block (float64 sums) costs as much
+ * as the arithmetic. One thread at 4096x2000: float32 7.8 ms against 11.2 (the same arithmetic, hi + lo pairs);
+ * bfloat16 5.7 against 11.2 and float16 5.5 against 106, about 47 vector instructions per 16 elements, with shorter
+ * near-minimax polynomials (exp 1.5e-7, log1p 2e-7; every element loss of every float16/bfloat16 value within
+ * 4.2e-7), which float16 (5e-4) and bfloat16 (4e-3) outputs cannot show.
+ * Tried and dropped: rcp14 + a Newton step instead of the division (no faster), two vectors interleaved by hand
+ * (spills: 9 % slower), exp of degree 4 for the half types (4 % faster, 2.9e-6: not worth it).
  * A block goes to the exact function when any |x| >= 86, inf or NaN (unsigned maximum of |x|'s bits), any target's
  * bits exceed 1.0's (outside [0, 1], NaN, or -0.0: checked there properly), w * l overflows, or a bfloat16
  * gradient is subnormal (vcvtneps2bf16 would flush it to zero). */
@@ -486,40 +489,56 @@ static inline __mmask16 avx_store_f16(void *p, __m512 g, __mmask16 m) {
     return 0;
 }
 
-/* The element loss (returned) and (1 - y) sigmoid(x) - y sigmoid(-x) (in *grad) of 16 finite elements; the running
-   bit maxima of |x| and y tell the caller whether they were. */
-static inline __m512 avx_half_element(__m512 x, __m512 y, __m512 *grad, __m512i *xmax, __m512i *ymax) {
-    const __m512 one = _mm512_set1_ps(1.0f);
+/* The shared start of the element functions below: the running bit maxima of |x| and y that tell the caller whether
+   the elements were in the fast range, and the Cody-Waite reduction of e^-|x| = 2^k e^r: k = round(-|x| / ln 2),
+   r = -|x| - k ln 2 with ln 2 in two parts. |x| >= 86, inf and NaN give garbage (finite or not): such blocks are
+   redone. */
+static inline __m512 avx_reduce(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax, __m512 *k) {
     const __m512i ab = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
     *xmax = _mm512_max_epu32(*xmax, ab);
     *ymax = _mm512_max_epu32(*ymax, _mm512_castps_si512(y));
-    const __m512 a = _mm512_castsi512_ps(ab); /* |x| >= 86, inf, NaN give garbage (finite or not): redone */
-    /* z = e^-a = 2^k e^r, k = round(-a / ln 2), r = -a - k ln 2 (ln 2 in two parts); e^r = 1 + r P(r) */
-    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(-1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(0.693359375f), a);
-    r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(8.290314115583897e-3f), r, _mm512_set1_ps(4.1897933930158615e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666763573884964e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.999915063381195e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.999997019767761e-1f));
-    const __m512 z = _mm512_scalef_ps(_mm512_fmadd_ps(p, r, one), k);
-    /* one reciprocal for two: q = 1 / ((1 + z)(2 + z)) */
-    const __m512 u = _mm512_add_ps(one, z), v = _mm512_add_ps(_mm512_set1_ps(2.0f), z);
-    const __m512 q = _mm512_div_ps(one, _mm512_mul_ps(u, v));
-    const __m512 sig = _mm512_mul_ps(q, v);              /* 1 / (1 + z) = sigmoid(|x|) */
-    const __m512 s = _mm512_mul_ps(z, _mm512_mul_ps(u, q)); /* z / (2 + z) */
-    /* log1p(z) = 2 atanh(s), atanh(s) = s + s^3 Q(s^2) for s in [0, 1/3] (Q: a minimax fit, 2e-7) */
-    const __m512 t = _mm512_mul_ps(s, s);
-    __m512 lq = _mm512_fmadd_ps(_mm512_set1_ps(1.6991719603538513e-1f), t, _mm512_set1_ps(1.981799304485321e-1f));
-    lq = _mm512_fmadd_ps(lq, t, _mm512_set1_ps(3.3336740732192993e-1f));
-    const __m512 half_log1pz = _mm512_fmadd_ps(_mm512_mul_ps(s, t), lq, s); /* atanh(s) */
-    /* margin (1 - y) relu(x) + y relu(-x) = relu(x) - y x, rounded once */
-    const __m512 margin = _mm512_fnmadd_ps(y, x, _mm512_max_ps(x, _mm512_setzero_ps()));
+    const __m512 a = _mm512_castsi512_ps(ab);
+    *k = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(-1.44269504088896341f)),
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_fnmsub_ps(*k, _mm512_set1_ps(0.693359375f), a); /* k * 0.693359375 is exact */
+    return _mm512_fmadd_ps(*k, _mm512_set1_ps(2.12194440e-4f), r);
+}
+
+/* Horner's rule with the coefficients c[0] (highest degree) .. c[n - 1] (constants: unrolled, broadcast). */
+static inline __m512 avx_poly(__m512 r, const float *c, int n) {
+    __m512 p = _mm512_set1_ps(c[0]);
+    for (int i = 1; i < n; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[i]));
+    return p;
+}
+
+/* The shared end: the margin (1 - y) relu(x) + y relu(-x) = relu(x) - y x (returned, rounded once) and the gradient
+   (1 - y) sigmoid(x) - y sigmoid(-x) (in *grad) from z = e^-|x| and sig = sigmoid(|x|), without cancellation. */
+static inline __m512 avx_margin_grad(__m512 x, __m512 y, __m512 z, __m512 sig, __m512 *grad) {
     const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(x));
     const __m512 zs = _mm512_mul_ps(z, sig); /* sigmoid(-|x|) */
     const __m512 px = _mm512_mask_blend_ps(neg, sig, zs), pnx = _mm512_mask_blend_ps(neg, zs, sig);
-    *grad = _mm512_fnmadd_ps(y, pnx, _mm512_mul_ps(_mm512_sub_ps(one, y), px));
+    *grad = _mm512_fnmadd_ps(y, pnx, _mm512_mul_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), y), px));
+    return _mm512_fnmadd_ps(y, x, _mm512_max_ps(x, _mm512_setzero_ps()));
+}
+
+/* float16/bfloat16: the element loss (returned) and gradient (in *grad) of 16 elements, with near-minimax fits. */
+static inline __m512 avx_half_element(__m512 x, __m512 y, __m512 *grad, __m512i *xmax, __m512i *ymax) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 k;
+    const __m512 r = avx_reduce(x, y, xmax, ymax, &k);
+    /* e^r = 1 + r P(r) (P: a minimax fit) */
+    static const float P[] = {8.290314115583897e-3f, 4.1897933930158615e-2f, 1.666763573884964e-1f,
+                              4.999915063381195e-1f, 9.999997019767761e-1f};
+    const __m512 z = _mm512_scalef_ps(_mm512_fmadd_ps(avx_poly(r, P, 5), r, one), k);
+    /* one reciprocal for two: q = 1 / ((1 + z)(2 + z)) */
+    const __m512 u = _mm512_add_ps(one, z), v = _mm512_add_ps(_mm512_set1_ps(2.0f), z);
+    const __m512 q = _mm512_div_ps(one, _mm512_mul_ps(u, v));
+    const __m512 s = _mm512_mul_ps(z, _mm512_mul_ps(u, q)); /* z / (2 + z) */
+    /* log1p(z) = 2 atanh(s), atanh(s) = s + s^3 Q(s^2) for s in [0, 1/3] (Q: a minimax fit, 2e-7) */
+    static const float Q[] = {1.6991719603538513e-1f, 1.981799304485321e-1f, 3.3336740732192993e-1f};
+    const __m512 t = _mm512_mul_ps(s, s);
+    const __m512 half_log1pz = _mm512_fmadd_ps(_mm512_mul_ps(s, t), avx_poly(t, Q, 3), s);
+    const __m512 margin = avx_margin_grad(x, y, z, _mm512_mul_ps(q, v), grad);
     return _mm512_fmadd_ps(_mm512_set1_ps(2.0f), half_log1pz, margin);
 }
 
@@ -535,9 +554,48 @@ static inline __m512 avx_half_element(__m512 x, __m512 y, __m512 *grad, __m512i 
         redo |= STORE(g + c, _mm512_mul_ps(_mm512_mul_ps(wv, scale), gv), m);                                  \
     } while (0)
 
-/* Each block's weighted losses are summed in float32 per lane (32 terms at most: 2e-6 relative at worst, about
-   1e-7 typically; converting every vector to float64 cost a fifth of the time), then in float64 across blocks. */
-#define DEFINE_HALF_AVX512(NAME, XT, LOADX, YT, LOADY, STORE, EXACT)                                           \
+/* float32: the same arithmetic as smf_exp_neg and smf_log1p (each a hi + lo pair), element loss hi (returned) +
+   *lo, the exhaustive accuracy check of those (4.5e-8) holding here too. */
+static inline __m512 avx_f32_element(__m512 x, __m512 y, __m512 *grad, __m512 *lo, __m512i *xmax, __m512i *ymax) {
+    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+    __m512 k;
+    const __m512 r = avx_reduce(x, y, xmax, ymax, &k);
+    static const float P[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                              1.6666665459e-1f, 5.0000001201e-1f};
+    const __m512 tail = _mm512_fmadd_ps(avx_poly(r, P, 6), _mm512_mul_ps(r, r), r);
+    const __m512 ehi = _mm512_add_ps(one, tail), elo = _mm512_add_ps(_mm512_sub_ps(one, ehi), tail);
+    const __m512 z = _mm512_scalef_ps(ehi, k), zlo = _mm512_scalef_ps(elo, k);
+    const __m512 u = _mm512_add_ps(one, z), v = _mm512_add_ps(two, z);
+    const __m512 q = _mm512_div_ps(one, _mm512_mul_ps(u, v));
+    const __m512 inv = _mm512_mul_ps(u, q), s = _mm512_mul_ps(_mm512_mul_ps(z, u), q); /* 1 / (2 + z), z / (2 + z) */
+    /* log1p(z + zlo) = 2 atanh(s) with s corrected by its exact residual (see smf_log1p) */
+    const __m512 dlo = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(two, v), z), zlo);
+    const __m512 rem = _mm512_add_ps(_mm512_fnmadd_ps(s, v, z), _mm512_fnmadd_ps(s, dlo, zlo));
+    const __m512 s2 = _mm512_mul_ps(s, s);
+    static const float L[] = {1.0f / 13, 1.0f / 11, 1.0f / 9, 1.0f / 7, 1.0f / 5, 1.0f / 3};
+    const __m512 lp = avx_poly(s2, L, 6);
+    const __m512 llo = _mm512_mul_ps(two, _mm512_fmadd_ps(_mm512_mul_ps(lp, s2), s, _mm512_mul_ps(rem, inv)));
+    *lo = _mm512_add_ps(llo, avx_margin_grad(x, y, z, _mm512_mul_ps(q, v), grad));
+    return _mm512_add_ps(s, s);
+}
+static inline __m512 avx_load_f32(const void *p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline __mmask16 avx_store_f32(void *p, __m512 g, __mmask16 m) { _mm512_mask_storeu_ps(p, m, g); return 0; }
+#define F32_STEP(LOADX, LOADY, STORE, M)                                                                       \
+    do {                                                                                                       \
+        const __mmask16 m = (M);                                                                               \
+        const __m512 wv = _mm512_maskz_loadu_ps(m, wb + c);                                                    \
+        __m512 gv, lo;                                                                                         \
+        const __m512 hi = avx_f32_element(LOADX(xb + c, m), LOADY(yb + c, m), &gv, &lo, &xmax, &ymax);        \
+        bsum = _mm512_fmadd_ps(wv, hi, bsum);                                                                  \
+        bsum_lo = _mm512_fmadd_ps(wv, lo, bsum_lo);                                                            \
+        redo |= STORE(g + c, _mm512_mul_ps(_mm512_mul_ps(wv, scale), gv), m);                                  \
+    } while (0)
+
+/* The AVX-512 row function: STEP (HALF_STEP or F32_STEP) over each block's vectors, then the block's float32 lane
+   sums (bsum, and bsum_lo for float32's low parts; 32 terms at most: 2e-6 relative at worst, about 1e-7 typically,
+   and exact for a single element; converting every vector to float64 cost a fifth of the time) go into float64, or
+   the block goes to EXACT when the checks say so. */
+#define DEFINE_AVX512(NAME, XT, LOADX, YT, LOADY, STORE, EXACT, STEP)                                          \
     static double NAME(const rowargs *a) {                                                                     \
         FAST_ROW_START(XT, YT)                                                                                 \
         const __m512 scale = _mm512_set1_ps((float)a->scale);                                                  \
@@ -549,22 +607,25 @@ static inline __m512 avx_half_element(__m512 x, __m512 y, __m512 *grad, __m512i 
             const YT *yb = TARGET_BLOCK(YT);                                                                   \
             const float *wb = w + b;                                                                           \
             __m512i xmax = _mm512_setzero_si512(), ymax = _mm512_setzero_si512();                              \
-            __m512 bsum = _mm512_setzero_ps();                                                                 \
+            __m512 bsum = _mm512_setzero_ps(), bsum_lo = _mm512_setzero_ps();                                  \
             __mmask16 redo = 0;                                                                                \
             int64_t c = 0;                                                                                     \
-            for (; c + 16 <= n; c += 16) HALF_STEP(LOADX, LOADY, STORE, (__mmask16)0xffff);                    \
-            if (c < n) HALF_STEP(LOADX, LOADY, STORE, (__mmask16)((1u << (n - c)) - 1));                       \
-            redo |= _mm512_fpclass_ps_mask(bsum, 0x99); /* inf or NaN: a w * l (or their sum) overflowed */    \
+            for (; c + 16 <= n; c += 16) STEP(LOADX, LOADY, STORE, (__mmask16)0xffff);                         \
+            if (c < n) STEP(LOADX, LOADY, STORE, (__mmask16)((1u << (n - c)) - 1));                            \
+            /* inf or NaN: a w * l (or their sum) overflowed */                                                \
+            redo |= _mm512_fpclass_ps_mask(_mm512_add_ps(bsum, bsum_lo), 0x99);                                \
             redo |= _mm512_cmpge_epu32_mask(xmax, _mm512_set1_epi32(BITS_86));                                 \
             redo |= _mm512_cmpgt_epu32_mask(ymax, _mm512_set1_epi32(BITS_1));                                  \
             if (redo) {                                                                                        \
                 tail += EXACT(a, xb, yb, wb, g, n);                                                            \
             } else {                                                                                           \
-                row_lo = _mm512_add_pd(row_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(bsum)));                 \
-                row_hi = _mm512_add_pd(row_hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(bsum, 1)));              \
+                row_lo = _mm512_add_pd(row_lo, _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(bsum)),   \
+                                                             _mm512_cvtps_pd(_mm512_castps512_ps256(bsum_lo)))); \
+                row_hi = _mm512_add_pd(row_hi, _mm512_add_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(bsum, 1)), \
+                                                             _mm512_cvtps_pd(_mm512_extractf32x8_ps(bsum_lo, 1)))); \
             }                                                                                                  \
         }                                                                                                      \
-        return tail + _mm512_reduce_add_pd(_mm512_add_pd(row_lo, row_hi));                                     \
+        return tail + _mm512_reduce_add_pd(_mm512_add_pd(row_lo, row_hi));                                    \
     }
 #endif
 
@@ -597,14 +658,16 @@ DEFINE_EXACT_BLOCK(exact_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE
 DEFINE_EXACT_BLOCK(exact_f16_u8, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE)
 DEFINE_EXACT_BLOCK(exact_bf16_bf16, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16)
 DEFINE_EXACT_BLOCK(exact_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
+#ifdef SOFTMARGIN_AVX512
+DEFINE_AVX512(fast_f32_f32, float, avx_load_f32, float, avx_load_f32, avx_store_f32, exact_f32_f32, F32_STEP)
+DEFINE_AVX512(fast_f32_u8, float, avx_load_f32, uint8_t, avx_load_u8, avx_store_f32, exact_f32_u8, F32_STEP)
+DEFINE_AVX512(fast_f16_f16, _Float16, avx_load_f16, _Float16, avx_load_f16, avx_store_f16, exact_f16_f16, HALF_STEP)
+DEFINE_AVX512(fast_f16_u8, _Float16, avx_load_f16, uint8_t, avx_load_u8, avx_store_f16, exact_f16_u8, HALF_STEP)
+DEFINE_AVX512(fast_bf16_bf16, uint16_t, avx_load_bf16, uint16_t, avx_load_bf16, avx_store_bf16, exact_bf16_bf16, HALF_STEP)
+DEFINE_AVX512(fast_bf16_u8, uint16_t, avx_load_bf16, uint8_t, avx_load_u8, avx_store_bf16, exact_bf16_u8, HALF_STEP)
+#else
 DEFINE_PLAIN_FAST(fast_f32_f32, float, ID, float, ID, ID, 1, exact_f32_f32)
 DEFINE_PLAIN_FAST(fast_f32_u8, float, ID, uint8_t, U8LOAD, ID, 1, exact_f32_u8)
-#ifdef SOFTMARGIN_AVX512
-DEFINE_HALF_AVX512(fast_f16_f16, _Float16, avx_load_f16, _Float16, avx_load_f16, avx_store_f16, exact_f16_f16)
-DEFINE_HALF_AVX512(fast_f16_u8, _Float16, avx_load_f16, uint8_t, avx_load_u8, avx_store_f16, exact_f16_u8)
-DEFINE_HALF_AVX512(fast_bf16_bf16, uint16_t, avx_load_bf16, uint16_t, avx_load_bf16, avx_store_bf16, exact_bf16_bf16)
-DEFINE_HALF_AVX512(fast_bf16_u8, uint16_t, avx_load_bf16, uint8_t, avx_load_u8, avx_store_bf16, exact_bf16_u8)
-#else
 DEFINE_PLAIN_FAST(fast_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE, 0, exact_f16_f16)
 DEFINE_PLAIN_FAST(fast_f16_u8, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE, 0, exact_f16_u8)
 DEFINE_PLAIN_FAST(fast_bf16_bf16, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16, 0, exact_bf16_bf16)
@@ -668,7 +731,7 @@ void softmargin_f16_to_f32(const _Float16 *in, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = f16_to_f32(in[i]);
 }
 
-/* What this build does: bit 0, float16/bfloat16 inputs take the AVX-512 loop. */
+/* What this build does: bit 0, the plain loss takes the AVX-512 loops (float32, float16, bfloat16). */
 int softmargin_features(void) {
 #ifdef SOFTMARGIN_AVX512
     return 1;
