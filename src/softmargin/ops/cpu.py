@@ -31,7 +31,8 @@ FLAG_SETS = (
     # -falign-loops=64: the hot loops' speed otherwise depends on where they happen to land (measured 2.2-2.6 ns
     # per element unaligned, 2.0 aligned).
     # GCC's first scheduling pass, off by default on x86: 1.5 % (float16/bfloat16) to 4 % (float32) faster here.
-    ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-fschedule-insns", "-fsched-pressure", "-lmvec"],
+    ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-fschedule-insns", "-fsched-pressure",
+     "-lmvec"],
     ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-lmvec"],
     ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-falign-loops=64", "-lmvec"],
     ["-O3", "-march=native", "-fno-math-errno", "-DSOFTMARGIN_SCALAR_MATH"],

@@ -157,7 +157,7 @@ def _native(
     sparse = y if isinstance(y, SparseTargets) else None
     if sparse is not None:
         y_kind = "uint8" if sparse.values is None else _NATIVE_DTYPES[x.dtype]
-        sparse_values = None if sparse.values is None else sparse.values.contiguous()  # in x.dtype already
+        sparse_values = None if sparse.values is None else sparse.values.to(x.dtype).contiguous()
     elif y.dtype == torch.bool:
         y = y.contiguous().view(torch.uint8)
     elif y.dtype not in (x.dtype, torch.uint8):
