@@ -180,10 +180,11 @@ def test_full_shape_and_row_weights():
         assert_close(ng.numpy(), cg.numpy(), 1e-6, "grad")
 
 
-def test_bitwise_deterministic_for_any_thread_count():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_bitwise_deterministic_for_any_thread_count(dtype):
     gen = torch.Generator().manual_seed(9)
-    x = torch.randn(300, 2000, generator=gen)
-    y = torch.rand(300, 2000, generator=gen)
+    x = torch.randn(300, 2000, generator=gen).to(dtype)
+    y = torch.rand(300, 2000, generator=gen).to(dtype)
     before = torch.get_num_threads()
     results = []
     try:
