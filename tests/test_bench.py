@@ -33,3 +33,23 @@ def test_run_writes_one_row_per_implementation(tmp_path):
     written = list(csv.DictReader(open(out)))
     assert [r["impl"] for r in written] == ["softmargin", "floor"] and written[0]["device"] == "cpu"
     assert "softmargin" in bench.report(rows)
+
+
+def test_cpu_kernel_benchmark_measures_every_dtype_and_thread_count():
+    import sys
+    from pathlib import Path
+
+    from softmargin.ops import cpu
+
+    if cpu.kernel() is None:
+        pytest.skip("the CPU kernel cannot be built here")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import cpu_kernel
+    finally:
+        sys.path.pop(0)
+    rows = cpu_kernel.measure((8, 40), 2)
+    assert {(r["dtype"], r["threads"], r["what"]) for r in rows} == {
+        (d, t, w) for d in cpu_kernel.DTYPES for t in (1, 2) for w in ("kernel", "floor")
+    }
+    assert all(r["median_ms"] >= r["min_ms"] > 0 for r in rows)

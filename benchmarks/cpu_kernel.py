@@ -1,0 +1,117 @@
+"""The compiled CPU kernel alone (no autograd, no allocation: outputs made once), per dtype and thread count, in this
+machine's build (AVX-512 loops where the CPU has them) and in the portable build (``-DSOFTMARGIN_PORTABLE``, the loops
+a CPU without AVX-512 runs), each in its own process with its own kernel cache.
+
+    python benchmarks/cpu_kernel.py [--shape 4096x2000] [--repeat 40] [--out benchmarks/results/cpu-kernel.csv]
+
+Against the floor of the same bytes: ``torch.add`` of the logits and the target into a preallocated tensor, which
+reads and writes as much as the kernel must. Ratios of the portable build's time over this build's show what the
+hand-written loops gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def measure(shape: tuple[int, int], repeat: int) -> list[dict]:
+    """In this process: the median and minimum time of the kernel and of the floor, per dtype and thread count."""
+    import torch
+
+    rows: list[dict] = []
+    before = torch.get_num_threads()
+    try:
+        _measure_into(rows, shape, repeat)
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def _measure_into(rows: list[dict], shape: tuple[int, int], repeat: int) -> None:
+    import torch
+
+    from softmargin.ops import cpu
+
+    num_rows, num_classes = shape
+    for dtype_name in DTYPES:
+        dtype = getattr(torch, dtype_name)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=gen).to(dtype)
+        y = (torch.rand(shape, generator=gen) < 0.1).to(dtype)
+        w = torch.rand(num_classes, generator=gen) + 0.5
+        out, grad, floor_out = torch.empty(num_rows, dtype=torch.float64), torch.empty_like(x), torch.empty_like(x)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+
+            def kernel() -> None:
+                cpu.fused(dtype_name, dtype_name, x.data_ptr(), y.data_ptr(), (w.data_ptr(), 0), (None, 0), (None, 0),
+                          num_rows, num_classes, 1.0 / (num_rows * num_classes), None, None, out.data_ptr(),
+                          grad.data_ptr(), threads)  # fmt: skip
+
+            def floor() -> None:
+                torch.add(x, y, out=floor_out)
+
+            for name, fn in (("kernel", kernel), ("floor", floor)):
+                fn(), fn()
+                spent = []
+                for _ in range(repeat):
+                    started = time.perf_counter()
+                    fn()
+                    spent.append(time.perf_counter() - started)
+                spent.sort()
+                rows.append(dict(dtype=dtype_name, threads=threads, what=name, median_ms=1e3 * spent[len(spent) // 2],
+                                 min_ms=1e3 * spent[0], avx512=cpu.avx512_loops()))  # fmt: skip
+
+
+def in_build(flags: str, shape: tuple[int, int], repeat: int) -> list[dict]:
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, SOFTMARGIN_CFLAGS=flags, SOFTMARGIN_CACHE=cache)
+        code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import cpu_kernel; "
+        code += f"print(json.dumps(cpu_kernel.measure({shape!r}, {repeat})))"
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="4096x2000")
+    parser.add_argument("--repeat", type=int, default=40)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu-kernel.csv"))
+    args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split("x"))
+    results = []
+    for build, flags in (("native", ""), ("portable", "-DSOFTMARGIN_PORTABLE")):
+        for row in in_build(flags, shape, args.repeat):
+            results.append(dict(build=build, shape=args.shape, **row))
+    by_key = {(r["build"], r["dtype"], r["threads"], r["what"]): r for r in results}
+    print(f"{'dtype':9s} {'threads':>7s} {'native ms':>10s} {'portable ms':>12s} {'gain':>6s} {'floor ms':>9s} "
+          f"{'native / floor':>15s}")  # fmt: skip
+    for dtype in DTYPES:
+        for threads in (1, 2):
+            native = by_key[("native", dtype, threads, "kernel")]["median_ms"]
+            portable = by_key[("portable", dtype, threads, "kernel")]["median_ms"]
+            floor = by_key[("native", dtype, threads, "floor")]["median_ms"]
+            print(f"{dtype:9s} {threads:7d} {native:10.3f} {portable:12.3f} {portable / native:5.2f}x {floor:9.3f} "
+                  f"{native / floor:14.2f}x")  # fmt: skip
+    if not any(r["avx512"] for r in results if r["build"] == "native"):
+        print("(this CPU has no AVX-512: both builds run the portable loops)")
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(results[0]))
+            writer.writeheader()
+            writer.writerows(results)
+        print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
