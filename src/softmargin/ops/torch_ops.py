@@ -199,7 +199,12 @@ def _native_plain(
     """The common case (dense (N, C) target, a per-class weight or none) without the general path's bookkeeping,
     which costs more than the kernel at small sizes."""
     num_rows, num_classes = x.shape
-    w = ones_row(num_classes, cdtype) if weight is None else weight.to(cdtype).reshape(1, -1).expand(1, num_classes).contiguous()
+    if weight is None:
+        w = ones_row(num_classes, cdtype)
+    elif weight.shape == (num_classes,) and weight.dtype == cdtype and weight.is_contiguous():
+        w = weight  # the kernel reads it as it is: no conversion, no copy (a few microseconds at small sizes)
+    else:
+        w = weight.to(cdtype).reshape(1, -1).expand(1, num_classes).contiguous()
     row_sums = torch.empty(num_rows, dtype=torch.float64)
     grad = torch.empty_like(x) if need_grad else None
     out_of_range = cpu.fused(
