@@ -146,6 +146,37 @@ def test_module_weight_is_a_buffer():
     assert torch.equal(fresh.weight, w)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_changed_in_place_is_seen(dtype):
+    """Weights are checked (and, for the kernel, converted) once per version: an in-place change is a new version."""
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(6, 9, generator=gen).to(dtype), (torch.rand(6, 9, generator=gen) < 0.4).to(dtype)
+    w = (torch.rand(9, generator=gen) + 0.5).to(dtype)
+    first = multilabel_soft_margin_loss(x, y, weight=w)
+    w.mul_(3)
+    assert_close(multilabel_soft_margin_loss(x, y, weight=w).double().item(), 3 * first.double().item(), 1e-2)
+    w[0] = -1.0
+    with pytest.raises(ValueError, match="weight"):
+        multilabel_soft_margin_loss(x, y, weight=w)
+
+
+def test_inference_mode_tensors():
+    """Inference tensors have no version counter: they are checked and converted every time, not cached."""
+    with torch.inference_mode():
+        x = torch.randn(5, 8).to(torch.bfloat16)
+        y = (torch.rand(5, 8) < 0.5).to(torch.bfloat16)
+        w = (torch.rand(8) + 0.5).to(torch.bfloat16)
+        first = multilabel_soft_margin_loss(x, y, weight=w)
+        w.mul_(2)  # in place, unseen by any version counter
+        second = multilabel_soft_margin_loss(x, y, weight=w)
+        assert_close(second.double().item(), 2 * first.double().item(), 1e-2)
+        w[1] = float("nan")
+        with pytest.raises(ValueError, match="weight"):
+            multilabel_soft_margin_loss(x, y, weight=w)
+    assert_close(multilabel_soft_margin_loss(x.clone(), y, weight=w.nan_to_num(1.0)).double().item(),
+                 F.multilabel_soft_margin_loss(x.float(), y.float(), weight=w.nan_to_num(1.0).float()).item(), 1e-2)
+
+
 def test_backward_twice_with_retain_graph_and_scaled_grad_output():
     x = torch.randn(4, 3, requires_grad=True)
     y = (torch.rand(4, 3) > 0.5).float()

@@ -99,11 +99,15 @@ _CHECKED: dict[int, tuple["weakref.ref[Tensor]", int]] = {}
 
 
 def _seen(tensor: Tensor) -> bool:
+    if tensor.is_inference():  # no version counter: it may have changed unseen, so it is checked every time
+        return False
     entry = _CHECKED.get(id(tensor))
     return entry is not None and entry[0]() is tensor and entry[1] == tensor._version
 
 
 def _remember(tensor: Tensor) -> None:
+    if tensor.is_inference():
+        return
     key = id(tensor)
     _CHECKED[key] = (weakref.ref(tensor, lambda _: _CHECKED.pop(key, None)), tensor._version)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -193,6 +194,24 @@ def _native(
     return (_per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted), out_of_range
 
 
+# A weight converted for the kernel (say bfloat16 to float32), kept per tensor and version: a module's class weight
+# is converted once, not at every call; a weight changed in place has a new version and is converted again.
+_CONVERTED: dict[int, tuple["weakref.ref[torch.Tensor]", int, torch.dtype, torch.Tensor]] = {}
+
+
+def _kernel_weight(weight: torch.Tensor, cdtype: torch.dtype, num_classes: int) -> torch.Tensor:
+    cached = not weight.is_inference()  # an inference tensor has no version counter: never cached
+    key = id(weight)
+    entry = _CONVERTED.get(key) if cached else None
+    if entry is not None and entry[0]() is weight and entry[1:3] == (weight._version, cdtype):
+        if entry[3].shape[-1] == num_classes:
+            return entry[3]
+    converted = weight.detach().to(cdtype).reshape(1, -1).expand(1, num_classes).contiguous()
+    if cached:
+        _CONVERTED[key] = (weakref.ref(weight, lambda _: _CONVERTED.pop(key, None)), weight._version, cdtype, converted)
+    return converted
+
+
 def _native_plain(
     x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor], cdtype: torch.dtype, reduction: str, need_grad: bool
 ) -> tuple[tuple[torch.Tensor, Optional[torch.Tensor], float], bool]:
@@ -202,9 +221,9 @@ def _native_plain(
     if weight is None:
         w = ones_row(num_classes, cdtype)
     elif weight.shape == (num_classes,) and weight.dtype == cdtype and weight.is_contiguous():
-        w = weight  # the kernel reads it as it is: no conversion, no copy (a few microseconds at small sizes)
+        w = weight  # the kernel reads it as it is: no conversion, no copy (small calls notice)
     else:
-        w = weight.to(cdtype).reshape(1, -1).expand(1, num_classes).contiguous()
+        w = _kernel_weight(weight, cdtype, num_classes)
     row_sums = torch.empty(num_rows, dtype=torch.float64)
     grad = torch.empty_like(x) if need_grad else None
     out_of_range = cpu.fused(
