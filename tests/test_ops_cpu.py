@@ -112,9 +112,9 @@ def test_half_kernels_blocks_redone_exactly(dtype):
     ids=["portable loops (no AVX-512)", "AVX-512 without AVX512-BF16"],
 )
 def test_other_builds_pass_this_module(tmp_path, flags, avx512):
-    """Other CPUs build other loops: without AVX-512 the portable ones for float16/bfloat16; with AVX-512 but not
-    AVX512-BF16 the bfloat16 gradient rounded with integer operations. Build the kernel that way (its own cache) and
-    run this whole module against it in a fresh process."""
+    """Other CPUs build other loops: without AVX-512 the portable ones (the plain loss in every dtype); with AVX-512
+    but not AVX512-BF16 the bfloat16 gradient rounded with integer operations. Build the kernel that way (its own
+    cache) and run this whole module against it in a fresh process."""
     import os
     import subprocess
     import sys
