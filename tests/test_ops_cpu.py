@@ -217,15 +217,16 @@ OPTION_CASES = [
 
 @pytest.mark.parametrize("case", range(len(OPTION_CASES)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("soft", [False, True, "uint8 target"])
 def test_kernel_options_match_formula(case, dtype, soft):
     spec = dict(OPTION_CASES[case])
     gen = torch.Generator().manual_seed(case)
     shape = (23, 700)
     x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 6).to(dtype)
     x[0, :4] = torch.tensor([float("inf"), -float("inf"), float("inf"), -float("inf")]).to(dtype)
-    y = (torch.rand(shape, generator=gen) if soft else (torch.rand(shape, generator=gen) < 0.3).double()).to(dtype)
+    y = (torch.rand(shape, generator=gen) if soft is True else (torch.rand(shape, generator=gen) < 0.3).double()).to(dtype)
     y[0, :4] = torch.tensor([1.0, 0.0, 0.0, 1.0]).to(dtype)
+    y = y.to(torch.uint8) if soft == "uint8 target" else y
     w = torch.rand(shape[-1], generator=gen) + 0.2
     pos_weight = {"class": torch.rand(shape[-1], generator=gen) + 0.5, "full": torch.rand(shape, generator=gen) + 0.5}.get(spec.get("pos_weight"))
     mask = {"class": torch.rand(shape[-1], generator=gen) < 0.7, "full": torch.rand(shape, generator=gen) < 0.7}.get(spec.get("mask"))

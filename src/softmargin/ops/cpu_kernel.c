@@ -318,39 +318,57 @@ DEFINE_FOCUSED_GRAD(double)
 /* pw and mask are never NULL here (the caller passes rows of ones). Without a gradient the loop still computes it,
  * into a scratch block: GCC 12 vectorises the focused loop with the gradient store and not without it (measured:
  * 7.6 against 43 ns per element). */
+/* The options' work on one block (xb, yb, pwb, mask + b, n elements; gradient to gb): shared by the row functions
+   and the block functions below. */
+#define OPTIONS_BLOCK(ELEMENT, GRAD, T, EXP, LOG1P, LOADX, LOADY, STOREG)                                      \
+    _Pragma("omp simd") for (int64_t c = 0; c < n; c++) /* a missing label weighs 0 */                        \
+        wbuf[c] = mask[b + c] ? w[b + c] : (T)0;                                                               \
+    const T *wb = wbuf;                                                                                        \
+    /* one loop, with or without a gradient (then into scratch): this form vectorises, see above */            \
+    _Pragma("omp simd") for (int64_t c = 0; c < n; c++) {                                                      \
+        ELEMENT(T, EXP, LOG1P, LOADX, LOADY)                                                                   \
+        gb[c] = STOREG(wb[c] * scale * GRAD(T));                                                               \
+    }                                                                                                          \
+    ACCUMULATE(T);
+#define OPTIONS_SCALARS(T)                                                                                     \
+    const T *restrict w = a->w;                                                                                \
+    const T *restrict pw = a->pw;                                                                              \
+    const uint8_t *restrict mask = a->mask;                                                                    \
+    const T scale = (T)a->scale, eps = (T)a->eps, gp = (T)a->gamma_pos, gn = (T)a->gamma_neg;                  \
+    const T clip = (T)a->clip;                                                                                 \
+    const int has_clip = a->clip != 0;                                                                         \
+    (void)gp; (void)gn; (void)clip; (void)has_clip;                                                            \
+    double lanes[LANES] = {0}, tail = 0;                                                                       \
+    T buf[BLOCK] __attribute__((aligned(64)));                                                                 \
+    T wbuf[BLOCK] __attribute__((aligned(64)));
+
 #define DEFINE_OPTIONS(NAME, ELEMENT, GRAD, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                       \
-    static double NAME(const rowargs *a) {                                                                     \
+    __attribute__((unused)) static double NAME(const rowargs *a) { /* unused where the AVX-512 loop is */     \
         const XT *restrict x = a->x;                                                                           \
         const YT *restrict y = a->y;                                                                           \
-        const T *restrict w = a->w;                                                                            \
-        const T *restrict pw = a->pw;                                                                          \
-        const uint8_t *restrict mask = a->mask;                                                                \
         XT *restrict g = a->g;                                                                                 \
-        const T scale = (T)a->scale, eps = (T)a->eps, gp = (T)a->gamma_pos, gn = (T)a->gamma_neg;              \
-        const T clip = (T)a->clip;                                                                             \
-        const int has_clip = a->clip != 0;                                                                     \
-        (void)gp; (void)gn; (void)clip; (void)has_clip;                                                        \
-        double lanes[LANES] = {0}, tail = 0;                                                                   \
+        OPTIONS_SCALARS(T)                                                                                     \
         YT ybuf[BLOCK] __attribute__((aligned(64)));                                                           \
         int64_t sp_k = 0;                                                                                      \
-        T buf[BLOCK] __attribute__((aligned(64)));                                                             \
-        T wbuf[BLOCK] __attribute__((aligned(64)));                                                            \
         for (int64_t b = 0; b < a->C; b += BLOCK) {                                                            \
             int64_t n = a->C - b < BLOCK ? a->C - b : BLOCK;                                                   \
             const XT *xb = x + b;                                                                              \
             const YT *yb = TARGET_BLOCK(YT);                                                                   \
             const T *pwb = pw + b;                                                                             \
-            _Pragma("omp simd") for (int64_t c = 0; c < n; c++) /* a missing label weighs 0 */                \
-                wbuf[c] = mask[b + c] ? w[b + c] : (T)0;                                                       \
-            const T *wb = wbuf;                                                                                \
-            /* one loop, with or without a gradient (then into scratch): this form vectorises, see above */    \
             XT *gb = g ? g + b : (XT *)a->scratch;                                                             \
-            _Pragma("omp simd") for (int64_t c = 0; c < n; c++) {                                              \
-                ELEMENT(T, EXP, LOG1P, LOADX, LOADY)                                                           \
-                gb[c] = STOREG(wb[c] * scale * GRAD(T));                                                       \
-            }                                                                                                  \
-            ACCUMULATE(T);                                                                                     \
+            OPTIONS_BLOCK(ELEMENT, GRAD, T, EXP, LOG1P, LOADX, LOADY, STOREG)                                  \
         }                                                                                                      \
+        FINISH                                                                                                 \
+    }                                                                                                          \
+    /* one block, for the AVX-512 loops' blocks to redo (the signature of the exact block functions) */       \
+    __attribute__((unused)) static double NAME##_block(const rowargs *a, const XT *restrict xb,                \
+                                                       const YT *restrict yb, const T *wrow, XT *restrict gb,  \
+                                                       int64_t n) {                                            \
+        (void)wrow;                                                                                            \
+        const int64_t b = xb - (const XT *)a->x;                                                               \
+        OPTIONS_SCALARS(T)                                                                                     \
+        const T *pwb = pw + b;                                                                                 \
+        OPTIONS_BLOCK(ELEMENT, GRAD, T, EXP, LOG1P, LOADX, LOADY, STOREG)                                      \
         FINISH                                                                                                 \
     }
 
@@ -444,7 +462,8 @@ DEFINE_FOCUSED_GRAD(double)
 
 
 /* ---- The plain loss with AVX-512 ----
- * Loops written with intrinsics, for float32, float16 and bfloat16 inputs: GCC 12 neither vectorises _Float16
+ * Loops written with intrinsics, for float32, float16 and bfloat16 inputs (the plain loss, and pos_weight, masks and
+ * label smoothing): GCC 12 neither vectorises _Float16
  * conversions (the portable loop runs scalar for float16) nor emits vscalefps, vcvtneps2bf16 or the bit tricks below,
  * it duplicates work in the portable loops' selects, and their second pass over a block (float64 sums) costs as much
  * as the arithmetic. One thread at 4096x2000: float32 7.8 ms against 11.2 (the same arithmetic, hi + lo pairs);
@@ -521,24 +540,32 @@ static inline __m512 avx_margin_grad(__m512 x, __m512 y, __m512 z, __m512 sig, _
     return _mm512_fnmadd_ps(y, x, _mm512_max_ps(x, _mm512_setzero_ps()));
 }
 
-/* float16/bfloat16: the element loss (returned) and gradient (in *grad) of 16 elements, with near-minimax fits. */
-static inline __m512 avx_half_element(__m512 x, __m512 y, __m512 *grad, __m512i *xmax, __m512i *ymax) {
+/* float16/bfloat16: atanh(z / (2 + z)) = log1p(z) / 2 (returned), z = e^-|x| and sig = sigmoid(|x|) of 16
+   elements, with near-minimax fits. */
+static inline __m512 avx_half_log1p(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax, __m512 *z, __m512 *sig) {
     const __m512 one = _mm512_set1_ps(1.0f);
     __m512 k;
     const __m512 r = avx_reduce(x, y, xmax, ymax, &k);
     /* e^r = 1 + r P(r) (P: a minimax fit) */
     static const float P[] = {8.290314115583897e-3f, 4.1897933930158615e-2f, 1.666763573884964e-1f,
                               4.999915063381195e-1f, 9.999997019767761e-1f};
-    const __m512 z = _mm512_scalef_ps(_mm512_fmadd_ps(avx_poly(r, P, 5), r, one), k);
+    *z = _mm512_scalef_ps(_mm512_fmadd_ps(avx_poly(r, P, 5), r, one), k);
     /* one reciprocal for two: q = 1 / ((1 + z)(2 + z)) */
-    const __m512 u = _mm512_add_ps(one, z), v = _mm512_add_ps(_mm512_set1_ps(2.0f), z);
+    const __m512 u = _mm512_add_ps(one, *z), v = _mm512_add_ps(_mm512_set1_ps(2.0f), *z);
     const __m512 q = _mm512_div_ps(one, _mm512_mul_ps(u, v));
-    const __m512 s = _mm512_mul_ps(z, _mm512_mul_ps(u, q)); /* z / (2 + z) */
+    *sig = _mm512_mul_ps(q, v);
+    const __m512 s = _mm512_mul_ps(*z, _mm512_mul_ps(u, q)); /* z / (2 + z) */
     /* log1p(z) = 2 atanh(s), atanh(s) = s + s^3 Q(s^2) for s in [0, 1/3] (Q: a minimax fit, 2e-7) */
     static const float Q[] = {1.6991719603538513e-1f, 1.981799304485321e-1f, 3.3336740732192993e-1f};
     const __m512 t = _mm512_mul_ps(s, s);
-    const __m512 half_log1pz = _mm512_fmadd_ps(_mm512_mul_ps(s, t), avx_poly(t, Q, 3), s);
-    const __m512 margin = avx_margin_grad(x, y, z, _mm512_mul_ps(q, v), grad);
+    return _mm512_fmadd_ps(_mm512_mul_ps(s, t), avx_poly(t, Q, 3), s);
+}
+
+/* float16/bfloat16: the element loss (returned) and gradient (in *grad) of 16 elements. */
+static inline __m512 avx_half_element(__m512 x, __m512 y, __m512 *grad, __m512i *xmax, __m512i *ymax) {
+    __m512 z, sig;
+    const __m512 half_log1pz = avx_half_log1p(x, y, xmax, ymax, &z, &sig);
+    const __m512 margin = avx_margin_grad(x, y, z, sig, grad);
     return _mm512_fmadd_ps(_mm512_set1_ps(2.0f), half_log1pz, margin);
 }
 
@@ -554,9 +581,9 @@ static inline __m512 avx_half_element(__m512 x, __m512 y, __m512 *grad, __m512i 
         redo |= STORE(g + c, _mm512_mul_ps(_mm512_mul_ps(wv, scale), gv), m);                                  \
     } while (0)
 
-/* float32: the same arithmetic as smf_exp_neg and smf_log1p (each a hi + lo pair), element loss hi (returned) +
-   *lo, the exhaustive accuracy check of those (4.5e-8) holding here too. */
-static inline __m512 avx_f32_element(__m512 x, __m512 y, __m512 *grad, __m512 *lo, __m512i *xmax, __m512i *ymax) {
+/* float32: the same arithmetic as smf_exp_neg and smf_log1p: log1p(e^-|x|) = hi (returned) + *lo, with z = e^-|x|
+   and sig = sigmoid(|x|); the exhaustive accuracy check of those (4.5e-8) holds here too. */
+static inline __m512 avx_f32_log1p(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax, __m512 *z, __m512 *sig, __m512 *lo) {
     const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
     __m512 k;
     const __m512 r = avx_reduce(x, y, xmax, ymax, &k);
@@ -564,20 +591,30 @@ static inline __m512 avx_f32_element(__m512 x, __m512 y, __m512 *grad, __m512 *l
                               1.6666665459e-1f, 5.0000001201e-1f};
     const __m512 tail = _mm512_fmadd_ps(avx_poly(r, P, 6), _mm512_mul_ps(r, r), r);
     const __m512 ehi = _mm512_add_ps(one, tail), elo = _mm512_add_ps(_mm512_sub_ps(one, ehi), tail);
-    const __m512 z = _mm512_scalef_ps(ehi, k), zlo = _mm512_scalef_ps(elo, k);
-    const __m512 u = _mm512_add_ps(one, z), v = _mm512_add_ps(two, z);
+    *z = _mm512_scalef_ps(ehi, k);
+    const __m512 zlo = _mm512_scalef_ps(elo, k);
+    const __m512 u = _mm512_add_ps(one, *z), v = _mm512_add_ps(two, *z);
     const __m512 q = _mm512_div_ps(one, _mm512_mul_ps(u, v));
-    const __m512 inv = _mm512_mul_ps(u, q), s = _mm512_mul_ps(_mm512_mul_ps(z, u), q); /* 1 / (2 + z), z / (2 + z) */
+    *sig = _mm512_mul_ps(q, v);
+    const __m512 inv = _mm512_mul_ps(u, q), s = _mm512_mul_ps(_mm512_mul_ps(*z, u), q); /* 1 / (2 + z), z / (2 + z) */
     /* log1p(z + zlo) = 2 atanh(s) with s corrected by its exact residual (see smf_log1p) */
-    const __m512 dlo = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(two, v), z), zlo);
-    const __m512 rem = _mm512_add_ps(_mm512_fnmadd_ps(s, v, z), _mm512_fnmadd_ps(s, dlo, zlo));
+    const __m512 dlo = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(two, v), *z), zlo);
+    const __m512 rem = _mm512_add_ps(_mm512_fnmadd_ps(s, v, *z), _mm512_fnmadd_ps(s, dlo, zlo));
     const __m512 s2 = _mm512_mul_ps(s, s);
     static const float L[] = {1.0f / 13, 1.0f / 11, 1.0f / 9, 1.0f / 7, 1.0f / 5, 1.0f / 3};
     const __m512 lp = avx_poly(s2, L, 6);
-    const __m512 llo = _mm512_mul_ps(two, _mm512_fmadd_ps(_mm512_mul_ps(lp, s2), s, _mm512_mul_ps(rem, inv)));
-    *lo = _mm512_add_ps(llo, avx_margin_grad(x, y, z, _mm512_mul_ps(q, v), grad));
+    *lo = _mm512_mul_ps(two, _mm512_fmadd_ps(_mm512_mul_ps(lp, s2), s, _mm512_mul_ps(rem, inv)));
     return _mm512_add_ps(s, s);
 }
+
+/* float32: the element loss hi (returned) + *lo and the gradient (in *grad) of 16 elements. */
+static inline __m512 avx_f32_element(__m512 x, __m512 y, __m512 *grad, __m512 *lo, __m512i *xmax, __m512i *ymax) {
+    __m512 z, sig, llo;
+    const __m512 hi = avx_f32_log1p(x, y, xmax, ymax, &z, &sig, &llo);
+    *lo = _mm512_add_ps(llo, avx_margin_grad(x, y, z, sig, grad));
+    return hi;
+}
+
 static inline __m512 avx_load_f32(const void *p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 static inline __mmask16 avx_store_f32(void *p, __m512 g, __mmask16 m) { _mm512_mask_storeu_ps(p, m, g); return 0; }
 #define F32_STEP(LOADX, LOADY, STORE, M)                                                                       \
@@ -590,6 +627,45 @@ static inline __mmask16 avx_store_f32(void *p, __m512 g, __mmask16 m) { _mm512_m
         bsum_lo = _mm512_fmadd_ps(wv, lo, bsum_lo);                                                            \
         redo |= STORE(g + c, _mm512_mul_ps(_mm512_mul_ps(wv, scale), gv), m);                                  \
     } while (0)
+
+/* pos_weight, mask and label smoothing (the options' WEIGHTED_ELEMENT and WEIGHTED_GRAD) from tl = log1p(z):
+   l = ys pw (-log p) + (1 - ys)(-log(1 - p)) (returned), g = -ys pw q + (1 - ys) p (in *grad), where
+   -log p = tl + relu(-x), -log(1 - p) = tl + relu(x), p = sigmoid(x), q = 1 - p. */
+static inline __m512 avx_weighted_tail(__m512 x, __m512 ys, __m512 pwv, __m512 tl, __m512 z, __m512 sig, __m512 *grad) {
+    const __m512 relu = _mm512_max_ps(x, _mm512_setzero_ps());
+    const __m512 sp_pos = _mm512_add_ps(tl, relu), sp_neg = _mm512_add_ps(tl, _mm512_sub_ps(relu, x));
+    const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(x));
+    const __m512 zs = _mm512_mul_ps(z, sig);
+    const __m512 p = _mm512_mask_blend_ps(neg, sig, zs), q = _mm512_mask_blend_ps(neg, zs, sig);
+    const __m512 yp = _mm512_mul_ps(ys, pwv), ny = _mm512_sub_ps(_mm512_set1_ps(1.0f), ys);
+    *grad = _mm512_fnmadd_ps(yp, q, _mm512_mul_ps(ny, p));
+    return _mm512_fmadd_ps(yp, sp_neg, _mm512_mul_ps(ny, sp_pos));
+}
+static inline __m512 avx_half_tl(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax, __m512 *z, __m512 *sig) {
+    const __m512 h = avx_half_log1p(x, y, xmax, ymax, z, sig);
+    return _mm512_add_ps(h, h);
+}
+static inline __m512 avx_f32_tl(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax, __m512 *z, __m512 *sig) {
+    __m512 lo;
+    const __m512 hi = avx_f32_log1p(x, y, xmax, ymax, z, sig, &lo);
+    return _mm512_add_ps(hi, lo);
+}
+/* 16 elements with the options above: a missing label (mask 0) weighs 0; targets are smoothed first. */
+#define WEIGHTED_STEP(TL, LOADX, LOADY, STORE, M)                                                              \
+    do {                                                                                                       \
+        const __mmask16 m = (M);                                                                               \
+        const __m128i seen = _mm_maskz_loadu_epi8(m, a->mask + b + c);                                         \
+        const __m512 wv = _mm512_maskz_loadu_ps(m & _mm_test_epi8_mask(seen, seen), wb + c);                   \
+        const __m512 pwv = _mm512_maskz_loadu_ps(m, (const float *)a->pw + b + c);                             \
+        const __m512 xv = LOADX(xb + c, m), yv = LOADY(yb + c, m);                                             \
+        const __m512 ys = _mm512_fmadd_ps(yv, _mm512_set1_ps(1.0f - (float)a->eps), _mm512_set1_ps((float)a->eps / 2)); \
+        __m512 z, sig, gv;                                                                                     \
+        const __m512 tl = TL(xv, yv, &xmax, &ymax, &z, &sig);                                                  \
+        bsum = _mm512_fmadd_ps(wv, avx_weighted_tail(xv, ys, pwv, tl, z, sig, &gv), bsum);                     \
+        redo |= STORE(g + c, _mm512_mul_ps(_mm512_mul_ps(wv, scale), gv), m);                                  \
+    } while (0)
+#define WEIGHTED_HALF_STEP(LOADX, LOADY, STORE, M) WEIGHTED_STEP(avx_half_tl, LOADX, LOADY, STORE, M)
+#define WEIGHTED_F32_STEP(LOADX, LOADY, STORE, M) WEIGHTED_STEP(avx_f32_tl, LOADX, LOADY, STORE, M)
 
 /* The AVX-512 row function: STEP (HALF_STEP or F32_STEP) over each block's vectors, then the block's float32 lane
    sums (bsum, and bsum_lo for float32's low parts; 32 terms at most: 2e-6 relative at worst, about 1e-7 typically,
@@ -659,13 +735,22 @@ DEFINE_EXACT_BLOCK(exact_f16_u8, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE)
 DEFINE_EXACT_BLOCK(exact_bf16_bf16, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16)
 DEFINE_EXACT_BLOCK(exact_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
 #ifdef SOFTMARGIN_AVX512
-DEFINE_AVX512(fast_f32_f32, float, avx_load_f32, float, avx_load_f32, avx_store_f32, exact_f32_f32, F32_STEP)
-DEFINE_AVX512(fast_f32_u8, float, avx_load_f32, uint8_t, avx_load_u8, avx_store_f32, exact_f32_u8, F32_STEP)
-DEFINE_AVX512(fast_f16_f16, _Float16, avx_load_f16, _Float16, avx_load_f16, avx_store_f16, exact_f16_f16, HALF_STEP)
-DEFINE_AVX512(fast_f16_u8, _Float16, avx_load_f16, uint8_t, avx_load_u8, avx_store_f16, exact_f16_u8, HALF_STEP)
-DEFINE_AVX512(fast_bf16_bf16, uint16_t, avx_load_bf16, uint16_t, avx_load_bf16, avx_store_bf16, exact_bf16_bf16, HALF_STEP)
-DEFINE_AVX512(fast_bf16_u8, uint16_t, avx_load_bf16, uint8_t, avx_load_u8, avx_store_bf16, exact_bf16_u8, HALF_STEP)
+/* the six input/target pairs of one kind of loss: P the row functions' prefix, EXACT(S) their exact block functions */
+#define DEFINE_AVX512_ALL(P, EXACT, F32S, HALFS)                                                               \
+    DEFINE_AVX512(P##f32_f32, float, avx_load_f32, float, avx_load_f32, avx_store_f32, EXACT(f32_f32), F32S)  \
+    DEFINE_AVX512(P##f32_u8, float, avx_load_f32, uint8_t, avx_load_u8, avx_store_f32, EXACT(f32_u8), F32S)   \
+    DEFINE_AVX512(P##f16_f16, _Float16, avx_load_f16, _Float16, avx_load_f16, avx_store_f16, EXACT(f16_f16), HALFS) \
+    DEFINE_AVX512(P##f16_u8, _Float16, avx_load_f16, uint8_t, avx_load_u8, avx_store_f16, EXACT(f16_u8), HALFS) \
+    DEFINE_AVX512(P##bf16_bf16, uint16_t, avx_load_bf16, uint16_t, avx_load_bf16, avx_store_bf16, EXACT(bf16_bf16), HALFS) \
+    DEFINE_AVX512(P##bf16_u8, uint16_t, avx_load_bf16, uint8_t, avx_load_u8, avx_store_bf16, EXACT(bf16_u8), HALFS)
+#define PLAIN_EXACT(S) exact_##S
+#define WEIGHTED_EXACT(S) weighted_##S##_block
+DEFINE_AVX512_ALL(fast_, PLAIN_EXACT, F32_STEP, HALF_STEP)
+/* pos_weight, mask, label smoothing: the blocks the loop cannot do exactly go to the options' own block functions */
+DEFINE_AVX512_ALL(avxw_, WEIGHTED_EXACT, WEIGHTED_F32_STEP, WEIGHTED_HALF_STEP)
+#define WEIGHTED_FN(S) avxw_##S
 #else
+#define WEIGHTED_FN(S) weighted_##S
 DEFINE_PLAIN_FAST(fast_f32_f32, float, ID, float, ID, ID, 1, exact_f32_f32)
 DEFINE_PLAIN_FAST(fast_f32_u8, float, ID, uint8_t, U8LOAD, ID, 1, exact_f32_u8)
 DEFINE_PLAIN_FAST(fast_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE, 0, exact_f16_f16)
@@ -676,9 +761,10 @@ DEFINE_PLAIN_FAST(fast_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_b
 
 /* [xtype][target is uint8][0 plain, 1 pos_weight/mask/smoothing, 2 with focusing]: the float32 compute types take
    the plain loss with our exp/log1p, float64 and the options glibc's */
-#define FNS(P, S, U) {{P##S, weighted_##S, focused_##S}, {P##U, weighted_##U, focused_##U}}
-static const row_fn ROW_FNS[4][2][3] = {FNS(fast_, f32_f32, f32_u8), FNS(plain_, f64_f64, f64_u8),
-                                        FNS(fast_, f16_f16, f16_u8), FNS(fast_, bf16_bf16, bf16_u8)};
+#define FNS(P, W, S, U) {{P##S, W(S), focused_##S}, {P##U, W(U), focused_##U}}
+#define GLIBC_WEIGHTED(S) weighted_##S
+static const row_fn ROW_FNS[4][2][3] = {FNS(fast_, WEIGHTED_FN, f32_f32, f32_u8), FNS(plain_, GLIBC_WEIGHTED, f64_f64, f64_u8),
+                                        FNS(fast_, WEIGHTED_FN, f16_f16, f16_u8), FNS(fast_, WEIGHTED_FN, bf16_bf16, bf16_u8)};
 static const int64_t XSIZE[4] = {4, 8, 2, 2};
 
 typedef struct {
