@@ -461,20 +461,21 @@ DEFINE_FOCUSED_GRAD(double)
     }
 
 
-/* ---- The plain loss with AVX-512 ----
+/* ---- AVX-512 loops ----
  * Loops written with intrinsics, for float32, float16 and bfloat16 inputs (the plain loss, and pos_weight, masks and
- * label smoothing): GCC 12 neither vectorises _Float16
- * conversions (the portable loop runs scalar for float16) nor emits vscalefps, vcvtneps2bf16 or the bit tricks below,
- * it duplicates work in the portable loops' selects, and their second pass over a block (float64 sums) costs as much
- * as the arithmetic. One thread at 4096x2000: float32 7.8 ms against 11.2 (the same arithmetic, hi + lo pairs);
- * bfloat16 5.7 against 11.2 and float16 5.5 against 106, about 47 vector instructions per 16 elements, with shorter
- * near-minimax polynomials (exp 1.5e-7, log1p 2e-7; every element loss of every float16/bfloat16 value within
- * 4.2e-7), which float16 (5e-4) and bfloat16 (4e-3) outputs cannot show.
+ * label smoothing): GCC 12 neither vectorises _Float16 conversions (the portable loop runs scalar for float16) nor
+ * emits vscalefps, vcvtneps2bf16 or the bit tricks below, it duplicates work in the portable loops' selects, and
+ * their second pass over a block (float64 sums) costs as much as the arithmetic. One thread at 4096x2000
+ * (benchmarks/cpu_kernel.py): float32
+ * 7.8 ms against 11.2 (the same arithmetic, hi + lo pairs); bfloat16 5.7 against 11.2 and float16 5.5 against 106,
+ * about 47 vector instructions per 16 elements, with shorter near-minimax polynomials (exp 1.5e-7, log1p 2e-7; every
+ * element loss of every float16/bfloat16 value within 4.2e-7), which float16 (5e-4) and bfloat16 (4e-3) outputs
+ * cannot show.
  * Tried and dropped: rcp14 + a Newton step instead of the division (no faster), two vectors interleaved by hand
  * (spills: 9 % slower), exp of degree 4 for the half types (4 % faster, 2.9e-6: not worth it).
  * A block goes to the exact function when any |x| >= 86, inf or NaN (unsigned maximum of |x|'s bits), any target's
- * bits exceed 1.0's (outside [0, 1], NaN, or -0.0: checked there properly), w * l overflows, or a bfloat16
- * gradient is subnormal (vcvtneps2bf16 would flush it to zero). */
+ * bits exceed 1.0's (outside [0, 1], NaN, or -0.0: checked there properly), w * l overflows, or a bfloat16 gradient
+ * is subnormal (vcvtneps2bf16 would flush it to zero). */
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__) &&              \
     !defined(SOFTMARGIN_PORTABLE)
 #include <immintrin.h>
