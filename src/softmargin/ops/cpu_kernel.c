@@ -466,8 +466,7 @@ DEFINE_FOCUSED_GRAD(double)
  * label smoothing): GCC 12 neither vectorises _Float16 conversions (the portable loop runs scalar for float16) nor
  * emits vscalefps, vcvtneps2bf16 or the bit tricks below, it duplicates work in the portable loops' selects, and
  * their second pass over a block (float64 sums) costs as much as the arithmetic. One thread at 4096x2000
- * (benchmarks/cpu_kernel.py): float32
- * 7.8 ms against 11.2 (the same arithmetic, hi + lo pairs); bfloat16 5.7 against 11.2 and float16 5.5 against 106,
+ * (benchmarks/cpu_kernel.py): float32 7.8 ms against 11.2 (the same arithmetic, hi + lo pairs); bfloat16 5.7 against 11.2 and float16 5.5 against 106,
  * about 47 vector instructions per 16 elements, with shorter near-minimax polynomials (exp 1.5e-7, log1p 2e-7; every
  * element loss of every float16/bfloat16 value within 4.2e-7), which float16 (5e-4) and bfloat16 (4e-3) outputs
  * cannot show.
