@@ -285,8 +285,9 @@ def test_blocks_with_extreme_logits_take_the_exact_functions(extreme):
 @pytest.mark.parametrize("bad", [1.5, -0.25, float("nan")])
 @pytest.mark.parametrize("options", [{}, {"pos_weight": "c"}])
 def test_target_outside_unit_interval_is_caught_in_the_kernel_and_before_it(dtype, bad, options):
-    """float32/16 plain loss: the kernel checks the target as it reads it; float64 and the options: a pass before.
-    Either way the same error, naming the target and its first bad position; validate=False skips both."""
+    """The kernel checks the target as it reads it (the plain loss in float32/16, the options in every dtype); the
+    float64 plain loss takes a pass before. Either way the same error, naming the target and its first bad
+    position; validate=False skips both."""
     import softmargin.torch as st
 
     x = torch.randn(6, 700).to(dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from ._formula import element_loss_and_grad, element_loss_and_grad_options
 
@@ -54,12 +54,15 @@ def _take(a: Any, start: int, stop: int) -> Any:
     return a if a is None or a.shape[0] == 1 else a[start:stop]
 
 
-def row_bookkeeping(rows: Rows, reduction: str, xp: Any, as_float64: Callable[[Any], Any]) -> tuple[Any, Any, float]:
+def row_bookkeeping(
+    rows: Rows, reduction: str, xp: Any, as_float64: Callable[[Any], Any], count: Optional[Callable[[Any], Any]] = None
+) -> tuple[Any, Any, float]:
     """(divisor of each row's loss, gradient scale of each row, number of rows in the batch mean).
 
     Without a mask every row is divided by C and counts; with one, a row is divided by its number of observed
     labels, and a row with none contributes 0 and is left out of the mean (a batch with nothing observed has loss
-    0). Divisor and scale are floats when they are the same for every row, else (N,) float64 arrays.
+    0). Divisor and scale are floats when they are the same for every row, else (N,) float64 arrays. ``count``
+    counts each row's observed labels of an (N, C) mask (default: a sum).
     """
     n, c = rows.num_rows, rows.num_classes
     if rows.mask is None or rows.mask.shape[0] == 1:
@@ -67,7 +70,8 @@ def row_bookkeeping(rows: Rows, reduction: str, xp: Any, as_float64: Callable[[A
         counted = float(n) if (divisor or rows.mask is None) else 0.0
         scale: Any = 1.0 / divisor if divisor else (math.nan if rows.mask is None else 0.0)
     else:
-        divisor = as_float64(rows.mask.sum(1, dtype=xp.int32))  # int32: torch sums bytes to int64 10x slower
+        # int32: torch sums bytes to int64 10x slower
+        divisor = as_float64(count(rows.mask) if count is not None else rows.mask.sum(1, dtype=xp.int32))
         observed = divisor > 0
         counted = float(observed.sum())
         scale = xp.where(observed, 1.0 / xp.where(observed, divisor, 1.0), 0.0)

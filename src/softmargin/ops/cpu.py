@@ -83,7 +83,8 @@ def _build(compiler: str, flags: list[str], target: Path) -> Optional[str]:
             os.unlink(tmp)
 
 
-#: Input dtypes whose plain-loss row functions check the target's range as they read it.
+#: Input dtypes whose plain-loss row functions check the target's range as they read it (the options' row functions
+#: check it in every dtype).
 TARGET_CHECKED = frozenset({"float32", "float16", "bfloat16"})
 
 
@@ -118,6 +119,8 @@ def kernel() -> Optional[ctypes.CDLL]:
         fn.argtypes = [ctypes.c_int, ctypes.c_int, ptr, ptr, ptr, i64, ptr, i64, ptr, i64, i64, i64, dbl, ptr]
         fn.argtypes += [ctypes.c_int, dbl, dbl, dbl, dbl, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
         lib.softmargin_features.restype = ctypes.c_int
+        lib.softmargin_count_rows.argtypes = [ptr, i64, i64, ptr, ctypes.c_int]
+        lib.softmargin_count_rows.restype = None
         for name in ("softmargin_f16_from_f32", "softmargin_f16_to_f32"):  # the tests' view of the conversions
             getattr(lib, name).argtypes = [ptr, ptr, i64]
             getattr(lib, name).restype = None
@@ -139,6 +142,13 @@ def avx512_loops() -> bool:
     return lib is not None and bool(lib.softmargin_features() & 1)
 
 
+def count_rows(mask: int, num_rows: int, num_classes: int, out: int, num_threads: int) -> None:
+    """The nonzero bytes of each row of a contiguous (N, C) uint8 mask, as int32 into ``out`` (N)."""
+    lib = kernel()
+    assert lib is not None, "count_rows() called without a kernel; check kernel() first"
+    lib.softmargin_count_rows(mask, num_rows, num_classes, out, num_threads)
+
+
 def fused(
     xtype: str,
     ytype: str,
@@ -158,8 +168,8 @@ def fused(
     sparse: Optional[tuple[int, int, Optional[int]]] = None,
 ) -> bool:
     """Run the kernel on raw pointers; the caller owns the layout (contiguous; see cpu_kernel.c). Returns True when
-    the plain loss in float32/16 saw a target outside [0, 1] (those row functions check as they read; the others
-    do not look, see ``TARGET_CHECKED``).
+    a row function saw a target outside [0, 1] (the options in every dtype and the plain loss in ``TARGET_CHECKED``
+    check as they read; float64's plain loss does not look).
 
     ``sparse`` = (indptr, indices, values or None) replaces ``y`` (then None) with CSR positives.
 

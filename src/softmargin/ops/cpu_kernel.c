@@ -167,7 +167,7 @@ typedef struct {
     const void *sp_val;
     int64_t sp_n;
     int sparse;
-    int *bad; /* the fast plain functions set *bad when a target lies outside [0, 1] (or is NaN) */
+    int *bad; /* set when a target lies outside [0, 1] (or is NaN): all but float64's plain loss look */
 } rowargs;
 
 /* One block of a sparse row's targets, made dense in a BLOCK-sized buffer: the N x C target never exists. */
@@ -321,6 +321,12 @@ DEFINE_FOCUSED_GRAD(double)
 /* The options' work on one block (xb, yb, pwb, mask + b, n elements; gradient to gb): shared by the row functions
    and the block functions below. */
 #define OPTIONS_BLOCK(ELEMENT, GRAD, T, EXP, LOG1P, LOADX, LOADY, STOREG)                                      \
+    T ybad = (T)0; /* the target's range, checked here as in the plain loss's fast loops */                    \
+    _Pragma("omp simd reduction(max:ybad)") for (int64_t c = 0; c < n; c++) {                                  \
+        T yr = LOADY(yb[c]), yout = yr >= (T)0 && yr <= (T)1 ? (T)0 : (T)1;                                    \
+        ybad = yout > ybad ? yout : ybad;                                                                      \
+    }                                                                                                          \
+    if (ybad != (T)0) *a->bad = 1;                                                                             \
     _Pragma("omp simd") for (int64_t c = 0; c < n; c++) /* a missing label weighs 0 */                        \
         wbuf[c] = mask[b + c] ? w[b + c] : (T)0;                                                               \
     const T *wb = wbuf;                                                                                        \
@@ -809,6 +815,22 @@ static void *run_thread(void *arg) {
 }
 #endif
 
+/* Each row's nonzero bytes of a contiguous (N, C) uint8 mask: the per-row divisors of a masked loss. */
+void softmargin_count_rows(const uint8_t *mask, int64_t N, int64_t C, int32_t *out, int nthreads) {
+    if (nthreads < 1 || N * C < ((int64_t)1 << 18)) nthreads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+#endif
+    for (int64_t r = 0; r < N; r++) {
+        const uint8_t *m = mask + r * C;
+        int32_t count = 0;
+#pragma omp simd reduction(+ : count)
+        for (int64_t c = 0; c < C; c++) count += m[c] != 0;
+        out[r] = count;
+    }
+    (void)nthreads;
+}
+
 /* The float16 conversions the loops use, over arrays: the tests check them against NumPy's. */
 void softmargin_f16_from_f32(const float *in, _Float16 *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = f32_to_f16(in[i]);
@@ -831,8 +853,8 @@ int softmargin_features(void) {
  * x, y, g: contiguous (N, C); w, pw: weights in the compute type, (1, C) with row step 0 or (N, C) with row step C
  * (pw may be NULL); mask: uint8 (1, C) or (N, C), or NULL; row_scale: N gradient scales, or NULL for `scale`;
  * out: N float64 row sums; g may be NULL. options = 0 runs the plain loss (pw, mask, eps, gammas, clip ignored).
- * Returns 0; 1 when a float32/16 plain-loss row function saw a target outside [0, 1] (everything is computed all
- * the same; float64 and the options do not look); -1 on a bad dtype. */
+ * Returns 0; 1 when a row function saw a target outside [0, 1] (everything is computed all the same; the float32/16
+ * plain loss and the options look, float64's plain loss does not); -1 on a bad dtype. */
 int softmargin_fused(int xtype, int ytype, const void *x, const void *y, const void *w, int64_t wrowstep,
                      const void *pw, int64_t pwrowstep, const uint8_t *mask, int64_t maskrowstep, int64_t N,
                      int64_t C, double scale, const double *row_scale, int options, double eps, double gamma_pos,

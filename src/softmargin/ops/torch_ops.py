@@ -60,8 +60,9 @@ def loss_and_grad(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
     """Per-sample losses (float64, shape ``x.shape[:-1]``), the gradient (``x.dtype``) or None, rows in the mean.
 
-    ``check_target``: raise ValueError for a dense target outside [0, 1]. The CPU kernel's plain loss in float32/16
-    checks as it reads the target, for free; every other path checks first, in one min/max pass.
+    ``check_target``: raise ValueError for a dense target outside [0, 1]. The CPU kernel checks as it reads the
+    target, for free (the plain loss in float32/16, the options in every dtype); every other path checks first, in
+    one min/max pass.
 
     Dispatch: the compiled CPU kernel where it can be built (``ops/cpu.py``); on CUDA the Triton kernel for the
     plain loss where Triton is installed (``ops/triton_ops.py``); else chunked torch operations on any device.
@@ -74,7 +75,7 @@ def loss_and_grad(
     plain = pos_weight is None and mask is None and options == PLAIN
     native = x.numel() > 0 and x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None
     in_kernel = (
-        native and check_target and dense and plain and _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED
+        native and check_target and dense and (not plain or _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED)
         and y.dtype in (x.dtype, torch.uint8, torch.bool)  # a target the kernel reads as given, not converted
     )  # fmt: skip
     if check_target and dense and not in_kernel:
@@ -165,7 +166,7 @@ def _native(
         y = y.to(x.dtype)  # a target in another float dtype is converted once (documented cost)
     mask_bytes = None if mask is None else mask.contiguous().view(torch.uint8)  # bool is one byte: no copy
     rows = _rows(x, y if sparse is not None else y.contiguous(), weight, pos_weight, mask_bytes, cdtype)
-    divisor, grad_scale, counted = row_bookkeeping(rows, reduction, torch, lambda t: t.to(torch.float64))
+    divisor, grad_scale, counted = row_bookkeeping(rows, reduction, torch, lambda t: t.to(torch.float64), _count_rows)
     num_rows, num_classes = rows.num_rows, rows.num_classes
     plain = pos_weight is None and mask is None and options == PLAIN
     w = (rows.weight if rows.weight is not None else ones_row(num_classes, cdtype)).contiguous()
@@ -210,6 +211,15 @@ def _kernel_weight(weight: torch.Tensor, cdtype: torch.dtype, num_classes: int) 
     if cached:
         _CONVERTED[key] = (weakref.ref(weight, lambda _: _CONVERTED.pop(key, None)), weight._version, cdtype, converted)
     return converted
+
+
+def _count_rows(mask: torch.Tensor) -> torch.Tensor:
+    """Each row's observed labels of an (N, C) byte mask, counted by the kernel library (torch converts the bytes
+    to int32 first: 4 ms against 0.3 at 4096x2000)."""
+    mask = mask.contiguous()
+    counts = torch.empty(mask.shape[0], dtype=torch.int32)
+    cpu.count_rows(mask.data_ptr(), mask.shape[0], mask.shape[1], counts.data_ptr(), torch.get_num_threads())
+    return counts
 
 
 def _native_plain(
