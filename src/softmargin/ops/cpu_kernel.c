@@ -656,8 +656,11 @@ static inline __m512 avx_f32_tl(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax
     const __m512 hi = avx_f32_log1p(x, y, xmax, ymax, z, sig, &lo);
     return _mm512_add_ps(hi, lo);
 }
-/* 16 elements with the options above: a missing label (mask 0) weighs 0; targets are smoothed first. */
-#define WEIGHTED_STEP(TL, LOADX, LOADY, STORE, M)                                                              \
+/* 16 elements with the options: a missing label (mask 0) weighs 0; targets are smoothed first; TAIL is
+   avx_weighted_tail or avx_focused_tail. */
+#define WEIGHTED_TAIL(X, YS, PW, TL, Z, SIG, G) avx_weighted_tail(X, YS, PW, TL, Z, SIG, G)
+#define FOCUSED_TAIL(X, YS, PW, TL, Z, SIG, G) avx_focused_tail(X, YS, PW, TL, Z, SIG, (float)a->gamma_pos, (float)a->gamma_neg, G)
+#define OPTIONS_STEP(TAIL, TL, LOADX, LOADY, STORE, M)                                                         \
     do {                                                                                                       \
         const __mmask16 m = (M);                                                                               \
         const __m128i seen = _mm_maskz_loadu_epi8(m, a->mask + b + c);                                         \
@@ -667,11 +670,45 @@ static inline __m512 avx_f32_tl(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax
         const __m512 ys = _mm512_fmadd_ps(yv, _mm512_set1_ps(1.0f - (float)a->eps), _mm512_set1_ps((float)a->eps / 2)); \
         __m512 z, sig, gv;                                                                                     \
         const __m512 tl = TL(xv, yv, &xmax, &ymax, &z, &sig);                                                  \
-        bsum = _mm512_fmadd_ps(wv, avx_weighted_tail(xv, ys, pwv, tl, z, sig, &gv), bsum);                     \
+        bsum = _mm512_fmadd_ps(wv, TAIL(xv, ys, pwv, tl, z, sig, &gv), bsum);                                  \
         redo |= STORE(g + c, _mm512_mul_ps(_mm512_mul_ps(wv, scale), gv), m);                                  \
     } while (0)
-#define WEIGHTED_HALF_STEP(LOADX, LOADY, STORE, M) WEIGHTED_STEP(avx_half_tl, LOADX, LOADY, STORE, M)
-#define WEIGHTED_F32_STEP(LOADX, LOADY, STORE, M) WEIGHTED_STEP(avx_f32_tl, LOADX, LOADY, STORE, M)
+#define WEIGHTED_HALF_STEP(LOADX, LOADY, STORE, M) OPTIONS_STEP(WEIGHTED_TAIL, avx_half_tl, LOADX, LOADY, STORE, M)
+#define WEIGHTED_F32_STEP(LOADX, LOADY, STORE, M) OPTIONS_STEP(WEIGHTED_TAIL, avx_f32_tl, LOADX, LOADY, STORE, M)
+
+/* e^-t for t >= 0 (any size: large t gives 0 through vscalefps), as smf_exp_neg's high part. */
+static inline __m512 avx_exp_neg(__m512 t) {
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(-1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(0.693359375f), t);
+    r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
+    static const float P[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                              1.6666665459e-1f, 5.0000001201e-1f};
+    const __m512 tail = _mm512_fmadd_ps(avx_poly(r, P, 6), _mm512_mul_ps(r, r), r);
+    return _mm512_scalef_ps(_mm512_add_ps(_mm512_set1_ps(1.0f), tail), k);
+}
+/* Asymmetric focusing without a clip (the options' FOCUSED_ELEMENT and focused_grad with clip = 0), from
+   tl = log1p(z): l = ys pw (1-p)^g+ (-log p) + (1 - ys) p^g- (-log(1 - p)) (returned), its gradient in *grad. In
+   the fast range p, q > 0 and every term is finite, so the formula's guards against 0 * inf are not needed here. */
+static inline __m512 avx_focused_tail(__m512 x, __m512 ys, __m512 pwv, __m512 tl, __m512 z, __m512 sig, float gp,
+                                      float gn, __m512 *grad) {
+    const __m512 one = _mm512_set1_ps(1.0f), gpv = _mm512_set1_ps(gp), gnv = _mm512_set1_ps(gn);
+    const __m512 relu = _mm512_max_ps(x, _mm512_setzero_ps());
+    const __m512 sp_pos = _mm512_add_ps(tl, relu), sp_neg = _mm512_add_ps(tl, _mm512_sub_ps(relu, x));
+    const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(x));
+    const __m512 zs = _mm512_mul_ps(z, sig);
+    const __m512 p = _mm512_mask_blend_ps(neg, sig, zs), q = _mm512_mask_blend_ps(neg, zs, sig);
+    const __m512 fpos = gp == 0.0f ? one : avx_exp_neg(_mm512_mul_ps(gpv, sp_pos)); /* (1 - p)^g+ */
+    const __m512 fneg = gn == 0.0f ? one : avx_exp_neg(_mm512_mul_ps(gnv, sp_neg)); /* p^g- */
+    const __m512 pf = _mm512_mul_ps(pwv, fpos), ny = _mm512_sub_ps(one, ys);
+    const __m512 pos_grad = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), pf),
+                                          _mm512_fmadd_ps(gpv, _mm512_mul_ps(p, sp_neg), q));
+    const __m512 neg_grad = _mm512_mul_ps(fneg, _mm512_fmadd_ps(gnv, _mm512_mul_ps(q, sp_pos), p));
+    *grad = _mm512_fmadd_ps(ys, pos_grad, _mm512_mul_ps(ny, neg_grad));
+    return _mm512_fmadd_ps(ys, _mm512_mul_ps(pf, sp_neg), _mm512_mul_ps(ny, _mm512_mul_ps(fneg, sp_pos)));
+}
+#define FOCUSED_HALF_STEP(LOADX, LOADY, STORE, M) OPTIONS_STEP(FOCUSED_TAIL, avx_half_tl, LOADX, LOADY, STORE, M)
+#define FOCUSED_F32_STEP(LOADX, LOADY, STORE, M) OPTIONS_STEP(FOCUSED_TAIL, avx_f32_tl, LOADX, LOADY, STORE, M)
 
 /* The AVX-512 row function: STEP (HALF_STEP or F32_STEP) over each block's vectors, then the block's float32 lane
    sums (bsum, and bsum_lo for float32's low parts; 32 terms at most: 2e-6 relative at worst, about 1e-7 typically,
@@ -754,9 +791,22 @@ DEFINE_EXACT_BLOCK(exact_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to
 DEFINE_AVX512_ALL(fast_, PLAIN_EXACT, F32_STEP, HALF_STEP)
 /* pos_weight, mask, label smoothing: the blocks the loop cannot do exactly go to the options' own block functions */
 DEFINE_AVX512_ALL(avxw_, WEIGHTED_EXACT, WEIGHTED_F32_STEP, WEIGHTED_HALF_STEP)
+/* asymmetric focusing without a clip likewise; with a clip (two more log1p and a division) glibc's loop runs */
+#define FOCUSED_EXACT(S) focused_##S##_block
+DEFINE_AVX512_ALL(avxf_noclip_, FOCUSED_EXACT, FOCUSED_F32_STEP, FOCUSED_HALF_STEP)
+#define DEFINE_FOCUSED_DISPATCH(S)                                                                             \
+    static double avxf_##S(const rowargs *a) { return a->clip != 0 ? focused_##S(a) : avxf_noclip_##S(a); }
+DEFINE_FOCUSED_DISPATCH(f32_f32)
+DEFINE_FOCUSED_DISPATCH(f32_u8)
+DEFINE_FOCUSED_DISPATCH(f16_f16)
+DEFINE_FOCUSED_DISPATCH(f16_u8)
+DEFINE_FOCUSED_DISPATCH(bf16_bf16)
+DEFINE_FOCUSED_DISPATCH(bf16_u8)
+#define FOCUSED_FN(S) avxf_##S
 #define WEIGHTED_FN(S) avxw_##S
 #else
 #define WEIGHTED_FN(S) weighted_##S
+#define FOCUSED_FN(S) focused_##S
 DEFINE_PLAIN_FAST(fast_f32_f32, float, ID, float, ID, ID, 1, exact_f32_f32)
 DEFINE_PLAIN_FAST(fast_f32_u8, float, ID, uint8_t, U8LOAD, ID, 1, exact_f32_u8)
 DEFINE_PLAIN_FAST(fast_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE, 0, exact_f16_f16)
@@ -767,10 +817,12 @@ DEFINE_PLAIN_FAST(fast_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_b
 
 /* [xtype][target is uint8][0 plain, 1 pos_weight/mask/smoothing, 2 with focusing]: the float32 compute types take
    the plain loss with our exp/log1p, float64 and the options glibc's */
-#define FNS(P, W, S, U) {{P##S, W(S), focused_##S}, {P##U, W(U), focused_##U}}
+#define FNS(P, W, F, S, U) {{P##S, W(S), F(S)}, {P##U, W(U), F(U)}}
 #define GLIBC_WEIGHTED(S) weighted_##S
-static const row_fn ROW_FNS[4][2][3] = {FNS(fast_, WEIGHTED_FN, f32_f32, f32_u8), FNS(plain_, GLIBC_WEIGHTED, f64_f64, f64_u8),
-                                        FNS(fast_, WEIGHTED_FN, f16_f16, f16_u8), FNS(fast_, WEIGHTED_FN, bf16_bf16, bf16_u8)};
+#define GLIBC_FOCUSED(S) focused_##S
+static const row_fn ROW_FNS[4][2][3] = {
+    FNS(fast_, WEIGHTED_FN, FOCUSED_FN, f32_f32, f32_u8), FNS(plain_, GLIBC_WEIGHTED, GLIBC_FOCUSED, f64_f64, f64_u8),
+    FNS(fast_, WEIGHTED_FN, FOCUSED_FN, f16_f16, f16_u8), FNS(fast_, WEIGHTED_FN, FOCUSED_FN, bf16_bf16, bf16_u8)};
 static const int64_t XSIZE[4] = {4, 8, 2, 2};
 
 typedef struct {
