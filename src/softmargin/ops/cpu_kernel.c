@@ -468,8 +468,8 @@ DEFINE_FOCUSED_GRAD(double)
 
 
 /* ---- AVX-512 loops ----
- * Loops written with intrinsics, for float32, float16 and bfloat16 inputs (the plain loss, and pos_weight, masks and
- * label smoothing): GCC 12 neither vectorises _Float16 conversions (the portable loop runs scalar for float16) nor
+ * Loops written with intrinsics, for float32, float16 and bfloat16 inputs (the plain loss; pos_weight, masks, label
+ * smoothing, and asymmetric focusing without a clip): GCC 12 neither vectorises _Float16 conversions (the portable loop runs scalar for float16) nor
  * emits vscalefps, vcvtneps2bf16 or the bit tricks below, it duplicates work in the portable loops' selects, and
  * their second pass over a block (float64 sums) costs as much as the arithmetic. One thread at 4096x2000
  * (benchmarks/cpu_kernel.py): float32 7.8 ms against 11.2 (the same arithmetic, hi + lo pairs); bfloat16 5.7 against 11.2 and float16 5.5 against 106,
