@@ -6,7 +6,6 @@ not (infinite logits, float16 with many classes). The work happens in :mod:`soft
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Any, Optional
 
 import torch
@@ -18,7 +17,7 @@ from . import _validation as V
 from ._chunks import PLAIN, Options
 from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from .ops.linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, chunk_shape
-from .ops.torch_ops import MultiLabelSoftMarginLossFunction
+from .ops.torch_ops import MultiLabelSoftMarginLossFunction, PerVersion
 
 __all__ = [
     "multilabel_soft_margin_loss",
@@ -93,23 +92,17 @@ def _check_values(target: Any, *weights: tuple[str, Optional[Tensor], bool]) -> 
             _remember(value)
 
 
-# Weights (a module's buffers, mostly) are checked once per version: a tensor's _version changes on every in-place
-# write, so a weight that changed is checked again. Small calls should not pay two reductions each time.
-_CHECKED: dict[int, tuple["weakref.ref[Tensor]", int]] = {}
+# Weights (a module's buffers, mostly) are checked once per version (an in-place write makes a new one, checked
+# again): small calls should not pay two reductions each time.
+_CHECKED = PerVersion()
 
 
 def _seen(tensor: Tensor) -> bool:
-    if tensor.is_inference():  # no version counter: it may have changed unseen, so it is checked every time
-        return False
-    entry = _CHECKED.get(id(tensor))
-    return entry is not None and entry[0]() is tensor and entry[1] == tensor._version
+    return _CHECKED.get(tensor) is not None
 
 
 def _remember(tensor: Tensor) -> None:
-    if tensor.is_inference():
-        return
-    key = id(tensor)
-    _CHECKED[key] = (weakref.ref(tensor, lambda _: _CHECKED.pop(key, None)), tensor._version)
+    _CHECKED.put(tensor, True)
 
 
 def multilabel_soft_margin_loss(
@@ -151,9 +144,9 @@ def multilabel_soft_margin_loss(
             by ``(1 - p)^gamma_pos``, a negative's by ``p_m^gamma_neg`` with ``p_m = max(p - clip, 0)`` used in its
             log term too; ``gamma_pos = gamma_neg = g, clip = 0`` is the focal loss. See docs/imbalance.md.
         validate: check the target range and the weights; ``False`` skips these value checks in hot loops. The
-            CPU kernel checks a dense target as it reads it (float32/16 plain loss: free); elsewhere it costs a
-            min/max pass (and a device sync on GPU). Weights are checked once per version of the tensor. Shape and
-            dtype checks always run.
+            CPU kernel checks a dense target as it reads it (the float32/16 plain loss and every option: free);
+            elsewhere it costs a min/max pass (and a device sync on GPU). Weights are checked once per version of
+            the tensor. Shape and dtype checks always run.
 
     Returns:
         The loss in ``input``'s dtype. Half-precision inputs are accumulated in float32. Infinite logits give 0

@@ -148,7 +148,7 @@ def _native(
     need_grad: bool,
 ) -> tuple[tuple[torch.Tensor, Optional[torch.Tensor], float], bool]:
     """The compiled kernel: one pass, no temporaries beyond the gradient itself (see cpu_kernel.c). Also returns
-    whether the kernel saw a target outside [0, 1] (float32/16 plain loss only: see ``cpu.fused``)."""
+    whether the kernel saw a target outside [0, 1] (the row functions that look: see ``cpu.fused``)."""
     cdtype = compute_dtype(x.dtype)
     x = x.contiguous()
     if (
@@ -195,21 +195,39 @@ def _native(
     return (_per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted), out_of_range
 
 
-# A weight converted for the kernel (say bfloat16 to float32), kept per tensor and version: a module's class weight
-# is converted once, not at every call; a weight changed in place has a new version and is converted again.
-_CONVERTED: dict[int, tuple["weakref.ref[torch.Tensor]", int, torch.dtype, torch.Tensor]] = {}
+class PerVersion:
+    """Values kept per tensor and version: a tensor's ``_version`` changes on every in-place write, so a value made
+    from an older version is never returned, and an entry goes with its tensor. Inference tensors have no version
+    counter: nothing is kept for them. Serves the weight checks (``softmargin.torch``) and conversions (below)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple["weakref.ref[torch.Tensor]", int, Any]] = {}
+
+    def get(self, tensor: torch.Tensor) -> Any:
+        """The value kept for this version of ``tensor``, or None."""
+        if tensor.is_inference():
+            return None
+        entry = self._entries.get(id(tensor))
+        return entry[2] if entry is not None and entry[0]() is tensor and entry[1] == tensor._version else None
+
+    def put(self, tensor: torch.Tensor, value: Any) -> None:
+        if tensor.is_inference():
+            return
+        key = id(tensor)
+        self._entries[key] = (weakref.ref(tensor, lambda _: self._entries.pop(key, None)), tensor._version, value)
+
+
+# A weight converted for the kernel (say bfloat16 to float32): a module's class weight is converted once, not at
+# every call.
+_CONVERTED = PerVersion()
 
 
 def _kernel_weight(weight: torch.Tensor, cdtype: torch.dtype, num_classes: int) -> torch.Tensor:
-    cached = not weight.is_inference()  # an inference tensor has no version counter: never cached
-    key = id(weight)
-    entry = _CONVERTED.get(key) if cached else None
-    if entry is not None and entry[0]() is weight and entry[1:3] == (weight._version, cdtype):
-        if entry[3].shape[-1] == num_classes:
-            return entry[3]
+    kept = _CONVERTED.get(weight)
+    if kept is not None and kept.dtype == cdtype and kept.shape[-1] == num_classes:
+        return kept
     converted = weight.detach().to(cdtype).reshape(1, -1).expand(1, num_classes).contiguous()
-    if cached:
-        _CONVERTED[key] = (weakref.ref(weight, lambda _: _CONVERTED.pop(key, None)), weight._version, cdtype, converted)
+    _CONVERTED.put(weight, converted)
     return converted
 
 
