@@ -213,6 +213,9 @@ typedef double (*row_fn)(const rowargs *);
     for (int k = 0; k < LANES; k++) acc += lanes[k];                                                           \
     return acc;
 
+/* 1 where a target lies outside [0, 1] or is NaN, else 0: the kernels' target check, max-reduced over a block. */
+#define TARGET_OUT(T, Y) ((Y) >= (T)0 && (Y) <= (T)1 ? (T)0 : (T)1)
+
 /* The plain loss's margin (1 - y) relu(x) + y relu(-x), with 0 * inf (a right prediction at infinity) taken as its
    limit 0, and its gradient (1 - y) sigmoid(x) - y sigmoid(-x) from r = sigmoid(|x|) and zr = sigmoid(-|x|). */
 #define PLAIN_MARGIN(T, X, Y)                                                                                  \
@@ -315,15 +318,14 @@ DEFINE_FOCUSED_GRAD(double)
 #define FOCUSED_GRAD_float focused_grad_float
 #define FOCUSED_GRAD_double focused_grad_double
 
-/* pw and mask are never NULL here (the caller passes rows of ones). Without a gradient the loop still computes it,
- * into a scratch block: GCC 12 vectorises the focused loop with the gradient store and not without it (measured:
- * 7.6 against 43 ns per element). */
-/* The options' work on one block (xb, yb, pwb, mask + b, n elements; gradient to gb): shared by the row functions
-   and the block functions below. */
+/* The options' work on one block (xb, yb, pwb, mask + b, n elements; gradient to gb), shared by the row functions
+ * and the block functions below. pw and mask are never NULL here (the caller passes rows of ones). Without a
+ * gradient the loop still computes it, into a scratch block: GCC 12 vectorises the focused loop with the gradient
+ * store and not without it (measured: 7.6 against 43 ns per element). */
 #define OPTIONS_BLOCK(ELEMENT, GRAD, T, EXP, LOG1P, LOADX, LOADY, STOREG)                                      \
     T ybad = (T)0; /* the target's range, checked here as in the plain loss's fast loops */                    \
     _Pragma("omp simd reduction(max:ybad)") for (int64_t c = 0; c < n; c++) {                                  \
-        T yr = LOADY(yb[c]), yout = yr >= (T)0 && yr <= (T)1 ? (T)0 : (T)1;                                    \
+        T yout = TARGET_OUT(T, LOADY(yb[c]));                                                                  \
         ybad = yout > ybad ? yout : ybad;                                                                      \
     }                                                                                                          \
     if (ybad != (T)0) *a->bad = 1;                                                                             \
@@ -390,7 +392,7 @@ DEFINE_FOCUSED_GRAD(double)
         float ybad = 0.0f;                                                                                     \
         _Pragma("omp simd reduction(max:ybad)") for (int64_t c = 0; c < n; c++) {                              \
             float xv = LOADX(xb[c]), yv = LOADY(yb[c]), wv = wb[c];                                            \
-            float yout = yv >= 0.0f && yv <= 1.0f ? 0.0f : 1.0f;                                               \
+            float yout = TARGET_OUT(float, yv);                                                                \
             ybad = yout > ybad ? yout : ybad;                                                                  \
             float z = expf(-(xv < 0 ? -xv : xv));                                                              \
             float margin = PLAIN_MARGIN(float, xv, yv);                                                        \
@@ -433,7 +435,7 @@ DEFINE_FOCUSED_GRAD(double)
             float amax = 0.0f, ybad = 0.0f;                                                                    \
             _Pragma("omp simd reduction(max:amax, ybad)") for (int64_t c = 0; c < n; c++) {                    \
                 float xv = LOADX(xb[c]), yv = LOADY(yb[c]), wv = wb[c];                                        \
-                float yout = yv >= 0.0f && yv <= 1.0f ? 0.0f : 1.0f; /* the target check, for free */         \
+                float yout = TARGET_OUT(float, yv); /* the target check, for free */                           \
                 ybad = yout > ybad ? yout : ybad;                                                              \
                 float ax = xv < 0 ? -xv : xv;                                                                  \
                 float m = ax == ax ? ax : FAST_LIMIT; /* NaN: redo the block too */                           \
@@ -469,13 +471,13 @@ DEFINE_FOCUSED_GRAD(double)
 
 /* ---- AVX-512 loops ----
  * Loops written with intrinsics, for float32, float16 and bfloat16 inputs (the plain loss; pos_weight, masks, label
- * smoothing, and asymmetric focusing without a clip): GCC 12 neither vectorises _Float16 conversions (the portable loop runs scalar for float16) nor
- * emits vscalefps, vcvtneps2bf16 or the bit tricks below, it duplicates work in the portable loops' selects, and
- * their second pass over a block (float64 sums) costs as much as the arithmetic. One thread at 4096x2000
- * (benchmarks/cpu_kernel.py): float32 7.8 ms against 11.2 (the same arithmetic, hi + lo pairs); bfloat16 5.7 against 11.2 and float16 5.5 against 106,
- * about 47 vector instructions per 16 elements, with shorter near-minimax polynomials (exp 1.5e-7, log1p 2e-7; every
- * element loss of every float16/bfloat16 value within 4.2e-7), which float16 (5e-4) and bfloat16 (4e-3) outputs
- * cannot show.
+ * smoothing, and asymmetric focusing without a clip): GCC 12 neither vectorises _Float16 conversions (the portable
+ * loop runs scalar for float16) nor emits vscalefps, vcvtneps2bf16 or the bit tricks below, it duplicates work in
+ * the portable loops' selects, and their second pass over a block (float64 sums) costs as much as the arithmetic.
+ * One thread at 4096x2000 (benchmarks/cpu_kernel.py): float32 7.8 ms against 11.2 (the same arithmetic, hi + lo
+ * pairs); bfloat16 5.7 against 11.2 and float16 5.5 against 106, about 47 vector instructions per 16 elements, with
+ * shorter near-minimax polynomials (exp 1.5e-7, log1p 2e-7; every element loss of every float16/bfloat16 value
+ * within 4.2e-7), which float16 (5e-4) and bfloat16 (4e-3) outputs cannot show.
  * Tried and dropped: rcp14 + a Newton step instead of the division (no faster), two vectors interleaved by hand
  * (spills: 9 % slower), exp of degree 4 for the half types (4 % faster, 2.9e-6: not worth it).
  * A block goes to the exact function when any |x| >= 86, inf or NaN (unsigned maximum of |x|'s bits), any target's
@@ -514,19 +516,23 @@ static inline __mmask16 avx_store_f16(void *p, __m512 g, __mmask16 m) {
     return 0;
 }
 
-/* The shared start of the element functions below: the running bit maxima of |x| and y that tell the caller whether
-   the elements were in the fast range, and the Cody-Waite reduction of e^-|x| = 2^k e^r: k = round(-|x| / ln 2),
-   r = -|x| - k ln 2 with ln 2 in two parts. |x| >= 86, inf and NaN give garbage (finite or not): such blocks are
-   redone. */
-static inline __m512 avx_reduce(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax, __m512 *k) {
-    const __m512i ab = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
-    *xmax = _mm512_max_epu32(*xmax, ab);
-    *ymax = _mm512_max_epu32(*ymax, _mm512_castps_si512(y));
-    const __m512 a = _mm512_castsi512_ps(ab);
+/* The Cody-Waite reduction of e^-a = 2^k e^r (a >= 0): k = round(-a / ln 2), r = -a - k ln 2 with ln 2 in two
+   parts (returned). Large a only makes k large: vscalefps takes 2^k to 0. */
+static inline __m512 avx_cody_waite(__m512 a, __m512 *k) {
     *k = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(-1.44269504088896341f)),
                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 r = _mm512_fnmsub_ps(*k, _mm512_set1_ps(0.693359375f), a); /* k * 0.693359375 is exact */
     return _mm512_fmadd_ps(*k, _mm512_set1_ps(2.12194440e-4f), r);
+}
+
+/* The shared start of the element functions below: the running bit maxima of |x| and y that tell the caller whether
+   the elements were in the fast range, and the reduction of e^-|x|. |x| >= 86, inf and NaN give garbage (finite or
+   not): such blocks are redone. */
+static inline __m512 avx_reduce(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax, __m512 *k) {
+    const __m512i ab = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
+    *xmax = _mm512_max_epu32(*xmax, ab);
+    *ymax = _mm512_max_epu32(*ymax, _mm512_castps_si512(y));
+    return avx_cody_waite(_mm512_castsi512_ps(ab), k);
 }
 
 /* Horner's rule with the coefficients c[0] (highest degree) .. c[n - 1] (constants: unrolled, broadcast). */
@@ -536,12 +542,26 @@ static inline __m512 avx_poly(__m512 r, const float *c, int n) {
     return p;
 }
 
+/* e^r - 1 for the reduced r, as smf_exp_neg computes it (Cephes' polynomial): float32's exp before the 1 is added. */
+static inline __m512 avx_expm1_reduced(__m512 r) {
+    static const float P[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                              1.6666665459e-1f, 5.0000001201e-1f};
+    return _mm512_fmadd_ps(avx_poly(r, P, 6), _mm512_mul_ps(r, r), r);
+}
+
+/* p = sigmoid(x) and q = sigmoid(-x) = 1 - p, without cancellation, from z = e^-|x| and sig = sigmoid(|x|). */
+static inline void avx_sigmoids(__m512 x, __m512 z, __m512 sig, __m512 *p, __m512 *q) {
+    const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(x));
+    const __m512 zs = _mm512_mul_ps(z, sig); /* sigmoid(-|x|) */
+    *p = _mm512_mask_blend_ps(neg, sig, zs);
+    *q = _mm512_mask_blend_ps(neg, zs, sig);
+}
+
 /* The shared end: the margin (1 - y) relu(x) + y relu(-x) = relu(x) - y x (returned, rounded once) and the gradient
    (1 - y) sigmoid(x) - y sigmoid(-x) (in *grad) from z = e^-|x| and sig = sigmoid(|x|), without cancellation. */
 static inline __m512 avx_margin_grad(__m512 x, __m512 y, __m512 z, __m512 sig, __m512 *grad) {
-    const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(x));
-    const __m512 zs = _mm512_mul_ps(z, sig); /* sigmoid(-|x|) */
-    const __m512 px = _mm512_mask_blend_ps(neg, sig, zs), pnx = _mm512_mask_blend_ps(neg, zs, sig);
+    __m512 px, pnx;
+    avx_sigmoids(x, z, sig, &px, &pnx);
     *grad = _mm512_fnmadd_ps(y, pnx, _mm512_mul_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), y), px));
     return _mm512_fnmadd_ps(y, x, _mm512_max_ps(x, _mm512_setzero_ps()));
 }
@@ -593,9 +613,7 @@ static inline __m512 avx_f32_log1p(__m512 x, __m512 y, __m512i *xmax, __m512i *y
     const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
     __m512 k;
     const __m512 r = avx_reduce(x, y, xmax, ymax, &k);
-    static const float P[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
-                              1.6666665459e-1f, 5.0000001201e-1f};
-    const __m512 tail = _mm512_fmadd_ps(avx_poly(r, P, 6), _mm512_mul_ps(r, r), r);
+    const __m512 tail = avx_expm1_reduced(r);
     const __m512 ehi = _mm512_add_ps(one, tail), elo = _mm512_add_ps(_mm512_sub_ps(one, ehi), tail);
     *z = _mm512_scalef_ps(ehi, k);
     const __m512 zlo = _mm512_scalef_ps(elo, k);
@@ -637,12 +655,15 @@ static inline __mmask16 avx_store_f32(void *p, __m512 g, __mmask16 m) { _mm512_m
 /* pos_weight, mask and label smoothing (the options' WEIGHTED_ELEMENT and WEIGHTED_GRAD) from tl = log1p(z):
    l = ys pw (-log p) + (1 - ys)(-log(1 - p)) (returned), g = -ys pw q + (1 - ys) p (in *grad), where
    -log p = tl + relu(-x), -log(1 - p) = tl + relu(x), p = sigmoid(x), q = 1 - p. */
-static inline __m512 avx_weighted_tail(__m512 x, __m512 ys, __m512 pwv, __m512 tl, __m512 z, __m512 sig, __m512 *grad) {
+static inline void avx_softplus(__m512 x, __m512 tl, __m512 *sp_pos, __m512 *sp_neg) {
     const __m512 relu = _mm512_max_ps(x, _mm512_setzero_ps());
-    const __m512 sp_pos = _mm512_add_ps(tl, relu), sp_neg = _mm512_add_ps(tl, _mm512_sub_ps(relu, x));
-    const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(x));
-    const __m512 zs = _mm512_mul_ps(z, sig);
-    const __m512 p = _mm512_mask_blend_ps(neg, sig, zs), q = _mm512_mask_blend_ps(neg, zs, sig);
+    *sp_pos = _mm512_add_ps(tl, relu);                      /* -log(1 - p) = softplus(x) */
+    *sp_neg = _mm512_add_ps(tl, _mm512_sub_ps(relu, x));    /* -log p = softplus(-x) */
+}
+static inline __m512 avx_weighted_tail(__m512 x, __m512 ys, __m512 pwv, __m512 tl, __m512 z, __m512 sig, __m512 *grad) {
+    __m512 sp_pos, sp_neg, p, q;
+    avx_softplus(x, tl, &sp_pos, &sp_neg);
+    avx_sigmoids(x, z, sig, &p, &q);
     const __m512 yp = _mm512_mul_ps(ys, pwv), ny = _mm512_sub_ps(_mm512_set1_ps(1.0f), ys);
     *grad = _mm512_fnmadd_ps(yp, q, _mm512_mul_ps(ny, p));
     return _mm512_fmadd_ps(yp, sp_neg, _mm512_mul_ps(ny, sp_pos));
@@ -678,14 +699,9 @@ static inline __m512 avx_f32_tl(__m512 x, __m512 y, __m512i *xmax, __m512i *ymax
 
 /* e^-t for t >= 0 (any size: large t gives 0 through vscalefps), as smf_exp_neg's high part. */
 static inline __m512 avx_exp_neg(__m512 t) {
-    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(-1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(0.693359375f), t);
-    r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
-    static const float P[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
-                              1.6666665459e-1f, 5.0000001201e-1f};
-    const __m512 tail = _mm512_fmadd_ps(avx_poly(r, P, 6), _mm512_mul_ps(r, r), r);
-    return _mm512_scalef_ps(_mm512_add_ps(_mm512_set1_ps(1.0f), tail), k);
+    __m512 k;
+    const __m512 r = avx_cody_waite(t, &k);
+    return _mm512_scalef_ps(_mm512_add_ps(_mm512_set1_ps(1.0f), avx_expm1_reduced(r)), k);
 }
 /* Asymmetric focusing without a clip (the options' FOCUSED_ELEMENT and focused_grad with clip = 0), from
    tl = log1p(z): l = ys pw (1-p)^g+ (-log p) + (1 - ys) p^g- (-log(1 - p)) (returned), its gradient in *grad. In
@@ -693,11 +709,9 @@ static inline __m512 avx_exp_neg(__m512 t) {
 static inline __m512 avx_focused_tail(__m512 x, __m512 ys, __m512 pwv, __m512 tl, __m512 z, __m512 sig, float gp,
                                       float gn, __m512 *grad) {
     const __m512 one = _mm512_set1_ps(1.0f), gpv = _mm512_set1_ps(gp), gnv = _mm512_set1_ps(gn);
-    const __m512 relu = _mm512_max_ps(x, _mm512_setzero_ps());
-    const __m512 sp_pos = _mm512_add_ps(tl, relu), sp_neg = _mm512_add_ps(tl, _mm512_sub_ps(relu, x));
-    const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(x));
-    const __m512 zs = _mm512_mul_ps(z, sig);
-    const __m512 p = _mm512_mask_blend_ps(neg, sig, zs), q = _mm512_mask_blend_ps(neg, zs, sig);
+    __m512 sp_pos, sp_neg, p, q;
+    avx_softplus(x, tl, &sp_pos, &sp_neg);
+    avx_sigmoids(x, z, sig, &p, &q);
     const __m512 fpos = gp == 0.0f ? one : avx_exp_neg(_mm512_mul_ps(gpv, sp_pos)); /* (1 - p)^g+ */
     const __m512 fneg = gn == 0.0f ? one : avx_exp_neg(_mm512_mul_ps(gnv, sp_neg)); /* p^g- */
     const __m512 pf = _mm512_mul_ps(pwv, fpos), ny = _mm512_sub_ps(one, ys);
