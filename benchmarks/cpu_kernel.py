@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -40,6 +39,7 @@ def measure(shape: tuple[int, int], repeat: int) -> list[dict]:
 def _measure_into(rows: list[dict], shape: tuple[int, int], repeat: int) -> None:
     import torch
 
+    from softmargin.bench import call_times
     from softmargin.ops import cpu
 
     num_rows, num_classes = shape
@@ -62,13 +62,7 @@ def _measure_into(rows: list[dict], shape: tuple[int, int], repeat: int) -> None
                 torch.add(x, y, out=floor_out)
 
             for name, fn in (("kernel", kernel), ("floor", floor)):
-                fn(), fn()
-                spent = []
-                for _ in range(repeat):
-                    started = time.perf_counter()
-                    fn()
-                    spent.append(time.perf_counter() - started)
-                spent.sort()
+                spent = call_times(fn, repeat, warmup=2)
                 rows.append(dict(dtype=dtype_name, threads=threads, what=name, median_ms=1e3 * spent[len(spent) // 2],
                                  min_ms=1e3 * spent[0], avx512=cpu.avx512_loops()))  # fmt: skip
 

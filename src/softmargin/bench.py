@@ -117,6 +117,18 @@ def _data(shape: Sequence[int], dtype: str, device: str) -> tuple[Any, Any, Any]
     return x, y, w
 
 
+def call_times(fn: Callable[[], Any], repeat: int, warmup: int = 0) -> list[float]:
+    """Seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones, sorted (the median is [len // 2])."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return sorted(times)
+
+
 def time_group(
     impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str = "cpu"
 ) -> dict[str, dict[str, Any]]:
@@ -281,14 +293,11 @@ def option_costs(shape: Sequence[int] = (4096, 2000), repeat: int = 11) -> list[
         kwargs: dict[str, Any] = {}
         for key, value in case.items():
             kwargs[key] = per_class if value == "class" else mask if value == "full" else value
-        times = []
-        for i in range(repeat + 2):
+        def step(kwargs: dict[str, Any] = kwargs) -> None:
             x.grad = None
-            started = time.perf_counter()
             multilabel_soft_margin_loss(x, y, **kwargs).backward()
-            if i >= 2:
-                times.append(time.perf_counter() - started)
-        times.sort()
+
+        times = call_times(step, repeat, warmup=2)
         rows.append({"option": name, "median_ms": 1e3 * times[len(times) // 2]})
     for row in rows:
         row["x_plain"] = row["median_ms"] / rows[0]["median_ms"]
@@ -346,13 +355,7 @@ def measure_extreme_one(impl: str, num_labels: int, what: str, rows: int = 256, 
             p.grad = None
         peak, _ = _peak_bytes(lambda: step().backward())
         return {"peak_extra_mb": max(peak - grad_bytes, 0) / 2**20, "grad_mb": grad_bytes / 2**20}
-    full()
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        full()
-        times.append(time.perf_counter() - started)
-    times.sort()
+    times = call_times(full, repeat, warmup=1)
     return {"median_s": times[len(times) // 2]}
 
 
