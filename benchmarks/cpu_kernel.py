@@ -12,13 +12,14 @@ hand-written loops gain.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from softmargin.bench import call_times, write_csv
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -39,7 +40,6 @@ def measure(shape: tuple[int, int], repeat: int) -> list[dict]:
 def _measure_into(rows: list[dict], shape: tuple[int, int], repeat: int) -> None:
     import torch
 
-    from softmargin.bench import call_times
     from softmargin.ops import cpu
 
     num_rows, num_classes = shape
@@ -100,10 +100,7 @@ def main() -> None:
     if not any(r["avx512"] for r in results if r["build"] == "native"):
         print("(this CPU has no AVX-512: both builds run the portable loops)")
     if args.out:
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(results[0]))
-            writer.writeheader()
-            writer.writerows(results)
+        write_csv(Path(args.out), list(results[0]), results)
         print(f"written to {args.out}")
 
 

@@ -205,7 +205,7 @@ def _in_fresh_process(call: str, what: str, threads: int, timeout: int = 1800) -
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+def write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     """Results to ``out``, through a temporary file moved into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -381,7 +381,7 @@ def extreme(labels: Sequence[int] = EXTREME_LABELS, repeat: int = 3, threads: Op
                     break
             rows.append(row)
     if out is not None:
-        _write_csv(out, ["labels", "impl", "median_s", "peak_extra_mb", "grad_mb", "error"], rows)
+        write_csv(out, ["labels", "impl", "median_s", "peak_extra_mb", "grad_mb", "error"], rows)
     return rows
 
 
@@ -467,5 +467,5 @@ def run(
         rows.extend(measure_group(impls, shape, dtype, repeat, threads, device))
     if out is not None:
         fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
-        _write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
+        write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
     return rows
