@@ -80,7 +80,7 @@ def test_half_kernels_match_formula_at_every_tail(num_classes, dtype, target):
     finite = torch.isfinite(cs)
     assert_close(ns[finite].numpy(), cs[finite].numpy(), 1e-6, "row sums")
     assert torch.equal(torch.isnan(ng), torch.isnan(cg))
-    ulp = 2.0 ** -(7 if dtype == torch.bfloat16 else 10)
+    ulp = torch.finfo(dtype).eps  # 2^-7 (bfloat16), 2^-10 (float16)
     ng64, cg64 = torch.nan_to_num(ng).double(), torch.nan_to_num(cg).double()
     assert torch.all((ng64 - cg64).abs() <= ulp * cg64.abs() + torch.finfo(dtype).smallest_normal * ulp)
 
@@ -134,8 +134,8 @@ def test_half_gradient_ties_round_to_even(dtype):
     """Gradients exactly halfway between two values of the dtype round to the even one, as torch rounds: at x = 0
     the gradient is w / (2 C) exactly, so a weight of 1 + 2^-(m+1) (m mantissa bits) lands on a tie, rounding down
     to 1 (even), and one of 1 + 3 * 2^-(m+1) rounds up to 1 + 2^-(m-1)."""
-    bits = 7 if dtype == torch.bfloat16 else 10
-    ties = torch.tensor([1 + 2.0 ** -(bits + 1), 1 + 3 * 2.0 ** -(bits + 1)])
+    half_ulp = torch.finfo(dtype).eps / 2  # 2^-(m+1)
+    ties = torch.tensor([1 + half_ulp, 1 + 3 * half_ulp])
     w = ties.repeat(8)  # 16 classes, a power of two: the scale 1 / 16 is exact
     x = torch.zeros(3, 16, dtype=dtype)
     y = torch.zeros(3, 16, dtype=dtype)
@@ -238,7 +238,7 @@ def test_kernel_options_match_formula(case, dtype, soft):
     finite = torch.isfinite(cs)
     assert_close(ns[finite].numpy(), cs[finite].numpy(), rtol, "per-sample")
     if dtype in (torch.bfloat16, torch.float16):  # both round a float32 gradient once: one ulp for libm differences
-        ulp = 2.0 ** -(7 if dtype == torch.bfloat16 else 10)
+        ulp = torch.finfo(dtype).eps
         assert_close(ng.double().numpy(), cg.double().numpy(), ulp, "grad", atol=torch.finfo(dtype).smallest_normal * ulp)
     else:
         assert_close(ng.double().numpy(), cg.double().numpy(), 10 * rtol, "grad")
@@ -327,7 +327,7 @@ def test_half_inputs_every_value_within_5e7(dtype):
 
         exact_grad = expit(x64) if label == 0 else -expit(-x64)  # sigmoid(x) - y without cancellation
         # at most one unit in the last place of the dtype (rounded once from a float32 value good to a few ulp)
-        bits = 7 if dtype == torch.bfloat16 else 10  # explicit mantissa bits; the subnormal spacing is tiny * 2^-bits
-        ulp = (np.abs(exact_grad) + torch.finfo(dtype).smallest_normal) * 2.0**-bits
+        # the dtype's eps is 2^-(mantissa bits); the subnormal spacing is tiny * eps
+        ulp = (np.abs(exact_grad) + torch.finfo(dtype).smallest_normal) * torch.finfo(dtype).eps
         err = np.abs(grad.double().numpy().ravel() - exact_grad)
         assert np.all(err <= ulp), f"worst gradient at x={x64[np.argmax(err - ulp)]}"
