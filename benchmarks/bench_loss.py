@@ -8,7 +8,7 @@ The same as `softmargin bench`; results go to benchmarks/results/bench-cpu.csv, 
 
 import sys
 
-from softmargin.cli import main
+from softmargin.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from softmargin.bench import call_times, write_csv
+from softmargin.app.bench import call_times, write_csv
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -40,7 +40,7 @@ def measure(shape: tuple[int, int], repeat: int) -> list[dict]:
 def _measure_into(rows: list[dict], shape: tuple[int, int], repeat: int) -> None:
     import torch
 
-    from softmargin.ops import cpu
+    from softmargin.kernels import cpu
 
     num_rows, num_classes = shape
     for dtype_name in DTYPES:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import triton
 
-from softmargin.ops import triton_ops
+from softmargin.kernels import triton_kernels as triton_ops
 
 SHAPES = ((4096, 2000), (256, 100_000), (32, 10), (16384, 8192), (4, 1_000_000))
 

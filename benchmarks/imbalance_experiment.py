@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from softmargin import data as D
-from softmargin import train as T
+from softmargin.app import data as D
+from softmargin.app import train as T
 
 VARIANTS = {
     "unweighted": {},

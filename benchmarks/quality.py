@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from softmargin import data as D
-from softmargin import train as T
+from softmargin.app import data as D
+from softmargin.app import train as T
 from softmargin.metrics import evaluate
 
 KEYS = ("hamming_loss", "micro_f1", "lrap", "macro_f1", "subset_accuracy")

@@ -20,5 +20,5 @@ echo "== kernel"
 timeout 90 "$py" benchmarks/gpu_kernel.py --out "$out/gpu-kernel.csv" 2>&1 | tee "$out/gpu-kernel.txt"
 echo "== bench"
 for shape in 4096x2000 256x100000 32x10; do
-  timeout 120 "$py" -c "from softmargin.cli import main; main(['bench', '--device', 'cuda', '--shapes', '$shape', '--repeat', '50', '--out', '$out/bench-cuda-$shape.csv'])" 2>&1 | grep -v "it/s\]" | tee -a "$out/bench-cuda.txt"
+  timeout 120 "$py" -c "from softmargin.app.cli import main; main(['bench', '--device', 'cuda', '--shapes', '$shape', '--repeat', '50', '--out', '$out/bench-cuda-$shape.csv'])" 2>&1 | grep -v "it/s\]" | tee -a "$out/bench-cuda.txt"
 done

@@ -18,7 +18,7 @@ def rng():
 @pytest.fixture(params=["native", "chunked"])
 def torch_path(request, monkeypatch):
     """Run a torch test through the compiled CPU kernel and through the chunked torch fallback."""
-    from softmargin.ops import cpu
+    from softmargin.kernels import cpu
 
     if request.param == "native":
         if cpu.kernel() is None:

@@ -19,12 +19,12 @@ from .weights import class_weights, pos_weight
 __version__ = "0.1.0"
 __all__ = ["class_weights", "pos_weight", "SoftMarginClassifier", "__version__"]
 
-_SUBMODULES = ("numpy", "torch", "ops", "cli", "data", "train", "metrics", "sklearn")
+_SUBMODULES = ("numpy", "torch", "kernels", "metrics", "weights", "app")
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if name == "SoftMarginClassifier":  # needs torch and scikit-learn: imported on first use
-        return importlib.import_module(f"{__name__}.sklearn").SoftMarginClassifier
+        return importlib.import_module(f"{__name__}.app.sklearn").SoftMarginClassifier
     raise AttributeError(f"module 'softmargin' has no attribute {name!r}")

@@ -15,7 +15,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel module is im
 pytest.importorskip("triton")
 
 from softmargin._chunks import PLAIN  # noqa: E402
-from softmargin.ops import torch_ops, triton_ops  # noqa: E402
+from softmargin.kernels import triton_kernels as triton_ops  # noqa
+from softmargin.torch import _ops as torch_ops  # noqa: E402
 
 from helpers import assert_close  # noqa: E402
 

@@ -145,7 +145,7 @@ def test_a_failing_process_does_not_hang_the_other(tmp_path):
 
 
 def test_trainers_fused_head_gives_the_plain_loss():
-    from softmargin.train import MultiLabelNet
+    from softmargin.app.train import MultiLabelNet
     from softmargin.torch import MultiLabelSoftMarginLoss
 
     torch.manual_seed(0)
@@ -164,14 +164,14 @@ def test_trainers_fused_head_gives_the_plain_loss():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-MULAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mulan"
+MULAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mulan"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (MULAN / "delicious").exists(), reason="../shared/data/mulan is not on this machine")
 def test_trainer_learns_delicious_through_the_fused_head(monkeypatch):
-    from softmargin import data as D
-    from softmargin import train as T
+    from softmargin.app import data as D
+    from softmargin.app import train as T
 
     calls = []
     fused = T.linear_multilabel_soft_margin_loss

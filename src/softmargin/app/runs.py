@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import data as D
-from . import metrics as M
+from .. import metrics as M
 from . import train as T
 from .compare import format_table
 

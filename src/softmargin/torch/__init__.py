@@ -1,6 +1,6 @@
 """PyTorch API: drop-in replacements for ``torch.nn.functional.multilabel_soft_margin_loss`` and
 ``torch.nn.MultiLabelSoftMarginLoss`` with the same signatures, exact where torch is right and right where it is
-not (infinite logits, float16 with many classes). The work happens in :mod:`softmargin.ops`.
+not (infinite logits, float16 with many classes). The operator and its dispatch are in :mod:`softmargin.torch._ops`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from torch import Tensor
 from torch.nn import _reduction as _legacy_reduction
 from torch.nn.modules.loss import _WeightedLoss
 
-from . import _validation as V
-from ._chunks import PLAIN, Options
-from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
-from .ops.linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, chunk_shape
-from .ops.torch_ops import MultiLabelSoftMarginLossFunction, PerVersion
+from .. import _validation as V
+from .._chunks import PLAIN, Options
+from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
+from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, chunk_shape
+from ._ops import MultiLabelSoftMarginLossFunction, PerVersion
 
 __all__ = [
     "multilabel_soft_margin_loss",

@@ -8,7 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from softmargin._chunks import PLAIN, Options  # noqa: E402
-from softmargin.ops import cpu, torch_ops  # noqa: E402
+from softmargin.kernels import cpu  # noqa
+from softmargin.torch import _ops as torch_ops  # noqa: E402
 
 from helpers import assert_close  # noqa: E402
 
@@ -120,7 +121,7 @@ def test_other_builds_pass_this_module(tmp_path, flags, avx512):
     import sys
 
     env = dict(os.environ, SOFTMARGIN_CFLAGS=flags, SOFTMARGIN_CACHE=str(tmp_path))
-    check = f"from softmargin.ops import cpu; assert cpu.kernel() is not None and cpu.avx512_loops() == {avx512}"
+    check = f"from softmargin.kernels import cpu; assert cpu.kernel() is not None and cpu.avx512_loops() == {avx512}"
     subprocess.run([sys.executable, "-c", check], env=env, check=True)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],

@@ -20,7 +20,7 @@ from .. import _validation as V
 from .._chunks import PLAIN, Options, Rows, loss_rows, row_bookkeeping
 from .._formula import element_loss_and_grad
 from .._sparse import SparseTargets
-from . import cpu
+from ..kernels import cpu
 
 #: Elements per chunk (float32: 256 KiB per temporary, so a chunk's temporaries stay in a 2 MiB L2 cache).
 CHUNK_ELEMENTS = 1 << 16
@@ -103,7 +103,7 @@ def _shaped(grad: Optional[torch.Tensor], shape: torch.Size) -> Optional[torch.T
 def _triton_ops() -> Any:
     """The Triton kernel module, or None where Triton is not installed (then the chunked torch path runs)."""
     try:
-        from . import triton_ops
+        from ..kernels import triton_kernels as triton_ops
     except ImportError:
         return None
     return triton_ops

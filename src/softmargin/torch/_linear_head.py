@@ -20,7 +20,7 @@ import torch
 
 from .._chunks import Options
 from .._sparse import SparseTargets
-from .torch_ops import compute_dtype, loss_and_grad
+from ._ops import compute_dtype, loss_and_grad
 
 #: Largest default memory budget for one chunk's temporaries (logits, their gradient, the target chunk).
 DEFAULT_BUDGET = 256 << 20

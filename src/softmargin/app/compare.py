@@ -51,7 +51,7 @@ def exact_loss(case: Case) -> float:
 def implementations() -> dict[str, Callable[[Case], float]]:
     import torch
 
-    from .torch import multilabel_soft_margin_loss
+    from ..torch import multilabel_soft_margin_loss
 
     def tensors(case: Case) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         weight = torch.tensor(case.weight) if case.weight else None

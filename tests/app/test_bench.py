@@ -7,7 +7,7 @@ import csv
 import pytest
 
 pytest.importorskip("torch")
-from softmargin import bench  # noqa: E402
+from softmargin.app import bench  # noqa: E402
 
 
 def test_time_group_interleaves_every_implementation_in_this_process():
@@ -39,11 +39,11 @@ def test_cpu_kernel_benchmark_measures_every_dtype_and_thread_count():
     import sys
     from pathlib import Path
 
-    from softmargin.ops import cpu
+    from softmargin.kernels import cpu
 
     if cpu.kernel() is None:
         pytest.skip("the CPU kernel cannot be built here")
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
     try:
         import cpu_kernel
     finally:

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from softmargin.cli import main  # noqa: E402
-from softmargin.train import load_model  # noqa: E402
+from softmargin.app.cli import main  # noqa: E402
+from softmargin.app.train import load_model  # noqa: E402
 
 FAST = ["--epochs", "3", "--ensemble", "2", "--quiet"]
 

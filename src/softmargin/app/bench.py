@@ -76,7 +76,7 @@ def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
     import torch
     import torch.nn.functional as F
 
-    from .torch import multilabel_soft_margin_loss
+    from ..torch import multilabel_soft_margin_loss
 
     if impl == "softmargin":
         fn: Callable[..., Any] = multilabel_soft_margin_loss
@@ -192,13 +192,13 @@ def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int, devic
 
 
 def _in_fresh_process(call: str, what: str, threads: int, timeout: int = 1800) -> dict[str, Any]:
-    """Run ``softmargin.bench.<call>`` (a call expression returning a dict) in a new Python process; its result, or
+    """Run ``softmargin.app.bench.<call>`` (a call expression returning a dict) in a new Python process; its result, or
     {"error": the last line it printed}. For "memory", glibc returns large freed blocks at once, so the high-water
     mark sees every allocation."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if what == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    code = f"import json, softmargin.bench as b; print(json.dumps(b.{call}))"
+    code = f"import json, softmargin.app.bench as b; print(json.dumps(b.{call}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -281,7 +281,7 @@ def option_costs(shape: Sequence[int] = (4096, 2000), repeat: int = 11) -> list[
     """Forward+backward time of each loss option, in this process (time only), against the plain loss."""
     import torch
 
-    from .torch import multilabel_soft_margin_loss
+    from ..torch import multilabel_soft_margin_loss
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=gen).requires_grad_(True)
@@ -317,7 +317,7 @@ def measure_extreme_one(impl: str, num_labels: int, what: str, rows: int = 256, 
 
     import torch
 
-    from .torch import LinearMultiLabelSoftMarginLoss
+    from ..torch import LinearMultiLabelSoftMarginLoss
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

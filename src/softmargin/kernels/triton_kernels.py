@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .torch_ops import ones_row
+from ..torch._ops import ones_row
 
 #: Triton's interpreter (``TRITON_INTERPRET=1``, the CPU tests) runs the kernel in NumPy, without libdevice.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"

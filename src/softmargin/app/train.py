@@ -29,10 +29,10 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from . import metrics as M
+from .. import metrics as M
 from .data import Dataset
-from .torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
-from .weights import class_weights, pos_weight
+from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
+from ..weights import class_weights, pos_weight
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
 #: From this many labels on, ``head="auto"`` trains the last layer and the loss as one fused head.

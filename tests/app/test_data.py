@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from softmargin import data as D
+from softmargin.app import data as D
 
-MULAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mulan"
+MULAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mulan"
 needs_mulan = pytest.mark.skipif(not MULAN.exists(), reason="../shared/data/mulan is not on this machine")
 
 
