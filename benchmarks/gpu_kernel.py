@@ -29,7 +29,7 @@ def bench_kernel(shape, dtype, block=None, span=None):
     x = torch.randn(shape, device="cuda", generator=gen).to(dtype)
     y = (torch.rand(shape, device="cuda", generator=gen) < 0.1).to(dtype)
     w = torch.rand(1, num_classes, device="cuda", generator=gen) + 0.5
-    call = lambda: triton_ops.fused_rows(x, y, w, num_rows, num_classes, 1.0 / x.numel(), True, block=block, span=span)  # noqa: E731
+    call = lambda: triton_ops.fused_rows(x, y, w, num_rows, num_classes, 1.0 / x.numel(), True, block=block, span=span)
     ms = triton.testing.do_bench(call, warmup=25, rep=200)
     floor_ms = triton.testing.do_bench(lambda: torch.add(x, y), warmup=25, rep=200)
     moved = 3 * x.numel() * x.element_size()

@@ -39,7 +39,7 @@ def exact_element_loss(x: float, y: float) -> float:
 
     with mpmath.workdps(50):
         xm, ym = mpmath.mpf(x), mpmath.mpf(y)
-        log_sig = lambda t: -mpmath.log1p(mpmath.exp(-t)) if t >= 0 else t - mpmath.log1p(mpmath.exp(t))  # noqa: E731
+        log_sig = lambda t: -mpmath.log1p(mpmath.exp(-t)) if t >= 0 else t - mpmath.log1p(mpmath.exp(t))
         return float(-(ym * log_sig(xm) + (1 - ym) * log_sig(-xm)))
 
 

@@ -8,8 +8,9 @@ count in the batch mean) is computed here too, so both backends treat masks and 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ._formula import element_loss_and_grad, element_loss_and_grad_options
 
@@ -55,7 +56,7 @@ def _take(a: Any, start: int, stop: int) -> Any:
 
 
 def row_bookkeeping(
-    rows: Rows, reduction: str, xp: Any, as_float64: Callable[[Any], Any], count: Optional[Callable[[Any], Any]] = None
+    rows: Rows, reduction: str, xp: Any, as_float64: Callable[[Any], Any], count: Callable[[Any], Any] | None = None
 ) -> tuple[Any, Any, float]:
     """(divisor of each row's loss, gradient scale of each row, number of rows in the batch mean).
 

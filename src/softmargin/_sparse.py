@@ -10,7 +10,7 @@ arrays directly and densifies one block of one row at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def is_sparse_target(target: Any, lists: bool) -> bool:
 def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any = None) -> SparseTargets:
     """Normalise any accepted form to :class:`SparseTargets` of ``shape`` = (rows, classes) in namespace ``xp``."""
     num_rows, num_classes = shape
-    values: Optional[np.ndarray] = None
+    values: np.ndarray | None = None
     if isinstance(target, SparseTargets):
         indptr, indices, values = _to_numpy(target.indptr), _to_numpy(target.indices), _maybe(target.values)
         given = target.shape
@@ -126,7 +126,7 @@ def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any 
     if xp.__name__ == "numpy":
         return SparseTargets(indptr, indices, values, (num_rows, num_classes), xp)
     torch = xp
-    to = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+    to = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=device)
     return SparseTargets(
         to(indptr, torch.int64), to(indices, torch.int64), None if values is None else to(values, torch.float64),
         (num_rows, num_classes), xp,

@@ -9,7 +9,8 @@ with ``validate=False``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 REDUCTIONS = ("none", "mean", "sum")
 

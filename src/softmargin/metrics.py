@@ -13,7 +13,7 @@ precision over the labels that have at least one positive in the evaluated data 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
@@ -46,9 +46,9 @@ def evaluate(
     Y: np.ndarray,
     scores: np.ndarray,
     thresholds: Any = 0.5,
-    pred: Optional[np.ndarray] = None,
-    train_label_counts: Optional[np.ndarray] = None,
-    train_size: Optional[int] = None,
+    pred: np.ndarray | None = None,
+    train_label_counts: np.ndarray | None = None,
+    train_size: int | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(metrics, per-label rows) for true labels ``Y`` (N, L), scores (probabilities, N x L) and the 0/1 predictions
     ``pred`` (default: ``scores >= thresholds``). With the training set's label counts and size, also PSP@k."""

@@ -8,7 +8,7 @@ oracle the other backends are tested against.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -27,7 +27,7 @@ CHUNK_ELEMENTS = 1 << 16
 _KINDS = {"f": "float", "i": "int", "u": "int", "b": "bool", "c": "complex"}
 
 
-def _array(name: str, value: Optional[ArrayLike], shape: tuple[int, ...]) -> Optional[NDArray[Any]]:
+def _array(name: str, value: ArrayLike | None, shape: tuple[int, ...]) -> NDArray[Any] | None:
     if value is None:
         return None
     array = np.asarray(value)
@@ -39,7 +39,7 @@ def _array(name: str, value: Optional[ArrayLike], shape: tuple[int, ...]) -> Opt
     return array
 
 
-def _rows(array: Optional[NDArray[Any]], shape: tuple[int, ...], num_rows: int) -> Optional[NDArray[Any]]:
+def _rows(array: NDArray[Any] | None, shape: tuple[int, ...], num_rows: int) -> NDArray[Any] | None:
     """None, a (1, C) row (for an array of at most one dimension) or the array laid out as (N, C)."""
     if array is None:
         return None
@@ -51,11 +51,11 @@ def _rows(array: Optional[NDArray[Any]], shape: tuple[int, ...], num_rows: int) 
 def _prepare(
     input: ArrayLike,
     target: ArrayLike,
-    weight: Optional[ArrayLike],
+    weight: ArrayLike | None,
     reduction: str,
     validate: bool,
-    pos_weight: Optional[ArrayLike],
-    mask: Optional[ArrayLike],
+    pos_weight: ArrayLike | None,
+    mask: ArrayLike | None,
     options: Options,
 ) -> tuple[Rows, tuple[int, ...], str]:
     reduction = V.check_reduction(reduction)
@@ -95,7 +95,7 @@ def _as_float64(array: NDArray[Any]) -> NDArray[np.float64]:
 
 def _compute(
     rows: Rows, shape: tuple[int, ...], reduction: str, options: Options, need_grad: bool
-) -> tuple[NDArray[np.float64], Optional[NDArray[Any]], float]:
+) -> tuple[NDArray[np.float64], NDArray[Any] | None, float]:
     """Per-sample losses (float64, shape ``shape[:-1]``), the gradient (input dtype) if asked, rows in the mean."""
     divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
     row_sums = np.empty(rows.num_rows, dtype=np.float64)
@@ -138,11 +138,11 @@ _OPTIONS_DOC = """
 def multilabel_soft_margin_loss(
     input: ArrayLike,
     target: ArrayLike,
-    weight: Optional[ArrayLike] = None,
+    weight: ArrayLike | None = None,
     reduction: Reduction = "mean",
     *,
-    pos_weight: Optional[ArrayLike] = None,
-    mask: Optional[ArrayLike] = None,
+    pos_weight: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     label_smoothing: float = 0.0,
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,
@@ -184,11 +184,11 @@ def multilabel_soft_margin_loss(
 def multilabel_soft_margin_loss_grad(
     input: ArrayLike,
     target: ArrayLike,
-    weight: Optional[ArrayLike] = None,
+    weight: ArrayLike | None = None,
     reduction: Reduction = "mean",
     *,
-    pos_weight: Optional[ArrayLike] = None,
-    mask: Optional[ArrayLike] = None,
+    pos_weight: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     label_smoothing: float = 0.0,
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,
@@ -214,11 +214,11 @@ def multilabel_soft_margin_loss_grad(
 def multilabel_soft_margin_loss_and_grad(
     input: ArrayLike,
     target: ArrayLike,
-    weight: Optional[ArrayLike] = None,
+    weight: ArrayLike | None = None,
     reduction: Reduction = "mean",
     *,
-    pos_weight: Optional[ArrayLike] = None,
-    mask: Optional[ArrayLike] = None,
+    pos_weight: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     label_smoothing: float = 0.0,
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,

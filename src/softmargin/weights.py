@@ -9,7 +9,7 @@ gets a warning and the weight of a label with exactly one (the largest finite we
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -106,7 +106,7 @@ def class_weights(targets: Any, method: Method = "inverse", beta: float = 0.999,
     return wrap(weights)
 
 
-def pos_weight(targets: Any, max_weight: Optional[float] = None) -> Any:
+def pos_weight(targets: Any, max_weight: float | None = None) -> Any:
     r"""Per-class ``pos_weight`` = :math:`n_{neg} / n_{pos}`, as ``torch.nn.BCEWithLogitsLoss`` documents it.
 
     It multiplies the positive term of each class so that positives and negatives carry equal total weight.

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 pytest.importorskip("torch")
-from softmargin.app import bench  # noqa: E402
+from softmargin.app import bench
 
 
 def test_time_group_interleaves_every_implementation_in_this_process():

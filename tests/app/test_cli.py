@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from softmargin.app.cli import main  # noqa: E402
-from softmargin.app.train import load_model  # noqa: E402
+from softmargin.app.cli import main
+from softmargin.app.train import load_model
 
 FAST = ["--epochs", "3", "--ensemble", "2", "--quiet"]
 

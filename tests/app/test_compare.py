@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("mpmath")
 
-from softmargin.app.cli import main  # noqa: E402
-from softmargin.app.compare import Case, cases, exact_loss, implementations, relative_error  # noqa: E402
+from softmargin.app.cli import main
+from softmargin.app.compare import Case, cases, exact_loss, implementations, relative_error
 
 
 def test_exact_loss_of_the_seed_example():

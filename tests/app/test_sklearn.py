@@ -9,13 +9,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from sklearn.datasets import make_multilabel_classification  # noqa: E402
-from sklearn.model_selection import GridSearchCV  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.utils.estimator_checks import check_estimator  # noqa: E402
+from sklearn.datasets import make_multilabel_classification
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
 
-from softmargin import SoftMarginClassifier  # noqa: E402
+from softmargin import SoftMarginClassifier
 
 # Checks skipped, and why (everything else in check_estimator must pass):
 EXPECTED_SKIPS = {

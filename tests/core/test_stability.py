@@ -6,15 +6,15 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st_
+from helpers import RTOL, assert_close, exact_element_loss, reference_loss
+from hypothesis import given
+from hypothesis import strategies as st_
 from hypothesis.extra import numpy as hnp
 
 import softmargin.numpy as snp
 
-from helpers import RTOL, assert_close, exact_element_loss, reference_loss
-
 torch = pytest.importorskip("torch")
-import softmargin.torch as st  # noqa: E402
+import softmargin.torch as st
 
 INF = math.inf
 pytestmark = pytest.mark.usefixtures("torch_path")

@@ -8,7 +8,7 @@ import pytest
 import softmargin.numpy as snp
 
 torch = pytest.importorskip("torch")
-import softmargin.torch as st  # noqa: E402
+import softmargin.torch as st
 
 
 def _np(fn_input, target, **kw):
@@ -16,7 +16,7 @@ def _np(fn_input, target, **kw):
 
 
 def _torch(fn_input, target, **kw):
-    as_tensor = lambda a: a if a is None else torch.as_tensor(a)  # noqa: E731
+    as_tensor = lambda a: a if a is None else torch.as_tensor(a)
     if "weight" in kw:
         kw["weight"] = as_tensor(kw["weight"])
     return st.multilabel_soft_margin_loss(as_tensor(fn_input), as_tensor(target), **kw)

@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from softmargin._chunks import PLAIN, Options  # noqa: E402
-from softmargin.kernels import cpu  # noqa
-from softmargin.torch import _ops as torch_ops  # noqa: E402
+from helpers import assert_close
 
-from helpers import assert_close  # noqa: E402
+from softmargin._chunks import PLAIN, Options
+from softmargin.kernels import cpu
+from softmargin.torch import _ops as torch_ops
 
 pytestmark = pytest.mark.skipif(cpu.kernel() is None, reason="the CPU kernel cannot be built here")
 

@@ -14,11 +14,11 @@ torch = pytest.importorskip("torch")
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel module is imported: its @triton.jit reads it
 pytest.importorskip("triton")
 
-from softmargin._chunks import PLAIN  # noqa: E402
-from softmargin.kernels import triton_kernels as triton_ops  # noqa
-from softmargin.torch import _ops as torch_ops  # noqa: E402
+from helpers import assert_close
 
-from helpers import assert_close  # noqa: E402
+from softmargin._chunks import PLAIN
+from softmargin.kernels import triton_kernels as triton_ops
+from softmargin.torch import _ops as torch_ops
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter evaluates both sides of tl.where in NumPy, which warns on the 0 * inf the kernel then discards

@@ -7,14 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import RTOL, SEED_LABELS, SEED_LOGITS, SEED_WEIGHTS, assert_close, reference_grad, reference_loss
 
 from softmargin.numpy import (
     multilabel_soft_margin_loss,
     multilabel_soft_margin_loss_and_grad,
     multilabel_soft_margin_loss_grad,
 )
-
-from helpers import SEED_LABELS, SEED_LOGITS, SEED_WEIGHTS, RTOL, assert_close, reference_grad, reference_loss
 
 SHAPES = [(3,), (1, 1), (5, 7), (2, 3, 4), (4, 1, 3, 2), (300, 257)]
 

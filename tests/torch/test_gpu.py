@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import softmargin.torch as st  # noqa: E402
+from helpers import RTOL, assert_close, reference_grad, reference_loss
 
-from helpers import RTOL, assert_close, reference_grad, reference_loss  # noqa: E402
+import softmargin.torch as st
 
 pytestmark = [
     pytest.mark.gpu,
@@ -182,9 +182,8 @@ def test_cuda_forward_and_backward_allocate_one_gradient():
 
 @pytest.mark.parametrize("target", [0.0, 1.0])
 def test_cuda_float32_element_accuracy_against_mpmath(target):
-    from scipy.special import expit
-
     from helpers import exact_element_loss
+    from scipy.special import expit
 
     magnitudes = np.logspace(-6, 4, 600)
     x = np.concatenate([-magnitudes, magnitudes]).astype(np.float32)

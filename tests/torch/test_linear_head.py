@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import softmargin.torch as st  # noqa: E402
+from helpers import assert_close
 
-from helpers import assert_close  # noqa: E402
+import softmargin.torch as st
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
 

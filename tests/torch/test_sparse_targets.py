@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import assert_close
 
 import softmargin.numpy as snp
 
-from helpers import assert_close
-
 torch = pytest.importorskip("torch")
-import softmargin.torch as st  # noqa: E402
+import softmargin.torch as st
 
 pytestmark = [pytest.mark.usefixtures("torch_path"), pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
+from helpers import RTOL, SEED_LABELS, SEED_LOGITS, SEED_WEIGHTS, assert_close, reference_loss
 
-from softmargin.torch import MultiLabelSoftMarginLoss, multilabel_soft_margin_loss  # noqa: E402
-
-from helpers import SEED_LABELS, SEED_LOGITS, SEED_WEIGHTS, RTOL, assert_close, reference_loss  # noqa: E402
+from softmargin.torch import MultiLabelSoftMarginLoss, multilabel_soft_margin_loss
 
 pytestmark = pytest.mark.usefixtures("torch_path")
 

@@ -34,8 +34,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 IMPLEMENTATIONS = ("softmargin", "torch eager", "torch.compile", "BCEWithLogits", "floor")
 DEFAULT_SHAPES = ((4096, 2000), (256, 100_000), (32, 10))
@@ -151,7 +152,7 @@ def time_group(
             step()
             sync()
             steps[impl] = step
-        except Exception as error:  # noqa: BLE001 - one failing anchor (say torch.compile) must not end the run
+        except Exception as error:
             result[impl] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
     times: dict[str, list[float]] = {impl: [] for impl in steps}
     for _ in range(repeat):
@@ -260,7 +261,7 @@ def measure_group(
             else:
                 try:
                     row.update(peak_memory(impl, shape, dtype, threads, device))
-                except Exception as error:  # noqa: BLE001 - reported in the row
+                except Exception as error:
                     row["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
         rows.append(row)
     return rows
@@ -359,8 +360,8 @@ def measure_extreme_one(impl: str, num_labels: int, what: str, rows: int = 256, 
     return {"median_s": times[len(times) // 2]}
 
 
-def extreme(labels: Sequence[int] = EXTREME_LABELS, repeat: int = 3, threads: Optional[int] = None,
-            out: Optional[Path] = None, progress: bool = True) -> list[dict[str, Any]]:
+def extreme(labels: Sequence[int] = EXTREME_LABELS, repeat: int = 3, threads: int | None = None,
+            out: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """The fused head against the plain path at N=256, hidden 256; the plain path only where it fits in memory."""
     threads = threads or len(os.sched_getaffinity(0))
     total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -401,7 +402,7 @@ def extreme_report(rows: list[dict[str, Any]]) -> str:
     return format_table(["labels", "path", "step s", "extra MB", "param grads MB", "fused vs plain"], table)
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> str:
+def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
@@ -440,8 +441,8 @@ def run(
     dtypes: Sequence[str] = DEFAULT_DTYPES,
     impls: Sequence[str] = IMPLEMENTATIONS,  # on CUDA "softmargin validate=False" is added after "softmargin"
     repeat: int = 15,
-    threads: Optional[int] = None,
-    out: Optional[Path] = None,
+    threads: int | None = None,
+    out: Path | None = None,
     progress: bool = True,
     device: str = "cpu",
 ) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -67,7 +67,7 @@ def _hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _names(text: Optional[str]) -> Optional[list[str]]:
+def _names(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
 
@@ -89,7 +89,7 @@ def _predict(args: argparse.Namespace) -> int:
     return predict_command(args)
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser, default: Optional[str]) -> None:
+def _add_data_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
     parser.add_argument("--data", default=default, required=default is None,
                         help="a built-in data set (yeast) or a file: MULAN .arff, .csv, or LIBSVM/XC text" + (f" (default: {default})" if default else ""))  # fmt: skip
     parser.add_argument("--test", help="a separate test file (a built-in data set brings its standard split)")
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

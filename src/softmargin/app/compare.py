@@ -8,8 +8,8 @@ example and on growing logits, and prints each one's relative error against the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 SEED_LOGITS = [[0.5, -1.0, 3.0], [1.5, -2.0, 0.0]]
 SEED_LABELS = [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
@@ -22,7 +22,7 @@ class Case:
     name: str
     logits: list[list[float]]
     labels: list[list[float]]
-    weight: Optional[list[float]] = None
+    weight: list[float] | None = None
 
 
 def exact_loss(case: Case) -> float:
@@ -53,7 +53,7 @@ def implementations() -> dict[str, Callable[[Case], float]]:
 
     from ..torch import multilabel_soft_margin_loss
 
-    def tensors(case: Case) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def tensors(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         weight = torch.tensor(case.weight) if case.weight else None
         return torch.tensor(case.logits), torch.tensor(case.labels), weight
 
@@ -105,7 +105,7 @@ def relative_error(value: float, exact: float) -> float:
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 

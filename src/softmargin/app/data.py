@@ -12,9 +12,10 @@ import csv
 import gzip
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,7 +42,7 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.Y.shape[0])
 
-    def subset(self, index: np.ndarray) -> "Dataset":
+    def subset(self, index: np.ndarray) -> Dataset:
         return Dataset(self.X[index], self.Y[index], self.feature_names, self.label_names, self.name)
 
     def describe(self) -> str:
@@ -97,7 +98,7 @@ def _unquote(name: str) -> str:
     return name
 
 
-def mulan_labels(xml_path: Union[str, Path]) -> list[str]:
+def mulan_labels(xml_path: str | Path) -> list[str]:
     """The label names listed in a MULAN XML file (``<labels><label name="..."/>...</labels>``)."""
     try:
         root = ET.parse(xml_path).getroot()
@@ -109,7 +110,7 @@ def mulan_labels(xml_path: Union[str, Path]) -> list[str]:
     return names
 
 
-def load_arff(path: Union[str, Path], labels: Optional[Sequence[str]] = None, xml: Optional[Union[str, Path]] = None) -> Dataset:
+def load_arff(path: str | Path, labels: Sequence[str] | None = None, xml: str | Path | None = None) -> Dataset:
     """A MULAN ARFF file, dense or sparse (``{index value, ...}`` rows).
 
     The label attributes are named by ``labels``, else by ``xml`` (MULAN's XML file), else by the ``.xml`` file next
@@ -193,7 +194,7 @@ def load_arff(path: Union[str, Path], labels: Optional[Sequence[str]] = None, xm
     return Dataset(X, Y.astype(np.uint8), [names[i] for i in feature_index], list(labels), path.stem)
 
 
-def _sibling_xml(path: Path) -> Optional[Path]:
+def _sibling_xml(path: Path) -> Path | None:
     stem = path.stem
     candidates = [path.with_suffix(".xml")]
     if "-" in stem:
@@ -204,7 +205,7 @@ def _sibling_xml(path: Path) -> Optional[Path]:
 # --- LIBSVM / extreme classification -------------------------------------------------------------------------------
 
 
-def load_libsvm(path: Union[str, Path], num_features: Optional[int] = None, num_labels: Optional[int] = None) -> Dataset:
+def load_libsvm(path: str | Path, num_features: int | None = None, num_labels: int | None = None) -> Dataset:
     """The multi-label LIBSVM format ``l1,l2 idx:val idx:val ...`` (0-based label ids), with or without the
     extreme-classification repository's header line ``N F L``. Features stay sparse (CSR)."""
     path = Path(path)
@@ -249,7 +250,7 @@ def load_libsvm(path: Union[str, Path], num_features: Optional[int] = None, num_
 # --- CSV -----------------------------------------------------------------------------------------------------------
 
 
-def load_csv(path: Union[str, Path], labels: Sequence[str]) -> Dataset:
+def load_csv(path: str | Path, labels: Sequence[str]) -> Dataset:
     """A CSV file with a header row; ``labels`` names the 0/1 label columns, every other column is a feature."""
     path = Path(path)
     if not labels:
@@ -288,7 +289,7 @@ def load_csv(path: Union[str, Path], labels: Sequence[str]) -> Dataset:
 # --- dispatch ------------------------------------------------------------------------------------------------------
 
 
-def load(spec: str, labels: Optional[Sequence[str]] = None, xml: Optional[str] = None) -> Dataset:
+def load(spec: str, labels: Sequence[str] | None = None, xml: str | None = None) -> Dataset:
     """One file, by its extension: ``.arff``, ``.csv``, anything else LIBSVM text."""
     path = Path(spec)
     if not path.exists():
@@ -302,8 +303,8 @@ def load(spec: str, labels: Optional[Sequence[str]] = None, xml: Optional[str] =
 
 
 def load_train_test(
-    data: str, test: Optional[str] = None, labels: Optional[Sequence[str]] = None, xml: Optional[str] = None
-) -> tuple[Dataset, Optional[Dataset]]:
+    data: str, test: str | None = None, labels: Sequence[str] | None = None, xml: str | None = None
+) -> tuple[Dataset, Dataset | None]:
     """(train, test): a built-in name gives its standard split; a file gives (it, ``test`` or None)."""
     if data in BUILTIN:
         return load_builtin(data)

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from . import data as D
 from .. import metrics as M
+from . import data as D
 from . import train as T
 from .compare import format_table
 

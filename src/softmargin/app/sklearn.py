@@ -8,7 +8,7 @@ one sigmoid per class, one-vs-rest, probabilities normalised to sum to 1). It wo
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -54,7 +54,7 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         batch_size: int = 64,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
-        C: Optional[float] = None,
+        C: float | None = None,
         valid_fraction: float = 0.15,
         patience: int = 20,
         standardize: str = "auto",
@@ -66,7 +66,7 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         clip: float = 0.0,
         thresholds: str = "fixed",
         at_least_one: str = "no",
-        random_state: Optional[int] = None,
+        random_state: int | None = None,
         verbose: bool = False,
     ) -> None:
         self.model = model
@@ -104,7 +104,7 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
             thresholds=self.thresholds, at_least_one=self.at_least_one, seed=int(seed),
         ).check()  # fmt: skip
 
-    def fit(self, X: Any, y: Any) -> "SoftMarginClassifier":
+    def fit(self, X: Any, y: Any) -> SoftMarginClassifier:
         config = self._config()
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float32, multi_output=True)
         target_type = type_of_target(y)

@@ -20,9 +20,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,9 +31,9 @@ import torch
 from torch import nn
 
 from .. import metrics as M
-from .data import Dataset
 from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
 from ..weights import class_weights, pos_weight
+from .data import Dataset
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
 #: From this many labels on, ``head="auto"`` trains the last layer and the loss as one fused head.
@@ -51,13 +52,13 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adamw" (mini-batches) or "lbfgs" (full batch, to convergence)
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    C: Optional[float] = None  # L2 penalty as scikit-learn's LogisticRegression(C=...): sum ||W||^2 / (2 C N L)
+    C: float | None = None  # L2 penalty as scikit-learn's LogisticRegression(C=...): sum ||W||^2 / (2 C N L)
     valid_fraction: float = 0.15
     patience: int = 20
     standardize: str = "auto"  # "auto" (dense features only), "yes", "no"
     class_weight: str = "none"
     pos_weight: bool = False
-    pos_weight_max: Optional[float] = 10.0
+    pos_weight_max: float | None = 10.0
     label_smoothing: float = 0.0
     gamma_pos: float = 0.0
     gamma_neg: float = 0.0
@@ -68,9 +69,9 @@ class TrainConfig:
     ensemble: int = 5  # networks trained from consecutive seeds; their probabilities are averaged
     head: str = "auto"  # "fused": last layer and loss fused (no batch x labels logits); "plain"; auto: fused from 512 labels
     seed: int = 0
-    threads: Optional[int] = None
+    threads: int | None = None
 
-    def check(self) -> "TrainConfig":
+    def check(self) -> TrainConfig:
         if self.model not in ("linear", "mlp"):
             raise ValueError(f"model={self.model!r}: expected 'linear' or 'mlp'")
         if self.class_weight not in CLASS_WEIGHTS:
@@ -140,15 +141,15 @@ class TrainedModel:
     thresholds: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
     at_least_one: bool = False
-    label_counts: Optional[np.ndarray] = None  # positives per label in the training data (for PSP@k)
+    label_counts: np.ndarray | None = None  # positives per label in the training data (for PSP@k)
     train_size: int = 0
 
-    def decision_function(self, X: Any, batch_size: Optional[int] = None) -> np.ndarray:
+    def decision_function(self, X: Any, batch_size: int | None = None) -> np.ndarray:
         """The logit of the ensemble's mean probability, (N, L)."""
         p = np.clip(self.predict_proba(X, batch_size), 1e-12, 1 - 1e-12)
         return np.log(p) - np.log1p(-p)
 
-    def predict_proba(self, X: Any, batch_size: Optional[int] = None) -> np.ndarray:
+    def predict_proba(self, X: Any, batch_size: int | None = None) -> np.ndarray:
         """The members' mean probability, (N, L). Computed in float64, so that a row's result does not depend on
         which other rows share its batch (float32 matrix products round differently with the batch size)."""
         total = np.zeros((X.shape[0], len(self.label_names)), np.float64)
@@ -214,7 +215,7 @@ def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarra
 
 
 @contextlib.contextmanager
-def _threads(count: Optional[int]) -> Iterator[None]:
+def _threads(count: int | None) -> Iterator[None]:
     before = torch.get_num_threads()
     if count:
         torch.set_num_threads(count)
@@ -323,7 +324,7 @@ def _fit_one(
     return net, history
 
 
-def _l2_penalty(net: MultiLabelNet, C: Optional[float], num_samples: int, num_labels: int) -> Optional[Callable[[], torch.Tensor]]:
+def _l2_penalty(net: MultiLabelNet, C: float | None, num_samples: int, num_labels: int) -> Callable[[], torch.Tensor] | None:
     """scikit-learn's L2 term, rescaled to our loss (a mean over N samples and L labels): sum ||W||^2 / (2 C N L)."""
     if C is None:
         return None
@@ -333,7 +334,7 @@ def _l2_penalty(net: MultiLabelNet, C: Optional[float], num_samples: int, num_la
 
 
 def _fit_lbfgs(
-    net: MultiLabelNet, loss_fn: nn.Module, penalty: Optional[Callable[[], torch.Tensor]], X: torch.Tensor, Y: torch.Tensor,
+    net: MultiLabelNet, loss_fn: nn.Module, penalty: Callable[[], torch.Tensor] | None, X: torch.Tensor, Y: torch.Tensor,
     config: TrainConfig,
 ) -> list[dict[str, float]]:
     """Full-batch L-BFGS to convergence: for the linear model this is per-label logistic regression, solved."""

@@ -22,7 +22,6 @@ import sysconfig
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
 FLAG_SETS = (
@@ -41,7 +40,7 @@ FLAG_SETS = (
 DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3, "uint8": 4}
 
 
-def _compiler() -> Optional[str]:
+def _compiler() -> str | None:
     for candidate in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc", "clang"):
         if candidate:
             path = shutil.which(candidate.split()[0])
@@ -62,7 +61,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SOFTMARGIN_CACHE") or Path.home() / ".cache" / "softmargin")
 
 
-def _build(compiler: str, flags: list[str], target: Path) -> Optional[str]:
+def _build(compiler: str, flags: list[str], target: Path) -> str | None:
     """Compile to a temporary file and move it into place atomically; returns an error text or None."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -88,8 +87,8 @@ def _build(compiler: str, flags: list[str], target: Path) -> Optional[str]:
 TARGET_CHECKED = frozenset({"float32", "float16", "bfloat16"})
 
 
-@functools.lru_cache(maxsize=None)
-def kernel() -> Optional[ctypes.CDLL]:
+@functools.cache
+def kernel() -> ctypes.CDLL | None:
     """The loaded kernel library, or None where it cannot be built or loaded here (then callers fall back)."""
     if os.environ.get("SOFTMARGIN_NATIVE", "1") == "0" or not sys.platform.startswith("linux"):
         return None
@@ -153,19 +152,19 @@ def fused(
     xtype: str,
     ytype: str,
     x: int,
-    y: Optional[int],
-    weight: tuple[Optional[int], int],
-    pos_weight: tuple[Optional[int], int],
-    mask: tuple[Optional[int], int],
+    y: int | None,
+    weight: tuple[int | None, int],
+    pos_weight: tuple[int | None, int],
+    mask: tuple[int | None, int],
     num_rows: int,
     num_classes: int,
     scale: float,
-    row_scale: Optional[int],
-    options: Optional[tuple[float, float, float, float]],
+    row_scale: int | None,
+    options: tuple[float, float, float, float] | None,
     out: int,
-    grad: Optional[int],
+    grad: int | None,
     num_threads: int,
-    sparse: Optional[tuple[int, int, Optional[int]]] = None,
+    sparse: tuple[int, int, int | None] | None = None,
 ) -> bool:
     """Run the kernel on raw pointers; the caller owns the layout (contiguous; see cpu_kernel.c). Returns True when
     a row function saw a target outside [0, 1] (the options in every dtype and the plain loss in ``TARGET_CHECKED``

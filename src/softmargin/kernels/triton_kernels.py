@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
 
 import numpy as np
 import torch
@@ -89,14 +88,14 @@ def _fused_tiles_kernel(
     tl.store(out_ptr + row * num_tiles + tile, tl.sum(acc, axis=0))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # Triton's interpreter: any fixed number
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def tiling(num_rows: int, num_classes: int, multiprocessors: int, block: Optional[int] = None) -> tuple[int, int, int]:
+def tiling(num_rows: int, num_classes: int, multiprocessors: int, block: int | None = None) -> tuple[int, int, int]:
     """``(block, span, tiles per row)``: enough programs to fill the GPU (about eight per multiprocessor) without
     tiles shorter than four blocks."""
     if block is None:
@@ -111,14 +110,14 @@ def tiling(num_rows: int, num_classes: int, multiprocessors: int, block: Optiona
 def fused_rows(
     x: torch.Tensor,
     y: torch.Tensor,
-    w: Optional[torch.Tensor],
+    w: torch.Tensor | None,
     num_rows: int,
     num_classes: int,
     scale: float,
     need_grad: bool,
-    block: Optional[int] = None,
-    span: Optional[int] = None,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    block: int | None = None,
+    span: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row sums (float64, shape (N,)) and the gradient ((N, C), x's dtype) for contiguous (N, C) x and y.
 
     ``w`` is None, a (1, C) row or an (N, C) matrix (any float dtype; cast in the kernel). ``block`` and ``span``

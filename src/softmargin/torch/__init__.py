@@ -6,7 +6,7 @@ not (infinite logits, float16 with many classes). The operator and its dispatch 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,11 +40,11 @@ def _kind(dtype: torch.dtype) -> str:
 def _check(
     input: Tensor,
     target: Tensor,
-    weight: Optional[Tensor],
+    weight: Tensor | None,
     reduction: str,
     validate: bool,
-    pos_weight: Optional[Tensor] = None,
-    mask: Optional[Tensor] = None,
+    pos_weight: Tensor | None = None,
+    mask: Tensor | None = None,
     options: Options = PLAIN,
 ) -> None:
     V.check_reduction(reduction)
@@ -79,7 +79,7 @@ def _check(
         _check_values(target if isinstance(target, SparseTargets) else None, ("weight", weight, False), ("pos_weight", pos_weight, True))
 
 
-def _check_values(target: Any, *weights: tuple[str, Optional[Tensor], bool]) -> None:
+def _check_values(target: Any, *weights: tuple[str, Tensor | None, bool]) -> None:
     """The value checks: the target in [0, 1] (dense or sparse; None: not here); each (name, weight, strictly
     positive) finite and non-negative (positive), checked once per version of the tensor."""
     if isinstance(target, SparseTargets):
@@ -108,13 +108,13 @@ def _remember(tensor: Tensor) -> None:
 def multilabel_soft_margin_loss(
     input: Tensor,
     target: Tensor,
-    weight: Optional[Tensor] = None,
-    size_average: Optional[bool] = None,
-    reduce: Optional[bool] = None,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
     reduction: str = "mean",
     *,
-    pos_weight: Optional[Tensor] = None,
-    mask: Optional[Tensor] = None,
+    pos_weight: Tensor | None = None,
+    mask: Tensor | None = None,
     label_smoothing: float = 0.0,
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,
@@ -194,12 +194,12 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
 
     def __init__(
         self,
-        weight: Optional[Tensor] = None,
-        size_average: Optional[bool] = None,
-        reduce: Optional[bool] = None,
+        weight: Tensor | None = None,
+        size_average: bool | None = None,
+        reduce: bool | None = None,
         reduction: str = "mean",
         *,
-        pos_weight: Optional[Tensor] = None,
+        pos_weight: Tensor | None = None,
         label_smoothing: float = 0.0,
         gamma_pos: float = 0.0,
         gamma_neg: float = 0.0,
@@ -209,7 +209,7 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
         super().__init__(weight, size_average, reduce, reduction)
         V.check_reduction(self.reduction)
         V.check_options(label_smoothing, gamma_pos, gamma_neg, clip)
-        self.pos_weight: Optional[Tensor]
+        self.pos_weight: Tensor | None
         if pos_weight is not None:
             self.register_buffer("pos_weight", pos_weight)
         else:
@@ -220,7 +220,7 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
         self.clip = clip
         self.validate = validate
 
-    def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         return multilabel_soft_margin_loss(
             input, target, weight=self.weight, reduction=self.reduction, pos_weight=self.pos_weight, mask=mask,
             label_smoothing=self.label_smoothing, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg,
@@ -239,20 +239,20 @@ def _total_labels(local: int, group: Any) -> int:
 def linear_multilabel_soft_margin_loss(
     hidden: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     target: Any,
     *,
-    class_weight: Optional[Tensor] = None,
-    pos_weight: Optional[Tensor] = None,
+    class_weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,
     clip: float = 0.0,
-    chunk_size: Optional[int] = None,
-    memory_budget: Optional[int] = None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
     process_group: Any = None,
-    total_labels: Optional[int] = None,
+    total_labels: int | None = None,
     validate: bool = True,
 ) -> Tensor:
     r"""``multilabel_soft_margin_loss(hidden @ weight.T + bias, target)`` without ever holding the N x C logits.
@@ -325,15 +325,15 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         num_labels: int,
         bias: bool = True,
         *,
-        class_weight: Optional[Tensor] = None,
-        pos_weight: Optional[Tensor] = None,
+        class_weight: Tensor | None = None,
+        pos_weight: Tensor | None = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         gamma_pos: float = 0.0,
         gamma_neg: float = 0.0,
         clip: float = 0.0,
-        chunk_size: Optional[int] = None,
-        memory_budget: Optional[int] = None,
+        chunk_size: int | None = None,
+        memory_budget: int | None = None,
         process_group: Any = None,
         label_offset: int = 0,
         device: Any = None,
@@ -362,7 +362,7 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
             process_group=self.process_group, total_labels=self.total_labels, **self.options,
         )  # fmt: skip
 
-    def logits(self, hidden: Tensor, labels: Optional[slice] = None) -> Tensor:
+    def logits(self, hidden: Tensor, labels: slice | None = None) -> Tensor:
         """Logits of (a slice of) this shard's labels: (N, len(labels)). For a few labels, or few samples."""
         labels = labels or slice(0, self.weight.shape[0])
         return torch.nn.functional.linear(hidden, self.weight[labels], None if self.bias is None else self.bias[labels])

@@ -14,7 +14,7 @@ weight and bias gradients stay local.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -33,7 +33,7 @@ def auto_budget(num_rows: int, num_labels: int) -> int:
     return int(min(DEFAULT_BUDGET, max(4 << 20, num_rows * num_labels * 4 // 32)))
 
 
-def chunk_shape(num_rows: int, num_labels: int, budget_bytes: int, label_chunk: Optional[int] = None) -> tuple[int, int]:
+def chunk_shape(num_rows: int, num_labels: int, budget_bytes: int, label_chunk: int | None = None) -> tuple[int, int]:
     """(rows, labels) per chunk so that about four float32 (rows x labels) temporaries fit ``budget_bytes``."""
     per_element = 16  # logits, their gradient, a target chunk and slack, 4 bytes each
     if label_chunk is None:
@@ -75,16 +75,16 @@ def _all_reduce(tensor: torch.Tensor, group: Any) -> torch.Tensor:
 def walk(
     hidden: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     target: Any,
-    class_weight: Optional[torch.Tensor],
-    pos_weight: Optional[torch.Tensor],
+    class_weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
     options: Options,
-    row_scale: Optional[torch.Tensor],
+    row_scale: torch.Tensor | None,
     scale: float,
     need: tuple[bool, bool, bool],
     chunks: tuple[int, int],
-) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """One pass over the chunks: local per-row loss sums (float64) and the gradients of ``sum_n row_scale[n] *
     scale * row_loss_n`` (``row_scale`` None: all ones) w.r.t. hidden, weight and bias, as asked by ``need``."""
     num_rows, num_labels = hidden.shape[0], weight.shape[0]
@@ -129,10 +129,10 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
-        bias: Optional[torch.Tensor],
+        bias: torch.Tensor | None,
         target: Any,
-        class_weight: Optional[torch.Tensor],
-        pos_weight: Optional[torch.Tensor],
+        class_weight: torch.Tensor | None,
+        pos_weight: torch.Tensor | None,
         reduction: str,
         options: Options,
         chunks: tuple[int, int],
@@ -160,7 +160,7 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
         return (total / num_rows if reduction == "mean" else total).to(hidden.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias = ctx.saved_tensors
         target, class_weight, pos_weight, options, scale, need, chunks, group, reduction = ctx.setup
         consumed = ctx.grads is None  # a second backward through the same graph (retain_graph=True, gradcheck)
@@ -178,7 +178,7 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
             ctx.grads = None
         if reduction != "none" and not (grad_output.numel() == 1 and grad_output.item() == 1.0):
             g_hidden, g_weight, g_bias = (None if g is None else g * grad_output for g in (g_hidden, g_weight, g_bias))
-        cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
+        cast = lambda g, like: None if g is None else g.to(like.dtype)
         return (
             cast(g_hidden, hidden), cast(g_weight, weight), None if bias is None else cast(g_bias, bias),
             None, None, None, None, None, None, None, None,

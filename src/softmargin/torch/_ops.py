@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import math
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -31,7 +31,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _weight_rows(weight: Optional[torch.Tensor], shape: torch.Size, dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+def _weight_rows(weight: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype | None) -> torch.Tensor | None:
     """None, a (1, C) row (for a tensor of at most one dimension) or the tensor laid out like the input as (N, C)."""
     if weight is None:
         return None
@@ -50,14 +50,14 @@ def _scale(reduction: str, num_rows: int, num_classes: int) -> float:
 def loss_and_grad(
     x: torch.Tensor,
     y: torch.Tensor,
-    weight: Optional[torch.Tensor],
+    weight: torch.Tensor | None,
     reduction: str,
     need_grad: bool,
-    pos_weight: Optional[torch.Tensor] = None,
-    mask: Optional[torch.Tensor] = None,
+    pos_weight: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
     options: Options = PLAIN,
     check_target: bool = False,
-) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Per-sample losses (float64, shape ``x.shape[:-1]``), the gradient (``x.dtype``) or None, rows in the mean.
 
     ``check_target``: raise ValueError for a dense target outside [0, 1]. The CPU kernel checks as it reads the
@@ -95,11 +95,11 @@ def loss_and_grad(
     return _chunked(x, y, weight, pos_weight, mask, options, reduction, need_grad)
 
 
-def _shaped(grad: Optional[torch.Tensor], shape: torch.Size) -> Optional[torch.Tensor]:
+def _shaped(grad: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
     return None if grad is None else grad.reshape(shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_ops() -> Any:
     """The Triton kernel module, or None where Triton is not installed (then the chunked torch path runs)."""
     try:
@@ -131,7 +131,7 @@ def _per_sample(row_sums: torch.Tensor, divisor: Any, masked: bool, shape: torch
 
 
 @functools.lru_cache(maxsize=64)
-def ones_row(num_classes: int, dtype: torch.dtype, device: Optional[torch.device] = None) -> torch.Tensor:
+def ones_row(num_classes: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
     """A (1, C) row of ones (the kernels' default weight, pos_weight and mask), made once per size, dtype and
     device (None: the CPU): the kernels only read it, and small calls should not pay for an allocation."""
     return torch.ones(1, num_classes, dtype=dtype, device=device)
@@ -140,13 +140,13 @@ def ones_row(num_classes: int, dtype: torch.dtype, device: Optional[torch.device
 def _native(
     x: torch.Tensor,
     y: torch.Tensor,
-    weight: Optional[torch.Tensor],
-    pos_weight: Optional[torch.Tensor],
-    mask: Optional[torch.Tensor],
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
     options: Options,
     reduction: str,
     need_grad: bool,
-) -> tuple[tuple[torch.Tensor, Optional[torch.Tensor], float], bool]:
+) -> tuple[tuple[torch.Tensor, torch.Tensor | None, float], bool]:
     """The compiled kernel: one pass, no temporaries beyond the gradient itself (see cpu_kernel.c). Also returns
     whether the kernel saw a target outside [0, 1] (the row functions that look: see ``cpu.fused``)."""
     cdtype = compute_dtype(x.dtype)
@@ -178,7 +178,7 @@ def _native(
     row_sums = torch.empty(num_rows, dtype=torch.float64)
     grad = torch.empty((num_rows, num_classes), dtype=x.dtype) if need_grad else None
 
-    def pointer(t: Optional[torch.Tensor]) -> tuple[Optional[int], int]:
+    def pointer(t: torch.Tensor | None) -> tuple[int | None, int]:
         return (None, 0) if t is None else (t.data_ptr(), 0 if t.shape[0] == 1 else num_classes)
 
     if sparse is None:
@@ -201,7 +201,7 @@ class PerVersion:
     counter: nothing is kept for them. Serves the weight checks (``softmargin.torch``) and conversions (below)."""
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple["weakref.ref[torch.Tensor]", int, Any]] = {}
+        self._entries: dict[int, tuple[weakref.ref[torch.Tensor], int, Any]] = {}
 
     def get(self, tensor: torch.Tensor) -> Any:
         """The value kept for this version of ``tensor``, or None."""
@@ -241,8 +241,8 @@ def _count_rows(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _native_plain(
-    x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor], cdtype: torch.dtype, reduction: str, need_grad: bool
-) -> tuple[tuple[torch.Tensor, Optional[torch.Tensor], float], bool]:
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, cdtype: torch.dtype, reduction: str, need_grad: bool
+) -> tuple[tuple[torch.Tensor, torch.Tensor | None, float], bool]:
     """The common case (dense (N, C) target, a per-class weight or none) without the general path's bookkeeping,
     which costs more than the kernel at small sizes."""
     num_rows, num_classes = x.shape
@@ -266,13 +266,13 @@ def _native_plain(
 def _chunked(
     x: torch.Tensor,
     y: torch.Tensor,
-    weight: Optional[torch.Tensor],
-    pos_weight: Optional[torch.Tensor],
-    mask: Optional[torch.Tensor],
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
     options: Options,
     reduction: str,
     need_grad: bool,
-) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Chunked torch operations (``_chunks.loss_rows``): any device, any option; one gradient plus one chunk."""
     cdtype = compute_dtype(x.dtype)
     rows = _rows(x, y, weight, pos_weight, mask, cdtype)
@@ -309,10 +309,10 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
         ctx: Any,
         x: torch.Tensor,
         y: torch.Tensor,
-        weight: Optional[torch.Tensor],
+        weight: torch.Tensor | None,
         reduction: str,
-        pos_weight: Optional[torch.Tensor] = None,
-        mask: Optional[torch.Tensor] = None,
+        pos_weight: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
         options: Options = PLAIN,
         check_target: bool = False,
     ) -> torch.Tensor:
@@ -330,7 +330,7 @@ class MultiLabelSoftMarginLossFunction(torch.autograd.Function):
         return reduce(per_sample, reduction, counted).to(x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, y, weight, pos_weight, mask = ctx.saved_tensors
         y = ctx.sparse_target if ctx.sparse_target is not None else y
         grad = ctx.grad
