@@ -8,7 +8,6 @@ float64 are tested here; the compiled kernel, bfloat16, sync-freedom and CUDA gr
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -18,10 +17,9 @@ torch = pytest.importorskip("torch")
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel module is imported: its @triton.jit reads it
 pytest.importorskip("triton")
 
-from helpers import assert_close, exact_element_loss
+from helpers import OPTION_CASES, assert_close, exact_element_loss, formula_rows, long_rows_with_exact_sums, option_operands
 
 import softmargin.torch as st
-from softmargin._formula import element_loss_and_grad_options
 from softmargin.kernels import triton_kernels as tk
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -39,20 +37,6 @@ RTOL_PLAIN = {torch.float16: 1e-3, torch.float32: 2e-6, torch.float64: 1e-12}
 RTOL_FOCUS = {torch.float16: 1e-3, torch.float32: 1e-5, torch.float64: 1e-12}
 
 N, C = 5, 300  # with block 64 and span 128: three tiles per row, the last one short, and a short last block
-OPTIONS = {
-    "plain": {},
-    "class weight": {"weight": "class"},
-    "full weight": {"weight": "full"},
-    "pos_weight": {"pos_weight": "class"},
-    "row pos_weight": {"pos_weight": "full"},
-    "class mask": {"mask": "class"},
-    "full mask": {"mask": "full"},
-    "smoothing": {"label_smoothing": 0.1},
-    "focal": {"gamma_pos": 2.0, "gamma_neg": 2.0},
-    "asymmetric": {"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05},
-    "everything": {"weight": "class", "pos_weight": "full", "mask": "full", "label_smoothing": 0.2,
-                   "gamma_pos": 1.0, "gamma_neg": 3.0, "clip": 0.1},
-}  # fmt: skip
 
 
 def _data(dtype, target="hard", seed=0, num_rows=N, num_classes=C):
@@ -68,48 +52,6 @@ def _data(dtype, target="hard", seed=0, num_rows=N, num_classes=C):
     return x, y
 
 
-def _operands(spec, dtype, seed=1, num_rows=N, num_classes=C):
-    """The option dict of OPTIONS made concrete: tensors for "class" (C,) and "full" (N, C) operands."""
-    gen = torch.Generator().manual_seed(seed)
-    shape = {"class": (num_classes,), "full": (num_rows, num_classes)}
-    out = {}
-    for name, value in spec.items():
-        if name == "mask":
-            out[name] = torch.rand(shape[value], generator=gen) < 0.7
-            out[name].reshape(-1, num_classes)[:, 0] = True  # every row observes a label
-        elif name in ("weight", "pos_weight"):
-            w = torch.rand(shape[value], generator=gen, dtype=torch.float64) * 2 + 0.1
-            if name == "weight":
-                w.reshape(-1)[3] = 0.0  # a zero weight removes its element
-            out[name] = w.to(dtype)
-        else:
-            out[name] = value
-    return out
-
-
-def _formula_rows(x, y, opts, scale, row_scale=None):
-    """Row sums and gradient from ``element_loss_and_grad_options`` in float64 on the same (rounded) inputs."""
-    xd, yd = x.double(), y.double()
-    eps = opts.get("label_smoothing", 0.0)
-    if eps:
-        yd = yd * (1 - eps) + eps / 2
-    pw = opts.get("pos_weight")
-    loss, grad = element_loss_and_grad_options(
-        xd, yd, torch, pos_weight=None if pw is None else pw.double(), gamma_pos=opts.get("gamma_pos", 0.0),
-        gamma_neg=opts.get("gamma_neg", 0.0), clip=opts.get("clip", 0.0),
-    )  # fmt: skip
-    w = torch.ones_like(xd)
-    if opts.get("weight") is not None:
-        w = w * opts["weight"].double()
-    if opts.get("mask") is not None:
-        w = w * opts["mask"].double()
-    sums = torch.where(w == 0, 0.0, loss * w).sum(1)
-    grad = grad * w * scale
-    if row_scale is not None:
-        grad = grad * row_scale.double()[:, None]
-    return sums, grad
-
-
 def _check_rows(sums, grad, ref_sums, ref_grad, rtol, what=""):
     finite = torch.isfinite(ref_sums)
     assert torch.equal(torch.isinf(sums), torch.isinf(ref_sums)), what
@@ -119,19 +61,19 @@ def _check_rows(sums, grad, ref_sums, ref_grad, rtol, what=""):
 
 @interpreted
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", list(OPTIONS))
+@pytest.mark.parametrize("name", list(OPTION_CASES))
 def test_each_option_matches_the_float64_formula(name, dtype):
     x, y = _data(dtype, "soft" if name in ("smoothing", "everything") else "hard")
     x[0, 0], x[1, 5], x[2, 7] = float("inf"), -float("inf"), float("inf")
     y[0, 0], y[1, 5] = 1, 0  # right predictions at infinity; x[2, 7] is wrong at +inf unless y is 1
-    opts = _operands(OPTIONS[name], dtype)
+    opts = option_operands(OPTION_CASES[name], dtype, N, C)
     row_scale = torch.rand(N, dtype=torch.float64) + 0.5
     sums, grad = tk.fused_rows(x, y, **opts, scale=0.01, row_scale=row_scale, need_grad=True, block=64, span=128)
     assert sums.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and sums.shape == (N,)
     assert grad.dtype == dtype and grad.shape == x.shape
     assert torch.isfinite(grad).all()
-    rtol = (RTOL_FOCUS if "gamma_neg" in OPTIONS[name] else RTOL_PLAIN)[dtype]
-    _check_rows(sums, grad, *_formula_rows(x, y, opts, 0.01, row_scale), rtol, name)
+    rtol = (RTOL_FOCUS if "gamma_neg" in OPTION_CASES[name] else RTOL_PLAIN)[dtype]
+    _check_rows(sums, grad, *formula_rows(x, y, opts, 0.01, row_scale), rtol, name)
 
 
 @interpreted
@@ -142,14 +84,14 @@ def test_each_option_matches_the_cpu_path_of_the_public_api(name, dtype):
     "none", gradient of their sum) on CPU tensors, from the kernel's row sums: divided by C, or with a mask by each
     row's observed labels (``row_scale`` carries that divisor into the gradient)."""
     x, y = _data(dtype, "soft" if name in ("smoothing", "everything") else "hard", seed=2)
-    opts = _operands(OPTIONS[name], dtype, seed=3)
+    opts = option_operands(OPTION_CASES[name], dtype, N, C, seed=3)
     mask = opts.get("mask")
     divisor = torch.full((N,), float(C), dtype=torch.float64) if mask is None else mask.expand(N, C).sum(1).double()
     sums, grad = tk.fused_rows(x, y, **opts, scale=1.0, row_scale=1 / divisor, need_grad=True, block=64, span=128)
     xr = x.clone().requires_grad_(True)
     per_sample = st.multilabel_soft_margin_loss(xr, y, reduction="none", **opts)
     per_sample.sum().backward()
-    rtol = (RTOL_FOCUS if "gamma_neg" in OPTIONS[name] else RTOL_PLAIN)[dtype]
+    rtol = (RTOL_FOCUS if "gamma_neg" in OPTION_CASES[name] else RTOL_PLAIN)[dtype]
     assert_close((sums.double() / divisor).numpy(), per_sample.detach().double().numpy(), rtol, "per-sample loss")
     assert_close(grad.double().numpy(), xr.grad.double().numpy(), rtol, "grad")
 
@@ -158,7 +100,7 @@ def test_each_option_matches_the_cpu_path_of_the_public_api(name, dtype):
 @pytest.mark.parametrize("target", ["soft", "bool", "uint8"])
 def test_target_dtypes_and_strided_rows(target):
     x, y = _data(torch.float32, target, seed=4)
-    ref = _formula_rows(x, y.to(torch.float64), {}, 0.5)
+    ref = formula_rows(x, y.to(torch.float64), {}, 0.5)
     _check_rows(*tk.fused_rows(x, y, scale=0.5, need_grad=True, block=64), *ref, 2e-6, target)
     wide = torch.zeros(N, C + 13, dtype=y.dtype)
     wide[:, 7:7 + C] = y
@@ -183,7 +125,7 @@ def test_sparse_targets_give_bitwise_the_dense_result(name, values, dtype):
     y[1] = 0  # a row without positives
     y[2, :200] = 1  # a dense run across several blocks
     y[3, 640:] = 1  # the last block
-    opts = _operands(OPTIONS[name], dtype, num_rows=6, num_classes=700)
+    opts = option_operands(OPTION_CASES[name], dtype, num_rows=6, num_classes=700)
     indptr, indices, vals = _csr(y)
     dense = tk.fused_rows(x, y, **opts, scale=0.1, need_grad=True, block=64, span=192)
     sparse = tk.fused_rows(x, None, **opts, sparse=(indptr, indices, vals if values else None), scale=0.1,
@@ -233,7 +175,7 @@ def test_uint8_target_above_one_fails_the_check():
 @pytest.mark.parametrize("name", ["plain", "everything"])
 def test_bitwise_deterministic_and_needs_no_grad(name):
     x, y = _data(torch.float32, "soft", seed=11, num_rows=3, num_classes=700)
-    opts = _operands(OPTIONS[name], torch.float32, num_rows=3, num_classes=700)
+    opts = option_operands(OPTION_CASES[name], torch.float32, num_rows=3, num_classes=700)
     runs = [tk.fused_rows(x, y, **opts, scale=0.5, need_grad=True, block=64, span=192) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     sums, grad = tk.fused_rows(x, y, **opts, scale=0.5, need_grad=False, block=64, span=192)
@@ -339,22 +281,8 @@ def test_float32_element_accuracy_against_mpmath(target):
     assert grad_rel.max() <= 4e-7, f"worst gradient error {grad_rel.max():.2e} at x={x[grad_rel.argmax()]}"
 
 
-def _long_rows(num_rows, num_classes, seed):
-    """Rows of float32 logits drawn from 400 distinct values (with random targets and weights), so that mpmath
-    gives every element's exact loss from 800 evaluations; the exact row sums by math.fsum."""
-    rng = np.random.default_rng(seed)
-    values = np.concatenate([-np.logspace(-4, 1.5, 200), np.logspace(-4, 1.5, 200)]).astype(np.float32)
-    pick = rng.integers(0, values.size, size=(num_rows, num_classes))
-    y = (rng.random((num_rows, num_classes)) < 0.1).astype(np.float32)
-    w = rng.choice(np.array([0.25, 1.0, 1.75, 3.0], dtype=np.float32), size=num_classes)
-    table = np.array([[exact_element_loss(float(v), t) for v in values] for t in (0.0, 1.0)])
-    exact_elements = table[y.astype(np.int64), pick] * w.astype(np.float64)
-    exact_rows = np.array([math.fsum(row) for row in exact_elements])
-    return torch.from_numpy(values[pick]), torch.from_numpy(y), torch.from_numpy(w), exact_rows
-
-
 def _assert_rows_accurate(num_rows, num_classes, seed):
-    x, y, w, exact = _long_rows(num_rows, num_classes, seed)
+    x, y, w, exact = long_rows_with_exact_sums(num_rows, num_classes, seed)
     sums, _ = tk.fused_rows(x, y, weight=w, scale=1.0, need_grad=False)
     assert sums.dtype == torch.float32
     rel = np.abs(sums.double().numpy() - exact) / exact

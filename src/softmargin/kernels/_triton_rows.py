@@ -128,7 +128,7 @@ def _add_pairs(a_hi, a_lo, b_hi, b_lo):
 
 @triton.jit
 def _rows_kernel(
-    x_ptr, y_ptr, w_ptr, pw_ptr, m_ptr, rs_ptr, indptr_ptr, idx_ptr, val_ptr, out_ptr, g_ptr,
+    x_ptr, y_ptr, w_ptr, pw_ptr, m_ptr, rs_ptr, indptr_ptr, idx_ptr, val_ptr, out_ptr, g_ptr, ok_ptr,
     num_classes, y_stride, w_stride, pw_stride, m_stride, sp_row0, sp_col0, span, num_tiles,
     scale_hi, scale_lo, eps_hi, eps_lo, gp_hi, gp_lo, gn_hi, gn_lo, clip_hi, clip_lo,
     HAS_W: tl.constexpr, HAS_PW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_ROW_SCALE: tl.constexpr,
@@ -139,7 +139,8 @@ def _rows_kernel(
 
     Writes the tile's weighted loss sum (``out``: the row's sum, or with SPLIT a (hi, lo) pair per tile for
     :func:`_combine_tiles_kernel`) and, with HAS_GRAD, ``w * mask * dl/dx * scale * row_scale[row]`` into ``g``.
-    ``out``'s dtype is the compute dtype (float32, or float64 for float64 inputs).
+    ``out``'s dtype is the compute dtype (float32, or float64 for float64 inputs). With CHECK, ``ok`` gets one byte
+    per program: 1 when every target value of the tile lies in [0, 1], else 0 (NaN included).
     """
     compute = out_ptr.dtype.element_ty
     row = tl.program_id(0).to(tl.int64)
@@ -168,6 +169,7 @@ def _rows_kernel(
             hi = tl.where(right, hi, mid)
     acc = tl.zeros([BLOCK], dtype=compute)
     comp = tl.zeros([BLOCK], dtype=compute)
+    ok = tl.full([BLOCK], 1, dtype=tl.int32)
     for start in range(first, last, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         valid = cols < last
@@ -195,8 +197,8 @@ def _rows_kernel(
             k += tl.sum(found.to(tl.int64), axis=0)
         else:
             y = tl.load(y_ptr + row * y_stride + cols, mask=valid, other=0).to(compute)
-        if CHECK:
-            tl.device_assert((y >= 0.0) & (y <= 1.0) | ~valid, "softmargin: a target value lies outside [0, 1] or is NaN")
+        if CHECK:  # NaN fails both comparisons
+            ok = tl.where((y >= 0.0) & (y <= 1.0) | ~valid, ok, 0)
         if SMOOTH:
             y = y * (1.0 - eps) + eps / 2
         pos_weight = 1.0
@@ -217,6 +219,8 @@ def _rows_kernel(
         if HAS_GRAD:
             tl.store(g_row + cols, (weight * scale * grad).to(g_ptr.dtype.element_ty), mask=valid)
     hi_sum, lo_sum = tl.reduce((acc, comp), 0, _add_pairs)
+    if CHECK:
+        tl.store(ok_ptr + row * num_tiles + tile, tl.min(ok, axis=0).to(tl.uint8))
     if SPLIT:
         tl.store(out_ptr + (row * num_tiles + tile) * 2, hi_sum)
         tl.store(out_ptr + (row * num_tiles + tile) * 2 + 1, lo_sum)
@@ -236,6 +240,3 @@ def _combine_tiles_kernel(partial_ptr, out_ptr, num_tiles, BLOCK: tl.constexpr):
     hi_sum, lo_sum = tl.reduce((hi, lo), 0, _add_pairs)
     tl.store(out_ptr + row, hi_sum + lo_sum)
 
-
-#: The same kernel compiled with device-side assertions on (Triton compiles ``tl.device_assert`` only in debug mode).
-_rows_kernel_checked = triton.jit(debug=True)(_rows_kernel.fn)

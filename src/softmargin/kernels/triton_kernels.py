@@ -23,9 +23,12 @@ Launcher API (the torch backend calls these; nothing here validates user input b
     sparse_origin
                  (row0, col0): x is rows row0.., columns col0.. of the CSR target (a chunk of the linear head's
                  logits): the chunk needs no slicing of the CSR arrays, hence no host round trip.
-    check_target a device-side assertion (``tl.device_assert``) that every target value lies in [0, 1], NaN
-                 failing. On a GPU a failed assertion is fatal to the CUDA context, like torch's own device
-                 assertions; under the interpreter it raises ``AssertionError`` (wrapped by Triton).
+    check_target a device-side assertion that every target value lies in [0, 1], NaN failing: the kernel marks
+                 each tile's targets as it reads them (one byte per program) and ``torch._assert_async`` checks
+                 the marks on the device, without a host synchronisation. On a GPU a failed assertion is fatal
+                 to the CUDA context, like torch's own device assertions; on CPU tensors (the interpreter) it
+                 raises ``RuntimeError(TARGET_MESSAGE)``. (Not ``tl.device_assert``: Triton compiles it only in
+                 debug mode, for the whole kernel, and inductor compiles user kernels without that mode.)
     grad_out     None, or an (N, C) contiguous tensor of x's dtype to write the gradient into; it may be x itself
                  (each element is read before it is written), which is how the linear head keeps one chunk.
     block, span  tiling overrides (tests).
@@ -58,10 +61,13 @@ import numpy as np
 import torch
 import triton
 
-from ._triton_rows import _combine_tiles_kernel, _rows_kernel, _rows_kernel_checked
+from ._triton_rows import _combine_tiles_kernel, _rows_kernel
 
 #: Triton's interpreter (``TRITON_INTERPRET=1``, the CPU tests) runs the kernel in NumPy, without libdevice.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+#: The target check's message (CPU tensors under the interpreter raise RuntimeError with it).
+TARGET_MESSAGE = "softmargin: a target value lies outside [0, 1] or is NaN (check_target)"
 
 _TARGET_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.bool)
 
@@ -191,50 +197,28 @@ def fused_rows(
     focus = bool(gamma_pos or gamma_neg or clip)
     any_tensor = x  # stands in for every absent operand (the kernel never reads it: its flag is off)
     indptr_t, indices_t, values_t = sparse if sparse is not None else (any_tensor, any_tensor, None)
-    kernel = _rows_kernel_checked if check_target else _rows_kernel
-    with _interpreter_assertions(check_target):
-        torch.library.wrap_triton(kernel)[(num_rows, num_tiles)](
-            x, y if y is not None else any_tensor, w if w is not None else any_tensor,
-            pw if pw is not None else any_tensor, m if m is not None else any_tensor,
-            row_scale if row_scale is not None else any_tensor, indptr_t, indices_t,
-            values_t if values_t is not None else any_tensor, out, grad if grad is not None else out,
-            num_classes, y.stride(0) if y is not None else 0, w_stride, pw_stride, m_stride,
-            sparse_origin[0], sparse_origin[1], span, num_tiles,
-            *_split(scale), *_split(label_smoothing), *_split(gamma_pos), *_split(gamma_neg), *_split(clip),
-            HAS_W=w is not None, HAS_PW=pw is not None, HAS_MASK=m is not None, HAS_ROW_SCALE=row_scale is not None,
-            SMOOTH=bool(label_smoothing), FOCUS=focus, CLIP=bool(clip), SPARSE=sparse is not None,
-            HAS_VALUES=values_t is not None, HAS_GRAD=grad is not None, CHECK=check_target, SPLIT=num_tiles > 1,
-            BLOCK=block, ACCURATE=not INTERPRETED, num_warps=4,
-        )  # fmt: skip
+    ok = torch.empty(num_rows * num_tiles if check_target else 1, dtype=torch.uint8, device=x.device)
+    torch.library.wrap_triton(_rows_kernel)[(num_rows, num_tiles)](
+        x, y if y is not None else any_tensor, w if w is not None else any_tensor,
+        pw if pw is not None else any_tensor, m if m is not None else any_tensor,
+        row_scale if row_scale is not None else any_tensor, indptr_t, indices_t,
+        values_t if values_t is not None else any_tensor, out, grad if grad is not None else out, ok,
+        num_classes, y.stride(0) if y is not None else 0, w_stride, pw_stride, m_stride,
+        sparse_origin[0], sparse_origin[1], span, num_tiles,
+        *_split(scale), *_split(label_smoothing), *_split(gamma_pos), *_split(gamma_neg), *_split(clip),
+        HAS_W=w is not None, HAS_PW=pw is not None, HAS_MASK=m is not None, HAS_ROW_SCALE=row_scale is not None,
+        SMOOTH=bool(label_smoothing), FOCUS=focus, CLIP=bool(clip), SPARSE=sparse is not None,
+        HAS_VALUES=values_t is not None, HAS_GRAD=grad is not None, CHECK=check_target, SPLIT=num_tiles > 1,
+        BLOCK=block, ACCURATE=not INTERPRETED, num_warps=4,
+    )  # fmt: skip
     if num_tiles > 1:
         torch.library.wrap_triton(_combine_tiles_kernel)[(num_rows,)](
             out, row_sums, num_tiles, BLOCK=triton.next_power_of_2(num_tiles)
         )
+    if check_target:
+        # a device-side assertion: on a GPU it fails asynchronously (and ends the CUDA context), never syncs
+        torch._assert_async(ok.all(), TARGET_MESSAGE)
     return row_sums, grad
-
-
-class _interpreter_assertions:
-    """Under Triton's interpreter, turn ``tl.device_assert`` on for one launch (the interpreter ignores the
-    kernel's ``debug`` flag and reads its builder's options instead). A no-op on a GPU."""
-
-    def __init__(self, on: bool) -> None:
-        self.on = on and INTERPRETED
-        self.saved: Any = None
-
-    def __enter__(self) -> None:
-        if self.on:
-            import dataclasses
-
-            from triton.runtime.interpreter import interpreter_builder
-
-            self.saved = interpreter_builder.options
-            interpreter_builder.options = dataclasses.replace(self.saved, debug=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.on:
-            from triton.runtime.interpreter import interpreter_builder
-
-            interpreter_builder.options = self.saved
 
 
 def linear_logits_chunk(
