@@ -17,7 +17,14 @@ torch = pytest.importorskip("torch")
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel module is imported: its @triton.jit reads it
 pytest.importorskip("triton")
 
-from helpers import OPTION_CASES, assert_close, exact_element_loss, formula_rows, long_rows_with_exact_sums, option_operands
+from helpers import (
+    OPTION_CASES,
+    assert_close,
+    exact_element_loss,
+    formula_rows,
+    long_rows_with_exact_sums,
+    option_operands,
+)
 
 import softmargin.torch as st
 from softmargin.kernels import triton_kernels as tk
@@ -103,8 +110,8 @@ def test_target_dtypes_and_strided_rows(target):
     ref = formula_rows(x, y.to(torch.float64), {}, 0.5)
     _check_rows(*tk.fused_rows(x, y, scale=0.5, need_grad=True, block=64), *ref, 2e-6, target)
     wide = torch.zeros(N, C + 13, dtype=y.dtype)
-    wide[:, 7:7 + C] = y
-    strided = wide[:, 7:7 + C]  # rows 313 elements apart, like a chunk target[r0:r1, c0:c1]
+    wide[:, 7 : 7 + C] = y
+    strided = wide[:, 7 : 7 + C]  # rows 313 elements apart, like a chunk target[r0:r1, c0:c1]
     assert not strided.is_contiguous()
     assert all(torch.equal(a, b) for a, b in zip(tk.fused_rows(x, strided, scale=0.5, need_grad=True, block=64),
                                                   tk.fused_rows(x, y, scale=0.5, need_grad=True, block=64)))  # fmt: skip
@@ -120,12 +127,12 @@ def _csr(y):
 @pytest.mark.parametrize("values", [False, True])
 @pytest.mark.parametrize("name", ["plain", "everything"])
 def test_sparse_targets_give_bitwise_the_dense_result(name, values, dtype):
-    x, y = _data(dtype, "soft" if values else "hard", seed=5, num_rows=6, num_classes=700)
-    y = y * (torch.rand(6, 700, generator=torch.Generator().manual_seed(6)) < 0.05)  # about 5 % positives
+    x, y = _data(dtype, "soft" if values else "hard", seed=5, num_rows=4, num_classes=450)
+    y = y * (torch.rand(4, 450, generator=torch.Generator().manual_seed(6)) < 0.05)  # about 5 % positives
     y[1] = 0  # a row without positives
-    y[2, :200] = 1  # a dense run across several blocks
-    y[3, 640:] = 1  # the last block
-    opts = option_operands(OPTION_CASES[name], dtype, num_rows=6, num_classes=700)
+    y[2, 50:250] = 1  # a dense run across blocks and tiles
+    y[3, 420:] = 1  # the last block
+    opts = option_operands(OPTION_CASES[name], dtype, num_rows=4, num_classes=450)
     indptr, indices, vals = _csr(y)
     dense = tk.fused_rows(x, y, **opts, scale=0.1, need_grad=True, block=64, span=192)
     sparse = tk.fused_rows(x, None, **opts, sparse=(indptr, indices, vals if values else None), scale=0.1,
@@ -174,8 +181,8 @@ def test_uint8_target_above_one_fails_the_check():
 @interpreted
 @pytest.mark.parametrize("name", ["plain", "everything"])
 def test_bitwise_deterministic_and_needs_no_grad(name):
-    x, y = _data(torch.float32, "soft", seed=11, num_rows=3, num_classes=700)
-    opts = option_operands(OPTION_CASES[name], torch.float32, num_rows=3, num_classes=700)
+    x, y = _data(torch.float32, "soft", seed=11, num_rows=3, num_classes=450)
+    opts = option_operands(OPTION_CASES[name], torch.float32, num_rows=3, num_classes=450)
     runs = [tk.fused_rows(x, y, **opts, scale=0.5, need_grad=True, block=64, span=192) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     sums, grad = tk.fused_rows(x, y, **opts, scale=0.5, need_grad=False, block=64, span=192)
@@ -251,7 +258,9 @@ def test_empty_shapes_launch_nothing():
 
 
 @pytest.mark.parametrize("multiprocessors", [4, 132])
-@pytest.mark.parametrize("num_rows,num_classes", [(4096, 2000), (256, 100_000), (2, 100_000), (1, 10**7), (32, 10), (1, 1), (0, 5)])
+@pytest.mark.parametrize(
+    "num_rows,num_classes", [(4096, 2000), (256, 100_000), (2, 100_000), (1, 10**7), (32, 10), (1, 1), (0, 5)]
+)
 def test_tiling_covers_every_column_once(num_rows, num_classes, multiprocessors):
     block, span, tiles = tk.tiling(num_rows, num_classes, multiprocessors)
     assert span % block == 0 and span >= block
@@ -294,7 +303,7 @@ def _assert_rows_accurate(num_rows, num_classes, seed):
 
 @interpreted
 def test_float32_row_sums_of_many_classes_against_mpmath():
-    _assert_rows_accurate(2, 50_000, seed=15)  # 16 tiles per row: the tile sums are combined too
+    _assert_rows_accurate(2, 20_000, seed=15)  # five tiles per row: the tile sums are combined too
 
 
 @interpreted

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="untyped-decorator,no-untyped-def"
 """The Triton kernels behind :mod:`softmargin.kernels.triton_kernels` (read its docstring for the launcher).
 
 An adapter of ``softmargin/_formula.py``: :func:`_element` restates ``element_loss_and_grad`` (the plain loss) and
@@ -94,7 +95,9 @@ def _element(
                 focus_neg = tl.where(gamma_neg == 0.0, 1.0, tl.where(p_m > 0, _exp(gamma_neg * log_p_m, ACCURATE), 0.0))
                 neg_loss = _times(focus_neg, neg_term)
                 ratio = tl.where(p_m > 0, _div(neg_term, p_m_safe, ACCURATE), 1.0)  # -log(1 - p_m) / p_m -> 1
-                neg_grad = p * q * focus_neg * (gamma_neg * ratio + _div(tl.full(x.shape, 1.0, x.dtype), 1.0 - p_m, ACCURATE))
+                neg_grad = (
+                    p * q * focus_neg * (gamma_neg * ratio + _div(tl.full(x.shape, 1.0, x.dtype), 1.0 - p_m, ACCURATE))
+                )
                 neg_grad = tl.where(p_m > 0, neg_grad, 0.0)
             else:
                 # p^gamma_neg = exp(-gamma_neg softplus(-x))
@@ -239,4 +242,3 @@ def _combine_tiles_kernel(partial_ptr, out_ptr, num_tiles, BLOCK: tl.constexpr):
     lo = tl.load(base + tiles * 2 + 1, mask=valid, other=0.0)
     hi_sum, lo_sum = tl.reduce((hi, lo), 0, _add_pairs)
     tl.store(out_ptr + row, hi_sum + lo_sum)
-

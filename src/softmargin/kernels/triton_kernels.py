@@ -97,7 +97,9 @@ def _split(value: float) -> tuple[float, float]:
     return hi, float(np.float32(value - hi))
 
 
-def _rows_operand(name: str, t: torch.Tensor | None, num_rows: int, num_classes: int) -> tuple[torch.Tensor | None, int]:
+def _rows_operand(
+    name: str, t: torch.Tensor | None, num_rows: int, num_classes: int
+) -> tuple[torch.Tensor | None, int]:
     """A per-class or per-element operand as (tensor whose rows are C contiguous elements, row stride)."""
     if t is None:
         return None, 0
@@ -176,7 +178,9 @@ def fused_rows(
     if sparse is not None:
         indptr, indices, values = sparse
         if indptr.dim() != 1 or indptr.shape[0] < sparse_origin[0] + num_rows + 1:
-            raise ValueError(f"indptr.shape == {tuple(indptr.shape)}, expected at least ({sparse_origin[0] + num_rows + 1},)")
+            raise ValueError(
+                f"indptr.shape == {tuple(indptr.shape)}, expected at least ({sparse_origin[0] + num_rows + 1},)"
+            )
 
     row_sums = torch.empty(num_rows, dtype=compute, device=x.device)
     grad = None
