@@ -250,6 +250,13 @@ def test_bad_shapes_name_the_argument():
         tk.fused_rows(x, torch.zeros(3, 4))
 
 
+def test_cpu_tensors_without_the_interpreter_are_a_clear_error(monkeypatch):
+    monkeypatch.setattr(tk, "INTERPRETED", False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        tk.fused_rows(torch.zeros(3, 4), torch.zeros(3, 4), scale=1.0, need_grad=False)
+
+
+@interpreted
 def test_empty_shapes_launch_nothing():
     sums, grad = tk.fused_rows(torch.zeros(0, 5), torch.zeros(0, 5), scale=1.0, need_grad=True)
     assert sums.shape == (0,) and grad.shape == (0, 5)

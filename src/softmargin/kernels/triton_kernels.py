@@ -193,6 +193,11 @@ def fused_rows(
             grad = torch.empty_like(x)
     if num_rows == 0 or num_classes == 0:
         return row_sums.zero_(), grad
+    if x.device.type == "cpu" and not INTERPRETED:
+        raise RuntimeError(
+            "the Triton kernels run on a GPU, or on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1 set "
+            f"before softmargin is imported); x is on {x.device}"
+        )
 
     block, auto_span, _ = tiling(num_rows, num_classes, _multiprocessors(x.device), block)
     span = auto_span if span is None else span
