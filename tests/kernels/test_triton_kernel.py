@@ -317,3 +317,72 @@ def test_float32_row_sums_of_many_classes_against_mpmath():
 @pytest.mark.slow
 def test_float32_row_sums_of_a_million_classes_against_mpmath():
     _assert_rows_accurate(2, 10**6, seed=16)
+
+
+# ---- the compiled kernel, without a GPU: Triton's ahead-of-time compiler for a CUDA target ----
+
+_COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from softmargin.kernels._triton_rows import _combine_tiles_kernel, _rows_kernel
+
+names = list(_rows_kernel.arg_names)
+flags = [n for n in names if n.isupper() and n not in ("BLOCK", "ACCURATE")]
+aligned = [n for n in names if n.endswith("_ptr")] + ["num_classes", "span", "y_stride", "w_stride"]
+
+
+def signature(xdt, ydt):
+    types = {"x_ptr": xdt, "g_ptr": xdt, "val_ptr": xdt, "y_ptr": ydt, "m_ptr": "u8", "ok_ptr": "u8",
+             "indptr_ptr": "i64", "idx_ptr": "i64", "out_ptr": "fp64" if xdt == "fp64" else "fp32"}
+    out = {}
+    for n in names:
+        if n.isupper():
+            out[n] = "constexpr"
+        elif n.endswith("_ptr"):
+            out[n] = "*" + types.get(n, "fp32")
+        else:
+            out[n] = "fp32" if n.endswith(("_hi", "_lo")) else "i32"
+    return out
+
+
+for xdt, ydt, on in [("fp32", "fp32", ["HAS_W", "HAS_GRAD"]), ("bf16", "u8", ["HAS_W", "HAS_GRAD", "SPLIT"]),
+                     ("fp16", "fp16", flags), ("bf16", "bf16", flags), ("fp32", "fp32", flags), ("fp64", "fp64", flags)]:
+    constants = {n: n in on for n in flags} | {"BLOCK": 1024, "ACCURATE": True}
+    source = ASTSource(fn=_rows_kernel, signature=signature(xdt, ydt),
+                       constexprs={(names.index(k),): v for k, v in constants.items()},
+                       attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
+    lines = [line.strip() for line in ptx.splitlines() if not line.strip().startswith("//")]
+    print("RESULT", xdt, len(on), sum(".f64" in line for line in lines),
+          any("ld.global.v4" in line for line in lines), flush=True)
+source = ASTSource(fn=_combine_tiles_kernel, signature={"partial_ptr": "*fp32", "out_ptr": "*fp32", "num_tiles": "i32",
+                                                        "BLOCK": "constexpr"}, constexprs={(3,): 64})
+triton.compile(source, target=GPUTarget("cuda", 90, 32))
+print("RESULT combine", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_a_gpu_and_float32_paths_have_no_float64():
+    """Every option compiled to PTX for sm_90 by Triton's own compiler (no GPU needed, only Triton's CUDA backend):
+    what the interpreter cannot check (types, control flow the compiler takes), no float64 instruction in the
+    float16/bfloat16/float32 paths, and vector loads where rows are aligned."""
+    import subprocess
+    import sys
+
+    import triton.backends
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("Triton's CUDA backend is not installed")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(rows) == 7 and rows[-1] == ["combine"]
+    for xdt, _, f64_lines, vector_loads in rows[:-1]:
+        assert vector_loads == "True", xdt
+        assert (int(f64_lines) == 0) == (xdt != "fp64"), f"{xdt}: {f64_lines} float64 instructions"
