@@ -13,23 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._formula import element_loss_and_grad, element_loss_and_grad_options
+from ._options import PLAIN, LossOptions  # noqa: F401  (PLAIN: re-exported for the backends)
 
 
-@dataclass(frozen=True)
-class Options:
-    """The scalar loss options; every default leaves the plain (torch-identical) loss."""
-
-    label_smoothing: float = 0.0
-    gamma_pos: float = 0.0
-    gamma_neg: float = 0.0
-    clip: float = 0.0
-
-    @property
-    def focusing(self) -> bool:
-        return bool(self.gamma_pos or self.gamma_neg or self.clip)
-
-
-PLAIN = Options()
+Options = LossOptions  # the name the backends used before LossOptions was public
 
 
 @dataclass
