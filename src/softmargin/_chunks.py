@@ -15,7 +15,6 @@ from typing import Any
 from ._formula import element_loss_and_grad, element_loss_and_grad_options
 from ._options import PLAIN, LossOptions  # noqa: F401  (PLAIN: re-exported for the backends)
 
-
 Options = LossOptions  # the name the backends used before LossOptions was public
 
 
