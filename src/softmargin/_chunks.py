@@ -85,7 +85,8 @@ def loss_rows(
 ) -> None:
     """Weighted loss sums of each row into ``row_sums_out``; the gradient, scaled per row, into ``grad_out``."""
     n, c = rows.num_rows, rows.num_classes
-    zero_weights = rows.weight is not None and bool((rows.weight == 0).any())
+    # NumPy looks whether a weight is zero to skip a where(); torch always applies it (a look would wait for a GPU)
+    zero_weights = rows.weight is not None and (xp.__name__ != "numpy" or bool((rows.weight == 0).any()))
     step = max(1, chunk_elements // max(c, 1))
     plain = not options.focusing and rows.pos_weight is None
     for start in range(0, n, step):
