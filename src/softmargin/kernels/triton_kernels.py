@@ -206,7 +206,7 @@ def fused_rows(
     focus = bool(gamma_pos or gamma_neg or clip)
     any_tensor = x  # stands in for every absent operand (the kernel never reads it: its flag is off)
     indptr_t, indices_t, values_t = sparse if sparse is not None else (any_tensor, any_tensor, None)
-    ok = torch.empty(num_rows * num_tiles if check_target else 1, dtype=torch.uint8, device=x.device)
+    ok = torch.empty(num_rows * num_tiles, dtype=torch.uint8, device=x.device) if check_target else out
     torch.library.wrap_triton(_rows_kernel)[(num_rows, num_tiles)](
         x, y if y is not None else any_tensor, w if w is not None else any_tensor,
         pw if pw is not None else any_tensor, m if m is not None else any_tensor,
