@@ -20,7 +20,6 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-
 #: Triton's interpreter (``TRITON_INTERPRET=1``, the CPU tests) runs the kernel in NumPy, without libdevice.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
