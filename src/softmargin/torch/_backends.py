@@ -58,7 +58,7 @@ def requested_backend() -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_module() -> Any:
     """The Triton kernel module, or None where Triton is not installed."""
     try:
