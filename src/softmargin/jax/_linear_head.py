@@ -1,0 +1,2 @@
+def linear_multilabel_soft_margin_loss(*args, **kwargs):
+    raise NotImplementedError
