@@ -113,6 +113,11 @@ def bookkeeping(m: Any, shape: tuple[int, ...], reduction: str, cdt: Any) -> tup
     return divisor, scale, counted
 
 
+def element_rows(x: Any, y: Any, pos_weight: Any, options: Options, need_grad: bool) -> tuple[Any, Any]:
+    """Element loss and dl/dx of logits ``x`` against targets ``y`` (smoothed here), both in the compute dtype."""
+    return _element(x, _smooth(y, options), pos_weight, options, need_grad)
+
+
 def _reduce(per_sample: Any, reduction: str, counted: Any, masked: bool) -> Any:
     if reduction == "none":
         return per_sample
