@@ -71,4 +71,4 @@ def test_errors():
     with pytest.raises(ValueError, match=r"target.shape == \(2, 3\), expected input.shape == \(2, 4\)"):
         linear_multilabel_soft_margin_loss(hidden, weight, None, jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="class_weight has 1 value outside the finite range"):
-        linear_multilabel_soft_margin_loss(hidden, weight, None, jnp.zeros((2, 4)), class_weight=-jnp.ones(4).at[1:].set(1))
+        linear_multilabel_soft_margin_loss(hidden, weight, None, jnp.zeros((2, 4)), class_weight=jnp.ones(4).at[0].set(-1.0))
