@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing is ever downloaded
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from softmargin import class_weights, pos_weight
 from softmargin.integrations.transformers import loss_function
