@@ -1,6 +1,6 @@
 """The JAX operator: a ``jax.custom_vjp`` whose forward pass computes the loss and the gradient together.
 
-Two implementations of the forward pass, chosen explicitly (``impl``) or by :func:`default_impl`:
+Two implementations of the forward pass, chosen explicitly (``impl``) or by :func:`resolve_impl`:
 
 - ``"xla"``: :mod:`softmargin._formula` written against ``jax.numpy``; XLA fuses the element-wise work and the
   row sums into one pass over the logits, on any device.
@@ -56,11 +56,24 @@ def compute_dtype(dtype: Any) -> Any:
     return jnp.float64 if dtype == jnp.float64 else jnp.float32
 
 
+def numpy_backend_is_fused() -> bool:
+    """Whether :mod:`softmargin.numpy` runs on the fused C kernel here: it then holds ``softmargin.kernels.cpu`` as
+    ``cpu`` and the kernel loads. (Before the NumPy backend moved onto the kernel it computed in float64 chunks,
+    about 7x slower than XLA's fusion.)"""
+    from .. import numpy as backend
+
+    cpu = getattr(backend, "cpu", None)
+    return cpu is not None and cpu.kernel() is not None
+
+
 def resolve_impl(impl: str, x: Any) -> str:
-    """``"auto"`` is ``"xla"``: on the CPU it measured faster than the callback while the NumPy backend computes in
-    float64 chunks (``softmargin bench --backend jax`` times both); on accelerators it is the one that stays on the
-    device."""
-    return "xla" if impl == "auto" else impl
+    """``"auto"``: the callback on the CPU for the dtypes the NumPy backend's fused kernel takes (float16, float32,
+    float64), where that kernel is there; XLA otherwise (on accelerators it is the one that stays on the device;
+    bfloat16 would cost the callback two conversions). ``softmargin bench --backend jax`` times both."""
+    if impl != "auto":
+        return impl
+    fused_cpu = jax.default_backend() == "cpu" and np.dtype(x.dtype).name in ("float16", "float32", "float64")
+    return "callback" if fused_cpu and numpy_backend_is_fused() else "xla"
 
 
 def _plain(options: Options, pos_weight: Any) -> bool:
