@@ -18,10 +18,11 @@ import importlib
 import sys
 from typing import Any
 
+from ._options import LossOptions
 from .weights import class_weights, pos_weight
 
 __version__ = "0.1.0"
-__all__ = ["multilabel_soft_margin_loss", "class_weights", "pos_weight", "SoftMarginClassifier", "__version__"]
+__all__ = ["LossOptions", "SoftMarginClassifier", "__version__", "class_weights", "multilabel_soft_margin_loss", "pos_weight"]
 
 _SUBMODULES = ("numpy", "torch", "jax", "keras", "integrations", "kernels", "metrics", "weights", "app")
 

@@ -134,3 +134,14 @@ def test_second_call_reuses_compilation_and_mask_rules(rng):
     assert float(multilabel_soft_margin_loss(x, y, mask=nothing)) == 0.0
     assert np.all(np.asarray(multilabel_soft_margin_loss(x, y, mask=nothing, reduction="none")) == 0)
     assert np.isnan(float(multilabel_soft_margin_loss(jnp.zeros((0, 4)), jnp.zeros((0, 4)))))
+
+
+def test_loss_options_value_equals_the_keywords(rng):
+    from softmargin import LossOptions
+
+    x, y = jnp.asarray(rng.standard_normal((3, 4))), jnp.asarray(rng.random((3, 4)))
+    a = multilabel_soft_margin_loss(x, y, options=LossOptions(gamma_neg=2.0, clip=0.05))
+    b = multilabel_soft_margin_loss(x, y, gamma_neg=2.0, clip=0.05)
+    assert float(a) == float(b)
+    with pytest.raises(ValueError, match="options= and label_smoothing/gamma_pos/gamma_neg/clip were both given"):
+        multilabel_soft_margin_loss(x, y, options=LossOptions(), gamma_neg=1.0)

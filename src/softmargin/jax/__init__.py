@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from .. import _validation as V
-from .._chunks import Options
+from .._options import LossOptions, resolve
 from .._sparse import as_sparse_targets
 from . import _ops
 from ._linear_head import linear_multilabel_soft_margin_loss
@@ -136,6 +136,7 @@ def multilabel_soft_margin_loss(
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,
     clip: float = 0.0,
+    options: LossOptions | None = None,
     validate: bool = True,
     impl: str = "auto",
 ) -> jax.Array:
@@ -160,6 +161,7 @@ def multilabel_soft_margin_loss(
         gamma_pos, gamma_neg, clip: asymmetric focusing (Ridnik et al., ICCV 2021): a positive's term is weighted
             by ``(1 - p)^gamma_pos``, a negative's by ``p_m^gamma_neg`` with ``p_m = max(p - clip, 0)`` used in its
             log term too; ``gamma_pos = gamma_neg = g, clip = 0`` is the focal loss. See docs/imbalance.md.
+        options: the four options above as one :class:`softmargin.LossOptions` (then leave them at their defaults).
         validate: check the target range and the weights: on concrete arrays at once (``ValueError``); on traced
             ones as ``jax.experimental.checkify`` checks (wrap the jitted function in ``checkify.checkify``, or pass
             ``validate=False`` under ``jit``). Shape and dtype checks always run, at trace time.
@@ -184,7 +186,7 @@ def multilabel_soft_margin_loss(
         >>> grad = jax.jit(jax.grad(lambda x: multilabel_soft_margin_loss(x, y, validate=False)))(x)
     """
     reduction = V.check_reduction(reduction)  # type: ignore[assignment]
-    V.check_options(label_smoothing, gamma_pos, gamma_neg, clip)
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not valid: expected one of {', '.join(repr(i) for i in IMPLS)}")
     x = _as_array("input", input)
@@ -209,5 +211,5 @@ def multilabel_soft_margin_loss(
             _check_range("weight", w, "the finite range [0, inf)", lambda a: finite(a) & (a >= 0))
         if pw is not None and pw.size:
             _check_range("pos_weight", pw, "the finite range (0, inf)", lambda a: finite(a) & (a > 0))
-    config = _ops.Config(reduction, Options(label_smoothing, gamma_pos, gamma_neg, clip), _ops.resolve_impl(impl, x))
+    config = _ops.Config(reduction, resolved, _ops.resolve_impl(impl, x))
     return _ops.loss(config, x, y, w, pw, m)

@@ -18,12 +18,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _validation as V
-from .._chunks import Options
+from .._options import LossOptions, resolve
 from . import _ops
 
 
 def _walk(
-    config: tuple[str, Options, int, int], hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any,
+    config: tuple[str, LossOptions, int, int], hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any,
     pos_weight: Any, row_scale: Any, need_grad: bool,
 ) -> tuple[Any, Any, Any, Any]:
     """Per-row loss sums (compute dtype) and, if ``need_grad``, the gradients of ``sum_n row_scale[n] * row_sum_n``
@@ -133,6 +133,7 @@ def linear_multilabel_soft_margin_loss(
     gamma_neg: float = 0.0,
     clip: float = 0.0,
     chunk_size: int = 4096,
+    options: LossOptions | None = None,
     validate: bool = True,
 ) -> jax.Array:
     r"""``multilabel_soft_margin_loss(hidden @ weight.T + bias, target)`` without ever holding the N x C logits.
@@ -143,7 +144,7 @@ def linear_multilabel_soft_margin_loss(
         target: (N, C) dense array, or sparse positives (a ``BCOO`` or label lists; see
             :func:`softmargin.jax.multilabel_soft_margin_loss`), the way to go for very many labels.
         class_weight, pos_weight: (C,) per-label weights (the loss's ``weight`` and ``pos_weight``).
-        reduction, label_smoothing, gamma_pos, gamma_neg, clip, validate: as in the loss.
+        reduction, label_smoothing, gamma_pos, gamma_neg, clip, options, validate: as in the loss.
         chunk_size: labels per chunk; the temporaries are a few (N, chunk_size) arrays.
 
     Returns:
@@ -161,7 +162,7 @@ def linear_multilabel_soft_margin_loss(
     from . import _as_array, _check_range, _is_sparse, _kind, _sparse_rows
 
     V.check_reduction(reduction)
-    V.check_options(label_smoothing, gamma_pos, gamma_neg, clip)
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
     hidden, weight = _as_array("hidden", hidden), _as_array("weight", weight)
     for name, value in (("hidden", hidden), ("weight", weight)):
         V.check_input_kind(name, _kind(value.dtype), value.dtype)
@@ -192,5 +193,5 @@ def linear_multilabel_soft_margin_loss(
             _check_range("class_weight", arrays["class_weight"], "the finite range [0, inf)", lambda a: jnp.isfinite(a) & (a >= 0))
         if arrays["pos_weight"] is not None:
             _check_range("pos_weight", arrays["pos_weight"], "the finite range (0, inf)", lambda a: jnp.isfinite(a) & (a > 0))
-    config = (reduction, Options(label_smoothing, gamma_pos, gamma_neg, clip), num_labels, min(chunk_size, max(num_labels, 1)))
+    config = (reduction, resolved, num_labels, min(chunk_size, max(num_labels, 1)))
     return _head(config, hidden, weight, arrays["bias"], y, arrays["class_weight"], arrays["pos_weight"])

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
-from .._chunks import Options
+from .._options import LossOptions
 from .._formula import element_loss_and_grad, element_loss_and_grad_options
 
 IMPLS = ("auto", "xla", "callback")
@@ -47,7 +47,7 @@ class Config:
     """What the operator needs to know at trace time (hashable: a ``nondiff_argnums`` argument)."""
 
     reduction: str
-    options: Options
+    options: LossOptions
     impl: str  # "xla" or "callback" (resolved)
 
 
@@ -76,11 +76,11 @@ def resolve_impl(impl: str, x: Any) -> str:
     return "callback" if fused_cpu and numpy_backend_is_fused() else "xla"
 
 
-def _plain(options: Options, pos_weight: Any) -> bool:
+def _plain(options: LossOptions, pos_weight: Any) -> bool:
     return not options.focusing and pos_weight is None
 
 
-def _element(x: Any, y: Any, pos_weight: Any, options: Options, need_grad: bool) -> tuple[Any, Any]:
+def _element(x: Any, y: Any, pos_weight: Any, options: LossOptions, need_grad: bool) -> tuple[Any, Any]:
     """Element loss and dl/dx from the one formula (``y`` already smoothed), in ``x``'s (compute) dtype."""
     if _plain(options, pos_weight):
         return element_loss_and_grad(x, y, jnp, need_grad=need_grad)
@@ -90,7 +90,7 @@ def _element(x: Any, y: Any, pos_weight: Any, options: Options, need_grad: bool)
     )  # fmt: skip
 
 
-def _smooth(y: Any, options: Options) -> Any:
+def _smooth(y: Any, options: LossOptions) -> Any:
     eps = options.label_smoothing
     return y * (1 - eps) + eps / 2 if eps else y
 
@@ -126,7 +126,7 @@ def bookkeeping(m: Any, shape: tuple[int, ...], reduction: str, cdt: Any) -> tup
     return divisor, scale, counted
 
 
-def element_rows(x: Any, y: Any, pos_weight: Any, options: Options, need_grad: bool) -> tuple[Any, Any]:
+def element_rows(x: Any, y: Any, pos_weight: Any, options: LossOptions, need_grad: bool) -> tuple[Any, Any]:
     """Element loss and dl/dx of logits ``x`` against targets ``y`` (smoothed here), both in the compute dtype."""
     return _element(x, _smooth(y, options), pos_weight, options, need_grad)
 
@@ -177,7 +177,7 @@ def xla_forward(
 
 
 def _sparse_element(
-    x: Any, y: SparseRows, pwc: Any, options: Options, need_grad: bool, shape: tuple[int, ...], cdt: Any
+    x: Any, y: SparseRows, pwc: Any, options: LossOptions, need_grad: bool, shape: tuple[int, ...], cdt: Any
 ) -> tuple[Any, Any]:
     """Element loss and gradient for sparse positives: every element as a negative (``y = 0``) in one dense pass
     over the logits, then the positives' elements replaced by their own (the target itself is never dense)."""
