@@ -19,6 +19,7 @@ from typing import Any
 
 from . import bench
 
+DEFAULT_SHAPES = bench.DEFAULT_SHAPES
 IMPLEMENTATIONS = ("softmargin", "softmargin xla", "softmargin callback", "optax", "floor")
 
 
@@ -85,7 +86,7 @@ def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int) -> di
 
 
 def run(
-    shapes: Sequence[Sequence[int]] = bench.DEFAULT_SHAPES,
+    shapes: Sequence[Sequence[int]] = DEFAULT_SHAPES,
     dtypes: Sequence[str] = ("float32",),
     impls: Sequence[str] = IMPLEMENTATIONS,
     repeat: int = 15,
