@@ -45,14 +45,15 @@ def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
     if impl == "optax":
         import optax
 
-        loss = lambda a: (optax.sigmoid_binary_cross_entropy(a, y) * w).mean(-1).mean()
+        loss = lambda a, t, v: (optax.sigmoid_binary_cross_entropy(a, t) * v).mean(-1).mean()
     elif impl.startswith("softmargin"):
         which = impl.split()[1] if " " in impl else "auto"
-        loss = lambda a: multilabel_soft_margin_loss(a, y, w, validate=False, impl=which)
+        loss = lambda a, t, v: multilabel_soft_margin_loss(a, t, v, validate=False, impl=which)
     else:
         raise ValueError(f"impl={impl!r}: expected one of {IMPLEMENTATIONS}")
+    # target and weights are arguments, as in a training step (as constants XLA would fold what depends on them)
     step = jax.jit(jax.value_and_grad(loss))
-    return lambda: jax.block_until_ready(step(x))
+    return lambda: jax.block_until_ready(step(x, y, w))
 
 
 def time_group(impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int) -> dict[str, dict[str, Any]]:
