@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from .._options import LossOptions
@@ -154,13 +155,20 @@ def xla_forward(
     config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool
 ) -> tuple[Any, Any]:
     """The loss (reduced, in ``x.dtype``) and the gradient of the reduced loss (``x.dtype``; for "none" of the sum
-    of the per-sample losses), or None, from one fused XLA computation."""
+    of the per-sample losses), or None, from XLA-fused jax.numpy operations."""
     shape, options, cdt = tuple(x.shape), config.options, compute_dtype(x.dtype)
     pwc = None if pw is None else jnp.broadcast_to(pw.astype(cdt), shape)
     weight = _weights(w, m, shape, cdt)
     divisor, scale, counted = bookkeeping(m, shape, config.reduction, cdt)
     if isinstance(y, SparseRows):
         loss, grad = _sparse_element(x, y, pwc, options, need_grad, shape, cdt)
+    elif need_grad and jax.default_backend() == "cpu":
+        # XLA's CPU compiler would keep exp(-|x|), shared by the loss and the gradient, as an N x C temporary
+        # between two passes; behind an optimization barrier each pass computes its own (measured at 4096 x 2000
+        # float32: 2x faster, a third less temporary memory). GPUs fuse the shared form into one kernel.
+        loss, _ = _element(x.astype(cdt), _smooth(y.astype(cdt), options), pwc, options, False)
+        xb, yb, pwb = lax.optimization_barrier((x, y, pwc))
+        _, grad = _element(xb.astype(cdt), _smooth(yb.astype(cdt), options), pwb, options, True)
     else:
         loss, grad = _element(x.astype(cdt), _smooth(y.astype(cdt), options), pwc, options, need_grad)
     if weight is not None:
