@@ -48,6 +48,7 @@ def test_vmap_maps_independent_problems(impl, rng):
         assert_close(grads[i], grad, RTOL["float64"], "grad")
 
 
+@pytest.mark.slow
 def test_shard_map_over_two_cpu_devices():
     """Rows split over two (virtual CPU) devices: the psum of each shard's "sum" is the whole batch's."""
     code = textwrap.dedent(
