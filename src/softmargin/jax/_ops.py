@@ -28,8 +28,8 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
-from .._options import LossOptions
 from .._formula import element_loss_and_grad, element_loss_and_grad_options
+from .._options import LossOptions
 
 IMPLS = ("auto", "xla", "callback")
 
