@@ -65,7 +65,7 @@ class MultiLabelSoftMarginLoss(keras.losses.Loss):  # type: ignore[misc]
             raise ValueError(f"keras backend {backend!r} is not supported: expected one of {_BACKENDS} (set KERAS_BACKEND)")
         self.weight = None if weight is None else [float(v) for v in keras.ops.convert_to_numpy(weight).reshape(-1)]
         self.pos_weight = None if pos_weight is None else [float(v) for v in keras.ops.convert_to_numpy(pos_weight).reshape(-1)]
-        self.options = dict(label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
+        self.options: dict[str, Any] = dict(label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-sample losses, shape ``y_pred.shape[:-1]``."""

@@ -64,7 +64,7 @@ def loss_function(
                 "from the training labels; pass train_labels=(N, C) label matrix"
             )
     if isinstance(class_weight, str):
-        class_weight = W.class_weights(train_labels, class_weight)
+        class_weight = W.class_weights(train_labels, class_weight)  # type: ignore[arg-type]  # checked there
     if pos_weight is True:
         pos_weight = W.pos_weight(train_labels, max_weight=pos_weight_max)
     elif pos_weight is False:

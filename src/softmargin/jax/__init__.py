@@ -90,8 +90,8 @@ def _sparse_rows(target: Any, shape: tuple[int, ...], validate: bool) -> SparseR
         _check_range("target", target.data, "[0, 1]", lambda a: (a >= 0) & (a <= 1))
     coords = target.indices
     strides = np.cumprod((shape[:-1] + (1,))[::-1])[::-1][1:] if len(shape) > 1 else np.zeros(0, np.int64)
-    rows = (coords[:, :-1] * jnp.asarray(strides, coords.dtype)).sum(1) if len(shape) > 1 else jnp.zeros_like(coords[:, 0])
-    return SparseRows(rows.astype(jnp.int32), coords[:, -1].astype(jnp.int32), target.data)
+    flat = (coords[:, :-1] * jnp.asarray(strides, coords.dtype)).sum(1) if len(shape) > 1 else jnp.zeros_like(coords[:, 0])
+    return SparseRows(flat.astype(jnp.int32), coords[:, -1].astype(jnp.int32), target.data)
 
 
 def _check_range(name: str, array: Any, expected: str, ok: Any) -> None:
@@ -212,4 +212,5 @@ def multilabel_soft_margin_loss(
         if pw is not None and pw.size:
             _check_range("pos_weight", pw, "the finite range (0, inf)", lambda a: finite(a) & (a > 0))
     config = _ops.Config(reduction, resolved, _ops.resolve_impl(impl, x))
-    return _ops.loss(config, x, y, w, pw, m)
+    result: jax.Array = _ops.loss(config, x, y, w, pw, m)
+    return result

@@ -33,7 +33,7 @@ def _walk(
     num_rows, width = hidden.shape
     chunks = -(-num_labels // chunk)
     padded = chunks * chunk
-    pad = lambda a, fill=0: None if a is None else jnp.pad(a, [(0, padded - num_labels)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
+    pad: Any = lambda a, fill=0: None if a is None else jnp.pad(a, [(0, padded - num_labels)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
     valid = jnp.arange(padded) < num_labels
     cw = valid.astype(cdt) if class_weight is None else pad(class_weight.astype(cdt))
     w_chunks = pad(weight).reshape(chunks, chunk, width)
@@ -194,4 +194,5 @@ def linear_multilabel_soft_margin_loss(
         if arrays["pos_weight"] is not None:
             _check_range("pos_weight", arrays["pos_weight"], "the finite range (0, inf)", lambda a: jnp.isfinite(a) & (a > 0))
     config = (reduction, resolved, num_labels, min(chunk_size, max(num_labels, 1)))
-    return _head(config, hidden, weight, arrays["bias"], y, arrays["class_weight"], arrays["pos_weight"])
+    result: jax.Array = _head(config, hidden, weight, arrays["bias"], y, arrays["class_weight"], arrays["pos_weight"])
+    return result

@@ -213,6 +213,7 @@ def _host_call(config: Config, need_grad: bool, dtype: np.dtype[Any]) -> Any:
     from .. import numpy as backend
 
     options = config.options
+    reduction: Any = config.reduction  # one of the NumPy backend's Literal reductions, checked at the entry point
 
     def call(x: Any, y: Any, w: Any = None, pw: Any = None, m: Any = None) -> Any:
         x = np.asarray(x)
@@ -224,9 +225,9 @@ def _host_call(config: Config, need_grad: bool, dtype: np.dtype[Any]) -> Any:
         )  # fmt: skip
         xh = x.astype(_host_dtype(x.dtype), copy=False)
         if not need_grad:
-            loss = backend.multilabel_soft_margin_loss(xh, y, w, config.reduction, **kwargs)
+            loss = backend.multilabel_soft_margin_loss(xh, y, w, reduction, **kwargs)
             return np.asarray(loss).astype(dtype)
-        loss, grad = backend.multilabel_soft_margin_loss_and_grad(xh, y, w, config.reduction, **kwargs)
+        loss, grad = backend.multilabel_soft_margin_loss_and_grad(xh, y, w, reduction, **kwargs)
         return np.asarray(loss).astype(dtype), np.asarray(grad).astype(dtype, copy=False)
 
     return call
@@ -284,7 +285,7 @@ def _fwd(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, 
     values = tuple(_value(a) for a in (x, y, w, pw, m))
     if isinstance(values[1], SparseRows) and _perturbed(y):
         raise ValueError("target is sparse: a sparse target is not differentiable; pass the positives as constants")
-    loss, grad = _forward(config, *values, need_grad=_perturbed(x))
+    loss, grad = _forward(config, values[0], values[1], values[2], values[3], values[4], need_grad=_perturbed(x))
     others = (_perturbed(y), _perturbed(w), _perturbed(pw))
     kept = values if any(others) else None
     return loss, (grad, kept, others)
