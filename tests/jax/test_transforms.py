@@ -49,8 +49,9 @@ def test_vmap_maps_independent_problems(impl, rng):
 
 
 @pytest.mark.slow
-def test_shard_map_over_two_cpu_devices():
-    """Rows split over two (virtual CPU) devices: the psum of each shard's "sum" is the whole batch's."""
+def test_shard_map_and_pmap_over_two_cpu_devices():
+    """Rows split over two (virtual CPU) devices: the psum of each shard's "sum" is the whole batch's; pmap's
+    per-device gradients are the whole batch's rows."""
     code = textwrap.dedent(
         """
         import numpy as np, jax, jax.numpy as jnp
@@ -69,6 +70,8 @@ def test_shard_map_over_two_cpu_devices():
         ref, ref_grad = oracle.multilabel_soft_margin_loss_and_grad(x, y, reduction="sum")
         assert abs(float(loss) - float(ref)) <= 1e-5 * abs(float(ref)), (loss, ref)
         assert np.allclose(np.asarray(grad), ref_grad, rtol=1e-5, atol=1e-7)
+        per_device = jax.pmap(jax.grad(lambda x, y: multilabel_soft_margin_loss(x, y, reduction="sum", validate=False)))
+        assert np.allclose(np.asarray(per_device(x.reshape(2, 4, 6), y.reshape(2, 4, 6))).reshape(8, 6), ref_grad, rtol=1e-5, atol=1e-7)
         print("ok")
         """
     )
