@@ -192,14 +192,16 @@ def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int, devic
     return {"peak_extra_mb": peak / 2**20, "peak_extra_x_logits": peak / (x.numel() * x.element_size())}
 
 
-def _in_fresh_process(call: str, what: str, threads: int, timeout: int = 1800) -> dict[str, Any]:
-    """Run ``softmargin.app.bench.<call>`` (a call expression returning a dict) in a new Python process; its result, or
+def _in_fresh_process(
+    call: str, what: str, threads: int, timeout: int = 1800, module: str = "softmargin.app.bench"
+) -> dict[str, Any]:
+    """Run ``<module>.<call>`` (a call expression returning a dict) in a new Python process; its result, or
     {"error": the last line it printed}. For "memory", glibc returns large freed blocks at once, so the high-water
     mark sees every allocation."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if what == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    code = f"import json, softmargin.app.bench as b; print(json.dumps(b.{call}))"
+    code = f"import json, {module} as b; print(json.dumps(b.{call}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
