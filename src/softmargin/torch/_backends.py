@@ -75,6 +75,8 @@ def _triton_runs_on(x: torch.Tensor) -> bool:
 def choose_backend(x: torch.Tensor) -> str:
     """The backend for these logits, from the table above."""
     wanted = requested_backend()
+    if x.numel() == 0:
+        return "torch"  # nothing to compute: the bookkeeping alone (NaN for an empty mean, as torch)
     native = x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None
     if wanted == "auto":
         if native and x.numel() > 0:
@@ -133,7 +135,8 @@ def _per_sample(row_sums: torch.Tensor, divisor: Any, masked: bool, shape: torch
     per_sample = row_sums / divisor
     if masked:  # a sample with no observed label contributes 0
         per_sample = torch.where(torch.as_tensor(divisor, device=row_sums.device) > 0, per_sample, 0.0)
-    return per_sample.expand(row_sums.shape[0]).reshape(shape[:-1])
+    reshaped: torch.Tensor = per_sample.expand(row_sums.shape[0]).reshape(shape[:-1])
+    return reshaped
 
 
 def _ones(num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -372,12 +375,13 @@ def loss_rows(
         if out_of_range and in_kernel:
             check_target_values(y)  # raises, naming the first bad value
         return per_sample.to(cdtype), grad, torch.tensor(counted, dtype=torch.float64)
+    counted_rows: torch.Tensor
     if backend == "triton":
         if check and sparse is None and x.is_cpu:  # the interpreter: checked here, with the first bad value
             check_target_values(y)
-        per_sample, grad, counted = _triton(x, y, weight, pos_weight, mask, options, need_grad, check)
+        per_sample, grad, counted_rows = _triton(x, y, weight, pos_weight, mask, options, need_grad, check)
     else:
         if check and sparse is None:
             check_target_values(y)
-        per_sample, grad, counted = _chunked(x, y, weight, pos_weight, mask, options, "none", need_grad)
-    return per_sample.to(cdtype), grad, counted
+        per_sample, grad, counted_rows = _chunked(x, y, weight, pos_weight, mask, options, "none", need_grad)
+    return per_sample.to(cdtype), grad, counted_rows

@@ -162,9 +162,8 @@ def _differentiable_grad(
     if w is not None:
         grad = torch.where(w == 0, 0.0, grad * w)
     divisor = _divisor(t, mask)
-    if isinstance(divisor, float):
-        return (grad / divisor).to(x.dtype)
-    return torch.where(divisor > 0, grad / divisor.clamp_min(1), 0.0).to(x.dtype)
+    scaled: Tensor = grad / divisor if isinstance(divisor, float) else torch.where(divisor > 0, grad / divisor.clamp_min(1), 0.0)
+    return scaled.to(x.dtype)
 
 
 def input_grads(
@@ -297,7 +296,7 @@ class _EagerLoss(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         x: Tensor,
         y: Tensor | None,
         weight: Tensor | None,
@@ -458,7 +457,7 @@ def ensure_dtensor_sharding() -> None:
         operands = (x, y, w, pw, mask, indptr, indices, values)
         tail = [None] * len(scalars)
         replicated = [None if t is None else Replicate() for t in operands]
-        strategies = [([Replicate(), Replicate(), Replicate()], replicated + tail)]
+        strategies: list[tuple[list[Any], list[Any]]] = [([Replicate(), Replicate(), Replicate()], replicated + tail)]
         if x.ndim >= 2 and indptr is None:
 
             def rows(t: Any) -> Any:  # an operand with the input's rows is sharded with them, a smaller one replicated
