@@ -1,4 +1,9 @@
-"""Argument checks shared by every backend, run once at the public entry points (kernels never validate).
+"""Argument checks shared by every backend, with one message each whatever the backend.
+
+Shape and dtype checks run once, at the public entry points. Value checks (target range, weights) run where the
+values are read: the torch operator calls them inside its CPU implementation (the C kernel checks a dense target
+as it reads it and these functions then name the first bad value), the NumPy backend alike; on a GPU
+they are device-side assertions instead (``softmargin.torch._backends``).
 
 The checks are written against the small part of the array interface that NumPy arrays and torch tensors share
 (``shape``, comparisons, ``min``/``max``, ``reshape``, ``sum``), so one message serves both backends. Shape and
