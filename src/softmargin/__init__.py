@@ -6,7 +6,8 @@ Submodules are imported on first use, so ``import softmargin`` never imports tor
 - :mod:`softmargin.torch` — drop-in PyTorch functional and ``nn.Module``
 
 and :func:`class_weights` / :func:`pos_weight` compute per-class weights from a label matrix (NumPy only);
-:class:`SoftMarginClassifier` is a scikit-learn estimator (torch and scikit-learn needed).
+:class:`SoftMarginClassifier` is a scikit-learn estimator and :func:`load_run` loads a model saved by ``softmargin
+train`` (both need torch and scikit-learn, imported on first use).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from .weights import class_weights, pos_weight
 
 __version__ = "0.1.0"
-__all__ = ["class_weights", "pos_weight", "SoftMarginClassifier", "__version__"]
+__all__ = ["class_weights", "pos_weight", "SoftMarginClassifier", "load_run", "__version__"]
 
 _SUBMODULES = ("numpy", "torch", "kernels", "metrics", "weights", "app")
 
@@ -25,6 +26,6 @@ _SUBMODULES = ("numpy", "torch", "kernels", "metrics", "weights", "app")
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name == "SoftMarginClassifier":  # needs torch and scikit-learn: imported on first use
-        return importlib.import_module(f"{__name__}.app.sklearn").SoftMarginClassifier
+    if name in ("SoftMarginClassifier", "load_run"):  # need torch and scikit-learn: imported on first use
+        return getattr(importlib.import_module(f"{__name__}.app.sklearn"), name)
     raise AttributeError(f"module 'softmargin' has no attribute {name!r}")

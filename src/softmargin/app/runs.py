@@ -89,8 +89,9 @@ def train_command(args: argparse.Namespace) -> int:
     if args.cv is not None and (args.cv < 2 or args.test):
         raise ValueError(f"--cv {args.cv}: expected K >= 2 folds, and no --test (cross-validation tests on each fold)")
     train, test = D.load_train_test(args.data, args.test, args.labels, args.xml)
-    if train.Y is None:
-        raise ValueError(f"--data {args.data}: no label columns found; name them with --labels")
+    if train.Y is None or train.Y.shape[1] < 2:
+        raise ValueError(f"--data {args.data}: {0 if train.Y is None else train.Y.shape[1]} label column(s): multi-label "
+                         "training needs at least 2 (for one binary label, use a binary classifier)")  # fmt: skip
     dist = T.Distributed.from_env(T._device(config))
     say = _say if dist.writer else (lambda s: None)
     say(f"train: {train.describe()}")

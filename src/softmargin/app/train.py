@@ -216,7 +216,7 @@ class TrainedModel:
 
     def iter_proba(self, X: Any, batch_size: int | None = None, device: str = "cpu") -> Iterator[tuple[slice, np.ndarray]]:
         """(rows, the members' mean probability of those rows) one batch at a time: memory bounded by the batch."""
-        batch_size = batch_size or max(1, min(4096, (1 << 24) // max(1, len(self.label_names))))
+        batch_size = batch_size or max(1, min(4096, (1 << 22) // max(1, len(self.label_names))))
         where = resolve_device(device)
         members = [_Inference(net, where) for net in self.nets]
         for start in range(0, X.shape[0], batch_size):
@@ -413,15 +413,12 @@ def fit(
 
     Raises:
         TrainingError: the training loss became NaN or infinite (nothing is returned, so nothing can be saved).
-        ValueError: a setting that cannot work with this data (one label, tuned thresholds with sparse labels).
+        ValueError: a setting that cannot work with this data (tuned thresholds with sparse labels).
     """
     config.check()
     if train.Y is None:
         raise ValueError(f"{train.name}: training needs labels, the data has none")
     num_labels = train.Y.shape[1]
-    if num_labels < 2:
-        raise ValueError(f"{train.name}: {num_labels} label column: multi-label training needs at least 2 labels "
-                         "(for one binary label use a binary classifier)")  # fmt: skip
     if len(train) < 2:
         raise ValueError(f"{train.name}: {len(train)} sample: training needs at least 2")
     if config.thresholds == "tuned" and train.sparse_labels:
@@ -536,8 +533,16 @@ def _fit_one(
     label_parallel = fused and dist.world > 1
     columns = dist.shard(num_labels) if label_parallel else slice(None)
     hidden = tuple(config.hidden) if config.model == "mlp" else ()
-    width = columns.stop - columns.start if label_parallel else num_labels
-    net = MultiLabelNet(X.shape[1], width, hidden, config.dropout)
+    net = MultiLabelNet(X.shape[1], num_labels, hidden, config.dropout)
+    if label_parallel:  # initialised whole, as on one process, then cut to this rank's shard of the labels
+        whole = net.layers[-1]
+        shard = nn.Linear(whole.in_features, columns.stop - columns.start)
+        with torch.no_grad():
+            shard.weight.copy_(whole.weight[columns])
+            shard.bias.copy_(whole.bias[columns])
+        net.layers[-1] = shard
+        if dist.writer and seed == config.seed:
+            log(f"label-parallel fused head: {num_labels} labels in {dist.world} shards (rank 0: labels {columns.start}:{columns.stop})")
     net.shift.copy_(torch.from_numpy(scaling[0]))
     net.scale.copy_(torch.from_numpy(scaling[1]))
     net.to(device)
@@ -591,6 +596,9 @@ def _fit_one(
         if X_valid is not None and epoch + 1 - best[1] >= config.patience:
             log(f"seed {seed}: early stop at epoch {epoch + 1}, best validation loss at epoch {best[1]}")
             break
+    if best[1] == 0:  # no epoch beat the untrained network: keeping it would be a silently useless model
+        raise TrainingError(f"seed {seed}: no epoch improved on the untrained network's loss; nothing was saved; "
+                            f"lower --lr (now {config.lr:g}) or train longer")  # fmt: skip
     net.load_state_dict(best[2])
     net = net.cpu()
     if label_parallel:
