@@ -227,6 +227,8 @@ def _output(spec: str, force: bool) -> Iterator[IO[str]]:
 def predict_command(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k}: expected a positive number of labels per sample")
+    if args.out != "-" and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder: expected a CSV file name (or - for standard output)")
     if args.out != "-" and Path(args.out).exists() and not args.force:
         raise ValueError(f"--out {args.out} exists: pass --force to overwrite it")
     model, data = _load_for(args)

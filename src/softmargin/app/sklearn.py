@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -195,7 +196,8 @@ class RunModel(BaseEstimator):
         return dict(self.model_.decision)
 
     def _features(self, X: Any) -> Any:
-        check_is_fitted(self, "model_")
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this RunModel holds no model: get one from softmargin.load_run(path)")
         if hasattr(X, "columns") and hasattr(X, "loc"):  # a DataFrame: by name, in the model's order
             missing = [name for name in self.model_.feature_names if name not in set(map(str, X.columns))]
             if missing:
