@@ -242,7 +242,7 @@ def predict_command(args: argparse.Namespace) -> int:
             writer.writerow(["row"] + [f"p_{n}" for n in names] + [f"y_{n}" for n in names])
         for rows, scores in model.iter_proba(data.X, device=args.device):
             if args.top_k:
-                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+                top = T._top(scores, k)
                 for offset, ids in enumerate(top):
                     pairs = [v for c in ids for v in (names[c], f"{scores[offset, c]:.6f}")]
                     writer.writerow([rows.start + offset, *pairs])

@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,26 +268,36 @@ def _thresholds(decision: dict[str, Any], tuned: np.ndarray | None, num_labels: 
 
 
 class _Inference:
-    """One ensemble member ready for prediction: float64 layers on ``device``; for sparse input the first layer is
-    applied as a sparse product (float32, row by row) so that no batch is ever made dense."""
+    """One ensemble member ready for prediction, on ``device``: the layers after the first in float64; the first
+    layer (the big one with many features) stays as trained, float32, and each call makes only a temporary copy.
+    Sparse input is never made dense: its first layer is a sparse product (row by row, so batch-independent)."""
 
     def __init__(self, net: MultiLabelNet, device: torch.device) -> None:
         self.device = device
-        self.net64 = copy.deepcopy(net).double().eval().to(device)
         first = net.layers[0]
-        scale = net.scale.detach().double()
-        # (x - shift) * scale @ W.T + b == x @ (W * scale).T + (b - W @ (shift * scale))
-        self.first_weight_t = (first.weight.detach().double() * scale).T.float().numpy()
-        self.first_bias = (first.bias.detach().double() - first.weight.detach().double() @ (net.shift.double() * scale)).to(device)
+        self.weight = first.weight.detach().to(device)
+        self.bias = first.bias.detach().double().to(device)
+        self.shift = net.shift.detach().double().to(device)
+        self.scale = net.scale.detach().double().to(device)
+        self.rest = copy.deepcopy(net.layers[1:]).double().eval().to(device)
 
     @torch.no_grad()
     def __call__(self, batch: Any) -> np.ndarray:
         if sp.issparse(batch):
-            first = torch.from_numpy(np.asarray(batch.astype(np.float32) @ self.first_weight_t)).to(self.device)
-            logits = self.net64.layers[1:](first.double() + self.first_bias)
+            # (x - shift) * scale @ W.T + b == (x * scale) @ W.T + (b - W @ (shift * scale))
+            csr = sp.csr_matrix(batch.multiply(self.scale.cpu().numpy()[None, :]), dtype=np.float32)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": sparse.mm on CSR is all we use
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.sparse_csr_tensor(
+                    torch.from_numpy(csr.indptr.astype(np.int64)), torch.from_numpy(csr.indices.astype(np.int64)),
+                    torch.from_numpy(csr.data), csr.shape,
+                ).to(self.device)  # fmt: skip
+            offset = self.bias - self.weight.double() @ (self.shift * self.scale) if self.shift.any() else self.bias
+            first = torch.sparse.mm(x, self.weight.t()).double() + offset
         else:
-            logits = self.net64(torch.from_numpy(np.asarray(batch, dtype=np.float64)).to(self.device))
-        return torch.sigmoid(logits).cpu().numpy()
+            x = (torch.from_numpy(np.asarray(batch, dtype=np.float64)).to(self.device) - self.shift) * self.scale
+            first = torch.nn.functional.linear(x, self.weight.double(), self.bias)
+        return torch.sigmoid(self.rest(first)).cpu().numpy()
 
 
 def decide(scores: np.ndarray, thresholds: Any, at_least_one: bool) -> np.ndarray:
@@ -307,6 +318,15 @@ def top_k_decisions(scores: np.ndarray, k: int) -> np.ndarray:
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         np.put_along_axis(pred, top, 1, axis=1)
     return pred
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` highest-scoring columns, best first (ties: the lower index first), (N, min(k, L))."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(k), (len(scores), 1))
+    part.sort(axis=1)  # the lower index first among equal scores, as a stable sort would
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
 
 
 def _dense_batch(X: Any, index: Any) -> torch.Tensor:
@@ -716,8 +736,8 @@ def evaluate_sparse(model: TrainedModel, data: Dataset, device: str = "cpu") -> 
         row_true = np.diff(truth.indptr)
         exact += float(((row_tp == row_pred) & (row_tp == row_true)).sum())
         denominator = row_pred + row_true
-        samples_f1 += float(np.where(denominator > 0, 2 * row_tp / np.maximum(denominator, 1), 1.0).sum())
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        samples_f1 += float(np.where(denominator > 0, 2 * row_tp / np.maximum(denominator, 1), 0.0).sum())  # zero_division=0
+        top = _top(scores, 5)
         relevant = np.asarray(truth[np.arange(truth.shape[0])[:, None], top].todense()) > 0
         for k in ks:
             precision[k] += float(relevant[:, :k].sum()) / k
@@ -886,7 +906,7 @@ def _read_json(path: Path) -> Any:
 def load_model(run: Path) -> TrainedModel:
     """A model saved by :func:`save_model`: safetensors weights (loading executes no code), checked against the
     SHA-256 in ``model.json``, and JSON metadata. A missing, damaged or altered file is a ValueError naming it."""
-    from safetensors.torch import load
+    from safetensors.torch import load_file
 
     run = Path(run)
     if not run.is_dir():
@@ -898,18 +918,19 @@ def load_model(run: Path) -> TrainedModel:
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{run / 'model.json'}: format {found!r}, expected {MODEL_FORMAT!r} (retrain with this version)")
-    blob = (run / "model.safetensors").read_bytes()
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+    if file_sha256(run / "model.safetensors") != meta.get("sha256"):
         raise ValueError(f"{run / 'model.safetensors'}: its SHA-256 differs from the one in model.json: the file is "
                          "damaged or was changed; retrain or restore it")  # fmt: skip
     try:
-        tensors = load(blob)
+        tensors = load_file(str(run / "model.safetensors"))
         nets = []
         for i in range(meta["members"]):
-            net = MultiLabelNet(meta["in_features"], len(meta["label_names"]), meta["hidden"], meta["dropout"])
+            with torch.device("meta"):  # no memory, no initialisation: the saved tensors are taken as they are
+                net = MultiLabelNet(meta["in_features"], len(meta["label_names"]), meta["hidden"], meta["dropout"])
             prefix = f"member{i}."
-            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, assign=True)
             nets.append(net.eval())
+        del tensors
         config = TrainConfig()
         if (run / "config.json").exists():
             fields = {f.name for f in dataclasses.fields(TrainConfig)}
