@@ -154,7 +154,7 @@ def test_evaluate_sparse_agrees_with_the_dense_metrics():
 
 
 def _torchrun(processes: int, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port", "0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
                "-m", "softmargin", *argv]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
