@@ -217,7 +217,7 @@ class TrainedModel:
 
     def iter_proba(self, X: Any, batch_size: int | None = None, device: str = "cpu") -> Iterator[tuple[slice, np.ndarray]]:
         """(rows, the members' mean probability of those rows) one batch at a time: memory bounded by the batch."""
-        batch_size = batch_size or max(1, min(4096, (1 << 22) // max(1, len(self.label_names))))
+        batch_size = batch_size or max(1, min(4096, (1 << 20) // max(1, len(self.label_names))))
         where = resolve_device(device)
         members = [_Inference(net, where) for net in self.nets]
         for start in range(0, X.shape[0], batch_size):
