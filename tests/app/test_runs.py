@@ -399,3 +399,21 @@ def test_holdout_is_seeded_and_disjoint():
     assert len(test) == 10 and len(train) == 40
     assert sorted(np.r_[train.X[:, 0], test.X[:, 0]].tolist()) == list(range(50))
     assert R.holdout(data, 0.2, seed=3)[1].X.tolist() == test.X.tolist()
+
+
+def test_predict_on_headerless_libsvm_that_omits_the_last_feature(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(80):
+        labels = ",".join(str(i) for i in range(4) if rng.random() < 0.4)
+        lines.append(f"{labels} " + " ".join(f"{j}:{rng.random():.3f}" for j in sorted(rng.choice(30, 4, replace=False))))
+    (tmp_path / "train.txt").write_text("80 30 4\n" + "\n".join(lines) + "\n")
+    (tmp_path / "new.txt").write_text("0:1.5 3:0.25\n 7:1\n")  # no header, no labels, never mentions feature 29
+    assert main(["train", "--data", str(tmp_path / "train.txt"), "--out", str(tmp_path / "runs")] + FAST) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    capsys.readouterr()
+    code, out, _ = _run(["predict", str(run), "--data", str(tmp_path / "new.txt"), "--out", "-"], capsys)
+    assert code == 0 and out.splitlines()[0] == "row,p_0,p_1,p_2,p_3,y_0,y_1,y_2,y_3" and len(out.splitlines()) == 3
+    (tmp_path / "wide.txt").write_text("0:1.5 30:1\n")
+    _one_line_error(["predict", str(run), "--data", str(tmp_path / "wide.txt"), "--out", "-"], capsys,
+                    r"wide\.txt: feature index 30: the model has 30 features")  # fmt: skip

@@ -540,10 +540,11 @@ def _fit_one(
     scaling: tuple[np.ndarray, np.ndarray],
     progress: bool,
     log: Callable[[str], None],
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     dist: Distributed | None = None,
 ) -> tuple[MultiLabelNet, list[dict[str, float]]]:
     """One network, from seed ``seed``: AdamW with early stopping on the validation loss, or full-batch L-BFGS."""
+    device = device or torch.device("cpu")
     dist = dist or Distributed()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
