@@ -194,6 +194,23 @@ def test_two_processes_split_the_labels_of_a_fused_head(tmp_path):
         assert abs(first[key] - second[key]) <= 0.005, (key, first[key], second[key])
 
 
+MULAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mulan"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MULAN / "delicious").exists(), reason="../shared/data/mulan is not on this machine")
+def test_delicious_on_two_processes_uses_the_label_parallel_head(tmp_path):
+    """delicious (983 labels, from 512 the head is fused): two processes split its output layer; rank 0 alone writes."""
+    folder = MULAN / "delicious"
+    argv = ["train", "--data", str(folder / "delicious-train.arff"), "--test", str(folder / "delicious-test.arff"),
+            "--hidden", "64", "--epochs", "1", "--ensemble", "1", "--batch-size", "256", "--threads", "1", "--out", "runs"]  # fmt: skip
+    done = _torchrun(2, argv, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "label-parallel fused head: 983 labels in 2 shards (rank 0: labels 0:491)" in done.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "model.json").read_text())["label_names"][:1] and (run / "metrics.json").exists()
+
+
 # --- device --------------------------------------------------------------------------------------------------------
 
 
