@@ -173,6 +173,7 @@ def test_two_gloo_processes_match_one_on_yeast(tmp_path):
     assert len(runs["two"]) == 1, "only rank 0 writes a run folder"
     assert two.stdout.count("run folder:") == 1, "only rank 0 prints"
     first, second = (json.loads((runs[n][0] / "metrics.json").read_text()) for n in ("one", "two"))
+    print({key: (first[key], second[key]) for key in ("hamming_loss", "micro_f1", "lrap")})
     for key in ("hamming_loss", "micro_f1", "lrap"):
         assert abs(first[key] - second[key]) <= 0.005, (key, first[key], second[key])
 
@@ -183,13 +184,15 @@ def test_two_processes_split_the_labels_of_a_fused_head(tmp_path):
     whole batch (label-parallel), initialised as one process would, so the result matches one process closely
     (tolerance 0.005 on P@1, micro-F1)."""
     data = _libsvm(tmp_path / "xc.txt", rows=1500, features=60, labels=600, per_row=20)
-    argv = ["train", "--data", str(data), "--hidden", "32", "--epochs", "3", "--ensemble", "1", "--dropout", "0", "--threads", "1"]
+    argv = ["train", "--data", str(data), "--hidden", "32", "--epochs", "20", "--lr", "0.01", "--ensemble", "1", "--dropout", "0", "--threads", "1"]
     one = _torchrun(1, argv + ["--out", "one", "--quiet"], tmp_path)
     two = _torchrun(2, argv + ["--out", "two"], tmp_path)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert "label-parallel fused head: 600 labels in 2 shards (rank 0: labels 0:300)" in two.stderr
     assert len(list((tmp_path / "two").iterdir())) == 1
     first, second = (json.loads((next((tmp_path / n).iterdir()) / "metrics.json").read_text()) for n in ("one", "two"))
+    print({key: (first[key], second[key]) for key in ("P@1", "micro_f1")})
+    assert first["P@1"] > 0.2, "the comparison means something only if the model learned"
     for key in ("P@1", "micro_f1"):
         assert abs(first[key] - second[key]) <= 0.005, (key, first[key], second[key])
 
