@@ -402,6 +402,8 @@ class Distributed:
         import torch.distributed as dist
 
         if not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # NCCL's own buffers go to this rank's GPU, not all to GPU 0
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(dist.get_rank(), dist.get_world_size(), dist.group.WORLD)
 
@@ -621,25 +623,26 @@ def _fit_one(
         raise TrainingError(f"seed {seed}: no epoch improved on the untrained network's loss; nothing was saved; "
                             f"lower --lr (now {config.lr:g}) or train longer")  # fmt: skip
     net.load_state_dict(best[2])
-    net = net.cpu()
     if label_parallel:
         net = _gather_head(net, dist, num_labels, hidden, config.dropout)
-    return net, history
+    return net.cpu(), history
 
 
 def _gather_head(net: MultiLabelNet, dist: Distributed, num_labels: int, hidden: tuple[int, ...], dropout: float) -> MultiLabelNet:
-    """The whole network from the label shards of its output layer (every rank gets it; gloo wants equal sizes)."""
+    """The whole network (on the CPU) from the label shards of its output layer, on the device the shards are on
+    (NCCL gathers CUDA tensors); every rank gets it. The shards are padded to one size, as all_gather wants."""
     import torch.distributed as tdist
 
     last = net.layers[-1]
     sizes = [Distributed(r, dist.world).shard(num_labels) for r in range(dist.world)]
     widest = max(s.stop - s.start for s in sizes)
     local = torch.cat([last.weight.detach(), last.bias.detach()[:, None]], 1)
-    padded = torch.zeros(widest, local.shape[1], dtype=local.dtype)
+    padded = local.new_zeros(widest, local.shape[1])
     padded[: local.shape[0]] = local
     parts = [torch.zeros_like(padded) for _ in range(dist.world)]
     tdist.all_gather(parts, padded, group=dist.group)
-    full = torch.cat([part[: s.stop - s.start] for part, s in zip(parts, sizes)])
+    full = torch.cat([part[: s.stop - s.start] for part, s in zip(parts, sizes)]).cpu()
+    net = net.cpu()
     whole = MultiLabelNet(net.shift.numel(), num_labels, hidden, dropout)
     state = net.state_dict()
     key = f"layers.{len(net.layers) - 1}"
