@@ -151,3 +151,45 @@ def option_operands(spec, dtype, num_rows, num_classes, seed=1, device=None):
         else:
             out[name] = value
     return out
+
+
+#: A ``torch_path`` that adds the Triton kernel (on CPU tensors Triton's interpreter: slow, so marked slow). A test
+#: module opts in with ``torch_path = with_triton_path`` at module level.
+def _with_triton_path():
+    import pytest
+
+    @pytest.fixture(params=["native", "chunked", pytest.param("triton", marks=pytest.mark.slow)], name="torch_path")
+    def torch_path(request, monkeypatch):
+        return use_backend(request.param, monkeypatch)
+
+    return torch_path
+
+
+with_triton_path = _with_triton_path()
+
+
+def use_backend(name, monkeypatch):
+    """Force one backend with SOFTMARGIN_BACKEND (skipping where it cannot run)."""
+    import os
+
+    import pytest
+
+    from softmargin.kernels import cpu
+
+    if name == "native":
+        if cpu.kernel() is None:
+            pytest.skip("the CPU kernel cannot be built here")
+        monkeypatch.setenv("SOFTMARGIN_BACKEND", "cpu")
+    elif name == "chunked":
+        monkeypatch.setattr(cpu, "kernel", lambda: None)
+        monkeypatch.setenv("SOFTMARGIN_BACKEND", "torch")
+    else:
+        pytest.importorskip("triton")
+        import torch
+
+        if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+            pytest.skip("Triton needs a CUDA device or TRITON_INTERPRET=1")
+        monkeypatch.setenv("SOFTMARGIN_BACKEND", "triton")
+    return name
+
+

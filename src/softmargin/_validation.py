@@ -20,12 +20,12 @@ def _shape(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def check_reduction(reduction: object) -> str:
+def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(
             f"reduction={reduction!r} is not valid: expected one of {', '.join(repr(r) for r in REDUCTIONS)}"
         )
-    return reduction  # type: ignore[return-value]
+    return reduction
 
 
 def check_input_kind(name: str, kind: str, dtype: object) -> None:

@@ -131,7 +131,7 @@ def walk(
 
 class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,

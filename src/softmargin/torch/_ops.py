@@ -162,9 +162,8 @@ def _differentiable_grad(
     if w is not None:
         grad = torch.where(w == 0, 0.0, grad * w)
     divisor = _divisor(t, mask)
-    if isinstance(divisor, float):
-        return (grad / divisor).to(x.dtype)
-    return torch.where(divisor > 0, grad / divisor.clamp_min(1), 0.0).to(x.dtype)
+    scaled: Tensor = grad / divisor if isinstance(divisor, float) else torch.where(divisor > 0, grad / divisor.clamp_min(1), 0.0)
+    return scaled.to(x.dtype)
 
 
 def input_grads(
@@ -297,7 +296,7 @@ class _EagerLoss(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         x: Tensor,
         y: Tensor | None,
         weight: Tensor | None,
@@ -309,9 +308,10 @@ class _EagerLoss(torch.autograd.Function):
         options: LossOptions,
         need_grad: bool,
         check: bool,
+        ordinary: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         tensors = (x, y, weight, pos_weight, mask, indptr, indices, values)
-        if _ordinary(tensors):
+        if ordinary or _ordinary(tensors):
             return _compute_rows(*tensors, options, need_grad, check)
         return loss_rows(  # type: ignore[no-any-return]
             *tensors, options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip, need_grad, check
@@ -319,12 +319,12 @@ class _EagerLoss(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
-        x, y, weight, pos_weight, mask, indptr, indices, values, options, _, _ = inputs
+        x, y, weight, pos_weight, mask, indptr, indices, values, options, _, _, ordinary = inputs
         _, grad, counted = output
         ctx.mark_non_differentiable(grad, counted)
         ctx.set_materialize_grads(False)  # absent tangents (a target without one) stay None, not zeros
         ctx.options = options
-        ctx.own_grad = _ordinary((x, y, weight, pos_weight, mask, grad))
+        ctx.own_grad = ordinary or _ordinary((x, y, weight, pos_weight, mask, grad))
         if ctx.own_grad:
             # kept on ctx, not saved: backward scales it in place and hands it over (autograd then makes this very
             # tensor input.grad); a second backward (retain_graph=True) recomputes it
@@ -337,7 +337,7 @@ class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_per_sample: Tensor | None, _grad: Any, _counted: Any) -> tuple[Tensor | None, ...]:
         if grad_per_sample is None:
-            return (None,) * 11
+            return (None,) * 12
         saved = ctx.saved_tensors
         x, y, weight, pos_weight, mask, indptr, indices, values = saved[:8]
         if ctx.own_grad:
@@ -348,7 +348,7 @@ class _EagerLoss(torch.autograd.Function):
             tuple(ctx.needs_input_grad[:3]), x, y, _sparse_of(x, indptr, indices, values), weight, pos_weight,
             mask, ctx.options, grad, grad_per_sample, in_place=ctx.own_grad,
         )  # fmt: skip
-        return (*grads, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
     @staticmethod
     def jvp(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | None, *_: Any) -> tuple[Any, ...]:
@@ -369,6 +369,9 @@ class _EagerLoss(torch.autograd.Function):
                 term = (element_loss * w_t * scale).sum(-1)
                 tangent = term if tangent is None else tangent + term
         return tangent, None, None
+
+
+_APPLY = super(torch.autograd.Function, _EagerLoss).apply
 
 
 def _forward_ad_active(x: Tensor) -> bool:
@@ -409,9 +412,13 @@ def compute(problem: Problem) -> Tensor:
         per_sample, _, counted = loss_rows(
             *operands, o.label_smoothing, o.gamma_pos, o.gamma_neg, o.clip, need_grad, problem.check
         )
+    elif _ordinary(operands) and torch.autograd.forward_ad._current_level < 0:
+        # autograd.Function.apply binds the arguments with inspect.signature on every call (a setup_context
+        # Function): with every argument given by position and no transform active, its C++ apply is the same call
+        per_sample, _, counted = _APPLY(*operands, problem.options, x.requires_grad, problem.check, True)
     else:
         need_grad = x.requires_grad or _forward_ad_active(x)
-        per_sample, _, counted = _EagerLoss.apply(*operands, problem.options, need_grad, problem.check)
+        per_sample, _, counted = _EagerLoss.apply(*operands, problem.options, need_grad, problem.check, False)
     return reduce(per_sample, counted, problem.reduction, problem.mask is not None, problem.result_dtype)
 
 
@@ -450,7 +457,7 @@ def ensure_dtensor_sharding() -> None:
         operands = (x, y, w, pw, mask, indptr, indices, values)
         tail = [None] * len(scalars)
         replicated = [None if t is None else Replicate() for t in operands]
-        strategies = [([Replicate(), Replicate(), Replicate()], replicated + tail)]
+        strategies: list[tuple[list[Any], list[Any]]] = [([Replicate(), Replicate(), Replicate()], replicated + tail)]
         if x.ndim >= 2 and indptr is None:
 
             def rows(t: Any) -> Any:  # an operand with the input's rows is sharded with them, a smaller one replicated
