@@ -60,7 +60,7 @@ def requested_backend() -> str:
 
 
 @functools.cache
-def _triton_module() -> Any:
+def triton_module() -> Any:
     """The Triton kernel module, or None where Triton is not installed."""
     try:
         from ..kernels import triton_kernels
@@ -82,7 +82,7 @@ def choose_backend(x: torch.Tensor) -> str:
     if wanted == "auto":
         if native and x.numel() > 0:
             return "cpu"
-        if x.is_cuda and x.numel() > 0 and _triton_module() is not None:
+        if x.is_cuda and x.numel() > 0 and triton_module() is not None:
             return "triton"
         return "torch"
     if wanted == "cpu" and not native:
@@ -91,7 +91,7 @@ def choose_backend(x: torch.Tensor) -> str:
             f"kernel {'available' if cpu.kernel() is not None else 'not available'}): unset it or choose 'torch'"
         )
     if wanted == "triton":
-        if _triton_module() is None:
+        if triton_module() is None:
             raise RuntimeError("SOFTMARGIN_BACKEND=triton, but Triton is not installed: pip install triton")
         if not _triton_runs_on(x):
             raise RuntimeError(
@@ -299,7 +299,7 @@ def _triton(
         observed = count > 0
         scale, row_scale = 1.0, torch.where(observed, 1.0 / torch.where(observed, count, 1.0), 0.0).contiguous()
         counted = observed.sum(dtype=torch.float64)
-    row_sums, grad = _triton_module().fused_rows(
+    row_sums, grad = triton_module().fused_rows(
         x.reshape(num_rows, num_classes), None if sparse is not None else y.reshape(num_rows, num_classes),
         weight=_weight_rows(weight, x.shape, None), pos_weight=_weight_rows(pos_weight, x.shape, None), mask=mask_rows,
         label_smoothing=options.label_smoothing, gamma_pos=options.gamma_pos, gamma_neg=options.gamma_neg,
