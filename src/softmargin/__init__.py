@@ -9,7 +9,8 @@ Submodules are imported on first use, so ``import softmargin`` never imports tor
 
 :func:`multilabel_soft_margin_loss` dispatches on the array type to the backend of its framework,
 :func:`class_weights` / :func:`pos_weight` compute per-class weights from a label matrix (NumPy only);
-:class:`SoftMarginClassifier` is a scikit-learn estimator (torch and scikit-learn needed).
+:class:`SoftMarginClassifier` is a scikit-learn estimator and :func:`load_run` loads a model saved by ``softmargin
+train`` (both need torch and scikit-learn, imported on first use).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from ._options import LossOptions
 from .weights import class_weights, pos_weight
 
 __version__ = "0.1.0"
-__all__ = ["LossOptions", "SoftMarginClassifier", "__version__", "class_weights", "multilabel_soft_margin_loss", "pos_weight"]
+__all__ = [
+    "LossOptions", "SoftMarginClassifier", "__version__", "class_weights", "load_run", "multilabel_soft_margin_loss",
+    "pos_weight",
+]  # fmt: skip
 
 _SUBMODULES = ("numpy", "torch", "jax", "keras", "integrations", "kernels", "metrics", "weights", "app")
 
@@ -67,6 +71,6 @@ def multilabel_soft_margin_loss(input: Any, target: Any, weight: Any = None, red
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name == "SoftMarginClassifier":  # needs torch and scikit-learn: imported on first use
-        return importlib.import_module(f"{__name__}.app.sklearn").SoftMarginClassifier
+    if name in ("SoftMarginClassifier", "load_run"):  # need torch and scikit-learn: imported on first use
+        return getattr(importlib.import_module(f"{__name__}.app.sklearn"), name)
     raise AttributeError(f"module 'softmargin' has no attribute {name!r}")

@@ -88,7 +88,7 @@ def test_arff_labels_from_sibling_xml(tmp_path):
         ("1.5,2,1\n", r"d\.arff:7: expected 4 comma-separated numbers"),
         ("1.5,x,1,0\n", r"d\.arff:7: expected 4 comma-separated numbers"),
         ("1,2,1,0\n{0 1}\n", r"d\.arff:8: a sparse row in a dense file"),
-        ("1,2,1,3\n", r"label attributes hold values other than 0 and 1"),
+        ("1,2,1,3\n", r"d\.arff:7: label 'b' is 3\.0: expected 0 or 1"),
     ],
 )
 def test_malformed_arff_names_file_and_line(tmp_path, body, message):
@@ -128,10 +128,113 @@ def test_csv_with_named_label_columns(tmp_path):
     (tmp_path / "bad.csv").write_text("f1,y1\n1,0\n2\n")
     with pytest.raises(D.DataError, match=r"bad\.csv:3: expected 2 fields"):
         D.load_csv(tmp_path / "bad.csv", ["y1"])
-    with pytest.raises(D.DataError, match=r"label column\(s\) \['z'\] not in the header"):
+    with pytest.raises(D.DataError, match=r"t\.csv: label column\(s\) \['z'\] not in the file's columns"):
         D.load_csv(tmp_path / "t.csv", ["z"])
 
 
 def test_unknown_data_spec():
     with pytest.raises(FileNotFoundError, match="not a built-in data set"):
         D.load_train_test("nope.arff")
+
+
+# --- bad input: every defect a one-line DataError naming the file and line (issue 13) -------------------------------
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("1.5,nan,1,0\n", r"d\.arff:7: feature 'f 2' is nan: expected a finite number"),
+        ("1,2,1,0\ninf,2,1,0\n", r"d\.arff:8: feature 'f1' is inf"),
+        ("1,?,1,0\n", r"d\.arff:7: feature 'f 2' is nan"),
+        ("1,2,?,0\n", r"d\.arff:7: label 'a' is nan: expected 0 or 1"),
+    ],
+)
+def test_non_finite_arff_features_are_rejected_with_file_and_line(tmp_path, body, message):
+    (tmp_path / "d.arff").write_text(ARFF.split("@data\n")[0] + "@data\n" + body)
+    with pytest.raises(D.DataError, match=message):
+        D.load_arff(tmp_path / "d.arff", labels=["a", "b"])
+
+
+def test_non_finite_sparse_arff_csv_and_libsvm_values_are_rejected(tmp_path):
+    (tmp_path / "s.arff").write_text(SPARSE_ARFF.replace("{1 0.25,3 1}", "{1 -inf,3 1}"))
+    with pytest.raises(D.DataError, match=r"s\.arff:8: feature 'f2' is -inf"):
+        D.load_arff(tmp_path / "s.arff", labels=["a", "b"])
+    (tmp_path / "t.csv").write_text("f1,f2,y1,y2\n1,2,0,1\n3,NaN,1,1\n")
+    with pytest.raises(D.DataError, match=r"t\.csv:3: feature 'f2' is nan"):
+        D.load_csv(tmp_path / "t.csv", ["y1", "y2"])
+    (tmp_path / "x.txt").write_text("0 0:1\n1 2:inf\n")
+    with pytest.raises(D.DataError, match=r"x\.txt:2: feature 2 is inf"):
+        D.load_libsvm(tmp_path / "x.txt")
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("0 0:1\n-1 1:1\n", r"x\.txt:2: label -1: expected 0 <= index"),
+        ("0 0:1\n1 -3:1\n", r"x\.txt:2: feature index -3: expected 0 <= index"),
+        ("3 5 2\n0 0:1\n1 1:1\n", r"x\.txt:1: the header says 3 samples, the file holds 2"),
+        ("2 5 2\n0 0:1\n1 7:1\n", r"x\.txt:3: feature index 7: expected 0 <= index < 5 as the header"),
+        ("2 5 2\n0 0:1\n2 1:1\n", r"x\.txt:3: label 2: expected 0 <= index < 2 as the header"),
+        ("0 0:1\n1 999999999:1\n", r"x\.txt:2: feature index 999999999: .*'N F L' header line"),
+    ],
+)
+def test_libsvm_indices_outside_their_range_are_errors(tmp_path, text, message):
+    (tmp_path / "x.txt").write_text(text)
+    with pytest.raises(D.DataError, match=message):
+        D.load_libsvm(tmp_path / "x.txt")
+
+
+def test_duplicate_names_are_errors(tmp_path):
+    (tmp_path / "d.arff").write_text(ARFF)
+    with pytest.raises(D.DataError, match=r"--labels names 'a' twice"):
+        D.load_arff(tmp_path / "d.arff", labels=["a", "a", "b"])
+    (tmp_path / "t.csv").write_text("f1,f1,y1\n1,2,0\n")
+    with pytest.raises(D.DataError, match=r"t\.csv:1: the header names 'f1' twice"):
+        D.load_csv(tmp_path / "t.csv", ["y1"])
+    (tmp_path / "twice.arff").write_text(ARFF.replace("@attribute 'f 2' numeric", "@attribute f1 numeric"))
+    with pytest.raises(D.DataError, match=r"twice\.arff:3: attribute 'f1' is declared twice"):
+        D.load_arff(tmp_path / "twice.arff", labels=["a", "b"])
+
+
+def test_a_folder_as_data_is_an_error(tmp_path):
+    with pytest.raises(D.DataError, match=r"is a folder: expected a data file"):
+        D.load(str(tmp_path))
+
+
+def test_test_file_columns_are_matched_by_name(tmp_path):
+    (tmp_path / "train.csv").write_text("f1,f2,y1,y2\n1,2,0,1\n3,4,1,1\n")
+    (tmp_path / "test.csv").write_text("y2,f2,y1,f1\n1,20,0,10\n0,40,1,30\n")  # same columns, another order
+    train, test = D.load_train_test(str(tmp_path / "train.csv"), str(tmp_path / "test.csv"), ["y1", "y2"])
+    assert test.feature_names == ["f1", "f2"] and test.label_names == ["y1", "y2"]
+    np.testing.assert_array_equal(test.X, [[10, 20], [30, 40]])
+    np.testing.assert_array_equal(test.Y, [[0, 1], [1, 0]])
+    (tmp_path / "other.csv").write_text("f1,f3,y1,y2\n1,2,0,1\n")
+    with pytest.raises(D.DataError, match=r"missing feature\(s\) \['f2'\]; extra feature\(s\) \['f3'\]"):
+        D.load_train_test(str(tmp_path / "train.csv"), str(tmp_path / "other.csv"), ["y1", "y2"])
+
+
+def test_libsvm_files_match_by_index_and_may_omit_the_last_columns(tmp_path):
+    (tmp_path / "x.txt").write_text("0 1:1\n1 0:2\n")  # never mentions feature 2 nor label 2
+    d = D.align(D.load_libsvm(tmp_path / "x.txt"), ["0", "1", "2"], ["0", "1", "2"], positional=True)
+    np.testing.assert_array_equal(d.X.toarray(), [[0, 1, 0], [2, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(d.Y), [[1, 0, 0], [0, 1, 0]])
+    with pytest.raises(D.DataError, match=r"feature index 1: the model has 1 features"):
+        D.align(D.load_libsvm(tmp_path / "x.txt"), ["0"], ["0", "1"], positional=True)
+
+
+def test_unlabeled_arff_and_csv_read_with_a_models_feature_names(tmp_path):
+    (tmp_path / "u.arff").write_text("@relation u\n@attribute 'f 2' numeric\n@attribute f1 numeric\n@data\n2,1.5\n0.25,-1\n")
+    d = D.load(str(tmp_path / "u.arff"), ["a", "b"], features=["f1", "f 2"])
+    assert d.Y is None
+    np.testing.assert_array_equal(d.X, [[1.5, 2], [-1, 0.25]])
+    (tmp_path / "u.csv").write_text("id,f2,f1\n7,2,1\n")
+    d = D.load(str(tmp_path / "u.csv"), ["y1"], features=["f1", "f2"])
+    assert d.Y is None and d.X.tolist() == [[1, 2]]
+
+
+def test_many_libsvm_labels_stay_sparse(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "SPARSE_LABELS_FROM", 1000)
+    (tmp_path / "x.txt").write_text("2 3 100000\n5,99999 0:1\n7 2:1\n")
+    d = D.load_libsvm(tmp_path / "x.txt")
+    assert d.sparse_labels and d.Y.shape == (2, 100_000) and d.Y.nnz == 3
+    assert d.label_counts()[99_999] == 1 and d.label_counts().sum() == 3

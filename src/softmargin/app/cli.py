@@ -117,19 +117,36 @@ def _predict(args: argparse.Namespace) -> int:
     return predict_command(args)
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+def _add_data_arguments(parser: argparse.ArgumentParser, default: str | None, test: bool) -> None:
     parser.add_argument("--data", default=default, required=default is None,
-                        help="a built-in data set (yeast) or a file: MULAN .arff, .csv, or LIBSVM/XC text" + (f" (default: {default})" if default else ""))  # fmt: skip
-    parser.add_argument("--test", help="a separate test file (a built-in data set brings its standard split)")
+                        help="a built-in data set (yeast: its standard split) or a file: MULAN .arff, .csv, or LIBSVM/XC text")  # fmt: skip
+    if test:
+        parser.add_argument("--test", help="a separate test file, its columns matched to --data's by name")
     parser.add_argument("--labels", type=_names, help="comma-separated label attribute/column names (ARFF without XML, CSV)")
     parser.add_argument("--xml", help="the MULAN XML file naming the labels (default: found next to the ARFF file)")
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What evaluate and predict share: the run, the device and the decision overrides."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--thresholds", choices=_STRATEGIES, default=None,
+                        help="how probabilities become labels (default: the strategy the model was trained with)")  # fmt: skip
+    parser.add_argument("--threshold", type=float, default=None, help="the probability threshold of --thresholds fixed (default: the model's)")
+    parser.add_argument("--k", type=int, default=None, help="labels per sample for --thresholds top-k (default: the model's)")
+
+
+_STRATEGIES = ["fixed", "tuned", "top-k", "rcut"]
+_DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="softmargin",
         description="Multi-label classification with the multi-label soft-margin loss.",
     )
+    parser.add_argument("--version", action="version", version=f"softmargin {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     compare = sub.add_parser(
         "compare", help="the seed's example: softmargin vs torch vs sigmoid+BCELoss vs BCEWithLogitsLoss"
@@ -137,55 +154,68 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=_compare)
 
     train = sub.add_parser(
-        "train", help="train and evaluate a multi-label classifier (the main job)",
-        description="Train a multi-label classifier with the soft-margin loss, evaluate it on the test split and write a run folder.",
+        "train", help="train and evaluate a multi-label classifier (the main job)", formatter_class=_DEFAULTS,
+        description="Train a multi-label classifier with the soft-margin loss, evaluate it on the test split and "
+        "write a run folder. Several processes: torchrun --nproc-per-node N -m softmargin train ...",
     )  # fmt: skip
-    _add_data_arguments(train, "yeast")
+    _add_data_arguments(train, "yeast", test=True)
+    train.add_argument("--test-fraction", type=float, default=0.2, help="without --test: the seeded share of --data held out for testing (0: test on the training data)")
+    train.add_argument("--cv", type=int, default=None, metavar="K", help="K-fold cross-validation instead: mean ± std of each metric")
     model = train.add_argument_group("model")
     model.add_argument("--model", choices=["linear", "mlp"], default="mlp", help="linear = per-label logistic regression (binary relevance)")
-    model.add_argument("--hidden", type=_hidden, default=(512,), help="MLP hidden sizes, e.g. 512 or 512,256 (default 512)")
-    model.add_argument("--dropout", type=float, default=0.5)
-    model.add_argument("--ensemble", type=int, default=5, help="networks from consecutive seeds, probabilities averaged (default 5)")
+    model.add_argument("--hidden", type=_hidden, default=None, help="MLP hidden sizes, e.g. 512 or 512,256 (MLP only; None means 512)")
+    model.add_argument("--dropout", type=float, default=0.5, help="dropout after each hidden layer")
+    model.add_argument("--ensemble", type=int, default=5, help="networks from consecutive seeds, probabilities averaged")
     model.add_argument("--head", choices=["auto", "fused", "plain"], default="auto",
-                       help="fused: the last layer and the loss as one fused head, no (batch, labels) logits (auto: from 512 labels)")  # fmt: skip
+                       help="fused: the last layer and the loss as one fused head, no (batch, labels) logits; auto: from 512 labels")  # fmt: skip
     opt = train.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=["adamw", "lbfgs"], default="adamw", help="lbfgs: full batch, to convergence")
-    opt.add_argument("--epochs", type=int, default=200)
-    opt.add_argument("--batch-size", type=int, default=64)
-    opt.add_argument("--lr", type=float, default=1e-3)
+    opt.add_argument("--epochs", type=int, default=200, help="at most this many passes over the training data")
+    opt.add_argument("--batch-size", type=int, default=64, help="samples per mini-batch (the global batch under torchrun)")
+    opt.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     opt.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's decoupled weight decay")
-    opt.add_argument("--C", type=float, default=None, help="L2 penalty as LogisticRegression(C=...) (default: none)")
+    opt.add_argument("--C", type=float, default=None, help="L2 penalty as LogisticRegression(C=...); None: no penalty")
     opt.add_argument("--valid-fraction", type=float, default=0.15, help="validation split for early stopping (0: none)")
     opt.add_argument("--patience", type=int, default=20, help="epochs without a better validation loss before stopping")
     opt.add_argument("--standardize", choices=["auto", "yes", "no"], default="auto", help="auto: dense features only")
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    opt.add_argument("--seed", type=int, default=0, help="seed of the splits, the initialisation and the batches")
+    opt.add_argument("--threads", type=int, default=None, help="torch threads; None: torch's default")
+    opt.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     loss = train.add_argument_group("loss (see docs/imbalance.md)")
-    loss.add_argument("--class-weight", choices=["none", "inverse", "sqrt_inverse", "effective_number"], default="none")
+    loss.add_argument("--class-weight", choices=["none", "inverse", "sqrt_inverse", "effective_number"], default="none", help="per-label weights from the label frequencies")
     loss.add_argument("--pos-weight", action="store_true", help="pos_weight = n_neg / n_pos per label (capped by --pos-weight-max)")
-    loss.add_argument("--pos-weight-max", type=float, default=10.0)
-    loss.add_argument("--label-smoothing", type=float, default=0.0)
-    loss.add_argument("--gamma-pos", type=float, default=0.0)
-    loss.add_argument("--gamma-neg", type=float, default=0.0)
-    loss.add_argument("--clip", type=float, default=0.0)
+    loss.add_argument("--pos-weight-max", type=float, default=10.0, help="the cap of --pos-weight")
+    loss.add_argument("--label-smoothing", type=float, default=0.0, help="targets y -> y (1 - s) + s / 2")
+    loss.add_argument("--gamma-pos", type=float, default=0.0, help="asymmetric focusing of the positives")
+    loss.add_argument("--gamma-neg", type=float, default=0.0, help="asymmetric focusing of the negatives")
+    loss.add_argument("--clip", type=float, default=0.0, help="probability margin shifted off the negatives")
     decide = train.add_argument_group("decisions")
-    decide.add_argument("--thresholds", choices=["fixed", "tuned"], default="fixed", help="fixed: 0.5; tuned: per label, max F1 on held-out data")
+    decide.add_argument("--thresholds", choices=_STRATEGIES, default="fixed",
+                        help="fixed: --threshold; tuned: per label, max F1 on held-out data; top-k: each sample's --k best labels; "
+                        "rcut: each sample's t best, t the training label cardinality (MULAN's RCut)")  # fmt: skip
+    decide.add_argument("--threshold", type=float, default=0.5, help="the probability threshold of --thresholds fixed")
+    decide.add_argument("--k", type=int, default=1, help="labels per sample for --thresholds top-k")
     decide.add_argument("--at-least-one", choices=["auto", "yes", "no"], default="auto",
                         help="predict the top label when none passes its threshold (auto: if every training sample has a label)")  # fmt: skip
-    train.add_argument("--out", default="runs", help="folder under which the run folder is made (default: runs)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--out", default="runs", help="folder under which the run folder is made")
+    train.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     train.set_defaults(func=_train)
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a saved model (a run folder) on data")
+    evaluate = sub.add_parser("evaluate", help="evaluate a saved model (a run folder) on data", formatter_class=_DEFAULTS)
     evaluate.add_argument("run", help="a run folder written by 'softmargin train'")
-    _add_data_arguments(evaluate, None)
-    evaluate.add_argument("--out", help="also write metrics.json and per_label.csv into this folder")
+    _add_data_arguments(evaluate, None, test=False)
+    _add_run_arguments(evaluate)
+    evaluate.add_argument("--out", help="also write metrics.json, per_label.csv and f1_vs_frequency.png into this folder")
+    evaluate.add_argument("--force", action="store_true", help="overwrite those files if --out holds them")
     evaluate.set_defaults(func=_evaluate)
 
-    predict = sub.add_parser("predict", help="predict labels with a saved model")
+    predict = sub.add_parser("predict", help="predict labels with a saved model", formatter_class=_DEFAULTS)
     predict.add_argument("run", help="a run folder written by 'softmargin train'")
-    _add_data_arguments(predict, None)
-    predict.add_argument("--out", required=True, help="CSV file for the predictions (one probability and one 0/1 column per label)")
+    _add_data_arguments(predict, None, test=False)
+    _add_run_arguments(predict)
+    predict.add_argument("--out", required=True,
+                         help="CSV file for the predictions (one probability and one 0/1 column per label), - for standard output")  # fmt: skip
+    predict.add_argument("--top-k", type=int, default=None, metavar="K", help="instead: each sample's K best labels with their probabilities")
     predict.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     predict.set_defaults(func=_predict)
 
@@ -218,9 +248,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ImportError) as exc:  # user errors: one clear line, no traceback
+    except (ValueError, OSError, ImportError) as exc:  # user errors: one clear line, no traceback
+        if isinstance(exc, BrokenPipeError):  # the reader went away (`softmargin ... | head`): not an error
+            _silence_stdout()
+            return 0
         print(f"softmargin {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"softmargin {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, send what is left to /dev/null so that Python's exit flush does not fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -1,12 +1,23 @@
-"""The ``softmargin train``, ``evaluate`` and ``predict`` commands: argument handling, tables and run folders."""
+"""The ``softmargin train``, ``evaluate`` and ``predict`` commands: argument handling, tables and run folders.
+
+Every check that can fail runs before any work: the data is read and matched to the model by name, the output
+folder is made (so a read-only ``--out`` fails at once, not after training). A run folder is assembled under a
+temporary name and renamed into place whole; only rank 0 of a ``torchrun`` job writes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -20,99 +31,225 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def metrics_table(metrics: dict[str, float], title: str) -> str:
-    rows = [
-        [name, f"{metrics[name]:.4f}", "lower" if name in M.LOWER_IS_BETTER else "higher"]
-        for name in M.TABLE_ORDER
-        if name in metrics
-    ]
+def metrics_table(metrics: dict[str, float], title: str, spread: dict[str, float] | None = None) -> str:
+    """The metrics in a fixed order, with the better direction; ``spread``: a ± column (cross-validation)."""
+    rows = []
+    for name in M.TABLE_ORDER:
+        if name in metrics:
+            value = f"{metrics[name]:.4f}" + (f" ± {spread[name]:.4f}" if spread else "")
+            rows.append([name, value, "lower" if name in M.LOWER_IS_BETTER else "higher"])
     return f"{title}\n" + format_table(["metric", "value", "better"], rows)
 
 
 def per_label_table(per_label: list[dict[str, Any]], names: list[str], limit: int = 20) -> str:
+    """The labels by support in the evaluated data, most frequent first (the first ``limit``)."""
+    order = sorted(range(len(per_label)), key=lambda i: -per_label[i]["support"])
     rows = [
-        [name, r["support"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", f"{r['threshold']:.3f}"]
-        for name, r in zip(names, per_label)
+        [names[i], r["support"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", f"{r['threshold']:.3f}"]
+        for i in order
+        for r in [per_label[i]]
     ]
     more = f"\n... and {len(rows) - limit} more labels (per_label.csv has them all)" if len(rows) > limit else ""
     return format_table(["label", "support", "precision", "recall", "F1", "threshold"], rows[:limit]) + more
 
 
 def _config(args: argparse.Namespace) -> T.TrainConfig:
+    if args.model == "linear" and args.hidden is not None:
+        raise ValueError("--hidden sets the MLP's layers: it has no meaning with --model linear; drop one of them")
     return T.TrainConfig(
-        model=args.model, hidden=tuple(args.hidden), dropout=args.dropout, epochs=args.epochs,
+        model=args.model, hidden=tuple(args.hidden or (512,)), dropout=args.dropout, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, C=args.C,
         valid_fraction=args.valid_fraction, patience=args.patience, standardize=args.standardize,
         class_weight=args.class_weight, pos_weight=args.pos_weight, pos_weight_max=args.pos_weight_max,
         label_smoothing=args.label_smoothing, gamma_pos=args.gamma_pos, gamma_neg=args.gamma_neg, clip=args.clip,
-        thresholds=args.thresholds, at_least_one=args.at_least_one, ensemble=args.ensemble, head=args.head, seed=args.seed,
-        threads=args.threads,
+        thresholds=args.thresholds, threshold=args.threshold, k=args.k, at_least_one=args.at_least_one,
+        ensemble=args.ensemble, head=args.head, seed=args.seed, threads=args.threads, device=args.device,
     ).check()  # fmt: skip
+
+
+def _hashes(*specs: str | None) -> dict[str, str]:
+    """SHA-256 of each data file named (built-in names have none)."""
+    return {spec: T.file_sha256(Path(spec)) for spec in specs if spec and Path(spec).is_file()}
+
+
+def holdout(data: D.Dataset, fraction: float, seed: int) -> tuple[D.Dataset, D.Dataset]:
+    """(train, test): a seeded random ``fraction`` of the samples held out for testing."""
+    order = np.random.default_rng(seed).permutation(len(data))
+    num_test = int(round(len(data) * fraction))
+    if num_test < 1 or num_test >= len(data):
+        raise ValueError(f"--test-fraction {fraction} of {len(data)} samples leaves {num_test} for testing: expected at least one on each side")
+    return data.subset(np.sort(order[num_test:])), data.subset(np.sort(order[:num_test]))
 
 
 def train_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = _config(args)
+    if not 0 <= args.test_fraction < 1:
+        raise ValueError(f"--test-fraction {args.test_fraction}: expected a fraction in [0, 1)")
+    if args.cv is not None and (args.cv < 2 or args.test):
+        raise ValueError(f"--cv {args.cv}: expected K >= 2 folds, and no --test (cross-validation tests on each fold)")
     train, test = D.load_train_test(args.data, args.test, args.labels, args.xml)
-    _say(f"train: {train.describe()}")
+    if train.Y is None or train.Y.shape[1] < 2:
+        raise ValueError(f"--data {args.data}: {0 if train.Y is None else train.Y.shape[1]} label column(s): multi-label "
+                         "training needs at least 2 (for one binary label, use a binary classifier)")  # fmt: skip
+    dist = T.Distributed.from_env(T._device(config))
+    say = _say if dist.writer else (lambda s: None)
+    say(f"train: {train.describe()}")
+    evaluated_on = "test"
+    if test is None and args.cv is None:
+        if args.test_fraction > 0:
+            train, test = holdout(train, args.test_fraction, args.seed)
+            evaluated_on = f"held-out {args.test_fraction:.0%} (--test-fraction, seed {args.seed})"
+            say(f"no --test: {len(test)} samples held out for testing (--test-fraction {args.test_fraction})")
+        else:
+            evaluated_on = "train"
+            say("--test-fraction 0 and no --test: the metrics below are on the training data")
     if test is not None:
-        _say(f"test:  {test.describe()}")
-    else:
-        _say("no --test given: the metrics below are on the training data")
-    model = T.fit(train, config, progress=not args.quiet, log=_say if not args.quiet else lambda s: None)
-    evaluated = test if test is not None else train
-    metrics, per_label = T.evaluate(model, evaluated)
-    run = T.new_run_dir(Path(args.out), Path(str(args.data)).stem)
-    T.write_json(run / "config.json", T.config_dict(
-        config, data=args.data, test=args.test, labels=args.labels, xml=args.xml,
-        evaluated_on="test" if test is not None else "train", command=sys.argv,
-    ))  # fmt: skip
-    T.save_model(model, run)
-    T.write_report(run, metrics, per_label, model.label_names, len(evaluated))
-    T.write_csv(run / "history.csv", ["member", "epoch", "train_loss", "valid_loss"],
-                [[h.get("member", 0), h["epoch"], h["train_loss"], h.get("valid_loss", "")] for h in model.history])  # fmt: skip
-    T.plot_history(model.history, run / "loss.png")
-    print(metrics_table(metrics, f"Test metrics ({'test' if test is not None else 'training'} data, {len(evaluated)} samples):"))
+        say(f"test:  {test.describe()}")
+    folder = T.RunFolder(Path(args.out), Path(str(args.data)).stem) if dist.writer else None
+    try:
+        log = say if not args.quiet else (lambda s: None)
+        extra = dict(data=args.data, test=args.test, labels=args.labels, xml=args.xml, test_fraction=args.test_fraction,
+                     cv=args.cv, evaluated_on=evaluated_on, data_sha256=_hashes(args.data, args.test), command=sys.argv)  # fmt: skip
+        if args.cv is not None:
+            summary = _cross_validate(train, config, args.cv, args.seed, not args.quiet, log, folder)
+            if folder is not None:
+                T.write_json(folder.path / "config.json", T.config_dict(config, **extra))
+                T.write_json(folder.path / "cv_metrics.json", summary)
+                run = folder.commit()
+                print(metrics_table(summary["mean"], f"{args.cv}-fold cross-validation on {train.name} ({len(train)} samples), mean ± std:", summary["std"]))
+                print(f"\nrun folder: {run}  ({time.perf_counter() - started:.1f} s)")
+            return 0
+        model = T.fit(train, config, progress=not args.quiet, log=log)
+        evaluated = test if test is not None else train
+        metrics, per_label = T.evaluate(model, evaluated, config.device)
+        if folder is None:
+            return 0
+        T.write_json(folder.path / "config.json", T.config_dict(config, **extra))
+        T.save_model(model, folder.path)
+        T.write_report(folder.path, metrics, per_label, model.label_names, T.train_frequency(model))
+        T.write_csv(folder.path / "history.csv", ["member", "epoch", "train_loss", "valid_loss"],
+                    [[h.get("member", 0), h["epoch"], h["train_loss"], h.get("valid_loss", "")] for h in model.history])  # fmt: skip
+        T.plot_history(model.history, folder.path / "loss.png")
+        run = folder.commit()
+    except BaseException:
+        if folder is not None:
+            folder.discard()
+        raise
+    print(metrics_table(metrics, f"Test metrics ({evaluated_on} data, {len(evaluated)} samples):"))
     print()
     print(per_label_table(per_label, model.label_names))
     print(f"\nrun folder: {run}  ({time.perf_counter() - started:.1f} s)")
     return 0
 
 
-def _data_for(args: argparse.Namespace) -> D.Dataset:
+def _cross_validate(
+    data: D.Dataset, config: T.TrainConfig, folds: int, seed: int, progress: bool, log: Any, folder: Any
+) -> dict[str, Any]:
+    """K-fold cross-validation (seeded, shuffled): each fold's metrics, their mean and standard deviation."""
+    from sklearn.model_selection import KFold
+
+    if len(data) < folds:
+        raise ValueError(f"--cv {folds}: the data has only {len(data)} samples")
+    results = []
+    for i, (train_index, test_index) in enumerate(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(data)))):
+        model = T.fit(data.subset(train_index), config, progress=progress, log=log)
+        metrics, _ = T.evaluate(model, data.subset(test_index), config.device)
+        log(f"fold {i + 1}/{folds}: micro_f1 {metrics['micro_f1']:.4f}, hamming_loss {metrics['hamming_loss']:.4f}")
+        results.append(metrics)
+    names = [k for k in results[0] if all(math.isfinite(r[k]) for r in results)]
+    mean = {k: float(np.mean([r[k] for r in results])) for k in names}
+    std = {k: float(np.std([r[k] for r in results], ddof=1)) for k in names}
+    return {"folds": results, "mean": mean, "std": std}
+
+
+def _load_for(args: argparse.Namespace) -> tuple[T.TrainedModel, D.Dataset]:
+    """The run's model (with the decision options applied) and ``--data`` matched to it by name."""
+    model = T.load_model(Path(args.run)).with_decision(args.thresholds, args.threshold, args.k)
     if args.data in D.BUILTIN:
-        return D.load_builtin(args.data)[1]  # a built-in name means its test split
-    return D.load(args.data, args.labels, args.xml)
+        if args.labels or args.xml:
+            raise ValueError(f"--data {args.data} is built in, with its own labels: --labels / --xml would be ignored; drop them")
+        data = D.load_builtin(args.data)[1]  # a built-in name means its test split
+    else:
+        data = D.load(args.data, args.labels or model.label_names, args.xml,
+                      features=None if model.positional else model.feature_names)  # fmt: skip
+    return model, D.align(data, model.feature_names, model.label_names, positional=model.positional)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    model = T.load_model(Path(args.run))
-    data = _data_for(args)
-    metrics, per_label = T.evaluate(model, data)
-    print(metrics_table(metrics, f"Metrics of {args.run} on {data.name} ({len(data)} samples):"))
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file: expected a folder for metrics.json, per_label.csv and the plot")
+        taken = [n for n in ("metrics.json", "per_label.csv", "f1_vs_frequency.png") if (out / n).exists()]
+        if taken and not args.force:
+            raise ValueError(f"--out {out} already holds {', '.join(taken)}: pass --force to overwrite, or another --out")
+    model, data = _load_for(args)
+    if data.Y is None:
+        raise ValueError(f"--data {args.data}: no label columns {model.label_names[:5]} to evaluate against (predict needs none)")
+    metrics, per_label = T.evaluate(model, data, args.device)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        T.write_report(out, metrics, per_label, model.label_names, T.train_frequency(model))
+    print(metrics_table(metrics, f"Metrics of {args.run} on {data.name} ({len(data)} samples, thresholds {model.decision['strategy']}):"))
     print()
     print(per_label_table(per_label, model.label_names))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        T.write_report(out, metrics, per_label, model.label_names, len(data))
+    if out is not None:
         print(f"\nwritten to {out}")
     return 0
 
 
+@contextmanager
+def _output(spec: str, force: bool) -> Iterator[IO[str]]:
+    """``-``: standard output; a file: written to a temporary name and moved into place (never half-written)."""
+    if spec == "-":
+        yield sys.stdout
+        return
+    path = Path(spec)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder: expected a CSV file name (or - for standard output)")
+    if path.exists() and not force:
+        raise ValueError(f"--out {path} exists: pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def predict_command(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ValueError(f"--out {out} exists: pass --force to overwrite it")
-    model = T.load_model(Path(args.run))
-    data = _data_for(args)
-    if data.X.shape[1] != model.nets[0].shift.numel():
-        raise ValueError(f"the data has {data.X.shape[1]} features, the model expects {model.nets[0].shift.numel()}")
-    scores = model.predict_proba(data.X)
-    pred = T.decide(scores, model.thresholds, model.at_least_one)
-    header = ["row"] + [f"p_{n}" for n in model.label_names] + [f"y_{n}" for n in model.label_names]
-    rows = [[i, *np.round(s, 6).tolist(), *p.tolist()] for i, (s, p) in enumerate(zip(scores, pred))]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    T.write_csv(out, header, rows)
-    print(f"{len(rows)} predictions written to {out}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k {args.top_k}: expected a positive number of labels per sample")
+    if args.out != "-" and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder: expected a CSV file name (or - for standard output)")
+    if args.out != "-" and Path(args.out).exists() and not args.force:
+        raise ValueError(f"--out {args.out} exists: pass --force to overwrite it")
+    model, data = _load_for(args)
+    names = model.label_names
+    with _output(args.out, args.force) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        if args.top_k:
+            k = min(args.top_k, len(names))
+            writer.writerow(["row"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"p_{i}")])
+        else:
+            writer.writerow(["row"] + [f"p_{n}" for n in names] + [f"y_{n}" for n in names])
+        for rows, scores in model.iter_proba(data.X, device=args.device):
+            if args.top_k:
+                top = T._top(scores, k)
+                for offset, ids in enumerate(top):
+                    pairs = [v for c in ids for v in (names[c], f"{scores[offset, c]:.6f}")]
+                    writer.writerow([rows.start + offset, *pairs])
+            else:
+                pred = model.decide(scores)
+                for i, s, p in zip(range(rows.start, rows.stop), np.round(scores, 6).tolist(), pred.tolist()):
+                    writer.writerow([i, *s, *p])
+    if args.out != "-":
+        print(f"{len(data)} predictions written to {args.out}", file=sys.stderr)
     return 0

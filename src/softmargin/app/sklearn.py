@@ -8,11 +8,13 @@ one sigmoid per class, one-vs-rest, probabilities normalised to sum to 1). It wo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -164,3 +166,88 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         tags.target_tags.multi_output = True
         tags.input_tags.sparse = True
         return tags
+
+
+class RunModel(BaseEstimator):
+    """A model saved by ``softmargin train``, loaded with :func:`load_run`: ``predict``, ``predict_proba`` and
+    ``decision_function`` check their input as :class:`SoftMarginClassifier` does (2-D numbers, dense or scipy.sparse,
+    finite, the model's number of features; a pandas DataFrame is matched to the model's features by column name).
+
+    Attributes:
+        model_: the :class:`softmargin.app.train.TrainedModel`.
+        n_features_in_: the number of features the model expects.
+        feature_names, label_names: the model's, in its column order.
+        decision: how probabilities become labels (``strategy``: fixed, tuned, top-k or rcut, with its parameters).
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.model_.feature_names)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.model_.label_names)
+
+    @property
+    def decision(self) -> dict[str, Any]:
+        return dict(self.model_.decision)
+
+    def _features(self, X: Any) -> Any:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this RunModel holds no model: get one from softmargin.load_run(path)")
+        if hasattr(X, "columns") and hasattr(X, "loc"):  # a DataFrame: by name, in the model's order
+            missing = [name for name in self.model_.feature_names if name not in set(map(str, X.columns))]
+            if missing:
+                raise ValueError(f"X lacks the model's feature column(s) {missing[:5]}: expected all of {self.n_features_in_}")
+            X = X.rename(columns=str)[self.model_.feature_names].to_numpy()
+        return validate_data(self, X, accept_sparse="csr", dtype=np.float32, reset=False)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Probabilities, (n_samples, n_labels)."""
+        return self.model_.predict_proba(self._features(X))
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Logits of the ensemble's mean probability, (n_samples, n_labels)."""
+        return self.model_.decision_function(self._features(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """0/1 decisions, (n_samples, n_labels), with the model's decision strategy."""
+        return self.model_.decide(self.predict_proba(X)).astype(np.int64)
+
+    def with_decision(self, thresholds: str | None = None, threshold: float | None = None, k: int | None = None) -> RunModel:
+        """A copy deciding with another strategy: ``fixed`` at ``threshold``, ``tuned``, ``top-k`` with ``k``, ``rcut``."""
+        other = RunModel(self.path)
+        other.model_ = self.model_.with_decision(thresholds, threshold, k)
+        other.n_features_in_ = self.n_features_in_
+        return other
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+def load_run(path: str | Path) -> RunModel:
+    """The model of a run folder written by ``softmargin train``, ready to predict.
+
+    Args:
+        path: the run folder (it holds model.json and model.safetensors; the weights' SHA-256 is checked).
+
+    Returns:
+        A :class:`RunModel`: ``predict(X)`` (n, L) 0/1, ``predict_proba(X)`` (n, L), ``decision_function(X)`` (n, L),
+        for X of shape (n, n_features_in_), dense or scipy.sparse.
+
+    Example:
+        >>> import softmargin
+        >>> run = softmargin.load_run("runs/20261129-172136-yeast")  # doctest: +SKIP
+        >>> run.predict(X).shape  # doctest: +SKIP
+        (917, 14)
+    """
+    model = T.load_model(Path(path))
+    run = RunModel(str(path))
+    run.model_ = model
+    run.n_features_in_ = model.num_features
+    return run

@@ -4,8 +4,12 @@
 Models are "binary relevance" logistic regression (``linear``) or an MLP, trained with AdamW on
 :class:`softmargin.torch.MultiLabelSoftMarginLoss`, with a validation split for early stopping and threshold tuning.
 A run folder holds everything needed to reuse the model: ``model.safetensors`` (weights and the feature scaler),
-``model.json`` (architecture, label names, thresholds), plus ``config.json``, ``metrics.json``, ``per_label.csv``,
-``history.csv`` and two plots. Every file is written to a temporary name and moved into place (atomic).
+``model.json`` (architecture, feature and label names, decisions, the weights' SHA-256, checked on load), plus
+``config.json``, ``metrics.json``, ``per_label.csv``, ``history.csv`` and two plots. The folder is assembled under a
+temporary name and renamed into place whole (:func:`assemble_run`): a run folder is complete or absent.
+
+Training runs on one process, or on several under ``torchrun`` (:class:`Distributed`): data-parallel (DDP) for the
+network, or label-parallel for the fused head of a large label set; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +44,33 @@ from ..weights import class_weights, pos_weight
 from .data import Dataset
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
+#: How probabilities become 0/1 decisions: a fixed threshold, per-label thresholds tuned for F1 on held-out data,
+#: each sample's k best labels, or MULAN's RCut (each sample's t best, t the training data's label cardinality).
+STRATEGIES = ("fixed", "tuned", "top-k", "rcut")
+
+
+class TrainingError(ValueError):
+    """Training went wrong in a way the user can fix (a diverging loss): nothing is saved."""
+
+
+def check_decision(threshold: float, k: int) -> None:
+    if not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+        raise ValueError(f"threshold={threshold!r}: expected a probability strictly between 0 and 1")
+    if not (isinstance(k, (int, np.integer)) and k >= 1):
+        raise ValueError(f"k={k!r}: expected a positive number of labels per sample")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU; ``cpu``; ``cuda`` / ``cuda:N``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", str(device)):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: this machine has no CUDA device torch can use; use 'cpu' or 'auto'")
+        return torch.device(device)
+    raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 #: From this many labels on, ``head="auto"`` trains the last layer and the loss as one fused head.
 FUSED_HEAD_FROM = 512
 
@@ -63,13 +98,16 @@ class TrainConfig:
     gamma_pos: float = 0.0
     gamma_neg: float = 0.0
     clip: float = 0.0
-    thresholds: str = "fixed"  # "fixed" (0.5) or "tuned" (per label, on the validation split)
+    thresholds: str = "fixed"  # "fixed" (threshold), "tuned" (per label, on held-out data), "top-k" (k), "rcut"
+    threshold: float = 0.5  # the fixed threshold on the probabilities
+    k: int = 1  # labels per sample for thresholds="top-k"
     at_least_one: str = "auto"  # predict each sample's top label when none passes its threshold: auto = if every
     #                             training sample has a label
     ensemble: int = 5  # networks trained from consecutive seeds; their probabilities are averaged
     head: str = "auto"  # "fused": last layer and loss fused (no batch x labels logits); "plain"; auto: fused from 512 labels
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
 
     def check(self) -> TrainConfig:
         if self.model not in ("linear", "mlp"):
@@ -78,8 +116,9 @@ class TrainConfig:
             raise ValueError(f"class_weight={self.class_weight!r}: expected one of {', '.join(CLASS_WEIGHTS)}")
         if self.standardize not in ("auto", "yes", "no"):
             raise ValueError(f"standardize={self.standardize!r}: expected 'auto', 'yes' or 'no'")
-        if self.thresholds not in ("fixed", "tuned"):
-            raise ValueError(f"thresholds={self.thresholds!r}: expected 'fixed' or 'tuned'")
+        if self.thresholds not in STRATEGIES:
+            raise ValueError(f"thresholds={self.thresholds!r}: expected one of {', '.join(STRATEGIES)}")
+        check_decision(self.threshold, self.k)
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"valid_fraction={self.valid_fraction!r}: expected a fraction in [0, 1)")
         if not 0 <= self.dropout < 1:
@@ -88,9 +127,14 @@ class TrainConfig:
             raise ValueError(f"head={self.head!r}: expected 'auto', 'fused' or 'plain'")
         if self.at_least_one not in ("auto", "yes", "no"):
             raise ValueError(f"at_least_one={self.at_least_one!r}: expected 'auto', 'yes' or 'no'")
-        for name in ("epochs", "batch_size", "ensemble"):
+        for name in ("epochs", "batch_size", "ensemble", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads!r}: expected a positive number of threads, or None for torch's default")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr={self.lr!r}: expected a positive learning rate")
+        resolve_device(self.device)
         if self.optimizer not in ("adamw", "lbfgs"):
             raise ValueError(f"optimizer={self.optimizer!r}: expected 'adamw' or 'lbfgs'")
         if self.C is not None and not self.C > 0:
@@ -132,7 +176,12 @@ class MultiLabelNet(nn.Module):
 
 @dataclass
 class TrainedModel:
-    """Fitted networks (an ensemble: their probabilities are averaged) and what is needed to use them."""
+    """Fitted networks (an ensemble: their probabilities are averaged) and what is needed to use them.
+
+    ``thresholds`` holds each label's threshold for the ``fixed`` and ``tuned`` strategies (NaN for ``top-k`` and
+    ``rcut``); ``tuned`` the per-label thresholds tuned at training time (None when not tuned); ``rcut_k`` the
+    training data's label cardinality, rounded (MULAN's RCut); ``decision`` the strategy in use and its parameters.
+    """
 
     nets: list[MultiLabelNet]
     config: TrainConfig
@@ -141,29 +190,114 @@ class TrainedModel:
     thresholds: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
     at_least_one: bool = False
-    label_counts: np.ndarray | None = None  # positives per label in the training data (for PSP@k)
+    label_counts: np.ndarray | None = None  # positives per label in the training data (for PSP@k and the plot)
     train_size: int = 0
+    tuned: np.ndarray | None = None
+    rcut_k: int = 1
+    decision: dict[str, Any] = field(default_factory=lambda: {"strategy": "fixed", "threshold": 0.5, "k": 1})
+    positional: bool = False  # features and labels named by their index (LIBSVM)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.nets[0].shift.numel())
 
     def decision_function(self, X: Any, batch_size: int | None = None) -> np.ndarray:
         """The logit of the ensemble's mean probability, (N, L)."""
         p = np.clip(self.predict_proba(X, batch_size), 1e-12, 1 - 1e-12)
         return np.log(p) - np.log1p(-p)
 
-    def predict_proba(self, X: Any, batch_size: int | None = None) -> np.ndarray:
-        """The members' mean probability, (N, L). Computed in float64, so that a row's result does not depend on
-        which other rows share its batch (float32 matrix products round differently with the batch size)."""
+    def predict_proba(self, X: Any, batch_size: int | None = None, device: str = "cpu") -> np.ndarray:
+        """The members' mean probability, (N, L). Dense input is computed in float64, so that a row's result does not
+        depend on which other rows share its batch (float32 matrix products round differently with the batch size);
+        sparse input stays sparse: its first layer is a sparse product (row by row, so batch-independent too)."""
         total = np.zeros((X.shape[0], len(self.label_names)), np.float64)
-        batch_size = batch_size or max(1, min(4096, (1 << 24) // max(1, len(self.label_names))))
-        with torch.no_grad():
-            for net in self.nets:
-                net64 = copy.deepcopy(net).double().eval()
-                for start in range(0, X.shape[0], batch_size):
-                    rows = slice(start, start + batch_size)
-                    total[rows] += torch.sigmoid(net64(_dense_batch(X, rows).double())).numpy()
-        return total / len(self.nets)
+        for rows, probabilities in self.iter_proba(X, batch_size, device):
+            total[rows] = probabilities
+        return total
+
+    def iter_proba(self, X: Any, batch_size: int | None = None, device: str = "cpu") -> Iterator[tuple[slice, np.ndarray]]:
+        """(rows, the members' mean probability of those rows) one batch at a time: memory bounded by the batch."""
+        batch_size = batch_size or max(1, min(4096, (1 << 20) // max(1, len(self.label_names))))
+        where = resolve_device(device)
+        members = [_Inference(net, where) for net in self.nets]
+        for start in range(0, X.shape[0], batch_size):
+            rows = slice(start, min(start + batch_size, X.shape[0]))
+            batch = X[rows]
+            yield rows, sum(m(batch) for m in members) / len(members)
 
     def predict(self, X: Any) -> np.ndarray:
-        return decide(self.predict_proba(X), self.thresholds, self.at_least_one)
+        return self.decide(self.predict_proba(X))
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """0/1 decisions from probabilities (N, L) with this model's strategy (see :data:`STRATEGIES`)."""
+        strategy = self.decision["strategy"]
+        if strategy == "top-k":
+            return top_k_decisions(scores, int(self.decision["k"]))
+        if strategy == "rcut":
+            return top_k_decisions(scores, self.rcut_k)
+        return decide(scores, self.thresholds, self.at_least_one)
+
+    def with_decision(self, strategy: str | None = None, threshold: float | None = None, k: int | None = None) -> TrainedModel:
+        """A copy deciding with another strategy (``None``: keep this model's): ``fixed`` at ``threshold``, ``tuned``
+        (only if thresholds were tuned in training), ``top-k`` with ``k`` labels per sample, or ``rcut``."""
+        decision = dict(self.decision)
+        if strategy is not None:
+            if strategy not in STRATEGIES:
+                raise ValueError(f"thresholds={strategy!r}: expected one of {', '.join(STRATEGIES)}")
+            decision["strategy"] = strategy
+        if threshold is not None:
+            decision["threshold"] = threshold
+        if k is not None:
+            decision["k"] = k
+        check_decision(decision["threshold"], decision["k"])
+        if decision["strategy"] == "tuned" and self.tuned is None:
+            raise ValueError("--thresholds tuned: this model was trained without tuned thresholds (train it with --thresholds tuned)")
+        model = copy.copy(self)
+        model.decision = decision
+        model.thresholds = _thresholds(decision, self.tuned, len(self.label_names))
+        return model
+
+
+def _thresholds(decision: dict[str, Any], tuned: np.ndarray | None, num_labels: int) -> np.ndarray:
+    if decision["strategy"] == "tuned":
+        assert tuned is not None
+        return np.asarray(tuned, np.float64)
+    if decision["strategy"] == "fixed":
+        return np.full(num_labels, float(decision["threshold"]))
+    return np.full(num_labels, np.nan)  # top-k and rcut rank, they do not threshold
+
+
+class _Inference:
+    """One ensemble member ready for prediction, on ``device``: the layers after the first in float64; the first
+    layer (the big one with many features) stays as trained, float32, and each call makes only a temporary copy.
+    Sparse input is never made dense: its first layer is a sparse product (row by row, so batch-independent)."""
+
+    def __init__(self, net: MultiLabelNet, device: torch.device) -> None:
+        self.device = device
+        first = net.layers[0]
+        self.weight = first.weight.detach().to(device)
+        self.bias = first.bias.detach().double().to(device)
+        self.shift = net.shift.detach().double().to(device)
+        self.scale = net.scale.detach().double().to(device)
+        self.rest = copy.deepcopy(net.layers[1:]).double().eval().to(device)
+
+    @torch.no_grad()
+    def __call__(self, batch: Any) -> np.ndarray:
+        if sp.issparse(batch):
+            # (x - shift) * scale @ W.T + b == (x * scale) @ W.T + (b - W @ (shift * scale))
+            csr = sp.csr_matrix(batch.multiply(self.scale.cpu().numpy()[None, :]), dtype=np.float32)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": sparse.mm on CSR is all we use
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.sparse_csr_tensor(
+                    torch.from_numpy(csr.indptr.astype(np.int64)), torch.from_numpy(csr.indices.astype(np.int64)),
+                    torch.from_numpy(csr.data), csr.shape,
+                ).to(self.device)  # fmt: skip
+            offset = self.bias - self.weight.double() @ (self.shift * self.scale) if self.shift.any() else self.bias
+            first = torch.sparse.mm(x, self.weight.t()).double() + offset
+        else:
+            x = (torch.from_numpy(np.asarray(batch, dtype=np.float64)).to(self.device) - self.shift) * self.scale
+            first = torch.nn.functional.linear(x, self.weight.double(), self.bias)
+        return torch.sigmoid(self.rest(first)).cpu().numpy()
 
 
 def decide(scores: np.ndarray, thresholds: Any, at_least_one: bool) -> np.ndarray:
@@ -174,6 +308,25 @@ def decide(scores: np.ndarray, thresholds: Any, at_least_one: bool) -> np.ndarra
         empty = np.flatnonzero(pred.sum(1) == 0)
         pred[empty, scores[empty].argmax(1)] = 1
     return pred
+
+
+def top_k_decisions(scores: np.ndarray, k: int) -> np.ndarray:
+    """0/1 predictions: each sample's ``k`` highest-scoring labels (all of them if there are fewer)."""
+    pred = np.zeros(scores.shape, np.uint8)
+    k = min(k, scores.shape[1])
+    if k and len(scores):
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        np.put_along_axis(pred, top, 1, axis=1)
+    return pred
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` highest-scoring columns, best first (ties: the lower index first), (N, min(k, L))."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(k), (len(scores), 1))
+    part.sort(axis=1)  # the lower index first among equal scores, as a stable sort would
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
 
 
 def _dense_batch(X: Any, index: Any) -> torch.Tensor:
@@ -197,11 +350,12 @@ def _scaler(X: Any, mode: str) -> tuple[np.ndarray, np.ndarray]:
     return scaler.mean_.astype(np.float32), (1.0 / scaler.scale_).astype(np.float32)
 
 
-def _loss(config: TrainConfig, Y: np.ndarray) -> MultiLabelSoftMarginLoss:
+def _loss(config: TrainConfig, Y: Any, labels: slice = slice(None)) -> MultiLabelSoftMarginLoss:
+    """The loss with its per-label weights computed on ``Y`` (dense or sparse), restricted to the ``labels`` shard."""
     weight = None
     if config.class_weight != "none":
-        weight = torch.as_tensor(class_weights(Y, config.class_weight), dtype=torch.float32)
-    positive = torch.as_tensor(pos_weight(Y, config.pos_weight_max), dtype=torch.float32) if config.pos_weight else None
+        weight = torch.as_tensor(class_weights(Y, config.class_weight)[labels], dtype=torch.float32)
+    positive = torch.as_tensor(pos_weight(Y, config.pos_weight_max)[labels], dtype=torch.float32) if config.pos_weight else None
     return MultiLabelSoftMarginLoss(
         weight=weight, pos_weight=positive, label_smoothing=config.label_smoothing,
         gamma_pos=config.gamma_pos, gamma_neg=config.gamma_neg, clip=config.clip, validate=False,
@@ -212,6 +366,10 @@ def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarra
     order = rng.permutation(n)
     num_valid = int(round(n * fraction)) if fraction else 0
     return np.sort(order[num_valid:]), np.sort(order[:num_valid])
+
+
+def _row_counts(Y: Any) -> np.ndarray:
+    return np.asarray(Y.sum(1)).ravel()
 
 
 @contextlib.contextmanager
@@ -225,42 +383,154 @@ def _threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one). Data-parallel: each global mini-batch
+    is split between the ranks and DDP averages the gradients. Label-parallel (the fused head, from
+    :data:`FUSED_HEAD_FROM` labels): every rank sees the whole batch and holds a shard of the output layer."""
+
+    rank: int = 0
+    world: int = 1
+    group: Any = None
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> Distributed:
+        """Joins the process group ``torchrun`` describes (gloo on the CPU, NCCL on CUDA)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # NCCL's own buffers go to this rank's GPU, not all to GPU 0
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), dist.group.WORLD)
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes files and prints results (rank 0)."""
+        return self.rank == 0
+
+    def shard(self, size: int) -> slice:
+        bounds = np.linspace(0, size, self.world + 1).astype(int)
+        return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
+
+
+def _device(config: TrainConfig) -> torch.device:
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
 def fit(
     train: Dataset,
     config: TrainConfig,
     progress: bool = True,
     log: Callable[[str], None] = lambda s: None,
 ) -> TrainedModel:
-    """Train ``config.ensemble`` networks on ``train`` (one validation split, carved out of it, serves them all:
-    early stopping, then threshold tuning on the ensemble's validation predictions)."""
+    """Train ``config.ensemble`` networks on ``train`` (each member carves its own validation split out of it: early
+    stopping, then threshold tuning on the ensemble's held-out predictions).
+
+    Raises:
+        TrainingError: the training loss became NaN or infinite (nothing is returned, so nothing can be saved).
+        ValueError: a setting that cannot work with this data (tuned thresholds with sparse labels).
+    """
     config.check()
+    if train.Y is None:
+        raise ValueError(f"{train.name}: training needs labels, the data has none")
+    num_labels = train.Y.shape[1]
+    if len(train) < 2:
+        raise ValueError(f"{train.name}: {len(train)} sample: training needs at least 2")
+    if config.thresholds == "tuned" and train.sparse_labels:
+        raise ValueError("thresholds='tuned' needs a dense label matrix; with this many labels use 'top-k' or 'rcut'")
+    device = _device(config)
+    dist = Distributed.from_env(device)
+    if dist.world > 1 and config.optimizer == "lbfgs":
+        raise ValueError("optimizer='lbfgs' (full batch) runs on one process: use adamw under torchrun")
     nets, histories = [], []
-    held_out_sum = np.zeros(train.Y.shape, np.float64)  # each sample's predictions by the members it was held out of
+    tuned = config.thresholds == "tuned"
+    held_out_sum = np.zeros(train.Y.shape, np.float64) if tuned else None  # each sample's held-out predictions
     held_out_count = np.zeros(len(train), np.int64)
-    members = _progress(range(config.ensemble), progress and config.ensemble > 1, desc="ensemble", unit="model")
+    interactive = progress and sys.stderr.isatty()  # in a log file, a line per model instead of progress-bar frames
+    members = _progress(range(config.ensemble), interactive and config.ensemble > 1, desc="ensemble", unit="model")
     with _threads(config.threads):
         for member in members:
             seed = config.seed + member
+            started = time.perf_counter()
             # each member has its own validation split (diversity, as in bagging) and its own scaler and class weights
             train_index, valid_index = _split(len(train), config.valid_fraction, np.random.default_rng(seed))
             scaling = _scaler(train.X[train_index], config.standardize)
-            loss_fn = _loss(config, train.Y[train_index])
-            net, history = _fit_one(train, config, seed, train_index, valid_index, scaling, loss_fn, progress, log)
+            net, history = _fit_one(train, config, seed, train_index, valid_index, scaling, interactive, log, device, dist)
             nets.append(net)
             histories.append([{"member": member, **h} for h in history])
-            if config.thresholds == "tuned":
-                single = TrainedModel([net], config, list(train.label_names), [], np.full(train.Y.shape[1], 0.5))
-                held_out_sum[valid_index] += single.predict_proba(train.X[valid_index])
+            if progress and not interactive:
+                best = min(history, key=lambda h: h.get("valid_loss", h["train_loss"]))
+                log(f"model {member + 1}/{config.ensemble} (seed {seed}): {len(history)} epochs, kept epoch {best['epoch']} "
+                    f"(loss {best.get('valid_loss', best['train_loss']):.4f}), {time.perf_counter() - started:.1f} s")  # fmt: skip
+            if held_out_sum is not None:
+                single = TrainedModel([net], config, list(train.label_names), [], np.full(num_labels, 0.5))
+                held_out_sum[valid_index] += single.predict_proba(train.X[valid_index], device=str(device))
                 held_out_count[valid_index] += 1
-    at_least_one = config.at_least_one == "yes" or (config.at_least_one == "auto" and bool((train.Y.sum(1) > 0).all()))
+    rows = _row_counts(train.Y)
+    at_least_one = config.at_least_one == "yes" or (config.at_least_one == "auto" and bool((rows > 0).all()))
+    decision = {"strategy": config.thresholds, "threshold": config.threshold, "k": config.k}
     model = TrainedModel(
-        nets, config, list(train.label_names), list(train.feature_names), np.full(train.Y.shape[1], 0.5),
-        [h for member in histories for h in member], at_least_one, train.Y.sum(0).astype(np.int64), len(train),
+        nets, config, list(train.label_names), list(train.feature_names), np.full(num_labels, config.threshold),
+        [h for member in histories for h in member], at_least_one, train.label_counts(), len(train),
+        rcut_k=max(1, int(round(float(rows.mean())))), decision=decision, positional=train.positional,
     )  # fmt: skip
-    if config.thresholds == "tuned":  # on held-out predictions only: samples some member never trained on
+    if held_out_sum is not None:  # on held-out predictions only: samples some member never trained on
         seen = held_out_count > 0
-        model.thresholds = M.tune_thresholds(train.Y[seen], held_out_sum[seen] / held_out_count[seen, None])
-    return model
+        model.tuned = M.tune_thresholds(train.Y[seen], held_out_sum[seen] / held_out_count[seen, None])
+    return model.with_decision()
+
+
+def _targets(Y: Any, index: Any, columns: slice, sparse_ok: bool, device: torch.device) -> Any:
+    """Rows ``index``, label shard ``columns`` of Y as the loss wants them: a float32 tensor, or for sparse labels
+    and the fused head the positives alone (scipy CSR, which the fused head reads without densifying)."""
+    rows = Y[index]
+    if sp.issparse(rows):
+        rows = rows[:, columns] if columns != slice(None) else rows
+        if sparse_ok:
+            return rows.tocsr()
+        rows = rows.toarray()
+    else:
+        rows = rows[:, columns]
+    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device)
+
+
+class _TrainingLoss(nn.Module):
+    """The network's training loss as a module, so that DDP wraps it (its forward is what DDP synchronises)."""
+
+    def __init__(self, net: MultiLabelNet, loss_fn: MultiLabelSoftMarginLoss, fused: bool,
+                 penalty: Callable[[], torch.Tensor] | None, shard: Distributed | None, total_labels: int) -> None:  # fmt: skip
+        super().__init__()
+        self.net, self.loss_fn, self.fused, self.penalty = net, loss_fn, fused, penalty
+        self.shard, self.total_labels = shard, total_labels
+
+    def forward(self, x: torch.Tensor, y: Any) -> torch.Tensor:
+        if self.shard is not None:  # label-parallel: this rank's labels, loss and hidden gradient all-reduced
+            body, last = self.net.layers[:-1], self.net.layers[-1]
+            fn = self.loss_fn
+            loss = linear_multilabel_soft_margin_loss(
+                body((x - self.net.shift) * self.net.scale), last.weight, last.bias, y, class_weight=fn.weight,
+                pos_weight=fn.pos_weight, label_smoothing=fn.label_smoothing, gamma_pos=fn.gamma_pos,
+                gamma_neg=fn.gamma_neg, clip=fn.clip, process_group=self.shard.group, total_labels=self.total_labels,
+                validate=False,
+            )  # fmt: skip
+        else:
+            loss = self.net.loss(x, y, self.loss_fn, self.fused)
+        return loss + self.penalty() if self.penalty is not None else loss
+
+
+def _check_finite_loss(value: float, where: str, config: TrainConfig) -> None:
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"the training loss became {value} ({where}): training diverged and nothing was saved; lower --lr "
+            f"(now {config.lr:g}) or check the scale of the features (--standardize yes)"
+        )
 
 
 def _fit_one(
@@ -270,25 +540,48 @@ def _fit_one(
     train_index: np.ndarray,
     valid_index: np.ndarray,
     scaling: tuple[np.ndarray, np.ndarray],
-    loss_fn: nn.Module,
     progress: bool,
     log: Callable[[str], None],
+    device: torch.device | None = None,
+    dist: Distributed | None = None,
 ) -> tuple[MultiLabelNet, list[dict[str, float]]]:
     """One network, from seed ``seed``: AdamW with early stopping on the validation loss, or full-batch L-BFGS."""
+    device = device or torch.device("cpu")
+    dist = dist or Distributed()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    X, Y = train.X, train.Y.astype(np.float32)
+    X, Y = train.X, train.Y
+    num_labels = Y.shape[1]
+    fused = config.head == "fused" or (config.head == "auto" and num_labels >= FUSED_HEAD_FROM)
+    label_parallel = fused and dist.world > 1
+    columns = dist.shard(num_labels) if label_parallel else slice(None)
     hidden = tuple(config.hidden) if config.model == "mlp" else ()
-    net = MultiLabelNet(X.shape[1], Y.shape[1], hidden, config.dropout)
+    net = MultiLabelNet(X.shape[1], num_labels, hidden, config.dropout)
+    if label_parallel:  # initialised whole, as on one process, then cut to this rank's shard of the labels
+        whole = net.layers[-1]
+        shard = nn.Linear(whole.in_features, columns.stop - columns.start)
+        with torch.no_grad():
+            shard.weight.copy_(whole.weight[columns])
+            shard.bias.copy_(whole.bias[columns])
+        net.layers[-1] = shard
+        if dist.writer and seed == config.seed:
+            log(f"label-parallel fused head: {num_labels} labels in {dist.world} shards (rank 0: labels {columns.start}:{columns.stop})")
     net.shift.copy_(torch.from_numpy(scaling[0]))
     net.scale.copy_(torch.from_numpy(scaling[1]))
-    Y_t = torch.from_numpy(Y)
-    penalty = _l2_penalty(net, config.C, len(train_index), Y.shape[1])
+    net.to(device)
+    loss_fn = _loss(config, Y[train_index], columns).to(device)
+    penalty = _l2_penalty(net, config.C, len(train_index), num_labels)
     if config.optimizer == "lbfgs":
-        return net, _fit_lbfgs(net, loss_fn, penalty, _dense_batch(X, train_index), Y_t[train_index], config)
+        X_all = _dense_batch(X, train_index).to(device)
+        return net, _fit_lbfgs(net, loss_fn, penalty, X_all, _targets(Y, train_index, columns, False, device), config)
+    objective: nn.Module = _TrainingLoss(net, loss_fn, fused, penalty, dist if label_parallel else None, num_labels)
+    if dist.world > 1 and not label_parallel:
+        from torch.nn.parallel import DistributedDataParallel
+
+        objective = DistributedDataParallel(objective, broadcast_buffers=False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    fused = config.head == "fused" or (config.head == "auto" and Y.shape[1] >= FUSED_HEAD_FROM)
-    X_valid = _dense_batch(X, valid_index) if len(valid_index) else None
+    X_valid = _dense_batch(X, valid_index).to(device) if len(valid_index) else None
+    Y_valid = _targets(Y, valid_index, columns, fused, device) if len(valid_index) else None
     best = (math.inf, 0, {k: v.clone() for k, v in net.state_dict().items()})
     history: list[dict[str, float]] = []
     epochs = _progress(range(config.epochs), progress, desc=f"train {train.name} (seed {seed})", unit="epoch")
@@ -298,19 +591,25 @@ def _fit_one(
         total, count = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
-            loss = net.loss(_dense_batch(X, batch), Y_t[batch], loss_fn, fused)
-            if penalty is not None:
-                loss = loss + penalty()
+            if dist.world > 1 and not label_parallel:  # data-parallel: this rank's part of the global batch
+                if len(batch) < dist.world:
+                    continue
+                batch = np.array_split(batch, dist.world)[dist.rank]
+            loss = objective(_dense_batch(X, batch).to(device), _targets(Y, batch, columns, fused, device))
+            value = loss.item()
+            _check_finite_loss(value, f"epoch {epoch + 1}, seed {seed}", config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(batch)
+            total += value * len(batch)
             count += len(batch)
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
         if X_valid is not None:
             net.eval()
             with torch.no_grad():
-                record["valid_loss"] = net.loss(X_valid, Y_t[valid_index], loss_fn, fused).item()
+                inner = objective.module if hasattr(objective, "module") else objective
+                record["valid_loss"] = inner(X_valid, Y_valid).item()
+            _check_finite_loss(record["valid_loss"], f"validation, epoch {epoch + 1}, seed {seed}", config)
         history.append(record)
         monitored = record.get("valid_loss", record["train_loss"])
         if monitored < best[0] - 1e-6:
@@ -320,8 +619,36 @@ def _fit_one(
         if X_valid is not None and epoch + 1 - best[1] >= config.patience:
             log(f"seed {seed}: early stop at epoch {epoch + 1}, best validation loss at epoch {best[1]}")
             break
+    if best[1] == 0:  # no epoch beat the untrained network: keeping it would be a silently useless model
+        raise TrainingError(f"seed {seed}: no epoch improved on the untrained network's loss; nothing was saved; "
+                            f"lower --lr (now {config.lr:g}) or train longer")  # fmt: skip
     net.load_state_dict(best[2])
-    return net, history
+    if label_parallel:
+        net = _gather_head(net, dist, num_labels, hidden, config.dropout)
+    return net.cpu(), history
+
+
+def _gather_head(net: MultiLabelNet, dist: Distributed, num_labels: int, hidden: tuple[int, ...], dropout: float) -> MultiLabelNet:
+    """The whole network (on the CPU) from the label shards of its output layer, on the device the shards are on
+    (NCCL gathers CUDA tensors); every rank gets it. The shards are padded to one size, as all_gather wants."""
+    import torch.distributed as tdist
+
+    last = net.layers[-1]
+    sizes = [Distributed(r, dist.world).shard(num_labels) for r in range(dist.world)]
+    widest = max(s.stop - s.start for s in sizes)
+    local = torch.cat([last.weight.detach(), last.bias.detach()[:, None]], 1)
+    padded = local.new_zeros(widest, local.shape[1])
+    padded[: local.shape[0]] = local
+    parts = [torch.zeros_like(padded) for _ in range(dist.world)]
+    tdist.all_gather(parts, padded, group=dist.group)
+    full = torch.cat([part[: s.stop - s.start] for part, s in zip(parts, sizes)]).cpu()
+    net = net.cpu()
+    whole = MultiLabelNet(net.shift.numel(), num_labels, hidden, dropout)
+    state = net.state_dict()
+    key = f"layers.{len(net.layers) - 1}"
+    state[f"{key}.weight"], state[f"{key}.bias"] = full[:, :-1].contiguous(), full[:, -1].contiguous()
+    whole.load_state_dict(state)
+    return whole
 
 
 def _l2_penalty(net: MultiLabelNet, C: float | None, num_samples: int, num_labels: int) -> Callable[[], torch.Tensor] | None:
@@ -347,12 +674,14 @@ def _fit_lbfgs(
         loss = loss_fn(net(X), Y)
         if penalty is not None:
             loss = loss + penalty()
+        _check_finite_loss(loss.item(), f"L-BFGS iteration {len(history) + 1}", config)
         loss.backward()
         history.append({"epoch": len(history) + 1, "train_loss": loss.item()})
         return loss
 
     net.train()
     optimizer.step(closure)
+    net.cpu()
     return history
 
 
@@ -366,14 +695,91 @@ def _progress(iterable: Any, enabled: bool, desc: str, unit: str) -> Any:
     return tqdm(iterable, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
-def evaluate(model: TrainedModel, data: Dataset) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def evaluate(model: TrainedModel, data: Dataset, device: str = "cpu") -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """(metrics, per-label rows) of ``model`` on labeled ``data`` (its columns in the model's order: see
+    :func:`softmargin.app.data.align`). Sparse labels are evaluated a batch at a time (:func:`evaluate_sparse`)."""
+    if data.Y is None:
+        raise ValueError(f"{data.name}: the data has no labels to evaluate against (use 'softmargin predict')")
     if data.Y.shape[1] != len(model.label_names):
         raise ValueError(
             f"the data has {data.Y.shape[1]} labels, the model {len(model.label_names)}: expected the same label set"
         )
-    scores = model.predict_proba(data.X)
-    pred = decide(scores, model.thresholds, model.at_least_one)
+    if data.sparse_labels:
+        return evaluate_sparse(model, data, device)
+    scores = model.predict_proba(data.X, device=device)
+    pred = model.decide(scores)
     return M.evaluate(data.Y, scores, model.thresholds, pred, model.label_counts, model.train_size)
+
+
+def evaluate_sparse(model: TrainedModel, data: Dataset, device: str = "cpu") -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The metrics that need no N x L matrix, from batches of rows: Hamming loss, subset accuracy, micro / macro /
+    samples F1, precision and recall, P@k, nDCG@k (the extreme classification repository's: DCG@k over the ideal
+    DCG of min(k, positives)) and PSP@k. Ranking metrics over all labels (LRAP, coverage, mAP) are left out."""
+    Y = data.Y.tocsr()
+    num_rows, num_labels = Y.shape
+    tp = np.zeros(num_labels, np.int64)
+    predicted = np.zeros(num_labels, np.int64)
+    exact = samples_f1 = 0.0
+    ks = (1, 3, 5)
+    precision = dict.fromkeys(ks, 0.0)
+    ndcg = dict.fromkeys(ks, 0.0)
+    psp_gain = dict.fromkeys(ks, 0.0)
+    psp_ideal = dict.fromkeys(ks, 0.0)
+    inv_p = None
+    if model.label_counts is not None and model.train_size:
+        inv_p = 1.0 / M.propensities(model.label_counts, model.train_size)
+    discount = 1.0 / np.log2(np.arange(2, 7))
+    for rows, scores in model.iter_proba(data.X, device=device):
+        truth = Y[rows]
+        pred = sp.csr_matrix(model.decide(scores))
+        hits = pred.multiply(truth)
+        tp += np.asarray(hits.sum(0)).ravel().astype(np.int64)
+        predicted += np.asarray(pred.sum(0)).ravel().astype(np.int64)
+        row_tp = np.asarray(hits.sum(1)).ravel()
+        row_pred = np.asarray(pred.sum(1)).ravel()
+        row_true = np.diff(truth.indptr)
+        exact += float(((row_tp == row_pred) & (row_tp == row_true)).sum())
+        denominator = row_pred + row_true
+        samples_f1 += float(np.where(denominator > 0, 2 * row_tp / np.maximum(denominator, 1), 0.0).sum())  # zero_division=0
+        top = _top(scores, 5)
+        relevant = np.asarray(truth[np.arange(truth.shape[0])[:, None], top].todense()) > 0
+        for k in ks:
+            precision[k] += float(relevant[:, :k].sum()) / k
+            dcg = (relevant[:, :k] * discount[:k]).sum(1)
+            ideal = np.cumsum(discount[:k])[np.minimum(row_true, k) - 1]
+            ndcg[k] += float(np.where(row_true > 0, dcg / np.where(row_true > 0, ideal, 1), 0).sum())
+            if inv_p is not None:
+                psp_gain[k] += float((relevant[:, :k] * inv_p[top[:, :k]]).sum())
+                for r in range(truth.shape[0]):
+                    weights = inv_p[truth.indices[truth.indptr[r]:truth.indptr[r + 1]]]
+                    psp_ideal[k] += float(np.sort(weights)[::-1][:k].sum())
+    support = data.label_counts()
+    fp, fn = predicted - tp, support - tp
+    n = max(num_rows, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        label_precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+        label_recall = np.where(support > 0, tp / np.maximum(support, 1), 0.0)
+        label_f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    total_tp, total_pred, total_true = tp.sum(), predicted.sum(), support.sum()
+    metrics = {
+        "hamming_loss": float((fp.sum() + fn.sum()) / max(num_rows * num_labels, 1)),
+        "subset_accuracy": exact / n,
+        "micro_f1": float(2 * total_tp / max(total_pred + total_true, 1)),
+        "macro_f1": float(label_f1.mean()),
+        "samples_f1": samples_f1 / n,
+        "micro_precision": float(total_tp / max(total_pred, 1)),
+        "micro_recall": float(total_tp / max(total_true, 1)),
+        "macro_precision": float(label_precision.mean()),
+        "macro_recall": float(label_recall.mean()),
+    }
+    metrics |= {f"P@{k}": precision[k] / n for k in ks} | {f"nDCG@{k}": ndcg[k] / n for k in ks}
+    if inv_p is not None:
+        metrics |= {f"PSP@{k}": psp_gain[k] / psp_ideal[k] if psp_ideal[k] else float("nan") for k in ks}
+    per_label = [
+        {"support": int(s), "precision": float(p), "recall": float(r), "f1": float(f), "threshold": float(t)}
+        for p, r, f, s, t in zip(label_precision, label_recall, label_f1, support, model.thresholds)
+    ]
+    return metrics, per_label
 
 
 # --- run folders ---------------------------------------------------------------------------------------------------
@@ -415,40 +821,75 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
     _atomic_write(path, write)
 
 
-def new_run_dir(root: Path, name: str) -> Path:
-    """``root/<YYYYmmdd-HHMMSS>-<name>``, never an existing folder (nothing is overwritten)."""
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        path = root / (f"{stamp}-{name}" + (f"-{i}" if i else ""))
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not make a new run folder under {root}")
+class RunFolder:
+    """A run folder assembled under a temporary name (``root/.<name>.<random>.partial``) and renamed into place whole
+    by :meth:`commit`: ``root/<YYYYmmdd-HHMMSS>-<name>``, never an existing folder. :meth:`discard` removes it.
+    Making it first is also how a command learns, before any work, that ``root`` is not writable."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"--out {root} is a file: expected a folder to hold run folders")
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.name = root, name
+        self.path = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=root))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.path, 0o777 & ~umask)  # mkdtemp makes folders private; give what a plain mkdir would
+
+    def commit(self) -> Path:
+        """Rename the assembled folder to its final name. The name is reserved first with ``mkdir`` (which fails
+        if it exists); renaming onto one's own empty folder then replaces it in one step."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for i in range(1000):
+            final = self.root / (f"{stamp}-{self.name}" + (f"-{i}" if i else ""))
+            try:
+                final.mkdir()
+            except FileExistsError:
+                continue
+            os.replace(self.path, final)
+            return final
+        raise RuntimeError(f"could not make a new run folder under {self.root}")
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_model(model: TrainedModel, run: Path) -> None:
-    """``model.safetensors`` (every member's weights and scaler, keys ``member<i>.<name>``) and ``model.json``."""
+    """``model.safetensors`` (every member's weights and scaler, keys ``member<i>.<name>``) and ``model.json``
+    (architecture, names, decisions and the SHA-256 of ``model.safetensors``, checked by :func:`load_model`)."""
     from safetensors.torch import save
 
     tensors = {
-        f"member{i}.{k}": v.detach().contiguous() for i, net in enumerate(model.nets) for k, v in net.state_dict().items()
+        f"member{i}.{k}": v.detach().cpu().contiguous() for i, net in enumerate(model.nets) for k, v in net.state_dict().items()
     }
-    _atomic_write(run / "model.safetensors", lambda f: f.write(save(tensors)), mode="wb")
+    blob = save(tensors)
+    _atomic_write(run / "model.safetensors", lambda f: f.write(blob), mode="wb")
     hidden = list(model.config.hidden) if model.config.model == "mlp" else []
     write_json(
         run / "model.json",
         {
-            "format": "softmargin-model-1",
+            "format": MODEL_FORMAT,
+            "sha256": hashlib.sha256(blob).hexdigest(),
             "members": len(model.nets),
-            "in_features": int(model.nets[0].shift.numel()),
+            "in_features": model.num_features,
             "hidden": hidden,
             "dropout": model.config.dropout,
             "label_names": model.label_names,
             "feature_names": model.feature_names,
+            "positional": model.positional,
+            "decision": model.decision,
             "thresholds": model.thresholds.tolist(),
+            "tuned_thresholds": None if model.tuned is None else model.tuned.tolist(),
+            "rcut_k": model.rcut_k,
             "at_least_one": model.at_least_one,
             "label_counts": None if model.label_counts is None else model.label_counts.tolist(),
             "train_size": model.train_size,
@@ -456,33 +897,65 @@ def save_model(model: TrainedModel, run: Path) -> None:
     )
 
 
+MODEL_FORMAT = "softmargin-model-2"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}): the run folder is damaged") from None
+
+
 def load_model(run: Path) -> TrainedModel:
-    """A model saved by :func:`save_model`: safetensors weights (loading executes no code) and JSON metadata."""
+    """A model saved by :func:`save_model`: safetensors weights (loading executes no code), checked against the
+    SHA-256 in ``model.json``, and JSON metadata. A missing, damaged or altered file is a ValueError naming it."""
     from safetensors.torch import load_file
 
     run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run folder (expected a folder written by 'softmargin train')")
     for name in ("model.json", "model.safetensors"):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run}: no {name}: expected a run folder written by 'softmargin train'")
-    meta = json.loads((run / "model.json").read_text())
-    tensors = load_file(str(run / "model.safetensors"))
-    nets = []
-    for i in range(meta["members"]):
-        net = MultiLabelNet(meta["in_features"], len(meta["label_names"]), meta["hidden"], meta["dropout"])
-        prefix = f"member{i}."
-        net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        nets.append(net)
-    config = TrainConfig()
-    config_path = run / "config.json"
-    if config_path.exists():
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        raw = json.loads(config_path.read_text()).get("train", {})
-        config = TrainConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in raw.items() if k in fields})
-    counts = meta.get("label_counts")
-    return TrainedModel(
-        nets, config, meta["label_names"], meta["feature_names"], np.asarray(meta["thresholds"]), [],
-        meta["at_least_one"], None if counts is None else np.asarray(counts), meta.get("train_size", 0),
-    )  # fmt: skip
+    meta = _read_json(run / "model.json")
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{run / 'model.json'}: format {found!r}, expected {MODEL_FORMAT!r} (retrain with this version)")
+    if file_sha256(run / "model.safetensors") != meta.get("sha256"):
+        raise ValueError(f"{run / 'model.safetensors'}: its SHA-256 differs from the one in model.json: the file is "
+                         "damaged or was changed; retrain or restore it")  # fmt: skip
+    try:
+        tensors = load_file(str(run / "model.safetensors"))
+        nets = []
+        for i in range(meta["members"]):
+            with torch.device("meta"):  # no memory, no initialisation: the saved tensors are taken as they are
+                net = MultiLabelNet(meta["in_features"], len(meta["label_names"]), meta["hidden"], meta["dropout"])
+            prefix = f"member{i}."
+            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, assign=True)
+            nets.append(net.eval())
+        del tensors
+        config = TrainConfig()
+        if (run / "config.json").exists():
+            fields = {f.name for f in dataclasses.fields(TrainConfig)}
+            raw = _read_json(run / "config.json").get("train", {})
+            config = TrainConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in raw.items() if k in fields})
+        counts = meta.get("label_counts")
+        tuned = meta.get("tuned_thresholds")
+        model = TrainedModel(
+            nets, config, meta["label_names"], meta["feature_names"], np.asarray(meta["thresholds"], np.float64), [],
+            meta["at_least_one"], None if counts is None else np.asarray(counts), meta.get("train_size", 0),
+            None if tuned is None else np.asarray(tuned, np.float64), int(meta["rcut_k"]), dict(meta["decision"]),
+            bool(meta.get("positional", False)),
+        )  # fmt: skip
+        return model.with_decision()
+    except (KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        raise ValueError(f"{run}: model.json and model.safetensors do not describe a model ({type(exc).__name__}: {exc}); "
+                         "the run folder is damaged") from None  # fmt: skip
+    except Exception as exc:  # safetensors' own errors (a truncated or foreign file)
+        if type(exc).__module__.startswith("safetensors") or "safetensors" in type(exc).__name__.lower():
+            raise ValueError(f"{run / 'model.safetensors'}: not a readable safetensors file ({exc})") from None
+        raise
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> None:
@@ -511,38 +984,76 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_f1_vs_frequency(per_label: list[dict[str, Any]], label_names: list[str], num_samples: int, path: Path) -> None:
+def plot_f1_vs_frequency(
+    per_label: list[dict[str, Any]], label_names: list[str], train_frequency: np.ndarray | None, path: Path
+) -> None:
+    """Per-label F1 against the label's frequency in the training data. Up to 60 labels: one bar per label, sorted by
+    frequency, names on the axis (they cannot overlap); labels without a positive in the evaluated data are drawn
+    grey and listed. More labels: a scatter plot without names."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frequency = np.array([row["support"] for row in per_label]) / max(num_samples, 1)
-    f1 = np.array([row["f1"] for row in per_label])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(frequency, f1, s=18, alpha=0.8)
-    if len(label_names) <= 30:
-        for x, y, name in zip(frequency, f1, label_names):
-            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("label frequency in the evaluated data (log scale)")
-    ax.set_ylabel("F1")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Per-label F1 against label frequency")
+    f1 = np.array([row["f1"] for row in per_label], np.float64)
+    support = np.array([row["support"] for row in per_label])
+    frequency = train_frequency if train_frequency is not None else np.full(len(f1), np.nan)
+    absent = [name for name, s in zip(label_names, support) if s == 0]
+    if len(f1) <= 60:
+        order = np.argsort(-np.nan_to_num(frequency, nan=-1), kind="stable")
+        fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.24 * len(f1)))
+        y = np.arange(len(order))
+        colours = ["lightgrey" if support[i] == 0 else "C0" for i in order]
+        ax.barh(y, f1[order], color=colours)
+        ax.set_yticks(y, [f"{label_names[i]}  ({frequency[i]:.1%})" for i in order], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("F1 on the evaluated data")
+        ax.set_title("Per-label F1, labels by frequency in the training data (in brackets)", fontsize=10)
+        for yi, i in zip(y, order):
+            ax.text(min(f1[i], 0.9) + 0.01, yi, "no positives here" if support[i] == 0 else f"{f1[i]:.2f}", va="center", fontsize=7)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.scatter(frequency[support > 0], f1[support > 0], s=10, alpha=0.6, label="labels")
+        ax.set_xscale("log")
+        ax.set_xlabel("label frequency in the training data (log scale)")
+        ax.set_ylabel("F1 on the evaluated data")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("Per-label F1 against label frequency")
+        if absent:
+            shown = ", ".join(absent[:8]) + (f" and {len(absent) - 8} more" if len(absent) > 8 else "")
+            ax.text(0.01, -0.2, f"{len(absent)} label(s) without a positive in the evaluated data (not drawn): {shown}",
+                    transform=ax.transAxes, fontsize=7, wrap=True)  # fmt: skip
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
     plt.close(fig)
 
 
-def write_report(run: Path, metrics: dict[str, float], per_label: list[dict[str, Any]], label_names: list[str], num_samples: int) -> None:
+def write_report(
+    run: Path, metrics: dict[str, float], per_label: list[dict[str, Any]], label_names: list[str],
+    train_frequency: np.ndarray | None = None,
+) -> None:  # fmt: skip
+    """metrics.json, per_label.csv (sorted by support, most frequent first) and f1_vs_frequency.png into ``run``."""
     write_json(run / "metrics.json", metrics)
     header = ["label", "support", "precision", "recall", "f1", "threshold"]
-    rows = [[name] + [row[k] for k in header[1:]] for name, row in zip(label_names, per_label)]
+    order = sorted(range(len(per_label)), key=lambda i: -per_label[i]["support"])
+    rows = [[label_names[i]] + [per_label[i][k] for k in header[1:]] for i in order]
     write_csv(run / "per_label.csv", header, rows)
-    plot_f1_vs_frequency(per_label, label_names, num_samples, run / "f1_vs_frequency.png")
+    plot_f1_vs_frequency(per_label, label_names, train_frequency, run / "f1_vs_frequency.png")
+
+
+def train_frequency(model: TrainedModel) -> np.ndarray | None:
+    if model.label_counts is None or not model.train_size:
+        return None
+    return np.asarray(model.label_counts, np.float64) / model.train_size
 
 
 def config_dict(config: TrainConfig, **extra: Any) -> dict[str, Any]:
-    return {"train": dataclasses.asdict(config), **extra}
+    """config.json: the training settings, the versions that produced the run, and ``extra`` (data, hashes, ...)."""
+    from importlib.metadata import version
+
+    from .. import __version__
+
+    versions = {"softmargin": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                "scikit-learn": version("scikit-learn"), "python": sys.version.split()[0]}  # fmt: skip
+    return {"train": dataclasses.asdict(config), "versions": versions, **extra}

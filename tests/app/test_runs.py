@@ -1,0 +1,419 @@
+"""The train / evaluate / predict commands against bad input (issue 13): each defect fed on purpose, and the outcome
+checked: a one-line message naming the file and line or the argument, exit code 2, no traceback, nothing
+half-written, nothing overwritten without --force. And the features users asked for, checked against references
+computed here (hashlib, NumPy), not against the code under test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from softmargin.app import runs as R
+from softmargin.app import train as T
+from softmargin.app.cli import main
+
+FAST = ["--epochs", "2", "--ensemble", "1", "--quiet"]
+COLUMNS = ["f0", "f1", "f2", "f3", "f4", "f5", "ya", "yb", "yc"]
+
+
+def _table(n: int = 120, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6)) * [1, 2, 3, 4, 5, 6]
+    Y = np.column_stack([X[:, 0] > 0, X[:, 1] + X[:, 2] > 0, X[:, 3] > 1]).astype(int)
+    return np.column_stack([X, Y])
+
+
+def _write_csv(path: Path, table: np.ndarray, columns: list[str] = COLUMNS, order: list[str] | None = None) -> Path:
+    order = order or columns
+    index = [columns.index(c) for c in order]
+    rows = [",".join(f"{v:.5f}" for v in row[index]) for row in table]
+    path.write_text(",".join(order) + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def _one_line_error(argv: list[str], capsys, pattern: str) -> str:
+    import re
+
+    code, _, err = _run(argv, capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small run (train.csv, test.csv), shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp("trained")
+    _write_csv(folder / "train.csv", _table())
+    _write_csv(folder / "test.csv", _table(60, seed=1))
+    argv = ["train", "--data", str(folder / "train.csv"), "--test", str(folder / "test.csv"), "--labels", "ya,yb,yc",
+            "--out", str(folder / "runs"), "--epochs", "5", "--ensemble", "2", "--quiet", "--thresholds", "tuned"]  # fmt: skip
+    assert main(argv) == 0
+    (run,) = (folder / "runs").iterdir()
+    return folder, run
+
+
+# --- silently wrong before -----------------------------------------------------------------------------------------
+
+
+def test_non_finite_features_stop_training_with_file_and_line(tmp_path, capsys):
+    table = _table()
+    table[6, 2] = np.nan
+    _write_csv(tmp_path / "nan.csv", table)
+    _one_line_error(["train", "--data", str(tmp_path / "nan.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs")] + FAST,
+                    capsys, r"nan\.csv:8: feature 'f2' is nan")  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_diverging_run_saves_nothing(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", _table())
+    argv = ["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs"),
+            "--lr", "1e30", "--epochs", "5", "--ensemble", "1", "--quiet", "--standardize", "no"]  # fmt: skip
+    _one_line_error(argv, capsys, r"training loss became (nan|inf).*nothing was saved; lower --lr")
+    assert list((tmp_path / "runs").iterdir()) == []  # not even a partial folder
+
+
+def test_a_non_finite_loss_stops_the_run(monkeypatch):
+    data = T.Dataset(np.ones((10, 2), np.float32), np.eye(2, dtype=np.uint8)[np.arange(10) % 2], ["a", "b"], ["y", "z"])
+    real = T._TrainingLoss.forward
+    monkeypatch.setattr(T._TrainingLoss, "forward", lambda self, x, y: real(self, x, y) * float("nan"))
+    with pytest.raises(T.TrainingError, match=r"the training loss became nan \(epoch 1, seed 0\)"):
+        T.fit(data, T.TrainConfig(epochs=3, ensemble=1), progress=False)
+
+
+def test_test_and_later_data_are_matched_by_column_name(trained, tmp_path, capsys):
+    folder, run = trained
+    table = _table(60, seed=1)
+    shuffled = ["yc", "f5", "ya", "f0", "f3", "f1", "yb", "f4", "f2"]
+    _write_csv(tmp_path / "shuffled.csv", table, order=shuffled)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for data in (folder / "test.csv", tmp_path / "shuffled.csv"):
+        code, out, _ = _run(["evaluate", str(run), "--data", str(data), "--labels", "yc,ya,yb"], capsys)
+        assert code == 0 and f"{metrics['micro_f1']:.4f}" in out and f"{metrics['hamming_loss']:.4f}" in out
+    predictions = []
+    for data in (folder / "test.csv", tmp_path / "shuffled.csv"):
+        assert main(["predict", str(run), "--data", str(data), "--out", "-"]) == 0
+        predictions.append(capsys.readouterr().out)
+    assert predictions[0] == predictions[1] and predictions[0].startswith("row,p_ya,p_yb,p_yc,y_ya,y_yb,y_yc\n")
+    _write_csv(tmp_path / "renamed.csv", table, columns=COLUMNS[:5] + ["g5"] + COLUMNS[6:])
+    _one_line_error(["evaluate", str(run), "--data", str(tmp_path / "renamed.csv"), "--labels", "ya,yb,yc"], capsys,
+                    r"renamed\.csv: feature column\(s\) \['f5'\] not in the file's columns")  # fmt: skip
+
+
+def test_duplicate_label_names_are_an_error(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", _table())
+    _one_line_error(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,ya,yb", "--out", str(tmp_path)] + FAST,
+                    capsys, r"--labels names 'ya' twice")  # fmt: skip
+
+
+def test_a_damaged_model_is_refused(trained, tmp_path, capsys):
+    import shutil
+
+    folder, run = trained
+    argv = ["evaluate", None, "--data", str(folder / "test.csv"), "--labels", "ya,yb,yc"]
+    flipped = Path(shutil.copytree(run, tmp_path / "flipped"))
+    blob = bytearray((flipped / "model.safetensors").read_bytes())
+    blob[-300:-100] = bytes(b ^ 0xFF for b in blob[-300:-100])
+    (flipped / "model.safetensors").write_bytes(bytes(blob))
+    _one_line_error(argv[:1] + [str(flipped)] + argv[2:], capsys, r"model\.safetensors: its SHA-256 differs from the one in model\.json")
+    for name, text, pattern in [("model.json", "{not json", r"model\.json: not valid JSON"),
+                                ("config.json", "[1, 2", r"config\.json: not valid JSON"),
+                                ("model.json", '{"format": "softmargin-model-2", "sha256": "%s"}', r"do not describe a model")]:  # fmt: skip
+        damaged = Path(shutil.copytree(run, tmp_path / f"damaged-{name}-{len(text)}"))
+        digest = hashlib.sha256((damaged / "model.safetensors").read_bytes()).hexdigest()
+        (damaged / name).write_text(text.replace("%s", digest) if "%s" in text else text)
+        _one_line_error(argv[:1] + [str(damaged)] + argv[2:], capsys, pattern)
+
+
+def test_model_json_records_the_weights_checksum(trained):
+    _, run = trained
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["sha256"] == hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+
+
+# --- broken before -------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_out_never_overwrites_without_force(trained, capsys):
+    folder, run = trained
+    before = (run / "metrics.json").read_bytes()
+    argv = ["evaluate", str(run), "--data", str(folder / "test.csv"), "--labels", "ya,yb,yc", "--out", str(run)]
+    _one_line_error(argv, capsys, r"already holds metrics\.json, per_label\.csv, f1_vs_frequency\.png: pass --force")
+    assert (run / "metrics.json").read_bytes() == before
+    out = folder / "evaluated"
+    assert main(argv[:-1] + [str(out)]) == 0 and (out / "metrics.json").exists()
+    assert main(argv[:-1] + [str(out), "--force"]) == 0
+    capsys.readouterr()
+
+
+def test_single_label_data_is_refused_before_training(tmp_path, capsys):
+    _write_csv(tmp_path / "one.csv", _table())
+    _one_line_error(["train", "--data", str(tmp_path / "one.csv"), "--labels", "ya", "--out", str(tmp_path / "runs")] + FAST,
+                    capsys, r"1 label column\(s\): multi-label training needs at least 2")  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_interrupt_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    _write_csv(tmp_path / "train.csv", _table())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "plot_history", interrupted)  # the last of the final writes
+    code, _, err = _run(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs")] + FAST, capsys)
+    assert code == 130 and "interrupted; nothing was written" in err
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        (["--test", "x.arff"], r"--data yeast is built in.*--test would be ignored"),
+        (["--labels", "a,b"], r"--data yeast is built in.*--labels would be ignored"),
+        (["--model", "linear", "--hidden", "64"], r"--hidden sets the MLP's layers: it has no meaning with --model linear"),
+        (["--patience", "0"], r"patience=0: expected a positive integer"),
+        (["--threads", "-1"], r"threads=-1: expected a positive number of threads"),
+        (["--device", "tpu"], r"device='tpu': expected 'auto', 'cpu', 'cuda'"),
+        (["--threshold", "1.5"], r"threshold=1\.5: expected a probability strictly between 0 and 1"),
+        (["--cv", "1"], r"--cv 1: expected K >= 2 folds"),
+        (["--test-fraction", "1"], r"--test-fraction 1.0: expected a fraction in \[0, 1\)"),
+    ],
+)
+def test_options_that_would_be_ignored_or_invalid_are_errors(tmp_path, capsys, extra, pattern):
+    _one_line_error(["train", "--out", str(tmp_path / "runs")] + FAST + extra, capsys, pattern)
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_evaluate_and_predict_have_no_test_option(trained, capsys):
+    _, run = trained
+    for command in ("evaluate", "predict"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, str(run), "--data", "yeast", "--test", "x", "--out", "y"])
+        assert exit_.value.code == 2
+    assert "unrecognized arguments: --test" in capsys.readouterr().err
+
+
+def test_output_and_data_errors_are_one_line(trained, tmp_path, capsys):
+    folder, run = trained
+    (tmp_path / "a-file").write_text("")
+    base = ["--labels", "ya,yb,yc"] + FAST
+    train_csv = str(folder / "train.csv")
+    _one_line_error(["train", "--data", str(tmp_path)] + base, capsys, r"is a folder: expected a data file")
+    _one_line_error(["train", "--data", train_csv, "--out", str(tmp_path / "a-file")] + base, capsys, r"--out .*a-file is a file")
+    _one_line_error(["train", "--data", train_csv, "--out", str(tmp_path / "a-file" / "runs")] + base, capsys, r"Not a directory")
+    _one_line_error(["predict", str(run), "--data", str(folder / "test.csv"), "--out", str(tmp_path / "a-file")], capsys, r"exists: pass --force")
+    _one_line_error(["predict", str(run), "--data", str(folder / "test.csv"), "--out", str(tmp_path)], capsys, r"is a folder: expected a CSV file")
+    _one_line_error(["evaluate", str(tmp_path), "--data", "yeast"], capsys, r"no model\.json")
+    _one_line_error(["evaluate", str(run), "--data", "yeast"], capsys, r"feature column|features do not match|missing feature")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_fails_before_training(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", _table())
+    (tmp_path / "ro").mkdir(mode=0o500)
+    _one_line_error(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "ro")] + FAST,
+                    capsys, r"Permission denied")  # fmt: skip
+
+
+def test_a_broken_pipe_is_not_a_traceback(trained):
+    folder, run = trained
+    command = [sys.executable, "-m", "softmargin", "predict", str(run), "--data", str(folder / "test.csv"), "--out", "-"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    process.stdout.readline()
+    process.stdout.close()  # like `| head -1`
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0 and "Traceback" not in err, err
+
+
+# --- what users asked for ------------------------------------------------------------------------------------------
+
+
+def test_predict_reads_unlabeled_arff_and_csv(trained, tmp_path, capsys):
+    folder, run = trained
+    table = _table(5, seed=3)
+    _write_csv(tmp_path / "new.csv", table[:, :6], columns=COLUMNS[:6], order=COLUMNS[5::-1])
+    attributes = "".join(f"@attribute {c} numeric\n" for c in COLUMNS[:6])
+    rows = "\n".join(",".join(f"{v:.5f}" for v in row[:6]) for row in table)
+    (tmp_path / "new.arff").write_text(f"@relation new\n{attributes}@data\n{rows}\n")
+    outputs = []
+    for name in ("new.csv", "new.arff"):
+        code, out, _ = _run(["predict", str(run), "--data", str(tmp_path / name), "--out", "-"], capsys)
+        assert code == 0 and len(out.splitlines()) == 6
+        outputs.append(out)
+    assert outputs[0] == outputs[1]
+    _one_line_error(["evaluate", str(run), "--data", str(tmp_path / "new.csv")], capsys, r"no label columns")
+
+
+def test_predict_matches_load_run_and_top_k(trained, capsys):
+    import softmargin
+
+    folder, run = trained
+    model = softmargin.load_run(run)
+    data = np.loadtxt(folder / "test.csv", delimiter=",", skiprows=1)
+    proba = model.predict_proba(data[:, :6])
+    assert main(["predict", str(run), "--data", str(folder / "test.csv"), "--out", "-"]) == 0
+    printed = np.loadtxt(capsys.readouterr().out.splitlines(), delimiter=",", skiprows=1)
+    np.testing.assert_allclose(printed[:, 1:4], proba, atol=1e-6)
+    np.testing.assert_array_equal(printed[:, 4:], model.predict(data[:, :6]))
+    assert main(["predict", str(run), "--data", str(folder / "test.csv"), "--out", "-", "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "row,label_1,p_1,label_2,p_2"
+    for line, p in zip(lines[1:], proba):
+        fields = line.split(",")
+        best = np.argsort(-p, kind="stable")[:2]
+        assert fields[1::2] == [["ya", "yb", "yc"][i] for i in best]
+        np.testing.assert_allclose([float(v) for v in fields[2::2]], p[best], atol=1e-6)
+
+
+def test_threshold_strategies_chosen_at_train_time_and_overridden_later(trained, tmp_path, capsys):
+    import softmargin
+
+    folder, run = trained
+    X = np.loadtxt(folder / "test.csv", delimiter=",", skiprows=1)[:, :6]
+    model = softmargin.load_run(run)
+    assert model.decision["strategy"] == "tuned"
+    p = model.predict_proba(X)
+    train_Y = np.loadtxt(folder / "train.csv", delimiter=",", skiprows=1)[:, 6:]
+    cardinality = int(round(train_Y.sum(1).mean()))
+    cases = {("fixed", "0.3", None): (p >= 0.3), ("top-k", None, "2"): None, ("rcut", None, None): None}
+    for (strategy, threshold, k), expected in cases.items():
+        argv = ["predict", str(run), "--data", str(folder / "test.csv"), "--out", "-", "--thresholds", strategy]
+        argv += ["--threshold", threshold] if threshold else []
+        argv += ["--k", k] if k else []
+        assert main(argv) == 0
+        pred = np.loadtxt(capsys.readouterr().out.splitlines(), delimiter=",", skiprows=1)[:, 4:]
+        if expected is not None:
+            np.testing.assert_array_equal(pred, expected)
+        else:
+            count = int(k) if k else cardinality
+            assert (pred.sum(1) == count).all()
+            top = np.sort(p, axis=1)[:, ::-1]
+            np.testing.assert_array_equal((p * pred).sum(1), top[:, :count].sum(1))
+    # chosen at train time
+    _write_csv(tmp_path / "train.csv", _table())
+    assert main(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs"),
+                 "--thresholds", "top-k", "--k", "2"] + FAST) == 0  # fmt: skip
+    (other,) = (tmp_path / "runs").iterdir()
+    assert softmargin.load_run(other).predict(X).sum(1).tolist() == [2] * len(X)
+    _one_line_error(["evaluate", str(other), "--data", str(folder / "test.csv"), "--labels", "ya,yb,yc", "--thresholds", "tuned"],
+                    capsys, r"trained without tuned thresholds")  # fmt: skip
+
+
+def test_hold_out_split_without_test(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", _table())
+    code, out, err = _run(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs")] + FAST, capsys)
+    assert code == 0 and "24 samples held out for testing" in err and "held-out 20%" in out and "24 samples" in out
+    (run,) = (tmp_path / "runs").iterdir()
+    config = json.loads((run / "config.json").read_text())
+    assert config["evaluated_on"].startswith("held-out 20%") and config["test_fraction"] == 0.2
+
+
+def test_cross_validation_reports_mean_and_std(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", _table())
+    code, out, _ = _run(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--cv", "3", "--out", str(tmp_path / "runs")] + FAST, capsys)
+    assert code == 0 and "3-fold cross-validation" in out
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "cv_metrics.json").read_text())
+    folds = [f["micro_f1"] for f in summary["folds"]]
+    assert len(folds) == 3
+    assert summary["mean"]["micro_f1"] == pytest.approx(np.mean(folds)) and summary["std"]["micro_f1"] == pytest.approx(np.std(folds, ddof=1))
+    assert f"{np.mean(folds):.4f} ± {np.std(folds, ddof=1):.4f}" in out
+
+
+def test_config_records_versions_and_data_hashes(trained):
+    import torch
+
+    import softmargin
+
+    folder, run = trained
+    config = json.loads((run / "config.json").read_text())
+    assert config["versions"]["softmargin"] == softmargin.__version__ and config["versions"]["torch"] == torch.__version__
+    for name in ("train.csv", "test.csv"):
+        assert config["data_sha256"][str(folder / name)] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+
+
+def test_per_label_table_and_csv_sorted_by_support(trained, capsys):
+    folder, run = trained
+    assert main(["evaluate", str(run), "--data", str(folder / "test.csv"), "--labels", "ya,yb,yc"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.split("label ")[1].splitlines()[2:] if line.strip()]
+    supports = [int(r[1]) for r in rows]
+    Y = np.loadtxt(folder / "test.csv", delimiter=",", skiprows=1)[:, 6:]
+    assert supports == sorted(Y.sum(0).astype(int).tolist(), reverse=True)
+    csv_supports = [int(line.split(",")[1]) for line in (run / "per_label.csv").read_text().splitlines()[1:]]
+    assert csv_supports == sorted(csv_supports, reverse=True)
+
+
+def test_no_progress_bar_frames_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", _table())
+    code, _, err = _run(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs"),
+                         "--epochs", "2", "--ensemble", "2"], capsys)  # fmt: skip
+    assert code == 0 and "\r" not in err and "it/s" not in err
+    assert "model 1/2 (seed 0): 2 epochs" in err and "model 2/2 (seed 1)" in err
+
+
+def test_help_shows_defaults_and_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 200)", "(default: 0.2)", "(default: auto)", "(default: fixed)", "(default: runs)", "(default: 0.001)"):
+        assert default in text, default
+    done = subprocess.run([sys.executable, "-m", "softmargin", "--version"], capture_output=True, text=True, timeout=120)
+    import softmargin
+
+    assert done.returncode == 0 and done.stdout.strip() == f"softmargin {softmargin.__version__}"
+
+
+def test_device_cpu_and_a_missing_cuda(trained, capsys):
+    import torch
+
+    folder, run = trained
+    code, out, _ = _run(["evaluate", str(run), "--data", str(folder / "test.csv"), "--labels", "ya,yb,yc", "--device", "cpu"], capsys)
+    assert code == 0
+    if not torch.cuda.is_available():
+        _one_line_error(["evaluate", str(run), "--data", str(folder / "test.csv"), "--labels", "ya,yb,yc", "--device", "cuda"],
+                        capsys, r"no CUDA device")  # fmt: skip
+
+
+def test_holdout_is_seeded_and_disjoint():
+    data = T.Dataset(np.arange(50, dtype=np.float32)[:, None], np.zeros((50, 2), np.uint8), ["x"], ["a", "b"])
+    train, test = R.holdout(data, 0.2, seed=3)
+    assert len(test) == 10 and len(train) == 40
+    assert sorted(np.r_[train.X[:, 0], test.X[:, 0]].tolist()) == list(range(50))
+    assert R.holdout(data, 0.2, seed=3)[1].X.tolist() == test.X.tolist()
+
+
+def test_predict_on_headerless_libsvm_that_omits_the_last_feature(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(80):
+        labels = ",".join(str(i) for i in range(4) if rng.random() < 0.4)
+        lines.append(f"{labels} " + " ".join(f"{j}:{rng.random():.3f}" for j in sorted(rng.choice(30, 4, replace=False))))
+    (tmp_path / "train.txt").write_text("80 30 4\n" + "\n".join(lines) + "\n")
+    (tmp_path / "new.txt").write_text("0:1.5 3:0.25\n 7:1\n")  # no header, no labels, never mentions feature 29
+    assert main(["train", "--data", str(tmp_path / "train.txt"), "--out", str(tmp_path / "runs")] + FAST) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    capsys.readouterr()
+    code, out, _ = _run(["predict", str(run), "--data", str(tmp_path / "new.txt"), "--out", "-"], capsys)
+    assert code == 0 and out.splitlines()[0] == "row,p_0,p_1,p_2,p_3,y_0,y_1,y_2,y_3" and len(out.splitlines()) == 3
+    (tmp_path / "wide.txt").write_text("0:1.5 30:1\n")
+    _one_line_error(["predict", str(run), "--data", str(tmp_path / "wide.txt"), "--out", "-"], capsys,
+                    r"wide\.txt: feature index 30: the model has 30 features")  # fmt: skip
