@@ -46,7 +46,7 @@ FLAG_SETS = (
     # -falign-loops=64: the hot loops' speed otherwise depends on where they happen to land (measured 2.2-2.6 ns
     # per element unaligned, 2.0 aligned).
     # GCC's first scheduling pass, off by default on x86: 1.5 % (float16/bfloat16) to 4 % (float32) faster here.
-    ["-O3", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-fschedule-insns", "-fsched-pressure", "-lmvec"],
+    ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-falign-loops=64", "-fschedule-insns", "-fsched-pressure", "-lmvec"],
     ["-O3", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-lmvec"],
     ["-O3", "-fopenmp-simd", "-fno-math-errno", "-lmvec"],
     ["-O3", "-fopenmp", "-fno-math-errno", "-DSOFTMARGIN_SCALAR_MATH"],
@@ -60,6 +60,14 @@ def variants() -> list[str]:
     if platform.machine().lower() in ("x86_64", "amd64"):
         return list(X86_VARIANTS)
     return ["baseline"]
+
+
+def automatic_variants() -> list[str]:
+    """The variants the loader picks from by itself, best first. On x86-64 not ``baseline``: x86-64 before AVX2 has
+    no fused multiply-add, which the kernel's exp/log1p need exactly, and the software ``fmaf`` makes that build
+    slower than the torch/NumPy fallback (it stays built: the oracle for ``softmargin_cpu_supports``, and tested)."""
+    names = variants()
+    return [v for v in names if v != "baseline"] if len(names) > 1 else names
 
 
 def library_path(variant: str, directory: Path = PACKAGE_DIR) -> Path:

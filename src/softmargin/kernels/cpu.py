@@ -2,7 +2,8 @@
 
 ``build.py`` compiles one shared library per CPU variant at install time (``avx512bf16``, ``avx512``, ``avx2`` and
 ``baseline`` on x86-64; ``baseline`` elsewhere). :func:`kernel` loads the best variant this CPU supports, as the
-baseline library's ``softmargin_cpu_supports`` (cpuid) says: nothing is compiled, cached or written at run time, and
+baseline library's ``softmargin_cpu_supports`` (cpuid) says (on x86-64 never ``baseline`` by itself: without FMA it
+is slower than the fallback; see ``build.automatic_variants``): nothing is compiled, cached or written at run time, and
 no compiler or writable HOME is needed. Where no library was built (no compiler at install time), where loading
 fails, or with ``SOFTMARGIN_NATIVE=0``, :func:`kernel` returns None and the callers fall back, correctly, to their
 chunked torch or NumPy code.
@@ -141,7 +142,7 @@ def kernel() -> ctypes.CDLL | None:
     if forced and forced not in build.X86_VARIANTS:
         _warn(f"SOFTMARGIN_CPU_VARIANT={forced!r} is none of {', '.join(build.X86_VARIANTS)}")
         return None
-    for variant in [forced] if forced else build.variants():
+    for variant in [forced] if forced else build.automatic_variants():
         path = build.library_path(variant, directory)
         if not path.exists() or not oracle.softmargin_cpu_supports(variant.encode()):
             continue
