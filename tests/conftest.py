@@ -26,3 +26,17 @@ def torch_path(request, monkeypatch):
     else:
         monkeypatch.setattr(cpu, "kernel", lambda: None)
     return request.param
+
+
+def pytest_configure(config):
+    """Triton's interpreter for the Triton tests on a machine without a CUDA device, set before anything imports
+    Triton (torch.compile does, and Triton reads the setting once)."""
+    import os
+
+    if "TRITON_INTERPRET" not in os.environ:
+        try:
+            import torch
+        except ImportError:
+            return
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"

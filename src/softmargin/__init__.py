@@ -14,10 +14,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ._options import LossOptions
 from .weights import class_weights, pos_weight
 
 __version__ = "0.1.0"
-__all__ = ["class_weights", "pos_weight", "SoftMarginClassifier", "__version__"]
+__all__ = ["LossOptions", "SoftMarginClassifier", "__version__", "class_weights", "pos_weight"]
 
 _SUBMODULES = ("numpy", "torch", "kernels", "metrics", "weights", "app")
 

@@ -13,23 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._formula import element_loss_and_grad, element_loss_and_grad_options
+from ._options import PLAIN, LossOptions  # noqa: F401  (PLAIN: re-exported for the backends)
 
-
-@dataclass(frozen=True)
-class Options:
-    """The scalar loss options; every default leaves the plain (torch-identical) loss."""
-
-    label_smoothing: float = 0.0
-    gamma_pos: float = 0.0
-    gamma_neg: float = 0.0
-    clip: float = 0.0
-
-    @property
-    def focusing(self) -> bool:
-        return bool(self.gamma_pos or self.gamma_neg or self.clip)
-
-
-PLAIN = Options()
+Options = LossOptions  # the name the backends used before LossOptions was public
 
 
 @dataclass
@@ -99,7 +85,8 @@ def loss_rows(
 ) -> None:
     """Weighted loss sums of each row into ``row_sums_out``; the gradient, scaled per row, into ``grad_out``."""
     n, c = rows.num_rows, rows.num_classes
-    zero_weights = rows.weight is not None and bool((rows.weight == 0).any())
+    # NumPy looks whether a weight is zero to skip a where(); torch always applies it (a look would wait for a GPU)
+    zero_weights = rows.weight is not None and (xp.__name__ != "numpy" or bool((rows.weight == 0).any()))
     step = max(1, chunk_elements // max(c, 1))
     plain = not options.focusing and rows.pos_weight is None
     for start in range(0, n, step):

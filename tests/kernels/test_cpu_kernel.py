@@ -11,7 +11,7 @@ from helpers import assert_close
 
 from softmargin._chunks import PLAIN, Options
 from softmargin.kernels import build, cpu
-from softmargin.torch import _ops as torch_ops
+from softmargin.torch import _backends as torch_ops
 
 pytestmark = pytest.mark.skipif(cpu.kernel() is None, reason="the CPU kernel cannot be built here")
 

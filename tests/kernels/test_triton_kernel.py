@@ -18,7 +18,7 @@ from helpers import assert_close
 
 from softmargin._chunks import PLAIN
 from softmargin.kernels import triton_kernels as triton_ops
-from softmargin.torch import _ops as torch_ops
+from softmargin.torch import _backends as torch_ops
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter evaluates both sides of tl.where in NumPy, which warns on the 0 * inf the kernel then discards

@@ -20,7 +20,6 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from ..torch._ops import ones_row
 
 #: Triton's interpreter (``TRITON_INTERPRET=1``, the CPU tests) runs the kernel in NumPy, without libdevice.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -128,7 +127,7 @@ def fused_rows(
     if y.dtype == torch.bool:
         y = y.view(torch.uint8)  # same bytes, no copy
     if w is None:
-        w = ones_row(num_classes, torch.float32, x.device)
+        w = torch.ones(1, num_classes, dtype=torch.float32, device=x.device)
     w = w.contiguous()
     block, auto_span, _ = tiling(num_rows, num_classes, _multiprocessors(x.device), block)
     span = auto_span if span is None else span

@@ -12,18 +12,20 @@ import torch
 from torch import Tensor
 from torch.nn import _reduction as _legacy_reduction
 from torch.nn.modules.loss import _WeightedLoss
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from .. import _validation as V
-from .._chunks import PLAIN, Options
+from .._options import PLAIN, LossOptions, resolve
 from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, chunk_shape
-from ._ops import MultiLabelSoftMarginLossFunction, PerVersion
+from ._ops import Problem, compute
 
 __all__ = [
-    "multilabel_soft_margin_loss",
+    "LinearMultiLabelSoftMarginLoss",
+    "LossOptions",
     "MultiLabelSoftMarginLoss",
     "linear_multilabel_soft_margin_loss",
-    "LinearMultiLabelSoftMarginLoss",
+    "multilabel_soft_margin_loss",
 ]
 
 
@@ -37,29 +39,40 @@ def _kind(dtype: torch.dtype) -> str:
     return "int"
 
 
-def _check(
+# Sparse targets are normalised on the host (NumPy): a graph break under torch.compile, never traced.
+_as_sparse_targets = as_sparse_targets
+
+
+def _problem(
     input: Tensor,
-    target: Tensor,
+    target: Any,
     weight: Tensor | None,
     reduction: str,
     validate: bool,
-    pos_weight: Tensor | None = None,
-    mask: Tensor | None = None,
-    options: Options = PLAIN,
-) -> None:
+    pos_weight: Tensor | None,
+    mask: Tensor | None,
+    options: LossOptions,
+) -> Problem:
+    """Validate the arguments once (shapes and dtypes always; the sparse target's values here, the dense target's
+    and the weights' inside the operator) and normalise them into the operator's :class:`Problem`."""
     V.check_reduction(reduction)
-    V.check_options(options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
-    named = (("input", input), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask))
-    if not isinstance(target, SparseTargets):
-        named += (("target", target),)
-    for name, value in named:
+    for name, value in (("input", input), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask)):
         if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"{name} is a {type(value).__name__}: expected a torch.Tensor")
     V.check_input_kind("input", _kind(input.dtype), input.dtype)
     V.check_input_ndim(input.shape)
-    if not isinstance(target, SparseTargets):
+    sparse: SparseTargets | None = None
+    if is_sparse_target(target, lists=True):
+        sparse = _as_sparse_targets(target, (math.prod(input.shape[:-1]), input.shape[-1]), torch, device=input.device)
+        if validate:
+            V.check_sparse_target_values(sparse)
+        dense = None
+    elif not isinstance(target, Tensor):
+        raise TypeError(f"target is a {type(target).__name__}: expected a torch.Tensor, sparse positives or label lists")
+    else:
         V.check_target_kind(_kind(target.dtype), target.dtype)
         V.check_same_shape("target", target.shape, input.shape)
+        dense = target
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
             V.check_target_kind(_kind(value.dtype), value.dtype)
@@ -67,47 +80,23 @@ def _check(
     if mask is not None:
         V.check_mask_kind(_kind(mask.dtype), mask.dtype)
         V.check_broadcastable("mask", mask.shape, input.shape)
-    plain = pos_weight is None and mask is None and options == PLAIN
-    if not plain:
-        for name, value in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
-            if isinstance(value, Tensor) and value.requires_grad:
+    if not (pos_weight is None and mask is None and options == PLAIN):
+        for name, value in (("target", dense), ("weight", weight), ("pos_weight", pos_weight)):
+            if value is not None and value.requires_grad:
                 raise ValueError(
                     f"{name} requires grad, but with pos_weight, mask, label_smoothing or asymmetric focusing only "
                     f"input is differentiable; pass {name}.detach()"
                 )
-    if validate:  # a dense target is checked where the loss is computed (ops/torch_ops.py: in the kernel, for free)
-        _check_values(target if isinstance(target, SparseTargets) else None, ("weight", weight, False), ("pos_weight", pos_weight, True))
-
-
-def _check_values(target: Any, *weights: tuple[str, Tensor | None, bool]) -> None:
-    """The value checks: the target in [0, 1] (dense or sparse; None: not here); each (name, weight, strictly
-    positive) finite and non-negative (positive), checked once per version of the tensor."""
-    if isinstance(target, SparseTargets):
-        V.check_sparse_target_values(target)
-    elif target is not None:
-        V.check_target_values(target.detach())
-    for name, value, positive in weights:
-        if value is not None and not _seen(value):
-            V.check_weight_values(name, value.detach(), positive=positive)
-            _remember(value)
-
-
-# Weights (a module's buffers, mostly) are checked once per version (an in-place write makes a new one, checked
-# again): small calls should not pay two reductions each time.
-_CHECKED = PerVersion()
-
-
-def _seen(tensor: Tensor) -> bool:
-    return _CHECKED.get(tensor) is not None
-
-
-def _remember(tensor: Tensor) -> None:
-    _CHECKED.put(tensor, True)
+    result_dtype = input.dtype
+    for operand in (dense, weight):
+        if operand is not None:
+            result_dtype = torch.promote_types(result_dtype, operand.dtype)
+    return Problem(input, dense, sparse, weight, pos_weight, mask, options, reduction, validate, result_dtype)
 
 
 def multilabel_soft_margin_loss(
     input: Tensor,
-    target: Tensor,
+    target: Any,
     weight: Tensor | None = None,
     size_average: bool | None = None,
     reduce: bool | None = None,
@@ -119,6 +108,7 @@ def multilabel_soft_margin_loss(
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,
     clip: float = 0.0,
+    options: LossOptions | None = None,
     validate: bool = True,
 ) -> Tensor:
     r"""Multi-label soft-margin loss, a drop-in for ``torch.nn.functional.multilabel_soft_margin_loss``.
@@ -143,17 +133,22 @@ def multilabel_soft_margin_loss(
         gamma_pos, gamma_neg, clip: asymmetric focusing (Ridnik et al., ICCV 2021): a positive's term is weighted
             by ``(1 - p)^gamma_pos``, a negative's by ``p_m^gamma_neg`` with ``p_m = max(p - clip, 0)`` used in its
             log term too; ``gamma_pos = gamma_neg = g, clip = 0`` is the focal loss. See docs/imbalance.md.
-        validate: check the target range and the weights; ``False`` skips these value checks in hot loops. The
-            CPU kernel checks a dense target as it reads it (the float32/16 plain loss and every option: free);
-            elsewhere it costs a min/max pass (and a device sync on GPU). Weights are checked once per version of
-            the tensor. Shape and dtype checks always run.
+        options: the four options above as one :class:`softmargin.LossOptions` (then leave them at their defaults).
+        validate: check the target's values (in [0, 1]) and the weights' (finite, non-negative; ``pos_weight``
+            positive) on every call; ``False`` skips these value checks in hot loops. On the CPU they raise
+            ``ValueError`` naming the first bad value (the C kernel checks a dense target as it reads it); on other
+            devices they are device-side assertions, so nothing waits for the device. Shape and dtype checks always
+            run.
 
     Returns:
-        The loss in ``input``'s dtype. Half-precision inputs are accumulated in float32. Infinite logits give 0
-        for a right prediction and ``inf`` for a wrong one, with finite gradients; NaN logits give NaN.
+        The loss; its dtype is ``torch.result_type`` of input, target and weight, as torch's (``input``'s for the
+        usual same-dtype call). Half-precision inputs are computed and accumulated in float32. Infinite logits give
+        0 for a right prediction and ``inf`` for a wrong one, with finite gradients; NaN logits give NaN.
 
     The gradient w.r.t. ``input`` is computed in the same pass as the loss; for the plain loss ``target`` and
-    ``weight`` get gradients too when they require them, and second derivatives are available.
+    ``weight`` get gradients too when they require them. Second derivatives, ``torch.func`` transforms
+    (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian), ``torch.compile`` (``fullgraph=True`` included) and
+    ``torch.export`` work: the computation is the operator ``torch.ops.softmargin.loss_rows``.
 
     Example:
         >>> import torch
@@ -163,17 +158,16 @@ def multilabel_soft_margin_loss(
         >>> round(multilabel_soft_margin_loss(x, y, weight=torch.tensor([0.5, 2.0, 1.5])).item(), 5)
         1.18012
     """
+    if has_torch_function_variadic(input, target, weight, pos_weight, mask):
+        return handle_torch_function(  # type: ignore[no-any-return]
+            multilabel_soft_margin_loss, (input, target, weight, pos_weight, mask), input, target, weight,
+            size_average, reduce, reduction, pos_weight=pos_weight, mask=mask, label_smoothing=label_smoothing,
+            gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, options=options, validate=validate,
+        )  # fmt: skip
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction.legacy_get_string(size_average, reduce)
-    options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
-    if is_sparse_target(target, lists=True):
-        rows = math.prod(input.shape[:-1]) if isinstance(input, Tensor) and input.dim() else 0
-        num_classes = input.shape[-1] if isinstance(input, Tensor) and input.dim() else 0
-        target = as_sparse_targets(target, (rows, num_classes), torch, device=input.device)
-    _check(input, target, weight, reduction, validate, pos_weight, mask, options)
-    return MultiLabelSoftMarginLossFunction.apply(
-        input, target, weight, reduction, pos_weight, mask, options, validate and not isinstance(target, SparseTargets)
-    )
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+    return compute(_problem(input, target, weight, reduction, validate, pos_weight, mask, resolved))
 
 
 class MultiLabelSoftMarginLoss(_WeightedLoss):
@@ -204,28 +198,41 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
         gamma_pos: float = 0.0,
         gamma_neg: float = 0.0,
         clip: float = 0.0,
+        options: LossOptions | None = None,
         validate: bool = True,
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         V.check_reduction(self.reduction)
-        V.check_options(label_smoothing, gamma_pos, gamma_neg, clip)
+        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
         self.pos_weight: Tensor | None
         if pos_weight is not None:
             self.register_buffer("pos_weight", pos_weight)
         else:
             self.pos_weight = None
-        self.label_smoothing = label_smoothing
-        self.gamma_pos = gamma_pos
-        self.gamma_neg = gamma_neg
-        self.clip = clip
         self.validate = validate
 
-    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    # The four option attributes of torch-style code read through to ``options``.
+    label_smoothing = property(lambda self: self.options.label_smoothing)
+    gamma_pos = property(lambda self: self.options.gamma_pos)
+    gamma_neg = property(lambda self: self.options.gamma_neg)
+    clip = property(lambda self: self.options.clip)
+
+    def forward(self, input: Tensor, target: Any, mask: Tensor | None = None) -> Tensor:
         return multilabel_soft_margin_loss(
             input, target, weight=self.weight, reduction=self.reduction, pos_weight=self.pos_weight, mask=mask,
-            label_smoothing=self.label_smoothing, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg,
-            clip=self.clip, validate=self.validate,
+            options=self.options, validate=self.validate,
         )  # fmt: skip
+
+
+def _check_values(target: Any, *weights: tuple[str, Tensor | None, bool]) -> None:
+    """The linear head's value checks: a sparse target's values, each (name, weight, strictly positive)."""
+    if isinstance(target, SparseTargets):
+        V.check_sparse_target_values(target)
+    elif target is not None:
+        V.check_target_values(target.detach())
+    for name, value, positive in weights:
+        if value is not None:
+            V.check_weight_values(name, value.detach(), positive=positive)
 
 
 def _total_labels(local: int, group: Any) -> int:
@@ -253,6 +260,7 @@ def linear_multilabel_soft_margin_loss(
     memory_budget: int | None = None,
     process_group: Any = None,
     total_labels: int | None = None,
+    options: LossOptions | None = None,
     validate: bool = True,
 ) -> Tensor:
     r"""``multilabel_soft_margin_loss(hidden @ weight.T + bias, target)`` without ever holding the N x C logits.
@@ -268,7 +276,7 @@ def linear_multilabel_soft_margin_loss(
         target: (N, C) dense tensor, or sparse positives (see :func:`multilabel_soft_margin_loss`), the way to go
             for millions of labels.
         class_weight, pos_weight: (C,) per-label weights (the loss's ``weight`` and ``pos_weight``).
-        reduction, label_smoothing, gamma_pos, gamma_neg, clip: as in :func:`multilabel_soft_margin_loss`.
+        reduction, label_smoothing, gamma_pos, gamma_neg, clip, options: as in :func:`multilabel_soft_margin_loss`.
         process_group: label-parallel training. Each process passes its shard of the labels (``weight`` rows,
             ``bias``, ``target`` columns, ``class_weight``/``pos_weight``) and the same ``hidden``; the loss and the
             gradient w.r.t. ``hidden`` are all-reduced (one all-reduce each), the shard's parameter gradients stay
@@ -276,10 +284,12 @@ def linear_multilabel_soft_margin_loss(
 
     Returns:
         The loss, as :func:`multilabel_soft_margin_loss` would give on the full logits (averaged over all labels).
+
+    It runs eagerly (a graph break under ``torch.compile``): its walk over the chunks, sparse blocks and all-reduces
+    are host-driven.
     """
-    options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
     V.check_reduction(reduction)
-    V.check_options(label_smoothing, gamma_pos, gamma_neg, clip)
     for name, value in (("hidden", hidden), ("weight", weight)):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} is a {type(value).__name__}: expected a torch.Tensor")
@@ -302,7 +312,7 @@ def linear_multilabel_soft_margin_loss(
     chunks = chunk_shape(num_rows, num_labels, budget, chunk_size)
     total = total_labels if total_labels is not None else _total_labels(num_labels, process_group)
     return LinearMultiLabelSoftMarginLossFunction.apply(
-        hidden, weight, bias, target, class_weight, pos_weight, reduction, options, chunks, process_group, total
+        hidden, weight, bias, target, class_weight, pos_weight, reduction, resolved, chunks, process_group, total
     )
 
 
@@ -332,6 +342,7 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         gamma_pos: float = 0.0,
         gamma_neg: float = 0.0,
         clip: float = 0.0,
+        options: LossOptions | None = None,
         chunk_size: int | None = None,
         memory_budget: int | None = None,
         process_group: Any = None,
@@ -341,14 +352,13 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
     ) -> None:
         super().__init__()
         V.check_reduction(reduction)
-        V.check_options(label_smoothing, gamma_pos, gamma_neg, clip)
         linear = torch.nn.Linear(in_features, num_labels, bias=bias, device=device, dtype=dtype)  # its init
         self.weight = linear.weight
         self.bias = linear.bias
         self.register_buffer("class_weight", class_weight)
         self.register_buffer("pos_weight", pos_weight)
         self.reduction = reduction
-        self.options = dict(label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
+        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.process_group = process_group
@@ -359,7 +369,7 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         return linear_multilabel_soft_margin_loss(
             hidden, self.weight, self.bias, target, class_weight=self.class_weight, pos_weight=self.pos_weight,
             reduction=self.reduction, chunk_size=self.chunk_size, memory_budget=self.memory_budget,
-            process_group=self.process_group, total_labels=self.total_labels, **self.options,
+            process_group=self.process_group, total_labels=self.total_labels, options=self.options,
         )  # fmt: skip
 
     def logits(self, hidden: Tensor, labels: slice | None = None) -> Tensor:

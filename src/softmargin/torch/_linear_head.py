@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from .._chunks import Options
+from .._options import LossOptions
 from .._sparse import SparseTargets
-from ._ops import compute_dtype, loss_and_grad
+from ._backends import compute_dtype
+from ._ops import loss_rows
 
 #: Largest default memory budget for one chunk's temporaries (logits, their gradient, the target chunk).
 DEFAULT_BUDGET = 256 << 20
@@ -79,7 +80,7 @@ def walk(
     target: Any,
     class_weight: torch.Tensor | None,
     pos_weight: torch.Tensor | None,
-    options: Options,
+    options: LossOptions,
     row_scale: torch.Tensor | None,
     scale: float,
     need: tuple[bool, bool, bool],
@@ -106,10 +107,15 @@ def walk(
             h = hidden[r0:r1]
             logits = torch.nn.functional.linear(h, w_chunk, None if bias is None else bias[c0:c1])
             y = _target_block(target, r0, r1, c0, c1)
-            # the kernel's "sum" reduction divides each row by the chunk's label count: undone below
-            per_row, grad, _ = loss_and_grad(logits, y, cw, "sum", any_grad, pw, None, options)
+            # per-sample losses divide each row by the chunk's label count: undone below
+            sparse = y if isinstance(y, SparseTargets) else None
+            per_row, grad, _ = loss_rows(
+                logits, None if sparse is not None else y, cw, pw, None,
+                *((None, None, None) if sparse is None else (sparse.indptr, sparse.indices, sparse.values)),
+                options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip, any_grad, False,
+            )  # fmt: skip
             row_sums[r0:r1] += per_row * (c1 - c0)
-            if grad is None:
+            if not any_grad:
                 continue
             factor = scale * (c1 - c0)
             grad = grad.to(acc) * (factor if row_scale is None else row_scale[r0:r1, None].to(acc) * factor)
@@ -134,7 +140,7 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
         class_weight: torch.Tensor | None,
         pos_weight: torch.Tensor | None,
         reduction: str,
-        options: Options,
+        options: LossOptions,
         chunks: tuple[int, int],
         group: Any,
         total_labels: int,
@@ -176,8 +182,8 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
             # makes these very tensors the parameters' .grad: the head's weight gradient is allocated once
             g_hidden, g_weight, g_bias = ctx.grads
             ctx.grads = None
-        if reduction != "none" and not (grad_output.numel() == 1 and grad_output.item() == 1.0):
-            g_hidden, g_weight, g_bias = (None if g is None else g * grad_output for g in (g_hidden, g_weight, g_bias))
+        if reduction != "none":  # scaled in place (the tensors are ours alone) and handed over: no copies
+            g_hidden, g_weight, g_bias = (None if g is None else g.mul_(grad_output) for g in (g_hidden, g_weight, g_bias))
         cast = lambda g, like: None if g is None else g.to(like.dtype)
         return (
             cast(g_hidden, hidden), cast(g_weight, weight), None if bias is None else cast(g_bias, bias),

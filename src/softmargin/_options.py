@@ -1,0 +1,64 @@
+"""The scalar loss options as one value: :class:`LossOptions`, accepted wherever the four option arguments are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _validation as V
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The scalar options of the loss; every default leaves the plain (torch-identical) loss.
+
+    Args:
+        label_smoothing: ``eps`` in [0, 1): targets become ``y * (1 - eps) + eps / 2``.
+        gamma_pos, gamma_neg: focusing exponents >= 0 of the positive and negative terms (asymmetric loss, Ridnik et
+            al., ICCV 2021; ``gamma_pos == gamma_neg`` with ``clip == 0`` is the focal loss of Lin et al., ICCV 2017).
+        clip: probability margin in [0, 1) shifted off the negatives' probabilities (``p_m = max(p - clip, 0)``).
+
+    The values are checked when the object is made (``ValueError``/``TypeError`` naming the field), so a
+    ``LossOptions`` is valid wherever it travels.
+
+    Example:
+        >>> from softmargin import LossOptions
+        >>> LossOptions(gamma_neg=4.0, clip=0.05).focusing
+        True
+    """
+
+    label_smoothing: float = 0.0
+    gamma_pos: float = 0.0
+    gamma_neg: float = 0.0
+    clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        V.check_options(self.label_smoothing, self.gamma_pos, self.gamma_neg, self.clip)
+
+    @property
+    def focusing(self) -> bool:
+        """Whether asymmetric focusing is on (any gamma or clip)."""
+        return bool(self.gamma_pos or self.gamma_neg or self.clip)
+
+    @property
+    def plain(self) -> bool:
+        """Whether every option is at its default."""
+        return self == PLAIN
+
+
+PLAIN = LossOptions()
+
+
+def resolve(
+    options: LossOptions | None, label_smoothing: float, gamma_pos: float, gamma_neg: float, clip: float
+) -> LossOptions:
+    """One :class:`LossOptions` from an ``options=`` argument or the four keyword arguments (not both)."""
+    keywords = (label_smoothing, gamma_pos, gamma_neg, clip)
+    if options is None:
+        return PLAIN if keywords == (0.0, 0.0, 0.0, 0.0) else LossOptions(*keywords)
+    if not isinstance(options, LossOptions):
+        raise TypeError(f"options is a {type(options).__name__}: expected softmargin.LossOptions or None")
+    if any(keywords):
+        raise ValueError(
+            "options= and label_smoothing/gamma_pos/gamma_neg/clip were both given: pass the options one way"
+        )
+    return options
