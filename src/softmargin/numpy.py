@@ -293,12 +293,12 @@ def multilabel_soft_margin_loss(
         1.18012
     """
     options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
-    rows, shape, reduction, native, kernel_checks = _prepare(
+    rows, shape, checked, native, kernel_checks = _prepare(
         input, target, weight, reduction, validate, pos_weight, mask, options
     )
     plain = pos_weight is None and mask is None and options == Options()
-    per_sample, _, counted = _compute(rows, shape, reduction, options, False, native, kernel_checks, plain)
-    return _reduce(per_sample, reduction, counted, rows.x.dtype)
+    per_sample, _, counted = _compute(rows, shape, checked, options, False, native, kernel_checks, plain)
+    return _reduce(per_sample, checked, counted, rows.x.dtype)
 
 
 def multilabel_soft_margin_loss_grad(
@@ -347,13 +347,13 @@ def multilabel_soft_margin_loss_and_grad(
 ) -> tuple[Any, NDArray[Any]]:
     """Loss and gradient from one pass (what a training loop wants); same arguments as the loss."""
     options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
-    rows, shape, reduction, native, kernel_checks = _prepare(
+    rows, shape, checked, native, kernel_checks = _prepare(
         input, target, weight, reduction, validate, pos_weight, mask, options
     )
     plain = pos_weight is None and mask is None and options == Options()
-    per_sample, grad, counted = _compute(rows, shape, reduction, options, True, native, kernel_checks, plain)
+    per_sample, grad, counted = _compute(rows, shape, checked, options, True, native, kernel_checks, plain)
     assert grad is not None  # need_grad=True always returns one; not a user-input check
-    return _reduce(per_sample, reduction, counted, rows.x.dtype), grad
+    return _reduce(per_sample, checked, counted, rows.x.dtype), grad
 
 
 multilabel_soft_margin_loss.__doc__ = (multilabel_soft_margin_loss.__doc__ or "").replace("{options}", _OPTIONS_DOC)

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 CSRC = Path(__file__).with_name("csrc")
@@ -125,9 +126,9 @@ def build_variant(variant: str, target: Path, extra: list[str] | None = None, cc
 
 
 def build_all(directory: Path = PACKAGE_DIR, extra: list[str] | None = None, only: list[str] | None = None,
-              log=print) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+              log: Callable[[str], object] = print) -> dict[str, str | None]:
     """Build every variant (or ``only`` those) into ``directory``; returns each variant's error or None."""
-    errors = {}
+    errors: dict[str, str | None] = {}
     for variant in only or variants():
         errors[variant] = build_variant(variant, library_path(variant, directory), extra)
         log(f"softmargin kernel {variant}: " + ("built" if errors[variant] is None else f"not built: {errors[variant]}"))

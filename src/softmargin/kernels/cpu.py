@@ -69,7 +69,7 @@ def _abi_mismatch(lib: ctypes.CDLL) -> str | None:
         return f"ABI version {lib.softmargin_abi_version()}, this loader speaks {ABI_VERSION}"
     lib.softmargin_abi_fields.restype = ctypes.c_char_p
     names = lib.softmargin_abi_fields().decode().split(",")
-    ours = [name for name, _ in FusedArgs._fields_]
+    ours = [field[0] for field in FusedArgs._fields_]
     if names != ours:
         return f"softmargin_args fields {names}, expected {ours}"
     offsets, sizes = (_i64 * len(names))(), (_i64 * len(names))()
