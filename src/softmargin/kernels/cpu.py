@@ -139,8 +139,8 @@ def kernel() -> ctypes.CDLL | None:
         _warn(str(exc))
         return None
     forced = os.environ.get("SOFTMARGIN_CPU_VARIANT")
-    if forced and forced not in build.X86_VARIANTS:
-        _warn(f"SOFTMARGIN_CPU_VARIANT={forced!r} is none of {', '.join(build.X86_VARIANTS)}")
+    if forced and forced not in build.VARIANT_FLAGS:
+        _warn(f"SOFTMARGIN_CPU_VARIANT={forced!r} is none of {', '.join(build.VARIANT_FLAGS)}")
         return None
     for variant in [forced] if forced else build.automatic_variants():
         path = build.library_path(variant, directory)
