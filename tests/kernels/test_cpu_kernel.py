@@ -145,8 +145,8 @@ def test_developer_rebuild_with_portable_loops(tmp_path):
     import sys
 
     best = cpu.variant()
-    command = [sys.executable, "-m", "softmargin.kernels.build", "--out", str(tmp_path), "--cflags",
-               "-DSOFTMARGIN_PORTABLE", "--variant", best, "--variant", "baseline"]  # fmt: skip
+    command = [sys.executable, "-m", "softmargin.kernels.build", "--out", str(tmp_path),
+               "--cflags=-DSOFTMARGIN_PORTABLE", "--variant", best, "--variant", "baseline"]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)
     env = dict(os.environ, SOFTMARGIN_KERNEL_DIR=str(tmp_path), SOFTMARGIN_CPU_VARIANT=best)
     check = "from softmargin.kernels import cpu; assert cpu.kernel() is not None and not cpu.avx512_loops()"

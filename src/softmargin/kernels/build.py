@@ -3,7 +3,7 @@
 Run by ``setup.py`` when the package is built or installed (``pip install .``, ``pip install -e .``, a wheel), and
 by hand to rebuild in place (a developer switch: no compiler is needed at run time)::
 
-    python -m softmargin.kernels.build [--variant avx2] [--cflags "-DSOFTMARGIN_PORTABLE"] [--out DIR]
+    python -m softmargin.kernels.build [--variant avx2] [--cflags=-DSOFTMARGIN_PORTABLE] [--out DIR]
 
 Variants (x86-64: all four; other architectures: ``baseline``), chosen at load time by ``kernels/cpu.py`` from what
 the CPU supports, best first: ``avx512bf16`` and ``avx512`` (``-march=x86-64-v4``, with and without AVX512-BF16:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", choices=list(VARIANT_FLAGS), help="default: all for this CPU")
     parser.add_argument("--out", type=Path, default=PACKAGE_DIR, help="default: the package (a rebuild in place)")
-    parser.add_argument("--cflags", default="", help="extra compiler flags, e.g. -DSOFTMARGIN_PORTABLE")
+    parser.add_argument("--cflags", default="", help="extra compiler flags, e.g. --cflags=-DSOFTMARGIN_PORTABLE")
     args = parser.parse_args(argv)
     errors = build_all(args.out, args.cflags.split(), args.variant)
     return 0 if any(e is None for e in errors.values()) else 1

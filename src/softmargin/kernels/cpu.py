@@ -16,7 +16,7 @@ The C entry point rejects null pointers, negative or overflowing sizes and unkno
 
 Developer switches: ``SOFTMARGIN_CPU_VARIANT=avx2`` (say) loads that variant instead of the best one (the tests
 run the kernel tests against every variant this CPU can run); ``SOFTMARGIN_KERNEL_DIR`` loads the libraries from
-another directory (``python -m softmargin.kernels.build --out DIR --cflags ...`` builds them there); ``python -m
+another directory (``python -m softmargin.kernels.build --out DIR --cflags=...`` builds them there); ``python -m
 softmargin.kernels.build`` rebuilds them in place.
 """
 
