@@ -80,28 +80,29 @@ def library_path(variant: str, directory: Path = PACKAGE_DIR) -> Path:
     return directory / f"_cpu_{variant}.so"
 
 
-def compiler() -> str | None:
-    """The C compiler to use: ``$CC``, Python's own, ``cc``, ``gcc`` or ``clang``; None when there is none."""
+def compiler() -> list[str] | None:
+    """The C compiler command to use (with its arguments, as in ``CC="ccache gcc"``): ``$CC``, Python's own,
+    ``cc``, ``gcc`` or ``clang``; None when there is none."""
     for candidate in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc", "clang"):
-        if candidate:
+        if candidate and candidate.split():
             path = shutil.which(candidate.split()[0])
             if path:
-                return path
+                return [path, *candidate.split()[1:]]
     return None
 
 
-def _compile(cc: str, flags: list[str], target: Path) -> str | None:
+def _compile(cc: list[str], flags: list[str], target: Path) -> str | None:
     """Compile to a temporary file and move it into place atomically; returns an error text or None."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     libs = [f for f in flags if f.startswith("-l")]
     options = [f for f in flags if not f.startswith("-l")]
-    cmd = [cc, *options, "-shared", "-fPIC", f"-I{CSRC}", str(SOURCE), "-o", tmp, *libs, "-lm", "-lpthread"]
+    cmd = [*cc, *options, "-shared", "-fPIC", f"-I{CSRC}", str(SOURCE), "-o", tmp, *libs, "-lm", "-lpthread"]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
-            return result.stderr.strip()[-800:] or f"{cc} exited with {result.returncode}"
+            return result.stderr.strip()[-800:] or f"{cc[0]} exited with {result.returncode}"
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
         return None
@@ -112,7 +113,9 @@ def _compile(cc: str, flags: list[str], target: Path) -> str | None:
             os.unlink(tmp)
 
 
-def build_variant(variant: str, target: Path, extra: list[str] | None = None, cc: str | None = None) -> str | None:
+def build_variant(
+    variant: str, target: Path, extra: list[str] | None = None, cc: list[str] | None = None
+) -> str | None:
     """Build ``variant`` into ``target`` with the first flag set that compiles; returns None, or the last error."""
     cc = cc or compiler()
     if cc is None:
