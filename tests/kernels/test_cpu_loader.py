@@ -145,3 +145,13 @@ def test_runs_without_compiler_cache_or_writable_home(tmp_path):
     )
     subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], env=env, check=True, cwd=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_library_built_from_other_sources_is_reported(monkeypatch, recwarn):
+    """An editable install whose csrc/ changed after the build: the loader says to rebuild."""
+    path = build.library_path(cpu.variant())
+    cpu._load(path)
+    assert not recwarn.list  # built from the sources beside it
+    monkeypatch.setattr(build, "source_hash", lambda: "0123456789abcdef")
+    with pytest.warns(RuntimeWarning, match="other kernel sources.*python -m softmargin.kernels.build"):
+        cpu._load(path)

@@ -18,6 +18,7 @@ it by path).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import shutil
@@ -65,6 +66,16 @@ def variants() -> list[str]:
     if platform.machine().lower() in ("x86_64", "amd64"):
         return list(VARIANT_FLAGS)
     return ["baseline"]
+
+
+def source_hash() -> str:
+    """A digest of the C sources, compiled into each library (``softmargin_source_hash``) so that the loader can
+    tell a library built from other sources (an editable install whose csrc/ changed since: rebuild)."""
+    digest = hashlib.sha256()
+    for path in sorted(CSRC.iterdir()):
+        if path.suffix in (".c", ".h"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def automatic_variants() -> list[str]:
@@ -126,7 +137,8 @@ def build_variant(
     extra = [*(extra or []), *os.environ.get("SOFTMARGIN_CFLAGS", "").split()]
     error = None
     for flags in FLAG_SETS:
-        error = _compile(cc, [*flags, *isa, f'-DSOFTMARGIN_VARIANT="{variant}"', *extra], target)
+        defines = [f'-DSOFTMARGIN_VARIANT="{variant}"', f'-DSOFTMARGIN_SOURCE_HASH="{source_hash()}"']
+        error = _compile(cc, [*flags, *isa, *defines, *extra], target)
         if error is None:
             return None
     return error

@@ -32,7 +32,7 @@ from pathlib import Path
 from softmargin.kernels import build
 
 #: The ABI this loader speaks (``SOFTMARGIN_ABI_VERSION`` in csrc/softmargin.h).
-ABI_VERSION = 1
+ABI_VERSION = 2
 #: Element types in code order (``enum softmargin_dtype``; checked against the library's ``softmargin_dtype_names``).
 DTYPES = ("float32", "float64", "float16", "bfloat16", "uint8")
 #: Input dtypes whose plain-loss row functions check the target's range as they read it (the options' row functions
@@ -98,6 +98,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.softmargin_count_rows.restype = ctypes.c_int
     lib.softmargin_features.restype = ctypes.c_int
     lib.softmargin_variant.restype = ctypes.c_char_p
+    lib.softmargin_source_hash.restype = ctypes.c_char_p
     lib.softmargin_cpu_supports.argtypes = [ctypes.c_char_p]
     lib.softmargin_cpu_supports.restype = ctypes.c_int
     for name in ("softmargin_f16_from_f32", "softmargin_f16_to_f32"):  # the tests' view of the conversions
@@ -108,10 +109,24 @@ def _declare(lib: ctypes.CDLL) -> None:
 def _load(path: Path) -> ctypes.CDLL:
     """Load and check one library; raises OSError when it cannot be used."""
     lib = ctypes.CDLL(str(path))
-    mismatch = _abi_mismatch(lib)
+    try:
+        mismatch = _abi_mismatch(lib)
+    except AttributeError as exc:  # a function the ABI names is missing
+        mismatch = str(exc)
     if mismatch:
         raise OSError(f"{path.name} does not match this loader: {mismatch} (rebuild: pip install again)")
-    _declare(lib)
+    try:
+        _declare(lib)
+    except AttributeError as exc:
+        raise OSError(f"{path.name} does not match this loader: {exc} (rebuild: pip install again)") from exc
+    built_from = lib.softmargin_source_hash().decode()
+    if build.CSRC.is_dir() and built_from != build.source_hash():
+        warnings.warn(
+            f"softmargin: {path.name} was built from other kernel sources than {build.CSRC} holds now "
+            "(rebuild: python -m softmargin.kernels.build, or pip install again)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     return lib
 
 

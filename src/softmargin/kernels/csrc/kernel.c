@@ -46,6 +46,9 @@
 #ifndef SOFTMARGIN_VARIANT
 #define SOFTMARGIN_VARIANT "custom"
 #endif
+#ifndef SOFTMARGIN_SOURCE_HASH
+#define SOFTMARGIN_SOURCE_HASH "unknown"
+#endif
 
 #define ID(v) (v)
 #define F16LOAD(v) f16_to_f32(v)
@@ -129,6 +132,7 @@ int softmargin_abi_version(void) { return SOFTMARGIN_ABI_VERSION; }
 const char *softmargin_abi_fields(void) { return SOFTMARGIN_ARGS_FIELDS; }
 const char *softmargin_dtype_names(void) { return SOFTMARGIN_DTYPE_NAMES; }
 const char *softmargin_variant(void) { return SOFTMARGIN_VARIANT; }
+const char *softmargin_source_hash(void) { return SOFTMARGIN_SOURCE_HASH; }
 
 #define FIELD(NAME) {offsetof(softmargin_args, NAME), sizeof(((softmargin_args *)0)->NAME)}
 int64_t softmargin_abi_layout(int64_t *offsets, int64_t *sizes, int64_t n) {

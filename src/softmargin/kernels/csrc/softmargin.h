@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SOFTMARGIN_ABI_VERSION 1
+#define SOFTMARGIN_ABI_VERSION 2
 
 /* Element types. The names (softmargin_dtype_names) are numpy's and torch's. */
 enum softmargin_dtype { SM_F32 = 0, SM_F64 = 1, SM_F16 = 2, SM_BF16 = 3, SM_U8 = 4, SM_NUM_DTYPES = 5 };
@@ -80,6 +80,8 @@ int softmargin_features(void);
 /* The build's variant name ("avx512bf16", "avx512", "avx2", "baseline") and whether this CPU can run a variant (the
  * baseline library answers for all: it holds no instruction a CPU of its architecture lacks). */
 const char *softmargin_variant(void);
+/* A digest of the sources the library was built from (kernels/build.py's source_hash). */
+const char *softmargin_source_hash(void);
 int softmargin_cpu_supports(const char *variant);
 
 /* Run the kernel; returns a softmargin_status. On an error, a message naming the argument goes to message
