@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from helpers import use_backend
 from hypothesis import settings
 
 settings.register_profile("ci", max_examples=60, deadline=None)
@@ -17,21 +20,16 @@ def rng():
 
 @pytest.fixture(params=["native", "chunked"])
 def torch_path(request, monkeypatch):
-    """Run a torch test through the compiled CPU kernel and through the chunked torch fallback."""
-    from softmargin.kernels import cpu
+    """Run a torch test through the compiled CPU kernel and through the chunked torch fallback (modules with the
+    option and sparse-target matrices add the Triton kernel: ``with_triton_path``)."""
+    return use_backend(request.param, monkeypatch)
 
-    if request.param == "native":
-        if cpu.kernel() is None:
-            pytest.skip("the CPU kernel cannot be built here")
-    else:
-        monkeypatch.setattr(cpu, "kernel", lambda: None)
-    return request.param
+
 
 
 def pytest_configure(config):
     """Triton's interpreter for the Triton tests on a machine without a CUDA device, set before anything imports
     Triton (torch.compile does, and Triton reads the setting once)."""
-    import os
 
     if "TRITON_INTERPRET" not in os.environ:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: Relative tolerances for agreement with torch (the core issue's contract) and with the exact reference.
@@ -63,3 +65,131 @@ def assert_close(actual, expected, rtol, what="", atol=0.0):
 SEED_LOGITS = [[0.5, -1.0, 3.0], [1.5, -2.0, 0.0]]
 SEED_LABELS = [[1, 0, 1], [0, 1, 0]]
 SEED_WEIGHTS = [0.5, 2.0, 1.5]
+
+
+def formula_rows(x, y, opts, scale, row_scale=None):
+    """Kernel-shaped reference: row sums ``sum_c w * mask * l`` and gradient ``w * mask * dl/dx * scale *
+    row_scale[n]`` from ``_formula.element_loss_and_grad_options`` in float64 on the same (rounded) torch inputs.
+    ``opts``: weight, pos_weight, mask (tensors or absent), label_smoothing, gamma_pos, gamma_neg, clip."""
+    import torch
+
+    from softmargin._formula import element_loss_and_grad_options
+
+    xd, yd = x.double(), y.double()
+    eps = opts.get("label_smoothing", 0.0)
+    if eps:
+        yd = yd * (1 - eps) + eps / 2
+    pw = opts.get("pos_weight")
+    loss, grad = element_loss_and_grad_options(
+        xd, yd, torch, pos_weight=None if pw is None else pw.double(), gamma_pos=opts.get("gamma_pos", 0.0),
+        gamma_neg=opts.get("gamma_neg", 0.0), clip=opts.get("clip", 0.0),
+    )  # fmt: skip
+    w = torch.ones_like(xd)
+    if opts.get("weight") is not None:
+        w = w * opts["weight"].double()
+    if opts.get("mask") is not None:
+        w = w * opts["mask"].double()
+    sums = torch.where(w == 0, 0.0, loss * w).sum(1)
+    grad = grad * w * scale
+    if row_scale is not None:
+        grad = grad * row_scale.double()[:, None]
+    return sums, grad
+
+
+def long_rows_with_exact_sums(num_rows, num_classes, seed):
+    """(x, y, w, exact row sums): float32 (num_rows, num_classes) logits drawn from 400 distinct values, hard targets
+    and a (num_classes,) weight from four values, as torch tensors; mpmath gives every element's exact loss from 800
+    evaluations, and math.fsum the exact weighted row sums (float64 NumPy)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([-np.logspace(-4, 1.5, 200), np.logspace(-4, 1.5, 200)]).astype(np.float32)
+    pick = rng.integers(0, values.size, size=(num_rows, num_classes))
+    y = (rng.random((num_rows, num_classes)) < 0.1).astype(np.float32)
+    w = rng.choice(np.array([0.25, 1.0, 1.75, 3.0], dtype=np.float32), size=num_classes)
+    table = np.array([[exact_element_loss(float(v), t) for v in values] for t in (0.0, 1.0)])
+    exact_elements = table[y.astype(np.int64), pick] * w.astype(np.float64)
+    exact_rows = np.array([math.fsum(row) for row in exact_elements])
+    return torch.from_numpy(values[pick]), torch.from_numpy(y), torch.from_numpy(w), exact_rows
+
+
+#: The kernels' option cases: "class" stands for a (C,) operand, "full" for an (N, C) one (``option_operands``).
+OPTION_CASES = {
+    "plain": {},
+    "class weight": {"weight": "class"},
+    "full weight": {"weight": "full"},
+    "pos_weight": {"pos_weight": "class"},
+    "row pos_weight": {"pos_weight": "full"},
+    "class mask": {"mask": "class"},
+    "full mask": {"mask": "full"},
+    "smoothing": {"label_smoothing": 0.1},
+    "focal": {"gamma_pos": 2.0, "gamma_neg": 2.0},
+    "asymmetric": {"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05},
+    "everything": {"weight": "class", "pos_weight": "full", "mask": "full", "label_smoothing": 0.2,
+                   "gamma_pos": 1.0, "gamma_neg": 3.0, "clip": 0.1},
+}  # fmt: skip
+
+
+def option_operands(spec, dtype, num_rows, num_classes, seed=1, device=None):
+    """An ``OPTION_CASES`` entry made concrete: weights (one of them 0) and pos_weight in ``dtype``, a bool mask
+    under which every row observes its first label, the scalar options as they are."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    shape = {"class": (num_classes,), "full": (num_rows, num_classes)}
+    out = {}
+    for name, value in spec.items():
+        if name == "mask":
+            mask = torch.rand(shape[value], generator=gen) < 0.7
+            mask.reshape(-1, num_classes)[:, 0] = True
+            out[name] = mask.to(device)
+        elif name in ("weight", "pos_weight"):
+            w = torch.rand(shape[value], generator=gen, dtype=torch.float64) * 2 + 0.1
+            if name == "weight":
+                w.reshape(-1)[3] = 0.0  # a zero weight removes its element
+            out[name] = w.to(dtype).to(device)
+        else:
+            out[name] = value
+    return out
+
+
+#: A ``torch_path`` that adds the Triton kernel (on CPU tensors Triton's interpreter: slow, so marked slow). A test
+#: module opts in with ``torch_path = with_triton_path`` at module level.
+def _with_triton_path():
+    import pytest
+
+    @pytest.fixture(params=["native", "chunked", pytest.param("triton", marks=pytest.mark.slow)], name="torch_path")
+    def torch_path(request, monkeypatch):
+        return use_backend(request.param, monkeypatch)
+
+    return torch_path
+
+
+with_triton_path = _with_triton_path()
+
+
+def use_backend(name, monkeypatch):
+    """Force one backend with SOFTMARGIN_BACKEND (skipping where it cannot run)."""
+    import os
+
+    import pytest
+
+    from softmargin.kernels import cpu
+
+    if name == "native":
+        if cpu.kernel() is None:
+            pytest.skip("the CPU kernel cannot be built here")
+        monkeypatch.setenv("SOFTMARGIN_BACKEND", "cpu")
+    elif name == "chunked":
+        monkeypatch.setattr(cpu, "kernel", lambda: None)
+        monkeypatch.setenv("SOFTMARGIN_BACKEND", "torch")
+    else:
+        pytest.importorskip("triton")
+        import torch
+
+        if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+            pytest.skip("Triton needs a CUDA device or TRITON_INTERPRET=1")
+        monkeypatch.setenv("SOFTMARGIN_BACKEND", "triton")
+    return name
+
+

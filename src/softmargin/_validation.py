@@ -16,7 +16,8 @@ REDUCTIONS = ("none", "mean", "sum")
 
 
 def _shape(shape: Sequence[int]) -> tuple[int, ...]:
-    return tuple(int(s) for s in shape)
+    # no int(): a traced (symbolic) size must stay symbolic, or torch.export would fix the batch size
+    return tuple(shape)
 
 
 def check_reduction(reduction: object) -> str:

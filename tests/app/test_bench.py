@@ -53,3 +53,21 @@ def test_cpu_kernel_benchmark_measures_every_dtype_and_thread_count():
         (d, t, w) for d in cpu_kernel.DTYPES for t in (1, 2) for w in ("kernel", "floor")
     }
     assert all(r["median_ms"] >= r["min_ms"] > 0 for r in rows)
+
+
+def test_train_step_times_both_losses_and_they_train_alike():
+    """The compiled training step without compiling (the machinery, on a tiny problem): both losses give the same
+    final loss after the same steps."""
+    ours = bench.time_train_step("softmargin", (16, 7), 4, 3, compiled=False)
+    theirs = bench.time_train_step("torch MultiLabelSoftMarginLoss", (16, 7), 4, 3, compiled=False)
+    assert ours["median_ms"] > 0 and theirs["median_ms"] > 0
+    assert ours["final_loss"] == pytest.approx(theirs["final_loss"], rel=1e-5)
+
+
+def test_bench_writes_into_a_run_folder_by_default(tmp_path, monkeypatch):
+    from softmargin.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--shapes", "8x5", "--dtypes", "float32", "--repeat", "2", "--no-compile", "--threads", "1"]) == 0
+    written = list(tmp_path.glob("runs/bench-*/bench-cpu.csv"))
+    assert len(written) == 1

@@ -204,3 +204,214 @@ def test_cuda_float32_element_accuracy_against_mpmath(target):
     nonzero = np.abs(exact_grad) > 1e-30
     grad_rel = np.abs(grad[nonzero] - exact_grad[nonzero]) / np.abs(exact_grad[nonzero])
     assert grad_rel.max() <= 4e-7, f"worst gradient error {grad_rel.max():.2e}"
+
+
+# ---- the Triton kernels themselves (softmargin.kernels.triton_kernels), compiled: every option, bfloat16, no host
+# synchronisation, CUDA graphs, torch.library.triton_op. The interpreter runs the same cases on the CPU
+# (tests/kernels/test_triton_kernel.py). ----
+
+KERNEL_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+KERNEL_RTOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 2e-6, torch.float64: 1e-12}
+FOCUS_RTOL = {**KERNEL_RTOL, torch.float32: 1e-5}  # exp(-g * s) for |g * s| up to ~40: its argument's rounding grows
+
+
+def _kernels():
+    pytest.importorskip("triton")
+    from softmargin.kernels import triton_kernels
+
+    return triton_kernels
+
+
+def _kernel_case(dtype, name, num_rows=64, num_classes=5000, seed=20, soft=None):
+    from helpers import OPTION_CASES, option_operands
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(num_rows, num_classes, generator=gen, dtype=torch.float64) * 6).to(dtype)
+    x[0, 0], x[1, 1], x[2, 2] = float("inf"), -float("inf"), float("inf")
+    y = (torch.rand(num_rows, num_classes, generator=gen) < 0.05).to(dtype)
+    if soft if soft is not None else "label_smoothing" in OPTION_CASES[name]:
+        y = y * torch.rand(num_rows, num_classes, generator=gen, dtype=torch.float64).to(dtype)
+    y[0, 0], y[1, 1] = 1, 0  # right predictions at infinity
+    opts = option_operands(OPTION_CASES[name], dtype, num_rows, num_classes, seed=seed + 1)
+    return x, y, opts
+
+
+def _csr(y):
+    csr = y.float().to_sparse_csr()  # on the device: a synchronising call, made before any check for one
+    return csr.crow_indices(), csr.col_indices(), csr.values().to(y.dtype)
+
+
+def _on(device, opts):
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize(
+    "name", ["plain", "class weight", "full weight", "pos_weight", "class mask", "full mask", "smoothing", "focal",
+             "asymmetric", "everything"],
+)  # fmt: skip
+def test_kernel_every_option_against_the_float64_formula(name, dtype):
+    from helpers import formula_rows
+
+    tk = _kernels()
+    x, y, opts = _kernel_case(dtype, name)
+    row_scale = torch.rand(x.shape[0], dtype=torch.float64) + 0.5
+    sums, grad = tk.fused_rows(x.cuda(), y.cuda(), **_on("cuda", opts), scale=1e-3, row_scale=row_scale.cuda(), need_grad=True)
+    assert sums.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and grad.dtype == dtype
+    ref_sums, ref_grad = formula_rows(x, y, opts, 1e-3, row_scale)
+    rtol = (FOCUS_RTOL if "gamma_neg" in opts else KERNEL_RTOL)[dtype]
+    sums = sums.cpu()
+    assert torch.equal(torch.isinf(sums), torch.isinf(ref_sums))
+    finite = torch.isfinite(ref_sums)
+    assert_close(sums[finite].double().numpy(), ref_sums[finite].numpy(), rtol, f"{name} row sums")
+    assert_close(grad.cpu().double().numpy(), ref_grad.numpy(), rtol, f"{name} grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("values", [False, True])
+def test_kernel_sparse_targets_give_bitwise_the_dense_result(values, dtype):
+    tk = _kernels()
+    x, y, opts = _kernel_case(dtype, "everything", soft=values)
+    x, y, opts = x.cuda(), y.cuda(), _on("cuda", opts)
+    indptr, indices, vals = _csr(y)
+    dense = tk.fused_rows(x, y, **opts, scale=0.1, need_grad=True)
+    sparse = tk.fused_rows(x, None, **opts, sparse=(indptr, indices, vals if values else None), scale=0.1, need_grad=True)
+    assert torch.equal(dense[0], sparse[0]) and torch.equal(dense[1], sparse[1])
+
+
+class _KernelMeanLoss(torch.autograd.Function):
+    """The kernel as a mean loss with the gradient made in forward (how the backend uses it), for the tests below."""
+
+    @staticmethod
+    def forward(ctx, x, y, sparse, opts, divisor):
+        sums, grad = _kernels().fused_rows(
+            x, y, sparse=sparse, **opts, scale=1.0 / x.shape[0], row_scale=1.0 / divisor, need_grad=True,
+            check_target=True,
+        )  # fmt: skip
+        ctx.grad = grad
+        return (sums / divisor).sum() / x.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return ctx.grad * grad_output.to(ctx.grad.dtype), None, None, None, None
+
+
+def _divisor(x, opts):
+    mask = opts.get("mask")
+    if mask is None:
+        return torch.full((x.shape[0],), float(x.shape[1]), device=x.device)
+    return mask.expand(x.shape).sum(1).float()
+
+
+def test_kernel_forward_and_backward_never_synchronise():
+    """Every option at once (and none), dense and sparse targets, the target check on: forward and backward launch
+    kernels and never wait for the device."""
+    cases = []
+    for dtype, name in ((torch.float32, "plain"), (torch.float32, "everything"), (torch.bfloat16, "everything")):
+        x, y, opts = _kernel_case(dtype, name, num_rows=32, num_classes=3000, soft=True)
+        x, y, opts = x.cuda().requires_grad_(True), y.cuda(), _on("cuda", opts)
+        cases.append((x, y, opts, _csr(y)))
+    for x, y, opts, sparse in cases:  # compiled, and the device's properties read, before the check
+        _KernelMeanLoss.apply(x, y, None, opts, _divisor(x, opts)).backward()
+        _KernelMeanLoss.apply(x, None, sparse, opts, _divisor(x, opts)).backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y, opts, sparse in cases:
+            for target, csr in ((y, None), (None, sparse)):
+                x.grad = None
+                _KernelMeanLoss.apply(x, target, csr, opts, _divisor(x, opts)).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(x.grad).all() for x, *_ in cases)
+
+
+@pytest.mark.parametrize("name", ["plain", "everything"])
+@pytest.mark.parametrize("form", ["dense", "sparse"])
+def test_kernel_runs_in_a_cuda_graph(form, name):
+    tk = _kernels()
+    x, y, opts = _kernel_case(torch.float32, name, num_rows=32, num_classes=3000)
+    x, y, opts = x.cuda(), y.cuda(), _on("cuda", opts)
+    target, sparse = (y, None) if form == "dense" else (None, _csr(y))
+    static_x = x.clone()
+    run = lambda: tk.fused_rows(static_x, target, sparse=sparse, **opts, scale=0.5, need_grad=True, check_target=True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up (compilation) outside the capture
+        run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sums, grad = run()
+    new_x = x * 0.5 - 1.0
+    static_x.copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = tk.fused_rows(new_x, target, sparse=sparse, **opts, scale=0.5, need_grad=True)
+    assert torch.equal(sums, expected[0]) and torch.equal(grad, expected[1])
+
+
+def test_kernel_in_a_triton_op_passes_opcheck_and_compiles():
+    tk = _kernels()
+
+    @torch.library.triton_op("softmargin_test::gpu_rows", mutates_args={})
+    def rows(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, pos_weight: torch.Tensor, gamma_neg: float) -> tuple[torch.Tensor, torch.Tensor]:
+        sums, grad = tk.fused_rows(x, y, weight=weight, pos_weight=pos_weight, gamma_neg=gamma_neg, clip=0.05,
+                                   scale=1.0 / x.shape[1], need_grad=True, check_target=True)  # fmt: skip
+        return sums, grad
+
+    x, y, opts = _kernel_case(torch.float32, "everything", num_rows=16, num_classes=1000)
+    args = (x.cuda(), y.cuda(), opts["weight"].cuda(), opts["pos_weight"].cuda(), 3.0)
+    torch.library.opcheck(torch.ops.softmargin_test.gpu_rows, args, test_utils=("test_schema", "test_faketensor"))
+    eager = torch.ops.softmargin_test.gpu_rows(*args)
+    compiled = torch.compile(lambda *a: torch.ops.softmargin_test.gpu_rows(*a), fullgraph=True, dynamic=False)(*args)
+    assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
+
+
+def test_kernel_target_check_is_a_device_assertion():
+    """A failed device-side assertion ends the CUDA context, so it runs in a child process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from softmargin.kernels.triton_kernels import fused_rows\n"
+        "x = torch.zeros(4, 100, device='cuda')\n"
+        "y = torch.zeros(4, 100, device='cuda'); y[2, 7] = 1.5\n"
+        "fused_rows(x, y, scale=1.0, need_grad=False)\n"
+        "torch.cuda.synchronize(); print('unchecked: fine', flush=True)\n"
+        "fused_rows(x, y, scale=1.0, need_grad=False, check_target=True)\n"
+        "torch.cuda.synchronize()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert "unchecked: fine" in result.stdout
+    assert result.returncode != 0
+    assert "outside [0, 1]" in result.stderr or "device-side assert" in result.stderr, result.stderr[-2000:]
+
+
+def test_kernel_float32_row_sums_of_a_million_classes_against_mpmath():
+    from helpers import long_rows_with_exact_sums
+
+    x, y, w, exact = long_rows_with_exact_sums(4, 10**6, seed=21)
+    sums, _ = _kernels().fused_rows(x.cuda(), y.cuda(), weight=w.cuda(), scale=1.0, need_grad=False)
+    rel = np.abs(sums.cpu().double().numpy() - exact) / exact
+    assert rel.max() <= 2e-7, f"row sums off by {rel.max():.2e} relative"
+
+
+def test_kernel_linear_chunk_with_sparse_positives_on_the_device():
+    tk = _kernels()
+    gen = torch.Generator().manual_seed(22)
+    hidden, head = torch.randn(64, 32, generator=gen).cuda(), torch.randn(4000, 32, generator=gen).cuda() * 0.2
+    y = (torch.rand(64, 4000, generator=gen) < 0.01).float().cuda()
+    sparse = _csr(y)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sums, grad = tk.linear_logits_chunk(hidden[16:48], head[1000:3000], None, None, sparse=sparse,
+                                            sparse_origin=(16, 1000), scale=1.0, need_grad=True)  # fmt: skip
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    logits = hidden[16:48] @ head[1000:3000].T
+    expected = tk.fused_rows(logits, y[16:48, 1000:3000], scale=1.0, need_grad=True)
+    assert_close(sums.cpu().numpy(), expected[0].cpu().numpy(), 1e-5)
+    assert_close(grad.cpu().numpy(), expected[1].cpu().numpy(), 1e-5)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from helpers import assert_close
+from helpers import assert_close, with_triton_path
 
 import softmargin.numpy as snp
 
 torch = pytest.importorskip("torch")
 import softmargin.torch as st
+
+torch_path = with_triton_path  # this module's matrix runs through the Triton kernel too
 
 pytestmark = [pytest.mark.usefixtures("torch_path"), pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")]
 

@@ -159,6 +159,30 @@ def test_weight_changed_in_place_is_seen(dtype):
         multilabel_soft_margin_loss(x, y, weight=w)
 
 
+@pytest.mark.parametrize("how", [".data", "no_grad", "module buffer .data"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_changed_behind_autograd_is_seen(dtype, how):
+    """An EMA or a schedule writes a weight through ``.data`` or under ``torch.no_grad()`` (``.data`` writes do not
+    bump the version counter): nothing may serve the old weight, and a negative one must still be refused."""
+    gen = torch.Generator().manual_seed(6)
+    x, y = torch.randn(6, 9, generator=gen).to(dtype), (torch.rand(6, 9, generator=gen) < 0.4).to(dtype)
+    w = (torch.rand(9, generator=gen) + 0.5).to(dtype)
+    module = MultiLabelSoftMarginLoss(weight=w.clone())
+    target_weight = module.weight if how == "module buffer .data" else w
+    call = (lambda: module(x, y)) if how == "module buffer .data" else (lambda: multilabel_soft_margin_loss(x, y, weight=w))
+    call()
+    if how == "no_grad":
+        with torch.no_grad():
+            target_weight.mul_(3)
+    else:
+        target_weight.data.mul_(3)
+    expected = F.multilabel_soft_margin_loss(x.float(), y.float(), weight=target_weight.float())
+    assert_close(call().double().item(), expected.item(), 1e-2)
+    target_weight.data[0] = -1.0
+    with pytest.raises(ValueError, match="weight"):
+        call()
+
+
 def test_inference_mode_tensors():
     """Inference tensors have no version counter: they are checked and converted every time, not cached."""
     with torch.inference_mode():

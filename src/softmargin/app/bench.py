@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 IMPLEMENTATIONS = ("softmargin", "torch eager", "torch.compile", "BCEWithLogits", "floor")
-DEFAULT_SHAPES = ((4096, 2000), (256, 100_000), (32, 10))
+DEFAULT_SHAPES = ((4096, 2000), (256, 100_000), (256, 1000), (64, 80), (32, 10))
 DEFAULT_DTYPES = ("float32", "bfloat16")
 
 
@@ -192,14 +192,16 @@ def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int, devic
     return {"peak_extra_mb": peak / 2**20, "peak_extra_x_logits": peak / (x.numel() * x.element_size())}
 
 
-def _in_fresh_process(call: str, what: str, threads: int, timeout: int = 1800) -> dict[str, Any]:
-    """Run ``softmargin.app.bench.<call>`` (a call expression returning a dict) in a new Python process; its result, or
+def _in_fresh_process(
+    call: str, what: str, threads: int, timeout: int = 1800, module: str = "softmargin.app.bench"
+) -> dict[str, Any]:
+    """Run ``<module>.<call>`` (a call expression returning a dict) in a new Python process; its result, or
     {"error": the last line it printed}. For "memory", glibc returns large freed blocks at once, so the high-water
     mark sees every allocation."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if what == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    code = f"import json, softmargin.app.bench as b; print(json.dumps(b.{call}))"
+    code = f"import json, {module} as b; print(json.dumps(b.{call}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -263,6 +265,68 @@ def measure_group(
                     row.update(peak_memory(impl, shape, dtype, threads, device))
                 except Exception as error:
                     row["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
+        rows.append(row)
+    return rows
+
+
+TRAIN_STEP_IMPLS = ("softmargin", "torch MultiLabelSoftMarginLoss")
+
+
+def time_train_step(impl: str, shape: Sequence[int], features: int, repeat: int, compiled: bool = True) -> dict[str, Any]:
+    """One training step, ``torch.compile``d (model + loss + backward + optimizer step): a linear model from
+    ``features`` inputs to C logits, the loss ``impl``, SGD. Median of ``repeat`` steps after three warm-up steps (the
+    compilation happens there and is reported apart); the loss after the last step, as a check that both trained
+    alike."""
+    import torch
+
+    from ..torch import MultiLabelSoftMarginLoss
+
+    rows, classes = shape
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(rows, features, generator=gen)
+    labels = (torch.rand(rows, classes, generator=gen) < 0.1).float()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(features, classes)
+    loss_fn = MultiLabelSoftMarginLoss() if impl == "softmargin" else torch.nn.MultiLabelSoftMarginLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step() -> Any:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(data), labels)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    fn = torch.compile(step) if compiled else step
+    start = time.perf_counter()
+    for _ in range(3):
+        fn()
+    first = time.perf_counter() - start
+    times = call_times(fn, repeat)
+    return {"median_ms": 1e3 * sorted(times)[len(times) // 2], "min_ms": 1e3 * min(times), "first_call_s": first,
+            "final_loss": float(fn())}  # fmt: skip
+
+
+def train_step(
+    shape: Sequence[int] = (4096, 2000), features: int = 32, repeat: int = 15, threads: int | None = None, rounds: int = 3
+) -> list[dict[str, Any]]:
+    """The compiled training step with softmargin against the same with torch's loss, each in fresh processes,
+    ``rounds`` rounds, the median of each one's rounds (see :func:`measure_group`)."""
+    threads = threads or len(os.sched_getaffinity(0))
+    results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in TRAIN_STEP_IMPLS}
+    for _ in range(rounds):
+        for impl in TRAIN_STEP_IMPLS:
+            call = f"time_train_step({impl!r}, {tuple(shape)!r}, {features}, {repeat})"
+            results[impl].append(_in_fresh_process(call, "train step", threads))
+    rows = []
+    for impl, runs in results.items():
+        good = [r for r in runs if "error" not in r]
+        row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "features": features, "threads": threads}
+        if good:
+            row.update(median_ms=sorted(r["median_ms"] for r in good)[len(good) // 2], min_ms=min(r["min_ms"] for r in good),
+                       first_call_s=good[0]["first_call_s"], final_loss=good[0]["final_loss"])  # fmt: skip
+        else:
+            row["error"] = runs[0].get("error", "not measured")
         rows.append(row)
     return rows
 

@@ -30,10 +30,29 @@ def _bench(args: argparse.Namespace) -> int:
     from . import bench
     from .compare import format_table
 
+    if args.out is None:  # a run folder of its own, never the source tree
+        import time
+
+        args.out = str(Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S") / "bench-cpu.csv")
+
     if args.extreme:
         rows = bench.extreme(threads=args.threads, out=Path(args.out.replace("bench-cpu", "bench-extreme")) if args.out else None)
         print("Linear head + loss, N=256, hidden 256, 5 positives per sample; forward+backward per training step:")
         print(bench.extreme_report(rows))
+        return 0
+    if args.train_step:
+        shape = (args.shapes or [(4096, 2000)])[0]
+        rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads)
+        print(f"torch.compile(model + loss + backward + SGD step), linear model 32 -> {shape[1]}, batch {shape[0]}, float32:")
+        ours = rows[0].get("median_ms")
+        print(format_table(["loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"],
+                           [[r["impl"], f"{r.get('median_ms', float('nan')):.2f}", f"{r.get('first_call_s', float('nan')):.1f}",
+                             f"{r.get('final_loss', float('nan')):.6f}",
+                             bench._ratio(r.get("median_ms"), ours) if r["impl"] != "softmargin" else ""] for r in rows]))  # fmt: skip
+        if args.out:
+            out = Path(args.out).with_name("bench-train-step.csv")
+            bench.write_csv(out, ["impl", "shape", "features", "threads", "median_ms", "min_ms", "first_call_s", "final_loss", "error"], rows)
+            print(f"\nwritten to {out}")
         return 0
     if args.options:
         shape = (args.shapes or [(4096, 2000)])[0]
@@ -47,6 +66,15 @@ def _bench(args: argparse.Namespace) -> int:
         out = args.out.replace("bench-cpu", "bench-numpy") if args.out else args.out
         rows = bench_numpy.run(shapes=args.shapes or bench_numpy.DEFAULT_SHAPES, dtypes=args.dtypes,
                                repeat=args.repeat, threads=args.threads, out=Path(out) if out else None)  # fmt: skip
+        print(bench.report(rows))
+        print(f"\nwritten to {out}" if out else "")
+        return 0
+    if args.backend == "jax":
+        from . import bench_jax
+
+        out = args.out.replace("bench-cpu", "bench-jax") if args.out else args.out
+        rows = bench_jax.run(shapes=args.shapes or bench.DEFAULT_SHAPES, dtypes=args.dtypes, repeat=args.repeat,
+                             threads=args.threads, out=Path(out) if out else None)  # fmt: skip
         print(bench.report(rows))
         print(f"\nwritten to {out}" if out else "")
         return 0
@@ -173,17 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="forward+backward time and peak memory against torch eager, torch.compile, BCEWithLogits"
     )
-    bench.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC", help="default: 4096x2000 256x100000 32x10")
+    bench.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC", help="default: 4096x2000 256x100000 256x1000 64x80 32x10")
     bench.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16", "float64"])
     bench.add_argument("--repeat", type=int, default=15, help="timed calls per configuration (the median is reported)")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
-    bench.add_argument("--backend", choices=["torch", "numpy"], default="torch",
-                       help="numpy: softmargin.numpy against a naive NumPy formula, torch never imported (results to bench-numpy.csv)")  # fmt: skip
+    bench.add_argument("--backend", choices=["torch", "jax", "numpy"], default="torch",
+                       help="jax: jitted value_and_grad of softmargin.jax against jitted optax (results to bench-jax.csv); "
+                       "numpy: softmargin.numpy against a naive NumPy formula, torch never imported (results to bench-numpy.csv)")  # fmt: skip
     bench.add_argument("--device", default="cpu", help="cpu, or cuda (results to bench-cuda.csv; one process, exact allocator counts)")
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while)")
     bench.add_argument("--extreme", action="store_true", help="the fused linear head vs linear + loss at 100k, 1M, 3M labels")
     bench.add_argument("--options", action="store_true", help="time each loss option (pos_weight, mask, ...) instead")
-    bench.add_argument("--out", default="benchmarks/results/bench-cpu.csv", help="CSV file for the results ('' for none)")
+    bench.add_argument("--train-step", action="store_true",
+                       help="a torch.compile'd training step (model + loss + backward + SGD) with softmargin vs torch's loss")
+    bench.add_argument("--out", default=None,
+                       help="CSV file for the results ('' for none; default: runs/bench-<date>-<time>/bench-cpu.csv)")
     bench.set_defaults(func=_bench)
     return parser
 

@@ -1,90 +1,75 @@
-"""The fused GPU kernel in Triton: per-row loss sums and the gradient in one pass over the logits.
+"""The fused GPU kernel in Triton: per-row loss sums and the gradient in one pass over the logits, every option.
 
-An adapter of ``softmargin/_formula.py`` (the derivation is there), like the CPU kernel. The (N, C) logits are cut
-into tiles of one row by ``span`` columns; each program owns one tile and walks it in blocks of ``BLOCK`` columns,
-computing in float32 (float64 for float64 inputs) and summing the weighted element losses in float64, so a row's
-loss keeps float32 accuracy even for millions of classes. A row cut into several tiles (wide rows and few of them,
-where one program per row would leave most of the GPU idle) has its partial sums added afterwards in a fixed
-order. Tile sizes depend only on the shape and the device's multiprocessor count, so results are bitwise
-reproducible on a given GPU. Tested on the CPU with ``TRITON_INTERPRET=1``.
+Launcher API (the torch backend calls these; nothing here validates user input beyond shapes and dtypes)::
+
+    fused_rows(x, y, *, weight=None, pos_weight=None, mask=None, label_smoothing=0.0, gamma_pos=0.0,
+               gamma_neg=0.0, clip=0.0, scale, row_scale=None, need_grad, sparse=None, sparse_origin=(0, 0),
+               check_target=False, grad_out=None, block=None, span=None) -> (row_sums, grad)
+
+    x            (N, C) logits, contiguous; float16, bfloat16, float32 or float64.
+    y            (N, C) dense target: x's dtype (any float dtype is read as it is), uint8 or bool; its rows may be
+                 strided (``target[r0:r1, c0:c1]``), its columns contiguous. None when ``sparse`` is given.
+    weight       None, (C,), (1, C) or (N, C), any float dtype (read and converted in the kernel).
+    pos_weight   None, (C,), (1, C) or (N, C): the positive term's weight (``BCEWithLogitsLoss``'s).
+    mask         None, (C,), (1, C) or (N, C), bool or uint8: a zero removes the element (a missing label).
+    label_smoothing, gamma_pos, gamma_neg, clip
+                 Python floats: the options of ``_formula.element_loss_and_grad_options``.
+    scale        Python float: the gradient's scale (``1 / (N C)`` for a mean, ``1 / C`` for a sum).
+    row_scale    None or (N,) floats: each row's gradient is multiplied by it too (a mask's per-row divisors, the
+                 incoming per-sample gradient of ``reduction="none"``).
+    need_grad    whether to compute the gradient; without it ``grad`` is None.
+    sparse       None or ``(indptr, indices, values_or_None)``: CSR positives on x's device, indices ascending and
+                 unique within each row, values in x's dtype (None: all ones); replaces ``y``. Read in the kernel.
+    sparse_origin
+                 (row0, col0): x is rows row0.., columns col0.. of the CSR target (a chunk of the linear head's
+                 logits): the chunk needs no slicing of the CSR arrays, hence no host round trip.
+    check_target a device-side assertion that every target value lies in [0, 1], NaN failing: the kernel marks
+                 each tile's targets as it reads them (one byte per program) and ``torch._assert_async`` checks
+                 the marks on the device, without a host synchronisation. On a GPU a failed assertion is fatal
+                 to the CUDA context, like torch's own device assertions; on CPU tensors (the interpreter) it
+                 raises ``RuntimeError(TARGET_MESSAGE)``. (Not ``tl.device_assert``: Triton compiles it only in
+                 debug mode, for the whole kernel, and inductor compiles user kernels without that mode.)
+    grad_out     None, or an (N, C) contiguous tensor of x's dtype to write the gradient into; it may be x itself
+                 (each element is read before it is written), which is how the linear head keeps one chunk.
+    block, span  tiling overrides (tests).
+
+    row_sums     (N,): sum_c w * mask * l(x, y), unnormalised; float32 for float16/bfloat16/float32 inputs,
+                 float64 for float64. Compensated sums: within a few float32 roundings of the exact sum for any C.
+    grad         (N, C) in x's dtype: w * mask * dl/dx * scale (* row_scale[n]), or None.
+
+    linear_logits_chunk(hidden, head_weight, head_bias, y, **fused_rows_keywords) -> (row_sums, grad_logits)
+                 One chunk of the fused linear head: the logits ``hidden @ head_weight.T + head_bias`` by cuBLAS, then
+                 ``fused_rows`` over them writing the gradient into the logits' own memory.
+
+The kernel is an adapter of ``softmargin/_formula.py`` (see ``_triton_rows.py``); the (N, C) logits are cut into
+tiles of one row by ``span`` columns, each program walking its tile in blocks of ``block`` columns. A row cut into
+several tiles (wide rows and few of them, where one program per row would leave most of the GPU idle) has its tile
+sums added by a second, tiny kernel in a fixed order. The tiling depends only on the shape and the device's
+multiprocessor count, so results are bitwise reproducible on a given GPU. Nothing in a launcher looks at a
+tensor's values: no host synchronisation, and a launcher can run inside ``torch.library.triton_op`` (the kernels
+are launched through ``torch.library.wrap_triton``) and under CUDA-graph capture. Tested on the CPU with
+``TRITON_INTERPRET=1`` (which has neither bfloat16 nor libdevice: NumPy's functions stand in for libdevice's).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import numpy as np
 import torch
 import triton
-import triton.language as tl
-from triton.language.extra import libdevice
 
+from ._triton_rows import _combine_tiles_kernel, _rows_kernel
 
 #: Triton's interpreter (``TRITON_INTERPRET=1``, the CPU tests) runs the kernel in NumPy, without libdevice.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
+#: The target check's message (CPU tensors under the interpreter raise RuntimeError with it).
+TARGET_MESSAGE = "softmargin: a target value lies outside [0, 1] or is NaN (check_target)"
 
-@triton.jit
-def _fused_tiles_kernel(
-    x_ptr,
-    y_ptr,
-    w_ptr,
-    out_ptr,
-    g_ptr,
-    num_classes,
-    span,
-    num_tiles,
-    w_row_stride,
-    scale_hi,
-    scale_lo,
-    HAS_GRAD: tl.constexpr,
-    BLOCK: tl.constexpr,
-    COMPUTE: tl.constexpr,
-    ACCURATE: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    tile = tl.program_id(1)
-    x_row = x_ptr + row * num_classes
-    y_row = y_ptr + row * num_classes
-    w_row = w_ptr + row * w_row_stride
-    first = tile * span
-    last = tl.minimum(first + span, num_classes)
-    acc = tl.zeros([BLOCK], dtype=tl.float64)
-    # Triton passes Python floats as float32: the scale comes in two parts, so that float64 keeps its precision
-    scale = (tl.zeros([BLOCK], dtype=COMPUTE) + scale_hi) + scale_lo
-    for start in range(first, last, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = cols < last
-        x = tl.load(x_row + cols, mask=mask, other=0.0).to(COMPUTE)
-        y = tl.load(y_row + cols, mask=mask, other=0.0).to(COMPUTE)
-        w = tl.load(w_row + cols, mask=mask, other=0.0).to(COMPUTE)
-        pos = tl.where(x > 0, x, 0.0)
-        neg = tl.where(x < 0, -x, 0.0)
-        # 0 * inf (a right prediction at infinity) is taken as its limit, 0
-        margin = tl.where(y == 1.0, 0.0, (1.0 - y) * pos) + tl.where(y == 0.0, 0.0, y * neg)
-        if ACCURATE:  # CUDA's correctly rounded division and libdevice's exp and log1p (about 1 ulp)
-            z = libdevice.exp(-tl.abs(x))  # in [0, 1]: cannot overflow
-            u = 1.0 + z
-            log1p_z = libdevice.log1p(z)
-            if COMPUTE == tl.float32:
-                r = tl.div_rn(tl.full([BLOCK], 1.0, COMPUTE), u)  # sigmoid(|x|); "/" is approximate in float32
-            else:
-                r = 1.0 / u
-        else:  # Triton's interpreter has no libdevice; tl.exp and tl.log are approximations on a GPU
-            z = tl.exp(-tl.abs(x))
-            u = 1.0 + z
-            log1p_z = tl.where(u == 1.0, z, tl.log(u) * z / (u - 1.0))  # log1p(z) from log (Goldberg)
-            r = 1.0 / u
-        loss = tl.where(w == 0.0, 0.0, log1p_z + margin)  # a zero weight removes the element
-        acc += w.to(tl.float64) * loss.to(tl.float64)
-        if HAS_GRAD:
-            zr = z * r  # sigmoid(-|x|)
-            sig_pos = tl.where(x >= 0, r, zr)
-            sig_neg = tl.where(x >= 0, zr, r)
-            g = w * scale * ((1.0 - y) * sig_pos - y * sig_neg)
-            tl.store(g_ptr + row * num_classes + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
-    tl.store(out_ptr + row * num_tiles + tile, tl.sum(acc, axis=0))
+_TARGET_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.bool)
 
 
 @functools.cache
@@ -96,50 +81,175 @@ def _multiprocessors(device: torch.device) -> int:
 
 def tiling(num_rows: int, num_classes: int, multiprocessors: int, block: int | None = None) -> tuple[int, int, int]:
     """``(block, span, tiles per row)``: enough programs to fill the GPU (about eight per multiprocessor) without
-    tiles shorter than four blocks."""
+    tiles shorter than four blocks, and at most 1024 tiles per row (one block of the combining kernel)."""
     if block is None:
         block = min(1024, max(16, triton.next_power_of_2(num_classes)))
     blocks_per_row = triton.cdiv(num_classes, block)
     wanted = triton.cdiv(8 * multiprocessors, max(num_rows, 1))
-    tiles = max(1, min(wanted, blocks_per_row // 4))
+    tiles = max(1, min(wanted, blocks_per_row // 4, 1024))
     span = triton.cdiv(blocks_per_row, tiles) * block
     return block, span, triton.cdiv(num_classes, span)
 
 
+def _split(value: float) -> tuple[float, float]:
+    """A Python float as two float32s whose sum is it to float64 precision (Triton passes floats as float32)."""
+    hi = float(np.float32(value))
+    return hi, float(np.float32(value - hi))
+
+
+def _rows_operand(
+    name: str, t: torch.Tensor | None, num_rows: int, num_classes: int
+) -> tuple[torch.Tensor | None, int]:
+    """A per-class or per-element operand as (tensor whose rows are C contiguous elements, row stride)."""
+    if t is None:
+        return None, 0
+    if t.dim() == 1:
+        t = t.reshape(1, -1)
+    if t.dim() != 2 or t.shape[1] != num_classes or t.shape[0] not in (1, num_rows):
+        raise ValueError(f"{name}.shape == {tuple(t.shape)}, expected ({num_classes},), (1, {num_classes}) or "
+                         f"({num_rows}, {num_classes})")  # fmt: skip
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)  # the same bytes: no copy
+    if t.stride(1) != 1 and t.shape[1] > 1:
+        t = t.contiguous()
+    return t, (t.stride(0) if t.shape[0] > 1 else 0)
+
+
 def fused_rows(
     x: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor | None,
-    num_rows: int,
-    num_classes: int,
-    scale: float,
-    need_grad: bool,
+    y: torch.Tensor | None,
+    *legacy: Any,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 0.0,
+    clip: float = 0.0,
+    scale: float | None = None,
+    row_scale: torch.Tensor | None = None,
+    need_grad: bool | None = None,
+    sparse: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+    sparse_origin: tuple[int, int] = (0, 0),
+    check_target: bool = False,
+    grad_out: torch.Tensor | None = None,
     block: int | None = None,
     span: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Row sums (float64, shape (N,)) and the gradient ((N, C), x's dtype) for contiguous (N, C) x and y.
+    """Per-row weighted loss sums and the gradient of (N, C) logits in one pass (see the module docstring).
 
-    ``w`` is None, a (1, C) row or an (N, C) matrix (any float dtype; cast in the kernel). ``block`` and ``span``
-    override the tiling (tests).
+    ``legacy``: the former positional form ``fused_rows(x, y, w, num_rows, num_classes, scale, need_grad)`` is still
+    accepted (x and y are reshaped to (num_rows, num_classes)); new code passes keywords.
+
+    Example::
+
+        row_sums, grad = fused_rows(x, y, weight=w, scale=1 / x.numel(), need_grad=True)
+        loss = row_sums.sum() / x.numel()  # the mean reduction
     """
-    x = x.reshape(num_rows, num_classes).contiguous()
-    y = y.reshape(num_rows, num_classes).contiguous()
-    if y.dtype == torch.bool:
-        y = y.view(torch.uint8)  # same bytes, no copy
-    if w is None:
-        w = torch.ones(1, num_classes, dtype=torch.float32, device=x.device)
-    w = w.contiguous()
+    if legacy:
+        weight, num_rows, num_classes, scale, need_grad = legacy
+        x = x.reshape(num_rows, num_classes)
+        y = None if y is None else y.reshape(num_rows, num_classes)
+    if scale is None or need_grad is None:
+        raise TypeError("fused_rows() needs the keyword arguments scale and need_grad")
+    if x.dim() != 2:
+        raise ValueError(f"x.dim() == {x.dim()}, expected 2: (N, C) logits")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"x.dtype == {x.dtype}, expected float16, bfloat16, float32 or float64")
+    x = x.contiguous()
+    num_rows, num_classes = x.shape
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if (y is None) == (sparse is None):
+        raise ValueError("pass exactly one of a dense target y and sparse=(indptr, indices, values)")
+    if y is not None:
+        if y.shape != x.shape:
+            raise ValueError(f"y.shape == {tuple(y.shape)}, expected x.shape == {tuple(x.shape)}")
+        if y.dtype not in _TARGET_DTYPES:
+            raise TypeError(f"y.dtype == {y.dtype}, expected a float dtype, uint8 or bool")
+        if y.dtype == torch.bool:
+            y = y.view(torch.uint8)  # the same bytes: no copy
+        if y.stride(1) != 1 and num_classes > 1:
+            y = y.contiguous()
+    w, w_stride = _rows_operand("weight", weight, num_rows, num_classes)
+    pw, pw_stride = _rows_operand("pos_weight", pos_weight, num_rows, num_classes)
+    m, m_stride = _rows_operand("mask", mask, num_rows, num_classes)
+    if row_scale is not None and row_scale.shape != (num_rows,):
+        raise ValueError(f"row_scale.shape == {tuple(row_scale.shape)}, expected ({num_rows},)")
+    if sparse is not None:
+        indptr, indices, values = sparse
+        if indptr.dim() != 1 or indptr.shape[0] < sparse_origin[0] + num_rows + 1:
+            raise ValueError(
+                f"indptr.shape == {tuple(indptr.shape)}, expected at least ({sparse_origin[0] + num_rows + 1},)"
+            )
+
+    row_sums = torch.empty(num_rows, dtype=compute, device=x.device)
+    grad = None
+    if need_grad:
+        if grad_out is not None:
+            if grad_out.shape != x.shape or grad_out.dtype != x.dtype or not grad_out.is_contiguous():
+                raise ValueError("grad_out must be a contiguous tensor of x's shape and dtype")
+            grad = grad_out
+        else:
+            grad = torch.empty_like(x)
+    if num_rows == 0 or num_classes == 0:
+        return row_sums.zero_(), grad
+    if x.device.type == "cpu" and not INTERPRETED:
+        raise RuntimeError(
+            "the Triton kernels run on a GPU, or on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1 set "
+            f"before softmargin is imported); x is on {x.device}"
+        )
+
     block, auto_span, _ = tiling(num_rows, num_classes, _multiprocessors(x.device), block)
     span = auto_span if span is None else span
     num_tiles = triton.cdiv(num_classes, span)
-    scale_hi = float(np.float32(scale))
-    partial = torch.empty((num_rows, num_tiles), dtype=torch.float64, device=x.device)
-    grad = torch.empty((num_rows, num_classes), dtype=x.dtype, device=x.device) if need_grad else None
-    _fused_tiles_kernel[(num_rows, num_tiles)](
-        x, y, w, partial, grad if grad is not None else partial,
-        num_classes, span, num_tiles, 0 if w.shape[0] == 1 else num_classes, scale_hi, scale - scale_hi,
-        HAS_GRAD=need_grad, BLOCK=block, COMPUTE=tl.float64 if x.dtype == torch.float64 else tl.float32,
-        ACCURATE=not INTERPRETED, num_warps=8 if block >= 4096 else 4,
+    out = row_sums if num_tiles == 1 else torch.empty((num_rows, num_tiles, 2), dtype=compute, device=x.device)
+    focus = bool(gamma_pos or gamma_neg or clip)
+    any_tensor = x  # stands in for every absent operand (the kernel never reads it: its flag is off)
+    indptr_t, indices_t, values_t = sparse if sparse is not None else (any_tensor, any_tensor, None)
+    ok = torch.empty(num_rows * num_tiles, dtype=torch.uint8, device=x.device) if check_target else out
+    torch.library.wrap_triton(_rows_kernel)[(num_rows, num_tiles)](
+        x, y if y is not None else any_tensor, w if w is not None else any_tensor,
+        pw if pw is not None else any_tensor, m if m is not None else any_tensor,
+        row_scale if row_scale is not None else any_tensor, indptr_t, indices_t,
+        values_t if values_t is not None else any_tensor, out, grad if grad is not None else out, ok,
+        num_classes, y.stride(0) if y is not None else 0, w_stride, pw_stride, m_stride,
+        sparse_origin[0], sparse_origin[1], span, num_tiles,
+        *_split(scale), *_split(label_smoothing), *_split(gamma_pos), *_split(gamma_neg), *_split(clip),
+        HAS_W=w is not None, HAS_PW=pw is not None, HAS_MASK=m is not None, HAS_ROW_SCALE=row_scale is not None,
+        SMOOTH=bool(label_smoothing), FOCUS=focus, CLIP=bool(clip), SPARSE=sparse is not None,
+        HAS_VALUES=values_t is not None, HAS_GRAD=grad is not None, CHECK=check_target, SPLIT=num_tiles > 1,
+        BLOCK=block, ACCURATE=not INTERPRETED, num_warps=4,
     )  # fmt: skip
-    row_sums = partial[:, 0] if num_tiles == 1 else partial.sum(dim=1)
+    if num_tiles > 1:
+        torch.library.wrap_triton(_combine_tiles_kernel)[(num_rows,)](
+            out, row_sums, num_tiles, BLOCK=triton.next_power_of_2(num_tiles)
+        )
+    if check_target:
+        # a device-side assertion: on a GPU it fails asynchronously (and ends the CUDA context), never syncs
+        torch._assert_async(ok.all(), TARGET_MESSAGE)
     return row_sums, grad
+
+
+def linear_logits_chunk(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor | None,
+    y: torch.Tensor | None,
+    **options: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk of the fused linear head: ``logits = hidden @ weight.T + bias`` (cuBLAS), then :func:`fused_rows`
+    over them, the gradient written over the logits (one chunk of memory in all).
+
+    Args:
+        hidden: (n, H) rows of the chunk; head_weight: (c, H) and head_bias: (c,) or None, the chunk's labels.
+        y: the (n, c) dense target block (rows may be strided, e.g. ``target[r0:r1, c0:c1]``), or None with
+            ``sparse=(indptr, indices, values)`` for the whole CSR target and ``sparse_origin=(r0, c0)``.
+        options: :func:`fused_rows`'s keywords (``weight=`` is the class weight; ``scale``, ``need_grad``...).
+
+    Returns:
+        (row_sums (n,), d loss / d logits (n, c) in hidden's dtype or None). The caller turns the gradient into the
+        gradients of hidden (``grad @ head_weight``), head_weight (``grad.T @ hidden``) and bias (``grad.sum(0)``).
+    """
+    logits = torch.nn.functional.linear(hidden, head_weight, head_bias)
+    grad_out = logits if options.get("need_grad") else None
+    return fused_rows(logits, y, grad_out=grad_out, **options)

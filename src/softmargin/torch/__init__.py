@@ -18,7 +18,7 @@ from .. import _validation as V
 from .._options import PLAIN, LossOptions, resolve
 from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, chunk_shape
-from ._ops import Problem, compute
+from ._ops import Problem, compute, ensure_dtensor_sharding
 
 __all__ = [
     "LinearMultiLabelSoftMarginLoss",
@@ -39,8 +39,11 @@ def _kind(dtype: torch.dtype) -> str:
     return "int"
 
 
-# Sparse targets are normalised on the host (NumPy): a graph break under torch.compile, never traced.
-_as_sparse_targets = as_sparse_targets
+def _on_host(fn: Any) -> Any:
+    """``fn`` itself in eager mode; under torch.compile the same function run eagerly, outside the graph (a graph
+    break): sparse targets are normalised on the host with NumPy, the linear head walks its chunks from Python.
+    (``torch.compiler.disable`` is applied at the call, not at import: it imports torch._dynamo, seconds.)"""
+    return torch.compiler.disable(fn) if torch.compiler.is_compiling() else fn
 
 
 def _problem(
@@ -61,9 +64,11 @@ def _problem(
             raise TypeError(f"{name} is a {type(value).__name__}: expected a torch.Tensor")
     V.check_input_kind("input", _kind(input.dtype), input.dtype)
     V.check_input_ndim(input.shape)
+    if type(input).__name__ == "DTensor":
+        ensure_dtensor_sharding()
     sparse: SparseTargets | None = None
     if is_sparse_target(target, lists=True):
-        sparse = _as_sparse_targets(target, (math.prod(input.shape[:-1]), input.shape[-1]), torch, device=input.device)
+        sparse = _on_host(as_sparse_targets)(target, (math.prod(input.shape[:-1]), input.shape[-1]), torch, device=input.device)
         if validate:
             V.check_sparse_target_values(sparse)
         dense = None
@@ -288,6 +293,13 @@ def linear_multilabel_soft_margin_loss(
     It runs eagerly (a graph break under ``torch.compile``): its walk over the chunks, sparse blocks and all-reduces
     are host-driven.
     """
+    if torch.compiler.is_compiling():
+        return _on_host(linear_multilabel_soft_margin_loss)(  # type: ignore[no-any-return]
+            hidden, weight, bias, target, class_weight=class_weight, pos_weight=pos_weight, reduction=reduction,
+            label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip,
+            chunk_size=chunk_size, memory_budget=memory_budget, process_group=process_group,
+            total_labels=total_labels, options=options, validate=validate,
+        )  # fmt: skip
     resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
     V.check_reduction(reduction)
     for name, value in (("hidden", hidden), ("weight", weight)):

@@ -10,8 +10,8 @@ pointers, ask for the thread count and raise with the first bad value.
 backend    where                                       what
 =========  ==========================================  =================================================
 ``cpu``    CPU tensors, when the C kernel is available  the fused C kernel (``softmargin.kernels.cpu``)
-``triton`` CUDA tensors (or CPU tensors under            the Triton kernel (``softmargin.kernels.triton_kernels``),
-           ``TRITON_INTERPRET=1``), plain dense loss    for the plain dense loss
+``triton`` CUDA tensors (or CPU tensors under            the Triton kernel (``softmargin.kernels.triton_kernels``):
+           ``TRITON_INTERPRET=1``)                      every option, dense and sparse (CSR) targets
 ``torch``  any device, any option                      chunked torch operations (``softmargin._chunks``)
 =========  ==========================================  =================================================
 
@@ -58,7 +58,7 @@ def requested_backend() -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_module() -> Any:
     """The Triton kernel module, or None where Triton is not installed."""
     try:
@@ -72,14 +72,14 @@ def _triton_runs_on(x: torch.Tensor) -> bool:
     return x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
-def choose_backend(x: torch.Tensor, plain_dense: bool) -> str:
-    """The backend for these logits (``plain_dense``: no option, a dense target), from the table above."""
+def choose_backend(x: torch.Tensor) -> str:
+    """The backend for these logits, from the table above."""
     wanted = requested_backend()
     native = x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None
     if wanted == "auto":
         if native and x.numel() > 0:
             return "cpu"
-        if x.is_cuda and plain_dense and x.numel() > 0 and _triton_module() is not None:
+        if x.is_cuda and x.numel() > 0 and _triton_module() is not None:
             return "triton"
         return "torch"
     if wanted == "cpu" and not native:
@@ -94,11 +94,6 @@ def choose_backend(x: torch.Tensor, plain_dense: bool) -> str:
             raise RuntimeError(
                 f"SOFTMARGIN_BACKEND=triton needs CUDA tensors (input is on {x.device}); CPU tensors run through "
                 "Triton's interpreter only with TRITON_INTERPRET=1 set before Triton is imported"
-            )
-        if not plain_dense:
-            raise RuntimeError(
-                "SOFTMARGIN_BACKEND=triton: the Triton kernel computes the plain loss with a dense target only; "
-                "pos_weight, mask, label_smoothing, focusing and sparse targets run on the 'torch' backend"
             )
     return wanted
 
@@ -277,14 +272,42 @@ def _chunked(
 
 
 def _triton(
-    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, need_grad: bool
+    x: torch.Tensor,
+    y: Any,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    options: LossOptions,
+    need_grad: bool,
+    check: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The Triton kernel (plain loss, dense target)."""
+    """The Triton kernel: every option, dense or sparse (CSR on the device) targets, one launch; the row bookkeeping
+    in tensors (nothing read back). ``check``: the target's range as a device-side assertion."""
     num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
-    w = _weight_rows(weight, x.shape, compute_dtype(x.dtype))
-    row_sums, grad = _triton_module().fused_rows(x, y, w, num_rows, num_classes, 1.0 / num_classes, need_grad)
-    counted = torch.full((), float(num_rows), dtype=torch.float64, device=x.device)
-    return (row_sums / num_classes).reshape(x.shape[:-1]), _shaped(grad, x.shape), counted
+    sparse = y if isinstance(y, SparseTargets) else None
+    cdtype = compute_dtype(x.dtype)
+    mask_rows = _weight_rows(mask, x.shape, None)
+    if mask_rows is None:
+        scale, row_scale, count = 1.0 / num_classes, None, None
+        counted = torch.full((), float(num_rows), dtype=torch.float64, device=x.device)
+    else:
+        count = mask_rows.sum(1, dtype=cdtype).expand(num_rows)
+        observed = count > 0
+        scale, row_scale = 1.0, torch.where(observed, 1.0 / torch.where(observed, count, 1.0), 0.0).contiguous()
+        counted = observed.sum(dtype=torch.float64)
+    row_sums, grad = _triton_module().fused_rows(
+        x.reshape(num_rows, num_classes), None if sparse is not None else y.reshape(num_rows, num_classes),
+        weight=_weight_rows(weight, x.shape, None), pos_weight=_weight_rows(pos_weight, x.shape, None), mask=mask_rows,
+        label_smoothing=options.label_smoothing, gamma_pos=options.gamma_pos, gamma_neg=options.gamma_neg,
+        clip=options.clip, scale=scale, row_scale=row_scale, need_grad=need_grad,
+        sparse=None if sparse is None else (sparse.indptr, sparse.indices, sparse.values),
+        check_target=check and sparse is None and not x.is_cpu,
+    )  # fmt: skip
+    if count is None:
+        per_sample = row_sums / num_classes
+    else:
+        per_sample = torch.where(count > 0, row_sums / torch.where(count > 0, count, 1.0), 0.0)
+    return per_sample.reshape(x.shape[:-1]), _shaped(grad, x.shape), counted
 
 
 def check_target_values(target: torch.Tensor) -> None:
@@ -332,7 +355,7 @@ def loss_rows(
         # soft values are used at the input's precision, as a dense target of its dtype would be, on every path
         y = sparse = dataclasses.replace(sparse, values=sparse.values.to(x.dtype))
     plain = pos_weight is None and mask is None and options == PLAIN
-    backend = choose_backend(x, plain and sparse is None)
+    backend = choose_backend(x)
     if check:
         for name, value, positive in (("weight", weight, False), ("pos_weight", pos_weight, True)):
             if value is not None:
@@ -349,10 +372,12 @@ def loss_rows(
         if out_of_range and in_kernel:
             check_target_values(y)  # raises, naming the first bad value
         return per_sample.to(cdtype), grad, torch.tensor(counted, dtype=torch.float64)
-    if check and sparse is None:
-        check_target_values(y)
     if backend == "triton":
-        per_sample, grad, counted = _triton(x, y, weight, need_grad)
+        if check and sparse is None and x.is_cpu:  # the interpreter: checked here, with the first bad value
+            check_target_values(y)
+        per_sample, grad, counted = _triton(x, y, weight, pos_weight, mask, options, need_grad, check)
     else:
+        if check and sparse is None:
+            check_target_values(y)
         per_sample, grad, counted = _chunked(x, y, weight, pos_weight, mask, options, "none", need_grad)
     return per_sample.to(cdtype), grad, counted

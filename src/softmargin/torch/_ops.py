@@ -309,9 +309,10 @@ class _EagerLoss(torch.autograd.Function):
         options: LossOptions,
         need_grad: bool,
         check: bool,
+        ordinary: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         tensors = (x, y, weight, pos_weight, mask, indptr, indices, values)
-        if _ordinary(tensors):
+        if ordinary or _ordinary(tensors):
             return _compute_rows(*tensors, options, need_grad, check)
         return loss_rows(  # type: ignore[no-any-return]
             *tensors, options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip, need_grad, check
@@ -319,11 +320,12 @@ class _EagerLoss(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
-        x, y, weight, pos_weight, mask, indptr, indices, values, options, _, _ = inputs
+        x, y, weight, pos_weight, mask, indptr, indices, values, options, _, _, ordinary = inputs
         _, grad, counted = output
         ctx.mark_non_differentiable(grad, counted)
+        ctx.set_materialize_grads(False)  # absent tangents (a target without one) stay None, not zeros
         ctx.options = options
-        ctx.own_grad = _ordinary((x, y, weight, pos_weight, mask, grad))
+        ctx.own_grad = ordinary or _ordinary((x, y, weight, pos_weight, mask, grad))
         if ctx.own_grad:
             # kept on ctx, not saved: backward scales it in place and hands it over (autograd then makes this very
             # tensor input.grad); a second backward (retain_graph=True) recomputes it
@@ -334,7 +336,9 @@ class _EagerLoss(torch.autograd.Function):
         ctx.save_for_forward(x, y, weight, grad)
 
     @staticmethod
-    def backward(ctx: Any, grad_per_sample: Tensor, _grad: Any, _counted: Any) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_per_sample: Tensor | None, _grad: Any, _counted: Any) -> tuple[Tensor | None, ...]:
+        if grad_per_sample is None:
+            return (None,) * 12
         saved = ctx.saved_tensors
         x, y, weight, pos_weight, mask, indptr, indices, values = saved[:8]
         if ctx.own_grad:
@@ -345,7 +349,7 @@ class _EagerLoss(torch.autograd.Function):
             tuple(ctx.needs_input_grad[:3]), x, y, _sparse_of(x, indptr, indices, values), weight, pos_weight,
             mask, ctx.options, grad, grad_per_sample, in_place=ctx.own_grad,
         )  # fmt: skip
-        return (*grads, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
     @staticmethod
     def jvp(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | None, *_: Any) -> tuple[Any, ...]:
@@ -366,6 +370,9 @@ class _EagerLoss(torch.autograd.Function):
                 term = (element_loss * w_t * scale).sum(-1)
                 tangent = term if tangent is None else tangent + term
         return tangent, None, None
+
+
+_APPLY = super(torch.autograd.Function, _EagerLoss).apply
 
 
 def _forward_ad_active(x: Tensor) -> bool:
@@ -399,15 +406,20 @@ def compute(problem: Problem) -> Tensor:
     x = problem.input
     sparse = problem.sparse
     indptr, indices, values = (None, None, None) if sparse is None else (sparse.indptr, sparse.indices, sparse.values)
-    need_grad = x.requires_grad or _forward_ad_active(x)
     operands = (x, problem.target, problem.weight, problem.pos_weight, problem.mask, indptr, indices, values)
     if torch.compiler.is_compiling():
+        need_grad = x.requires_grad
         o = problem.options
         per_sample, _, counted = loss_rows(
             *operands, o.label_smoothing, o.gamma_pos, o.gamma_neg, o.clip, need_grad, problem.check
         )
+    elif _ordinary(operands) and torch.autograd.forward_ad._current_level < 0:
+        # autograd.Function.apply binds the arguments with inspect.signature on every call (a setup_context
+        # Function): with every argument given by position and no transform active, its C++ apply is the same call
+        per_sample, _, counted = _APPLY(*operands, problem.options, x.requires_grad, problem.check, True)
     else:
-        per_sample, _, counted = _EagerLoss.apply(*operands, problem.options, need_grad, problem.check)
+        need_grad = x.requires_grad or _forward_ad_active(x)
+        per_sample, _, counted = _EagerLoss.apply(*operands, problem.options, need_grad, problem.check, False)
     return reduce(per_sample, counted, problem.reduction, problem.mask is not None, problem.result_dtype)
 
 
@@ -424,3 +436,38 @@ def reduce(per_sample: Tensor, counted: Tensor, reduction: str, masked: bool, dt
     if masked:
         return (total / counted.clamp_min(1.0)).to(dtype)
     return (total / per_sample.numel()).to(dtype)
+
+
+# ---- DTensor: the operator is row-wise, so rows may be sharded -------------------------------------------------------
+
+_SHARDING_REGISTERED = False
+
+
+def ensure_dtensor_sharding() -> None:
+    """Register the operator's sharding rules with DTensor (once, and only when DTensor is in use: importing it is
+    not free). Rows (the leading dimension) may be sharded: per-sample losses and the gradient are sharded alike and
+    the count of samples in the mean is a partial sum; anything else runs replicated."""
+    global _SHARDING_REGISTERED
+    if _SHARDING_REGISTERED:
+        return
+    from torch.distributed.tensor import Partial, Replicate, Shard
+    from torch.distributed.tensor.experimental import register_sharding
+
+    @register_sharding(torch.ops.softmargin.loss_rows.default)  # type: ignore[untyped-decorator]
+    def _sharding(x: Any, y: Any, w: Any, pw: Any, mask: Any, indptr: Any, indices: Any, values: Any, *scalars: Any) -> Any:
+        operands = (x, y, w, pw, mask, indptr, indices, values)
+        tail = [None] * len(scalars)
+        replicated = [None if t is None else Replicate() for t in operands]
+        strategies = [([Replicate(), Replicate(), Replicate()], replicated + tail)]
+        if x.ndim >= 2 and indptr is None:
+
+            def rows(t: Any) -> Any:  # an operand with the input's rows is sharded with them, a smaller one replicated
+                if t is None:
+                    return None
+                return Shard(0) if t.ndim == x.ndim and t.shape[0] == x.shape[0] else Replicate()
+
+            sharded = [Shard(0), rows(y), rows(w), rows(pw), rows(mask), None, None, None]
+            strategies.append(([Shard(0), Shard(0), Partial("sum")], sharded + tail))
+        return strategies
+
+    _SHARDING_REGISTERED = True

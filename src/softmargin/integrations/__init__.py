@@ -1,0 +1,1 @@
+"""Adapters for training frameworks: :mod:`softmargin.integrations.transformers` (Hugging Face ``Trainer``)."""

@@ -1,0 +1,90 @@
+"""Hugging Face ``Trainer`` hook: a ``compute_loss_func`` with class weights, pos_weight, masks and focusing.
+
+``problem_type="multi_label_classification"`` in transformers computes a bare ``BCEWithLogitsLoss()``: no class
+weights, no pos_weight (transformers issues #15450, #35061). :func:`loss_function` returns the function that
+``Trainer(compute_loss_func=...)`` calls with the model's outputs and the labels. It needs torch, not transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["loss_function"]
+
+
+def loss_function(
+    train_labels: Any = None,
+    *,
+    class_weight: str | Any | None = None,
+    pos_weight: bool | Any | None = None,
+    pos_weight_max: float | None = 10.0,
+    label_smoothing: float = 0.0,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 0.0,
+    clip: float = 0.0,
+    missing_label: float | None = None,
+    validate: bool = True,
+) -> Callable[..., Any]:
+    """A ``compute_loss_func`` for ``transformers.Trainer``: softmargin's multi-label loss on ``outputs.logits``.
+
+    Args:
+        train_labels: the training label matrix (N, C) in [0, 1] (NumPy, torch or scipy.sparse), needed when the
+            weights are to be computed from it.
+        class_weight: a method of :func:`softmargin.class_weights` (``"inverse"``, ``"sqrt_inverse"``,
+            ``"effective_number"``) computed from ``train_labels``, or the (C,) weights themselves, or None.
+        pos_weight: True for :func:`softmargin.pos_weight` of ``train_labels`` (capped at ``pos_weight_max``), or
+            the (C,) weights themselves, or None.
+        label_smoothing, gamma_pos, gamma_neg, clip: as in :func:`softmargin.torch.multilabel_soft_margin_loss`.
+        missing_label: a label value meaning "not observed" (e.g. -100): such entries are masked out, and each
+            sample's loss is the mean over its observed labels.
+        validate: check the labels' range and the weights.
+
+    Returns:
+        ``compute_loss_func(outputs, labels, num_items_in_batch=None) -> loss``: the batch mean (the Trainer divides
+        it by the gradient accumulation steps, as it does for its own per-batch losses).
+
+    Example:
+        >>> from transformers import Trainer
+        >>> from softmargin.integrations.transformers import loss_function
+        >>> trainer = Trainer(model=model, args=args, train_dataset=train,  # doctest: +SKIP
+        ...                   compute_loss_func=loss_function(train_labels, class_weight="inverse", pos_weight=True))
+    """
+    import torch
+
+    from .. import weights as W
+    from .._validation import check_options
+    from ..torch import multilabel_soft_margin_loss
+
+    check_options(label_smoothing, gamma_pos, gamma_neg, clip)
+    if isinstance(class_weight, str) or pos_weight is True:
+        if train_labels is None:
+            raise ValueError(
+                "train_labels is None: class_weight given as a method name or pos_weight=True computes the weights "
+                "from the training labels; pass train_labels=(N, C) label matrix"
+            )
+    if isinstance(class_weight, str):
+        class_weight = W.class_weights(train_labels, class_weight)  # type: ignore[arg-type]  # checked there
+    if pos_weight is True:
+        pos_weight = W.pos_weight(train_labels, max_weight=pos_weight_max)
+    elif pos_weight is False:
+        pos_weight = None
+    as_tensor = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float32)
+    class_weight, pos_weight = as_tensor(class_weight), as_tensor(pos_weight)
+
+    def compute_loss_func(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits if hasattr(outputs, "logits") else outputs[0]
+        if labels is None:
+            raise ValueError("labels is None: the batch has no 'labels'; a multi-label model needs an (N, C) label matrix")
+        labels = labels.to(logits.device)
+        mask = None
+        if missing_label is not None:
+            mask = labels != missing_label
+            labels = torch.where(mask, labels, torch.zeros((), dtype=labels.dtype, device=labels.device))
+        move = lambda t: None if t is None else t.to(device=logits.device, dtype=logits.dtype if logits.is_floating_point() else None)
+        return multilabel_soft_margin_loss(
+            logits, labels.to(logits.dtype), move(class_weight), pos_weight=move(pos_weight), mask=mask,
+            label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, validate=validate,
+        )  # fmt: skip
+
+    return compute_loss_func

@@ -1,0 +1,216 @@
+"""JAX API: the multi-label soft-margin loss as a ``jax.custom_vjp`` (gradient computed in the forward pass), with the
+NumPy and PyTorch backends' options, semantics and error messages; and the fused linear head.
+
+Works under ``jax.jit``, ``grad``, ``value_and_grad``, ``vmap`` and ``shard_map``; float16, bfloat16, float32 and
+(with ``jax_enable_x64``) float64. The operator and its two implementations are in :mod:`softmargin.jax._ops`.
+
+Value checks (target in [0, 1], weights finite and non-negative) raise ``ValueError`` on concrete arrays. Under a
+transformation the values are not known at trace time, so with ``validate=True`` the checks are staged as
+``jax.experimental.checkify`` checks: wrap the jitted function in ``checkify.checkify`` to get them (as an error
+value, ``err.throw()`` raises), or pass ``validate=False`` to leave them out. A staged check outside ``checkify``
+fails at trace time (JAX's "Cannot abstractly evaluate a checkify.check which was not functionalized"): the checks
+are never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+from .. import _validation as V
+from .._options import LossOptions, resolve
+from .._sparse import as_sparse_targets
+from . import _ops
+from ._linear_head import linear_multilabel_soft_margin_loss
+from ._ops import IMPLS, SparseRows
+
+__all__ = ["multilabel_soft_margin_loss", "linear_multilabel_soft_margin_loss", "IMPLS"]
+
+Reduction = Literal["none", "mean", "sum"]
+
+
+def _kind(dtype: Any) -> str:
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return "bool"
+    for kind, family in (("float", jnp.floating), ("int", jnp.integer), ("complex", jnp.complexfloating)):
+        if jnp.issubdtype(dtype, family):
+            return kind
+    return "other"
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray, np.generic))
+
+
+def _as_array(name: str, value: Any) -> Any:
+    if not _is_array(value):
+        raise TypeError(f"{name} is a {type(value).__name__}: expected a jax.Array (or a NumPy array)")
+    return value if isinstance(value, jax.Array) else jnp.asarray(value)
+
+
+def _traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _is_bcoo(target: Any) -> bool:
+    return type(target).__name__ == "BCOO" and hasattr(target, "indices") and hasattr(target, "data")
+
+
+def _is_sparse(target: Any) -> bool:
+    """Label lists, ``(indptr, indices[, values])``, a scipy.sparse matrix or a ``jax.experimental.sparse.BCOO``."""
+    if _is_bcoo(target) or isinstance(target, (list, tuple)):
+        return True
+    return hasattr(target, "tocsr") and hasattr(target, "nnz")
+
+
+def _sparse_rows(target: Any, shape: tuple[int, ...], validate: bool) -> SparseRows:
+    """Any sparse form as :class:`SparseRows` over the input's (rows, classes), checked like the other backends'."""
+    num_rows, num_classes = math.prod(shape[:-1]), shape[-1]
+    if not _is_bcoo(target):
+        csr = as_sparse_targets(target, (num_rows, num_classes), np)  # checks shape, indices, duplicates
+        if validate:
+            V.check_sparse_target_values(csr)
+        rows = np.repeat(np.arange(num_rows, dtype=np.int32), np.diff(csr.indptr))
+        values = None if csr.values is None else jnp.asarray(csr.values)
+        return SparseRows(jnp.asarray(rows), jnp.asarray(csr.indices, dtype=jnp.int32), values)
+    if tuple(target.shape) != tuple(shape) or target.n_batch or target.n_dense:
+        raise ValueError(
+            f"sparse target has shape {tuple(target.shape)} (n_batch={target.n_batch}, n_dense={target.n_dense}), "
+            f"expected input.shape == {tuple(shape)} with n_batch=0 and n_dense=0: targets are never broadcast"
+        )
+    if not target.unique_indices:  # BCOO sums duplicates; so do we (then the value check sees the sums)
+        target = target.sum_duplicates(nse=target.nse)
+    if validate:
+        _check_range("target", target.data, "[0, 1]", lambda a: (a >= 0) & (a <= 1))
+    coords = target.indices
+    strides = np.cumprod((shape[:-1] + (1,))[::-1])[::-1][1:] if len(shape) > 1 else np.zeros(0, np.int64)
+    flat = (coords[:, :-1] * jnp.asarray(strides, coords.dtype)).sum(1) if len(shape) > 1 else jnp.zeros_like(coords[:, 0])
+    return SparseRows(flat.astype(jnp.int32), coords[:, -1].astype(jnp.int32), target.data)
+
+
+def _check_range(name: str, array: Any, expected: str, ok: Any) -> None:
+    """Host check (ValueError naming the first bad value) on a concrete array, a checkify check on a traced one."""
+    if _traced(array):
+        checkify.check(
+            jnp.all(ok(array)),
+            f"{name} has values outside {expected} (min {{}}, max {{}}); expected every {name} value in {expected}",
+            array.min(), array.max(),
+        )  # fmt: skip
+        return
+    host = np.asarray(array)
+    if host.dtype.name == "bfloat16":
+        host = host.astype(np.float32)
+    if name == "target" or name.startswith("sparse"):
+        V.check_target_values(host)
+    else:
+        V.check_weight_values(name, host, positive=name == "pos_weight")
+
+
+def _operand(name: str, value: Any, shape: tuple[int, ...]) -> Any:
+    if value is None:
+        return None
+    array = _as_array(name, value)
+    if name == "mask":
+        V.check_mask_kind(_kind(array.dtype), array.dtype)
+    else:
+        V.check_target_kind(_kind(array.dtype), array.dtype)
+    V.check_broadcastable(name, array.shape, shape)
+    return array
+
+
+def multilabel_soft_margin_loss(
+    input: Any,
+    target: Any,
+    weight: Any = None,
+    reduction: Reduction = "mean",
+    *,
+    pos_weight: Any = None,
+    mask: Any = None,
+    label_smoothing: float = 0.0,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 0.0,
+    clip: float = 0.0,
+    options: LossOptions | None = None,
+    validate: bool = True,
+    impl: str = "auto",
+) -> jax.Array:
+    r"""Multi-label soft-margin loss of logits against targets in [0, 1], differentiable with one fused pass.
+
+    .. math::
+        \ell_n = \frac{1}{C}\sum_{c=1}^{C} w_{nc}\,\bigl(\operatorname{softplus}(x_{nc}) - y_{nc}\,x_{nc}\bigr)
+
+    Args:
+        input: logits of shape ``(C,)`` or ``(N, ..., C)``; float16, bfloat16, float32 or float64 (x64).
+        target: same shape as ``input`` (never broadcast), values in [0, 1] (soft targets allowed); or the positives
+            only: a ``jax.experimental.sparse.BCOO`` of the input's shape, a list of label-index lists (one per
+            sample, samples = ``input.shape[:-1]`` flattened), ``(indptr, indices[, values])`` or a scipy.sparse
+            matrix. A sparse target is never made dense; it is not differentiable.
+        weight: non-negative weights broadcastable to ``input``, usually one per class, shape ``(C,)``.
+        reduction: ``"none"`` (shape ``input.shape[:-1]``), ``"mean"`` or ``"sum"``.
+        pos_weight: weights > 0 of the positive term, broadcastable to ``input`` (``BCEWithLogitsLoss``'s).
+        mask: boolean, broadcastable to ``input``: True where a label is observed. Missing labels contribute
+            nothing; each sample's loss is the mean over its observed labels; samples with none are left out of
+            the batch mean (their ``"none"`` loss is 0; a batch with nothing observed has loss 0).
+        label_smoothing: ``eps`` in [0, 1): targets become ``y * (1 - eps) + eps / 2``.
+        gamma_pos, gamma_neg, clip: asymmetric focusing (Ridnik et al., ICCV 2021): a positive's term is weighted
+            by ``(1 - p)^gamma_pos``, a negative's by ``p_m^gamma_neg`` with ``p_m = max(p - clip, 0)`` used in its
+            log term too; ``gamma_pos = gamma_neg = g, clip = 0`` is the focal loss. See docs/imbalance.md.
+        options: the four options above as one :class:`softmargin.LossOptions` (then leave them at their defaults).
+        validate: check the target range and the weights: on concrete arrays at once (``ValueError``); on traced
+            ones as ``jax.experimental.checkify`` checks (wrap the jitted function in ``checkify.checkify``, or pass
+            ``validate=False`` under ``jit``). Shape and dtype checks always run, at trace time.
+        impl: ``"xla"`` (fused jax.numpy, any device), ``"callback"`` (the NumPy backend on the host through
+            ``jax.pure_callback``; CPU) or ``"auto"``.
+
+    Returns:
+        The loss in ``input``'s dtype (half precision is computed in float32): a scalar, or ``input.shape[:-1]``
+        for ``"none"``. Infinite logits give 0 for a right prediction and ``inf`` for a wrong one, with finite
+        gradients; NaN logits give NaN.
+
+    The gradient w.r.t. ``input`` is made in the forward pass and only scaled in the backward pass; ``target``,
+    ``weight`` and ``pos_weight`` have exact gradients too, computed only when asked for.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from softmargin.jax import multilabel_soft_margin_loss
+        >>> x = jnp.array([[0.5, -1.0, 3.0], [1.5, -2.0, 0.0]])
+        >>> y = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+        >>> round(float(multilabel_soft_margin_loss(x, y, weight=jnp.array([0.5, 2.0, 1.5]))), 5)
+        1.18012
+        >>> grad = jax.jit(jax.grad(lambda x: multilabel_soft_margin_loss(x, y, validate=False)))(x)
+    """
+    reduction = V.check_reduction(reduction)  # type: ignore[assignment]
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is not valid: expected one of {', '.join(repr(i) for i in IMPLS)}")
+    x = _as_array("input", input)
+    V.check_input_kind("input", _kind(x.dtype), x.dtype)
+    V.check_input_ndim(x.shape)
+    shape = tuple(int(s) for s in x.shape)
+    y: Any
+    if _is_sparse(target):
+        y = _sparse_rows(target, shape, validate)
+    else:
+        y = _as_array("target", target)
+        V.check_target_kind(_kind(y.dtype), y.dtype)
+        V.check_same_shape("target", y.shape, shape)
+        if validate and y.size:
+            _check_range("target", y, "[0, 1]", lambda a: (a >= 0) & (a <= 1))
+    w = _operand("weight", weight, shape)
+    pw = _operand("pos_weight", pos_weight, shape)
+    m = _operand("mask", mask, shape)
+    if validate:
+        finite = lambda a: jnp.isfinite(a)
+        if w is not None and w.size:
+            _check_range("weight", w, "the finite range [0, inf)", lambda a: finite(a) & (a >= 0))
+        if pw is not None and pw.size:
+            _check_range("pos_weight", pw, "the finite range (0, inf)", lambda a: finite(a) & (a > 0))
+    config = _ops.Config(reduction, resolved, _ops.resolve_impl(impl, x))
+    result: jax.Array = _ops.loss(config, x, y, w, pw, m)
+    return result

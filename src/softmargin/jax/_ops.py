@@ -1,0 +1,367 @@
+"""The JAX operator: a ``jax.custom_vjp`` whose forward pass computes the loss and the gradient together.
+
+Two implementations of the forward pass, chosen explicitly (``impl``) or by :func:`resolve_impl`:
+
+- ``"xla"``: :mod:`softmargin._formula` written against ``jax.numpy``; XLA fuses the element-wise work and the
+  row sums into one pass over the logits, on any device.
+- ``"callback"``: a ``jax.pure_callback`` into the NumPy backend's
+  :func:`softmargin.numpy.multilabel_soft_margin_loss_and_grad` (CPU only), so JAX gets whatever the NumPy backend
+  runs (the fused C kernel where it uses one). The host function receives XLA's buffers as NumPy arrays.
+
+Either way the residual saved for backward is the gradient itself (input-sized, input dtype), and backward only
+scales it by the incoming cotangent, as the torch operator does. The cotangents of ``target``, ``weight`` and
+``pos_weight`` are exact too, computed only when JAX asks for them (``CustomVJPPrimal.perturbed``): the loss is
+linear in each, so they follow from the element loss at ``y = 1`` and ``y = 0``. No validation happens here: the
+public entry point (:mod:`softmargin.jax`) validates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
+
+from .._formula import element_loss_and_grad, element_loss_and_grad_options
+from .._options import LossOptions
+
+IMPLS = ("auto", "xla", "callback")
+
+
+class SparseRows(NamedTuple):
+    """The positives of an (N, C) target as coordinates: ``rows`` and ``cols`` (nnz,) int32, ``values`` (nnz,) or
+    None (all ones). A pytree, so it passes through ``jit`` (nnz is static, as in ``jax.experimental.sparse``)."""
+
+    rows: Any
+    cols: Any
+    values: Any
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the operator needs to know at trace time (hashable: a ``nondiff_argnums`` argument)."""
+
+    reduction: str
+    options: LossOptions
+    impl: str  # "xla" or "callback" (resolved)
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """float64 stays float64; float16, bfloat16 and float32 are computed in float32."""
+    return jnp.float64 if dtype == jnp.float64 else jnp.float32
+
+
+def numpy_backend_is_fused() -> bool:
+    """Whether :mod:`softmargin.numpy` runs on the fused C kernel here: it then holds ``softmargin.kernels.cpu`` as
+    ``cpu`` and the kernel loads. (Before the NumPy backend moved onto the kernel it computed in float64 chunks,
+    about 7x slower than XLA's fusion.)"""
+    from .. import numpy as backend
+
+    cpu = getattr(backend, "cpu", None)
+    return cpu is not None and cpu.kernel() is not None
+
+
+def resolve_impl(impl: str, x: Any) -> str:
+    """``"auto"``: the callback on the CPU for the dtypes the NumPy backend's fused kernel takes (float16, float32,
+    float64), where that kernel is there; XLA otherwise (on accelerators it is the one that stays on the device;
+    bfloat16 would cost the callback two conversions). ``softmargin bench --backend jax`` times both."""
+    if impl != "auto":
+        return impl
+    fused_cpu = jax.default_backend() == "cpu" and np.dtype(x.dtype).name in ("float16", "float32", "float64")
+    return "callback" if fused_cpu and numpy_backend_is_fused() else "xla"
+
+
+def _plain(options: LossOptions, pos_weight: Any) -> bool:
+    return not options.focusing and pos_weight is None
+
+
+def _element(x: Any, y: Any, pos_weight: Any, options: LossOptions, need_grad: bool) -> tuple[Any, Any]:
+    """Element loss and dl/dx from the one formula (``y`` already smoothed), in ``x``'s (compute) dtype."""
+    if _plain(options, pos_weight):
+        return element_loss_and_grad(x, y, jnp, need_grad=need_grad)
+    return element_loss_and_grad_options(
+        x, y, jnp, pos_weight=pos_weight, gamma_pos=options.gamma_pos, gamma_neg=options.gamma_neg,
+        clip=options.clip, need_grad=need_grad,
+    )  # fmt: skip
+
+
+def _smooth(y: Any, options: LossOptions) -> Any:
+    eps = options.label_smoothing
+    return y * (1 - eps) + eps / 2 if eps else y
+
+
+def _weights(w: Any, m: Any, shape: tuple[int, ...], cdt: Any) -> Any:
+    """The element weight w * mask broadcast to ``shape`` (None when neither is given)."""
+    if m is not None:
+        mf = jnp.broadcast_to(m, shape).astype(cdt)
+        return mf if w is None else mf * w.astype(cdt)
+    return None if w is None else jnp.broadcast_to(w.astype(cdt), shape)
+
+
+def bookkeeping(m: Any, shape: tuple[int, ...], reduction: str, cdt: Any) -> tuple[Any, Any, Any]:
+    """(divisor of each sample's loss, gradient scale of each sample, number of samples in the batch mean).
+
+    The same rules as :func:`softmargin._chunks.row_bookkeeping`, traceable: without a mask every sample is divided
+    by C and counts; with one, by its number of observed labels, and a sample with none gives 0 and is left out of
+    the mean (a batch with nothing observed has loss 0; an empty batch's mean is NaN, as torch's)."""
+    num_rows, num_classes = math.prod(shape[:-1]), shape[-1]
+    if m is None:
+        divisor: Any = jnp.asarray(float(num_classes), cdt)
+        counted: Any = jnp.asarray(float(num_rows), cdt)
+        scale: Any = jnp.asarray(1.0 / num_classes if num_classes else math.nan, cdt)
+        if reduction == "mean":
+            scale = scale / num_rows if num_rows else scale * math.nan
+        return divisor, scale, counted
+    divisor = jnp.broadcast_to(m, shape).sum(-1, dtype=cdt)
+    observed = divisor > 0
+    counted = observed.sum(dtype=cdt)
+    scale = jnp.where(observed, 1 / jnp.where(observed, divisor, 1), 0)
+    if reduction == "mean":
+        scale = jnp.where(counted > 0, scale / jnp.maximum(counted, 1), 0)
+    return divisor, scale, counted
+
+
+def element_rows(x: Any, y: Any, pos_weight: Any, options: LossOptions, need_grad: bool) -> tuple[Any, Any]:
+    """Element loss and dl/dx of logits ``x`` against targets ``y`` (smoothed here), both in the compute dtype."""
+    return _element(x, _smooth(y, options), pos_weight, options, need_grad)
+
+
+def _reduce(per_sample: Any, reduction: str, counted: Any, masked: bool) -> Any:
+    if reduction == "none":
+        return per_sample
+    total = per_sample.sum()
+    if reduction == "sum":
+        return total
+    if masked:  # only a mask leaves samples uncounted: a batch with nothing observed has loss 0
+        return jnp.where(counted > 0, total / jnp.maximum(counted, 1), 0)
+    return total / counted  # an empty batch: 0 / 0 = NaN, as torch's mean
+
+
+def _sparse_parts(x: Any, y: SparseRows, shape: tuple[int, ...], cdt: Any) -> tuple[Any, Any, Any]:
+    """(flat x as (N, C), the positives' logits, their target values) for a sparse target."""
+    x2 = x.reshape(-1, shape[-1]).astype(cdt)
+    xs = x2[y.rows, y.cols]
+    values = jnp.ones_like(xs) if y.values is None else y.values.astype(cdt)
+    return x2, xs, values
+
+
+def xla_forward(
+    config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool
+) -> tuple[Any, Any]:
+    """The loss (reduced, in ``x.dtype``) and the gradient of the reduced loss (``x.dtype``; for "none" of the sum
+    of the per-sample losses), or None, from XLA-fused jax.numpy operations."""
+    shape, options, cdt = tuple(x.shape), config.options, compute_dtype(x.dtype)
+    pwc = None if pw is None else jnp.broadcast_to(pw.astype(cdt), shape)
+    weight = _weights(w, m, shape, cdt)
+    divisor, scale, counted = bookkeeping(m, shape, config.reduction, cdt)
+    if isinstance(y, SparseRows):
+        loss, grad = _sparse_element(x, y, pwc, options, need_grad, shape, cdt)
+    elif need_grad and jax.default_backend() == "cpu":
+        # XLA's CPU compiler would keep exp(-|x|), shared by the loss and the gradient, as an N x C temporary
+        # between two passes; behind an optimization barrier each pass computes its own (measured at 4096 x 2000
+        # float32: 2x faster, a third less temporary memory). GPUs fuse the shared form into one kernel.
+        loss, _ = _element(x.astype(cdt), _smooth(y.astype(cdt), options), pwc, options, False)
+        xb, yb, pwb = lax.optimization_barrier((x, y, pwc))
+        _, grad = _element(xb.astype(cdt), _smooth(yb.astype(cdt), options), pwb, options, True)
+    else:
+        loss, grad = _element(x.astype(cdt), _smooth(y.astype(cdt), options), pwc, options, need_grad)
+    if weight is not None:
+        # a zero weight (or a missing label) removes the element, even where its loss is inf (0 * inf)
+        loss = jnp.where(weight == 0, 0, loss * weight)
+        grad = None if grad is None else grad * weight
+    per_sample = loss.sum(-1) / divisor
+    if m is not None:
+        per_sample = jnp.where(divisor > 0, per_sample, 0)
+    out = _reduce(per_sample, config.reduction, counted, m is not None).astype(x.dtype)
+    if grad is not None:
+        grad = (grad * (scale[..., None] if jnp.ndim(scale) else scale)).astype(x.dtype)
+    return out, grad
+
+
+def _sparse_element(
+    x: Any, y: SparseRows, pwc: Any, options: LossOptions, need_grad: bool, shape: tuple[int, ...], cdt: Any
+) -> tuple[Any, Any]:
+    """Element loss and gradient for sparse positives: every element as a negative (``y = 0``) in one dense pass
+    over the logits, then the positives' elements replaced by their own (the target itself is never dense)."""
+    x2, xs, values = _sparse_parts(x, y, shape, cdt)
+    pw2 = None if pwc is None else pwc.reshape(x2.shape)
+    loss, grad = _element(x2, jnp.full((), _smooth(0.0, options), cdt), pw2, options, need_grad)
+    pws = None if pw2 is None else pw2[y.rows, y.cols]
+    loss_pos, grad_pos = _element(xs, _smooth(values, options), pws, options, need_grad)
+    loss = loss.at[y.rows, y.cols].set(loss_pos, unique_indices=True)
+    if grad is not None:
+        grad = grad.at[y.rows, y.cols].set(grad_pos, unique_indices=True).reshape(shape)
+    return loss.reshape(shape), grad
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The callback implementation
+
+
+def _host_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """bfloat16 (an ml_dtypes extension type the NumPy backend does not know) goes to the host as float32."""
+    return np.dtype(np.float32) if dtype.name == "bfloat16" else dtype
+
+
+def _host_call(config: Config, need_grad: bool, dtype: np.dtype[Any]) -> Any:
+    from .. import numpy as backend
+
+    options = config.options
+    reduction: Any = config.reduction  # one of the NumPy backend's Literal reductions, checked at the entry point
+
+    def call(x: Any, y: Any, w: Any = None, pw: Any = None, m: Any = None) -> Any:
+        x = np.asarray(x)
+        arrays = [None if a is None else np.asarray(a) for a in (y, w, pw)]
+        y, w, pw = (None if a is None else a.astype(_host_dtype(a.dtype), copy=False) for a in arrays)
+        kwargs = dict(
+            pos_weight=pw, mask=None if m is None else np.asarray(m), label_smoothing=options.label_smoothing,
+            gamma_pos=options.gamma_pos, gamma_neg=options.gamma_neg, clip=options.clip, validate=False,
+        )  # fmt: skip
+        xh = x.astype(_host_dtype(x.dtype), copy=False)
+        if not need_grad:
+            loss = backend.multilabel_soft_margin_loss(xh, y, w, reduction, **kwargs)
+            return np.asarray(loss).astype(dtype)
+        loss, grad = backend.multilabel_soft_margin_loss_and_grad(xh, y, w, reduction, **kwargs)
+        return np.asarray(loss).astype(dtype), np.asarray(grad).astype(dtype, copy=False)
+
+    return call
+
+
+def callback_forward(
+    config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool
+) -> tuple[Any, Any]:
+    """As :func:`xla_forward`, computed on the host by the NumPy backend. Through
+    ``jax.experimental.buffer_callback`` the host function reads XLA's input buffers in place and writes the
+    outputs into XLA's result buffers (``jax.pure_callback`` copies both ways: measured 2 extra passes)."""
+    from jax.experimental.buffer_callback import buffer_callback
+
+    loss_shape = x.shape[:-1] if config.reduction == "none" else ()
+    loss_type = jax.ShapeDtypeStruct(loss_shape, x.dtype)
+    grad_type = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    host = _host_call(config, need_grad, np.dtype(x.dtype))
+    operands = [x, y] + [a for a in (w, pw, m) if a is not None]
+    present = [a is not None for a in (w, pw, m)]
+
+    def call(ctx: Any, out: Any, *arrays: Any) -> None:
+        it = iter(arrays[2:])
+        w_, pw_, m_ = (next(it) if p else None for p in present)
+        result = host(arrays[0], arrays[1], w_, pw_, m_)
+        if need_grad:
+            np.asarray(out[0])[...] = result[0]
+            np.asarray(out[1])[...] = result[1]
+        else:
+            np.asarray(out)[...] = result
+
+    result_type = (loss_type, grad_type) if need_grad else loss_type
+    # "sequential": under vmap each mapped slice is its own problem (its own mean)
+    result = buffer_callback(call, result_type, vmap_method="sequential")(*operands)
+    return (result[0], result[1]) if need_grad else (result, None)
+
+
+def _forward(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool) -> tuple[Any, Any]:
+    if config.impl == "callback" and not isinstance(y, SparseRows):
+        return callback_forward(config, x, y, w, pw, m, need_grad)
+    return xla_forward(config, x, y, w, pw, m, need_grad)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The custom_vjp
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _loss_op(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
+    return _forward(config, x, y, w, pw, m, need_grad=False)[0]
+
+
+def _fwd(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, Any]:
+    # symbolic_zeros=True: each array argument is a CustomVJPPrimal telling whether JAX differentiates with respect
+    # to it (torch's needs_input_grad): the other cotangents cost nothing unless asked for
+    values = tuple(_value(a) for a in (x, y, w, pw, m))
+    if isinstance(values[1], SparseRows) and _perturbed(y):
+        raise ValueError("target is sparse: a sparse target is not differentiable; pass the positives as constants")
+    loss, grad = _forward(config, values[0], values[1], values[2], values[3], values[4], need_grad=_perturbed(x))
+    others = (_perturbed(y), _perturbed(w), _perturbed(pw))
+    kept = values if any(others) else None
+    return loss, (grad, kept, others)
+
+
+def _is_primal(leaf: Any) -> bool:
+    return isinstance(leaf, CustomVJPPrimal)
+
+
+def _value(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda p: p.value, tree, is_leaf=_is_primal)
+
+
+def _perturbed(tree: Any) -> bool:
+    return any(bool(p.perturbed) for p in jax.tree_util.tree_leaves(tree, is_leaf=_is_primal))
+
+
+def _bwd(config: Config, residuals: Any, g: Any) -> tuple[Any, ...]:
+    grad, kept, (need_y, need_w, need_pw) = residuals
+    zeros = kept is None
+    if isinstance(g, SymbolicZero):
+        return (None, None, None, None, None)
+    if config.reduction == "none":
+        gx = None if grad is None else (grad * g[..., None].astype(grad.dtype)).astype(grad.dtype)
+    else:
+        gx = None if grad is None else (grad * g.astype(grad.dtype)).astype(grad.dtype)
+    gy = gw = gpw = None
+    if not zeros:
+        gy, gw, gpw = _other_cotangents(config, kept, g, need_y, need_w, need_pw)
+    return (gx, gy, gw, gpw, None)
+
+
+def _sum_to(value: Any, like: Any) -> Any:
+    """Sum a broadcast cotangent back to the shape of the operand it came from."""
+    shape = tuple(like.shape)
+    lead = value.ndim - len(shape)
+    value = value.sum(axis=tuple(range(lead))) if lead else value
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and value.shape[i] != 1)
+    return (value.sum(axis=axes, keepdims=True) if axes else value).astype(like.dtype)
+
+
+def _other_cotangents(
+    config: Config, kept: tuple[Any, ...], g: Any, need_y: bool, need_w: bool, need_pw: bool
+) -> tuple[Any, Any, Any]:
+    """Cotangents of target, weight and pos_weight. Each element's loss is linear in the (smoothed) target, in the
+    weight and in pos_weight: ``l = y * pw * P(x) + (1 - y) * Q(x)`` with ``P``, ``Q`` the element loss at
+    ``y = 1`` (unit pos_weight) and ``y = 0``, so ``dl/dy = (pw * P - Q) * (1 - eps)``, ``dl/dw = l``,
+    ``dl/dpw = y * P``; each times the sample's scale and the incoming cotangent."""
+    x, y, w, pw, m = kept
+    shape, options, cdt = tuple(x.shape), config.options, compute_dtype(x.dtype)
+    xc = x.astype(cdt)
+    _, scale, _ = bookkeeping(m, shape, config.reduction, cdt)
+    row = g.astype(cdt) * scale
+    row = row[..., None] if jnp.ndim(row) else row
+    weight = _weights(w, m, shape, cdt)
+    pwc = None if pw is None else jnp.broadcast_to(pw.astype(cdt), shape)
+    ys = _smooth(y.astype(cdt), options)
+    positive, _ = _element(xc, jnp.ones((), cdt), None, options, False)  # P: unit pos_weight
+    negative, _ = _element(xc, jnp.zeros((), cdt), None, options, False)
+    element_weight = row if weight is None else row * weight
+    gy = gw = gpw = None
+    if need_y:
+        weighted_pos = positive if pwc is None else positive * pwc
+        gy = _sum_to(element_weight * (weighted_pos - negative) * (1 - options.label_smoothing), y)
+    if need_w:
+        full, _ = _element(xc, ys, pwc, options, False)
+        mf = 1 if m is None else jnp.broadcast_to(m, shape).astype(cdt)
+        gw = _sum_to(jnp.where(row * mf == 0, 0, row * mf * full), w)
+    if need_pw:
+        gpw = _sum_to(element_weight * jnp.where(ys == 0, 0, ys * positive), pw)
+    return gy, gw, gpw
+
+
+_loss_op.defvjp(_fwd, _bwd, symbolic_zeros=True)
+
+
+def loss(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
+    """The loss with the fused custom_vjp (see the module docstring); arguments already validated and converted."""
+    return _loss_op(config, x, y, w, pw, m)

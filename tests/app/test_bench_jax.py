@@ -1,0 +1,37 @@
+"""softmargin bench --backend jax: the harness runs every implementation and writes its CSV (no timing asserted)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("optax")
+
+from softmargin.app import bench, bench_jax
+from softmargin.app.cli import main
+
+
+def test_time_group_runs_every_implementation():
+    result = bench_jax.time_group(bench_jax.IMPLEMENTATIONS, (8, 5), "float32", repeat=2, threads=1)
+    assert set(result) == set(bench_jax.IMPLEMENTATIONS)
+    for impl, row in result.items():
+        assert "error" not in row, (impl, row)
+        assert row["median_ms"] > 0 and row["first_call_s"] > 0
+
+
+def test_unknown_implementation_is_reported():
+    assert "error" in bench_jax.time_group(["pallas"], (2, 3), "float32", repeat=1, threads=1)["pallas"]
+
+
+@pytest.mark.slow
+def test_cli_writes_the_csv(tmp_path, capsys):
+    out = tmp_path / "bench-cpu.csv"
+    assert main(["bench", "--backend", "jax", "--shapes", "4x3", "--dtypes", "float32", "--repeat", "1", "--out", str(out)]) == 0
+    written = tmp_path / "bench-jax.csv"
+    rows = list(csv.DictReader(open(written)))
+    assert [r["impl"] for r in rows] == list(bench_jax.IMPLEMENTATIONS)
+    assert all(r["median_ms"] and not r["error"] for r in rows)
+    assert "optax" in capsys.readouterr().out
+    assert bench.report([{**r, "median_ms": float(r["median_ms"]), "peak_extra_x_logits": float(r["peak_extra_x_logits"]), "first_call_s": float(r["first_call_s"])} for r in rows])

@@ -1,0 +1,147 @@
+"""softmargin.jax against the NumPy backend (the oracle), the float64 reference in helpers.py and optax."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import RTOL, SEED_LABELS, SEED_LOGITS, SEED_WEIGHTS, assert_close, reference_grad, reference_loss
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+import softmargin.numpy as oracle
+from softmargin.jax import multilabel_soft_margin_loss
+
+IMPLS = ["xla", "callback"]
+OPTIONS = {
+    "plain": {},
+    "weight": {"weight": "class"},
+    "pos_weight": {"pos_weight": "class"},
+    "mask": {"mask": "full"},
+    "label_smoothing": {"label_smoothing": 0.1},
+    "focal": {"gamma_pos": 2.0, "gamma_neg": 2.0},
+    "asymmetric": {"gamma_neg": 4.0, "clip": 0.05},
+    "everything": {"weight": "full", "pos_weight": "class", "mask": "class", "label_smoothing": 0.05, "gamma_pos": 1.0, "gamma_neg": 3.0, "clip": 0.02},
+}
+
+
+def _options(case, shape, rng):
+    kwargs = {}
+    for key, value in OPTIONS[case].items():
+        if key == "mask":
+            kwargs[key] = rng.random(shape if value == "full" else shape[-1]) < 0.7
+        elif value == "class":
+            kwargs[key] = (rng.random(shape[-1]) + 0.5).astype(np.float32)
+        elif value == "full":
+            kwargs[key] = (rng.random(shape) * 2).astype(np.float32)
+        else:
+            kwargs[key] = value
+    return kwargs
+
+
+def _jax(kwargs):
+    return {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+
+
+def _value_and_grad(x, y, reduction="mean", **kwargs):
+    """The loss and d(sum of the loss)/dx, through jax.grad."""
+    f = lambda x: multilabel_soft_margin_loss(x, y, reduction=reduction, **kwargs)
+    return f(x), jax.grad(lambda x: f(x).sum())(x)
+
+
+def test_seed_example():
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    loss = multilabel_soft_margin_loss(f32(SEED_LOGITS), f32(SEED_LABELS), f32(SEED_WEIGHTS))
+    assert loss.dtype == jnp.float32
+    assert abs(float(loss) - 1.18012) < 1e-5
+
+
+@pytest.mark.parametrize("case", list(OPTIONS))
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize(("impl", "shape"), [("xla", (7,)), ("xla", (2, 3, 4)), ("callback", (5, 11))])
+def test_matches_numpy_backend(impl, case, reduction, shape, rng):
+    x = (rng.standard_normal(shape) * 4).astype(np.float64)
+    y = (rng.random(shape) < 0.3).astype(np.float64)
+    kwargs = _options(case, shape, rng)
+    loss, grad = _value_and_grad(jnp.asarray(x), jnp.asarray(y), reduction, impl=impl, **_jax(kwargs))
+    expected, expected_grad = oracle.multilabel_soft_margin_loss_and_grad(x, y, reduction=reduction, **kwargs)
+    assert_close(loss, expected, RTOL["float64"], f"{case} loss")
+    assert_close(grad, expected_grad, RTOL["float64"], f"{case} grad")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_matches_reference(dtype, reduction, rng):
+    x = rng.standard_normal((6, 33)) * 3
+    y = (rng.random((6, 33)) < 0.2).astype(np.float64)
+    w = rng.random(33) + 0.5
+    xj = jnp.asarray(x).astype(dtype)
+    x_rounded = np.asarray(xj.astype(jnp.float64))  # compare at the input's own precision
+    loss, grad = _value_and_grad(xj, jnp.asarray(y).astype(dtype), reduction, weight=jnp.asarray(w).astype(dtype))
+    assert loss.dtype == xj.dtype and grad.dtype == xj.dtype
+    w_rounded = np.asarray(jnp.asarray(w).astype(dtype).astype(jnp.float64))
+    assert_close(loss, reference_loss(x_rounded, y, w_rounded, reduction), RTOL[dtype], "loss")
+    assert_close(grad, reference_grad(x_rounded, y, w_rounded, "sum" if reduction == "none" else reduction), RTOL[dtype], "grad")
+
+
+def test_matches_optax(rng):
+    optax = pytest.importorskip("optax")
+    x = jnp.asarray(rng.standard_normal((64, 50)), jnp.float32)
+    y = jnp.asarray(rng.random((64, 50)) < 0.1, jnp.float32)
+    ours = jax.jit(jax.value_and_grad(lambda x: multilabel_soft_margin_loss(x, y, validate=False)))(x)
+    theirs = jax.jit(jax.value_and_grad(lambda x: optax.sigmoid_binary_cross_entropy(x, y).mean(-1).mean()))(x)
+    assert_close(ours[0], theirs[0], RTOL["float32"], "loss")
+    assert_close(ours[1], theirs[1], RTOL["float32"], "grad")
+
+
+def _reference_jax(x, y, w, pw, m, eps):
+    """The plain definition with every linear option, differentiated by JAX itself (float64)."""
+    y = y * (1 - eps) + eps / 2
+    element = (y * pw * jnp.logaddexp(0.0, -x) + (1 - y) * jnp.logaddexp(0.0, x)) * w * m
+    return (element.sum(-1) / m.sum(-1)).mean()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradients_of_target_weight_and_pos_weight(impl, rng):
+    shape = (4, 6)
+    x, y = jnp.asarray(rng.standard_normal(shape) * 3), jnp.asarray(rng.random(shape))
+    w, pw = jnp.asarray(rng.random(shape) + 0.5), jnp.asarray(rng.random(6) + 0.5)
+    m = jnp.asarray(rng.random(shape) < 0.8).at[:, 0].set(True)
+    ours = jax.grad(
+        lambda x, y, w, pw: multilabel_soft_margin_loss(x, y, w, pos_weight=pw, mask=m, label_smoothing=0.1, impl=impl),
+        argnums=(0, 1, 2, 3),
+    )(x, y, w, pw)
+    theirs = jax.grad(lambda x, y, w, pw: _reference_jax(x, y, w, pw, m.astype(x.dtype), 0.1), argnums=(0, 1, 2, 3))(x, y, w, pw)
+    for name, a, b in zip(("input", "target", "weight", "pos_weight"), ours, theirs):
+        assert_close(a, b, 1e-12, name)
+
+
+def test_focusing_gradients_of_target_match_finite_differences(rng):
+    x, y = jnp.asarray(rng.standard_normal((3, 5))), jnp.asarray(rng.random((3, 5)))
+    f = lambda y: multilabel_soft_margin_loss(x, y, gamma_pos=1.5, gamma_neg=2.0, clip=0.05, validate=False)
+    grad = jax.grad(f)(y)
+    step = 1e-6
+    numeric = np.zeros((3, 5))
+    for i in np.ndindex(3, 5):
+        numeric[i] = (float(f(y.at[i].add(step))) - float(f(y.at[i].add(-step)))) / (2 * step)
+    assert_close(grad, numeric, 1e-7, "d loss / d target")
+
+
+def test_second_call_reuses_compilation_and_mask_rules(rng):
+    x = jnp.asarray(rng.standard_normal((3, 4)))
+    y = jnp.zeros((3, 4))
+    nothing = jnp.zeros((3, 4), bool)
+    assert float(multilabel_soft_margin_loss(x, y, mask=nothing)) == 0.0
+    assert np.all(np.asarray(multilabel_soft_margin_loss(x, y, mask=nothing, reduction="none")) == 0)
+    assert np.isnan(float(multilabel_soft_margin_loss(jnp.zeros((0, 4)), jnp.zeros((0, 4)))))
+
+
+def test_loss_options_value_equals_the_keywords(rng):
+    from softmargin import LossOptions
+
+    x, y = jnp.asarray(rng.standard_normal((3, 4))), jnp.asarray(rng.random((3, 4)))
+    a = multilabel_soft_margin_loss(x, y, options=LossOptions(gamma_neg=2.0, clip=0.05))
+    b = multilabel_soft_margin_loss(x, y, gamma_neg=2.0, clip=0.05)
+    assert float(a) == float(b)
+    with pytest.raises(ValueError, match="options= and label_smoothing/gamma_pos/gamma_neg/clip were both given"):
+        multilabel_soft_margin_loss(x, y, options=LossOptions(), gamma_neg=1.0)

@@ -1,0 +1,67 @@
+"""Numerical regressions of softmargin.jax: infinite logits, float16 with 100,000 classes, extreme values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import assert_close, exact_element_loss, reference_loss
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+from softmargin.jax import multilabel_soft_margin_loss
+
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+
+
+@pytest.mark.parametrize("impl", ["xla", "callback"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_infinite_logits_give_no_nan(impl, dtype):
+    x = jnp.asarray([[np.inf, -np.inf, np.inf, -np.inf]], dtype)
+    right = jnp.asarray([[1.0, 0.0, 1.0, 0.0]], dtype)
+    wrong = 1 - right
+    f = lambda x, y: multilabel_soft_margin_loss(x, y, impl=impl, validate=False)
+    loss, grad = jax.value_and_grad(f)(x, right)
+    assert float(loss) == 0.0 and np.all(np.asarray(grad, np.float64) == 0)
+    loss, grad = jax.value_and_grad(f)(x, wrong)
+    assert float(loss) == np.inf
+    # the gradient is finite: sigmoid(x) - y = +-1, over C * N
+    assert_close(np.asarray(grad, np.float64), np.asarray(jnp.where(x > 0, 1.0, -1.0), np.float64) / 4, 1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_options_with_infinite_logits_stay_finite(dtype):
+    x = jnp.asarray([[np.inf, -np.inf, 30.0, -30.0, 0.0]], dtype)
+    y = jnp.asarray([[1.0, 0.0, 1.0, 0.0, 1.0]], dtype)
+    f = lambda x: multilabel_soft_margin_loss(x, y, pos_weight=jnp.full(5, 2.0, dtype), gamma_pos=1.0, gamma_neg=4.0, clip=0.05, label_smoothing=0.0)
+    loss, grad = jax.value_and_grad(f)(x)
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad, np.float64)))
+
+
+def test_float16_with_100k_classes_is_finite_and_close_to_float64(rng):
+    x = rng.standard_normal((4, 100_000)) * 8
+    y = (rng.random((4, 100_000)) < 0.01).astype(np.float64)
+    x16 = jnp.asarray(x, jnp.float16)
+    x_rounded = np.asarray(x16, np.float64)
+    for reduction in ("mean", "sum", "none"):
+        f = lambda x: multilabel_soft_margin_loss(x, jnp.asarray(y, jnp.float16), reduction=reduction)
+        loss, grad = f(x16), jax.grad(lambda x: f(x).sum())(x16)
+        expected = reference_loss(x_rounded, y, reduction=reduction)
+        assert np.all(np.isfinite(np.asarray(loss, np.float64))) and np.all(np.isfinite(np.asarray(grad, np.float64)))
+        assert_close(np.asarray(loss, np.float64), expected, 1e-3, reduction)
+
+
+@pytest.mark.parametrize("x", [-100.0, -30.0, -17.5, -1e-3, 0.0, 1e-3, 17.5, 30.0, 100.0])
+@pytest.mark.parametrize("y", [0.0, 1.0, 0.3])
+def test_element_loss_to_the_last_digit(x, y):
+    loss = multilabel_soft_margin_loss(jnp.asarray([x], jnp.float64), jnp.asarray([y], jnp.float64))
+    exact = exact_element_loss(x, y)
+    assert abs(float(loss) - exact) <= 4e-16 * abs(exact) + 1e-300
+
+
+def test_confident_right_predictions_keep_their_small_gradient():
+    """sigmoid(x) - 1 rounds to 0 for x > 17 in float64; the fused gradient keeps -sigmoid(-x)."""
+    x = jnp.asarray([20.0, 40.0], jnp.float32)
+    grad = jax.grad(lambda x: multilabel_soft_margin_loss(x, jnp.ones(2, jnp.float32), reduction="sum"))(x)
+    expected = -1 / (1 + np.exp(np.array([20.0, 40.0]))) / 2
+    assert_close(grad, expected, 1e-6)

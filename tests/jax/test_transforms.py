@@ -1,0 +1,147 @@
+"""softmargin.jax under jit, vmap, shard_map, checkify; its validation messages against the NumPy backend's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from helpers import RTOL, assert_close
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+from jax.experimental import checkify
+
+import softmargin.numpy as oracle
+from softmargin.jax import multilabel_soft_margin_loss
+
+
+@pytest.mark.parametrize("impl", ["xla", "callback"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_jit_value_and_grad_equal_eager(impl, reduction, rng):
+    x = jnp.asarray(rng.standard_normal((8, 12)), jnp.float32)
+    y = jnp.asarray(rng.random((8, 12)) < 0.3, jnp.float32)
+    w = jnp.asarray(rng.random(12) + 0.5, jnp.float32)
+    f = lambda x, y, w: multilabel_soft_margin_loss(x, y, w, reduction=reduction, validate=False, impl=impl).sum()
+    eager = jax.value_and_grad(f)(x, y, w)
+    jitted = jax.jit(jax.value_and_grad(f))(x, y, w)
+    expected = oracle.multilabel_soft_margin_loss_and_grad(np.asarray(x), np.asarray(y), np.asarray(w), reduction)
+    for a, b in zip(eager, jitted):
+        assert_close(a, b, RTOL["float32"])
+    assert_close(jitted[0], np.sum(expected[0]), RTOL["float32"], "loss")
+    assert_close(jitted[1], expected[1], RTOL["float32"], "grad")
+
+
+@pytest.mark.parametrize("impl", ["xla", "callback"])
+def test_vmap_maps_independent_problems(impl, rng):
+    x = jnp.asarray(rng.standard_normal((3, 5, 7)))
+    y = jnp.asarray(rng.random((3, 5, 7)) < 0.3, jnp.float64)
+    f = lambda x, y: multilabel_soft_margin_loss(x, y, validate=False, impl=impl)
+    mapped = jax.vmap(f)(x, y)
+    grads = jax.vmap(jax.grad(f))(x, y)
+    for i in range(3):
+        loss, grad = oracle.multilabel_soft_margin_loss_and_grad(np.asarray(x[i]), np.asarray(y[i]))
+        assert_close(mapped[i], loss, RTOL["float64"], "loss")
+        assert_close(grads[i], grad, RTOL["float64"], "grad")
+
+
+@pytest.mark.slow
+def test_shard_map_and_pmap_over_two_cpu_devices():
+    """Rows split over two (virtual CPU) devices: the psum of each shard's "sum" is the whole batch's; pmap's
+    per-device gradients are the whole batch's rows."""
+    code = textwrap.dedent(
+        """
+        import numpy as np, jax, jax.numpy as jnp
+        from jax.sharding import Mesh, PartitionSpec as P
+        from softmargin.jax import multilabel_soft_margin_loss
+        import softmargin.numpy as oracle
+        assert len(jax.devices()) == 2
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((8, 6)).astype(np.float32), (rng.random((8, 6)) < 0.3).astype(np.float32)
+        mesh = Mesh(np.array(jax.devices()), ("batch",))
+        def local(x, y):
+            loss = multilabel_soft_margin_loss(x, y, reduction="sum", validate=False)
+            return jax.lax.psum(loss, "batch")
+        f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("batch"), P("batch")), out_specs=P()))
+        loss, grad = jax.value_and_grad(f)(jnp.asarray(x), jnp.asarray(y))
+        ref, ref_grad = oracle.multilabel_soft_margin_loss_and_grad(x, y, reduction="sum")
+        assert abs(float(loss) - float(ref)) <= 1e-5 * abs(float(ref)), (loss, ref)
+        assert np.allclose(np.asarray(grad), ref_grad, rtol=1e-5, atol=1e-7)
+        per_device = jax.pmap(jax.grad(lambda x, y: multilabel_soft_margin_loss(x, y, reduction="sum", validate=False)))
+        assert np.allclose(np.asarray(per_device(x.reshape(2, 4, 6), y.reshape(2, 4, 6))).reshape(8, 6), ref_grad, rtol=1e-5, atol=1e-7)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_checkify_reports_a_bad_target_under_jit():
+    x = jnp.zeros((2, 3))
+    f = jax.jit(lambda x, y: multilabel_soft_margin_loss(x, y))
+    err, _ = checkify.checkify(f)(x, jnp.full((2, 3), 0.5))
+    assert err.get() is None
+    err, _ = checkify.checkify(f)(x, jnp.full((2, 3), 1.5))
+    assert "target has values outside [0, 1]" in err.get()
+    err, _ = checkify.checkify(jax.jit(lambda w: multilabel_soft_margin_loss(x, jnp.zeros((2, 3)), w)))(-jnp.ones(3))
+    assert "weight has values outside the finite range [0, inf)" in err.get()
+
+
+def test_traced_values_are_never_silently_accepted():
+    """validate=True under a plain jit cannot check the values at trace time: it fails loudly, not silently."""
+    f = jax.jit(lambda x, y: multilabel_soft_margin_loss(x, y))
+    with pytest.raises(ValueError, match="checkify"):
+        f(jnp.zeros((2, 3)), jnp.full((2, 3), 1.5))
+    assert float(jax.jit(lambda x, y: multilabel_soft_margin_loss(x, y, validate=False))(jnp.zeros((2, 3)), jnp.zeros((2, 3)))) > 0
+
+
+BAD_CALLS = {
+    "reduction": (dict(reduction="avg"), ValueError),
+    "input dtype": (dict(input="int"), TypeError),
+    "0-d input": (dict(input="scalar"), ValueError),
+    "target shape": (dict(target="short"), ValueError),
+    "target complex": (dict(target="complex"), TypeError),
+    "target range": (dict(target="big"), ValueError),
+    "target nan": (dict(target="nan"), ValueError),
+    "weight shape": (dict(weight=np.ones(4)), ValueError),
+    "weight negative": (dict(weight=np.array([1.0, -1.0, 1.0])), ValueError),
+    "weight inf": (dict(weight=np.array([1.0, np.inf, 1.0])), ValueError),
+    "pos_weight zero": (dict(pos_weight=np.array([1.0, 0.0, 1.0])), ValueError),
+    "mask dtype": (dict(mask=np.ones(3)), TypeError),
+    "label_smoothing": (dict(label_smoothing=1.0), ValueError),
+    "gamma type": (dict(gamma_pos="2"), TypeError),
+    "clip": (dict(clip=-0.1), ValueError),
+    "sparse index": (dict(target=[[0], [3]]), ValueError),
+    "sparse repeat": (dict(target=[[0, 0], [1]]), ValueError),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_error_messages_are_the_numpy_backends(case):
+    """The same exception type and message as softmargin.numpy for each bad argument."""
+    kwargs, error = BAD_CALLS[case]
+    kwargs = dict(kwargs)
+    x = np.zeros((2, 3))
+    y = np.zeros((2, 3))
+    special = {"int": np.zeros((2, 3), np.int32), "scalar": np.float64(0.0), "short": np.zeros((2, 2)),
+               "complex": np.zeros((2, 3), np.complex64), "big": np.full((2, 3), 2.0), "nan": np.full((2, 3), np.nan)}
+    x = special.get(kwargs.pop("input", None), x)
+    target = kwargs.pop("target", y)
+    target = special.get(target, target) if isinstance(target, str) else target
+    sparse_lists = isinstance(target, list)
+    with pytest.raises(error) as ours:
+        multilabel_soft_margin_loss(jnp.asarray(x), target if sparse_lists else jnp.asarray(target), **kwargs)
+    with pytest.raises(error) as theirs:
+        oracle.multilabel_soft_margin_loss(x, (np.array([0, len(target[0]), len(target[0]) + len(target[1])]), np.concatenate(target)) if sparse_lists else target, **kwargs)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_type_errors_name_the_argument():
+    with pytest.raises(TypeError, match="input is a str: expected a jax.Array"):
+        multilabel_soft_margin_loss("logits", jnp.zeros(3))
+    with pytest.raises(ValueError, match="impl='triton' is not valid"):
+        multilabel_soft_margin_loss(jnp.zeros(3), jnp.zeros(3), impl="triton")

@@ -1,0 +1,61 @@
+"""torch.export of a module that ends in the loss: strict and non-strict, the exported program gives the same values,
+and eager calls afterwards are still right (nothing traced is left in a cache)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F
+
+import softmargin.torch as st
+
+
+class _Model(torch.nn.Module):
+    def __init__(self, **loss_kwargs):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 5)
+        self.loss = st.MultiLabelSoftMarginLoss(**loss_kwargs)
+
+    def forward(self, x, y):
+        return self.loss(self.linear(x), y)
+
+
+CASES = {
+    "plain": {},
+    "weight": {"weight": torch.tensor([0.5, 2.0, 1.5, 1.0, 0.25])},
+    "options": {"pos_weight": torch.tensor([1.0, 2.0, 3.0, 0.5, 1.5]), "gamma_neg": 2.0, "clip": 0.05, "label_smoothing": 0.1},
+}
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("case", list(CASES))
+def test_exported_program_matches_eager_and_torch(strict, case):
+    torch.manual_seed(0)
+    model = _Model(**CASES[case])
+    x = torch.randn(8, 6)
+    y = (torch.rand(8, 5) < 0.4).float()
+    expected = model(x, y)
+    program = torch.export.export(model, (x, y), strict=strict)
+    assert any("softmargin.loss_rows" in str(node.target) for node in program.graph.nodes)
+    torch.testing.assert_close(program.module()(x, y), expected, rtol=1e-6, atol=1e-7)
+    x2 = torch.randn(8, 6)
+    torch.testing.assert_close(program.module()(x2, y), model(x2, y), rtol=1e-6, atol=1e-7)
+    if case == "plain":  # and torch's own loss
+        torch.testing.assert_close(expected, F.multilabel_soft_margin_loss(model.linear(x), y), rtol=1e-6, atol=1e-7)
+    # eager afterwards: with gradients, against torch
+    logits = model.linear(x).detach().requires_grad_()
+    ours = st.multilabel_soft_margin_loss(logits, y)
+    ours.backward()
+    reference = logits.detach().clone().requires_grad_()
+    F.multilabel_soft_margin_loss(reference, y).backward()
+    torch.testing.assert_close(logits.grad, reference.grad, rtol=1e-6, atol=1e-8)
+
+
+def test_export_with_dynamic_batch():
+    model = _Model()
+    x, y = torch.randn(8, 6), (torch.rand(8, 5) < 0.4).float()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (x, y), dynamic_shapes=({0: batch}, {0: batch}))
+    x3, y3 = torch.randn(3, 6), (torch.rand(3, 5) < 0.4).float()
+    torch.testing.assert_close(program.module()(x3, y3), model(x3, y3), rtol=1e-6, atol=1e-7)

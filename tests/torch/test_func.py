@@ -1,0 +1,112 @@
+"""torch.func transforms against torch's own loss: grad, vjp, vmap, jacrev, jacfwd, jvp, hessian."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F
+from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
+
+import softmargin.torch as st
+
+TRANSFORMS = {"grad": grad, "jacrev": jacrev, "jacfwd": jacfwd, "hessian": hessian}
+
+
+def _data(seed=0, shape=(4, 5)):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
+    y = (torch.rand(shape, generator=gen) < 0.5).double()
+    w = torch.rand(shape[-1], generator=gen, dtype=torch.float64) + 0.2
+    return x, y, w
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+def test_transform_matches_torch(transform, reduction):
+    x, y, w = _data()
+    ours = TRANSFORMS[transform](lambda a: st.multilabel_soft_margin_loss(a, y, w, reduction=reduction))(x)
+    theirs = TRANSFORMS[transform](lambda a: F.multilabel_soft_margin_loss(a, y, w, reduction=reduction))(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_jacrev_of_per_sample_losses():
+    x, y, w = _data()
+    ours = jacrev(lambda a: st.multilabel_soft_margin_loss(a, y, w, reduction="none"))(x)
+    theirs = jacrev(lambda a: F.multilabel_soft_margin_loss(a, y, w, reduction="none"))(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_jvp_and_vjp():
+    x, y, w = _data()
+    tangent = torch.randn_like(x)
+    ours = jvp(lambda a: st.multilabel_soft_margin_loss(a, y, w, reduction="none"), (x,), (tangent,))
+    theirs = jvp(lambda a: F.multilabel_soft_margin_loss(a, y, w, reduction="none"), (x,), (tangent,))
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    cotangent = torch.randn(4, dtype=torch.float64)
+    out, pullback = vjp(lambda a, b: st.multilabel_soft_margin_loss(a, y, b, reduction="none"), x, w)
+    out_ref, pullback_ref = vjp(lambda a, b: F.multilabel_soft_margin_loss(a, y, b, reduction="none"), x, w)
+    torch.testing.assert_close(out, out_ref)
+    for ours_grad, theirs_grad in zip(pullback(cotangent), pullback_ref(cotangent)):
+        torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_jvp_wrt_target_and_weight():
+    x, y, w = _data()
+    ty, tw = torch.randn_like(y), torch.randn_like(w)
+    ours = jvp(lambda b, c: st.multilabel_soft_margin_loss(x, b, c), (y, w), (ty, tw))
+    theirs = jvp(lambda b, c: F.multilabel_soft_margin_loss(x, b, c), (y, w), (ty, tw))
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batched", ["input", "input+target", "input+target+weight"])
+def test_vmap(batched):
+    gen = torch.Generator().manual_seed(1)
+    xs = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    ys = (torch.rand(3, 4, 5, generator=gen) < 0.5).double()
+    ws = torch.rand(3, 5, generator=gen, dtype=torch.float64) + 0.1
+    in_dims = (0, 0 if "target" in batched else None, 0 if "weight" in batched else None)
+    y_arg = ys if "target" in batched else ys[0]
+    w_arg = ws if "weight" in batched else ws[0]
+    for reduction in ("none", "mean", "sum"):
+        ours = vmap(lambda a, b, c: st.multilabel_soft_margin_loss(a, b, c, reduction=reduction), in_dims)(xs, y_arg, w_arg)
+        theirs = vmap(lambda a, b, c: F.multilabel_soft_margin_loss(a, b, c, reduction=reduction), in_dims)(xs, y_arg, w_arg)
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    ours = vmap(grad(lambda a, b, c: st.multilabel_soft_margin_loss(a, b, c)), in_dims)(xs, y_arg, w_arg)
+    theirs = vmap(grad(lambda a, b, c: F.multilabel_soft_margin_loss(a, b, c)), in_dims)(xs, y_arg, w_arg)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_with_a_batched_mask_counts_each_batch_alone():
+    """A sample with no observed label is left out of its own batch's mean; vmap must not pool the batches."""
+    gen = torch.Generator().manual_seed(2)
+    xs = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    ys = (torch.rand(3, 4, 5, generator=gen) < 0.5).double()
+    masks = torch.rand(3, 4, 5, generator=gen) < 0.6
+    masks[0, :2] = False  # two samples of the first batch have nothing observed
+    ours = vmap(lambda a, b, m: st.multilabel_soft_margin_loss(a, b, mask=m))(xs, ys, masks)
+    expected = torch.stack([st.multilabel_soft_margin_loss(xs[i], ys[i], mask=masks[i]) for i in range(3)])
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("options", [dict(pos_weight=torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)),
+                                     dict(gamma_pos=1.0, gamma_neg=3.0, clip=0.05), dict(label_smoothing=0.1)])
+def test_grad_and_hessian_with_options_match_eager_and_finite_differences(options):
+    x, y, _ = _data(3)
+    g = grad(lambda a: st.multilabel_soft_margin_loss(a, y, **options))(x)
+    eager_x = x.clone().requires_grad_()
+    st.multilabel_soft_margin_loss(eager_x, y, **options).backward()
+    torch.testing.assert_close(g, eager_x.grad, rtol=1e-10, atol=1e-14)
+    h = hessian(lambda a: st.multilabel_soft_margin_loss(a, y, **options))(x)
+    # second derivatives against central differences of the (fused) first derivative
+    step = 1e-6
+    direction = torch.randn_like(x)
+    fd = (grad(lambda a: st.multilabel_soft_margin_loss(a, y, **options))(x + step * direction)
+          - grad(lambda a: st.multilabel_soft_margin_loss(a, y, **options))(x - step * direction)) / (2 * step)
+    torch.testing.assert_close((h.reshape(x.numel(), x.numel()) @ direction.reshape(-1)).reshape(x.shape), fd, rtol=1e-5, atol=1e-9)
+
+
+def test_vmap_over_sparse_targets_is_a_clear_error():
+    xs = torch.randn(2, 3, 4)
+    with pytest.raises(Exception, match="sparse"):
+        vmap(lambda a: st.multilabel_soft_margin_loss(a, [[0], [1, 2], []]))(xs)
