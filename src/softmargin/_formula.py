@@ -1,7 +1,8 @@
 r"""The multi-label soft-margin loss, written once, for any array namespace.
 
-Every backend (NumPy, PyTorch) and every kernel is an adapter around the two functions here and is tested
-against them; nothing else in the package restates the formula.
+The NumPy, torch and JAX backends call the two functions here; the kernels (C in ``kernels/csrc``, Triton in
+``kernels/_triton_rows.py``) restate them in their own languages, term by term, and each is tested against them.
+The derivation lives here only.
 
 Definition
 ----------

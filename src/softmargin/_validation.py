@@ -1,4 +1,9 @@
-"""Argument checks shared by every backend, run once at the public entry points (kernels never validate).
+"""Argument checks shared by every backend, with one message each whatever the backend.
+
+Shape and dtype checks run once, at the public entry points. Value checks (target range, weights) run where the
+values are read: the torch operator calls them inside its CPU implementation (the C kernel checks a dense target
+as it reads it and these functions then name the first bad value), the NumPy backend alike; on a GPU
+they are device-side assertions instead (``softmargin.torch._backends``).
 
 The checks are written against the small part of the array interface that NumPy arrays and torch tensors share
 (``shape``, comparisons, ``min``/``max``, ``reshape``, ``sum``), so one message serves both backends. Shape and
@@ -20,12 +25,12 @@ def _shape(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def check_reduction(reduction: object) -> str:
+def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(
             f"reduction={reduction!r} is not valid: expected one of {', '.join(repr(r) for r in REDUCTIONS)}"
         )
-    return reduction  # type: ignore[return-value]
+    return reduction
 
 
 def check_input_kind(name: str, kind: str, dtype: object) -> None:

@@ -22,7 +22,7 @@ def _traced(value: Any) -> bool:
 
 
 @keras.saving.register_keras_serializable(package="softmargin")
-class MultiLabelSoftMarginLoss(keras.losses.Loss):  # type: ignore[misc]
+class MultiLabelSoftMarginLoss(keras.losses.Loss):
     r"""The multi-label soft-margin loss of logits ``y_pred`` against targets ``y_true`` in [0, 1], for ``compile``.
 
     Each sample's loss is the (weighted) mean over its labels of ``softplus(x) - y * x``; Keras then applies

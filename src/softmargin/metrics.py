@@ -16,6 +16,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from sklearn import metrics as skm
 
 
@@ -29,7 +30,8 @@ def propensities(label_counts: np.ndarray, num_samples: int, A: float = 0.55, B:
     """Jain, Prabhu & Varma (KDD 2016) label propensities p_l = 1 / (1 + C exp(-A log(N_l + B))), with
     C = (log N - 1)(B + 1)^A; A=0.55, B=1.5 are the usual constants (0.6 / 2.6 for Amazon, 0.5 / 0.4 for Wikipedia)."""
     c = (np.log(num_samples) - 1) * (B + 1) ** A
-    return 1.0 / (1.0 + c * np.exp(-A * np.log(np.asarray(label_counts, dtype=np.float64) + B)))
+    propensity: NDArray[np.float64] = 1.0 / (1.0 + c * np.exp(-A * np.log(np.asarray(label_counts, dtype=np.float64) + B)))
+    return propensity
 
 
 def psp_at_k(Y: np.ndarray, scores: np.ndarray, inv_propensity: np.ndarray, k: int) -> float:

@@ -185,3 +185,31 @@ def test_trainer_learns_delicious_through_the_fused_head(monkeypatch):
     assert metrics["P@1"] > test.Y[:, popular[0]].mean() + 0.03  # better than always the most popular tag
     assert metrics["P@5"] > test.Y[:, popular].mean() + 0.02
     assert 0 < metrics["PSP@5"] <= 1 and 0 < metrics["nDCG@5"] <= 1
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("options", [{}, {"pos_weight": "yes", "gamma_neg": 2.0, "clip": 0.05}])
+def test_triton_backend_matches_the_cpu_kernel(sparse, options, monkeypatch):
+    """The head's chunks through the Triton kernel (logits written over by their gradient; sparse positives read
+    from the whole CSR target with an origin, never sliced), under the interpreter on CPU tensors."""
+    import os
+
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1)")
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    weight = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    bias = torch.randn(40, generator=gen, dtype=torch.float64)
+    dense = (torch.rand(6, 40, generator=gen) < 0.2).double()
+    target = [row.nonzero().flatten().tolist() for row in dense] if sparse else dense
+    kwargs = {k: (torch.rand(40, generator=gen, dtype=torch.float64) + 0.5 if v == "yes" else v) for k, v in options.items()}
+    results = []
+    for backend in ("cpu", "triton"):
+        monkeypatch.setenv("SOFTMARGIN_BACKEND", backend)
+        params = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+        loss = st.linear_multilabel_soft_margin_loss(*params, target, chunk_size=16, **kwargs)
+        loss.backward()
+        results.append((loss.detach(), *(p.grad for p in params)))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)

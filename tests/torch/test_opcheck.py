@@ -65,24 +65,29 @@ class _Passthrough(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("kwargs", [{}, {"weight": "w"}, {"pos_weight": "w", "gamma_neg": 2.0, "label_smoothing": 0.1}])
-def test_eager_path_and_operator_agree_bitwise(dtype, kwargs):
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"weight": "w"}, {"pos_weight": "w", "gamma_neg": 2.0, "label_smoothing": 0.1}, {"mask": "m"}]
+)
+def test_eager_path_and_operator_agree_bitwise(dtype, kwargs, reduction):
     gen = torch.Generator().manual_seed(3)
     x = (torch.randn(33, 17, generator=gen) * 4).to(dtype)
     y = (torch.rand(33, 17, generator=gen) < 0.4).to(dtype)
-    kwargs = {k: (torch.rand(17, generator=gen).to(dtype) + 0.5 if v == "w" else v) for k, v in kwargs.items()}
+    operands = {"w": lambda: torch.rand(17, generator=gen).to(dtype) + 0.5, "m": lambda: torch.rand(33, 17, generator=gen) < 0.3}
+    kwargs = {k: (operands[v]() if v in operands else v) for k, v in kwargs.items()}
+    kwargs["reduction"] = reduction
     results = []
     for through_operator in (False, True):
         xi = x.clone().requires_grad_()
         if through_operator:
             with _Passthrough() as mode:
                 loss = st.multilabel_soft_margin_loss(xi, y, **kwargs)
-                (3.0 * loss).backward()
+                (3.0 * loss).sum().backward()
             assert "softmargin.loss_rows.default" in mode.seen
         else:
             loss = st.multilabel_soft_margin_loss(xi, y, **kwargs)
-            (3.0 * loss).backward()
+            (3.0 * loss).sum().backward()
         results.append((loss.detach(), xi.grad))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])

@@ -44,8 +44,9 @@ def _forms(dense):
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("options", [{}, {"weight": "class"}, {"gamma_neg": 2.0, "clip": 0.05, "pos_weight": "class"}])
-def test_torch_sparse_equals_dense(soft, dtype, options):
-    x, dense = _problem(soft=soft)
+def test_torch_sparse_equals_dense(soft, dtype, options, torch_path):
+    # Triton's interpreter walks the blocks in NumPy: fewer classes there (still several blocks per row)
+    x, dense = _problem(soft=soft, classes=300 if torch_path == "triton" else 1200)
     kw = {k: (torch.rand(x.shape[1], dtype=torch.float64) + 0.5 if v == "class" else v) for k, v in options.items()}
     reference = None
     for name, target in _forms(dense).items():

@@ -164,7 +164,7 @@ def multilabel_soft_margin_loss(
         1.18012
     """
     if has_torch_function_variadic(input, target, weight, pos_weight, mask):
-        return handle_torch_function(  # type: ignore[no-any-return]
+        return handle_torch_function(
             multilabel_soft_margin_loss, (input, target, weight, pos_weight, mask), input, target, weight,
             size_average, reduce, reduction, pos_weight=pos_weight, mask=mask, label_smoothing=label_smoothing,
             gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, options=options, validate=validate,
@@ -311,9 +311,9 @@ def linear_multilabel_soft_margin_loss(
             f"hidden.shape == {tuple(hidden.shape)}, weight.shape == {tuple(weight.shape)}: expected (N, H) and (C, H)"
         )
     num_rows, num_labels = hidden.shape[0], weight.shape[0]
-    for name, value in (("bias", bias), ("class_weight", class_weight), ("pos_weight", pos_weight)):
-        if value is not None and tuple(value.shape) != (num_labels,):
-            raise ValueError(f"{name}.shape == {tuple(value.shape)}, expected ({num_labels},): one per label")
+    for name, operand in (("bias", bias), ("class_weight", class_weight), ("pos_weight", pos_weight)):
+        if operand is not None and tuple(operand.shape) != (num_labels,):
+            raise ValueError(f"{name}.shape == {tuple(operand.shape)}, expected ({num_labels},): one per label")
     if is_sparse_target(target, lists=True):
         target = as_sparse_targets(target, (num_rows, num_labels), torch, device=hidden.device)
     else:
@@ -323,9 +323,10 @@ def linear_multilabel_soft_margin_loss(
     budget = memory_budget if memory_budget is not None else auto_budget(num_rows, num_labels)
     chunks = chunk_shape(num_rows, num_labels, budget, chunk_size)
     total = total_labels if total_labels is not None else _total_labels(num_labels, process_group)
-    return LinearMultiLabelSoftMarginLossFunction.apply(
+    loss: Tensor = LinearMultiLabelSoftMarginLossFunction.apply(
         hidden, weight, bias, target, class_weight, pos_weight, reduction, resolved, chunks, process_group, total
     )
+    return loss
 
 
 class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
@@ -367,6 +368,8 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         linear = torch.nn.Linear(in_features, num_labels, bias=bias, device=device, dtype=dtype)  # its init
         self.weight = linear.weight
         self.bias = linear.bias
+        self.class_weight: Tensor | None
+        self.pos_weight: Tensor | None
         self.register_buffer("class_weight", class_weight)
         self.register_buffer("pos_weight", pos_weight)
         self.reduction = reduction
@@ -394,11 +397,12 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         """(scores, label ids) of each sample's k highest logits, walking the labels in chunks (never N x C)."""
         budget = self.memory_budget or auto_budget(hidden.shape[0], self.weight.shape[0])
         _, label_chunk = chunk_shape(hidden.shape[0], self.weight.shape[0], budget, self.chunk_size)
-        best_scores = best_ids = None
+        best_scores: Tensor | None = None
+        best_ids: Tensor | None = None
         for c0 in range(0, self.weight.shape[0], label_chunk):
             scores = self.logits(hidden, slice(c0, c0 + label_chunk))
             ids = torch.arange(c0, c0 + scores.shape[1], device=scores.device).expand_as(scores) + self.label_offset
-            if best_scores is not None:
+            if best_scores is not None and best_ids is not None:
                 scores, ids = torch.cat([best_scores, scores], 1), torch.cat([best_ids, ids], 1)
             best_scores, order = scores.topk(min(k, scores.shape[1]), dim=1)
             best_ids = ids.gather(1, order)

@@ -20,7 +20,7 @@ import torch
 
 from .._options import LossOptions
 from .._sparse import SparseTargets
-from ._backends import compute_dtype
+from ._backends import choose_backend, compute_dtype, triton_module
 from ._ops import loss_rows
 
 #: Largest default memory budget for one chunk's temporaries (logits, their gradient, the target chunk).
@@ -97,6 +97,9 @@ def walk(
     grad_hidden = torch.zeros_like(hidden, dtype=acc) if need_hidden else None
     grad_weight = torch.zeros_like(weight, dtype=acc) if need_weight else None
     grad_bias = torch.zeros(num_labels, dtype=acc, device=weight.device) if need_bias and bias is not None else None
+    # On the Triton backend a chunk is one launch over logits made by cuBLAS, the gradient written over them, and
+    # sparse positives read from the whole CSR target in device memory (no slicing, no host round trip)
+    on_triton = choose_backend(hidden) == "triton"
     for c0 in range(0, num_labels, label_chunk):
         c1 = min(c0 + label_chunk, num_labels)
         w_chunk = weight[c0:c1]
@@ -105,6 +108,14 @@ def walk(
         for r0 in range(0, num_rows, row_chunk):
             r1 = min(r0 + row_chunk, num_rows)
             h = hidden[r0:r1]
+            if on_triton:
+                per_row, grad = _triton_chunk(h, w_chunk, None if bias is None else bias[c0:c1], target, cw, pw,
+                                              options, any_grad, r0, r1, c0, c1)  # fmt: skip
+                row_sums[r0:r1] += per_row * (c1 - c0)
+                if grad is not None:
+                    _accumulate(grad, h, w_chunk, row_scale, scale, c1 - c0, (r0, r1, c0, c1), acc,
+                                grad_hidden, grad_weight, grad_bias)  # fmt: skip
+                continue
             logits = torch.nn.functional.linear(h, w_chunk, None if bias is None else bias[c0:c1])
             y = _target_block(target, r0, r1, c0, c1)
             # per-sample losses divide each row by the chunk's label count: undone below
@@ -115,23 +126,70 @@ def walk(
                 options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip, any_grad, False,
             )  # fmt: skip
             row_sums[r0:r1] += per_row * (c1 - c0)
-            if not any_grad:
-                continue
-            factor = scale * (c1 - c0)
-            grad = grad.to(acc) * (factor if row_scale is None else row_scale[r0:r1, None].to(acc) * factor)
-            if grad_hidden is not None:
-                grad_hidden[r0:r1] += grad @ w_chunk.to(acc)
-            if grad_weight is not None:
-                grad_weight[c0:c1] += grad.T @ h.to(acc)
-            if grad_bias is not None:
-                grad_bias[c0:c1] += grad.sum(0)
+            if any_grad:
+                _accumulate(grad, h, w_chunk, row_scale, scale, c1 - c0, (r0, r1, c0, c1), acc,
+                            grad_hidden, grad_weight, grad_bias)  # fmt: skip
             del logits, grad
     return row_sums, grad_hidden, grad_weight, grad_bias
 
 
+def _accumulate(
+    grad: torch.Tensor,
+    h: torch.Tensor,
+    w_chunk: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    scale: float,
+    width: int,
+    block: tuple[int, int, int, int],
+    acc: torch.dtype,
+    grad_hidden: torch.Tensor | None,
+    grad_weight: torch.Tensor | None,
+    grad_bias: torch.Tensor | None,
+) -> None:
+    """A chunk's logit gradient (of its per-row means over ``width`` labels) into the parameters' gradients."""
+    r0, r1, c0, c1 = block
+    factor = scale * width
+    grad = grad.to(acc) * (factor if row_scale is None else row_scale[r0:r1, None].to(acc) * factor)
+    if grad_hidden is not None:
+        grad_hidden[r0:r1] += grad @ w_chunk.to(acc)
+    if grad_weight is not None:
+        grad_weight[c0:c1] += grad.T @ h.to(acc)
+    if grad_bias is not None:
+        grad_bias[c0:c1] += grad.sum(0)
+
+
+def _triton_chunk(
+    h: torch.Tensor,
+    w_chunk: torch.Tensor,
+    b_chunk: torch.Tensor | None,
+    target: Any,
+    cw: torch.Tensor | None,
+    pw: torch.Tensor | None,
+    options: LossOptions,
+    need_grad: bool,
+    r0: int,
+    r1: int,
+    c0: int,
+    c1: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk through the Triton kernel: per-row losses (means over the chunk's labels) and their gradient."""
+    keywords: dict[str, Any] = dict(
+        weight=cw, pos_weight=pw, label_smoothing=options.label_smoothing, gamma_pos=options.gamma_pos,
+        gamma_neg=options.gamma_neg, clip=options.clip, scale=1.0 / (c1 - c0), need_grad=need_grad,
+    )  # fmt: skip
+    if isinstance(target, SparseTargets):
+        values = None if target.values is None else target.values.to(h.dtype)
+        keywords.update(sparse=(target.indptr, target.indices, values), sparse_origin=(r0, c0))
+        y = None
+    else:
+        y = target[r0:r1, c0:c1]
+    row_sums, grad = triton_module().linear_logits_chunk(h, w_chunk, b_chunk, y, **keywords)
+    return row_sums / (c1 - c0), grad
+
+
 class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,

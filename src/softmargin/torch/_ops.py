@@ -162,9 +162,8 @@ def _differentiable_grad(
     if w is not None:
         grad = torch.where(w == 0, 0.0, grad * w)
     divisor = _divisor(t, mask)
-    if isinstance(divisor, float):
-        return (grad / divisor).to(x.dtype)
-    return torch.where(divisor > 0, grad / divisor.clamp_min(1), 0.0).to(x.dtype)
+    scaled: Tensor = grad / divisor if isinstance(divisor, float) else torch.where(divisor > 0, grad / divisor.clamp_min(1), 0.0)
+    return scaled.to(x.dtype)
 
 
 def input_grads(
@@ -297,7 +296,7 @@ class _EagerLoss(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         x: Tensor,
         y: Tensor | None,
         weight: Tensor | None,
@@ -372,6 +371,61 @@ class _EagerLoss(torch.autograd.Function):
         return tangent, None, None
 
 
+class _EagerReducedLoss(torch.autograd.Function):
+    """The common eager call (ordinary tensors, no transform, no forward-mode AD) in one autograd node: the
+    operator's implementation and the batch reduction in forward, and in backward the per-sample gradient that
+    autograd would pass through the reduction's operations, rebuilt with the same operations (so the result is
+    bitwise that of the operator's path, tested), times the precomputed gradient, scaled in place and handed over.
+    One node instead of four: small calls are dominated by such overheads."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        y: Tensor | None,
+        weight: Tensor | None,
+        pos_weight: Tensor | None,
+        mask: Tensor | None,
+        indptr: Tensor | None,
+        indices: Tensor | None,
+        values: Tensor | None,
+        options: LossOptions,
+        check: bool,
+        reduction: str,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        per_sample, grad, counted = _compute_rows(
+            x, y, weight, pos_weight, mask, indptr, indices, values, options, ctx.needs_input_grad[0], check
+        )
+        ctx.save_for_backward(x, y, weight, pos_weight, mask, indptr, indices, values)
+        ctx.grad, ctx.counted, ctx.options, ctx.reduction = grad, counted, options, reduction
+        ctx.per_sample = (per_sample.shape, per_sample.dtype)
+        return reduce(per_sample, counted, reduction, mask is not None, dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        x, y, weight, pos_weight, mask, indptr, indices, values = ctx.saved_tensors
+        shape, dtype = ctx.per_sample
+        if ctx.reduction == "none":  # the reduction was per_sample.to(dtype)
+            grad_per_sample = grad_output.to(dtype)
+        else:  # per_sample.sum(dtype=float64) [/ count].to(dtype)
+            total = grad_output.to(torch.float64)
+            if ctx.reduction == "mean":
+                if mask is not None:
+                    total = total / ctx.counted.clamp_min(1.0)
+                elif math.prod(shape):
+                    total = total / math.prod(shape)
+                else:
+                    total = total * math.nan
+            grad_per_sample = total.expand(shape).to(dtype)
+        grad, ctx.grad = ctx.grad, None
+        grads = input_grads(
+            tuple(ctx.needs_input_grad[:3]), x, y, _sparse_of(x, indptr, indices, values), weight, pos_weight, mask,
+            ctx.options, grad, grad_per_sample, in_place=True,
+        )  # fmt: skip
+        return (*grads, None, None, None, None, None, None, None, None, None)
+
+
 _APPLY = super(torch.autograd.Function, _EagerLoss).apply
 
 
@@ -414,9 +468,8 @@ def compute(problem: Problem) -> Tensor:
             *operands, o.label_smoothing, o.gamma_pos, o.gamma_neg, o.clip, need_grad, problem.check
         )
     elif _ordinary(operands) and torch.autograd.forward_ad._current_level < 0:
-        # autograd.Function.apply binds the arguments with inspect.signature on every call (a setup_context
-        # Function): with every argument given by position and no transform active, its C++ apply is the same call
-        per_sample, _, counted = _APPLY(*operands, problem.options, x.requires_grad, problem.check, True)
+        loss: Tensor = _EagerReducedLoss.apply(*operands, problem.options, problem.check, problem.reduction, problem.result_dtype)
+        return loss
     else:
         need_grad = x.requires_grad or _forward_ad_active(x)
         per_sample, _, counted = _EagerLoss.apply(*operands, problem.options, need_grad, problem.check, False)
@@ -458,7 +511,7 @@ def ensure_dtensor_sharding() -> None:
         operands = (x, y, w, pw, mask, indptr, indices, values)
         tail = [None] * len(scalars)
         replicated = [None if t is None else Replicate() for t in operands]
-        strategies = [([Replicate(), Replicate(), Replicate()], replicated + tail)]
+        strategies: list[tuple[list[Any], list[Any]]] = [([Replicate(), Replicate(), Replicate()], replicated + tail)]
         if x.ndim >= 2 and indptr is None:
 
             def rows(t: Any) -> Any:  # an operand with the input's rows is sharded with them, a smaller one replicated
