@@ -1,11 +1,11 @@
-"""The compiled CPU kernel alone (no autograd, no allocation: outputs made once), per dtype and thread count, in this
-machine's build (AVX-512 loops where the CPU has them) and in the portable build (``-DSOFTMARGIN_PORTABLE``, the loops
-a CPU without AVX-512 runs), each in its own process with its own kernel cache.
+"""The compiled CPU kernel alone (no autograd, no allocation: outputs made once), per dtype and thread count, in every
+variant built at install time that this CPU can run (``avx512bf16``/``avx512``: the AVX-512 loops; ``avx2`` and
+``baseline``: the portable loops a CPU without AVX-512 runs), each in its own process (``SOFTMARGIN_CPU_VARIANT``).
 
     python benchmarks/cpu_kernel.py [--shape 4096x2000] [--repeat 40] [--out benchmarks/results/cpu-kernel.csv]
 
 Against the floor of the same bytes: ``torch.add`` of the logits and the target into a preallocated tensor, which
-reads and writes as much as the kernel must. Ratios of the portable build's time over this build's show what the
+reads and writes as much as the kernel must. Ratios of a variant's time over the best one's show what the
 hand-written loops gain.
 """
 
@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from softmargin.app.bench import call_times, write_csv
@@ -67,38 +66,47 @@ def _measure_into(rows: list[dict], shape: tuple[int, int], repeat: int) -> None
                                  min_ms=1e3 * spent[0], avx512=cpu.avx512_loops()))  # fmt: skip
 
 
-def in_build(flags: str, shape: tuple[int, int], repeat: int) -> list[dict]:
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, SOFTMARGIN_CFLAGS=flags, SOFTMARGIN_CACHE=cache)
-        code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import cpu_kernel; "
-        code += f"print(json.dumps(cpu_kernel.measure({shape!r}, {repeat})))"
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        return json.loads(done.stdout.strip().splitlines()[-1])
+def in_variant(variant: str, shape: tuple[int, int], repeat: int) -> list[dict]:
+    env = dict(os.environ, SOFTMARGIN_CPU_VARIANT=variant)
+    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import cpu_kernel; "
+    code += f"print(json.dumps(cpu_kernel.measure({shape!r}, {repeat})))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _runnable_variants() -> list[str]:
+    from softmargin.kernels import build, cpu
+
+    best = cpu.variant()
+    if best is None:
+        raise SystemExit("no CPU kernel here (not built at install time?)")
+    names = build.automatic_variants()  # the x86-64 baseline (software fma, ~1 s a call) only with --variants
+    return names[names.index(best):]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="4096x2000")
     parser.add_argument("--repeat", type=int, default=40)
+    parser.add_argument("--variants", nargs="+", help="default: every variant this CPU runs")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu-kernel.csv"))
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split("x"))
+    variants = args.variants or _runnable_variants()
     results = []
-    for build, flags in (("native", ""), ("portable", "-DSOFTMARGIN_PORTABLE")):
-        for row in in_build(flags, shape, args.repeat):
-            results.append(dict(build=build, shape=args.shape, **row))
-    by_key = {(r["build"], r["dtype"], r["threads"], r["what"]): r for r in results}
-    print(f"{'dtype':9s} {'threads':>7s} {'native ms':>10s} {'portable ms':>12s} {'gain':>6s} {'floor ms':>9s} "
-          f"{'native / floor':>15s}")  # fmt: skip
+    for variant in variants:
+        for row in in_variant(variant, shape, args.repeat):
+            results.append(dict(variant=variant, shape=args.shape, **row))
+    by_key = {(r["variant"], r["dtype"], r["threads"], r["what"]): r for r in results}
+    best = variants[0]
+    print(f"{'dtype':9s} {'threads':>7s} " + " ".join(f"{v + ' ms':>14s}" for v in variants)
+          + f" {'floor ms':>9s} {best + ' / floor':>20s}")  # fmt: skip
     for dtype in DTYPES:
         for threads in (1, 2):
-            native = by_key[("native", dtype, threads, "kernel")]["median_ms"]
-            portable = by_key[("portable", dtype, threads, "kernel")]["median_ms"]
-            floor = by_key[("native", dtype, threads, "floor")]["median_ms"]
-            print(f"{dtype:9s} {threads:7d} {native:10.3f} {portable:12.3f} {portable / native:5.2f}x {floor:9.3f} "
-                  f"{native / floor:14.2f}x")  # fmt: skip
-    if not any(r["avx512"] for r in results if r["build"] == "native"):
-        print("(this CPU has no AVX-512: both builds run the portable loops)")
+            times = [by_key[(v, dtype, threads, "kernel")]["median_ms"] for v in variants]
+            floor = by_key[(best, dtype, threads, "floor")]["median_ms"]
+            print(f"{dtype:9s} {threads:7d} " + " ".join(f"{t:14.3f}" for t in times)
+                  + f" {floor:9.3f} {times[0] / floor:19.2f}x")  # fmt: skip
     if args.out:
         write_csv(Path(args.out), list(results[0]), results)
         print(f"written to {args.out}")

@@ -9,7 +9,9 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 stamp=.venv/.softmargin-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# the CPU kernel is compiled by the install: install again when its sources change
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+  || [ -n "$(find src/softmargin/kernels/csrc src/softmargin/kernels/build.py -newer "$stamp" 2>/dev/null)" ]; then
   python -m pip install -q --disable-pip-version-check --upgrade pip
   python -m pip install -q --disable-pip-version-check "torch==2.13.0"
   # The other frameworks pinned as torch is (the CPU jaxlib; none of these pulls another torch): about 30 s.

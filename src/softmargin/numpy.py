@@ -1,13 +1,27 @@
 """NumPy backend: the multi-label soft-margin loss and its gradient, with no torch import.
 
-It computes in float64 whatever the input dtype (float16, float32 or float64), over bounded chunks of rows, so
-no temporary is larger than a chunk however large the batch; results come back in the input's dtype. This is the
-oracle the other backends are tested against.
+Two paths, chosen per call, with the same results up to the accuracy contract (float32 per-sample losses within
+2e-7 relative of the exact value; float64 within 1e-12):
+
+- **The fused C kernel** (``softmargin.kernels.cpu``, built at install time; the one the torch backend runs on the
+  CPU) for float16, float32 and float64 inputs, dense or sparse targets and every option: loss and gradient in one
+  pass, in float32 for float16/float32 inputs and float64 for float64, no temporary beyond the gradient. A target in
+  another dtype than the input's (bool and uint8 excepted) is converted to it once, as the torch backend does. It
+  runs on ``SOFTMARGIN_NUM_THREADS`` threads (default: torch's thread count where torch is already imported, else
+  the CPUs this process may use); every row is summed by one thread in a fixed order, so results are bitwise the
+  same for any thread count.
+- **Chunked NumPy** otherwise (no kernel built here, ``SOFTMARGIN_NATIVE=0``, empty inputs): float64 whatever the
+  input dtype, over bounded chunks of rows, so no temporary is larger than a chunk however large the batch. This is
+  the oracle the other backends are tested against.
+
+Results come back in the input's dtype.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 from typing import Any, Literal
 
 import numpy as np
@@ -16,6 +30,7 @@ from numpy.typing import ArrayLike, NDArray
 from . import _validation as V
 from ._chunks import Options, Rows, loss_rows, row_bookkeeping
 from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
+from .kernels import cpu
 
 __all__ = ["multilabel_soft_margin_loss", "multilabel_soft_margin_loss_grad"]
 
@@ -25,6 +40,30 @@ Reduction = Literal["none", "mean", "sum"]
 CHUNK_ELEMENTS = 1 << 16
 
 _KINDS = {"f": "float", "i": "int", "u": "int", "b": "bool", "c": "complex"}
+
+#: Input dtypes the fused kernel takes (NumPy has no bfloat16).
+_NATIVE_DTYPES = frozenset({"float16", "float32", "float64"})
+
+
+def num_threads() -> int:
+    """Threads the fused kernel uses: ``$SOFTMARGIN_NUM_THREADS``, else torch's thread count where torch is already
+    imported (not importing it), else the CPUs this process may run on."""
+    setting = os.environ.get("SOFTMARGIN_NUM_THREADS", "").strip()
+    if setting:
+        try:
+            value = int(setting)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"SOFTMARGIN_NUM_THREADS={setting!r}: expected a positive integer, the kernel's threads")
+        return value
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return int(torch.get_num_threads())
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _array(name: str, value: ArrayLike | None, shape: tuple[int, ...]) -> NDArray[Any] | None:
@@ -57,7 +96,10 @@ def _prepare(
     pos_weight: ArrayLike | None,
     mask: ArrayLike | None,
     options: Options,
-) -> tuple[Rows, tuple[int, ...], str]:
+) -> tuple[Rows, tuple[int, ...], str, bool, bool]:
+    """The problem as rows, the input's shape, the reduction, whether the fused kernel runs, and whether the dense
+    target's range is left for the kernel to check as it reads it (then, should it see a bad value, the caller runs
+    the check that names it)."""
     reduction = V.check_reduction(reduction)
     V.check_options(options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
     x = np.asarray(input)
@@ -74,10 +116,16 @@ def _prepare(
     w = _array("weight", weight, x.shape)
     pw = _array("pos_weight", pos_weight, x.shape)
     m = _array("mask", mask, x.shape)
+    native = x.size > 0 and x.dtype.name in _NATIVE_DTYPES and cpu.kernel() is not None
+    plain = pos_weight is None and mask is None and options == Options()
+    kernel_checks = (
+        validate and native and not isinstance(y, SparseTargets) and y.dtype in (x.dtype, np.uint8, np.bool_)
+        and (not plain or x.dtype.name in cpu.TARGET_CHECKED)
+    )  # fmt: skip
     if validate:
         if isinstance(y, SparseTargets):
             V.check_sparse_target_values(y)
-        else:
+        elif not kernel_checks:
             V.check_target_values(y)
         if w is not None:
             V.check_weight_values("weight", w)
@@ -86,26 +134,95 @@ def _prepare(
     rows = Rows(
         x.reshape(n, x.shape[-1]), y if isinstance(y, SparseTargets) else y.reshape(n, x.shape[-1]), _rows(w, x.shape, n), _rows(pw, x.shape, n), _rows(m, x.shape, n)
     )
-    return rows, x.shape, reduction
+    return rows, x.shape, reduction, native, kernel_checks
 
 
 def _as_float64(array: NDArray[Any]) -> NDArray[np.float64]:
     return array.astype(np.float64, copy=False)
 
 
+def _kernel_rows(rows: Rows, plain: bool) -> tuple[Rows, str]:
+    """The rows as the fused kernel reads them (contiguous; weights in the compute dtype, the mask as bytes, the
+    default operands as rows of ones), and the target's kernel dtype."""
+    x = np.ascontiguousarray(rows.x)
+    cdtype = np.float64 if x.dtype == np.float64 else np.float32
+    num_classes = x.shape[1]
+    y: Any
+    if isinstance(rows.y, SparseTargets):
+        values = rows.y.values
+        y = SparseTargets(
+            np.ascontiguousarray(rows.y.indptr, dtype=np.int64), np.ascontiguousarray(rows.y.indices, dtype=np.int64),
+            None if values is None else np.ascontiguousarray(values, dtype=x.dtype), rows.y.shape, np,
+        )  # fmt: skip
+        ytype = "uint8" if values is None else x.dtype.name
+    else:
+        y = rows.y
+        if y.dtype == np.bool_:
+            y = np.ascontiguousarray(y).view(np.uint8)  # one byte each: no copy
+        elif y.dtype != np.uint8:
+            y = np.ascontiguousarray(y, dtype=x.dtype)  # a target in another dtype is converted once
+        y = np.ascontiguousarray(y)
+        ytype = "uint8" if y.dtype == np.uint8 else x.dtype.name
+
+    def operand(a: NDArray[Any] | None, dtype: Any, default: bool) -> NDArray[Any] | None:
+        if a is None:
+            return np.ones((1, num_classes), dtype=dtype) if default else None
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    mask = None if rows.mask is None else np.ascontiguousarray(rows.mask).view(np.uint8)
+    return Rows(
+        x, y, operand(rows.weight, cdtype, True), operand(rows.pos_weight, cdtype, not plain),
+        operand(mask, np.uint8, not plain),
+    ), ytype  # fmt: skip
+
+
+def _native(
+    rows: Rows, reduction: str, options: Options, need_grad: bool, plain: bool
+) -> tuple[NDArray[np.float64], NDArray[Any] | None, Any, float, bool]:
+    """The fused kernel: (row sums, gradient or None, divisor, rows in the mean, whether a target was out of range)."""
+    divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
+    k, ytype = _kernel_rows(rows, plain)
+    num_rows, num_classes = k.num_rows, k.num_classes
+    row_scale = None if isinstance(grad_scale, float) else np.ascontiguousarray(grad_scale, dtype=np.float64)
+    row_sums = np.empty(num_rows, dtype=np.float64)
+    grad = np.empty((num_rows, num_classes), dtype=k.x.dtype) if need_grad else None
+
+    def pointer(a: NDArray[Any] | None) -> tuple[int | None, int]:
+        return (None, 0) if a is None else (a.ctypes.data, 0 if a.shape[0] == 1 else num_classes)
+
+    sparse = k.y if isinstance(k.y, SparseTargets) else None
+    out_of_range = cpu.fused(
+        k.x.dtype.name, ytype, k.x.ctypes.data, None if sparse is not None else k.y.ctypes.data,
+        pointer(k.weight), pointer(k.pos_weight), pointer(k.mask), num_rows, num_classes,
+        grad_scale if row_scale is None else 0.0, None if row_scale is None else row_scale.ctypes.data,
+        None if plain else (options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip),
+        row_sums.ctypes.data, None if grad is None else grad.ctypes.data, num_threads(),
+        None if sparse is None else (sparse.indptr.ctypes.data, sparse.indices.ctypes.data,
+                                     None if sparse.values is None else sparse.values.ctypes.data),
+    )  # fmt: skip
+    return row_sums, grad, divisor, counted, out_of_range
+
+
 def _compute(
-    rows: Rows, shape: tuple[int, ...], reduction: str, options: Options, need_grad: bool
+    rows: Rows, shape: tuple[int, ...], reduction: str, options: Options, need_grad: bool, native: bool = False,
+    kernel_checks: bool = False, plain: bool = True,
 ) -> tuple[NDArray[np.float64], NDArray[Any] | None, float]:
     """Per-sample losses (float64, shape ``shape[:-1]``), the gradient (input dtype) if asked, rows in the mean."""
-    divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
-    row_sums = np.empty(rows.num_rows, dtype=np.float64)
-    grad = np.empty(rows.x.shape, dtype=rows.x.dtype) if need_grad else None
-    # 0 * inf is resolved in the formula and a loss beyond the dtype's range is inf: neither deserves a warning
+    if native:
+        row_sums, grad, divisor, counted, out_of_range = _native(rows, reduction, options, need_grad, plain)
+        if out_of_range and kernel_checks:
+            V.check_target_values(rows.y)  # raises, naming the first bad value
+    else:
+        divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
+        row_sums = np.empty(rows.num_rows, dtype=np.float64)
+        grad = np.empty(rows.x.shape, dtype=rows.x.dtype) if need_grad else None
+        # 0 * inf is resolved in the formula and a loss beyond the dtype's range is inf: neither deserves a warning
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            loss_rows(
+                rows, options, grad_scale, need_grad, xp=np, compute=_as_float64, row_sum=lambda a: a.sum(axis=1),
+                row_sums_out=row_sums, grad_out=grad, chunk_elements=CHUNK_ELEMENTS,
+            )  # fmt: skip
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        loss_rows(
-            rows, options, grad_scale, need_grad, xp=np, compute=_as_float64, row_sum=lambda a: a.sum(axis=1),
-            row_sums_out=row_sums, grad_out=grad, chunk_elements=CHUNK_ELEMENTS,
-        )  # fmt: skip
         per_sample = row_sums / divisor
         if rows.mask is not None:  # a sample with no observed label contributes 0
             per_sample = np.where(np.asarray(divisor) > 0, per_sample, 0.0)
@@ -176,9 +293,12 @@ def multilabel_soft_margin_loss(
         1.18012
     """
     options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
-    rows, shape, reduction = _prepare(input, target, weight, reduction, validate, pos_weight, mask, options)
-    per_sample, _, counted = _compute(rows, shape, reduction, options, need_grad=False)
-    return _reduce(per_sample, reduction, counted, rows.x.dtype)
+    rows, shape, checked, native, kernel_checks = _prepare(
+        input, target, weight, reduction, validate, pos_weight, mask, options
+    )
+    plain = pos_weight is None and mask is None and options == Options()
+    per_sample, _, counted = _compute(rows, shape, checked, options, False, native, kernel_checks, plain)
+    return _reduce(per_sample, checked, counted, rows.x.dtype)
 
 
 def multilabel_soft_margin_loss_grad(
@@ -227,10 +347,13 @@ def multilabel_soft_margin_loss_and_grad(
 ) -> tuple[Any, NDArray[Any]]:
     """Loss and gradient from one pass (what a training loop wants); same arguments as the loss."""
     options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
-    rows, shape, reduction = _prepare(input, target, weight, reduction, validate, pos_weight, mask, options)
-    per_sample, grad, counted = _compute(rows, shape, reduction, options, need_grad=True)
+    rows, shape, checked, native, kernel_checks = _prepare(
+        input, target, weight, reduction, validate, pos_weight, mask, options
+    )
+    plain = pos_weight is None and mask is None and options == Options()
+    per_sample, grad, counted = _compute(rows, shape, checked, options, True, native, kernel_checks, plain)
     assert grad is not None  # need_grad=True always returns one; not a user-input check
-    return _reduce(per_sample, reduction, counted, rows.x.dtype), grad
+    return _reduce(per_sample, checked, counted, rows.x.dtype), grad
 
 
 multilabel_soft_margin_loss.__doc__ = (multilabel_soft_margin_loss.__doc__ or "").replace("{options}", _OPTIONS_DOC)

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from helpers import assert_close
 
 from softmargin._chunks import PLAIN, Options
-from softmargin.kernels import cpu
+from softmargin.kernels import build, cpu
 from softmargin.torch import _backends as torch_ops
 
 pytestmark = pytest.mark.skipif(cpu.kernel() is None, reason="the CPU kernel cannot be built here")
@@ -105,29 +105,53 @@ def test_half_kernels_blocks_redone_exactly(dtype):
     assert (ng[:, 100] != 0).all() or dtype == torch.float16  # float16 has no room below 6e-8: 0 there too
 
 
-@pytest.mark.skipif(bool(__import__("os").environ.get("SOFTMARGIN_CFLAGS")), reason="already another build")
-@pytest.mark.skipif(not cpu.avx512_loops(), reason="this CPU runs the portable loops already")
-@pytest.mark.parametrize(
-    "flags, avx512",
-    [("-DSOFTMARGIN_PORTABLE", False), ("-mno-avx512bf16", True)],
-    ids=["portable loops (no AVX-512)", "AVX-512 without AVX512-BF16"],
-)
-def test_other_builds_pass_this_module(tmp_path, flags, avx512):
-    """Other CPUs build other loops: without AVX-512 the portable ones (the plain loss in every dtype); with AVX-512
-    but not AVX512-BF16 the bfloat16 gradient rounded with integer operations. Build the kernel that way (its own
-    cache) and run this whole module against it in a fresh process."""
+def _run_this_module(env: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", __file__],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(__import__("os").environ.get("SOFTMARGIN_CPU_VARIANT")), reason="already another variant")
+@pytest.mark.parametrize("variant", build.variants())
+def test_other_variants_pass_this_module(variant):
+    """Other CPUs load other variants: without AVX-512 the portable loops (avx2; the baseline where nothing else
+    runs), with AVX-512 but not AVX512-BF16 the bfloat16 gradient rounded with integer operations. Force each
+    variant this CPU can run and run this whole module against it in a fresh process."""
+    import os
+
+    if variant == cpu.variant():
+        pytest.skip("the variant this process already runs")
+    lib = cpu.kernel()
+    if not build.library_path(variant).exists() or not lib.softmargin_cpu_supports(variant.encode()):
+        pytest.skip(f"{variant} is not built or this CPU cannot run it")
+    _run_this_module(dict(os.environ, SOFTMARGIN_CPU_VARIANT=variant))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(build.compiler() is None, reason="no C compiler")
+@pytest.mark.skipif(bool(__import__("os").environ.get("SOFTMARGIN_KERNEL_DIR")), reason="already another build")
+def test_developer_rebuild_with_portable_loops(tmp_path):
+    """The developer switch: ``python -m softmargin.kernels.build --out DIR --cflags ...`` builds the libraries
+    elsewhere and ``SOFTMARGIN_KERNEL_DIR`` loads them; here the portable loops (``-DSOFTMARGIN_PORTABLE``) in the
+    best variant's instruction set (and the baseline, the loader's CPU oracle), against this whole module."""
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ, SOFTMARGIN_CFLAGS=flags, SOFTMARGIN_CACHE=str(tmp_path))
-    check = f"from softmargin.kernels import cpu; assert cpu.kernel() is not None and cpu.avx512_loops() == {avx512}"
+    best = cpu.variant()
+    command = [sys.executable, "-m", "softmargin.kernels.build", "--out", str(tmp_path),
+               "--cflags=-DSOFTMARGIN_PORTABLE", "--variant", best, "--variant", "baseline"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    env = dict(os.environ, SOFTMARGIN_KERNEL_DIR=str(tmp_path), SOFTMARGIN_CPU_VARIANT=best)
+    check = "from softmargin.kernels import cpu; assert cpu.kernel() is not None and not cpu.avx512_loops()"
     subprocess.run([sys.executable, "-c", check], env=env, check=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    _run_this_module(env)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

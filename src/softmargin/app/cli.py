@@ -60,6 +60,15 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"Forward+backward, {shape[0]}x{shape[1]} float32, each loss option against the plain loss:")
         print(format_table(["option", "median ms", "x plain"], [[r["option"], f"{r['median_ms']:.2f}", f"{r['x_plain']:.2f}"] for r in rows]))
         return 0
+    if args.backend == "numpy":
+        from . import bench_numpy
+
+        out = args.out.replace("bench-cpu", "bench-numpy") if args.out else args.out
+        rows = bench_numpy.run(shapes=args.shapes or bench_numpy.DEFAULT_SHAPES, dtypes=args.dtypes,
+                               repeat=args.repeat, threads=args.threads, out=Path(out) if out else None)  # fmt: skip
+        print(bench.report(rows))
+        print(f"\nwritten to {out}" if out else "")
+        return 0
     if args.backend == "jax":
         from . import bench_jax
 
@@ -226,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16", "float64"])
     bench.add_argument("--repeat", type=int, default=15, help="timed calls per configuration (the median is reported)")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
-    bench.add_argument("--backend", choices=["torch", "jax"], default="torch",
-                       help="jax: jitted value_and_grad of softmargin.jax against jitted optax (results to bench-jax.csv)")  # fmt: skip
+    bench.add_argument("--backend", choices=["torch", "jax", "numpy"], default="torch",
+                       help="jax: jitted value_and_grad of softmargin.jax against jitted optax (results to bench-jax.csv); "
+                       "numpy: softmargin.numpy against a naive NumPy formula, torch never imported (results to bench-numpy.csv)")  # fmt: skip
     bench.add_argument("--device", default="cpu", help="cpu, or cuda (results to bench-cuda.csv; one process, exact allocator counts)")
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while)")
     bench.add_argument("--extreme", action="store_true", help="the fused linear head vs linear + loss at 100k, 1M, 3M labels")

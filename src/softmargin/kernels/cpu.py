@@ -1,151 +1,202 @@
-"""Build (once, on this machine) and load the fused CPU kernel ``cpu_kernel.c`` through ctypes.
+"""Load the fused CPU kernel (``csrc/``), built when the package was installed, through ctypes.
 
-The kernel is compiled at first use with the system's C compiler and cached under ``$SOFTMARGIN_CACHE`` (default
-``~/.cache/softmargin``), keyed by the source, the compiler and the CPU, so a rebuild happens only when one of them
-changes. With no compiler, no glibc vector math, or ``SOFTMARGIN_NATIVE=0``, :func:`kernel` returns ``None`` and the
-callers fall back, correctly, to chunked torch operations: nothing here is a requirement on a user's machine.
-``$SOFTMARGIN_CFLAGS`` adds compiler flags to every attempt (part of the cache key); the tests build with
-``-DSOFTMARGIN_PORTABLE`` that way, to check the loops a CPU without AVX-512 runs.
+``build.py`` compiles one shared library per CPU variant at install time (``avx512bf16``, ``avx512``, ``avx2`` and
+``baseline`` on x86-64; ``baseline`` elsewhere). :func:`kernel` loads the best variant this CPU supports, as the
+baseline library's ``softmargin_cpu_supports`` (cpuid) says (on x86-64 never ``baseline`` by itself: without FMA it
+is slower than the fallback; see ``build.automatic_variants``): nothing is compiled, cached or written at run time, and
+no compiler or writable HOME is needed. Where no library was built (no compiler at install time), where loading
+fails, or with ``SOFTMARGIN_NATIVE=0``, :func:`kernel` returns None and the callers fall back, correctly, to their
+chunked torch or NumPy code.
+
+The C ABI is defined once, in ``csrc/softmargin.h``: the loader checks its version, the layout of the argument
+struct (every field's name, offset and size, and the struct's size, as the library reports them) and the dtype
+names against :class:`FusedArgs` and :data:`DTYPES` below, and refuses (with a warning) a library that differs.
+The C entry point rejects null pointers, negative or overflowing sizes and unknown dtype codes;
+:class:`KernelArgumentError` carries its message.
+
+Developer switches: ``SOFTMARGIN_CPU_VARIANT=avx2`` (say) loads that variant instead of the best one (the tests
+run the kernel tests against every variant this CPU can run); ``SOFTMARGIN_KERNEL_DIR`` loads the libraries from
+another directory (``python -m softmargin.kernels.build --out DIR --cflags=...`` builds them there); ``python -m
+softmargin.kernels.build`` rebuilds them in place.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
 import sys
-import sysconfig
-import tempfile
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("cpu_kernel.c")
-FLAG_SETS = (
-    # glibc's libmvec vector expf/log1pf (x86-64, glibc >= 2.35); -ffast-math deliberately absent (inf/NaN).
-    # OpenMP: beside torch the kernel shares torch's libgomp thread pool (see cpu_kernel.c).
-    # -falign-loops=64: the hot loops' speed otherwise depends on where they happen to land (measured 2.2-2.6 ns
-    # per element unaligned, 2.0 aligned).
-    # GCC's first scheduling pass, off by default on x86: 1.5 % (float16/bfloat16) to 4 % (float32) faster here.
-    ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-fschedule-insns", "-fsched-pressure",
-     "-lmvec"],
-    ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-falign-loops=64", "-lmvec"],
-    ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-falign-loops=64", "-lmvec"],
-    ["-O3", "-march=native", "-fno-math-errno", "-DSOFTMARGIN_SCALAR_MATH"],
-    ["-O2", "-DSOFTMARGIN_SCALAR_MATH"],
-)
-DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3, "uint8": 4}
+from softmargin.kernels import build
+
+#: The ABI this loader speaks (``SOFTMARGIN_ABI_VERSION`` in csrc/softmargin.h).
+ABI_VERSION = 2
+#: Element types in code order (``enum softmargin_dtype``; checked against the library's ``softmargin_dtype_names``).
+DTYPES = ("float32", "float64", "float16", "bfloat16", "uint8")
+#: Input dtypes whose plain-loss row functions check the target's range as they read it (the options' row functions
+#: check it in every dtype); checked against the library's ``softmargin_target_checked``.
+TARGET_CHECKED = frozenset({"float32", "float16", "bfloat16"})
+
+_i32, _i64, _f64, _ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
 
 
-def _compiler() -> str | None:
-    for candidate in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc", "clang"):
-        if candidate:
-            path = shutil.which(candidate.split()[0])
-            if path:
-                return path
+class FusedArgs(ctypes.Structure):
+    """``softmargin_args`` of csrc/softmargin.h (its comment documents each field); checked at load time."""
+
+    _fields_ = [
+        ("xtype", _i32), ("ytype", _i32), ("x", _ptr), ("y", _ptr), ("weight", _ptr), ("weight_row_step", _i64),
+        ("pos_weight", _ptr), ("pos_weight_row_step", _i64), ("mask", _ptr), ("mask_row_step", _i64),
+        ("num_rows", _i64), ("num_classes", _i64), ("scale", _f64), ("row_scale", _ptr), ("options", _i32),
+        ("label_smoothing", _f64), ("gamma_pos", _f64), ("gamma_neg", _f64), ("clip", _f64), ("out", _ptr),
+        ("grad", _ptr), ("num_threads", _i32), ("sparse_indptr", _ptr), ("sparse_indices", _ptr),
+        ("sparse_values", _ptr),
+    ]  # fmt: skip
+
+
+class KernelArgumentError(ValueError):
+    """The C kernel rejected its arguments (a null pointer, a negative or overflowing size, an unknown dtype)."""
+
+
+_STATUS_ERRORS = {-1: "a null pointer", -2: "a bad size", -3: "a bad dtype", -4: "a bad argument"}
+
+
+def _abi_mismatch(lib: ctypes.CDLL) -> str | None:
+    """Why ``lib`` does not speak this loader's ABI, or None when it does."""
+    lib.softmargin_abi_version.restype = ctypes.c_int
+    if lib.softmargin_abi_version() != ABI_VERSION:
+        return f"ABI version {lib.softmargin_abi_version()}, this loader speaks {ABI_VERSION}"
+    lib.softmargin_abi_fields.restype = ctypes.c_char_p
+    names = lib.softmargin_abi_fields().decode().split(",")
+    ours = [field[0] for field in FusedArgs._fields_]
+    if names != ours:
+        return f"softmargin_args fields {names}, expected {ours}"
+    offsets, sizes = (_i64 * len(names))(), (_i64 * len(names))()
+    lib.softmargin_abi_layout.restype = _i64
+    lib.softmargin_abi_layout.argtypes = [_ptr, _ptr, _i64]
+    size = lib.softmargin_abi_layout(offsets, sizes, len(names))
+    for i, name in enumerate(names):
+        field = getattr(FusedArgs, name)
+        if (offsets[i], sizes[i]) != (field.offset, field.size):
+            return f"softmargin_args.{name} at {offsets[i]} ({sizes[i]} bytes), expected {field.offset} ({field.size})"
+    if size != ctypes.sizeof(FusedArgs):
+        return f"sizeof(softmargin_args) {size}, expected {ctypes.sizeof(FusedArgs)}"
+    lib.softmargin_dtype_names.restype = ctypes.c_char_p
+    if tuple(lib.softmargin_dtype_names().decode().split(",")) != DTYPES:
+        return f"dtypes {lib.softmargin_dtype_names().decode()}, expected {','.join(DTYPES)}"
+    checked = lib.softmargin_target_checked()
+    if frozenset(name for i, name in enumerate(DTYPES) if checked >> i & 1) != TARGET_CHECKED:
+        return f"target-checked dtypes (bits {checked:#x}) differ from {sorted(TARGET_CHECKED)}"
     return None
 
 
-def _cpu_id() -> str:
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.softmargin_fused.argtypes = [ctypes.POINTER(FusedArgs), ctypes.c_char_p, _i64]
+    lib.softmargin_fused.restype = ctypes.c_int
+    lib.softmargin_count_rows.argtypes = [_ptr, _i64, _i64, _ptr, ctypes.c_int]
+    lib.softmargin_count_rows.restype = ctypes.c_int
+    lib.softmargin_features.restype = ctypes.c_int
+    lib.softmargin_variant.restype = ctypes.c_char_p
+    lib.softmargin_source_hash.restype = ctypes.c_char_p
+    lib.softmargin_cpu_supports.argtypes = [ctypes.c_char_p]
+    lib.softmargin_cpu_supports.restype = ctypes.c_int
+    for name in ("softmargin_f16_from_f32", "softmargin_f16_to_f32"):  # the tests' view of the conversions
+        getattr(lib, name).argtypes = [_ptr, _ptr, _i64]
+        getattr(lib, name).restype = None
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    """Load and check one library; raises OSError when it cannot be used."""
+    lib = ctypes.CDLL(str(path))
     try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SOFTMARGIN_CACHE") or Path.home() / ".cache" / "softmargin")
-
-
-def _build(compiler: str, flags: list[str], target: Path) -> str | None:
-    """Compile to a temporary file and move it into place atomically; returns an error text or None."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    libs = [f for f in flags if f.startswith("-l")]
-    options = [f for f in flags if not f.startswith("-l")]
-    cmd = [compiler, *options, "-shared", "-fPIC", str(SOURCE), "-o", tmp, *libs, "-lm", "-lpthread"]
+        mismatch = _abi_mismatch(lib)
+    except AttributeError as exc:  # a function the ABI names is missing
+        mismatch = str(exc)
+    if mismatch:
+        raise OSError(f"{path.name} does not match this loader: {mismatch} (rebuild: pip install again)")
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            return result.stderr.strip()[-500:] or f"{compiler} exited with {result.returncode}"
-        os.replace(tmp, target)
-        return None
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(exc)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _declare(lib)
+    except AttributeError as exc:
+        raise OSError(f"{path.name} does not match this loader: {exc} (rebuild: pip install again)") from exc
+    built_from = lib.softmargin_source_hash().decode()
+    if build.CSRC.is_dir() and built_from != build.source_hash():
+        warnings.warn(
+            f"softmargin: {path.name} was built from other kernel sources than {build.CSRC} holds now "
+            "(rebuild: python -m softmargin.kernels.build, or pip install again)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return lib
 
 
-#: Input dtypes whose plain-loss row functions check the target's range as they read it (the options' row functions
-#: check it in every dtype).
-TARGET_CHECKED = frozenset({"float32", "float16", "bfloat16"})
+def _warn(message: str) -> None:
+    warnings.warn(
+        f"softmargin: the fused CPU kernel is not used, the slower chunked path runs instead: {message} "
+        "(set SOFTMARGIN_NATIVE=0 to silence this)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 @functools.cache
 def kernel() -> ctypes.CDLL | None:
-    """The loaded kernel library, or None where it cannot be built or loaded here (then callers fall back)."""
-    if os.environ.get("SOFTMARGIN_NATIVE", "1") == "0" or not sys.platform.startswith("linux"):
+    """The loaded kernel library (the best variant for this CPU), or None where there is none (callers fall back)."""
+    if os.environ.get("SOFTMARGIN_NATIVE", "1") == "0" or sys.platform == "win32":
         return None
-    compiler = _compiler()
-    if compiler is None:
+    directory = Path(os.environ.get("SOFTMARGIN_KERNEL_DIR") or build.PACKAGE_DIR)
+    oracle_path = build.library_path("baseline", directory)
+    if not oracle_path.exists():
+        return None  # not built at install time (no compiler): the documented fallback
+    try:
+        oracle = _load(oracle_path)
+    except OSError as exc:
+        _warn(str(exc))
         return None
-    source = SOURCE.read_bytes()
-    errors = []
-    extra = os.environ.get("SOFTMARGIN_CFLAGS", "").split()
-    for flags in FLAG_SETS:
-        flags = [*flags, *extra]
-        key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(), _cpu_id().encode()]))
-        target = _cache_dir() / f"cpu_kernel-{key.hexdigest()[:16]}.so"
-        if not target.exists():
-            error = _build(compiler, flags, target)
-            if error:
-                errors.append(error)
-                continue
-        try:
-            lib = ctypes.CDLL(str(target))
-        except OSError as exc:
-            errors.append(str(exc))
+    forced = os.environ.get("SOFTMARGIN_CPU_VARIANT")
+    if forced and forced not in build.VARIANT_FLAGS:
+        _warn(f"SOFTMARGIN_CPU_VARIANT={forced!r} is none of {', '.join(build.VARIANT_FLAGS)}")
+        return None
+    for variant in [forced] if forced else build.automatic_variants():
+        path = build.library_path(variant, directory)
+        if not path.exists() or not oracle.softmargin_cpu_supports(variant.encode()):
             continue
-        fn = lib.softmargin_fused
-        fn.restype = ctypes.c_int
-        i64, dbl, ptr = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
-        fn.argtypes = [ctypes.c_int, ctypes.c_int, ptr, ptr, ptr, i64, ptr, i64, ptr, i64, i64, i64, dbl, ptr]
-        fn.argtypes += [ctypes.c_int, dbl, dbl, dbl, dbl, ptr, ptr, ctypes.c_int, ptr, ptr, ptr]
-        lib.softmargin_features.restype = ctypes.c_int
-        lib.softmargin_count_rows.argtypes = [ptr, i64, i64, ptr, ctypes.c_int]
-        lib.softmargin_count_rows.restype = None
-        for name in ("softmargin_f16_from_f32", "softmargin_f16_to_f32"):  # the tests' view of the conversions
-            getattr(lib, name).argtypes = [ptr, ptr, i64]
-            getattr(lib, name).restype = None
-        lib.flags = flags  # type: ignore[attr-defined]
-        return lib
-    warnings.warn(
-        "softmargin: the fused CPU kernel could not be built, using the slower chunked torch path "
-        f"(set SOFTMARGIN_NATIVE=0 to silence this). Last error: {errors[-1] if errors else 'unknown'}",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+        try:
+            return oracle if variant == "baseline" else _load(path)
+        except OSError as exc:
+            _warn(str(exc))
+            return None
+    if forced:
+        _warn(f"SOFTMARGIN_CPU_VARIANT={forced!r}: not built in {directory} or not supported by this CPU")
     return None
 
 
+def variant() -> str | None:
+    """The variant :func:`kernel` loaded ("avx512bf16", "avx512", "avx2", "baseline"), or None without a kernel."""
+    lib = kernel()
+    return None if lib is None else str(lib.softmargin_variant().decode())
+
+
 def avx512_loops() -> bool:
-    """Whether the plain loss takes the AVX-512 loops here (``DEFINE_AVX512`` in cpu_kernel.c, for float32, float16
-    and bfloat16 inputs) rather than the portable ones."""
+    """Whether the plain loss takes the AVX-512 loops here (``csrc/rows_avx512.h``, for float32, float16 and
+    bfloat16 inputs) rather than the portable ones."""
     lib = kernel()
     return lib is not None and bool(lib.softmargin_features() & 1)
+
+
+def _raise(status: int, message: bytes) -> None:
+    text = message.decode(errors="replace") or _STATUS_ERRORS.get(status, f"status {status}")
+    raise KernelArgumentError(f"softmargin CPU kernel rejected its arguments: {text}")
 
 
 def count_rows(mask: int, num_rows: int, num_classes: int, out: int, num_threads: int) -> None:
     """The nonzero bytes of each row of a contiguous (N, C) uint8 mask, as int32 into ``out`` (N)."""
     lib = kernel()
-    assert lib is not None, "count_rows() called without a kernel; check kernel() first"
-    lib.softmargin_count_rows(mask, num_rows, num_classes, out, num_threads)
+    if lib is None:
+        raise RuntimeError("count_rows() called without a kernel; check kernel() first")
+    status = lib.softmargin_count_rows(mask, num_rows, num_classes, out, num_threads)
+    if status < 0:
+        _raise(status, b"")
 
 
 def fused(
@@ -166,23 +217,32 @@ def fused(
     num_threads: int,
     sparse: tuple[int, int, int | None] | None = None,
 ) -> bool:
-    """Run the kernel on raw pointers; the caller owns the layout (contiguous; see cpu_kernel.c). Returns True when
-    a row function saw a target outside [0, 1] (the options in every dtype and the plain loss in ``TARGET_CHECKED``
-    check as they read; float64's plain loss does not look).
+    """Run the kernel on raw pointers; the caller owns the layout (contiguous; see ``softmargin_args`` in
+    csrc/softmargin.h). Returns True when a row function saw a target outside [0, 1] (the options in every dtype
+    and the plain loss in ``TARGET_CHECKED`` check as they read; float64's plain loss does not look).
 
     ``sparse`` = (indptr, indices, values or None) replaces ``y`` (then None) with CSR positives.
-
     ``weight``, ``pos_weight`` and ``mask`` are (pointer, row step) pairs; ``options`` is None for the plain loss
     or (label_smoothing, gamma_pos, gamma_neg, clip).
+
+    Raises:
+        KernelArgumentError: the kernel rejected the arguments (null pointers, bad sizes, unknown dtypes).
     """
     lib = kernel()
-    assert lib is not None, "fused() called without a kernel; check kernel() first"
+    if lib is None:
+        raise RuntimeError("fused() called without a kernel; check kernel() first")
+    if xtype not in DTYPES or ytype not in DTYPES:
+        raise KernelArgumentError(f"softmargin CPU kernel: unknown dtype {xtype if xtype not in DTYPES else ytype!r}")
     eps, gamma_pos, gamma_neg, clip = options or (0.0, 0.0, 0.0, 0.0)
-    status = lib.softmargin_fused(
-        DTYPE_CODES[xtype], DTYPE_CODES[ytype], x, y, weight[0], weight[1], pos_weight[0], pos_weight[1],
+    indptr, indices, values = sparse or (None, None, None)
+    args = FusedArgs(
+        DTYPES.index(xtype), DTYPES.index(ytype), x, y, weight[0], weight[1], pos_weight[0], pos_weight[1],
         mask[0], mask[1], num_rows, num_classes, scale, row_scale, int(options is not None), eps, gamma_pos,
-        gamma_neg, clip, out, grad, num_threads, *(sparse or (None, None, None)),
+        gamma_neg, clip, out, grad, num_threads, indptr, indices, values,
     )  # fmt: skip
+    status = lib.softmargin_fused(ctypes.byref(args), None, 0)
     if status < 0:
-        raise RuntimeError(f"softmargin CPU kernel rejected dtypes input={xtype}, target={ytype}")
-    return status == 1
+        message = ctypes.create_string_buffer(256)
+        lib.softmargin_fused(ctypes.byref(args), message, len(message))  # rejected again, now with the reason
+        _raise(status, message.value)
+    return bool(status == 1)

@@ -1,0 +1,266 @@
+/* The fused CPU kernel: per-row loss sums and the gradient of the multi-label soft-margin loss in one pass.
+ *
+ * An adapter of softmargin/_formula.py (read the derivation there), tested against it:
+ *   l(x, y) = log1p(exp(-|x|)) + (1 - y) relu(x) + y relu(-x)      three non-negative terms: no overflow, no cancellation
+ *   g(x, y) = (1 - y) sigmoid(x) - y sigmoid(-x)                    exact for hard labels, finite for infinite x
+ * with 0 * inf taken as 0 (a right prediction at infinity) and a zero weight removing its element.
+ *
+ * A second family of row functions adds the imbalance options (pos_weight, mask, label smoothing, asymmetric
+ * focusing; see element_loss_and_grad_options in _formula.py), so that they keep the fused pass too.
+ *
+ * float32, float16 and bfloat16 are computed in float32: the plain loss with an exp and a log1p of our own
+ * (scalar_math.h; with AVX-512 in loops written with intrinsics, float16/bfloat16 inputs with shorter polynomials,
+ * good to 4.2e-7; without it in portable loops, float16/bfloat16 with a shorter log1p, good to 2e-6: far below their
+ * own rounding), the options with glibc's vector expf/log1pf (about 1 ulp); float64 in float64 with glibc's
+ * exp/log1p. Element losses are summed in float64 (the AVX-512 loops: per lane in float32 over a block of 32 vectors
+ * first), so a row's loss is accurate to about 1e-7 relative (float32).
+ *
+ * The files, by concern:
+ *   softmargin.h      the ABI: the argument struct, the dtype and status enums, the exported functions
+ *   scalar_math.h     exp/log1p polynomials, float16/bfloat16 conversions
+ *   rows.h            the portable row functions (generator macros, documented there)
+ *   rows_avx512.h     the AVX-512 row functions
+ *   threads.h         rows to threads
+ *   kernel.c          this file: the instantiations, the dispatch table, argument checks and the entry points
+ *
+ * Built at install time (setup.py, through softmargin/kernels/build.py), once per CPU variant, never with
+ * -march=native: "avx512bf16" and "avx512" (-march=x86-64-v4, with and without AVX512-BF16), "avx2" (x86-64-v3:
+ * the portable loops with AVX2/FMA/F16C) and "baseline" (the architecture's default: x86-64, aarch64, ...). The
+ * loader picks the best variant this CPU supports (softmargin_cpu_supports, asked of the baseline library), so a
+ * wheel built on one machine runs, correctly and fast, on another. -ffast-math is deliberately absent: it would drop
+ * the inf/NaN semantics the formula needs. SOFTMARGIN_PORTABLE forces the portable loops in any build.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "softmargin.h"
+#include "rows.h"
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__) &&              \
+    !defined(SOFTMARGIN_PORTABLE)
+#include "rows_avx512.h"
+#endif
+#include "threads.h"
+
+#ifndef SOFTMARGIN_VARIANT
+#define SOFTMARGIN_VARIANT "custom"
+#endif
+#ifndef SOFTMARGIN_SOURCE_HASH
+#define SOFTMARGIN_SOURCE_HASH "unknown"
+#endif
+
+#define ID(v) (v)
+#define F16LOAD(v) f16_to_f32(v)
+#define F16STORE(v) f32_to_f16(v)
+#define U8LOAD(v) ((float)(v))
+#define U8LOAD64(v) ((double)(v))
+
+#define DEFINE_OPTS(SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                     \
+    DEFINE_OPTIONS(weighted_##SUFFIX, WEIGHTED_ELEMENT, WEIGHTED_GRAD, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG) \
+    DEFINE_OPTIONS(focused_##SUFFIX, FOCUSED_ELEMENT, FOCUSED_GRAD, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)
+#define DEFINE_ALL(SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                      \
+    DEFINE_PLAIN(plain_##SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)                                 \
+    DEFINE_OPTS(SUFFIX, T, EXP, LOG1P, XT, LOADX, YT, LOADY, STOREG)
+
+DEFINE_OPTS(f32_f32, float, expf, log1pf, float, ID, float, ID, ID)
+DEFINE_OPTS(f32_u8, float, expf, log1pf, float, ID, uint8_t, U8LOAD, ID)
+DEFINE_ALL(f64_f64, double, exp, log1p, double, ID, double, ID, ID)
+DEFINE_ALL(f64_u8, double, exp, log1p, double, ID, uint8_t, U8LOAD64, ID)
+DEFINE_OPTS(f16_f16, float, expf, log1pf, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE)
+DEFINE_OPTS(f16_u8, float, expf, log1pf, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE)
+DEFINE_OPTS(bf16_bf16, float, expf, log1pf, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16)
+DEFINE_OPTS(bf16_u8, float, expf, log1pf, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
+
+
+DEFINE_EXACT_BLOCK(exact_f32_f32, float, ID, float, ID, ID)
+DEFINE_EXACT_BLOCK(exact_f32_u8, float, ID, uint8_t, U8LOAD, ID)
+DEFINE_EXACT_BLOCK(exact_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE)
+DEFINE_EXACT_BLOCK(exact_f16_u8, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE)
+DEFINE_EXACT_BLOCK(exact_bf16_bf16, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16)
+DEFINE_EXACT_BLOCK(exact_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
+#ifdef SOFTMARGIN_AVX512
+/* the six input/target pairs of one kind of loss: P the row functions' prefix, EXACT(S) their exact block functions */
+#define DEFINE_AVX512_ALL(P, EXACT, F32S, HALFS)                                                               \
+    DEFINE_AVX512(P##f32_f32, float, avx_load_f32, float, avx_load_f32, avx_store_f32, EXACT(f32_f32), F32S)  \
+    DEFINE_AVX512(P##f32_u8, float, avx_load_f32, uint8_t, avx_load_u8, avx_store_f32, EXACT(f32_u8), F32S)   \
+    DEFINE_AVX512(P##f16_f16, _Float16, avx_load_f16, _Float16, avx_load_f16, avx_store_f16, EXACT(f16_f16), HALFS) \
+    DEFINE_AVX512(P##f16_u8, _Float16, avx_load_f16, uint8_t, avx_load_u8, avx_store_f16, EXACT(f16_u8), HALFS) \
+    DEFINE_AVX512(P##bf16_bf16, uint16_t, avx_load_bf16, uint16_t, avx_load_bf16, avx_store_bf16, EXACT(bf16_bf16), HALFS) \
+    DEFINE_AVX512(P##bf16_u8, uint16_t, avx_load_bf16, uint8_t, avx_load_u8, avx_store_bf16, EXACT(bf16_u8), HALFS)
+#define PLAIN_EXACT(S) exact_##S
+#define WEIGHTED_EXACT(S) weighted_##S##_block
+DEFINE_AVX512_ALL(fast_, PLAIN_EXACT, F32_STEP, HALF_STEP)
+/* pos_weight, mask, label smoothing: the blocks the loop cannot do exactly go to the options' own block functions */
+DEFINE_AVX512_ALL(avxw_, WEIGHTED_EXACT, WEIGHTED_F32_STEP, WEIGHTED_HALF_STEP)
+/* asymmetric focusing without a clip likewise; with a clip (two more log1p and a division) glibc's loop runs */
+#define FOCUSED_EXACT(S) focused_##S##_block
+DEFINE_AVX512_ALL(avxf_noclip_, FOCUSED_EXACT, FOCUSED_F32_STEP, FOCUSED_HALF_STEP)
+#define DEFINE_FOCUSED_DISPATCH(S)                                                                             \
+    static double avxf_##S(const rowargs *a) { return a->clip != 0 ? focused_##S(a) : avxf_noclip_##S(a); }
+DEFINE_FOCUSED_DISPATCH(f32_f32)
+DEFINE_FOCUSED_DISPATCH(f32_u8)
+DEFINE_FOCUSED_DISPATCH(f16_f16)
+DEFINE_FOCUSED_DISPATCH(f16_u8)
+DEFINE_FOCUSED_DISPATCH(bf16_bf16)
+DEFINE_FOCUSED_DISPATCH(bf16_u8)
+#define FOCUSED_FN(S) avxf_##S
+#define WEIGHTED_FN(S) avxw_##S
+#else
+#define WEIGHTED_FN(S) weighted_##S
+#define FOCUSED_FN(S) focused_##S
+DEFINE_PLAIN_FAST(fast_f32_f32, float, ID, float, ID, ID, 1, exact_f32_f32)
+DEFINE_PLAIN_FAST(fast_f32_u8, float, ID, uint8_t, U8LOAD, ID, 1, exact_f32_u8)
+DEFINE_PLAIN_FAST(fast_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE, 0, exact_f16_f16)
+DEFINE_PLAIN_FAST(fast_f16_u8, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE, 0, exact_f16_u8)
+DEFINE_PLAIN_FAST(fast_bf16_bf16, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16, 0, exact_bf16_bf16)
+DEFINE_PLAIN_FAST(fast_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16, 0, exact_bf16_u8)
+#endif
+
+/* [xtype][target is uint8][0 plain, 1 pos_weight/mask/smoothing, 2 with focusing]: the float32 compute types take
+   the plain loss with our exp/log1p, float64 and the options glibc's */
+#define FNS(P, W, F, S, U) {{P##S, W(S), F(S)}, {P##U, W(U), F(U)}}
+#define GLIBC_WEIGHTED(S) weighted_##S
+#define GLIBC_FOCUSED(S) focused_##S
+static const row_fn ROW_FNS[4][2][3] = {
+    FNS(fast_, WEIGHTED_FN, FOCUSED_FN, f32_f32, f32_u8), FNS(plain_, GLIBC_WEIGHTED, GLIBC_FOCUSED, f64_f64, f64_u8),
+    FNS(fast_, WEIGHTED_FN, FOCUSED_FN, f16_f16, f16_u8), FNS(fast_, WEIGHTED_FN, FOCUSED_FN, bf16_bf16, bf16_u8)};
+
+static const int64_t ELEMENT_SIZE[SM_NUM_DTYPES] = {4, 8, 2, 2, 1};
+
+int softmargin_abi_version(void) { return SOFTMARGIN_ABI_VERSION; }
+const char *softmargin_abi_fields(void) { return SOFTMARGIN_ARGS_FIELDS; }
+const char *softmargin_dtype_names(void) { return SOFTMARGIN_DTYPE_NAMES; }
+const char *softmargin_variant(void) { return SOFTMARGIN_VARIANT; }
+const char *softmargin_source_hash(void) { return SOFTMARGIN_SOURCE_HASH; }
+
+#define FIELD(NAME) {offsetof(softmargin_args, NAME), sizeof(((softmargin_args *)0)->NAME)}
+int64_t softmargin_abi_layout(int64_t *offsets, int64_t *sizes, int64_t n) {
+    static const size_t layout[][2] = {
+        FIELD(xtype), FIELD(ytype), FIELD(x), FIELD(y), FIELD(weight), FIELD(weight_row_step), FIELD(pos_weight),
+        FIELD(pos_weight_row_step), FIELD(mask), FIELD(mask_row_step), FIELD(num_rows), FIELD(num_classes),
+        FIELD(scale), FIELD(row_scale), FIELD(options), FIELD(label_smoothing), FIELD(gamma_pos), FIELD(gamma_neg),
+        FIELD(clip), FIELD(out), FIELD(grad), FIELD(num_threads), FIELD(sparse_indptr), FIELD(sparse_indices),
+        FIELD(sparse_values)};
+    const int64_t count = (int64_t)(sizeof layout / sizeof layout[0]);
+    for (int64_t i = 0; i < n && i < count; i++) {
+        offsets[i] = (int64_t)layout[i][0];
+        sizes[i] = (int64_t)layout[i][1];
+    }
+    return n == count ? (int64_t)sizeof(softmargin_args) : -count; /* a wrong count says how many there are */
+}
+
+int softmargin_target_checked(void) { return 1 << SM_F32 | 1 << SM_F16 | 1 << SM_BF16; }
+
+int softmargin_features(void) {
+#ifdef SOFTMARGIN_AVX512
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int softmargin_cpu_supports(const char *variant) {
+    if (!strcmp(variant, "baseline") || !strcmp(variant, SOFTMARGIN_VARIANT)) return 1;
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    const int v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+    const int v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                   __builtin_cpu_supports("avx512cd");
+    if (!strcmp(variant, "avx2")) return v3;
+    if (!strcmp(variant, "avx512")) return v4;
+    if (!strcmp(variant, "avx512bf16")) return v4 && __builtin_cpu_supports("avx512bf16");
+#endif
+    return 0;
+}
+
+void softmargin_f16_from_f32(const float *in, _Float16 *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = f32_to_f16(in[i]);
+}
+void softmargin_f16_to_f32(const _Float16 *in, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = f16_to_f32(in[i]);
+}
+
+/* An error: the message (naming the argument) to the caller's buffer, the status returned. */
+static int reject(int status, char *message, int64_t size, const char *text) {
+    if (message && size > 0) snprintf(message, (size_t)size, "%s", text);
+    return status;
+}
+#define REJECT(STATUS, TEXT) return reject(STATUS, message, message_size, TEXT)
+
+/* n * m * size fits in an int64 and in the address space (n, m >= 0). */
+static int fits(int64_t n, int64_t m, int64_t size) {
+    if (n == 0 || m == 0) return 1;
+    const int64_t limit = (int64_t)(SIZE_MAX / 2 < INT64_MAX ? SIZE_MAX / 2 : INT64_MAX);
+    return n <= limit / m && n * m <= limit / size;
+}
+
+int softmargin_count_rows(const uint8_t *mask, int64_t N, int64_t C, int32_t *out, int nthreads) {
+    if (N < 0 || C < 0 || !fits(N, C, 1)) return SM_ERR_SIZE;
+    if (N > 0 && (!out || (C > 0 && !mask))) return SM_ERR_NULL;
+    count_rows(mask, N, C, out, nthreads);
+    return SM_OK;
+}
+
+int softmargin_fused(const softmargin_args *args, char *message, int64_t message_size) {
+    if (!args) REJECT(SM_ERR_NULL, "args is NULL");
+    const softmargin_args *s = args;
+    const int64_t N = s->num_rows, C = s->num_classes;
+    if (s->xtype < SM_F32 || s->xtype > SM_BF16) REJECT(SM_ERR_DTYPE, "xtype is not a known input dtype code");
+    if (s->ytype != s->xtype && s->ytype != SM_U8) REJECT(SM_ERR_DTYPE, "ytype is neither xtype nor uint8");
+    if (N < 0 || C < 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is negative");
+    if (s->weight_row_step < 0 || s->pos_weight_row_step < 0 || s->mask_row_step < 0)
+        REJECT(SM_ERR_SIZE, "a row step is negative");
+    const int64_t xsize = ELEMENT_SIZE[s->xtype], ysize = ELEMENT_SIZE[s->ytype];
+    if (!fits(N, C, 8) || !fits(N, s->weight_row_step, 8) || !fits(N, s->pos_weight_row_step, 8) ||
+        !fits(N, s->mask_row_step, 1))
+        REJECT(SM_ERR_SIZE, "num_rows * num_classes (or a row step) overflows");
+    if (s->options != 0 && s->options != 1) REJECT(SM_ERR_ARGUMENT, "options is neither 0 nor 1");
+    if (N == 0) return SM_OK;
+    if (!s->out) REJECT(SM_ERR_NULL, "out is NULL");
+    if (C > 0) {
+        if (!s->x) REJECT(SM_ERR_NULL, "x is NULL");
+        if (!s->weight) REJECT(SM_ERR_NULL, "weight is NULL");
+        if (!s->y && !s->sparse_indptr) REJECT(SM_ERR_NULL, "y and sparse_indptr are both NULL");
+        if (s->options && (!s->pos_weight || !s->mask))
+            REJECT(SM_ERR_NULL, "pos_weight or mask is NULL (with options they are rows of ones at least)");
+    }
+    if (!s->y && s->sparse_indptr) {
+        const int64_t *indptr = s->sparse_indptr;
+        if (indptr[0] < 0) REJECT(SM_ERR_ARGUMENT, "sparse_indptr[0] is negative");
+        for (int64_t r = 0; r < N; r++)
+            if (indptr[r + 1] < indptr[r]) REJECT(SM_ERR_ARGUMENT, "sparse_indptr is not non-decreasing");
+        if (indptr[N] > indptr[0] && !s->sparse_indices) REJECT(SM_ERR_NULL, "sparse_indices is NULL");
+    }
+    int nthreads = useful_threads(s->num_threads, N, C);
+    const int options = s->options;
+    void *g = s->grad;
+    rowargs base = {s->x, s->y, s->weight, options ? s->pos_weight : 0, options ? s->mask : 0, C, s->scale, g, 0,
+                    s->label_smoothing, s->gamma_pos, s->gamma_neg, s->clip, s->sparse_indices, s->sparse_values,
+                    0, 0, 0};
+#ifdef MADV_HUGEPAGE
+    /* A large gradient is fresh memory (glibc maps blocks over 32 MiB anew each time), and faulting it in 4 KiB pages
+       costs more than computing it; ask for transparent huge pages before the first write. Only advice: where the
+       kernel does not honour it, nothing changes. */
+    const size_t gbytes = g ? (size_t)(N * C * xsize) : 0;
+    if (gbytes >= ((size_t)8 << 20)) {
+        const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        const uintptr_t lo = ((uintptr_t)g + page - 1) & ~(page - 1), hi = ((uintptr_t)g + gbytes) & ~(page - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+    }
+#endif
+    job jobs[MAX_THREADS];
+    int bad[MAX_THREADS] = {0};
+    const int kind = !options ? 0 : (s->gamma_pos != 0 || s->gamma_neg != 0 || s->clip != 0) ? 2 : 1;
+    for (int t = 0; t < nthreads; t++) {
+        job j = {ROW_FNS[s->xtype][s->ytype == SM_U8][kind], xsize, ysize, s->xtype == SM_F64 ? 8 : 4,
+                 s->weight_row_step, s->pos_weight_row_step, s->mask_row_step, N * t / nthreads,
+                 N * (t + 1) / nthreads, base, s->row_scale, s->out, &bad[t], s->y ? 0 : s->sparse_indptr};
+        jobs[t] = j;
+    }
+    run_jobs(jobs, nthreads);
+    for (int t = 0; t < nthreads; t++)
+        if (bad[t]) return SM_TARGET_OUT_OF_RANGE;
+    return SM_OK;
+}

@@ -1,0 +1,96 @@
+/* The ABI of the fused CPU kernel library: the one place the Python loader (kernels/cpu.py) and the C code agree on.
+ *
+ * Python never restates this by hand: the loader checks SOFTMARGIN_ABI_VERSION (softmargin_abi_version()), builds
+ * its ctypes mirror of softmargin_args from the field list and checks every field's offset and size and the
+ * struct's size against what softmargin_abi_layout() reports from this header, and reads the dtype names in code
+ * order from softmargin_dtype_names(). A mismatch refuses to load the library (the callers then fall back), it can
+ * never reach the kernel as memory corruption.
+ *
+ * Change anything below, bump SOFTMARGIN_ABI_VERSION.
+ */
+#ifndef SOFTMARGIN_H
+#define SOFTMARGIN_H
+
+#include <stdint.h>
+
+#define SOFTMARGIN_ABI_VERSION 2
+
+/* Element types. The names (softmargin_dtype_names) are numpy's and torch's. */
+enum softmargin_dtype { SM_F32 = 0, SM_F64 = 1, SM_F16 = 2, SM_BF16 = 3, SM_U8 = 4, SM_NUM_DTYPES = 5 };
+#define SOFTMARGIN_DTYPE_NAMES "float32,float64,float16,bfloat16,uint8"
+
+/* Results of softmargin_fused and softmargin_count_rows: >= 0 success, < 0 a rejected call (nothing written). */
+enum softmargin_status {
+    SM_OK = 0,
+    SM_TARGET_OUT_OF_RANGE = 1, /* computed all the same; a row function saw a target outside [0, 1] or NaN */
+    SM_ERR_NULL = -1,           /* a pointer the call needs is NULL */
+    SM_ERR_SIZE = -2,           /* a negative size or row step, or sizes whose product overflows */
+    SM_ERR_DTYPE = -3,          /* an unknown dtype code, or an input/target pair the kernel has no loop for */
+    SM_ERR_ARGUMENT = -4,       /* another inconsistent argument (options flag, sparse offsets) */
+};
+
+/* One call of the kernel. x, y and grad are contiguous (num_rows, num_classes) arrays of xtype (y: of ytype, which
+ * is xtype or SM_U8); weight and pos_weight hold the compute type (float32 for float32/float16/bfloat16 inputs,
+ * float64 for float64) and mask uint8, each either one row (row step 0) or num_rows rows (row step num_classes).
+ *
+ * Sparse targets: y NULL, sparse_indptr (num_rows + 1 offsets), sparse_indices (each row's positive columns,
+ * ascending; may be NULL when there are none) and sparse_values (ytype, NULL for all ones) give each row's positives.
+ * options = 0 runs the plain loss (pos_weight, mask, label_smoothing, the gammas and clip are ignored); options = 1
+ * needs pos_weight and mask (rows of ones where the caller has none). out receives each row's weighted loss sum
+ * (float64); the gradient (row_scale[r] or scale times d loss / d x) goes to grad when it is not NULL.
+ * num_threads < 1 means 1. Every row is summed by one thread in a fixed order: results are bitwise the same for
+ * any thread count. */
+typedef struct softmargin_args {
+    int32_t xtype, ytype;
+    const void *x, *y;
+    const void *weight;
+    int64_t weight_row_step;
+    const void *pos_weight;
+    int64_t pos_weight_row_step;
+    const uint8_t *mask;
+    int64_t mask_row_step;
+    int64_t num_rows, num_classes;
+    double scale;
+    const double *row_scale;
+    int32_t options;
+    double label_smoothing, gamma_pos, gamma_neg, clip;
+    double *out;
+    void *grad;
+    int32_t num_threads;
+    const int64_t *sparse_indptr, *sparse_indices;
+    const void *sparse_values;
+} softmargin_args;
+
+/* The field names of softmargin_args in order, comma-separated; softmargin_abi_layout fills offsets[i] and sizes[i]
+ * for the first n of them and returns sizeof(softmargin_args). */
+#define SOFTMARGIN_ARGS_FIELDS                                                                                 \
+    "xtype,ytype,x,y,weight,weight_row_step,pos_weight,pos_weight_row_step,mask,mask_row_step,num_rows,"       \
+    "num_classes,scale,row_scale,options,label_smoothing,gamma_pos,gamma_neg,clip,out,grad,num_threads,"       \
+    "sparse_indptr,sparse_indices,sparse_values"
+
+int softmargin_abi_version(void);
+int64_t softmargin_abi_layout(int64_t *offsets, int64_t *sizes, int64_t n);
+const char *softmargin_abi_fields(void);
+const char *softmargin_dtype_names(void);
+/* Bit d set: the plain loss's row functions for input dtype d check the target's range as they read it (the
+ * options' row functions check it in every dtype). */
+int softmargin_target_checked(void);
+/* Bit 0: the plain loss takes the AVX-512 loops (float32, float16, bfloat16) in this build. */
+int softmargin_features(void);
+/* The build's variant name ("avx512bf16", "avx512", "avx2", "baseline") and whether this CPU can run a variant (the
+ * baseline library answers for all: it holds no instruction a CPU of its architecture lacks). */
+const char *softmargin_variant(void);
+/* A digest of the sources the library was built from (kernels/build.py's source_hash). */
+const char *softmargin_source_hash(void);
+int softmargin_cpu_supports(const char *variant);
+
+/* Run the kernel; returns a softmargin_status. On an error, a message naming the argument goes to message
+ * (message_size bytes, NUL-terminated; message may be NULL). */
+int softmargin_fused(const softmargin_args *args, char *message, int64_t message_size);
+/* Each row's nonzero bytes of a contiguous (num_rows, num_classes) uint8 mask, as int32 into out. */
+int softmargin_count_rows(const uint8_t *mask, int64_t num_rows, int64_t num_classes, int32_t *out, int num_threads);
+/* The float16 conversions the loops use, over arrays (the tests check them against NumPy's). */
+void softmargin_f16_from_f32(const float *in, _Float16 *out, int64_t n);
+void softmargin_f16_to_f32(const _Float16 *in, float *out, int64_t n);
+
+#endif

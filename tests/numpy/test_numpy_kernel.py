@@ -1,0 +1,214 @@
+"""softmargin.numpy on the fused C kernel: against the chunked NumPy code (the kernel monkeypatched away) and the
+float64/mpmath references, for every dtype, option and target form; thread counts; the arrays NumPy users pass."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import assert_close, exact_element_loss, reference_loss
+
+import softmargin.numpy as snp
+from softmargin.kernels import cpu
+
+pytestmark = pytest.mark.skipif(cpu.kernel() is None, reason="no CPU kernel built here")
+
+
+def _both(monkeypatch, *args, **kwargs):
+    """(loss, grad) from the kernel and from the chunked NumPy code."""
+    native = snp.multilabel_soft_margin_loss_and_grad(*args, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(cpu, "kernel", lambda: None)
+        chunked = snp.multilabel_soft_margin_loss_and_grad(*args, **kwargs)
+    return native, chunked
+
+
+def test_the_kernel_runs(monkeypatch):
+    calls = []
+    real = cpu.fused
+    monkeypatch.setattr(cpu, "fused", lambda *a, **k: calls.append(a[:2]) or real(*a, **k))
+    snp.multilabel_soft_margin_loss(np.zeros((2, 3), np.float16), np.zeros((2, 3), bool))
+    assert calls == [("float16", "uint8")]
+
+
+OPTIONS = [
+    {},
+    {"weight": "class"},
+    {"weight": "full", "reduction": "sum"},
+    {"pos_weight": "class"},
+    {"mask": "full"},
+    {"mask": "class", "reduction": "none"},
+    {"label_smoothing": 0.1},
+    {"gamma_pos": 2.0, "gamma_neg": 2.0},
+    {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05, "pos_weight": "full", "mask": "full"},
+]
+TOLERANCE = {"float16": (1e-3, 2**-10), "float32": (1e-6, 1e-6), "float64": (1e-12, 1e-12)}  # loss, gradient
+
+
+def _problem(dtype, case, target, shape=(37, 530), seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 6).astype(dtype)
+    x[0, :2] = [np.inf, -np.inf]
+    probabilities = rng.random(shape)
+    probabilities[0, :2] = [1.0, 0.0]  # right predictions at infinity: loss 0 (a wrong one is inf)
+    hard = probabilities > 0.7
+    y = {"soft": probabilities.astype(dtype), "same": hard.astype(dtype), "bool": hard, "uint8": hard.astype(np.uint8),
+         "int64": hard.astype(np.int64), "other float": hard.astype(np.float32 if dtype == np.float64 else np.float64),
+         "label lists": tuple(np.flatnonzero(row) for row in hard)}[target]  # fmt: skip
+    if target == "label lists":  # (indptr, indices): the CSR form of the NumPy API
+        y = (np.concatenate([[0], np.cumsum([len(r) for r in y])]), np.concatenate(y))
+    kwargs = dict(case)
+    for name in ("weight", "pos_weight"):
+        if name in kwargs:
+            kwargs[name] = rng.random(shape[-1] if kwargs[name] == "class" else shape) + 0.25
+    if "mask" in kwargs:
+        kwargs["mask"] = rng.random(shape[-1] if kwargs["mask"] == "class" else shape) < 0.8
+        if kwargs["mask"].ndim == 2:
+            kwargs["mask"][1] = False  # a sample with nothing observed
+    return x, y, kwargs
+
+
+@pytest.mark.parametrize("case", range(len(OPTIONS)))
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("target", ["same", "soft", "bool", "uint8", "int64", "other float", "label lists"])
+def test_kernel_matches_chunked_numpy(monkeypatch, case, dtype, target):
+    x, y, kwargs = _problem(dtype, OPTIONS[case], target)
+    kwargs.setdefault("reduction", "mean")
+    (loss, grad), (ref_loss, ref_grad) = _both(monkeypatch, x, y, **kwargs)
+    assert np.asarray(loss).dtype == dtype and grad.dtype == dtype and grad.shape == x.shape
+    loss_rtol, grad_rtol = TOLERANCE[np.dtype(dtype).name]
+    _close(loss, ref_loss, loss_rtol, "loss")
+    _close(grad, ref_grad, grad_rtol, "grad", atol=np.finfo(dtype).smallest_subnormal if dtype == np.float16 else 0.0)
+
+
+def _close(actual, expected, rtol, what, atol=0.0):
+    """Infinities and NaNs at the same places (a wrong prediction at infinity costs inf), the rest within rtol."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    np.testing.assert_array_equal(np.isposinf(actual), np.isposinf(expected), err_msg=what)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=what)
+    finite = np.isfinite(expected)
+    assert_close(actual[finite], expected[finite], rtol, what, atol=atol)
+
+
+def test_scipy_sparse_targets_with_values(monkeypatch):
+    sparse = pytest.importorskip("scipy.sparse")
+    x, y, _ = _problem(np.float32, {}, "soft")
+    y[y < 0.7] = 0
+    (loss, grad), (ref_loss, ref_grad) = _both(monkeypatch, x, sparse.csr_matrix(y), reduction="none", label_smoothing=0.1)
+    _close(loss, ref_loss, 1e-6, "loss")
+    _close(grad, ref_grad, 1e-6, "grad")
+    dense = snp.multilabel_soft_margin_loss(x, y, reduction="none", label_smoothing=0.1)
+    np.testing.assert_array_equal(loss, dense)  # the same kernel rows, dense or sparse
+
+
+def test_float32_per_sample_loss_within_2e7_of_mpmath():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.standard_normal((6, 40)) * 3, rng.standard_normal((2, 40)) * 30]).astype(np.float32)
+    y = (rng.random(x.shape) < 0.5).astype(np.float32)
+    loss = snp.multilabel_soft_margin_loss(x, y, reduction="none")
+    exact = np.array([np.mean([exact_element_loss(float(a), float(b)) for a, b in zip(xr, yr)]) for xr, yr in zip(x, y)])
+    rel = np.abs(loss.astype(np.float64) - exact) / exact
+    # the result is rounded to float32 (2^-24 = 6e-8) after the kernel's float64 row sum
+    assert rel.max() <= 2e-7, rel.max()
+
+
+def test_float64_matches_the_float64_reference():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((50, 300)) * 8
+    y = rng.random((50, 300))
+    w = rng.random(300)
+    assert_close(snp.multilabel_soft_margin_loss(x, y, w, "none"), reference_loss(x, y, w, "none"), 1e-12, "loss")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("options", [{}, {"gamma_neg": 2.0, "mask": True}])
+def test_bitwise_the_same_for_1_2_3_threads(monkeypatch, dtype, options):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 2000)).astype(dtype)
+    y = rng.random((300, 2000)).astype(dtype)
+    if options.get("mask"):
+        options = dict(options, mask=rng.random((300, 2000)) < 0.9)
+    results = []
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("SOFTMARGIN_NUM_THREADS", threads)
+        results.append(snp.multilabel_soft_margin_loss_and_grad(x, y, reduction="none", **options))
+    for loss, grad in results[1:]:
+        np.testing.assert_array_equal(loss, results[0][0])
+        np.testing.assert_array_equal(grad, results[0][1])
+
+
+def test_num_threads_setting(monkeypatch):
+    monkeypatch.setenv("SOFTMARGIN_NUM_THREADS", "3")
+    assert snp.num_threads() == 3
+    for bad in ("0", "-1", "many"):
+        monkeypatch.setenv("SOFTMARGIN_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match="SOFTMARGIN_NUM_THREADS.*positive integer"):
+            snp.num_threads()
+    monkeypatch.delenv("SOFTMARGIN_NUM_THREADS")
+    assert snp.num_threads() >= 1
+
+
+def test_the_arrays_numpy_users_pass(tmp_path):
+    """Fortran-ordered, strided, read-only and memory-mapped arrays, float16 and Python lists: the same results as
+    the contiguous arrays (the kernel reads a contiguous copy where it must, never writes an input)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((40, 70)).astype(np.float32)
+    y = (rng.random((40, 70)) < 0.4).astype(np.float32)
+    w = rng.random(70).astype(np.float32)
+    expected = snp.multilabel_soft_margin_loss_and_grad(x, y, w, "none")
+
+    def same(xa, ya, wa=w):
+        loss, grad = snp.multilabel_soft_margin_loss_and_grad(xa, ya, wa, "none")
+        np.testing.assert_array_equal(loss, expected[0])
+        np.testing.assert_array_equal(grad, expected[1])
+
+    same(np.asfortranarray(x), np.asfortranarray(y))
+    wide_x, wide_y = np.zeros((40, 140), np.float32), np.zeros((80, 70), np.float32)
+    wide_x[:, ::2], wide_y[::2] = x, y
+    same(wide_x[:, ::2], wide_y[::2], np.repeat(w, 2)[::2])
+    read_only = [a.copy() for a in (x, y, w)]
+    for a in read_only:
+        a.setflags(write=False)
+    same(*read_only)
+    files = []
+    for name, a in (("x", x), ("y", y)):
+        mm = np.memmap(tmp_path / name, dtype=a.dtype, mode="w+", shape=a.shape)
+        mm[:] = a
+        mm.flush()
+        files.append(np.memmap(tmp_path / name, dtype=a.dtype, mode="r", shape=a.shape))
+    same(*files)
+    # Python lists become float64 arrays: the float64 kernel, to the float64 reference
+    loss = snp.multilabel_soft_margin_loss(x.astype(np.float64).tolist(), y.tolist(), w.tolist(), "none")
+    assert_close(loss, reference_loss(x, y, w, "none"), 1e-12, "lists (float64)")
+    half = snp.multilabel_soft_margin_loss(x.astype(np.float16), y, w, "none")
+    assert half.dtype == np.float16
+    assert_close(half.astype(np.float64), reference_loss(x.astype(np.float16), y, w, "none"), 1e-3, "float16")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("options", [{}, {"pos_weight": np.ones(600)}])
+@pytest.mark.parametrize("bad", [1.5, -0.25, np.nan])
+def test_bad_target_same_message_on_both_paths(monkeypatch, dtype, options, bad):
+    x = np.zeros((6, 600), dtype)
+    y = np.zeros((6, 600), dtype)
+    y[4, 550] = bad
+    messages = []
+    for kernel in (cpu.kernel, lambda: None):
+        monkeypatch.setattr(cpu, "kernel", kernel)
+        with pytest.raises(ValueError, match=r"target.*\(4, 550\)") as info:
+            snp.multilabel_soft_margin_loss(x, y, **options)
+        messages.append(str(info.value))
+        snp.multilabel_soft_margin_loss(x, y, validate=False, **options)  # no check, no error
+    assert messages[0] == messages[1]
+
+
+def test_numpy_kernel_path_never_imports_torch():
+    code = (
+        "import sys, numpy as np, softmargin.numpy as s; from softmargin.kernels import cpu; "
+        "assert cpu.kernel() is not None; "
+        "s.multilabel_soft_margin_loss_and_grad(np.zeros((3, 4), np.float32), np.zeros((3, 4)), gamma_neg=2.0); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
