@@ -91,10 +91,10 @@ def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
         fn = F.binary_cross_entropy_with_logits
     elif impl == "floor":
 
-        def step() -> Any:
+        def floor_step() -> Any:
             return torch.add(x.detach(), y)
 
-        return step
+        return floor_step
     else:
         raise ValueError(f"impl={impl!r}: expected one of {IMPLEMENTATIONS}")
 
@@ -331,7 +331,7 @@ def train_step(
     return rows
 
 
-OPTION_CASES = {
+OPTION_CASES: dict[str, dict[str, str | float]] = {
     "plain": {},
     "weight (C,)": {"weight": "class"},
     "pos_weight (C,)": {"pos_weight": "class"},
@@ -353,7 +353,7 @@ def option_costs(shape: Sequence[int] = (4096, 2000), repeat: int = 11) -> list[
     y = (torch.rand(*shape, generator=gen) < 0.1).float()
     per_class = torch.rand(shape[-1], generator=gen) + 0.5
     mask = torch.rand(*shape, generator=gen) < 0.9
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, case in OPTION_CASES.items():
         kwargs: dict[str, Any] = {}
         for key, value in case.items():

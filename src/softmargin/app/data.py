@@ -330,8 +330,10 @@ def load_libsvm(path: str | Path) -> Dataset:
     """
     path = Path(path)
     header: tuple[int, int, int] | None = None
-    indptr, indices, values = [0], [], []
-    label_ptr, label_ids = [0], []
+    indptr, label_ptr = [0], [0]
+    indices: list[int] = []
+    values: list[float] = []
+    label_ids: list[int] = []
     lines: list[int] = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, raw in enumerate(f, 1):
