@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,7 +40,7 @@ from torch import nn
 
 from .. import metrics as M
 from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
-from ..weights import class_weights, pos_weight
+from ..weights import METHODS, Method, class_weights, pos_weight
 from .data import Dataset
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
@@ -147,6 +147,10 @@ class TrainConfig:
 class MultiLabelNet(nn.Module):
     """Feature scaling, then a linear layer (binary relevance) or an MLP, giving one logit per label."""
 
+    shift: torch.Tensor  # buffers (registered in __init__), declared for type checkers
+    scale: torch.Tensor
+    layers: nn.Sequential
+
     def __init__(self, in_features: int, num_labels: int, hidden: Sequence[int] = (), dropout: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("shift", torch.zeros(in_features))
@@ -162,16 +166,33 @@ class MultiLabelNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers((x - self.shift) * self.scale)
 
+    @property
+    def first_layer(self) -> nn.Linear:
+        """The input layer (``layers[0]``; the output layer too for the linear model)."""
+        return _linear(self.layers[0])
+
+    @property
+    def last_layer(self) -> nn.Linear:
+        """The output layer (``layers[-1]``): one logit per label."""
+        return _linear(self.layers[-1])
+
     def loss(self, x: torch.Tensor, y: torch.Tensor, loss_fn: MultiLabelSoftMarginLoss, fused: bool) -> torch.Tensor:
         """The training loss; ``fused``: the last layer and the loss as one fused head (no (batch, L) logits)."""
         if not fused:
             return loss_fn(self(x), y)
-        body, last = self.layers[:-1], self.layers[-1]
+        body, last = self.layers[:-1], self.last_layer
         return linear_multilabel_soft_margin_loss(
             body((x - self.shift) * self.scale), last.weight, last.bias, y, class_weight=loss_fn.weight,
             pos_weight=loss_fn.pos_weight, label_smoothing=loss_fn.label_smoothing, gamma_pos=loss_fn.gamma_pos,
             gamma_neg=loss_fn.gamma_neg, clip=loss_fn.clip, validate=False,
         )  # fmt: skip
+
+
+def _linear(layer: nn.Module) -> nn.Linear:
+    """``layer``, known to be a linear layer (the first and last layers of :class:`MultiLabelNet` always are)."""
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"expected a linear layer, got {type(layer).__name__}")
+    return layer
 
 
 @dataclass
@@ -223,7 +244,10 @@ class TrainedModel:
         for start in range(0, X.shape[0], batch_size):
             rows = slice(start, min(start + batch_size, X.shape[0]))
             batch = X[rows]
-            yield rows, sum(m(batch) for m in members) / len(members)
+            total = members[0](batch)
+            for member in members[1:]:
+                total = total + member(batch)
+            yield rows, total / len(members)
 
     def predict(self, X: Any) -> np.ndarray:
         return self.decide(self.predict_proba(X))
@@ -274,7 +298,7 @@ class _Inference:
 
     def __init__(self, net: MultiLabelNet, device: torch.device) -> None:
         self.device = device
-        first = net.layers[0]
+        first = net.first_layer
         self.weight = first.weight.detach().to(device)
         self.bias = first.bias.detach().double().to(device)
         self.shift = net.shift.detach().double().to(device)
@@ -354,12 +378,18 @@ def _loss(config: TrainConfig, Y: Any, labels: slice = slice(None)) -> MultiLabe
     """The loss with its per-label weights computed on ``Y`` (dense or sparse), restricted to the ``labels`` shard."""
     weight = None
     if config.class_weight != "none":
+        assert _is_class_weighting(config.class_weight), config.class_weight  # TrainConfig.check() allows no other
         weight = torch.as_tensor(class_weights(Y, config.class_weight)[labels], dtype=torch.float32)
     positive = torch.as_tensor(pos_weight(Y, config.pos_weight_max)[labels], dtype=torch.float32) if config.pos_weight else None
     return MultiLabelSoftMarginLoss(
         weight=weight, pos_weight=positive, label_smoothing=config.label_smoothing,
         gamma_pos=config.gamma_pos, gamma_neg=config.gamma_neg, clip=config.clip, validate=False,
     )  # fmt: skip
+
+
+def _is_class_weighting(name: str) -> TypeGuard[Method]:
+    """Whether ``name`` is one of :func:`softmargin.weights.class_weights`' methods."""
+    return name in METHODS
 
 
 def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -512,7 +542,7 @@ class _TrainingLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, y: Any) -> torch.Tensor:
         if self.shard is not None:  # label-parallel: this rank's labels, loss and hidden gradient all-reduced
-            body, last = self.net.layers[:-1], self.net.layers[-1]
+            body, last = self.net.layers[:-1], self.net.last_layer
             fn = self.loss_fn
             loss = linear_multilabel_soft_margin_loss(
                 body((x - self.net.shift) * self.net.scale), last.weight, last.bias, y, class_weight=fn.weight,
@@ -558,7 +588,7 @@ def _fit_one(
     hidden = tuple(config.hidden) if config.model == "mlp" else ()
     net = MultiLabelNet(X.shape[1], num_labels, hidden, config.dropout)
     if label_parallel:  # initialised whole, as on one process, then cut to this rank's shard of the labels
-        whole = net.layers[-1]
+        whole = net.last_layer
         shard = nn.Linear(whole.in_features, columns.stop - columns.start)
         with torch.no_grad():
             shard.weight.copy_(whole.weight[columns])
@@ -574,11 +604,12 @@ def _fit_one(
     if config.optimizer == "lbfgs":
         X_all = _dense_batch(X, train_index).to(device)
         return net, _fit_lbfgs(net, loss_fn, penalty, X_all, _targets(Y, train_index, columns, False, device), config)
-    objective: nn.Module = _TrainingLoss(net, loss_fn, fused, penalty, dist if label_parallel else None, num_labels)
+    training_loss = _TrainingLoss(net, loss_fn, fused, penalty, dist if label_parallel else None, num_labels)
+    objective: nn.Module = training_loss
     if dist.world > 1 and not label_parallel:
         from torch.nn.parallel import DistributedDataParallel
 
-        objective = DistributedDataParallel(objective, broadcast_buffers=False)
+        objective = DistributedDataParallel(training_loss, broadcast_buffers=False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     X_valid = _dense_batch(X, valid_index).to(device) if len(valid_index) else None
     Y_valid = _targets(Y, valid_index, columns, fused, device) if len(valid_index) else None
@@ -607,8 +638,7 @@ def _fit_one(
         if X_valid is not None:
             net.eval()
             with torch.no_grad():
-                inner = objective.module if hasattr(objective, "module") else objective
-                record["valid_loss"] = inner(X_valid, Y_valid).item()
+                record["valid_loss"] = training_loss(X_valid, Y_valid).item()  # the module itself, not its DDP wrapper
             _check_finite_loss(record["valid_loss"], f"validation, epoch {epoch + 1}, seed {seed}", config)
         history.append(record)
         monitored = record.get("valid_loss", record["train_loss"])
@@ -633,7 +663,7 @@ def _gather_head(net: MultiLabelNet, dist: Distributed, num_labels: int, hidden:
     (NCCL gathers CUDA tensors); every rank gets it. The shards are padded to one size, as all_gather wants."""
     import torch.distributed as tdist
 
-    last = net.layers[-1]
+    last = net.last_layer
     sizes = [Distributed(r, dist.world).shard(num_labels) for r in range(dist.world)]
     widest = max(s.stop - s.start for s in sizes)
     local = torch.cat([last.weight.detach(), last.bias.detach()[:, None]], 1)
@@ -657,7 +687,14 @@ def _l2_penalty(net: MultiLabelNet, C: float | None, num_samples: int, num_label
         return None
     weights = [m.weight for m in net.modules() if isinstance(m, nn.Linear)]  # biases are not penalised
     factor = 1.0 / (2.0 * C * num_samples * num_labels)
-    return lambda: factor * sum(w.pow(2).sum() for w in weights)
+
+    def penalty() -> torch.Tensor:
+        total = weights[0].pow(2).sum()
+        for w in weights[1:]:
+            total = total + w.pow(2).sum()
+        return factor * total
+
+    return penalty
 
 
 def _fit_lbfgs(
@@ -789,7 +826,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> 
     """Write through a temporary file in the same folder, then move it into place: never a half-written file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
+        with os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, newline="", encoding="utf-8") as f:
             write(f)
         umask = os.umask(0)
         os.umask(umask)
@@ -939,7 +976,8 @@ def load_model(run: Path) -> TrainedModel:
         if (run / "config.json").exists():
             fields = {f.name for f in dataclasses.fields(TrainConfig)}
             raw = _read_json(run / "config.json").get("train", {})
-            config = TrainConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in raw.items() if k in fields})
+            settings: dict[str, Any] = {k: (tuple(v) if k == "hidden" else v) for k, v in raw.items() if k in fields}
+            config = TrainConfig(**settings)
         counts = meta.get("label_counts")
         tuned = meta.get("tuned_thresholds")
         model = TrainedModel(
@@ -1010,7 +1048,7 @@ def plot_f1_vs_frequency(
         ax.set_xlim(0, 1)
         ax.set_xlabel("F1 on the evaluated data")
         ax.set_title("Per-label F1, labels by frequency in the training data (in brackets)", fontsize=10)
-        for yi, i in zip(y, order):
+        for yi, i in enumerate(order):  # yi: the bar's position (y[yi] == yi)
             ax.text(min(f1[i], 0.9) + 0.01, yi, "no positives here" if support[i] == 0 else f"{f1[i]:.2f}", va="center", fontsize=7)
     else:
         fig, ax = plt.subplots(figsize=(7, 4.5))
