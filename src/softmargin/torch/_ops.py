@@ -379,7 +379,7 @@ class _EagerReducedLoss(torch.autograd.Function):
     One node instead of four: small calls are dominated by such overheads."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         y: Tensor | None,
