@@ -67,12 +67,25 @@ def numpy_backend_is_fused() -> bool:
     return cpu is not None and cpu.kernel() is not None
 
 
+def _varying(x: Any) -> bool:
+    """Whether ``x`` varies over a mesh axis of an enclosing ``shard_map`` (its type's varying manual axes:
+    ``manual_axis_type.varying`` in JAX 0.10, ``vma`` in earlier releases)."""
+    try:
+        aval = jax.typeof(x)
+    except (AttributeError, TypeError):
+        return False
+    manual = getattr(aval, "manual_axis_type", None)
+    return bool(getattr(manual, "varying", ()) or getattr(aval, "vma", ()))
+
+
 def resolve_impl(impl: str, x: Any) -> str:
     """``"auto"``: the callback on the CPU for the dtypes the NumPy backend's fused kernel takes (float16, float32,
     float64), where that kernel is there; XLA otherwise (on accelerators it is the one that stays on the device;
     bfloat16 would cost the callback two conversions). ``softmargin bench --backend jax`` times both."""
     if impl != "auto":
         return impl
+    if _varying(x):  # inside shard_map: a host callback's results carry no per-device axes, so its VJP cannot
+        return "xla"  # match the input's type; XLA's own operations keep them
     fused_cpu = jax.default_backend() == "cpu" and np.dtype(x.dtype).name in ("float16", "float32", "float64")
     return "callback" if fused_cpu and numpy_backend_is_fused() else "xla"
 
