@@ -38,3 +38,29 @@ def pytest_configure(config):
             return
         if not torch.cuda.is_available():
             os.environ["TRITON_INTERPRET"] = "1"
+
+
+#: Integration suites, run by CI (``pytest``) but not by the everyday ``pytest -m "not slow"``: each compiles, starts
+#: processes, trains models or runs Triton's interpreter, and together they take minutes. The unit tests of every
+#: module stay in the everyday run.
+INTEGRATION = (
+    "tests/jax/",
+    "tests/integrations/",
+    "tests/kernels/test_triton_kernel.py",
+    "tests/torch/test_compile.py",
+    "tests/torch/test_export.py",
+    "tests/app/test_runs.py",
+    "tests/app/test_train.py",
+    "tests/app/test_bench.py",
+    "tests/app/test_bench_jax.py",
+    "tests/app/test_bench_numpy.py",
+    "tests/app/test_sklearn.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    root = str(config.rootpath)
+    for item in items:
+        path = str(item.path)[len(root) + 1 :] if str(item.path).startswith(root) else str(item.path)
+        if path.startswith(INTEGRATION):
+            item.add_marker(pytest.mark.slow)
