@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _validation as V
 from ._chunks import Options, Rows, loss_rows, row_bookkeeping
+from ._options import LossOptions, resolve
 from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from .kernels import cpu
 
@@ -249,7 +250,8 @@ _OPTIONS_DOC = """
         label_smoothing: ``eps`` in [0, 1): targets become ``y * (1 - eps) + eps / 2``.
         gamma_pos, gamma_neg, clip: asymmetric focusing (Ridnik et al., ICCV 2021): a positive's term is weighted by
             ``(1 - p)^gamma_pos``, a negative's by ``p_m^gamma_neg`` with ``p_m = max(p - clip, 0)`` used in its
-            log term too. ``gamma_pos = gamma_neg = g, clip = 0`` is the focal loss. See docs/imbalance.md."""
+            log term too. ``gamma_pos = gamma_neg = g, clip = 0`` is the focal loss. See docs/imbalance.md.
+        options: the four options above as one :class:`softmargin.LossOptions` (then leave them at their defaults)."""
 
 
 def multilabel_soft_margin_loss(
@@ -264,6 +266,7 @@ def multilabel_soft_margin_loss(
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,
     clip: float = 0.0,
+    options: LossOptions | None = None,
     validate: bool = True,
 ) -> Any:
     r"""Multi-label soft-margin loss of logits against targets in [0, 1].
@@ -292,7 +295,7 @@ def multilabel_soft_margin_loss(
         >>> round(float(multilabel_soft_margin_loss(x, y, weight=[0.5, 2.0, 1.5])), 5)
         1.18012
     """
-    options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
+    options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
     rows, shape, checked, native, kernel_checks = _prepare(
         input, target, weight, reduction, validate, pos_weight, mask, options
     )
@@ -313,6 +316,7 @@ def multilabel_soft_margin_loss_grad(
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,
     clip: float = 0.0,
+    options: LossOptions | None = None,
     validate: bool = True,
 ) -> NDArray[Any]:
     r"""Gradient of :func:`multilabel_soft_margin_loss` with respect to ``input``.
@@ -326,7 +330,7 @@ def multilabel_soft_margin_loss_grad(
     """
     _, grad = multilabel_soft_margin_loss_and_grad(
         input, target, weight, reduction, pos_weight=pos_weight, mask=mask, label_smoothing=label_smoothing,
-        gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, validate=validate,
+        gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, options=options, validate=validate,
     )  # fmt: skip
     return grad
 
@@ -343,10 +347,11 @@ def multilabel_soft_margin_loss_and_grad(
     gamma_pos: float = 0.0,
     gamma_neg: float = 0.0,
     clip: float = 0.0,
+    options: LossOptions | None = None,
     validate: bool = True,
 ) -> tuple[Any, NDArray[Any]]:
     """Loss and gradient from one pass (what a training loop wants); same arguments as the loss."""
-    options = Options(label_smoothing, gamma_pos, gamma_neg, clip)
+    options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
     rows, shape, checked, native, kernel_checks = _prepare(
         input, target, weight, reduction, validate, pos_weight, mask, options
     )

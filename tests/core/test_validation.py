@@ -99,3 +99,31 @@ def test_torch_rejects_non_tensors():
 def test_torch_module_rejects_unknown_reduction():
     with pytest.raises(ValueError, match="reduction='elementwise' is not valid"):
         st.MultiLabelSoftMarginLoss(reduction="elementwise")
+
+
+def test_loss_options_are_accepted_wherever_the_four_keywords_are():
+    """One LossOptions value gives what its four keywords give, in every backend; both at once is an error."""
+    import numpy as np
+    import torch
+
+    import softmargin.numpy as snp
+    import softmargin.torch as st
+    from softmargin import LossOptions
+
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((5, 7)).astype(np.float64)
+    y = (gen.random((5, 7)) < 0.4).astype(np.float64)
+    keywords = dict(label_smoothing=0.1, gamma_pos=1.0, gamma_neg=3.0, clip=0.05)
+    options = LossOptions(**keywords)
+    assert snp.multilabel_soft_margin_loss(x, y, options=options) == snp.multilabel_soft_margin_loss(x, y, **keywords)
+    np.testing.assert_array_equal(snp.multilabel_soft_margin_loss_grad(x, y, options=options),
+                                  snp.multilabel_soft_margin_loss_grad(x, y, **keywords))
+    tx, ty = torch.tensor(x), torch.tensor(y)
+    assert torch.equal(st.multilabel_soft_margin_loss(tx, ty, options=options), st.multilabel_soft_margin_loss(tx, ty, **keywords))
+    assert torch.equal(st.MultiLabelSoftMarginLoss(options=options)(tx, ty), st.MultiLabelSoftMarginLoss(**keywords)(tx, ty))
+    with pytest.raises(ValueError, match="options= and label_smoothing/gamma_pos/gamma_neg/clip were both given"):
+        st.multilabel_soft_margin_loss(tx, ty, options=options, gamma_neg=1.0)
+    with pytest.raises(TypeError, match="options is a dict: expected softmargin.LossOptions"):
+        snp.multilabel_soft_margin_loss(x, y, options=keywords)
+    with pytest.raises(ValueError, match=r"clip=1.5 is outside \[0, 1\)"):
+        LossOptions(clip=1.5)
