@@ -18,9 +18,10 @@ differentiable formula), a vmap rule (the batch folded into the rows) and an aut
 traced code touches pointers, thread counts, files or caches: the backends (``_backends.py``) run inside the
 operator, on real tensors.
 
-Eager calls on ordinary tensors take a lean path, :class:`_EagerLoss` (an ``autograd.Function`` that calls the same
-implementation without the dispatcher, hands the precomputed gradient over without a copy and has a ``jvp``); it
-gives bitwise the same results as the operator (tested), which everything else uses.
+Eager calls on ordinary tensors take a lean path, :class:`_EagerReducedLoss`: one ``autograd.Function`` that calls the
+same implementation without the dispatcher, reduces in forward and hands the precomputed gradient over without a
+copy; it gives bitwise the same results as the operator (tested), which everything else uses. Forward-mode AD and
+``torch.func`` transforms in eager mode go through :class:`_EagerLoss`, which has ``jvp`` and ``setup_context``.
 """
 
 from __future__ import annotations
@@ -308,10 +309,9 @@ class _EagerLoss(torch.autograd.Function):
         options: LossOptions,
         need_grad: bool,
         check: bool,
-        ordinary: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         tensors = (x, y, weight, pos_weight, mask, indptr, indices, values)
-        if ordinary or _ordinary(tensors):
+        if _ordinary(tensors):
             return _compute_rows(*tensors, options, need_grad, check)
         return loss_rows(  # type: ignore[no-any-return]
             *tensors, options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip, need_grad, check
@@ -319,12 +319,12 @@ class _EagerLoss(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
-        x, y, weight, pos_weight, mask, indptr, indices, values, options, _, _, ordinary = inputs
+        x, y, weight, pos_weight, mask, indptr, indices, values, options, _, _ = inputs
         _, grad, counted = output
         ctx.mark_non_differentiable(grad, counted)
         ctx.set_materialize_grads(False)  # absent tangents (a target without one) stay None, not zeros
         ctx.options = options
-        ctx.own_grad = ordinary or _ordinary((x, y, weight, pos_weight, mask, grad))
+        ctx.own_grad = _ordinary((x, y, weight, pos_weight, mask, grad))
         if ctx.own_grad:
             # kept on ctx, not saved: backward scales it in place and hands it over (autograd then makes this very
             # tensor input.grad); a second backward (retain_graph=True) recomputes it
@@ -337,7 +337,7 @@ class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_per_sample: Tensor | None, _grad: Any, _counted: Any) -> tuple[Tensor | None, ...]:
         if grad_per_sample is None:
-            return (None,) * 12
+            return (None,) * 11
         saved = ctx.saved_tensors
         x, y, weight, pos_weight, mask, indptr, indices, values = saved[:8]
         if ctx.own_grad:
@@ -348,7 +348,7 @@ class _EagerLoss(torch.autograd.Function):
             tuple(ctx.needs_input_grad[:3]), x, y, _sparse_of(x, indptr, indices, values), weight, pos_weight,
             mask, ctx.options, grad, grad_per_sample, in_place=ctx.own_grad,
         )  # fmt: skip
-        return (*grads, None, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None)
 
     @staticmethod
     def jvp(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | None, *_: Any) -> tuple[Any, ...]:
@@ -426,9 +426,6 @@ class _EagerReducedLoss(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None, None, None, None)
 
 
-_APPLY = super(torch.autograd.Function, _EagerLoss).apply
-
-
 def _forward_ad_active(x: Tensor) -> bool:
     if torch.autograd.forward_ad._current_level >= 0:
         return True
@@ -472,7 +469,7 @@ def compute(problem: Problem) -> Tensor:
         return loss
     else:
         need_grad = x.requires_grad or _forward_ad_active(x)
-        per_sample, _, counted = _EagerLoss.apply(*operands, problem.options, need_grad, problem.check, False)
+        per_sample, _, counted = _EagerLoss.apply(*operands, problem.options, need_grad, problem.check)
     return reduce(per_sample, counted, problem.reduction, problem.mask is not None, problem.result_dtype)
 
 
