@@ -237,6 +237,15 @@ def _native_plain(
     return (row_sums.div_(num_classes), grad, float(num_rows)), out_of_range
 
 
+def _observed(mask_rows: torch.Tensor, num_rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A mask's row bookkeeping, in tensors (nothing read back): each row's observed labels (N,), each row's
+    gradient scale 1 / count (0 for a row with none), and the number of rows with an observed label (0-d float64)."""
+    count = mask_rows.sum(1, dtype=dtype).expand(num_rows)
+    observed = count > 0
+    scale = torch.where(observed, 1.0 / torch.where(observed, count, 1.0), 0.0)
+    return count.contiguous(), scale.contiguous(), observed.sum(dtype=torch.float64)
+
+
 def _chunked(
     x: torch.Tensor,
     y: Any,
@@ -258,13 +267,9 @@ def _chunked(
         grad_scale: Any = _scale(reduction, num_rows, num_classes)
         counted = torch.full((), float(num_rows), dtype=torch.float64, device=x.device)
     else:
-        divisor = rows.mask.sum(1, dtype=torch.float64).expand(num_rows)
-        observed = divisor > 0
-        grad_scale = torch.where(observed, 1.0 / torch.where(observed, divisor, 1.0), 0.0)
-        counted = observed.sum(dtype=torch.float64)
+        divisor, grad_scale, counted = _observed(rows.mask, num_rows, torch.float64)
         if reduction == "mean":
             grad_scale = grad_scale / counted.clamp_min(1.0)
-        divisor = divisor.contiguous()
     row_sums = torch.empty(num_rows, dtype=torch.float64, device=x.device)
     grad = torch.empty(rows.x.shape, dtype=x.dtype, device=x.device) if need_grad else None
     chunked_loss_rows(
@@ -295,10 +300,8 @@ def _triton(
         scale, row_scale, count = 1.0 / num_classes, None, None
         counted = torch.full((), float(num_rows), dtype=torch.float64, device=x.device)
     else:
-        count = mask_rows.sum(1, dtype=cdtype).expand(num_rows)
-        observed = count > 0
-        scale, row_scale = 1.0, torch.where(observed, 1.0 / torch.where(observed, count, 1.0), 0.0).contiguous()
-        counted = observed.sum(dtype=torch.float64)
+        count, row_scale, counted = _observed(mask_rows, num_rows, cdtype)
+        scale = 1.0
     row_sums, grad = triton_module().fused_rows(
         x.reshape(num_rows, num_classes), None if sparse is not None else y.reshape(num_rows, num_classes),
         weight=_weight_rows(weight, x.shape, None), pos_weight=_weight_rows(pos_weight, x.shape, None), mask=mask_rows,
