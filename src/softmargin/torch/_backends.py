@@ -156,7 +156,7 @@ def _native(
     reduction: str,
     need_grad: bool,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor | None, float], bool]:
-    """The compiled kernel: one pass, no temporaries beyond the gradient itself (see cpu_kernel.c). Also returns
+    """The compiled kernel: one pass, no temporaries beyond the gradient itself (see kernels/csrc/). Also returns
     whether the kernel saw a target outside [0, 1] (the row functions that look: see ``cpu.fused``)."""
     cdtype = compute_dtype(x.dtype)
     x = x.contiguous()
