@@ -225,6 +225,18 @@ def _repeats(shape: Sequence[int], repeat: int) -> int:
     return repeat * 20 if math.prod(shape) <= 1 << 16 else repeat
 
 
+def combine_rounds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One implementation's timing rounds (each from a fresh process) as one result: the median of the rounds'
+    medians, the least minimum, the first round's first-call time and how many rounds succeeded; or the first
+    round's error when none did."""
+    good = [r for r in results if "error" not in r]
+    if not good:
+        return {"error": results[0].get("error", "not measured")}
+    medians = sorted(r["median_ms"] for r in good)
+    return {"median_ms": medians[len(medians) // 2], "min_ms": min(r["min_ms"] for r in good),
+            "first_call_s": good[0]["first_call_s"], "rounds": len(good)}  # fmt: skip
+
+
 def measure_group(
     impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str = "cpu",
     rounds: int = 3,
@@ -242,15 +254,7 @@ def measure_group(
             for impl in impls:
                 timed = _in_fresh_process(f"time_group([{impl!r}], {tuple(shape)!r}, {dtype!r}, {reps}, {threads})", "time", threads)
                 per_round[impl].append(timed.get(impl, timed))
-        timed_all: dict[str, dict[str, Any]] = {}
-        for impl, results in per_round.items():
-            good = [r for r in results if "error" not in r]
-            if not good:
-                timed_all[impl] = {"error": results[0].get("error", "not measured")}
-                continue
-            medians = sorted(r["median_ms"] for r in good)
-            timed_all[impl] = {"median_ms": medians[len(medians) // 2], "min_ms": min(r["min_ms"] for r in good),
-                               "first_call_s": good[0]["first_call_s"], "rounds": len(good)}  # fmt: skip
+        timed_all = {impl: combine_rounds(results) for impl, results in per_round.items()}
     else:
         timed_all = time_group(impls, shape, dtype, reps, threads, device)
     rows = []
@@ -320,13 +324,10 @@ def train_step(
             results[impl].append(_in_fresh_process(call, "train step", threads))
     rows = []
     for impl, runs in results.items():
-        good = [r for r in runs if "error" not in r]
         row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "features": features, "threads": threads}
-        if good:
-            row.update(median_ms=sorted(r["median_ms"] for r in good)[len(good) // 2], min_ms=min(r["min_ms"] for r in good),
-                       first_call_s=good[0]["first_call_s"], final_loss=good[0]["final_loss"])  # fmt: skip
-        else:
-            row["error"] = runs[0].get("error", "not measured")
+        row.update(combine_rounds(runs))
+        if "error" not in row:
+            row["final_loss"] = next(r["final_loss"] for r in runs if "error" not in r)
         rows.append(row)
     return rows
 

@@ -110,14 +110,8 @@ def run(
                     timed = bench._in_fresh_process(call, "time", threads, module=module)
                     per_round[impl].append(timed.get(impl, timed))
             for impl, results in per_round.items():
-                good = [r for r in results if "error" not in r]
-                row: dict[str, Any] = {"impl": impl, **base}
-                if not good:
-                    row["error"] = results[0].get("error", "not measured")
-                else:
-                    medians = sorted(r["median_ms"] for r in good)
-                    row.update(median_ms=medians[len(medians) // 2], min_ms=min(r["min_ms"] for r in good),
-                               first_call_s=good[0]["first_call_s"])  # fmt: skip
+                row: dict[str, Any] = {"impl": impl, **base, **bench.combine_rounds(results)}
+                if "error" not in row:
                     call = f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r}, {threads})"
                     row.update(bench._in_fresh_process(call, "memory", threads, module=module))
                 rows.append(row)

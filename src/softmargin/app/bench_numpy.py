@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bench import _peak_bytes, _repeats, call_times, write_csv
+from .bench import _peak_bytes, _repeats, call_times, combine_rounds, write_csv
 
 IMPLEMENTATIONS = ("softmargin", "softmargin chunked", "naive numpy", "floor")
 DEFAULT_SHAPES = ((4096, 2000), (256, 100_000))
@@ -116,14 +116,10 @@ def run(
                 for impl in impls:
                     per_round[impl].append(_fresh(f"time_one({impl!r}, {tuple(shape)!r}, {dtype!r}, {reps})", impl, threads))
             for impl, results in per_round.items():
-                good = [r for r in results if "error" not in r]
-                row: dict[str, Any] = {"impl": impl, **base}
-                if not good:
-                    rows.append({**row, "error": results[0]["error"]})
+                row: dict[str, Any] = {"impl": impl, **base, **combine_rounds(results)}
+                if "error" in row:
+                    rows.append(row)
                     continue
-                medians = sorted(r["median_ms"] for r in good)
-                row.update(median_ms=medians[len(medians) // 2], min_ms=min(r["min_ms"] for r in good),
-                           first_call_s=good[0]["first_call_s"])  # fmt: skip
                 row.update(_fresh(f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r})", impl, threads, memory=True))
                 rows.append(row)
     if out is not None:

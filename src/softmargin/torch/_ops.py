@@ -85,10 +85,8 @@ def _compute_rows(
     need_grad: bool,
     check: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    y: Any = target
-    if indptr is not None:
-        num_classes = x.shape[-1] if x.dim() else 0
-        y = SparseTargets(indptr, indices, values, (math.prod(x.shape[:-1]), num_classes), torch)
+    sparse = _sparse_of(x, indptr, indices, values)
+    y: Any = target if sparse is None else sparse
     per_sample, grad, counted = B.loss_rows(x, y, weight, pos_weight, mask, options, need_grad, check)
     return per_sample, (grad if grad is not None else x.new_empty(0)), counted
 
