@@ -35,7 +35,7 @@ from .._chunks import loss_rows as chunked_loss_rows
 from .._options import PLAIN, LossOptions
 from .._sparse import SparseTargets
 from ..kernels import cpu
-from ._fallback import PLAIN_CHUNK_ELEMENTS, plain_loss_rows
+from ._fallback import plain_loss_rows
 
 #: Elements per chunk of the torch backend (float32: 256 KiB per temporary, so that a chunk's temporaries stay in a
 #: 2 MiB L2 cache; larger chunks measured slower).
@@ -274,7 +274,7 @@ def _chunked(
     row_sums = torch.empty(num_rows, dtype=torch.float64, device=x.device)
     grad = torch.empty(rows.x.shape, dtype=x.dtype, device=x.device) if need_grad else None
     if pos_weight is None and not options.focusing:  # the short path: a dozen fused operations per chunk
-        plain_loss_rows(rows, options.label_smoothing, grad_scale, need_grad, cdtype, row_sums, grad, PLAIN_CHUNK_ELEMENTS)
+        plain_loss_rows(rows, options.label_smoothing, grad_scale, need_grad, cdtype, row_sums, grad)
     else:
         chunked_loss_rows(
             rows, options, grad_scale, need_grad, xp=torch, compute=lambda t: t.to(cdtype),
