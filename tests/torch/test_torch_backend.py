@@ -89,6 +89,10 @@ def test_zero_weight_removes_an_infinite_loss_and_a_large_weight_does_not_overfl
     expected = 500 * (2 * math.log1p(math.exp(-1.0)) + 3 * 3.0e38)
     assert torch.isfinite(sums).all() and torch.allclose(sums, torch.full((70,), expected, dtype=torch.float64))
     assert torch.isfinite(grad).all() and (grad[:, 0::3] == 0).all()
+    sums, grad = _short(x, y, {"mask": w > 0}, 1.0)  # a mask alone: no weight to scale, and no overflow either
+    expected = 500 * (math.log1p(math.exp(-1.0)) + 3.0e38)
+    assert torch.isfinite(sums).all() and torch.allclose(sums, torch.full((70,), expected, dtype=torch.float64))
+    assert torch.isfinite(grad).all() and (grad[:, 0::3] == 0).all()
 
 
 def test_float32_row_sums_against_mpmath(threads):

@@ -69,6 +69,10 @@ def _power_of_two_scale(weight: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones((), dtype=torch.float64, device=weight.device), exponent)
 
 
+def _to(value: Any, dtype: torch.dtype) -> Any:
+    return value.to(dtype) if isinstance(value, torch.Tensor) else value
+
+
 def _chunk(a: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
     return a if a is None or a.shape[0] == 1 else a[start:stop]
 
@@ -114,14 +118,20 @@ def plain_loss_rows(
     if rows.pos_weight is not None:
         raise ValueError("plain_loss_rows computes the loss without pos_weight: use softmargin._chunks.loss_rows")
     n, c = rows.num_rows, rows.num_classes
-    # the weight divided by `back`, a power of two >= its largest value, so that w * l cannot overflow
-    back = weight = None
+    # The weight (or the mask) is divided by `back`: twice a power of two >= the weight's largest value, so that
+    # w * l cannot overflow where the row sum does not, not even once two columns are added (see _run_rows).
+    back: Any = None
+    weight = mask = None
     if rows.weight is not None:
-        back = _power_of_two_scale(rows.weight)
+        back = 2.0 * _power_of_two_scale(rows.weight)
         weight = rows.weight / back.to(cdtype)
-    mask = None if rows.mask is None else rows.mask.to(cdtype) if rows.mask.shape[0] == 1 else rows.mask
+    elif rows.mask is not None:
+        back = 2.0
+    if rows.mask is not None:
+        # a (1, C) row once here; an (N, C) mask a chunk at a time (_chunk_weight), times 1/2 without a weight
+        mask = rows.mask if rows.mask.shape[0] > 1 else rows.mask.to(cdtype) * (1.0 if weight is not None else 0.5)
     # the gradient's factor, negated (the loop computes -dl/dx), times `back`
-    factor: Any = -grad_scale if back is None else back.to(cdtype) * -grad_scale
+    factor: Any = -grad_scale if back is None else _to(back, cdtype) * -grad_scale
     uniform_scale = isinstance(grad_scale, float)
     if not uniform_scale:
         factor = factor.to(cdtype)[:, None]
@@ -159,29 +169,38 @@ def _run_rows(job: _Job, first: int, last: int, step: int) -> None:
     if last <= first:
         return
     c = rows.num_classes
+    # the weighted row sums add column j and column c - pair + j first in cdtype (one rounding; the weight's 1/2
+    # keeps the pair from overflowing), then the pairs in float64
+    pair = c // 2 if job.weight is not None or job.mask is not None else 0
     step = min(step, last - first)
     device = rows.x.device
-    neg_abs, tail, sig, diff = (torch.empty((step, c), dtype=cdtype, device=device) for _ in range(4))
+    buffers = [torch.empty((step, c), dtype=cdtype, device=device) for _ in range(4)]
     half = torch.full((), 0.5, dtype=cdtype, device=device)
     same_weight, factor, grad_out = job.same_weight, job.factor, job.grad_out
-    for start in range(first, last, step):
-        stop = min(start + step, last)
-        m = stop - start
-        x, y = rows.x[start:stop], rows.y[start:stop]  # y is read once, by an op that converts it as it reads
-        x = x if x.dtype == cdtype else x.to(cdtype)
-        a, t, s, d = neg_abs[:m], tail[:m], sig[:m], diff[:m]
+    # the chunks as views, made in one call each (slicing in Python costs more than some of the arithmetic)
+    xs, sums = rows.x[first:last].split(step), job.row_sums_out[first:last].split(step)
+    ys = rows.y[first:last].split(step) if isinstance(rows.y, torch.Tensor) else None
+    grads = grad_out[first:last].split(step) if grad_out is not None else None
+    for i, start in enumerate(range(first, last, step)):
+        x = xs[i] if xs[i].dtype == cdtype else xs[i].to(cdtype)
+        stop = start + x.shape[0]
+        y = ys[i] if ys is not None else rows.y[start:stop]  # sparse: made dense a chunk at a time
+        a, t, s, d = buffers if x.shape[0] == step else [b[: x.shape[0]] for b in buffers]
         torch.abs(x, out=a).neg_()  # -|x|
         torch.exp(a, out=t)
         t.log1p_()  # log1p(exp(-|x|))
         if need_grad:
             torch.sigmoid(a, out=s)  # sigmoid(-|x|)
+        torch.sign(x, out=a)  # g: +-1, 0 at +-0 (where d = y - 1/2 and -dl/dx = y - 1/2 are exact)
         if label_smoothing:
             y = y if y.dtype == cdtype else y.to(cdtype)  # (a half-precision y times a float stays half)
             y = torch.mul(y, 1.0 - label_smoothing, out=d).add_(label_smoothing / 2)
-        torch.copysign(half, x, out=a).add_(0.5)  # [x >= 0] by the sign bit (-0.0 counts as negative)
-        torch.sub(y, a, out=d)  # d = y - [x >= 0] = -e: y itself where x < 0 (no rounding of 1 - y)
+            torch.sub(y, torch.add(half, a, alpha=0.5), out=d)
+        else:
+            torch.add(half, a, alpha=0.5, out=d)  # [x > 0] (1/2 at 0)
+            torch.sub(y, d, out=d)  # d = y - [x > 0]: y itself where x < 0 (no rounding of 1 - y); y reads as it is
         if need_grad:
-            torch.copysign(s, x, out=s).add_(d)  # -dl/dx = d + copysign(sigmoid(-|x|), x)
+            torch.addcmul(d, s, a, out=s)  # -dl/dx = d + sign(x) sigmoid(-|x|)
         w = job.row_weight if same_weight else _chunk_weight(job.weight, job.mask, start, stop, cdtype)
         if w is not None:
             d.mul_(w)  # folded into d before d * x, so that a zero weight times an infinite x is caught below
@@ -189,12 +208,13 @@ def _run_rows(job: _Job, first: int, last: int, step: int) -> None:
         torch.mul(d, x, out=a)  # d * x = -w ((1 - y) relu(x) + y relu(-x))
         a.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)  # 0 * inf: a right prediction at infinity
         t.sub_(a)  # the weighted element loss
-        torch.sum(t, dim=1, dtype=torch.float64, out=job.row_sums_out[start:stop])
-        if need_grad:
-            assert grad_out is not None
+        if pair:
+            t[:, :pair].add_(t[:, c - pair :])
+        torch.sum(t[:, : c - pair], dim=1, dtype=torch.float64, out=sums[i])
+        if grads is not None:
             if w is not None and not (same_weight and job.uniform_scale):
                 s.mul_(w)
-            torch.mul(s, factor if job.uniform_scale else factor[start:stop], out=grad_out[start:stop])
+            torch.mul(s, factor if job.uniform_scale else factor[start:stop], out=grads[i])
 
 
 def _chunk_weight(
@@ -205,4 +225,4 @@ def _chunk_weight(
     mc = _chunk(mask, start, stop)
     if mc is None:
         return w
-    return mc.to(cdtype) if w is None else w * mc
+    return mc * 0.5 if w is None else w * mc  # (without a weight, the mask carries the 1/2 of `back`)
