@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import math
 import os
+import threading
 from typing import Any
 
 import torch
@@ -69,6 +70,29 @@ def _power_of_two_scale(weight: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones((), dtype=torch.float64, device=weight.device), exponent)
 
 
+_workspace = threading.local()
+
+#: Largest workspace kept between calls, per thread and slot (bytes).
+WORKSPACE_BYTES = 32 << 20
+
+
+def _buffers(
+    count: int, shape: tuple[int, int], dtype: torch.dtype, device: torch.device, slot: int = 0
+) -> list[torch.Tensor]:
+    """``count`` buffers of ``shape``: on the CPU, views of one workspace kept by this thread between calls (a fresh
+    allocation of a megabyte or more comes from the system, page by page: its page faults cost more than the
+    arithmetic done in it)."""
+    size = math.prod(shape)
+    nbytes = count * size * torch.empty((), dtype=dtype).element_size()
+    if device.type != "cpu" or nbytes > WORKSPACE_BYTES:
+        return [torch.empty(shape, dtype=dtype, device=device) for _ in range(count)]
+    kept: dict[tuple[int, torch.dtype], torch.Tensor] = _workspace.__dict__.setdefault("kept", {})
+    flat = kept.get((slot, dtype))
+    if flat is None or flat.numel() < count * size:
+        flat = kept[(slot, dtype)] = torch.empty(count * size, dtype=dtype)
+    return [flat[i * size : (i + 1) * size].view(shape) for i in range(count)]
+
+
 def _to(value: Any, dtype: torch.dtype) -> Any:
     return value.to(dtype) if isinstance(value, torch.Tensor) else value
 
@@ -91,7 +115,7 @@ def plain_loss_rows(
     cdtype: torch.dtype,
     row_sums_out: torch.Tensor,
     grad_out: torch.Tensor | None,
-    chunk_elements: int = PLAIN_CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
 ) -> None:
     """Weighted loss sums of each row (float64) into ``row_sums_out``, the gradient scaled per row into ``grad_out``.
 
@@ -105,7 +129,8 @@ def plain_loss_rows(
         cdtype: the compute dtype (float32, or float64 for float64 logits).
         row_sums_out: (N,) float64.
         grad_out: (N, C), the logits' dtype (or None without ``need_grad``).
-        chunk_elements: elements per chunk on one thread: each of the four buffers holds one chunk.
+        chunk_elements: elements per chunk on one thread (default ``PLAIN_CHUNK_ELEMENTS``): each of the four
+            buffers holds one chunk.
 
     Example::
 
@@ -153,6 +178,7 @@ def plain_loss_rows(
             for future in futures:
                 future.result()  # waits for every thread before returning (or raising)
     else:
+        chunk_elements = PLAIN_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
         _run_rows(job, 0, n, max(1, min(n, chunk_elements // max(c, 1))))
     if back is not None:
         row_sums_out.mul_(back)
@@ -174,7 +200,8 @@ def _run_rows(job: _Job, first: int, last: int, step: int) -> None:
     pair = c // 2 if job.weight is not None or job.mask is not None else 0
     step = min(step, last - first)
     device = rows.x.device
-    buffers = [torch.empty((step, c), dtype=cdtype, device=device) for _ in range(4)]
+    buffers = _buffers(4, (step, c), cdtype, device)
+    sum_buffer = _buffers(1, (step, c - pair), torch.float64, device, slot=1)[0] if pair else None
     half = torch.full((), 0.5, dtype=cdtype, device=device)
     same_weight, factor, grad_out = job.same_weight, job.factor, job.grad_out
     # the chunks as views, made in one call each (slicing in Python costs more than some of the arithmetic)
@@ -210,7 +237,10 @@ def _run_rows(job: _Job, first: int, last: int, step: int) -> None:
         t.sub_(a)  # the weighted element loss
         if pair:
             t[:, :pair].add_(t[:, c - pair :])
-        torch.sum(t[:, : c - pair], dim=1, dtype=torch.float64, out=sums[i])
+        if sum_buffer is not None:  # the float64 copy into a buffer of ours (torch's own would be a fresh one)
+            torch.sum(sum_buffer[: x.shape[0]].copy_(t[:, : c - pair]), dim=1, out=sums[i])
+        else:
+            torch.sum(t, dim=1, dtype=torch.float64, out=sums[i])
         if grads is not None:
             if w is not None and not (same_weight and job.uniform_scale):
                 s.mul_(w)
