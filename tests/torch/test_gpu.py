@@ -484,12 +484,14 @@ def test_compile_runs_the_triton_operator_and_inductor_sees_the_kernel(name):
     assert _ops.loss_rows_triton is not None, "the Triton operator is registered at import on a CUDA machine"
     x, y, opts = _api_case(name, num_rows=64, num_classes=2000)
 
-    def step(x, y):
-        loss = st.multilabel_soft_margin_loss(x, y, **opts)
+    compiled = torch.compile(lambda x, y: st.multilabel_soft_margin_loss(x, y, **opts), fullgraph=True)
+
+    def step():
+        loss = compiled(x, y)
         return loss, torch.autograd.grad(loss, x)[0]
 
     torch._dynamo.reset()
-    (loss, grad), codes = run_and_get_code(torch.compile(step, fullgraph=True), x, y)
+    (loss, grad), codes = run_and_get_code(step)
     assert any("_rows_kernel" in code for code in codes), "inductor did not see the Triton kernel"
     if name == "plain":
         expected = torch.nn.functional.multilabel_soft_margin_loss(x, y)

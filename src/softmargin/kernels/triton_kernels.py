@@ -46,8 +46,9 @@ tiles of one row by ``span`` columns, each program walking its tile in blocks of
 several tiles (wide rows and few of them, where one program per row would leave most of the GPU idle) has its tile
 sums added by a second, tiny kernel in a fixed order. The tiling depends only on the shape and the device's
 multiprocessor count, so results are bitwise reproducible on a given GPU. Nothing in a launcher looks at a
-tensor's values: no host synchronisation, and a launcher can run inside ``torch.library.triton_op`` (the kernels
-are launched through ``torch.library.wrap_triton``) and under CUDA-graph capture. Tested on the CPU with
+tensor's values: no host synchronisation, and a launcher can run inside ``torch.library.triton_op`` (while anything
+traces, the kernels are launched through ``torch.library.wrap_triton``; on real tensors in eager mode directly) and
+under CUDA-graph capture. Tested on the CPU with
 ``TRITON_INTERPRET=1`` (which has neither bfloat16 nor libdevice: NumPy's functions stand in for libdevice's).
 """
 
@@ -207,7 +208,7 @@ def fused_rows(
     any_tensor = x  # stands in for every absent operand (the kernel never reads it: its flag is off)
     indptr_t, indices_t, values_t = sparse if sparse is not None else (any_tensor, any_tensor, None)
     ok = torch.empty(num_rows * num_tiles, dtype=torch.uint8, device=x.device) if check_target else out
-    torch.library.wrap_triton(_rows_kernel)[(num_rows, num_tiles)](
+    _launcher(_rows_kernel, x)[(num_rows, num_tiles)](
         x, y if y is not None else any_tensor, w if w is not None else any_tensor,
         pw if pw is not None else any_tensor, m if m is not None else any_tensor,
         row_scale if row_scale is not None else any_tensor, indptr_t, indices_t,
@@ -221,13 +222,23 @@ def fused_rows(
         BLOCK=block, ACCURATE=not INTERPRETED, num_warps=4,
     )  # fmt: skip
     if num_tiles > 1:
-        torch.library.wrap_triton(_combine_tiles_kernel)[(num_rows,)](
+        _launcher(_combine_tiles_kernel, x)[(num_rows,)](
             out, row_sums, num_tiles, BLOCK=triton.next_power_of_2(num_tiles)
         )
     if check_target:
         # a device-side assertion: on a GPU it fails asynchronously (and ends the CUDA context), never syncs
         torch._assert_async(ok.all(), TARGET_MESSAGE)
     return row_sums, grad
+
+
+def _launcher(kernel: Any, x: torch.Tensor) -> Any:
+    """The kernel itself for real tensors in eager mode; ``wrap_triton(kernel)`` while anything traces (FakeTensor or
+    FunctionalTensor operands, a dispatch mode such as make_fx's, dynamo), so that the launch is recorded as
+    ``triton_kernel_wrapper_*`` and inductor sees the kernel. wrap_triton's operator costs about a millisecond of host
+    time per launch in eager mode, many times the kernel's own time."""
+    if type(x) is torch.Tensor and not torch._C._len_torch_dispatch_stack() and not torch.compiler.is_compiling():
+        return kernel
+    return torch.library.wrap_triton(kernel)
 
 
 def linear_logits_chunk(
