@@ -98,6 +98,26 @@ def _split(value: float) -> tuple[float, float]:
     return hi, float(np.float32(value - hi))
 
 
+def _eager(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a real tensor and nothing traces (no FakeTensor or FunctionalTensor, no dispatch mode such as
+    make_fx's, no dynamo)."""
+    return type(x) is torch.Tensor and not torch._C._len_torch_dispatch_stack() and not torch.compiler.is_compiling()
+
+
+def _launcher(kernel: Any, x: torch.Tensor) -> Any:
+    """The kernel itself for real tensors in eager mode; ``wrap_triton(kernel)`` while anything traces, so that the
+    launch is recorded as ``triton_kernel_wrapper_*`` and inductor sees the kernel. wrap_triton's operator costs
+    about a millisecond of host time per launch in eager mode (measured on the H200 machine), many times the kernel's
+    own time."""
+    return kernel if _eager(x) else torch.library.wrap_triton(kernel)
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8: the same bytes (a view) in eager mode; a conversion while tracing, because inductor
+    cannot lower a bool -> uint8 view (``torch.bool is not supported by torch.iinfo``; it fuses the conversion)."""
+    return t.view(torch.uint8) if _eager(t) else t.to(torch.uint8)
+
+
 def _rows_operand(
     name: str, t: torch.Tensor | None, num_rows: int, num_classes: int
 ) -> tuple[torch.Tensor | None, int]:
@@ -110,7 +130,7 @@ def _rows_operand(
         raise ValueError(f"{name}.shape == {tuple(t.shape)}, expected ({num_classes},), (1, {num_classes}) or "
                          f"({num_rows}, {num_classes})")  # fmt: skip
     if t.dtype == torch.bool:
-        t = t.view(torch.uint8)  # the same bytes: no copy
+        t = _as_bytes(t)
     if t.stride(1) != 1 and t.shape[1] > 1:
         t = t.contiguous()
     return t, (t.stride(0) if t.shape[0] > 1 else 0)
@@ -168,7 +188,7 @@ def fused_rows(
         if y.dtype not in _TARGET_DTYPES:
             raise TypeError(f"y.dtype == {y.dtype}, expected a float dtype, uint8 or bool")
         if y.dtype == torch.bool:
-            y = y.view(torch.uint8)  # the same bytes: no copy
+            y = _as_bytes(y)
         if y.stride(1) != 1 and num_classes > 1:
             y = y.contiguous()
     w, w_stride = _rows_operand("weight", weight, num_rows, num_classes)
@@ -231,14 +251,6 @@ def fused_rows(
     return row_sums, grad
 
 
-def _launcher(kernel: Any, x: torch.Tensor) -> Any:
-    """The kernel itself for real tensors in eager mode; ``wrap_triton(kernel)`` while anything traces (FakeTensor or
-    FunctionalTensor operands, a dispatch mode such as make_fx's, dynamo), so that the launch is recorded as
-    ``triton_kernel_wrapper_*`` and inductor sees the kernel. wrap_triton's operator costs about a millisecond of host
-    time per launch in eager mode, many times the kernel's own time."""
-    if type(x) is torch.Tensor and not torch._C._len_torch_dispatch_stack() and not torch.compiler.is_compiling():
-        return kernel
-    return torch.library.wrap_triton(kernel)
 
 
 def linear_logits_chunk(
