@@ -565,3 +565,24 @@ def test_autocast_on_the_device_computes_and_returns_float32_as_torch():
     assert_close(ours.item(), theirs.item(), 1e-2, "loss against torch")
     args = (logits.detach().double().cpu().numpy(), y.double().cpu().numpy(), weight.double().cpu().numpy(), "mean")
     assert_close(ours.item(), reference_loss(*args), 1e-6, "loss against float64")
+
+
+def test_api_weight_check_is_a_device_assertion():
+    """On CUDA the kernel checks the weights as it reads them (no separate check kernels): a negative weight fails a
+    device-side assertion (fatal to the CUDA context, hence a child process); the same call with validate=False
+    computes."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, softmargin.torch as st\n"
+        "x = torch.zeros(4, 100, device='cuda'); y = torch.zeros(4, 100, device='cuda')\n"
+        "w = torch.ones(100, device='cuda'); w[7] = -1.0\n"
+        "st.multilabel_soft_margin_loss(x, y, w, validate=False); torch.cuda.synchronize()\n"
+        "print('unchecked: fine', flush=True)\n"
+        "st.multilabel_soft_margin_loss(x, y, w); torch.cuda.synchronize()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert "unchecked: fine" in result.stdout
+    assert result.returncode != 0
+    assert "a weight is negative" in result.stderr or "device-side assert" in result.stderr, result.stderr[-2000:]

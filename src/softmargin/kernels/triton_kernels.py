@@ -4,7 +4,7 @@ Launcher API (the torch backend calls these; nothing here validates user input b
 
     fused_rows(x, y, *, weight=None, pos_weight=None, mask=None, label_smoothing=0.0, gamma_pos=0.0,
                gamma_neg=0.0, clip=0.0, scale, row_scale=None, need_grad, sparse=None, sparse_origin=(0, 0),
-               check_target=False, grad_out=None, block=None, span=None) -> (row_sums, grad)
+               check_target=False, check_weights=False, grad_out=None, block=None, span=None) -> (row_sums, grad)
 
     x            (N, C) logits, contiguous; float16, bfloat16, float32 or float64.
     y            (N, C) dense target: x's dtype (any float dtype is read as it is), uint8 or bool; its rows may be
@@ -29,6 +29,9 @@ Launcher API (the torch backend calls these; nothing here validates user input b
                  to the CUDA context, like torch's own device assertions; on CPU tensors (the interpreter) it
                  raises ``RuntimeError(TARGET_MESSAGE)``. (Not ``tl.device_assert``: Triton compiles it only in
                  debug mode, for the whole kernel, and inductor compiles user kernels without that mode.)
+    check_weights
+                 the same for the weights, as the kernel reads them: weight in [0, inf), pos_weight in (0, inf)
+                 (``WEIGHTS_MESSAGE``); saves the separate checks' kernels (five launches per weight).
     grad_out     None, or an (N, C) contiguous tensor of x's dtype to write the gradient into; it may be x itself
                  (each element is read before it is written), which is how the linear head keeps one chunk.
     block, span  tiling overrides (tests).
@@ -69,6 +72,9 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 #: The target check's message (CPU tensors under the interpreter raise RuntimeError with it).
 TARGET_MESSAGE = "softmargin: a target value lies outside [0, 1] or is NaN (check_target)"
+WEIGHTS_MESSAGE = (
+    "softmargin: a weight is negative, infinite or NaN, or a pos_weight is not positive and finite (check_weights)"
+)
 
 _TARGET_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.bool)
 
@@ -153,6 +159,7 @@ def fused_rows(
     sparse: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
     sparse_origin: tuple[int, int] = (0, 0),
     check_target: bool = False,
+    check_weights: bool = False,
     grad_out: torch.Tensor | None = None,
     block: int | None = None,
     span: int | None = None,
@@ -227,7 +234,9 @@ def fused_rows(
     focus = bool(gamma_pos or gamma_neg or clip)
     any_tensor = x  # stands in for every absent operand (the kernel never reads it: its flag is off)
     indptr_t, indices_t, values_t = sparse if sparse is not None else (any_tensor, any_tensor, None)
-    ok = torch.empty(num_rows * num_tiles, dtype=torch.uint8, device=x.device) if check_target else out
+    check_weights = check_weights and (w is not None or pw is not None)
+    checked = check_target or check_weights
+    ok = torch.empty(num_rows * num_tiles, dtype=torch.uint8, device=x.device) if checked else out
     _launcher(_rows_kernel, x)[(num_rows, num_tiles)](
         x, y if y is not None else any_tensor, w if w is not None else any_tensor,
         pw if pw is not None else any_tensor, m if m is not None else any_tensor,
@@ -238,16 +247,19 @@ def fused_rows(
         *_split(scale), *_split(label_smoothing), *_split(gamma_pos), *_split(gamma_neg), *_split(clip),
         HAS_W=w is not None, HAS_PW=pw is not None, HAS_MASK=m is not None, HAS_ROW_SCALE=row_scale is not None,
         SMOOTH=bool(label_smoothing), FOCUS=focus, CLIP=bool(clip), SPARSE=sparse is not None,
-        HAS_VALUES=values_t is not None, HAS_GRAD=grad is not None, CHECK=check_target, SPLIT=num_tiles > 1,
+        HAS_VALUES=values_t is not None, HAS_GRAD=grad is not None, CHECK=check_target, CHECK_W=check_weights, SPLIT=num_tiles > 1,
         BLOCK=block, ACCURATE=not INTERPRETED, num_warps=4,
     )  # fmt: skip
     if num_tiles > 1:
         _launcher(_combine_tiles_kernel, x)[(num_rows,)](
             out, row_sums, num_tiles, BLOCK=triton.next_power_of_2(num_tiles)
         )
-    if check_target:
+    if checked:
         # a device-side assertion: on a GPU it fails asynchronously (and ends the CUDA context), never syncs
-        torch._assert_async(ok.all(), TARGET_MESSAGE)
+        message = TARGET_MESSAGE if not check_weights else WEIGHTS_MESSAGE if not check_target else (
+            f"{TARGET_MESSAGE}; or {WEIGHTS_MESSAGE.removeprefix('softmargin: ')}"
+        )  # fmt: skip
+        torch._assert_async(ok.all(), message)
     return row_sums, grad
 
 
