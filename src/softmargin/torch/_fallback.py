@@ -1,23 +1,24 @@
-"""The pure-torch fallback's short path: the loss without focusing or ``pos_weight`` in a dozen in-place operations
+"""The pure-torch fallback's short path: the loss without focusing or ``pos_weight`` in 15 to 18 in-place operations
 per chunk.
 
 The general chunked loop (:func:`softmargin._chunks.loss_rows`) spells out :mod:`softmargin._formula` in about 25
 operations per chunk, each allocating its result; on the CPU their overhead, not the arithmetic, sets its speed
 (10x slower than ``BCEWithLogits``). This path computes the same stable form with fewer operations, in place, into
-four buffers of one chunk reused across chunks. With ``s = sigmoid(-|x|)`` and ``d = y - [x >= 0]`` (the sign read
-from x's sign bit, as ``copysign`` reads it, so that -0.0 and +0.0 are each handled consistently)::
+four buffers of one chunk that each thread keeps between calls. With ``s = sigmoid(-|x|)``, ``g = sign(x)`` and
+``d = y - (1 + g) / 2`` (``y - 1`` for x > 0, ``y`` itself for x < 0, ``y - 1/2`` at 0)::
 
-    l(x, y) = log1p(exp(-|x|)) - d * x         (-d * x = (1 - y) relu(x) + y relu(-x): no cancellation)
-    dl/dx   = -(d + copysign(s, x))            ((1 - y) - sigmoid(-x) for x >= 0, sigmoid(x) - y below)
+    l(x, y) = log1p(exp(-|x|)) - d * x      (-d * x = (1 - y) relu(x) + y relu(-x): no cancellation)
+    dl/dx   = -(d + g * s)                  ((1 - y) - sigmoid(-x) for x > 0, sigmoid(x) - y below, 1/2 - y at 0)
 
-``d`` is ``y`` itself where ``x < 0`` and ``y - 1`` elsewhere (exact for ``y >= 1/2``), so each element is as accurate
-as :func:`softmargin._formula.element_loss_and_grad`'s, and the gradient of a hard label is exact at any ``x``
+``d`` rounds at most once (``y - 1``, exact for ``y >= 1/2``), so each element is as accurate as
+:func:`softmargin._formula.element_loss_and_grad`'s, and the gradient of a hard label is exact at any ``x``
 (``-sigmoid(-x)``, not ``sigmoid(x) - 1``). ``d * x`` is ``0 * inf`` only for a right prediction at infinity (or a
 zero weight at an infinite logit), whose limit is 0: NaN is replaced by 0 there, while a NaN logit still propagates
-through the ``log1p`` term. The weight (times the mask) is divided by a power of two no smaller than its largest
-value (exact), so ``w * l`` cannot overflow float32 where the row sum does not; the float64 row sums are multiplied
-back. One difference from the C kernel: a NaN logit under a zero weight or a missing label gives a NaN loss (the
-kernel skips the element; the gradient is NaN there on both).
+through the ``log1p`` term. With a weight or a mask, the weight is divided by twice a power of two no smaller than
+its largest value (exact), so ``w * l``, and the sum of two such, cannot overflow float32 where the float64 row sum
+does not: the weighted row sums add column pairs in float32 (one rounding) before the float64 sum, and are
+multiplied back. One difference from the C kernel: a NaN logit under a zero weight or a missing label gives a NaN
+loss (the kernel skips the element; the gradient is NaN there on both).
 
 On a CPU with more than one torch thread, the rows are split into one range per thread, each run by its own Python
 thread on chunks below torch's grain size (so every operation runs in the calling thread): the threads meet once per
