@@ -39,8 +39,8 @@ import torch
 
 from .._chunks import Rows
 
-#: Elements per chunk of the short path on one thread (float32: 1 MiB per buffer, four buffers).
-PLAIN_CHUNK_ELEMENTS = 1 << 18
+#: Elements per chunk of the short path on one thread (float32: 256 KiB per buffer, four buffers).
+PLAIN_CHUNK_ELEMENTS = 1 << 16
 
 #: Elements per chunk when the rows are split over threads: below at::internal::GRAIN_SIZE (32768), so that torch
 #: runs each operation in the calling thread.
