@@ -1,5 +1,5 @@
 """The pure-torch backend's short path (``softmargin.torch._fallback``: no focusing, no pos_weight) against the float64
-formula and mpmath, on one thread and split over threads, at chunk edges, signed zeros and infinities."""
+formula and mpmath, on one and two threads, at chunk edges, signed zeros and infinities."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _short(x, y, opts, scale, row_scale=None, chunk_elements=_fallback.PLAIN_CHU
 
 @pytest.mark.parametrize("case", SHORT_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(5, 7), (70, 1000)], ids=["small", "split over threads"])
+@pytest.mark.parametrize("shape", [(5, 7), (70, 1000)], ids=["small", "larger"])
 def test_short_path_matches_the_float64_formula(case, dtype, shape, threads):
     gen = torch.Generator().manual_seed(3)
     x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 4).to(dtype)
@@ -56,7 +56,7 @@ def test_short_path_matches_the_float64_formula(case, dtype, shape, threads):
 
 @pytest.mark.parametrize("row_scale", [False, True])
 def test_threads_and_chunks_change_nothing(row_scale, threads):
-    """Every row is computed alike whatever the chunk and the thread that computes it: equal to the bit."""
+    """Every row is computed alike whatever the chunk that holds it: equal to the bit."""
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(203, 640, generator=gen) * 3
     y = torch.rand(203, 640, generator=gen)

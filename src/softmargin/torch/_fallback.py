@@ -4,7 +4,7 @@ per chunk.
 The general chunked loop (:func:`softmargin._chunks.loss_rows`) spells out :mod:`softmargin._formula` in about 25
 operations per chunk, each allocating its result; on the CPU their overhead, not the arithmetic, sets its speed
 (10x slower than ``BCEWithLogits``). This path computes the same stable form with fewer operations, in place, into
-four buffers of one chunk that each thread keeps between calls. With ``s = sigmoid(-|x|)``, ``g = sign(x)`` and
+four buffers of one chunk kept between calls (per calling thread). With ``s = sigmoid(-|x|)``, ``g = sign(x)`` and
 ``d = y - (1 + g) / 2`` (``y - 1`` for x > 0, ``y`` itself for x < 0, ``y - 1/2`` at 0)::
 
     l(x, y) = log1p(exp(-|x|)) - d * x      (-d * x = (1 - y) relu(x) + y relu(-x): no cancellation)
@@ -20,18 +20,15 @@ does not: the weighted row sums add column pairs in float32 (one rounding) befor
 multiplied back. One difference from the C kernel: a NaN logit under a zero weight or a missing label gives a NaN
 loss (the kernel skips the element; the gradient is NaN there on both).
 
-On a CPU with more than one torch thread, the rows are split into one range per thread, each run by its own Python
-thread on chunks below torch's grain size (so every operation runs in the calling thread): the threads meet once per
-call instead of at every operation, which keeps the path fast on a loaded machine.
+Each operation runs on torch's threads. (Splitting the rows over Python threads instead, one per torch thread with
+chunks below torch's grain size so that the threads meet once per call, measured faster on a loaded machine but no
+faster than one thread on a quiet one, 2x slower than this.)
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import functools
 import math
-import os
 import threading
 from typing import Any
 
@@ -39,17 +36,16 @@ import torch
 
 from .._chunks import Rows
 
-#: Elements per chunk of the short path on one thread (float32: 256 KiB per buffer, four buffers).
-PLAIN_CHUNK_ELEMENTS = 1 << 16
-
-#: Elements per chunk when the rows are split over threads: below at::internal::GRAIN_SIZE (32768), so that torch
-#: runs each operation in the calling thread.
-SERIAL_ELEMENTS = 32000
+#: Most elements per chunk of the short path (float32: 2 MiB per buffer, four buffers; a quarter of the problem when
+#: that is smaller, so the buffers never outgrow the gradient, but never under 64 Ki). Each operation runs on torch's
+#: threads: fewer, larger chunks meet fewer times, which matters on a busy machine (a thread that waits for another
+#: at every operation waits longest there); 64 Ki to 1 Mi measured alike on a quiet one.
+PLAIN_CHUNK_ELEMENTS = 1 << 19
 
 
 @dataclasses.dataclass
 class _Job:
-    """One call's operands, prepared once and shared by the threads that compute its row ranges."""
+    """One call's operands, prepared once for every chunk."""
 
     rows: Rows
     label_smoothing: float
@@ -74,7 +70,7 @@ def _power_of_two_scale(weight: torch.Tensor) -> torch.Tensor:
 _workspace = threading.local()
 
 #: Largest workspace kept between calls, per thread and slot (bytes).
-WORKSPACE_BYTES = 32 << 20
+WORKSPACE_BYTES = 8 << 20
 
 
 def _buffers(
@@ -102,12 +98,6 @@ def _chunk(a: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None
     return a if a is None or a.shape[0] == 1 else a[start:stop]
 
 
-@functools.cache
-def _pool(workers: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The worker threads (one pool per process: a forked child gets its own, not its parent's dead threads)."""
-    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="softmargin")
-
-
 def plain_loss_rows(
     rows: Rows,
     label_smoothing: float,
@@ -130,8 +120,8 @@ def plain_loss_rows(
         cdtype: the compute dtype (float32, or float64 for float64 logits).
         row_sums_out: (N,) float64.
         grad_out: (N, C), the logits' dtype (or None without ``need_grad``).
-        chunk_elements: elements per chunk on one thread (default ``PLAIN_CHUNK_ELEMENTS``): each of the four
-            buffers holds one chunk.
+        chunk_elements: elements per chunk (default: see ``PLAIN_CHUNK_ELEMENTS``): each of the four buffers holds
+            one chunk.
 
     Example::
 
@@ -167,27 +157,11 @@ def plain_loss_rows(
         factor = row_weight * factor  # the common case: one (1, C) factor for the gradient, once per call
     job = _Job(rows, label_smoothing, need_grad, cdtype, weight, mask, same_weight, row_weight, factor, uniform_scale,
                row_sums_out, grad_out)  # fmt: skip
-    threads = torch.get_num_threads() if rows.x.device.type == "cpu" else 1
-    if threads > 1 and c <= SERIAL_ELEMENTS and n * c >= threads * SERIAL_ELEMENTS:
-        step = max(1, SERIAL_ELEMENTS // c)
-        bounds = [n * i // threads for i in range(threads + 1)]
-        pool = _pool(threads - 1, os.getpid())
-        futures = [pool.submit(_run_rows_no_grad, job, bounds[i], bounds[i + 1], step) for i in range(1, threads)]
-        try:
-            _run_rows(job, bounds[0], bounds[1], step)
-        finally:
-            for future in futures:
-                future.result()  # waits for every thread before returning (or raising)
-    else:
-        chunk_elements = PLAIN_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
-        _run_rows(job, 0, n, max(1, min(n, chunk_elements // max(c, 1))))
+    if chunk_elements is None:
+        chunk_elements = min(PLAIN_CHUNK_ELEMENTS, max(1 << 16, n * c // 4))
+    _run_rows(job, 0, n, max(1, min(n, chunk_elements // max(c, 1))))
     if back is not None:
         row_sums_out.mul_(back)
-
-
-def _run_rows_no_grad(job: _Job, first: int, last: int, step: int) -> None:
-    with torch.no_grad():  # grad mode is thread-local: a pool thread starts with it on
-        _run_rows(job, first, last, step)
 
 
 def _run_rows(job: _Job, first: int, last: int, step: int) -> None:
