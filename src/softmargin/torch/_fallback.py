@@ -51,7 +51,7 @@ class _Job:
     label_smoothing: float
     need_grad: bool
     cdtype: torch.dtype
-    weight: torch.Tensor | None  # divided by the power of two `back`
+    weight: torch.Tensor | None  # divided by `back` (twice a power of two)
     mask: torch.Tensor | None
     same_weight: bool  # weight and mask are each None or one (1, C) row
     row_weight: torch.Tensor | None  # their product, when same_weight
