@@ -36,11 +36,12 @@ import torch
 
 from .._chunks import Rows
 
-#: Most elements per chunk of the short path (float32: 2 MiB per buffer, four buffers; a quarter of the problem when
-#: that is smaller, so the buffers never outgrow the gradient, but never under 64 Ki). Each operation runs on torch's
-#: threads: fewer, larger chunks meet fewer times, which matters on a busy machine (a thread that waits for another
-#: at every operation waits longest there); 64 Ki to 1 Mi measured alike on a quiet one.
-PLAIN_CHUNK_ELEMENTS = 1 << 19
+#: Most elements per chunk of the short path (float32: 8 MiB per buffer, four buffers), and at most a quarter of the
+#: problem (so the buffers never outgrow the gradient), but never under 64 Ki. Each operation runs on torch's threads,
+#: which meet at its end: few, large chunks meet few times. That matters on a busy machine, where each meeting can
+#: wait a time slice for a thread the system put aside (at 4096x2000 with another process busy on both cores: 2.2 s
+#: with 512 Ki-element chunks against BCEWithLogits' 0.11 s); on a quiet one 64 Ki to 2 Mi measured within 10 %.
+PLAIN_CHUNK_ELEMENTS = 1 << 21
 
 
 @dataclasses.dataclass
@@ -176,7 +177,8 @@ def _run_rows(job: _Job, first: int, last: int, step: int) -> None:
     step = min(step, last - first)
     device = rows.x.device
     buffers = _buffers(4, (step, c), cdtype, device)
-    sum_buffer = _buffers(1, (step, c - pair), torch.float64, device, slot=1)[0] if pair else None
+    # the float64 copy that the row sums read, in a buffer of ours (torch's own would be a fresh one each time)
+    sum_buffer = _buffers(1, (step, c - pair), torch.float64, device, slot=1)[0] if cdtype != torch.float64 else None
     half = torch.full((), 0.5, dtype=cdtype, device=device)
     same_weight, factor, grad_out = job.same_weight, job.factor, job.grad_out
     # the chunks as views, made in one call each (slicing in Python costs more than some of the arithmetic)
@@ -212,10 +214,10 @@ def _run_rows(job: _Job, first: int, last: int, step: int) -> None:
         t.sub_(a)  # the weighted element loss
         if pair:
             t[:, :pair].add_(t[:, c - pair :])
-        if sum_buffer is not None:  # the float64 copy into a buffer of ours (torch's own would be a fresh one)
-            torch.sum(sum_buffer[: x.shape[0]].copy_(t[:, : c - pair]), dim=1, out=sums[i])
-        else:
-            torch.sum(t, dim=1, dtype=torch.float64, out=sums[i])
+        part = t[:, : c - pair]
+        if sum_buffer is not None:
+            part = sum_buffer[: x.shape[0]].copy_(part)
+        torch.sum(part, dim=1, out=sums[i])
         if grads is not None:
             if w is not None and not (same_weight and job.uniform_scale):
                 s.mul_(w)
