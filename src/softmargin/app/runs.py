@@ -64,6 +64,7 @@ def _config(args: argparse.Namespace) -> T.TrainConfig:
         label_smoothing=args.label_smoothing, gamma_pos=args.gamma_pos, gamma_neg=args.gamma_neg, clip=args.clip,
         thresholds=args.thresholds, threshold=args.threshold, k=args.k, at_least_one=args.at_least_one,
         ensemble=args.ensemble, head=args.head, seed=args.seed, threads=args.threads, device=args.device,
+        folds=args.folds, fbr=args.fbr, min_threshold=args.min_threshold,
     ).check()  # fmt: skip
 
 
@@ -125,7 +126,7 @@ def train_command(args: argparse.Namespace) -> int:
         metrics, per_label = T.evaluate(model, evaluated, config.device)
         if folder is None:
             return 0
-        T.write_json(folder.path / "config.json", T.config_dict(config, **extra))
+        T.write_json(folder.path / "config.json", T.config_dict(model.config, **extra))  # "auto" settings decided
         T.save_model(model, folder.path)
         T.write_report(folder.path, metrics, per_label, model.label_names, T.train_frequency(model))
         T.write_csv(folder.path / "history.csv", ["member", "epoch", "train_loss", "valid_loss"],
