@@ -130,31 +130,33 @@ def _fit_block(
     def colsum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->j", A, B)
 
-    def objective(W: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Each label's objective (L,)."""
+    def objective(W: np.ndarray, b: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The objective of labels ``cols`` (len(cols),) at their weights W (F, len(cols)) and biases b."""
         Z = np.asarray(X @ W) + b
-        Z *= -sign
-        return colsum(cost, np.logaddexp(0.0, Z, out=Z)) + 0.5 * colsum(W, W) / C
+        Z *= -sign[:, cols]
+        return colsum(cost[:, cols], np.logaddexp(0.0, Z, out=Z)) + 0.5 * colsum(W, W) / C
 
-    def gradient(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The gradient (F, L), (L,) at (W, b); keeps the Hessian's weights in D."""
-        P = np.asarray(X @ W) + b
+    def gradient(cols: np.ndarray) -> None:
+        """The gradient of labels ``cols`` into gW, gb at (W, b), and the Hessian's weights into D."""
+        P = np.asarray(X @ W[:, cols]) + b[cols]
         P *= 0.5
         np.tanh(P, out=P)
         P += 1.0
         P *= 0.5  # the sigmoid, without overflow warnings
-        np.multiply(P, 1.0 - P, out=D)
-        np.multiply(D, cost, out=D)
-        P -= Yd
-        P *= cost
-        return np.asarray(XT @ P) + W / C, P.sum(0)
+        D[:, cols] = P * (1.0 - P) * cost[:, cols]
+        P -= Yd[:, cols]
+        P *= cost[:, cols]
+        gW[:, cols] = np.asarray(XT @ P) + W[:, cols] / C
+        gb[cols] = P.sum(0)
 
-    def hessian_product(V: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        U = D * (np.asarray(X @ V) + v)
+    def hessian_product(V: np.ndarray, v: np.ndarray, Dc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        U = Dc * (np.asarray(X @ V) + v)
         return np.asarray(XT @ U) + V / C, U.sum(0)
 
-    values = objective(W, b)
-    gW, gb = gradient(W, b)
+    everything = np.arange(L)
+    values = objective(W, b, everything)
+    gW, gb = np.zeros_like(W), np.zeros_like(b)
+    gradient(everything)
     if start is None:
         first = np.sqrt(colsum(gW, gW) + gb * gb)
     else:  # the stopping test is relative to the gradient at zero, wherever we start
@@ -169,43 +171,55 @@ def _fit_block(
         if not active.any():
             iterations -= 1
             break
-        # conjugate gradients on H d = -g, per label, to an accuracy that tightens as the gradient shrinks
-        dW, db = np.zeros_like(W), np.zeros_like(b)
-        rW, rb = -gW * active, -gb * active
+        # conjugate gradients on H d = -g, per label, to an accuracy that tightens as the gradient shrinks; the
+        # labels still being solved are compacted, so a product costs in proportion to them alone
+        cols = np.flatnonzero(active)
+        dW, db = np.zeros((F, len(cols))), np.zeros(len(cols))
+        where = np.arange(len(cols))  # the position in dW / db of each label in cols
+        rW, rb = -gW[:, cols], -gb[cols]
         pW, pb = rW.copy(), rb.copy()
         rr = colsum(rW, rW) + rb * rb
-        target = np.minimum(0.5, np.sqrt(norm / np.where(first > 0, first, 1.0))) * norm
-        solving = active.copy()
+        target = (np.minimum(0.5, np.sqrt(norm / np.where(first > 0, first, 1.0))) * norm)[cols]
+        Dc = D[:, cols]
         for _ in range(max_cg):
-            hW, hb = hessian_product(pW, pb)
+            hW, hb = hessian_product(pW, pb, Dc)
             products += 1
             curvature = colsum(pW, hW) + pb * hb
-            solving &= curvature > 0
-            alpha = np.where(solving, rr / np.where(solving, curvature, 1.0), 0.0)
-            dW += alpha * pW
-            db += alpha * pb
+            ok = curvature > 0
+            alpha = np.where(ok, rr / np.where(ok, curvature, 1.0), 0.0)
+            dW[:, where] += alpha * pW
+            db[where] += alpha * pb
             rW -= alpha * hW
             rb -= alpha * hb
             rr_new = colsum(rW, rW) + rb * rb
-            solving &= np.sqrt(rr_new) > target
-            if not solving.any():
+            keep = ok & (np.sqrt(rr_new) > target)
+            if not keep.any():
                 break
-            beta = np.where(solving, rr_new / np.where(rr > 0, rr, 1.0), 0.0)
-            pW = (rW + beta * pW) * solving
-            pb = (rb + beta * pb) * solving
+            beta = rr_new / np.where(rr > 0, rr, 1.0)
+            pW = rW + beta * pW
+            pb = rb + beta * pb
             rr = rr_new
-        slope = colsum(gW, dW) + gb * db
-        step = np.where(active, 1.0, 0.0)
-        pending = active.copy()
+            if not keep.all():
+                where, rW, rb, pW, pb, rr, target, Dc = (where[keep], rW[:, keep], rb[keep], pW[:, keep], pb[keep],
+                                                         rr[keep], target[keep], Dc[:, keep])  # fmt: skip
+        slope = colsum(gW[:, cols], dW) + gb[cols] * db
+        step = np.ones(len(cols))
+        pending = np.ones(len(cols), bool)
+        new_values = values[cols].copy()
         for _ in range(30):  # backtracking (Armijo) line search, per label
-            new_values = objective(W + step * dW, b + step * db)
-            pending &= new_values > values + 1e-4 * step * slope
+            at = np.flatnonzero(pending)
+            trial = objective(W[:, cols[at]] + step[at] * dW[:, at], b[cols[at]] + step[at] * db[at], cols[at])
+            new_values[at] = trial
+            pending[at] = trial > values[cols[at]] + 1e-4 * step[at] * slope[at]
             if not pending.any():
                 break
-            step = np.where(pending, step * 0.5, step)
-        step = np.where(pending, 0.0, step)  # a label that cannot progress keeps its weights
-        active &= ~pending
-        W, b = W + step * dW, b + step * db
-        values = np.where(step > 0, new_values, values)
-        gW, gb = gradient(W, b)
+            step[pending] *= 0.5
+        step[pending] = 0.0  # a label that cannot progress keeps its weights and is done
+        active[cols[pending]] = False
+        moved = ~pending
+        W[:, cols[moved]] += step[moved] * dW[:, moved]
+        b[cols[moved]] += step[moved] * db[moved]
+        values[cols[moved]] = new_values[moved]
+        if moved.any():
+            gradient(cols[moved])
     return LinearSolution(W, b, iterations, products)
