@@ -172,8 +172,12 @@ class TrainConfig:
     def resolve(self, train: Dataset) -> TrainConfig:
         """A copy with every ``auto`` setting that depends on the data decided (see each field's comment)."""
         bag = train.sparse and bool(train.X.nnz == 0 or train.X.data.min() >= 0)
-        model = self.model if self.model != "auto" else ("linear" if bag else "mlp")
-        optimizer = self.optimizer if self.optimizer != "auto" else ("newton" if model == "linear" else "adamw")
+        # the Newton solver does plain logistic regression (with pos_weight): other loss options keep the MLP
+        newton_loss = self.class_weight == "none" and not (self.label_smoothing or self.gamma_pos or self.gamma_neg or self.clip)
+        model = self.model if self.model != "auto" else ("linear" if bag and newton_loss else "mlp")
+        optimizer = self.optimizer
+        if optimizer == "auto":
+            optimizer = "newton" if model == "linear" and newton_loss else "adamw"
         standardize = self.standardize
         if standardize == "auto" and optimizer == "newton" and bag:
             standardize = "tfidf"
