@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "below --fbr, never under --min-threshold); top-k: each sample's --k best labels; rcut: each sample's t best, "
                         "t the training label cardinality (MULAN's RCut); auto: tuned for newton, else fixed")  # fmt: skip
     decide.add_argument("--fbr", type=float, default=0.1, help="tuned: a label whose held-out F1 is below this is predicted only above every held-out score")
-    decide.add_argument("--min-threshold", type=float, default=0.1, help="tuned: the lowest per-label threshold")
+    decide.add_argument("--min-threshold", type=float, default=0.05, help="tuned: the lowest per-label threshold")
     decide.add_argument("--threshold", type=float, default=0.5, help="the probability threshold of --thresholds fixed")
     decide.add_argument("--k", type=int, default=1, help="labels per sample for --thresholds top-k")
     decide.add_argument("--at-least-one", choices=["auto", "yes", "no"], default="auto",

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def cv_thresholds(Y: Any, scores: np.ndarray, *, fbr: float = 0.1, floor: float = 0.1) -> np.ndarray:
+def cv_thresholds(Y: Any, scores: np.ndarray, *, fbr: float = 0.1, floor: float = 0.05) -> np.ndarray:
     """Per-label probability thresholds from held-out ``scores`` (N, L) against 0/1 labels ``Y`` (N, L).
 
     Args:

@@ -116,7 +116,7 @@ class TrainConfig:
     #                           auto: tuned for the newton path (its held-out predictions are free), else fixed
     folds: int = 3  # newton: folds of the cross-fitting that gives every training row a held-out prediction
     fbr: float = 0.1  # tuned: a label whose held-out F1 is below this is predicted only above every held-out score
-    min_threshold: float = 0.1  # tuned: no per-label threshold below this
+    min_threshold: float = 0.05  # tuned: no per-label threshold below this
     threshold: float = 0.5  # the fixed threshold on the probabilities
     k: int = 1  # labels per sample for thresholds="top-k"
     at_least_one: str = "auto"  # predict each sample's top label when none passes its threshold: auto = if every
