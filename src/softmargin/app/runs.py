@@ -56,8 +56,9 @@ def per_label_table(per_label: list[dict[str, Any]], names: list[str], limit: in
 def _config(args: argparse.Namespace) -> T.TrainConfig:
     if args.model == "linear" and args.hidden is not None:
         raise ValueError("--hidden sets the MLP's layers: it has no meaning with --model linear; drop one of them")
+    model = "mlp" if args.model == "auto" and args.hidden is not None else args.model  # --hidden means the MLP
     return T.TrainConfig(
-        model=args.model, hidden=tuple(args.hidden or (512,)), dropout=args.dropout, epochs=args.epochs,
+        model=model, hidden=tuple(args.hidden or (512,)), dropout=args.dropout, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, C=args.C,
         valid_fraction=args.valid_fraction, patience=args.patience, standardize=args.standardize,
         class_weight=args.class_weight, pos_weight=args.pos_weight, pos_weight_max=args.pos_weight_max,

@@ -176,8 +176,9 @@ class TrainConfig:
         newton_loss = self.class_weight == "none" and not (self.label_smoothing or self.gamma_pos or self.gamma_neg or self.clip)
         model = self.model if self.model != "auto" else ("linear" if bag and newton_loss else "mlp")
         optimizer = self.optimizer
-        if optimizer == "auto":
-            optimizer = "newton" if model == "linear" and newton_loss else "adamw"
+        if optimizer == "auto":  # Newton runs on one process: under torchrun the linear model keeps AdamW (DDP)
+            single = int(os.environ.get("WORLD_SIZE", "1")) <= 1
+            optimizer = "newton" if model == "linear" and newton_loss and single else "adamw"
         standardize = self.standardize
         if standardize == "auto" and optimizer == "newton" and bag:
             standardize = "tfidf"
@@ -535,6 +536,8 @@ def fit(
         raise ValueError(f"{train.name}: training needs labels, the data has none")
     config = config.resolve(train)
     if config.optimizer == "newton":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("optimizer='newton' runs on one process: use adamw under torchrun")
         return _fit_newton(train, config, progress, log)
     num_labels = train.Y.shape[1]
     if len(train) < 2:
