@@ -178,3 +178,16 @@ def test_threshold_options_are_safe_on_medical_and_enron(name: str) -> None:
     fixed = _micro_f1(model, test, "fixed")
     for strategy in ("tuned",):
         assert _micro_f1(model, test, strategy) >= fixed - 0.02, strategy
+
+
+def test_fit_logistic_without_bias_matches_sklearn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(100, 5))
+    Y = (X @ rng.normal(size=(5, 2)) + rng.normal(size=(100, 2)) > 0).astype(np.uint8)
+    solution = fit_logistic(X, Y, C=0.5, bias=False, tol=1e-10, max_iter=100)
+    assert not solution.b.any()
+    for j in range(2):
+        reference = LogisticRegression(C=0.5, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(X, Y[:, j])
+        np.testing.assert_allclose(solution.W[:, j], reference.coef_[0], rtol=1e-5, atol=1e-6)

@@ -65,6 +65,7 @@ def fit_logistic(
     max_cg: int = 50,
     start: tuple[np.ndarray, np.ndarray] | None = None,
     threads: int | None = None,
+    bias: bool = True,
 ) -> LinearSolution:
     """Per-label logistic regression with an L2 penalty ``||W||^2 / (2 C)``: the labels' problems are independent,
     and are solved side by side (one sparse product serves every label; each label has its own conjugate-gradient
@@ -77,6 +78,7 @@ def fit_logistic(
         pos_weight: (L,) weight of each label's positive examples, or None.
         tol: a label is solved when its gradient's norm is below ``tol`` times its norm at zero.
         max_iter: Newton iterations at most; ``max_cg``: conjugate-gradient steps per iteration at most.
+        bias: fit an (unpenalised) bias per label; False: b = 0, as LIBLINEAR without -B.
         start: (W, b) to start from (a warm start, e.g. the mean of models fitted on parts of the data); zeros if None.
         threads: label blocks solved at once in threads (the sparse products and NumPy release the GIL); None: the
             CPUs this process may use, at most 8.
@@ -104,7 +106,7 @@ def fit_logistic(
 
     def solve(columns: np.ndarray) -> LinearSolution:
         begin = None if start is None else (np.asarray(start[0])[:, columns], np.asarray(start[1])[columns])
-        return _fit_block(X, XT, Yd[:, columns], C, None if pw is None else pw[columns], tol, max_iter, max_cg, begin)
+        return _fit_block(X, XT, Yd[:, columns], C, None if pw is None else pw[columns], tol, max_iter, max_cg, begin, bias)
 
     if len(blocks) == 1:
         return solve(blocks[0])
@@ -117,6 +119,7 @@ def fit_logistic(
 def _fit_block(
     X: Any, XT: Any, Yd: np.ndarray, C: float, pos_weight: np.ndarray | None, tol: float, max_iter: int, max_cg: int,
     start: tuple[np.ndarray, np.ndarray] | None,
+    bias: bool = True,
 ) -> LinearSolution:
     """:func:`fit_logistic` on one block of labels, in this thread; ``XT`` is ``X`` transposed (CSR if sparse)."""
     Yd = np.ascontiguousarray(Yd)
@@ -147,11 +150,11 @@ def _fit_block(
         P -= Yd[:, cols]
         P *= cost[:, cols]
         gW[:, cols] = np.asarray(XT @ P) + W[:, cols] / C
-        gb[cols] = P.sum(0)
+        gb[cols] = P.sum(0) if bias else 0.0
 
     def hessian_product(V: np.ndarray, v: np.ndarray, Dc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         U = Dc * (np.asarray(X @ V) + v)
-        return np.asarray(XT @ U) + V / C, U.sum(0)
+        return np.asarray(XT @ U) + V / C, U.sum(0) if bias else np.zeros(U.shape[1])
 
     everything = np.arange(L)
     values = objective(W, b, everything)
@@ -162,7 +165,7 @@ def _fit_block(
     else:  # the stopping test is relative to the gradient at zero, wherever we start
         G0 = cost * (0.5 - Yd)
         g0W = np.asarray(XT @ G0)
-        first = np.sqrt(colsum(g0W, g0W) + G0.sum(0) ** 2)
+        first = np.sqrt(colsum(g0W, g0W) + (G0.sum(0) ** 2 if bias else 0.0))
     active = first > 0
     iterations = products = 0
     for iterations in range(1, max_iter + 1):
