@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("--thresholds", choices=["auto", *_STRATEGIES], default="auto",
                         help="fixed: --threshold; tuned: per label, cut for micro+macro F1 on held-out predictions (SCutfbr fallback "
                         "below --fbr, never under --min-threshold); top-k: each sample's --k best labels; rcut: each sample's t best, "
-                        "t the training label cardinality (MULAN's RCut); auto: tuned for newton, else fixed")  # fmt: skip
+                        "t the training label cardinality (MULAN's RCut); auto: tuned for newton on tf-idf features, else fixed")  # fmt: skip
     decide.add_argument("--fbr", type=float, default=0.1, help="tuned: a label whose held-out F1 is below this is predicted only above every held-out score")
     decide.add_argument("--min-threshold", type=float, default=0.05, help="tuned: the lowest per-label threshold")
     decide.add_argument("--threshold", type=float, default=0.5, help="the probability threshold of --thresholds fixed")

@@ -113,7 +113,7 @@ class TrainConfig:
     gamma_neg: float = 0.0
     clip: float = 0.0
     thresholds: str = "auto"  # "fixed" (threshold), "tuned" (per label, on held-out data), "top-k" (k), "rcut";
-    #                           auto: tuned for the newton path (its held-out predictions are free), else fixed
+    #                           auto: tuned for newton on tf-idf features (the bag-of-words default), else fixed
     folds: int = 3  # newton: folds of the cross-fitting that gives every training row a held-out prediction
     fbr: float = 0.1  # tuned: a label whose held-out F1 is below this is predicted only above every held-out score
     min_threshold: float = 0.05  # tuned: no per-label threshold below this
@@ -177,12 +177,14 @@ class TrainConfig:
         model = self.model if self.model != "auto" else ("linear" if bag and newton_loss else "mlp")
         optimizer = self.optimizer
         if optimizer == "auto":  # Newton runs on one process: under torchrun the linear model keeps AdamW (DDP)
-            single = int(os.environ.get("WORLD_SIZE", "1")) <= 1
+            single = "WORLD_SIZE" not in os.environ
             optimizer = "newton" if model == "linear" and newton_loss and single else "adamw"
         standardize = self.standardize
         if standardize == "auto" and optimizer == "newton" and bag:
             standardize = "tfidf"
-        thresholds = self.thresholds if self.thresholds != "auto" else ("tuned" if optimizer == "newton" else "fixed")
+        thresholds = self.thresholds
+        if thresholds == "auto":  # tuned where the held-out predictions come free: Newton's cross-fitting
+            thresholds = "tuned" if optimizer == "newton" and standardize == "tfidf" else "fixed"
         return dataclasses.replace(self, model=model, optimizer=optimizer, standardize=standardize, thresholds=thresholds).check()
 
 
