@@ -10,7 +10,8 @@ softmargin)::
 Features as the peers' documentation recommends: tf-idf (scikit-learn's TfidfTransformer, fitted on the training
 split) with rows scaled to unit L2 norm. Decisions: LibMultiLabel's own (a decision value above 0, after its
 thresholds where it has them); omikuji and napkinXC: a score of at least 0.5 (their models rank; their F1 is shown for
-completeness). P@k: the fraction of the top k labels that are true; F1 and Hamming loss by scikit-learn. Training time
+completeness). omikuji cannot read a training row without a label or without a feature: those rows are left out
+of its training set. P@k: the fraction of the top k labels that are true; F1 and Hamming loss by scikit-learn. Training time
 is wall-clock on this machine (only the training call). Results go to ``benchmarks/results/peers.csv`` and
 ``benchmarks/results/peers.md``.
 
@@ -157,10 +158,11 @@ def omikuji_run(Xtr, Ytr, Xte) -> tuple[np.ndarray, np.ndarray, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "train.txt")
+        labels = to_lists(Ytr)
+        keep = [i for i in range(Xtr.shape[0]) if labels[i] and Xtr[i].nnz]  # omikuji cannot read empty rows
         with open(path, "w") as f:
-            f.write(f"{Xtr.shape[0]} {Xtr.shape[1]} {Ytr.shape[1]}\n")
-            labels = to_lists(Ytr)
-            for i in range(Xtr.shape[0]):
+            f.write(f"{len(keep)} {Xtr.shape[1]} {Ytr.shape[1]}\n")
+            for i in keep:
                 row = Xtr[i]
                 feats = " ".join(f"{j}:{v:.6g}" for j, v in zip(row.indices, row.data))
                 f.write(",".join(map(str, labels[i])) + " " + feats + "\n")
