@@ -34,7 +34,13 @@ import numpy as np
 import scipy.sparse as sp
 
 DATASETS = ("medical", "enron", "bibtex", "delicious")
-METHODS = ("libmultilabel 1-vs-rest", "libmultilabel thresholding", "libmultilabel cost-sensitive", "omikuji", "napkinxc plt")
+METHODS = (
+    "libmultilabel 1-vs-rest",
+    "libmultilabel thresholding",
+    "libmultilabel cost-sensitive",
+    "omikuji",
+    "napkinxc plt",
+)
 COLUMNS = ("data", "method", "micro_f1", "macro_f1", "P@1", "P@3", "P@5", "hamming_loss", "train_s")
 
 
@@ -132,7 +138,11 @@ def libmultilabel(method: str, Xtr, Ytr, Xte) -> tuple[np.ndarray, np.ndarray, f
             return np.sum(a, axis, *args, **kwargs)
 
     lml.np = _PatchedNumpy()
-    train = {"1-vs-rest": lml.train_1vsrest, "thresholding": lml.train_thresholding, "cost-sensitive": lml.train_cost_sensitive}[method]
+    train = {
+        "1-vs-rest": lml.train_1vsrest,
+        "thresholding": lml.train_thresholding,
+        "cost-sensitive": lml.train_cost_sensitive,
+    }[method]
     started = time.perf_counter()
     model = train(Ytr, Xtr, options="", verbose=False)
     seconds = time.perf_counter() - started
@@ -142,7 +152,7 @@ def libmultilabel(method: str, Xtr, Ytr, Xte) -> tuple[np.ndarray, np.ndarray, f
 
 def to_lists(Y: sp.csr_matrix) -> list[list[int]]:
     Y = Y.tocsr()
-    return [[int(j) for j in Y.indices[Y.indptr[i]:Y.indptr[i + 1]]] for i in range(Y.shape[0])]
+    return [[int(j) for j in Y.indices[Y.indptr[i] : Y.indptr[i + 1]]] for i in range(Y.shape[0])]
 
 
 def dense_from_pairs(pairs, num_labels: int) -> np.ndarray:
@@ -169,7 +179,10 @@ def omikuji_run(Xtr, Ytr, Xte) -> tuple[np.ndarray, np.ndarray, float]:
         started = time.perf_counter()
         model = omikuji.Model.train_on_data(path, omikuji.Model.default_hyper_param())
         seconds = time.perf_counter() - started
-    pairs = [model.predict(list(zip(Xte[i].indices.tolist(), Xte[i].data.tolist())), top_k=Ytr.shape[1]) for i in range(Xte.shape[0])]
+    pairs = [
+        model.predict(list(zip(Xte[i].indices.tolist(), Xte[i].data.tolist())), top_k=Ytr.shape[1])
+        for i in range(Xte.shape[0])
+    ]
     scores = dense_from_pairs(pairs, Ytr.shape[1])
     return (scores >= 0.5).astype(int), scores, seconds
 

@@ -23,7 +23,6 @@ import numpy as np
 import scipy.sparse as sp
 
 
-
 @dataclass
 class LinearSolution:
     """The solved problem: weights (F, L), biases (L,), Newton iterations, Hessian-vector products."""
@@ -99,14 +98,18 @@ def fit_logistic(
     if Yd.ndim != 2 or Yd.shape[0] != X.shape[0]:
         raise ValueError(f"Y: expected shape ({X.shape[0]}, L) to match X's {X.shape[0]} rows, got {Yd.shape}")
     L = Yd.shape[1]
-    count = threads or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    count = threads or min(
+        8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     blocks = [b for b in np.array_split(np.arange(L), max(1, min(count, L))) if len(b)]
     pw = None if pos_weight is None else np.asarray(pos_weight, np.float64)
     XT = X.T.tocsr() if sp.issparse(X) else np.ascontiguousarray(X.T)
 
     def solve(columns: np.ndarray) -> LinearSolution:
         begin = None if start is None else (np.asarray(start[0])[:, columns], np.asarray(start[1])[columns])
-        return _fit_block(X, XT, Yd[:, columns], C, None if pw is None else pw[columns], tol, max_iter, max_cg, begin, bias)
+        return _fit_block(
+            X, XT, Yd[:, columns], C, None if pw is None else pw[columns], tol, max_iter, max_cg, begin, bias
+        )
 
     if len(blocks) == 1:
         return solve(blocks[0])
@@ -117,7 +120,14 @@ def fit_logistic(
 
 
 def _fit_block(
-    X: Any, XT: Any, Yd: np.ndarray, C: float, pos_weight: np.ndarray | None, tol: float, max_iter: int, max_cg: int,
+    X: Any,
+    XT: Any,
+    Yd: np.ndarray,
+    C: float,
+    pos_weight: np.ndarray | None,
+    tol: float,
+    max_iter: int,
+    max_cg: int,
     start: tuple[np.ndarray, np.ndarray] | None,
     bias: bool = True,
 ) -> LinearSolution:
@@ -127,7 +137,11 @@ def _fit_block(
     sign = 2.0 * Yd - 1.0
     pw = np.ones(L) if pos_weight is None else np.asarray(pos_weight, np.float64)
     cost = np.where(Yd > 0, pw[None, :], 1.0)  # each element's weight in the loss
-    W, b = (np.zeros((F, L)), np.zeros(L)) if start is None else (np.array(start[0], np.float64), np.array(start[1], np.float64))
+    W, b = (
+        (np.zeros((F, L)), np.zeros(L))
+        if start is None
+        else (np.array(start[0], np.float64), np.array(start[1], np.float64))
+    )
     D = np.zeros_like(Yd)
 
     def colsum(A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -621,9 +621,9 @@ def _fit_newton(train: Dataset, config: TrainConfig, progress: bool, log: Callab
             solutions.append(solution)
         return _sigmoid(held_out), solutions
 
-    C = config.C
     work = (Xs.nnz if sp.issparse(Xs) else Xs.size) * num_labels
-    if C is None and work <= AUTO_C_BUDGET:
+    C: float = AUTO_C_LARGE if work <= AUTO_C_HUGE else AUTO_C_HUGE_VALUE
+    if config.C is None and work <= AUTO_C_BUDGET:
         best = -math.inf
         for candidate in AUTO_C_GRID:
             scores, solutions = cross_fit(candidate)
@@ -636,8 +636,7 @@ def _fit_newton(train: Dataset, config: TrainConfig, progress: bool, log: Callab
             if score > best:
                 best, C, held_out, fold_solutions = score, candidate, scores, solutions
     else:
-        if C is None:
-            C = AUTO_C_LARGE if work <= AUTO_C_HUGE else AUTO_C_HUGE_VALUE
+        C = C if config.C is None else config.C
         held_out, fold_solutions = cross_fit(C)
     start = (np.mean([s.W for s in fold_solutions], 0), np.mean([s.b for s in fold_solutions], 0))
     final = fit_logistic(Xs, Yd, C, pos_weight=positive, start=start, threads=threads)
