@@ -191,3 +191,14 @@ def test_fit_logistic_without_bias_matches_sklearn() -> None:
     for j in range(2):
         reference = LogisticRegression(C=0.5, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(X, Y[:, j])
         np.testing.assert_allclose(solution.W[:, j], reference.coef_[0], rtol=1e-5, atol=1e-6)
+
+
+def test_auto_keeps_the_mlp_beyond_the_newton_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    X, Y = _bag_of_words(60, 30, 5, seed=8)
+    data = _dataset(X, Y, "train")
+    assert T.TrainConfig().resolve(data).optimizer == "newton"
+    monkeypatch.setattr(T, "NEWTON_MAX_CELLS", 60 * 5 - 1)
+    resolved = T.TrainConfig().resolve(data)
+    assert (resolved.model, resolved.optimizer, resolved.thresholds) == ("mlp", "adamw", "fixed")
+    with pytest.raises(ValueError, match="optimizer='newton' holds"):
+        T.fit(data, T.TrainConfig(model="linear", optimizer="newton"), progress=False)

@@ -59,6 +59,9 @@ AUTO_C_BUDGET = 2e7
 AUTO_C_LARGE = 10.0
 AUTO_C_HUGE = 1e8
 AUTO_C_HUGE_VALUE = 1.0
+#: The Newton solver holds a few float64 (samples x labels) arrays: above this many cells, auto keeps the MLP (whose
+#: fused head never makes one) and an explicit optimizer='newton' is refused.
+NEWTON_MAX_CELLS = 20_000_000
 
 
 class TrainingError(ValueError):
@@ -174,11 +177,12 @@ class TrainConfig:
         bag = train.sparse and bool(train.X.nnz == 0 or train.X.data.min() >= 0)
         # the Newton solver does plain logistic regression (with pos_weight): other loss options keep the MLP
         newton_loss = self.class_weight == "none" and not (self.label_smoothing or self.gamma_pos or self.gamma_neg or self.clip)
-        model = self.model if self.model != "auto" else ("linear" if bag and newton_loss else "mlp")
+        fits = len(train) * train.Y.shape[1] <= NEWTON_MAX_CELLS
+        model = self.model if self.model != "auto" else ("linear" if bag and newton_loss and fits else "mlp")
         optimizer = self.optimizer
         if optimizer == "auto":  # Newton runs on one process: under torchrun the linear model keeps AdamW (DDP)
             single = "WORLD_SIZE" not in os.environ
-            optimizer = "newton" if model == "linear" and newton_loss and single else "adamw"
+            optimizer = "newton" if model == "linear" and newton_loss and single and fits else "adamw"
         standardize = self.standardize
         if standardize == "auto" and optimizer == "newton" and bag:
             standardize = "tfidf"
@@ -600,8 +604,8 @@ def _fit_newton(train: Dataset, config: TrainConfig, progress: bool, log: Callab
                          "--label-smoothing and asymmetric focusing need --optimizer adamw or lbfgs")  # fmt: skip
     X, Y = train.X, train.Y
     num_labels = Y.shape[1]
-    if sp.issparse(Y) and len(train) * num_labels > 50_000_000:
-        raise ValueError(f"optimizer='newton' holds the labels densely: {len(train)} x {num_labels} is too many; "
+    if len(train) * num_labels > NEWTON_MAX_CELLS:
+        raise ValueError(f"optimizer='newton' holds (samples x labels) arrays: {len(train)} x {num_labels} is more than {NEWTON_MAX_CELLS}; "
                          "use --optimizer adamw (the fused head) with --thresholds top-k or rcut")  # fmt: skip
     Yd = np.asarray(Y.toarray() if sp.issparse(Y) else Y, np.float64)
     started = time.perf_counter()
