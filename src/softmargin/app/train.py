@@ -54,7 +54,7 @@ OPTIMIZERS = ("auto", "adamw", "lbfgs", "newton")
 #: micro-F1 + macro-F1 after the tuned thresholds) when the data is small (feature nonzeros x labels up to
 #: AUTO_C_BUDGET); above, AUTO_C_LARGE up to AUTO_C_HUGE and AUTO_C_HUGE_VALUE beyond (a larger C takes more Newton
 #: steps: a time bound, measured on bibtex and delicious, not a quality optimum).
-AUTO_C_GRID = (1.0, 10.0, 100.0, 1000.0)
+AUTO_C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 AUTO_C_BUDGET = 2e7
 AUTO_C_LARGE = 10.0
 AUTO_C_HUGE = 1e8
