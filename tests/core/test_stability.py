@@ -118,8 +118,11 @@ def test_property_finite_nonnegative_and_exact(problem):
     x, y, weight, reduction = problem
     expected = reference_loss(x, y, weight, reduction)  # float64 logaddexp: exact enough for float32 inputs
     rtol = RTOL[x.dtype.name] * 4
-    overflows = np.asarray(expected) > np.finfo(x.dtype).max  # a true loss beyond the dtype's range is inf
-    for loss, grad in _both(x, y, weight, reduction):
+    # a true loss beyond the result's range is inf: the NumPy backend's result has the input's dtype, torch's (as
+    # torch's own loss) that of input, target and weight together
+    result_dtypes = (x.dtype, np.result_type(x, y, *([] if weight is None else [weight])))
+    for (loss, grad), result_dtype in zip(_both(x, y, weight, reduction), result_dtypes, strict=True):
+        overflows = np.asarray(expected) > np.finfo(result_dtype).max
         assert (loss >= 0).all() and np.isfinite(grad).all()
         np.testing.assert_array_equal(np.isinf(loss), overflows)
         tiny = np.finfo(x.dtype).tiny  # below the normal range only absolute accuracy is possible
@@ -135,3 +138,16 @@ def test_property_gradient_finite_and_bounded_for_any_logits(x, data):
     for loss, grad in _both(x[None], y[None], reduction="sum"):
         assert np.isfinite(grad).all() and (np.abs(grad) <= 1.0 / x.size + 1e-15).all()
         assert not np.isnan(loss).any()
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_float32_logits_with_a_float64_weight_keep_a_loss_beyond_float32_range(reduction):
+    """torch's loss is float64 here (result_type of input and weight): a per-sample loss above float32's maximum
+    stays finite, as in torch's own, on every backend (found by hypothesis: it was rounded to float32 per sample)."""
+    x = torch.tensor([[-3.4e38, 0.0], [0.0, 0.0]], dtype=torch.float32)
+    y = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    w = torch.tensor([3.0, 0.0], dtype=torch.float64)
+    theirs = torch.nn.functional.multilabel_soft_margin_loss(x, y, w, reduction=reduction)
+    ours = st.multilabel_soft_margin_loss(x, y, w, reduction=reduction)
+    assert ours.dtype == theirs.dtype == torch.float64 and torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=0)

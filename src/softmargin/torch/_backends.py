@@ -52,6 +52,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def per_sample_dtype(x: torch.Tensor, y: Any, weight: torch.Tensor | None) -> torch.dtype:
+    """The per-sample losses' dtype: float64 when the input, a dense target or the weight is float64 (torch's loss
+    then computes in float64 from the weighting on: a float32 input's per-sample loss may exceed float32's range and
+    stay finite), else float32."""
+    operands = (x, y if isinstance(y, torch.Tensor) else None, weight)
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in operands) else torch.float32
+
+
 def requested_backend() -> str:
     """``SOFTMARGIN_BACKEND`` (default ``auto``), checked."""
     value = os.environ.get("SOFTMARGIN_BACKEND", "auto").strip().lower() or "auto"
@@ -356,8 +364,8 @@ def loss_rows(
     need_grad: bool,
     check: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The operator's computation on real tensors: per-sample losses (shape ``x.shape[:-1]``, float32, float64
-    for float64 logits), the gradient of their sum w.r.t. ``x`` (``x``'s dtype, contiguous) or None, and the number
+    """The operator's computation on real tensors: per-sample losses (shape ``x.shape[:-1]``, in
+    :func:`per_sample_dtype`), the gradient of their sum w.r.t. ``x`` (``x``'s dtype, contiguous) or None, and the number
     of samples that count in a batch mean (a 0-d float64 tensor: all of them, or those with an observed label).
 
     ``y`` is a dense target of ``x``'s shape or :class:`SparseTargets`; ``check`` checks the target's range and the
@@ -384,7 +392,7 @@ def loss_rows(
         (per_sample, grad, counted), out_of_range = _native(x, y, weight, pos_weight, mask, options, "none", need_grad)
         if out_of_range and in_kernel:
             check_target_values(y)  # raises, naming the first bad value
-        return per_sample.to(cdtype), grad, torch.tensor(counted, dtype=torch.float64)
+        return per_sample.to(per_sample_dtype(x, y, weight)), grad, torch.tensor(counted, dtype=torch.float64)
     counted_rows: torch.Tensor
     if backend == "triton":
         if check and sparse is None and x.is_cpu:  # the interpreter: checked here, with the first bad value
@@ -394,4 +402,4 @@ def loss_rows(
         if check and sparse is None:
             check_target_values(y)
         per_sample, grad, counted_rows = _chunked(x, y, weight, pos_weight, mask, options, "none", need_grad)
-    return per_sample.to(cdtype), grad, counted_rows
+    return per_sample.to(per_sample_dtype(x, y, weight)), grad, counted_rows

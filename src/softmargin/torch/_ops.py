@@ -2,8 +2,9 @@
 
 The operator is row-wise: for logits ``x`` of shape ``(*, C)`` it returns
 
-- ``per_sample`` (shape ``x.shape[:-1]``; float32, float64 for float64 logits): each sample's loss, the mean of its
-  weighted element losses over its C labels (over its observed labels under a mask; 0 if it has none);
+- ``per_sample`` (shape ``x.shape[:-1]``; float32, or float64 when the logits, a dense target or the weight are
+  float64): each sample's loss, the mean of its weighted element losses over its C labels (over its observed labels
+  under a mask; 0 if it has none);
 - ``grad`` (``x``'s shape and dtype, or an empty tensor when not asked for): ``d per_sample[n] / d x[n, c]``, computed
   in the same pass (the gradient of ``per_sample.sum()``);
 - ``counted`` (0-d float64): how many samples count in a batch mean (all, or those with an observed label).
@@ -108,7 +109,7 @@ def _loss_rows_fake(
     need_grad: bool,
     check: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    per_sample = input.new_empty(input.shape[:-1], dtype=B.compute_dtype(input.dtype))
+    per_sample = input.new_empty(input.shape[:-1], dtype=B.per_sample_dtype(input, target, weight))
     grad = input.new_empty(input.shape) if need_grad else input.new_empty(0)
     return per_sample, grad, input.new_empty((), dtype=torch.float64)
 
