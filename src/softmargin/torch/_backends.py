@@ -381,7 +381,6 @@ def loss_rows(
         for name, value, positive in (("weight", weight, False), ("pos_weight", pos_weight, True)):
             if value is not None:
                 check_weight_values(name, value, positive)
-    cdtype = compute_dtype(x.dtype)
     if backend == "cpu":
         in_kernel = (
             check and sparse is None and (not plain or _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED)
