@@ -118,10 +118,12 @@ def _prepare(
     mask: ArrayLike | None,
     options: Options,
     out: tuple[Any, Any] | None = None,
+    report_target: bool = False,
 ) -> tuple[Rows, tuple[int, ...], str, bool, bool]:
     """The problem as rows, the input's shape, the reduction, whether the fused kernel runs, and whether the dense
     target's range is left for the kernel to check as it reads it (then, should it see a bad value, the caller runs
-    the check that names it). ``out`` = (loss, gradient) output arrays, either None, checked here before the values."""
+    the check that names it, or reports it: ``report_target``, with ``validate=False``). ``out`` = (loss, gradient)
+    output arrays, either None, checked here before the values."""
     reduction = V.check_reduction(reduction)
     V.check_options(options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
     x = np.asarray(input)
@@ -143,7 +145,7 @@ def _prepare(
     native = x.size > 0 and x.dtype.name in _NATIVE_DTYPES and cpu.kernel() is not None
     plain = pos_weight is None and mask is None and options == Options()
     kernel_checks = (
-        validate and native and not isinstance(y, SparseTargets) and y.dtype in (x.dtype, np.uint8, np.bool_)
+        (validate or report_target) and native and not isinstance(y, SparseTargets) and y.dtype in (x.dtype, np.uint8, np.bool_)
         and (not plain or x.dtype.name in cpu.TARGET_CHECKED)
     )  # fmt: skip
     if validate:
@@ -251,10 +253,12 @@ def _native(
 def _compute(
     rows: Rows, shape: tuple[int, ...], reduction: str, options: Options, need_grad: bool, native: bool = False,
     kernel_checks: bool = False, plain: bool = True, grad_out: NDArray[Any] | None = None,
-) -> tuple[NDArray[np.float64], NDArray[Any] | None, float]:
-    """Per-sample losses (float64, shape ``shape[:-1]``), the gradient (input dtype) if asked, rows in the mean.
-    The gradient is written into ``grad_out`` (already checked by :func:`_check_out`) where given."""
+) -> tuple[NDArray[np.float64], NDArray[Any] | None, float, bool]:
+    """Per-sample losses (float64, shape ``shape[:-1]``), the gradient (input dtype) if asked, rows in the mean,
+    and whether the kernel saw a target outside [0, 1] (raised instead where ``kernel_checks``). The gradient is
+    written into ``grad_out`` (already checked by :func:`_check_out`) where given."""
     grad_rows = None if grad_out is None else grad_out.reshape(rows.x.shape)  # a view: grad_out is contiguous
+    out_of_range = False
     if native:
         row_sums, grad, divisor, counted, out_of_range = _native(rows, reduction, options, need_grad, plain, grad_rows)
         if out_of_range and kernel_checks:
@@ -275,8 +279,8 @@ def _compute(
             per_sample = np.where(np.asarray(divisor) > 0, per_sample, 0.0)
     per_sample = np.broadcast_to(per_sample, (rows.num_rows,)).reshape(shape[:-1])
     if grad_out is not None:
-        return per_sample, grad_out, counted
-    return per_sample, (grad.reshape(shape) if grad is not None else None), counted
+        return per_sample, grad_out, counted, out_of_range
+    return per_sample, (grad.reshape(shape) if grad is not None else None), counted, out_of_range
 
 
 def _reduce(per_sample: NDArray[np.float64], reduction: str, counted: float, dtype: np.dtype[Any]) -> Any:
@@ -348,7 +352,7 @@ def multilabel_soft_margin_loss(
         input, target, weight, reduction, validate, pos_weight, mask, options
     )
     plain = pos_weight is None and mask is None and options == Options()
-    per_sample, _, counted = _compute(rows, shape, checked, options, False, native, kernel_checks, plain)
+    per_sample, _, counted, _ = _compute(rows, shape, checked, options, False, native, kernel_checks, plain)
     return _reduce(per_sample, checked, counted, rows.x.dtype)
 
 
@@ -433,13 +437,46 @@ def multilabel_soft_margin_loss_and_grad(
     )
     loss_out, grad_out = out if out is not None else (None, None)
     plain = pos_weight is None and mask is None and options == Options()
-    per_sample, grad, counted = _compute(rows, shape, checked, options, True, native, kernel_checks, plain, grad_out)
+    per_sample, grad, counted, _ = _compute(rows, shape, checked, options, True, native, kernel_checks, plain, grad_out)
     assert grad is not None  # need_grad=True always returns one; not a user-input check
     loss = _reduce(per_sample, checked, counted, rows.x.dtype)
     if loss_out is not None:
         loss_out[...] = loss
         loss = loss_out
     return loss, grad
+
+
+def loss_and_grad_reporting_target(
+    input: NDArray[Any],
+    target: NDArray[Any],
+    weight: NDArray[Any] | None,
+    reduction: Reduction,
+    *,
+    pos_weight: NDArray[Any] | None,
+    mask: NDArray[Any] | None,
+    options: LossOptions,
+    need_grad: bool,
+    out: tuple[NDArray[Any], NDArray[Any] | None],
+) -> bool:
+    """For the JAX backend's host callback (its ``checkify`` check of the target): the loss (and the gradient where
+    ``need_grad``) into ``out``, with no value check but the dense target's range, reported rather than raised.
+    The fused kernel looks at the target as it reads it where it can (no extra pass); elsewhere one min/max pass
+    here. Shapes and dtypes are checked as in :func:`multilabel_soft_margin_loss_and_grad`.
+
+    Returns:
+        True when a target lies outside [0, 1] or is NaN (then the results are those of the bad values).
+    """
+    rows, shape, checked, native, kernel_checks = _prepare(
+        input, target, weight, reduction, False, pos_weight, mask, options, out, report_target=True
+    )
+    bad = False
+    if not kernel_checks:  # the kernel does not look here (float64's plain loss, the chunked path, a sparse target)
+        values = rows.y.values if isinstance(rows.y, SparseTargets) else rows.y
+        bad = values is not None and values.size > 0 and not (values.min() >= 0 and values.max() <= 1)
+    plain = pos_weight is None and mask is None and options == Options()
+    per_sample, _, counted, flagged = _compute(rows, shape, checked, options, need_grad, native, False, plain, out[1])
+    out[0][...] = _reduce(per_sample, checked, counted, rows.x.dtype)
+    return bool(bad or (kernel_checks and flagged))
 
 
 multilabel_soft_margin_loss.__doc__ = (multilabel_soft_margin_loss.__doc__ or "").replace("{options}", _OPTIONS_DOC)

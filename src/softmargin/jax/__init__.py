@@ -193,14 +193,18 @@ def multilabel_soft_margin_loss(
     V.check_input_kind("input", _kind(x.dtype), x.dtype)
     V.check_input_ndim(x.shape)
     shape = tuple(int(s) for s in x.shape)
+    resolved_impl = _ops.resolve_impl(impl, x)
     y: Any
+    report_target = False
     if _is_sparse(target):
         y = _sparse_rows(target, shape, validate)
     else:
         y = _as_array("target", target)
         V.check_target_kind(_kind(y.dtype), y.dtype)
         V.check_same_shape("target", y.shape, shape)
-        if validate and y.size:
+        # a traced target going to the callback: the kernel checks its range as it reads it (no extra pass)
+        report_target = validate and y.size > 0 and _traced(y) and resolved_impl == "callback"
+        if validate and y.size and not report_target:
             _check_range("target", y, "[0, 1]", lambda a: (a >= 0) & (a <= 1))
     w = _operand("weight", weight, shape)
     pw = _operand("pos_weight", pos_weight, shape)
@@ -211,6 +215,21 @@ def multilabel_soft_margin_loss(
             _check_range("weight", w, "the finite range [0, inf)", lambda a: finite(a) & (a >= 0))
         if pw is not None and pw.size:
             _check_range("pos_weight", pw, "the finite range (0, inf)", lambda a: finite(a) & (a > 0))
-    config = _ops.Config(reduction, resolved, _ops.resolve_impl(impl, x))
+    config = _ops.Config(reduction, resolved, resolved_impl, report_target)
     result: jax.Array = _ops.loss(config, x, y, w, pw, m)
+    if report_target:
+        result, flag = result  # type: ignore[misc]
+        _check_reported_target(flag, y)
     return result
+
+
+def _check_reported_target(flag: Any, y: Any) -> None:
+    """The checkify check of a traced target whose range the kernel reported (``flag`` 1: a value outside [0, 1]
+    or NaN); its min and max, for the message, are computed only then."""
+    bad = flag != 0
+    low, high = jax.lax.cond(
+        bad, lambda a: (a.min(), a.max()), lambda a: (jnp.zeros((), a.dtype), jnp.zeros((), a.dtype)), y
+    )  # fmt: skip
+    checkify.check(
+        ~bad, "target has values outside [0, 1] (min {}, max {}); expected every target value in [0, 1]", low, high
+    )

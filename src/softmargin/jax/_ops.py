@@ -50,6 +50,9 @@ class Config:
     reduction: str
     options: LossOptions
     impl: str  # "xla" or "callback" (resolved)
+    #: the callback also returns whether a dense target lies outside [0, 1] (int32 0/1; the operator then returns
+    #: (loss, flag)), as the kernel sees while reading it: the public function's checkify check with no extra pass
+    report_target: bool = False
 
 
 def compute_dtype(dtype: Any) -> Any:
@@ -223,50 +226,59 @@ def _host_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
 
 
 def _host_call(config: Config, need_grad: bool) -> Any:
-    """The host function: reads the operands (NumPy views of XLA's buffers) and writes the loss (and the gradient)
-    into ``out``, XLA's result buffers. Where the input's dtype is one the NumPy backend takes, the gradient goes
-    straight into XLA's buffer (``out=``: no gradient-sized temporary, no copy); bfloat16 is computed in float32
-    and converted."""
+    """The host function: reads the operands (NumPy views of XLA's buffers) and writes the loss (and the gradient),
+    and with ``config.report_target`` the target's range flag, into XLA's result buffers. Where the input's dtype
+    is one the NumPy backend takes, the NumPy backend writes into them itself (``out=``: no gradient-sized
+    temporary, no copy); bfloat16 is computed in float32 and converted."""
     from .. import numpy as backend
 
     options = config.options
     reduction: Any = config.reduction  # one of the NumPy backend's Literal reductions, checked at the entry point
 
-    def call(x: Any, y: Any, w: Any, pw: Any, m: Any, out: Any) -> None:
+    def call(x: Any, y: Any, w: Any, pw: Any, m: Any, loss_out: Any, grad_out: Any, flag_out: Any) -> None:
         x = np.asarray(x)
         arrays = [None if a is None else np.asarray(a) for a in (y, w, pw)]
         y, w, pw = (None if a is None else a.astype(_host_dtype(a.dtype), copy=False) for a in arrays)
-        kwargs = dict(
-            pos_weight=pw, mask=None if m is None else np.asarray(m), label_smoothing=options.label_smoothing,
-            gamma_pos=options.gamma_pos, gamma_neg=options.gamma_neg, clip=options.clip, validate=False,
-        )  # fmt: skip
+        m = None if m is None else np.asarray(m)
         xh = x.astype(_host_dtype(x.dtype), copy=False)
-        if not need_grad:
-            out[...] = backend.multilabel_soft_margin_loss(xh, y, w, reduction, **kwargs)
-            return
-        loss_out, grad_out = out
-        if xh.dtype == grad_out.dtype and grad_out.flags.c_contiguous:
-            backend.multilabel_soft_margin_loss_and_grad(xh, y, w, reduction, **kwargs, out=(loss_out, grad_out))
-            return
-        loss, grad = backend.multilabel_soft_margin_loss_and_grad(xh, y, w, reduction, **kwargs)
-        loss_out[...] = loss
-        grad_out[...] = grad
+        direct = xh.dtype == loss_out.dtype and (grad_out is None or grad_out.flags.c_contiguous)
+        outs = (loss_out, grad_out) if direct else (
+            np.empty(loss_out.shape, xh.dtype), None if grad_out is None else np.empty(grad_out.shape, xh.dtype)
+        )  # fmt: skip
+        if config.report_target:
+            flag_out[...] = backend.loss_and_grad_reporting_target(
+                xh, y, w, reduction, pos_weight=pw, mask=m, options=options, need_grad=need_grad, out=outs
+            )  # fmt: skip
+        else:
+            kwargs = dict(pos_weight=pw, mask=m, options=options, validate=False)
+            if need_grad:
+                backend.multilabel_soft_margin_loss_and_grad(xh, y, w, reduction, **kwargs, out=outs)
+            else:
+                outs[0][...] = backend.multilabel_soft_margin_loss(xh, y, w, reduction, **kwargs)
+        if not direct:
+            loss_out[...] = outs[0]
+            if grad_out is not None:
+                grad_out[...] = outs[1]
 
     return call
 
 
 def callback_forward(
     config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool
-) -> tuple[Any, Any]:
-    """As :func:`xla_forward`, computed on the host by the NumPy backend. Through
-    ``jax.experimental.buffer_callback`` the host function reads XLA's input buffers in place and the NumPy backend
-    writes the loss and the gradient into XLA's result buffers (``out=``); ``jax.pure_callback`` would copy both
-    ways (measured: 2 extra passes), and a gradient made apart and copied in costs one more pass and a temporary."""
+) -> tuple[Any, Any, Any]:
+    """As :func:`xla_forward`, computed on the host by the NumPy backend, and the target's range flag (None unless
+    ``config.report_target``). Through ``jax.experimental.buffer_callback`` the host function reads XLA's input
+    buffers in place and the NumPy backend writes the loss and the gradient into XLA's result buffers (``out=``);
+    ``jax.pure_callback`` would copy both ways (measured: 2 extra passes), and a gradient made apart and copied in
+    costs one more pass and a temporary."""
     from jax.experimental.buffer_callback import buffer_callback
 
     loss_shape = x.shape[:-1] if config.reduction == "none" else ()
-    loss_type = jax.ShapeDtypeStruct(loss_shape, x.dtype)
-    grad_type = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    result_type = [jax.ShapeDtypeStruct(loss_shape, x.dtype)]
+    if need_grad:
+        result_type.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
+    if config.report_target:
+        result_type.append(jax.ShapeDtypeStruct((), jnp.int32))
     host = _host_call(config, need_grad)
     operands = [x, y] + [a for a in (w, pw, m) if a is not None]
     present = [a is not None for a in (w, pw, m)]
@@ -274,19 +286,28 @@ def callback_forward(
     def call(ctx: Any, out: Any, *arrays: Any) -> None:
         it = iter(arrays[2:])
         w_, pw_, m_ = (next(it) if p else None for p in present)
-        results = (np.asarray(out[0]), np.asarray(out[1])) if need_grad else np.asarray(out)
-        host(arrays[0], arrays[1], w_, pw_, m_, results)
+        results = iter(np.asarray(o) for o in out)
+        loss_out = next(results)
+        grad_out = next(results) if need_grad else None
+        host(arrays[0], arrays[1], w_, pw_, m_, loss_out, grad_out, next(results, None))
 
-    result_type = (loss_type, grad_type) if need_grad else loss_type
     # "sequential": under vmap each mapped slice is its own problem (its own mean)
-    result = buffer_callback(call, result_type, vmap_method="sequential")(*operands)
-    return (result[0], result[1]) if need_grad else (result, None)
+    result = iter(buffer_callback(call, tuple(result_type), vmap_method="sequential")(*operands))
+    loss = next(result)
+    return loss, (next(result) if need_grad else None), next(result, None)
 
 
-def _forward(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool) -> tuple[Any, Any]:
+def _forward(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool) -> tuple[Any, Any, Any]:
+    """(loss, gradient or None, the target's range flag or None)."""
     if config.impl == "callback" and not isinstance(y, SparseRows):
         return callback_forward(config, x, y, w, pw, m, need_grad)
-    return xla_forward(config, x, y, w, pw, m, need_grad)
+    if config.report_target:  # only the callback reports (the public function asks it only of the callback)
+        raise ValueError("report_target needs impl='callback' and a dense target")
+    return (*xla_forward(config, x, y, w, pw, m, need_grad), None)
+
+
+def _primal_out(config: Config, loss: Any, flag: Any) -> Any:
+    return (loss, flag) if config.report_target else loss
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -295,7 +316,8 @@ def _forward(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad:
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _loss_op(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
-    return _forward(config, x, y, w, pw, m, need_grad=False)[0]
+    loss, _, flag = _forward(config, x, y, w, pw, m, need_grad=False)
+    return _primal_out(config, loss, flag)
 
 
 def _fwd(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, Any]:
@@ -304,10 +326,10 @@ def _fwd(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, 
     values = tuple(_value(a) for a in (x, y, w, pw, m))
     if isinstance(values[1], SparseRows) and _perturbed(y):
         raise ValueError("target is sparse: a sparse target is not differentiable; pass the positives as constants")
-    loss, grad = _forward(config, values[0], values[1], values[2], values[3], values[4], need_grad=_perturbed(x))
+    loss, grad, flag = _forward(config, *values, need_grad=_perturbed(x))
     others = (_perturbed(y), _perturbed(w), _perturbed(pw))
     kept = values if any(others) else None
-    return loss, (grad, kept, others)
+    return _primal_out(config, loss, flag), (grad, kept, others)
 
 
 def _is_primal(leaf: Any) -> bool:
@@ -325,6 +347,8 @@ def _perturbed(tree: Any) -> bool:
 def _bwd(config: Config, residuals: Any, g: Any) -> tuple[Any, ...]:
     grad, kept, (need_y, need_w, need_pw) = residuals
     zeros = kept is None
+    if config.report_target:
+        g = g[0]  # the flag's cotangent is a zero (float0)
     if isinstance(g, SymbolicZero):
         return (None, None, None, None, None)
     if config.reduction == "none":
@@ -382,5 +406,6 @@ _loss_op.defvjp(_fwd, _bwd, symbolic_zeros=True)
 
 
 def loss(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
-    """The loss with the fused custom_vjp (see the module docstring); arguments already validated and converted."""
+    """The loss with the fused custom_vjp (see the module docstring); arguments already validated and converted.
+    With ``config.report_target``: (loss, int32 flag, 1 where the target has a value outside [0, 1] or NaN)."""
     return _loss_op(config, x, y, w, pw, m)
