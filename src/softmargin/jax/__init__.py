@@ -9,7 +9,8 @@ transformation the values are not known at trace time, so with ``validate=True``
 ``jax.experimental.checkify`` checks: wrap the jitted function in ``checkify.checkify`` to get them (as an error
 value, ``err.throw()`` raises), or pass ``validate=False`` to leave them out. A staged check outside ``checkify``
 fails at trace time (JAX's "Cannot abstractly evaluate a checkify.check which was not functionalized"): the checks
-are never silently dropped.
+are never silently dropped. With the callback implementation the fused kernel checks a traced target's range as it
+reads it, so under ``checkify`` the target check costs no pass of its own (XLA's takes one).
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ def multilabel_soft_margin_loss(
         validate: check the target range and the weights: on concrete arrays at once (``ValueError``); on traced
             ones as ``jax.experimental.checkify`` checks (wrap the jitted function in ``checkify.checkify``, or pass
             ``validate=False`` under ``jit``). Shape and dtype checks always run, at trace time.
-        impl: ``"xla"`` (fused jax.numpy, any device), ``"callback"`` (the NumPy backend on the host through
-            ``jax.pure_callback``; CPU) or ``"auto"``.
+        impl: ``"xla"`` (fused jax.numpy, any device), ``"callback"`` (the NumPy backend's fused C kernel on the
+            host through ``jax.experimental.buffer_callback``, writing into XLA's result buffers; CPU) or
+            ``"auto"`` (the callback on the CPU for float16/float32/float64 where the kernel is built, else XLA).
 
     Returns:
         The loss in ``input``'s dtype (half precision is computed in float32): a scalar, or ``input.shape[:-1]``

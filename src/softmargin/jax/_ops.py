@@ -4,9 +4,12 @@ Two implementations of the forward pass, chosen explicitly (``impl``) or by :fun
 
 - ``"xla"``: :mod:`softmargin._formula` written against ``jax.numpy``; XLA fuses the element-wise work and the
   row sums into one pass over the logits, on any device.
-- ``"callback"``: a ``jax.pure_callback`` into the NumPy backend's
+- ``"callback"``: a ``jax.experimental.buffer_callback`` into the NumPy backend's
   :func:`softmargin.numpy.multilabel_soft_margin_loss_and_grad` (CPU only), so JAX gets whatever the NumPy backend
-  runs (the fused C kernel where it uses one). The host function receives XLA's buffers as NumPy arrays.
+  runs (the fused C kernel where it uses one). The host function receives XLA's buffers as NumPy arrays and the
+  NumPy backend writes the loss and the gradient into XLA's result buffers (``out=``): one pass, no temporary.
+  Under ``checkify`` (``validate=True`` on a traced target) it also returns the kernel's verdict on the target's
+  range, read as it reads the target (``Config.report_target``), so the check costs no pass of its own.
 
 Either way the residual saved for backward is the gradient itself (input-sized, input dtype), and backward only
 scales it by the incoming cotangent, as the torch operator does. The cotangents of ``target``, ``weight`` and
