@@ -171,6 +171,28 @@ def test_target_check_is_a_device_assertion(form, bad):
 
 
 @interpreted
+@pytest.mark.slow  # the interpreter: about 1.5 s a case
+@pytest.mark.parametrize(
+    "name, bad, shape", [("weight", -0.5, "class"), ("weight", float("nan"), "full"), ("weight", float("inf"), "class"),
+                         ("pos_weight", 0.0, "full"), ("pos_weight", float("inf"), "class")],
+)  # fmt: skip
+def test_weight_check_is_a_device_assertion(name, bad, shape):
+    """``check_weights``: the kernel marks the weights it reads (weight in [0, inf), pos_weight in (0, inf)); a bad
+    one fails the assertion, the same call unchecked computes, good weights pass."""
+    x, y = _data(torch.float32, "soft", seed=12, num_rows=4, num_classes=300)
+    size = (x.shape[1],) if shape == "class" else x.shape
+    weights = {"weight": torch.rand(size) + 0.5, "pos_weight": torch.rand(size) + 0.5}
+    tk.fused_rows(x, y, **weights, scale=1.0, need_grad=True, check_weights=True, block=64)  # valid: passes
+    weights[name].reshape(-1)[weights[name].numel() // 2] = bad
+    with pytest.raises(Exception, match="a weight is negative, infinite or NaN, or a pos_weight is not positive"):
+        tk.fused_rows(x, y, **weights, scale=1.0, need_grad=True, check_weights=True, block=64)
+    with pytest.raises(Exception, match=r"outside \[0, 1\].*; or a weight is negative"):
+        tk.fused_rows(x, y, **weights, scale=1.0, need_grad=True, check_target=True, check_weights=True, block=64)
+    sums, _ = tk.fused_rows(x, y, **weights, scale=1.0, need_grad=False, block=64)  # unchecked: computes
+    assert sums.shape == (x.shape[0],)
+
+
+@interpreted
 def test_uint8_target_above_one_fails_the_check():
     x, y = _data(torch.float32, "uint8", seed=10)
     y[0, 0] = 2

@@ -415,3 +415,174 @@ def test_kernel_linear_chunk_with_sparse_positives_on_the_device():
     expected = tk.fused_rows(logits, y[16:48, 1000:3000], scale=1.0, need_grad=True)
     assert_close(sums.cpu().numpy(), expected[0].cpu().numpy(), 1e-5)
     assert_close(grad.cpu().numpy(), expected[1].cpu().numpy(), 1e-5)
+
+
+# ---- the public API on the device, as PyTorch users run it: no host synchronisation with any option, the Triton
+# operator under torch.compile (inductor sees the kernel), a training step captured in CUDA graphs, autocast ----
+
+API_OPTIONS = ["plain", "class weight", "full weight", "pos_weight", "full mask", "smoothing", "asymmetric", "everything"]
+
+
+def _api_case(name, dtype=torch.float32, num_rows=32, num_classes=3000, seed=30):
+    from helpers import OPTION_CASES, option_operands
+
+    x, y = _data((num_rows, num_classes), dtype, seed=seed)
+    opts = option_operands(OPTION_CASES[name], dtype, num_rows, num_classes, seed=seed + 1, device="cuda")
+    return x.cuda().requires_grad_(True), y.cuda(), opts
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_api_forward_and_backward_never_synchronise(reduction):
+    """``torch.cuda.set_sync_debug_mode("error")`` around fwd+bwd of the default call (validate=True) with every
+    option, a bool target and the module with a weight: nothing waits for the device."""
+    cases = [_api_case(name) for name in API_OPTIONS]
+    xb, yb, _ = _api_case("plain", torch.bfloat16)
+    cases.append((xb, yb.bool(), {}))
+    module = st.MultiLabelSoftMarginLoss(weight=torch.rand(3000).cuda(), reduction=reduction)
+
+    def run():
+        for x, y, opts in cases:
+            x.grad = None
+            st.multilabel_soft_margin_loss(x, y, reduction=reduction, **opts).sum().backward()
+        x, y, _ = cases[0]
+        module(x, y).sum().backward()
+
+    run()  # compilation and the device's properties read before the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(x.grad).all() for x, _, _ in cases)
+
+
+def test_api_options_on_the_device_match_the_cpu():
+    """Every option through the public API on CUDA (the Triton kernel) against the CPU result (the C kernel or the
+    torch backend), values and gradients."""
+    for name in API_OPTIONS:
+        x, y, opts = _api_case(name, torch.float64, num_rows=16, num_classes=700)
+        loss = st.multilabel_soft_margin_loss(x, y, **opts)
+        (grad,) = torch.autograd.grad(loss, x)
+        xc = x.detach().cpu().requires_grad_(True)
+        expected = st.multilabel_soft_margin_loss(xc, y.cpu(), **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in opts.items()})
+        (expected_grad,) = torch.autograd.grad(expected, xc)
+        assert_close(loss.item(), expected.item(), 1e-12, f"{name} loss")
+        assert_close(grad.cpu().numpy(), expected_grad.numpy(), 1e-12, f"{name} grad", atol=1e-300)
+
+
+@pytest.mark.parametrize("name", ["plain", "everything"])
+def test_compile_runs_the_triton_operator_and_inductor_sees_the_kernel(name):
+    """Under torch.compile (inductor, fullgraph) CUDA tensors take ``softmargin::loss_rows_triton``, a
+    ``torch.library.triton_op``: the generated code launches the kernel itself, and the result is torch's (plain)
+    or the eager result (options)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from softmargin.torch import _ops
+
+    assert _ops.loss_rows_triton is not None, "the Triton operator is registered at import on a CUDA machine"
+    x, y, opts = _api_case(name, num_rows=64, num_classes=2000)
+
+    compiled = torch.compile(lambda x, y: st.multilabel_soft_margin_loss(x, y, **opts), fullgraph=True)
+
+    def step():
+        loss = compiled(x, y)
+        return loss, torch.autograd.grad(loss, x)[0]
+
+    torch._dynamo.reset()
+    (loss, grad), codes = run_and_get_code(step)
+    assert any("_rows_kernel" in code for code in codes), "inductor did not see the Triton kernel"
+    if name == "plain":
+        expected = torch.nn.functional.multilabel_soft_margin_loss(x, y)
+    else:
+        expected = st.multilabel_soft_margin_loss(x, y, **opts)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    assert_close(loss.item(), expected.item(), 1e-5, "loss")
+    assert_close(grad.cpu().numpy(), expected_grad.cpu().numpy(), 1e-5, "grad", atol=1e-9)
+
+
+def test_triton_operator_passes_opcheck():
+    from softmargin.torch import _ops
+
+    op = _ops.ensure_triton_op()
+    samples = []
+    for name in ("plain", "class weight", "everything"):
+        x, y, opts = _api_case(name, num_rows=8, num_classes=300)
+        samples.append((x, y, opts.get("weight"), opts.get("pos_weight"), opts.get("mask"), None, None, None,
+                        opts.get("label_smoothing", 0.0), opts.get("gamma_pos", 0.0), opts.get("gamma_neg", 0.0),
+                        opts.get("clip", 0.0), True, True))  # fmt: skip
+    for args in samples:
+        torch.library.opcheck(op, args)
+
+
+def test_compiled_training_step_runs_in_cuda_graphs():
+    """``torch.compile(mode="reduce-overhead")`` of model + loss (forward and AOT backward captured in CUDA
+    graphs, no cudagraph skips), SGD after: the 30-step loss trajectory is torch's loss's."""
+    from torch._dynamo.utils import counters
+
+    gen = torch.Generator().manual_seed(31)
+    features = torch.randn(256, 64, generator=gen).cuda()
+    labels = (torch.rand(256, 500, generator=gen) < 0.1).float().cuda()
+    class_weight = (torch.rand(500, generator=gen) + 0.5).cuda()
+
+    def train(loss_fn, compiled):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 500)).cuda()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        forward = lambda x, y: loss_fn(model(x), y, weight=class_weight)
+        if compiled:
+            forward = torch.compile(forward, mode="reduce-overhead", fullgraph=True)
+        losses = []
+        for step in range(30):
+            rows = slice(step % 4 * 64, step % 4 * 64 + 64)
+            loss = forward(features[rows], labels[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+    torch._dynamo.reset()
+    counters.clear()
+    ours = train(st.multilabel_soft_margin_loss, compiled=True)
+    skips = dict(counters["inductor"]).get("cudagraph_skips", 0)
+    assert skips == 0, f"cudagraph skips: {dict(counters['inductor'])}"
+    reference = train(torch.nn.functional.multilabel_soft_margin_loss, compiled=False)
+    assert_close(np.array(ours), np.array(reference), 1e-4, "loss trajectory")
+
+
+def test_autocast_on_the_device_computes_and_returns_float32_as_torch():
+    x, y, _ = _api_case("plain", num_rows=16, num_classes=400)
+    weight = torch.rand(400).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = torch.nn.functional.linear(x, torch.eye(400, device="cuda"))  # bfloat16 under autocast
+        ours = st.multilabel_soft_margin_loss(logits, y, weight=weight)
+        theirs = torch.nn.functional.multilabel_soft_margin_loss(logits, y, weight=weight)
+    assert logits.dtype == torch.bfloat16
+    assert ours.dtype == theirs.dtype == torch.float32
+    # torch's log-sigmoid rounds to bfloat16 on the way; ours is the float64 value of the bfloat16 logits, to float32
+    assert_close(ours.item(), theirs.item(), 1e-2, "loss against torch")
+    args = (logits.detach().double().cpu().numpy(), y.double().cpu().numpy(), weight.double().cpu().numpy(), "mean")
+    assert_close(ours.item(), reference_loss(*args), 1e-6, "loss against float64")
+
+
+def test_api_weight_check_is_a_device_assertion():
+    """On CUDA the kernel checks the weights as it reads them (no separate check kernels): a negative weight fails a
+    device-side assertion (fatal to the CUDA context, hence a child process); the same call with validate=False
+    computes."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, softmargin.torch as st\n"
+        "x = torch.zeros(4, 100, device='cuda'); y = torch.zeros(4, 100, device='cuda')\n"
+        "w = torch.ones(100, device='cuda'); w[7] = -1.0\n"
+        "st.multilabel_soft_margin_loss(x, y, w, validate=False); torch.cuda.synchronize()\n"
+        "print('unchecked: fine', flush=True)\n"
+        "st.multilabel_soft_margin_loss(x, y, w); torch.cuda.synchronize()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert "unchecked: fine" in result.stdout
+    assert result.returncode != 0
+    assert "a weight is negative" in result.stderr or "device-side assert" in result.stderr, result.stderr[-2000:]

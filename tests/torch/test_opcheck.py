@@ -91,3 +91,27 @@ def test_eager_path_and_operator_agree_bitwise(dtype, kwargs, reduction):
         results.append((loss.detach(), xi.grad))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("name", ["float32", "float64 weight", "options", "sparse"])
+def test_triton_operator_is_the_operator(name, monkeypatch):
+    """``softmargin::loss_rows_triton`` (the ``triton_op`` that CUDA tensors take under torch.compile) gives bitwise
+    the results of ``loss_rows`` on the same backend, and its autograd registration passes opcheck. Here the kernel
+    runs through Triton's interpreter on CPU tensors (its fake implementation launches the kernel through
+    ``wrap_triton``, which the interpreter cannot trace: the fake and compile checks run on a GPU, in test_gpu.py)."""
+    pytest.importorskip("triton")
+    from helpers import use_backend
+
+    from softmargin.torch import _ops
+
+    use_backend("triton", monkeypatch)
+    op = _ops.ensure_triton_op()
+    args = SAMPLES[name]
+    triton_out = op(*args)
+    plain_out = torch.ops.softmargin.loss_rows(*args)
+    for got, expected in zip(triton_out, plain_out, strict=True):
+        assert torch.equal(got, expected)
+    if args[0].requires_grad:
+        grads = [torch.autograd.grad(out[0].sum(), args[0])[0] for out in (op(*args), torch.ops.softmargin.loss_rows(*args))]
+        assert torch.equal(grads[0], grads[1])
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration"))

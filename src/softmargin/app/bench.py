@@ -276,21 +276,23 @@ def measure_group(
 TRAIN_STEP_IMPLS = ("softmargin", "torch MultiLabelSoftMarginLoss")
 
 
-def time_train_step(impl: str, shape: Sequence[int], features: int, repeat: int, compiled: bool = True) -> dict[str, Any]:
+def time_train_step(
+    impl: str, shape: Sequence[int], features: int, repeat: int, compiled: bool = True, device: str = "cpu"
+) -> dict[str, Any]:
     """One training step, ``torch.compile``d (model + loss + backward + optimizer step): a linear model from
-    ``features`` inputs to C logits, the loss ``impl``, SGD. Median of ``repeat`` steps after three warm-up steps (the
-    compilation happens there and is reported apart); the loss after the last step, as a check that both trained
-    alike."""
+    ``features`` inputs to C logits, the loss ``impl``, SGD, on ``device``. Median of ``repeat`` steps after three
+    warm-up steps (the compilation happens there and is reported apart); the loss after the last step, as a check that
+    both trained alike."""
     import torch
 
     from ..torch import MultiLabelSoftMarginLoss
 
     rows, classes = shape
     gen = torch.Generator().manual_seed(0)
-    data = torch.randn(rows, features, generator=gen)
-    labels = (torch.rand(rows, classes, generator=gen) < 0.1).float()
+    data = torch.randn(rows, features, generator=gen).to(device)
+    labels = (torch.rand(rows, classes, generator=gen) < 0.1).float().to(device)
     torch.manual_seed(0)
-    model = torch.nn.Linear(features, classes)
+    model = torch.nn.Linear(features, classes).to(device)
     loss_fn = MultiLabelSoftMarginLoss() if impl == "softmargin" else torch.nn.MultiLabelSoftMarginLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
@@ -301,7 +303,14 @@ def time_train_step(impl: str, shape: Sequence[int], features: int, repeat: int,
         optimizer.step()
         return loss.detach()
 
-    fn = torch.compile(step) if compiled else step
+    compiled_step = torch.compile(step) if compiled else step
+    sync = torch.cuda.synchronize if data.is_cuda else (lambda: None)
+
+    def fn() -> Any:
+        loss = compiled_step()
+        sync()
+        return loss
+
     start = time.perf_counter()
     for _ in range(3):
         fn()
@@ -312,7 +321,12 @@ def time_train_step(impl: str, shape: Sequence[int], features: int, repeat: int,
 
 
 def train_step(
-    shape: Sequence[int] = (4096, 2000), features: int = 32, repeat: int = 15, threads: int | None = None, rounds: int = 3
+    shape: Sequence[int] = (4096, 2000),
+    features: int = 32,
+    repeat: int = 15,
+    threads: int | None = None,
+    rounds: int = 3,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """The compiled training step with softmargin against the same with torch's loss, each in fresh processes,
     ``rounds`` rounds, the median of each one's rounds (see :func:`measure_group`)."""
@@ -320,11 +334,12 @@ def train_step(
     results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in TRAIN_STEP_IMPLS}
     for _ in range(rounds):
         for impl in TRAIN_STEP_IMPLS:
-            call = f"time_train_step({impl!r}, {tuple(shape)!r}, {features}, {repeat})"
+            call = f"time_train_step({impl!r}, {tuple(shape)!r}, {features}, {repeat}, device={device!r})"
             results[impl].append(_in_fresh_process(call, "train step", threads))
     rows = []
     for impl, runs in results.items():
-        row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "features": features, "threads": threads}
+        row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "features": features, "threads": threads,
+                               "device": device}  # fmt: skip
         row.update(combine_rounds(runs))
         if "error" not in row:
             row["final_loss"] = next(r["final_loss"] for r in runs if "error" not in r)

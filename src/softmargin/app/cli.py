@@ -42,8 +42,9 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     if args.train_step:
         shape = (args.shapes or [(4096, 2000)])[0]
-        rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads)
-        print(f"torch.compile(model + loss + backward + SGD step), linear model 32 -> {shape[1]}, batch {shape[0]}, float32:")
+        device = args.device or "cpu"
+        rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads, rounds=3 if device == "cpu" else 1, device=device)
+        print(f"torch.compile(model + loss + backward + SGD step) on {device}, linear model 32 -> {shape[1]}, batch {shape[0]}, float32:")
         ours = rows[0].get("median_ms")
         print(format_table(["loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"],
                            [[r["impl"], f"{r.get('median_ms', float('nan')):.2f}", f"{r.get('first_call_s', float('nan')):.1f}",
@@ -51,7 +52,7 @@ def _bench(args: argparse.Namespace) -> int:
                              bench._ratio(r.get("median_ms"), ours) if r["impl"] != "softmargin" else ""] for r in rows]))  # fmt: skip
         if args.out:
             out = Path(args.out).with_name("bench-train-step.csv")
-            bench.write_csv(out, ["impl", "shape", "features", "threads", "median_ms", "min_ms", "first_call_s", "final_loss", "error"], rows)
+            bench.write_csv(out, ["impl", "shape", "device", "features", "threads", "median_ms", "min_ms", "first_call_s", "final_loss", "error"], rows)
             print(f"\nwritten to {out}")
         return 0
     if args.options:

@@ -136,14 +136,16 @@ def _rows_kernel(
     scale_hi, scale_lo, eps_hi, eps_lo, gp_hi, gp_lo, gn_hi, gn_lo, clip_hi, clip_lo,
     HAS_W: tl.constexpr, HAS_PW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_ROW_SCALE: tl.constexpr,
     SMOOTH: tl.constexpr, FOCUS: tl.constexpr, CLIP: tl.constexpr, SPARSE: tl.constexpr, HAS_VALUES: tl.constexpr,
-    HAS_GRAD: tl.constexpr, CHECK: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr, ACCURATE: tl.constexpr,
+    HAS_GRAD: tl.constexpr, CHECK: tl.constexpr, CHECK_W: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+    ACCURATE: tl.constexpr,
 ):  # fmt: skip
     """One program: one row, columns [tile * span, (tile + 1) * span) in blocks of BLOCK.
 
     Writes the tile's weighted loss sum (``out``: the row's sum, or with SPLIT a (hi, lo) pair per tile for
     :func:`_combine_tiles_kernel`) and, with HAS_GRAD, ``w * mask * dl/dx * scale * row_scale[row]`` into ``g``.
-    ``out``'s dtype is the compute dtype (float32, or float64 for float64 inputs). With CHECK, ``ok`` gets one byte
-    per program: 1 when every target value of the tile lies in [0, 1], else 0 (NaN included).
+    ``out``'s dtype is the compute dtype (float32, or float64 for float64 inputs). With CHECK (the target) or
+    CHECK_W (weight and pos_weight), ``ok`` gets one byte per program: 1 when every target value of the tile lies in
+    [0, 1], every weight in [0, inf) and every pos_weight in (0, inf), else 0 (NaN included).
     """
     compute = out_ptr.dtype.element_ty
     row = tl.program_id(0).to(tl.int64)
@@ -207,10 +209,14 @@ def _rows_kernel(
         pos_weight = 1.0
         if HAS_PW:
             pos_weight = tl.load(pw_ptr + row * pw_stride + cols, mask=valid, other=1.0).to(compute)
+            if CHECK_W:
+                ok = tl.where((pos_weight > 0.0) & (pos_weight < float("inf")) | ~valid, ok, 0)
         loss, grad = _element(x, y, pos_weight, gamma_pos, gamma_neg, clip, HAS_PW, FOCUS, CLIP, ACCURATE)
         weight = valid.to(compute)
         if HAS_W:
             weight = tl.load(w_ptr + row * w_stride + cols, mask=valid, other=0.0).to(compute)
+            if CHECK_W:
+                ok = tl.where((weight >= 0.0) & (weight < float("inf")) | ~valid, ok, 0)
         if HAS_MASK:
             weight = tl.where(tl.load(m_ptr + row * m_stride + cols, mask=valid, other=0) != 0, weight, 0.0)
         term = tl.where(weight == 0.0, 0.0, weight * loss)  # a zero weight removes the element, even an infinite one
@@ -222,7 +228,7 @@ def _rows_kernel(
         if HAS_GRAD:
             tl.store(g_row + cols, (weight * scale * grad).to(g_ptr.dtype.element_ty), mask=valid)
     hi_sum, lo_sum = tl.reduce((acc, comp), 0, _add_pairs)
-    if CHECK:
+    if CHECK or CHECK_W:
         tl.store(ok_ptr + row * num_tiles + tile, tl.min(ok, axis=0).to(tl.uint8))
     if SPLIT:
         tl.store(out_ptr + (row * num_tiles + tile) * 2, hi_sum)

@@ -4,7 +4,7 @@ Launcher API (the torch backend calls these; nothing here validates user input b
 
     fused_rows(x, y, *, weight=None, pos_weight=None, mask=None, label_smoothing=0.0, gamma_pos=0.0,
                gamma_neg=0.0, clip=0.0, scale, row_scale=None, need_grad, sparse=None, sparse_origin=(0, 0),
-               check_target=False, grad_out=None, block=None, span=None) -> (row_sums, grad)
+               check_target=False, check_weights=False, grad_out=None, block=None, span=None) -> (row_sums, grad)
 
     x            (N, C) logits, contiguous; float16, bfloat16, float32 or float64.
     y            (N, C) dense target: x's dtype (any float dtype is read as it is), uint8 or bool; its rows may be
@@ -29,6 +29,9 @@ Launcher API (the torch backend calls these; nothing here validates user input b
                  to the CUDA context, like torch's own device assertions; on CPU tensors (the interpreter) it
                  raises ``RuntimeError(TARGET_MESSAGE)``. (Not ``tl.device_assert``: Triton compiles it only in
                  debug mode, for the whole kernel, and inductor compiles user kernels without that mode.)
+    check_weights
+                 the same for the weights, as the kernel reads them: weight in [0, inf), pos_weight in (0, inf)
+                 (``WEIGHTS_MESSAGE``); saves the separate checks' kernels (five launches per weight).
     grad_out     None, or an (N, C) contiguous tensor of x's dtype to write the gradient into; it may be x itself
                  (each element is read before it is written), which is how the linear head keeps one chunk.
     block, span  tiling overrides (tests).
@@ -46,8 +49,9 @@ tiles of one row by ``span`` columns, each program walking its tile in blocks of
 several tiles (wide rows and few of them, where one program per row would leave most of the GPU idle) has its tile
 sums added by a second, tiny kernel in a fixed order. The tiling depends only on the shape and the device's
 multiprocessor count, so results are bitwise reproducible on a given GPU. Nothing in a launcher looks at a
-tensor's values: no host synchronisation, and a launcher can run inside ``torch.library.triton_op`` (the kernels
-are launched through ``torch.library.wrap_triton``) and under CUDA-graph capture. Tested on the CPU with
+tensor's values: no host synchronisation, and a launcher can run inside ``torch.library.triton_op`` (while anything
+traces, the kernels are launched through ``torch.library.wrap_triton``; on real tensors in eager mode directly) and
+under CUDA-graph capture. Tested on the CPU with
 ``TRITON_INTERPRET=1`` (which has neither bfloat16 nor libdevice: NumPy's functions stand in for libdevice's).
 """
 
@@ -68,6 +72,9 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 #: The target check's message (CPU tensors under the interpreter raise RuntimeError with it).
 TARGET_MESSAGE = "softmargin: a target value lies outside [0, 1] or is NaN (check_target)"
+WEIGHTS_MESSAGE = (
+    "softmargin: a weight is negative, infinite or NaN, or a pos_weight is not positive and finite (check_weights)"
+)
 
 _TARGET_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.bool)
 
@@ -97,6 +104,26 @@ def _split(value: float) -> tuple[float, float]:
     return hi, float(np.float32(value - hi))
 
 
+def _eager(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a real tensor and nothing traces (no FakeTensor or FunctionalTensor, no dispatch mode such as
+    make_fx's, no dynamo)."""
+    return type(x) is torch.Tensor and not torch._C._len_torch_dispatch_stack() and not torch.compiler.is_compiling()
+
+
+def _launcher(kernel: Any, x: torch.Tensor) -> Any:
+    """The kernel itself for real tensors in eager mode; ``wrap_triton(kernel)`` while anything traces, so that the
+    launch is recorded as ``triton_kernel_wrapper_*`` and inductor sees the kernel. wrap_triton's operator costs
+    about a millisecond of host time per launch in eager mode (measured on the H200 machine), many times the kernel's
+    own time."""
+    return kernel if _eager(x) else torch.library.wrap_triton(kernel)
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8: the same bytes (a view) in eager mode; a conversion while tracing, because inductor
+    cannot lower a bool -> uint8 view (``torch.bool is not supported by torch.iinfo``; it fuses the conversion)."""
+    return t.view(torch.uint8) if _eager(t) else t.to(torch.uint8)
+
+
 def _rows_operand(
     name: str, t: torch.Tensor | None, num_rows: int, num_classes: int
 ) -> tuple[torch.Tensor | None, int]:
@@ -109,7 +136,7 @@ def _rows_operand(
         raise ValueError(f"{name}.shape == {tuple(t.shape)}, expected ({num_classes},), (1, {num_classes}) or "
                          f"({num_rows}, {num_classes})")  # fmt: skip
     if t.dtype == torch.bool:
-        t = t.view(torch.uint8)  # the same bytes: no copy
+        t = _as_bytes(t)
     if t.stride(1) != 1 and t.shape[1] > 1:
         t = t.contiguous()
     return t, (t.stride(0) if t.shape[0] > 1 else 0)
@@ -132,6 +159,7 @@ def fused_rows(
     sparse: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
     sparse_origin: tuple[int, int] = (0, 0),
     check_target: bool = False,
+    check_weights: bool = False,
     grad_out: torch.Tensor | None = None,
     block: int | None = None,
     span: int | None = None,
@@ -167,7 +195,7 @@ def fused_rows(
         if y.dtype not in _TARGET_DTYPES:
             raise TypeError(f"y.dtype == {y.dtype}, expected a float dtype, uint8 or bool")
         if y.dtype == torch.bool:
-            y = y.view(torch.uint8)  # the same bytes: no copy
+            y = _as_bytes(y)
         if y.stride(1) != 1 and num_classes > 1:
             y = y.contiguous()
     w, w_stride = _rows_operand("weight", weight, num_rows, num_classes)
@@ -206,8 +234,10 @@ def fused_rows(
     focus = bool(gamma_pos or gamma_neg or clip)
     any_tensor = x  # stands in for every absent operand (the kernel never reads it: its flag is off)
     indptr_t, indices_t, values_t = sparse if sparse is not None else (any_tensor, any_tensor, None)
-    ok = torch.empty(num_rows * num_tiles, dtype=torch.uint8, device=x.device) if check_target else out
-    torch.library.wrap_triton(_rows_kernel)[(num_rows, num_tiles)](
+    check_weights = check_weights and (w is not None or pw is not None)
+    checked = check_target or check_weights
+    ok = torch.empty(num_rows * num_tiles, dtype=torch.uint8, device=x.device) if checked else out
+    _launcher(_rows_kernel, x)[(num_rows, num_tiles)](
         x, y if y is not None else any_tensor, w if w is not None else any_tensor,
         pw if pw is not None else any_tensor, m if m is not None else any_tensor,
         row_scale if row_scale is not None else any_tensor, indptr_t, indices_t,
@@ -217,17 +247,22 @@ def fused_rows(
         *_split(scale), *_split(label_smoothing), *_split(gamma_pos), *_split(gamma_neg), *_split(clip),
         HAS_W=w is not None, HAS_PW=pw is not None, HAS_MASK=m is not None, HAS_ROW_SCALE=row_scale is not None,
         SMOOTH=bool(label_smoothing), FOCUS=focus, CLIP=bool(clip), SPARSE=sparse is not None,
-        HAS_VALUES=values_t is not None, HAS_GRAD=grad is not None, CHECK=check_target, SPLIT=num_tiles > 1,
+        HAS_VALUES=values_t is not None, HAS_GRAD=grad is not None, CHECK=check_target, CHECK_W=check_weights, SPLIT=num_tiles > 1,
         BLOCK=block, ACCURATE=not INTERPRETED, num_warps=4,
     )  # fmt: skip
     if num_tiles > 1:
-        torch.library.wrap_triton(_combine_tiles_kernel)[(num_rows,)](
+        _launcher(_combine_tiles_kernel, x)[(num_rows,)](
             out, row_sums, num_tiles, BLOCK=triton.next_power_of_2(num_tiles)
         )
-    if check_target:
+    if checked:
         # a device-side assertion: on a GPU it fails asynchronously (and ends the CUDA context), never syncs
-        torch._assert_async(ok.all(), TARGET_MESSAGE)
+        message = TARGET_MESSAGE if not check_weights else WEIGHTS_MESSAGE if not check_target else (
+            f"{TARGET_MESSAGE}; or {WEIGHTS_MESSAGE.removeprefix('softmargin: ')}"
+        )  # fmt: skip
+        torch._assert_async(ok.all(), message)
     return row_sums, grad
+
+
 
 
 def linear_logits_chunk(

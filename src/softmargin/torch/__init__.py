@@ -18,7 +18,7 @@ from .. import _validation as V
 from .._options import PLAIN, LossOptions, resolve
 from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, chunk_shape
-from ._ops import Problem, compute, ensure_dtensor_sharding
+from ._ops import Problem, compute, ensure_dtensor_sharding, ensure_triton_op
 
 __all__ = [
     "LinearMultiLabelSoftMarginLoss",
@@ -27,6 +27,20 @@ __all__ = [
     "linear_multilabel_soft_margin_loss",
     "multilabel_soft_margin_loss",
 ]
+
+
+if torch.cuda.is_available():  # CUDA tensors compile through the Triton operator (inductor sees the kernel)
+    try:
+        ensure_triton_op()
+    except Exception as error:  # a Triton that torch cannot trace: the opaque operator still serves every call
+        import warnings
+
+        warnings.warn(
+            f"softmargin: the Triton operator could not be registered ({type(error).__name__}: {error}); "
+            "torch.compile calls the opaque operator instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _kind(dtype: torch.dtype) -> str:

@@ -291,7 +291,8 @@ def _triton(
     check: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """The Triton kernel: every option, dense or sparse (CSR on the device) targets, one launch; the row bookkeeping
-    in tensors (nothing read back). ``check``: the target's range as a device-side assertion."""
+    in tensors (nothing read back). ``check``: the target's range and the weights' as a device-side assertion (on
+    CPU tensors, under the interpreter, the caller checks them with the messages naming the first bad value)."""
     num_rows, num_classes = math.prod(x.shape[:-1]), x.shape[-1]
     sparse = y if isinstance(y, SparseTargets) else None
     cdtype = compute_dtype(x.dtype)
@@ -308,7 +309,7 @@ def _triton(
         label_smoothing=options.label_smoothing, gamma_pos=options.gamma_pos, gamma_neg=options.gamma_neg,
         clip=options.clip, scale=scale, row_scale=row_scale, need_grad=need_grad,
         sparse=None if sparse is None else (sparse.indptr, sparse.indices, sparse.values),
-        check_target=check and sparse is None and not x.is_cpu,
+        check_target=check and sparse is None and not x.is_cpu, check_weights=check and not x.is_cpu,
     )  # fmt: skip
     if count is None:
         per_sample = row_sums / num_classes
@@ -363,7 +364,7 @@ def loss_rows(
         y = sparse = dataclasses.replace(sparse, values=sparse.values.to(x.dtype))
     plain = pos_weight is None and mask is None and options == PLAIN
     backend = choose_backend(x)
-    if check:
+    if check and not (backend == "triton" and not x.is_cpu):  # the Triton kernel checks weights as it reads them
         for name, value, positive in (("weight", weight, False), ("pos_weight", pos_weight, True)):
             if value is not None:
                 check_weight_values(name, value, positive)

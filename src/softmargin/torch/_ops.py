@@ -256,7 +256,8 @@ def _vmap(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[tuple
         return t.reshape(size, *([1] * (x.dim() - t.dim())), *t.shape[1:])
 
     weight, pos_weight, mask = lifted(weight, w_dim), lifted(pos_weight, pw_dim), lifted(mask, mask_dim)
-    per_sample, grad, _ = loss_rows(
+    op = loss_rows_triton if loss_rows_triton is not None and x.device.type == "cuda" else loss_rows
+    per_sample, grad, _ = op(
         x, y, weight, pos_weight, mask, None, None, None, eps, gamma_pos, gamma_neg, clip, need_grad, check
     )
     if mask is None:
@@ -268,6 +269,59 @@ def _vmap(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[tuple
 
 torch.library.register_vmap("softmargin::loss_rows", _vmap)
 torch.library.register_autocast("softmargin::loss_rows", "cuda", torch.float32)
+
+
+# ---- the same operator as a triton_op, for CUDA tensors under torch.compile ------------------------------------------
+
+#: ``torch.ops.softmargin.loss_rows_triton`` once registered (:func:`ensure_triton_op`), else None.
+loss_rows_triton: Any = None
+
+
+def ensure_triton_op() -> Any:
+    """Register ``softmargin::loss_rows_triton`` (once) and return it; None where Triton is not installed.
+
+    It is :func:`loss_rows` again (same schema, implementation, autograd, vmap and autocast rules) registered with
+    ``torch.library.triton_op``: its implementation launches the Triton kernel through ``wrap_triton``, so under
+    ``torch.compile`` AOTAutograd traces into it and inductor sees the kernel itself (it schedules it with the
+    surrounding graph and may fuse around it) instead of an opaque call. ``torch.export`` keeps it as one operator.
+    :func:`compute` calls it for CUDA tensors while compiling. Registered when ``softmargin.torch`` is imported on a
+    machine with a CUDA device (registration imports Triton: not done on CPU-only machines, where it would only cost
+    time), or by calling this function (the tests do, to run it through Triton's interpreter on the CPU).
+    """
+    global loss_rows_triton
+    if loss_rows_triton is not None:
+        return loss_rows_triton
+    if B.triton_module() is None:
+        return None
+
+    def impl(
+        input: Tensor,
+        target: Tensor | None,
+        weight: Tensor | None,
+        pos_weight: Tensor | None,
+        mask: Tensor | None,
+        indptr: Tensor | None,
+        indices: Tensor | None,
+        values: Tensor | None,
+        label_smoothing: float,
+        gamma_pos: float,
+        gamma_neg: float,
+        clip: float,
+        need_grad: bool,
+        check: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        per_sample, grad, counted = _compute_rows(
+            input, target, weight, pos_weight, mask, indptr, indices, values,
+            LossOptions(label_smoothing, gamma_pos, gamma_neg, clip), need_grad, check,
+        )  # fmt: skip
+        return per_sample, grad, counted
+
+    op = torch.library.triton_op("softmargin::loss_rows_triton", impl, mutates_args=())
+    op.register_autograd(_backward, setup_context=_setup_context)
+    torch.library.register_vmap("softmargin::loss_rows_triton", _vmap)
+    torch.library.register_autocast("softmargin::loss_rows_triton", "cuda", torch.float32)
+    loss_rows_triton = op
+    return op
 
 
 # ---- the eager path ------------------------------------------------------------------------------------------------
@@ -459,7 +513,8 @@ def compute(problem: Problem) -> Tensor:
     if torch.compiler.is_compiling():
         need_grad = x.requires_grad
         o = problem.options
-        per_sample, _, counted = loss_rows(
+        op = loss_rows_triton if loss_rows_triton is not None and x.device.type == "cuda" else loss_rows
+        per_sample, _, counted = op(
             *operands, o.label_smoothing, o.gamma_pos, o.gamma_neg, o.clip, need_grad, problem.check
         )
     elif _ordinary(operands) and torch.autograd.forward_ad._current_level < 0:
