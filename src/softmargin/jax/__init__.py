@@ -220,7 +220,7 @@ def multilabel_soft_margin_loss(
     config = _ops.Config(reduction, resolved, resolved_impl, report_target)
     result: jax.Array = _ops.loss(config, x, y, w, pw, m)
     if report_target:
-        result, flag = result  # type: ignore[misc]
+        result, flag = result
         _check_reported_target(flag, y)
     return result
 

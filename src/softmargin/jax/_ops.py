@@ -329,7 +329,7 @@ def _fwd(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, 
     values = tuple(_value(a) for a in (x, y, w, pw, m))
     if isinstance(values[1], SparseRows) and _perturbed(y):
         raise ValueError("target is sparse: a sparse target is not differentiable; pass the positives as constants")
-    loss, grad, flag = _forward(config, *values, need_grad=_perturbed(x))
+    loss, grad, flag = _forward(config, values[0], values[1], values[2], values[3], values[4], need_grad=_perturbed(x))
     others = (_perturbed(y), _perturbed(w), _perturbed(pw))
     kept = values if any(others) else None
     return _primal_out(config, loss, flag), (grad, kept, others)
