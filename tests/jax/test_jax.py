@@ -175,3 +175,15 @@ def test_callback_writes_the_gradient_into_xlas_result_buffer(dtype, reduction, 
     x_rounded = np.asarray(xj.astype(jnp.float64))
     assert_close(loss, reference_loss(x_rounded, y, None, reduction).sum(), RTOL[dtype], "loss")
     assert_close(grad, reference_grad(x_rounded, y, None, "sum" if reduction == "none" else reduction), RTOL[dtype], "grad")
+
+
+def test_auto_takes_the_callback_for_large_cpu_calls_only():
+    from softmargin.jax import _ops
+
+    large = jnp.zeros((4, _ops.CALLBACK_MIN_ELEMENTS // 4), jnp.float32)
+    small = jnp.zeros((4, _ops.CALLBACK_MIN_ELEMENTS // 4 - 1), jnp.float32)
+    fused = jax.default_backend() == "cpu" and _ops.numpy_backend_is_fused()
+    assert _ops.resolve_impl("auto", large) == ("callback" if fused else "xla")
+    assert _ops.resolve_impl("auto", small) == "xla"
+    assert _ops.resolve_impl("auto", large.astype(jnp.bfloat16)) == "xla"
+    assert _ops.resolve_impl("callback", small) == "callback" and _ops.resolve_impl("xla", large) == "xla"

@@ -36,6 +36,10 @@ from .._options import LossOptions
 
 IMPLS = ("auto", "xla", "callback")
 
+#: Below this many logits ``"auto"`` takes XLA on the CPU too: a host callback's fixed cost (about 0.1 ms) is more
+#: than XLA's whole step there (bench-jax.csv: 32 x 10 and 64 x 80 faster with XLA; 256 x 1000 with the callback).
+CALLBACK_MIN_ELEMENTS = 1 << 15
+
 
 class SparseRows(NamedTuple):
     """The positives of an (N, C) target as coordinates: ``rows`` and ``cols`` (nnz,) int32, ``values`` (nnz,) or
@@ -86,10 +90,13 @@ def _varying(x: Any) -> bool:
 
 def resolve_impl(impl: str, x: Any) -> str:
     """``"auto"``: the callback on the CPU for the dtypes the NumPy backend's fused kernel takes (float16, float32,
-    float64), where that kernel is there; XLA otherwise (on accelerators it is the one that stays on the device;
-    bfloat16 would cost the callback two conversions). ``softmargin bench --backend jax`` times both."""
+    float64), where that kernel is there, from :data:`CALLBACK_MIN_ELEMENTS` logits; XLA otherwise (on accelerators
+    it is the one that stays on the device; bfloat16 would cost the callback two conversions; small calls are
+    faster without a trip to the host). ``softmargin bench --backend jax`` times both."""
     if impl != "auto":
         return impl
+    if math.prod(x.shape) < CALLBACK_MIN_ELEMENTS:
+        return "xla"
     if _varying(x):  # inside shard_map: a host callback's results carry no per-device axes, so its VJP cannot
         return "xla"  # match the input's type; XLA's own operations keep them
     fused_cpu = jax.default_backend() == "cpu" and np.dtype(x.dtype).name in ("float16", "float32", "float64")
