@@ -374,7 +374,7 @@ def test_help_shows_defaults_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: 200)", "(default: 0.2)", "(default: auto)", "(default: fixed)", "(default: runs)", "(default: 0.001)"):
+    for default in ("(default: 200)", "(default: 0.2)", "(default: auto)", "(default: 0.05)", "(default: runs)", "(default: 0.001)"):
         assert default in text, default
     done = subprocess.run([sys.executable, "-m", "softmargin", "--version"], capture_output=True, text=True, timeout=120)
     import softmargin

@@ -115,3 +115,24 @@ def test_triton_operator_is_the_operator(name, monkeypatch):
         grads = [torch.autograd.grad(out[0].sum(), args[0])[0] for out in (op(*args), torch.ops.softmargin.loss_rows(*args))]
         assert torch.equal(grads[0], grads[1])
     torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration"))
+
+
+def test_triton_operator_vmap_rule(monkeypatch):
+    """The Triton operator's vmap rule (the batch folded into the rows), through the interpreter on CPU tensors."""
+    pytest.importorskip("triton")
+    from helpers import use_backend
+
+    from softmargin.torch import _ops
+
+    use_backend("triton", monkeypatch)
+    op = _ops.ensure_triton_op()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 6, generator=gen, dtype=torch.float64)
+    y = (torch.rand(3, 4, 6, generator=gen) < 0.4).double()
+
+    def per_sample(xb, yb):
+        return op(xb, yb, None, None, None, None, None, None, 0.0, 0.0, 0.0, 0.0, True, False)[0]
+
+    batched = torch.func.vmap(per_sample)(x, y)
+    looped = torch.stack([per_sample(x[i], y[i]) for i in range(3)])
+    assert torch.equal(batched, looped)

@@ -172,22 +172,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=0.2, help="without --test: the seeded share of --data held out for testing (0: test on the training data)")
     train.add_argument("--cv", type=int, default=None, metavar="K", help="K-fold cross-validation instead: mean ± std of each metric")
     model = train.add_argument_group("model")
-    model.add_argument("--model", choices=["linear", "mlp"], default="mlp", help="linear = per-label logistic regression (binary relevance)")
+    model.add_argument("--model", choices=["auto", "linear", "mlp"], default="auto",
+                       help="linear = per-label logistic regression (binary relevance); auto: linear for sparse "
+                       "non-negative (bag-of-words) features, mlp otherwise")  # fmt: skip
     model.add_argument("--hidden", type=_hidden, default=None, help="MLP hidden sizes, e.g. 512 or 512,256 (MLP only; None means 512)")
     model.add_argument("--dropout", type=float, default=0.5, help="dropout after each hidden layer")
     model.add_argument("--ensemble", type=int, default=5, help="networks from consecutive seeds, probabilities averaged")
     model.add_argument("--head", choices=["auto", "fused", "plain"], default="auto",
                        help="fused: the last layer and the loss as one fused head, no (batch, labels) logits; auto: from 512 labels")  # fmt: skip
     opt = train.add_argument_group("optimisation")
-    opt.add_argument("--optimizer", choices=["adamw", "lbfgs"], default="adamw", help="lbfgs: full batch, to convergence")
+    opt.add_argument("--optimizer", choices=["auto", "adamw", "lbfgs", "newton"], default="auto",
+                     help="lbfgs: full batch, to convergence; newton: the linear model solved by truncated Newton, "
+                     "cross-fitted over --folds (held-out predictions for every row); auto: newton for the linear model, else adamw")  # fmt: skip
+    opt.add_argument("--folds", type=int, default=3, help="newton: cross-fitting folds (held-out predictions for --thresholds tuned)")
     opt.add_argument("--epochs", type=int, default=200, help="at most this many passes over the training data")
     opt.add_argument("--batch-size", type=int, default=64, help="samples per mini-batch (the global batch under torchrun)")
     opt.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     opt.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's decoupled weight decay")
-    opt.add_argument("--C", type=float, default=None, help="L2 penalty as LogisticRegression(C=...); None: no penalty")
+    opt.add_argument("--C", type=float, default=None,
+                     help="L2 penalty as LogisticRegression(C=...); None: no penalty, except newton: chosen by cross-validation on small data, else 10")  # fmt: skip
     opt.add_argument("--valid-fraction", type=float, default=0.15, help="validation split for early stopping (0: none)")
     opt.add_argument("--patience", type=int, default=20, help="epochs without a better validation loss before stopping")
-    opt.add_argument("--standardize", choices=["auto", "yes", "no"], default="auto", help="auto: dense features only")
+    opt.add_argument("--standardize", choices=["auto", "yes", "no", "tfidf"], default="auto",
+                     help="tfidf: idf weights, rows to unit L2 norm; auto: tfidf for newton on bag-of-words, else standardise dense features only")  # fmt: skip
     opt.add_argument("--seed", type=int, default=0, help="seed of the splits, the initialisation and the batches")
     opt.add_argument("--threads", type=int, default=None, help="torch threads; None: torch's default")
     opt.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
@@ -200,9 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--gamma-neg", type=float, default=0.0, help="asymmetric focusing of the negatives")
     loss.add_argument("--clip", type=float, default=0.0, help="probability margin shifted off the negatives")
     decide = train.add_argument_group("decisions")
-    decide.add_argument("--thresholds", choices=_STRATEGIES, default="fixed",
-                        help="fixed: --threshold; tuned: per label, max F1 on held-out data; top-k: each sample's --k best labels; "
-                        "rcut: each sample's t best, t the training label cardinality (MULAN's RCut)")  # fmt: skip
+    decide.add_argument("--thresholds", choices=["auto", *_STRATEGIES], default="auto",
+                        help="fixed: --threshold; tuned: per label, cut for micro+macro F1 on held-out predictions (SCutfbr fallback "
+                        "below --fbr, never under --min-threshold); top-k: each sample's --k best labels; rcut: each sample's t best, "
+                        "t the training label cardinality (MULAN's RCut); auto: tuned for newton on tf-idf features, else fixed")  # fmt: skip
+    decide.add_argument("--fbr", type=float, default=0.1, help="tuned: a label whose held-out F1 is below this is predicted only above every held-out score")
+    decide.add_argument("--min-threshold", type=float, default=0.05, help="tuned: the lowest per-label threshold")
     decide.add_argument("--threshold", type=float, default=0.5, help="the probability threshold of --thresholds fixed")
     decide.add_argument("--k", type=int, default=1, help="labels per sample for --thresholds top-k")
     decide.add_argument("--at-least-one", choices=["auto", "yes", "no"], default="auto",

@@ -56,14 +56,16 @@ def per_label_table(per_label: list[dict[str, Any]], names: list[str], limit: in
 def _config(args: argparse.Namespace) -> T.TrainConfig:
     if args.model == "linear" and args.hidden is not None:
         raise ValueError("--hidden sets the MLP's layers: it has no meaning with --model linear; drop one of them")
+    model = "mlp" if args.model == "auto" and args.hidden is not None else args.model  # --hidden means the MLP
     return T.TrainConfig(
-        model=args.model, hidden=tuple(args.hidden or (512,)), dropout=args.dropout, epochs=args.epochs,
+        model=model, hidden=tuple(args.hidden or (512,)), dropout=args.dropout, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, C=args.C,
         valid_fraction=args.valid_fraction, patience=args.patience, standardize=args.standardize,
         class_weight=args.class_weight, pos_weight=args.pos_weight, pos_weight_max=args.pos_weight_max,
         label_smoothing=args.label_smoothing, gamma_pos=args.gamma_pos, gamma_neg=args.gamma_neg, clip=args.clip,
         thresholds=args.thresholds, threshold=args.threshold, k=args.k, at_least_one=args.at_least_one,
         ensemble=args.ensemble, head=args.head, seed=args.seed, threads=args.threads, device=args.device,
+        folds=args.folds, fbr=args.fbr, min_threshold=args.min_threshold,
     ).check()  # fmt: skip
 
 
@@ -125,7 +127,7 @@ def train_command(args: argparse.Namespace) -> int:
         metrics, per_label = T.evaluate(model, evaluated, config.device)
         if folder is None:
             return 0
-        T.write_json(folder.path / "config.json", T.config_dict(config, **extra))
+        T.write_json(folder.path / "config.json", T.config_dict(model.config, **extra))  # "auto" settings decided
         T.save_model(model, folder.path)
         T.write_report(folder.path, metrics, per_label, model.label_names, T.train_frequency(model))
         T.write_csv(folder.path / "history.csv", ["member", "epoch", "train_loss", "valid_loss"],

@@ -42,11 +42,26 @@ from .. import metrics as M
 from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
 from ..weights import METHODS, Method, class_weights, pos_weight
 from .data import Dataset
+from .decisions import cv_thresholds
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
 #: How probabilities become 0/1 decisions: a fixed threshold, per-label thresholds tuned for F1 on held-out data,
 #: each sample's k best labels, or MULAN's RCut (each sample's t best, t the training data's label cardinality).
 STRATEGIES = ("fixed", "tuned", "top-k", "rcut")
+MODELS = ("auto", "linear", "mlp")
+OPTIMIZERS = ("auto", "adamw", "lbfgs", "newton")
+#: ``C=None`` for the Newton path: each candidate is scored by the cross-fitting's held-out predictions (P@1 +
+#: micro-F1 + macro-F1 after the tuned thresholds) when the data is small (feature nonzeros x labels up to
+#: AUTO_C_BUDGET); above, AUTO_C_LARGE up to AUTO_C_HUGE and AUTO_C_HUGE_VALUE beyond (a larger C takes more Newton
+#: steps: a time bound, measured on bibtex and delicious, not a quality optimum).
+AUTO_C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+AUTO_C_BUDGET = 2e7
+AUTO_C_LARGE = 10.0
+AUTO_C_HUGE = 1e8
+AUTO_C_HUGE_VALUE = 1.0
+#: The Newton solver holds a few float64 (samples x labels) arrays: above this many cells, auto keeps the MLP (whose
+#: fused head never makes one) and an explicit optimizer='newton' is refused.
+NEWTON_MAX_CELLS = 20_000_000
 
 
 class TrainingError(ValueError):
@@ -79,18 +94,20 @@ FUSED_HEAD_FROM = 512
 class TrainConfig:
     """Every setting of a training run (saved as config.json)."""
 
-    model: str = "mlp"  # "linear" or "mlp"
+    model: str = "auto"  # "linear", "mlp"; auto: linear for sparse non-negative (bag-of-words) features, else mlp
     hidden: tuple[int, ...] = (512,)
     dropout: float = 0.5
     epochs: int = 200
     batch_size: int = 64
-    optimizer: str = "adamw"  # "adamw" (mini-batches) or "lbfgs" (full batch, to convergence)
+    optimizer: str = "auto"  # "adamw" (mini-batches), "lbfgs" (full batch), "newton" (linear model: truncated Newton,
+    #                          cross-fitted); auto: newton for the linear model, adamw for the MLP
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    C: float | None = None  # L2 penalty as scikit-learn's LogisticRegression(C=...): sum ||W||^2 / (2 C N L)
+    C: float | None = None  # L2 penalty as scikit-learn's LogisticRegression(C=...): sum ||W||^2 / (2 C N L); newton:
+    #                         None chooses it (AUTO_C_GRID by cross-validation on small data, else AUTO_C_LARGE)
     valid_fraction: float = 0.15
     patience: int = 20
-    standardize: str = "auto"  # "auto" (dense features only), "yes", "no"
+    standardize: str = "auto"  # "auto" (newton on bag-of-words: tfidf; else dense features only), "yes", "no", "tfidf"
     class_weight: str = "none"
     pos_weight: bool = False
     pos_weight_max: float | None = 10.0
@@ -98,7 +115,11 @@ class TrainConfig:
     gamma_pos: float = 0.0
     gamma_neg: float = 0.0
     clip: float = 0.0
-    thresholds: str = "fixed"  # "fixed" (threshold), "tuned" (per label, on held-out data), "top-k" (k), "rcut"
+    thresholds: str = "auto"  # "fixed" (threshold), "tuned" (per label, on held-out data), "top-k" (k), "rcut";
+    #                           auto: tuned for newton on tf-idf features (the bag-of-words default), else fixed
+    folds: int = 3  # newton: folds of the cross-fitting that gives every training row a held-out prediction
+    fbr: float = 0.1  # tuned: a label whose held-out F1 is below this is predicted only above every held-out score
+    min_threshold: float = 0.05  # tuned: no per-label threshold below this
     threshold: float = 0.5  # the fixed threshold on the probabilities
     k: int = 1  # labels per sample for thresholds="top-k"
     at_least_one: str = "auto"  # predict each sample's top label when none passes its threshold: auto = if every
@@ -110,14 +131,20 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
 
     def check(self) -> TrainConfig:
-        if self.model not in ("linear", "mlp"):
-            raise ValueError(f"model={self.model!r}: expected 'linear' or 'mlp'")
+        if self.model not in MODELS:
+            raise ValueError(f"model={self.model!r}: expected one of {', '.join(MODELS)}")
         if self.class_weight not in CLASS_WEIGHTS:
             raise ValueError(f"class_weight={self.class_weight!r}: expected one of {', '.join(CLASS_WEIGHTS)}")
-        if self.standardize not in ("auto", "yes", "no"):
-            raise ValueError(f"standardize={self.standardize!r}: expected 'auto', 'yes' or 'no'")
-        if self.thresholds not in STRATEGIES:
-            raise ValueError(f"thresholds={self.thresholds!r}: expected one of {', '.join(STRATEGIES)}")
+        if self.standardize not in ("auto", "yes", "no", "tfidf"):
+            raise ValueError(f"standardize={self.standardize!r}: expected 'auto', 'yes', 'no' or 'tfidf'")
+        if self.thresholds not in ("auto", *STRATEGIES):
+            raise ValueError(f"thresholds={self.thresholds!r}: expected one of auto, {', '.join(STRATEGIES)}")
+        if not (isinstance(self.folds, (int, np.integer)) and self.folds >= 2):
+            raise ValueError(f"folds={self.folds!r}: expected at least 2 folds")
+        if not 0 <= self.fbr < 1:
+            raise ValueError(f"fbr={self.fbr!r}: expected an F1 floor in [0, 1)")
+        if not 0 < self.min_threshold < 1:
+            raise ValueError(f"min_threshold={self.min_threshold!r}: expected a probability strictly between 0 and 1")
         check_decision(self.threshold, self.k)
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"valid_fraction={self.valid_fraction!r}: expected a fraction in [0, 1)")
@@ -135,24 +162,48 @@ class TrainConfig:
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr={self.lr!r}: expected a positive learning rate")
         resolve_device(self.device)
-        if self.optimizer not in ("adamw", "lbfgs"):
-            raise ValueError(f"optimizer={self.optimizer!r}: expected 'adamw' or 'lbfgs'")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "newton" and self.model == "mlp":
+            raise ValueError("optimizer='newton' solves the linear model: use --model linear (or auto), or adamw / lbfgs")
         if self.C is not None and not self.C > 0:
             raise ValueError(f"C={self.C!r}: expected a positive inverse regularisation strength, or None")
-        if self.thresholds == "tuned" and self.valid_fraction == 0:
+        if self.thresholds == "tuned" and self.valid_fraction == 0 and self.optimizer in ("adamw", "lbfgs"):
             raise ValueError("thresholds='tuned' needs a validation split: valid_fraction > 0")
         return self
 
+    def resolve(self, train: Dataset) -> TrainConfig:
+        """A copy with every ``auto`` setting that depends on the data decided (see each field's comment)."""
+        bag = train.sparse and bool(train.X.nnz == 0 or train.X.data.min() >= 0)
+        # the Newton solver does plain logistic regression (with pos_weight): other loss options keep the MLP
+        newton_loss = self.class_weight == "none" and not (self.label_smoothing or self.gamma_pos or self.gamma_neg or self.clip)
+        fits = len(train) * train.Y.shape[1] <= NEWTON_MAX_CELLS
+        model = self.model if self.model != "auto" else ("linear" if bag and newton_loss and fits else "mlp")
+        optimizer = self.optimizer
+        if optimizer == "auto":  # Newton runs on one process: under torchrun the linear model keeps AdamW (DDP)
+            single = "WORLD_SIZE" not in os.environ
+            optimizer = "newton" if model == "linear" and newton_loss and single and fits else "adamw"
+        standardize = self.standardize
+        if standardize == "auto" and optimizer == "newton" and bag:
+            standardize = "tfidf"
+        thresholds = self.thresholds
+        if thresholds == "auto":  # tuned where the held-out predictions come free: Newton's cross-fitting
+            thresholds = "tuned" if optimizer == "newton" and standardize == "tfidf" else "fixed"
+        return dataclasses.replace(self, model=model, optimizer=optimizer, standardize=standardize, thresholds=thresholds).check()
+
 
 class MultiLabelNet(nn.Module):
-    """Feature scaling, then a linear layer (binary relevance) or an MLP, giving one logit per label."""
+    """Feature scaling (``(x - shift) * scale``, then with ``normalize`` each row to unit L2 norm: tf-idf), then a
+    linear layer (binary relevance) or an MLP, giving one logit per label."""
 
     shift: torch.Tensor  # buffers (registered in __init__), declared for type checkers
     scale: torch.Tensor
     layers: nn.Sequential
 
-    def __init__(self, in_features: int, num_labels: int, hidden: Sequence[int] = (), dropout: float = 0.0) -> None:
+    def __init__(self, in_features: int, num_labels: int, hidden: Sequence[int] = (), dropout: float = 0.0,
+                 normalize: bool = False) -> None:  # fmt: skip
         super().__init__()
+        self.normalize = normalize
         self.register_buffer("shift", torch.zeros(in_features))
         self.register_buffer("scale", torch.ones(in_features))
         layers: list[nn.Module] = []
@@ -164,7 +215,14 @@ class MultiLabelNet(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers((x - self.shift) * self.scale)
+        return self.layers(self.inputs(x))
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The scaled (and, with ``normalize``, row-normalised) features the first layer sees."""
+        x = (x - self.shift) * self.scale
+        if self.normalize:
+            x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        return x
 
     @property
     def first_layer(self) -> nn.Linear:
@@ -182,7 +240,7 @@ class MultiLabelNet(nn.Module):
             return loss_fn(self(x), y)
         body, last = self.layers[:-1], self.last_layer
         return linear_multilabel_soft_margin_loss(
-            body((x - self.shift) * self.scale), last.weight, last.bias, y, class_weight=loss_fn.weight,
+            body(self.inputs(x)), last.weight, last.bias, y, class_weight=loss_fn.weight,
             pos_weight=loss_fn.pos_weight, label_smoothing=loss_fn.label_smoothing, gamma_pos=loss_fn.gamma_pos,
             gamma_neg=loss_fn.gamma_neg, clip=loss_fn.clip, validate=False,
         )  # fmt: skip
@@ -303,6 +361,7 @@ class _Inference:
         self.bias = first.bias.detach().double().to(device)
         self.shift = net.shift.detach().double().to(device)
         self.scale = net.scale.detach().double().to(device)
+        self.normalize = net.normalize
         self.rest = copy.deepcopy(net.layers[1:]).double().eval().to(device)
 
     @torch.no_grad()
@@ -310,6 +369,9 @@ class _Inference:
         if sp.issparse(batch):
             # (x - shift) * scale @ W.T + b == (x * scale) @ W.T + (b - W @ (shift * scale))
             csr = sp.csr_matrix(batch.multiply(self.scale.cpu().numpy()[None, :]), dtype=np.float32)
+            if self.normalize:  # shift is zero here (tf-idf scaling): (x / |x|) @ W.T == (x @ W.T) / |x|
+                norms = np.sqrt(np.asarray(csr.multiply(csr).sum(1), np.float64).ravel())
+                csr = sp.csr_matrix(sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ csr, dtype=np.float32)
             with warnings.catch_warnings():  # "sparse CSR support is in beta": sparse.mm on CSR is all we use
                 warnings.simplefilter("ignore", UserWarning)
                 x = torch.sparse_csr_tensor(
@@ -320,6 +382,8 @@ class _Inference:
             first = torch.sparse.mm(x, self.weight.t()).double() + offset
         else:
             x = (torch.from_numpy(np.asarray(batch, dtype=np.float64)).to(self.device) - self.shift) * self.scale
+            if self.normalize:
+                x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
             first = torch.nn.functional.linear(x, self.weight.double(), self.bias)
         return torch.sigmoid(self.rest(first)).cpu().numpy()
 
@@ -365,6 +429,12 @@ def _scaler(X: Any, mode: str) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
     width = X.shape[1]
+    if mode == "tfidf":
+        from .linear import tfidf_weights
+
+        if (X.data if sp.issparse(X) else np.asarray(X)).min(initial=0) < 0:
+            raise ValueError("standardize='tfidf' needs non-negative features (counts or 0/1): these have negative values")
+        return np.zeros(width, np.float32), tfidf_weights(X).astype(np.float32)
     if mode == "no" or (mode == "auto" and sp.issparse(X)):
         return np.zeros(width, np.float32), np.ones(width, np.float32)
     if sp.issparse(X):
@@ -470,6 +540,11 @@ def fit(
     config.check()
     if train.Y is None:
         raise ValueError(f"{train.name}: training needs labels, the data has none")
+    config = config.resolve(train)
+    if config.optimizer == "newton":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("optimizer='newton' runs on one process: use adamw under torchrun")
+        return _fit_newton(train, config, progress, log)
     num_labels = train.Y.shape[1]
     if len(train) < 2:
         raise ValueError(f"{train.name}: {len(train)} sample: training needs at least 2")
@@ -513,8 +588,104 @@ def fit(
     )  # fmt: skip
     if held_out_sum is not None:  # on held-out predictions only: samples some member never trained on
         seen = held_out_count > 0
-        model.tuned = M.tune_thresholds(train.Y[seen], held_out_sum[seen] / held_out_count[seen, None])
+        model.tuned = cv_thresholds(train.Y[seen], held_out_sum[seen] / held_out_count[seen, None], fbr=config.fbr,
+                                    floor=config.min_threshold)  # fmt: skip
     return model.with_decision()
+
+
+def _fit_newton(train: Dataset, config: TrainConfig, progress: bool, log: Callable[[str], None]) -> TrainedModel:
+    """The linear model by truncated Newton (:func:`softmargin.app.linear.fit_logistic`), cross-fitted: ``folds``
+    models, each trained without one fold, give every training row a held-out prediction (for the tuned thresholds,
+    and to choose C); the model kept is trained on all rows, started from the fold models' mean."""
+    from .linear import fit_logistic
+
+    if config.class_weight != "none" or config.label_smoothing or config.gamma_pos or config.gamma_neg or config.clip:
+        raise ValueError("optimizer='newton' solves plain (pos_weight-able) logistic regression: --class-weight, "
+                         "--label-smoothing and asymmetric focusing need --optimizer adamw or lbfgs")  # fmt: skip
+    X, Y = train.X, train.Y
+    num_labels = Y.shape[1]
+    if len(train) * num_labels > NEWTON_MAX_CELLS:
+        raise ValueError(f"optimizer='newton' holds (samples x labels) arrays: {len(train)} x {num_labels} is more than {NEWTON_MAX_CELLS}; "
+                         "use --optimizer adamw (the fused head) with --thresholds top-k or rcut")  # fmt: skip
+    Yd = np.asarray(Y.toarray() if sp.issparse(Y) else Y, np.float64)
+    started = time.perf_counter()
+    shift, scale = _scaler(X, config.standardize)
+    normalize = config.standardize == "tfidf"
+    Xs = _scaled(X, shift, scale, normalize)
+    positive = pos_weight(Yd, config.pos_weight_max) if config.pos_weight else None
+    folds = np.array_split(np.random.default_rng(config.seed).permutation(len(train)), config.folds)
+    threads = config.threads
+
+    def cross_fit(C: float) -> tuple[np.ndarray, list[Any]]:
+        held_out, solutions = np.zeros(Yd.shape), []
+        for fold in folds:
+            rest = np.setdiff1d(np.arange(len(train)), fold)
+            solution = fit_logistic(Xs[rest], Yd[rest], C, pos_weight=positive, threads=threads)
+            held_out[fold] = np.asarray(Xs[fold] @ solution.W) + solution.b
+            solutions.append(solution)
+        return _sigmoid(held_out), solutions
+
+    work = (Xs.nnz if sp.issparse(Xs) else Xs.size) * num_labels
+    C: float = AUTO_C_LARGE if work <= AUTO_C_HUGE else AUTO_C_HUGE_VALUE
+    if config.C is None and work <= AUTO_C_BUDGET:
+        best = -math.inf
+        for candidate in AUTO_C_GRID:
+            scores, solutions = cross_fit(candidate)
+            thresholds = cv_thresholds(Yd, scores, fbr=config.fbr, floor=config.min_threshold)
+            quality = M.evaluate(Yd, scores, thresholds, (scores >= thresholds).astype(np.uint8))[0]
+            score = quality["P@1"] + quality["micro_f1"] + quality["macro_f1"]
+            if progress:
+                log(f"C={candidate:g}: held-out P@1 {quality['P@1']:.3f}, micro-F1 {quality['micro_f1']:.3f}, "
+                    f"macro-F1 {quality['macro_f1']:.3f}")  # fmt: skip
+            if score > best:
+                best, C, held_out, fold_solutions = score, candidate, scores, solutions
+    else:
+        C = C if config.C is None else config.C
+        held_out, fold_solutions = cross_fit(C)
+    start = (np.mean([s.W for s in fold_solutions], 0), np.mean([s.b for s in fold_solutions], 0))
+    final = fit_logistic(Xs, Yd, C, pos_weight=positive, start=start, threads=threads)
+    net = MultiLabelNet(X.shape[1], num_labels, (), 0.0, normalize)
+    with torch.no_grad():
+        net.shift.copy_(torch.from_numpy(shift))
+        net.scale.copy_(torch.from_numpy(scale))
+        net.last_layer.weight.copy_(torch.from_numpy(final.W.T.astype(np.float32)))
+        net.last_layer.bias.copy_(torch.from_numpy(final.b.astype(np.float32)))
+    logits = np.asarray(Xs @ final.W) + final.b
+    train_loss = float(np.mean(np.logaddexp(0.0, -(2 * Yd - 1) * logits)))
+    if progress:
+        log(f"linear model (newton, C={C:g}, {config.folds}-fold cross-fitting): {final.iterations} Newton iterations, "
+            f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+    config = dataclasses.replace(config, C=C)
+    rows = _row_counts(Y)
+    at_least_one = config.at_least_one == "yes" or (config.at_least_one == "auto" and bool((rows > 0).all()))
+    model = TrainedModel(
+        [net.eval()], config, list(train.label_names), list(train.feature_names), np.full(num_labels, config.threshold),
+        [{"member": 0, "epoch": final.iterations, "train_loss": train_loss}], at_least_one, train.label_counts(),
+        len(train), cv_thresholds(Yd, held_out, fbr=config.fbr, floor=config.min_threshold),
+        max(1, int(round(float(rows.mean())))), {"strategy": config.thresholds, "threshold": config.threshold, "k": config.k},
+        train.positional,
+    )  # fmt: skip
+    return model.with_decision()
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _scaled(X: Any, shift: np.ndarray, scale: np.ndarray, normalize: bool) -> Any:
+    """What :meth:`MultiLabelNet.inputs` computes, in float64 with NumPy / SciPy (sparse stays sparse: shift is 0)."""
+    if sp.issparse(X):
+        assert not shift.any(), "sparse features are scaled, never shifted"
+        Z = sp.csr_matrix(sp.csr_matrix(X, dtype=np.float64).multiply(scale.astype(np.float64)[None, :]))
+        if normalize:
+            norms = np.sqrt(np.asarray(Z.multiply(Z).sum(1)).ravel())
+            Z = sp.csr_matrix(sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ Z)
+        return Z
+    Z = (np.asarray(X, np.float64) - shift) * scale
+    if normalize:
+        norms = np.linalg.norm(Z, axis=1, keepdims=True)
+        Z = Z / np.where(norms > 0, norms, 1.0)
+    return Z
 
 
 def _targets(Y: Any, index: Any, columns: slice, sparse_ok: bool, device: torch.device) -> Any:
@@ -545,7 +716,7 @@ class _TrainingLoss(nn.Module):
             body, last = self.net.layers[:-1], self.net.last_layer
             fn = self.loss_fn
             loss = linear_multilabel_soft_margin_loss(
-                body((x - self.net.shift) * self.net.scale), last.weight, last.bias, y, class_weight=fn.weight,
+                body(self.net.inputs(x)), last.weight, last.bias, y, class_weight=fn.weight,
                 pos_weight=fn.pos_weight, label_smoothing=fn.label_smoothing, gamma_pos=fn.gamma_pos,
                 gamma_neg=fn.gamma_neg, clip=fn.clip, process_group=self.shard.group, total_labels=self.total_labels,
                 validate=False,
@@ -586,7 +757,7 @@ def _fit_one(
     label_parallel = fused and dist.world > 1
     columns = dist.shard(num_labels) if label_parallel else slice(None)
     hidden = tuple(config.hidden) if config.model == "mlp" else ()
-    net = MultiLabelNet(X.shape[1], num_labels, hidden, config.dropout)
+    net = MultiLabelNet(X.shape[1], num_labels, hidden, config.dropout, config.standardize == "tfidf")
     if label_parallel:  # initialised whole, as on one process, then cut to this rank's shard of the labels
         whole = net.last_layer
         shard = nn.Linear(whole.in_features, columns.stop - columns.start)
@@ -920,6 +1091,7 @@ def save_model(model: TrainedModel, run: Path) -> None:
             "in_features": model.num_features,
             "hidden": hidden,
             "dropout": model.config.dropout,
+            "normalize_rows": bool(model.nets[0].normalize),
             "label_names": model.label_names,
             "feature_names": model.feature_names,
             "positional": model.positional,
@@ -967,7 +1139,8 @@ def load_model(run: Path) -> TrainedModel:
         nets = []
         for i in range(meta["members"]):
             with torch.device("meta"):  # no memory, no initialisation: the saved tensors are taken as they are
-                net = MultiLabelNet(meta["in_features"], len(meta["label_names"]), meta["hidden"], meta["dropout"])
+                net = MultiLabelNet(meta["in_features"], len(meta["label_names"]), meta["hidden"], meta["dropout"],
+                                    bool(meta.get("normalize_rows", False)))  # fmt: skip
             prefix = f"member{i}."
             net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, assign=True)
             nets.append(net.eval())

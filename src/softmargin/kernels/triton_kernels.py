@@ -263,8 +263,6 @@ def fused_rows(
     return row_sums, grad
 
 
-
-
 def linear_logits_chunk(
     hidden: torch.Tensor,
     head_weight: torch.Tensor,

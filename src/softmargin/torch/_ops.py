@@ -316,7 +316,7 @@ def ensure_triton_op() -> Any:
         )  # fmt: skip
         return per_sample, grad, counted
 
-    op = torch.library.triton_op("softmargin::loss_rows_triton", impl, mutates_args=())
+    op: Any = torch.library.triton_op("softmargin::loss_rows_triton", impl, mutates_args=())
     op.register_autograd(_backward, setup_context=_setup_context)
     torch.library.register_vmap("softmargin::loss_rows_triton", _vmap)
     torch.library.register_autocast("softmargin::loss_rows_triton", "cuda", torch.float32)
@@ -556,7 +556,6 @@ def ensure_dtensor_sharding() -> None:
     from torch.distributed.tensor import Partial, Replicate, Shard
     from torch.distributed.tensor.experimental import register_sharding
 
-    @register_sharding(torch.ops.softmargin.loss_rows.default)  # type: ignore[untyped-decorator]
     def _sharding(x: Any, y: Any, w: Any, pw: Any, mask: Any, indptr: Any, indices: Any, values: Any, *scalars: Any) -> Any:
         operands = (x, y, w, pw, mask, indptr, indices, values)
         tail = [None] * len(scalars)
@@ -573,4 +572,7 @@ def ensure_dtensor_sharding() -> None:
             strategies.append(([Shard(0), Shard(0), Partial("sum")], sharded + tail))
         return strategies
 
+    register_sharding(torch.ops.softmargin.loss_rows.default)(_sharding)
+    if loss_rows_triton is not None:  # the same rules for the operator that CUDA tensors take under torch.compile
+        register_sharding(torch.ops.softmargin.loss_rows_triton.default)(_sharding)
     _SHARDING_REGISTERED = True

@@ -1,0 +1,204 @@
+"""The bag-of-words default: the truncated-Newton linear model against scikit-learn's LogisticRegression, tf-idf
+against scikit-learn's TfidfTransformer, and the tuned thresholds' safety (the floor, the SCutfbr fallback, and no
+threshold option dropping micro-F1 below fixed 0.5 by more than 0.02: issue 17, item 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+pytest.importorskip("torch")
+
+from softmargin.app import data as D
+from softmargin.app import train as T
+from softmargin.app.decisions import cv_thresholds
+from softmargin.app.linear import fit_logistic, tfidf_transform, tfidf_weights
+
+MULAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mulan"
+
+
+def _bag_of_words(rows: int, features: int, labels: int, seed: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Counts and labels with a few frequent and many rare labels, each label tied to a handful of words."""
+    rng = np.random.default_rng(seed)
+    frequency = np.r_[np.full(3, 0.3), np.geomspace(0.1, 0.01, labels - 3)]
+    Y = (rng.random((rows, labels)) < frequency).astype(np.uint8)
+    words = rng.integers(0, features, size=(labels, 4))
+    X = sp.lil_matrix((rows, features))
+    for i in range(rows):
+        for w in rng.integers(0, features, size=8):  # background words
+            X[i, w] += 1
+        for j in np.flatnonzero(Y[i]):
+            for w in words[j][rng.random(4) < 0.6]:
+                X[i, w] += 1
+    return sp.csr_matrix(X, dtype=np.float32), Y
+
+
+def test_fit_logistic_matches_sklearn_per_label() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 6))
+    Y = (X @ rng.normal(size=(6, 3)) + rng.normal(size=(120, 3)) > 0.5).astype(np.uint8)
+    weights = np.array([1.0, 3.0, 0.5])
+    solution = fit_logistic(sp.csr_matrix(X), Y, C=2.0, pos_weight=weights, tol=1e-10, max_iter=100)
+    for j in range(3):
+        reference = LogisticRegression(C=2.0, tol=1e-12, max_iter=10_000, class_weight={0: 1.0, 1: weights[j]})
+        reference.fit(X, Y[:, j])
+        np.testing.assert_allclose(solution.W[:, j], reference.coef_[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(solution.b[j], reference.intercept_[0], rtol=1e-5, atol=1e-6)
+
+
+def test_fit_logistic_threads_and_warm_start_do_not_change_the_optimum() -> None:
+    X, Y = _bag_of_words(150, 40, 9, seed=1)
+    one = fit_logistic(X, Y, C=10.0, threads=1, tol=1e-8)
+    three = fit_logistic(X, Y, C=10.0, threads=3, tol=1e-8, start=(np.ones((40, 9)), np.zeros(9)))
+    np.testing.assert_allclose(three.W, one.W, atol=1e-5)
+    np.testing.assert_allclose(three.b, one.b, atol=1e-5)
+
+
+def test_fit_logistic_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="C=0"):
+        fit_logistic(np.ones((2, 2)), np.ones((2, 1)), C=0)
+    with pytest.raises(ValueError, match="Y: expected shape"):
+        fit_logistic(np.ones((2, 2)), np.ones((3, 1)), C=1.0)
+
+
+def test_tfidf_matches_sklearn() -> None:
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    X, _ = _bag_of_words(60, 30, 5, seed=2)
+    expected = TfidfTransformer().fit(X).transform(X).toarray()
+    np.testing.assert_allclose(tfidf_transform(X, tfidf_weights(X)).toarray(), expected, rtol=1e-6, atol=1e-7)
+
+
+def _f1(y: np.ndarray, pred: np.ndarray) -> float:
+    tp = float((y & pred).sum())
+    return 2 * tp / max(float(y.sum() + pred.sum()), 1.0)
+
+
+def test_cv_thresholds_first_label_reaches_the_best_f1() -> None:
+    """The most frequent label is cut first: micro-F1 + macro-F1 is then twice its F1, so its cut must reach the
+    best F1 that any threshold reaches (brute force over every score)."""
+    rng = np.random.default_rng(3)
+    y = rng.random(200) < 0.4
+    scores = np.clip(0.3 * y + rng.random(200) * 0.7, 0, 1)
+    Y = np.c_[y, rng.random(200) < 0.05].astype(np.uint8)
+    S = np.c_[scores, rng.random(200)]
+    threshold = cv_thresholds(Y, S, floor=1e-9)[0]
+    best = max(_f1(y, scores >= t) for t in scores)
+    assert _f1(y, scores >= threshold) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cv_thresholds_never_below_the_floor(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((80, 12)) < rng.uniform(0.01, 0.5, 12)).astype(np.uint8)
+    S = rng.random((80, 12)) ** 6  # mostly tiny scores: an unclamped cut would fall far below 0.1
+    for floor in (0.05, 0.1, 0.3):
+        assert cv_thresholds(Y, S, floor=floor).min() >= floor
+
+
+def test_cv_thresholds_fallback_for_labels_with_few_positives() -> None:
+    """A label whose held-out positives score below most negatives (held-out F1 < fbr), and a label without a
+    positive, are predicted only above every held-out score (at least 0.5)."""
+    rng = np.random.default_rng(4)
+    n = 100
+    Y = np.zeros((n, 3), np.uint8)
+    S = rng.uniform(0.0, 0.9, (n, 3))
+    Y[:40, 0] = 1
+    S[:40, 0] += 0.1  # a learnable label
+    Y[0, 1] = 1
+    S[0, 1] = 0.01  # its one positive scored below every negative: best F1 = 2 / (n + 1) < 0.1
+    thresholds = cv_thresholds(Y, S, fbr=0.1, floor=0.1)
+    for j in (1, 2):
+        assert thresholds[j] > S[:, j].max() and thresholds[j] >= 0.5
+    assert thresholds[0] < S[:, 0].max()  # the learnable label keeps a cut through its scores
+
+
+def test_cv_thresholds_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="fbr=1"):
+        cv_thresholds(np.zeros((2, 2)), np.zeros((2, 2)), fbr=1)
+    with pytest.raises(ValueError, match="floor=0"):
+        cv_thresholds(np.zeros((2, 2)), np.zeros((2, 2)), floor=0)
+    with pytest.raises(ValueError, match="scores: expected"):
+        cv_thresholds(np.zeros((2, 2)), np.zeros((3, 2)))
+
+
+def _dataset(X: sp.csr_matrix, Y: np.ndarray, name: str) -> D.Dataset:
+    return D.Dataset(X, Y, [f"w{i}" for i in range(X.shape[1])], [f"l{j}" for j in range(Y.shape[1])], name)
+
+
+def _micro_f1(model: T.TrainedModel, test: D.Dataset, strategy: str) -> float:
+    return T.evaluate(model.with_decision(strategy), test)[0]["micro_f1"]
+
+
+def test_threshold_options_are_safe_on_small_generated_data() -> None:
+    """Issue 17, item 5, on a small generated bag-of-words set (medical's shape, scaled down: 150 training rows,
+    rare labels): no threshold option drops micro-F1 below the fixed-0.5 default by more than 0.02."""
+    X, Y = _bag_of_words(450, 120, 20, seed=5)
+    train, test = _dataset(X[:150], Y[:150], "train"), _dataset(X[150:], Y[150:], "test")
+    model = T.fit(train, T.TrainConfig(), progress=False)
+    assert model.config.optimizer == "newton" and model.decision["strategy"] == "tuned"
+    fixed = _micro_f1(model, test, "fixed")
+    tuned = _micro_f1(model, test, "tuned")
+    assert tuned >= fixed - 0.02, (tuned, fixed)
+    assert model.tuned is not None and model.tuned.min() >= model.config.min_threshold
+
+
+def test_linear_model_round_trips_with_row_normalisation(tmp_path: Path) -> None:
+    X, Y = _bag_of_words(120, 50, 6, seed=6)
+    train = _dataset(X, Y, "train")
+    model = T.fit(train, T.TrainConfig(), progress=False)
+    assert model.nets[0].normalize and model.config.standardize == "tfidf"
+    T.save_model(model, tmp_path)
+    loaded = T.load_model(tmp_path)
+    expected = model.predict_proba(X)
+    np.testing.assert_allclose(loaded.predict_proba(X), expected, rtol=1e-12)
+    np.testing.assert_allclose(model.predict_proba(X.toarray()), expected, rtol=1e-5, atol=1e-7)  # dense input
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    # the net computes what the solver saw: tf-idf rows of unit norm, then the solved logistic regression
+    from softmargin.app.linear import fit_logistic as solve
+
+    solution = solve(tfidf_transform(X, tfidf_weights(X)), Y, C=model.config.C)
+    z = tfidf_transform(X, tfidf_weights(X)) @ solution.W + solution.b
+    np.testing.assert_allclose(expected, 1 / (1 + np.exp(-z)), atol=2e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MULAN / "medical").exists(), reason="../shared/data/mulan is not on this machine")
+@pytest.mark.parametrize("name", ["medical", "enron"])
+def test_threshold_options_are_safe_on_medical_and_enron(name: str) -> None:
+    """Issue 17, item 5, on the real sets: every option within 0.02 micro-F1 of fixed 0.5, or above it."""
+    train = D.load_arff(MULAN / name / f"{name}-train.arff")
+    test = D.load_arff(MULAN / name / f"{name}-test.arff")
+    model = T.fit(train, T.TrainConfig(), progress=False)
+    fixed = _micro_f1(model, test, "fixed")
+    for strategy in ("tuned",):
+        assert _micro_f1(model, test, strategy) >= fixed - 0.02, strategy
+
+
+def test_fit_logistic_without_bias_matches_sklearn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(100, 5))
+    Y = (X @ rng.normal(size=(5, 2)) + rng.normal(size=(100, 2)) > 0).astype(np.uint8)
+    solution = fit_logistic(X, Y, C=0.5, bias=False, tol=1e-10, max_iter=100)
+    assert not solution.b.any()
+    for j in range(2):
+        reference = LogisticRegression(C=0.5, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(X, Y[:, j])
+        np.testing.assert_allclose(solution.W[:, j], reference.coef_[0], rtol=1e-5, atol=1e-6)
+
+
+def test_auto_keeps_the_mlp_beyond_the_newton_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    X, Y = _bag_of_words(60, 30, 5, seed=8)
+    data = _dataset(X, Y, "train")
+    assert T.TrainConfig().resolve(data).optimizer == "newton"
+    monkeypatch.setattr(T, "NEWTON_MAX_CELLS", 60 * 5 - 1)
+    resolved = T.TrainConfig().resolve(data)
+    assert (resolved.model, resolved.optimizer, resolved.thresholds) == ("mlp", "adamw", "fixed")
+    with pytest.raises(ValueError, match="optimizer='newton' holds"):
+        T.fit(data, T.TrainConfig(model="linear", optimizer="newton"), progress=False)
