@@ -88,6 +88,26 @@ def _rows(array: NDArray[Any] | None, shape: tuple[int, ...], num_rows: int) -> 
     return np.broadcast_to(array, shape).reshape(num_rows, shape[-1])
 
 
+def _check_out(
+    name: str, out: Any, shape: tuple[int, ...], dtype: np.dtype[Any], inputs: list[Any], contiguous: bool
+) -> None:
+    """An output array the caller passed: a writeable NumPy array of exactly ``shape`` and ``dtype`` (C-contiguous
+    where ``contiguous``, as the kernel writes the gradient row after row), sharing no memory with any input."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} is a {type(out).__name__}: expected a NumPy array (or None)")
+    if out.dtype != dtype:
+        raise TypeError(f"{name}.dtype == {out.dtype}, expected {dtype} (the input's dtype)")
+    if out.shape != shape:
+        raise ValueError(f"{name}.shape == {out.shape}, expected {shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only: expected a writeable array")
+    if contiguous and not out.flags.c_contiguous:
+        raise ValueError(f"{name} is not C-contiguous: expected a C-contiguous array (np.ascontiguousarray)")
+    for other_name, other in inputs:
+        if isinstance(other, np.ndarray) and np.may_share_memory(out, other):
+            raise ValueError(f"{name} shares memory with {other_name}: expected a separate array for the result")
+
+
 def _prepare(
     input: ArrayLike,
     target: ArrayLike,
@@ -97,10 +117,13 @@ def _prepare(
     pos_weight: ArrayLike | None,
     mask: ArrayLike | None,
     options: Options,
+    out: tuple[Any, Any] | None = None,
+    report_target: bool = False,
 ) -> tuple[Rows, tuple[int, ...], str, bool, bool]:
     """The problem as rows, the input's shape, the reduction, whether the fused kernel runs, and whether the dense
     target's range is left for the kernel to check as it reads it (then, should it see a bad value, the caller runs
-    the check that names it)."""
+    the check that names it, or reports it: ``report_target``, with ``validate=False``). ``out`` = (loss, gradient)
+    output arrays, either None, checked here before the values."""
     reduction = V.check_reduction(reduction)
     V.check_options(options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
     x = np.asarray(input)
@@ -117,10 +140,12 @@ def _prepare(
     w = _array("weight", weight, x.shape)
     pw = _array("pos_weight", pos_weight, x.shape)
     m = _array("mask", mask, x.shape)
+    if out is not None:
+        _check_outs(out, x, y, w, pw, m, reduction)
     native = x.size > 0 and x.dtype.name in _NATIVE_DTYPES and cpu.kernel() is not None
     plain = pos_weight is None and mask is None and options == Options()
     kernel_checks = (
-        validate and native and not isinstance(y, SparseTargets) and y.dtype in (x.dtype, np.uint8, np.bool_)
+        (validate or report_target) and native and not isinstance(y, SparseTargets) and y.dtype in (x.dtype, np.uint8, np.bool_)
         and (not plain or x.dtype.name in cpu.TARGET_CHECKED)
     )  # fmt: skip
     if validate:
@@ -136,6 +161,26 @@ def _prepare(
         x.reshape(n, x.shape[-1]), y if isinstance(y, SparseTargets) else y.reshape(n, x.shape[-1]), _rows(w, x.shape, n), _rows(pw, x.shape, n), _rows(m, x.shape, n)
     )
     return rows, x.shape, reduction, native, kernel_checks
+
+
+def _check_outs(out: Any, x: Any, y: Any, w: Any, pw: Any, m: Any, reduction: str) -> None:
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError(
+            f"out is a {type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}: "
+            "expected a tuple (loss, gradient) of NumPy arrays, either None"
+        )
+    inputs = [("input", x), ("weight", w), ("pos_weight", pw), ("mask", m)]
+    if isinstance(y, SparseTargets):
+        inputs += [("target", y.indptr), ("target", y.indices), ("target", y.values)]
+    else:
+        inputs.append(("target", y))
+    loss_out, grad_out = out
+    if loss_out is not None:
+        loss_shape = x.shape[:-1] if reduction == "none" else ()
+        _check_out("out[0] (the loss)", loss_out, loss_shape, x.dtype, inputs, contiguous=False)
+    if grad_out is not None:
+        others = inputs if loss_out is None else [*inputs, ("out[0] (the loss)", loss_out)]
+        _check_out("out[1] (the gradient)", grad_out, x.shape, x.dtype, others, contiguous=True)
 
 
 def _as_float64(array: NDArray[Any]) -> NDArray[np.float64]:
@@ -178,15 +223,16 @@ def _kernel_rows(rows: Rows, plain: bool) -> tuple[Rows, str]:
 
 
 def _native(
-    rows: Rows, reduction: str, options: Options, need_grad: bool, plain: bool
+    rows: Rows, reduction: str, options: Options, need_grad: bool, plain: bool, grad_out: NDArray[Any] | None = None
 ) -> tuple[NDArray[np.float64], NDArray[Any] | None, Any, float, bool]:
-    """The fused kernel: (row sums, gradient or None, divisor, rows in the mean, whether a target was out of range)."""
+    """The fused kernel: (row sums, gradient or None, divisor, rows in the mean, whether a target was out of range).
+    The gradient goes into ``grad_out`` (checked: (N, C), C-contiguous, the input's dtype) where given."""
     divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
     k, ytype = _kernel_rows(rows, plain)
     num_rows, num_classes = k.num_rows, k.num_classes
     row_scale = None if isinstance(grad_scale, float) else np.ascontiguousarray(grad_scale, dtype=np.float64)
     row_sums = np.empty(num_rows, dtype=np.float64)
-    grad = np.empty((num_rows, num_classes), dtype=k.x.dtype) if need_grad else None
+    grad = grad_out if grad_out is not None else np.empty((num_rows, num_classes), k.x.dtype) if need_grad else None
 
     def pointer(a: NDArray[Any] | None) -> tuple[int | None, int]:
         return (None, 0) if a is None else (a.ctypes.data, 0 if a.shape[0] == 1 else num_classes)
@@ -206,17 +252,21 @@ def _native(
 
 def _compute(
     rows: Rows, shape: tuple[int, ...], reduction: str, options: Options, need_grad: bool, native: bool = False,
-    kernel_checks: bool = False, plain: bool = True,
-) -> tuple[NDArray[np.float64], NDArray[Any] | None, float]:
-    """Per-sample losses (float64, shape ``shape[:-1]``), the gradient (input dtype) if asked, rows in the mean."""
+    kernel_checks: bool = False, plain: bool = True, grad_out: NDArray[Any] | None = None,
+) -> tuple[NDArray[np.float64], NDArray[Any] | None, float, bool]:
+    """Per-sample losses (float64, shape ``shape[:-1]``), the gradient (input dtype) if asked, rows in the mean,
+    and whether the kernel saw a target outside [0, 1] (raised instead where ``kernel_checks``). The gradient is
+    written into ``grad_out`` (already checked by :func:`_check_out`) where given."""
+    grad_rows = None if grad_out is None else grad_out.reshape(rows.x.shape)  # a view: grad_out is contiguous
+    out_of_range = False
     if native:
-        row_sums, grad, divisor, counted, out_of_range = _native(rows, reduction, options, need_grad, plain)
+        row_sums, grad, divisor, counted, out_of_range = _native(rows, reduction, options, need_grad, plain, grad_rows)
         if out_of_range and kernel_checks:
             V.check_target_values(rows.y)  # raises, naming the first bad value
     else:
         divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
         row_sums = np.empty(rows.num_rows, dtype=np.float64)
-        grad = np.empty(rows.x.shape, dtype=rows.x.dtype) if need_grad else None
+        grad = grad_rows if grad_rows is not None else np.empty(rows.x.shape, rows.x.dtype) if need_grad else None
         # 0 * inf is resolved in the formula and a loss beyond the dtype's range is inf: neither deserves a warning
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             loss_rows(
@@ -228,7 +278,9 @@ def _compute(
         if rows.mask is not None:  # a sample with no observed label contributes 0
             per_sample = np.where(np.asarray(divisor) > 0, per_sample, 0.0)
     per_sample = np.broadcast_to(per_sample, (rows.num_rows,)).reshape(shape[:-1])
-    return per_sample, (grad.reshape(shape) if grad is not None else None), counted
+    if grad_out is not None:
+        return per_sample, grad_out, counted, out_of_range
+    return per_sample, (grad.reshape(shape) if grad is not None else None), counted, out_of_range
 
 
 def _reduce(per_sample: NDArray[np.float64], reduction: str, counted: float, dtype: np.dtype[Any]) -> Any:
@@ -300,7 +352,7 @@ def multilabel_soft_margin_loss(
         input, target, weight, reduction, validate, pos_weight, mask, options
     )
     plain = pos_weight is None and mask is None and options == Options()
-    per_sample, _, counted = _compute(rows, shape, checked, options, False, native, kernel_checks, plain)
+    per_sample, _, counted, _ = _compute(rows, shape, checked, options, False, native, kernel_checks, plain)
     return _reduce(per_sample, checked, counted, rows.x.dtype)
 
 
@@ -318,6 +370,7 @@ def multilabel_soft_margin_loss_grad(
     clip: float = 0.0,
     options: LossOptions | None = None,
     validate: bool = True,
+    out: NDArray[Any] | None = None,
 ) -> NDArray[Any]:
     r"""Gradient of :func:`multilabel_soft_margin_loss` with respect to ``input``.
 
@@ -325,12 +378,15 @@ def multilabel_soft_margin_loss_grad(
         \frac{\partial L}{\partial x_{nc}} = \frac{w_{nc}}{C\,N'}\bigl(\sigma(x_{nc}) - y_{nc}\bigr)
 
     with :math:`N' = N` (the number of samples) for ``"mean"`` and :math:`N' = 1` for ``"sum"`` and ``"none"``
-    (for ``"none"`` it is the gradient of the sum of the per-sample losses). Same arguments as the loss; the
-    result has ``input``'s shape and dtype and is finite for every finite or infinite logit.
+    (for ``"none"`` it is the gradient of the sum of the per-sample losses). Same arguments as the loss, and
+    ``out``: an array to write the gradient into, as ``out[1]`` of :func:`multilabel_soft_margin_loss_and_grad`.
+    The result has ``input``'s shape and dtype (it is ``out`` where given) and is finite for every finite or
+    infinite logit.
     """
     _, grad = multilabel_soft_margin_loss_and_grad(
         input, target, weight, reduction, pos_weight=pos_weight, mask=mask, label_smoothing=label_smoothing,
         gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, options=options, validate=validate,
+        out=None if out is None else (None, out),
     )  # fmt: skip
     return grad
 
@@ -349,16 +405,78 @@ def multilabel_soft_margin_loss_and_grad(
     clip: float = 0.0,
     options: LossOptions | None = None,
     validate: bool = True,
+    out: tuple[NDArray[Any] | None, NDArray[Any] | None] | None = None,
 ) -> tuple[Any, NDArray[Any]]:
-    """Loss and gradient from one pass (what a training loop wants); same arguments as the loss."""
+    """Loss and gradient from one pass (what a training loop wants); same arguments as the loss, and ``out``.
+
+    Args:
+        out: ``(loss, gradient)`` arrays to write the results into (either may be None), NumPy's ``out=``: the loss
+            of shape ``input.shape[:-1]`` for ``"none"``, ``()`` otherwise; the gradient of ``input``'s shape,
+            C-contiguous (the fused kernel writes it in place: no temporary, no copy). Both in ``input``'s dtype,
+            writeable, sharing no memory with an input or with each other (``TypeError`` for a wrong type or dtype,
+            ``ValueError`` otherwise, before anything is computed). Where a check of the values fails, their
+            contents are unspecified.
+
+    Returns:
+        ``(loss, gradient)``: the loss in ``input``'s dtype (a scalar for ``"mean"``/``"sum"``), the gradient of
+        :func:`multilabel_soft_margin_loss_grad`; each is the array from ``out`` where one was given.
+
+    Example:
+        >>> import numpy as np
+        >>> from softmargin.numpy import multilabel_soft_margin_loss_and_grad
+        >>> x = np.array([[0.5, -1.0, 3.0], [1.5, -2.0, 0.0]], dtype=np.float32)
+        >>> y = np.array([[1, 0, 1], [0, 1, 0]], dtype=np.float32)
+        >>> grad = np.empty_like(x)
+        >>> loss, g = multilabel_soft_margin_loss_and_grad(x, y, out=(None, grad))
+        >>> g is grad, round(float(loss), 5)
+        (True, 0.8929)
+    """
     options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
     rows, shape, checked, native, kernel_checks = _prepare(
-        input, target, weight, reduction, validate, pos_weight, mask, options
+        input, target, weight, reduction, validate, pos_weight, mask, options, out
     )
+    loss_out, grad_out = out if out is not None else (None, None)
     plain = pos_weight is None and mask is None and options == Options()
-    per_sample, grad, counted = _compute(rows, shape, checked, options, True, native, kernel_checks, plain)
+    per_sample, grad, counted, _ = _compute(rows, shape, checked, options, True, native, kernel_checks, plain, grad_out)
     assert grad is not None  # need_grad=True always returns one; not a user-input check
-    return _reduce(per_sample, checked, counted, rows.x.dtype), grad
+    loss = _reduce(per_sample, checked, counted, rows.x.dtype)
+    if loss_out is not None:
+        loss_out[...] = loss
+        loss = loss_out
+    return loss, grad
+
+
+def loss_and_grad_reporting_target(
+    input: NDArray[Any],
+    target: NDArray[Any],
+    weight: NDArray[Any] | None,
+    reduction: Reduction,
+    *,
+    pos_weight: NDArray[Any] | None,
+    mask: NDArray[Any] | None,
+    options: LossOptions,
+    need_grad: bool,
+    out: tuple[NDArray[Any], NDArray[Any] | None],
+) -> bool:
+    """For the JAX backend's host callback (its ``checkify`` check of the target): the loss (and the gradient where
+    ``need_grad``) into ``out``, with no value check but the dense target's range, reported rather than raised.
+    The fused kernel looks at the target as it reads it where it can (no extra pass); elsewhere one min/max pass
+    here. Shapes and dtypes are checked as in :func:`multilabel_soft_margin_loss_and_grad`.
+
+    Returns:
+        True when a target lies outside [0, 1] or is NaN (then the results are those of the bad values).
+    """
+    rows, shape, checked, native, kernel_checks = _prepare(
+        input, target, weight, reduction, False, pos_weight, mask, options, out, report_target=True
+    )
+    bad = False
+    if not kernel_checks:  # the kernel does not look here (float64's plain loss, the chunked path, a sparse target)
+        values = rows.y.values if isinstance(rows.y, SparseTargets) else rows.y
+        bad = values is not None and values.size > 0 and not (values.min() >= 0 and values.max() <= 1)
+    plain = pos_weight is None and mask is None and options == Options()
+    per_sample, _, counted, flagged = _compute(rows, shape, checked, options, need_grad, native, False, plain, out[1])
+    out[0][...] = _reduce(per_sample, checked, counted, rows.x.dtype)
+    return bool(bad or (kernel_checks and flagged))
 
 
 multilabel_soft_margin_loss.__doc__ = (multilabel_soft_margin_loss.__doc__ or "").replace("{options}", _OPTIONS_DOC)

@@ -145,3 +145,45 @@ def test_loss_options_value_equals_the_keywords(rng):
     assert float(a) == float(b)
     with pytest.raises(ValueError, match="options= and label_smoothing/gamma_pos/gamma_neg/clip were both given"):
         multilabel_soft_margin_loss(x, y, options=LossOptions(), gamma_neg=1.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "bfloat16"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_callback_writes_the_gradient_into_xlas_result_buffer(dtype, reduction, rng, monkeypatch):
+    """The NumPy backend writes the gradient straight into XLA's result buffer (``out=``): the jitted step returns
+    the very buffer the kernel wrote. bfloat16, which NumPy's backend does not take, is computed in float32 and
+    converted."""
+    seen = []
+    real = oracle.multilabel_soft_margin_loss_and_grad
+
+    def spy(*args, **kwargs):
+        out = kwargs.get("out")
+        seen.append(None if out is None else (out[0].shape, out[1].dtype.name, out[1].ctypes.data))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(oracle, "multilabel_soft_margin_loss_and_grad", spy)
+    x = rng.standard_normal((6, 33)) * 3
+    y = (rng.random((6, 33)) < 0.2).astype(np.float64)
+    xj = jnp.asarray(x).astype(dtype)
+    step = jax.jit(jax.value_and_grad(lambda a: multilabel_soft_margin_loss(a, jnp.asarray(y).astype(dtype), reduction=reduction, impl="callback", validate=False).sum()))
+    loss, grad = step(xj)
+    assert len(seen) == 1 and seen[0][0] == ((6,) if reduction == "none" else ())
+    if dtype == "bfloat16":  # into float32 arrays, then converted into XLA's buffers
+        assert seen[0][1] == "float32" and seen[0][2] != grad.unsafe_buffer_pointer()
+    else:
+        assert seen[0][1:] == (dtype, grad.unsafe_buffer_pointer())  # no copy after the kernel
+    x_rounded = np.asarray(xj.astype(jnp.float64))
+    assert_close(loss, reference_loss(x_rounded, y, None, reduction).sum(), RTOL[dtype], "loss")
+    assert_close(grad, reference_grad(x_rounded, y, None, "sum" if reduction == "none" else reduction), RTOL[dtype], "grad")
+
+
+def test_auto_takes_the_callback_for_large_cpu_calls_only():
+    from softmargin.jax import _ops
+
+    large = jnp.zeros((4, _ops.CALLBACK_MIN_ELEMENTS // 4), jnp.float32)
+    small = jnp.zeros((4, _ops.CALLBACK_MIN_ELEMENTS // 4 - 1), jnp.float32)
+    fused = jax.default_backend() == "cpu" and _ops.numpy_backend_is_fused()
+    assert _ops.resolve_impl("auto", large) == ("callback" if fused else "xla")
+    assert _ops.resolve_impl("auto", small) == "xla"
+    assert _ops.resolve_impl("auto", large.astype(jnp.bfloat16)) == "xla"
+    assert _ops.resolve_impl("callback", small) == "callback" and _ops.resolve_impl("xla", large) == "xla"

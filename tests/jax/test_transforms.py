@@ -91,6 +91,38 @@ def test_checkify_reports_a_bad_target_under_jit():
     assert "weight has values outside the finite range [0, inf)" in err.get()
 
 
+@pytest.mark.parametrize("impl", ["callback", "xla"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16", "uint8"])
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1, "gamma_neg": 2.0}])
+@pytest.mark.parametrize("grad", [False, True])
+def test_checkify_target_check_on_every_path(impl, dtype, options, grad, monkeypatch):
+    """A traced target under checkify: the callback has the NumPy backend report the range (from the kernel as it
+    reads where it looks, else one pass on the host), XLA checks it itself; every bad value is caught either way,
+    with the same message, under value_and_grad and vmap too."""
+    import softmargin.numpy as snp
+
+    reported = []
+    real = snp.loss_and_grad_reporting_target
+    monkeypatch.setattr(snp, "loss_and_grad_reporting_target", lambda *a, **k: reported.append(1) or real(*a, **k))
+    xdtype = "float32" if dtype == "uint8" else dtype
+    x = jnp.asarray(np.linspace(-3, 3, 24).reshape(4, 6), xdtype)
+    loss = lambda x, y: multilabel_soft_margin_loss(x, y, impl=impl, **options)
+    f = jax.jit(checkify.checkify(jax.value_and_grad(loss) if grad else loss))
+    good = jnp.asarray(np.eye(4, 6), dtype)
+    bad_values = [2] if dtype == "uint8" else [1.5, -0.25, np.nan]
+    err, _ = f(x, good)
+    assert err.get() is None
+    for value in bad_values:
+        err, _ = f(x, good.at[2, 3].set(value))
+        message = err.get()
+        assert message is not None and "target has values outside [0, 1]" in message, (value, message)
+        assert "(min " in message
+    batched = jax.jit(checkify.checkify(jax.vmap(loss)))
+    assert batched(jnp.stack([x, x]), jnp.stack([good, good]))[0].get() is None
+    assert "outside [0, 1]" in batched(jnp.stack([x, x]), jnp.stack([good, good.at[0, 0].set(bad_values[0])]))[0].get()
+    assert bool(reported) == (impl == "callback")
+
+
 def test_traced_values_are_never_silently_accepted():
     """validate=True under a plain jit cannot check the values at trace time: it fails loudly, not silently."""
     f = jax.jit(lambda x, y: multilabel_soft_margin_loss(x, y))

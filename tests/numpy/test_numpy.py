@@ -105,3 +105,125 @@ def test_numpy_path_never_imports_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# out=: the results written into the caller's arrays
+
+
+@pytest.fixture(params=["native", "chunked"])
+def numpy_path(request, monkeypatch):
+    """The fused kernel (where built) and the chunked NumPy code (the kernel monkeypatched away)."""
+    from softmargin.kernels import cpu
+
+    if request.param == "chunked":
+        monkeypatch.setattr(cpu, "kernel", lambda: None)
+    elif cpu.kernel() is None:
+        pytest.skip("no CPU kernel built here")
+    return request.param
+
+
+@pytest.mark.parametrize(("shape", "reduction"), [((5, 7), "mean"), ((2, 3, 4), "none"), ((300, 257), "sum"), ((0, 3), "sum")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_out_receives_loss_and_gradient(numpy_path, shape, reduction, dtype, rng):
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    y = (rng.random(shape) < 0.3).astype(dtype)
+    w = rng.random(shape[-1]) * 2
+    loss_out = np.full(shape[:-1] if reduction == "none" else (), np.nan, dtype)
+    grad_out = np.full(shape, np.nan, dtype)
+    loss, grad = multilabel_soft_margin_loss_and_grad(x, y, w, reduction, out=(loss_out, grad_out))
+    assert loss is loss_out and grad is grad_out
+    rtol = RTOL[np.dtype(dtype).name]
+    assert_close(loss_out, reference_loss(x, y, w, reduction), rtol, "loss")
+    assert_close(grad_out, reference_grad(x, y, w, reduction), rtol, "grad")
+    expected = multilabel_soft_margin_loss_and_grad(x, y, w, reduction)  # bitwise what the call without out= gives
+    np.testing.assert_array_equal(loss_out, expected[0])
+    np.testing.assert_array_equal(grad_out, expected[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"pos_weight": "class", "label_smoothing": 0.1},
+        {"mask": "full", "reduction": "none"},
+        {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05},
+        {"sparse": True},
+    ],
+)
+def test_out_with_options_and_sparse_targets(numpy_path, kwargs, rng):
+    kwargs = dict(kwargs)
+    x = rng.standard_normal((6, 9)).astype(np.float32)
+    y: object = (rng.random((6, 9)) < 0.3).astype(np.float32)
+    if kwargs.pop("sparse", False):
+        dense = np.asarray(y)
+        y = (np.concatenate([[0], np.cumsum(dense.sum(1))]).astype(np.int64), np.nonzero(dense)[1])
+    if kwargs.get("pos_weight") == "class":
+        kwargs["pos_weight"] = rng.random(9) + 0.5
+    if kwargs.get("mask") == "full":
+        kwargs["mask"] = rng.random((6, 9)) < 0.7
+    expected = multilabel_soft_margin_loss_and_grad(x, y, **kwargs)
+    grad_out = np.empty_like(x)
+    loss, grad = multilabel_soft_margin_loss_and_grad(x, y, **kwargs, out=(None, grad_out))
+    assert grad is grad_out
+    np.testing.assert_array_equal(loss, expected[0])
+    np.testing.assert_array_equal(grad_out, expected[1])
+
+
+def test_out_loss_only_and_grad_function(numpy_path, rng):
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    y = (rng.random((4, 5)) < 0.5).astype(np.float32)
+    loss_out = np.empty((), np.float32)
+    loss, grad = multilabel_soft_margin_loss_and_grad(x, y, out=(loss_out, None))
+    assert loss is loss_out and grad.shape == x.shape
+    assert_close(loss_out, reference_loss(x, y), RTOL["float32"], "loss")
+    grad_out = np.empty_like(x)
+    assert multilabel_soft_margin_loss_grad(x, y, out=grad_out) is grad_out
+    assert_close(grad_out, reference_grad(x, y), RTOL["float32"], "grad")
+
+
+def _bad_outs(x, y, w):
+    """(out, exception, message) for each way out= can be wrong."""
+    grad = np.empty_like(x)
+    return [
+        (grad, TypeError, r"out is a ndarray: expected a tuple \(loss, gradient\)"),
+        ((grad,), TypeError, r"out is a tuple of length 1: expected a tuple \(loss, gradient\)"),
+        ((None, grad.tolist()), TypeError, r"out\[1\] \(the gradient\) is a list: expected a NumPy array"),
+        ((None, grad.astype(np.float64)), TypeError, r"out\[1\] \(the gradient\).dtype == float64, expected float32"),
+        ((np.empty((), np.float16), None), TypeError, r"out\[0\] \(the loss\).dtype == float16, expected float32"),
+        ((None, np.empty((4, 6), np.float32)), ValueError, r"out\[1\] \(the gradient\).shape == \(4, 6\), expected \(4, 5\)"),
+        ((np.empty((4,), np.float32), None), ValueError, r"out\[0\] \(the loss\).shape == \(4,\), expected \(\)"),
+        ((None, np.broadcast_to(np.float32(0), x.shape)), ValueError, r"out\[1\] \(the gradient\) is read-only"),
+        ((None, np.empty((5, 4), np.float32).T), ValueError, r"out\[1\] \(the gradient\) is not C-contiguous"),
+        ((None, np.empty((4, 10), np.float32)[:, ::2]), ValueError, r"not C-contiguous"),
+        ((None, x), ValueError, r"out\[1\] \(the gradient\) shares memory with input"),
+        ((None, y), ValueError, r"out\[1\] \(the gradient\) shares memory with target"),
+        ((w.reshape(()) if w.size == 1 else w[:1].reshape(()), None), ValueError, r"out\[0\] \(the loss\) shares memory with weight"),
+        ((grad[0, 0], grad), TypeError, r"out\[0\] \(the loss\) is a float32: expected a NumPy array"),
+        ((grad[0, :1].reshape(()), grad), ValueError, r"out\[1\] \(the gradient\) shares memory with out\[0\] \(the loss\)"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(15))
+def test_bad_out_is_refused_before_anything_is_written(numpy_path, case, rng):
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    y = (rng.random((4, 5)) < 0.5).astype(np.float32)
+    w = (rng.random(5) + 0.5).astype(np.float32)
+    cases = _bad_outs(x, y, w)
+    assert len(cases) == 15
+    out, error, message = cases[case]
+    before = [None if a is None else np.array(a, copy=True) for a in (out if isinstance(out, tuple) else (out,))]
+    snapshot = (x.copy(), y.copy(), w.copy())
+    with pytest.raises(error, match=message):
+        multilabel_soft_margin_loss_and_grad(x, y, w, out=out)
+    after = [None if a is None else np.asarray(a) for a in (out if isinstance(out, tuple) else (out,))]
+    for b, a in zip(before, after):
+        if b is not None and isinstance(a, np.ndarray) and a.shape == b.shape:
+            np.testing.assert_array_equal(a, b)  # nothing written
+    for original, now in zip(snapshot, (x, y, w)):
+        np.testing.assert_array_equal(original, now)
+
+
+def test_bad_out_of_the_gradient_function_names_out(rng):
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"out\[1\] \(the gradient\).shape == \(3, 2\), expected \(2, 3\)"):
+        multilabel_soft_margin_loss_grad(x, np.zeros_like(x), out=np.empty((3, 2), np.float32))

@@ -5,6 +5,8 @@ method and the memory measurement of :mod:`softmargin.app.bench`, whose helpers 
 
 - ``softmargin``: ``jax.jit(jax.value_and_grad(softmargin.jax.multilabel_soft_margin_loss))`` with ``impl="auto"``;
 - ``softmargin xla`` / ``softmargin callback``: the two implementations forced;
+- ``softmargin checkify``: the default with ``validate=True``, its value checks staged as ``checkify`` checks
+  (``jax.jit(checkify.checkify(jax.value_and_grad(...)))``): what checking the target and the weights costs;
 - ``optax``: ``jax.jit(jax.value_and_grad(...))`` of ``optax.sigmoid_binary_cross_entropy`` times the class
   weights, averaged over the labels and the batch (the same value);
 - ``floor``: one read of the logits and the target and one write of a gradient-sized output (``x + y``, jitted).
@@ -20,7 +22,7 @@ from typing import Any
 from . import bench
 
 DEFAULT_SHAPES = bench.DEFAULT_SHAPES
-IMPLEMENTATIONS = ("softmargin", "softmargin xla", "softmargin callback", "optax", "floor")
+IMPLEMENTATIONS = ("softmargin", "softmargin xla", "softmargin callback", "softmargin checkify", "optax", "floor")
 
 
 def _data(shape: Sequence[int], dtype: str) -> tuple[Any, Any, Any]:
@@ -46,6 +48,18 @@ def _step_fn(impl: str, x: Any, y: Any, w: Any) -> Callable[[], Any]:
         import optax
 
         loss = lambda a, t, v: (optax.sigmoid_binary_cross_entropy(a, t) * v).mean(-1).mean()
+    elif impl == "softmargin checkify":
+        from jax.experimental import checkify
+
+        loss = lambda a, t, v: multilabel_soft_margin_loss(a, t, v, validate=True)
+        checked = jax.jit(checkify.checkify(jax.value_and_grad(loss)))
+
+        def step_checked() -> Any:
+            err, result = checked(x, y, w)
+            err.throw()  # reads the error flag: the step is done
+            return jax.block_until_ready(result)
+
+        return step_checked
     elif impl.startswith("softmargin"):
         which = impl.split()[1] if " " in impl else "auto"
         loss = lambda a, t, v: multilabel_soft_margin_loss(a, t, v, validate=False, impl=which)

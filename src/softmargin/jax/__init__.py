@@ -9,7 +9,8 @@ transformation the values are not known at trace time, so with ``validate=True``
 ``jax.experimental.checkify`` checks: wrap the jitted function in ``checkify.checkify`` to get them (as an error
 value, ``err.throw()`` raises), or pass ``validate=False`` to leave them out. A staged check outside ``checkify``
 fails at trace time (JAX's "Cannot abstractly evaluate a checkify.check which was not functionalized"): the checks
-are never silently dropped.
+are never silently dropped. With the callback implementation the fused kernel checks a traced target's range as it
+reads it, so under ``checkify`` the target check costs no pass of its own (XLA's takes one).
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ def multilabel_soft_margin_loss(
         validate: check the target range and the weights: on concrete arrays at once (``ValueError``); on traced
             ones as ``jax.experimental.checkify`` checks (wrap the jitted function in ``checkify.checkify``, or pass
             ``validate=False`` under ``jit``). Shape and dtype checks always run, at trace time.
-        impl: ``"xla"`` (fused jax.numpy, any device), ``"callback"`` (the NumPy backend on the host through
-            ``jax.pure_callback``; CPU) or ``"auto"``.
+        impl: ``"xla"`` (fused jax.numpy, any device), ``"callback"`` (the NumPy backend's fused C kernel on the
+            host through ``jax.experimental.buffer_callback``, writing into XLA's result buffers; CPU) or
+            ``"auto"`` (the callback on the CPU for float16/float32/float64 where the kernel is built, else XLA).
 
     Returns:
         The loss in ``input``'s dtype (half precision is computed in float32): a scalar, or ``input.shape[:-1]``
@@ -193,14 +195,18 @@ def multilabel_soft_margin_loss(
     V.check_input_kind("input", _kind(x.dtype), x.dtype)
     V.check_input_ndim(x.shape)
     shape = tuple(int(s) for s in x.shape)
+    resolved_impl = _ops.resolve_impl(impl, x)
     y: Any
+    report_target = False
     if _is_sparse(target):
         y = _sparse_rows(target, shape, validate)
     else:
         y = _as_array("target", target)
         V.check_target_kind(_kind(y.dtype), y.dtype)
         V.check_same_shape("target", y.shape, shape)
-        if validate and y.size:
+        # a traced target going to the callback: the kernel checks its range as it reads it (no extra pass)
+        report_target = validate and y.size > 0 and _traced(y) and resolved_impl == "callback"
+        if validate and y.size and not report_target:
             _check_range("target", y, "[0, 1]", lambda a: (a >= 0) & (a <= 1))
     w = _operand("weight", weight, shape)
     pw = _operand("pos_weight", pos_weight, shape)
@@ -211,6 +217,21 @@ def multilabel_soft_margin_loss(
             _check_range("weight", w, "the finite range [0, inf)", lambda a: finite(a) & (a >= 0))
         if pw is not None and pw.size:
             _check_range("pos_weight", pw, "the finite range (0, inf)", lambda a: finite(a) & (a > 0))
-    config = _ops.Config(reduction, resolved, _ops.resolve_impl(impl, x))
+    config = _ops.Config(reduction, resolved, resolved_impl, report_target)
     result: jax.Array = _ops.loss(config, x, y, w, pw, m)
+    if report_target:
+        result, flag = result
+        _check_reported_target(flag, y)
     return result
+
+
+def _check_reported_target(flag: Any, y: Any) -> None:
+    """The checkify check of a traced target whose range the kernel reported (``flag`` 1: a value outside [0, 1]
+    or NaN); its min and max, for the message, are computed only then."""
+    bad = flag != 0
+    low, high = jax.lax.cond(
+        bad, lambda a: (a.min(), a.max()), lambda a: (jnp.zeros((), a.dtype), jnp.zeros((), a.dtype)), y
+    )  # fmt: skip
+    checkify.check(
+        ~bad, "target has values outside [0, 1] (min {}, max {}); expected every target value in [0, 1]", low, high
+    )

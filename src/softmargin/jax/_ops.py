@@ -4,9 +4,12 @@ Two implementations of the forward pass, chosen explicitly (``impl``) or by :fun
 
 - ``"xla"``: :mod:`softmargin._formula` written against ``jax.numpy``; XLA fuses the element-wise work and the
   row sums into one pass over the logits, on any device.
-- ``"callback"``: a ``jax.pure_callback`` into the NumPy backend's
+- ``"callback"``: a ``jax.experimental.buffer_callback`` into the NumPy backend's
   :func:`softmargin.numpy.multilabel_soft_margin_loss_and_grad` (CPU only), so JAX gets whatever the NumPy backend
-  runs (the fused C kernel where it uses one). The host function receives XLA's buffers as NumPy arrays.
+  runs (the fused C kernel where it uses one). The host function receives XLA's buffers as NumPy arrays and the
+  NumPy backend writes the loss and the gradient into XLA's result buffers (``out=``): one pass, no temporary.
+  Under ``checkify`` (``validate=True`` on a traced target) it also returns the kernel's verdict on the target's
+  range, read as it reads the target (``Config.report_target``), so the check costs no pass of its own.
 
 Either way the residual saved for backward is the gradient itself (input-sized, input dtype), and backward only
 scales it by the incoming cotangent, as the torch operator does. The cotangents of ``target``, ``weight`` and
@@ -33,6 +36,10 @@ from .._options import LossOptions
 
 IMPLS = ("auto", "xla", "callback")
 
+#: Below this many logits ``"auto"`` takes XLA on the CPU too: a host callback's fixed cost (about 0.1 ms) is more
+#: than XLA's whole step there (bench-jax.csv: 32 x 10 and 64 x 80 faster with XLA; 256 x 1000 with the callback).
+CALLBACK_MIN_ELEMENTS = 1 << 15
+
 
 class SparseRows(NamedTuple):
     """The positives of an (N, C) target as coordinates: ``rows`` and ``cols`` (nnz,) int32, ``values`` (nnz,) or
@@ -50,6 +57,9 @@ class Config:
     reduction: str
     options: LossOptions
     impl: str  # "xla" or "callback" (resolved)
+    #: the callback also returns whether a dense target lies outside [0, 1] (int32 0/1; the operator then returns
+    #: (loss, flag)), as the kernel sees while reading it: the public function's checkify check with no extra pass
+    report_target: bool = False
 
 
 def compute_dtype(dtype: Any) -> Any:
@@ -80,10 +90,13 @@ def _varying(x: Any) -> bool:
 
 def resolve_impl(impl: str, x: Any) -> str:
     """``"auto"``: the callback on the CPU for the dtypes the NumPy backend's fused kernel takes (float16, float32,
-    float64), where that kernel is there; XLA otherwise (on accelerators it is the one that stays on the device;
-    bfloat16 would cost the callback two conversions). ``softmargin bench --backend jax`` times both."""
+    float64), where that kernel is there, from :data:`CALLBACK_MIN_ELEMENTS` logits; XLA otherwise (on accelerators
+    it is the one that stays on the device; bfloat16 would cost the callback two conversions; small calls are
+    faster without a trip to the host). ``softmargin bench --backend jax`` times both."""
     if impl != "auto":
         return impl
+    if math.prod(x.shape) < CALLBACK_MIN_ELEMENTS:
+        return "xla"
     if _varying(x):  # inside shard_map: a host callback's results carry no per-device axes, so its VJP cannot
         return "xla"  # match the input's type; XLA's own operations keep them
     fused_cpu = jax.default_backend() == "cpu" and np.dtype(x.dtype).name in ("float16", "float32", "float64")
@@ -222,65 +235,89 @@ def _host_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.float32) if dtype.name == "bfloat16" else dtype
 
 
-def _host_call(config: Config, need_grad: bool, dtype: np.dtype[Any]) -> Any:
+def _host_call(config: Config, need_grad: bool) -> Any:
+    """The host function: reads the operands (NumPy views of XLA's buffers) and writes the loss (and the gradient),
+    and with ``config.report_target`` the target's range flag, into XLA's result buffers. Where the input's dtype
+    is one the NumPy backend takes, the NumPy backend writes into them itself (``out=``: no gradient-sized
+    temporary, no copy); bfloat16 is computed in float32 and converted."""
     from .. import numpy as backend
 
     options = config.options
     reduction: Any = config.reduction  # one of the NumPy backend's Literal reductions, checked at the entry point
 
-    def call(x: Any, y: Any, w: Any = None, pw: Any = None, m: Any = None) -> Any:
+    def call(x: Any, y: Any, w: Any, pw: Any, m: Any, loss_out: Any, grad_out: Any, flag_out: Any) -> None:
         x = np.asarray(x)
         arrays = [None if a is None else np.asarray(a) for a in (y, w, pw)]
         y, w, pw = (None if a is None else a.astype(_host_dtype(a.dtype), copy=False) for a in arrays)
-        kwargs = dict(
-            pos_weight=pw, mask=None if m is None else np.asarray(m), label_smoothing=options.label_smoothing,
-            gamma_pos=options.gamma_pos, gamma_neg=options.gamma_neg, clip=options.clip, validate=False,
-        )  # fmt: skip
+        m = None if m is None else np.asarray(m)
         xh = x.astype(_host_dtype(x.dtype), copy=False)
-        if not need_grad:
-            loss = backend.multilabel_soft_margin_loss(xh, y, w, reduction, **kwargs)
-            return np.asarray(loss).astype(dtype)
-        loss, grad = backend.multilabel_soft_margin_loss_and_grad(xh, y, w, reduction, **kwargs)
-        return np.asarray(loss).astype(dtype), np.asarray(grad).astype(dtype, copy=False)
+        direct = xh.dtype == loss_out.dtype and (grad_out is None or grad_out.flags.c_contiguous)
+        outs = (loss_out, grad_out) if direct else (
+            np.empty(loss_out.shape, xh.dtype), None if grad_out is None else np.empty(grad_out.shape, xh.dtype)
+        )  # fmt: skip
+        if config.report_target:
+            flag_out[...] = backend.loss_and_grad_reporting_target(
+                xh, y, w, reduction, pos_weight=pw, mask=m, options=options, need_grad=need_grad, out=outs
+            )  # fmt: skip
+        else:
+            kwargs = dict(pos_weight=pw, mask=m, options=options, validate=False)
+            if need_grad:
+                backend.multilabel_soft_margin_loss_and_grad(xh, y, w, reduction, **kwargs, out=outs)
+            else:
+                outs[0][...] = backend.multilabel_soft_margin_loss(xh, y, w, reduction, **kwargs)
+        if not direct:
+            loss_out[...] = outs[0]
+            if grad_out is not None:
+                grad_out[...] = outs[1]
 
     return call
 
 
 def callback_forward(
     config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool
-) -> tuple[Any, Any]:
-    """As :func:`xla_forward`, computed on the host by the NumPy backend. Through
-    ``jax.experimental.buffer_callback`` the host function reads XLA's input buffers in place and writes the
-    outputs into XLA's result buffers (``jax.pure_callback`` copies both ways: measured 2 extra passes)."""
+) -> tuple[Any, Any, Any]:
+    """As :func:`xla_forward`, computed on the host by the NumPy backend, and the target's range flag (None unless
+    ``config.report_target``). Through ``jax.experimental.buffer_callback`` the host function reads XLA's input
+    buffers in place and the NumPy backend writes the loss and the gradient into XLA's result buffers (``out=``);
+    ``jax.pure_callback`` would copy both ways (measured: 2 extra passes), and a gradient made apart and copied in
+    costs one more pass and a temporary."""
     from jax.experimental.buffer_callback import buffer_callback
 
     loss_shape = x.shape[:-1] if config.reduction == "none" else ()
-    loss_type = jax.ShapeDtypeStruct(loss_shape, x.dtype)
-    grad_type = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    host = _host_call(config, need_grad, np.dtype(x.dtype))
+    result_type = [jax.ShapeDtypeStruct(loss_shape, x.dtype)]
+    if need_grad:
+        result_type.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
+    if config.report_target:
+        result_type.append(jax.ShapeDtypeStruct((), jnp.int32))
+    host = _host_call(config, need_grad)
     operands = [x, y] + [a for a in (w, pw, m) if a is not None]
     present = [a is not None for a in (w, pw, m)]
 
     def call(ctx: Any, out: Any, *arrays: Any) -> None:
         it = iter(arrays[2:])
         w_, pw_, m_ = (next(it) if p else None for p in present)
-        result = host(arrays[0], arrays[1], w_, pw_, m_)
-        if need_grad:
-            np.asarray(out[0])[...] = result[0]
-            np.asarray(out[1])[...] = result[1]
-        else:
-            np.asarray(out)[...] = result
+        results = iter(np.asarray(o) for o in out)
+        loss_out = next(results)
+        grad_out = next(results) if need_grad else None
+        host(arrays[0], arrays[1], w_, pw_, m_, loss_out, grad_out, next(results, None))
 
-    result_type = (loss_type, grad_type) if need_grad else loss_type
     # "sequential": under vmap each mapped slice is its own problem (its own mean)
-    result = buffer_callback(call, result_type, vmap_method="sequential")(*operands)
-    return (result[0], result[1]) if need_grad else (result, None)
+    result = iter(buffer_callback(call, tuple(result_type), vmap_method="sequential")(*operands))
+    loss = next(result)
+    return loss, (next(result) if need_grad else None), next(result, None)
 
 
-def _forward(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool) -> tuple[Any, Any]:
+def _forward(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool) -> tuple[Any, Any, Any]:
+    """(loss, gradient or None, the target's range flag or None)."""
     if config.impl == "callback" and not isinstance(y, SparseRows):
         return callback_forward(config, x, y, w, pw, m, need_grad)
-    return xla_forward(config, x, y, w, pw, m, need_grad)
+    if config.report_target:  # only the callback reports (the public function asks it only of the callback)
+        raise ValueError("report_target needs impl='callback' and a dense target")
+    return (*xla_forward(config, x, y, w, pw, m, need_grad), None)
+
+
+def _primal_out(config: Config, loss: Any, flag: Any) -> Any:
+    return (loss, flag) if config.report_target else loss
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -289,7 +326,8 @@ def _forward(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad:
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _loss_op(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
-    return _forward(config, x, y, w, pw, m, need_grad=False)[0]
+    loss, _, flag = _forward(config, x, y, w, pw, m, need_grad=False)
+    return _primal_out(config, loss, flag)
 
 
 def _fwd(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, Any]:
@@ -298,10 +336,10 @@ def _fwd(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, 
     values = tuple(_value(a) for a in (x, y, w, pw, m))
     if isinstance(values[1], SparseRows) and _perturbed(y):
         raise ValueError("target is sparse: a sparse target is not differentiable; pass the positives as constants")
-    loss, grad = _forward(config, values[0], values[1], values[2], values[3], values[4], need_grad=_perturbed(x))
+    loss, grad, flag = _forward(config, values[0], values[1], values[2], values[3], values[4], need_grad=_perturbed(x))
     others = (_perturbed(y), _perturbed(w), _perturbed(pw))
     kept = values if any(others) else None
-    return loss, (grad, kept, others)
+    return _primal_out(config, loss, flag), (grad, kept, others)
 
 
 def _is_primal(leaf: Any) -> bool:
@@ -319,6 +357,8 @@ def _perturbed(tree: Any) -> bool:
 def _bwd(config: Config, residuals: Any, g: Any) -> tuple[Any, ...]:
     grad, kept, (need_y, need_w, need_pw) = residuals
     zeros = kept is None
+    if config.report_target:
+        g = g[0]  # the flag's cotangent is a zero (float0)
     if isinstance(g, SymbolicZero):
         return (None, None, None, None, None)
     if config.reduction == "none":
@@ -376,5 +416,6 @@ _loss_op.defvjp(_fwd, _bwd, symbolic_zeros=True)
 
 
 def loss(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
-    """The loss with the fused custom_vjp (see the module docstring); arguments already validated and converted."""
+    """The loss with the fused custom_vjp (see the module docstring); arguments already validated and converted.
+    With ``config.report_target``: (loss, int32 flag, 1 where the target has a value outside [0, 1] or NaN)."""
     return _loss_op(config, x, y, w, pw, m)
