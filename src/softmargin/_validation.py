@@ -42,9 +42,10 @@ def check_input_kind(name: str, kind: str, dtype: object) -> None:
         )
 
 
-def check_target_kind(kind: str, dtype: object) -> None:
+def check_target_kind(kind: str, dtype: object, name: str = "target") -> None:
+    """A real dtype for the target, or for the weights (``name``: the argument named in the message)."""
     if kind in ("complex", "other"):
-        raise TypeError(f"target has dtype {dtype}: expected a real (floating, integer or boolean) dtype")
+        raise TypeError(f"{name} has dtype {dtype}: expected a real (floating, integer or boolean) dtype")
 
 
 def check_input_ndim(shape: Sequence[int]) -> None:

@@ -74,7 +74,7 @@ def _array(name: str, value: ArrayLike | None, shape: tuple[int, ...]) -> NDArra
     if name == "mask":
         V.check_mask_kind(_KINDS.get(array.dtype.kind, "other"), array.dtype)
     else:
-        V.check_target_kind(_KINDS.get(array.dtype.kind, "other"), array.dtype)
+        V.check_target_kind(_KINDS.get(array.dtype.kind, "other"), array.dtype, name)
     V.check_broadcastable(name, array.shape, shape)
     return array
 

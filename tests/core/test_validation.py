@@ -127,3 +127,12 @@ def test_loss_options_are_accepted_wherever_the_four_keywords_are():
         snp.multilabel_soft_margin_loss(x, y, options=keywords)
     with pytest.raises(ValueError, match=r"clip=1.5 is outside \[0, 1\)"):
         LossOptions(clip=1.5)
+
+
+def test_a_weight_of_a_wrong_dtype_is_named_as_the_weight():
+    with pytest.raises(TypeError, match=r"^weight has dtype <U1: expected a real"):
+        snp.multilabel_soft_margin_loss(X, Y, np.array(["a", "b", "c"]))
+    with pytest.raises(TypeError, match=r"^pos_weight has dtype complex128: expected a real"):
+        snp.multilabel_soft_margin_loss(X, Y, pos_weight=np.ones(3, dtype=complex))
+    with pytest.raises(TypeError, match=r"^weight has dtype torch.complex64: expected a real"):
+        st.multilabel_soft_margin_loss(torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(3, dtype=torch.complex64))

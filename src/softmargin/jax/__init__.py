@@ -120,7 +120,7 @@ def _operand(name: str, value: Any, shape: tuple[int, ...]) -> Any:
     if name == "mask":
         V.check_mask_kind(_kind(array.dtype), array.dtype)
     else:
-        V.check_target_kind(_kind(array.dtype), array.dtype)
+        V.check_target_kind(_kind(array.dtype), array.dtype, name)
     V.check_broadcastable(name, array.shape, shape)
     return array
 

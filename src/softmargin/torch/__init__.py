@@ -94,7 +94,7 @@ def _problem(
         dense = target
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
-            V.check_target_kind(_kind(value.dtype), value.dtype)
+            V.check_target_kind(_kind(value.dtype), value.dtype, name)
             V.check_broadcastable(name, value.shape, input.shape)
     if mask is not None:
         V.check_mask_kind(_kind(mask.dtype), mask.dtype)
