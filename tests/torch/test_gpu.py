@@ -369,11 +369,19 @@ def test_kernel_in_a_triton_op_passes_opcheck_and_compiles():
     assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
 
 
-def test_kernel_target_check_is_a_device_assertion():
-    """A failed device-side assertion ends the CUDA context, so it runs in a child process."""
+def _fails_a_device_assertion(script, message):
+    """Run ``script`` in a child process (a failed device-side assertion ends the CUDA context): it must print
+    'unchecked: fine' (the unchecked call computes), then fail with ``message`` or CUDA's device-side assert."""
     import subprocess
     import sys
 
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert "unchecked: fine" in result.stdout
+    assert result.returncode != 0
+    assert message in result.stderr or "device-side assert" in result.stderr, result.stderr[-2000:]
+
+
+def test_kernel_target_check_is_a_device_assertion():
     script = (
         "import torch\n"
         "from softmargin.kernels.triton_kernels import fused_rows\n"
@@ -384,10 +392,7 @@ def test_kernel_target_check_is_a_device_assertion():
         "fused_rows(x, y, scale=1.0, need_grad=False, check_target=True)\n"
         "torch.cuda.synchronize()\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
-    assert "unchecked: fine" in result.stdout
-    assert result.returncode != 0
-    assert "outside [0, 1]" in result.stderr or "device-side assert" in result.stderr, result.stderr[-2000:]
+    _fails_a_device_assertion(script, "outside [0, 1]")
 
 
 def test_kernel_float32_row_sums_of_a_million_classes_against_mpmath():
@@ -571,9 +576,6 @@ def test_api_weight_check_is_a_device_assertion():
     """On CUDA the kernel checks the weights as it reads them (no separate check kernels): a negative weight fails a
     device-side assertion (fatal to the CUDA context, hence a child process); the same call with validate=False
     computes."""
-    import subprocess
-    import sys
-
     script = (
         "import torch, softmargin.torch as st\n"
         "x = torch.zeros(4, 100, device='cuda'); y = torch.zeros(4, 100, device='cuda')\n"
@@ -582,7 +584,4 @@ def test_api_weight_check_is_a_device_assertion():
         "print('unchecked: fine', flush=True)\n"
         "st.multilabel_soft_margin_loss(x, y, w); torch.cuda.synchronize()\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
-    assert "unchecked: fine" in result.stdout
-    assert result.returncode != 0
-    assert "a weight is negative" in result.stderr or "device-side assert" in result.stderr, result.stderr[-2000:]
+    _fails_a_device_assertion(script, "a weight is negative")

@@ -42,8 +42,7 @@ from . import _backends as B
 __all__ = ["Problem", "compute", "loss_rows"]
 
 
-@torch.library.custom_op("softmargin::loss_rows", mutates_args=())
-def loss_rows(
+def _loss_rows_impl(
     input: Tensor,
     target: Tensor | None,
     weight: Tensor | None,
@@ -71,6 +70,11 @@ def loss_rows(
         LossOptions(label_smoothing, gamma_pos, gamma_neg, clip), need_grad, check,
     )  # fmt: skip
     return per_sample, grad, counted
+
+
+#: The operator (the implementation above, opaque to tracing); ``loss_rows_triton`` below registers the same
+#: implementation with ``triton_op``.
+loss_rows: torch.library.CustomOpDef = torch.library.custom_op("softmargin::loss_rows", _loss_rows_impl, mutates_args=())
 
 
 def _compute_rows(
@@ -234,7 +238,6 @@ def _backward(ctx: Any, grad_per_sample: Tensor, _grad: Any, _counted: Any) -> t
     return (*grads, None, None, None, None, None, None, None, None, None, None, None)
 
 
-loss_rows.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---- vmap: the batch dimension folded into the rows ------------------------------------------------------------------
@@ -257,7 +260,7 @@ def _vmap(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[tuple
         return t.reshape(size, *([1] * (x.dim() - t.dim())), *t.shape[1:])
 
     weight, pos_weight, mask = lifted(weight, w_dim), lifted(pos_weight, pw_dim), lifted(mask, mask_dim)
-    op = loss_rows_triton if loss_rows_triton is not None and x.device.type == "cuda" else loss_rows
+    op = _operator_for(x)
     per_sample, grad, _ = op(
         x, y, weight, pos_weight, mask, None, None, None, eps, gamma_pos, gamma_neg, clip, need_grad, check
     )
@@ -268,8 +271,20 @@ def _vmap(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[tuple
     return (per_sample, grad, counted), (0, 0 if need_grad else None, 0)
 
 
-torch.library.register_vmap("softmargin::loss_rows", _vmap)
-torch.library.register_autocast("softmargin::loss_rows", "cuda", torch.float32)
+def _operator_for(x: Tensor) -> Any:
+    """The registration to call for ``x`` in traced code: the Triton operator for CUDA tensors once registered,
+    else ``loss_rows``."""
+    return loss_rows_triton if loss_rows_triton is not None and x.device.type == "cuda" else loss_rows
+
+
+def _register_rules(op: Any, name: str) -> None:
+    """Autograd, vmap and CUDA autocast rules, the same for both registrations of the operator."""
+    op.register_autograd(_backward, setup_context=_setup_context)
+    torch.library.register_vmap(name, _vmap)
+    torch.library.register_autocast(name, "cuda", torch.float32)
+
+
+_register_rules(loss_rows, "softmargin::loss_rows")
 
 
 # ---- the same operator as a triton_op, for CUDA tensors under torch.compile ------------------------------------------
@@ -295,32 +310,8 @@ def ensure_triton_op() -> Any:
     if B.triton_module() is None:
         return None
 
-    def impl(
-        input: Tensor,
-        target: Tensor | None,
-        weight: Tensor | None,
-        pos_weight: Tensor | None,
-        mask: Tensor | None,
-        indptr: Tensor | None,
-        indices: Tensor | None,
-        values: Tensor | None,
-        label_smoothing: float,
-        gamma_pos: float,
-        gamma_neg: float,
-        clip: float,
-        need_grad: bool,
-        check: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        per_sample, grad, counted = _compute_rows(
-            input, target, weight, pos_weight, mask, indptr, indices, values,
-            LossOptions(label_smoothing, gamma_pos, gamma_neg, clip), need_grad, check,
-        )  # fmt: skip
-        return per_sample, grad, counted
-
-    op: Any = torch.library.triton_op("softmargin::loss_rows_triton", impl, mutates_args=())
-    op.register_autograd(_backward, setup_context=_setup_context)
-    torch.library.register_vmap("softmargin::loss_rows_triton", _vmap)
-    torch.library.register_autocast("softmargin::loss_rows_triton", "cuda", torch.float32)
+    op: Any = torch.library.triton_op("softmargin::loss_rows_triton", _loss_rows_impl, mutates_args=())
+    _register_rules(op, "softmargin::loss_rows_triton")
     loss_rows_triton = op
     return op
 
@@ -514,7 +505,7 @@ def compute(problem: Problem) -> Tensor:
     if torch.compiler.is_compiling():
         need_grad = x.requires_grad
         o = problem.options
-        op = loss_rows_triton if loss_rows_triton is not None and x.device.type == "cuda" else loss_rows
+        op = _operator_for(x)
         per_sample, _, counted = op(
             *operands, o.label_smoothing, o.gamma_pos, o.gamma_neg, o.clip, need_grad, problem.check
         )
