@@ -12,7 +12,7 @@ backend    where                                       what
 ``cpu``    CPU tensors, when the C kernel is available  the fused C kernel (``softmargin.kernels.cpu``)
 ``triton`` CUDA tensors (or CPU tensors under            the Triton kernel (``softmargin.kernels.triton_kernels``):
            ``TRITON_INTERPRET=1``)                      every option, dense and sparse (CSR) targets
-``torch``  any device, any option                      chunked torch operations (``softmargin._chunks``)
+``torch``  any device, any option                      chunked torch operations (``torch._fallback``, ``_chunks``)
 =========  ==========================================  =================================================
 
 ``auto`` (the default) takes the first that applies; ``SOFTMARGIN_BACKEND=cpu|triton|torch`` forces one, and
@@ -35,6 +35,7 @@ from .._chunks import loss_rows as chunked_loss_rows
 from .._options import PLAIN, LossOptions
 from .._sparse import SparseTargets
 from ..kernels import cpu
+from ._fallback import plain_loss_rows
 
 #: Elements per chunk of the torch backend (float32: 256 KiB per temporary, so that a chunk's temporaries stay in a
 #: 2 MiB L2 cache; larger chunks measured slower).
@@ -264,9 +265,10 @@ def _chunked(
     reduction: str,
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Chunked torch operations (``_chunks.loss_rows``): any device, any option; one gradient plus one chunk of
-    temporaries. Nothing is read back to the host (each such read waits for the device): the row bookkeeping stays
-    in tensors, and the number of rows in the mean is a 0-d tensor."""
+    """Chunked torch operations (``_fallback.plain_loss_rows`` without focusing or pos_weight, ``_chunks.loss_rows``
+    with them): any device, any option; one gradient plus one chunk of temporaries. Nothing is read back to the host
+    (each such read waits for the device): the row bookkeeping stays in tensors, and the number of rows in the mean
+    is a 0-d tensor."""
     cdtype = compute_dtype(x.dtype)
     rows = _rows(x, y, weight, pos_weight, mask, cdtype)
     num_rows, num_classes = rows.num_rows, rows.num_classes
@@ -280,11 +282,14 @@ def _chunked(
             grad_scale = grad_scale / counted.clamp_min(1.0)
     row_sums = torch.empty(num_rows, dtype=torch.float64, device=x.device)
     grad = torch.empty(rows.x.shape, dtype=x.dtype, device=x.device) if need_grad else None
-    chunked_loss_rows(
-        rows, options, grad_scale, need_grad, xp=torch, compute=lambda t: t.to(cdtype),
-        row_sum=lambda t: t.sum(dim=1, dtype=torch.float64), row_sums_out=row_sums, grad_out=grad,
-        chunk_elements=CHUNK_ELEMENTS,
-    )  # fmt: skip
+    if pos_weight is None and not options.focusing:  # the short path (torch/_fallback.py)
+        plain_loss_rows(rows, options.label_smoothing, grad_scale, need_grad, cdtype, row_sums, grad)
+    else:
+        chunked_loss_rows(
+            rows, options, grad_scale, need_grad, xp=torch, compute=lambda t: t.to(cdtype),
+            row_sum=lambda t: t.sum(dim=1, dtype=torch.float64), row_sums_out=row_sums, grad_out=grad,
+            chunk_elements=CHUNK_ELEMENTS,
+        )  # fmt: skip
     return _per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted
 
 
