@@ -12,7 +12,8 @@ backend    where                                       what
 ``cpu``    CPU tensors, when the C kernel is available  the fused C kernel (``softmargin.kernels.cpu``)
 ``triton`` CUDA tensors (or CPU tensors under            the Triton kernel (``softmargin.kernels.triton_kernels``):
            ``TRITON_INTERPRET=1``)                      every option, dense and sparse (CSR) targets
-``torch``  any device, any option                      chunked torch operations (``torch._fallback``, ``_chunks``)
+``torch``  any device, any option                      chunked torch operations (``_chunks``; on the CPU without focusing
+                                                       or pos_weight the short path of ``torch._fallback``)
 =========  ==========================================  =================================================
 
 ``auto`` (the default) takes the first that applies; ``SOFTMARGIN_BACKEND=cpu|triton|torch`` forces one, and
@@ -255,6 +256,11 @@ def _observed(mask_rows: torch.Tensor, num_rows: int, dtype: torch.dtype) -> tup
     return count.contiguous(), scale.contiguous(), observed.sum(dtype=torch.float64)
 
 
+def short_path_applies(x: torch.Tensor, pos_weight: torch.Tensor | None, options: LossOptions) -> bool:
+    """Whether the torch backend takes its short path (``_fallback``): CPU tensors, no pos_weight, no focusing."""
+    return x.device.type == "cpu" and pos_weight is None and not options.focusing
+
+
 def _chunked(
     x: torch.Tensor,
     y: Any,
@@ -264,13 +270,24 @@ def _chunked(
     options: LossOptions,
     reduction: str,
     need_grad: bool,
+    short_path: bool | None = None,
+    check: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Chunked torch operations (``_fallback.plain_loss_rows`` without focusing or pos_weight, ``_chunks.loss_rows``
-    with them): any device, any option; one gradient plus one chunk of temporaries. Nothing is read back to the host
-    (each such read waits for the device): the row bookkeeping stays in tensors, and the number of rows in the mean
-    is a 0-d tensor."""
+    """Chunked torch operations: any device, any option; one gradient plus one chunk of temporaries.
+
+    On CPU tensors without focusing or pos_weight, the short path (``_fallback.plain_loss_rows``, which reads the
+    row sums back to check them: free on the CPU); otherwise, and on every other device, ``_chunks.loss_rows``, which
+    reads nothing back (each such read waits for the device): the row bookkeeping stays in tensors, and the number of
+    rows in the mean is a 0-d tensor. ``short_path``: force the choice (None: as just said; True only where it
+    applies). ``check``: the short path checks the target's range as it reads it (without label smoothing; see
+    ``_fallback.plain_loss_rows``)."""
     cdtype = compute_dtype(x.dtype)
-    rows = _rows(x, y, weight, pos_weight, mask, cdtype)
+    applies = short_path_applies(x, pos_weight, options)
+    if short_path and not applies:
+        raise ValueError("the short path runs on CPU tensors without focusing or pos_weight")
+    short = applies if short_path is None else short_path
+    # the short path reads the weight in its own dtype (a float64 weight keeps its precision in the row sums)
+    rows = _rows(x, y, weight, pos_weight, mask, None if short else cdtype)
     num_rows, num_classes = rows.num_rows, rows.num_classes
     if rows.mask is None:
         divisor: Any = float(num_classes)
@@ -282,8 +299,8 @@ def _chunked(
             grad_scale = grad_scale / counted.clamp_min(1.0)
     row_sums = torch.empty(num_rows, dtype=torch.float64, device=x.device)
     grad = torch.empty(rows.x.shape, dtype=x.dtype, device=x.device) if need_grad else None
-    if pos_weight is None and not options.focusing:  # the short path (torch/_fallback.py)
-        plain_loss_rows(rows, options.label_smoothing, grad_scale, need_grad, cdtype, row_sums, grad)
+    if short:  # torch/_fallback.py
+        plain_loss_rows(rows, options.label_smoothing, grad_scale, need_grad, cdtype, row_sums, grad, check=check)
     else:
         chunked_loss_rows(
             rows, options, grad_scale, need_grad, xp=torch, compute=lambda t: t.to(cdtype),
@@ -398,7 +415,11 @@ def loss_rows(
             check_target_values(y)
         per_sample, grad, counted_rows = _triton(x, y, weight, pos_weight, mask, options, need_grad, check)
     else:
-        if check and sparse is None:
+        # the short path without label smoothing checks a dense target as it reads it (see _fallback)
+        in_path = short_path_applies(x, pos_weight, options) and not options.label_smoothing
+        if check and sparse is None and not in_path:
             check_target_values(y)
-        per_sample, grad, counted_rows = _chunked(x, y, weight, pos_weight, mask, options, "none", need_grad)
+        per_sample, grad, counted_rows = _chunked(
+            x, y, weight, pos_weight, mask, options, "none", need_grad, check=check and sparse is None
+        )
     return per_sample.to(per_sample_dtype(x, y, weight)), grad, counted_rows

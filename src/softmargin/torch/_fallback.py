@@ -1,101 +1,51 @@
-"""The pure-torch fallback's short path: the loss without focusing or ``pos_weight`` in 15 to 18 in-place operations
-per chunk.
+"""The pure-torch fallback's short path on the CPU: the loss without focusing or ``pos_weight`` in about ten
+operations per chunk of rows.
 
 The general chunked loop (:func:`softmargin._chunks.loss_rows`) spells out :mod:`softmargin._formula` in about 25
-operations per chunk, each allocating its result; on the CPU their overhead, not the arithmetic, sets its speed
-(10x slower than ``BCEWithLogits``). This path computes the same stable form with fewer operations, in place, into
-four buffers of one chunk kept between calls (per calling thread). With ``s = sigmoid(-|x|)``, ``g = sign(x)`` and
-``d = y - (1 + g) / 2`` (``y - 1`` for x > 0, ``y`` itself for x < 0, ``y - 1/2`` at 0)::
+operations per chunk, each allocating its result; on the CPU their count, not the arithmetic, sets its speed (each
+operation's threads meet at its end; on a busy machine each meeting can wait a time slice). This path computes the
+same stable form in fewer operations, each into a buffer of the chunk. With ``a = -|x|``, ``g = copysign(1, x)``
+(``+1`` for ``x >= +0``, ``-1`` for ``x <= -0``, as the sign bit says) and ``d = y - (1 + g) / 2`` (``y - 1`` where
+``g = 1``, ``y`` itself where ``g = -1``)::
 
-    l(x, y) = log1p(exp(-|x|)) - d * x      (-d * x = (1 - y) relu(x) + y relu(-x): no cancellation)
-    dl/dx   = -(d + g * s)                  ((1 - y) - sigmoid(-x) for x > 0, sigmoid(x) - y below, 1/2 - y at 0)
+    l(x, y) = softplus(a) - d * x          (softplus(a) = log1p(exp(-|x|)); -d * x = (1 - y) relu(x) + y relu(-x))
+    dl/dx   = -(d + g * sigmoid(a))        ((1 - y) - sigmoid(-x) for g = 1, sigmoid(x) - y for g = -1)
 
-``d`` rounds at most once (``y - 1``, exact for ``y >= 1/2``), so each element is as accurate as
+``d`` rounds at most once (``y - 1`` is exact for ``y >= 1/2``), so each element is as accurate as
 :func:`softmargin._formula.element_loss_and_grad`'s, and the gradient of a hard label is exact at any ``x``
-(``-sigmoid(-x)``, not ``sigmoid(x) - 1``). ``d * x`` is ``0 * inf`` only for a right prediction at infinity (or a
-zero weight at an infinite logit), whose limit is 0: NaN is replaced by 0 there, while a NaN logit still propagates
-through the ``log1p`` term. With a weight or a mask, the weight is divided by twice a power of two no smaller than
-its largest value (exact), so ``w * l``, and the sum of two such, cannot overflow float32 where the float64 row sum
-does not: the weighted row sums add column pairs in float32 (one rounding) before the float64 sum, and are
-multiplied back. One difference from the C kernel: a NaN logit under a zero weight or a missing label gives a NaN
-loss (the kernel skips the element; the gradient is NaN there on both).
+(``-sigmoid(-x)``, not ``sigmoid(x) - 1``); at ``x = +-0`` both signs give ``dl/dx = 1/2 - y``.
 
-Each operation runs on torch's threads. (Splitting the rows over Python threads instead, one per torch thread with
-chunks below torch's grain size so that the threads meet once per call, measured faster on a loaded machine but no
-faster than one thread on a quiet one, 2x slower than this.)
+Each row's loss is summed in float32 by torch's cascade sum (its terms are non-negative: no cancellation), or, with
+a weight or a mask, multiplied by the weight in float64 and summed in float64 (no overflow of ``w * l`` and no
+underflow of a tiny weight). A row whose sum is not finite is computed again: first with ``d * x`` taken as 0 where
+it is ``0 * inf`` (a right prediction at an infinite logit, whose limit is 0; the fast pass leaves NaN there), then,
+if still not finite (an infinite loss, a NaN logit, a float32 sum beyond float32, a zero weight on an infinite loss),
+by the general chunked formula, the reference. That check reads the row sums back, which is why this path runs on
+CPU tensors only (elsewhere the general loop runs, which reads nothing back).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import threading
 from typing import Any
 
 import torch
 
+from .. import _validation as V
 from .._chunks import Rows
+from .._chunks import loss_rows as chunked_loss_rows
+from .._options import LossOptions
 
-#: Most elements per chunk of the short path (float32: 8 MiB per buffer, four buffers), and at most a quarter of the
-#: problem (so the buffers never outgrow the gradient), but never under 64 Ki. Each operation runs on torch's threads,
-#: which meet at its end: few, large chunks meet few times. That matters on a busy machine, where each meeting can
-#: wait a time slice for a thread the system put aside (at 4096x2000 with another process busy on both cores: 2.2 s
-#: with 512 Ki-element chunks against BCEWithLogits' 0.11 s); on a quiet one 64 Ki to 2 Mi measured within 10 %.
+#: Most elements per chunk (float32: 32 MiB per buffer, three or four buffers). Each operation runs on torch's
+#: threads, which meet at its end: few, large chunks meet few times, which matters on a busy machine (see the module
+#: docstring); on a quiet one chunks of 64 Ki to 8 Mi elements measured within 10 %.
 PLAIN_CHUNK_ELEMENTS = 1 << 21
 
-
-@dataclasses.dataclass
-class _Job:
-    """One call's operands, prepared once for every chunk."""
-
-    rows: Rows
-    label_smoothing: float
-    need_grad: bool
-    cdtype: torch.dtype
-    weight: torch.Tensor | None  # divided by `back` (twice a power of two)
-    mask: torch.Tensor | None
-    same_weight: bool  # weight and mask are each None or one (1, C) row
-    row_weight: torch.Tensor | None  # their product, when same_weight
-    factor: Any  # the gradient's factor: a float, a 0-d or (1, C) tensor, or (N, 1) with a per-row scale
-    uniform_scale: bool  # the gradient's scale is one float (factor already holds row_weight)
-    row_sums_out: torch.Tensor
-    grad_out: torch.Tensor | None
+#: Elements per chunk of the general formula for the rows computed again (see ``_redo_rows``).
+_GENERAL_CHUNK_ELEMENTS = 1 << 16
 
 
-def _power_of_two_scale(weight: torch.Tensor) -> torch.Tensor:
-    """A 0-d float64 tensor: a power of two >= max(weight) (1 for an all-zero weight), computed on the device."""
-    _, exponent = torch.frexp(weight.detach().amax().to(torch.float64))
-    return torch.ldexp(torch.ones((), dtype=torch.float64, device=weight.device), exponent)
-
-
-_workspace = threading.local()
-
-#: Largest workspace kept between calls, per thread and slot (bytes).
-WORKSPACE_BYTES = 8 << 20
-
-
-def _buffers(
-    count: int, shape: tuple[int, int], dtype: torch.dtype, device: torch.device, slot: int = 0
-) -> list[torch.Tensor]:
-    """``count`` buffers of ``shape``: on the CPU, views of one workspace kept by this thread between calls (a fresh
-    allocation of a megabyte or more comes from the system, page by page: its page faults cost more than the
-    arithmetic done in it)."""
-    size = math.prod(shape)
-    nbytes = count * size * torch.empty((), dtype=dtype).element_size()
-    if device.type != "cpu" or nbytes > WORKSPACE_BYTES:
-        return [torch.empty(shape, dtype=dtype, device=device) for _ in range(count)]
-    kept: dict[tuple[int, torch.dtype], torch.Tensor] = _workspace.__dict__.setdefault("kept", {})
-    flat = kept.get((slot, dtype))
-    if flat is None or flat.numel() < count * size:
-        flat = kept[(slot, dtype)] = torch.empty(count * size, dtype=dtype)
-    return [flat[i * size : (i + 1) * size].view(shape) for i in range(count)]
-
-
-def _to(value: Any, dtype: torch.dtype) -> Any:
-    return value.to(dtype) if isinstance(value, torch.Tensor) else value
-
-
-def _chunk(a: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+def _take(a: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
     return a if a is None or a.shape[0] == 1 else a[start:stop]
 
 
@@ -108,21 +58,27 @@ def plain_loss_rows(
     row_sums_out: torch.Tensor,
     grad_out: torch.Tensor | None,
     chunk_elements: int | None = None,
+    check: bool = False,
 ) -> None:
     """Weighted loss sums of each row (float64) into ``row_sums_out``, the gradient scaled per row into ``grad_out``.
 
-    What :func:`softmargin._chunks.loss_rows` computes for ``options`` without focusing and no ``pos_weight``.
+    What :func:`softmargin._chunks.loss_rows` computes for options without focusing and no ``pos_weight``, on CPU
+    tensors.
 
     Args:
-        rows: the (N, C) problem; ``rows.pos_weight`` must be None; ``rows.y`` dense, or sparse (dense chunks).
+        rows: the (N, C) problem; ``rows.pos_weight`` must be None; ``rows.y`` dense (float, uint8 or bool) or
+            sparse (made dense a chunk at a time); ``rows.weight`` in any float dtype (float64 keeps its precision
+            in the row sums), ``rows.mask`` bool or uint8; each None, a (1, C) row or (N, C).
         label_smoothing: ``eps``: targets become ``y * (1 - eps) + eps / 2``.
         grad_scale: the gradient's factor: a float for every row, or an (N,) tensor (one per row).
         need_grad: whether to write ``grad_out``.
         cdtype: the compute dtype (float32, or float64 for float64 logits).
         row_sums_out: (N,) float64.
-        grad_out: (N, C), the logits' dtype (or None without ``need_grad``).
-        chunk_elements: elements per chunk (default: see ``PLAIN_CHUNK_ELEMENTS``): each of the four buffers holds
-            one chunk.
+        grad_out: (N, C), the logits' dtype, contiguous (or None without ``need_grad``).
+        chunk_elements: most elements per chunk (default ``PLAIN_CHUNK_ELEMENTS``).
+        check: raise (``softmargin._validation.check_target_values``) for a target outside [0, 1]; without label
+            smoothing each chunk's targets are looked at anyway (:func:`target_kind`: those all 0 or 1 take the
+            shorter form), so the check costs nothing more there.
 
     Example::
 
@@ -134,102 +90,213 @@ def plain_loss_rows(
     """
     if rows.pos_weight is not None:
         raise ValueError("plain_loss_rows computes the loss without pos_weight: use softmargin._chunks.loss_rows")
+    if rows.x.device.type != "cpu":
+        raise ValueError(f"plain_loss_rows runs on CPU tensors (it reads row sums back); got {rows.x.device}")
     n, c = rows.num_rows, rows.num_classes
-    # The weight (or the mask) is divided by `back`: twice a power of two >= the weight's largest value, so that
-    # w * l cannot overflow where the row sum does not, not even once two columns are added (see _run_rows).
-    back: Any = None
-    weight = mask = None
-    if rows.weight is not None:
-        back = 2.0 * _power_of_two_scale(rows.weight)
-        weight = rows.weight / back.to(cdtype)
-    elif rows.mask is not None:
-        back = 2.0
-    if rows.mask is not None:
-        # a (1, C) row once here; an (N, C) mask a chunk at a time (_chunk_weight), times 1/2 without a weight
-        mask = rows.mask if rows.mask.shape[0] > 1 else rows.mask.to(cdtype) * (1.0 if weight is not None else 0.5)
-    # the gradient's factor, negated (the loop computes -dl/dx), times `back`
-    factor: Any = -grad_scale if back is None else _to(back, cdtype) * -grad_scale
-    uniform_scale = isinstance(grad_scale, float)
-    if not uniform_scale:
-        factor = factor.to(cdtype)[:, None]
-    same_weight = (weight is None or weight.shape[0] == 1) and (mask is None or mask.shape[0] == 1)
-    row_weight = weight if mask is None else mask if weight is None else weight * mask
-    if same_weight and row_weight is not None and uniform_scale:
-        factor = row_weight * factor  # the common case: one (1, C) factor for the gradient, once per call
-    job = _Job(rows, label_smoothing, need_grad, cdtype, weight, mask, same_weight, row_weight, factor, uniform_scale,
-               row_sums_out, grad_out)  # fmt: skip
-    if chunk_elements is None:
-        chunk_elements = min(PLAIN_CHUNK_ELEMENTS, max(1 << 16, n * c // 4))
-    _run_rows(job, 0, n, max(1, min(n, chunk_elements // max(c, 1))))
-    if back is not None:
-        row_sums_out.mul_(back)
-
-
-def _run_rows(job: _Job, first: int, last: int, step: int) -> None:
-    """Rows ``first:last`` of the job, ``step`` rows at a time, into the job's outputs."""
-    rows, cdtype, label_smoothing, need_grad = job.rows, job.cdtype, job.label_smoothing, job.need_grad
-    if last <= first:
+    if n == 0:
         return
-    c = rows.num_classes
-    # the weighted row sums add column j and column c - pair + j first in cdtype (one rounding; the weight's 1/2
-    # keeps the pair from overflowing), then the pairs in float64
-    pair = c // 2 if job.weight is not None or job.mask is not None else 0
-    step = min(step, last - first)
-    device = rows.x.device
-    buffers = _buffers(4, (step, c), cdtype, device)
-    # the float64 copy that the row sums read, in a buffer of ours (torch's own would be a fresh one each time)
-    sum_buffer = _buffers(1, (step, c - pair), torch.float64, device, slot=1)[0] if cdtype != torch.float64 else None
-    half = torch.full((), 0.5, dtype=cdtype, device=device)
-    same_weight, factor, grad_out = job.same_weight, job.factor, job.grad_out
-    # the chunks as views, made in one call each (slicing in Python costs more than some of the arithmetic)
-    xs, sums = rows.x[first:last].split(step), job.row_sums_out[first:last].split(step)
-    ys = rows.y[first:last].split(step) if isinstance(rows.y, torch.Tensor) else None
-    grads = grad_out[first:last].split(step) if grad_out is not None else None
-    for i, start in enumerate(range(first, last, step)):
-        x = xs[i] if xs[i].dtype == cdtype else xs[i].to(cdtype)
-        stop = start + x.shape[0]
-        y = ys[i] if ys is not None else rows.y[start:stop]  # sparse: made dense a chunk at a time
-        a, t, s, d = buffers if x.shape[0] == step else [b[: x.shape[0]] for b in buffers]
-        torch.abs(x, out=a).neg_()  # -|x|
-        torch.exp(a, out=t)
-        t.log1p_()  # log1p(exp(-|x|))
+    if c == 0:
+        row_sums_out.zero_()
+        return
+    weight, mask = rows.weight, rows.mask
+    if mask is not None and mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)  # (bool arithmetic is refused; a bool is one byte: no copy)
+    full = (weight is not None and weight.shape[0] > 1) or (mask is not None and mask.shape[0] > 1)
+    # a (1, C) weight times a (1, C) mask, once per call: in float64 for the row sums, in cdtype for the gradient
+    row_weight64 = row_weight = None
+    if not full and (weight is not None or mask is not None):
+        row_weight64 = weight.to(torch.float64) if weight is not None else torch.ones(1, c, dtype=torch.float64)
+        row_weight = weight.to(cdtype) if weight is not None else torch.ones(1, c, dtype=cdtype)
+        if mask is not None:
+            row_weight64, row_weight = row_weight64 * mask, row_weight * mask
+    weighted = full or row_weight64 is not None
+    uniform = isinstance(grad_scale, float)
+    # the gradient's factor, negated (the loop computes -dl/dx): a float or a (1, C) row, else a column per row
+    grad_factor: Any = None
+    if uniform:
+        grad_factor = -grad_scale if row_weight is None else row_weight * -grad_scale
+    else:
+        grad_factor = (-grad_scale).to(cdtype)[:, None]
+    step = max(1, min(n, (chunk_elements or PLAIN_CHUNK_ELEMENTS) // c))
+    # buffers of one chunk: p0 ends holding the element losses; p1 and p2 side by side, so that once their values
+    # are used they hold the float64 products of a weighted row sum; the hard targets' form needs no p2
+    size = step * c
+    flat = torch.empty((3 if weighted else 2) * size, dtype=cdtype)
+    p1, p0 = flat[:size].view(step, c), flat[-size:].view(step, c)
+    p2 = flat[size : 2 * size].view(step, c) if weighted else None
+    wide = None
+    if weighted:
+        wide = p1 if cdtype == torch.float64 else flat[: 2 * size].view(torch.float64).view(step, c)
+    # -dl/dx goes straight into the gradient where it has the compute dtype
+    s_own = torch.empty(step, c, dtype=cdtype) if need_grad and (grad_out is None or grad_out.dtype != cdtype) else None
+    constants = _Constants(cdtype, label_smoothing)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        here = stop - start
+        x = rows.x[start:stop]
+        x = x if x.dtype == cdtype else x.to(cdtype)
+        y = rows.y[start:stop]  # sparse: made dense here
+        a, q = p0[:here], p1[:here]
+        hard = False
+        if not label_smoothing:
+            kind = target_kind(y, a)
+            if kind == "invalid" and check:
+                V.check_target_values(rows.y if isinstance(rows.y, torch.Tensor) else y)  # raises, naming it
+            hard = kind == "hard"
+        if y.dtype == torch.bool:
+            y = y.view(torch.uint8)
+        s = None
         if need_grad:
-            torch.sigmoid(a, out=s)  # sigmoid(-|x|)
-        torch.sign(x, out=a)  # g: +-1, 0 at +-0 (where d = y - 1/2 and -dl/dx = y - 1/2 are exact)
-        if label_smoothing:
-            y = y if y.dtype == cdtype else y.to(cdtype)  # (a half-precision y times a float stays half)
-            y = torch.mul(y, 1.0 - label_smoothing, out=d).add_(label_smoothing / 2)
-            torch.sub(y, torch.add(half, a, alpha=0.5), out=d)
+            assert grad_out is not None
+            s = grad_out[start:stop] if s_own is None else s_own[:here]
+        w_full = _take(weight, start, stop) if full else None
+        m_full = _take(mask, start, stop) if full else None
+        scaled = False  # whether the gradient is written already
+        if hard:
+            torch.sub(constants.one, y, alpha=2.0, out=q)  # 1 - 2y: +1 for y = 0, -1 for y = 1
+            torch.mul(x, q, out=a)  # z = (1 - 2y) x
+            if s is not None:
+                torch.sigmoid(a, out=s)  # sigmoid(z): dl/dx = (1 - 2y) sigmoid(z)
+                if uniform and row_weight is None and not full:
+                    torch.addcmul(constants.zero, s, q, value=grad_scale, out=grad_out[start:stop])
+                    scaled = True
+                else:
+                    torch.addcmul(constants.zero, s, q, value=-1.0, out=s)  # -dl/dx, as the other form
+            # l = log1p(exp(z)), z itself above the threshold (where log1p(exp(-z)) / z is below half an ulp)
+            torch._C._nn.softplus(a, 1, constants.threshold, out=a)
         else:
-            torch.add(half, a, alpha=0.5, out=d)  # [x > 0] (1/2 at 0)
-            torch.sub(y, d, out=d)  # d = y - [x > 0]: y itself where x < 0 (no rounding of 1 - y); y reads as it is
-        if need_grad:
-            torch.addcmul(d, s, a, out=s)  # -dl/dx = d + sign(x) sigmoid(-|x|)
-        w = job.row_weight if same_weight else _chunk_weight(job.weight, job.mask, start, stop, cdtype)
-        if w is not None:
-            d.mul_(w)  # folded into d before d * x, so that a zero weight times an infinite x is caught below
-            t.mul_(w)
-        torch.mul(d, x, out=a)  # d * x = -w ((1 - y) relu(x) + y relu(-x))
-        a.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)  # 0 * inf: a right prediction at infinity
-        t.sub_(a)  # the weighted element loss
-        if pair:
-            t[:, :pair].add_(t[:, c - pair :])
-        part = t[:, : c - pair]
-        if sum_buffer is not None:
-            part = sum_buffer[: x.shape[0]].copy_(part)
-        torch.sum(part, dim=1, out=sums[i])
-        if grads is not None:
-            if w is not None and not (same_weight and job.uniform_scale):
-                s.mul_(w)
-            torch.mul(s, factor if job.uniform_scale else factor[start:stop], out=grads[i])
+            if p2 is None:
+                p2 = torch.empty(step, c, dtype=cdtype)
+            _element_loss(x, y, constants, a, q, p2[:here], s, careful=False)
+        if s is not None and not scaled:
+            assert grad_out is not None
+            if full:
+                for factor in (w_full, m_full):
+                    if factor is not None:
+                        s.mul_(factor)
+            elif row_weight is not None and not uniform:
+                s.mul_(row_weight)
+            torch.mul(s, grad_factor if uniform else grad_factor[start:stop], out=grad_out[start:stop])
+        sums = row_sums_out[start:stop]
+        if not weighted:
+            sums.copy_(a.sum(1))  # float32 cascade sum of non-negative terms
+        else:
+            assert wide is not None
+            products = wide[:here]  # (p1's and p2's values are used by now)
+            if row_weight64 is not None:
+                torch.mul(a, row_weight64, out=products)  # in float64
+            else:
+                products.copy_(a)
+                for factor in (w_full, m_full):
+                    if factor is not None:
+                        products.mul_(factor)
+            torch.sum(products, 1, out=sums)
+        if not bool(torch.isfinite(sums).all()):
+            _redo_rows(x, y, constants, cdtype, w_full, m_full, row_weight64, weight, mask, sums)
 
 
-def _chunk_weight(
-    weight: torch.Tensor | None, mask: torch.Tensor | None, start: int, stop: int, cdtype: torch.dtype
-) -> torch.Tensor | None:
-    """Rows ``start:stop`` of weight times mask (either a (1, C) row, an (N, C) matrix or None)."""
-    w = _chunk(weight, start, stop)
-    mc = _chunk(mask, start, stop)
-    if mc is None:
-        return w
-    return mc * 0.5 if w is None else w * mc  # (without a weight, the mask carries the 1/2 of `back`)
+def target_kind(y: torch.Tensor, scratch: torch.Tensor | None = None) -> str:
+    """``"hard"`` when every target is exactly 0 or 1, ``"soft"`` when every target is in [0, 1] and some are not
+    0 or 1, ``"invalid"`` when one is outside [0, 1] or NaN (the caller's check then names it).
+
+    A bool target is hard; a uint8 target when its largest value is 1. A float target from one pass that writes
+    ``v = y - y * y`` (into ``scratch``, or a new tensor) and one that reads it: ``v`` is 0 at 0 and 1 only
+    (rounding included: ``fl(y * y) < y`` on (0, 1)), positive on (0, 1), negative outside [0, 1] and NaN for NaN,
+    so its smallest and largest values tell all three.
+    """
+    if y.numel() == 0 or y.dtype == torch.bool:
+        return "hard"
+    if y.dtype == torch.uint8:
+        return "hard" if bool(y.max() <= 1) else "invalid"
+    if not y.is_floating_point():
+        return "invalid"
+    v = torch.addcmul(y, y, y, value=-1.0) if scratch is None else torch.addcmul(y, y, y, value=-1.0, out=scratch)
+    low, high = torch.aminmax(v)
+    low_value, high_value = float(low), float(high)
+    if not low_value >= 0:  # (NaN too)
+        return "invalid"
+    return "hard" if high_value == 0 else "soft"
+
+
+class _Constants:
+    """The 0-d tensors the loop reads: 1, eps/2 - 1/2 (for d) and 0."""
+
+    def __init__(self, cdtype: torch.dtype, label_smoothing: float) -> None:
+        values = torch.tensor([1.0, -0.5 + label_smoothing / 2, 0.0], dtype=cdtype)
+        self.one, self.offset, self.zero, self.label_smoothing = values[0], values[1], values[2], label_smoothing
+        self.threshold = 20.0 if cdtype == torch.float32 else 50.0
+
+
+def _element_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    constants: _Constants,
+    a: torch.Tensor,
+    g: torch.Tensor,
+    d: torch.Tensor,
+    s: torch.Tensor | None,
+    careful: bool,
+) -> None:
+    """One chunk's element losses into ``a``, ``-dl/dx`` into ``s`` (unless None); ``g`` and ``d`` are scratch.
+
+    ``careful``: ``d * x`` is taken as 0 where it is ``0 * inf`` (its limit: a right prediction at an infinite
+    logit); otherwise the loss is NaN there (one operation fewer; the caller computes such rows again)."""
+    torch.copysign(x, -1.0, out=a)  # -|x|
+    if s is not None:
+        torch.sigmoid(a, out=s)  # sigmoid(-|x|)
+    torch._C._nn.softplus(a, 1, 20, out=a)  # log1p(exp(-|x|)): exp never sees a positive argument
+    torch.copysign(constants.one, x, out=g)  # g
+    torch.add(constants.offset, g, alpha=-0.5, out=d)  # eps/2 - (1 + g)/2: -1 or 0 without smoothing (exact)
+    torch.add(d, y, alpha=1.0 - constants.label_smoothing, out=d)  # d = y' - (1 + g)/2: one rounding
+    if s is not None:
+        torch.addcmul(d, s, g, out=s)  # -dl/dx = d + g sigmoid(-|x|)
+    if careful:
+        torch.mul(d, x, out=g).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)  # a NaN x: NaN in a already
+        a.sub_(g)
+    else:
+        torch.addcmul(a, d, x, value=-1.0, out=a)  # l = log1p(exp(-|x|)) - d x: both terms >= 0, no cancellation
+
+
+def _redo_rows(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    constants: _Constants,
+    cdtype: torch.dtype,
+    w_full: torch.Tensor | None,
+    m_full: torch.Tensor | None,
+    row_weight64: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    sums: torch.Tensor,
+) -> None:
+    """The rows of this chunk whose sum is not finite, computed again (see the module docstring)."""
+    bad = (~torch.isfinite(sums)).nonzero().squeeze(1)
+    xb, yb = x[bad], y[bad]
+    t, g, d = torch.empty_like(xb), torch.empty_like(xb), torch.empty_like(xb)
+    _element_loss(xb, yb, constants, t, g, d, None, careful=True)
+    wb = None if w_full is None else (w_full if w_full.shape[0] == 1 else w_full[bad])
+    mb = None if m_full is None else (m_full if m_full.shape[0] == 1 else m_full[bad])
+    again = t.sum(1).to(torch.float64) if row_weight64 is None and wb is None and mb is None else None
+    if again is None:
+        products = t * row_weight64 if row_weight64 is not None else t.to(torch.float64)
+        for factor in (wb, mb):
+            if factor is not None:
+                products.mul_(factor)
+        again = products.sum(1)
+    still = ~torch.isfinite(again)
+    if bool(still.any()):
+        # the general formula: float64 products, and a zero weight removes its element even where l is inf or NaN
+        which = still.nonzero().squeeze(1)
+        if row_weight64 is not None:
+            wg, mg = weight, mask
+        else:
+            wg = None if wb is None else (wb if wb.shape[0] == 1 else wb[which])
+            mg = None if mb is None else (mb if mb.shape[0] == 1 else mb[which])
+        general = torch.empty(which.numel(), dtype=torch.float64)
+        chunked_loss_rows(
+            Rows(xb[which], yb[which], wg, None, mg), LossOptions(label_smoothing=constants.label_smoothing), 0.0,
+            False, xp=torch, compute=lambda v: v.to(cdtype), row_sum=lambda v: v.sum(dim=1, dtype=torch.float64),
+            row_sums_out=general, grad_out=None, chunk_elements=_GENERAL_CHUNK_ELEMENTS,
+        )  # fmt: skip
+        again[which] = general
+    sums[bad] = again
