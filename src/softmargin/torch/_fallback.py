@@ -39,7 +39,7 @@ from .._options import LossOptions
 #: Most elements per chunk (float32: 32 MiB per buffer, three or four buffers). Each operation runs on torch's
 #: threads, which meet at its end: few, large chunks meet few times, which matters on a busy machine (see the module
 #: docstring); on a quiet one chunks of 64 Ki to 8 Mi elements measured within 10 %.
-PLAIN_CHUNK_ELEMENTS = 1 << 21
+PLAIN_CHUNK_ELEMENTS = 1 << 23
 
 #: Elements per chunk of the general formula for the rows computed again (see ``_redo_rows``).
 _GENERAL_CHUNK_ELEMENTS = 1 << 16
@@ -111,23 +111,17 @@ def plain_loss_rows(
             row_weight64, row_weight = row_weight64 * mask, row_weight * mask
     weighted = full or row_weight64 is not None
     uniform = isinstance(grad_scale, float)
-    # the gradient's factor, negated (the loop computes -dl/dx): a float or a (1, C) row, else a column per row
-    grad_factor: Any = None
-    if uniform:
-        grad_factor = -grad_scale if row_weight is None else row_weight * -grad_scale
-    else:
-        grad_factor = (-grad_scale).to(cdtype)[:, None]
     step = max(1, min(n, (chunk_elements or PLAIN_CHUNK_ELEMENTS) // c))
-    # buffers of one chunk: p0 ends holding the element losses; p1 and p2 side by side, so that once their values
-    # are used they hold the float64 products of a weighted row sum; the hard targets' form needs no p2
+    # buffers of one chunk: p0 ends holding the element losses; p1 and p2 side by side: p1 for sigmoid(z) in the
+    # hard targets' form, both for the general form, then for the float64 products of a weighted row sum
     size = step * c
     flat = torch.empty((3 if weighted else 2) * size, dtype=cdtype)
-    p1, p0 = flat[:size].view(step, c), flat[-size:].view(step, c)
-    p2 = flat[size : 2 * size].view(step, c) if weighted else None
-    wide = None
+    p0, p1 = flat[-size:].view(step, c), flat[:size].view(step, c)
+    p2 = wide = None
     if weighted:
+        p2 = flat[size : 2 * size].view(step, c)
         wide = p1 if cdtype == torch.float64 else flat[: 2 * size].view(torch.float64).view(step, c)
-    # -dl/dx goes straight into the gradient where it has the compute dtype
+    # the gradient is computed in the gradient itself where it has the compute dtype
     s_own = torch.empty(step, c, dtype=cdtype) if need_grad and (grad_out is None or grad_out.dtype != cdtype) else None
     constants = _Constants(cdtype, label_smoothing)
     for start in range(0, n, step):
@@ -136,7 +130,7 @@ def plain_loss_rows(
         x = rows.x[start:stop]
         x = x if x.dtype == cdtype else x.to(cdtype)
         y = rows.y[start:stop]  # sparse: made dense here
-        a, q = p0[:here], p1[:here]
+        a = p0[:here]
         hard = False
         if not label_smoothing:
             kind = target_kind(y, a)
@@ -151,32 +145,36 @@ def plain_loss_rows(
             s = grad_out[start:stop] if s_own is None else s_own[:here]
         w_full = _take(weight, start, stop) if full else None
         m_full = _take(mask, start, stop) if full else None
-        scaled = False  # whether the gradient is written already
+        b = p1[:here]
+        done = False  # whether the gradient is written
         if hard:
-            torch.sub(constants.one, y, alpha=2.0, out=q)  # 1 - 2y: +1 for y = 0, -1 for y = 1
+            q = s if s is not None else b
+            torch.sub(constants.one, y, alpha=2.0, out=q)  # 1 - 2y: 1 for y = 0, -1 for y = 1
             torch.mul(x, q, out=a)  # z = (1 - 2y) x
             if s is not None:
-                torch.sigmoid(a, out=s)  # sigmoid(z): dl/dx = (1 - 2y) sigmoid(z)
+                torch.sigmoid(a, out=b)  # dl/dx = (1 - 2y) sigmoid(z): exact, no cancellation
                 if uniform and row_weight is None and not full:
-                    torch.addcmul(constants.zero, s, q, value=grad_scale, out=grad_out[start:stop])
-                    scaled = True
+                    torch.addcmul(constants.zero, b, q, value=grad_scale, out=grad_out[start:stop])
+                    done = True
                 else:
-                    torch.addcmul(constants.zero, s, q, value=-1.0, out=s)  # -dl/dx, as the other form
+                    torch.mul(b, q, out=s)
             # l = log1p(exp(z)), z itself above the threshold (where log1p(exp(-z)) / z is below half an ulp)
             torch._C._nn.softplus(a, 1, constants.threshold, out=a)
         else:
             if p2 is None:
                 p2 = torch.empty(step, c, dtype=cdtype)
-            _element_loss(x, y, constants, a, q, p2[:here], s, careful=False)
-        if s is not None and not scaled:
+            _element_loss(x, y, constants, a, b, p2[:here], s, careful=False)  # s: -dl/dx
+        if s is not None and not done:
             assert grad_out is not None
+            scale: Any = grad_scale if uniform else grad_scale[start:stop, None].to(cdtype)
+            scale = scale if hard else -scale
             if full:
                 for factor in (w_full, m_full):
                     if factor is not None:
                         s.mul_(factor)
-            elif row_weight is not None and not uniform:
-                s.mul_(row_weight)
-            torch.mul(s, grad_factor if uniform else grad_factor[start:stop], out=grad_out[start:stop])
+            elif row_weight is not None:
+                scale = row_weight * scale
+            torch.mul(s, scale, out=grad_out[start:stop])
         sums = row_sums_out[start:stop]
         if not weighted:
             sums.copy_(a.sum(1))  # float32 cascade sum of non-negative terms
