@@ -112,15 +112,15 @@ def plain_loss_rows(
     weighted = full or row_weight64 is not None
     uniform = isinstance(grad_scale, float)
     step = max(1, min(n, (chunk_elements or PLAIN_CHUNK_ELEMENTS) // c))
-    # buffers of one chunk: p0 ends holding the element losses; p1 and p2 side by side: p1 for sigmoid(z) in the
-    # hard targets' form, both for the general form, then for the float64 products of a weighted row sum
-    size = step * c
-    flat = torch.empty((3 if weighted else 2) * size, dtype=cdtype)
-    p0, p1 = flat[-size:].view(step, c), flat[:size].view(step, c)
-    p2 = wide = None
+    # buffers of one chunk: p0 ends holding the element losses (the hard targets' form needs no other: each buffer's
+    # page faults, the first time it is written, cost about as much as one operation on it); p1 and p2 side by
+    # side for the general form, then for the float64 products of a weighted row sum
+    p0 = torch.empty(step, c, dtype=cdtype)
+    p1 = p2 = wide = None
     if weighted:
-        p2 = flat[size : 2 * size].view(step, c)
-        wide = p1 if cdtype == torch.float64 else flat[: 2 * size].view(torch.float64).view(step, c)
+        pair = torch.empty(2, step, c, dtype=cdtype)
+        p1, p2 = pair[0], pair[1]
+        wide = p1 if cdtype == torch.float64 else pair.view(-1).view(torch.float64).view(step, c)
     # the gradient is computed in the gradient itself where it has the compute dtype
     s_own = torch.empty(step, c, dtype=cdtype) if need_grad and (grad_out is None or grad_out.dtype != cdtype) else None
     constants = _Constants(cdtype, label_smoothing)
@@ -145,26 +145,20 @@ def plain_loss_rows(
             s = grad_out[start:stop] if s_own is None else s_own[:here]
         w_full = _take(weight, start, stop) if full else None
         m_full = _take(mask, start, stop) if full else None
-        b = p1[:here]
-        done = False  # whether the gradient is written
         if hard:
-            q = s if s is not None else b
-            torch.sub(constants.one, y, alpha=2.0, out=q)  # 1 - 2y: 1 for y = 0, -1 for y = 1
-            torch.mul(x, q, out=a)  # z = (1 - 2y) x
+            torch.sub(constants.one, y, alpha=2.0, out=a)  # 1 - 2y: 1 for y = 0, -1 for y = 1
+            torch.mul(x, a, out=a)  # z = (1 - 2y) x
             if s is not None:
-                torch.sigmoid(a, out=b)  # dl/dx = (1 - 2y) sigmoid(z): exact, no cancellation
-                if uniform and row_weight is None and not full:
-                    torch.addcmul(constants.zero, b, q, value=grad_scale, out=grad_out[start:stop])
-                    done = True
-                else:
-                    torch.mul(b, q, out=s)
+                torch.sigmoid(a, out=s)
+                torch.addcmul(s, s, y, value=-2.0, out=s)  # dl/dx = (1 - 2y) sigmoid(z): exact, no cancellation
             # l = log1p(exp(z)), z itself above the threshold (where log1p(exp(-z)) / z is below half an ulp)
             torch._C._nn.softplus(a, 1, constants.threshold, out=a)
         else:
-            if p2 is None:
-                p2 = torch.empty(step, c, dtype=cdtype)
-            _element_loss(x, y, constants, a, b, p2[:here], s, careful=False)  # s: -dl/dx
-        if s is not None and not done:
+            if p1 is None or p2 is None:
+                pair = torch.empty(2, step, c, dtype=cdtype)
+                p1, p2 = pair[0], pair[1]
+            _element_loss(x, y, constants, a, p1[:here], p2[:here], s, careful=False)  # s: -dl/dx
+        if s is not None:
             assert grad_out is not None
             scale: Any = grad_scale if uniform else grad_scale[start:stop, None].to(cdtype)
             scale = scale if hard else -scale
