@@ -127,8 +127,7 @@ def plain_loss_rows(
     for start in range(0, n, step):
         stop = min(start + step, n)
         here = stop - start
-        x = rows.x[start:stop]
-        x = x if x.dtype == cdtype else x.to(cdtype)
+        x = rows.x[start:stop]  # (a half-precision x is read as it is: each operation computes in cdtype)
         y = rows.y[start:stop]  # sparse: made dense here
         a = p0[:here]
         hard = False
@@ -263,7 +262,7 @@ def _redo_rows(
 ) -> None:
     """The rows of this chunk whose sum is not finite, computed again (see the module docstring)."""
     bad = (~torch.isfinite(sums)).nonzero().squeeze(1)
-    xb, yb = x[bad], y[bad]
+    xb, yb = x[bad].to(cdtype), y[bad]
     t, g, d = torch.empty_like(xb), torch.empty_like(xb), torch.empty_like(xb)
     _element_loss(xb, yb, constants, t, g, d, None, careful=True)
     wb = None if w_full is None else (w_full if w_full.shape[0] == 1 else w_full[bad])
