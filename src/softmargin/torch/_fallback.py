@@ -131,13 +131,17 @@ def plain_loss_rows(
         y = rows.y[start:stop]  # sparse: made dense here
         a = p0[:here]
         hard = False
-        if not label_smoothing:
+        # a target of another dtype is converted once here (each operation would otherwise convert it again): after
+        # the check where the conversion could round a bad value into range
+        kind = "soft" if label_smoothing else "hard" if y.dtype == torch.bool else None
+        if kind is None and y.dtype in (torch.float64, torch.uint8) and cdtype != y.dtype:
+            kind = target_kind(y)
+        y = y if y.dtype == cdtype else y.to(cdtype)
+        if kind is None:
             kind = target_kind(y, a)
-            if kind == "invalid" and check:
-                V.check_target_values(rows.y if isinstance(rows.y, torch.Tensor) else y)  # raises, naming it
-            hard = kind == "hard"
-        if y.dtype == torch.bool:
-            y = y.view(torch.uint8)
+        if kind == "invalid" and check:
+            V.check_target_values(rows.y if isinstance(rows.y, torch.Tensor) else rows.y[start:stop])  # raises
+        hard = kind == "hard"
         s = None
         if need_grad:
             assert grad_out is not None
