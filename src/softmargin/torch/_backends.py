@@ -300,7 +300,10 @@ def _chunked(
     row_sums = torch.empty(num_rows, dtype=torch.float64, device=x.device)
     grad = torch.empty(rows.x.shape, dtype=x.dtype, device=x.device) if need_grad else None
     if short:  # torch/_fallback.py
-        plain_loss_rows(rows, options.label_smoothing, grad_scale, need_grad, cdtype, row_sums, grad, check=check)
+        plain_loss_rows(
+            rows, options.label_smoothing, grad_scale, need_grad, cdtype, row_sums, grad,
+            bad_target=(lambda: check_target_values(y)) if check else None,
+        )  # fmt: skip
     else:
         chunked_loss_rows(
             rows, options, grad_scale, need_grad, xp=torch, compute=lambda t: t.to(cdtype),

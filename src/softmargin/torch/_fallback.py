@@ -1,44 +1,56 @@
-"""The pure-torch fallback's short path on the CPU: the loss without focusing or ``pos_weight`` in about ten
+"""The pure-torch fallback's short path on the CPU: the loss without focusing or ``pos_weight`` in seven to ten
 operations per chunk of rows.
 
 The general chunked loop (:func:`softmargin._chunks.loss_rows`) spells out :mod:`softmargin._formula` in about 25
-operations per chunk, each allocating its result; on the CPU their count, not the arithmetic, sets its speed (each
-operation's threads meet at its end; on a busy machine each meeting can wait a time slice). This path computes the
-same stable form in fewer operations, each into a buffer of the chunk. With ``a = -|x|``, ``g = copysign(1, x)``
-(``+1`` for ``x >= +0``, ``-1`` for ``x <= -0``, as the sign bit says) and ``d = y - (1 + g) / 2`` (``y - 1`` where
-``g = 1``, ``y`` itself where ``g = -1``)::
+operations per chunk, each allocating its result; on the CPU their count, not the arithmetic, sets its speed: each
+operation's threads meet at its end, and on a busy machine each meeting can wait a time slice for a thread the system
+put aside. This path computes the same stable form in fewer operations, in large chunks, into one to three buffers
+of a chunk (and the gradient itself).
+
+Hard targets (every value exactly 0 or 1: bool, uint8, or float targets found so, see :func:`target_kind`; no label
+smoothing). With ``z = (1 - 2y) x`` (``x`` for ``y = 0``, ``-x`` for ``y = 1``)::
+
+    l(x, y) = softplus(z) = log1p(exp(z))          (z itself where log1p(exp(-z)) / z is below half an ulp)
+    dl/dx   = (1 - 2y) sigmoid(z)                  (sigmoid(x), or -sigmoid(-x): exact, no 1 - sigmoid)
+
+Any target in [0, 1]. With ``a = -|x|``, ``g = copysign(1, x)`` (``+1`` for ``x >= +0``, ``-1`` for ``x <= -0``)
+and ``d = y - (1 + g) / 2`` (``y - 1`` where ``g = 1``, ``y`` itself where ``g = -1``)::
 
     l(x, y) = softplus(a) - d * x          (softplus(a) = log1p(exp(-|x|)); -d * x = (1 - y) relu(x) + y relu(-x))
     dl/dx   = -(d + g * sigmoid(a))        ((1 - y) - sigmoid(-x) for g = 1, sigmoid(x) - y for g = -1)
 
-``d`` rounds at most once (``y - 1`` is exact for ``y >= 1/2``), so each element is as accurate as
-:func:`softmargin._formula.element_loss_and_grad`'s, and the gradient of a hard label is exact at any ``x``
-(``-sigmoid(-x)``, not ``sigmoid(x) - 1``); at ``x = +-0`` both signs give ``dl/dx = 1/2 - y``.
+``d`` rounds at most once (``y - 1`` is exact for ``y >= 1/2``); both terms of ``l`` are non-negative, so nothing
+cancels, and each element is as accurate as :func:`softmargin._formula.element_loss_and_grad`'s.
 
-Each row's loss is summed in float32 by torch's cascade sum (its terms are non-negative: no cancellation), or, with
-a weight or a mask, multiplied by the weight in float64 and summed in float64 (no overflow of ``w * l`` and no
-underflow of a tiny weight). A row whose sum is not finite is computed again: first with ``d * x`` taken as 0 where
-it is ``0 * inf`` (a right prediction at an infinite logit, whose limit is 0; the fast pass leaves NaN there), then,
-if still not finite (an infinite loss, a NaN logit, a float32 sum beyond float32, a zero weight on an infinite loss),
-by the general chunked formula, the reference. That check reads the row sums back, which is why this path runs on
-CPU tensors only (elsewhere the general loop runs, which reads nothing back).
+The target is looked at once per chunk, in the pass that tells hard from soft targets (``y - y * y``: 0 only at 0
+and 1, negative outside [0, 1], NaN for NaN), which is also the range check. Each row's loss is summed in float32 by
+torch's cascade sum (its terms are non-negative: no cancellation), or, with a weight or a mask, multiplied by the
+weight in float64 and summed in float64 (no overflow of ``w * l`` and no underflow of a tiny weight). A row whose sum
+is not finite is computed again: first with ``d * x`` taken as 0 where it is ``0 * inf`` (a right prediction at an
+infinite logit, whose limit is 0; the fast pass leaves NaN there), then, if still not finite (an infinite loss, a
+NaN logit, a float32 sum beyond float32, a zero weight on an infinite loss, an infinite ``z``), by the general
+chunked formula, the reference: so every special value is handled as there. That check reads the row sums back,
+which is why this path runs on CPU tensors only (elsewhere the general loop runs, which reads nothing back). It never
+runs while a graph is traced: the backends run inside the operator, on real tensors.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .. import _validation as V
 from .._chunks import Rows
 from .._chunks import loss_rows as chunked_loss_rows
 from .._options import LossOptions
 
-#: Most elements per chunk (float32: 32 MiB per buffer, three or four buffers). Each operation runs on torch's
-#: threads, which meet at its end: few, large chunks meet few times, which matters on a busy machine (see the module
-#: docstring); on a quiet one chunks of 64 Ki to 8 Mi elements measured within 10 %.
+#: Most elements per chunk (8 Mi: 4096x2000 is one chunk; float32: 32 MiB per buffer). Each operation runs on
+#: torch's threads, which meet at its end: few, large chunks meet few times. On a busy machine that decides (at
+#: 4096x2000 with two threads and a load average of 4: 1 Mi-element chunks took 1.4 to 4x BCEWithLogits' time, 8 Mi
+#: ones 0.8 to 1.1x); alone on one thread smaller chunks are faster (a fresh buffer above 32 MiB comes from the system
+#: page by page each call).
 PLAIN_CHUNK_ELEMENTS = 1 << 23
 
 #: Elements per chunk of the general formula for the rows computed again (see ``_redo_rows``).
@@ -49,6 +61,7 @@ def _take(a: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
     return a if a is None or a.shape[0] == 1 else a[start:stop]
 
 
+@torch.no_grad()
 def plain_loss_rows(
     rows: Rows,
     label_smoothing: float,
@@ -58,7 +71,7 @@ def plain_loss_rows(
     row_sums_out: torch.Tensor,
     grad_out: torch.Tensor | None,
     chunk_elements: int | None = None,
-    check: bool = False,
+    bad_target: Callable[[], None] | None = None,
 ) -> None:
     """Weighted loss sums of each row (float64) into ``row_sums_out``, the gradient scaled per row into ``grad_out``.
 
@@ -76,9 +89,9 @@ def plain_loss_rows(
         row_sums_out: (N,) float64.
         grad_out: (N, C), the logits' dtype, contiguous (or None without ``need_grad``).
         chunk_elements: most elements per chunk (default ``PLAIN_CHUNK_ELEMENTS``).
-        check: raise (``softmargin._validation.check_target_values``) for a target outside [0, 1]; without label
+        bad_target: called when a target is outside [0, 1] (or NaN), to raise (None: no check). Without label
             smoothing each chunk's targets are looked at anyway (:func:`target_kind`: those all 0 or 1 take the
-            shorter form), so the check costs nothing more there.
+            shorter form), so the check costs nothing more there; with it, the caller checks.
 
     Example::
 
@@ -139,8 +152,8 @@ def plain_loss_rows(
         y = y if y.dtype == cdtype else y.to(cdtype)
         if kind is None:
             kind = target_kind(y, a)
-        if kind == "invalid" and check:
-            V.check_target_values(rows.y if isinstance(rows.y, torch.Tensor) else rows.y[start:stop])  # raises
+        if kind == "invalid" and bad_target is not None:
+            bad_target()
         hard = kind == "hard"
         s = None
         if need_grad:
