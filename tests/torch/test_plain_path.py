@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import passthrough_mode
 
 import softmargin.torch as st
 from softmargin.kernels import cpu
@@ -15,16 +15,6 @@ from softmargin.kernels import cpu
 pytestmark = pytest.mark.skipif(cpu.kernel() is None, reason="no CPU kernel library here")
 
 
-class _Passthrough(TorchDispatchMode):
-    """Any active dispatch mode sends the call through the operator instead of the eager path; this one records it."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.seen.add(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def _problem(n, c, dtype, target, weight, seed):
@@ -40,7 +30,7 @@ def _problem(n, c, dtype, target, weight, seed):
 def _run(x, y, w, reduction, grad_output, through_operator):
     xi = x.clone().requires_grad_()
     if through_operator:
-        with _Passthrough() as mode:
+        with passthrough_mode() as mode:
             loss = st.multilabel_soft_margin_loss(xi, y, w, reduction=reduction)
             (grad,) = torch.autograd.grad(loss, xi, grad_output)
         assert "softmargin.loss_rows.default" in mode.seen
