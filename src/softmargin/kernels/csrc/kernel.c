@@ -31,7 +31,9 @@
  * the inf/NaN semantics the formula needs. SOFTMARGIN_PORTABLE forces the portable loops in any build.
  */
 #include <stddef.h>
+#include <float.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -262,5 +264,98 @@ int softmargin_fused(const softmargin_args *args, char *message, int64_t message
     run_jobs(jobs, nthreads);
     for (int t = 0; t < nthreads; t++)
         if (bad[t]) return SM_TARGET_OUT_OF_RANGE;
+    return SM_OK;
+}
+
+/* A weight row's values are finite and >= 0 (NaN fails both tests). */
+static int weights_ok(const void *weight, int xtype, int64_t C) {
+    if (xtype == SM_F64) {
+        const double *w = weight;
+        for (int64_t c = 0; c < C; c++)
+            if (!(w[c] >= 0 && w[c] <= DBL_MAX)) return 0;
+    } else {
+        const float *w = weight;
+        for (int64_t c = 0; c < C; c++)
+            if (!(w[c] >= 0 && w[c] <= FLT_MAX)) return 0;
+    }
+    return 1;
+}
+
+#define SMALL 256 /* rows (and classes) whose buffers live on the stack */
+
+int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int32_t reduction, int32_t check,
+                       void *result, char *message, int64_t message_size) {
+    if (!args) REJECT(SM_ERR_NULL, "args is NULL");
+    if (args->out) REJECT(SM_ERR_ARGUMENT, "out is not NULL (the row sums live in the call's own buffer)");
+    if (args->options) REJECT(SM_ERR_ARGUMENT, "options is not 0 (the reduced call is the plain loss)");
+    if (args->weight_row_step) REJECT(SM_ERR_ARGUMENT, "weight_row_step is not 0 (one weight row)");
+    if (per_sample_type != SM_F32 && per_sample_type != SM_F64) REJECT(SM_ERR_DTYPE, "per_sample_type is not F32/F64");
+    if (args->xtype != SM_F32 && args->xtype != SM_F64) REJECT(SM_ERR_DTYPE, "xtype is not F32/F64");
+    if (reduction != 1 && reduction != 2) REJECT(SM_ERR_ARGUMENT, "reduction is neither 1 (mean) nor 2 (sum)");
+    if (!result) REJECT(SM_ERR_NULL, "result is NULL");
+    const int64_t N = args->num_rows, C = args->num_classes;
+    if (N <= 0 || C <= 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is not positive");
+    if (!args->x || !args->y) REJECT(SM_ERR_NULL, "x or y is NULL");
+    if (check && args->weight && !weights_ok(args->weight, args->xtype, C)) return SM_WEIGHT_OUT_OF_RANGE;
+    if (check && args->xtype == SM_F64 && args->ytype == SM_F64) {
+        const double *y = args->y;
+        for (int64_t i = 0; i < N * C; i++)
+            if (!(y[i] >= 0 && y[i] <= 1)) return SM_TARGET_OUT_OF_RANGE;
+    }
+    double small_rows[SMALL], small_ones[SMALL];
+    const int64_t wsize = args->xtype == SM_F64 ? 8 : 4;
+    double *rows = N <= SMALL ? small_rows : malloc((size_t)N * sizeof(double));
+    void *ones = args->weight || C * wsize <= (int64_t)sizeof small_ones ? small_ones : malloc((size_t)(C * wsize));
+    if (!rows || !ones) {
+        if (rows != small_rows) free(rows);
+        if (ones != small_ones) free(ones);
+        REJECT(SM_ERR_SIZE, "out of memory for the row sums");
+    }
+    softmargin_args s = *args;
+    if (!s.weight) {
+        for (int64_t c = 0; c < C; c++) {
+            if (s.xtype == SM_F64) ((double *)ones)[c] = 1.0;
+            else ((float *)ones)[c] = 1.0f;
+        }
+        s.weight = ones;
+    }
+    s.out = rows;
+    int status = softmargin_fused(&s, message, message_size);
+    if (status == SM_OK) {
+        double total = 0;
+        for (int64_t r = 0; r < N; r++) /* in order: as reduce()'s cumsum */
+            total += per_sample_type == SM_F32 ? (double)(float)(rows[r] / (double)C) : rows[r] / (double)C;
+        if (reduction == 1) total = total / (double)N;
+        if (per_sample_type == SM_F32) *(float *)result = (float)total;
+        else *(double *)result = total;
+    }
+    if (rows != small_rows) free(rows);
+    if (ones != small_ones) free(ones);
+    return status;
+}
+
+int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, int32_t factor_type, double divisor,
+                     int32_t num_threads) {
+    if (n < 0) return SM_ERR_SIZE;
+    if ((dtype != SM_F32 && dtype != SM_F64) || (factor_type != SM_F32 && factor_type != SM_F64)) return SM_ERR_DTYPE;
+    if (!factor || (n > 0 && !grad)) return SM_ERR_NULL;
+    const double f = factor_type == SM_F32 ? (double)*(const float *)factor : *(const double *)factor;
+    const int nthreads = n < ((int64_t)1 << 18) || num_threads < 1 ? 1 : num_threads > MAX_THREADS ? MAX_THREADS : num_threads;
+    if (dtype == SM_F32) {
+        const float s = (float)(f / divisor);
+        float *g = grad;
+#ifdef _OPENMP
+#pragma omp parallel for simd num_threads(nthreads) schedule(static)
+#endif
+        for (int64_t i = 0; i < n; i++) g[i] = g[i] * s;
+    } else {
+        const double s = f / divisor;
+        double *g = grad;
+#ifdef _OPENMP
+#pragma omp parallel for simd num_threads(nthreads) schedule(static)
+#endif
+        for (int64_t i = 0; i < n; i++) g[i] = g[i] * s;
+    }
+    (void)nthreads;
     return SM_OK;
 }
