@@ -184,7 +184,10 @@ def plain_loss_rows(
                         s.mul_(factor)
             elif row_weight is not None:
                 scale = row_weight * scale
-            torch.mul(s, scale, out=grad_out[start:stop])
+            if s_own is None:
+                s.mul_(scale)
+            else:  # (into a half-precision gradient: torch.mul would write a float32 temporary, then copy it)
+                grad_out[start:stop].copy_(s.mul_(scale))
         sums = row_sums_out[start:stop]
         if not weighted:
             sums.copy_(a.sum(1))  # float32 cascade sum of non-negative terms
