@@ -346,3 +346,18 @@ def test_compiled_and_eager_agree_on_the_torch_backend(torch_backend):
         fake = st.multilabel_soft_margin_loss(mode.from_tensor(x), mode.from_tensor(y), mode.from_tensor(w))
     assert fake.shape == () and fake.dtype == torch.float32
     assert torch_backend
+
+
+def test_unweighted_float32_row_sums_against_mpmath(threads):
+    """Unweighted rows are summed in float32 (torch's cascade sum; every term is non-negative): still within a few
+    float32 ulps of the exact sums (mpmath per element, math.fsum per row)."""
+    from helpers import exact_element_loss
+
+    rng = np.random.default_rng(19)
+    values = np.concatenate([-np.logspace(-4, 1.5, 200), np.logspace(-4, 1.5, 200)]).astype(np.float32)
+    table = np.array([[exact_element_loss(float(v), t) for v in values] for t in (0.0, 1.0)])
+    pick = rng.integers(0, values.size, size=(64, 3000))
+    y = (rng.random((64, 3000)) < 0.1).astype(np.int64)
+    exact = np.array([math.fsum(row) for row in table[y, pick]])
+    sums, _ = _short(torch.from_numpy(values[pick]), torch.from_numpy(y.astype(np.float32)), {}, 1.0)
+    assert_close(sums.numpy(), exact, 3e-7, "row sums")
