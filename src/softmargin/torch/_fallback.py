@@ -123,7 +123,6 @@ def plain_loss_rows(
         if mask is not None:
             row_weight64, row_weight = row_weight64 * mask, row_weight * mask
     weighted = full or row_weight64 is not None
-    uniform = isinstance(grad_scale, float)
     step = max(1, min(n, (chunk_elements or PLAIN_CHUNK_ELEMENTS) // c))
     # buffers of one chunk: p0 ends holding the element losses (the hard targets' form needs no other: each buffer's
     # page faults, the first time it is written, cost about as much as one operation on it); p1 and p2 side by
@@ -168,7 +167,7 @@ def plain_loss_rows(
                 torch.sigmoid(a, out=s)
                 torch.addcmul(s, s, y, value=-2.0, out=s)  # dl/dx = (1 - 2y) sigmoid(z): exact, no cancellation
             # l = log1p(exp(z)), z itself above the threshold (where log1p(exp(-z)) / z is below half an ulp)
-            torch._C._nn.softplus(a, 1, constants.threshold, out=a)
+            torch._C._nn.softplus(a, 1, constants.threshold, out=a)  # type: ignore[call-arg]  # (stub lacks out=)
         else:
             if p1 is None or p2 is None:
                 pair = torch.empty(2, step, c, dtype=cdtype)
@@ -176,7 +175,7 @@ def plain_loss_rows(
             _element_loss(x, y, constants, a, p1[:here], p2[:here], s, careful=False)  # s: -dl/dx
         if s is not None:
             assert grad_out is not None
-            scale: Any = grad_scale if uniform else grad_scale[start:stop, None].to(cdtype)
+            scale: Any = grad_scale if isinstance(grad_scale, float) else grad_scale[start:stop, None].to(cdtype)
             scale = scale if hard else -scale
             if full:
                 for factor in (w_full, m_full):
@@ -255,7 +254,8 @@ def _element_loss(
     torch.copysign(x, -1.0, out=a)  # -|x|
     if s is not None:
         torch.sigmoid(a, out=s)  # sigmoid(-|x|)
-    torch._C._nn.softplus(a, 1, 20, out=a)  # log1p(exp(-|x|)): exp never sees a positive argument
+    # log1p(exp(-|x|)): exp never sees a positive argument
+    torch._C._nn.softplus(a, 1, 20, out=a)  # type: ignore[call-arg]  # (stub lacks out=)
     torch.copysign(constants.one, x, out=g)  # g
     torch.add(constants.offset, g, alpha=-0.5, out=d)  # eps/2 - (1 + g)/2: -1 or 0 without smoothing (exact)
     torch.add(d, y, alpha=1.0 - constants.label_smoothing, out=d)  # d = y' - (1 + g)/2: one rounding
