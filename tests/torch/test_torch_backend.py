@@ -361,3 +361,19 @@ def test_unweighted_float32_row_sums_against_mpmath(threads):
     exact = np.array([math.fsum(row) for row in table[y, pick]])
     sums, _ = _short(torch.from_numpy(values[pick]), torch.from_numpy(y.astype(np.float32)), {}, 1.0)
     assert_close(sums.numpy(), exact, 3e-7, "row sums")
+
+
+def test_weight_times_loss_beyond_float32_in_a_weight_multiplied_in_place(torch_backend):
+    """A weight in [2^-64, 2^64] multiplies the losses in float32; where w * l overflows float32 (the mean does not)
+    the row is computed again in float64."""
+    gen = torch.Generator().manual_seed(20)
+    x = torch.randn(6, 700, generator=gen)
+    y = (torch.rand(6, 700, generator=gen) < 0.5).float()
+    x[:, 5], y[:, 5] = 1e21, 0.0  # a loss of 1e21, times 2^60: 1.2e39
+    w = torch.full((700,), 2.0**60)
+    loss, grad = _short_public(x, y, {"weight": w}, "none")
+    expected = (torch.nn.functional.binary_cross_entropy_with_logits(x.double(), y.double(), reduction="none")
+                * w.double()).mean(1)  # fmt: skip
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    assert_close(loss.double().numpy(), expected.numpy(), 4e-6, "loss")
+    assert torch_backend

@@ -122,7 +122,17 @@ def plain_loss_rows(
         row_weight = weight.to(cdtype) if weight is not None else torch.ones(1, c, dtype=cdtype)
         if mask is not None:
             row_weight64, row_weight = row_weight64 * mask, row_weight * mask
-    weighted = full or row_weight64 is not None
+    # A (1, C) weight whose nonzero values lie in [2^-64, 2^64], in cdtype (a float64 weight with float32 logits
+    # keeps its precision: float64 products), multiplies the losses in place in cdtype: w * l overflows only for
+    # l > 2^64 (an inf sum: the row is computed again, in float64) and leaves the subnormal range to losses already
+    # negligible in their row. Any other weight or mask: float64 products.
+    in_place = row_weight64 is not None and row_weight is not None and (weight is None or weight.dtype != torch.float64
+                                                                       or cdtype == torch.float64)  # fmt: skip
+    if in_place:
+        assert row_weight64 is not None
+        nonzero = row_weight64[row_weight64 != 0]
+        in_place = nonzero.numel() == 0 or (float(nonzero.min()) >= 2.0**-64 and float(nonzero.max()) <= 2.0**64)
+    weighted = full or (row_weight64 is not None and not in_place)
     step = max(1, min(n, (chunk_elements or PLAIN_CHUNK_ELEMENTS) // c))
     # buffers of one chunk: p0 ends holding the element losses (the hard targets' form needs no other: each buffer's
     # page faults, the first time it is written, cost about as much as one operation on it); p1 and p2 side by
@@ -189,6 +199,8 @@ def plain_loss_rows(
                 grad_out[start:stop].copy_(s.mul_(scale))
         sums = row_sums_out[start:stop]
         if not weighted:
+            if in_place:
+                a.mul_(row_weight)
             sums.copy_(a.sum(1))  # float32 cascade sum of non-negative terms
         else:
             assert wide is not None
