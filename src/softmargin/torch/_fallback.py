@@ -200,6 +200,7 @@ def plain_loss_rows(
         sums = row_sums_out[start:stop]
         if not weighted:
             if in_place:
+                assert row_weight is not None
                 a.mul_(row_weight)
             sums.copy_(a.sum(1))  # float32 cascade sum of non-negative terms
         else:
