@@ -24,8 +24,9 @@ cancels, and each element is as accurate as :func:`softmargin._formula.element_l
 
 The target is looked at once per chunk, in the pass that tells hard from soft targets (``y - y * y``: 0 only at 0
 and 1, negative outside [0, 1], NaN for NaN), which is also the range check. Each row's loss is summed in float32 by
-torch's cascade sum (its terms are non-negative: no cancellation), or, with a weight or a mask, multiplied by the
-weight in float64 and summed in float64 (no overflow of ``w * l`` and no underflow of a tiny weight). A row whose sum
+torch's cascade sum (its terms are non-negative: no cancellation); a per-class weight with its nonzero values in
+[2^-64, 2^64] multiplies the losses first, in place; any other weight or mask multiplies them in float64 and the sum
+is taken in float64 (no overflow of ``w * l`` and no underflow of a tiny weight). A row whose sum
 is not finite is computed again: first with ``d * x`` taken as 0 where it is ``0 * inf`` (a right prediction at an
 infinite logit, whose limit is 0; the fast pass leaves NaN there), then, if still not finite (an infinite loss, a
 NaN logit, a float32 sum beyond float32, a zero weight on an infinite loss, an infinite ``z``), by the general
@@ -124,8 +125,9 @@ def plain_loss_rows(
             row_weight64, row_weight = row_weight64 * mask, row_weight * mask
     # A (1, C) weight whose nonzero values lie in [2^-64, 2^64], in cdtype (a float64 weight with float32 logits
     # keeps its precision: float64 products), multiplies the losses in place in cdtype: w * l overflows only for
-    # l > 2^64 (an inf sum: the row is computed again, in float64) and leaves the subnormal range to losses already
-    # negligible in their row. Any other weight or mask: float64 products.
+    # l > 2^64 (an inf sum: the row is computed again, in float64), and falls below float32's normal range only for
+    # l < 2^-62 (a logit beyond 43 on the right side), which counts only in a row whose every loss is as small.
+    # Any other weight or mask: float64 products.
     in_place = row_weight64 is not None and row_weight is not None and (weight is None or weight.dtype != torch.float64
                                                                        or cdtype == torch.float64)  # fmt: skip
     if in_place:
