@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from os import environ as _environ
 from typing import Any
 
 import torch
@@ -497,7 +498,7 @@ class _PlainLoss(torch.autograd.Function):
         code = _PLAIN_CODES[x.dtype]
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(x) if need_grad else None
-        result = torch.empty((), dtype=x.dtype)
+        result = x.new_empty(())
         arguments = (
             code, code if y.dtype == x.dtype else 4, x.data_ptr(), y.data_ptr(),
             None if weight is None else weight.data_ptr(), num_rows, num_classes,
@@ -534,36 +535,52 @@ class _PlainLoss(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+_Parameter = torch.nn.Parameter
+_is_compiling = torch.compiler.is_compiling
+_interpreter = torch._C._functorch.peek_interpreter_stack
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_forward_ad = torch.autograd.forward_ad
+_STRIDED = torch.strided
+try:  # Function.apply without its Python wrapper, whose work (functorch transforms, their escaped wrappers) the
+    # checks below rule out: a small call notices its 2-3 microseconds
+    _plain_apply: Any = torch._C._FunctionBase.__dict__["apply"].__get__(None, _PlainLoss)
+except (AttributeError, KeyError):  # pragma: no cover - another torch's internals
+    _plain_apply = _PlainLoss.apply
+
+
 def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str, check: bool) -> Tensor | None:
     """The loss by :class:`_PlainLoss` when the call is one it takes (checked here, cheapest first), else None:
     ordinary contiguous CPU tensors of shape (N, C), float32 or float64, a target of the input's dtype, uint8 or
     bool that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
     nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
     A bad target or weight value also answers None: the general path then raises its message."""
+    if (type(input) is not Tensor and type(input) is not _Parameter) or type(target) is not Tensor:
+        return None
+    dtype = input.dtype
     if (
-        (type(input) is not Tensor and type(input) is not torch.nn.Parameter) or type(target) is not Tensor
-        or reduction not in _REDUCTIONS or input.dtype not in _PLAIN_CODES
-        or (target.dtype is not input.dtype and target.dtype not in _BYTE_TARGETS)
-        or input.layout is not torch.strided or target.layout is not torch.strided
+        dtype not in _PLAIN_CODES or reduction not in _REDUCTIONS
+        or (target.dtype is not dtype and target.dtype not in _BYTE_TARGETS)
+        or input.layout is not _STRIDED or target.layout is not _STRIDED
         or input.dim() != 2 or target.shape != input.shape or not input.is_cpu or not target.is_cpu
         or not input.is_contiguous() or not target.is_contiguous() or target.requires_grad or input.numel() == 0
     ):  # fmt: skip
         return None
     if weight is not None and (
-        (type(weight) is not Tensor and type(weight) is not torch.nn.Parameter) or weight.dtype is not input.dtype
-        or weight.layout is not torch.strided or weight.shape != input.shape[1:] or not weight.is_cpu
-        or not weight.is_contiguous() or weight.requires_grad
+        (type(weight) is not Tensor and type(weight) is not _Parameter) or weight.dtype is not dtype
+        or weight.layout is not _STRIDED or weight.shape != input.shape[1:] or not weight.is_cpu
+        or not weight.is_contiguous() or weight.requires_grad or _wrapped(weight)
     ):  # fmt: skip
         return None
     if (
-        torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
-        or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
-        or torch.autograd.forward_ad._current_level >= 0 or cpu.kernel() is None
-        or B.requested_backend() not in ("auto", "cpu")
+        _is_compiling() or _interpreter() is not None or _dispatch_modes() or _function_modes()
+        or _forward_ad._current_level >= 0 or _wrapped(input) or _wrapped(target) or cpu.kernel() is None
+        or (_environ.get("SOFTMARGIN_BACKEND") and B.requested_backend() not in ("auto", "cpu"))
     ):  # fmt: skip
         return None
     try:
-        loss: Tensor = _PlainLoss.apply(input, target, weight, reduction, check)
+        loss: Tensor = _plain_apply(input, target, weight, reduction, check)
     except _Declined:
         return None
     return loss
