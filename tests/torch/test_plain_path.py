@@ -194,3 +194,16 @@ def test_reduced_call_rejects_bad_arguments():
             assert fast.reduced(*bad) < 0
     with pytest.raises(cpu.KernelArgumentError):
         cpu.scale(grad.data_ptr(), 2, 12, out.data_ptr(), 0, 1.0, 1)  # float16: not a dtype it scales
+
+
+def test_module_takes_the_plain_path_and_keeps_its_errors():
+    x, y, w = _problem(12, 6, torch.float32, "soft", True, 5)
+    xi = x.clone().requires_grad_()
+    loss = st.MultiLabelSoftMarginLoss(weight=w)(xi, y)
+    assert type(loss.grad_fn).__name__ == "_PlainLossBackward"
+    loss.backward()
+    xr = x.clone().requires_grad_()
+    torch.nn.MultiLabelSoftMarginLoss(weight=w)(xr, y).backward()
+    torch.testing.assert_close(xi.grad, xr.grad)
+    with pytest.raises(ValueError, match="label_smoothing"):  # options and an option argument: refused, as before
+        st.multilabel_soft_margin_loss(x, y, options=st.LossOptions(), label_smoothing=0.1)
