@@ -477,13 +477,14 @@ class _Declined(Exception):
 
 
 #: The kernel's dtype codes (``cpu.DTYPES``) of the inputs the plain fast path takes, and of its targets.
-_PLAIN_CODES = {torch.float32: 0, torch.float64: 1}
+_PLAIN_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+_FLOAT32 = torch.float32
 _BYTE_TARGETS = (torch.uint8, torch.bool)
 _REDUCTIONS = {"mean": 1, "sum": 2}
 
 
 class _PlainLoss(torch.autograd.Function):
-    """The most common eager call, the plain loss of a contiguous (N, C) float32/float64 batch reduced to its mean
+    """The most common eager call, the plain loss of a contiguous (N, C) batch (any float dtype) reduced to its mean
     or sum, with as little around the kernel as Python allows: small calls are dominated by overheads (a few
     microseconds per torch operation). The kernel library computes the gradient, each row's loss and their
     reduction in one call (``softmargin_reduced``), and backward scales the gradient by autograd's incoming one in
@@ -499,11 +500,11 @@ class _PlainLoss(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(x) if need_grad else None
         result = x.new_empty(())
+        w = weight if weight is None or code < 2 else weight.to(_FLOAT32)  # float16/bfloat16: computed in float32
         arguments = (
-            code, code if y.dtype == x.dtype else 4, x.data_ptr(), y.data_ptr(),
-            None if weight is None else weight.data_ptr(), num_rows, num_classes,
-            None if grad is None else grad.data_ptr(), torch.get_num_threads(), code, _REDUCTIONS[reduction], check,
-            result.data_ptr(),
+            code, code if y.dtype == x.dtype else 4, x.data_ptr(), y.data_ptr(), None if w is None else w.data_ptr(),
+            num_rows, num_classes, None if grad is None else grad.data_ptr(), torch.get_num_threads(),
+            1 if code == 1 else 0, code, _REDUCTIONS[reduction], check, result.data_ptr(),
         )  # fmt: skip
         status = (cpu.fastcall() or cpu).reduced(*arguments)
         if status:
@@ -552,7 +553,7 @@ except (AttributeError, KeyError):  # pragma: no cover - another torch's interna
 
 def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str, check: bool) -> Tensor | None:
     """The loss by :class:`_PlainLoss` when the call is one it takes (checked here, cheapest first), else None:
-    ordinary contiguous CPU tensors of shape (N, C), float32 or float64, a target of the input's dtype, uint8 or
+    ordinary contiguous CPU tensors of shape (N, C), of a float dtype, a target of the input's dtype, uint8 or
     bool that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
     nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
     A bad target or weight value also answers None: the general path then raises its message."""
