@@ -21,7 +21,11 @@ operator, on real tensors.
 
 Eager calls on ordinary tensors take a lean path, :class:`_EagerReducedLoss`: one ``autograd.Function`` that calls the
 same implementation without the dispatcher, reduces in forward and hands the precomputed gradient over without a
-copy; it gives bitwise the same results as the operator (tested), which everything else uses. Forward-mode AD and
+copy; it gives bitwise the same results as the operator (tested), which everything else uses. The commonest of them,
+the plain loss of a contiguous (N, C) batch reduced to its mean or sum, takes a leaner one still,
+:class:`_PlainLoss` (:func:`plain_loss` says when): one kernel call computes the gradient, the rows' losses and
+their reduction, and backward scales the gradient in place, with the operator's arithmetic in the operator's order
+(the rows summed in order on the CPU: :func:`_total`), so again bitwise the same (tested). Forward-mode AD and
 ``torch.func`` transforms in eager mode go through :class:`_EagerLoss`, which has ``jvp`` and ``setup_context``.
 """
 
