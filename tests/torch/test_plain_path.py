@@ -77,12 +77,19 @@ def test_bad_values_raise_the_general_message():
         st.multilabel_soft_margin_loss(x, bad_target)
     with pytest.raises(ValueError, match="target"):
         st.multilabel_soft_margin_loss(x.double(), bad_target.double())  # float64: checked by the reduced call
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):  # a byte target above 1, in every input dtype
+        with pytest.raises(ValueError, match="target"):
+            st.multilabel_soft_margin_loss(x.to(dtype), torch.full((4, 3), 2, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="target"):
+            st.multilabel_soft_margin_loss(x.to(dtype), torch.full((4, 3), float("nan"), dtype=dtype))
     y = torch.ones(4, 3)
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="weight"):
             st.multilabel_soft_margin_loss(x, y, torch.tensor([1.0, bad, 1.0]))
-    # validate=False: not checked (torch's own loss does not check either)
-    st.multilabel_soft_margin_loss(x, bad_target, validate=False)
+    # validate=False: not checked (torch's own loss does not check either), on the plain path too
+    unchecked = st.multilabel_soft_margin_loss(x, bad_target, validate=False)
+    assert type(unchecked.grad_fn).__name__ == "_PlainLossBackward"
+    torch.testing.assert_close(unchecked, torch.nn.functional.multilabel_soft_margin_loss(x, bad_target))
 
 
 def test_weight_changed_in_place_is_seen():

@@ -299,10 +299,17 @@ int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int
     if (N <= 0 || C <= 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is not positive");
     if (!args->x || !args->y) REJECT(SM_ERR_NULL, "x or y is NULL");
     if (check && args->weight && !weights_ok(args->weight, args->xtype, C)) return SM_WEIGHT_OUT_OF_RANGE;
-    if (check && args->xtype == SM_F64 && args->ytype == SM_F64) {
-        const double *y = args->y;
-        for (int64_t i = 0; i < N * C; i++)
-            if (!(y[i] >= 0 && y[i] <= 1)) return SM_TARGET_OUT_OF_RANGE;
+    if (check && args->xtype == SM_F64) { /* float64's row functions do not look at the target */
+        if (args->ytype == SM_F64) {
+            const double *y = args->y;
+            for (int64_t i = 0; i < N * C; i++)
+                if (!(y[i] >= 0 && y[i] <= 1)) return SM_TARGET_OUT_OF_RANGE;
+        } else {
+            const uint8_t *y = args->y;
+            uint8_t largest = 0;
+            for (int64_t i = 0; i < N * C; i++) largest = y[i] > largest ? y[i] : largest;
+            if (largest > 1) return SM_TARGET_OUT_OF_RANGE;
+        }
     }
     double small_rows[SMALL], small_ones[SMALL];
     const int64_t wsize = args->xtype == SM_F64 ? 8 : 4;
@@ -323,6 +330,7 @@ int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int
     }
     s.out = rows;
     int status = softmargin_fused(&s, message, message_size);
+    if (status == SM_TARGET_OUT_OF_RANGE && !check) status = SM_OK; /* computed all the same; not asked to look */
     if (status == SM_OK) {
         double total = 0;
         for (int64_t r = 0; r < N; r++) /* in order: as reduce()'s cumsum */

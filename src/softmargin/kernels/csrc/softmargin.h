@@ -97,8 +97,9 @@ int softmargin_fused(const softmargin_args *args, char *message, int64_t message
  * float64 in order, first to last (reduce() sums in order with cumsum on the CPU); divided by num_rows for
  * reduction 1 (mean; 2 is sum); the result written to *result in result_type (the input's dtype; float16 and
  * bfloat16 through float32, as torch converts).
- * check != 0 checks the weight's values first (finite, >= 0; else SM_WEIGHT_OUT_OF_RANGE, nothing computed) and a
- * float64 target's range (float32/float16/bfloat16 row functions check it as they read it): SM_TARGET_OUT_OF_RANGE. */
+ * check != 0 checks the weight's values first (finite, >= 0; else SM_WEIGHT_OUT_OF_RANGE, nothing computed) and,
+ * for a float64 input, the target's range (float32/float16/bfloat16 row functions check it as they read it):
+ * SM_TARGET_OUT_OF_RANGE. */
 int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int32_t result_type, int32_t reduction,
                        int32_t check, void *result, char *message, int64_t message_size);
 /* grad[i] *= s for i < n, s = (dtype)(per-sample type)((double)*factor / divisor): the backward of the reduced loss
