@@ -145,8 +145,8 @@ def _fit_block(
     Yd = np.ascontiguousarray(Yd)
     F, L = X.shape[1], Yd.shape[1]
     sign = 2.0 * Yd - 1.0
-    pw = np.ones(L) if pos_weight is None else np.asarray(pos_weight, np.float64)
-    cost = np.where(Yd > 0, pw[None, :], 1.0)  # each element's weight in the loss
+    # each element's weight in the loss (None: all 1)
+    cost = None if pos_weight is None else np.where(Yd > 0, np.asarray(pos_weight, np.float64)[None, :], 1.0)
     W, b = (
         (np.zeros((F, L)), np.zeros(L))
         if start is None
@@ -155,43 +155,60 @@ def _fit_block(
     D = np.zeros_like(Yd)
     hinge = loss == "squared_hinge"
 
+    def part(A: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``A[:, cols]``, without a copy when ``cols`` is every label (N x L arrays are the costly ones)."""
+        return A if len(cols) == A.shape[1] else A[:, cols]
+
     def colsum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->j", A, B)
 
     def objective(W: np.ndarray, b: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The objective of labels ``cols`` (len(cols),) at their weights W (F, len(cols)) and biases b."""
         Z = np.asarray(X @ W) + b
-        Z *= -sign[:, cols]
+        Z *= part(sign, cols)
         if hinge:
-            Z += 1.0
+            np.subtract(1.0, Z, out=Z)
             np.maximum(Z, 0.0, out=Z)
-            Z *= Z
         else:
+            np.negative(Z, out=Z)
             np.logaddexp(0.0, Z, out=Z)
-        return colsum(cost[:, cols], Z) + 0.5 * colsum(W, W) / C
+        if hinge:
+            Z *= Z
+        data = Z.sum(0) if cost is None else colsum(part(cost, cols), Z)
+        return data + 0.5 * colsum(W, W) / C
 
     def gradient(cols: np.ndarray) -> None:
         """The gradient of labels ``cols`` into gW, gb at (W, b), and the Hessian's weights into D."""
-        P = np.asarray(X @ W[:, cols]) + b[cols]
+        P = np.asarray(X @ part(W, cols)) + b[cols]
         if hinge:  # d/dz max(0, 1 - s z)^2 = -2 s max(0, 1 - s z); generalised Hessian 2 where the margin is short
-            P *= -sign[:, cols]
-            P += 1.0
+            signs = part(sign, cols)
+            P *= signs
+            np.subtract(1.0, P, out=P)
             np.maximum(P, 0.0, out=P)
-            D[:, cols] = 2.0 * (P > 0) * cost[:, cols]
-            P *= -2.0 * sign[:, cols]
+            H = np.greater(P, 0.0).astype(np.float64)
+            H *= 2.0
+            P *= signs
+            P *= -2.0
         else:
             P *= 0.5
             np.tanh(P, out=P)
             P += 1.0
             P *= 0.5  # the sigmoid, without overflow warnings
-            D[:, cols] = P * (1.0 - P) * cost[:, cols]
-            P -= Yd[:, cols]
-        P *= cost[:, cols]
-        gW[:, cols] = np.asarray(XT @ P) + W[:, cols] / C
+            H = P * (1.0 - P)
+            P -= part(Yd, cols)
+        if cost is not None:
+            H *= part(cost, cols)
+            P *= part(cost, cols)
+        if len(cols) == L:
+            D[...] = H
+        else:
+            D[:, cols] = H
+        gW[:, cols] = np.asarray(XT @ P) + part(W, cols) / C
         gb[cols] = P.sum(0) if bias else 0.0
 
     def hessian_product(V: np.ndarray, v: np.ndarray, Dc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        U = Dc * (np.asarray(X @ V) + v)
+        U = np.asarray(X @ V) + v
+        U *= Dc
         return np.asarray(XT @ U) + V / C, U.sum(0) if bias else np.zeros(U.shape[1])
 
     everything = np.arange(L)
@@ -201,7 +218,9 @@ def _fit_block(
     if start is None:
         first = np.sqrt(colsum(gW, gW) + gb * gb)
     else:  # the stopping test is relative to the gradient at zero, wherever we start
-        G0 = cost * (-2.0 * sign if hinge else 0.5 - Yd)
+        G0 = -2.0 * sign if hinge else 0.5 - Yd
+        if cost is not None:
+            G0 *= cost
         g0W = np.asarray(XT @ G0)
         first = np.sqrt(colsum(g0W, g0W) + (G0.sum(0) ** 2 if bias else 0.0))
     active = first > 0
@@ -221,7 +240,7 @@ def _fit_block(
         pW, pb = rW.copy(), rb.copy()
         rr = colsum(rW, rW) + rb * rb
         target = (np.minimum(0.5, np.sqrt(norm / np.where(first > 0, first, 1.0))) * norm)[cols]
-        Dc = D[:, cols]
+        Dc = part(D, cols)
         for _ in range(max_cg):
             hW, hb = hessian_product(pW, pb, Dc)
             products += 1

@@ -663,11 +663,11 @@ def _fit_newton(train: Dataset, config: TrainConfig, progress: bool, log: Callab
     best, chosen, held_out = -math.inf, candidates[0], fitted[grid[0]][0]
     for candidate in candidates if len(candidates) > 1 else []:
         logits = np.mean([fitted[C][0] for C in candidate], 0)
-        quality = M.evaluate(Yd, logits, np.zeros(num_labels), (logits >= 0).astype(np.uint8))[0]
-        score = quality["P@1"] + quality["P@3"] + quality["P@5"]
+        quality = [M.precision_at_k(Yd, logits, k) for k in (1, 3, 5)]
+        score = sum(quality)
         if progress:
-            log(f"C={'+'.join(f'{C:g}' for C in candidate)}: held-out P@1 {quality['P@1']:.3f}, P@3 {quality['P@3']:.3f}, "
-                f"P@5 {quality['P@5']:.3f}")  # fmt: skip
+            log(f"C={'+'.join(f'{C:g}' for C in candidate)}: held-out P@1 {quality[0]:.3f}, P@3 {quality[1]:.3f}, "
+                f"P@5 {quality[2]:.3f}")  # fmt: skip
         if score > best:
             best, chosen, held_out = score, candidate, logits
     finals = []
