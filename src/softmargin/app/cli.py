@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--optimizer", choices=["auto", "adamw", "lbfgs", "newton"], default="auto",
                      help="lbfgs: full batch, to convergence; newton: the linear model solved by truncated Newton, "
                      "cross-fitted over --folds (held-out predictions for every row); auto: newton for the linear model, else adamw")  # fmt: skip
-    opt.add_argument("--folds", type=int, default=3, help="newton: cross-fitting folds (held-out predictions for --thresholds tuned)")
+    opt.add_argument("--folds", type=int, default=None,
+                     help="newton: cross-fitting folds (held-out predictions for --thresholds tuned); default 3, 2 on very large data")
     opt.add_argument("--linear-loss", choices=["squared_hinge", "logistic"], default="squared_hinge",
                      help="newton: squared_hinge = LIBLINEAR's L2-loss SVM (probabilities are sigmoid(margin)); logistic = "
                      "logistic regression (calibrated probabilities)")  # fmt: skip
