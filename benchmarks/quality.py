@@ -69,7 +69,7 @@ STEPS = {
             dict(model="mlp", optimizer="adamw", standardize="auto", thresholds="fixed")),
     "linear": ("logistic regression, truncated Newton on tf-idf, decisions at 0.5",
                dict(linear_loss="logistic", thresholds="fixed")),
-    "tuned-raw": ("+ per-label cut on 3-fold held-out predictions (no fallback, no floor)",
+    "tuned-raw": ("+ per-label cut on held-out predictions (3 folds, 2 on delicious; no fallback, no floor)",
                   dict(linear_loss="logistic", thresholds="tuned", fbr=0.0, min_threshold=1e-9)),
     "logistic": ("+ SCutfbr fallback (0.1) and floor (0.05): the previous linear default",
                  dict(linear_loss="logistic", fbr_positives=None)),
