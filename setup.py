@@ -2,7 +2,8 @@
 src/softmargin/kernels/build.py, which does the compiling; the metadata is all in pyproject.toml).
 
 The libraries are plain C (loaded through ctypes, no Python ABI), declared as extensions only so that setuptools
-puts them where the package goes: into the wheel, the install, or the source tree for an editable install. A variant
+puts them where the package goes: into the wheel, the install, or the source tree for an editable install. One small
+CPython extension (``_fastcall``) makes the eager fast path's two kernel calls cheaper than ctypes can. A variant
 that does not compile (no compiler, no OpenMP, an old assembler) is left out with a warning and never fails the
 install: without a kernel the library runs its torch/NumPy fallback.
 """
@@ -48,4 +49,14 @@ class BuildKernels(build_ext):
             print(f"warning: softmargin kernel variant {ext.variant} not built (the library falls back): {error}")
 
 
-setup(ext_modules=[KernelLibrary(v) for v in kernel_build.variants()], cmdclass={"build_ext": BuildKernels})
+#: The eager fast path's two kernel calls as CPython functions (kernels/fastcall/_fastcall.c): optional too; without it
+#: kernels/cpu.py makes the same calls through ctypes.
+FASTCALL = Extension(
+    "softmargin.kernels._fastcall", sources=["src/softmargin/kernels/fastcall/_fastcall.c"],
+    depends=[*_SOURCES], optional=True,
+)
+
+setup(
+    ext_modules=[*(KernelLibrary(v) for v in kernel_build.variants()), FASTCALL],
+    cmdclass={"build_ext": BuildKernels},
+)

@@ -193,3 +193,20 @@ def use_backend(name, monkeypatch):
     return name
 
 
+
+
+def passthrough_mode():
+    """A TorchDispatchMode that runs every operation as it is and records their names (``.seen``): any active
+    dispatch mode sends a loss call through the operator instead of the eager paths."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    return Passthrough()

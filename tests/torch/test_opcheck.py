@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import passthrough_mode
 
 import softmargin.torch as st
 
@@ -53,16 +53,6 @@ def test_opcheck(name):
     torch.library.opcheck(torch.ops.softmargin.loss_rows.default, SAMPLES[name])
 
 
-class _Passthrough(TorchDispatchMode):
-    """Any active dispatch mode sends the call through the operator instead of the eager path; this one records it."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.seen.add(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -81,7 +71,7 @@ def test_eager_path_and_operator_agree_bitwise(dtype, kwargs, reduction):
     for through_operator in (False, True):
         xi = x.clone().requires_grad_()
         if through_operator:
-            with _Passthrough() as mode:
+            with passthrough_mode() as mode:
                 loss = st.multilabel_soft_margin_loss(xi, y, **kwargs)
                 (3.0 * loss).sum().backward()
             assert "softmargin.loss_rows.default" in mode.seen

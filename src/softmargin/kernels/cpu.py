@@ -28,11 +28,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from softmargin.kernels import build
 
 #: The ABI this loader speaks (``SOFTMARGIN_ABI_VERSION`` in csrc/softmargin.h).
-ABI_VERSION = 2
+ABI_VERSION = 3
 #: Element types in code order (``enum softmargin_dtype``; checked against the library's ``softmargin_dtype_names``).
 DTYPES = ("float32", "float64", "float16", "bfloat16", "uint8")
 #: Input dtypes whose plain-loss row functions check the target's range as they read it (the options' row functions
@@ -58,6 +59,9 @@ class FusedArgs(ctypes.Structure):
 class KernelArgumentError(ValueError):
     """The C kernel rejected its arguments (a null pointer, a negative or overflowing size, an unknown dtype)."""
 
+
+#: ``softmargin_reduced``'s answers besides success: a target outside [0, 1] (or NaN), a weight negative or not finite.
+TARGET_OUT_OF_RANGE, WEIGHT_OUT_OF_RANGE = 1, 2
 
 _STATUS_ERRORS = {-1: "a null pointer", -2: "a bad size", -3: "a bad dtype", -4: "a bad argument"}
 
@@ -94,6 +98,10 @@ def _abi_mismatch(lib: ctypes.CDLL) -> str | None:
 def _declare(lib: ctypes.CDLL) -> None:
     lib.softmargin_fused.argtypes = [ctypes.POINTER(FusedArgs), ctypes.c_char_p, _i64]
     lib.softmargin_fused.restype = ctypes.c_int
+    lib.softmargin_reduced.argtypes = [ctypes.POINTER(FusedArgs), _i32, _i32, _i32, _i32, _ptr, ctypes.c_char_p, _i64]
+    lib.softmargin_reduced.restype = ctypes.c_int
+    lib.softmargin_scale.argtypes = [_ptr, _i32, _i64, _ptr, _i32, _f64, _i32]
+    lib.softmargin_scale.restype = ctypes.c_int
     lib.softmargin_count_rows.argtypes = [_ptr, _i64, _i64, _ptr, ctypes.c_int]
     lib.softmargin_count_rows.restype = ctypes.c_int
     lib.softmargin_features.restype = ctypes.c_int
@@ -246,3 +254,68 @@ def fused(
         lib.softmargin_fused(ctypes.byref(args), message, len(message))  # rejected again, now with the reason
         _raise(status, message.value)
     return bool(status == 1)
+
+
+def reduced(
+    xtype: int,
+    ytype: int,
+    x: int,
+    y: int,
+    weight: int | None,
+    num_rows: int,
+    num_classes: int,
+    grad: int | None,
+    num_threads: int,
+    per_sample_type: int,
+    result_type: int,
+    reduction: int,
+    check: bool,
+    result: int,
+) -> int:
+    """The plain loss of a contiguous (num_rows, num_classes) problem reduced over the batch, written to ``result``,
+    and its gradient (d loss / d x times 1 / num_classes: the operator's per-sample Jacobian) to ``grad``; see
+    ``softmargin_reduced`` in csrc/softmargin.h. Dtypes are codes (indices into :data:`DTYPES`); ``reduction`` is 1
+    (mean) or 2 (sum). Returns 0, :data:`TARGET_OUT_OF_RANGE` or :data:`WEIGHT_OUT_OF_RANGE` (``check``: nothing
+    reliable was computed, the caller raises). The kernel library must be loaded (:func:`kernel`).
+
+    Raises:
+        KernelArgumentError: the kernel rejected the arguments.
+    """
+    lib = kernel()
+    assert lib is not None, "reduced() called without a kernel; check kernel() first"
+    args = FusedArgs(
+        xtype, ytype, x, y, weight, 0, None, 0, None, 0, num_rows, num_classes, 1.0 / num_classes if num_classes > 0 else 0.0, None, 0, 0.0,
+        0.0, 0.0, 0.0, None, grad, num_threads, None, None, None,
+    )  # fmt: skip
+    status: int = lib.softmargin_reduced(ctypes.byref(args), per_sample_type, result_type, reduction, check, result, None, 0)
+    if status < 0:
+        message = ctypes.create_string_buffer(256)
+        lib.softmargin_reduced(ctypes.byref(args), per_sample_type, result_type, reduction, check, result, message, len(message))
+        _raise(status, message.value)
+    return status
+
+
+@functools.cache
+def fastcall() -> Any:
+    """The ``_fastcall`` extension bound to the loaded kernel library (its ``reduced`` and ``scale`` take the
+    arguments of :func:`reduced` and :func:`scale` and return the status, for a tenth of ctypes' cost), or None where
+    there is no kernel or the extension was not built (then call :func:`reduced` and :func:`scale`)."""
+    lib = kernel()
+    if lib is None:
+        return None
+    try:
+        from softmargin.kernels import _fastcall  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    address = ctypes.cast(lib.softmargin_reduced, ctypes.c_void_p).value
+    _fastcall.bind(address, ctypes.cast(lib.softmargin_scale, ctypes.c_void_p).value)
+    return _fastcall
+
+
+def scale(grad: int, dtype: int, n: int, factor: int, factor_type: int, divisor: float, num_threads: int) -> None:
+    """``grad[:n] *= (dtype)(factor / divisor)`` in place (``softmargin_scale``): the reduced loss's backward."""
+    lib = kernel()
+    assert lib is not None, "scale() called without a kernel; check kernel() first"
+    status = lib.softmargin_scale(grad, dtype, n, factor, factor_type, divisor, num_threads)
+    if status < 0:
+        _raise(status, b"")

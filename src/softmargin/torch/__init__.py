@@ -18,7 +18,7 @@ from .. import _validation as V
 from .._options import PLAIN, LossOptions, resolve
 from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, chunk_shape
-from ._ops import Problem, compute, ensure_dtensor_sharding, ensure_triton_op
+from ._ops import Problem, compute, ensure_dtensor_sharding, ensure_triton_op, plain_loss
 
 __all__ = [
     "LinearMultiLabelSoftMarginLoss",
@@ -185,6 +185,13 @@ def multilabel_soft_margin_loss(
         )  # fmt: skip
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction.legacy_get_string(size_average, reduce)
+    elif (
+        pos_weight is None and mask is None and (options is None or options == PLAIN)
+        and not (label_smoothing or gamma_pos or gamma_neg or clip)
+    ):  # fmt: skip
+        fast = plain_loss(input, target, weight, reduction, validate)
+        if fast is not None:
+            return fast
     resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
     return compute(_problem(input, target, weight, reduction, validate, pos_weight, mask, resolved))
 

@@ -21,7 +21,11 @@ operator, on real tensors.
 
 Eager calls on ordinary tensors take a lean path, :class:`_EagerReducedLoss`: one ``autograd.Function`` that calls the
 same implementation without the dispatcher, reduces in forward and hands the precomputed gradient over without a
-copy; it gives bitwise the same results as the operator (tested), which everything else uses. Forward-mode AD and
+copy; it gives bitwise the same results as the operator (tested), which everything else uses. The commonest of them,
+the plain loss of a contiguous (N, C) batch reduced to its mean or sum, takes a leaner one still,
+:class:`_PlainLoss` (:func:`plain_loss` says when): one kernel call computes the gradient, the rows' losses and
+their reduction, and backward scales the gradient in place, with the operator's arithmetic in the operator's order
+(the rows summed in order on the CPU: :func:`_total`), so again bitwise the same (tested). Forward-mode AD and
 ``torch.func`` transforms in eager mode go through :class:`_EagerLoss`, which has ``jvp`` and ``setup_context``.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from os import environ as _environ
 from typing import Any
 
 import torch
@@ -37,6 +42,7 @@ from torch import Tensor
 from .._formula import element_loss_and_grad, element_loss_and_grad_options
 from .._options import PLAIN, LossOptions
 from .._sparse import SparseTargets
+from ..kernels import cpu
 from . import _backends as B
 
 __all__ = ["Problem", "compute", "loss_rows"]
@@ -470,6 +476,121 @@ class _EagerReducedLoss(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None, None, None, None)
 
 
+class _Declined(Exception):
+    """The plain fast path saw a bad value (target or weight): the general path runs and raises its message."""
+
+
+#: The kernel's dtype codes (``cpu.DTYPES``) of the inputs the plain fast path takes, and of its targets.
+_PLAIN_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+_FLOAT32 = torch.float32
+_BYTE_TARGETS = (torch.uint8, torch.bool)
+_REDUCTIONS = {"mean": 1, "sum": 2}
+
+
+class _PlainLoss(torch.autograd.Function):
+    """The most common eager call, the plain loss of a contiguous (N, C) batch (any float dtype) reduced to its mean
+    or sum, with as little around the kernel as Python allows: small calls are dominated by overheads (a few
+    microseconds per torch operation). The kernel library computes the gradient, each row's loss and their
+    reduction in one call (``softmargin_reduced``), and backward scales the gradient by autograd's incoming one in
+    place (``softmargin_scale``): the same arithmetic, in the same order, as the operator's path followed by
+    :func:`reduce` and :func:`input_grads`, so the results are bitwise the same (tested). Anything else (second
+    derivatives, a second backward, an unusual incoming gradient) goes through :class:`_EagerReducedLoss`'s
+    backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, weight: Tensor | None, reduction: str, check: bool) -> Tensor:
+        num_rows, num_classes = x.shape
+        code = _PLAIN_CODES[x.dtype]
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(x) if need_grad else None
+        result = x.new_empty(())
+        w = weight if weight is None or code < 2 else weight.to(_FLOAT32)  # float16/bfloat16: computed in float32
+        arguments = (
+            code, code if y.dtype == x.dtype else 4, x.data_ptr(), y.data_ptr(), None if w is None else w.data_ptr(),
+            num_rows, num_classes, None if grad is None else grad.data_ptr(), torch.get_num_threads(),
+            1 if code == 1 else 0, code, _REDUCTIONS[reduction], check, result.data_ptr(),
+        )  # fmt: skip
+        status = (cpu.fastcall() or cpu).reduced(*arguments)
+        if status:
+            if status < 0:
+                cpu.reduced(*arguments)  # raises, with the kernel's message
+            raise _Declined
+        if need_grad:
+            ctx.save_for_backward(x, y, weight, None, None, None, None, None)
+            ctx.grad, ctx.options, ctx.reduction, ctx.per_sample = grad, PLAIN, reduction, ((num_rows,), x.dtype)
+        return result
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        grad = ctx.grad
+        code = _PLAIN_CODES.get(grad_output.dtype)
+        if (
+            grad is None or code is None or torch.is_grad_enabled() or ctx.needs_input_grad[1]
+            or type(grad_output) is not Tensor or not grad_output.is_cpu
+        ):  # fmt: skip
+            return _EagerReducedLoss.backward(ctx, grad_output)[:5]
+        ctx.grad = None  # handed over: autograd makes this very tensor input.grad
+        divisor = float(grad.shape[0]) if ctx.reduction == "mean" else 1.0
+        arguments = (
+            grad.data_ptr(), _PLAIN_CODES[grad.dtype], grad.numel(), grad_output.data_ptr(), code, divisor,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        if (cpu.fastcall() or cpu).scale(*arguments):
+            cpu.scale(*arguments)  # raises, with the reason
+        return grad, None, None, None, None
+
+
+_Parameter = torch.nn.Parameter
+_is_compiling = torch.compiler.is_compiling
+_interpreter = torch._C._functorch.peek_interpreter_stack
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_forward_ad = torch.autograd.forward_ad
+_STRIDED = torch.strided
+try:  # Function.apply without its Python wrapper, whose work (functorch transforms, their escaped wrappers) the
+    # checks below rule out: a small call notices its 2-3 microseconds
+    _plain_apply: Any = torch._C._FunctionBase.__dict__["apply"].__get__(None, _PlainLoss)
+except (AttributeError, KeyError):  # pragma: no cover - another torch's internals
+    _plain_apply = _PlainLoss.apply
+
+
+def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str, check: bool) -> Tensor | None:
+    """The loss by :class:`_PlainLoss` when the call is one it takes (checked here, cheapest first), else None:
+    ordinary contiguous CPU tensors of shape (N, C), of a float dtype, a target of the input's dtype, uint8 or
+    bool that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
+    nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
+    A bad target or weight value also answers None: the general path then raises its message."""
+    if (type(input) is not Tensor and type(input) is not _Parameter) or type(target) is not Tensor:
+        return None
+    dtype = input.dtype
+    if (
+        dtype not in _PLAIN_CODES or reduction not in _REDUCTIONS
+        or (target.dtype is not dtype and target.dtype not in _BYTE_TARGETS)
+        or input.layout is not _STRIDED or target.layout is not _STRIDED
+        or input.dim() != 2 or target.shape != input.shape or not input.is_cpu or not target.is_cpu
+        or not input.is_contiguous() or not target.is_contiguous() or target.requires_grad or input.numel() == 0
+    ):  # fmt: skip
+        return None
+    if weight is not None and (
+        (type(weight) is not Tensor and type(weight) is not _Parameter) or weight.dtype is not dtype
+        or weight.layout is not _STRIDED or weight.shape != input.shape[1:] or not weight.is_cpu
+        or not weight.is_contiguous() or weight.requires_grad or _wrapped(weight)
+    ):  # fmt: skip
+        return None
+    if (
+        _is_compiling() or _interpreter() is not None or _dispatch_modes() or _function_modes()
+        or _forward_ad._current_level >= 0 or _wrapped(input) or _wrapped(target) or cpu.kernel() is None
+        or (_environ.get("SOFTMARGIN_BACKEND") and B.requested_backend() not in ("auto", "cpu"))
+    ):  # fmt: skip
+        return None
+    try:
+        loss: Tensor = _plain_apply(input, target, weight, reduction, check)
+    except _Declined:
+        return None
+    return loss
+
+
 def _forward_ad_active(x: Tensor) -> bool:
     if torch.autograd.forward_ad._current_level >= 0:
         return True
@@ -518,12 +639,21 @@ def compute(problem: Problem) -> Tensor:
     return reduce(per_sample, counted, problem.reduction, problem.mask is not None, problem.result_dtype)
 
 
+def _total(per_sample: Tensor) -> Tensor:
+    """The per-sample losses summed in float64: on the CPU in order, first to last (a cumulative sum's last element),
+    as the kernel library's reduced call sums them (:class:`_PlainLoss`), so that every eager path gives the same
+    bits; elsewhere, and under ``torch.compile``, by ``sum``."""
+    if per_sample.device.type == "cpu" and per_sample.numel() and not torch.compiler.is_compiling():
+        return per_sample.reshape(-1).cumsum(0, dtype=torch.float64)[-1]
+    return per_sample.sum(dtype=torch.float64)
+
+
 def reduce(per_sample: Tensor, counted: Tensor, reduction: str, masked: bool, dtype: torch.dtype) -> Tensor:
     """The batch reduction (sums in float64). An empty batch gives NaN for "mean", as torch's does; a batch whose
     labels are all missing gives 0."""
     if reduction == "none":
         return per_sample.to(dtype)
-    total = per_sample.sum(dtype=torch.float64)
+    total = _total(per_sample)
     if reduction == "sum":
         return total.to(dtype)
     if per_sample.numel() == 0:

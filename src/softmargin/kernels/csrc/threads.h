@@ -64,6 +64,10 @@ static void *run_thread(void *arg) {
 
 /* Run jobs[0 .. nthreads - 1], one per thread. */
 static void run_jobs(job *jobs, int nthreads) {
+    if (nthreads <= 1) { /* no parallel region to enter: small calls notice its cost (about a microsecond) */
+        run_rows(&jobs[0]);
+        return;
+    }
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nthreads) schedule(static, 1)
     for (int t = 0; t < nthreads; t++) run_rows(&jobs[t]);

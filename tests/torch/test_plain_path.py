@@ -1,0 +1,210 @@
+"""The eager fast path of the plain loss (``_ops._PlainLoss``: the kernel library reduces over the batch and scales
+the gradient in backward) against the operator's path, bitwise, and against torch's loss; the calls it must decline
+or hand to the general path; its kernel calls through the ``_fastcall`` extension and through ctypes alike."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from helpers import passthrough_mode
+
+import softmargin.torch as st
+from softmargin.kernels import cpu
+
+pytestmark = pytest.mark.skipif(cpu.kernel() is None, reason="no CPU kernel library here")
+
+
+
+
+def _problem(n, c, dtype, target, weight, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=gen, dtype=torch.float64) * torch.exp(2 * torch.randn(n, c, generator=gen, dtype=torch.float64))
+    x = x.to(dtype)
+    hard = torch.rand(n, c, generator=gen) < 0.3
+    y = {"same": hard.to(dtype), "bool": hard, "uint8": hard.to(torch.uint8), "soft": torch.rand(n, c, generator=gen).to(dtype)}[target]
+    w = torch.rand(c, generator=gen).to(dtype) * 2 if weight else None
+    return x, y, w
+
+
+def _run(x, y, w, reduction, grad_output, through_operator):
+    xi = x.clone().requires_grad_()
+    if through_operator:
+        with passthrough_mode() as mode:
+            loss = st.multilabel_soft_margin_loss(xi, y, w, reduction=reduction)
+            (grad,) = torch.autograd.grad(loss, xi, grad_output)
+        assert "softmargin.loss_rows.default" in mode.seen
+    else:
+        loss = st.multilabel_soft_margin_loss(xi, y, w, reduction=reduction)
+        assert type(loss.grad_fn).__name__ == "_PlainLossBackward"
+        (grad,) = torch.autograd.grad(loss, xi, grad_output)
+    return loss.detach(), grad
+
+
+SHAPES = [(1, 1), (32, 10), (64, 80), (3, 300), (257, 3), (600, 7), (5, 2000)]  # past the kernel's stack buffers
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("target", ["same", "bool", "uint8", "soft"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_plain_path_and_operator_agree_bitwise(shape, dtype, target, reduction):
+    x, y, w = _problem(*shape, dtype, target, weight=shape[0] % 2 == 1, seed=sum(shape))
+    for grad_output in (1.0, -2.7182818, 1e-3):
+        go = torch.tensor(grad_output, dtype=dtype)
+        fast = _run(x, y, w, reduction, go, through_operator=False)
+        general = _run(x, y, w, reduction, go, through_operator=True)
+        assert torch.equal(fast[0], general[0])
+        assert torch.equal(fast[1], general[1])
+        expected = torch.nn.functional.multilabel_soft_margin_loss(x.double(), y.double(), None if w is None else w.double(), reduction=reduction)
+        rtol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 1e-2)  # float16/bfloat16: their rounding
+        torch.testing.assert_close(fast[0].double(), expected, rtol=rtol, atol=0)
+
+
+def test_infinite_logits_stay_finite_and_agree():
+    x = torch.tensor([[float("inf"), -float("inf"), 0.5], [float("inf"), 2.0, -float("inf")]])
+    y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    fast = _run(x, y, None, "mean", torch.tensor(1.0), through_operator=False)
+    general = _run(x, y, None, "mean", torch.tensor(1.0), through_operator=True)
+    assert torch.equal(fast[0], general[0]) and torch.equal(fast[1], general[1])
+    assert torch.isinf(fast[0]) and torch.isfinite(fast[1]).all()
+
+
+def test_bad_values_raise_the_general_message():
+    x = torch.randn(4, 3, requires_grad=True)
+    bad_target = torch.tensor([[0.0, 1.0, 1.5]] * 4)
+    with pytest.raises(ValueError, match="target"):
+        st.multilabel_soft_margin_loss(x, bad_target)
+    with pytest.raises(ValueError, match="target"):
+        st.multilabel_soft_margin_loss(x.double(), bad_target.double())  # float64: checked by the reduced call
+    y = torch.ones(4, 3)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight"):
+            st.multilabel_soft_margin_loss(x, y, torch.tensor([1.0, bad, 1.0]))
+    # validate=False: not checked (torch's own loss does not check either)
+    st.multilabel_soft_margin_loss(x, bad_target, validate=False)
+
+
+def test_weight_changed_in_place_is_seen():
+    """No cache between calls: a weight updated in place, also through ``.data`` or under no_grad, is used as it is."""
+    x, y = torch.randn(8, 4), (torch.rand(8, 4) < 0.5).float()
+    w = torch.ones(4)
+    before = st.multilabel_soft_margin_loss(x, y, w)
+    w.data.mul_(3.0)
+    after = st.multilabel_soft_margin_loss(x, y, w)
+    torch.testing.assert_close(after, 3 * before)
+    torch.testing.assert_close(after, torch.nn.functional.multilabel_soft_margin_loss(x, y, w))
+
+
+def test_second_backward_and_second_order_take_the_general_backward():
+    x, y, _ = _problem(6, 5, torch.float64, "soft", False, 1)
+    xi = x.clone().requires_grad_()
+    loss = st.multilabel_soft_margin_loss(xi, y)
+    assert type(loss.grad_fn).__name__ == "_PlainLossBackward"
+    (first,) = torch.autograd.grad(loss, xi, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, xi, retain_graph=True)  # the gradient was handed over: recomputed
+    assert torch.equal(first, second)
+    (g,) = torch.autograd.grad(loss, xi, create_graph=True)
+    (hvp,) = torch.autograd.grad(g.sum(), xi)
+    xr = x.clone().requires_grad_()
+    (gr,) = torch.autograd.grad(torch.nn.functional.multilabel_soft_margin_loss(xr, y), xr, create_graph=True)
+    (hvp_ref,) = torch.autograd.grad(gr.sum(), xr)
+    torch.testing.assert_close(hvp, hvp_ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: st.multilabel_soft_margin_loss(t, y), (x.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["non-contiguous", "3-d", "none", "target needs grad", "weight needs grad", "float64 weight", "weight (1, C)",
+     "bfloat16 with a float32 target", "no grad"],
+)
+def test_other_calls_take_the_general_path_and_stay_right(case):
+    x, y = torch.randn(6, 5, dtype=torch.float64).float(), (torch.rand(6, 5) < 0.4).float()
+    w, reduction = None, "mean"
+    if case == "non-contiguous":
+        x, y = torch.randn(5, 6).t(), (torch.rand(5, 6) < 0.4).float().t()
+    elif case == "3-d":
+        x, y = x.reshape(2, 3, 5), y.reshape(2, 3, 5)
+    elif case == "none":
+        reduction = "none"
+    elif case == "target needs grad":
+        y = y.clone().requires_grad_()
+    elif case == "weight needs grad":
+        w = torch.rand(5, requires_grad=True)
+    elif case == "float64 weight":
+        w = torch.rand(5, dtype=torch.float64)
+    elif case == "weight (1, C)":
+        w = torch.rand(1, 5)
+    elif case == "bfloat16 with a float32 target":
+        x = x.bfloat16()
+    xi = x.clone().requires_grad_(case != "no grad")
+    loss = st.multilabel_soft_margin_loss(xi, y, w, reduction=reduction)
+    assert type(loss.grad_fn).__name__ != "_PlainLossBackward"
+    xr = x.clone().requires_grad_(case != "no grad")
+    expected = torch.nn.functional.multilabel_soft_margin_loss(xr, y, w, reduction=reduction)
+    tol = {"rtol": 1e-2, "atol": 1e-2} if x.dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-7}
+    torch.testing.assert_close(loss, expected, **tol)
+    if case != "no grad":
+        loss.sum().backward()
+        expected.sum().backward()
+        torch.testing.assert_close(xi.grad, xr.grad, **tol)
+
+
+def test_no_grad_call_takes_the_plain_path():
+    x, y, w = _problem(9, 4, torch.float32, "same", True, 2)
+    with torch.no_grad():
+        loss = st.multilabel_soft_margin_loss(x, y, w)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, torch.nn.functional.multilabel_soft_margin_loss(x, y, w))
+
+
+def test_ctypes_calls_give_what_the_extension_gives(monkeypatch):
+    """Where the ``_fastcall`` extension was not built, the same kernel functions are called through ctypes."""
+    x, y, w = _problem(40, 30, torch.float32, "soft", True, 4)
+    with_extension = _run(x, y, w, "mean", torch.tensor(0.5), through_operator=False)
+    monkeypatch.setattr(cpu, "fastcall", lambda: None)
+    without = _run(x, y, w, "mean", torch.tensor(0.5), through_operator=False)
+    assert torch.equal(with_extension[0], without[0]) and torch.equal(with_extension[1], without[1])
+
+
+def test_the_extension_is_built_where_the_headers_were():
+    """The install builds ``_fastcall`` (it is optional: a machine without Python headers gets ctypes)."""
+    import sysconfig
+    from pathlib import Path
+
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        pytest.skip("no Python headers here")
+    assert cpu.fastcall() is not None
+
+
+def test_reduced_call_rejects_bad_arguments():
+    x, y = torch.randn(3, 4), torch.ones(3, 4)
+    out, grad = torch.empty(()), torch.empty(3, 4)
+    good = (0, 0, x.data_ptr(), y.data_ptr(), None, 3, 4, grad.data_ptr(), 1, 0, 0, 1, True, out.data_ptr())
+    assert cpu.reduced(*good) == 0
+    for index, value, message in [
+        (2, None, "NULL"), (5, -1, "positive"), (6, 0, "positive"), (9, 2, "per_sample_type"), (10, 4, "result_type"),
+        (11, 3, "reduction"), (13, None, "result"), (0, 4, "xtype"),
+    ]:
+        bad = list(good)
+        bad[index] = value
+        with pytest.raises(cpu.KernelArgumentError, match=message):
+            cpu.reduced(*bad)
+        fast = cpu.fastcall()
+        if fast is not None:
+            assert fast.reduced(*bad) < 0
+    with pytest.raises(cpu.KernelArgumentError):
+        cpu.scale(grad.data_ptr(), 4, 12, out.data_ptr(), 0, 1.0, 1)  # uint8: not a dtype it scales
+
+
+def test_module_takes_the_plain_path_and_keeps_its_errors():
+    x, y, w = _problem(12, 6, torch.float32, "soft", True, 5)
+    xi = x.clone().requires_grad_()
+    loss = st.MultiLabelSoftMarginLoss(weight=w)(xi, y)
+    assert type(loss.grad_fn).__name__ == "_PlainLossBackward"
+    loss.backward()
+    xr = x.clone().requires_grad_()
+    torch.nn.MultiLabelSoftMarginLoss(weight=w)(xr, y).backward()
+    torch.testing.assert_close(xi.grad, xr.grad)
+    with pytest.raises(ValueError, match="label_smoothing"):  # options and an option argument: refused, as before
+        st.multilabel_soft_margin_loss(x, y, options=st.LossOptions(), label_smoothing=0.1)
