@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-
 #: The per-label losses :func:`fit_logistic` solves.
 LOSSES = ("logistic", "squared_hinge")
 
