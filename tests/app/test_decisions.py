@@ -135,12 +135,16 @@ def _micro_f1(model: T.TrainedModel, test: D.Dataset, strategy: str) -> float:
     return T.evaluate(model.with_decision(strategy), test)[0]["micro_f1"]
 
 
-def test_threshold_options_are_safe_on_small_generated_data() -> None:
+@pytest.mark.parametrize(
+    "settings", [{}, {"linear_loss": "logistic"}, {"macro_weight": 0.3}, {"fbr_positives": None}], ids=str
+)
+def test_threshold_options_are_safe_on_small_generated_data(settings: dict[str, object]) -> None:
     """Issue 17, item 5, on a small generated bag-of-words set (medical's shape, scaled down: 150 training rows,
-    rare labels): no threshold option drops micro-F1 below the fixed-0.5 default by more than 0.02."""
+    rare labels): no threshold option drops micro-F1 below the fixed-0.5 default by more than 0.02, with either
+    linear loss and the decision options."""
     X, Y = _bag_of_words(450, 120, 20, seed=5)
     train, test = _dataset(X[:150], Y[:150], "train"), _dataset(X[150:], Y[150:], "test")
-    model = T.fit(train, T.TrainConfig(), progress=False)
+    model = T.fit(train, T.TrainConfig(**settings), progress=False)  # type: ignore[arg-type]
     assert model.config.optimizer == "newton" and model.decision["strategy"] == "tuned"
     fixed = _micro_f1(model, test, "fixed")
     tuned = _micro_f1(model, test, "tuned")
