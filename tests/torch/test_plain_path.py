@@ -208,3 +208,12 @@ def test_module_takes_the_plain_path_and_keeps_its_errors():
     torch.testing.assert_close(xi.grad, xr.grad)
     with pytest.raises(ValueError, match="label_smoothing"):  # options and an option argument: refused, as before
         st.multilabel_soft_margin_loss(x, y, options=st.LossOptions(), label_smoothing=0.1)
+
+
+@pytest.mark.parametrize(("backend", "plain"), [("torch", False), ("cpu", True), ("auto", True)])
+def test_backend_override_is_honoured(backend, plain, monkeypatch):
+    monkeypatch.setenv("SOFTMARGIN_BACKEND", backend)
+    x, y, _ = _problem(5, 4, torch.float32, "same", False, 6)
+    loss = st.multilabel_soft_margin_loss(x.requires_grad_(), y)
+    assert (type(loss.grad_fn).__name__ == "_PlainLossBackward") is plain
+    torch.testing.assert_close(loss, torch.nn.functional.multilabel_soft_margin_loss(x, y))

@@ -548,6 +548,17 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
 _forward_ad = torch.autograd.forward_ad
 _STRIDED = torch.strided
+try:  # whether SOFTMARGIN_BACKEND is set, without os.environ.get's key encoding (a microsecond: a tenth of a small
+    # call); os.environ keeps its encoded keys in _data, which setenv, monkeypatch and os.environ writes update
+    _ENV_DATA, _ENV_KEY = _environ._data, _environ.encodekey("SOFTMARGIN_BACKEND")  # type: ignore[attr-defined]
+
+    def _backend_set() -> bool:
+        return _ENV_KEY in _ENV_DATA
+
+except AttributeError:  # pragma: no cover - another Python's os.environ
+
+    def _backend_set() -> bool:
+        return "SOFTMARGIN_BACKEND" in _environ
 try:  # Function.apply without its Python wrapper, whose work (functorch transforms, their escaped wrappers) the
     # checks below rule out: a small call notices its 2-3 microseconds
     _plain_apply: Any = torch._C._FunctionBase.__dict__["apply"].__get__(None, _PlainLoss)
@@ -581,7 +592,7 @@ def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str
     if (
         _is_compiling() or _interpreter() is not None or _dispatch_modes() or _function_modes()
         or _forward_ad._current_level >= 0 or _wrapped(input) or _wrapped(target) or cpu.kernel() is None
-        or (_environ.get("SOFTMARGIN_BACKEND") and B.requested_backend() not in ("auto", "cpu"))
+        or (_backend_set() and B.requested_backend() not in ("auto", "cpu"))
     ):  # fmt: skip
         return None
     try:
