@@ -74,7 +74,11 @@ def evaluate(
             "ranking_loss": skm.label_ranking_loss(Y, scores),
             "coverage": skm.coverage_error(Y, scores),
             "one_error": float(1.0 - Y[np.arange(len(Y)), scores.argmax(1)].mean()) if len(Y) else float("nan"),
-            "mAP": skm.average_precision_score(Y[:, has_positive], scores[:, has_positive], average="macro")
+            # C order: a fancy-indexed column subset is Fortran-ordered, and scikit-learn's per-column loop over it
+            # took 31 s on delicious' test set (2 s in C order)
+            "mAP": skm.average_precision_score(
+                np.ascontiguousarray(Y[:, has_positive]), np.ascontiguousarray(scores[:, has_positive]), average="macro"
+            )
             if has_positive.any()
             else float("nan"),
         }

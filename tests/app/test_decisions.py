@@ -135,12 +135,16 @@ def _micro_f1(model: T.TrainedModel, test: D.Dataset, strategy: str) -> float:
     return T.evaluate(model.with_decision(strategy), test)[0]["micro_f1"]
 
 
-def test_threshold_options_are_safe_on_small_generated_data() -> None:
+@pytest.mark.parametrize(
+    "settings", [{}, {"linear_loss": "logistic"}, {"macro_weight": 0.3}, {"fbr_positives": None}], ids=str
+)
+def test_threshold_options_are_safe_on_small_generated_data(settings: dict[str, object]) -> None:
     """Issue 17, item 5, on a small generated bag-of-words set (medical's shape, scaled down: 150 training rows,
-    rare labels): no threshold option drops micro-F1 below the fixed-0.5 default by more than 0.02."""
+    rare labels): no threshold option drops micro-F1 below the fixed-0.5 default by more than 0.02, with either
+    linear loss and the decision options."""
     X, Y = _bag_of_words(450, 120, 20, seed=5)
     train, test = _dataset(X[:150], Y[:150], "train"), _dataset(X[150:], Y[150:], "test")
-    model = T.fit(train, T.TrainConfig(), progress=False)
+    model = T.fit(train, T.TrainConfig(**settings), progress=False)  # type: ignore[arg-type]
     assert model.config.optimizer == "newton" and model.decision["strategy"] == "tuned"
     fixed = _micro_f1(model, test, "fixed")
     tuned = _micro_f1(model, test, "tuned")
@@ -151,20 +155,21 @@ def test_threshold_options_are_safe_on_small_generated_data() -> None:
 def test_linear_model_round_trips_with_row_normalisation(tmp_path: Path) -> None:
     X, Y = _bag_of_words(120, 50, 6, seed=6)
     train = _dataset(X, Y, "train")
-    model = T.fit(train, T.TrainConfig(), progress=False)
+    model = T.fit(train, T.TrainConfig(C=1.0), progress=False)
     assert model.nets[0].normalize and model.config.standardize == "tfidf"
+    assert model.config.linear_loss == "squared_hinge"
     T.save_model(model, tmp_path)
     loaded = T.load_model(tmp_path)
     expected = model.predict_proba(X)
     np.testing.assert_allclose(loaded.predict_proba(X), expected, rtol=1e-12)
     np.testing.assert_allclose(model.predict_proba(X.toarray()), expected, rtol=1e-5, atol=1e-7)  # dense input
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
-    # the net computes what the solver saw: tf-idf rows of unit norm, then the solved logistic regression
+    # the net computes what the solver saw: tf-idf rows of unit norm, then the solved L2-loss SVM (sigmoid of margins)
     from softmargin.app.linear import fit_logistic as solve
 
-    solution = solve(tfidf_transform(X, tfidf_weights(X)), Y, C=model.config.C)
+    solution = solve(tfidf_transform(X, tfidf_weights(X)), Y, C=1.0, loss="squared_hinge")
     z = tfidf_transform(X, tfidf_weights(X)) @ solution.W + solution.b
-    np.testing.assert_allclose(expected, 1 / (1 + np.exp(-z)), atol=2e-3)
+    np.testing.assert_allclose(expected, 1 / (1 + np.exp(-z)), atol=5e-3)  # both solved to the default tol=1e-3
 
 
 @pytest.mark.slow
@@ -202,3 +207,66 @@ def test_auto_keeps_the_mlp_beyond_the_newton_size_limit(monkeypatch: pytest.Mon
     assert (resolved.model, resolved.optimizer, resolved.thresholds) == ("mlp", "adamw", "fixed")
     with pytest.raises(ValueError, match="optimizer='newton' holds"):
         T.fit(data, T.TrainConfig(model="linear", optimizer="newton"), progress=False)
+
+
+def test_squared_hinge_matches_liblinear_svm() -> None:
+    """loss='squared_hinge' is LIBLINEAR's L2-loss SVM (scikit-learn's LinearSVC, the same C), with per-label
+    positive weights as LinearSVC's class_weight, and without a bias as fit_intercept=False."""
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(150, 6))
+    Y = (X @ rng.normal(size=(6, 3)) + rng.normal(size=(150, 3)) > 0.3).astype(np.uint8)
+    weights = np.array([1.0, 2.0, 0.5])
+    solution = fit_logistic(X, Y, C=0.7, pos_weight=weights, bias=False, tol=1e-10, max_iter=200, loss="squared_hinge")
+    for j in range(3):
+        reference = LinearSVC(C=0.7, fit_intercept=False, tol=1e-12, max_iter=200_000, class_weight={0: 1.0, 1: weights[j]})
+        reference.fit(X, Y[:, j])
+        np.testing.assert_allclose(solution.W[:, j], reference.coef_[0], rtol=1e-5, atol=1e-6)
+    # the bias: unpenalised here, LinearSVC's penalised one approaches it as intercept_scaling grows
+    solution = fit_logistic(X, Y, C=0.7, tol=1e-10, max_iter=200, loss="squared_hinge")
+    reference = LinearSVC(C=0.7, intercept_scaling=1e3, tol=1e-12, max_iter=500_000).fit(X, Y[:, 0])
+    np.testing.assert_allclose(solution.W[:, 0], reference.coef_[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(solution.b[0], reference.intercept_[0], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="loss='hinge'"):
+        fit_logistic(X, Y, C=1.0, loss="hinge")
+
+
+def test_cv_thresholds_macro_weight_cut_maximises_the_weighted_sum() -> None:
+    """The second (rarer) label's cut maximises micro-F1 + macro_weight x macro-F1 over both labels, checked by brute
+    force over every threshold of that label, for several weights."""
+    rng = np.random.default_rng(10)
+    n = 120
+    Y = np.c_[rng.random(n) < 0.5, rng.random(n) < 0.1].astype(np.uint8)
+    S = np.clip(0.25 * Y + rng.random((n, 2)) * 0.75, 0, 1)
+    for weight in (0.0, 0.3, 1.0, 3.0):
+        thresholds = cv_thresholds(Y, S, fbr=0.0, floor=1e-9, macro_weight=weight)
+        first = S[:, 0] >= thresholds[0]
+
+        def objective(t: float) -> float:
+            pred = np.c_[first, S[:, 1] >= t]
+            tp = float((pred & (Y > 0)).sum())
+            micro = 2 * tp / float(pred.sum() + Y.sum())
+            return micro + weight * (_f1(Y[:, 0] > 0, pred[:, 0]) + _f1(Y[:, 1] > 0, pred[:, 1])) / 2
+
+        best = max(objective(t) for t in np.r_[S[:, 1], 2.0])
+        assert objective(thresholds[1]) == pytest.approx(best), weight
+    with pytest.raises(ValueError, match="macro_weight=-1"):
+        cv_thresholds(Y, S, macro_weight=-1)
+
+
+def test_cv_thresholds_fallback_only_below_fbr_positives() -> None:
+    """With fbr_positives, a label with many held-out positives keeps its cut even at a held-out F1 below fbr; a
+    label with fewer falls back to above every held-out score."""
+    rng = np.random.default_rng(11)
+    n = 400
+    Y = np.zeros((n, 2), np.uint8)
+    Y[:30, 0] = 1  # 30 positives, scored like the negatives: F1 at any cut is low
+    Y[:3, 1] = 1  # 3 positives, likewise
+    S = rng.uniform(0.0, 0.9, (n, 2))
+    every = cv_thresholds(Y, S, fbr=0.5)
+    assert (every > S.max(0)).all()
+    counted = cv_thresholds(Y, S, fbr=0.5, fbr_positives=10)
+    assert counted[0] <= S[:, 0].max() and counted[1] > S[:, 1].max()
+    with pytest.raises(ValueError, match="fbr_positives=0"):
+        cv_thresholds(Y, S, fbr_positives=0)

@@ -45,7 +45,7 @@ SHAPES = [(1, 1), (32, 10), (64, 80), (3, 300), (257, 3), (600, 7), (5, 2000)]  
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("target", ["same", "bool", "uint8", "soft"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_plain_path_and_operator_agree_bitwise(shape, dtype, target, reduction):
@@ -57,7 +57,8 @@ def test_plain_path_and_operator_agree_bitwise(shape, dtype, target, reduction):
         assert torch.equal(fast[0], general[0])
         assert torch.equal(fast[1], general[1])
         expected = torch.nn.functional.multilabel_soft_margin_loss(x.double(), y.double(), None if w is None else w.double(), reduction=reduction)
-        torch.testing.assert_close(fast[0].double(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+        rtol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 1e-2)  # float16/bfloat16: their rounding
+        torch.testing.assert_close(fast[0].double(), expected, rtol=rtol, atol=0)
 
 
 def test_infinite_logits_stay_finite_and_agree():
@@ -76,12 +77,19 @@ def test_bad_values_raise_the_general_message():
         st.multilabel_soft_margin_loss(x, bad_target)
     with pytest.raises(ValueError, match="target"):
         st.multilabel_soft_margin_loss(x.double(), bad_target.double())  # float64: checked by the reduced call
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):  # a byte target above 1, in every input dtype
+        with pytest.raises(ValueError, match="target"):
+            st.multilabel_soft_margin_loss(x.to(dtype), torch.full((4, 3), 2, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="target"):
+            st.multilabel_soft_margin_loss(x.to(dtype), torch.full((4, 3), float("nan"), dtype=dtype))
     y = torch.ones(4, 3)
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="weight"):
             st.multilabel_soft_margin_loss(x, y, torch.tensor([1.0, bad, 1.0]))
-    # validate=False: not checked (torch's own loss does not check either)
-    st.multilabel_soft_margin_loss(x, bad_target, validate=False)
+    # validate=False: not checked (torch's own loss does not check either), on the plain path too
+    unchecked = st.multilabel_soft_margin_loss(x, bad_target, validate=False)
+    assert type(unchecked.grad_fn).__name__ == "_PlainLossBackward"
+    torch.testing.assert_close(unchecked, torch.nn.functional.multilabel_soft_margin_loss(x, bad_target))
 
 
 def test_weight_changed_in_place_is_seen():
@@ -115,7 +123,7 @@ def test_second_backward_and_second_order_take_the_general_backward():
 @pytest.mark.parametrize(
     "case",
     ["non-contiguous", "3-d", "none", "target needs grad", "weight needs grad", "float64 weight", "weight (1, C)",
-     "bfloat16", "no grad"],
+     "bfloat16 with a float32 target", "no grad"],
 )
 def test_other_calls_take_the_general_path_and_stay_right(case):
     x, y = torch.randn(6, 5, dtype=torch.float64).float(), (torch.rand(6, 5) < 0.4).float()
@@ -134,8 +142,8 @@ def test_other_calls_take_the_general_path_and_stay_right(case):
         w = torch.rand(5, dtype=torch.float64)
     elif case == "weight (1, C)":
         w = torch.rand(1, 5)
-    elif case == "bfloat16":
-        x, y = x.bfloat16(), y.bfloat16()
+    elif case == "bfloat16 with a float32 target":
+        x = x.bfloat16()
     xi = x.clone().requires_grad_(case != "no grad")
     loss = st.multilabel_soft_margin_loss(xi, y, w, reduction=reduction)
     assert type(loss.grad_fn).__name__ != "_PlainLossBackward"
@@ -179,11 +187,11 @@ def test_the_extension_is_built_where_the_headers_were():
 def test_reduced_call_rejects_bad_arguments():
     x, y = torch.randn(3, 4), torch.ones(3, 4)
     out, grad = torch.empty(()), torch.empty(3, 4)
-    good = (0, 0, x.data_ptr(), y.data_ptr(), None, 3, 4, grad.data_ptr(), 1, 0, 1, True, out.data_ptr())
+    good = (0, 0, x.data_ptr(), y.data_ptr(), None, 3, 4, grad.data_ptr(), 1, 0, 0, 1, True, out.data_ptr())
     assert cpu.reduced(*good) == 0
     for index, value, message in [
-        (2, None, "NULL"), (5, -1, "positive"), (6, 0, "positive"), (9, 2, "per_sample_type"), (10, 3, "reduction"),
-        (12, None, "result"), (0, 3, "xtype"),
+        (2, None, "NULL"), (5, -1, "positive"), (6, 0, "positive"), (9, 2, "per_sample_type"), (10, 4, "result_type"),
+        (11, 3, "reduction"), (13, None, "result"), (0, 4, "xtype"),
     ]:
         bad = list(good)
         bad[index] = value
@@ -193,4 +201,26 @@ def test_reduced_call_rejects_bad_arguments():
         if fast is not None:
             assert fast.reduced(*bad) < 0
     with pytest.raises(cpu.KernelArgumentError):
-        cpu.scale(grad.data_ptr(), 2, 12, out.data_ptr(), 0, 1.0, 1)  # float16: not a dtype it scales
+        cpu.scale(grad.data_ptr(), 4, 12, out.data_ptr(), 0, 1.0, 1)  # uint8: not a dtype it scales
+
+
+def test_module_takes_the_plain_path_and_keeps_its_errors():
+    x, y, w = _problem(12, 6, torch.float32, "soft", True, 5)
+    xi = x.clone().requires_grad_()
+    loss = st.MultiLabelSoftMarginLoss(weight=w)(xi, y)
+    assert type(loss.grad_fn).__name__ == "_PlainLossBackward"
+    loss.backward()
+    xr = x.clone().requires_grad_()
+    torch.nn.MultiLabelSoftMarginLoss(weight=w)(xr, y).backward()
+    torch.testing.assert_close(xi.grad, xr.grad)
+    with pytest.raises(ValueError, match="label_smoothing"):  # options and an option argument: refused, as before
+        st.multilabel_soft_margin_loss(x, y, options=st.LossOptions(), label_smoothing=0.1)
+
+
+@pytest.mark.parametrize(("backend", "plain"), [("torch", False), ("cpu", True), ("auto", True)])
+def test_backend_override_is_honoured(backend, plain, monkeypatch):
+    monkeypatch.setenv("SOFTMARGIN_BACKEND", backend)
+    x, y, _ = _problem(5, 4, torch.float32, "same", False, 6)
+    loss = st.multilabel_soft_margin_loss(x.requires_grad_(), y)
+    assert (type(loss.grad_fn).__name__ == "_PlainLossBackward") is plain
+    torch.testing.assert_close(loss, torch.nn.functional.multilabel_soft_margin_loss(x, y))

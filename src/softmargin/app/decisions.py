@@ -2,9 +2,10 @@
 Fan & Lin's SCutfbr fallback and a floor.
 
 For each label (most frequent first) the cut through its held-out scores is the one that maximises micro-F1 + macro-F1
-of the labels cut so far (LibMultiLabel's ``train_thresholding``, "micromacro-freq", Lin et al., CIKM 2023): a rare
+(macro-F1 weighted by ``macro_weight``) of the labels cut so far (LibMultiLabel's ``train_thresholding``, "micromacro-freq", Lin et al., CIKM 2023): a rare
 label's cut pays for its false positives in micro-F1, which a per-label F1 alone ignores. Then, as SCutfbr (Fan & Lin,
-2007): a label whose F1 at its cut is below ``fbr`` on the held-out rows gets a threshold above every held-out score
+2007): a label whose F1 at its cut is below ``fbr`` on the held-out rows (optionally: only if it has fewer than
+``fbr_positives`` held-out positives, where that F1 is a noisy estimate) gets a threshold above every held-out score
 (at least 0.5): it is predicted only when the model is more confident than it ever was on held-out data. Finally no
 threshold is below ``floor``: a cut tuned on a handful of held-out positives can sit at 1e-7 and predict a label for
 every sample (this is what made the old per-label F1 tuning wreck Hamming loss and micro-F1 on medical and enron).
@@ -12,20 +13,34 @@ every sample (this is what made the old per-label F1 tuning wreck Hamming loss a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 
-def cv_thresholds(Y: Any, scores: np.ndarray, *, fbr: float = 0.1, floor: float = 0.05) -> np.ndarray:
+def cv_thresholds(
+    Y: Any,
+    scores: np.ndarray,
+    *,
+    fbr: float = 0.1,
+    floor: float = 0.05,
+    macro_weight: float = 1.0,
+    fbr_positives: int | None = None,
+) -> np.ndarray:
     """Per-label probability thresholds from held-out ``scores`` (N, L) against 0/1 labels ``Y`` (N, L).
 
     Args:
         Y: 0/1 labels (N, L), dense or scipy.sparse.
         scores: held-out probabilities (N, L) (each row predicted by a model that did not train on it).
         fbr: a label whose held-out F1 at its best cut is below this falls back to "above every held-out score".
+        fbr_positives: the fallback is for labels with fewer held-out positives than this (None: every label): a
+            label with more keeps its cut even at a low F1, its held-out estimate being reliable enough.
         floor: the lowest threshold returned, in (0, 1).
+        macro_weight: each cut maximises micro-F1 + ``macro_weight`` x macro-F1 of the labels cut so far: 1 is
+            LibMultiLabel's rule; below 1 a rare label's cut weighs its own F1 less against the false positives it
+            adds (fewer labels predicted: lower Hamming loss, usually higher micro-F1, lower macro-F1); 0: micro-F1 alone.
 
     Returns:
         (L,) thresholds in [floor, 1]; a sample gets label l when its probability is at or above threshold l.
@@ -40,6 +55,10 @@ def cv_thresholds(Y: Any, scores: np.ndarray, *, fbr: float = 0.1, floor: float 
         raise ValueError(f"fbr={fbr!r}: expected an F1 floor in [0, 1)")
     if not 0 < floor < 1:
         raise ValueError(f"floor={floor!r}: expected a probability strictly between 0 and 1")
+    if not (math.isfinite(macro_weight) and macro_weight >= 0):
+        raise ValueError(f"macro_weight={macro_weight!r}: expected a non-negative finite weight")
+    if fbr_positives is not None and not fbr_positives >= 1:
+        raise ValueError(f"fbr_positives={fbr_positives!r}: expected a positive count of held-out positives, or None")
     Yd = np.asarray(Y.toarray() if sp.issparse(Y) else Y).astype(bool)
     scores = np.asarray(scores, np.float64)
     if Yd.shape != scores.shape or Yd.ndim != 2:
@@ -59,8 +78,9 @@ def cv_thresholds(Y: Any, scores: np.ndarray, *, fbr: float = 0.1, floor: float 
             f1 = np.nan_to_num(2 * tp / (2 * tp + fp + fn))
             micro = np.nan_to_num(2 * (tp + totals[0]) / (2 * (tp + totals[0]) + fp + fn + totals[1] + totals[2]))
         cuttable = np.r_[True, s[1:] != s[:-1], True]  # a cut between equal scores cannot be made
-        best = int(np.argmax(np.where(cuttable, micro + f1 / done, -np.inf)))
-        if not y.any() or f1[best] < fbr or best == 0:
+        best = int(np.argmax(np.where(cuttable, micro + macro_weight * f1 / done, -np.inf)))
+        unreliable = fbr_positives is None or y.sum() < fbr_positives
+        if not y.any() or (f1[best] < fbr and unreliable) or best == 0:
             thresholds[j] = max(0.5, float(np.nextafter(s[0], np.inf)))  # SCutfbr: above every held-out score
             best = 0
         elif best == len(s):

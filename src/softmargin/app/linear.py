@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+#: The per-label losses :func:`fit_logistic` solves.
+LOSSES = ("logistic", "squared_hinge")
+
 
 @dataclass
 class LinearSolution:
@@ -65,6 +68,7 @@ def fit_logistic(
     start: tuple[np.ndarray, np.ndarray] | None = None,
     threads: int | None = None,
     bias: bool = True,
+    loss: str = "logistic",
 ) -> LinearSolution:
     """Per-label logistic regression with an L2 penalty ``||W||^2 / (2 C)``: the labels' problems are independent,
     and are solved side by side (one sparse product serves every label; each label has its own conjugate-gradient
@@ -78,6 +82,8 @@ def fit_logistic(
         tol: a label is solved when its gradient's norm is below ``tol`` times its norm at zero.
         max_iter: Newton iterations at most; ``max_cg``: conjugate-gradient steps per iteration at most.
         bias: fit an (unpenalised) bias per label; False: b = 0, as LIBLINEAR without -B.
+        loss: "logistic" (``softplus(-s z)``), or "squared_hinge" (``max(0, 1 - s z)^2``: LIBLINEAR's L2-loss SVM,
+            ``-s 2``, with its ``C``; solved with the generalised Hessian, as LIBLINEAR's TRON).
         start: (W, b) to start from (a warm start, e.g. the mean of models fitted on parts of the data); zeros if None.
         threads: label blocks solved at once in threads (the sparse products and NumPy release the GIL); None: the
             CPUs this process may use, at most 8.
@@ -93,6 +99,8 @@ def fit_logistic(
     """
     if not (isinstance(C, (int, float)) and C > 0):
         raise ValueError(f"C={C!r}: expected a positive inverse regularisation strength")
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r}: expected one of {LOSSES}")
     X = sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.ascontiguousarray(X, dtype=np.float64)
     Yd = np.ascontiguousarray(Y.toarray() if sp.issparse(Y) else Y, dtype=np.float64)
     if Yd.ndim != 2 or Yd.shape[0] != X.shape[0]:
@@ -108,7 +116,7 @@ def fit_logistic(
     def solve(columns: np.ndarray) -> LinearSolution:
         begin = None if start is None else (np.asarray(start[0])[:, columns], np.asarray(start[1])[columns])
         return _fit_block(
-            X, XT, Yd[:, columns], C, None if pw is None else pw[columns], tol, max_iter, max_cg, begin, bias
+            X, XT, Yd[:, columns], C, None if pw is None else pw[columns], tol, max_iter, max_cg, begin, bias, loss
         )
 
     if len(blocks) == 1:
@@ -130,19 +138,25 @@ def _fit_block(
     max_cg: int,
     start: tuple[np.ndarray, np.ndarray] | None,
     bias: bool = True,
+    loss: str = "logistic",
 ) -> LinearSolution:
     """:func:`fit_logistic` on one block of labels, in this thread; ``XT`` is ``X`` transposed (CSR if sparse)."""
     Yd = np.ascontiguousarray(Yd)
     F, L = X.shape[1], Yd.shape[1]
     sign = 2.0 * Yd - 1.0
-    pw = np.ones(L) if pos_weight is None else np.asarray(pos_weight, np.float64)
-    cost = np.where(Yd > 0, pw[None, :], 1.0)  # each element's weight in the loss
+    # each element's weight in the loss (None: all 1)
+    cost = None if pos_weight is None else np.where(Yd > 0, np.asarray(pos_weight, np.float64)[None, :], 1.0)
     W, b = (
         (np.zeros((F, L)), np.zeros(L))
         if start is None
         else (np.array(start[0], np.float64), np.array(start[1], np.float64))
     )
     D = np.zeros_like(Yd)
+    hinge = loss == "squared_hinge"
+
+    def part(A: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``A[:, cols]``, without a copy when ``cols`` is every label (N x L arrays are the costly ones)."""
+        return A if len(cols) == A.shape[1] else A[:, cols]
 
     def colsum(A: np.ndarray, B: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->j", A, B)
@@ -150,24 +164,50 @@ def _fit_block(
     def objective(W: np.ndarray, b: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The objective of labels ``cols`` (len(cols),) at their weights W (F, len(cols)) and biases b."""
         Z = np.asarray(X @ W) + b
-        Z *= -sign[:, cols]
-        return colsum(cost[:, cols], np.logaddexp(0.0, Z, out=Z)) + 0.5 * colsum(W, W) / C
+        Z *= part(sign, cols)
+        if hinge:
+            np.subtract(1.0, Z, out=Z)
+            np.maximum(Z, 0.0, out=Z)
+        else:
+            np.negative(Z, out=Z)
+            np.logaddexp(0.0, Z, out=Z)
+        if hinge:
+            Z *= Z
+        data = Z.sum(0) if cost is None else colsum(part(cost, cols), Z)
+        return data + 0.5 * colsum(W, W) / C
 
     def gradient(cols: np.ndarray) -> None:
         """The gradient of labels ``cols`` into gW, gb at (W, b), and the Hessian's weights into D."""
-        P = np.asarray(X @ W[:, cols]) + b[cols]
-        P *= 0.5
-        np.tanh(P, out=P)
-        P += 1.0
-        P *= 0.5  # the sigmoid, without overflow warnings
-        D[:, cols] = P * (1.0 - P) * cost[:, cols]
-        P -= Yd[:, cols]
-        P *= cost[:, cols]
-        gW[:, cols] = np.asarray(XT @ P) + W[:, cols] / C
+        P = np.asarray(X @ part(W, cols)) + b[cols]
+        if hinge:  # d/dz max(0, 1 - s z)^2 = -2 s max(0, 1 - s z); generalised Hessian 2 where the margin is short
+            signs = part(sign, cols)
+            P *= signs
+            np.subtract(1.0, P, out=P)
+            np.maximum(P, 0.0, out=P)
+            H = np.greater(P, 0.0).astype(np.float64)
+            H *= 2.0
+            P *= signs
+            P *= -2.0
+        else:
+            P *= 0.5
+            np.tanh(P, out=P)
+            P += 1.0
+            P *= 0.5  # the sigmoid, without overflow warnings
+            H = P * (1.0 - P)
+            P -= part(Yd, cols)
+        if cost is not None:
+            H *= part(cost, cols)
+            P *= part(cost, cols)
+        if len(cols) == L:
+            D[...] = H
+        else:
+            D[:, cols] = H
+        gW[:, cols] = np.asarray(XT @ P) + part(W, cols) / C
         gb[cols] = P.sum(0) if bias else 0.0
 
     def hessian_product(V: np.ndarray, v: np.ndarray, Dc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        U = Dc * (np.asarray(X @ V) + v)
+        U = np.asarray(X @ V) + v
+        U *= Dc
         return np.asarray(XT @ U) + V / C, U.sum(0) if bias else np.zeros(U.shape[1])
 
     everything = np.arange(L)
@@ -177,7 +217,9 @@ def _fit_block(
     if start is None:
         first = np.sqrt(colsum(gW, gW) + gb * gb)
     else:  # the stopping test is relative to the gradient at zero, wherever we start
-        G0 = cost * (0.5 - Yd)
+        G0 = -2.0 * sign if hinge else 0.5 - Yd
+        if cost is not None:
+            G0 *= cost
         g0W = np.asarray(XT @ G0)
         first = np.sqrt(colsum(g0W, g0W) + (G0.sum(0) ** 2 if bias else 0.0))
     active = first > 0
@@ -197,7 +239,7 @@ def _fit_block(
         pW, pb = rW.copy(), rb.copy()
         rr = colsum(rW, rW) + rb * rb
         target = (np.minimum(0.5, np.sqrt(norm / np.where(first > 0, first, 1.0))) * norm)[cols]
-        Dc = D[:, cols]
+        Dc = part(D, cols)
         for _ in range(max_cg):
             hW, hb = hessian_product(pW, pb, Dc)
             products += 1

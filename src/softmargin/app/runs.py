@@ -65,7 +65,8 @@ def _config(args: argparse.Namespace) -> T.TrainConfig:
         label_smoothing=args.label_smoothing, gamma_pos=args.gamma_pos, gamma_neg=args.gamma_neg, clip=args.clip,
         thresholds=args.thresholds, threshold=args.threshold, k=args.k, at_least_one=args.at_least_one,
         ensemble=args.ensemble, head=args.head, seed=args.seed, threads=args.threads, device=args.device,
-        folds=args.folds, fbr=args.fbr, min_threshold=args.min_threshold,
+        folds=args.folds, fbr=args.fbr, min_threshold=args.min_threshold, macro_weight=args.macro_weight,
+        linear_loss=args.linear_loss, fbr_positives=args.fbr_positives or None,
     ).check()  # fmt: skip
 
 

@@ -98,7 +98,7 @@ def _abi_mismatch(lib: ctypes.CDLL) -> str | None:
 def _declare(lib: ctypes.CDLL) -> None:
     lib.softmargin_fused.argtypes = [ctypes.POINTER(FusedArgs), ctypes.c_char_p, _i64]
     lib.softmargin_fused.restype = ctypes.c_int
-    lib.softmargin_reduced.argtypes = [ctypes.POINTER(FusedArgs), _i32, _i32, _i32, _ptr, ctypes.c_char_p, _i64]
+    lib.softmargin_reduced.argtypes = [ctypes.POINTER(FusedArgs), _i32, _i32, _i32, _i32, _ptr, ctypes.c_char_p, _i64]
     lib.softmargin_reduced.restype = ctypes.c_int
     lib.softmargin_scale.argtypes = [_ptr, _i32, _i64, _ptr, _i32, _f64, _i32]
     lib.softmargin_scale.restype = ctypes.c_int
@@ -267,6 +267,7 @@ def reduced(
     grad: int | None,
     num_threads: int,
     per_sample_type: int,
+    result_type: int,
     reduction: int,
     check: bool,
     result: int,
@@ -286,10 +287,10 @@ def reduced(
         xtype, ytype, x, y, weight, 0, None, 0, None, 0, num_rows, num_classes, 1.0 / num_classes if num_classes > 0 else 0.0, None, 0, 0.0,
         0.0, 0.0, 0.0, None, grad, num_threads, None, None, None,
     )  # fmt: skip
-    status: int = lib.softmargin_reduced(ctypes.byref(args), per_sample_type, reduction, check, result, None, 0)
+    status: int = lib.softmargin_reduced(ctypes.byref(args), per_sample_type, result_type, reduction, check, result, None, 0)
     if status < 0:
         message = ctypes.create_string_buffer(256)
-        lib.softmargin_reduced(ctypes.byref(args), per_sample_type, reduction, check, result, message, len(message))
+        lib.softmargin_reduced(ctypes.byref(args), per_sample_type, result_type, reduction, check, result, message, len(message))
         _raise(status, message.value)
     return status
 

@@ -186,7 +186,8 @@ def multilabel_soft_margin_loss(
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction.legacy_get_string(size_average, reduce)
     elif (
-        pos_weight is None and mask is None and options is None and not (label_smoothing or gamma_pos or gamma_neg or clip)
+        pos_weight is None and mask is None and (options is None or options == PLAIN)
+        and not (label_smoothing or gamma_pos or gamma_neg or clip)
     ):  # fmt: skip
         fast = plain_loss(input, target, weight, reduction, validate)
         if fast is not None:

@@ -21,7 +21,11 @@ operator, on real tensors.
 
 Eager calls on ordinary tensors take a lean path, :class:`_EagerReducedLoss`: one ``autograd.Function`` that calls the
 same implementation without the dispatcher, reduces in forward and hands the precomputed gradient over without a
-copy; it gives bitwise the same results as the operator (tested), which everything else uses. Forward-mode AD and
+copy; it gives bitwise the same results as the operator (tested), which everything else uses. The commonest of them,
+the plain loss of a contiguous (N, C) batch reduced to its mean or sum, takes a leaner one still,
+:class:`_PlainLoss` (:func:`plain_loss` says when): one kernel call computes the gradient, the rows' losses and
+their reduction, and backward scales the gradient in place, with the operator's arithmetic in the operator's order
+(the rows summed in order on the CPU: :func:`_total`), so again bitwise the same (tested). Forward-mode AD and
 ``torch.func`` transforms in eager mode go through :class:`_EagerLoss`, which has ``jvp`` and ``setup_context``.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from os import environ as _environ
 from typing import Any
 
 import torch
@@ -476,13 +481,14 @@ class _Declined(Exception):
 
 
 #: The kernel's dtype codes (``cpu.DTYPES``) of the inputs the plain fast path takes, and of its targets.
-_PLAIN_CODES = {torch.float32: 0, torch.float64: 1}
+_PLAIN_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+_FLOAT32 = torch.float32
 _BYTE_TARGETS = (torch.uint8, torch.bool)
 _REDUCTIONS = {"mean": 1, "sum": 2}
 
 
 class _PlainLoss(torch.autograd.Function):
-    """The most common eager call, the plain loss of a contiguous (N, C) float32/float64 batch reduced to its mean
+    """The most common eager call, the plain loss of a contiguous (N, C) batch (any float dtype) reduced to its mean
     or sum, with as little around the kernel as Python allows: small calls are dominated by overheads (a few
     microseconds per torch operation). The kernel library computes the gradient, each row's loss and their
     reduction in one call (``softmargin_reduced``), and backward scales the gradient by autograd's incoming one in
@@ -497,12 +503,12 @@ class _PlainLoss(torch.autograd.Function):
         code = _PLAIN_CODES[x.dtype]
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(x) if need_grad else None
-        result = torch.empty((), dtype=x.dtype)
+        result = x.new_empty(())
+        w = weight if weight is None or code < 2 else weight.to(_FLOAT32)  # float16/bfloat16: computed in float32
         arguments = (
-            code, code if y.dtype == x.dtype else 4, x.data_ptr(), y.data_ptr(),
-            None if weight is None else weight.data_ptr(), num_rows, num_classes,
-            None if grad is None else grad.data_ptr(), torch.get_num_threads(), code, _REDUCTIONS[reduction], check,
-            result.data_ptr(),
+            code, code if y.dtype == x.dtype else 4, x.data_ptr(), y.data_ptr(), None if w is None else w.data_ptr(),
+            num_rows, num_classes, None if grad is None else grad.data_ptr(), torch.get_num_threads(),
+            1 if code == 1 else 0, code, _REDUCTIONS[reduction], check, result.data_ptr(),
         )  # fmt: skip
         status = (cpu.fastcall() or cpu).reduced(*arguments)
         if status:
@@ -534,36 +540,63 @@ class _PlainLoss(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+_Parameter = torch.nn.Parameter
+_is_compiling = torch.compiler.is_compiling
+_interpreter = torch._C._functorch.peek_interpreter_stack
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_forward_ad = torch.autograd.forward_ad
+_STRIDED = torch.strided
+try:  # whether SOFTMARGIN_BACKEND is set, without os.environ.get's key encoding (a microsecond: a tenth of a small
+    # call); os.environ keeps its encoded keys in _data, which setenv, monkeypatch and os.environ writes update
+    _ENV_DATA, _ENV_KEY = _environ._data, _environ.encodekey("SOFTMARGIN_BACKEND")  # type: ignore[attr-defined]
+
+    def _backend_set() -> bool:
+        return _ENV_KEY in _ENV_DATA
+
+except AttributeError:  # pragma: no cover - another Python's os.environ
+
+    def _backend_set() -> bool:
+        return "SOFTMARGIN_BACKEND" in _environ
+try:  # Function.apply without its Python wrapper, whose work (functorch transforms, their escaped wrappers) the
+    # checks below rule out: a small call notices its 2-3 microseconds
+    _plain_apply: Any = torch._C._FunctionBase.__dict__["apply"].__get__(None, _PlainLoss)
+except (AttributeError, KeyError):  # pragma: no cover - another torch's internals
+    _plain_apply = _PlainLoss.apply
+
+
 def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str, check: bool) -> Tensor | None:
     """The loss by :class:`_PlainLoss` when the call is one it takes (checked here, cheapest first), else None:
-    ordinary contiguous CPU tensors of shape (N, C), float32 or float64, a target of the input's dtype, uint8 or
+    ordinary contiguous CPU tensors of shape (N, C), of a float dtype, a target of the input's dtype, uint8 or
     bool that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
     nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
     A bad target or weight value also answers None: the general path then raises its message."""
+    if (type(input) is not Tensor and type(input) is not _Parameter) or type(target) is not Tensor:
+        return None
+    dtype = input.dtype
     if (
-        (type(input) is not Tensor and type(input) is not torch.nn.Parameter) or type(target) is not Tensor
-        or reduction not in _REDUCTIONS or input.dtype not in _PLAIN_CODES
-        or (target.dtype is not input.dtype and target.dtype not in _BYTE_TARGETS)
-        or input.layout is not torch.strided or target.layout is not torch.strided
+        dtype not in _PLAIN_CODES or reduction not in _REDUCTIONS
+        or (target.dtype is not dtype and target.dtype not in _BYTE_TARGETS)
+        or input.layout is not _STRIDED or target.layout is not _STRIDED
         or input.dim() != 2 or target.shape != input.shape or not input.is_cpu or not target.is_cpu
         or not input.is_contiguous() or not target.is_contiguous() or target.requires_grad or input.numel() == 0
     ):  # fmt: skip
         return None
     if weight is not None and (
-        (type(weight) is not Tensor and type(weight) is not torch.nn.Parameter) or weight.dtype is not input.dtype
-        or weight.layout is not torch.strided or weight.shape != input.shape[1:] or not weight.is_cpu
-        or not weight.is_contiguous() or weight.requires_grad
+        (type(weight) is not Tensor and type(weight) is not _Parameter) or weight.dtype is not dtype
+        or weight.layout is not _STRIDED or weight.shape != input.shape[1:] or not weight.is_cpu
+        or not weight.is_contiguous() or weight.requires_grad or _wrapped(weight)
     ):  # fmt: skip
         return None
     if (
-        torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
-        or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
-        or torch.autograd.forward_ad._current_level >= 0 or cpu.kernel() is None
-        or B.requested_backend() not in ("auto", "cpu")
+        _is_compiling() or _interpreter() is not None or _dispatch_modes() or _function_modes()
+        or _forward_ad._current_level >= 0 or _wrapped(input) or _wrapped(target) or cpu.kernel() is None
+        or (_backend_set() and B.requested_backend() not in ("auto", "cpu"))
     ):  # fmt: skip
         return None
     try:
-        loss: Tensor = _PlainLoss.apply(input, target, weight, reduction, check)
+        loss: Tensor = _plain_apply(input, target, weight, reduction, check)
     except _Declined:
         return None
     return loss

@@ -283,24 +283,33 @@ static int weights_ok(const void *weight, int xtype, int64_t C) {
 
 #define SMALL 256 /* rows (and classes) whose buffers live on the stack */
 
-int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int32_t reduction, int32_t check,
-                       void *result, char *message, int64_t message_size) {
+int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int32_t result_type, int32_t reduction,
+                       int32_t check, void *result, char *message, int64_t message_size) {
     if (!args) REJECT(SM_ERR_NULL, "args is NULL");
     if (args->out) REJECT(SM_ERR_ARGUMENT, "out is not NULL (the row sums live in the call's own buffer)");
     if (args->options) REJECT(SM_ERR_ARGUMENT, "options is not 0 (the reduced call is the plain loss)");
     if (args->weight_row_step) REJECT(SM_ERR_ARGUMENT, "weight_row_step is not 0 (one weight row)");
-    if (per_sample_type != SM_F32 && per_sample_type != SM_F64) REJECT(SM_ERR_DTYPE, "per_sample_type is not F32/F64");
-    if (args->xtype != SM_F32 && args->xtype != SM_F64) REJECT(SM_ERR_DTYPE, "xtype is not F32/F64");
+    if (args->xtype < SM_F32 || args->xtype > SM_BF16) REJECT(SM_ERR_DTYPE, "xtype is not a known input dtype code");
+    if (per_sample_type != (args->xtype == SM_F64 ? SM_F64 : SM_F32) && per_sample_type != SM_F64)
+        REJECT(SM_ERR_DTYPE, "per_sample_type is neither float32 (for a float32/16 input) nor float64");
+    if (result_type < SM_F32 || result_type > SM_BF16) REJECT(SM_ERR_DTYPE, "result_type is not a float dtype code");
     if (reduction != 1 && reduction != 2) REJECT(SM_ERR_ARGUMENT, "reduction is neither 1 (mean) nor 2 (sum)");
     if (!result) REJECT(SM_ERR_NULL, "result is NULL");
     const int64_t N = args->num_rows, C = args->num_classes;
     if (N <= 0 || C <= 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is not positive");
     if (!args->x || !args->y) REJECT(SM_ERR_NULL, "x or y is NULL");
     if (check && args->weight && !weights_ok(args->weight, args->xtype, C)) return SM_WEIGHT_OUT_OF_RANGE;
-    if (check && args->xtype == SM_F64 && args->ytype == SM_F64) {
-        const double *y = args->y;
-        for (int64_t i = 0; i < N * C; i++)
-            if (!(y[i] >= 0 && y[i] <= 1)) return SM_TARGET_OUT_OF_RANGE;
+    if (check && args->xtype == SM_F64) { /* float64's row functions do not look at the target */
+        if (args->ytype == SM_F64) {
+            const double *y = args->y;
+            for (int64_t i = 0; i < N * C; i++)
+                if (!(y[i] >= 0 && y[i] <= 1)) return SM_TARGET_OUT_OF_RANGE;
+        } else {
+            const uint8_t *y = args->y;
+            uint8_t largest = 0;
+            for (int64_t i = 0; i < N * C; i++) largest = y[i] > largest ? y[i] : largest;
+            if (largest > 1) return SM_TARGET_OUT_OF_RANGE;
+        }
     }
     double small_rows[SMALL], small_ones[SMALL];
     const int64_t wsize = args->xtype == SM_F64 ? 8 : 4;
@@ -321,40 +330,66 @@ int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int
     }
     s.out = rows;
     int status = softmargin_fused(&s, message, message_size);
+    if (status == SM_TARGET_OUT_OF_RANGE && !check) status = SM_OK; /* computed all the same; not asked to look */
     if (status == SM_OK) {
         double total = 0;
         for (int64_t r = 0; r < N; r++) /* in order: as reduce()'s cumsum */
             total += per_sample_type == SM_F32 ? (double)(float)(rows[r] / (double)C) : rows[r] / (double)C;
         if (reduction == 1) total = total / (double)N;
-        if (per_sample_type == SM_F32) *(float *)result = (float)total;
-        else *(double *)result = total;
+        switch (result_type) { /* torch converts float64 to float16/bfloat16 through float32, as here */
+        case SM_F32: *(float *)result = (float)total; break;
+        case SM_F64: *(double *)result = total; break;
+        case SM_F16: *(_Float16 *)result = f32_to_f16((float)total); break;
+        default: *(uint16_t *)result = f32_to_bf16((float)total); break;
+        }
     }
     if (rows != small_rows) free(rows);
     if (ones != small_ones) free(ones);
     return status;
 }
 
+/* A float16/bfloat16 gradient times s, as torch multiplies two such tensors: in float32, rounded once. */
+#define SCALE_HALF(T, LOAD, STORE)                                                                             \
+    do {                                                                                                       \
+        const float sh = LOAD(STORE(s32));                                                                     \
+        T *g = grad;                                                                                           \
+        _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                                    \
+        for (int64_t i = 0; i < n; i++) g[i] = STORE(LOAD(g[i]) * sh);                                         \
+    } while (0)
+
 int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, int32_t factor_type, double divisor,
                      int32_t num_threads) {
     if (n < 0) return SM_ERR_SIZE;
-    if ((dtype != SM_F32 && dtype != SM_F64) || (factor_type != SM_F32 && factor_type != SM_F64)) return SM_ERR_DTYPE;
+    if (dtype < SM_F32 || dtype > SM_BF16 || factor_type < SM_F32 || factor_type > SM_BF16) return SM_ERR_DTYPE;
     if (!factor || (n > 0 && !grad)) return SM_ERR_NULL;
-    const double f = factor_type == SM_F32 ? (double)*(const float *)factor : *(const double *)factor;
+    double f;
+    switch (factor_type) {
+    case SM_F32: f = *(const float *)factor; break;
+    case SM_F64: f = *(const double *)factor; break;
+    case SM_F16: f = f16_to_f32(*(const _Float16 *)factor); break;
+    default: f = bf16_to_f32(*(const uint16_t *)factor); break;
+    }
     const int nthreads = n < ((int64_t)1 << 18) || num_threads < 1 ? 1 : num_threads > MAX_THREADS ? MAX_THREADS : num_threads;
+    /* the incoming gradient over the batch size, in the per-sample losses' dtype (float64 for float64, else
+       float32), then in the gradient's: the operator's path (input_grads) */
+    const float s32 = (float)(f / divisor);
     if (dtype == SM_F32) {
-        const float s = (float)(f / divisor);
         float *g = grad;
 #ifdef _OPENMP
 #pragma omp parallel for simd num_threads(nthreads) schedule(static)
 #endif
-        for (int64_t i = 0; i < n; i++) g[i] = g[i] * s;
-    } else {
+        for (int64_t i = 0; i < n; i++) g[i] = g[i] * s32;
+    } else if (dtype == SM_F64) {
         const double s = f / divisor;
         double *g = grad;
 #ifdef _OPENMP
 #pragma omp parallel for simd num_threads(nthreads) schedule(static)
 #endif
         for (int64_t i = 0; i < n; i++) g[i] = g[i] * s;
+    } else if (dtype == SM_F16) {
+        SCALE_HALF(_Float16, f16_to_f32, f32_to_f16);
+    } else {
+        SCALE_HALF(uint16_t, bf16_to_f32, f32_to_bf16);
     }
     (void)nthreads;
     return SM_OK;

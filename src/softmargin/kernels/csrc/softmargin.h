@@ -92,16 +92,19 @@ int softmargin_fused(const softmargin_args *args, char *message, int64_t message
  * softmargin_fused (options 0, the weight one row or NULL for ones), except out, which must be NULL: the row sums
  * live in a buffer of the call's own. The gradient (scale times d loss / d x) goes to grad when it is not NULL.
  * Then, as the operator's path followed by torch's operations does (_native_plain, reduce() in _ops.py): each row's
- * loss, row sum / num_classes in float64, is rounded to per_sample_type (SM_F32 or SM_F64); the rows are summed in
+ * loss, row sum / num_classes in float64, is rounded to per_sample_type (SM_F32, or SM_F64 for a float64 input or
+ * target); the rows are summed in
  * float64 in order, first to last (reduce() sums in order with cumsum on the CPU); divided by num_rows for
- * reduction 1 (mean; 2 is sum); the result written to *result in per_sample_type.
- * check != 0 checks the weight's values first (finite, >= 0; else SM_WEIGHT_OUT_OF_RANGE, nothing computed) and a
- * float64 target's range (float32/float16/bfloat16 row functions check it as they read it): SM_TARGET_OUT_OF_RANGE. */
-int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int32_t reduction, int32_t check,
-                       void *result, char *message, int64_t message_size);
-/* grad[i] *= s for i < n, s = (dtype)((double)*factor / divisor): the backward of the reduced loss (autograd's
- * incoming gradient, read as factor_type, over the batch size for a mean), as the operator's path computes it
- * with torch's operations. dtype and factor_type: SM_F32 or SM_F64. */
+ * reduction 1 (mean; 2 is sum); the result written to *result in result_type (the input's dtype; float16 and
+ * bfloat16 through float32, as torch converts).
+ * check != 0 checks the weight's values first (finite, >= 0; else SM_WEIGHT_OUT_OF_RANGE, nothing computed) and,
+ * for a float64 input, the target's range (float32/float16/bfloat16 row functions check it as they read it):
+ * SM_TARGET_OUT_OF_RANGE. */
+int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int32_t result_type, int32_t reduction,
+                       int32_t check, void *result, char *message, int64_t message_size);
+/* grad[i] *= s for i < n, s = (dtype)(per-sample type)((double)*factor / divisor): the backward of the reduced loss
+ * (autograd's incoming gradient, read as factor_type, over the batch size for a mean), as the operator's path
+ * computes it with torch's operations (float16/bfloat16: the product in float32, rounded once). Any float dtype. */
 int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, int32_t factor_type, double divisor,
                      int32_t num_threads);
 /* Each row's nonzero bytes of a contiguous (num_rows, num_classes) uint8 mask, as int32 into out. */
