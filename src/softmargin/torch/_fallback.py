@@ -47,12 +47,14 @@ from .._chunks import Rows
 from .._chunks import loss_rows as chunked_loss_rows
 from .._options import LossOptions
 
-#: Most elements per chunk (8 Mi: 4096x2000 is one chunk; float32: 32 MiB per buffer). Each operation runs on
-#: torch's threads, which meet at its end: few, large chunks meet few times. On a busy machine that decides (at
-#: 4096x2000 with two threads and a load average of 4: 1 Mi-element chunks took 1.4 to 4x BCEWithLogits' time, 8 Mi
-#: ones 0.8 to 1.1x); alone on one thread smaller chunks are faster (a fresh buffer above 32 MiB comes from the system
-#: page by page each call).
-PLAIN_CHUNK_ELEMENTS = 1 << 23
+#: Most elements per chunk (512 Ki: 2 MiB per float32 buffer, which stay in cache and are reused, not faulted in
+#: afresh). Measured at 4096x2000 with two threads, fwd+bwd with a (C,) weight, medians of 6 interleaved calls on a
+#: quiet machine (load about 1): float32 29 ms with 512 Ki chunks, 35 with 1 Mi, 44 with 8 Mi, BCEWithLogits 45;
+#: bfloat16 27-37 ms against 29-38 (1 Mi), 65 (8 Mi) and BCEWithLogits' 28-43. On a busy machine fewer, larger chunks
+#: wait less for torch's threads to meet at the end of each operation (load 4: 1 Mi chunks took 1.4 to 4x
+#: BCEWithLogits' time, 8 Mi ones 0.8 to 1.1x), but they cost 3x the memory in bfloat16 and half the speed when the
+#: machine is quiet, as a user's usually is.
+PLAIN_CHUNK_ELEMENTS = 1 << 19
 
 #: Elements per chunk of the general formula for the rows computed again (see ``_redo_rows``).
 _GENERAL_CHUNK_ELEMENTS = 1 << 16
