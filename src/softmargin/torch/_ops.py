@@ -572,8 +572,8 @@ def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str
     bool that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
     nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
     A bad target or weight value also answers None: the general path then raises its message."""
-    if (type(input) is not Tensor and type(input) is not _Parameter) or type(target) is not Tensor:
-        return None
+    if _is_compiling() or (type(input) is not Tensor and type(input) is not _Parameter) or type(target) is not Tensor:
+        return None  # compiling first: dynamo folds it to a constant and traces nothing below
     dtype = input.dtype
     if (
         dtype not in _PLAIN_CODES or reduction not in _REDUCTIONS
@@ -590,7 +590,7 @@ def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str
     ):  # fmt: skip
         return None
     if (
-        _is_compiling() or _interpreter() is not None or _dispatch_modes() or _function_modes()
+        _interpreter() is not None or _dispatch_modes() or _function_modes()
         or _forward_ad._current_level >= 0 or _wrapped(input) or _wrapped(target) or cpu.kernel() is None
         or (_backend_set() and B.requested_backend() not in ("auto", "cpu"))
     ):  # fmt: skip
