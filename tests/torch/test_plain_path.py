@@ -113,6 +113,18 @@ def test_weight_changed_in_place_is_seen():
     torch.testing.assert_close(after, torch.nn.functional.multilabel_soft_margin_loss(x, y, w))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_second_backward_recomputes_the_same_gradient(dtype):
+    x, y, w = _problem(40, 7, dtype, "soft", True, 1)
+    xi = x.clone().requires_grad_()
+    loss = st.multilabel_soft_margin_loss(xi, y, w)
+    assert type(loss.grad_fn).__name__ == "_PlainLossBackward"
+    go = torch.tensor(-0.3, dtype=dtype)
+    (first,) = torch.autograd.grad(loss, xi, go, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, xi, go, retain_graph=True)  # the gradient was handed over: recomputed
+    assert torch.equal(first, second)
+
+
 def test_second_backward_and_second_order_take_the_general_backward():
     x, y, _ = _problem(6, 5, torch.float64, "soft", False, 1)
     xi = x.clone().requires_grad_()

@@ -517,7 +517,8 @@ class _PlainLoss(torch.autograd.Function):
             raise _Declined
         if need_grad:
             ctx.save_for_backward(x, y, weight, None, None, None, None, None)
-            ctx.grad, ctx.options, ctx.reduction, ctx.per_sample = grad, PLAIN, reduction, ((num_rows,), x.dtype)
+            per_sample_dtype = torch.float64 if code == 1 else _FLOAT32  # B.per_sample_dtype for these operands
+            ctx.grad, ctx.options, ctx.reduction, ctx.per_sample = grad, PLAIN, reduction, ((num_rows,), per_sample_dtype)
         return result
 
     @staticmethod
