@@ -55,6 +55,9 @@ INTEGRATION = (
     "tests/app/test_bench_jax.py",
     "tests/app/test_bench_numpy.py",
     "tests/app/test_sklearn.py",
+    "tests/app/test_cli.py",  # end-to-end commands: trains models, writes run folders
+    "tests/core/test_architecture.py",  # the import graph, each case in a fresh interpreter
+    "tests/torch/test_opcheck.py",  # torch.library.opcheck's many traces, the Triton operator in its interpreter
 )
 
 
