@@ -213,7 +213,7 @@ def test_reduced_call_rejects_bad_arguments():
     assert cpu.reduced(*good) == 0
     for index, value, message in [
         (2, None, "NULL"), (5, -1, "positive"), (6, 0, "positive"), (9, 2, "per_sample_type"), (10, 4, "result_type"),
-        (11, 3, "reduction"), (13, None, "result"), (0, 4, "xtype"),
+        (11, 3, "reduction"), (13, None, "result"), (0, 4, "xtype"), (5, 2**62, "overflows"),
     ]:
         bad = list(good)
         bad[index] = value

@@ -297,6 +297,7 @@ int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int
     if (!result) REJECT(SM_ERR_NULL, "result is NULL");
     const int64_t N = args->num_rows, C = args->num_classes;
     if (N <= 0 || C <= 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is not positive");
+    if (!fits(N, C, 8)) REJECT(SM_ERR_SIZE, "num_rows * num_classes overflows");
     if (!args->x || !args->y) REJECT(SM_ERR_NULL, "x or y is NULL");
     if (check && args->weight && !weights_ok(args->weight, args->xtype, C)) return SM_WEIGHT_OUT_OF_RANGE;
     if (check && args->xtype == SM_F64) { /* float64's row functions do not look at the target */
