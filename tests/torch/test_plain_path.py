@@ -71,6 +71,16 @@ def test_past_the_stack_buffers(shape):
     assert torch.equal(fast[0], general[0]) and torch.equal(fast[1], general[1])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_large_gradient_scaled_on_threads_agrees(dtype):
+    """A gradient of 2^18 elements or more is scaled on several threads in backward: still bitwise the operator's."""
+    x, y, w = _problem(600, 500, dtype, "same", True, 8)
+    go = torch.tensor(-1.7, dtype=dtype)
+    fast, general = _run(x, y, w, "mean", go, False), _run(x, y, w, "mean", go, True)
+    assert torch.equal(fast[0], general[0]) and torch.equal(fast[1], general[1])
+
+
 def test_infinite_logits_stay_finite_and_agree():
     x = torch.tensor([[float("inf"), -float("inf"), 0.5], [float("inf"), 2.0, -float("inf")]])
     y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])

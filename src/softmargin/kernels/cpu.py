@@ -60,9 +60,6 @@ class KernelArgumentError(ValueError):
     """The C kernel rejected its arguments (a null pointer, a negative or overflowing size, an unknown dtype)."""
 
 
-#: ``softmargin_reduced``'s answers besides success: a target outside [0, 1] (or NaN), a weight negative or not finite.
-TARGET_OUT_OF_RANGE, WEIGHT_OUT_OF_RANGE = 1, 2
-
 _STATUS_ERRORS = {-1: "a null pointer", -2: "a bad size", -3: "a bad dtype", -4: "a bad argument"}
 
 
@@ -275,8 +272,9 @@ def reduced(
     """The plain loss of a contiguous (num_rows, num_classes) problem reduced over the batch, written to ``result``,
     and its gradient (d loss / d x times 1 / num_classes: the operator's per-sample Jacobian) to ``grad``; see
     ``softmargin_reduced`` in csrc/softmargin.h. Dtypes are codes (indices into :data:`DTYPES`); ``reduction`` is 1
-    (mean) or 2 (sum). Returns 0, :data:`TARGET_OUT_OF_RANGE` or :data:`WEIGHT_OUT_OF_RANGE` (``check``: nothing
-    reliable was computed, the caller raises). The kernel library must be loaded (:func:`kernel`).
+    (mean) or 2 (sum). Returns the status (csrc/softmargin.h): 0, or, with ``check``, a target outside [0, 1] or a
+    weight not finite and >= 0 (nothing reliable computed: the caller raises). The kernel library must be loaded
+    (:func:`kernel`).
 
     Raises:
         KernelArgumentError: the kernel rejected the arguments.

@@ -349,13 +349,14 @@ int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int
     return status;
 }
 
-/* A float16/bfloat16 gradient times s, as torch multiplies two such tensors: in float32, rounded once. */
-#define SCALE_HALF(T, LOAD, STORE)                                                                             \
+/* grad (n elements of T) times SCALAR in place, computed as LOAD(g) * s and stored by STORE: float32/float64 as they
+   are (ID), float16/bfloat16 as torch multiplies two such tensors: in float32, rounded once. */
+#define SCALE_LOOP(T, SCALAR, LOAD, STORE)                                                                     \
     do {                                                                                                       \
-        const float sh = LOAD(STORE(s32));                                                                     \
+        const __typeof__(SCALAR) s = (SCALAR);                                                                 \
         T *g = grad;                                                                                           \
-        _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                                    \
-        for (int64_t i = 0; i < n; i++) g[i] = STORE(LOAD(g[i]) * sh);                                         \
+        _Pragma("omp parallel for simd num_threads(nthreads) schedule(static)")                               \
+        for (int64_t i = 0; i < n; i++) g[i] = STORE(LOAD(g[i]) * s);                                          \
     } while (0)
 
 int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, int32_t factor_type, double divisor,
@@ -374,23 +375,11 @@ int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, i
     /* the incoming gradient over the batch size, in the per-sample losses' dtype (float64 for float64, else
        float32), then in the gradient's: the operator's path (input_grads) */
     const float s32 = (float)(f / divisor);
-    if (dtype == SM_F32) {
-        float *g = grad;
-#ifdef _OPENMP
-#pragma omp parallel for simd num_threads(nthreads) schedule(static)
-#endif
-        for (int64_t i = 0; i < n; i++) g[i] = g[i] * s32;
-    } else if (dtype == SM_F64) {
-        const double s = f / divisor;
-        double *g = grad;
-#ifdef _OPENMP
-#pragma omp parallel for simd num_threads(nthreads) schedule(static)
-#endif
-        for (int64_t i = 0; i < n; i++) g[i] = g[i] * s;
-    } else if (dtype == SM_F16) {
-        SCALE_HALF(_Float16, f16_to_f32, f32_to_f16);
-    } else {
-        SCALE_HALF(uint16_t, bf16_to_f32, f32_to_bf16);
+    switch (dtype) {
+    case SM_F32: SCALE_LOOP(float, s32, ID, ID); break;
+    case SM_F64: SCALE_LOOP(double, f / divisor, ID, ID); break;
+    case SM_F16: SCALE_LOOP(_Float16, f16_to_f32(f32_to_f16(s32)), f16_to_f32, f32_to_f16); break;
+    default: SCALE_LOOP(uint16_t, bf16_to_f32(f32_to_bf16(s32)), bf16_to_f32, f32_to_bf16); break;
     }
     (void)nthreads;
     return SM_OK;
