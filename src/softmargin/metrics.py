@@ -8,6 +8,11 @@ cover every true label, so its best value is the label cardinality; MULAN's cove
 is the fraction of samples whose top-ranked label is wrong, and ``P@k`` the mean fraction of true labels among each
 sample's k top-ranked ones; scikit-learn has neither, so they are computed here. ``mAP`` is the macro average
 precision over the labels that have at least one positive in the evaluated data (the others have none defined).
+
+``macro_f1`` is scikit-learn's: the mean per-label F1 over every label, a label without positives or predictions
+counting 0. With the training set's label counts, ``macro_f1_train_labels`` is the same mean over the labels that
+occur in the training data only: what LibMultiLabel reports as "Macro-F1" (its pipeline keeps the training split's
+labels and drops the others), for comparison with its published figures.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ def evaluate(
     train_size: int | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(metrics, per-label rows) for true labels ``Y`` (N, L), scores (probabilities, N x L) and the 0/1 predictions
-    ``pred`` (default: ``scores >= thresholds``). With the training set's label counts and size, also PSP@k."""
+    ``pred`` (default: ``scores >= thresholds``). With the training set's label counts and size, also PSP@k and
+    ``macro_f1_train_labels`` (the macro-F1 over the labels with a training positive: LibMultiLabel's "Macro-F1")."""
     Y = np.asarray(Y).astype(np.int64)
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (Y.shape[1],))
     pred = (scores >= thresholds).astype(np.int64) if pred is None else np.asarray(pred).astype(np.int64)
@@ -90,6 +96,10 @@ def evaluate(
             inv_p = 1.0 / propensities(train_label_counts, train_size)
             for k in (1, 3, 5):
                 result[f"PSP@{k}"] = psp_at_k(Y, scores, inv_p, k)
+            seen = np.flatnonzero(np.asarray(train_label_counts) > 0)
+            result["macro_f1_train_labels"] = (
+                skm.f1_score(Y, pred, labels=seen, average="macro", zero_division=0) if len(seen) else float("nan")
+            )
         precision, recall, f1, support = skm.precision_recall_fscore_support(Y, pred, average=None, zero_division=0)
     per_label = [
         {"support": int(s), "precision": float(p), "recall": float(r), "f1": float(f), "threshold": float(t)}
@@ -118,7 +128,7 @@ def tune_thresholds(Y: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 TABLE_ORDER = (
-    "hamming_loss", "subset_accuracy", "micro_f1", "macro_f1", "samples_f1", "micro_precision", "micro_recall",
+    "hamming_loss", "subset_accuracy", "micro_f1", "macro_f1", "macro_f1_train_labels", "samples_f1", "micro_precision", "micro_recall",
     "macro_precision", "macro_recall", "lrap", "ranking_loss", "coverage", "one_error", "mAP", "P@1", "P@3", "P@5",
     "nDCG@1", "nDCG@3", "nDCG@5", "PSP@1", "PSP@3", "PSP@5",
 )  # fmt: skip

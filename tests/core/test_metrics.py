@@ -52,3 +52,16 @@ def test_psp_and_ndcg_against_hand_computation():
     idcg0 = 1 / np.log2(2) + 1 / np.log2(3)
     dcg1 = 1 / np.log2(4)  # label 1 is ranked 3rd in sample 1
     assert abs(metrics["nDCG@3"] - (dcg0 / idcg0 + dcg1 / 1.0) / 2) < 1e-12
+
+
+def test_macro_f1_over_training_labels_against_hand_counts():
+    """LibMultiLabel's "Macro-F1": the per-label F1 averaged over the labels seen in training only."""
+    labels = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 0]])
+    scores = np.array([[0.9, 0.6, 0.1], [0.2, 0.4, 0.7], [0.8, 0.1, 0.2], [0.1, 0.7, 0.1]])
+    # at 0.5: label 0 tp 2 fp 0 fn 0 (F1 1); label 1 tp 0 fp 2 fn 1 (F1 0); label 2 tp 0 fp 1 fn 1 (F1 0)
+    metrics, _ = M.evaluate(labels, scores, train_label_counts=np.array([5, 0, 3]), train_size=10)
+    assert metrics["macro_f1"] == 1 / 3  # scikit-learn's: every label
+    assert metrics["macro_f1_train_labels"] == 1 / 2  # label 1 never occurred in training: left out
+    metrics, _ = M.evaluate(labels, np.where(scores > 0.5, 0.9, 0.1), train_label_counts=np.array([5, 2, 0]), train_size=10)
+    assert metrics["macro_f1_train_labels"] == 1 / 2
+    assert "macro_f1_train_labels" not in M.evaluate(labels, scores)[0]
