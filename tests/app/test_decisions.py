@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 
 from softmargin.app import data as D
 from softmargin.app import train as T
-from softmargin.app.decisions import cv_thresholds
+from softmargin.app.decisions import cv_thresholds, global_threshold
 from softmargin.app.linear import fit_logistic, tfidf_transform, tfidf_weights
 
 MULAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mulan"
@@ -136,7 +136,10 @@ def _micro_f1(model: T.TrainedModel, test: D.Dataset, strategy: str) -> float:
 
 
 @pytest.mark.parametrize(
-    "settings", [{}, {"linear_loss": "logistic"}, {"macro_weight": 0.3}, {"fbr_positives": None}], ids=str
+    "settings",
+    [{}, {"linear_loss": "logistic"}, {"macro_weight": 0.3}, {"fbr_positives": None}, {"fallback": "above"},
+     {"fallback": "above", "linear_loss": "logistic"}, {"fbr_positives": None, "linear_loss": "logistic"}],
+    ids=str,
 )
 def test_threshold_options_are_safe_on_small_generated_data(settings: dict[str, object]) -> None:
     """Issue 17, item 5, on a small generated bag-of-words set (medical's shape, scaled down: 150 training rows,
@@ -270,3 +273,39 @@ def test_cv_thresholds_fallback_only_below_fbr_positives() -> None:
     assert counted[0] <= S[:, 0].max() and counted[1] > S[:, 1].max()
     with pytest.raises(ValueError, match="fbr_positives=0"):
         cv_thresholds(Y, S, fbr_positives=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_global_threshold_maximises_the_pooled_micro_f1(seed: int) -> None:
+    """Against scikit-learn's micro-F1, brute force over every score as the shared threshold (ties included)."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((60, 5)) < rng.uniform(0.05, 0.5, 5)).astype(np.uint8)
+    S = np.round(np.clip(0.3 * Y + 0.7 * rng.random((60, 5)), 0, 1), 2)  # rounded: ties between scores
+    best = max(f1_score(Y, S >= t, average="micro", zero_division=0) for t in np.unique(S))
+    threshold = global_threshold(Y, S)
+    assert f1_score(Y, S >= threshold, average="micro", zero_division=0) == pytest.approx(best)
+    assert global_threshold(np.zeros((3, 2)), S[:3, :2]) == 0.5  # no positive at all
+
+
+def test_cv_thresholds_global_fallback() -> None:
+    """fallback='global': a label failing the SCutfbr test gets the global threshold; one without any held-out
+    positive still gets a threshold above every held-out score; a learnable label keeps its own cut."""
+    rng = np.random.default_rng(11)
+    n = 100
+    Y = np.zeros((n, 3), np.uint8)
+    S = rng.uniform(0.0, 0.9, (n, 3))
+    Y[:40, 0] = 1
+    S[:40, 0] += 0.1  # a learnable label
+    Y[0, 1] = 1
+    S[0, 1] = 0.01  # its one positive scored below every negative: held-out F1 < fbr
+    above = cv_thresholds(Y, S, fbr=0.1, floor=0.01, fbr_positives=10)
+    shared = cv_thresholds(Y, S, fbr=0.1, floor=0.01, fbr_positives=10, fallback="global")
+    assert shared[1] == pytest.approx(global_threshold(Y, S)) and above[1] > S[:, 1].max()
+    assert shared[2] == above[2] > S[:, 2].max()  # no positive: never predicted
+    assert shared[0] == above[0] < S[:, 0].max()
+    with pytest.raises(ValueError, match="fallback='nowhere'"):
+        cv_thresholds(Y, S, fallback="nowhere")
+    with pytest.raises(ValueError, match="fallback='nowhere'"):
+        T.TrainConfig(fallback="nowhere").check()

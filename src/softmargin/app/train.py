@@ -42,7 +42,7 @@ from .. import metrics as M
 from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
 from ..weights import METHODS, Method, class_weights, pos_weight
 from .data import Dataset
-from .decisions import cv_thresholds
+from .decisions import FALLBACKS, cv_thresholds
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
 #: How probabilities become 0/1 decisions: a fixed threshold, per-label thresholds tuned for F1 on held-out data,
@@ -138,6 +138,8 @@ class TrainConfig:
     min_threshold: float = 0.05  # tuned: no per-label threshold below this
     macro_weight: float = MACRO_WEIGHT  # tuned: each cut maximises micro-F1 + macro_weight x macro-F1 (held out)
     fbr_positives: int | None = 10  # tuned: the fbr fallback only for labels with fewer held-out positives (None: all)
+    fallback: str = "global"  # tuned: where the fbr fallback goes: "global" (the one threshold maximising the pooled
+    #                          held-out micro-F1) or "above" (SCutfbr: above every held-out score, at least 0.5)
     linear_loss: str = "squared_hinge"  # newton: "squared_hinge" (L2-loss SVM; probabilities = sigmoid(margin)) or
     #                                     "logistic" (logistic regression: calibrated probabilities)
     threshold: float = 0.5  # the fixed threshold on the probabilities
@@ -169,6 +171,8 @@ class TrainConfig:
             raise ValueError(f"macro_weight={self.macro_weight!r}: expected a non-negative finite weight")
         if self.fbr_positives is not None and not (isinstance(self.fbr_positives, (int, np.integer)) and self.fbr_positives >= 1):
             raise ValueError(f"fbr_positives={self.fbr_positives!r}: expected a positive count of held-out positives, or None")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback={self.fallback!r}: expected one of {', '.join(FALLBACKS)}")
         if self.linear_loss not in LINEAR_LOSSES:
             raise ValueError(f"linear_loss={self.linear_loss!r}: expected one of {', '.join(LINEAR_LOSSES)}")
         check_decision(self.threshold, self.k)
@@ -616,7 +620,7 @@ def fit(
         seen = held_out_count > 0
         model.tuned = cv_thresholds(train.Y[seen], held_out_sum[seen] / held_out_count[seen, None], fbr=config.fbr,
                                     floor=config.min_threshold, macro_weight=config.macro_weight,
-                                    fbr_positives=config.fbr_positives)  # fmt: skip
+                                    fbr_positives=config.fbr_positives, fallback=config.fallback)  # fmt: skip
     return model.with_decision()
 
 
@@ -678,7 +682,8 @@ def _fit_newton(train: Dataset, config: TrainConfig, progress: bool, log: Callab
         else:
             probabilities = _sigmoid(logits)
             cut = probabilities >= cv_thresholds(Yd, probabilities, fbr=config.fbr, floor=config.min_threshold,
-                                                 macro_weight=config.macro_weight, fbr_positives=config.fbr_positives)  # fmt: skip
+                                                 macro_weight=config.macro_weight, fbr_positives=config.fbr_positives,
+                                                 fallback=config.fallback)  # fmt: skip
             from sklearn.metrics import f1_score
 
             f1 = [float(f1_score(Yd, cut, average=average, zero_division=0)) for average in ("micro", "macro")]
@@ -716,7 +721,8 @@ def _fit_newton(train: Dataset, config: TrainConfig, progress: bool, log: Callab
         [net.eval()], config, list(train.label_names), list(train.feature_names), np.full(num_labels, config.threshold),
         [{"member": 0, "epoch": final.iterations, "train_loss": train_loss}], at_least_one, train.label_counts(),
         len(train), cv_thresholds(Yd, _sigmoid(held_out), fbr=config.fbr, floor=config.min_threshold,
-                                  macro_weight=config.macro_weight, fbr_positives=config.fbr_positives),
+                                  macro_weight=config.macro_weight, fbr_positives=config.fbr_positives,
+                                  fallback=config.fallback),
         max(1, int(round(float(rows.mean())))), {"strategy": config.thresholds, "threshold": config.threshold, "k": config.k},
         train.positional,
     )  # fmt: skip
