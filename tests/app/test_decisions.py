@@ -158,7 +158,7 @@ def test_threshold_options_are_safe_on_small_generated_data(settings: dict[str, 
 def test_linear_model_round_trips_with_row_normalisation(tmp_path: Path) -> None:
     X, Y = _bag_of_words(120, 50, 6, seed=6)
     train = _dataset(X, Y, "train")
-    model = T.fit(train, T.TrainConfig(C=1.0), progress=False)
+    model = T.fit(train, T.TrainConfig(C=1.0, rare_weight=1.0), progress=False)
     assert model.nets[0].normalize and model.config.standardize == "tfidf"
     assert model.config.linear_loss == "squared_hinge"
     T.save_model(model, tmp_path)
@@ -309,3 +309,24 @@ def test_cv_thresholds_global_fallback() -> None:
         cv_thresholds(Y, S, fallback="nowhere")
     with pytest.raises(ValueError, match="fallback='nowhere'"):
         T.TrainConfig(fallback="nowhere").check()
+
+
+def test_rare_labels_get_a_positive_weight() -> None:
+    """The default Newton model weights the positives of labels with fewer than 10 training positives by
+    min(10, n_neg / n_pos), the others by 1: the same model as the solver given those weights (computed here from
+    the counts); rare_weight=1 turns it off."""
+    from softmargin.app.linear import fit_logistic as solve
+
+    X, Y = _bag_of_words(120, 50, 8, seed=12)
+    counts = Y.sum(0)
+    assert ((counts > 0) & (counts < 10)).any() and (counts >= 10).any()
+    expected_weights = np.where((counts > 0) & (counts < 10), np.minimum(10.0, (120 - counts) / np.maximum(counts, 1)), 1.0)
+    Z = tfidf_transform(X, tfidf_weights(X))
+    for config, weights in ((T.TrainConfig(C=1.0), expected_weights), (T.TrainConfig(C=1.0, rare_weight=1.0), None)):
+        model = T.fit(_dataset(X, Y, "train"), config, progress=False)
+        solution = solve(Z, Y, C=1.0, loss="squared_hinge", pos_weight=weights, tol=1e-8)
+        np.testing.assert_allclose(model.predict_proba(X), 1 / (1 + np.exp(-(Z @ solution.W + solution.b))), atol=5e-3)
+    with pytest.raises(ValueError, match="rare_weight=0.5"):
+        T.TrainConfig(rare_weight=0.5).check()
+    with pytest.raises(ValueError, match="rare_positives=-1"):
+        T.TrainConfig(rare_positives=-1).check()
