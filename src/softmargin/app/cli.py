@@ -43,7 +43,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.train_step:
         shape = (args.shapes or [(4096, 2000)])[0]
         device = args.device or "cpu"
-        rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads, rounds=3 if device == "cpu" else 1, device=device)
+        rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads, rounds=5 if device == "cpu" else 1, device=device)
         print(f"torch.compile(model + loss + backward + SGD step) on {device}, linear model 32 -> {shape[1]}, batch {shape[0]}, float32:")
         ours = rows[0].get("median_ms")
         print(format_table(["loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"],
