@@ -70,13 +70,14 @@ def test_train_step_times_both_losses_and_they_train_alike():
     assert ours["final_loss"] == pytest.approx(theirs["final_loss"], rel=1e-5)
 
 
-def test_bench_writes_into_a_run_folder_by_default(tmp_path, monkeypatch):
+def test_bench_writes_into_a_run_folder_by_default(tmp_path, monkeypatch, capsys):
     from softmargin.app.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["bench", "--shapes", "8x5", "--dtypes", "float32", "--repeat", "2", "--no-compile", "--threads", "1"]) == 0
     written = list(tmp_path.glob("runs/bench-*/bench-cpu.csv"))
     assert len(written) == 1
+    assert "load average (1 minute)" in capsys.readouterr().out  # how busy the machine was, with the timings
 
 
 @pytest.mark.parametrize(("shape", "processes_per_round"), [((32, 10), 1), ((300, 300), 2)])

@@ -25,6 +25,21 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    """``softmargin bench``, and the machine's load average before and after it: timings mean little on a busy
+    machine (tiny calls least of all, see ``app/bench.py``), so the output says how busy it was."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    before = os.getloadavg()[0]
+    status = _bench_run(args)
+    after = os.getloadavg()[0]
+    print(f"\nload average (1 minute) {before:.2f} at the start, {after:.2f} at the end, on {cpus} CPUs")
+    if max(before, after) > cpus / 2:
+        print("the machine was busy: measure again on a quiet one before comparing these timings")
+    return status
+
+
+def _bench_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import bench
