@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 
 import pytest
@@ -16,6 +17,11 @@ def test_time_group_interleaves_every_implementation_in_this_process():
         assert timed[impl]["median_ms"] >= timed[impl]["min_ms"] > 0
         assert timed[impl]["first_call_s"] > 0
     assert "ValueError" in timed["no such thing"]["error"]
+
+
+def test_time_group_in_turns_times_each_implementation_as_often():
+    timed = bench.time_group(["softmargin", "floor"], (8, 5), "float32", 7, 1, block=3)
+    assert [timed[impl]["calls"] for impl in ("softmargin", "floor")] == [7, 7]
 
 
 def test_peak_memory_sees_the_gradient_of_a_large_problem():
@@ -64,10 +70,36 @@ def test_train_step_times_both_losses_and_they_train_alike():
     assert ours["final_loss"] == pytest.approx(theirs["final_loss"], rel=1e-5)
 
 
-def test_bench_writes_into_a_run_folder_by_default(tmp_path, monkeypatch):
+def test_bench_writes_into_a_run_folder_by_default(tmp_path, monkeypatch, capsys):
     from softmargin.app.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["bench", "--shapes", "8x5", "--dtypes", "float32", "--repeat", "2", "--no-compile", "--threads", "1"]) == 0
     written = list(tmp_path.glob("runs/bench-*/bench-cpu.csv"))
     assert len(written) == 1
+    assert "load average (1 minute)" in capsys.readouterr().out  # how busy the machine was, with the timings
+
+
+@pytest.mark.parametrize(("shape", "processes_per_round"), [((32, 10), 1), ((300, 300), 2)])
+def test_tiny_shapes_time_every_implementation_in_one_process_per_round(monkeypatch, shape, processes_per_round):
+    """Tiny calls are timed interleaved in one fresh process per round; larger ones one implementation per process.
+    Each implementation's time is the median of its rounds either way."""
+    calls = []
+
+    def fake(call, what, threads, timeout=1800, module=""):
+        calls.append((call, what))
+        if what == "memory":
+            return {"peak_extra_mb": 1.0, "peak_extra_x_logits": 1.0}
+        group = ast.literal_eval(call[len("time_group(") :].split("]")[0] + "]")
+        return {impl: {"median_ms": float(len(calls)), "min_ms": 0.5, "first_call_s": 0.1} for impl in group}
+
+    monkeypatch.setattr(bench, "_in_fresh_process", fake)
+    rows = bench.measure_group(["softmargin", "floor"], shape, "float32", 3, 1, rounds=3)
+    timing = [call for call, what in calls if what == "time"]
+    assert len(timing) == 3 * processes_per_round
+    if processes_per_round == 1:
+        assert all("['softmargin', 'floor']" in call and f"block={bench.TINY_BLOCK}" in call for call in timing)
+        assert [r["median_ms"] for r in rows] == [2.0, 2.0]  # the rounds' medians: 1, 2, 3
+    else:
+        assert sum("['softmargin']" in call for call in timing) == 3
+    assert all(r["rounds"] == 3 and r["peak_extra_x_logits"] == 1.0 for r in rows)

@@ -8,7 +8,16 @@ For each (shape, dtype):
   each one's median over its rounds, so that a change in the machine's load during the run falls on all of them
   alike (on these shared machines one measurement per implementation gave ratios that moved by 1.5x between
   runs). Timing them all in one process instead would let one's allocations change the others' page faults: the
-  floor's fresh 32 MB output went from 3 to 18 ms after torch's eager loss had run there.
+  floor's fresh 32 MB output went from 3 to 18 ms after torch's eager loss had run there. Tiny shapes (at most 64 Ki
+  elements, whose few-kilobyte allocations glibc serves from its heap, no page faults) are the exception: there one
+  fresh process per round times every implementation, interleaved in turns of ``TINY_BLOCK`` consecutive calls,
+  because a call of 40 microseconds is mostly fixed costs that move by more than that from one process to the next
+  (32x10 float32: BCEWithLogits measured 0.044 and 0.080 ms in two runs of the same command), while interleaved
+  turns see the same machine. Turns, not single calls, so that most calls follow a call of the same implementation,
+  as in a loop that calls it over and over (caches and thread pools as it leaves them).
+- Run it on a quiet machine: where every core is busy with other work, an operation that enters a parallel region
+  even for 320 elements (torch's ``log_sigmoid`` with a gradient, in torch's eager loss) waits a time slice for its
+  second thread: at 32x10 torch's loss measured 16 ms instead of 0.13 and BCEWithLogits 7 ms instead of 0.04.
 - *peak extra memory*: each implementation in its own fresh process, so the reading sees that measurement's
   allocations and nothing else: the resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
   during one forward+backward, minus the resident size just before it, with glibc told to return freed blocks to
@@ -131,10 +140,13 @@ def call_times(fn: Callable[[], Any], repeat: int, warmup: int = 0) -> list[floa
 
 
 def time_group(
-    impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str = "cpu"
+    impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: int, threads: int, device: str = "cpu",
+    block: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """Median forward+backward time of each implementation on the same data in this process, interleaved (each of
-    ``repeat`` rounds calls each once) after two warm-up calls each (``torch.compile`` compiles there)."""
+    """Median forward+backward time of each implementation on the same data in this process, interleaved (each
+    implementation in turn makes ``block`` consecutive calls, until each has made ``repeat``) after two warm-up
+    calls each (``torch.compile`` compiles there). Every call is timed alone; ``block`` > 1 makes most calls follow
+    a call of the same implementation, as in a loop that calls it over and over."""
     import torch
 
     torch.set_num_threads(threads)
@@ -155,16 +167,17 @@ def time_group(
         except Exception as error:
             result[impl] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
     times: dict[str, list[float]] = {impl: [] for impl in steps}
-    for _ in range(repeat):
+    for turn in range(0, repeat, block):
         for impl, step in steps.items():
-            sync()
-            started = time.perf_counter()
-            step()
-            sync()
-            times[impl].append(time.perf_counter() - started)
+            for _ in range(min(block, repeat - turn)):
+                sync()
+                started = time.perf_counter()
+                step()
+                sync()
+                times[impl].append(time.perf_counter() - started)
     for impl, spent in times.items():
         spent.sort()
-        result[impl].update(median_ms=1e3 * spent[len(spent) // 2], min_ms=1e3 * spent[0])
+        result[impl].update(median_ms=1e3 * spent[len(spent) // 2], min_ms=1e3 * spent[0], calls=len(spent))
     return result
 
 
@@ -220,9 +233,15 @@ def write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) 
     os.replace(tmp, out)
 
 
+#: Shapes of at most this many elements are "tiny": more calls, timed interleaved in turns of ``TINY_BLOCK`` calls
+#: (:func:`measure_group`).
+TINY_ELEMENTS = 1 << 16
+TINY_BLOCK = 20
+
+
 def _repeats(shape: Sequence[int], repeat: int) -> int:
     """Tiny calls take microseconds: twenty times the rounds, so their median is as steady as the large ones'."""
-    return repeat * 20 if math.prod(shape) <= 1 << 16 else repeat
+    return repeat * 20 if math.prod(shape) <= TINY_ELEMENTS else repeat
 
 
 def combine_rounds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -243,17 +262,22 @@ def measure_group(
 ) -> list[dict[str, Any]]:
     """One (shape, dtype), every implementation. CPU: ``rounds`` rounds, each timing every implementation in turn in
     its own fresh process (a process runs one implementation only, as a training loop would, so its allocations
-    settle as they would there); an implementation's time is the median of its rounds, so a change in the
-    machine's load during the run falls on all of them alike. Then each one's peak memory in a fresh process.
+    settle as they would there; tiny shapes, at most ``TINY_ELEMENTS``: all of them interleaved in one fresh
+    process per round, see the module docstring); an implementation's time is the median of its rounds, so a
+    change in the machine's load during the run falls on all of them alike. Then each one's peak memory in a
+    fresh process.
     CUDA: :func:`time_group` interleaves them in this process, and the allocator's counters give the memory."""
     base = {"shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads, "device": device}
     reps = _repeats(shape, repeat)
     if device == "cpu":
         per_round: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+        tiny = math.prod(shape) <= TINY_ELEMENTS
         for _ in range(rounds):
-            for impl in impls:
-                timed = _in_fresh_process(f"time_group([{impl!r}], {tuple(shape)!r}, {dtype!r}, {reps}, {threads})", "time", threads)
-                per_round[impl].append(timed.get(impl, timed))
+            for group in ([list(impls)] if tiny else [[impl] for impl in impls]):
+                call = f"time_group({group!r}, {tuple(shape)!r}, {dtype!r}, {reps}, {threads}, block={TINY_BLOCK if tiny else 1})"
+                timed = _in_fresh_process(call, "time", threads)
+                for impl in group:
+                    per_round[impl].append(timed.get(impl, timed))
         timed_all = {impl: combine_rounds(results) for impl, results in per_round.items()}
     else:
         timed_all = time_group(impls, shape, dtype, reps, threads, device)
@@ -325,11 +349,12 @@ def train_step(
     features: int = 32,
     repeat: int = 15,
     threads: int | None = None,
-    rounds: int = 3,
+    rounds: int = 5,
     device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """The compiled training step with softmargin against the same with torch's loss, each in fresh processes,
-    ``rounds`` rounds, the median of each one's rounds (see :func:`measure_group`)."""
+    ``rounds`` rounds, the median of each one's rounds (see :func:`measure_group`). Five rounds by default (the
+    command's too): with three, two runs of the same command gave 1.26x and 1.70x."""
     threads = threads or len(os.sched_getaffinity(0))
     results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in TRAIN_STEP_IMPLS}
     for _ in range(rounds):

@@ -25,6 +25,21 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    """``softmargin bench``, and the machine's load average before and after it: timings mean little on a busy
+    machine (tiny calls least of all, see ``app/bench.py``), so the output says how busy it was."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    before = os.getloadavg()[0]
+    status = _bench_run(args)
+    after = os.getloadavg()[0]
+    print(f"\nload average (1 minute) {before:.2f} at the start, {after:.2f} at the end, on {cpus} CPUs")
+    if max(before, after) > cpus / 2:
+        print("the machine was busy: measure again on a quiet one before comparing these timings")
+    return status
+
+
+def _bench_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import bench
@@ -43,7 +58,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.train_step:
         shape = (args.shapes or [(4096, 2000)])[0]
         device = args.device or "cpu"
-        rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads, rounds=3 if device == "cpu" else 1, device=device)
+        rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads, rounds=5 if device == "cpu" else 1, device=device)
         print(f"torch.compile(model + loss + backward + SGD step) on {device}, linear model 32 -> {shape[1]}, batch {shape[0]}, float32:")
         ours = rows[0].get("median_ms")
         print(format_table(["loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"],
