@@ -417,3 +417,19 @@ def test_predict_on_headerless_libsvm_that_omits_the_last_feature(tmp_path, caps
     (tmp_path / "wide.txt").write_text("0:1.5 30:1\n")
     _one_line_error(["predict", str(run), "--data", str(tmp_path / "wide.txt"), "--out", "-"], capsys,
                     r"wide\.txt: feature index 30: the model has 30 features")  # fmt: skip
+
+
+def test_the_command_line_defaults_are_the_configuration_defaults():
+    """`softmargin train` without options trains TrainConfig()'s model: every default of the command (the new
+    --fallback, --rare-weight and --rare-positives too) is the configuration's."""
+    import dataclasses
+
+    from softmargin.app.cli import build_parser
+
+    from_command = R._config(build_parser().parse_args(["train"]))
+    defaults = T.TrainConfig()
+    differ = {f.name: (getattr(from_command, f.name), getattr(defaults, f.name)) for f in dataclasses.fields(defaults)
+              if getattr(from_command, f.name) != getattr(defaults, f.name)}  # fmt: skip
+    assert differ == {}
+    flags = R._config(build_parser().parse_args(["train", "--fallback", "above", "--rare-weight", "1", "--rare-positives", "5"]))
+    assert (flags.fallback, flags.rare_weight, flags.rare_positives) == ("above", 1.0, 5)

@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--class-weight", choices=["none", "inverse", "sqrt_inverse", "effective_number"], default="none", help="per-label weights from the label frequencies")
     loss.add_argument("--pos-weight", action="store_true", help="pos_weight = n_neg / n_pos per label (capped by --pos-weight-max)")
     loss.add_argument("--pos-weight-max", type=float, default=10.0, help="the cap of --pos-weight")
+    loss.add_argument("--rare-weight", type=float, default=10.0,
+                      help="newton, without --pos-weight: labels with fewer than --rare-positives training positives get "
+                      "pos_weight = min(this, n_neg / n_pos) (1: off)")  # fmt: skip
+    loss.add_argument("--rare-positives", type=int, default=10, help="newton: the training positives below which --rare-weight applies")
     loss.add_argument("--label-smoothing", type=float, default=0.0, help="targets y -> y (1 - s) + s / 2")
     loss.add_argument("--gamma-pos", type=float, default=0.0, help="asymmetric focusing of the positives")
     loss.add_argument("--gamma-neg", type=float, default=0.0, help="asymmetric focusing of the negatives")
@@ -233,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "t the training label cardinality (MULAN's RCut); auto: tuned for newton on tf-idf features, else fixed")  # fmt: skip
     decide.add_argument("--fbr", type=float, default=0.1, help="tuned: a label whose held-out F1 is below this is predicted only above every held-out score")
     decide.add_argument("--min-threshold", type=float, default=0.05, help="tuned: the lowest per-label threshold")
+    decide.add_argument("--fallback", choices=["global", "above"], default="global",
+                        help="tuned: the --fbr fallback predicts a label above the one threshold that maximises the pooled "
+                        "held-out micro-F1 (global), or only above every held-out score (above: SCutfbr's rule)")  # fmt: skip
     decide.add_argument("--fbr-positives", type=int, default=10,
                         help="tuned: the --fbr fallback only for labels with fewer held-out positives than this (0: every label)")
     decide.add_argument("--macro-weight", type=float, default=1.0,

@@ -66,7 +66,8 @@ def _config(args: argparse.Namespace) -> T.TrainConfig:
         thresholds=args.thresholds, threshold=args.threshold, k=args.k, at_least_one=args.at_least_one,
         ensemble=args.ensemble, head=args.head, seed=args.seed, threads=args.threads, device=args.device,
         folds=args.folds, fbr=args.fbr, min_threshold=args.min_threshold, macro_weight=args.macro_weight,
-        linear_loss=args.linear_loss, fbr_positives=args.fbr_positives or None,
+        linear_loss=args.linear_loss, fbr_positives=args.fbr_positives or None, fallback=args.fallback,
+        rare_weight=args.rare_weight, rare_positives=args.rare_positives,
     ).check()  # fmt: skip
 
 
