@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-
 #: Where a label that fails the SCutfbr test falls back to (:func:`cv_thresholds`).
 FALLBACKS = ("global", "above")
 
