@@ -323,6 +323,7 @@ def test_target_kind(values):
     assert _fallback.target_kind(torch.tensor([0.5, 1.0 + 2**-23])) == "invalid"
 
 
+@pytest.mark.slow  # a compilation (2 s); CI runs it
 def test_compiled_and_eager_agree_on_the_torch_backend(torch_backend):
     """Under torch.compile (and FakeTensor tracing) the operator is opaque: the short path runs on real tensors
     only, inside it, and the compiled call gives bitwise the eager result."""
