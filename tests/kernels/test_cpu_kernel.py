@@ -24,6 +24,62 @@ def _both_paths(x, y, w, pos_weight=None, mask=None, options=PLAIN, reduction="s
     return native[:2], chunked[:2]
 
 
+def _rows(x, y, w, need_grad=True):
+    """(per-sample losses, gradient) of the kernel for (N, C) rows."""
+    (per_sample, grad, _), _ = torch_ops._native(x, y, w, None, None, PLAIN, "sum", need_grad)
+    return per_sample, grad
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 10, 15, 16, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("target_dtype", ["same", torch.uint8])
+def test_short_rows_are_each_the_row_computed_alone(num_classes, dtype, target_dtype):
+    """Rows of at most 16 classes are computed packed, several rows to a vector (kernel.c); each row's loss and
+    gradient must be bitwise those of the same row computed alone (a single row takes the row function): with rows
+    that need the exact path (|x| >= 86, infinite logits, a target outside [0, 1] left unchecked) among ordinary
+    ones, a zero weight, and more rows than one packed block holds (70 rows of 10 classes: blocks of 48)."""
+    gen = torch.Generator().manual_seed(num_classes)
+    rows = 70
+    x = (torch.randn(rows, num_classes, generator=gen, dtype=torch.float64) * 6).to(dtype)
+    x[3, 0], x[40, -1] = 90.0, -float("inf")
+    y = (torch.rand(rows, num_classes, generator=gen) < 0.3).to(torch.uint8 if target_dtype is torch.uint8 else dtype)
+    if target_dtype != torch.uint8:
+        y[7, 0] = 0.25  # a soft target: the fast loop keeps it
+    w = (torch.rand(num_classes, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+    w[num_classes // 2] = 0
+    for weight in (w, None):
+        losses, grad = _rows(x, y, weight)
+        assert torch.isfinite(grad).all()
+        for r in range(rows):
+            alone, alone_grad = _rows(x[r : r + 1], y[r : r + 1], weight)
+            assert torch.equal(alone, losses[r : r + 1]), (r, alone, losses[r])
+            assert torch.equal(alone_grad, grad[r : r + 1]), r
+        without_grad, _ = _rows(x, y, weight, need_grad=False)
+        assert torch.equal(without_grad, losses)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_short_rows_on_two_threads_are_the_rows_on_one(dtype):
+    """Split between two threads, the second thread's rows start mid-way through the packed weight pattern (row
+    3500 of 7001, 10 classes): the results are bitwise one thread's, and the boundary rows each the row alone."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(7001, 10, generator=gen).to(dtype)
+    y = (torch.rand(7001, 10, generator=gen) < 0.2).to(dtype)
+    w = (torch.rand(10, generator=gen) + 0.5).to(dtype)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _rows(x, y, w)
+        torch.set_num_threads(2)
+        two = _rows(x, y, w)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    for r in (3499, 3500, 3501, 7000):
+        alone = _rows(x[r : r + 1], y[r : r + 1], w)
+        assert torch.equal(alone[0], two[0][r : r + 1]) and torch.equal(alone[1], two[1][r : r + 1])
+
+
 @pytest.mark.parametrize("num_classes", [1, 15, 16, 17, 511, 512, 513, 5000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("target_dtype", ["same", torch.bool, torch.uint8, "other float"])

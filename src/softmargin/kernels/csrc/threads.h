@@ -13,7 +13,7 @@
 #define MAX_THREADS 256
 #define MIN_ELEMENTS_PER_THREAD (1 << 15) /* below this a thread costs more than it saves */
 
-typedef struct {
+typedef struct job {
     row_fn fn;
     int64_t xsize, ysize, wsize, wrowstep, pwrowstep, maskrowstep, row0, row1;
     rowargs base; /* row 0's pointers; the scalars */
@@ -21,27 +21,39 @@ typedef struct {
     double *out;
     int *bad;
     const int64_t *sp_indptr; /* sparse targets: N + 1 offsets into base.sp_idx / base.sp_val, or NULL */
+    void (*packed)(const struct job *); /* NULL, or all the rows at once (short rows: kernel.c) */
 } job;
 
+/* Row r's arguments (the row function's input) into *a. (Filled in place: returned by value, the struct was
+   copied once more per row, and C = 17 rows took 100 ns instead of 83.) */
+static inline void row_args(rowargs *a, const job *j, int64_t r, void *scratch) {
+    *a = j->base;
+    a->scratch = scratch;
+    a->bad = j->bad;
+    a->x = (const char *)a->x + r * a->C * j->xsize;
+    if (a->y) a->y = (const char *)a->y + r * a->C * j->ysize;
+    a->w = (const char *)a->w + r * j->wrowstep * j->wsize;
+    if (a->pw) a->pw = (const char *)a->pw + r * j->pwrowstep * j->wsize;
+    if (a->mask) a->mask += r * j->maskrowstep;
+    if (a->g) a->g = (char *)a->g + r * a->C * j->xsize;
+    if (j->row_scale) a->scale = j->row_scale[r];
+    if (j->sp_indptr) {
+        a->sparse = 1;
+        a->sp_idx = j->base.sp_idx ? j->base.sp_idx + j->sp_indptr[r] : 0;
+        if (a->sp_val) a->sp_val = (const char *)a->sp_val + j->sp_indptr[r] * j->ysize;
+        a->sp_n = j->sp_indptr[r + 1] - j->sp_indptr[r];
+    }
+}
+
 static void run_rows(const job *j) {
+    if (j->packed) {
+        j->packed(j);
+        return;
+    }
     double scratch[BLOCK]; /* large enough for BLOCK elements of any type */
     for (int64_t r = j->row0; r < j->row1; r++) {
-        rowargs a = j->base;
-        a.scratch = scratch;
-        a.bad = j->bad;
-        a.x = (const char *)a.x + r * a.C * j->xsize;
-        if (a.y) a.y = (const char *)a.y + r * a.C * j->ysize;
-        a.w = (const char *)a.w + r * j->wrowstep * j->wsize;
-        if (a.pw) a.pw = (const char *)a.pw + r * j->pwrowstep * j->wsize;
-        if (a.mask) a.mask += r * j->maskrowstep;
-        if (a.g) a.g = (char *)a.g + r * a.C * j->xsize;
-        if (j->row_scale) a.scale = j->row_scale[r];
-        if (j->sp_indptr) {
-            a.sparse = 1;
-            a.sp_idx = j->base.sp_idx ? j->base.sp_idx + j->sp_indptr[r] : 0;
-            if (a.sp_val) a.sp_val = (const char *)a.sp_val + j->sp_indptr[r] * j->ysize;
-            a.sp_n = j->sp_indptr[r + 1] - j->sp_indptr[r];
-        }
+        rowargs a;
+        row_args(&a, j, r, scratch);
         j->out[r] = j->fn(&a);
     }
 }
