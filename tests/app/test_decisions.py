@@ -101,17 +101,23 @@ def test_cv_thresholds_never_below_the_floor(seed: int) -> None:
         assert cv_thresholds(Y, S, floor=floor).min() >= floor
 
 
-def test_cv_thresholds_fallback_for_labels_with_few_positives() -> None:
-    """A label whose held-out positives score below most negatives (held-out F1 < fbr), and a label without a
-    positive, are predicted only above every held-out score (at least 0.5)."""
-    rng = np.random.default_rng(4)
-    n = 100
+def _fallback_case(seed: int, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out (labels, scores) of three labels: 0 learnable (40 positives scored 0.1 higher), 1 with one positive
+    scored below every negative (best F1 = 2 / (n + 1) < 0.1), 2 without a positive."""
+    rng = np.random.default_rng(seed)
     Y = np.zeros((n, 3), np.uint8)
     S = rng.uniform(0.0, 0.9, (n, 3))
     Y[:40, 0] = 1
-    S[:40, 0] += 0.1  # a learnable label
+    S[:40, 0] += 0.1
     Y[0, 1] = 1
-    S[0, 1] = 0.01  # its one positive scored below every negative: best F1 = 2 / (n + 1) < 0.1
+    S[0, 1] = 0.01
+    return Y, S
+
+
+def test_cv_thresholds_fallback_for_labels_with_few_positives() -> None:
+    """A label whose held-out positives score below most negatives (held-out F1 < fbr), and a label without a
+    positive, are predicted only above every held-out score (at least 0.5)."""
+    Y, S = _fallback_case(4)
     thresholds = cv_thresholds(Y, S, fbr=0.1, floor=0.1)
     for j in (1, 2):
         assert thresholds[j] > S[:, j].max() and thresholds[j] >= 0.5
@@ -295,14 +301,7 @@ def test_global_threshold_maximises_the_pooled_micro_f1(seed: int) -> None:
 def test_cv_thresholds_global_fallback() -> None:
     """fallback='global': a label failing the SCutfbr test gets the global threshold; one without any held-out
     positive still gets a threshold above every held-out score; a learnable label keeps its own cut."""
-    rng = np.random.default_rng(11)
-    n = 100
-    Y = np.zeros((n, 3), np.uint8)
-    S = rng.uniform(0.0, 0.9, (n, 3))
-    Y[:40, 0] = 1
-    S[:40, 0] += 0.1  # a learnable label
-    Y[0, 1] = 1
-    S[0, 1] = 0.01  # its one positive scored below every negative: held-out F1 < fbr
+    Y, S = _fallback_case(11)
     above = cv_thresholds(Y, S, fbr=0.1, floor=0.01, fbr_positives=10)
     shared = cv_thresholds(Y, S, fbr=0.1, floor=0.01, fbr_positives=10, fallback="global")
     assert shared[1] == pytest.approx(global_threshold(Y, S)) and above[1] > S[:, 1].max()
