@@ -99,8 +99,8 @@ DEFINE_AVX512_ALL(fast_, PLAIN_EXACT, F32_STEP, HALF_STEP)
    is one vector, mostly empty for small C, and its chain of dependent instructions plus the call around it cost
    80 ns a row at any C up to 16 (32x10: 2.5 us of a 2.9 us kernel call). Here full vectors run over the rows'
    elements laid end to end, then each row's sums are loaded back as the vector the row function would have summed
-   (its lanes past C zero) and reduced by the same instructions in the same order: each row's loss and gradient are
-   bitwise the row function's (tested). A row whose elements need the exact path (|x| >= 86, inf or NaN, a target
+   (its lanes past C zero) and reduced by the same functions (avx_add_block, avx_row_total): each row's loss and
+   gradient are bitwise the row function's (tested). A row whose elements need the exact path (|x| >= 86, inf or NaN, a target
    outside [0, 1], w * l overflowing, a subnormal bfloat16 gradient) goes to the row function instead. */
 #define SHORT_ROW_MAX 16
 #define PACKED_ELEMENT_F32(X, Y, G, LO, XMAX, YMAX) avx_f32_element(X, Y, G, LO, XMAX, YMAX)
@@ -148,11 +148,9 @@ DEFINE_AVX512_ALL(fast_, PLAIN_EXACT, F32_STEP, HALF_STEP)
                     j->out[r0 + i] = j->fn(&a);                                                                \
                     continue;                                                                                  \
                 }                                                                                              \
-                const __m512d row_lo = _mm512_add_pd(_mm512_setzero_pd(),                                      \
-                    _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(bsum)), _mm512_cvtps_pd(_mm512_castps512_ps256(bsum_lo)))); \
-                const __m512d row_hi = _mm512_add_pd(_mm512_setzero_pd(),                                      \
-                    _mm512_add_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(bsum, 1)), _mm512_cvtps_pd(_mm512_extractf32x8_ps(bsum_lo, 1)))); \
-                j->out[r0 + i] = 0.0 + _mm512_reduce_add_pd(_mm512_add_pd(row_lo, row_hi));                   \
+                __m512d row_lo = _mm512_setzero_pd(), row_hi = _mm512_setzero_pd();                            \
+                avx_add_block(bsum, bsum_lo, &row_lo, &row_hi);                                                \
+                j->out[r0 + i] = avx_row_total(0.0, row_lo, row_hi);                                           \
             }                                                                                                  \
         }                                                                                                      \
     }

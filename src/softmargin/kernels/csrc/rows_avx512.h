@@ -258,6 +258,19 @@ static inline __m512 avx_focused_tail(__m512 x, __m512 ys, __m512 pwv, __m512 tl
 #define FOCUSED_HALF_STEP(LOADX, LOADY, STORE, M) OPTIONS_STEP(FOCUSED_TAIL, avx_half_tl, LOADX, LOADY, STORE, M)
 #define FOCUSED_F32_STEP(LOADX, LOADY, STORE, M) OPTIONS_STEP(FOCUSED_TAIL, avx_f32_tl, LOADX, LOADY, STORE, M)
 
+/* A block's float32 lane sums added into its row's float64 accumulators (lanes 0-7 into *row_lo, 8-15 into
+   *row_hi), and a row's total from them: the row function's arithmetic, which the packed short rows (kernel.c) repeat
+   through these same functions to stay bitwise the same. */
+static inline void avx_add_block(__m512 bsum, __m512 bsum_lo, __m512d *row_lo, __m512d *row_hi) {
+    *row_lo = _mm512_add_pd(*row_lo, _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(bsum)),
+                                                   _mm512_cvtps_pd(_mm512_castps512_ps256(bsum_lo))));
+    *row_hi = _mm512_add_pd(*row_hi, _mm512_add_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(bsum, 1)),
+                                                   _mm512_cvtps_pd(_mm512_extractf32x8_ps(bsum_lo, 1))));
+}
+static inline double avx_row_total(double tail, __m512d row_lo, __m512d row_hi) {
+    return tail + _mm512_reduce_add_pd(_mm512_add_pd(row_lo, row_hi));
+}
+
 /* The AVX-512 row function: STEP (HALF_STEP or F32_STEP) over each block's vectors, then the block's float32 lane
    sums (bsum, and bsum_lo for float32's low parts; 32 terms at most: 2e-6 relative at worst, about 1e-7 typically,
    and exact for a single element; converting every vector to float64 cost a fifth of the time) go into float64, or
@@ -286,13 +299,10 @@ static inline __m512 avx_focused_tail(__m512 x, __m512 ys, __m512 pwv, __m512 tl
             if (redo) {                                                                                        \
                 tail += EXACT(a, xb, yb, wb, g, n);                                                            \
             } else {                                                                                           \
-                row_lo = _mm512_add_pd(row_lo, _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(bsum)),   \
-                                                             _mm512_cvtps_pd(_mm512_castps512_ps256(bsum_lo)))); \
-                row_hi = _mm512_add_pd(row_hi, _mm512_add_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(bsum, 1)), \
-                                                             _mm512_cvtps_pd(_mm512_extractf32x8_ps(bsum_lo, 1)))); \
+                avx_add_block(bsum, bsum_lo, &row_lo, &row_hi);                                                \
             }                                                                                                  \
         }                                                                                                      \
-        return tail + _mm512_reduce_add_pd(_mm512_add_pd(row_lo, row_hi));                                    \
+        return avx_row_total(tail, row_lo, row_hi);                                                            \
     }
 #endif
 
