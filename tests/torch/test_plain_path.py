@@ -50,7 +50,7 @@ SHAPES = [(1, 1), (32, 10), (64, 80), *(pytest.param(s, marks=pytest.mark.slow) 
 @pytest.mark.parametrize("target", ["same", "bool", "uint8", "soft"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_plain_path_and_operator_agree_bitwise(shape, dtype, target, reduction):
-    x, y, w = _problem(*shape, dtype, target, weight=shape[0] % 2 == 1, seed=sum(shape))
+    x, y, w = _problem(*shape, dtype, target, weight=shape[0] % 2 == 1 or shape == (32, 10), seed=sum(shape))
     for grad_output in (1.0, -2.7182818, 1e-3):
         go = torch.tensor(grad_output, dtype=dtype)
         fast = _run(x, y, w, reduction, go, through_operator=False)
@@ -103,9 +103,10 @@ def test_bad_values_raise_the_general_message():
         with pytest.raises(ValueError, match="target"):
             st.multilabel_soft_margin_loss(x.to(dtype), torch.full((4, 3), float("nan"), dtype=dtype))
     y = torch.ones(4, 3)
-    for bad in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="weight"):
-            st.multilabel_soft_margin_loss(x, y, torch.tensor([1.0, bad, 1.0]))
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):  # halves: converted by the kernel
+        for bad in (-1.0, float("nan"), float("inf"), -float("inf")):
+            with pytest.raises(ValueError, match="weight"):
+                st.multilabel_soft_margin_loss(x.to(dtype), y.to(dtype), torch.tensor([1.0, bad, 1.0], dtype=dtype))
     # validate=False: not checked (torch's own loss does not check either), on the plain path too
     unchecked = st.multilabel_soft_margin_loss(x, bad_target, validate=False)
     assert type(unchecked.grad_fn).__name__ == "_PlainLossBackward"
@@ -219,11 +220,13 @@ def test_the_extension_is_built_where_the_headers_were():
 def test_reduced_call_rejects_bad_arguments():
     x, y = torch.randn(3, 4), torch.ones(3, 4)
     out, grad = torch.empty(()), torch.empty(3, 4)
-    good = (0, 0, x.data_ptr(), y.data_ptr(), None, 3, 4, grad.data_ptr(), 1, 0, 0, 1, True, out.data_ptr())
+    w = torch.ones(4)
+    good = (0, 0, x.data_ptr(), y.data_ptr(), w.data_ptr(), 0, 3, 4, grad.data_ptr(), 1, 0, 0, 1, True, out.data_ptr())
     assert cpu.reduced(*good) == 0
     for index, value, message in [
-        (2, None, "NULL"), (5, -1, "positive"), (6, 0, "positive"), (9, 2, "per_sample_type"), (10, 4, "result_type"),
-        (11, 3, "reduction"), (13, None, "result"), (0, 4, "xtype"), (5, 2**62, "overflows"),
+        (2, None, "NULL"), (6, -1, "positive"), (7, 0, "positive"), (10, 2, "per_sample_type"), (11, 4, "result_type"),
+        (12, 3, "reduction"), (14, None, "result"), (0, 4, "xtype"), (6, 2**62, "overflows"),
+        (5, 1, "weight_type"), (5, 3, "weight_type"),  # a float32 input's weight is float32
     ]:
         bad = list(good)
         bad[index] = value

@@ -33,7 +33,7 @@ from typing import Any
 from softmargin.kernels import build
 
 #: The ABI this loader speaks (``SOFTMARGIN_ABI_VERSION`` in csrc/softmargin.h).
-ABI_VERSION = 3
+ABI_VERSION = 4
 #: Element types in code order (``enum softmargin_dtype``; checked against the library's ``softmargin_dtype_names``).
 DTYPES = ("float32", "float64", "float16", "bfloat16", "uint8")
 #: Input dtypes whose plain-loss row functions check the target's range as they read it (the options' row functions
@@ -95,7 +95,7 @@ def _abi_mismatch(lib: ctypes.CDLL) -> str | None:
 def _declare(lib: ctypes.CDLL) -> None:
     lib.softmargin_fused.argtypes = [ctypes.POINTER(FusedArgs), ctypes.c_char_p, _i64]
     lib.softmargin_fused.restype = ctypes.c_int
-    lib.softmargin_reduced.argtypes = [ctypes.POINTER(FusedArgs), _i32, _i32, _i32, _i32, _ptr, ctypes.c_char_p, _i64]
+    lib.softmargin_reduced.argtypes = [ctypes.POINTER(FusedArgs), _i32, _i32, _i32, _i32, _i32, _ptr, ctypes.c_char_p, _i64]
     lib.softmargin_reduced.restype = ctypes.c_int
     lib.softmargin_scale.argtypes = [_ptr, _i32, _i64, _ptr, _i32, _f64, _i32]
     lib.softmargin_scale.restype = ctypes.c_int
@@ -259,6 +259,7 @@ def reduced(
     x: int,
     y: int,
     weight: int | None,
+    weight_type: int,
     num_rows: int,
     num_classes: int,
     grad: int | None,
@@ -271,8 +272,9 @@ def reduced(
 ) -> int:
     """The plain loss of a contiguous (num_rows, num_classes) problem reduced over the batch, written to ``result``,
     and its gradient (d loss / d x times 1 / num_classes: the operator's per-sample Jacobian) to ``grad``; see
-    ``softmargin_reduced`` in csrc/softmargin.h. Dtypes are codes (indices into :data:`DTYPES`); ``reduction`` is 1
-    (mean) or 2 (sum). Returns the status (csrc/softmargin.h): 0, or, with ``check``, a target outside [0, 1] or a
+    ``softmargin_reduced`` in csrc/softmargin.h. Dtypes are codes (indices into :data:`DTYPES`); ``weight_type`` is
+    the weight's (float32 for a float32 input, float64 for float64, either float32 or the input's own for float16
+    and bfloat16, which the kernel converts); ``reduction`` is 1 (mean) or 2 (sum). Returns the status (csrc/softmargin.h): 0, or, with ``check``, a target outside [0, 1] or a
     weight not finite and >= 0 (nothing reliable computed: the caller raises). The kernel library must be loaded
     (:func:`kernel`).
 
@@ -285,10 +287,10 @@ def reduced(
         xtype, ytype, x, y, weight, 0, None, 0, None, 0, num_rows, num_classes, 1.0 / num_classes if num_classes > 0 else 0.0, None, 0, 0.0,
         0.0, 0.0, 0.0, None, grad, num_threads, None, None, None,
     )  # fmt: skip
-    status: int = lib.softmargin_reduced(ctypes.byref(args), per_sample_type, result_type, reduction, check, result, None, 0)
+    status: int = lib.softmargin_reduced(ctypes.byref(args), weight_type, per_sample_type, result_type, reduction, check, result, None, 0)
     if status < 0:
         message = ctypes.create_string_buffer(256)
-        lib.softmargin_reduced(ctypes.byref(args), per_sample_type, result_type, reduction, check, result, message, len(message))
+        lib.softmargin_reduced(ctypes.byref(args), weight_type, per_sample_type, result_type, reduction, check, result, message, len(message))
         _raise(status, message.value)
     return status
 

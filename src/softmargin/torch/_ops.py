@@ -504,10 +504,9 @@ class _PlainLoss(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(x) if need_grad else None
         result = x.new_empty(())
-        w = weight if weight is None or code < 2 else weight.to(_FLOAT32)  # float16/bfloat16: computed in float32
-        arguments = (
-            code, code if y.dtype == x.dtype else 4, x.data_ptr(), y.data_ptr(), None if w is None else w.data_ptr(),
-            num_rows, num_classes, None if grad is None else grad.data_ptr(), torch.get_num_threads(),
+        arguments = (  # a float16/bfloat16 weight goes as it is: the kernel converts it to float32 (exactly)
+            code, code if y.dtype == x.dtype else 4, x.data_ptr(), y.data_ptr(),
+            None if weight is None else weight.data_ptr(), code, num_rows, num_classes, None if grad is None else grad.data_ptr(), torch.get_num_threads(),
             1 if code == 1 else 0, code, _REDUCTIONS[reduction], check, result.data_ptr(),
         )  # fmt: skip
         status = (cpu.fastcall() or cpu).reduced(*arguments)

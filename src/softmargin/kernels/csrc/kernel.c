@@ -362,8 +362,8 @@ static int weights_ok(const void *weight, int xtype, int64_t C) {
 
 #define SMALL 256 /* rows (and classes) whose buffers live on the stack */
 
-int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int32_t result_type, int32_t reduction,
-                       int32_t check, void *result, char *message, int64_t message_size) {
+int softmargin_reduced(const softmargin_args *args, int32_t weight_type, int32_t per_sample_type, int32_t result_type,
+                       int32_t reduction, int32_t check, void *result, char *message, int64_t message_size) {
     if (!args) REJECT(SM_ERR_NULL, "args is NULL");
     if (args->out) REJECT(SM_ERR_ARGUMENT, "out is not NULL (the row sums live in the call's own buffer)");
     if (args->options) REJECT(SM_ERR_ARGUMENT, "options is not 0 (the reduced call is the plain loss)");
@@ -378,7 +378,11 @@ int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int
     if (N <= 0 || C <= 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is not positive");
     if (!fits(N, C, 8)) REJECT(SM_ERR_SIZE, "num_rows * num_classes overflows");
     if (!args->x || !args->y) REJECT(SM_ERR_NULL, "x or y is NULL");
-    if (check && args->weight && !weights_ok(args->weight, args->xtype, C)) return SM_WEIGHT_OUT_OF_RANGE;
+    const int32_t kernel_wtype = args->xtype == SM_F64 ? SM_F64 : SM_F32;
+    const int half_weight = args->weight && weight_type == args->xtype && kernel_wtype != args->xtype;
+    if (args->weight && weight_type != kernel_wtype && !half_weight)
+        REJECT(SM_ERR_DTYPE, "weight_type is neither the kernel's weight type (float64 for a float64 input, else "
+                             "float32) nor a float16/bfloat16 input's own dtype");
     if (check && args->xtype == SM_F64) { /* float64's row functions do not look at the target */
         if (args->ytype == SM_F64) {
             const double *y = args->y;
@@ -393,14 +397,30 @@ int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int
     }
     double small_rows[SMALL], small_ones[SMALL];
     const int64_t wsize = args->xtype == SM_F64 ? 8 : 4;
+    /* ones: the weight row the kernel reads when it is not the caller's own (no weight: ones; a float16/bfloat16
+       weight: converted to float32 here, exactly, as weight.to(torch.float32) would) */
+    const int own_row = args->weight && !half_weight;
     double *rows = N <= SMALL ? small_rows : malloc((size_t)N * sizeof(double));
-    void *ones = args->weight || C * wsize <= (int64_t)sizeof small_ones ? small_ones : malloc((size_t)(C * wsize));
+    void *ones = own_row || C * wsize <= (int64_t)sizeof small_ones ? small_ones : malloc((size_t)(C * wsize));
     if (!rows || !ones) {
         if (rows != small_rows) free(rows);
         if (ones != small_ones) free(ones);
         REJECT(SM_ERR_SIZE, "out of memory for the row sums");
     }
     softmargin_args s = *args;
+    if (half_weight) {
+        float *w = ones;
+        if (weight_type == SM_BF16)
+            for (int64_t c = 0; c < C; c++) w[c] = bf16_to_f32(((const uint16_t *)args->weight)[c]);
+        else
+            for (int64_t c = 0; c < C; c++) w[c] = f16_to_f32(((const _Float16 *)args->weight)[c]);
+        s.weight = ones;
+    }
+    if (check && s.weight && !weights_ok(s.weight, s.xtype, C)) {
+        if (rows != small_rows) free(rows);
+        if (ones != small_ones) free(ones);
+        return SM_WEIGHT_OUT_OF_RANGE;
+    }
     if (!s.weight) {
         for (int64_t c = 0; c < C; c++) {
             if (s.xtype == SM_F64) ((double *)ones)[c] = 1.0;

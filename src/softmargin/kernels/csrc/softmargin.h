@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SOFTMARGIN_ABI_VERSION 3
+#define SOFTMARGIN_ABI_VERSION 4
 
 /* Element types. The names (softmargin_dtype_names) are numpy's and torch's. */
 enum softmargin_dtype { SM_F32 = 0, SM_F64 = 1, SM_F16 = 2, SM_BF16 = 3, SM_U8 = 4, SM_NUM_DTYPES = 5 };
@@ -99,9 +99,11 @@ int softmargin_fused(const softmargin_args *args, char *message, int64_t message
  * bfloat16 through float32, as torch converts).
  * check != 0 checks the weight's values first (finite, >= 0; else SM_WEIGHT_OUT_OF_RANGE, nothing computed) and,
  * for a float64 input, the target's range (float32/float16/bfloat16 row functions check it as they read it):
- * SM_TARGET_OUT_OF_RANGE. */
-int softmargin_reduced(const softmargin_args *args, int32_t per_sample_type, int32_t result_type, int32_t reduction,
-                       int32_t check, void *result, char *message, int64_t message_size);
+ * SM_TARGET_OUT_OF_RANGE.
+ * weight_type is the weight's dtype: the kernel's weight type (SM_F64 for a float64 input, else SM_F32) or, for a
+ * float16/bfloat16 input, the input's own dtype, converted to float32 here (exactly, as torch's .to(float32)). */
+int softmargin_reduced(const softmargin_args *args, int32_t weight_type, int32_t per_sample_type, int32_t result_type,
+                       int32_t reduction, int32_t check, void *result, char *message, int64_t message_size);
 /* grad[i] *= s for i < n, s = (dtype)(per-sample type)((double)*factor / divisor): the backward of the reduced loss
  * (autograd's incoming gradient, read as factor_type, over the batch size for a mean), as the operator's path
  * computes it with torch's operations (float16/bfloat16: the product in float32, rounded once). Any float dtype. */

@@ -11,7 +11,7 @@
 
 #include "../csrc/softmargin.h"
 
-typedef int (*reduced_fn)(const softmargin_args *, int32_t, int32_t, int32_t, int32_t, void *, char *, int64_t);
+typedef int (*reduced_fn)(const softmargin_args *, int32_t, int32_t, int32_t, int32_t, int32_t, void *, char *, int64_t);
 typedef int (*scale_fn)(void *, int32_t, int64_t, const void *, int32_t, double, int32_t);
 
 static reduced_fn reduced_ptr;
@@ -31,11 +31,11 @@ static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t n) {
     Py_RETURN_NONE;
 }
 
-/* reduced(xtype, ytype, x, y, weight, num_rows, num_classes, grad, num_threads, per_sample_type, result_type,
- * reduction, check, result) -> status, as kernels/cpu.py's reduced() (which raises on a negative status with the
+/* reduced(xtype, ytype, x, y, weight, weight_type, num_rows, num_classes, grad, num_threads, per_sample_type,
+ * result_type, reduction, check, result) -> status, as kernels/cpu.py's reduced() (which raises on a negative status with the
  * kernel's message). */
 static PyObject *reduced(PyObject *self, PyObject *const *a, Py_ssize_t n) {
-    if (n != 14) return PyErr_Format(PyExc_TypeError, "reduced() takes 14 arguments, %zd given", n);
+    if (n != 15) return PyErr_Format(PyExc_TypeError, "reduced() takes 15 arguments, %zd given", n);
     if (!reduced_ptr) return PyErr_Format(PyExc_RuntimeError, "reduced(): bind() was not called");
     softmargin_args s = {0};
     s.xtype = (int32_t)as_int(a[0]);
@@ -43,17 +43,18 @@ static PyObject *reduced(PyObject *self, PyObject *const *a, Py_ssize_t n) {
     s.x = as_ptr(a[2]);
     s.y = as_ptr(a[3]);
     s.weight = as_ptr(a[4]);
-    s.num_rows = as_int(a[5]);
-    s.num_classes = as_int(a[6]);
-    s.grad = as_ptr(a[7]);
-    s.num_threads = (int32_t)as_int(a[8]);
-    const int32_t per_sample_type = (int32_t)as_int(a[9]), result_type = (int32_t)as_int(a[10]);
-    const int32_t reduction = (int32_t)as_int(a[11]);
-    const int check = PyObject_IsTrue(a[12]);
-    void *result = as_ptr(a[13]);
+    const int32_t weight_type = (int32_t)as_int(a[5]);
+    s.num_rows = as_int(a[6]);
+    s.num_classes = as_int(a[7]);
+    s.grad = as_ptr(a[8]);
+    s.num_threads = (int32_t)as_int(a[9]);
+    const int32_t per_sample_type = (int32_t)as_int(a[10]), result_type = (int32_t)as_int(a[11]);
+    const int32_t reduction = (int32_t)as_int(a[12]);
+    const int check = PyObject_IsTrue(a[13]);
+    void *result = as_ptr(a[14]);
     if (PyErr_Occurred()) return NULL;
     s.scale = s.num_classes > 0 ? 1.0 / (double)s.num_classes : 0.0;
-    return PyLong_FromLong(reduced_ptr(&s, per_sample_type, result_type, reduction, check, result, NULL, 0));
+    return PyLong_FromLong(reduced_ptr(&s, weight_type, per_sample_type, result_type, reduction, check, result, NULL, 0));
 }
 
 /* scale(grad, dtype, n, factor, factor_type, divisor, num_threads) -> status. */
