@@ -80,6 +80,26 @@ def test_bench_writes_into_a_run_folder_by_default(tmp_path, monkeypatch, capsys
     assert "load average (1 minute)" in capsys.readouterr().out  # how busy the machine was, with the timings
 
 
+@pytest.mark.parametrize("argv", [[], ["--no-compile"], ["--shapes", "8x5"]])
+def test_default_run_ends_with_the_compiled_training_step(tmp_path, monkeypatch, capsys, argv):
+    """Issue 11 asks for the shapes and the compiled training step in the same run: the default run (no --shapes,
+    with torch.compile) times the step after the shapes and writes bench-train-step.csv beside bench-cpu.csv."""
+    from softmargin.app.cli import main
+
+    steps = []
+    monkeypatch.setattr(bench, "run", lambda **kwargs: [])
+    monkeypatch.setattr(bench, "report", lambda rows: "")
+    monkeypatch.setattr(bench, "train_step", lambda shape, **kwargs: steps.append(shape) or [
+        {"impl": impl, "median_ms": 2.0, "first_call_s": 1.0, "final_loss": 0.5} for impl in bench.TRAIN_STEP_IMPLS
+    ])  # fmt: skip
+    assert main(["bench", "--out", str(tmp_path / "bench-cpu.csv"), *argv]) == 0
+    if argv:
+        assert steps == [] and not (tmp_path / "bench-train-step.csv").exists()
+    else:
+        assert steps == [bench.TRAIN_STEP_SHAPE] and (tmp_path / "bench-train-step.csv").exists()
+        assert "SGD step" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("shape", "processes_per_round"), [((32, 10), 1), ((300, 300), 2)])
 def test_tiny_shapes_time_every_implementation_in_one_process_per_round(monkeypatch, shape, processes_per_round):
     """Tiny calls are timed interleaved in one fresh process per round; larger ones one implementation per process.

@@ -298,6 +298,8 @@ def measure_group(
 
 
 TRAIN_STEP_IMPLS = ("softmargin", "torch MultiLabelSoftMarginLoss")
+#: The compiled training step's batch and classes (``softmargin bench`` runs it after the default shapes).
+TRAIN_STEP_SHAPE = (4096, 2000)
 
 
 def time_train_step(

@@ -56,19 +56,7 @@ def _bench_run(args: argparse.Namespace) -> int:
         print(bench.extreme_report(rows))
         return 0
     if args.train_step:
-        shape = (args.shapes or [(4096, 2000)])[0]
-        device = args.device or "cpu"
-        rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads, rounds=5 if device == "cpu" else 1, device=device)
-        print(f"torch.compile(model + loss + backward + SGD step) on {device}, linear model 32 -> {shape[1]}, batch {shape[0]}, float32:")
-        ours = rows[0].get("median_ms")
-        print(format_table(["loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"],
-                           [[r["impl"], f"{r.get('median_ms', float('nan')):.2f}", f"{r.get('first_call_s', float('nan')):.1f}",
-                             f"{r.get('final_loss', float('nan')):.6f}",
-                             bench._ratio(r.get("median_ms"), ours) if r["impl"] != "softmargin" else ""] for r in rows]))  # fmt: skip
-        if args.out:
-            out = Path(args.out).with_name("bench-train-step.csv")
-            bench.write_csv(out, ["impl", "shape", "device", "features", "threads", "median_ms", "min_ms", "first_call_s", "final_loss", "error"], rows)
-            print(f"\nwritten to {out}")
+        _train_step_report(args, (args.shapes or [bench.TRAIN_STEP_SHAPE])[0])
         return 0
     if args.options:
         shape = (args.shapes or [(4096, 2000)])[0]
@@ -107,7 +95,32 @@ def _bench_run(args: argparse.Namespace) -> int:
     print(bench.report(rows))
     if args.out:
         print(f"\nwritten to {out}")
+    if not args.no_compile and not args.shapes:  # the default run: issue 11's compiled training step, in the same run
+        print()
+        _train_step_report(args, bench.TRAIN_STEP_SHAPE)
     return 0
+
+
+def _train_step_report(args: argparse.Namespace, shape: tuple[int, int]) -> None:
+    """Time the compiled training step (softmargin's loss against torch's, fresh processes), print the table and
+    write ``bench-train-step.csv`` next to ``--out``."""
+    from pathlib import Path
+
+    from . import bench
+    from .compare import format_table
+
+    device = args.device or "cpu"
+    rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads, rounds=5 if device == "cpu" else 1, device=device)
+    print(f"torch.compile(model + loss + backward + SGD step) on {device}, linear model 32 -> {shape[1]}, batch {shape[0]}, float32:")
+    ours = rows[0].get("median_ms")
+    print(format_table(["loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"],
+                       [[r["impl"], f"{r.get('median_ms', float('nan')):.2f}", f"{r.get('first_call_s', float('nan')):.1f}",
+                         f"{r.get('final_loss', float('nan')):.6f}",
+                         bench._ratio(r.get("median_ms"), ours) if r["impl"] != "softmargin" else ""] for r in rows]))  # fmt: skip
+    if args.out:
+        out = Path(args.out).with_name("bench-train-step.csv")
+        bench.write_csv(out, ["impl", "shape", "device", "features", "threads", "median_ms", "min_ms", "first_call_s", "final_loss", "error"], rows)
+        print(f"\nwritten to {out}")
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -274,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="forward+backward time and peak memory against torch eager, torch.compile, BCEWithLogits"
     )
-    bench.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC", help="default: 4096x2000 256x100000 256x1000 64x80 32x10")
+    bench.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC", help="default: 4096x2000 256x100000 256x1000 64x80 32x10, then the compiled training step (see --train-step)")
     bench.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16", "float64"])
     bench.add_argument("--repeat", type=int, default=15, help="timed calls per configuration (the median is reported)")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
@@ -282,11 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="jax: jitted value_and_grad of softmargin.jax against jitted optax (results to bench-jax.csv); "
                        "numpy: softmargin.numpy against a naive NumPy formula, torch never imported (results to bench-numpy.csv)")  # fmt: skip
     bench.add_argument("--device", default="cpu", help="cpu, or cuda (results to bench-cuda.csv; one process, exact allocator counts)")
-    bench.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while)")
+    bench.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while), and with it the training step")
     bench.add_argument("--extreme", action="store_true", help="the fused linear head vs linear + loss at 100k, 1M, 3M labels")
     bench.add_argument("--options", action="store_true", help="time each loss option (pos_weight, mask, ...) instead")
     bench.add_argument("--train-step", action="store_true",
-                       help="a torch.compile'd training step (model + loss + backward + SGD) with softmargin vs torch's loss")
+                       help="only the torch.compile'd training step (model + loss + backward + SGD) with softmargin vs torch's "
+                       "loss, at the first --shapes (default 4096x2000; the default run ends with it)")
     bench.add_argument("--out", default=None,
                        help="CSV file for the results ('' for none; default: runs/bench-<date>-<time>/bench-cpu.csv)")
     bench.set_defaults(func=_bench)
