@@ -2,7 +2,7 @@
 the bag-of-words default bought (medical, enron, bibtex, delicious).
 
     python benchmarks/quality.py [--mulan ../shared/data/mulan] [--seeds 0 1 2] [--out benchmarks/results/quality.md]
-    python benchmarks/quality.py --datasets --text medical enron bibtex delicious --steps linear tuned-raw logistic svm fbr-positives global default macro-0.3
+    python benchmarks/quality.py --datasets --text medical enron bibtex delicious --steps linear tuned-raw logistic svm fbr-positives global rare macro-0.3 calibrated-1 default
 
 - linear model (per-label logistic regression, L-BFGS, C=1, decisions at 0.5) against
   OneVsRestClassifier(LogisticRegression()) on standardised features: must agree within 0.01;
@@ -22,10 +22,15 @@ The steps on the bag-of-words sets (--text), each a `softmargin train` configura
 - fbr-positives: + the fallback only for labels with fewer than 10 held-out positives (fbr_positives);
 - global: + the fallback to the global threshold (the one threshold, shared by every label, that maximises the
   pooled held-out micro-F1) instead of above every held-out score (fallback="global");
-- default: + the positive weight min(10, n_neg / n_pos) for labels with fewer than 10 training positives
-  (rare_weight, rare_positives): today's `softmargin train`;
-- macro-0.3: the default with macro_weight 0.3 (each cut maximises micro-F1 + 0.3 x macro-F1): not the default.
-The table (micro/macro-F1, P@1/3/5, Hamming loss, training time, the load average when it ran) goes to --steps-out.
+- rare: + the positive weight min(10, n_neg / n_pos) for labels with fewer than 10 training positives
+  (rare_weight, rare_positives): the default before the calibrated counts;
+- macro-0.3: that with macro_weight 0.3 (each cut maximises micro-F1 + 0.3 x macro-F1): never the default;
+- calibrated-1: + each cut counting the held-out labels' calibrated probabilities (cut_counts="calibrated": a Platt
+  scaling per label shrunk toward a shared one, `softmargin.app.decisions.calibrate`) instead of the labels, with
+  LibMultiLabel's macro weight 1 and no fbr fallback;
+- default: + macro weight 2: today's `softmargin train`.
+The table (micro/macro-F1, P@1/3/5, Hamming loss, training time, the load average when it ran) goes to --steps-out;
+with several --step-seeds (the seed of the folds), a row per seed and their mean.
 """
 
 from __future__ import annotations
@@ -67,9 +72,11 @@ def ours(train: D.Dataset, test: D.Dataset, config: T.TrainConfig) -> dict[str, 
     return T.evaluate(T.fit(train, config, progress=False), test)[0]
 
 
-#: the settings that reproduce the defaults before the rare-label weight, and before the global fallback as well
-BEFORE_RARE: dict[str, object] = dict(rare_weight=1.0)
-BEFORE_GLOBAL: dict[str, object] = dict(rare_weight=1.0, fallback="above")
+#: the settings that reproduce the defaults before the calibrated counts, before the rare-label weight as well, and
+#: before the global fallback as well
+OBSERVED: dict[str, object] = dict(cut_counts="observed")
+BEFORE_RARE: dict[str, object] = dict(rare_weight=1.0, **OBSERVED)
+BEFORE_GLOBAL: dict[str, object] = dict(rare_weight=1.0, fallback="above", **OBSERVED)
 STEPS = {
     "old": ("previous default: 5 MLPs (AdamW), decisions at 0.5",
             dict(model="mlp", optimizer="adamw", standardize="auto", thresholds="fixed")),
@@ -82,8 +89,11 @@ STEPS = {
     "svm": ("squared hinge (L2-loss SVM) instead of logistic", dict(fbr_positives=None, **BEFORE_GLOBAL)),
     "fbr-positives": ("+ fallback only for labels with < 10 held-out positives", dict(BEFORE_GLOBAL)),
     "global": ("+ fallback to the global threshold instead of above every held-out score", dict(BEFORE_RARE)),
-    "default": ("+ positive weight min(10, n_neg / n_pos) for labels with < 10 training positives: the default", dict()),
-    "macro-0.3": ("the default with --macro-weight 0.3 (fewer rare labels predicted)", dict(macro_weight=0.3)),
+    "rare": ("+ positive weight min(10, n_neg / n_pos) for labels with < 10 training positives", dict(OBSERVED)),
+    "macro-0.3": ("the previous row with --macro-weight 0.3 (fewer rare labels predicted)", dict(macro_weight=0.3, **OBSERVED)),
+    "calibrated-1": ("+ cuts on calibrated counts (per-label Platt scaling shrunk toward a shared one; no fbr fallback)",
+                     dict(macro_weight=1.0)),
+    "default": ("+ macro weight 2 in the cut: the default", dict()),
 }  # fmt: skip
 STEP_KEYS = ("micro_f1", "macro_f1", "P@1", "P@3", "P@5", "hamming_loss", "macro_f1_train_labels")
 
@@ -92,21 +102,32 @@ def steps(args: argparse.Namespace) -> None:
     lines = ["| data | step | micro-F1 | macro-F1 | P@1 | P@3 | P@5 | Hamming | macro-F1 (LibMultiLabel's: training labels) | train s | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     print("\n".join(lines), flush=True)
+    def cells(metrics: dict[str, float]) -> str:
+        return " | ".join(
+            "n/a" if k not in metrics else f"{metrics[k]:.4f}" if k == "hamming_loss" else f"{metrics[k]:.3f}"
+            for k in STEP_KEYS
+        )
+
+    several = len(args.step_seeds) > 1
     for name in args.text:
         train, test = load(name, args.mulan)
         for step in args.steps:
             label, settings = STEPS[step]
-            load_average = os.getloadavg()[0]
-            started = time.perf_counter()
-            model = T.fit(train, T.TrainConfig(**settings), progress=False)
-            seconds = time.perf_counter() - started
-            metrics = T.evaluate(model, test)[0]
-            cells = " | ".join(
-                "n/a" if k not in metrics else f"{metrics[k]:.4f}" if k == "hamming_loss" else f"{metrics[k]:.3f}"
-                for k in STEP_KEYS
-            )
-            lines.append(f"| {name} | {label} | {cells} | {seconds:.1f} | {load_average:.1f} |")
-            print(lines[-1], flush=True)
+            runs, times = [], []
+            for seed in args.step_seeds:
+                load_average = os.getloadavg()[0]
+                started = time.perf_counter()
+                model = T.fit(train, T.TrainConfig(**{"seed": seed, **settings}), progress=False)  # type: ignore[arg-type]
+                times.append(time.perf_counter() - started)
+                runs.append(T.evaluate(model, test)[0])
+                seeded = f"{label} (seed {seed})" if several else label
+                lines.append(f"| {name} | {seeded} | {cells(runs[-1])} | {times[-1]:.1f} | {load_average:.1f} |")
+                print(lines[-1], flush=True)
+            if several:
+                mean = {k: float(np.mean([run[k] for run in runs])) for k in STEP_KEYS if all(k in run for run in runs)}
+                lines.append(f"| {name} | {label} (mean of seeds {', '.join(map(str, args.step_seeds))}) | {cells(mean)} "
+                             f"| {np.mean(times):.1f} | |")  # fmt: skip
+                print(lines[-1], flush=True)
     args.steps_out.parent.mkdir(parents=True, exist_ok=True)
     args.steps_out.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {args.steps_out}")
@@ -120,6 +141,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.md"))
     parser.add_argument("--text", nargs="*", default=[], help="bag-of-words sets for the steps table (medical enron bibtex delicious)")
     parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=list(STEPS))
+    parser.add_argument("--step-seeds", nargs="+", type=int, default=[0], help="the steps' seeds (the folds' seed); several: their mean too")
     parser.add_argument("--steps-out", type=Path, default=Path("benchmarks/results/quality-steps.md"))
     args = parser.parse_args()
     if args.text:

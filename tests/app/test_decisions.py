@@ -1,5 +1,6 @@
 """The bag-of-words default: the truncated-Newton linear model against scikit-learn's LogisticRegression, tf-idf
-against scikit-learn's TfidfTransformer, and the tuned thresholds' safety (the floor, the SCutfbr fallback, and no
+against scikit-learn's TfidfTransformer, the calibration of held-out scores against scipy's optimiser and
+scikit-learn's LogisticRegression, and the tuned thresholds' safety (the floor, the SCutfbr fallback, and no
 threshold option dropping micro-F1 below fixed 0.5 by more than 0.02: issue 17, item 5)."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ pytest.importorskip("torch")
 
 from softmargin.app import data as D
 from softmargin.app import train as T
-from softmargin.app.decisions import cv_thresholds, global_threshold
+from softmargin.app.decisions import calibrate, cv_thresholds, global_threshold
 from softmargin.app.linear import fit_logistic, tfidf_transform, tfidf_weights
 
 MULAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mulan"
@@ -143,11 +144,15 @@ def _micro_f1(model: T.TrainedModel, test: D.Dataset, strategy: str) -> float:
 
 @pytest.mark.parametrize(
     "settings",
-    # the default and SCutfbr's own fallback every day; the other settings in CI (a second each)
-    [{}, {"fallback": "above"}]
+    # the default (calibrated counts), the observed counts and SCutfbr's own fallback every day; the other settings in
+    # CI (a second each)
+    [{}, {"cut_counts": "observed"}, {"cut_counts": "observed", "fallback": "above"}]
     + [pytest.param(settings, marks=pytest.mark.slow) for settings in (
-        {"linear_loss": "logistic"}, {"macro_weight": 0.3}, {"fbr_positives": None},
-        {"fallback": "above", "linear_loss": "logistic"}, {"fbr_positives": None, "linear_loss": "logistic"})],  # fmt: skip
+        {"linear_loss": "logistic"}, {"macro_weight": 0.3}, {"macro_weight": 1.0}, {"calibration_prior": 0.1},
+        {"calibration_prior": 1000.0}, {"cut_counts": "observed", "macro_weight": 0.3},
+        {"cut_counts": "observed", "fbr_positives": None}, {"cut_counts": "observed", "linear_loss": "logistic"},
+        {"cut_counts": "observed", "fallback": "above", "linear_loss": "logistic"},
+        {"cut_counts": "observed", "fbr_positives": None, "linear_loss": "logistic"})],  # fmt: skip
     ids=str,
 )
 def test_threshold_options_are_safe_on_small_generated_data(settings: dict[str, object]) -> None:
@@ -332,3 +337,103 @@ def test_rare_labels_get_a_positive_weight() -> None:
         T.TrainConfig(rare_weight=0.5).check()
     with pytest.raises(ValueError, match="rare_positives=-1"):
         T.TrainConfig(rare_positives=-1).check()
+
+
+def _calibration_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out-like scores: a label with many positives, labels with a handful, one without any."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    Y = np.zeros((n, 4), np.uint8)
+    Y[rng.random(n) < 0.4, 0] = 1
+    Y[rng.choice(n, 5, replace=False), 1] = 1
+    Y[rng.choice(n, 2, replace=False), 2] = 1
+    margins = rng.normal(-1.0, 1.0, (n, 4)) + 2.0 * Y
+    return Y, 1 / (1 + np.exp(-margins))
+
+
+@pytest.mark.parametrize("prior", [0.5, 10.0, 200.0])
+def test_calibrate_matches_an_independent_fit(prior: float) -> None:
+    """The shared Platt scaling against scikit-learn's unpenalised LogisticRegression on the pooled logits; each label's
+    against scipy's L-BFGS on the penalised log-likelihood written out here."""
+    from scipy.optimize import minimize
+    from sklearn.linear_model import LogisticRegression
+
+    Y, S = _calibration_case(0)
+    logits = np.log(S) - np.log1p(-S)
+    pooled = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(logits.reshape(-1, 1), Y.ravel())
+    center = np.array([pooled.coef_[0, 0], pooled.intercept_[0]])
+    expected = np.empty_like(S)
+    for j in range(Y.shape[1]):
+
+        def loss(theta: np.ndarray, j: int = j) -> float:
+            z = theta[0] * logits[:, j] + theta[1]
+            return float(np.sum(np.logaddexp(0, z) - Y[:, j] * z) + prior * np.sum((theta - center) ** 2))
+
+        theta = minimize(loss, center, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-10}).x
+        expected[:, j] = 1 / (1 + np.exp(-(theta[0] * logits[:, j] + theta[1])))
+    np.testing.assert_allclose(calibrate(Y, S, prior=prior), expected, atol=1e-5)
+
+
+def test_calibrate_shrinks_rare_labels_and_keeps_each_ranking() -> None:
+    """A label with 2 held-out positives gets nearly the shared scaling under a strong prior, its own under a weak one;
+    each label's ranking is kept (positive slopes); bad arguments are refused by name."""
+    Y, S = _calibration_case(1)
+    strong, weak = calibrate(Y, S, prior=1e4), calibrate(Y, S, prior=1e-3)
+    shared = calibrate(np.tile(Y.reshape(-1, 1), (1, 1)), S.reshape(-1, 1), prior=1e4)  # one column: the pooled fit
+    np.testing.assert_allclose(strong[:, 2], shared.reshape(S.shape)[:, 2], atol=1e-3)
+    assert np.abs(weak[:, 2] - strong[:, 2]).max() > 0.05
+    for Q in (strong, weak):
+        for j in range(4):
+            order = np.argsort(S[:, j])
+            assert (np.diff(Q[order, j]) >= 0).all()
+    with pytest.raises(ValueError, match="prior=0"):
+        calibrate(Y, S, prior=0)
+    with pytest.raises(ValueError, match="scores: expected"):
+        calibrate(Y, S[:, :3])
+    with pytest.raises(ValueError, match="counts='expected'"):
+        cv_thresholds(Y, S, counts="expected")
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 2.0])
+def test_cv_thresholds_calibrated_cut_maximises_the_expected_objective(weight: float) -> None:
+    """counts='calibrated': each label's cut maximises micro-F1 + weight x macro-F1 of the labels cut so far, the
+    counts being the calibrated probabilities' sums (brute force over every cut, labels in order of frequency); a
+    label without held-out positives gets a threshold above every held-out score."""
+    Y, S = _calibration_case(2)
+    thresholds = cv_thresholds(Y, S, counts="calibrated", macro_weight=weight, floor=1e-9, prior=5.0)
+    Q = calibrate(Y, S, prior=5.0)
+    totals = np.zeros(3)
+    for done, j in enumerate((0, 1, 2), start=1):  # label 3 has no positive
+        candidates = np.r_[np.sort(S[:, j]), np.inf]
+
+        def counts(t: float, j: int = j) -> np.ndarray:
+            cut = S[:, j] >= t
+            return np.array([Q[cut, j].sum(), (1 - Q[cut, j]).sum(), Q[~cut, j].sum()])
+
+        def objective(t: float) -> float:
+            tp, fp, fn = counts(t) + totals
+            own = counts(t)
+            return 2 * tp / (2 * tp + fp + fn) + weight * 2 * own[0] / (2 * own[0] + own[1] + own[2]) / done
+
+        best = max(objective(t) for t in candidates)
+        assert objective(thresholds[j]) == pytest.approx(best), j
+        totals += counts(thresholds[j])
+    assert thresholds[3] > S[:, 3].max()
+
+
+def test_calibrated_counts_refuse_the_fbr_settings() -> None:
+    """The SCutfbr settings belong to the observed counts: given with the calibrated ones they are refused by name,
+    not ignored; an unknown count or a bad prior is refused too."""
+    for settings, name in (({"fbr": 0.2}, "fbr=0.2"), ({"fallback": "above"}, "fallback='above'"),
+                           ({"fbr_positives": None}, "fbr_positives=None")):  # fmt: skip
+        with pytest.raises(ValueError, match=name):
+            T.TrainConfig(**settings).check()  # type: ignore[arg-type]
+        T.TrainConfig(cut_counts="observed", **settings).check()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cut_counts='labels'"):
+        T.TrainConfig(cut_counts="labels").check()
+    with pytest.raises(ValueError, match="calibration_prior=-1"):
+        T.TrainConfig(calibration_prior=-1).check()
+    svm = T.TrainConfig(optimizer="newton")
+    assert T.macro_weight(svm) == 2.0 and T.macro_weight(T.TrainConfig(optimizer="newton", cut_counts="observed")) == 1.0
+    assert T.macro_weight(T.TrainConfig(optimizer="newton", linear_loss="logistic")) == 1.0
+    assert T.macro_weight(T.TrainConfig(optimizer="adamw")) == 1.0 and T.macro_weight(T.TrainConfig(macro_weight=0.5)) == 0.5

@@ -431,5 +431,15 @@ def test_the_command_line_defaults_are_the_configuration_defaults():
     differ = {f.name: (getattr(from_command, f.name), getattr(defaults, f.name)) for f in dataclasses.fields(defaults)
               if getattr(from_command, f.name) != getattr(defaults, f.name)}  # fmt: skip
     assert differ == {}
-    flags = R._config(build_parser().parse_args(["train", "--fallback", "above", "--rare-weight", "1", "--rare-positives", "5"]))
-    assert (flags.fallback, flags.rare_weight, flags.rare_positives) == ("above", 1.0, 5)
+    flags = R._config(build_parser().parse_args(["train", "--cut-counts", "observed", "--fallback", "above", "--rare-weight", "1",
+                                                 "--rare-positives", "5", "--macro-weight", "0.5"]))  # fmt: skip
+    assert (flags.cut_counts, flags.fallback, flags.rare_weight, flags.rare_positives) == ("observed", "above", 1.0, 5)
+    assert flags.macro_weight == 0.5
+    flags = R._config(build_parser().parse_args(["train", "--calibration-prior", "3"]))
+    assert (flags.cut_counts, flags.calibration_prior, flags.macro_weight) == ("calibrated", 3.0, None)
+
+
+def test_fbr_options_without_observed_counts_are_a_one_line_error(capsys):
+    """--fbr / --fallback / --fbr-positives have no meaning with the default calibrated counts: refused, not ignored."""
+    _one_line_error(["train", "--data", "yeast", "--fallback", "above"], capsys, r"fallback='above': the SCutfbr fallback belongs to cut_counts='observed'")
+    _one_line_error(["train", "--data", "yeast", "--fbr", "0.3"], capsys, r"fbr=0\.3: .*--cut-counts observed")

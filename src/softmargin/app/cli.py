@@ -245,19 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--clip", type=float, default=0.0, help="probability margin shifted off the negatives")
     decide = train.add_argument_group("decisions")
     decide.add_argument("--thresholds", choices=["auto", *_STRATEGIES], default="auto",
-                        help="fixed: --threshold; tuned: per label, cut for micro+macro F1 on held-out predictions (SCutfbr fallback "
-                        "below --fbr, never under --min-threshold); top-k: each sample's --k best labels; rcut: each sample's t best, "
+                        help="fixed: --threshold; tuned: per label, cut for micro+macro F1 on held-out predictions (see --cut-counts; "
+                        "never under --min-threshold); top-k: each sample's --k best labels; rcut: each sample's t best, "
                         "t the training label cardinality (MULAN's RCut); auto: tuned for newton on tf-idf features, else fixed")  # fmt: skip
-    decide.add_argument("--fbr", type=float, default=0.1, help="tuned: a label whose held-out F1 is below this is predicted only above every held-out score")
+    decide.add_argument("--cut-counts", choices=["calibrated", "observed"], default="calibrated",
+                        help="tuned: each cut counts the held-out labels' probabilities under a per-label Platt scaling shrunk "
+                        "toward a shared one (calibrated: smooth, safe for labels with few positives), or the held-out labels "
+                        "themselves with the SCutfbr fallback of --fbr, --fbr-positives, --fallback (observed: LibMultiLabel's rule)")  # fmt: skip
+    decide.add_argument("--calibration-prior", type=float, default=10.0,
+                        help="tuned, calibrated: how strongly each label's Platt scaling is shrunk toward the shared one")
+    decide.add_argument("--fbr", type=float, default=0.1, help="tuned, observed: a label whose held-out F1 is below this is predicted only above every held-out score")
     decide.add_argument("--min-threshold", type=float, default=0.05, help="tuned: the lowest per-label threshold")
     decide.add_argument("--fallback", choices=["global", "above"], default="global",
-                        help="tuned: the --fbr fallback predicts a label above the one threshold that maximises the pooled "
+                        help="tuned, observed: the --fbr fallback predicts a label above the one threshold that maximises the pooled "
                         "held-out micro-F1 (global), or only above every held-out score (above: SCutfbr's rule)")  # fmt: skip
     decide.add_argument("--fbr-positives", type=int, default=10,
-                        help="tuned: the --fbr fallback only for labels with fewer held-out positives than this (0: every label)")
-    decide.add_argument("--macro-weight", type=float, default=1.0,
+                        help="tuned, observed: the --fbr fallback only for labels with fewer held-out positives than this (0: every label)")
+    decide.add_argument("--macro-weight", type=float, default=None,
                         help="tuned: each label's cut maximises held-out micro-F1 + this x macro-F1 (higher: more rare labels "
-                        "predicted, higher macro-F1 and Hamming loss); default 1 (LibMultiLabel's rule); 0.3 trades macro- for Hamming loss")  # fmt: skip
+                        "predicted, higher macro-F1 and Hamming loss); default 2 with --cut-counts calibrated, 1 with observed "
+                        "(LibMultiLabel's rule); lower trades macro-F1 for Hamming loss")  # fmt: skip
     decide.add_argument("--threshold", type=float, default=0.5, help="the probability threshold of --thresholds fixed")
     decide.add_argument("--k", type=int, default=1, help="labels per sample for --thresholds top-k")
     decide.add_argument("--at-least-one", choices=["auto", "yes", "no"], default="auto",

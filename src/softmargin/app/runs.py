@@ -67,7 +67,8 @@ def _config(args: argparse.Namespace) -> T.TrainConfig:
         ensemble=args.ensemble, head=args.head, seed=args.seed, threads=args.threads, device=args.device,
         folds=args.folds, fbr=args.fbr, min_threshold=args.min_threshold, macro_weight=args.macro_weight,
         linear_loss=args.linear_loss, fbr_positives=args.fbr_positives or None, fallback=args.fallback,
-        rare_weight=args.rare_weight, rare_positives=args.rare_positives,
+        rare_weight=args.rare_weight, rare_positives=args.rare_positives, cut_counts=args.cut_counts,
+        calibration_prior=args.calibration_prior,
     ).check()  # fmt: skip
 
 
