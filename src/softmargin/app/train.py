@@ -1272,6 +1272,8 @@ def load_model(run: Path) -> TrainedModel:
             fields = {f.name for f in dataclasses.fields(TrainConfig)}
             raw = _read_json(run / "config.json").get("train", {})
             settings: dict[str, Any] = {k: (tuple(v) if k == "hidden" else v) for k, v in raw.items() if k in fields}
+            if raw and "cut_counts" not in raw:  # saved before the calibrated counts: its cuts counted the labels
+                settings.update(cut_counts="observed", macro_weight=raw.get("macro_weight", MACRO_WEIGHT))
             config = TrainConfig(**settings)
         counts = meta.get("label_counts")
         tuned = meta.get("tuned_thresholds")
