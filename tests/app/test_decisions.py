@@ -412,6 +412,11 @@ def test_calibrate_shrinks_rare_labels_and_keeps_each_ranking() -> None:
         calibrate(Y, S, prior=0)
     with pytest.raises(ValueError, match="scores: expected"):
         calibrate(Y, S[:, :3])
+    for bad in (np.nan, 1.5, -0.1):
+        broken = S.copy()
+        broken[3, 1] = bad
+        with pytest.raises(ValueError, match=r"scores: expected probabilities in \[0, 1\], got 1 outside"):
+            calibrate(Y, broken)
     with pytest.raises(ValueError, match="counts='expected'"):
         cv_thresholds(Y, S, counts="expected")
 

@@ -263,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tuned, observed: the --fbr fallback only for labels with fewer held-out positives than this (0: every label)")
     decide.add_argument("--macro-weight", type=float, default=None,
                         help="tuned: each label's cut maximises held-out micro-F1 + this x macro-F1 (higher: more rare labels "
-                        "predicted, higher macro-F1 and Hamming loss); default 2 with --cut-counts calibrated, 1 with observed "
-                        "(LibMultiLabel's rule); lower trades macro-F1 for Hamming loss")  # fmt: skip
+                        "predicted, higher macro-F1 and Hamming loss); default 2 for the linear model's squared hinge with --cut-counts "
+                        "calibrated, else 1 (LibMultiLabel's rule); lower trades macro-F1 for Hamming loss")  # fmt: skip
     decide.add_argument("--threshold", type=float, default=0.5, help="the probability threshold of --thresholds fixed")
     decide.add_argument("--k", type=int, default=1, help="labels per sample for --thresholds top-k")
     decide.add_argument("--at-least-one", choices=["auto", "yes", "no"], default="auto",

@@ -96,8 +96,9 @@ def calibrate(Y: Any, scores: np.ndarray, *, prior: float = 10.0) -> np.ndarray:
     """Calibrated probabilities of held-out ``scores`` (N, L): per-label Platt scaling shrunk toward a shared one.
 
     One Platt scaling sigmoid(a logit(s) + b) is fitted on every label's held-out scores together, then one per
-    label, shrunk toward the shared one with strength ``prior``: a label with three held-out positives gets essentially the shared calibration, one with hundreds its
-    own. Monotone per label (for a positive slope), so the ranking within a label is kept.
+    label, shrunk toward the shared one with strength ``prior``: a label with three held-out positives gets
+    essentially the shared calibration, one with hundreds its own. Monotone per label (for a positive slope), so the
+    ranking within a label is kept.
 
     Args:
         Y: 0/1 labels (N, L), dense or scipy.sparse.
@@ -106,6 +107,9 @@ def calibrate(Y: Any, scores: np.ndarray, *, prior: float = 10.0) -> np.ndarray:
 
     Returns:
         (N, L) probabilities.
+
+    Raises:
+        ValueError: ``prior`` not positive and finite, ``scores`` not of ``Y``'s 2-D shape, or not all in [0, 1].
 
     Example:
         >>> Y = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
@@ -119,6 +123,9 @@ def calibrate(Y: Any, scores: np.ndarray, *, prior: float = 10.0) -> np.ndarray:
     scores = np.asarray(scores, np.float64)
     if Yd.shape != scores.shape or Yd.ndim != 2:
         raise ValueError(f"scores: expected the labels' shape {Yd.shape}, got {scores.shape}")
+    if not ((scores >= 0) & (scores <= 1)).all():  # NaN fails both
+        bad = scores[~((scores >= 0) & (scores <= 1))]
+        raise ValueError(f"scores: expected probabilities in [0, 1], got {bad.size} outside (first: {bad[0]!r})")
     margins = _logit(scores)
     # the shared scaling: (almost) unpenalised, as every label's held-out scores determine it well; on large data from
     # every k-th row, at most SHARED_CELLS scores (delicious: 1,846 of 12,920 rows; 7 s -> 1 s)
