@@ -197,8 +197,9 @@ class TrainConfig:
         if not (isinstance(self.calibration_prior, (int, float)) and math.isfinite(self.calibration_prior) and self.calibration_prior > 0):
             raise ValueError(f"calibration_prior={self.calibration_prior!r}: expected a positive finite shrinkage strength")
         if self.cut_counts == "calibrated":
-            fbr_set = {"fbr": (self.fbr, 0.1), "fbr_positives": (self.fbr_positives, 10), "fallback": (self.fallback, "global")}
-            changed = [f"{name}={value!r}" for name, (value, default) in fbr_set.items() if value != default]
+            defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+            changed = [f"{name}={getattr(self, name)!r}" for name in ("fbr", "fbr_positives", "fallback")
+                       if getattr(self, name) != defaults[name]]  # fmt: skip
             if changed:
                 raise ValueError(f"{', '.join(changed)}: the SCutfbr fallback belongs to cut_counts='observed'; the "
                                  "calibrated counts (the default) have none; set cut_counts='observed' (--cut-counts observed)")  # fmt: skip
