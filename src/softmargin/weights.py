@@ -3,11 +3,14 @@
 Both functions take a label matrix of shape (N, C) with values in [0, 1] (soft labels count fractionally) as a NumPy
 array, a torch tensor or a scipy.sparse matrix, and never densify a sparse one. They return a NumPy float64 array of
 shape (C,), or a float32 torch tensor on the labels' device when given a tensor. A label with no positive example
-gets a warning and the weight of a label with exactly one (the largest finite weight): never inf or NaN.
+gets a warning and the weight of a label with exactly one (the largest finite weight): never inf or NaN. Labels
+outside [0, 1] (a {-1, +1} matrix, counts, NaN) and a matrix without rows (nothing to count) are refused with a
+ValueError naming ``targets``, whatever the input family.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
@@ -20,14 +23,33 @@ Method = Literal["inverse", "sqrt_inverse", "effective_number"]
 METHODS = ("inverse", "sqrt_inverse", "effective_number")
 
 
+def _check_labels(name: str, shape: tuple[int, ...], low: float, high: float) -> None:
+    """Refuse a label matrix without rows, or whose values (smallest ``low``, largest ``high``; NaN if any is) leave
+    [0, 1]: the counts would be meaningless (a {-1, +1} matrix counts its negatives as -1 positives) or the weights
+    NaN."""
+    if shape[0] == 0:
+        raise ValueError(f"{name}.shape == {shape}: expected at least one sample (row) to count the labels of")
+    expected = "expected labels in [0, 1] (0/1, booleans or soft labels)"
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError(f"{name} holds NaN: {expected}")
+    if not (0 <= low and high <= 1):
+        raise ValueError(f"{name} has values from {low:g} to {high:g}: {expected}")
+
+
 def _counts(targets: Any, name: str = "targets") -> tuple[NDArray[np.float64], int, Any]:
-    """(positives per class, number of samples, a function returning a result in the input's array family)."""
+    """(positives per class, number of samples, a function returning a result in the input's array family), after
+    :func:`_check_labels`."""
     if type(targets).__module__.split(".")[0] == "torch":
         device = targets.device
         array = targets.detach()
         if array.dim() != 2:
             raise ValueError(f"{name}.shape == {tuple(array.shape)}: expected a 2-D label matrix (N, C)")
-        n_pos = array.double().sum(0).cpu().numpy()
+        if array.dtype.is_complex:
+            raise TypeError(f"{name} has dtype {array.dtype}: expected numbers or booleans")
+        values = array.double()
+        low, high = (float(v) for v in values.aminmax()) if values.numel() else (0.0, 0.0)
+        _check_labels(name, tuple(array.shape), low, high)
+        n_pos = values.sum(0).cpu().numpy()
 
         def wrap(result: NDArray[np.float64]) -> Any:
             import torch
@@ -38,12 +60,21 @@ def _counts(targets: Any, name: str = "targets") -> tuple[NDArray[np.float64], i
     if hasattr(targets, "tocsr") and hasattr(targets, "nnz"):  # scipy.sparse: column sums without densifying
         if len(targets.shape) != 2:
             raise ValueError(f"{name}.shape == {targets.shape}: expected a 2-D label matrix (N, C)")
+        stored = np.asarray(targets.tocsr().data)  # the explicit values; the implicit ones are 0
+        if stored.dtype.kind not in "biuf":
+            raise TypeError(f"{name} has dtype {stored.dtype}: expected numbers or booleans")
+        low, high = (float(stored.min()), float(stored.max())) if stored.size else (0.0, 0.0)
+        if stored.size < targets.shape[0] * targets.shape[1] and not math.isnan(low):
+            low = min(low, 0.0)  # the implicit zeros
+        _check_labels(name, tuple(targets.shape), low, high)
         return np.asarray(targets.sum(axis=0), dtype=np.float64).ravel(), int(targets.shape[0]), lambda r: r
     array = np.asarray(targets)
     if array.ndim != 2:
         raise ValueError(f"{name}.shape == {array.shape}: expected a 2-D label matrix (N, C)")
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{name} has dtype {array.dtype}: expected numbers or booleans")
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    _check_labels(name, array.shape, low, high)
     return array.sum(axis=0, dtype=np.float64), int(array.shape[0]), lambda r: r
 
 

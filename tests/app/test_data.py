@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +177,13 @@ def test_non_finite_sparse_arff_csv_and_libsvm_values_are_rejected(tmp_path):
         ("2 5 2\n0 0:1\n1 7:1\n", r"x\.txt:3: feature index 7: expected 0 <= index < 5 as the header"),
         ("2 5 2\n0 0:1\n2 1:1\n", r"x\.txt:3: label 2: expected 0 <= index < 2 as the header"),
         ("0 0:1\n1 999999999:1\n", r"x\.txt:2: feature index 999999999: .*'N F L' header line"),
+        ("1 0:1\n0 0:1 0:2\n", r"x\.txt:2: feature index 0 is given twice: expected each index once"),
+        ("1 3:1 0:1 3:1\n", r"x\.txt:1: feature index 3 is given twice"),
+        ("1 0:1\n0,0 1:1\n", r"x\.txt:2: label 0 is listed twice: expected each label once"),
+        ("2,1,2 0:1\n", r"x\.txt:1: label 2 is listed twice"),
     ],
 )
-def test_libsvm_indices_outside_their_range_are_errors(tmp_path, text, message):
+def test_libsvm_indices_outside_their_range_or_given_twice_are_errors(tmp_path, text, message):
     (tmp_path / "x.txt").write_text(text)
     with pytest.raises(D.DataError, match=message):
         D.load_libsvm(tmp_path / "x.txt")
@@ -238,3 +243,107 @@ def test_many_libsvm_labels_stay_sparse(tmp_path, monkeypatch):
     d = D.load_libsvm(tmp_path / "x.txt")
     assert d.sparse_labels and d.Y.shape == (2, 100_000) and d.Y.nnz == 3
     assert d.label_counts()[99_999] == 1 and d.label_counts().sum() == 3
+
+
+# --- values float32 cannot hold, byte-order marks, other encodings, indices given twice -----------------------------
+
+WIDE_ARFF = "@relation t\n@attribute f0 numeric\n@attribute f1 numeric\n@attribute f2 numeric\n@attribute f3 numeric\n@data\n"
+
+
+def test_values_beyond_float32_are_rejected_in_every_format(tmp_path):
+    beyond = r"is 1e\+39, beyond float32's range: expected a magnitude of at most 3\.4028235e\+38"
+    (tmp_path / "d.arff").write_text(WIDE_ARFF + "0.5,0,0,0\n1e39,0,0,0\n")
+    with pytest.raises(D.DataError, match=rf"d\.arff:8: feature 'f0' {beyond}"):
+        D.load_arff(tmp_path / "d.arff", labels=["f3"])
+    (tmp_path / "s.arff").write_text(WIDE_ARFF + "{0 0.5}\n{1 -1e39,3 1}\n")
+    with pytest.raises(D.DataError, match=r"s\.arff:8: feature 'f1' is -1e\+39, beyond float32's range"):
+        D.load_arff(tmp_path / "s.arff", labels=["f3"])
+    (tmp_path / "t.csv").write_text("f0,y\n0.5,0\n1e39,1\n")
+    with pytest.raises(D.DataError, match=rf"t\.csv:3: feature 'f0' {beyond}"):
+        D.load_csv(tmp_path / "t.csv", ["y"])
+    (tmp_path / "x.txt").write_text("0 0:1\n1 2:1e300\n")
+    with pytest.raises(D.DataError, match=r"x\.txt:2: feature 2 is 1e\+300, beyond float32's range"):
+        D.load_libsvm(tmp_path / "x.txt")
+    (tmp_path / "edge.txt").write_text("0 0:3.4028236e38\n")  # just past the value float32 rounds to its max
+    with pytest.raises(D.DataError, match=r"edge\.txt:1: feature 0 is 3\.4028236e\+38, beyond float32's range"):
+        D.load_libsvm(tmp_path / "edge.txt")
+
+
+def test_tiny_values_and_float32s_own_max_still_load(tmp_path):
+    top = float(np.finfo(np.float32).max)
+    (tmp_path / "d.arff").write_text(WIDE_ARFF + "1e-40,1e-50,3.4028235e+38,0\n-3.4028235e38,0,0,1\n")
+    (tmp_path / "t.csv").write_text("f0,f1,f2,y\n1e-40,1e-50,3.4028235e+38,0\n-3.4028235e38,0,0,1\n")
+    (tmp_path / "x.txt").write_text("0 0:1e-40 1:1e-50 2:3.4028235e+38\n1 0:-3.4028235e38\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow in the cast either
+        loaded = [D.load_arff(tmp_path / "d.arff", labels=["f3"]), D.load_csv(tmp_path / "t.csv", ["y"]),
+                  D.load_libsvm(tmp_path / "x.txt")]  # fmt: skip
+    for d in loaded:
+        X = d.X.toarray() if d.sparse else d.X
+        np.testing.assert_array_equal(X[:, :3], np.array([[1e-40, 0, top], [-top, 0, 0]], np.float32))
+        assert np.isfinite(X).all()
+
+
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path):
+    (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbff1,y1\r\n1.5,1\r\n")  # Excel's "CSV UTF-8"
+    d = D.load_csv(tmp_path / "t.csv", ["y1"])
+    assert d.feature_names == ["f1"] and d.X.tolist() == [[1.5]]
+    without_relation = ARFF.split("\n", 1)[1]  # the BOM right before '@attribute'
+    for name, text in (("d.arff", ARFF), ("a.arff", without_relation), ("s.arff", SPARSE_ARFF)):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+        d = D.load_arff(tmp_path / name, labels=["a", "b"])
+        assert d.feature_names[0] == "f1" and d.label_names == ["a", "b"]
+    (tmp_path / "x.txt").write_bytes(b"\xef\xbb\xbf3 5 4\n0,2 0:1.5 3:2\n3 1:1\n 4:0.5\n")  # before the header
+    d = D.load_libsvm(tmp_path / "x.txt")
+    assert d.X.shape == (3, 5) and d.Y.shape == (3, 4)
+    (tmp_path / "y.txt").write_bytes(b"\xef\xbb\xbf0,2 0:1.5\n")  # before the first row
+    np.testing.assert_array_equal(D.load_libsvm(tmp_path / "y.txt").Y, [[1, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"f1,y1\n1,0\ncaf\xe9,1\n", r"l\.csv:3: byte 0xe9 at character 4 is not UTF-8: expected a UTF-8 text file"),
+        (b"f1,caf\xe9\n1,0\n", r"l\.csv:1: byte 0xe9 at character 7 is not UTF-8"),
+        (b"f1,y1\n" + b"1,0\n" * 5000 + b"\xe9t\xe9,1\n", r"l\.csv:5002: byte 0xe9 at character 1 is not UTF-8"),
+        (b"f1,y1\r\n1,0\r\n1,\xff\r\n", r"l\.csv:3: byte 0xff at character 3 is not UTF-8"),
+    ],
+)
+def test_a_csv_that_is_not_utf8_is_a_one_line_error_naming_file_and_line(tmp_path, content, message):
+    (tmp_path / "l.csv").write_bytes(content)
+    with pytest.raises(D.DataError, match=message) as error:
+        D.load_csv(tmp_path / "l.csv", ["y1"])
+    assert "\n" not in str(error.value)
+
+
+def test_libsvm_indices_in_any_order_still_load(tmp_path):
+    (tmp_path / "x.txt").write_text("2,0 3:1 0:2\n")
+    d = D.load_libsvm(tmp_path / "x.txt")
+    np.testing.assert_array_equal(d.X.toarray(), [[2, 0, 0, 1]])
+    np.testing.assert_array_equal(d.Y, [[1, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ("{0 3,0 4,2 1}", r"s\.arff:7: attribute 'f0' \(index 0\) is given twice in the row: expected each index once"),
+        ("{0 1,3 1,3 1}", r"s\.arff:7: attribute 'f3' \(index 3\) is given twice"),  # a label: not 'is 2.0'
+    ],
+)
+def test_sparse_arff_index_given_twice_in_a_row_is_an_error(tmp_path, row, message):
+    (tmp_path / "s.arff").write_text(WIDE_ARFF + row + "\n")
+    with pytest.raises(D.DataError, match=message):
+        D.load_arff(tmp_path / "s.arff", labels=["f3"])
+
+
+def test_a_file_lacking_some_label_columns_says_which(tmp_path):
+    (tmp_path / "u.csv").write_text("f1,l0,f2,l1\n1,0,2,1\n3,1,4,0\n")  # no l2
+    d = D.load(str(tmp_path / "u.csv"), ["l0", "l1", "l2"], features=["f1", "f2"])
+    assert d.Y is None and d.missing_labels == ["l2"]  # unlabeled (predict needs none); evaluate names l2 only
+    assert D.align(d, ["f1", "f2"], ["l0", "l1", "l2"]).missing_labels == ["l2"]
+    assert d.subset(np.arange(1)).missing_labels == ["l2"]
+    (tmp_path / "u.arff").write_text("@relation u\n@attribute f1 numeric\n@attribute l1 {0,1}\n@data\n1,0\n")
+    d = D.load(str(tmp_path / "u.arff"), ["l0", "l1", "l2"], features=["f1"])
+    assert d.Y is None and d.missing_labels == ["l0", "l2"]
+    full = D.load(str(tmp_path / "u.csv"), ["l0", "l1"], features=["f1", "f2"])
+    assert full.Y is not None and full.missing_labels == []

@@ -135,11 +135,41 @@ def test_a_damaged_model_is_refused(trained, tmp_path, capsys):
     _one_line_error(argv[:1] + [str(flipped)] + argv[2:], capsys, r"model\.safetensors: its SHA-256 differs from the one in model\.json")
     for name, text, pattern in [("model.json", "{not json", r"model\.json: not valid JSON"),
                                 ("config.json", "[1, 2", r"config\.json: not valid JSON"),
-                                ("model.json", '{"format": "softmargin-model-2", "sha256": "%s"}', r"do not describe a model")]:  # fmt: skip
+                                ("model.json", '{"format": "softmargin-model-2", "sha256": "%s"}', r"model\.json: label_names is 'NoneType'")]:  # fmt: skip
         damaged = Path(shutil.copytree(run, tmp_path / f"damaged-{name}-{len(text)}"))
         digest = hashlib.sha256((damaged / "model.safetensors").read_bytes()).hexdigest()
         (damaged / name).write_text(text.replace("%s", digest) if "%s" in text else text)
         _one_line_error(argv[:1] + [str(damaged)] + argv[2:], capsys, pattern)
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (lambda m: m["decision"].update(strategy="bogus"), r"decision\.strategy is 'bogus', expected one of fixed, tuned"),
+        (lambda m: m.update(rcut_k=-1), r"rcut_k is -1, expected a positive number"),
+        (lambda m: m.update(feature_names=m["feature_names"][:-1]), r"in_features is 6, expected 5, one per feature name"),
+        (lambda m: m.update(label_names=[m["label_names"][0]] * len(m["label_names"])), r"label_names \(the name 'ya' twice\)"),
+        (lambda m: m.update(thresholds=m["thresholds"][:-1]), r"thresholds is '2 values', expected 3 values"),
+        (lambda m: m.update(thresholds=[0.0] * len(m["thresholds"])), r"thresholds is 'values from 0 to 0', expected thresholds above 0"),
+        (lambda m: m["decision"].update(threshold=7), r"decision: threshold=7: expected a probability"),
+        (lambda m: m.pop("sha256"), r"model\.json: no 'sha256' of model\.safetensors"),
+        (lambda m: m.update(hidden=[3]), r"do not describe a model \(RuntimeError: [^\n]*\); the run folder is damaged"),
+    ],
+)
+def test_an_edited_model_json_is_refused_by_name(trained, tmp_path, capsys, edit, pattern):
+    """model.json edited by hand: refused in one line naming the field, for predict and evaluate alike (before: an
+    unknown strategy predicted nothing, a negative rcut_k predicted most labels, a shortened feature list crashed)."""
+    import shutil
+
+    folder, run = trained
+    edited = Path(shutil.copytree(run, tmp_path / "edited"))
+    meta = json.loads((edited / "model.json").read_text())
+    edit(meta)
+    (edited / "model.json").write_text(json.dumps(meta))
+    for argv in (["evaluate", str(edited), "--data", str(folder / "test.csv")],
+                 ["predict", str(edited), "--data", str(folder / "test.csv"), "--out", str(tmp_path / "p.csv")]):  # fmt: skip
+        _one_line_error(argv, capsys, pattern)
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_model_json_records_the_weights_checksum(trained):
@@ -188,10 +218,10 @@ def test_an_interrupt_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
         (["--test", "x.arff"], r"--data yeast is built in.*--test would be ignored"),
         (["--labels", "a,b"], r"--data yeast is built in.*--labels would be ignored"),
         (["--model", "linear", "--hidden", "64"], r"--hidden sets the MLP's layers: it has no meaning with --model linear"),
-        (["--patience", "0"], r"patience=0: expected a positive integer"),
-        (["--threads", "-1"], r"threads=-1: expected a positive number of threads"),
-        (["--device", "tpu"], r"device='tpu': expected 'auto', 'cpu', 'cuda'"),
-        (["--threshold", "1.5"], r"threshold=1\.5: expected a probability strictly between 0 and 1"),
+        (["--patience", "0"], r"--patience 0: expected a positive integer"),
+        (["--threads", "-1"], r"--threads -1: expected a positive number of threads"),
+        (["--device", "tpu"], r"--device 'tpu': expected 'auto', 'cpu', 'cuda'"),
+        (["--threshold", "1.5"], r"--threshold 1\.5: expected a probability strictly between 0 and 1"),
         (["--cv", "1"], r"--cv 1: expected K >= 2 folds"),
         (["--test-fraction", "1"], r"--test-fraction 1.0: expected a fraction in \[0, 1\)"),
     ],
@@ -259,7 +289,92 @@ def test_predict_reads_unlabeled_arff_and_csv(trained, tmp_path, capsys):
         assert code == 0 and len(out.splitlines()) == 6
         outputs.append(out)
     assert outputs[0] == outputs[1]
-    _one_line_error(["evaluate", str(run), "--data", str(tmp_path / "new.csv")], capsys, r"no label columns")
+    _one_line_error(["evaluate", str(run), "--data", str(tmp_path / "new.csv")], capsys,
+                    r"no label column\(s\) \['ya', 'yb', 'yc'\] to evaluate against")  # fmt: skip
+    _write_csv(tmp_path / "some.csv", _table(5, seed=3)[:, :8], columns=COLUMNS[:8])  # ya and yb, not yc
+    _one_line_error(["evaluate", str(run), "--data", str(tmp_path / "some.csv")], capsys, r"no label column\(s\) \['yc'\] to")
+    (tmp_path / "empty.csv").write_text(",".join(COLUMNS) + "\n")
+    _one_line_error(["evaluate", str(run), "--data", str(tmp_path / "empty.csv")], capsys, r"empty\.csv: no rows to evaluate")
+
+
+def _bag_of_words(path: Path, rows: int = 150, seed: int = 0) -> Path:
+    """A LIBSVM file of counts (4 labels): its default run is the Newton-solved linear model with tuned thresholds."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(rows):
+        labels = [j for j in range(4) if rng.random() < 0.3] or [0]
+        features = sorted(set(rng.integers(0, 40, 8).tolist()))
+        lines.append(",".join(map(str, labels)) + " " + " ".join(f"{f}:{rng.integers(1, 4)}" for f in features))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        (["--threshold", "0.2"], r"--threshold 0\.2: this run would ignore it \(it is the threshold of --thresholds fixed; "
+                                 r"this run: --model linear, --optimizer newton, --thresholds tuned"),
+        (["--k", "3"], r"--k 3: this run would ignore it \(it is the labels per sample of --thresholds top-k"),
+        (["--epochs", "7"], r"--epochs 7: this run would ignore it \(it belongs to --optimizer adamw / lbfgs"),
+        (["--ensemble", "2"], r"--ensemble 2: this run would ignore it"),
+        (["--thresholds", "fixed", "--macro-weight", "1"], r"--macro-weight 1\.0: this run would ignore it \(it sets --thresholds tuned's"),
+        (["--thresholds", "fixed", "--cut-counts", "observed"], r"--cut-counts observed: this run would ignore it"),
+        (["--cut-counts", "observed", "--calibration-prior", "5"], r"--calibration-prior 5\.0: this run would ignore it \(it belongs to --cut-counts calibrated"),
+        (["--model", "linear", "--optimizer", "adamw", "--dropout", "0.9"], r"--dropout 0\.9: this run would ignore it \(it is the MLP's"),
+        (["--optimizer", "adamw", "--folds", "4"], r"--folds 4: this run would ignore it \(it belongs to the Newton solver"),
+        (["--pos-weight-max", "3"], r"--pos-weight-max 3\.0: this run would ignore it \(it caps --pos-weight"),
+        (["--labels", "a,b"], r"--labels: .*bow\.txt is LIBSVM text"),
+        (["--xml", "labels.xml"], r"--xml labels\.xml: it names the labels of a MULAN \.arff file"),
+        (["--cv", "3", "--test-fraction", "0.5"], r"--test-fraction 0\.5 with --cv 3"),
+        (["--calibration-prior", "-1"], r"--calibration-prior -1\.0: expected a positive finite shrinkage strength"),
+        (["--fbr", "0.2"], r"--fbr 0\.2: the SCutfbr fallback belongs to --cut-counts 'observed'; the calibrated counts \(the default\) have none; set --cut-counts 'observed'$"),
+        (["--seed", "-1"], r"--seed -1: expected an integer"),
+        (["--weight-decay", "nan"], r"--weight-decay nan: expected a non-negative finite weight decay"),
+    ],
+)
+def test_train_refuses_an_option_the_run_would_ignore(tmp_path, capsys, extra, pattern):
+    """No option is silently ignored: each one given where the resolved run has no use for it (or a bad value) is a
+    one-line error naming the option as typed; nothing is trained or written."""
+    data = _bag_of_words(tmp_path / "bow.txt")
+    _one_line_error(["train", "--data", str(data), "--out", str(tmp_path / "runs"), "--quiet", *extra], capsys, pattern)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_options_a_run_uses_are_accepted(tmp_path, capsys):
+    """The other side of the refusals above: the same options where the run uses them."""
+    data = _bag_of_words(tmp_path / "bow.txt")
+    for extra in (["--thresholds", "fixed", "--threshold", "0.3"], ["--cut-counts", "observed", "--fbr", "0.2"],
+                  ["--thresholds", "top-k", "--k", "2"], ["--macro-weight", "1", "--calibration-prior", "5"]):  # fmt: skip
+        code, _, err = _run(["train", "--data", str(data), "--out", str(tmp_path / "runs"), "--quiet", *extra], capsys)
+        assert code == 0, (extra, err)
+
+
+def test_train_refuses_an_empty_test_file_before_training(tmp_path, capsys):
+    _write_csv(tmp_path / "train.csv", _table())
+    (tmp_path / "test.csv").write_text(",".join(COLUMNS) + "\n")
+    _one_line_error(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--test", str(tmp_path / "test.csv"),
+                     "--out", str(tmp_path / "runs")] + FAST, capsys, r"--test .*test\.csv: no rows to test on")  # fmt: skip
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_predict_refuses_threshold_and_k_the_decision_would_ignore(trained, tmp_path, capsys):
+    """--threshold belongs to --thresholds fixed and --k to top-k: with another strategy they were ignored."""
+    folder, run = trained
+    base = ["predict", str(run), "--data", str(folder / "test.csv"), "--out", "-"]
+    _one_line_error(base + ["--k", "2"], capsys, r"--k 2: it is the labels per sample of --thresholds top-k, and this model decides with tuned")
+    _one_line_error(base + ["--thresholds", "rcut", "--threshold", "0.2"], capsys, r"--threshold 0\.2: it is the threshold of --thresholds fixed")
+    _one_line_error(base + ["--threshold", "0"], capsys, r"--threshold 0\.0: expected a probability strictly between 0 and 1")
+    code, out, _ = _run(base + ["--thresholds", "top-k", "--k", "2"], capsys)
+    assert code == 0 and all(line.count(",1") + line.count(",0") for line in out.splitlines()[1:])
+    code, low, _ = _run(base + ["--thresholds", "fixed", "--threshold", "0.01"], capsys)
+    code2, high, _ = _run(base + ["--thresholds", "fixed", "--threshold", "0.99"], capsys)
+    assert code == code2 == 0 and low != high
+
+
+def test_hidden_without_a_size_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--hidden", ",,"])
+    assert "--hidden ',,': no layer size" in capsys.readouterr().err
 
 
 def test_predict_matches_load_run_and_top_k(trained, capsys):
@@ -409,7 +524,7 @@ def test_predict_on_headerless_libsvm_that_omits_the_last_feature(tmp_path, caps
         lines.append(f"{labels} " + " ".join(f"{j}:{rng.random():.3f}" for j in sorted(rng.choice(30, 4, replace=False))))
     (tmp_path / "train.txt").write_text("80 30 4\n" + "\n".join(lines) + "\n")
     (tmp_path / "new.txt").write_text("0:1.5 3:0.25\n 7:1\n")  # no header, no labels, never mentions feature 29
-    assert main(["train", "--data", str(tmp_path / "train.txt"), "--out", str(tmp_path / "runs")] + FAST) == 0
+    assert main(["train", "--data", str(tmp_path / "train.txt"), "--out", str(tmp_path / "runs"), "--quiet"]) == 0  # Newton: no epochs
     (run,) = (tmp_path / "runs").iterdir()
     capsys.readouterr()
     code, out, _ = _run(["predict", str(run), "--data", str(tmp_path / "new.txt"), "--out", "-"], capsys)
@@ -441,5 +556,5 @@ def test_the_command_line_defaults_are_the_configuration_defaults():
 
 def test_fbr_options_without_observed_counts_are_a_one_line_error(capsys):
     """--fbr / --fallback / --fbr-positives have no meaning with the default calibrated counts: refused, not ignored."""
-    _one_line_error(["train", "--data", "yeast", "--fallback", "above"], capsys, r"fallback='above': the SCutfbr fallback belongs to cut_counts='observed'")
-    _one_line_error(["train", "--data", "yeast", "--fbr", "0.3"], capsys, r"fbr=0\.3: .*--cut-counts observed")
+    _one_line_error(["train", "--data", "yeast", "--fallback", "above"], capsys, r"--fallback 'above': the SCutfbr fallback belongs to --cut-counts 'observed'")
+    _one_line_error(["train", "--data", "yeast", "--fbr", "0.3"], capsys, r"--fbr 0\.3: .*--cut-counts 'observed'")

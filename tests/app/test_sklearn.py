@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
@@ -67,3 +68,48 @@ def test_linear_lbfgs_is_logistic_regression():
 def test_bad_targets():
     with pytest.raises(ValueError, match="Unknown label type"):
         SoftMarginClassifier(epochs=1).fit(np.zeros((4, 2)), np.array([0.5, 1.5, 2.5, 3.5]))
+
+
+@pytest.mark.parametrize(("transform", "found"), [
+    (lambda Y: 2 * Y - 1, "[-1, 1]"),  # the {-1, +1} coding: sklearn calls it "multilabel-indicator" too
+    (lambda Y: 2 * Y, "[0, 2]"),
+    (lambda Y: 2.0 * Y, "[0.0, 2.0]"),
+    (lambda Y: sp.csr_matrix(2 * Y), "[0, 2]"),
+])  # fmt: skip
+def test_a_label_matrix_must_hold_0_and_1(transform, found):
+    X, Y = make_multilabel_classification(n_samples=30, n_features=4, n_classes=3, random_state=0)
+    with pytest.raises(ValueError) as refused:
+        SoftMarginClassifier(epochs=1).fit(X, transform(Y))
+    assert str(refused.value).startswith(f"y has the values {found}: expected a multi-label indicator matrix")
+    assert "0/1" in str(refused.value)
+
+
+def test_0_1_booleans_and_1d_class_labels_still_fit():
+    X, Y = make_multilabel_classification(n_samples=40, n_features=4, n_classes=3, random_state=0)
+    assert SoftMarginClassifier(epochs=2, random_state=0).fit(X, Y.astype(bool)).predict(X).shape == Y.shape
+    signs = 2 * Y[:, 0] - 1  # 1-D {-1, +1}: binary class labels, predicted as such
+    assert set(SoftMarginClassifier(epochs=2, random_state=0).fit(X, signs).predict(X)) <= {-1, 1}
+    names = np.array(["a", "b", "c"])[Y[:, 0] + Y[:, 1]]
+    assert set(SoftMarginClassifier(epochs=2, random_state=0).fit(X, names).predict(X)) <= {"a", "b", "c"}
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"label_weight": "bogus"}, "label_weight='bogus': expected one of none, inverse, sqrt_inverse, effective_number"),
+    ({"hidden_layer_sizes": (-1,)}, "hidden_layer_sizes=(-1,): expected a tuple of positive layer sizes"),
+    ({"hidden_layer_sizes": (16, 0)}, "hidden_layer_sizes=(16, 0): expected a tuple of positive layer sizes"),
+    ({"hidden_layer_sizes": (1.5,)}, "hidden_layer_sizes=(1.5,): expected a tuple of positive layer sizes"),
+    ({"hidden_layer_sizes": "256"}, "hidden_layer_sizes='256': expected a tuple of positive layer sizes"),
+    ({"hidden_layer_sizes": ()}, "hidden_layer_sizes=(): expected a tuple of positive layer sizes"),
+    ({"random_state": -1}, "random_state=-1: expected None or an integer in [0, 2**32)"),
+])  # fmt: skip
+def test_bad_parameters_are_named_as_the_estimator_names_them(params, message):
+    X, Y = make_multilabel_classification(n_samples=20, n_features=4, n_classes=3, random_state=0)
+    with pytest.raises(ValueError) as refused:
+        SoftMarginClassifier(epochs=1, **params).fit(X, Y)
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_one_int_is_one_hidden_layer_as_in_mlpclassifier():
+    X, Y = make_multilabel_classification(n_samples=20, n_features=4, n_classes=3, random_state=0)
+    clf = SoftMarginClassifier(hidden_layer_sizes=8, epochs=1, random_state=0).fit(X, Y)
+    assert clf.model_.config.hidden == (8,)

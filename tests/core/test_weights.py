@@ -111,3 +111,37 @@ def test_weights_plug_into_the_loss():
     x = torch.randn(5, 3)
     loss = multilabel_soft_margin_loss(x, labels, weight=softmargin.class_weights(labels), pos_weight=softmargin.pos_weight(labels))
     assert torch.isfinite(loss)
+
+
+def _families():
+    """Every input family the functions take, as a function making one from a NumPy array."""
+    families = {"numpy": np.asarray, "sparse": sp.csr_matrix}
+    try:
+        import torch
+
+        families["torch"] = torch.as_tensor
+    except ImportError:
+        pass
+    return families
+
+
+@pytest.mark.parametrize("family", ["numpy", "sparse", "torch"])
+@pytest.mark.parametrize(("labels", "message"), [
+    (np.array([[1, -1], [-1, 1], [1, -1]]), r"targets has values from -1 to 1: expected labels in \[0, 1\]"),  # {-1, +1}
+    (np.array([[2, 0], [0, 1]]), r"targets has values from 0 to 2: expected labels in \[0, 1\]"),  # counts
+    (np.array([[np.nan, 1.0], [0.0, 1.0]]), r"targets holds NaN: expected labels in \[0, 1\]"),
+    (np.array([[np.inf, 1.0], [0.0, 1.0]]), r"targets has values from 0 to inf: expected labels in \[0, 1\]"),
+    (np.zeros((0, 3)), r"targets\.shape == \(0, 3\): expected at least one sample \(row\)"),
+])  # fmt: skip
+@pytest.mark.parametrize("function", [softmargin.class_weights, softmargin.pos_weight])
+def test_labels_outside_0_1_and_an_empty_matrix_are_refused_in_every_family(family, labels, message, function):
+    if family not in _families():
+        pytest.skip(f"{family} is not installed")
+    with pytest.raises(ValueError, match=message):
+        function(_families()[family](labels))
+
+
+def test_soft_labels_in_0_1_are_still_counted_fractionally():
+    soft = np.array([[0.5, 1.0], [0.25, 0.0], [0.25, 1.0]])
+    np.testing.assert_allclose(softmargin.class_weights(soft, normalize=False), 3 / (2 * np.array([1.0, 2.0])))
+    np.testing.assert_allclose(softmargin.pos_weight(soft), [2.0, 0.5])

@@ -39,7 +39,9 @@ import csv
 import functools
 import json
 import math
+import numbers
 import os
+import re
 import subprocess
 import sys
 import time
@@ -50,6 +52,60 @@ from typing import Any
 IMPLEMENTATIONS = ("softmargin", "torch eager", "torch.compile", "BCEWithLogits", "floor")
 DEFAULT_SHAPES = ((4096, 2000), (256, 100_000), (256, 1000), (64, 80), (32, 10))
 DEFAULT_DTYPES = ("float32", "bfloat16")
+BACKENDS = ("torch", "jax", "numpy")
+#: What each backend's benchmark imports (in its measuring processes), and what installs it.
+BACKEND_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "torch": (("torch", "'softmargin[torch]'"),),
+    "jax": (("jax", "'softmargin[jax]'"), ("jaxlib", "'softmargin[jax]'"), ("optax", "optax")),
+    "numpy": (),
+}
+
+
+def check_options(repeat: int = 15, threads: int | None = None, device: str = "cpu", backend: str = "torch") -> None:
+    """Refuse, before anything is measured, the options that would otherwise show only after the whole run, in every
+    row (no timed call to take the median of; a package the backend imports missing) or as a traceback (an unknown
+    device). The messages name ``softmargin bench``'s options."""
+    if isinstance(repeat, bool) or not isinstance(repeat, numbers.Integral) or repeat < 1:
+        raise ValueError(f"--repeat {repeat}: expected at least 1 timed call per configuration")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
+        raise ValueError(f"--threads {threads}: expected at least 1 thread (leave it out for every CPU available)")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"--device {device}: expected cpu, cuda or cuda:N (N: the index of a CUDA device)")
+    import importlib.util
+
+    missing = [(name, source) for name, source in BACKEND_NEEDS[backend] if importlib.util.find_spec(name) is None]
+    if missing:
+        names = " and ".join(name for name, _ in missing)
+        sources = " ".join(dict.fromkeys(source for _, source in missing))
+        raise ImportError(f"--backend {backend} needs {names}, not installed here: pip install {sources}")
+    if device != "cpu" and backend == "torch":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: this machine has no CUDA device torch can use: expected cpu")
+        if int(device.partition(":")[2] or 0) >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device{'s' * (count > 1)}: expected "
+                             f"cuda:0 to cuda:{count - 1}")  # fmt: skip
+
+
+def check_out(out: Path | str | None, force: bool = False) -> None:
+    """Refuse, before the benchmark runs, an output file it would destroy or fail to write only after the run: an
+    existing file unless ``force`` (``--force``), a folder, anything but a regular file, a path under a file."""
+    if out is None or str(out) == "":
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder: expected a CSV file name")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--out {path} is not a regular file: expected a CSV file name")
+    if path.exists() and not force:
+        raise ValueError(f"--out {path} exists: pass --force to overwrite it")
+    above = next((folder for folder in path.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"--out {path}: {above} is a file: expected a folder there")
 
 
 def _rss_bytes() -> int:
@@ -222,15 +278,20 @@ def _in_fresh_process(
 
 
 def write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    """Results to ``out``, through a temporary file moved into place."""
+    """Results to ``out``, through a temporary file beside it moved into place: never half-written, and nothing left
+    behind if writing fails. Overwrites ``out`` (the command refuses that up front without ``--force``:
+    :func:`check_out`), but never a folder."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder: expected a CSV file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    from .files import atomic_open
+
+    with atomic_open(out) as f:
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, out)
 
 
 #: Shapes of at most this many elements are "tiny": more calls, timed interleaved in turns of ``TINY_BLOCK`` calls
@@ -357,6 +418,7 @@ def train_step(
     """The compiled training step with softmargin against the same with torch's loss, each in fresh processes,
     ``rounds`` rounds, the median of each one's rounds (see :func:`measure_group`). Five rounds by default (the
     command's too): with three, two runs of the same command gave 1.26x and 1.70x."""
+    check_options(repeat, threads, device)
     threads = threads or len(os.sched_getaffinity(0))
     results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in TRAIN_STEP_IMPLS}
     for _ in range(rounds):
@@ -387,6 +449,7 @@ OPTION_CASES: dict[str, dict[str, str | float]] = {
 
 def option_costs(shape: Sequence[int] = (4096, 2000), repeat: int = 11) -> list[dict[str, Any]]:
     """Forward+backward time of each loss option, in this process (time only), against the plain loss."""
+    check_options(repeat)
     import torch
 
     from ..torch import multilabel_soft_margin_loss
@@ -468,8 +531,11 @@ def measure_extreme_one(impl: str, num_labels: int, what: str, rows: int = 256, 
 
 
 def extreme(labels: Sequence[int] = EXTREME_LABELS, repeat: int = 3, threads: int | None = None,
-            out: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """The fused head against the plain path at N=256, hidden 256; the plain path only where it fits in memory."""
+            out: Path | None = None, progress: bool = True, force: bool = False) -> list[dict[str, Any]]:
+    """The fused head against the plain path at N=256, hidden 256; the plain path only where it fits in memory.
+    ``out`` is refused up front if it exists, unless ``force`` (:func:`check_out`)."""
+    check_options(repeat, threads)
+    check_out(out, force)
     threads = threads or len(os.sched_getaffinity(0))
     total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     rows = []
@@ -552,13 +618,15 @@ def run(
     out: Path | None = None,
     progress: bool = True,
     device: str = "cpu",
+    force: bool = False,
 ) -> list[dict[str, Any]]:
+    """Every (shape, dtype), every implementation (:func:`measure_group`); the rows, also written to ``out`` as CSV.
+    The options and ``out`` are checked before anything is measured (:func:`check_options`, :func:`check_out`: an
+    existing ``out`` is refused unless ``force``)."""
+    check_options(repeat, threads, device)
+    check_out(out, force)
     threads = threads or len(os.sched_getaffinity(0))
     if device != "cpu":
-        import torch
-
-        if not torch.device(device).type == "cuda" or not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}: expected 'cpu' or a CUDA device, and this machine has no CUDA device")
         if "softmargin" in impls:
             impls = [*impls[: impls.index("softmargin") + 1], "softmargin validate=False", *impls[impls.index("softmargin") + 1 :]]
     configs = [(shape, dtype) for shape in shapes for dtype in dtypes]

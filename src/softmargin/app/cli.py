@@ -49,9 +49,14 @@ def _bench_run(args: argparse.Namespace) -> int:
         import time
 
         args.out = str(Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S") / "bench-cpu.csv")
+    # the options and every file this run will write, checked before anything is measured (some runs take hours)
+    bench.check_options(args.repeat, args.threads, args.device, args.backend)
+    for path in _bench_outputs(args):
+        bench.check_out(path, args.force)
 
     if args.extreme:
-        rows = bench.extreme(threads=args.threads, out=Path(args.out.replace("bench-cpu", "bench-extreme")) if args.out else None)
+        extreme_out = Path(args.out.replace("bench-cpu", "bench-extreme")) if args.out else None
+        rows = bench.extreme(threads=args.threads, out=extreme_out, force=args.force)
         print("Linear head + loss, N=256, hidden 256, 5 positives per sample; forward+backward per training step:")
         print(bench.extreme_report(rows))
         return 0
@@ -91,6 +96,7 @@ def _bench_run(args: argparse.Namespace) -> int:
         threads=args.threads,
         out=Path(out) if out else None,
         device=args.device,
+        force=args.force,
     )
     print(bench.report(rows))
     if args.out:
@@ -99,6 +105,25 @@ def _bench_run(args: argparse.Namespace) -> int:
         print()
         _train_step_report(args, bench.TRAIN_STEP_SHAPE)
     return 0
+
+
+def _bench_outputs(args: argparse.Namespace) -> list[str]:
+    """The CSV files :func:`_bench_run` writes with these options, in its order of cases (none for ``--out ''``)."""
+    from pathlib import Path
+
+    if not args.out:
+        return []
+    if args.extreme:
+        return [args.out.replace("bench-cpu", "bench-extreme")]
+    step = str(Path(args.out).with_name("bench-train-step.csv"))
+    if args.train_step:
+        return [step]
+    if args.options:  # a table only
+        return []
+    if args.backend != "torch":
+        return [args.out.replace("bench-cpu", f"bench-{args.backend}")]
+    out = args.out.replace("bench-cpu", "bench-cuda") if args.device != "cpu" else args.out
+    return [out] if args.no_compile or args.shapes else [out, step]  # the default run ends with the training step
 
 
 def _train_step_report(args: argparse.Namespace, shape: tuple[int, int]) -> None:
@@ -128,6 +153,8 @@ def _hidden(text: str) -> tuple[int, ...]:
         sizes = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"--hidden {text!r}: expected comma-separated layer sizes, e.g. 512 or 512,256") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"--hidden {text!r}: no layer size; expected e.g. 512 or 512,256")
     if any(v < 1 for v in sizes):
         raise argparse.ArgumentTypeError(f"--hidden {text!r}: layer sizes must be positive")
     return sizes
@@ -310,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "loss, at the first --shapes (default 4096x2000; the default run ends with it)")
     bench.add_argument("--out", default=None,
                        help="CSV file for the results ('' for none; default: runs/bench-<date>-<time>/bench-cpu.csv)")
+    bench.add_argument("--force", action="store_true", help="overwrite --out (and the bench-train-step.csv beside it) if it exists")
     bench.set_defaults(func=_bench)
     return parser
 

@@ -4,7 +4,8 @@ and CSV with named label columns.
 Every loader returns a :class:`Dataset`: features ``X`` (a dense float32 array, or a scipy.sparse CSR matrix when the
 file is sparse: sparse stays sparse), labels ``Y`` (uint8, shape (N, L): dense, or a CSR matrix for large label sets:
 the positives only, never N x L) and the names of both. A malformed file raises :class:`DataError` naming the file,
-the line and what was expected there; so does a missing, NaN or infinite feature value, and a label other than 0/1.
+the line and what was expected there; so does a missing, NaN or infinite feature value, one beyond float32's range,
+an index given twice in a row, and a label other than 0/1. Text is UTF-8 (a byte-order mark is skipped).
 
 Columns are identified by name: :func:`align` reorders a later file's features and labels to a model's, and says
 which are missing or extra. (LIBSVM columns are named by their index, so a file that never mentions the last
@@ -37,6 +38,10 @@ class DataError(ValueError):
 SPARSE_LABELS_FROM = 1 << 26
 #: Without an ``N F L`` header, a LIBSVM feature or label index at or above this is taken for a broken file.
 MAX_INDEX_WITHOUT_HEADER = 1 << 24
+#: The largest float32. A feature value from float32's max plus half its last step on (2**128 - 2**103) would become
+#: inf in the float32 features, so it is refused; one in between rounds to the max (``3.4028235e+38`` reads back).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 
 
 @dataclass
@@ -50,6 +55,8 @@ class Dataset:
     name: str = ""
     path: str | None = None  # the file it was read from (None: built in)
     positional: bool = False  # columns named by their index (LIBSVM): a later file may omit the last ones
+    # label columns asked for that the file lacks (it was then read as unlabeled, for predict): what evaluate reports
+    missing_labels: list[str] = field(default_factory=list)
 
     @property
     def sparse(self) -> bool:
@@ -68,7 +75,10 @@ class Dataset:
 
     def subset(self, index: np.ndarray) -> Dataset:
         Y = None if self.Y is None else self.Y[index]
-        return Dataset(self.X[index], Y, self.feature_names, self.label_names, self.name, self.path, self.positional)
+        return Dataset(
+            self.X[index], Y, self.feature_names, self.label_names, self.name, self.path, self.positional,
+            self.missing_labels,
+        )  # fmt: skip
 
     def label_counts(self) -> np.ndarray:
         """Positives per label, (L,) int64."""
@@ -93,22 +103,60 @@ def _check_unique(names: Sequence[str], what: str) -> None:
         seen.add(name)
 
 
+def _in_float32(values: np.ndarray) -> np.ndarray:
+    """Where ``values`` (float64) stay finite as float32: False for missing, NaN, infinite and too large values."""
+    return np.abs(values) < _FLOAT32_OVERFLOW  # NaN compares False
+
+
+def _beyond_float32(value: float) -> str:
+    return f"{value}, beyond float32's range: expected a magnitude of at most {FLOAT32_MAX:.8g} (rescale the feature)"
+
+
 def _check_finite(path: Path, X: Any, lines: Sequence[int], names: Sequence[str]) -> None:
-    """A missing (``?``), NaN or infinite feature value is an error naming the file, the line and the column."""
+    """A missing (``?``), NaN or infinite feature value, or one that float32 cannot hold (it would become inf), is an
+    error naming the file, the line and the column. ``X``: float64, checked before the cast to float32."""
     values = X.data if sp.issparse(X) else X
-    if np.isfinite(values).all():
+    if _in_float32(values).all():
         return
     if sp.issparse(X):
         coo = X.tocoo()
-        bad = np.flatnonzero(~np.isfinite(coo.data))
+        bad = np.flatnonzero(~_in_float32(coo.data))
         order = np.lexsort((coo.col[bad], coo.row[bad]))[0]
         row, col = int(coo.row[bad][order]), int(coo.col[bad][order])
     else:
-        row, col = (int(v) for v in np.argwhere(~np.isfinite(X))[0])
+        row, col = (int(v) for v in np.argwhere(~_in_float32(X))[0])
+    value = X[row, col]
+    if np.isfinite(value):
+        raise DataError(f"{path}:{lines[row]}: feature {names[col]!r} is {_beyond_float32(value)}")
     raise DataError(
-        f"{path}:{lines[row]}: feature {names[col]!r} is {X[row, col]}: expected a finite number (no missing, NaN or "
+        f"{path}:{lines[row]}: feature {names[col]!r} is {value}: expected a finite number (no missing, NaN or "
         "infinite values; impute or drop them first)"
     )
+
+
+def _repeated(items: Sequence[int]) -> int:
+    """The first item that comes twice in ``items`` (called once a set of them came out shorter)."""
+    seen: set[int] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    raise ValueError("no item comes twice")  # pragma: no cover - only called when one does
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The error for a file that is not UTF-8, naming the line and the first byte that is not."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = re.split(rb"\r\n|\r|\n", raw[: exc.start])
+        where = len(before[-1].decode("utf-8")) + 1
+        return DataError(
+            f"{path}:{len(before)}: byte {raw[exc.start]:#04x} at character {where} is not UTF-8: expected a UTF-8 text "
+            "file (save it as 'CSV UTF-8', or convert it, e.g. iconv -f latin1 -t utf-8)"
+        )
+    return DataError(f"{path}: expected a UTF-8 text file")  # pragma: no cover - called on a decoding error
 
 
 def _check_binary(path: Path, Y: np.ndarray, lines: Sequence[int], names: Sequence[str]) -> None:
@@ -190,7 +238,7 @@ def _read_arff(path: Path) -> tuple[list[str], Any, list[int]]:
     dense_rows: list[list[float]] = []
     lines: list[int] = []
     sparse = None
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         in_data = False
         for number, raw in enumerate(f, 1):
             line = raw.strip()
@@ -217,6 +265,7 @@ def _read_arff(path: Path) -> tuple[list[str], Any, list[int]]:
                 sparse = is_sparse
             elif sparse != is_sparse:
                 raise DataError(f"{path}:{number}: a {'sparse' if is_sparse else 'dense'} row in a {'sparse' if sparse else 'dense'} file")
+            first = len(cols)
             try:
                 if is_sparse:
                     body = line[1:line.rindex("}")].strip()
@@ -236,6 +285,12 @@ def _read_arff(path: Path) -> tuple[list[str], Any, list[int]]:
             except ValueError as exc:
                 expected = "'{index value, ...}'" if is_sparse else f"{len(names)} comma-separated numbers"
                 raise DataError(f"{path}:{number}: expected {expected} ({exc}); got {line[:80]!r}") from None
+            if is_sparse and len(set(cols[first:])) != len(cols) - first:
+                twice = _repeated(cols[first:])
+                raise DataError(
+                    f"{path}:{number}: attribute {names[twice]!r} (index {twice}) is given twice in the row: expected "
+                    "each index once (values are not summed)"
+                )
             lines.append(number)
     if not names:
         raise DataError(f"{path}: no @attribute lines: not an ARFF file")
@@ -262,9 +317,11 @@ def _dataset(
     that order, and labels only if all of ``labels`` are present (else unlabeled data)."""
     if labels is not None:
         _check_unique(labels, "--labels")
+    missing_labels: list[str] = []
     if features is not None:
         feature_index = _columns(path, names, features, "feature column(s)")
         if labels is not None and not all(label in names for label in labels):
+            missing_labels = [label for label in labels if label not in names]
             labels = None  # unlabeled data, for predict
     if labels is not None:
         label_index = _columns(path, names, labels, "label column(s)")
@@ -276,8 +333,8 @@ def _dataset(
         taken = set(label_index)
         feature_index = [i for i in range(len(names)) if i not in taken]
     X = matrix[:, feature_index]
+    _check_finite(path, X, lines, [names[i] for i in feature_index])  # before the cast, which would make inf
     X = X.tocsr().astype(np.float32) if sp.issparse(X) else X.astype(np.float32)
-    _check_finite(path, matrix[:, feature_index], lines, [names[i] for i in feature_index])
     Y = None
     if labels is not None:
         Y = matrix[:, label_index]
@@ -285,7 +342,8 @@ def _dataset(
         _check_binary(path, Y, lines, [names[i] for i in label_index])
         Y = Y.astype(np.uint8)
     label_names = [names[i] for i in label_index]
-    return Dataset(X, Y, [names[i] for i in feature_index], label_names, path.stem, str(path))
+    feature_names = [names[i] for i in feature_index]
+    return Dataset(X, Y, feature_names, label_names, path.stem, str(path), missing_labels=missing_labels)
 
 
 def load_arff(
@@ -335,7 +393,7 @@ def load_libsvm(path: str | Path) -> Dataset:
     values: list[float] = []
     label_ids: list[int] = []
     lines: list[int] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for number, raw in enumerate(f, 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
@@ -358,14 +416,25 @@ def load_libsvm(path: str | Path) -> Dataset:
             for label in row_labels:
                 if not 0 <= label < num_labels:
                     raise DataError(f"{path}:{number}: label {label}: {_range_hint(num_labels, header, 'L')}")
+            if len(set(row_labels)) != len(row_labels):
+                twice = _repeated(row_labels)
+                raise DataError(f"{path}:{number}: label {twice} is listed twice: expected each label once")
             for index, value in row_features:
                 if not 0 <= index < num_features:
                     raise DataError(f"{path}:{number}: feature index {index}: {_range_hint(num_features, header, 'F')}")
                 if not math.isfinite(value):
                     raise DataError(f"{path}:{number}: feature {index} is {value}: expected a finite number")
-            label_ids.extend(sorted(set(row_labels)))
+                if abs(value) >= _FLOAT32_OVERFLOW:
+                    raise DataError(f"{path}:{number}: feature {index} is {_beyond_float32(value)}")
+            row_indices = [i for i, _ in row_features]
+            if len(set(row_indices)) != len(row_indices):
+                raise DataError(
+                    f"{path}:{number}: feature index {_repeated(row_indices)} is given twice: expected each index once "
+                    "(values are not summed)"
+                )
+            label_ids.extend(sorted(row_labels))
             label_ptr.append(len(label_ids))
-            indices.extend(i for i, _ in row_features)
+            indices.extend(row_indices)
             values.extend(v for _, v in row_features)
             indptr.append(len(indices))
             lines.append(number)
@@ -374,7 +443,7 @@ def load_libsvm(path: str | Path) -> Dataset:
     width = header[1] if header else (max(indices) + 1 if indices else 0)
     height = header[2] if header else (max(label_ids) + 1 if label_ids else 0)
     X = sp.csr_matrix((np.asarray(values, np.float32), indices, indptr), shape=(len(lines), width))
-    X.sum_duplicates()
+    X.sort_indices()
     Y: Any = sp.csr_matrix(
         (np.ones(len(label_ids), np.uint8), np.asarray(label_ids, np.int64), np.asarray(label_ptr, np.int64)),
         shape=(len(lines), height),
@@ -399,26 +468,29 @@ def load_csv(path: str | Path, labels: Sequence[str] | None, features: Sequence[
     path = Path(path)
     if not labels and features is None:
         raise DataError(f"{path}: a CSV file needs --labels naming its label columns")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}:1: expected a header row, the file is empty") from None
-        header = [h.strip() for h in header]
-        _check_unique(header, f"{path}:1: the header")
-        rows, lines = [], []
-        for row in reader:
-            number = reader.line_num
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{number}: expected {len(header)} fields as in the header, got {len(row)}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: skips Excel's byte-order mark
+            reader = csv.reader(f)
             try:
-                rows.append([_number(v) for v in row])
-            except ValueError as exc:
-                raise DataError(f"{path}:{number}: expected numbers ({exc})") from None
-            lines.append(number)
+                header = next(reader)
+            except StopIteration:
+                raise DataError(f"{path}:1: expected a header row, the file is empty") from None
+            header = [h.strip() for h in header]
+            _check_unique(header, f"{path}:1: the header")
+            rows, lines = [], []
+            for row in reader:
+                number = reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}:{number}: expected {len(header)} fields as in the header, got {len(row)}")
+                try:
+                    rows.append([_number(v) for v in row])
+                except ValueError as exc:
+                    raise DataError(f"{path}:{number}: expected numbers ({exc})") from None
+                lines.append(number)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     matrix = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(header))
     return _dataset(path, header, matrix, lines, list(labels) if labels else None, features, keep_label_order=True)
 
@@ -480,7 +552,10 @@ def align(data: Dataset, feature_names: Sequence[str], label_names: Sequence[str
     X = X[:, _order(where, data.feature_names, feature_names, "feature")]
     if Y is not None:
         Y = Y[:, _order(where, data.label_names, label_names, "label")]
-    return Dataset(X, Y, list(feature_names), list(label_names) if Y is not None else [], data.name, data.path)
+    return Dataset(
+        X, Y, list(feature_names), list(label_names) if Y is not None else [], data.name, data.path,
+        missing_labels=data.missing_labels,
+    )  # fmt: skip
 
 
 def _order(where: str, have: Sequence[str], want: Sequence[str], what: str) -> Any:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +23,7 @@ from .. import metrics as M
 from . import data as D
 from . import train as T
 from .compare import format_table
+from .files import atomic_open
 
 
 def _say(message: str) -> None:
@@ -53,10 +52,60 @@ def per_label_table(per_label: list[dict[str, Any]], names: list[str], limit: in
     return format_table(["label", "support", "precision", "recall", "F1", "threshold"], rows[:limit]) + more
 
 
+def as_options(message: str) -> str:
+    """A TrainConfig error in the command's words: ``calibration_prior=-1.0`` becomes ``--calibration-prior -1.0``."""
+    import dataclasses
+    import re
+
+    fields = "|".join(sorted((f.name for f in dataclasses.fields(T.TrainConfig)), key=len, reverse=True))
+    return re.sub(rf"\b({fields})=", lambda m: f"--{m.group(1).replace('_', '-')} ", message)
+
+
+#: Options that only some runs use, with the TrainConfig field behind each and when (on the resolved config) it is
+#: used: given where it would be ignored, it is an error (never silently ignored)
+_USED_WHEN: list[tuple[str, str, Any, str]] = [
+    ("--threshold", "threshold", lambda c: c.thresholds == "fixed", "it is the threshold of --thresholds fixed"),
+    ("--k", "k", lambda c: c.thresholds == "top-k", "it is the labels per sample of --thresholds top-k"),
+    *[(f"--{name.replace('_', '-')}", name, lambda c: c.thresholds == "tuned", "it sets --thresholds tuned's cuts")
+      for name in ("cut_counts", "calibration_prior", "macro_weight", "min_threshold", "fbr", "fbr_positives", "fallback")],
+    ("--calibration-prior", "calibration_prior", lambda c: c.cut_counts == "calibrated", "it belongs to --cut-counts calibrated"),
+    ("--dropout", "dropout", lambda c: c.model == "mlp", "it is the MLP's"),
+    *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer != "newton",
+       "it belongs to --optimizer adamw / lbfgs (the Newton solver runs to convergence on every row, one model)")
+      for name in ("epochs", "batch_size", "lr", "weight_decay", "valid_fraction", "patience", "ensemble", "head")],
+    *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer == "newton", "it belongs to the Newton solver (--optimizer newton)")
+      for name in ("folds", "linear_loss", "rare_weight", "rare_positives")],
+    ("--pos-weight-max", "pos_weight_max", lambda c: c.pos_weight, "it caps --pos-weight"),
+]  # fmt: skip
+
+
+def ignored_options(config: T.TrainConfig, resolved: T.TrainConfig) -> None:
+    """Refuse an option given a value other than its default where the run (``resolved``: its ``auto`` settings
+    decided) would not use it: ``--threshold 0.2`` with tuned thresholds, ``--epochs`` with the Newton solver, ..."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(T.TrainConfig)}
+    for option, name, used, why in _USED_WHEN:
+        value = getattr(config, name)
+        if value != defaults[name] and not used(resolved):
+            raise ValueError(
+                f"{option} {value}: this run would ignore it ({why}; this run: --model {resolved.model}, --optimizer "
+                f"{resolved.optimizer}, --thresholds {resolved.thresholds}, --cut-counts {resolved.cut_counts}); drop it, or "
+                "set the options it belongs to"
+            )
+
+
 def _config(args: argparse.Namespace) -> T.TrainConfig:
     if args.model == "linear" and args.hidden is not None:
         raise ValueError("--hidden sets the MLP's layers: it has no meaning with --model linear; drop one of them")
     model = "mlp" if args.model == "auto" and args.hidden is not None else args.model  # --hidden means the MLP
+    try:
+        return _settings(args, model).check()
+    except ValueError as exc:
+        raise ValueError(as_options(str(exc))) from None
+
+
+def _settings(args: argparse.Namespace, model: str) -> T.TrainConfig:
     return T.TrainConfig(
         model=model, hidden=tuple(args.hidden or (512,)), dropout=args.dropout, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, C=args.C,
@@ -69,7 +118,7 @@ def _config(args: argparse.Namespace) -> T.TrainConfig:
         linear_loss=args.linear_loss, fbr_positives=args.fbr_positives or None, fallback=args.fallback,
         rare_weight=args.rare_weight, rare_positives=args.rare_positives, cut_counts=args.cut_counts,
         calibration_prior=args.calibration_prior,
-    ).check()  # fmt: skip
+    )  # fmt: skip
 
 
 def _hashes(*specs: str | None) -> dict[str, str]:
@@ -93,10 +142,19 @@ def train_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--test-fraction {args.test_fraction}: expected a fraction in [0, 1)")
     if args.cv is not None and (args.cv < 2 or args.test):
         raise ValueError(f"--cv {args.cv}: expected K >= 2 folds, and no --test (cross-validation tests on each fold)")
+    if args.cv is not None and args.test_fraction != 0.2:
+        raise ValueError(f"--test-fraction {args.test_fraction} with --cv {args.cv}: cross-validation tests on each fold; drop one")
+    _check_label_options(args, args.data, args.test)
     train, test = D.load_train_test(args.data, args.test, args.labels, args.xml)
     if train.Y is None or train.Y.shape[1] < 2:
         raise ValueError(f"--data {args.data}: {0 if train.Y is None else train.Y.shape[1]} label column(s): multi-label "
                          "training needs at least 2 (for one binary label, use a binary classifier)")  # fmt: skip
+    if test is not None and len(test) == 0:
+        raise ValueError(f"--test {args.test}: no rows to test on")
+    try:
+        ignored_options(config, config.resolve(train))
+    except ValueError as exc:
+        raise ValueError(as_options(str(exc))) from None
     dist = T.Distributed.from_env(T._device(config))
     say = _say if dist.writer else (lambda s: None)
     say(f"train: {train.describe()}")
@@ -168,9 +226,31 @@ def _cross_validate(
     return {"folds": results, "mean": mean, "std": std}
 
 
+def _check_label_options(args: argparse.Namespace, *specs: str | None) -> None:
+    """--labels names ARFF or CSV columns and --xml an ARFF file's labels: with other data they would be ignored."""
+    files = [Path(spec) for spec in specs if spec and spec not in D.BUILTIN and Path(spec).is_file()]  # else: the loader says
+    kinds = {path.suffix.lower() for path in files}
+    if args.labels and files and not kinds & {".arff", ".csv"}:
+        raise ValueError(f"--labels: {files[0]} is LIBSVM text, whose labels are the ids before the features; drop --labels")
+    if args.xml and files and ".arff" not in kinds:
+        raise ValueError(f"--xml {args.xml}: it names the labels of a MULAN .arff file, and {files[0]} is not one; drop --xml")
+
+
 def _load_for(args: argparse.Namespace) -> tuple[T.TrainedModel, D.Dataset]:
     """The run's model (with the decision options applied) and ``--data`` matched to it by name."""
-    model = T.load_model(Path(args.run)).with_decision(args.thresholds, args.threshold, args.k)
+    model = T.load_model(Path(args.run))
+    try:
+        model = model.with_decision(args.thresholds, args.threshold, args.k)
+    except ValueError as exc:
+        raise ValueError(as_options(str(exc))) from None
+    strategy = model.decision["strategy"]
+    if args.threshold is not None and strategy != "fixed":
+        raise ValueError(f"--threshold {args.threshold}: it is the threshold of --thresholds fixed, and this model decides "
+                         f"with {strategy}; add --thresholds fixed, or drop --threshold")  # fmt: skip
+    if args.k is not None and strategy != "top-k":
+        raise ValueError(f"--k {args.k}: it is the labels per sample of --thresholds top-k, and this model decides with "
+                         f"{strategy}; add --thresholds top-k, or drop --k")  # fmt: skip
+    _check_label_options(args, args.data)
     if args.data in D.BUILTIN:
         if args.labels or args.xml:
             raise ValueError(f"--data {args.data} is built in, with its own labels: --labels / --xml would be ignored; drop them")
@@ -179,6 +259,10 @@ def _load_for(args: argparse.Namespace) -> tuple[T.TrainedModel, D.Dataset]:
         data = D.load(args.data, args.labels or model.label_names, args.xml,
                       features=None if model.positional else model.feature_names)  # fmt: skip
     return model, D.align(data, model.feature_names, model.label_names, positional=model.positional)
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    return repr(names[:limit])[:-1] + (f", ... {len(names) - limit} more]" if len(names) > limit else "]")
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -190,8 +274,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if taken and not args.force:
             raise ValueError(f"--out {out} already holds {', '.join(taken)}: pass --force to overwrite, or another --out")
     model, data = _load_for(args)
+    if len(data) == 0:
+        raise ValueError(f"--data {args.data}: no rows to evaluate")
     if data.Y is None:
-        raise ValueError(f"--data {args.data}: no label columns {model.label_names[:5]} to evaluate against (predict needs none)")
+        missing = list(data.missing_labels or model.label_names)
+        raise ValueError(f"--data {args.data}: no label column(s) {_few(missing or model.label_names)} to evaluate against "
+                         f"(the model's {len(model.label_names)} labels are needed; predict needs none)")  # fmt: skip
     metrics, per_label = T.evaluate(model, data, args.device)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -216,17 +304,8 @@ def _output(spec: str, force: bool) -> Iterator[IO[str]]:
     if path.exists() and not force:
         raise ValueError(f"--out {path} exists: pass --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            yield f
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path) as f:
+        yield f
 
 
 def predict_command(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ one sigmoid per class, one-vs-rest, probabilities normalised to sum to 1). It wo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +21,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import train as T
 from .data import Dataset
+
+
+def _is_int(value: Any) -> TypeGuard[int | np.integer[Any]]:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
@@ -95,10 +99,30 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    def _hidden(self) -> tuple[int, ...]:
+        """``hidden_layer_sizes`` as a tuple of positive ints (a single int is one layer, as in scikit-learn's
+        ``MLPClassifier``)."""
+        sizes: Any = self.hidden_layer_sizes
+        try:
+            layers = (sizes,) if _is_int(sizes) else tuple(sizes)
+        except TypeError:
+            layers = ()
+        if not layers or not all(_is_int(v) and v >= 1 for v in layers):
+            raise ValueError(
+                f"hidden_layer_sizes={self.hidden_layer_sizes!r}: expected a tuple of positive layer sizes, e.g. (256,) "
+                "or (512, 256) (no hidden layer: model='linear')"
+            )
+        return tuple(int(v) for v in layers)
+
     def _config(self) -> T.TrainConfig:
+        # the parameters whose TrainConfig field has another name, checked here so that an error names the parameter
+        if self.label_weight not in T.CLASS_WEIGHTS:
+            raise ValueError(f"label_weight={self.label_weight!r}: expected one of {', '.join(T.CLASS_WEIGHTS)}")
+        if _is_int(self.random_state) and not 0 <= self.random_state < 2**32:
+            raise ValueError(f"random_state={self.random_state!r}: expected None or an integer in [0, 2**32)")
         seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else 0
         return T.TrainConfig(
-            model=self.model, hidden=tuple(self.hidden_layer_sizes), dropout=self.dropout, ensemble=self.ensemble,
+            model=self.model, hidden=self._hidden(), dropout=self.dropout, ensemble=self.ensemble,
             optimizer=self.optimizer, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             weight_decay=self.weight_decay, C=self.C, valid_fraction=self.valid_fraction, patience=self.patience,
             standardize=self.standardize, class_weight=self.label_weight, pos_weight=self.pos_weight,
@@ -111,6 +135,16 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float32, multi_output=True)
         target_type = type_of_target(y)
         if target_type == "multilabel-indicator":
+            # scikit-learn calls any matrix of at most two values an indicator matrix: {-1, +1} and {0, 2} too,
+            # which as 0/1 labels would be nonsense (-1 becomes 255)
+            values = np.unique(y.data if sp.issparse(y) else y)
+            if sp.issparse(y) and y.nnz < y.shape[0] * y.shape[1]:
+                values = np.union1d(values, [0])  # the implicit zeros
+            if not np.isin(values, (0, 1)).all():
+                raise ValueError(
+                    f"y has the values {values.tolist()}: expected a multi-label indicator matrix (n_samples, n_labels) "
+                    "of 0/1 (or booleans); for class labels pass a 1-D y"
+                )
             Y = np.asarray(y.toarray() if sp.issparse(y) else y).astype(np.uint8)
             self.classes_ = np.arange(Y.shape[1])
             self._binarizer = None

@@ -202,7 +202,7 @@ class TrainConfig:
                        if getattr(self, name) != defaults[name]]  # fmt: skip
             if changed:
                 raise ValueError(f"{', '.join(changed)}: the SCutfbr fallback belongs to cut_counts='observed'; the "
-                                 "calibrated counts (the default) have none; set cut_counts='observed' (--cut-counts observed)")  # fmt: skip
+                                 "calibrated counts (the default) have none; set cut_counts='observed'")  # fmt: skip
         if self.fbr_positives is not None and not (isinstance(self.fbr_positives, (int, np.integer)) and self.fbr_positives >= 1):
             raise ValueError(f"fbr_positives={self.fbr_positives!r}: expected a positive count of held-out positives, or None")
         if not (isinstance(self.rare_weight, (int, float)) and math.isfinite(self.rare_weight) and self.rare_weight >= 1):
@@ -229,6 +229,14 @@ class TrainConfig:
             raise ValueError(f"threads={self.threads!r}: expected a positive number of threads, or None for torch's default")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr={self.lr!r}: expected a positive learning rate")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay={self.weight_decay!r}: expected a non-negative finite weight decay")
+        if self.pos_weight_max is not None and not (
+            isinstance(self.pos_weight_max, (int, float)) and math.isfinite(self.pos_weight_max) and self.pos_weight_max > 0
+        ):
+            raise ValueError(f"pos_weight_max={self.pos_weight_max!r}: expected a positive finite cap, or None")
+        if not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**32):
+            raise ValueError(f"seed={self.seed!r}: expected an integer in [0, 2**32)")
         resolve_device(self.device)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
@@ -1118,17 +1126,10 @@ def evaluate_sparse(model: TrainedModel, data: Dataset, device: str = "cpu") -> 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write through a temporary file in the same folder, then move it into place: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, newline="", encoding="utf-8") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the permissions a plain open() would
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from .files import atomic_open
+
+    with atomic_open(path, mode) as f:
+        write(f)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -1239,6 +1240,46 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc}): the run folder is damaged") from None
 
 
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """What :func:`load_model` takes from ``model.json`` beyond the weights, checked: an edited file is refused by name
+    instead of deciding nonsense (an unknown strategy predicting nothing, a negative rcut_k) or failing later."""
+
+    def bad(what: str, found: Any, expected: str) -> ValueError:
+        return ValueError(f"{path}: {what} is {found!r}, expected {expected}: the run folder is damaged or was edited")
+
+    labels, features = meta.get("label_names"), meta.get("feature_names")
+    for what, names in (("label_names", labels), ("feature_names", features)):
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise bad(what, type(names).__name__ if not isinstance(names, list) else f"a list of {len(names)}", "a non-empty list of names")
+        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if repeated is not None:
+            raise bad(f"{what} (the name {repeated!r} twice)", len(names), "each name once")
+    assert isinstance(labels, list) and isinstance(features, list)
+    if meta.get("in_features") != len(features):
+        raise bad("in_features", meta.get("in_features"), f"{len(features)}, one per feature name")
+    decision = meta.get("decision")
+    if not isinstance(decision, dict) or decision.get("strategy") not in STRATEGIES:
+        found = decision.get("strategy") if isinstance(decision, dict) else decision
+        raise bad("decision.strategy", found, f"one of {', '.join(STRATEGIES)}")
+    try:
+        check_decision(decision.get("threshold"), decision.get("k"))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"{path}: decision: {exc}: the run folder is damaged or was edited") from None
+    rcut_k = meta.get("rcut_k")
+    if not (isinstance(rcut_k, int) and not isinstance(rcut_k, bool) and rcut_k >= 1):
+        raise bad("rcut_k", rcut_k, "a positive number of labels")
+    for what in ("thresholds", "tuned_thresholds"):
+        values = meta.get(what)
+        if values is None and what == "tuned_thresholds":
+            continue
+        array = np.asarray(values if isinstance(values, list) else [], np.float64)
+        if not isinstance(values, list) or array.shape != (len(labels),):
+            raise bad(what, f"{len(values)} values" if isinstance(values, list) else values, f"{len(labels)} values, one per label")
+        finite = array[np.isfinite(array)]
+        if (finite <= 0).any() or (what == "tuned_thresholds" and len(finite) < len(array)):  # 0 would predict every label
+            raise bad(what, f"values from {np.nanmin(array):g} to {np.nanmax(array):g}", "thresholds above 0")
+
+
 def load_model(run: Path) -> TrainedModel:
     """A model saved by :func:`save_model`: safetensors weights (loading executes no code), checked against the
     SHA-256 in ``model.json``, and JSON metadata. A missing, damaged or altered file is a ValueError naming it."""
@@ -1254,10 +1295,13 @@ def load_model(run: Path) -> TrainedModel:
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{run / 'model.json'}: format {found!r}, expected {MODEL_FORMAT!r} (retrain with this version)")
+    if not isinstance(meta.get("sha256"), str):
+        raise ValueError(f"{run / 'model.json'}: no 'sha256' of model.safetensors: the run folder is damaged or was edited")
     if file_sha256(run / "model.safetensors") != meta.get("sha256"):
         raise ValueError(f"{run / 'model.safetensors'}: its SHA-256 differs from the one in model.json: the file is "
                          "damaged or was changed; retrain or restore it")  # fmt: skip
     try:
+        _check_meta(run / "model.json", meta)
         tensors = load_file(str(run / "model.safetensors"))
         nets = []
         for i in range(meta["members"]):
@@ -1286,7 +1330,8 @@ def load_model(run: Path) -> TrainedModel:
         )  # fmt: skip
         return model.with_decision()
     except (KeyError, TypeError, RuntimeError, AttributeError) as exc:
-        raise ValueError(f"{run}: model.json and model.safetensors do not describe a model ({type(exc).__name__}: {exc}); "
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # torch's state-dict errors run to many lines
+        raise ValueError(f"{run}: model.json and model.safetensors do not describe a model ({type(exc).__name__}: {first}); "
                          "the run folder is damaged") from None  # fmt: skip
     except Exception as exc:  # safetensors' own errors (a truncated or foreign file)
         if type(exc).__module__.startswith("safetensors") or "safetensors" in type(exc).__name__.lower():
