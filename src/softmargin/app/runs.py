@@ -76,6 +76,8 @@ _USED_WHEN: list[tuple[str, str, Any, str]] = [
     *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer == "newton", "it belongs to the Newton solver (--optimizer newton)")
       for name in ("folds", "linear_loss", "rare_weight", "rare_positives")],
     ("--pos-weight-max", "pos_weight_max", lambda c: c.pos_weight, "it caps --pos-weight"),
+    ("--at-least-one", "at_least_one", lambda c: c.thresholds in ("fixed", "tuned"),
+     "the rank rules top-k and rcut give every sample labels anyway"),
 ]  # fmt: skip
 
 
