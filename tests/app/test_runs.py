@@ -323,6 +323,7 @@ def _bag_of_words(path: Path, rows: int = 150, seed: int = 0) -> Path:
         (["--model", "linear", "--optimizer", "adamw", "--dropout", "0.9"], r"--dropout 0\.9: this run would ignore it \(it is the MLP's"),
         (["--optimizer", "adamw", "--folds", "4"], r"--folds 4: this run would ignore it \(it belongs to the Newton solver"),
         (["--pos-weight-max", "3"], r"--pos-weight-max 3\.0: this run would ignore it \(it caps --pos-weight"),
+        (["--pos-weight", "--rare-weight", "5"], r"--rare-weight 5\.0: this run would ignore it \(it weights the Newton solver's rare"),
         (["--thresholds", "rcut", "--at-least-one", "yes"], r"--at-least-one yes: this run would ignore it \(the rank rules"),
         (["--labels", "a,b"], r"--labels: .*bow\.txt is LIBSVM text"),
         (["--xml", "labels.xml"], r"--xml labels\.xml: it names the labels of a MULAN \.arff file"),

@@ -74,7 +74,9 @@ _USED_WHEN: list[tuple[str, str, Any, str]] = [
        "it belongs to --optimizer adamw / lbfgs (the Newton solver runs to convergence on every row, one model)")
       for name in ("epochs", "batch_size", "lr", "weight_decay", "valid_fraction", "patience", "ensemble", "head")],
     *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer == "newton", "it belongs to the Newton solver (--optimizer newton)")
-      for name in ("folds", "linear_loss", "rare_weight", "rare_positives")],
+      for name in ("folds", "linear_loss")],
+    *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer == "newton" and not c.pos_weight,
+       "it weights the Newton solver's rare labels, and --pos-weight replaces it") for name in ("rare_weight", "rare_positives")],
     ("--pos-weight-max", "pos_weight_max", lambda c: c.pos_weight, "it caps --pos-weight"),
     ("--at-least-one", "at_least_one", lambda c: c.thresholds in ("fixed", "tuned"),
      "the rank rules top-k and rcut give every sample labels anyway"),
