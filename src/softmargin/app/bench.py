@@ -49,6 +49,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_open, check_out
+
 IMPLEMENTATIONS = ("softmargin", "torch eager", "torch.compile", "BCEWithLogits", "floor")
 DEFAULT_SHAPES = ((4096, 2000), (256, 100_000), (256, 1000), (64, 80), (32, 10))
 DEFAULT_DTYPES = ("float32", "bfloat16")
@@ -89,23 +91,6 @@ def check_options(repeat: int = 15, threads: int | None = None, device: str = "c
         if int(device.partition(":")[2] or 0) >= count:
             raise ValueError(f"--device {device}: this machine has {count} CUDA device{'s' * (count > 1)}: expected "
                              f"cuda:0 to cuda:{count - 1}")  # fmt: skip
-
-
-def check_out(out: Path | str | None, force: bool = False) -> None:
-    """Refuse, before the benchmark runs, an output file it would destroy or fail to write only after the run: an
-    existing file unless ``force`` (``--force``), a folder, anything but a regular file, a path under a file."""
-    if out is None or str(out) == "":
-        return
-    path = Path(out)
-    if path.is_dir():
-        raise ValueError(f"--out {path} is a folder: expected a CSV file name")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"--out {path} is not a regular file: expected a CSV file name")
-    if path.exists() and not force:
-        raise ValueError(f"--out {path} exists: pass --force to overwrite it")
-    above = next((folder for folder in path.parents if folder.exists()), None)
-    if above is not None and not above.is_dir():
-        raise ValueError(f"--out {path}: {above} is a file: expected a folder there")
 
 
 def _rss_bytes() -> int:
@@ -285,8 +270,6 @@ def write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) 
     if out.is_dir():
         raise ValueError(f"{out} is a folder: expected a CSV file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    from .files import atomic_open
-
     with atomic_open(out) as f:
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()

@@ -27,3 +27,21 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_out(out: Path | str | None, force: bool = False, expected: str = "a CSV file name") -> None:
+    """Refuse, before any work, an ``--out`` file the command would destroy or could write only to fail: an existing
+    file unless ``force`` (``--force``), a folder, anything but a regular file (``/dev/null`` would be replaced), a
+    path under a file. ``expected``: what ``--out`` should name, for the messages."""
+    if out is None or str(out) == "":
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder: expected {expected}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--out {path} is not a regular file: expected {expected}")
+    if path.exists() and not force:
+        raise ValueError(f"--out {path} exists: pass --force to overwrite it")
+    above = next((folder for folder in path.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"--out {path}: {above} is a file: expected a folder there")

@@ -23,7 +23,7 @@ from .. import metrics as M
 from . import data as D
 from . import train as T
 from .compare import format_table
-from .files import atomic_open
+from .files import atomic_open, check_out
 
 
 def _say(message: str) -> None:
@@ -282,7 +282,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {args.data}: no rows to evaluate")
     if data.Y is None:
         missing = list(data.missing_labels or model.label_names)
-        raise ValueError(f"--data {args.data}: no label column(s) {_few(missing or model.label_names)} to evaluate against "
+        raise ValueError(f"--data {args.data}: no label column(s) {_few(missing)} to evaluate against "
                          f"(the model's {len(model.label_names)} labels are needed; predict needs none)")  # fmt: skip
     metrics, per_label = T.evaluate(model, data, args.device)
     if out is not None:
@@ -296,6 +296,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What predict's ``--out`` names (:func:`softmargin.app.files.check_out`'s messages).
+_PREDICTIONS = "a CSV file name (or - for standard output)"
+
+
 @contextmanager
 def _output(spec: str, force: bool) -> Iterator[IO[str]]:
     """``-``: standard output; a file: written to a temporary name and moved into place (never half-written)."""
@@ -303,10 +307,7 @@ def _output(spec: str, force: bool) -> Iterator[IO[str]]:
         yield sys.stdout
         return
     path = Path(spec)
-    if path.is_dir():
-        raise ValueError(f"--out {path} is a folder: expected a CSV file name (or - for standard output)")
-    if path.exists() and not force:
-        raise ValueError(f"--out {path} exists: pass --force to overwrite it")
+    check_out(path, force, _PREDICTIONS)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
         yield f
@@ -315,10 +316,8 @@ def _output(spec: str, force: bool) -> Iterator[IO[str]]:
 def predict_command(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k}: expected a positive number of labels per sample")
-    if args.out != "-" and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a folder: expected a CSV file name (or - for standard output)")
-    if args.out != "-" and Path(args.out).exists() and not args.force:
-        raise ValueError(f"--out {args.out} exists: pass --force to overwrite it")
+    if args.out != "-":  # before the model and the data are read; _output checks again when it writes
+        check_out(args.out, args.force, _PREDICTIONS)
     model, data = _load_for(args)
     names = model.label_names
     with _output(args.out, args.force) as f:
