@@ -33,6 +33,8 @@ class LossOptions:
 
     def __post_init__(self) -> None:
         V.check_options(self.label_smoothing, self.gamma_pos, self.gamma_neg, self.clip)
+        for field in ("label_smoothing", "gamma_pos", "gamma_neg", "clip"):  # a NumPy scalar becomes a Python float
+            object.__setattr__(self, field, float(getattr(self, field)))
 
     @property
     def focusing(self) -> bool:

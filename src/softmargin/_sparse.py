@@ -9,6 +9,7 @@ arrays directly and densifies one block of one row at a time.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,17 @@ def is_sparse_target(target: Any, lists: bool) -> bool:
     return layout is not None and str(layout) in ("torch.sparse_csr", "torch.sparse_coo")
 
 
+def _label_id(value: Any) -> int:
+    """A label id from a label list: an integer (a Python or NumPy int, a 0-d integer tensor), never a float or bool,
+    which ``int()`` would truncate or take as 0 and 1."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"target: a label list holds {value!r} ({type(value).__name__}): expected integer class indices")
+
+
 def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any = None) -> SparseTargets:
     """Normalise any accepted form to :class:`SparseTargets` of ``shape`` = (rows, classes) in namespace ``xp``."""
     num_rows, num_classes = shape
@@ -86,13 +98,28 @@ def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any 
     elif isinstance(target, tuple):
         if len(target) not in (2, 3):
             raise ValueError(f"target is a tuple of {len(target)}: expected (indptr, indices) or (indptr, indices, values)")
+        kinds = [type(part).__name__ for part in target if isinstance(part, (list, tuple))]
+        if kinds:  # ((0, 1, 2), (3, 4)) would read as indptr (0, 1, 2) and indices (3, 4): two rows, not two label lists
+            raise TypeError(
+                f"target is a tuple holding a {kinds[0]}: (indptr, indices[, values]) takes arrays or tensors; "
+                "pass label lists as a list of lists"
+            )
         indptr, indices = np.asarray(_to_numpy(target[0])), np.asarray(_to_numpy(target[1]))
+        for name, part in (("indptr", indptr), ("indices", indices)):
+            if part.dtype.kind not in "iu":
+                raise TypeError(f"sparse target: {name} has dtype {part.dtype}: expected integers")
         values = None if len(target) == 2 else np.asarray(_to_numpy(target[2]))
         given = (len(indptr) - 1, num_classes)
     elif isinstance(target, list):
         lengths = [len(labels) for labels in target]
+        if num_classes and lengths and all(length == num_classes for length in lengths):
+            raise ValueError(
+                f"target is a list of {len(target)} rows of {num_classes} entries, as many as the input's classes: "
+                "read as label lists it gives every sample every label, read as a dense 0/1 target it does not; "
+                "pass a dense target as a tensor (torch.tensor(target)), and every label positive as torch.ones"
+            )
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        indices = np.fromiter((int(i) for labels in target for i in labels), dtype=np.int64, count=int(indptr[-1]))
+        indices = np.fromiter((_label_id(i) for labels in target for i in labels), dtype=np.int64, count=int(indptr[-1]))
         given = (len(target), num_classes)
     else:
         raise TypeError(f"target is a {type(target).__name__}: expected a tensor, a sparse matrix, (indptr, indices) or a list of label lists")

@@ -14,6 +14,7 @@ with ``validate=False``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,7 +135,7 @@ def check_weight_values(name: str, weight: Any, *, positive: bool = False) -> No
 def check_options(label_smoothing: float, gamma_pos: float, gamma_neg: float, clip: float) -> None:
     """The scalar loss options: label_smoothing and clip in [0, 1), gammas finite and >= 0."""
     for name, value in (("label_smoothing", label_smoothing), ("gamma_pos", gamma_pos), ("gamma_neg", gamma_neg), ("clip", clip)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NumPy's scalars are numbers.Real too
             raise TypeError(f"{name}={value!r} is a {type(value).__name__}: expected a float")
     for name, value in (("label_smoothing", label_smoothing), ("clip", clip)):
         if not 0 <= value < 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 
 __all__ = ["MultiLabelSoftMarginLoss"]
 
@@ -21,6 +22,35 @@ def _traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+def _class_weights(name: str, value: Any) -> float | list[float] | None:
+    """``weight`` / ``pos_weight`` as JSON for ``get_config``: a list of per-class floats (shape ``(C,)``) or one
+    float (a scalar, which the backends broadcast); their values checked at once (they are concrete here)."""
+    from . import _validation as V
+
+    if value is None:
+        return None
+    array = np.asarray(keras.ops.convert_to_numpy(value))
+    if array.ndim > 1:
+        raise ValueError(
+            f"{name}.shape == {array.shape}: expected shape (C,), one {name} per class (or a scalar for every class)"
+        )
+    kind = {"b": "bool", "f": "float", "i": "int", "u": "int", "c": "complex"}.get(array.dtype.kind, "other")
+    V.check_target_kind(kind, array.dtype, name)
+    array = array.astype(np.float64)
+    V.check_weight_values(name, array, positive=name == "pos_weight")
+    return float(array) if array.ndim == 0 else [float(v) for v in array]
+
+
+def _check_target(y_true: Any) -> None:
+    """The target range check (``ValueError`` naming the first bad value) of a concrete ``y_true``."""
+    from . import _validation as V
+
+    target = np.asarray(keras.ops.convert_to_numpy(y_true))
+    if target.dtype.name == "bfloat16":
+        target = target.astype(np.float32)
+    V.check_target_values(target)
+
+
 @keras.saving.register_keras_serializable(package="softmargin")
 class MultiLabelSoftMarginLoss(keras.losses.Loss):
     r"""The multi-label soft-margin loss of logits ``y_pred`` against targets ``y_true`` in [0, 1], for ``compile``.
@@ -31,13 +61,18 @@ class MultiLabelSoftMarginLoss(keras.losses.Loss):
     options, computed in one fused pass that also makes the gradient, exact for infinite logits.
 
     Args:
-        weight: per-class weights, shape ``(C,)`` (e.g. :func:`softmargin.class_weights` of the training labels).
-        pos_weight: per-class weights > 0 of the positive term, shape ``(C,)`` (:func:`softmargin.pos_weight`).
+        weight: per-class weights, finite and >= 0, shape ``(C,)`` (e.g. :func:`softmargin.class_weights` of the
+            training labels), or a scalar for every class.
+        pos_weight: per-class weights > 0 (and finite) of the positive term, shape ``(C,)``
+            (:func:`softmargin.pos_weight`), or a scalar.
         label_smoothing, gamma_pos, gamma_neg, clip: as in :func:`softmargin.numpy.multilabel_soft_margin_loss`.
         reduction, name, dtype: as for any ``keras.losses.Loss``.
 
-    The target range and the weights are checked when the values are concrete (the torch backend; the JAX backend
-    with ``run_eagerly=True``); a compiled JAX step skips the value checks (shape and dtype checks always run).
+    ``weight`` and ``pos_weight`` are checked here, when the loss is made (``ValueError`` for another shape or a
+    value out of range). The targets (``y_true`` in [0, 1], NaN refused) are checked in every call where they are
+    concrete: always on the torch backend; on the JAX backend with ``run_eagerly=True`` (``fit``, ``evaluate``)
+    or when the loss is called directly on arrays. A compiled JAX step (the default, ``run_eagerly=False``) traces
+    ``y_true`` and skips the target check; shape and dtype checks always run.
 
     Example:
         >>> model.compile(optimizer="adam", loss=MultiLabelSoftMarginLoss(weight=softmargin.class_weights(Y)))  # doctest: +SKIP
@@ -63,9 +98,12 @@ class MultiLabelSoftMarginLoss(keras.losses.Loss):
         backend = keras.backend.backend()
         if backend not in _BACKENDS:
             raise ValueError(f"keras backend {backend!r} is not supported: expected one of {_BACKENDS} (set KERAS_BACKEND)")
-        self.weight = None if weight is None else [float(v) for v in keras.ops.convert_to_numpy(weight).reshape(-1)]
-        self.pos_weight = None if pos_weight is None else [float(v) for v in keras.ops.convert_to_numpy(pos_weight).reshape(-1)]
-        self.options: dict[str, Any] = dict(label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip)
+        self.weight = _class_weights("weight", weight)
+        self.pos_weight = _class_weights("pos_weight", pos_weight)
+        self.options: dict[str, Any] = {
+            name: float(value)  # a NumPy scalar becomes a Python float (get_config is JSON)
+            for name, value in (("label_smoothing", label_smoothing), ("gamma_pos", gamma_pos), ("gamma_neg", gamma_neg), ("clip", clip))
+        }  # fmt: skip
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-sample losses, shape ``y_pred.shape[:-1]``."""
@@ -74,7 +112,11 @@ class MultiLabelSoftMarginLoss(keras.losses.Loss):
         if keras.backend.backend() == "jax":
             from .jax import multilabel_soft_margin_loss
 
+            # fit differentiates (y_pred traced) even with run_eagerly=True, while y_true is still concrete: its
+            # values are checked here then; the weights were checked in __init__
             validate = not (_traced(y_true) or _traced(y_pred))
+            if not validate and not _traced(y_true):
+                _check_target(y_true)
         else:
             from .torch import multilabel_soft_margin_loss  # type: ignore[assignment]
 

@@ -13,6 +13,10 @@ precision over the labels that have at least one positive in the evaluated data 
 counting 0. With the training set's label counts, ``macro_f1_train_labels`` is the same mean over the labels that
 occur in the training data only: what LibMultiLabel reports as "Macro-F1" (its pipeline keeps the training split's
 labels and drops the others), for comparison with its published figures.
+
+Label matrices (``Y``, and ``pred`` in :func:`evaluate`) hold 0 and 1: bool, int or float, dense or scipy.sparse (made
+dense). Any other value (soft labels, a {-1, +1} coding, NaN) is refused with a ValueError naming the argument and the
+first such value, rather than truncated; ``k`` (P@k, PSP@k) is an integer >= 1.
 """
 
 from __future__ import annotations
@@ -21,11 +25,57 @@ import warnings
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 from sklearn import metrics as skm
 
 
-def precision_at_k(Y: np.ndarray, scores: np.ndarray, k: int) -> float:
+def _label_matrix(Y: Any, name: str) -> np.ndarray:
+    """``Y`` as a dense 2-D array (its dtype kept), checked to hold only 0 and 1 (or booleans); scipy.sparse is
+    densified. The error names the argument, the expected values and the first other value (row-major)."""
+    dense = np.asarray(Y.toarray()) if sp.issparse(Y) else np.asarray(Y)
+    if dense.ndim != 2:
+        raise ValueError(
+            f"{name} has shape {dense.shape}: expected a 2-D label matrix (n_samples, n_labels) of 0 and 1"
+        )
+    if dense.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} has dtype {dense.dtype}: expected a label matrix of 0 and 1 (booleans, ints or floats)"
+        )
+    if dense.dtype.kind == "b" or dense.size == 0:
+        return dense
+    if dense.dtype.kind in "iu" and dense.min() >= 0 and dense.max() <= 1:  # the common case, without a mask
+        return dense
+    bad = dense != 0
+    bad &= dense != 1  # NaN too
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{name} holds {int(bad.sum())} value(s) other than 0 and 1, the first {dense[row, column].item()!r} at "
+            f"[{row}, {column}]: expected a label matrix of 0 and 1 (or booleans); soft labels are not evaluated"
+        )
+    return dense
+
+
+def _check_k(k: Any) -> int:
+    if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1):
+        raise ValueError(f"k={k!r}: expected an integer >= 1")
+    return int(k)
+
+
+def precision_at_k(Y: Any, scores: np.ndarray, k: int) -> float:
+    """Mean fraction of true labels among each sample's ``k`` top-scored ones (``k`` at most the number of labels).
+
+    Args:
+        Y: (N, L) true labels of 0 and 1 (bool, int or float; dense or scipy.sparse).
+        scores: (N, L) scores, higher meaning more likely.
+        k: an integer >= 1.
+    """
+    k = _check_k(k)
+    return _precision_at_k(_label_matrix(Y, "Y"), scores, k)
+
+
+def _precision_at_k(Y: np.ndarray, scores: np.ndarray, k: int) -> float:
     k = min(k, Y.shape[1])
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     return float(np.take_along_axis(Y, top, axis=1).sum(1).mean() / k)
@@ -39,9 +89,17 @@ def propensities(label_counts: np.ndarray, num_samples: int, A: float = 0.55, B:
     return propensity
 
 
-def psp_at_k(Y: np.ndarray, scores: np.ndarray, inv_propensity: np.ndarray, k: int) -> float:
+def psp_at_k(Y: Any, scores: np.ndarray, inv_propensity: np.ndarray, k: int) -> float:
     """Propensity-scored precision@k, normalised by its best possible value (as the extreme classification
-    repository reports it): sum of y / p over the k top-scored labels over the same for the k best labels."""
+    repository reports it): sum of y / p over the k top-scored labels over the same for the k best labels.
+
+    ``Y`` holds 0 and 1 (bool, int or float; dense or scipy.sparse); ``k`` is an integer >= 1 (at most the number of
+    labels is used)."""
+    k = _check_k(k)
+    return _psp_at_k(_label_matrix(Y, "Y"), scores, inv_propensity, k)
+
+
+def _psp_at_k(Y: np.ndarray, scores: np.ndarray, inv_propensity: np.ndarray, k: int) -> float:
     k = min(k, Y.shape[1])
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     gain = (np.take_along_axis(Y, top, axis=1) * inv_propensity[top]).sum()
@@ -50,19 +108,22 @@ def psp_at_k(Y: np.ndarray, scores: np.ndarray, inv_propensity: np.ndarray, k: i
 
 
 def evaluate(
-    Y: np.ndarray,
+    Y: Any,
     scores: np.ndarray,
     thresholds: Any = 0.5,
-    pred: np.ndarray | None = None,
+    pred: Any = None,
     train_label_counts: np.ndarray | None = None,
     train_size: int | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(metrics, per-label rows) for true labels ``Y`` (N, L), scores (probabilities, N x L) and the 0/1 predictions
     ``pred`` (default: ``scores >= thresholds``). With the training set's label counts and size, also PSP@k and
-    ``macro_f1_train_labels`` (the macro-F1 over the labels with a training positive: LibMultiLabel's "Macro-F1")."""
-    Y = np.asarray(Y).astype(np.int64)
+    ``macro_f1_train_labels`` (the macro-F1 over the labels with a training positive: LibMultiLabel's "Macro-F1").
+
+    ``Y`` and ``pred`` hold 0 and 1 (bool, int or float; dense or scipy.sparse): any other value (soft labels, a
+    {-1, +1} coding, NaN) is refused with a ValueError."""
+    Y = _label_matrix(Y, "Y").astype(np.int64)
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (Y.shape[1],))
-    pred = (scores >= thresholds).astype(np.int64) if pred is None else np.asarray(pred).astype(np.int64)
+    pred = (scores >= thresholds).astype(np.int64) if pred is None else _label_matrix(pred, "pred").astype(np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # labels without positives: handled below
         has_positive = Y.sum(0) > 0
@@ -89,13 +150,13 @@ def evaluate(
             else float("nan"),
         }
         for k in (1, 3, 5):
-            result[f"P@{k}"] = precision_at_k(Y, scores, k)
+            result[f"P@{k}"] = _precision_at_k(Y, scores, k)
         for k in (1, 3, 5):
             result[f"nDCG@{k}"] = skm.ndcg_score(Y, scores, k=k) if Y.shape[1] > 1 else float("nan")
         if train_label_counts is not None and train_size:
             inv_p = 1.0 / propensities(train_label_counts, train_size)
             for k in (1, 3, 5):
-                result[f"PSP@{k}"] = psp_at_k(Y, scores, inv_p, k)
+                result[f"PSP@{k}"] = _psp_at_k(Y, scores, inv_p, k)
             seen = np.flatnonzero(np.asarray(train_label_counts) > 0)
             result["macro_f1_train_labels"] = (
                 skm.f1_score(Y, pred, labels=seen, average="macro", zero_division=0) if len(seen) else float("nan")
@@ -108,9 +169,11 @@ def evaluate(
     return {k: float(v) for k, v in result.items()}, per_label
 
 
-def tune_thresholds(Y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def tune_thresholds(Y: Any, scores: np.ndarray) -> np.ndarray:
     """Per label, the threshold on the scores that maximises that label's F1 on (Y, scores); 0.5 for a label with no
-    positive example. Candidates are midpoints between consecutive distinct scores."""
+    positive example. Candidates are midpoints between consecutive distinct scores. ``Y`` holds 0 and 1 (bool, int
+    or float; dense or scipy.sparse)."""
+    Y = _label_matrix(Y, "Y")
     thresholds = np.full(Y.shape[1], 0.5)
     for j in range(Y.shape[1]):
         y = Y[:, j].astype(bool)

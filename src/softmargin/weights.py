@@ -88,7 +88,7 @@ def _at_least_one(n_pos: NDArray[np.float64], what: str) -> NDArray[np.float64]:
             UserWarning,
             stacklevel=3,
         )
-    return np.maximum(n_pos, 1.0)
+    return np.where(n_pos > 0, n_pos, 1.0)  # a soft count below 1 counts as it is; only an empty label is raised
 
 
 def class_weights(targets: Any, method: Method = "inverse", beta: float = 0.999, normalize: bool = True) -> Any:

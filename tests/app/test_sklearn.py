@@ -100,13 +100,82 @@ def test_0_1_booleans_and_1d_class_labels_still_fit():
     ({"hidden_layer_sizes": (1.5,)}, "hidden_layer_sizes=(1.5,): expected a tuple of positive layer sizes"),
     ({"hidden_layer_sizes": "256"}, "hidden_layer_sizes='256': expected a tuple of positive layer sizes"),
     ({"hidden_layer_sizes": ()}, "hidden_layer_sizes=(): expected a tuple of positive layer sizes"),
-    ({"random_state": -1}, "random_state=-1: expected None or an integer in [0, 2**32)"),
+    ({"random_state": -1}, "random_state=-1: expected None, an integer in [0, 2**32) or a numpy.random.RandomState"),
+    ({"random_state": 2**32}, "random_state=4294967296: expected None, an integer in [0, 2**32)"),
+    ({"random_state": "abc"}, "random_state='abc': expected None, an integer in [0, 2**32) or a numpy.random.RandomState"),
+    ({"random_state": 1.5}, "random_state=1.5: expected None, an integer in [0, 2**32) or a numpy.random.RandomState"),
+    ({"random_state": 1.0}, "random_state=1.0: expected None, an integer in [0, 2**32) or a numpy.random.RandomState"),
+    ({"random_state": True}, "random_state=True: expected None, an integer in [0, 2**32) or a numpy.random.RandomState"),
+    ({"random_state": np.random.default_rng(0)}, "random_state=Generator(PCG64) at 0x"),
 ])  # fmt: skip
 def test_bad_parameters_are_named_as_the_estimator_names_them(params, message):
     X, Y = make_multilabel_classification(n_samples=20, n_features=4, n_classes=3, random_state=0)
     with pytest.raises(ValueError) as refused:
         SoftMarginClassifier(epochs=1, **params).fit(X, Y)
     assert str(refused.value).startswith(message), str(refused.value)
+
+
+def _random_state_data():
+    return make_multilabel_classification(n_samples=60, n_features=5, n_classes=3, random_state=0)
+
+
+def _fit_with(random_state):
+    X, Y = _random_state_data()
+    clf = SoftMarginClassifier(hidden_layer_sizes=(8,), epochs=2, valid_fraction=0, random_state=random_state)
+    return clf.fit(X, Y)
+
+
+def _proba(random_state):
+    return _fit_with(random_state).predict_proba(_random_state_data()[0])
+
+
+def test_random_state_an_int_is_the_seed_itself():
+    """An int seeds the fit as ``softmargin train --seed`` does: the same int, the same model (numpy ints too)."""
+    assert _fit_with(7).model_.config.seed == 7
+    assert _fit_with(np.int64(2**32 - 1)).model_.config.seed == 2**32 - 1
+    np.testing.assert_array_equal(_proba(7), _proba(7))
+    np.testing.assert_array_equal(_proba(7), _proba(np.int32(7)))
+    assert not np.array_equal(_proba(7), _proba(8))
+
+
+def test_random_state_a_randomstate_instance_is_used():
+    """Two RandomState instances with different seeds give different models; equal seeds the same one; one instance
+    advances at each fit, as in scikit-learn."""
+    assert not np.array_equal(_proba(np.random.RandomState(1)), _proba(np.random.RandomState(2)))
+    np.testing.assert_array_equal(_proba(np.random.RandomState(1)), _proba(np.random.RandomState(1)))
+    generator = np.random.RandomState(1)
+    first = _fit_with(generator).model_.config.seed
+    assert first == np.random.RandomState(1).randint(np.iinfo(np.int32).max)
+    assert _fit_with(generator).model_.config.seed != first
+
+
+def test_random_state_none_is_a_fresh_fit_each_time():
+    """None (the default) draws the seed from NumPy's global RandomState: two fits differ (it no longer means 0)."""
+    assert SoftMarginClassifier().random_state is None
+    first, second = _fit_with(None), _fit_with(None)
+    assert first.model_.config.seed != second.model_.config.seed
+    X = _random_state_data()[0]
+    assert not np.array_equal(first.predict_proba(X), second.predict_proba(X))
+    np.random.seed(5)
+    seeded = _proba(None)
+    np.random.seed(5)
+    np.testing.assert_array_equal(seeded, _proba(None))  # as in scikit-learn: np.random.seed makes None reproducible
+
+
+def test_random_state_is_stored_unchecked_and_cloned():
+    """scikit-learn's contract: __init__ stores the parameter as given, fit checks it; clone copies it."""
+    from sklearn.base import clone
+
+    assert SoftMarginClassifier(random_state="abc").get_params()["random_state"] == "abc"
+    X, Y = _random_state_data()
+    for random_state in (None, 3, np.random.RandomState(3)):
+        clf = SoftMarginClassifier(hidden_layer_sizes=(8,), epochs=2, random_state=random_state)
+        copy = clone(clf)
+        assert type(copy.random_state) is type(random_state)
+        assert copy.fit(X, Y).predict(X).shape == Y.shape
+    original = SoftMarginClassifier(hidden_layer_sizes=(8,), epochs=2, valid_fraction=0, random_state=3).fit(X, Y)
+    again = clone(original).fit(X, Y)
+    np.testing.assert_array_equal(original.predict_proba(X), again.predict_proba(X))
 
 
 def test_one_int_is_one_hidden_layer_as_in_mlpclassifier():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import scipy.sparse as sp
 
 from softmargin import metrics as M
 
@@ -65,3 +67,80 @@ def test_macro_f1_over_training_labels_against_hand_counts():
     metrics, _ = M.evaluate(labels, np.where(scores > 0.5, 0.9, 0.1), train_label_counts=np.array([5, 2, 0]), train_size=10)
     assert metrics["macro_f1_train_labels"] == 1 / 2
     assert "macro_f1_train_labels" not in M.evaluate(labels, scores)[0]
+
+
+INV_P = np.ones(3)
+LABEL_FUNCTIONS = {
+    "precision_at_k": lambda labels: M.precision_at_k(labels, S, 2),
+    "psp_at_k": lambda labels: M.psp_at_k(labels, S, INV_P, 2),
+    "evaluate": lambda labels: M.evaluate(labels, S)[0],
+    "evaluate(pred)": lambda labels: M.evaluate(Y, S, pred=labels)[0],
+    "tune_thresholds": lambda labels: M.tune_thresholds(labels, S),
+}
+
+
+@pytest.mark.parametrize("function", ["precision_at_k", "psp_at_k"])
+@pytest.mark.parametrize("k", [0, -1, 1.0, 2.5, "3", None, True, np.float64(2.0)])
+def test_k_must_be_an_integer_of_at_least_1(function, k):
+    """k = 0 gave NaN and a RuntimeWarning; a float k was used as it came. Both are refused, naming k."""
+    call = {"precision_at_k": lambda: M.precision_at_k(Y, S, k), "psp_at_k": lambda: M.psp_at_k(Y, S, INV_P, k)}
+    with pytest.raises(ValueError, match=r"^k=.*: expected an integer >= 1$"):
+        call[function]()
+
+
+@pytest.mark.parametrize("k", [1, 2, np.int64(3), 10])
+def test_integer_k_still_works(k):
+    assert M.precision_at_k(Y, S, k) == M.precision_at_k(Y, S, int(k))
+    assert 0 <= M.psp_at_k(Y, S, INV_P, k) <= 1
+    assert M.precision_at_k(Y, S, 10) == M.precision_at_k(Y, S, 3)  # k beyond the labels: all of them
+
+
+@pytest.mark.parametrize("function", sorted(LABEL_FUNCTIONS))
+@pytest.mark.parametrize(("labels", "first", "position", "count"), [
+    (np.eye(4, 3) * 0.5, "0.5", "[0, 0]", 3),  # soft labels were cast to int: 0.5 became 0
+    (2 * Y - 1, "-1", "[0, 1]", 6),  # a {-1, +1} coding
+    (np.where(Y == 1, 2, 0), "2", "[0, 0]", 6),
+    (np.where(np.eye(4, 3) == 1, np.nan, Y), "nan", "[0, 0]", 3),
+    (sp.csr_matrix(np.eye(4, 3) * 0.5), "0.5", "[0, 0]", 3),
+    (np.array([[0, 1, 1], [0, 0, 1], [1, 0, 0.999], [1, 1, 0]]), "0.999", "[2, 2]", 1),
+])  # fmt: skip
+def test_labels_other_than_0_and_1_are_refused(function, labels, first, position, count):
+    name = "pred" if function == "evaluate(pred)" else "Y"
+    with pytest.raises(ValueError) as refused:
+        LABEL_FUNCTIONS[function](labels)
+    message = str(refused.value)
+    expected = f"{name} holds {count} value(s) other than 0 and 1, the first {first} at {position}: "
+    assert message.startswith(expected), message
+    assert "expected a label matrix of 0 and 1" in message
+
+
+@pytest.mark.parametrize("function", sorted(LABEL_FUNCTIONS))
+@pytest.mark.parametrize(("labels", "message"), [
+    (Y[0], "has shape (3,): expected a 2-D label matrix"),
+    (Y.astype(str), "has dtype <U21: expected a label matrix of 0 and 1"),
+])  # fmt: skip
+def test_labels_must_be_a_numeric_matrix(function, labels, message):
+    name = "pred" if function == "evaluate(pred)" else "Y"
+    with pytest.raises(ValueError, match=f"^{name} " + message.replace("(", r"\(").replace(")", r"\)")):
+        LABEL_FUNCTIONS[function](labels)
+
+
+@pytest.mark.parametrize("function", sorted(LABEL_FUNCTIONS))
+@pytest.mark.parametrize("convert", [
+    lambda Y: Y.astype(bool), lambda Y: Y.astype(np.uint8), lambda Y: Y.astype(np.float32), lambda Y: Y.astype(float),
+    lambda Y: Y.tolist(), sp.csr_matrix, sp.csc_matrix, lambda Y: sp.coo_array(Y.astype(float)),
+])  # fmt: skip
+def test_0_1_labels_of_every_kind_give_the_int_results(function, convert):
+    """bool, int and float 0/1 matrices, lists and scipy.sparse 0/1 matrices: the same numbers as an int matrix."""
+    expected, got = LABEL_FUNCTIONS[function](Y), LABEL_FUNCTIONS[function](convert(Y))
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys()
+        np.testing.assert_array_equal([got[k] for k in expected], list(expected.values()))
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_the_reported_soft_label_case_is_refused():
+    with pytest.raises(ValueError, match=r"^Y holds 3 value\(s\) other than 0 and 1, the first 0.5 at \[0, 0\]"):
+        M.evaluate(np.eye(3) * 0.5, np.eye(3))
+    assert M.evaluate(np.eye(3), np.eye(3))[0]["micro_f1"] == 1.0

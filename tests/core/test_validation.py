@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import softmargin
 import softmargin.numpy as snp
 
 torch = pytest.importorskip("torch")
@@ -136,3 +137,26 @@ def test_a_weight_of_a_wrong_dtype_is_named_as_the_weight():
         snp.multilabel_soft_margin_loss(X, Y, pos_weight=np.ones(3, dtype=complex))
     with pytest.raises(TypeError, match=r"^weight has dtype torch.complex64: expected a real"):
         st.multilabel_soft_margin_loss(torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(3, dtype=torch.complex64))
+
+
+@BACKENDS
+@pytest.mark.parametrize("scalar", [np.float32(0.1), np.float64(0.1), np.int64(0)])
+def test_numpy_scalars_are_accepted_as_options(loss, scalar):
+    x = np.array([[0.5, -1.0, 3.0]], np.float32)
+    y = np.array([[1.0, 0.0, 1.0]], np.float32)
+    got = loss(x, y, label_smoothing=scalar, gamma_neg=np.int64(2))
+    expected = loss(x, y, label_smoothing=float(scalar), gamma_neg=2.0)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    options = softmargin.LossOptions(label_smoothing=scalar)
+    assert type(options.label_smoothing) is float  # stored as a Python float: it travels into schemas and JSON
+    for bad in (np.bool_(True), True, "0.1", np.array([0.1])):
+        with pytest.raises(TypeError, match=r"label_smoothing=.* expected a float"):
+            loss(x, y, label_smoothing=bad)
+
+
+@pytest.mark.parametrize("name", ["input", "target"])
+def test_a_ragged_nested_list_is_named(name):
+    good, ragged = [[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0], [3.0]]
+    arguments = {"input": good, "target": [[1, 0], [1, 0]], name: ragged}
+    with pytest.raises(ValueError, match=rf"^{name} could not be read as an array \(.*inhomogeneous"):
+        snp.multilabel_soft_margin_loss(arguments["input"], arguments["target"])

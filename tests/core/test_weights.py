@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -145,3 +147,16 @@ def test_soft_labels_in_0_1_are_still_counted_fractionally():
     soft = np.array([[0.5, 1.0], [0.25, 0.0], [0.25, 1.0]])
     np.testing.assert_allclose(softmargin.class_weights(soft, normalize=False), 3 / (2 * np.array([1.0, 2.0])))
     np.testing.assert_allclose(softmargin.pos_weight(soft), [2.0, 0.5])
+
+
+@pytest.mark.parametrize("family", ["numpy", "sparse", "torch"])
+def test_a_soft_count_below_one_is_not_raised_to_one(family):
+    # column 0 has 0.2 + 0.0 = 0.2 positives, column 1 has 0.8: neither is empty, so neither may be floored at 1
+    soft = np.array([[0.2, 0.8], [0.0, 0.0]])
+    n_pos, n = soft.sum(0), len(soft)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no positive example" warning either
+        weights = softmargin.class_weights(_families()[family](soft), normalize=False)
+        positive = softmargin.pos_weight(_families()[family](soft))
+    np.testing.assert_allclose(np.asarray(weights), n / (2 * n_pos))
+    np.testing.assert_allclose(np.asarray(positive), (n - n_pos) / n_pos)

@@ -67,3 +67,77 @@ def test_unsupported_backend_is_named():
     env = dict(os.environ, KERAS_BACKEND="numpy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0 and "keras backend 'numpy' is not supported" in result.stderr
+
+
+CHECKS = textwrap.dedent(
+    """
+    import json
+    import numpy as np, keras
+    from softmargin.keras import MultiLabelSoftMarginLoss as KL
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 6)).astype("float32")
+    Y = (rng.random((16, 4)) < 0.3).astype("float32")
+    out = {}
+
+    def error(make):
+        try:
+            make()
+        except (ValueError, TypeError) as e:
+            return type(e).__name__ + ": " + str(e)
+        return None
+
+    def fit(targets, eager):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+        model.compile(optimizer="adam", loss=KL(), run_eagerly=eager)
+        return model.fit(X, targets, epochs=1, batch_size=8, shuffle=False, verbose=0)
+
+    out["fit_eager_bad"] = error(lambda: fit(Y * 5 - 2, True))
+    out["first_bad"] = float(Y[0, 0] * 5 - 2)
+    out["fit_eager_nan"] = error(lambda: fit(np.where(Y > 0, np.nan, 0).astype("float32"), True))
+    out["fit_eager_good"] = error(lambda: fit(Y, True))
+    for name, value in {"2d": np.ones((2, 2)), "column": np.ones((4, 1)), "3d": np.ones((1, 2, 2))}.items():
+        out["weight_" + name] = error(lambda: KL(weight=value))
+        out["pos_weight_" + name] = error(lambda: KL(pos_weight=value))
+    out["weight_negative"] = error(lambda: KL(weight=[1.0, -1.0, 1.0, 1.0]))
+    out["weight_inf"] = error(lambda: KL(weight=[1.0, np.inf, 1.0, 1.0]))
+    out["pos_weight_zero"] = error(lambda: KL(pos_weight=[1.0, 0.0, 1.0, 1.0]))
+    yp = rng.standard_normal((3, 4)).astype("float32")
+    scalar, per_class = KL(weight=2.0, pos_weight=np.float32(3.0)), KL(weight=[2.0] * 4, pos_weight=[3.0] * 4)
+    out["scalar"] = [float(scalar(Y[:3], yp)), float(per_class(Y[:3], yp))]
+    out["scalar_config"] = [KL.from_config(scalar.get_config()).get_config()[k] for k in ("weight", "pos_weight")]
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_targets_and_weights_are_checked(backend):
+    """Targets outside [0, 1] (or NaN) fail fit with run_eagerly=True on both backends (on JAX, fit differentiates:
+    y_pred is traced there, y_true is not); weight and pos_weight are checked when the loss is made, (C,) or a
+    scalar, never silently flattened."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", CHECKS], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["fit_eager_bad"].startswith("ValueError: target has ") and "outside [0, 1]" in out["fit_eager_bad"]
+    assert f"(the first at position (0, 0): {out['first_bad']!r})" in out["fit_eager_bad"]
+    assert out["fit_eager_nan"].startswith("ValueError: target has ") and ": nan)" in out["fit_eager_nan"]
+    assert out["fit_eager_good"] is None
+    for name, shape in {"2d": (2, 2), "column": (4, 1), "3d": (1, 2, 2)}.items():
+        for arg in ("weight", "pos_weight"):
+            assert out[f"{arg}_{name}"] == (
+                f"ValueError: {arg}.shape == {shape}: expected shape (C,), one {arg} per class (or a scalar for every class)"
+            )
+    assert (
+        "weight has 1 value outside the finite range [0, inf) (the first at position (1,): -1.0)"
+        in out["weight_negative"]
+    )
+    assert "weight has 1 value outside the finite range [0, inf) (the first at position (1,): inf)" in out["weight_inf"]
+    assert (
+        "pos_weight has 1 value outside the finite range (0, inf) (the first at position (1,): 0.0)"
+        in out["pos_weight_zero"]
+    )
+    assert out["scalar"][0] == pytest.approx(out["scalar"][1], rel=1e-6)
+    assert out["scalar_config"] == [2.0, 3.0]

@@ -65,3 +65,38 @@ def test_confident_right_predictions_keep_their_small_gradient():
     grad = jax.grad(lambda x: multilabel_soft_margin_loss(x, jnp.ones(2, jnp.float32), reduction="sum"))(x)
     expected = -1 / (1 + np.exp(np.array([20.0, 40.0]))) / 2
     assert_close(grad, expected, 1e-6)
+
+
+@pytest.mark.parametrize("impl", ["xla", "callback"])
+@pytest.mark.parametrize("dropped", ["zero weight", "masked out"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_a_dropped_nan_logit(impl, dropped, reduction):
+    """An element the loss drops (weight exactly 0, or mask False) leaves the loss finite even at a NaN logit; its
+    input gradient stays NaN, as torch's and NumPy's do (a NaN logit is a model gone wrong); the target and
+    pos_weight gradients drop it (0); every other gradient is that of the same call with the logit finite."""
+    import softmargin.numpy as oracle
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((3, 4)))
+    y, pw = jnp.asarray(rng.random((3, 4))), jnp.asarray(rng.random(4) + 0.5)
+    if dropped == "zero weight":
+        kwargs = {"weight": jnp.asarray(rng.random((3, 4)) + 0.5).at[1, 2].set(0.0)}
+    else:
+        kwargs = {"mask": jnp.ones((3, 4), bool).at[1, 2].set(False)}
+    nan = x.at[1, 2].set(jnp.nan)
+    f = lambda x, y, pw: multilabel_soft_margin_loss(
+        x, y, reduction=reduction, pos_weight=pw, impl=impl, validate=False, **kwargs
+    ).sum()
+    loss, grads = jax.value_and_grad(f, argnums=(0, 1, 2))(nan, y, pw)
+    expected_loss, expected = jax.value_and_grad(f, argnums=(0, 1, 2))(x, y, pw)
+    assert np.isfinite(float(loss)) and float(loss) == pytest.approx(float(expected_loss), rel=1e-15)
+    host = {k: np.asarray(v) for k, v in kwargs.items()}
+    numpy_grad = oracle.multilabel_soft_margin_loss_and_grad(np.asarray(nan), np.asarray(y), pos_weight=np.asarray(pw), **host)[1]
+    assert np.isnan(float(grads[0][1, 2])) and np.isnan(numpy_grad[1, 2])
+    assert float(grads[1][1, 2]) == 0.0
+    kept = np.ones((3, 4), bool)
+    kept[1, 2] = False
+    assert_close(np.asarray(grads[0])[kept], np.asarray(expected[0])[kept], 1e-15, "input")
+    for name, ours, theirs in zip(("target", "pos_weight"), grads[1:], expected[1:]):
+        assert np.all(np.isfinite(np.asarray(ours))), name
+        assert_close(ours, theirs, 1e-15, name)

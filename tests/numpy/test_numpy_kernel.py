@@ -114,6 +114,28 @@ def test_float32_per_sample_loss_within_2e7_of_mpmath():
     assert rel.max() <= 2e-7, rel.max()
 
 
+def _exact_focused(x, y, gamma_pos, gamma_neg):
+    """mpmath, 40 digits: -(y (1 - p)^gp log p + (1 - y) p^gn log(1 - p)), p = sigmoid(x), hard y."""
+    import mpmath
+
+    with mpmath.workdps(40):
+        p = 1 / (1 + mpmath.exp(-mpmath.mpf(float(x))))
+        return float(-((1 - p) ** gamma_pos * mpmath.log(p) if y else p**gamma_neg * mpmath.log(1 - p)))
+
+
+@pytest.mark.parametrize(("gamma_pos", "gamma_neg"), [(2.0, 2.0), (4.0, 0.0), (1.0, 4.0)])
+def test_float32_focused_element_loss_within_3e6_of_mpmath(gamma_pos, gamma_neg):
+    # the documented bound with focusing (no clip); one element per row, so the row's loss is the element's
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.standard_normal(300) * 8, rng.uniform(-30, 30, 300)]).astype(np.float32)[:, None]
+    y = (rng.random(x.shape) < 0.5).astype(np.float32)
+    loss = snp.multilabel_soft_margin_loss(x, y, gamma_pos=gamma_pos, gamma_neg=gamma_neg, reduction="none")
+    exact = np.array([_exact_focused(a, b, gamma_pos, gamma_neg) for a, b in zip(x[:, 0], y[:, 0])])
+    keep = exact > 1e-30  # below, float32 underflows by design
+    rel = np.abs(loss.astype(np.float64)[keep] - exact[keep]) / exact[keep]
+    assert rel.max() <= 3e-6, rel.max()
+
+
 def test_float64_matches_the_float64_reference():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((50, 300)) * 8
@@ -212,3 +234,22 @@ def test_numpy_kernel_path_never_imports_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["weight", "pos_weight"])
+@pytest.mark.parametrize("value", [1e39, 1e-50])
+def test_a_float64_weight_beyond_float32_is_not_rounded_by_the_kernel(monkeypatch, name, value):
+    # the kernel reads weights in float32 for a float32 input: 1e39 would become inf, 1e-50 would become 0
+    x = np.array([[0.5, -1.0, 3.0, 0.0]], np.float32)
+    y = np.array([[1, 0, 1, 0]], np.float32)
+    weights = np.array([1.0, value, 1.0, 1.0])
+    loss, grad = snp.multilabel_soft_margin_loss_and_grad(x, y, reduction="sum", **{name: weights})
+    element = np.vectorize(exact_element_loss)(x.astype(np.float64), y.astype(np.float64))  # mpmath, per element
+    if name == "pos_weight":
+        element = np.where(y == 1, weights * element, element)
+    else:
+        element = weights * element
+    assert np.isfinite(loss) and loss == pytest.approx(element.sum() / 4, rel=1e-6)
+    (native_loss, native_grad), (chunked_loss, chunked_grad) = _both(monkeypatch, x, y, reduction="sum", **{name: weights})
+    assert native_loss == chunked_loss and np.array_equal(native_grad, chunked_grad)
+    assert np.all(np.isfinite(grad))

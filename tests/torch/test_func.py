@@ -110,3 +110,25 @@ def test_vmap_over_sparse_targets_is_a_clear_error():
     xs = torch.randn(2, 3, 4)
     with pytest.raises(Exception, match="sparse"):
         vmap(lambda a: st.multilabel_soft_margin_loss(a, [[0], [1, 2], []]))(xs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", [{}, {"pos_weight": True}, {"gamma_neg": 2.0, "clip": 0.05}])
+def test_batched_backward_equals_one_backward_per_vector(reduction, options, dtype):
+    # torch.autograd.grad(..., is_grads_batched=True) and jacobian(vectorize=True) run the backward under vmap
+    x, y, w = (t.to(dtype) for t in _data())
+    options = dict(options)
+    if options.pop("pos_weight", False):
+        options["pos_weight"] = w + 0.5
+    loss = lambda a: st.multilabel_soft_margin_loss(a, y, w, reduction=reduction, **options)
+    x = x.requires_grad_()
+    out = loss(x)
+    vectors = torch.randn(3, *out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    (batched,) = torch.autograd.grad(out, x, vectors, is_grads_batched=True)
+    one_by_one = torch.stack([torch.autograd.grad(loss(x), x, v)[0] for v in vectors])
+    torch.testing.assert_close(batched, one_by_one, rtol=0, atol=0)
+    if reduction == "none":
+        jacobian = torch.autograd.functional.jacobian(loss, x.detach(), vectorize=True)
+        looped = torch.autograd.functional.jacobian(loss, x.detach())
+        torch.testing.assert_close(jacobian, looped, rtol=0, atol=0)

@@ -94,6 +94,20 @@ def test_bad_shapes():
         st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target[:, :4])
 
 
+@pytest.mark.parametrize("name", ["target", "class_weight", "pos_weight"])
+def test_an_operand_it_cannot_differentiate_is_refused_not_left_without_grad(name):
+    # their .grad would silently stay None, where the unfused loss gives target and class_weight gradients
+    hidden, weight, bias, target = _problem(n=4, h=3, c=5)
+    operands = {"target": target, "class_weight": torch.rand(5) + 0.5, "pos_weight": torch.rand(5) + 0.5}
+    operands[name] = operands[name].clone().requires_grad_()
+    call = lambda: st.linear_multilabel_soft_margin_loss(hidden, weight, bias, operands["target"],
+                                                        class_weight=operands["class_weight"], pos_weight=operands["pos_weight"])  # fmt: skip
+    with pytest.raises(ValueError, match=rf"{name} requires grad, but the fused linear head differentiates hidden, weight and bias only"):
+        call()
+    with torch.no_grad():  # nothing to differentiate: fine
+        call()
+
+
 def _run_ranks(tmp_path: Path, mode: str, timeout: float = 120) -> list[subprocess.CompletedProcess]:
     worker = Path(__file__).with_name("distributed_worker.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))

@@ -96,6 +96,34 @@ def test_bad_sparse_targets(target, message):
         st.multilabel_soft_margin_loss(torch.zeros(2, 10), target)
 
 
+@pytest.mark.parametrize(
+    "shape,target,error,message",
+    [
+        # rows of C entries: label lists (every label) or a dense 0/1 target (the identity)? refused, not guessed
+        ((2, 2), [[1, 0], [0, 1]], ValueError, r"list of 2 rows of 2 entries, as many as the input's classes"),
+        ((2, 1), [[0], [0]], ValueError, r"rows of 1 entries"),
+        # a tuple of label tuples would read as (indptr, indices): rows [3] and [4], not {0, 1, 2} and {3, 4}
+        ((2, 5), ((0, 1, 2), (3, 4)), TypeError, r"tuple holding a tuple: \(indptr, indices\[, values\]\) takes arrays"),
+        ((2, 5), [[0.7, 3.2], [4.9]], TypeError, r"label list holds 0\.7 \(float\): expected integer class indices"),
+        ((2, 5), [[True], []], TypeError, r"label list holds True"),
+        ((2, 5), (np.array([0.0, 1.0, 2.0]), np.array([3, 4])), TypeError, r"indptr has dtype float64: expected integers"),
+        ((2, 5), (np.array([0, 1, 2]), torch.tensor([3.0, 4.0])), TypeError, r"indices has dtype float32: expected integers"),
+    ],
+)
+def test_ambiguous_or_non_integer_label_lists_are_refused(shape, target, error, message):
+    with pytest.raises(error, match=message):
+        st.multilabel_soft_margin_loss(torch.zeros(shape), target)
+
+
+def test_label_lists_of_integer_kinds_equal_the_dense_target():
+    x = torch.randn(3, 5, dtype=torch.float64)
+    dense = torch.zeros(3, 5, dtype=torch.float64)
+    dense[0, [1, 3]] = dense[2, 4] = 1
+    expected = st.multilabel_soft_margin_loss(x, dense)
+    for lists in ([[1, 3], [], [4]], [np.array([1, 3]), [], [np.int64(4)]], [torch.tensor([1, 3]), torch.tensor([], dtype=torch.long), [4]]):
+        torch.testing.assert_close(st.multilabel_soft_margin_loss(x, lists), expected)
+
+
 def test_no_positive_at_all():
     x = torch.randn(3, 50, requires_grad=True)
     loss = st.multilabel_soft_margin_loss(x, [[], [], []])

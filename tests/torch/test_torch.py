@@ -222,6 +222,57 @@ def test_gradgradcheck():
         assert torch.autograd.gradgradcheck(lambda a: multilabel_soft_margin_loss(a, y, w, reduction=reduction), (x,))
 
 
+def test_second_derivatives_through_a_zero_weight_are_torchs():
+    # d(dL/dx)/dw and d(dL/dy)/dw at w == 0 are the element's gradient, not 0 (a class switched off is still a point
+    # where the weight's derivative exists)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    ours = lambda a, b, c: multilabel_soft_margin_loss(a, b, c, validate=False)  # gradcheck steps w below 0
+    assert torch.autograd.gradgradcheck(ours, (x, y, w))
+    for wrt in (x, y):
+        got, expected = (torch.autograd.grad(torch.autograd.grad(f(x, y, w), wrt, create_graph=True)[0].sum(), w)[0]
+                         for f in (ours, F.multilabel_soft_margin_loss))  # fmt: skip
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+        assert got[0] != 0
+
+
+@pytest.mark.parametrize("value", [1e39, 1e-50])
+def test_a_float64_weight_beyond_float32_is_read_as_torch_reads_it(value):
+    # torch computes in float64 from the weighting on; read in float32 this weight would be inf (or 0)
+    x = torch.tensor([[2.0, -1.0, 0.5], [0.3, 4.0, -2.0]], requires_grad=True)
+    y = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    w = torch.tensor([value, 1.0, 1.0], dtype=torch.float64)
+    for reduction in ("mean", "none"):
+        ours, theirs = multilabel_soft_margin_loss(x, y, w, reduction=reduction), F.multilabel_soft_margin_loss(x, y, w, reduction=reduction)
+        assert ours.dtype == theirs.dtype == torch.float64
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+        (got,), (expected,) = (torch.autograd.grad(loss.sum(), x) for loss in (ours, theirs))
+        assert got.dtype == torch.float32 and bool(got.isfinite().all())
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "input_dtype,target_dtype,weight",
+    [
+        (torch.float32, torch.float32, torch.tensor(2.0, dtype=torch.float64)),  # 0-d: no promotion
+        (torch.float16, torch.float16, torch.tensor(2.0)),
+        (torch.float32, torch.float32, torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)),  # 1-d: promotes
+        (torch.float32, torch.float64, None),
+        (torch.bfloat16, torch.bfloat16, torch.tensor(3, dtype=torch.int64)),
+    ],
+)
+def test_result_dtype_is_torchs(input_dtype, target_dtype, weight):
+    x = torch.randn(2, 3).to(input_dtype)
+    y = torch.tensor([[0, 1, 1], [1, 0, 0]], dtype=target_dtype)
+    for reduction in ("mean", "none"):
+        ours = multilabel_soft_margin_loss(x, y, weight, reduction=reduction)
+        theirs = F.multilabel_soft_margin_loss(x, y, weight, reduction=reduction)
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours, theirs)
+
+
 def test_empty_batch_like_torch():
     for shape in [(0, 3), (2, 0)]:
         x = torch.zeros(shape, requires_grad=True)
@@ -259,3 +310,22 @@ def test_numpy_and_torch_backends_agree(rng):
     loss.backward()
     assert_close(loss.item(), snp.multilabel_soft_margin_loss(x, y, w), 1e-13, "loss")
     assert_close(xt.grad.numpy(), snp.multilabel_soft_margin_loss_grad(x, y, w), 1e-13, "grad")
+
+
+def test_pos_weight_assigned_after_construction_is_a_buffer():
+    loss = MultiLabelSoftMarginLoss()
+    loss.pos_weight = torch.tensor([1.0, 2.0, 3.0])
+    loss.weight = torch.tensor([0.5, 1.0, 1.5])
+    assert set(loss.state_dict()) == {"weight", "pos_weight"}
+    loss.double()
+    assert loss.pos_weight.dtype == loss.weight.dtype == torch.float64
+    fresh = MultiLabelSoftMarginLoss(pos_weight=torch.ones(3), weight=torch.ones(3, dtype=torch.float64))
+    fresh.load_state_dict(loss.state_dict())
+    torch.testing.assert_close(fresh.pos_weight, loss.pos_weight.float())
+
+
+def test_repr_shows_the_settings_that_differ_from_the_defaults():
+    assert repr(MultiLabelSoftMarginLoss()) == "MultiLabelSoftMarginLoss()"
+    assert repr(MultiLabelSoftMarginLoss(reduction="sum", gamma_neg=4.0, clip=0.05)) == (
+        "MultiLabelSoftMarginLoss(reduction='sum', gamma_neg=4.0, clip=0.05)"
+    )

@@ -8,6 +8,7 @@ one sigmoid per class, one-vs-rest, probabilities normalised to sum to 1). It wo
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -16,6 +17,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -35,6 +37,13 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
     (a per-label weighting method computed from the data: ``"none"``, ``"inverse"``, ``"sqrt_inverse"``,
     ``"effective_number"``; not scikit-learn's ``class_weight`` dictionary, whose per-sample meaning it does not have). The defaults train one MLP, quickly;
     ``softmargin train``'s defaults (an ensemble of 5) are ``ensemble=5, at_least_one="auto"``.
+
+    ``random_state`` (default None) follows scikit-learn's ``check_random_state``: an int in [0, 2**32) is the seed
+    itself (``--seed``: the same int, the same model); a ``numpy.random.RandomState`` gives the seed as one draw from
+    it at each ``fit`` (so it advances, and two fits with one instance differ); None draws the seed from NumPy's
+    global ``RandomState``, so each fit gives a different model (unless ``np.random.seed`` was called; ``softmargin
+    train``'s default is seed 0). Anything else (a float, a string, a bool, a ``numpy.random.Generator``) is refused
+    by ``fit`` with a ValueError.
 
     Attributes:
         classes_: for a label matrix, ``np.arange(n_labels)``; for 1-D targets, the sorted class labels.
@@ -114,20 +123,34 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
             )
         return tuple(int(v) for v in layers)
 
+    def _random_state(self) -> int | np.random.RandomState:
+        """``random_state`` as scikit-learn's ``check_random_state`` reads it, checked: an int is the seed itself, a
+        ``RandomState`` is used as given, None is NumPy's global ``RandomState``; anything else is refused."""
+        random_state: Any = self.random_state
+        expected = "expected None, an integer in [0, 2**32) or a numpy.random.RandomState instance"
+        if _is_int(random_state):
+            if not 0 <= random_state < 2**32:
+                raise ValueError(f"random_state={random_state!r}: {expected}")
+            return int(random_state)
+        if isinstance(random_state, bool):  # check_random_state would take True for the seed 1
+            raise ValueError(f"random_state={random_state!r}: {expected}")
+        try:
+            return check_random_state(random_state)
+        except ValueError:
+            raise ValueError(f"random_state={random_state!r}: {expected}") from None
+
     def _config(self) -> T.TrainConfig:
         # the parameters whose TrainConfig field has another name, checked here so that an error names the parameter
         if self.label_weight not in T.CLASS_WEIGHTS:
             raise ValueError(f"label_weight={self.label_weight!r}: expected one of {', '.join(T.CLASS_WEIGHTS)}")
-        if _is_int(self.random_state) and not 0 <= self.random_state < 2**32:
-            raise ValueError(f"random_state={self.random_state!r}: expected None or an integer in [0, 2**32)")
-        seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else 0
+        self._random_state()  # checked before the data; the seed is drawn in fit, once they are
         return T.TrainConfig(
             model=self.model, hidden=self._hidden(), dropout=self.dropout, ensemble=self.ensemble,
             optimizer=self.optimizer, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             weight_decay=self.weight_decay, C=self.C, valid_fraction=self.valid_fraction, patience=self.patience,
             standardize=self.standardize, class_weight=self.label_weight, pos_weight=self.pos_weight,
             label_smoothing=self.label_smoothing, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, clip=self.clip,
-            thresholds=self.thresholds, at_least_one=self.at_least_one, seed=int(seed),
+            thresholds=self.thresholds, at_least_one=self.at_least_one,
         ).check()  # fmt: skip
 
     def fit(self, X: Any, y: Any) -> SoftMarginClassifier:
@@ -161,6 +184,9 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"y has {len(self.classes_)} class: expected at least 2 classes")
         names = [str(c) for c in range(Y.shape[1])]
         features = [str(f) for f in range(X.shape[1])]
+        random_state = self._random_state()
+        seed = random_state if isinstance(random_state, int) else int(random_state.randint(np.iinfo(np.int32).max))
+        config = dataclasses.replace(config, seed=seed)
         self.model_ = T.fit(Dataset(X, Y, features, names, "fit"), config, progress=self.verbose)
         return self
 

@@ -721,7 +721,7 @@ def _fit_newton(train: Dataset, config: TrainConfig, progress: bool, log: Callab
     best, chosen, held_out = -math.inf, candidates[0], fitted[grid[0]][0]
     for candidate in candidates if len(candidates) > 1 else []:
         logits = np.mean([fitted[C][0] for C in candidate], 0)
-        quality = [M.precision_at_k(Yd, logits, k) for k in (1, 3, 5)]
+        quality = [M._precision_at_k(Yd, logits, k) for k in (1, 3, 5)]  # Yd: the training labels, 0/1 (checked at load)
         if hinge:
             score = sum(quality)
         else:

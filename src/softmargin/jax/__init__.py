@@ -1,8 +1,10 @@
 """JAX API: the multi-label soft-margin loss as a ``jax.custom_vjp`` (gradient computed in the forward pass), with the
 NumPy and PyTorch backends' options, semantics and error messages; and the fused linear head.
 
-Works under ``jax.jit``, ``grad``, ``value_and_grad``, ``vmap`` and ``shard_map``; float16, bfloat16, float32 and
-(with ``jax_enable_x64``) float64. The operator and its two implementations are in :mod:`softmargin.jax._ops`.
+Works under ``jax.jit``, ``grad``, ``value_and_grad``, ``vmap`` and ``shard_map``, and for second derivatives (grad
+of grad, ``jax.hessian``, ``jax.jvp`` of ``jax.grad``; ``jax.jvp`` of the loss itself is a ``custom_vjp``'s limit);
+float16, bfloat16, float32 and (with ``jax_enable_x64``) float64. The operator and its two implementations are in
+:mod:`softmargin.jax._ops`.
 
 Value checks (target in [0, 1], weights finite and non-negative) raise ``ValueError`` on concrete arrays. Under a
 transformation the values are not known at trace time, so with ``validate=True`` the checks are staged as
@@ -173,10 +175,16 @@ def multilabel_soft_margin_loss(
     Returns:
         The loss in ``input``'s dtype (half precision is computed in float32): a scalar, or ``input.shape[:-1]``
         for ``"none"``. Infinite logits give 0 for a right prediction and ``inf`` for a wrong one, with finite
-        gradients; NaN logits give NaN.
+        gradients, except a negative's term with ``clip > 0``: its probability margin keeps ``p_m <= 1 - clip``, so
+        ``x = inf`` gives the finite ``-p_m^gamma_neg log(1 - p_m)`` at ``p_m = 1 - clip`` (2.44 for
+        ``y = 0, gamma_neg=4, clip=0.05``) and gradient 0. NaN logits give NaN; an element the loss drops (weight
+        exactly 0, or masked out) contributes 0 to the loss even there, and to the target's and pos_weight's
+        gradients, but its input gradient stays NaN, as torch's and the NumPy backend's do.
 
     The gradient w.r.t. ``input`` is made in the forward pass and only scaled in the backward pass; ``target``,
-    ``weight`` and ``pos_weight`` have exact gradients too, computed only when asked for.
+    ``weight`` and ``pos_weight`` have exact gradients too, computed only when asked for. Second and higher
+    derivatives (grad of grad, ``jax.hessian``, ``jax.jvp`` of ``jax.grad``) work with either implementation: the
+    callback's forward pass then takes its tangents from the XLA implementation, which first-order use never runs.
 
     Example:
         >>> import jax, jax.numpy as jnp

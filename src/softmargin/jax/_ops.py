@@ -12,16 +12,19 @@ Two implementations of the forward pass, chosen explicitly (``impl``) or by :fun
   range, read as it reads the target (``Config.report_target``), so the check costs no pass of its own.
 
 Either way the residual saved for backward is the gradient itself (input-sized, input dtype), and backward only
-scales it by the incoming cotangent, as the torch operator does. The cotangents of ``target``, ``weight`` and
-``pos_weight`` are exact too, computed only when JAX asks for them (``CustomVJPPrimal.perturbed``): the loss is
-linear in each, so they follow from the element loss at ``y = 1`` and ``y = 0``. No validation happens here: the
-public entry point (:mod:`softmargin.jax`) validates.
+scales it by the incoming cotangent, as the torch operator does. A second derivative differentiates the forward
+pass's outputs (the loss and that residual): XLA's are ordinary JAX operations; the callback's have a
+``jax.custom_jvp`` (:func:`_callback_op`) whose tangents are the JVP of :func:`xla_forward`, so grad of grad,
+``jax.hessian`` and forward-over-reverse work on either path, and first-order use runs the callback alone. The
+cotangents of ``target``, ``weight`` and ``pos_weight`` are exact too, computed only when JAX asks for them
+(``CustomVJPPrimal.perturbed``): the loss is linear in each, so they follow from the element loss at ``y = 1`` and
+``y = 0``. No validation happens here: the public entry point (:mod:`softmargin.jax`) validates.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -198,7 +201,8 @@ def xla_forward(
     else:
         loss, grad = _element(x.astype(cdt), _smooth(y.astype(cdt), options), pwc, options, need_grad)
     if weight is not None:
-        # a zero weight (or a missing label) removes the element, even where its loss is inf (0 * inf)
+        # a zero weight (or a missing label) removes the element from the loss, even where its loss is inf (0 * inf);
+        # the input's gradient is not masked: at a NaN logit it stays NaN, as torch's and the other backends' do
         loss = jnp.where(weight == 0, 0, loss * weight)
         grad = None if grad is None else grad * weight
     per_sample = loss.sum(-1) / divisor
@@ -307,10 +311,50 @@ def callback_forward(
     return loss, (next(result) if need_grad else None), next(result, None)
 
 
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _callback_op(config: Config, need_grad: bool, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, Any, Any]:
+    """:func:`callback_forward`, differentiable. First-order AD never differentiates the forward pass (its gradient
+    is the residual, only scaled in backward), so this rule runs only for second and higher derivatives (grad of
+    grad, ``jax.hessian``, ``jax.jvp`` of ``jax.grad``), where JAX differentiates the forward pass's outputs: the
+    callback's values stay the primal outputs, their tangents are the JVP of :func:`xla_forward` (a host callback
+    has no derivative of its own). First-order use keeps the callback alone."""
+    return callback_forward(config, x, y, w, pw, m, need_grad)
+
+
+def _callback_jvp(
+    config: Config, need_grad: bool, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
+    x, y, w, pw, m = primals
+    out = callback_forward(config, x, y, w, pw, m, need_grad)
+    xla = replace(config, impl="xla", report_target=False)
+    # the floating operands JAX perturbs (the mask, integer targets and symbolic zeros have no tangent)
+    moved = [
+        i for i in range(4)
+        if primals[i] is not None and not isinstance(tangents[i], SymbolicZero)
+        and jnp.issubdtype(primals[i].dtype, jnp.inexact)
+    ]  # fmt: skip
+
+    def forward(*values: Any) -> tuple[Any, Any]:
+        operands = [x, y, w, pw]
+        for i, value in zip(moved, values):
+            operands[i] = value
+        return xla_forward(xla, operands[0], operands[1], operands[2], operands[3], m, need_grad)
+
+    if moved:
+        _, (dloss, dgrad) = jax.jvp(forward, tuple(primals[i] for i in moved), tuple(tangents[i] for i in moved))
+    else:
+        dloss, dgrad = jnp.zeros_like(out[0]), None if out[1] is None else jnp.zeros_like(out[1])
+    dflag = None if out[2] is None else np.zeros(out[2].shape, jax.dtypes.float0)
+    return out, (dloss, dgrad, dflag)
+
+
+_callback_op.defjvp(_callback_jvp, symbolic_zeros=True)
+
+
 def _forward(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any, need_grad: bool) -> tuple[Any, Any, Any]:
     """(loss, gradient or None, the target's range flag or None)."""
     if config.impl == "callback" and not isinstance(y, SparseRows):
-        return callback_forward(config, x, y, w, pw, m, need_grad)
+        return _callback_op(config, need_grad, x, y, w, pw, m)
     if config.report_target:  # only the callback reports (the public function asks it only of the callback)
         raise ValueError("report_target needs impl='callback' and a dense target")
     return (*xla_forward(config, x, y, w, pw, m, need_grad), None)
@@ -399,16 +443,18 @@ def _other_cotangents(
     positive, _ = _element(xc, jnp.ones((), cdt), None, options, False)  # P: unit pos_weight
     negative, _ = _element(xc, jnp.zeros((), cdt), None, options, False)
     element_weight = row if weight is None else row * weight
+    # an element with zero weight (or a missing label) is not in the loss: no cotangent, even at a NaN logit
+    only_kept: Any = (lambda a: a) if weight is None else (lambda a: jnp.where(weight == 0, 0, a))
     gy = gw = gpw = None
     if need_y:
         weighted_pos = positive if pwc is None else positive * pwc
-        gy = _sum_to(element_weight * (weighted_pos - negative) * (1 - options.label_smoothing), y)
+        gy = _sum_to(only_kept(element_weight * (weighted_pos - negative) * (1 - options.label_smoothing)), y)
     if need_w:
         full, _ = _element(xc, ys, pwc, options, False)
         mf = 1 if m is None else jnp.broadcast_to(m, shape).astype(cdt)
         gw = _sum_to(jnp.where(row * mf == 0, 0, row * mf * full), w)
     if need_pw:
-        gpw = _sum_to(element_weight * jnp.where(ys == 0, 0, ys * positive), pw)
+        gpw = _sum_to(only_kept(element_weight * jnp.where(ys == 0, 0, ys * positive)), pw)
     return gy, gw, gpw
 
 

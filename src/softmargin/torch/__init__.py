@@ -108,7 +108,7 @@ def _problem(
                 )
     result_dtype = input.dtype
     for operand in (dense, weight):
-        if operand is not None:
+        if operand is not None and operand.dim() > 0:  # torch.result_type: a 0-d tensor does not promote a float
             result_dtype = torch.promote_types(result_dtype, operand.dtype)
     return Problem(input, dense, sparse, weight, pos_weight, mask, options, reduction, validate, result_dtype)
 
@@ -138,9 +138,10 @@ def multilabel_soft_margin_loss(
     Args:
         input: logits of shape ``(C,)`` or ``(N, ..., C)``; float16, bfloat16, float32 or float64, any device.
         target: same shape as ``input`` (never broadcast), values in [0, 1] (soft targets allowed); or sparse, as
-            the positives only: a sparse CSR/COO tensor, a scipy.sparse matrix, ``(indptr, indices[, values])`` or a
-            list of label-index lists, one per sample (rows = ``input.shape[:-1]`` flattened). A sparse target is
-            never made dense as a whole; it is not differentiable.
+            the positives only: a sparse CSR/COO tensor, a scipy.sparse matrix, ``(indptr, indices[, values])``
+            (integer arrays or tensors) or a list of label-index lists, one per sample (rows = ``input.shape[:-1]``
+            flattened; integer ids). A sparse target is never made dense as a whole; it is not differentiable. A
+            dense target is a tensor: a list whose every row has C entries is refused, as it reads both ways.
         weight: non-negative weights broadcastable to ``input``, usually one per class, shape ``(C,)``.
         size_average, reduce: deprecated, as in torch (use ``reduction``).
         reduction: ``"none"`` (shape ``input.shape[:-1]``), ``"mean"`` or ``"sum"``.
@@ -231,11 +232,15 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
         V.check_reduction(self.reduction)
         self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
         self.pos_weight: Tensor | None
-        if pos_weight is not None:
-            self.register_buffer("pos_weight", pos_weight)
-        else:
-            self.pos_weight = None
+        self.register_buffer("pos_weight", pos_weight)  # also when None: a tensor assigned later is a buffer too
         self.validate = validate
+
+    def extra_repr(self) -> str:
+        """The settings that differ from the defaults (torch's module shows none)."""
+        shown = [f"reduction={self.reduction!r}"] if self.reduction != "mean" else []
+        shown += [f"{name}={getattr(self.options, name)}" for name in ("label_smoothing", "gamma_pos", "gamma_neg", "clip")
+                  if getattr(self.options, name)]  # fmt: skip
+        return ", ".join(shown + ([] if self.validate else ["validate=False"]))
 
     # The four option attributes of torch-style code read through to ``options``.
     label_smoothing = property(lambda self: self.options.label_smoothing)
@@ -339,6 +344,12 @@ def linear_multilabel_soft_margin_loss(
         target = as_sparse_targets(target, (num_rows, num_labels), torch, device=hidden.device)
     else:
         V.check_same_shape("target", target.shape, (num_rows, num_labels))
+    for name, given in (("target", target), ("class_weight", class_weight), ("pos_weight", pos_weight)):
+        if isinstance(given, Tensor) and given.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{name} requires grad, but the fused linear head differentiates hidden, weight and bias only; pass "
+                f"{name}.detach(), or compute the logits and call multilabel_soft_margin_loss for its gradient"
+            )
     if validate:
         _check_values(target, ("class_weight", class_weight, False), ("pos_weight", pos_weight, True))
     budget = memory_budget if memory_budget is not None else auto_budget(num_rows, num_labels)

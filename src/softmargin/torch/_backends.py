@@ -114,6 +114,15 @@ def choose_backend(x: torch.Tensor) -> str:
     return wanted
 
 
+def _exact_in(weight: torch.Tensor | None, dtype: torch.dtype) -> bool:
+    """Whether ``weight`` read in ``dtype`` (the kernel's compute dtype) is the same weight: a float64 weight beyond
+    float32's range (inf) or below its smallest value (0, dropping the element) is not. Only CPU tensors come here."""
+    if weight is None or weight.dtype != torch.float64 or dtype == torch.float64:
+        return True
+    narrow = weight.to(dtype)
+    return bool(torch.equal(narrow.isinf(), weight.isinf()) and torch.equal(narrow == 0, weight == 0))
+
+
 def _weight_rows(weight: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype | None) -> torch.Tensor | None:
     """None, a (1, C) row (for a tensor of at most one dimension) or the tensor laid out like the input as (N, C)."""
     if weight is None:
@@ -400,6 +409,13 @@ def loss_rows(
         y = sparse = dataclasses.replace(sparse, values=sparse.values.to(x.dtype))
     plain = pos_weight is None and mask is None and options == PLAIN
     backend = choose_backend(x)
+    if (backend == "cpu" or (backend == "torch" and x.is_cpu)) and not (
+        _exact_in(weight, compute_dtype(x.dtype)) and _exact_in(pos_weight, compute_dtype(x.dtype))
+    ):  # the CPU paths would read this float64 weight in float32 (inf, or 0): they run in float64 instead, as
+        # torch's loss computes from the weighting on, and the gradient comes back in the input's dtype (a CUDA
+        # call is not checked: that would read the weight back to the host)
+        wide = loss_rows(x.double(), y, weight, pos_weight, mask, options, need_grad, check)
+        return wide[0].to(per_sample_dtype(x, y, weight)), None if wide[1] is None else wide[1].to(x.dtype), wide[2]
     if check and not (backend == "triton" and not x.is_cpu):  # the Triton kernel checks weights as it reads them
         for name, value, positive in (("weight", weight, False), ("pos_weight", pos_weight, True)):
             if value is not None:

@@ -169,8 +169,9 @@ def _differentiable_grad(
     w: Tensor | None = None if weight is None else weight.to(t.dtype)
     if mask is not None:
         w = mask.to(t.dtype) if w is None else w * mask
-    if w is not None:
-        grad = torch.where(w == 0, 0.0, grad * w)
+    if w is not None:  # a zero weight removes the element, also where its gradient is not finite (a NaN logit); the
+        # factor stays outside the where, so that d grad / d w is the element's gradient at w == 0 too
+        grad = torch.where((w == 0) & ~grad.isfinite(), 0.0, grad) * w
     divisor = _divisor(t, mask)
     scaled: Tensor = grad / divisor if isinstance(divisor, float) else torch.where(divisor > 0, grad / divisor.clamp_min(1), 0.0)
     return scaled.to(x.dtype)
@@ -207,14 +208,15 @@ def input_grads(
                 grad = B.loss_rows(x, target, weight, pos_weight, mask, options, True, False)[1]
                 in_place = True
             assert grad is not None
-            grad_x = grad.mul_(g.to(grad.dtype)) if in_place else grad * g.to(grad.dtype)
+            # (not in place under a batched backward: g then carries a batch dimension grad lacks)
+            grad_x = grad.mul_(g.to(grad.dtype)) if in_place and not _batched(g) else grad * g.to(grad.dtype)
     if need_y or need_w:  # the plain loss only (the public API says so before it starts)
         dense = _dense_target(y, sparse, x)
         scale = g / x.shape[-1]
         if need_y:  # d per_sample / dy = -w x / C; a zero weight removes the element, also where x is infinite
             grad_y = -x * scale
-            if weight is not None:
-                grad_y = torch.where(weight == 0, 0.0, grad_y * weight)
+            if weight is not None:  # as in _differentiable_grad: d grad_y / d w stays -x / C at w == 0
+                grad_y = torch.where((weight == 0) & ~grad_y.isfinite(), 0.0, grad_y) * weight
             grad_y = grad_y.to(dense.dtype)
         if need_w:  # d per_sample / dw = l(x, y) / C, summed over the dimensions the weight was broadcast along
             assert weight is not None
@@ -529,7 +531,7 @@ class _PlainLoss(torch.autograd.Function):
         code = _PLAIN_CODES.get(grad_output.dtype)
         if (
             grad is None or code is None or torch.is_grad_enabled() or ctx.needs_input_grad[1]
-            or type(grad_output) is not Tensor or not grad_output.is_cpu
+            or type(grad_output) is not Tensor or not grad_output.is_cpu or _batched(grad_output)
         ):  # fmt: skip
             return _EagerReducedLoss.backward(ctx, grad_output)[:5]
         ctx.grad = None  # handed over: autograd makes this very tensor input.grad
@@ -547,6 +549,13 @@ _Parameter = torch.nn.Parameter
 _is_compiling = torch.compiler.is_compiling
 _interpreter = torch._C._functorch.peek_interpreter_stack
 _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _batched(t: Tensor) -> bool:
+    """Whether ``t`` carries a batch dimension it does not show: a batched backward (``torch.autograd.grad(...,
+    is_grads_batched=True)``, a vectorised jacobian: the legacy vmap) or a functorch-wrapped tensor."""
+    return bool(torch._C._functorch.is_legacy_batchedtensor(t) or _wrapped(t))
+
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
 _forward_ad = torch.autograd.forward_ad
