@@ -72,6 +72,78 @@ def test_errors():
         loss_function()({"logits": torch.zeros(1, 2)}, torch.tensor([[2.0, 0.0]]))
 
 
+@pytest.mark.parametrize("missing_label", [None, -100.0])
+def test_num_items_in_batch_makes_accumulated_micro_batches_the_whole_batch(rng, missing_label):
+    # the Trainer does not divide a compute_loss_func's loss by the accumulation steps: it passes its count of label
+    # entries other than -100 over all the micro-batches; the micro-batches' losses must then add up to the batch's
+    logits = torch.tensor(rng.standard_normal((8, NUM_LABELS)), dtype=torch.float64, requires_grad=True)
+    labels = torch.as_tensor((rng.random((8, NUM_LABELS)) < 0.4).astype(np.float64))
+    if missing_label is not None:
+        labels[torch.as_tensor(rng.random((8, NUM_LABELS)) < 0.2)] = missing_label
+    compute = loss_function(missing_label=missing_label)
+    counted = int((labels != -100).sum())
+    whole = compute({"logits": logits}, labels, num_items_in_batch=counted)
+    assert float(whole) == pytest.approx(float(compute({"logits": logits}, labels)), rel=1e-15)  # one micro-batch
+    (whole_grad,) = torch.autograd.grad(whole, logits)
+    parts = sum(compute({"logits": logits[rows]}, labels[rows], num_items_in_batch=torch.tensor(counted))
+                for rows in (slice(0, 3), slice(3, 8)))  # fmt: skip
+    (parts_grad,) = torch.autograd.grad(parts, logits)
+    if missing_label is None:  # exact: the micro-batches' means weighed by their sizes
+        assert float(parts) == pytest.approx(float(whole), rel=1e-12)
+        torch.testing.assert_close(parts_grad, whole_grad, rtol=1e-12, atol=1e-15)
+    else:  # each micro-batch's mean weighs by its observed labels
+        shares = [float((labels[rows] != -100).sum()) / counted for rows in (slice(0, 3), slice(3, 8))]
+        expected = sum(share * float(compute({"logits": logits[rows]}, labels[rows]))
+                       for share, rows in zip(shares, (slice(0, 3), slice(3, 8))))  # fmt: skip
+        assert float(parts) == pytest.approx(expected, rel=1e-12)
+
+
+def test_weights_from_training_labels_with_missing_entries_use_the_observed_rates():
+    train = np.array([[1, 0, -100], [0, -100, 1], [1, 1, 0], [-100, 0, 1], [0, 0, 1]], dtype=np.float64)
+    compute = loss_function(train, class_weight="inverse", pos_weight=True, pos_weight_max=None, missing_label=-100)
+    observed = train != -100
+    rate = np.where(observed, train, 0).sum(0) / observed.sum(0)  # 2/4, 1/4, 3/4
+    logits, labels = torch.zeros(2, 3, dtype=torch.float64), torch.tensor([[1.0, 0, 1], [0, 1, 0]], dtype=torch.float64)
+    inverse = 1 / (3 * rate)
+    reference = torch.nn.BCEWithLogitsLoss(
+        weight=torch.as_tensor(inverse / inverse.mean()), pos_weight=torch.as_tensor((1 - rate) / rate)
+    )(logits, labels)
+    assert float(compute({"logits": logits}, labels)) == pytest.approx(float(reference), rel=1e-6)
+    assert (train == -100).sum() == 3  # the caller's matrix is left as it was
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_gives_the_same_update_as_one_batch(tmp_path):
+    pytest.importorskip("accelerate")
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.linear = torch.nn.Linear(4, 3)
+
+        def forward(self, x, labels=None):
+            return {"logits": self.linear(x)}
+
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 4, generator=gen), (torch.rand(8, 3, generator=gen) < 0.5).float()
+    data = [{"x": x[i], "labels": y[i]} for i in range(8)]
+
+    def update(batch_size, steps):
+        model = Tiny()
+        before = model.linear.weight.detach().clone()
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path), per_device_train_batch_size=batch_size, gradient_accumulation_steps=steps,
+            max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
+            max_grad_norm=0.0, report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
+            remove_unused_columns=False, disable_tqdm=True,
+        )  # fmt: skip
+        transformers.Trainer(model=model, args=args, train_dataset=data, compute_loss_func=loss_function()).train()
+        return model.linear.weight.detach() - before
+
+    torch.testing.assert_close(update(4, 2), update(8, 1), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_trainer_trains_with_it(rng, tmp_path):
     pytest.importorskip("accelerate")

@@ -37,12 +37,17 @@ def loss_function(
             the (C,) weights themselves, or None.
         label_smoothing, gamma_pos, gamma_neg, clip: as in :func:`softmargin.torch.multilabel_soft_margin_loss`.
         missing_label: a label value meaning "not observed" (e.g. -100): such entries are masked out, and each
-            sample's loss is the mean over its observed labels.
+            sample's loss is the mean over its observed labels. In ``train_labels`` they count at their column's
+            observed rate of positives when the weights are computed.
         validate: check the labels' range and the weights.
 
     Returns:
-        ``compute_loss_func(outputs, labels, num_items_in_batch=None) -> loss``: the batch mean (the Trainer divides
-        it by the gradient accumulation steps, as it does for its own per-batch losses).
+        ``compute_loss_func(outputs, labels, num_items_in_batch=None) -> loss``: the batch mean. With a
+        ``compute_loss_func`` the Trainer does not divide the loss by the gradient accumulation steps; it passes
+        ``num_items_in_batch``, its count of label entries other than -100 over all the accumulated micro-batches,
+        instead. The batch mean is then scaled by this micro-batch's share of that count, so that the accumulated
+        gradient is that of the whole batch's mean (exactly, without missing labels; with missing labels each
+        micro-batch's mean weighs by its observed labels), and a single micro-batch keeps its plain mean.
 
     Example:
         >>> from transformers import Trainer
@@ -63,6 +68,8 @@ def loss_function(
                 "train_labels is None: class_weight given as a method name or pos_weight=True computes the weights "
                 "from the training labels; pass train_labels=(N, C) label matrix"
             )
+    if missing_label is not None and (isinstance(class_weight, str) or pos_weight is True):
+        train_labels = _impute_missing(train_labels, missing_label)
     if isinstance(class_weight, str):
         class_weight = W.class_weights(train_labels, class_weight)  # type: ignore[arg-type]  # checked there
     if pos_weight is True:
@@ -76,15 +83,39 @@ def loss_function(
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits if hasattr(outputs, "logits") else outputs[0]
         if labels is None:
             raise ValueError("labels is None: the batch has no 'labels'; a multi-label model needs an (N, C) label matrix")
-        labels = labels.to(logits.device)
+        labels = original = labels.to(logits.device)
         mask = None
         if missing_label is not None:
             mask = labels != missing_label
             labels = torch.where(mask, labels, torch.zeros((), dtype=labels.dtype, device=labels.device))
         move = lambda t: None if t is None else t.to(device=logits.device, dtype=logits.dtype if logits.is_floating_point() else None)
-        return multilabel_soft_margin_loss(
+        loss = multilabel_soft_margin_loss(
             logits, labels.to(logits.dtype), move(class_weight), pos_weight=move(pos_weight), mask=mask,
             label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, validate=validate,
         )  # fmt: skip
+        if num_items_in_batch is not None:  # this micro-batch's share of the Trainer's count (see Returns)
+            counted = (original != -100).sum()
+            total = torch.as_tensor(num_items_in_batch, device=loss.device, dtype=torch.float64)
+            loss = loss * (counted.to(torch.float64) / total).to(loss.dtype)
+        return loss
 
     return compute_loss_func
+
+
+def _impute_missing(train_labels: Any, missing_label: float) -> Any:
+    """``train_labels`` with each ``missing_label`` entry replaced by its column's rate of positives among the
+    observed entries (a soft label): the weights computed from it are then those of the observed rates (``pos_weight``
+    = observed negatives / observed positives; ``"inverse"`` = 1 / (C x observed rate), as if every row were
+    observed). A column with nothing observed gets rate 0 (the weights' "no positive example" warning says so)."""
+    import numpy as np
+
+    dense = train_labels.toarray() if hasattr(train_labels, "toarray") else train_labels
+    if type(dense).__module__.split(".")[0] == "torch":
+        dense = dense.detach().cpu().numpy()
+    labels = np.array(dense, dtype=np.float64)  # a copy: the caller's matrix is not changed
+    if labels.ndim != 2:
+        raise ValueError(f"train_labels.shape == {labels.shape}: expected a 2-D label matrix (N, C)")
+    missing = labels == missing_label
+    observed = (~missing).sum(0)
+    rate = np.where(missing, 0.0, labels).sum(0) / np.maximum(observed, 1)
+    return np.where(missing, rate, labels)
