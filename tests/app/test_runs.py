@@ -142,34 +142,102 @@ def test_a_damaged_model_is_refused(trained, tmp_path, capsys):
         _one_line_error(argv[:1] + [str(damaged)] + argv[2:], capsys, pattern)
 
 
-@pytest.mark.parametrize(
-    "edit, pattern",
-    [
-        (lambda m: m["decision"].update(strategy="bogus"), r"decision\.strategy is 'bogus', expected one of fixed, tuned"),
-        (lambda m: m.update(rcut_k=-1), r"rcut_k is -1, expected a positive number"),
-        (lambda m: m.update(feature_names=m["feature_names"][:-1]), r"in_features is 6, expected 5, one per feature name"),
-        (lambda m: m.update(label_names=[m["label_names"][0]] * len(m["label_names"])), r"label_names \(the name 'ya' twice\)"),
-        (lambda m: m.update(thresholds=m["thresholds"][:-1]), r"thresholds is '2 values', expected 3 values"),
-        (lambda m: m.update(thresholds=[0.0] * len(m["thresholds"])), r"thresholds is 'values from 0 to 0', expected thresholds above 0"),
-        (lambda m: m["decision"].update(threshold=7), r"decision: threshold=7: expected a probability"),
-        (lambda m: m.pop("sha256"), r"model\.json: no 'sha256' of model\.safetensors"),
-        (lambda m: m.update(hidden=[3]), r"do not describe a model \(RuntimeError: [^\n]*\); the run folder is damaged"),
-    ],
-)
-def test_an_edited_model_json_is_refused_by_name(trained, tmp_path, capsys, edit, pattern):
-    """model.json edited by hand: refused in one line naming the field, for predict and evaluate alike (before: an
-    unknown strategy predicted nothing, a negative rcut_k predicted most labels, a shortened feature list crashed)."""
+EDITS = [
+    (lambda m: m["decision"].update(strategy="bogus"), r"decision\.strategy is 'bogus', expected one of fixed, tuned"),
+    (lambda m: m.update(rcut_k=-1), r"rcut_k is -1, expected a positive number"),
+    (lambda m: m.update(feature_names=m["feature_names"][:-1]), r"in_features is 6, expected 5, one per feature name"),
+    (lambda m: m.update(label_names=[m["label_names"][0]] * len(m["label_names"])), r"label_names \(the name 'ya' twice\)"),
+    (lambda m: m.update(thresholds=m["thresholds"][:-1]), r"thresholds is '2 values', expected 3 values"),
+    (lambda m: m.update(thresholds=[0.0] * len(m["thresholds"])), r"thresholds is 'values from 0 to 0', expected thresholds above 0"),
+    (lambda m: m["decision"].update(threshold=7), r"decision: threshold=7: expected a probability"),
+    (lambda m: m.pop("sha256"), r"model\.json: no 'sha256' of model\.safetensors"),
+    (lambda m: m.update(hidden=[3]), r"do not describe a model \(RuntimeError: [^\n]*\); the run folder is damaged"),
+    (lambda m: m.update(members=0), r"members is 0, expected a positive number of ensemble members"),
+    (lambda m: m.update(members=1), r"members is 1, but model\.safetensors holds 2 members"),
+    (lambda m: m.update(label_counts=m["label_counts"][:-1]), r"label_counts is '2 values', expected 3 counts >= 0"),
+    (lambda m: m.update(train_size="many"), r"train_size is 'many', expected the number of training samples"),
+    (lambda m: m.update(at_least_one="no"), r"at_least_one is 'no', expected true or false"),
+    (lambda m: m.update(dropout=1.5), r"dropout is 1\.5, expected a number in \[0, 1\)"),
+]
+
+
+@pytest.mark.parametrize("edit, pattern", EDITS)
+@pytest.mark.parametrize("checksum", ["kept", "recomputed"])
+def test_an_edited_model_json_is_refused_by_name(trained, tmp_path, capsys, edit, pattern, checksum):
+    """model.json edited by hand: refused in one line, for predict and evaluate alike: by its content checksum, and,
+    where the checksum was recomputed too, by the field's own check (before: an unknown strategy predicted nothing, a
+    negative rcut_k predicted most labels, a shortened feature list crashed, members 0 raised an IndexError)."""
     import shutil
+
+    from softmargin.app.train import _content_sha256
 
     folder, run = trained
     edited = Path(shutil.copytree(run, tmp_path / "edited"))
     meta = json.loads((edited / "model.json").read_text())
     edit(meta)
+    if checksum == "recomputed":
+        meta["content_sha256"] = _content_sha256(meta)
+    else:
+        pattern = r"model\.json: its content differs from its SHA-256 \(content_sha256\): the file was edited"
     (edited / "model.json").write_text(json.dumps(meta))
     for argv in (["evaluate", str(edited), "--data", str(folder / "test.csv")],
                  ["predict", str(edited), "--data", str(folder / "test.csv"), "--out", str(tmp_path / "p.csv")]):  # fmt: skip
         _one_line_error(argv, capsys, pattern)
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(feature_names=[m["feature_names"][1], m["feature_names"][0], *m["feature_names"][2:]]),
+        lambda m: m.update(label_names=m["label_names"][::-1]),
+        lambda m: m.update(normalize_rows=not m["normalize_rows"]),
+        lambda m: m.update(thresholds=[0.9] * len(m["thresholds"])),
+    ],
+    ids=["features swapped", "labels swapped", "normalize_rows flipped", "thresholds changed"],
+)
+def test_an_edit_no_field_check_can_see_is_refused_by_the_checksum(trained, tmp_path, edit):
+    """Edits that leave a well-formed model.json but change what it predicts or how its columns are named."""
+    import shutil
+
+    from softmargin.app.train import load_model
+
+    _, run = trained
+    edited = Path(shutil.copytree(run, tmp_path / "edited"))
+    meta = json.loads((edited / "model.json").read_text())
+    edit(meta)
+    (edited / "model.json").write_text(json.dumps(meta, indent=1))
+    with pytest.raises(ValueError, match=r"its content differs from its SHA-256"):
+        load_model(edited)
+
+
+def test_a_format_2_model_json_without_the_content_checksum_still_loads(trained, tmp_path):
+    import shutil
+
+    from softmargin.app.train import load_model
+
+    _, run = trained
+    older = Path(shutil.copytree(run, tmp_path / "older"))
+    meta = json.loads((older / "model.json").read_text())
+    del meta["content_sha256"]
+    meta["format"] = "softmargin-model-2"
+    (older / "model.json").write_text(json.dumps(meta))
+    assert np.array_equal(load_model(older).thresholds, load_model(run).thresholds)
+
+
+def test_a_damaged_config_json_is_named(trained, tmp_path):
+    import shutil
+
+    from softmargin.app.train import load_model
+
+    _, run = trained
+    for text, pattern in (('{"train": {"epochs": "many"}}', r"config\.json: its training settings are not valid"),
+                          ('{"train": 3}', r"config\.json: no 'train' settings object"),
+                          ("[1, 2]", r"config\.json: no 'train' settings object")):  # fmt: skip
+        damaged = Path(shutil.copytree(run, tmp_path / f"damaged-{len(text)}"))
+        (damaged / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=pattern):
+            load_model(damaged)
 
 
 def test_model_json_records_the_weights_checksum(trained):

@@ -1206,9 +1206,7 @@ def save_model(model: TrainedModel, run: Path) -> None:
     blob = save(tensors)
     _atomic_write(run / "model.safetensors", lambda f: f.write(blob), mode="wb")
     hidden = list(model.config.hidden) if model.config.model == "mlp" else []
-    write_json(
-        run / "model.json",
-        {
+    meta = {
             "format": MODEL_FORMAT,
             "sha256": hashlib.sha256(blob).hexdigest(),
             "members": len(model.nets),
@@ -1226,11 +1224,21 @@ def save_model(model: TrainedModel, run: Path) -> None:
             "at_least_one": model.at_least_one,
             "label_counts": None if model.label_counts is None else model.label_counts.tolist(),
             "train_size": model.train_size,
-        },
-    )
+    }  # fmt: skip
+    meta = json.loads(json.dumps(meta, default=_json_default))  # as it will be read back
+    write_json(run / "model.json", {**meta, "content_sha256": _content_sha256(meta)})
 
 
-MODEL_FORMAT = "softmargin-model-2"
+#: format 3 adds ``content_sha256``: the SHA-256 of the rest of ``model.json`` (canonical JSON), so that an edited
+#: model.json is refused as an edited model.safetensors is; format 2 files (without it) still load
+MODEL_FORMAT = "softmargin-model-3"
+_READABLE_FORMATS = ("softmargin-model-2", MODEL_FORMAT)
+
+
+def _content_sha256(meta: dict[str, Any]) -> str:
+    """SHA-256 of ``meta`` without its ``content_sha256``, as canonical JSON (sorted keys, no spaces, ASCII)."""
+    rest = {k: v for k, v in meta.items() if k != "content_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _read_json(path: Path) -> Any:
@@ -1255,6 +1263,25 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
         if repeated is not None:
             raise bad(f"{what} (the name {repeated!r} twice)", len(names), "each name once")
     assert isinstance(labels, list) and isinstance(features, list)
+    integer = lambda v, low: isinstance(v, int) and not isinstance(v, bool) and v >= low
+    if not integer(meta.get("members"), 1):
+        raise bad("members", meta.get("members"), "a positive number of ensemble members")
+    hidden = meta.get("hidden")
+    if not (isinstance(hidden, list) and all(integer(h, 1) for h in hidden)):
+        raise bad("hidden", hidden, "a list of positive layer widths")
+    dropout = meta.get("dropout")
+    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        raise bad("dropout", dropout, "a number in [0, 1)")
+    for what in ("normalize_rows", "positional", "at_least_one"):
+        if what in meta and not isinstance(meta[what], bool):
+            raise bad(what, meta[what], "true or false")
+    if "train_size" in meta and not integer(meta["train_size"], 0):
+        raise bad("train_size", meta["train_size"], "the number of training samples")
+    counts = meta.get("label_counts")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf
+    if counts is not None and not (isinstance(counts, list) and len(counts) == len(labels) and all(map(number, counts))):
+        shown = f"{len(counts)} values" if isinstance(counts, list) else counts
+        raise bad("label_counts", shown, f"{len(labels)} counts >= 0, one per label")
     if meta.get("in_features") != len(features):
         raise bad("in_features", meta.get("in_features"), f"{len(features)}, one per feature name")
     decision = meta.get("decision")
@@ -1280,6 +1307,25 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
             raise bad(what, f"values from {np.nanmin(array):g} to {np.nanmax(array):g}", "thresholds above 0")
 
 
+def _saved_config(path: Path) -> TrainConfig:
+    """The training configuration recorded in ``config.json`` (the defaults where there is none), checked: a damaged
+    or edited file is refused by name."""
+    if not path.exists():
+        return TrainConfig()
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    document = _read_json(path)
+    raw = document.get("train", {}) if isinstance(document, dict) else None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: no 'train' settings object: the run folder is damaged or was edited")
+    settings: dict[str, Any] = {k: (tuple(v) if k == "hidden" and isinstance(v, list) else v) for k, v in raw.items() if k in fields}
+    if raw and "cut_counts" not in raw:  # saved before the calibrated counts: its cuts counted the labels
+        settings.update(cut_counts="observed", macro_weight=raw.get("macro_weight", MACRO_WEIGHT))
+    try:
+        return TrainConfig(**settings).check()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: its training settings are not valid ({exc}): the run folder is damaged or was edited") from None
+
+
 def load_model(run: Path) -> TrainedModel:
     """A model saved by :func:`save_model`: safetensors weights (loading executes no code), checked against the
     SHA-256 in ``model.json``, and JSON metadata. A missing, damaged or altered file is a ValueError naming it."""
@@ -1292,9 +1338,13 @@ def load_model(run: Path) -> TrainedModel:
         if not (run / name).exists():
             raise FileNotFoundError(f"{run}: no {name}: expected a run folder written by 'softmargin train'")
     meta = _read_json(run / "model.json")
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in _READABLE_FORMATS:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{run / 'model.json'}: format {found!r}, expected {MODEL_FORMAT!r} (retrain with this version)")
+    if meta["format"] == MODEL_FORMAT and meta.get("content_sha256") != _content_sha256(meta):
+        raise ValueError(f"{run / 'model.json'}: its content differs from its SHA-256 (content_sha256): the file was "
+                         "edited or is damaged; retrain, or restore it (predict's --thresholds/--threshold/--top-k "
+                         "change decisions without editing it)")  # fmt: skip
     if not isinstance(meta.get("sha256"), str):
         raise ValueError(f"{run / 'model.json'}: no 'sha256' of model.safetensors: the run folder is damaged or was edited")
     if file_sha256(run / "model.safetensors") != meta.get("sha256"):
@@ -1303,6 +1353,10 @@ def load_model(run: Path) -> TrainedModel:
     try:
         _check_meta(run / "model.json", meta)
         tensors = load_file(str(run / "model.safetensors"))
+        stored = sorted({key.split(".", 1)[0] for key in tensors})
+        if stored != sorted(f"member{i}" for i in range(meta["members"])):
+            raise ValueError(f"{run / 'model.json'}: members is {meta['members']}, but model.safetensors holds "
+                             f"{len(stored)} members: the run folder is damaged or was edited")  # fmt: skip
         nets = []
         for i in range(meta["members"]):
             with torch.device("meta"):  # no memory, no initialisation: the saved tensors are taken as they are
@@ -1312,14 +1366,7 @@ def load_model(run: Path) -> TrainedModel:
             net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, assign=True)
             nets.append(net.eval())
         del tensors
-        config = TrainConfig()
-        if (run / "config.json").exists():
-            fields = {f.name for f in dataclasses.fields(TrainConfig)}
-            raw = _read_json(run / "config.json").get("train", {})
-            settings: dict[str, Any] = {k: (tuple(v) if k == "hidden" else v) for k, v in raw.items() if k in fields}
-            if raw and "cut_counts" not in raw:  # saved before the calibrated counts: its cuts counted the labels
-                settings.update(cut_counts="observed", macro_weight=raw.get("macro_weight", MACRO_WEIGHT))
-            config = TrainConfig(**settings)
+        config = _saved_config(run / "config.json")
         counts = meta.get("label_counts")
         tuned = meta.get("tuned_thresholds")
         model = TrainedModel(
