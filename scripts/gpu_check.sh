@@ -30,4 +30,4 @@ for shapes in "32x10 64x80 256x1000:80" "4096x2000:45" "256x100000:45"; do
   timeout "$limit" "$py" -m softmargin bench --device cuda --shapes $shapes --repeat 30 --out "$out/bench-cuda-$name.csv" 2>&1 | grep -v "it/s\]" | tee -a "$out/bench-cuda.txt"
 done
 echo "== compiled training step (60 s)"
-timeout 60 "$py" -m softmargin bench --train-step --device cuda --shapes 4096x2000 --repeat 30 --out "$out/bench-cuda.csv" 2>&1 | tee "$out/bench-cuda-train-step.txt"
+timeout 60 "$py" -m softmargin bench --train-step --device cuda --shapes 4096x2000 --repeat 30 --out "$out/bench-cuda-train-step.csv" 2>&1 | tee "$out/bench-cuda-train-step.txt"

@@ -103,7 +103,8 @@ def test_default_run_ends_with_the_compiled_training_step(tmp_path, monkeypatch,
 @pytest.mark.parametrize(("shape", "processes_per_round"), [((32, 10), 1), ((300, 300), 2)])
 def test_tiny_shapes_time_every_implementation_in_one_process_per_round(monkeypatch, shape, processes_per_round):
     """Tiny calls are timed interleaved in one fresh process per round; larger ones one implementation per process.
-    Each implementation's time is the median of its rounds either way."""
+    Each implementation's time is the median of its rounds either way. Memory: only where it is measurable (300x300
+    float32, 352 KiB, is; 32x10 is not, and no process is started for it)."""
     calls = []
 
     def fake(call, what, threads, timeout=1800, module=""):
@@ -114,6 +115,7 @@ def test_tiny_shapes_time_every_implementation_in_one_process_per_round(monkeypa
         return {impl: {"median_ms": float(len(calls)), "min_ms": 0.5, "first_call_s": 0.1} for impl in group}
 
     monkeypatch.setattr(bench, "_in_fresh_process", fake)
+    monkeypatch.setattr(bench, "memory_floor", lambda threads=1: 1 << 18)  # as on this 2-CPU machine, whatever runs it
     rows = bench.measure_group(["softmargin", "floor"], shape, "float32", 3, 1, rounds=3)
     timing = [call for call, what in calls if what == "time"]
     assert len(timing) == 3 * processes_per_round
@@ -122,7 +124,11 @@ def test_tiny_shapes_time_every_implementation_in_one_process_per_round(monkeypa
         assert [r["median_ms"] for r in rows] == [2.0, 2.0]  # the rounds' medians: 1, 2, 3
     else:
         assert sum("['softmargin']" in call for call in timing) == 3
-    assert all(r["rounds"] == 3 and r["peak_extra_x_logits"] == 1.0 for r in rows)
+    assert all(r["rounds"] == 3 for r in rows)
+    measured = bench.memory_measurable(shape, "float32")
+    assert measured == (shape == (300, 300))
+    assert [what for _, what in calls].count("memory") == (2 if measured else 0)
+    assert all(r.get("peak_extra_x_logits") == (1.0 if measured else None) for r in rows)
 
 
 def _refused(capsys, argv, message):
@@ -247,7 +253,9 @@ def test_the_other_entry_points_check_their_options_too(tmp_path):
     with pytest.raises(ValueError, match="--device bogus"):
         bench.train_step((8, 5), repeat=1, threads=1, device="bogus")
     with pytest.raises(ValueError, match="--repeat 0"):
-        bench.option_costs((8, 5), repeat=0)
+        bench.option_costs([(8, 5)], repeat=0)
+    with pytest.raises(ValueError, match="--threads 0"):
+        bench.option_costs([(8, 5)], repeat=1, threads=0)
     with pytest.raises(ValueError, match="--threads 0"):
         bench.extreme(threads=0)
     out = tmp_path / "extreme.csv"
@@ -299,20 +307,22 @@ def test_other_backends_check_repeat_threads_and_out(capsys, measuring, tmp_path
     _refused_up_front(capsys, ["--backend", backend, "--repeat", "0", "--out", ""], "--repeat 0")
     _refused_up_front(capsys, ["--backend", backend, "--threads", "0", "--out", ""], "--threads 0")
     _refused_up_front(capsys, ["--backend", backend, "--device", "bogus", "--out", ""], "--device bogus")
-    (tmp_path / f"bench-{backend}.csv").write_text("mine\n")
-    _refused_up_front(capsys, ["--backend", backend, "--out", str(tmp_path / "bench-cpu.csv")], f"bench-{backend}.csv exists: pass --force")
-    assert (tmp_path / f"bench-{backend}.csv").read_text() == "mine\n"
+    (tmp_path / "mine.csv").write_text("mine\n")
+    _refused_up_front(capsys, ["--backend", backend, "--out", str(tmp_path / "mine.csv")], "mine.csv exists: pass --force")
+    assert (tmp_path / "mine.csv").read_text() == "mine\n"
 
 
 def test_extreme_train_step_and_the_default_runs_training_step_csv(capsys, measuring, tmp_path):
     notes = tmp_path / "notes.csv"
     notes.write_text("mine\n")
-    _refused_up_front(capsys, ["--extreme", "--out", str(notes)], "exists: pass --force")
+    for mode in ("--extreme", "--train-step", "--options"):
+        _refused_up_front(capsys, [mode, "--out", str(notes)], "notes.csv exists: pass --force")
     step = tmp_path / "bench-train-step.csv"
     step.write_text("mine\n")
-    _refused_up_front(capsys, ["--train-step", "--out", str(tmp_path / "new.csv")], "bench-train-step.csv exists")
     _refused_up_front(capsys, ["--out", str(tmp_path / "new.csv")], "bench-train-step.csv exists")  # the default run ends with it
+    _refused_up_front(capsys, ["--out", str(step), "--force"], "the default run writes its compiled training step to bench-train-step.csv")
     assert notes.read_text() == step.read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-train-step.csv", "notes.csv"]
 
 
 def test_force_lets_the_run_overwrite(monkeypatch, capsys, tmp_path):
@@ -324,3 +334,295 @@ def test_force_lets_the_run_overwrite(monkeypatch, capsys, tmp_path):
     assert main(["bench", "--shapes", "8x5", "--no-compile", "--out", str(out), "--force"]) == 0
     assert out.read_text().startswith("device,shape")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.csv"]
+
+
+# --- --out names the file written, in every run; nothing else is derived from its path (review item 6) ------------
+
+
+def _fake_extreme_process(call, what, threads, timeout=1800, module=""):
+    return {"median_s": 1.0} if what == "time" else {"peak_extra_mb": 1.0, "grad_mb": 1.0}
+
+
+def _fake_train_step(shape, **kwargs):
+    return [{"impl": impl, "shape": "x".join(map(str, shape)), "median_ms": 2.0, "first_call_s": 1.0, "final_loss": 0.5,
+             "compiled": kwargs.get("compiled", True)} for impl in bench.TRAIN_STEP_IMPLS]  # fmt: skip
+
+
+def _fake_option_costs(shapes, dtypes, repeat, threads):
+    return [{"option": o, "shape": "x".join(map(str, s)), "dtype": d, "median_ms": 1.0, "x_plain": 1.0}
+            for s in shapes for d in dtypes for o in bench.OPTION_CASES]  # fmt: skip
+
+
+def _fake_measure_group(impls, shape, dtype, repeat, threads, device="cpu", rounds=3):
+    return [{"impl": i, "shape": "x".join(map(str, shape)), "dtype": dtype, "device": device, "median_ms": 1.0,
+             "first_call_s": 0.1} for i in impls]  # fmt: skip
+
+
+def _fake_numpy_fresh(call, impl, threads, memory=False):
+    return {"median_ms": 1.0, "min_ms": 1.0, "first_call_s": 0.1}
+
+
+@pytest.fixture
+def fake_measuring(monkeypatch):
+    """Every run of the command answers at once with results of the right form."""
+    import torch
+
+    from softmargin.app import bench_numpy
+
+    monkeypatch.setattr(bench, "measure_group", _fake_measure_group)
+    monkeypatch.setattr(bench, "train_step", _fake_train_step)
+    monkeypatch.setattr(bench, "option_costs", _fake_option_costs)
+    monkeypatch.setattr(bench, "_in_fresh_process", _fake_extreme_process)  # --extreme's (and jax's: refused below)
+    monkeypatch.setattr(bench_numpy, "_fresh", _fake_numpy_fresh)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda accepted; measure_group is fake
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+#: Each run, and the CSV it writes in its run folder without --out.
+RUNS = [
+    ([], "bench-cpu.csv"),
+    (["--no-compile"], "bench-cpu.csv"),
+    (["--device", "cuda", "--no-compile"], "bench-cuda.csv"),
+    (["--backend", "numpy"], "bench-numpy.csv"),
+    (["--extreme"], "bench-extreme.csv"),
+    (["--options"], "bench-options.csv"),
+    (["--train-step"], "bench-train-step.csv"),
+]
+
+
+@pytest.mark.parametrize(("argv", "default"), RUNS)
+def test_out_is_the_file_written_even_where_its_path_says_bench_cpu(tmp_path, monkeypatch, capsys, fake_measuring, argv, default):
+    """The review's repro: --out d/bench-cpu-mine/out.csv with --backend numpy wrote d/bench-numpy-mine/out.csv (and
+    with --force overwrote it). Now every run writes the file named, and only the default run adds a file, its
+    training step's, announced, beside it."""
+    from softmargin.app.cli import main
+
+    mine, other = tmp_path / "bench-cpu-mine" / "out.csv", tmp_path / f"{default[:-4]}-mine" / "out.csv"
+    for path, text in ((mine, "my precious results\n"), (other, "OTHER precious file\n")):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert main(["bench", *argv, "--out", str(mine), "--force"]) == 0
+    assert f"written to {mine}" in capsys.readouterr().out
+    assert mine.read_text() != "my precious results\n" and mine.read_text().count("\n") > 1
+    if other != mine:
+        assert other.read_text() == "OTHER precious file\n"
+    expected = {"bench-cpu-mine/out.csv", f"{default[:-4]}-mine/out.csv"}
+    if argv == []:
+        expected.add("bench-cpu-mine/bench-train-step.csv")  # the default run ends with the training step
+    assert {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()} == expected
+
+
+@pytest.mark.parametrize(("argv", "default"), RUNS)
+def test_without_out_each_run_writes_its_own_name_in_a_run_folder(tmp_path, monkeypatch, capsys, fake_measuring, argv, default):
+    from softmargin.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", *argv]) == 0
+    names = sorted(p.name for p in tmp_path.glob("runs/bench-*/*"))
+    assert names == sorted([default, *(["bench-train-step.csv"] if argv == [] else [])])
+    assert len(list(tmp_path.glob("runs/*"))) == 1
+
+
+def test_the_default_run_with_out_writes_that_file_and_its_training_step_beside_it(tmp_path, capsys, fake_measuring):
+    from softmargin.app.cli import main
+
+    out = tmp_path / "mine.csv"
+    assert main(["bench", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-train-step.csv", "mine.csv"]
+    assert list(csv.DictReader(open(out)))[0]["device"] == "cpu"
+    assert {r["impl"] for r in csv.DictReader(open(tmp_path / "bench-train-step.csv"))} == set(bench.TRAIN_STEP_IMPLS)
+
+
+# --- an option the chosen run would not use is refused by name, before anything is measured (review item 12) -----
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--options", "--backend", "numpy"], "--backend numpy: --options times the torch loss and would ignore it"),
+        (["--options", "--device", "cuda"], "--device cuda: --options would ignore it (it measures on the CPU only)"),
+        (["--options", "--no-compile"], "--no-compile: --options would ignore it"),
+        (["--extreme", "--shapes", "8x4"], "--shapes 8x4: --extreme measures sizes of its own"),
+        (["--extreme", "--dtypes", "bfloat16"], "--dtypes bfloat16: --extreme runs float32 only; drop it"),
+        (["--extreme", "--backend", "jax"], "--backend jax: --extreme times the torch loss"),
+        (["--extreme", "--device", "cuda"], "--device cuda: --extreme would ignore it"),
+        (["--extreme", "--no-compile"], "--no-compile: --extreme would ignore it"),
+        (["--train-step", "--dtypes", "float16"], "--dtypes float16: --train-step runs float32 only"),
+        (["--train-step", "--backend", "numpy"], "--backend numpy: --train-step times the torch loss"),
+        (["--backend", "numpy", "--device", "cuda"], "--device cuda: --backend numpy would ignore it (NumPy computes on the CPU)"),
+        (["--backend", "numpy", "--dtypes", "float32", "bfloat16"], "--dtypes bfloat16: NumPy has no bfloat16; --backend numpy measures float32, float64, float16"),
+        (["--backend", "numpy", "--no-compile"], "--no-compile: --backend numpy would ignore it"),
+        (["--backend", "jax", "--no-compile"], "--no-compile: --backend jax would ignore it (jax.jit always compiles"),
+        (["--backend", "jax", "--device", "cuda"], "--device cuda: --backend jax would ignore it"),
+        (["--out", "", "--force"], "--force: --out '' writes no file"),
+        (["--out", "-"], "--out -: bench prints its table to standard output"),
+    ],
+)
+def test_options_the_run_would_ignore_are_refused_before_it(tmp_path, monkeypatch, capsys, measuring, argv, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("JAX_ENABLE_X64", raising=False)
+    _refused_up_front(capsys, argv, message)
+    assert not list(tmp_path.iterdir())  # not even a run folder
+
+
+def test_jax_float64_needs_x64(monkeypatch):
+    import argparse
+
+    args = argparse.Namespace(extreme=False, options=False, train_step=False, backend="jax", shapes=None, dtypes=["float64"],
+                              repeat=1, threads=1, device="cpu", no_compile=False, out="", force=False)  # fmt: skip
+    monkeypatch.delenv("JAX_ENABLE_X64", raising=False)
+    with pytest.raises(ValueError, match="--dtypes float64: JAX computes float64 only with JAX_ENABLE_X64=1"):
+        bench.check_command(args)
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    monkeypatch.setenv("JAX_ENABLE_X64", "1")
+    assert bench.check_command(args) == "jax"
+
+
+@pytest.mark.parametrize("argv", [["--options", "--train-step"], ["--extreme", "--options"], ["--extreme", "--options", "--train-step"]])
+def test_two_runs_at_once_are_refused_naming_them(capsys, measuring, argv):
+    from softmargin.app.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["bench", *argv])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "not allowed with argument" in err and all(a in err for a in argv[:2]), err
+    import argparse
+
+    with pytest.raises(ValueError, match="each is a run of its own: choose one"):
+        bench.command_mode(argparse.Namespace(extreme=True, options=True, train_step=False, backend="torch"))
+
+
+def test_options_honours_out_threads_dtypes_and_every_shape(tmp_path, capsys):
+    """--options used to write no CSV despite --out, time float32 on torch's threads whatever --dtypes and --threads
+    said, and drop every shape after the first. Really measured here, on tiny shapes, one call each."""
+    import torch
+
+    from softmargin.app.cli import main
+
+    out = tmp_path / "opt.csv"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "--options", "--shapes", "4x3", "5x2", "--repeat", "1", "--dtypes", "float64", "--threads", "1",
+                     "--out", str(out)]) == 0  # fmt: skip
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["shape"], r["option"]) for r in rows] == [(s, o) for s in ("4x3", "5x2") for o in bench.OPTION_CASES]
+    assert {r["dtype"] for r in rows} == {"float64"} and {r["threads"] for r in rows} == {"1"}
+    assert all(float(r["median_ms"]) > 0 and not r["error"] for r in rows)
+    assert f"written to {out}" in capsys.readouterr().out
+
+
+def test_train_step_honours_no_compile_and_every_shape(tmp_path, monkeypatch, capsys):
+    """--train-step --no-compile used to compile all the same; it also timed only the first of --shapes."""
+    from softmargin.app.cli import main
+
+    calls = []
+
+    def fake(call, what, threads, timeout=1800, module=""):
+        calls.append(call)
+        return {"median_ms": 1.0, "min_ms": 1.0, "first_call_s": 0.1, "final_loss": 0.5}
+
+    monkeypatch.setattr(bench, "_in_fresh_process", fake)
+    out = tmp_path / "step.csv"
+    assert main(["bench", "--train-step", "--no-compile", "--shapes", "8x4", "6x3", "--repeat", "1", "--threads", "1", "--out", str(out)]) == 0
+    assert calls and all("compiled=False" in call for call in calls)
+    per_shape = 5 * len(bench.TRAIN_STEP_IMPLS)  # five rounds on the CPU
+    assert [sum(shape in call for call in calls) for shape in ("(8, 4)", "(6, 3)")] == [per_shape, per_shape] == [len(calls) // 2] * 2
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["shape"], r["impl"]) for r in rows] == [(s, i) for s in ("8x4", "6x3") for i in bench.TRAIN_STEP_IMPLS]
+    assert {r["compiled"] for r in rows} == {"False"}
+    assert "eager (--no-compile)" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step.csv"]
+
+
+def test_extreme_honours_repeat(tmp_path, monkeypatch, capsys):
+    from softmargin.app.cli import main
+
+    calls = []
+    monkeypatch.setattr(bench, "_in_fresh_process", lambda call, what, *a, **k: calls.append(call) or _fake_extreme_process(call, what, 1))
+    assert main(["bench", "--extreme", "--repeat", "1", "--threads", "1", "--out", str(tmp_path / "x.csv")]) == 0
+    assert calls and all("repeat=1," in call for call in calls)
+    calls.clear()
+    assert main(["bench", "--extreme", "--threads", "1", "--out", str(tmp_path / "y.csv")]) == 0
+    assert calls and all(f"repeat={bench.EXTREME_REPEAT}," in call for call in calls)  # its own default, not 15
+
+
+# --- --device is checked up front and named as typed, in every run (review item 13) --------------------------------
+
+
+@pytest.mark.parametrize("run", [[], ["--train-step"], ["--options"], ["--extreme"], ["--backend", "numpy"], ["--backend", "jax"]])
+@pytest.mark.parametrize("device", ["bogus", "gpu", "cuda:x"])
+def test_a_bad_device_is_refused_by_name_before_anything(tmp_path, monkeypatch, capsys, measuring, run, device):
+    from softmargin.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", *run, "--device", device]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no table, no header, no load average: nothing started
+    assert captured.err.strip() == f"softmargin bench: error: --device {device}: expected cpu, cuda or cuda:N (N: the index of a CUDA device)"
+    assert not list(tmp_path.iterdir())
+
+
+# --- memory: "–" below what the reading resolves (review item 19) ---------------------------------------------------
+
+
+def test_memory_floor_is_the_resident_counters_resolution(monkeypatch):
+    import types
+
+    monkeypatch.setattr(bench.os, "sysconf", lambda name: 4096)
+    monkeypatch.setattr(bench.os, "uname", lambda: types.SimpleNamespace(release="6.18.44-fc"))
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    assert bench.memory_floor() == 2 * 32 * 4096  # two batches of max(32, 2 x CPUs) pages: 256 KiB
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 64)
+    assert bench.memory_floor() == 2 * 128 * 4096
+    monkeypatch.setattr(bench.os, "uname", lambda: types.SimpleNamespace(release="5.15.0-91-generic"))
+    assert bench.memory_floor(threads=2) == 2 * 64 * 3 * 4096  # per thread, every 64 page faults
+    monkeypatch.setattr(bench.os, "uname", lambda: types.SimpleNamespace(release="6.18.44-fc"))
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    assert not bench.memory_measurable((8, 4), "float32") and not bench.memory_measurable((64, 80), "float32")
+    assert not bench.memory_measurable((128, 256), "float32")  # 128 KiB: softmargin read 0x here, less than its gradient
+    assert bench.memory_measurable((256, 1000), "bfloat16") and bench.memory_measurable((256, 256), "float32")
+    assert bench.memory_measurable((8, 4), "float32", device="cuda")  # the caching allocator counts exactly
+
+
+def test_tiny_shapes_print_a_dash_for_memory_not_noise(tmp_path, monkeypatch, capsys):
+    """The review's repro: --shapes 8x4 printed 96.00 for softmargin and 0.00 for torch's loss. Now "–", as the README's
+    tables show, and an empty CSV cell; a large shape is still measured, in a process kept on one CPU."""
+    from softmargin.app.cli import main
+
+    calls = []
+
+    def fake(call, what, threads, timeout=1800, module=""):
+        calls.append((call, what))
+        return _fake_fresh_process(call, what, threads)
+
+    monkeypatch.setattr(bench, "_in_fresh_process", fake)
+    monkeypatch.setattr(bench, "memory_floor", lambda threads=1: 1 << 18)
+    out = tmp_path / "b.csv"
+    assert main(["bench", "--shapes", "8x4", "256x1000", "--dtypes", "float32", "--repeat", "1", "--no-compile", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    small = [line for line in table.splitlines() if line.startswith("8x4")]
+    large = [line for line in table.splitlines() if line.startswith("256x1000")]
+    assert len(small) == len(large) == 4
+    assert all(" – " in line for line in small) and not any(" – " in line for line in large)
+    memory = [call for call, what in calls if what == "memory"]
+    assert len(memory) == 4 and all("(256, 1000)" in call for call in memory)
+    cells = {(r["shape"], r["impl"]): r["peak_extra_x_logits"] for r in csv.DictReader(open(out))}
+    assert {v for (shape, _), v in cells.items() if shape == "8x4"} == {""}
+    assert {v for (shape, _), v in cells.items() if shape == "256x1000"} == {"1.0000"}
+
+
+def test_peak_memory_below_the_floor_is_not_a_reading():
+    assert bench.peak_memory("softmargin", (8, 4), "float32", 1) == {"peak_extra_mb": None, "peak_extra_x_logits": None}
+
+
+def test_memory_processes_run_on_one_cpu():
+    """So that the resident-size counters lag by one CPU's batch at most (:func:`bench.memory_floor`)."""
+    import os
+
+    assert bench._in_fresh_process("os.sched_getaffinity(0).__len__()", "memory", 1) == 1
+    assert bench._in_fresh_process("os.sched_getaffinity(0).__len__()", "time", 1) == len(os.sched_getaffinity(0))

@@ -232,9 +232,12 @@ def test_unlabeled_arff_and_csv_read_with_a_models_feature_names(tmp_path):
     d = D.load(str(tmp_path / "u.arff"), ["a", "b"], features=["f1", "f 2"])
     assert d.Y is None
     np.testing.assert_array_equal(d.X, [[1.5, 2], [-1, 0.25]])
-    (tmp_path / "u.csv").write_text("id,f2,f1\n7,2,1\n")
+    (tmp_path / "u.csv").write_text("f2,f1\n2,1\n")
     d = D.load(str(tmp_path / "u.csv"), ["y1"], features=["f1", "f2"])
     assert d.Y is None and d.X.tolist() == [[1, 2]]
+    (tmp_path / "id.csv").write_text("id,f2,f1\n7,2,1\n")  # a column the model does not know would be ignored
+    with pytest.raises(D.DataError, match=r"id\.csv: extra column\(s\) \['id'\]: neither one of the model's 2 features"):
+        D.load(str(tmp_path / "id.csv"), ["y1"], features=["f1", "f2"])
 
 
 def test_many_libsvm_labels_stay_sparse(tmp_path, monkeypatch):
@@ -347,3 +350,211 @@ def test_a_file_lacking_some_label_columns_says_which(tmp_path):
     assert d.Y is None and d.missing_labels == ["l0", "l2"]
     full = D.load(str(tmp_path / "u.csv"), ["l0", "l1"], features=["f1", "f2"])
     assert full.Y is not None and full.missing_labels == []
+
+
+# --- the review of evaluate / predict's readers (numbers, LIBSVM empty lines and headers, extra columns, names) -------
+
+
+@pytest.mark.parametrize("cell", ["1_0", "\u0661\u0660", "\u00a010", "１０", "1_0e1"])
+def test_numbers_other_than_plain_ascii_are_refused_in_every_format(tmp_path, cell):
+    """Python's float() reads '1_0' and other scripts' digits ('١٠', fullwidth '１０') as 10: a file that says so is
+    refused with the line, never read as 10."""
+    (tmp_path / "t.csv").write_text(f"f0,y\n10,0\n{cell},1\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"t\.csv:3: expected numbers .*plain ASCII"):
+        D.load_csv(tmp_path / "t.csv", ["y"])
+    (tmp_path / "d.arff").write_text(WIDE_ARFF + f"10,0,0,0\n0,{cell},0,1\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"d\.arff:8: expected 4 comma-separated numbers"):
+        D.load_arff(tmp_path / "d.arff", labels=["f3"])
+    if not cell[0].isspace():  # a no-break space there separates the index from the value
+        (tmp_path / "s.arff").write_text(WIDE_ARFF + f"{{0 {cell}}}\n", encoding="utf-8")
+        with pytest.raises(D.DataError, match=r"s\.arff:7: expected '\{index value, \.\.\.\}'"):
+            D.load_arff(tmp_path / "s.arff", labels=["f3"])
+    (tmp_path / "x.txt").write_text(f"0 0:10\n1 0:{cell}\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"x\.txt:2: expected 'l1,l2,\.\.\. idx:val .*plain ASCII numbers"):
+        D.load_libsvm(tmp_path / "x.txt")
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [("0 0:1\n1 1_0:1\n", 2), ("0 \u0661:1\n", 1), ("\u0661 0:1\n", 1), ("0 0:1\n1,2_0 0:1\n", 2), ("0 +1:1 ２:1\n", 1)],
+)
+def test_libsvm_indices_and_labels_are_ascii_integers(tmp_path, text, line):
+    (tmp_path / "x.txt").write_text(text, encoding="utf-8")
+    with pytest.raises(D.DataError, match=rf"x\.txt:{line}: expected 'l1,l2"):
+        D.load_libsvm(tmp_path / "x.txt")
+    (tmp_path / "s.arff").write_text(WIDE_ARFF + "{\u0661 1}\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"s\.arff:7: expected '\{index value"):
+        D.load_arff(tmp_path / "s.arff", labels=["f3"])
+
+
+def test_plain_numbers_still_read_as_before(tmp_path):
+    (tmp_path / "t.csv").write_text("f0,f1,f2,f3,y\n 1e1 ,+.5,-2E-3,7.,1\n\t10\t,5e-1,-0.002,7,0\n")
+    d = D.load_csv(tmp_path / "t.csv", ["y"])
+    np.testing.assert_array_equal(d.X, np.array([[10, 0.5, -0.002, 7]] * 2, np.float32))
+    (tmp_path / "x.txt").write_text("+1 0:1e1 2:.5\n")
+    np.testing.assert_array_equal(D.load_libsvm(tmp_path / "x.txt").X.toarray(), [[10, 0, 0.5]])
+    (tmp_path / "i.csv").write_text("f0,y\nInfinity,1\n")  # read, then refused as not finite
+    with pytest.raises(D.DataError, match=r"i\.csv:2: feature 'f0' is inf: expected a finite number"):
+        D.load_csv(tmp_path / "i.csv", ["y"])
+
+
+def test_libsvm_without_any_label_is_unlabeled(tmp_path):
+    """No row with a label: Y is None (unlabeled, like a CSV without its label columns), not an all-zero matrix that
+    evaluate would score against. Some rows without labels are ordinary LIBSVM."""
+    for text in ("0:1 1:0.5\n2:1\n", " 0:1\n 2:1\n", "2 3 4\n0:1\n2:1\n"):
+        (tmp_path / "u.txt").write_text(text)
+        d = D.load_libsvm(tmp_path / "u.txt")
+        assert d.Y is None and d.label_names == [] and not d.labeled and d.X.shape[0] == 2
+        aligned = D.align(d, ["0", "1", "2"], ["0", "1"], positional=True)
+        assert aligned.Y is None and aligned.label_names == [] and aligned.X.shape == (2, 3)
+    (tmp_path / "some.txt").write_text("0:1\n1 2:1\n")
+    np.testing.assert_array_equal(D.load_libsvm(tmp_path / "some.txt").Y, [[0, 0], [0, 1]])
+
+
+def test_libsvm_empty_lines_are_samples_after_a_header_and_errors_without(tmp_path):
+    """Skipping an empty line would shift every later row (predict's row numbers). After an 'N F L' header it is a
+    sample with no labels and no features (the extreme-classification repository's readers, N counting it); without a
+    header it is an error naming it (LIBSVM's reader refuses it too). Empty lines at the end are dropped."""
+    (tmp_path / "gap.txt").write_text("0 0:1.0\n\n1 1:2.0\n2 2:0.5\n")
+    with pytest.raises(D.DataError, match=r"gap\.txt:2: an empty line between samples: .*'0:0'"):
+        D.load_libsvm(tmp_path / "gap.txt")
+    (tmp_path / "lead.txt").write_text("  \n0 0:1.0\n")
+    with pytest.raises(D.DataError, match=r"lead\.txt:1: an empty line between samples"):
+        D.load_libsvm(tmp_path / "lead.txt")
+    (tmp_path / "end.txt").write_text("0 0:1.0\n1 1:2.0\n\n \n")
+    assert len(D.load_libsvm(tmp_path / "end.txt")) == 2
+    (tmp_path / "zero.txt").write_text("0 0:1.0\n0:0\n1 1:2.0\n")  # the way to write an empty sample without a header
+    d = D.load_libsvm(tmp_path / "zero.txt")
+    assert len(d) == 3 and d.X[1].toarray().tolist() == [[0, 0]] and d.Y[1].tolist() == [0, 0]
+    (tmp_path / "xc.txt").write_text("4 3 3\n0 0:1.0\n\n1 1:2.0\n2 2:0.5\n")
+    d = D.load_libsvm(tmp_path / "xc.txt")
+    np.testing.assert_array_equal(d.X.toarray(), [[1, 0, 0], [0, 0, 0], [0, 2, 0], [0, 0, 0.5]])
+    np.testing.assert_array_equal(d.Y, [[1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 0, 1]])
+    (tmp_path / "last.txt").write_text("2 3 3\n0 0:1.0\n\n")  # the last sample empty: one empty line is needed, taken
+    assert len(D.load_libsvm(tmp_path / "last.txt")) == 2
+    (tmp_path / "pad.txt").write_text("1 3 3\n0 0:1.0\n\n\n")  # not needed: end-of-file padding
+    assert len(D.load_libsvm(tmp_path / "pad.txt")) == 1
+    (tmp_path / "spaced.txt").write_text("2 3 3\n0 0:1.0\n\n1 1:2.0\n")  # N does not count the empty line
+    with pytest.raises(D.DataError, match=r"spaced\.txt:1: the header says 2 samples, the file holds 3 \(the 1 empty line\(s\) among them count as samples\)"):
+        D.load_libsvm(tmp_path / "spaced.txt")
+    (tmp_path / "comments.txt").write_text("# made by hand\n0 0:1.0\n   # a note\n1 1:2.0 # another\n")
+    assert len(D.load_libsvm(tmp_path / "comments.txt")) == 2  # comment lines are not samples
+
+
+def test_libsvm_header_after_comment_lines(tmp_path):
+    (tmp_path / "x.txt").write_text("# my data\n\n# made by hand\n3 5 4\n0,2 0:1.5 3:2\n3 1:1\n 4:0.5\n")
+    d = D.load_libsvm(tmp_path / "x.txt")
+    assert d.X.shape == (3, 5) and d.Y.shape == (3, 4)
+    (tmp_path / "n.txt").write_text("# my data\n3 5 4\n0 0:1\n")
+    with pytest.raises(D.DataError, match=r"n\.txt:2: the header says 3 samples, the file holds 1$"):
+        D.load_libsvm(tmp_path / "n.txt")
+    (tmp_path / "late.txt").write_text("0 0:1\n3 5 4\n")  # after a sample: not a header
+    with pytest.raises(D.DataError, match=r"late\.txt:2: expected 'l1,l2"):
+        D.load_libsvm(tmp_path / "late.txt")
+
+
+def test_libsvm_align_names_the_largest_index_in_the_file_not_the_headers(tmp_path):
+    (tmp_path / "big.txt").write_text("2 9 7\n0 0:1 4:1\n1,2 3:1\n")  # F and L beyond a 5-feature, 3-label model's
+    d = D.align(D.load_libsvm(tmp_path / "big.txt"), [str(i) for i in range(5)], ["0", "1", "2"], positional=True)
+    assert d.X.shape == (2, 5) and d.Y.shape == (2, 3)
+    np.testing.assert_array_equal(d.X.toarray(), [[1, 0, 0, 0, 1], [0, 0, 0, 1, 0]])
+    np.testing.assert_array_equal(d.Y, [[1, 0, 0], [0, 1, 1]])
+    (tmp_path / "f.txt").write_text("2 9 7\n0 0:1 7:1\n1 8:0\n")  # an explicit zero still mentions feature 8
+    with pytest.raises(D.DataError, match=r"f\.txt: feature index 8: the model has 5 features \(0 to 4\)"):
+        D.align(D.load_libsvm(tmp_path / "f.txt"), [str(i) for i in range(5)], ["0", "1", "2"], positional=True)
+    (tmp_path / "l.txt").write_text("2 9 7\n0,5 0:1\n1 1:1\n")
+    with pytest.raises(D.DataError, match=r"l\.txt: label 5: the model has 3 labels \(0 to 2\)"):
+        D.align(D.load_libsvm(tmp_path / "l.txt"), [str(i) for i in range(5)], ["0", "1", "2"], positional=True)
+
+
+def test_a_models_columns_only_extra_ones_are_errors(tmp_path):
+    """Read with a model's feature and label names, a column that is neither is an error (it would be ignored), as
+    --test's extra column is; label columns may be there or not."""
+    (tmp_path / "x.csv").write_text("f1,y1,f2,f5\n1,0,2,9\n")
+    with pytest.raises(D.DataError, match=r"x\.csv: extra column\(s\) \['f5'\]: neither one of the model's 2 features nor one of its 2 labels"):
+        D.load(str(tmp_path / "x.csv"), ["y1", "y2"], features=["f1", "f2"])
+    (tmp_path / "both.csv").write_text("f1,f3,y1\n1,2,0\n")  # f2 missing and f3 extra: both said
+    with pytest.raises(D.DataError, match=r"feature column\(s\) \['f2'\] not in the file's columns \['f1', 'f3', 'y1'\]; extra column\(s\) \['f3'\]"):
+        D.load(str(tmp_path / "both.csv"), ["y1"], features=["f1", "f2"])
+    (tmp_path / "x.arff").write_text("@relation x\n@attribute f1 numeric\n@attribute zz numeric\n@attribute y1 {0,1}\n@data\n1,2,0\n")
+    with pytest.raises(D.DataError, match=r"x\.arff: extra column\(s\) \['zz'\]"):
+        D.load(str(tmp_path / "x.arff"), ["y1"], features=["f1"])
+    (tmp_path / "s.arff").write_text("@relation x\n@attribute f1 numeric\n@attribute zz numeric\n@data\n{0 1}\n")
+    with pytest.raises(D.DataError, match=r"s\.arff: extra column\(s\) \['zz'\]"):
+        D.load(str(tmp_path / "s.arff"), ["y1"], features=["f1"])
+    (tmp_path / "ok.csv").write_text("y2,f2,f1\n1,2,1\n")  # some label columns: fine (unlabeled)
+    d = D.load(str(tmp_path / "ok.csv"), ["y1", "y2"], features=["f1", "f2"])
+    assert d.Y is None and d.missing_labels == ["y1"] and d.X.tolist() == [[1, 2]]
+
+
+def test_label_cells_are_not_read_when_labels_are_not_needed(tmp_path):
+    """predict reads no labels: empty, '?' or other cells in label columns are skipped, the columns still known."""
+    (tmp_path / "e.csv").write_text("f1,y1,f2,y2\n1,,2,yes\n3,?,4,\n")
+    with pytest.raises(D.DataError, match=r"e\.csv:2: expected numbers"):
+        D.load(str(tmp_path / "e.csv"), ["y1", "y2"], features=["f1", "f2"])  # evaluate reads them
+    d = D.load(str(tmp_path / "e.csv"), ["y1", "y2"], features=["f1", "f2"], read_labels=False)
+    assert d.Y is None and d.label_names == [] and d.X.tolist() == [[1, 2], [3, 4]]
+    arff = "@relation x\n@attribute f1 numeric\n@attribute y1 {0,1}\n@attribute f2 numeric\n@data\n"
+    (tmp_path / "d.arff").write_text(arff + "1,?,2\n3,x,4\n")
+    d = D.load(str(tmp_path / "d.arff"), ["y1"], features=["f1", "f2"], read_labels=False)
+    assert d.Y is None and d.X.tolist() == [[1, 2], [3, 4]]
+    (tmp_path / "s.arff").write_text(arff + "{0 1,1 ?,2 2}\n{1 nope}\n")
+    d = D.load(str(tmp_path / "s.arff"), ["y1"], features=["f1", "f2"], read_labels=False)
+    assert d.Y is None and d.X.toarray().tolist() == [[1, 2], [0, 0]]
+    (tmp_path / "f.csv").write_text("f1,y1,f2\n1,,x\n")  # feature cells are still read
+    with pytest.raises(D.DataError, match=r"f\.csv:2: expected numbers"):
+        D.load(str(tmp_path / "f.csv"), ["y1"], features=["f1", "f2"], read_labels=False)
+
+
+NFC, NFD = "caf\u00e9", "cafe\u0301"
+
+
+def test_names_that_differ_only_in_unicode_normalisation_are_named_as_such(tmp_path):
+    """Names match exactly; 'café' (NFC) and 'café' (NFD) print the same, so the error says what differs."""
+    (tmp_path / "d.csv").write_text(f"{NFD},f2,y1\n1,2,0\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"feature column\(s\) \['café'\] not in the file's columns .*differ only in Unicode "
+                       r"normalisation: NFC 'caf\\xe9' against NFD 'cafe\\u0301'"):  # fmt: skip
+        D.load(str(tmp_path / "d.csv"), ["y1"], features=[NFC, "f2"])
+    (tmp_path / "train.csv").write_text(f"{NFC},f2,y1,y2\n1,2,0,1\n", encoding="utf-8")
+    (tmp_path / "test.csv").write_text(f"{NFD},f2,y1,y2\n1,2,0,1\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"missing feature\(s\) \['.*'\]; extra feature\(s\) \['.*'\] \(.*differ only in Unicode normalisation"):
+        D.load_train_test(str(tmp_path / "train.csv"), str(tmp_path / "test.csv"), ["y1", "y2"])
+    (tmp_path / "twice.csv").write_text(f"{NFC},{NFD},y1\n1,2,0\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"twice\.csv:1: the header names '.+' and '.+', which differ only in Unicode normalisation"):
+        D.load_csv(tmp_path / "twice.csv", ["y1"])
+    (tmp_path / "twice.arff").write_text(f"@relation t\n@attribute {NFC} numeric\n@attribute {NFD} numeric\n@data\n1,0\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"twice\.arff:3: attribute '.+' is declared twice: .* differ only in Unicode normalisation"):
+        D.load_arff(tmp_path / "twice.arff", labels=[NFD])
+    with pytest.raises(D.DataError, match=r"--labels names '.+' and '.+', which differ only"):
+        D.load_csv(tmp_path / "train.csv", [NFC, NFD])
+    (tmp_path / "same.csv").write_text(f"f2,{NFC},y1\n2,1,0\n", encoding="utf-8")  # the same spelling: matched
+    assert D.load(str(tmp_path / "same.csv"), ["y1"], features=[NFC, "f2"]).X.tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"@relation t\n@attribute caf\xe9 numeric\n@attribute y {0,1}\n@data\n1,0\n", r"l\.arff:2: byte 0xe9 at character 15 is not UTF-8"),
+        (b"@relation t\n@attribute f numeric\n@attribute y {0,1}\n@data\n% \xff\n1,0\n", r"l\.arff:5: byte 0xff at character 3 is not UTF-8"),
+    ],
+)
+def test_an_arff_that_is_not_utf8_is_refused_not_read_with_replacement_characters(tmp_path, content, message):
+    (tmp_path / "l.arff").write_bytes(content)
+    with pytest.raises(D.DataError, match=message + r": expected a UTF-8 text file \(convert it, e\.g\. iconv") as error:
+        D.load_arff(tmp_path / "l.arff", labels=["y"])
+    assert "\n" not in str(error.value)
+
+
+def test_arff_labels_and_xml_together_are_refused(tmp_path):
+    (tmp_path / "d.arff").write_text(ARFF)
+    (tmp_path / "d.xml").write_text('<labels><label name="a"/><label name="b"/></labels>')
+    with pytest.raises(D.DataError, match=r"--labels and --xml .*d\.xml both name .*d\.arff's labels: give one of them"):
+        D.load_arff(tmp_path / "d.arff", labels=["a", "b"], xml=tmp_path / "d.xml")
+    assert D.load_arff(tmp_path / "d.arff", xml=tmp_path / "d.xml").label_names == ["a", "b"]
+
+
+def test_a_label_column_spelt_in_another_normalisation_is_named_as_such(tmp_path):
+    (tmp_path / "l.csv").write_text(f"f1,{NFD}\n1,0\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"l\.csv: extra column\(s\) \['.+'\]: .* \('.+' and the model's '.+' differ only in "
+                       r"Unicode normalisation: NFD 'cafe\\u0301' against NFC 'caf\\xe9'"):  # fmt: skip
+        D.load(str(tmp_path / "l.csv"), [NFC], features=["f1"])

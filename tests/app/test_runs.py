@@ -578,6 +578,17 @@ def test_device_cpu_and_a_missing_cuda(trained, capsys):
                         capsys, r"no CUDA device")  # fmt: skip
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_bad_device_is_named_before_anything_is_read_or_written(trained, tmp_path, capsys, command):
+    folder, run = trained
+    argv = [command, str(run), "--data", str(tmp_path / "absent.csv"), "--device", "bogus"]
+    argv += ["--out", "-"] if command == "predict" else []
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and "--device bogus: expected 'auto', 'cpu', 'cuda' or 'cuda:N'" in err, err
+    assert "absent.csv" not in err  # the data was not read yet
+    assert out == ""  # and no CSV header went out
+
+
 def test_holdout_is_seeded_and_disjoint():
     data = T.Dataset(np.arange(50, dtype=np.float32)[:, None], np.zeros((50, 2), np.uint8), ["x"], ["a", "b"])
     train, test = R.holdout(data, 0.2, seed=3)

@@ -22,7 +22,12 @@ For each (shape, dtype):
   allocations and nothing else: the resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
   during one forward+backward, minus the resident size just before it, with glibc told to return freed blocks to
   the system (``MALLOC_MMAP_THRESHOLD_``); reported as a multiple of the logits' size. The gradient itself (kept in
-  ``x.grad``) counts: the least any implementation can need is 1x.
+  ``x.grad``) counts: the least any implementation can need is 1x. The process runs on one CPU, because Linux
+  counts a process's resident pages per CPU and adds each CPU's count to the total only in batches: a reading can
+  lag by up to a batch, a difference of two readings by two (:func:`memory_floor`: 256 KiB on a machine of up to 16
+  CPUs). Logits smaller than that are not measured ("–" in the table, empty in the CSV): there the reading would be
+  a ratio of noise (8x4 float32 read 96x for softmargin and 0x for torch's eager loss; at 128 KiB softmargin read
+  0x, less than the gradient it keeps).
 
 On a CUDA device (``device="cuda"``) everything runs in this process, interleaved: the caching allocator's own counters
 (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``) see every allocation exactly, and each timed
@@ -63,10 +68,8 @@ BACKEND_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def check_options(repeat: int = 15, threads: int | None = None, device: str = "cpu", backend: str = "torch") -> None:
-    """Refuse, before anything is measured, the options that would otherwise show only after the whole run, in every
-    row (no timed call to take the median of; a package the backend imports missing) or as a traceback (an unknown
-    device). The messages name ``softmargin bench``'s options."""
+def _check_values(repeat: int, threads: int | None, device: str, backend: str) -> None:
+    """Each option's value on its own (no import, no device query)."""
     if isinstance(repeat, bool) or not isinstance(repeat, numbers.Integral) or repeat < 1:
         raise ValueError(f"--repeat {repeat}: expected at least 1 timed call per configuration")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
@@ -75,6 +78,13 @@ def check_options(repeat: int = 15, threads: int | None = None, device: str = "c
         raise ValueError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ValueError(f"--device {device}: expected cpu, cuda or cuda:N (N: the index of a CUDA device)")
+
+
+def check_options(repeat: int = 15, threads: int | None = None, device: str = "cpu", backend: str = "torch") -> None:
+    """Refuse, before anything is measured, the options that would otherwise show only after the whole run, in every
+    row (no timed call to take the median of; a package the backend imports missing) or as a traceback (an unknown
+    device). The messages name ``softmargin bench``'s options."""
+    _check_values(repeat, threads, device, backend)
     import importlib.util
 
     missing = [(name, source) for name, source in BACKEND_NEEDS[backend] if importlib.util.find_spec(name) is None]
@@ -93,6 +103,79 @@ def check_options(repeat: int = 15, threads: int | None = None, device: str = "c
                              f"cuda:0 to cuda:{count - 1}")  # fmt: skip
 
 
+MODES = ("extreme", "options", "train-step")
+#: Each run's CSV in its run folder when ``--out`` is not given (the torch backend's on CUDA: ``bench-cuda.csv``).
+DEFAULT_OUT = {"torch": "bench-cpu.csv", "cuda": "bench-cuda.csv", "numpy": "bench-numpy.csv", "jax": "bench-jax.csv",
+               "extreme": "bench-extreme.csv", "options": "bench-options.csv", "train-step": "bench-train-step.csv"}  # fmt: skip
+#: Where the default run (the torch backend, no ``--shapes``, compiled) writes its compiled training step: beside its
+#: CSV, whatever that one is called.
+TRAIN_STEP_OUT = "bench-train-step.csv"
+DEFAULT_REPEAT = 15
+EXTREME_REPEAT = 3  # one step at 1M labels takes seconds
+#: The dtypes each run can measure (None: all of ``softmargin bench --dtypes``' choices).
+_DTYPES: dict[str, tuple[str, ...]] = {"extreme": ("float32",), "train-step": ("float32",),
+                                       "numpy": ("float32", "float64", "float16"), "jax": ("float32", "bfloat16", "float16")}  # fmt: skip
+
+
+def command_mode(args: Any) -> str:
+    """What ``softmargin bench`` runs with these options: ``extreme``, ``options``, ``train-step``, or the backend
+    (``torch``, ``jax``, ``numpy``) for the loss's own benchmark."""
+    chosen = [f"--{m}" for m in MODES if getattr(args, m.replace("-", "_"), False)]
+    if len(chosen) > 1:
+        raise ValueError(f"{' and '.join(chosen)}: each is a run of its own: choose one")
+    return chosen[0][2:] if chosen else str(args.backend)
+
+
+def default_out_name(mode: str, device: str = "cpu") -> str:
+    """The CSV's name in the run folder when ``--out`` is not given."""
+    return DEFAULT_OUT["cuda" if mode == "torch" and device != "cpu" else mode]
+
+
+def default_dtypes(mode: str) -> tuple[str, ...]:
+    """The dtypes a run measures when ``--dtypes`` is not given."""
+    return DEFAULT_DTYPES if mode in ("torch", "jax") else ("float32",)
+
+
+def check_command(args: Any) -> str:
+    """``softmargin bench``'s options, all checked before anything is measured (some runs take hours): each value
+    (:func:`check_options`), and every option given that the chosen run would not use, refused by name as typed (the
+    rule of ``softmargin train``: no option is silently ignored). ``args``: the parsed command line (``None``: an
+    option not given). Returns the mode (:func:`command_mode`)."""
+    mode = command_mode(args)
+    repeat = DEFAULT_REPEAT if args.repeat is None else args.repeat
+    device = "cpu" if args.device is None else args.device
+    _check_values(repeat, args.threads, device, args.backend)
+    if args.out == "-":
+        raise ValueError("--out -: bench prints its table to standard output and writes its CSV to a file: name a file "
+                         "(or --out '' for none)")  # fmt: skip
+    run = f"--backend {args.backend}" if mode in BACKENDS else f"--{mode}"
+    if mode in MODES and args.backend != "torch":
+        raise ValueError(f"--backend {args.backend}: {run} times the torch loss and would ignore it; drop one of them")
+    if mode == "extreme" and args.shapes:
+        shapes = " ".join("x".join(map(str, shape)) for shape in args.shapes)
+        raise ValueError(f"--shapes {shapes}: --extreme measures sizes of its own (N=256, hidden 256, "
+                         f"{', '.join(f'{c:,}' for c in EXTREME_LABELS)} labels) and would ignore it; drop it")  # fmt: skip
+    supported = _DTYPES.get(mode)
+    if mode == "jax" and os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true"):
+        supported = None
+    bad = [dtype for dtype in args.dtypes or () if supported is not None and dtype not in supported]
+    if bad:
+        why = {"numpy": f"NumPy has no bfloat16; {run} measures {', '.join(supported or ())}",
+               "jax": "JAX computes float64 only with JAX_ENABLE_X64=1 (without it, float64 arrays are float32)"}  # fmt: skip
+        raise ValueError(f"--dtypes {' '.join(bad)}: {why.get(mode, f'{run} runs float32 only')}; drop it")
+    if device != "cpu" and mode not in ("torch", "train-step"):
+        why = {"numpy": "NumPy computes on the CPU", "jax": "it times jax's default device, which --device does not choose"}
+        raise ValueError(f"--device {device}: {run} would ignore it ({why.get(mode, 'it measures on the CPU only')}); "
+                         "drop it")  # fmt: skip
+    if args.no_compile and mode not in ("torch", "train-step"):
+        reason = "jax.jit always compiles; --no-compile skips torch.compile" if mode == "jax" else "nothing in it runs torch.compile"
+        raise ValueError(f"--no-compile: {run} would ignore it ({reason}); drop it")
+    if args.force and args.out == "":
+        raise ValueError("--force: --out '' writes no file, there is nothing to overwrite; drop one of them")
+    check_options(repeat, args.threads, device, "torch" if mode in MODES else args.backend)
+    return mode
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -109,6 +192,36 @@ def _hwm_bytes() -> int:
 def _reset_hwm() -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+#: glibc's mmap threshold during memory measurements (``MALLOC_MMAP_THRESHOLD_``): from this size an allocation gets
+#: pages of its own, which freeing returns, so the high-water mark sees each one whole.
+MMAP_THRESHOLD = 1 << 16
+ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+#: Put first in a memory measurement's fresh process: every thread it starts runs on one CPU (:func:`memory_floor`).
+ON_ONE_CPU = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+
+
+def memory_floor(threads: int = 1) -> int:
+    """The least logits size, in bytes, whose peak extra memory the CPU measurement resolves: the most by which the
+    difference of two readings of the resident size can be off. Linux (6.2 on) counts a process's resident pages per
+    CPU and adds a CPU's count to the total each time it reaches a batch of ``max(32, 2 x CPUs online)`` pages
+    (``percpu_counter_batch``), so a reading can lag by up to a batch per CPU the process ran on (one: the measuring
+    process is kept on one CPU, :data:`ON_ONE_CPU`), a difference by two batches: 256 KiB with 4 KiB pages and up to
+    16 CPUs. Earlier kernels count per thread, every 64 page faults: two such batches per thread (``threads``
+    workers and the main one)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    if release and (int(release[1]), int(release[2])) >= (6, 2):
+        return 2 * max(32, 2 * (os.cpu_count() or 1)) * page
+    return 2 * 64 * (threads + 1) * page
+
+
+def memory_measurable(shape: Sequence[int], dtype: str, device: str = "cpu", threads: int = 1) -> bool:
+    """Whether the peak extra memory of a call on (shape, dtype) logits is measured: on the CPU, logits of at least
+    :func:`memory_floor` bytes (smaller ones would give a ratio of noise: at 8x4 float32 softmargin read 96x its logits
+    and torch's eager loss 0x); on CUDA, where the caching allocator counts every allocation itself, always."""
+    return device != "cpu" or math.prod(shape) * ITEMSIZE[str(dtype)] >= memory_floor(threads)
 
 
 def _peak_bytes(step: Callable[[], Any]) -> tuple[int, Any]:
@@ -226,6 +339,8 @@ def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int, devic
     """Peak extra memory of one forward+backward of one implementation, after two warm-up calls; on the CPU run it
     in a fresh process (:func:`_in_fresh_process`), on CUDA the caching allocator's own counters are exact."""
 
+    if not memory_measurable(shape, dtype, device, threads):
+        return {"peak_extra_mb": None, "peak_extra_x_logits": None}
     import torch
 
     torch.set_num_threads(threads)
@@ -251,11 +366,11 @@ def _in_fresh_process(
 ) -> dict[str, Any]:
     """Run ``<module>.<call>`` (a call expression returning a dict) in a new Python process; its result, or
     {"error": the last line it printed}. For "memory", glibc returns large freed blocks at once, so the high-water
-    mark sees every allocation."""
+    mark sees every allocation, and the process runs on one CPU (:func:`memory_floor`)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if what == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    code = f"import json, {module} as b; print(json.dumps(b.{call}))"
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    code = (ON_ONE_CPU if what == "memory" else "") + f"import json, {module} as b; print(json.dumps(b.{call}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -328,7 +443,7 @@ def measure_group(
     rows = []
     for impl in impls:
         row = {"impl": impl, **base, **timed_all.get(impl, {"error": "not measured"})}
-        if "error" not in row:
+        if "error" not in row and memory_measurable(shape, dtype, device, threads):  # else "–" (module docstring)
             if device == "cpu":
                 call = f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r}, {threads})"
                 row.update(_in_fresh_process(call, "memory", threads))
@@ -397,21 +512,23 @@ def train_step(
     threads: int | None = None,
     rounds: int = 5,
     device: str = "cpu",
+    compiled: bool = True,
 ) -> list[dict[str, Any]]:
     """The compiled training step with softmargin against the same with torch's loss, each in fresh processes,
     ``rounds`` rounds, the median of each one's rounds (see :func:`measure_group`). Five rounds by default (the
-    command's too): with three, two runs of the same command gave 1.26x and 1.70x."""
+    command's too): with three, two runs of the same command gave 1.26x and 1.70x. ``compiled=False``: the same step
+    in eager mode (``--no-compile``)."""
     check_options(repeat, threads, device)
     threads = threads or len(os.sched_getaffinity(0))
     results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in TRAIN_STEP_IMPLS}
     for _ in range(rounds):
         for impl in TRAIN_STEP_IMPLS:
-            call = f"time_train_step({impl!r}, {tuple(shape)!r}, {features}, {repeat}, device={device!r})"
+            call = f"time_train_step({impl!r}, {tuple(shape)!r}, {features}, {repeat}, compiled={compiled!r}, device={device!r})"
             results[impl].append(_in_fresh_process(call, "train step", threads))
     rows = []
     for impl, runs in results.items():
         row: dict[str, Any] = {"impl": impl, "shape": "x".join(map(str, shape)), "features": features, "threads": threads,
-                               "device": device}  # fmt: skip
+                               "device": device, "compiled": compiled}  # fmt: skip
         row.update(combine_rounds(runs))
         if "error" not in row:
             row["final_loss"] = next(r["final_loss"] for r in runs if "error" not in r)
@@ -430,31 +547,49 @@ OPTION_CASES: dict[str, dict[str, str | float]] = {
 }
 
 
-def option_costs(shape: Sequence[int] = (4096, 2000), repeat: int = 11) -> list[dict[str, Any]]:
-    """Forward+backward time of each loss option, in this process (time only), against the plain loss."""
-    check_options(repeat)
+def option_costs(
+    shapes: Sequence[Sequence[int]] = ((4096, 2000),), dtypes: Sequence[str] = ("float32",), repeat: int = 15,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Forward+backward time of each loss option against the plain loss, for every (shape, dtype), in this process
+    (time only), on ``threads`` torch threads (default: the CPUs available)."""
+    check_options(repeat, threads)
     import torch
 
     from ..torch import multilabel_soft_margin_loss
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, generator=gen).requires_grad_(True)
-    y = (torch.rand(*shape, generator=gen) < 0.1).float()
-    per_class = torch.rand(shape[-1], generator=gen) + 0.5
-    mask = torch.rand(*shape, generator=gen) < 0.9
+    threads = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
     rows: list[dict[str, Any]] = []
-    for name, case in OPTION_CASES.items():
-        kwargs: dict[str, Any] = {}
-        for key, value in case.items():
-            kwargs[key] = per_class if value == "class" else mask if value == "full" else value
-        def step(kwargs: dict[str, Any] = kwargs) -> None:
-            x.grad = None
-            multilabel_soft_margin_loss(x, y, **kwargs).backward()
+    for shape in shapes:
+        for dtype in dtypes:
+            gen = torch.Generator().manual_seed(0)
+            tdtype = getattr(torch, dtype)
+            x = torch.randn(*shape, generator=gen).to(tdtype).requires_grad_(True)
+            y = (torch.rand(*shape, generator=gen) < 0.1).to(tdtype)
+            per_class = (torch.rand(shape[-1], generator=gen) + 0.5).to(tdtype)
+            mask = torch.rand(*shape, generator=gen) < 0.9
+            base = {"shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads}
+            group: list[dict[str, Any]] = []
+            for name, case in OPTION_CASES.items():
+                kwargs: dict[str, Any] = {}
+                for key, value in case.items():
+                    kwargs[key] = per_class if value == "class" else mask if value == "full" else value
 
-        times = call_times(step, repeat, warmup=2)
-        rows.append({"option": name, "median_ms": 1e3 * times[len(times) // 2]})
-    for row in rows:
-        row["x_plain"] = row["median_ms"] / rows[0]["median_ms"]
+                def step(kwargs: dict[str, Any] = kwargs, x: Any = x, y: Any = y) -> None:
+                    x.grad = None
+                    multilabel_soft_margin_loss(x, y, **kwargs).backward()
+
+                try:
+                    times = call_times(step, repeat, warmup=2)
+                    group.append({"option": name, **base, "median_ms": 1e3 * times[len(times) // 2]})
+                except Exception as error:
+                    group.append({"option": name, **base, "error": f"{type(error).__name__}: {error}".splitlines()[0]})
+            plain = group[0].get("median_ms")
+            for row in group:
+                if plain and "median_ms" in row:
+                    row["x_plain"] = row["median_ms"] / plain
+            rows.extend(group)
     return rows
 
 
@@ -562,6 +697,11 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def _memory(x_logits: float | None) -> str:
+    """The peak extra memory column: "–" where it was not measured (logits too small, :func:`memory_measurable`)."""
+    return "–" if x_logits is None else f"{x_logits:.2f}"
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     from .compare import format_table
 
@@ -584,7 +724,7 @@ def report(rows: list[dict[str, Any]]) -> str:
                 row["dtype"],
                 row["impl"],
                 f"{row['median_ms']:.3f}",
-                f"{row['peak_extra_x_logits']:.2f}",
+                _memory(row.get("peak_extra_x_logits")),
                 speedup,
                 f"{row['first_call_s']:.2f}",
             ]

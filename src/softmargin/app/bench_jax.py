@@ -91,7 +91,10 @@ def time_group(impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: i
 
 
 def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int) -> dict[str, Any]:
-    """Peak extra resident memory of one jitted forward+backward after two warm-up calls, in this (fresh) process."""
+    """Peak extra resident memory of one jitted forward+backward after two warm-up calls, in this (fresh) process; None
+    for logits too small to measure (:func:`softmargin.app.bench.memory_measurable`)."""
+    if not bench.memory_measurable(shape, dtype, threads=threads):
+        return {"peak_extra_mb": None, "peak_extra_x_logits": None}
     x, y, w = _data(shape, dtype)
     step = _step_fn(impl, x, y, w)
     step()
@@ -125,7 +128,7 @@ def run(
                     per_round[impl].append(timed.get(impl, timed))
             for impl, results in per_round.items():
                 row: dict[str, Any] = {"impl": impl, **base, **bench.combine_rounds(results)}
-                if "error" not in row:
+                if "error" not in row and bench.memory_measurable(shape, dtype, threads=threads):  # else "–" (see bench's docstring)
                     call = f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r}, {threads})"
                     row.update(bench._in_fresh_process(call, "memory", threads, module=module))
                 rows.append(row)

@@ -22,7 +22,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bench import _peak_bytes, _repeats, call_times, combine_rounds, write_csv
+from .bench import (
+    MMAP_THRESHOLD,
+    ON_ONE_CPU,
+    _peak_bytes,
+    _repeats,
+    call_times,
+    combine_rounds,
+    memory_measurable,
+    write_csv,
+)
 
 IMPLEMENTATIONS = ("softmargin", "softmargin chunked", "naive numpy", "floor")
 DEFAULT_SHAPES = ((4096, 2000), (256, 100_000))
@@ -71,8 +80,11 @@ def time_one(impl: str, shape: Sequence[int], dtype: str, repeat: int) -> dict[s
     return {"median_ms": 1e3 * spent[len(spent) // 2], "min_ms": 1e3 * spent[0], "first_call_s": first}
 
 
-def peak_memory(impl: str, shape: Sequence[int], dtype: str) -> dict[str, Any]:
-    """Peak extra memory of one call after two warm-up calls, the result kept alive (as a training loop would)."""
+def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int = 1) -> dict[str, Any]:
+    """Peak extra memory of one call after two warm-up calls, the result kept alive (as a training loop would); None
+    for logits too small to measure (:func:`softmargin.app.bench.memory_measurable`)."""
+    if not memory_measurable(shape, dtype, threads=threads):
+        return {"peak_extra_mb": None, "peak_extra_x_logits": None}
     x, y, w = _data(shape, dtype)
     step = _step_fn(impl, x, y, w)
     step()
@@ -87,8 +99,8 @@ def _fresh(call: str, impl: str, threads: int, memory: bool = False) -> dict[str
     if impl == "softmargin chunked":
         env["SOFTMARGIN_NATIVE"] = "0"
     if memory:
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    code = f"import json, softmargin.app.bench_numpy as b; print(json.dumps(b.{call}))"
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    code = (ON_ONE_CPU if memory else "") + f"import json, softmargin.app.bench_numpy as b; print(json.dumps(b.{call}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -104,11 +116,15 @@ def run(
     out: Path | None = None,
     rounds: int = 3,
 ) -> list[dict[str, Any]]:
-    """Every (shape, dtype) and implementation; rows for :func:`softmargin.app.bench.report`, to ``out`` as CSV."""
+    """Every (shape, dtype) and implementation; rows for :func:`softmargin.app.bench.report`, to ``out`` as CSV. A
+    dtype NumPy lacks (bfloat16) is refused before anything is measured."""
+    unknown = [d for d in dtypes if d not in NUMPY_DTYPES]
+    if unknown:
+        raise ValueError(f"--dtypes {' '.join(unknown)}: NumPy has no bfloat16; --backend numpy measures {', '.join(NUMPY_DTYPES)}")
     threads = threads or len(os.sched_getaffinity(0))
     rows = []
     for shape in shapes:
-        for dtype in [d for d in dtypes if d in NUMPY_DTYPES]:
+        for dtype in dtypes:
             base = {"backend": "numpy", "shape": "x".join(map(str, shape)), "dtype": dtype, "threads": threads}
             reps = _repeats(shape, repeat)
             per_round: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
@@ -117,10 +133,10 @@ def run(
                     per_round[impl].append(_fresh(f"time_one({impl!r}, {tuple(shape)!r}, {dtype!r}, {reps})", impl, threads))
             for impl, results in per_round.items():
                 row: dict[str, Any] = {"impl": impl, **base, **combine_rounds(results)}
-                if "error" in row:
+                if "error" in row or not memory_measurable(shape, dtype, threads=threads):  # too small: "–" (see bench's docstring)
                     rows.append(row)
                     continue
-                row.update(_fresh(f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r})", impl, threads, memory=True))
+                row.update(_fresh(f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r}, {threads})", impl, threads, memory=True))
                 rows.append(row)
     if out is not None:
         fields = ["backend", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]

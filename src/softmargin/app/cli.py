@@ -45,106 +45,111 @@ def _bench_run(args: argparse.Namespace) -> int:
     from . import bench
     from .compare import format_table
 
+    # every option and every file this run will write, checked before anything is measured (some runs take hours)
+    mode = bench.check_command(args)
     if args.out is None:  # a run folder of its own, never the source tree
         import time
 
-        args.out = str(Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S") / "bench-cpu.csv")
-    # the options and every file this run will write, checked before anything is measured (some runs take hours)
-    bench.check_options(args.repeat, args.threads, args.device, args.backend)
-    for path in _bench_outputs(args):
+        args.out = str(Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S") / bench.default_out_name(mode, args.device))
+    outputs = _bench_outputs(args)
+    for path in outputs:
         bench.check_out(path, args.force)
+    out = Path(outputs[0]) if outputs else None
+    repeat = args.repeat if args.repeat is not None else bench.EXTREME_REPEAT if mode == "extreme" else bench.DEFAULT_REPEAT
+    dtypes = args.dtypes or bench.default_dtypes(mode)
 
-    if args.extreme:
-        extreme_out = Path(args.out.replace("bench-cpu", "bench-extreme")) if args.out else None
-        rows = bench.extreme(threads=args.threads, out=extreme_out, force=args.force)
+    if mode == "extreme":
+        rows = bench.extreme(repeat=repeat, threads=args.threads, out=out, force=args.force)
         print("Linear head + loss, N=256, hidden 256, 5 positives per sample; forward+backward per training step:")
         print(bench.extreme_report(rows))
-        return 0
-    if args.train_step:
-        _train_step_report(args, (args.shapes or [bench.TRAIN_STEP_SHAPE])[0])
-        return 0
-    if args.options:
-        shape = (args.shapes or [(4096, 2000)])[0]
-        rows = bench.option_costs(shape, args.repeat)
-        print(f"Forward+backward, {shape[0]}x{shape[1]} float32, each loss option against the plain loss:")
-        print(format_table(["option", "median ms", "x plain"], [[r["option"], f"{r['median_ms']:.2f}", f"{r['x_plain']:.2f}"] for r in rows]))
-        return 0
-    if args.backend == "numpy":
+    elif mode == "train-step":
+        _train_step_report(args, args.shapes or [bench.TRAIN_STEP_SHAPE], repeat, outputs[0] if outputs else None)
+        out = None  # said there
+    elif mode == "options":
+        rows = bench.option_costs(args.shapes or [bench.TRAIN_STEP_SHAPE], dtypes, repeat, args.threads)
+        print("Forward+backward, each loss option against the plain loss:")
+        print(format_table(["shape", "dtype", "option", "median ms", "x plain"],
+                           [[r["shape"], r["dtype"], r["option"], f"{r['median_ms']:.2f}" if "median_ms" in r else r["error"][:60],
+                             f"{r['x_plain']:.2f}" if "x_plain" in r else "-"] for r in rows]))  # fmt: skip
+        if out is not None:
+            bench.write_csv(out, ["shape", "dtype", "option", "threads", "median_ms", "x_plain", "error"], rows)
+    elif mode == "numpy":
         from . import bench_numpy
 
-        out = args.out.replace("bench-cpu", "bench-numpy") if args.out else args.out
-        rows = bench_numpy.run(shapes=args.shapes or bench_numpy.DEFAULT_SHAPES, dtypes=args.dtypes,
-                               repeat=args.repeat, threads=args.threads, out=Path(out) if out else None)  # fmt: skip
+        rows = bench_numpy.run(shapes=args.shapes or bench_numpy.DEFAULT_SHAPES, dtypes=dtypes, repeat=repeat,
+                               threads=args.threads, out=out)  # fmt: skip
         print(bench.report(rows))
-        print(f"\nwritten to {out}" if out else "")
-        return 0
-    if args.backend == "jax":
+    elif mode == "jax":
         from . import bench_jax
 
-        out = args.out.replace("bench-cpu", "bench-jax") if args.out else args.out
-        rows = bench_jax.run(shapes=args.shapes or bench.DEFAULT_SHAPES, dtypes=args.dtypes, repeat=args.repeat,
-                             threads=args.threads, out=Path(out) if out else None)  # fmt: skip
+        rows = bench_jax.run(shapes=args.shapes or bench.DEFAULT_SHAPES, dtypes=dtypes, repeat=repeat, threads=args.threads,
+                             out=out)  # fmt: skip
         print(bench.report(rows))
-        print(f"\nwritten to {out}" if out else "")
-        return 0
-    out = args.out.replace("bench-cpu", "bench-cuda") if args.out and args.device != "cpu" else args.out
-    rows = bench.run(
-        shapes=args.shapes or bench.DEFAULT_SHAPES,
-        dtypes=args.dtypes,
-        impls=[i for i in bench.IMPLEMENTATIONS if not (args.no_compile and i == "torch.compile")],
-        repeat=args.repeat,
-        threads=args.threads,
-        out=Path(out) if out else None,
-        device=args.device,
-        force=args.force,
-    )
-    print(bench.report(rows))
-    if args.out:
+    else:
+        rows = bench.run(
+            shapes=args.shapes or bench.DEFAULT_SHAPES,
+            dtypes=dtypes,
+            impls=[i for i in bench.IMPLEMENTATIONS if not (args.no_compile and i == "torch.compile")],
+            repeat=repeat,
+            threads=args.threads,
+            out=out,
+            device=args.device,
+            force=args.force,
+        )
+        print(bench.report(rows))
+    if out is not None:
         print(f"\nwritten to {out}")
-    if not args.no_compile and not args.shapes:  # the default run: issue 11's compiled training step, in the same run
-        print()
-        _train_step_report(args, bench.TRAIN_STEP_SHAPE)
+    if mode == "torch" and not args.no_compile and not args.shapes:  # the default run: issue 11's compiled training
+        print()  # step, in the same run
+        _train_step_report(args, [bench.TRAIN_STEP_SHAPE], repeat, outputs[1] if outputs else None)
     return 0
 
 
 def _bench_outputs(args: argparse.Namespace) -> list[str]:
-    """The CSV files :func:`_bench_run` writes with these options, in its order of cases (none for ``--out ''``)."""
+    """The CSV files :func:`_bench_run` writes with these options (``args.out`` already given or defaulted): ``--out``
+    itself, whichever run it is, and for the default run (the torch backend, no ``--shapes``, compiled), which ends
+    with the compiled training step, ``bench-train-step.csv`` beside it. None for ``--out ''``. No other name is
+    ever derived from ``--out``."""
     from pathlib import Path
+
+    from . import bench
 
     if not args.out:
         return []
-    if args.extreme:
-        return [args.out.replace("bench-cpu", "bench-extreme")]
-    step = str(Path(args.out).with_name("bench-train-step.csv"))
-    if args.train_step:
-        return [step]
-    if args.options:  # a table only
-        return []
-    if args.backend != "torch":
-        return [args.out.replace("bench-cpu", f"bench-{args.backend}")]
-    out = args.out.replace("bench-cpu", "bench-cuda") if args.device != "cpu" else args.out
-    return [out] if args.no_compile or args.shapes else [out, step]  # the default run ends with the training step
+    if bench.command_mode(args) != "torch" or args.no_compile or args.shapes:
+        return [args.out]
+    step = Path(args.out).with_name(bench.TRAIN_STEP_OUT)
+    if Path(args.out).resolve() == step.resolve():
+        raise ValueError(f"--out {args.out}: the default run writes its compiled training step to {bench.TRAIN_STEP_OUT} "
+                         "beside --out: give the shapes' CSV another name (or run --train-step alone)")  # fmt: skip
+    return [args.out, str(step)]
 
 
-def _train_step_report(args: argparse.Namespace, shape: tuple[int, int]) -> None:
-    """Time the compiled training step (softmargin's loss against torch's, fresh processes), print the table and
-    write ``bench-train-step.csv`` next to ``--out``."""
+def _train_step_report(args: argparse.Namespace, shapes: list[tuple[int, int]], repeat: int, out: str | None) -> None:
+    """Time the training step at each shape (softmargin's loss against torch's, fresh processes; compiled unless
+    ``--no-compile``), print the table and write it to ``out``."""
     from pathlib import Path
 
     from . import bench
     from .compare import format_table
 
     device = args.device or "cpu"
-    rows = bench.train_step(shape, repeat=args.repeat, threads=args.threads, rounds=5 if device == "cpu" else 1, device=device)
-    print(f"torch.compile(model + loss + backward + SGD step) on {device}, linear model 32 -> {shape[1]}, batch {shape[0]}, float32:")
-    ours = rows[0].get("median_ms")
-    print(format_table(["loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"],
-                       [[r["impl"], f"{r.get('median_ms', float('nan')):.2f}", f"{r.get('first_call_s', float('nan')):.1f}",
-                         f"{r.get('final_loss', float('nan')):.6f}",
-                         bench._ratio(r.get("median_ms"), ours) if r["impl"] != "softmargin" else ""] for r in rows]))  # fmt: skip
-    if args.out:
-        out = Path(args.out).with_name("bench-train-step.csv")
-        bench.write_csv(out, ["impl", "shape", "device", "features", "threads", "median_ms", "min_ms", "first_call_s", "final_loss", "error"], rows)
+    compiled = not args.no_compile
+    rows = []
+    for shape in shapes:
+        rows.extend(bench.train_step(shape, repeat=repeat, threads=args.threads, rounds=5 if device == "cpu" else 1,
+                                     device=device, compiled=compiled))  # fmt: skip
+    what = "torch.compile(model + loss + backward + SGD step)" if compiled else "model + loss + backward + SGD step, eager (--no-compile)"
+    print(f"{what} on {device}, linear model 32 -> C, float32:")
+    table = []
+    for r in rows:
+        ours = next((o.get("median_ms") for o in rows if o.get("shape") == r.get("shape") and o["impl"] == "softmargin"), None)
+        table.append([r.get("shape", ""), r["impl"], f"{r.get('median_ms', float('nan')):.2f}", f"{r.get('first_call_s', float('nan')):.1f}",
+                      f"{r.get('final_loss', float('nan')):.6f}", bench._ratio(r.get("median_ms"), ours) if r["impl"] != "softmargin" else ""])  # fmt: skip
+    print(format_table(["NxC", "loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"], table))
+    if out is not None:
+        bench.write_csv(Path(out), ["impl", "shape", "device", "compiled", "features", "threads", "median_ms", "min_ms", "first_call_s",
+                              "final_loss", "error"], rows)  # fmt: skip
         print(f"\nwritten to {out}")
 
 
@@ -187,8 +192,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser, default: str | None, te
                         help="a built-in data set (yeast: its standard split) or a file: MULAN .arff, .csv, or LIBSVM/XC text")  # fmt: skip
     if test:
         parser.add_argument("--test", help="a separate test file, its columns matched to --data's by name")
-    parser.add_argument("--labels", type=_names, help="comma-separated label attribute/column names (ARFF without XML, CSV)")
-    parser.add_argument("--xml", help="the MULAN XML file naming the labels (default: found next to the ARFF file)")
+    parser.add_argument("--labels", type=_names, help="comma-separated label attribute/column names (ARFF without XML, CSV; evaluate: the model's labels; predict: optional)")
+    parser.add_argument("--xml", help="the MULAN XML file naming the labels (default: found next to the ARFF file; evaluate/predict: the model's labels)")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -314,30 +319,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(predict)
     predict.add_argument("--out", required=True,
                          help="CSV file for the predictions (one probability and one 0/1 column per label), - for standard output")  # fmt: skip
-    predict.add_argument("--top-k", type=int, default=None, metavar="K", help="instead: each sample's K best labels with their probabilities")
+    predict.add_argument("--top-k", type=int, default=None, metavar="K", help="instead: each sample's K best labels with their probabilities (not with --thresholds/--threshold/--k)")
     predict.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     predict.set_defaults(func=_predict)
 
     bench = sub.add_parser(
-        "bench", help="forward+backward time and peak memory against torch eager, torch.compile, BCEWithLogits"
-    )
-    bench.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC", help="default: 4096x2000 256x100000 256x1000 64x80 32x10, then the compiled training step (see --train-step)")
-    bench.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16", "float64"])
-    bench.add_argument("--repeat", type=int, default=15, help="timed calls per configuration (the median is reported)")
+        "bench", help="forward+backward time and peak memory against torch eager, torch.compile, BCEWithLogits",
+        description="Time the loss (and peak extra memory) against its anchors. One run at a time: the torch backend's "
+        "default run, --backend jax or numpy, --train-step, --options or --extreme. An option the chosen run would not "
+        "use is an error that names it; every option and --out are checked before anything is measured.",
+    )  # fmt: skip
+    bench.add_argument("--shapes", type=_shape, nargs="+", metavar="NxC",
+                       help="default: 4096x2000 256x100000 256x1000 64x80 32x10, then the compiled training step (see --train-step); "
+                       "--backend numpy: 4096x2000 256x100000; --train-step and --options: 4096x2000")  # fmt: skip
+    bench.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16", "float64"],
+                       help="default: float32 bfloat16 (torch, jax), float32 (numpy, --options); --train-step and --extreme: float32 only")  # fmt: skip
+    bench.add_argument("--repeat", type=int, default=None, help="timed calls per configuration, the median reported (default 15; --extreme 3)")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
     bench.add_argument("--backend", choices=["torch", "jax", "numpy"], default="torch",
-                       help="jax: jitted value_and_grad of softmargin.jax against jitted optax (results to bench-jax.csv); "
-                       "numpy: softmargin.numpy against a naive NumPy formula, torch never imported (results to bench-numpy.csv)")  # fmt: skip
-    bench.add_argument("--device", default="cpu", help="cpu, or cuda (results to bench-cuda.csv; one process, exact allocator counts)")
-    bench.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while), and with it the training step")
-    bench.add_argument("--extreme", action="store_true", help="the fused linear head vs linear + loss at 100k, 1M, 3M labels")
-    bench.add_argument("--options", action="store_true", help="time each loss option (pos_weight, mask, ...) instead")
-    bench.add_argument("--train-step", action="store_true",
-                       help="only the torch.compile'd training step (model + loss + backward + SGD) with softmargin vs torch's "
-                       "loss, at the first --shapes (default 4096x2000; the default run ends with it)")
+                       help="jax: jitted value_and_grad of softmargin.jax against jitted optax; numpy: softmargin.numpy "
+                       "against a naive NumPy formula, torch never imported (both on the CPU)")  # fmt: skip
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch backend and --train-step; one process, exact allocator counts)")
+    bench.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes a while), and with it the default run's "
+                       "training step; with --train-step: the same step in eager mode")  # fmt: skip
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--extreme", action="store_true", help="instead: the fused linear head vs linear + loss at 100k, 1M, 3M labels")
+    mode.add_argument("--options", action="store_true", help="instead: time each loss option (pos_weight, mask, ...) against the plain loss")
+    mode.add_argument("--train-step", action="store_true",
+                      help="instead: only the torch.compile'd training step (model + loss + backward + SGD) with softmargin vs "
+                      "torch's loss, at each --shapes (default 4096x2000; the default run ends with it)")  # fmt: skip
     bench.add_argument("--out", default=None,
-                       help="CSV file for the results ('' for none; default: runs/bench-<date>-<time>/bench-cpu.csv)")
-    bench.add_argument("--force", action="store_true", help="overwrite --out (and the bench-train-step.csv beside it) if it exists")
+                       help="the CSV file this run writes ('' for none); default: runs/bench-<date>-<time>/ with bench-cpu.csv "
+                       "(bench-cuda.csv on CUDA, bench-numpy.csv, bench-jax.csv, bench-train-step.csv, bench-options.csv or "
+                       "bench-extreme.csv for the other runs). The default run also writes its training step to "
+                       "bench-train-step.csv beside it")  # fmt: skip
+    bench.add_argument("--force", action="store_true", help="overwrite --out (and the default run's bench-train-step.csv beside it) if it exists")
     bench.set_defaults(func=_bench)
     return parser
 

@@ -3,13 +3,18 @@ and CSV with named label columns.
 
 Every loader returns a :class:`Dataset`: features ``X`` (a dense float32 array, or a scipy.sparse CSR matrix when the
 file is sparse: sparse stays sparse), labels ``Y`` (uint8, shape (N, L): dense, or a CSR matrix for large label sets:
-the positives only, never N x L) and the names of both. A malformed file raises :class:`DataError` naming the file,
-the line and what was expected there; so does a missing, NaN or infinite feature value, one beyond float32's range,
-an index given twice in a row, and a label other than 0/1. Text is UTF-8 (a byte-order mark is skipped).
+the positives only, never N x L; None for unlabeled data) and the names of both. A malformed file raises
+:class:`DataError` naming the file, the line and what was expected there; so does a missing, NaN or infinite feature
+value, one beyond float32's range, a number not in plain ASCII decimal or scientific notation (Python's ``float``
+also reads ``1_0`` and other scripts' digits), an index given twice in a row, and a label other than 0/1. Text is
+UTF-8 (a byte-order mark is skipped; CSV and ARFF files that are not UTF-8 are refused, never read with replacement
+characters).
 
-Columns are identified by name: :func:`align` reorders a later file's features and labels to a model's, and says
-which are missing or extra. (LIBSVM columns are named by their index, so a file that never mentions the last
-features or labels still matches.)
+Columns are identified by name, exactly (names that differ only in Unicode normalisation are told apart, and the
+errors say so): :func:`align` reorders a later file's features and labels to a model's, and says which are missing
+or extra; read with a model's names (``features=``), an ARFF or CSV column that is neither a feature nor a label is an
+error. (LIBSVM columns are named by their index, so a file that never mentions the last features or labels still
+matches.)
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import csv
 import gzip
 import math
 import re
+import unicodedata
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,12 +101,40 @@ class Dataset:
         return text + f", {self.Y.shape[1]} labels, label cardinality {cardinality:.3f}, density {density:.3f}"
 
 
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _form(name: str) -> str:
+    """The Unicode normalisation form ``name`` is in, with its code points spelt out (``NFD 'cafe\\u0301'``)."""
+    form = next((f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, name)), "mixed")
+    return f"{form} {ascii(name)}"
+
+
+def _normalisation_hint(missing: Sequence[str], have: Sequence[str], whose: str = "the file's") -> str:
+    """Names are matched exactly (code point for code point). When a missing name is spelt differently in ``have`` but
+    is the same text in Unicode's eyes (``café`` as one code point, NFC, or as ``e`` plus a combining accent, NFD), the
+    error says so: the two look identical when printed."""
+    spelt = {_nfc(name): name for name in have}
+    for name in missing:
+        other = spelt.get(_nfc(name))
+        if other is not None and other != name:
+            return (f" ({name!r} and {whose} {other!r} differ only in Unicode normalisation: {_form(name)} against "
+                    f"{_form(other)}; names are matched exactly: write both in one form, e.g. NFC)")  # fmt: skip
+    return ""
+
+
 def _check_unique(names: Sequence[str], what: str) -> None:
-    seen: set[str] = set()
+    """Each name once; two names that differ only in Unicode normalisation (NFC / NFD) count as the same name."""
+    seen: dict[str, str] = {}
     for name in names:
-        if name in seen:
+        other = seen.get(_nfc(name))
+        if other == name:
             raise DataError(f"{what} names {name!r} twice: expected each name once")
-        seen.add(name)
+        if other is not None:
+            raise DataError(f"{what} names {other!r} and {name!r}, which differ only in Unicode normalisation ({_form(other)}, "
+                            f"{_form(name)}): expected each name once")  # fmt: skip
+        seen[_nfc(name)] = name
 
 
 def _in_float32(values: np.ndarray) -> np.ndarray:
@@ -145,16 +179,18 @@ def _repeated(items: Sequence[int]) -> int:
 
 
 def _not_utf8(path: Path) -> DataError:
-    """The error for a file that is not UTF-8, naming the line and the first byte that is not."""
+    """The error for a file that is not UTF-8, naming the line and the first byte that is not (never read with
+    replacement characters: a name would silently change)."""
     raw = path.read_bytes()
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         before = re.split(rb"\r\n|\r|\n", raw[: exc.start])
         where = len(before[-1].decode("utf-8")) + 1
+        save = "save it as 'CSV UTF-8', or convert it" if path.suffix.lower() == ".csv" else "convert it"
         return DataError(
             f"{path}:{len(before)}: byte {raw[exc.start]:#04x} at character {where} is not UTF-8: expected a UTF-8 text "
-            "file (save it as 'CSV UTF-8', or convert it, e.g. iconv -f latin1 -t utf-8)"
+            f"file ({save}, e.g. iconv -f latin1 -t utf-8)"
         )
     return DataError(f"{path}: expected a UTF-8 text file")  # pragma: no cover - called on a decoding error
 
@@ -210,10 +246,33 @@ def _unquote(name: str) -> str:
     return name
 
 
+#: What surrounds a value and is dropped: ASCII white space only (a no-break space is not a number's part).
+_SPACE = " \t\r\n\f\v"
+
+
+def _value(text: str) -> float:
+    """A number written in plain ASCII: decimal or scientific notation (``-1.5``, ``.5``, ``2e-3``), or a spelling
+    of inf / nan (refused later as not finite). Python's ``float`` also reads ``1_0`` and other scripts' digits (``١٠``)
+    as 10: refused here. Raises ValueError."""
+    if not text.isascii() or "_" in text:
+        raise ValueError(f"could not convert string to float: {text!r} (expected plain ASCII decimal or scientific notation)")
+    return float(text)
+
+
+def _index(text: str) -> int:
+    """An integer in ASCII digits, with an optional sign (a negative one is refused with the range); Python's
+    ``int`` also reads ``1_0`` and other scripts' digits. Raises ValueError."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"invalid integer {text!r}")
+    return int(text)
+
+
 def _number(text: str) -> float:
-    """An ARFF/CSV value: a number, or ``?`` / empty for a missing one (NaN; rejected where it matters)."""
-    text = text.strip()
-    return math.nan if text in ("?", "") else float(text)
+    """An ARFF/CSV value: a number (:func:`_value`), or ``?`` / empty for a missing one (NaN; rejected where it
+    matters)."""
+    text = text.strip(_SPACE)
+    return math.nan if text in ("?", "") else _value(text)
 
 
 def mulan_labels(xml_path: str | Path) -> list[str]:
@@ -229,16 +288,26 @@ def mulan_labels(xml_path: str | Path) -> list[str]:
     return names
 
 
-def _read_arff(path: Path) -> tuple[list[str], Any, list[int]]:
-    """(attribute names, values (N, A) float64, dense or CSR, NaN where missing, the line of each row)."""
+def _read_arff(path: Path, skip: Collection[str] = ()) -> tuple[list[str], Any, list[int]]:
+    """(attribute names, values (N, A) float64, dense or CSR, NaN where missing, the line of each row). The values of
+    the attributes named in ``skip`` are not read (0; labels, for predict). A file that is not UTF-8 is an error."""
+    try:
+        return _read_arff_text(path, skip)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _read_arff_text(path: Path, skip: Collection[str]) -> tuple[list[str], Any, list[int]]:
     names: list[str] = []
+    spelt: dict[str, str] = {}  # NFC form -> the name as declared
+    skipped: set[int] = set()
     rows: list[int] = []
     cols: list[int] = []
     vals: list[float] = []
     dense_rows: list[list[float]] = []
     lines: list[int] = []
     sparse = None
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
+    with open(path, encoding="utf-8-sig") as f:
         in_data = False
         for number, raw in enumerate(f, 1):
             line = raw.strip()
@@ -254,11 +323,16 @@ def _read_arff(path: Path) -> tuple[list[str], Any, list[int]]:
                     if not (kind in ("numeric", "real", "integer") or kind.startswith("{")):
                         raise DataError(f"{path}:{number}: attribute type {kind!r} is not numeric or {{0,1}}")
                     name = _unquote(match.group(1))
-                    if name in names:
+                    other = spelt.setdefault(_nfc(name), name)
+                    if other == name and len(spelt) == len(names):
                         raise DataError(f"{path}:{number}: attribute {name!r} is declared twice")
+                    if other != name:
+                        raise DataError(f"{path}:{number}: attribute {name!r} is declared twice: {other!r} and {name!r} differ "
+                                        f"only in Unicode normalisation ({_form(other)}, {_form(name)})")  # fmt: skip
                     names.append(name)
                 elif lower.startswith("@data"):
                     in_data = True
+                    skipped = {i for i, name in enumerate(names) if name in skip}
                 continue
             is_sparse = line.startswith("{")
             if sparse is None:
@@ -271,17 +345,17 @@ def _read_arff(path: Path) -> tuple[list[str], Any, list[int]]:
                     body = line[1:line.rindex("}")].strip()
                     for item in body.split(",") if body else []:
                         index_text, value = item.split()
-                        index = int(index_text)
+                        index = _index(index_text)
                         if not 0 <= index < len(names):
                             raise ValueError(f"index {index} is outside the {len(names)} attributes")
                         rows.append(len(lines))
                         cols.append(index)
-                        vals.append(_number(value))
+                        vals.append(0.0 if index in skipped else _number(value))
                 else:
-                    values = [_number(v) for v in line.split(",")]
-                    if len(values) != len(names):
-                        raise ValueError(f"{len(values)} values for {len(names)} attributes")
-                    dense_rows.append(values)
+                    cells = line.split(",")
+                    if len(cells) != len(names):
+                        raise ValueError(f"{len(cells)} values for {len(names)} attributes")
+                    dense_rows.append([0.0 if i in skipped else _number(v) for i, v in enumerate(cells)])
             except ValueError as exc:
                 expected = "'{index value, ...}'" if is_sparse else f"{len(names)} comma-separated numbers"
                 raise DataError(f"{path}:{number}: expected {expected} ({exc}); got {line[:80]!r}") from None
@@ -301,28 +375,56 @@ def _read_arff(path: Path) -> tuple[list[str], Any, list[int]]:
     return names, matrix, lines
 
 
-def _columns(path: Path, names: list[str], wanted: Sequence[str], what: str) -> list[int]:
+def _few(names: Sequence[str], limit: int = 5) -> str:
+    return f"{list(names[:limit])}{' ...' if len(names) > limit else ''}"
+
+
+def _columns(path: Path, names: list[str], wanted: Sequence[str], what: str, extra: Sequence[str] = ()) -> list[int]:
+    """The positions of ``wanted`` in ``names``; a missing one is an error naming it (with ``extra``, the columns
+    that are neither features nor labels, when there are any)."""
     position = {name: i for i, name in enumerate(names)}
     missing = [name for name in wanted if name not in position]
     if missing:
-        raise DataError(f"{path}: {what} {missing[:5]}{' ...' if len(missing) > 5 else ''} not in the file's columns {names[:8]}{' ...' if len(names) > 8 else ''}")
+        also = f"; extra column(s) {_few(extra)}" if extra else ""
+        raise DataError(f"{path}: {what} {_few(missing)} not in the file's columns {_few(names, 8)}{also}"
+                        f"{_normalisation_hint(missing, names)}")  # fmt: skip
     return [position[name] for name in wanted]
 
 
 def _dataset(
     path: Path, names: list[str], matrix: Any, lines: list[int], labels: Sequence[str] | None,
-    features: Sequence[str] | None, keep_label_order: bool,
+    features: Sequence[str] | None, keep_label_order: bool, read_labels: bool = True,
 ) -> Dataset:  # fmt: skip
-    """Split a table's columns into features and labels. ``features`` (a model's feature names): exactly those, in
-    that order, and labels only if all of ``labels`` are present (else unlabeled data)."""
+    """Split a table's columns into features and labels.
+
+    ``features`` None (training data): ``labels`` are the label columns, every other column is a feature.
+    ``features`` (a trained model's feature names): exactly those, in that order; ``labels`` (the model's label names)
+    are the only other columns allowed (another column is an error that names it: it would be ignored), and they are
+    read only if all of them are present (else unlabeled data, ``missing_labels`` saying which are absent). With
+    ``read_labels`` False (predict) label columns are recognised but never read (their cells were not parsed).
+    """
     if labels is not None:
         _check_unique(labels, "--labels")
     missing_labels: list[str] = []
     if features is not None:
-        feature_index = _columns(path, names, features, "feature column(s)")
-        if labels is not None and not all(label in names for label in labels):
-            missing_labels = [label for label in labels if label not in names]
+        known = set(features) | set(labels or ())
+        extra = [name for name in names if name not in known]
+        feature_index = _columns(path, names, features, "feature column(s)", extra)
+        both = sorted(set(features) & set(labels or ()))
+        if both:
+            raise DataError(f"{path}: {_few(both)} named both a feature and a label: expected each column to be one of them")
+        if extra:
+            hint = _normalisation_hint(extra, list(known), "the model's")
+            raise DataError(
+                f"{path}: extra column(s) {_few(extra)}: neither one of the model's {len(features)} features nor one of its "
+                f"{len(labels or ())} labels{hint}; a column the model does not use would be ignored: drop it from the file"
+            )
+        present = set(names)
+        if labels is not None and not all(label in present for label in labels):
+            missing_labels = [label for label in labels if label not in present]
             labels = None  # unlabeled data, for predict
+        if not read_labels:
+            labels, missing_labels = None, []
     if labels is not None:
         label_index = _columns(path, names, labels, "label column(s)")
         if not keep_label_order:
@@ -348,23 +450,27 @@ def _dataset(
 
 def load_arff(
     path: str | Path, labels: Sequence[str] | None = None, xml: str | Path | None = None,
-    features: Sequence[str] | None = None,
+    features: Sequence[str] | None = None, read_labels: bool = True,
 ) -> Dataset:  # fmt: skip
     """A MULAN ARFF file, dense or sparse (``{index value, ...}`` rows).
 
-    The label attributes are named by ``labels``, else by ``xml`` (MULAN's XML file), else by the ``.xml`` file next
-    to the ARFF whose name is the ARFF's up to its last ``-`` (``yeast-train.arff`` -> ``yeast.xml``). With
-    ``features`` (a trained model's feature names) the file may lack the label attributes (unlabeled data).
+    The label attributes are named by ``labels`` or by ``xml`` (MULAN's XML file: not both), else by the ``.xml``
+    file next to the ARFF whose name is the ARFF's up to its last ``-`` (``yeast-train.arff`` -> ``yeast.xml``). With
+    ``features`` (a trained model's feature names, ``labels`` its label names) the file may lack the label attributes
+    (unlabeled data), and any other attribute is an error; ``read_labels`` False: the label attributes' values are
+    not read (predict). A file that is not UTF-8 is an error.
     """
     path = Path(path)
+    if labels is not None and xml:
+        raise DataError(f"--labels and --xml {xml} both name {path}'s labels: give one of them")
     if labels is None:
         xml = Path(xml) if xml else _sibling_xml(path)
         if xml is not None:
             labels = mulan_labels(xml)
         elif features is None:
             raise DataError(f"{path}: which attributes are labels? Pass --labels or the MULAN XML file (--xml)")
-    names, matrix, lines = _read_arff(path)
-    return _dataset(path, names, matrix, lines, labels, features, keep_label_order=False)
+    names, matrix, lines = _read_arff(path, skip=() if read_labels or features is None else set(labels or ()))
+    return _dataset(path, names, matrix, lines, labels, features, keep_label_order=False, read_labels=read_labels)
 
 
 def _sibling_xml(path: Path) -> Path | None:
@@ -378,38 +484,71 @@ def _sibling_xml(path: Path) -> Path | None:
 # --- LIBSVM / extreme classification -------------------------------------------------------------------------------
 
 
+_HEADER = re.compile(r"[0-9]+[ \t]+[0-9]+[ \t]+[0-9]+")
+
+
 def load_libsvm(path: str | Path) -> Dataset:
     """The multi-label LIBSVM format ``l1,l2 idx:val idx:val ...`` (0-based label ids and feature indices), with or
     without the extreme-classification repository's header line ``N F L``. Features stay sparse (CSR); labels too
-    when there are many (from :data:`SPARSE_LABELS_FROM` cells). Columns are named by their index.
+    when there are many (from :data:`SPARSE_LABELS_FROM` cells). Columns are named by their index. ``#`` starts a
+    comment, to the end of the line; the header is the first line that is not a comment.
 
     With a header, the file must hold N rows and its indices must be below F and L; without one, an index from
     :data:`MAX_INDEX_WITHOUT_HEADER` on is taken for a typo (it would make a huge model).
+
+    An empty line is a sample with no labels and no features in a file with a header (as the extreme-classification
+    repository's readers take it: every line after the header is a sample, and N counts it); without a header it is
+    an error naming the line (LIBSVM's own reader refuses it too; skipping it would shift every later row), unless
+    only empty lines follow it. Labels: Y is None (unlabeled data) when no row has any label.
     """
     path = Path(path)
     header: tuple[int, int, int] | None = None
+    header_line = 0
     indptr, label_ptr = [0], [0]
     indices: list[int] = []
     values: list[float] = []
     label_ids: list[int] = []
     lines: list[int] = []
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
+    blanks: list[int] = []  # empty lines since the last sample (or the header): samples only before another one
+    empty_lines: list[int] = []  # those read as samples
+
+    def empty_samples(numbers: list[int]) -> None:
+        empty_lines.extend(numbers)
+        for number in numbers:
+            label_ptr.append(len(label_ids))
+            indptr.append(len(indices))
+            lines.append(number)
+
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # only a comment can hold text: numbers are checked
         for number, raw in enumerate(f, 1):
-            line = raw.split("#", 1)[0].strip()
+            line = raw.split("#", 1)[0].strip(_SPACE)
             if not line:
-                continue
-            if number == 1 and re.fullmatch(r"\d+\s+\d+\s+\d+", line):
+                if "#" not in raw:
+                    blanks.append(number)
+                continue  # a comment line
+            if header is None and not lines and _HEADER.fullmatch(line):
                 header = tuple(int(v) for v in line.split())  # type: ignore[assignment]
+                header_line = number
+                blanks.clear()  # before the header: not samples
                 continue
+            if blanks:
+                if header is None:
+                    raise DataError(
+                        f"{path}:{blanks[0]}: an empty line between samples: a sample needs labels or features (write "
+                        "one with neither as '0:0'; in a file with the 'N F L' header an empty line is such a sample), "
+                        "or delete the line"
+                    )
+                empty_samples(blanks)
+                blanks.clear()
             parts = line.split()
             label_field, features = ("", parts) if ":" in parts[0] else (parts[0], parts[1:])
             try:
-                row_labels = [int(v) for v in label_field.split(",") if v != ""]
-                row_features = [(int(i), float(v)) for i, v in (item.split(":") for item in features)]
+                row_labels = [_index(v) for v in label_field.split(",") if v != ""]
+                row_features = [(_index(i), _value(v)) for i, v in (item.split(":") for item in features)]
             except ValueError:
                 raise DataError(
-                    f"{path}:{number}: expected 'l1,l2,... idx:val idx:val ...' with integer labels and indices; "
-                    f"got {line[:80]!r}"
+                    f"{path}:{number}: expected 'l1,l2,... idx:val idx:val ...' with integer labels and indices and "
+                    f"plain ASCII numbers; got {line[:80]!r}"
                 ) from None
             num_features = header[1] if header else MAX_INDEX_WITHOUT_HEADER
             num_labels = header[2] if header else MAX_INDEX_WITHOUT_HEADER
@@ -438,19 +577,25 @@ def load_libsvm(path: str | Path) -> Dataset:
             values.extend(v for _, v in row_features)
             indptr.append(len(indices))
             lines.append(number)
-    if header is not None and header[0] != len(lines):
-        raise DataError(f"{path}:1: the header says {header[0]} samples, the file holds {len(lines)}")
+    if header is not None:
+        empty_samples(blanks[: max(0, header[0] - len(lines))])  # the last samples may be empty ones too
+        if header[0] != len(lines):
+            counted = f" (the {len(empty_lines)} empty line(s) among them count as samples)" if empty_lines else ""
+            raise DataError(f"{path}:{header_line}: the header says {header[0]} samples, the file holds {len(lines)}{counted}")
     width = header[1] if header else (max(indices) + 1 if indices else 0)
     height = header[2] if header else (max(label_ids) + 1 if label_ids else 0)
     X = sp.csr_matrix((np.asarray(values, np.float32), indices, indptr), shape=(len(lines), width))
     X.sort_indices()
+    feature_names = [str(i) for i in range(width)]
+    if not label_ids:  # no row has a label: unlabeled data (evaluation against all-zero labels would mean nothing)
+        return Dataset(X, None, feature_names, [], path.stem, str(path), True)
     Y: Any = sp.csr_matrix(
         (np.ones(len(label_ids), np.uint8), np.asarray(label_ids, np.int64), np.asarray(label_ptr, np.int64)),
         shape=(len(lines), height),
     )
     if len(lines) * height < SPARSE_LABELS_FROM:
         Y = Y.toarray()
-    return Dataset(X, Y, [str(i) for i in range(width)], [str(i) for i in range(height)], path.stem, str(path), True)
+    return Dataset(X, Y, feature_names, [str(i) for i in range(height)], path.stem, str(path), True)
 
 
 def _range_hint(limit: int, header: Any, letter: str) -> str:
@@ -462,9 +607,13 @@ def _range_hint(limit: int, header: Any, letter: str) -> str:
 # --- CSV -----------------------------------------------------------------------------------------------------------
 
 
-def load_csv(path: str | Path, labels: Sequence[str] | None, features: Sequence[str] | None = None) -> Dataset:
+def load_csv(
+    path: str | Path, labels: Sequence[str] | None, features: Sequence[str] | None = None, read_labels: bool = True
+) -> Dataset:
     """A CSV file with a header row; ``labels`` names the 0/1 label columns, every other column is a feature. With
-    ``features`` (a trained model's feature names) the file may lack the label columns (unlabeled data)."""
+    ``features`` (a trained model's feature names, ``labels`` its label names) the file may lack the label columns
+    (unlabeled data), and any other column is an error; ``read_labels`` False: the label cells are not read
+    (predict). Numbers are plain ASCII decimal or scientific notation."""
     path = Path(path)
     if not labels and features is None:
         raise DataError(f"{path}: a CSV file needs --labels naming its label columns")
@@ -477,6 +626,8 @@ def load_csv(path: str | Path, labels: Sequence[str] | None, features: Sequence[
                 raise DataError(f"{path}:1: expected a header row, the file is empty") from None
             header = [h.strip() for h in header]
             _check_unique(header, f"{path}:1: the header")
+            skip = set(labels or ()) if features is not None and not read_labels else set()
+            parse = [(lambda v: 0.0) if name in skip else _number for name in header]
             rows, lines = [], []
             for row in reader:
                 number = reader.line_num
@@ -485,14 +636,15 @@ def load_csv(path: str | Path, labels: Sequence[str] | None, features: Sequence[
                 if len(row) != len(header):
                     raise DataError(f"{path}:{number}: expected {len(header)} fields as in the header, got {len(row)}")
                 try:
-                    rows.append([_number(v) for v in row])
+                    rows.append([read(v) for read, v in zip(parse, row)])
                 except ValueError as exc:
                     raise DataError(f"{path}:{number}: expected numbers ({exc})") from None
                 lines.append(number)
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
     matrix = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(header))
-    return _dataset(path, header, matrix, lines, list(labels) if labels else None, features, keep_label_order=True)
+    return _dataset(path, header, matrix, lines, list(labels) if labels else None, features, keep_label_order=True,
+                    read_labels=read_labels)  # fmt: skip
 
 
 # --- dispatch ------------------------------------------------------------------------------------------------------
@@ -500,10 +652,12 @@ def load_csv(path: str | Path, labels: Sequence[str] | None, features: Sequence[
 
 def load(
     spec: str, labels: Sequence[str] | None = None, xml: str | None = None, *, features: Sequence[str] | None = None,
-    argument: str = "--data",
+    argument: str = "--data", read_labels: bool = True,
 ) -> Dataset:  # fmt: skip
     """One file, by its extension: ``.arff``, ``.csv``, anything else LIBSVM text. ``features``: a trained model's
-    feature names, to read unlabeled ARFF/CSV files (labels are then read only when all of ``labels`` are there)."""
+    feature names (and ``labels`` its label names), to read later ARFF/CSV files: a column that is neither is an error,
+    and labels are read only when all of ``labels`` are there (else unlabeled data); ``read_labels`` False (predict):
+    label columns are recognised but not read."""
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"{argument} {spec!r}: no such file, and not a built-in data set ({', '.join(BUILTIN)})")
@@ -511,9 +665,9 @@ def load(
         raise DataError(f"{argument} {spec!r} is a folder: expected a data file (.arff, .csv or LIBSVM text)")
     suffix = path.suffix.lower()
     if suffix == ".arff":
-        return load_arff(path, labels, xml, features)
+        return load_arff(path, labels, xml, features, read_labels)
     if suffix == ".csv":
-        return load_csv(path, labels, features)
+        return load_csv(path, labels, features, read_labels)
     return load_libsvm(path)
 
 
@@ -530,25 +684,23 @@ def load_train_test(
     train = load(data, labels, xml)
     if test is None:
         return train, None
-    test_set = load(test, labels or train.label_names, xml, argument="--test")
+    test_set = load(test, labels or train.label_names, argument="--test")  # the labels --xml named for --data
     return train, align(test_set, train.feature_names, train.label_names, positional=train.positional)
 
 
 def align(data: Dataset, feature_names: Sequence[str], label_names: Sequence[str], positional: bool = False) -> Dataset:
     """``data`` with its features and labels in the order of ``feature_names`` / ``label_names`` (a model's or a
-    training file's), matched by name. Positional (LIBSVM) columns match by index, and a file that never mentions
-    the last ones is padded with zeros. Missing or extra names are an error that lists them."""
+    training file's), matched by name (exactly: names that differ only in Unicode normalisation are told apart, and
+    the error says so). Positional (LIBSVM) columns match by index: a file that never mentions the last ones is padded
+    with zeros, and an index the model lacks is an error naming the largest such index in the file (a header's larger
+    ``F`` or ``L`` alone is not: its extra columns are all zero). Missing or extra names are an error that lists them."""
     X, Y = data.X, data.Y
     where = data.path or data.name
     if positional and data.positional:
-        if X.shape[1] > len(feature_names):
-            raise DataError(f"{where}: feature index {X.shape[1] - 1}: the model has {len(feature_names)} features (0 to {len(feature_names) - 1})")
-        X = sp.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], len(feature_names))) if sp.issparse(X) else np.pad(X, ((0, 0), (0, len(feature_names) - X.shape[1])))
+        X = _to_width(X, len(feature_names), lambda top: f"{where}: feature index {top}: the model has {len(feature_names)} features (0 to {len(feature_names) - 1})")
         if Y is not None:
-            if Y.shape[1] > len(label_names):
-                raise DataError(f"{where}: label {Y.shape[1] - 1}: the model has {len(label_names)} labels (0 to {len(label_names) - 1})")
-            Y = sp.csr_matrix((Y.data, Y.indices, Y.indptr), shape=(Y.shape[0], len(label_names))) if sp.issparse(Y) else np.pad(Y, ((0, 0), (0, len(label_names) - Y.shape[1])))
-        return Dataset(X, Y, list(feature_names), list(label_names), data.name, data.path, True)
+            Y = _to_width(Y, len(label_names), lambda top: f"{where}: label {top}: the model has {len(label_names)} labels (0 to {len(label_names) - 1})")
+        return Dataset(X, Y, list(feature_names), list(label_names) if Y is not None else [], data.name, data.path, True)
     X = X[:, _order(where, data.feature_names, feature_names, "feature")]
     if Y is not None:
         Y = Y[:, _order(where, data.label_names, label_names, "label")]
@@ -558,6 +710,24 @@ def align(data: Dataset, feature_names: Sequence[str], label_names: Sequence[str
     )  # fmt: skip
 
 
+def _to_width(M: Any, width: int, error: Any) -> Any:
+    """``M`` (positional columns) with ``width`` columns: zero columns added, or all-zero ones dropped; a column beyond
+    ``width`` that the file mentions (any stored entry, even an explicit 0) is an error: ``error(largest index)``."""
+    if sp.issparse(M):
+        M = M.tocsr()
+        used = int(M.indices.max()) if M.nnz else -1
+    else:
+        mentioned = np.flatnonzero(np.asarray(M != 0).any(0))
+        used = int(mentioned[-1]) if len(mentioned) else -1
+    if used >= width:
+        raise DataError(error(used))
+    if M.shape[1] == width:
+        return M
+    if sp.issparse(M):
+        return sp.csr_matrix((M.data, M.indices, M.indptr), shape=(M.shape[0], width))
+    return M[:, :width] if M.shape[1] > width else np.pad(M, ((0, 0), (0, width - M.shape[1])))
+
+
 def _order(where: str, have: Sequence[str], want: Sequence[str], what: str) -> Any:
     if list(have) == list(want):
         return slice(None)
@@ -565,7 +735,7 @@ def _order(where: str, have: Sequence[str], want: Sequence[str], what: str) -> A
     missing = [name for name in want if name not in position]
     extra = sorted(set(have) - set(want))
     if missing or extra:
-        parts = [f"missing {what}(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}" if missing else "",
-                 f"extra {what}(s) {extra[:5]}{' ...' if len(extra) > 5 else ''}" if extra else ""]  # fmt: skip
-        raise DataError(f"{where}: the {what}s do not match the model's {len(want)} by name: {'; '.join(p for p in parts if p)}")
+        parts = [f"missing {what}(s) {_few(missing)}" if missing else "", f"extra {what}(s) {_few(extra)}" if extra else ""]
+        raise DataError(f"{where}: the {what}s do not match the model's {len(want)} by name: {'; '.join(p for p in parts if p)}"
+                        f"{_normalisation_hint(missing, extra)}")  # fmt: skip
     return np.asarray([position[name] for name in want])

@@ -155,6 +155,8 @@ def train_command(args: argparse.Namespace) -> int:
                          "training needs at least 2 (for one binary label, use a binary classifier)")  # fmt: skip
     if test is not None and len(test) == 0:
         raise ValueError(f"--test {args.test}: no rows to test on")
+    if test is not None and test.Y is None:  # LIBSVM text in which no row has a label
+        raise ValueError(f"--test {args.test}: no row has a label (LIBSVM text: the ids before the features): nothing to test against")
     try:
         ignored_options(config, config.resolve(train))
     except ValueError as exc:
@@ -240,8 +242,33 @@ def _check_label_options(args: argparse.Namespace, *specs: str | None) -> None:
         raise ValueError(f"--xml {args.xml}: it names the labels of a MULAN .arff file, and {files[0]} is not one; drop --xml")
 
 
-def _load_for(args: argparse.Namespace) -> tuple[T.TrainedModel, D.Dataset]:
-    """The run's model (with the decision options applied) and ``--data`` matched to it by name."""
+def _given_labels(args: argparse.Namespace, model: T.TrainedModel, needed: bool) -> None:
+    """--labels / --xml at evaluate / predict time: the model knows its labels, so these can only name them (any order).
+    A name the model lacks is an error; evaluate needs all of them (predict, which reads no labels, a few)."""
+    if args.labels and args.xml:
+        raise ValueError(f"--labels and --xml {args.xml} both name the labels: give one of them")
+    if args.xml:
+        given, option = D.mulan_labels(args.xml), f"--xml {args.xml}"  # a missing or broken file: an error naming it
+    elif args.labels:
+        D._check_unique(args.labels, "--labels")
+        given, option = list(args.labels), f"--labels {','.join(args.labels)}"
+    else:
+        return
+    known = model.label_names
+    known_set, given_set = set(known), set(given)
+    unknown = [name for name in given if name not in known_set]
+    if unknown:
+        hint = D._normalisation_hint(unknown, known, "the model's")
+        raise ValueError(f"{option}: {_few(unknown)} not among the model's {len(known)} labels {_few(known)}{hint}")
+    lacking = [name for name in known if name not in given_set]
+    if needed and lacking:
+        raise ValueError(f"{option}: the model's label(s) {_few(lacking)} are not named: evaluate needs all {len(known)} "
+                         "(the model's names are the default: drop the option)")  # fmt: skip
+
+
+def _load_for(args: argparse.Namespace, labels_needed: bool = True) -> tuple[T.TrainedModel, D.Dataset]:
+    """The run's model (with the decision options applied) and ``--data`` matched to it by name. The model's label
+    names say which columns are labels; ``labels_needed`` False (predict): they are recognised but not read."""
     model = T.load_model(Path(args.run))
     try:
         model = model.with_decision(args.thresholds, args.threshold, args.k)
@@ -260,8 +287,11 @@ def _load_for(args: argparse.Namespace) -> tuple[T.TrainedModel, D.Dataset]:
             raise ValueError(f"--data {args.data} is built in, with its own labels: --labels / --xml would be ignored; drop them")
         data = D.load_builtin(args.data)[1]  # a built-in name means its test split
     else:
-        data = D.load(args.data, args.labels or model.label_names, args.xml,
-                      features=None if model.positional else model.feature_names)  # fmt: skip
+        _given_labels(args, model, labels_needed)
+        data = D.load(args.data, model.label_names, features=None if model.positional else model.feature_names,
+                      read_labels=labels_needed)  # fmt: skip
+    if not labels_needed and data.Y is not None:  # LIBSVM labels (parsed with the row) or a built-in's: not used
+        data = D.Dataset(data.X, None, data.feature_names, [], data.name, data.path, data.positional)
     return model, D.align(data, model.feature_names, model.label_names, positional=model.positional)
 
 
@@ -269,7 +299,16 @@ def _few(names: list[str], limit: int = 5) -> str:
     return repr(names[:limit])[:-1] + (f", ... {len(names) - limit} more]" if len(names) > limit else "]")
 
 
+def _check_device(device: str) -> None:
+    """``--device``, checked before the model and the data are read (and before a CSV header is written)."""
+    try:
+        T.resolve_device(device)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(f"device={device!r}", f"--device {device}", 1)) from None
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
+    _check_device(args.device)
     out = Path(args.out) if args.out else None
     if out is not None:
         if out.exists() and not out.is_dir():
@@ -280,6 +319,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     model, data = _load_for(args)
     if len(data) == 0:
         raise ValueError(f"--data {args.data}: no rows to evaluate")
+    if data.Y is None and model.positional:
+        raise ValueError(f"--data {args.data}: no row has a label (LIBSVM text: the ids before the features): nothing to "
+                         "evaluate against (predict needs no labels)")  # fmt: skip
     if data.Y is None:
         missing = list(data.missing_labels or model.label_names)
         raise ValueError(f"--data {args.data}: no label column(s) {_few(missing)} to evaluate against "
@@ -316,9 +358,16 @@ def _output(spec: str, force: bool) -> Iterator[IO[str]]:
 def predict_command(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k {args.top_k}: expected a positive number of labels per sample")
+    if args.top_k is not None:
+        decision = [f"--{name} {value}" for name, value in (("thresholds", args.thresholds), ("threshold", args.threshold),
+                                                            ("k", args.k)) if value is not None]  # fmt: skip
+        if decision:
+            raise ValueError(f"{decision[0]}: --top-k {args.top_k} lists each sample's {args.top_k} best labels with their "
+                             "probabilities and decides nothing, so it would ignore it; drop one of them")  # fmt: skip
+    _check_device(args.device)
     if args.out != "-":  # before the model and the data are read; _output checks again when it writes
         check_out(args.out, args.force, _PREDICTIONS)
-    model, data = _load_for(args)
+    model, data = _load_for(args, labels_needed=False)
     names = model.label_names
     with _output(args.out, args.force) as f:
         writer = csv.writer(f, lineterminator="\n")
