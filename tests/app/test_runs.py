@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import one_line_error as _one_line_error
+from cli_helpers import run as _run
 
 pytest.importorskip("torch")
 
@@ -38,23 +40,6 @@ def _write_csv(path: Path, table: np.ndarray, columns: list[str] = COLUMNS, orde
     rows = [",".join(f"{v:.5f}" for v in row[index]) for row in table]
     path.write_text(",".join(order) + "\n" + "\n".join(rows) + "\n")
     return path
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-def _one_line_error(argv: list[str], capsys, pattern: str) -> str:
-    import re
-
-    code, _, err = _run(argv, capsys)
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), err
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,19 @@ file, line or option (exit code 2), or the predictions, compared with those of t
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import one_line_error
+from cli_helpers import run as _run
 
 pytest.importorskip("torch")
 
 from softmargin.app.cli import main
+
+_one_line_error = partial(one_line_error, quiet_stdout=True)  # and nothing on stdout, not even a CSV header
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4", "f5"]
 LABELS = ["ya", "yb", "yc"]
@@ -44,19 +49,6 @@ def _arff(path: Path, table: np.ndarray, extra: str | None = None) -> Path:
     return path
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-def _one_line_error(argv: list[str], capsys, pattern: str) -> None:
-    code, out, err = _run(argv, capsys)
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), err
-    assert out == "", out  # not even the CSV header
 
 
 @pytest.fixture(scope="module")
