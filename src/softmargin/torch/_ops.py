@@ -169,9 +169,9 @@ def _differentiable_grad(
     w: Tensor | None = None if weight is None else weight.to(t.dtype)
     if mask is not None:
         w = mask.to(t.dtype) if w is None else w * mask
-    if w is not None:  # a zero weight removes the element, also where its gradient is not finite (a NaN logit); the
-        # factor stays outside the where, so that d grad / d w is the element's gradient at w == 0 too
-        grad = torch.where((w == 0) & ~grad.isfinite(), 0.0, grad) * w
+    if w is not None:  # the element's gradient is finite for every finite or infinite logit, so a zero weight gives 0
+        # and d grad / d w is the element's gradient, also at w == 0; a NaN logit keeps its NaN, as in the fused pass
+        grad = grad * w
     divisor = _divisor(t, mask)
     scaled: Tensor = grad / divisor if isinstance(divisor, float) else torch.where(divisor > 0, grad / divisor.clamp_min(1), 0.0)
     return scaled.to(x.dtype)
