@@ -108,6 +108,14 @@ def test_an_operand_it_cannot_differentiate_is_refused_not_left_without_grad(nam
         call()
 
 
+def test_second_derivatives_are_refused_by_name():
+    hidden, weight, bias, target = _problem(n=4, h=3, c=5)
+    hidden = hidden.clone().requires_grad_()
+    loss = st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target)
+    with pytest.raises(RuntimeError, match=r"second derivatives through the fused linear head are not available"):
+        torch.autograd.grad(loss, hidden, create_graph=True)
+
+
 def _run_ranks(tmp_path: Path, mode: str, timeout: float = 120) -> list[subprocess.CompletedProcess]:
     worker = Path(__file__).with_name("distributed_worker.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))

@@ -225,6 +225,12 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: a graph of this backward, for second derivatives
+            raise RuntimeError(
+                "softmargin: second derivatives through the fused linear head are not available (its backward is a "
+                "walk over label chunks, not a graph); compute the logits (hidden @ weight.T + bias) and call "
+                "multilabel_soft_margin_loss for them"
+            )
         hidden, weight, bias = ctx.saved_tensors
         target, class_weight, pos_weight, options, scale, need, chunks, group, reduction = ctx.setup
         consumed = ctx.grads is None  # a second backward through the same graph (retain_graph=True, gradcheck)
