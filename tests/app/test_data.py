@@ -360,7 +360,7 @@ def test_numbers_other_than_plain_ascii_are_refused_in_every_format(tmp_path, ce
     """Python's float() reads '1_0' and other scripts' digits ('١٠', fullwidth '１０') as 10: a file that says so is
     refused with the line, never read as 10."""
     (tmp_path / "t.csv").write_text(f"f0,y\n10,0\n{cell},1\n", encoding="utf-8")
-    with pytest.raises(D.DataError, match=r"t\.csv:3: expected numbers .*plain ASCII"):
+    with pytest.raises(D.DataError, match=r"t\.csv:3: column 'f0': expected a number .*plain ASCII"):
         D.load_csv(tmp_path / "t.csv", ["y"])
     (tmp_path / "d.arff").write_text(WIDE_ARFF + f"10,0,0,0\n0,{cell},0,1\n", encoding="utf-8")
     with pytest.raises(D.DataError, match=r"d\.arff:8: expected 4 comma-separated numbers"):
@@ -418,9 +418,11 @@ def test_libsvm_empty_lines_are_samples_after_a_header_and_errors_without(tmp_pa
     (tmp_path / "gap.txt").write_text("0 0:1.0\n\n1 1:2.0\n2 2:0.5\n")
     with pytest.raises(D.DataError, match=r"gap\.txt:2: an empty line between samples: .*'0:0'"):
         D.load_libsvm(tmp_path / "gap.txt")
-    (tmp_path / "lead.txt").write_text("  \n0 0:1.0\n")
-    with pytest.raises(D.DataError, match=r"lead\.txt:1: an empty line between samples"):
-        D.load_libsvm(tmp_path / "lead.txt")
+    (tmp_path / "lead.txt").write_text("# made by X\n  \n\u00a0\n0 0:1.0\n")  # before the first sample: nothing to shift
+    assert len(D.load_libsvm(tmp_path / "lead.txt")) == 1
+    (tmp_path / "nbsp.txt").write_text("0 0:1.0\n\u00a0\n1 1:2.0\n")  # only a no-break space: an empty line too
+    with pytest.raises(D.DataError, match=r"nbsp\.txt:2: an empty line between samples"):
+        D.load_libsvm(tmp_path / "nbsp.txt")
     (tmp_path / "end.txt").write_text("0 0:1.0\n1 1:2.0\n\n \n")
     assert len(D.load_libsvm(tmp_path / "end.txt")) == 2
     (tmp_path / "zero.txt").write_text("0 0:1.0\n0:0\n1 1:2.0\n")  # the way to write an empty sample without a header
@@ -490,7 +492,7 @@ def test_a_models_columns_only_extra_ones_are_errors(tmp_path):
 def test_label_cells_are_not_read_when_labels_are_not_needed(tmp_path):
     """predict reads no labels: empty, '?' or other cells in label columns are skipped, the columns still known."""
     (tmp_path / "e.csv").write_text("f1,y1,f2,y2\n1,,2,yes\n3,?,4,\n")
-    with pytest.raises(D.DataError, match=r"e\.csv:2: expected numbers"):
+    with pytest.raises(D.DataError, match=r"e\.csv:2: column '[^']+': expected a label, 0 or 1"):
         D.load(str(tmp_path / "e.csv"), ["y1", "y2"], features=["f1", "f2"])  # evaluate reads them
     d = D.load(str(tmp_path / "e.csv"), ["y1", "y2"], features=["f1", "f2"], read_labels=False)
     assert d.Y is None and d.label_names == [] and d.X.tolist() == [[1, 2], [3, 4]]
@@ -502,7 +504,7 @@ def test_label_cells_are_not_read_when_labels_are_not_needed(tmp_path):
     d = D.load(str(tmp_path / "s.arff"), ["y1"], features=["f1", "f2"], read_labels=False)
     assert d.Y is None and d.X.toarray().tolist() == [[1, 2], [0, 0]]
     (tmp_path / "f.csv").write_text("f1,y1,f2\n1,,x\n")  # feature cells are still read
-    with pytest.raises(D.DataError, match=r"f\.csv:2: expected numbers"):
+    with pytest.raises(D.DataError, match=r"f\.csv:2: column 'f2': expected a number"):
         D.load(str(tmp_path / "f.csv"), ["y1"], features=["f1", "f2"], read_labels=False)
 
 
@@ -558,3 +560,32 @@ def test_a_label_column_spelt_in_another_normalisation_is_named_as_such(tmp_path
     with pytest.raises(D.DataError, match=r"l\.csv: extra column\(s\) \['.+'\]: .* \('.+' and the model's '.+' differ only in "
                        r"Unicode normalisation: NFD 'cafe\\u0301' against NFC 'caf\\xe9'"):  # fmt: skip
         D.load(str(tmp_path / "l.csv"), [NFC], features=["f1"])
+
+
+def test_an_unclosed_csv_quote_is_named_where_it_opens(tmp_path):
+    (tmp_path / "q.csv").write_text('a,b,y\n1,2,0\n"3,4,1\n5,6,0\n7,8,1\n')
+    with pytest.raises(D.DataError, match=r"q\.csv:3: expected 3 fields .*it runs from line 3: a quote opened there is never closed"):
+        D.load_csv(tmp_path / "q.csv", ["y"])
+    (tmp_path / "big.csv").write_text('a,b,y\n1,2,0\n"3,4,1\n' + "5,6,0\n" * 30000)  # past csv's field size limit
+    with pytest.raises(D.DataError, match=r"big\.csv:3: this row cannot be read as CSV \(field larger than field limit"):
+        D.load_csv(tmp_path / "big.csv", ["y"])
+
+
+def test_a_csv_error_names_the_column(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,y\n1,2,0\n3,4,true\n")
+    with pytest.raises(D.DataError, match=r"t\.csv:3: column 'y': expected a label, 0 or 1"):
+        D.load_csv(tmp_path / "t.csv", ["y"])
+    (tmp_path / "u.csv").write_text("a,b,y\n1,x,0\n")
+    with pytest.raises(D.DataError, match=r"u\.csv:2: column 'b': expected a number"):
+        D.load_csv(tmp_path / "u.csv", ["y"])
+
+
+def test_an_arff_header_line_it_does_not_know_is_refused(tmp_path):
+    # '@atribute b' skipped would shift every later attribute: in a sparse file b's values would land on c, silently
+    head = "@relation t\n@attribute a numeric\n@atribute b numeric\n@attribute c numeric\n@attribute y {0,1}\n@data\n"
+    (tmp_path / "typo.arff").write_text(head + "{0 1,1 5,3 1}\n")
+    with pytest.raises(D.DataError, match=r"typo\.arff:3: expected '@relation', '@attribute', '@data' or a '%' comment"):
+        D.load_arff(tmp_path / "typo.arff", labels=["y"])
+    (tmp_path / "nodata.arff").write_text("@relation t\n@attribute a numeric\n@attribute y {0,1}\n")
+    with pytest.raises(D.DataError, match=r"nodata\.arff: no '@data' line after the 2 attributes"):
+        D.load_arff(tmp_path / "nodata.arff", labels=["y"])

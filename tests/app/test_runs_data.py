@@ -133,7 +133,7 @@ def test_numbers_that_only_pythons_float_reads_are_refused(trained, tmp_path, ca
     for cell in ("1_0", "\u0661\u0660"):
         data = _csv(tmp_path / "odd.csv", FEATURES, [[cell, "0", "0", "0", "0", "0"]])
         _one_line_error(["predict", str(run), "--data", str(data), "--out", "-"], capsys,
-                        r"odd\.csv:2: expected numbers .*plain ASCII decimal or scientific notation")  # fmt: skip
+                        r"odd\.csv:2: column 'f0': expected a number .*plain ASCII decimal or scientific notation")  # fmt: skip
 
 
 def test_an_extra_column_is_an_error_in_evaluate_and_predict(trained, tmp_path, capsys):
@@ -165,7 +165,7 @@ def test_predict_skips_label_columns_whatever_they_hold(trained, tmp_path, capsy
     assert _predict(run, tmp_path / "some.csv", capsys) == plain
     assert _predict(run, folder / "test.csv", capsys, "--labels", "ya,yb") == plain
     assert _predict(run, folder / "test.arff", capsys, "--labels", "yc") == plain
-    _one_line_error(["evaluate", str(run), "--data", str(tmp_path / "empty.csv")], capsys, r"empty\.csv:2: expected numbers")
+    _one_line_error(["evaluate", str(run), "--data", str(tmp_path / "empty.csv")], capsys, r"empty\.csv:2: column '[^']+': expected a label, 0 or 1")
     _one_line_error(["evaluate", str(run), "--data", str(folder / "test.csv"), "--labels", "ya,yb"], capsys,
                     r"--labels ya,yb: the model's label\(s\) \['yc'\] are not named: evaluate needs all 3")  # fmt: skip
     _one_line_error(["predict", str(run), "--data", str(folder / "test.csv"), "--labels", "ya,f0", "--out", "-"], capsys,
@@ -257,3 +257,13 @@ def test_labels_option_spelt_in_another_normalisation_is_named_as_such():
     R._given_labels(argparse.Namespace(labels=["b"], xml=None), model, needed=False)  # predict: some labels are fine
     with pytest.raises(ValueError, match=r"the model's label\(s\) \['café'\] are not named: evaluate needs all 2"):
         R._given_labels(argparse.Namespace(labels=["b"], xml=None), model, needed=True)
+
+
+def test_train_refuses_data_without_features_and_an_ignored_test_fraction(tmp_path, capsys):
+    (tmp_path / "labels.csv").write_text("ya,yb\n1,0\n0,1\n1,1\n0,0\n")
+    _one_line_error(["train", "--data", str(tmp_path / "labels.csv"), "--labels", "ya,yb", "--quiet",
+                     "--out", str(tmp_path / "runs")], capsys, r"no feature columns")  # fmt: skip
+    data = _csv(tmp_path / "d.csv", FEATURES + LABELS, _cells(_table(40)))
+    _one_line_error(["train", "--data", str(data), "--test", str(data), "--labels", "ya,yb,yc", "--test-fraction", "0.5",
+                     "--quiet", "--out", str(tmp_path / "runs")], capsys, r"--test-fraction 0\.5 with --test .*drop one")  # fmt: skip
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run folder, complete or not

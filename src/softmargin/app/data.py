@@ -333,6 +333,9 @@ def _read_arff_text(path: Path, skip: Collection[str]) -> tuple[list[str], Any, 
                 elif lower.startswith("@data"):
                     in_data = True
                     skipped = {i for i, name in enumerate(names) if name in skip}
+                elif not lower.startswith("@relation"):  # a typo ('@atribute') would shift every later column
+                    raise DataError(f"{path}:{number}: expected '@relation', '@attribute', '@data' or a '%' comment in "
+                                    f"the header, got {line[:80]!r}")  # fmt: skip
                 continue
             is_sparse = line.startswith("{")
             if sparse is None:
@@ -368,6 +371,8 @@ def _read_arff_text(path: Path, skip: Collection[str]) -> tuple[list[str], Any, 
             lines.append(number)
     if not names:
         raise DataError(f"{path}: no @attribute lines: not an ARFF file")
+    if not in_data:
+        raise DataError(f"{path}: no '@data' line after the {len(names)} attributes: the file has no data section")
     if sparse:
         matrix: Any = sp.csr_matrix((vals, (rows, cols)), shape=(len(lines), len(names)), dtype=np.float64)
     else:
@@ -499,7 +504,7 @@ def load_libsvm(path: str | Path) -> Dataset:
     An empty line is a sample with no labels and no features in a file with a header (as the extreme-classification
     repository's readers take it: every line after the header is a sample, and N counts it); without a header it is
     an error naming the line (LIBSVM's own reader refuses it too; skipping it would shift every later row), unless
-    only empty lines follow it. Labels: Y is None (unlabeled data) when no row has any label.
+    no sample comes before it or only empty lines follow it. A line of only white space, ASCII or not, is empty. Labels: Y is None (unlabeled data) when no row has any label.
     """
     path = Path(path)
     header: tuple[int, int, int] | None = None
@@ -522,7 +527,7 @@ def load_libsvm(path: str | Path) -> Dataset:
     with open(path, encoding="utf-8-sig", errors="replace") as f:  # only a comment can hold text: numbers are checked
         for number, raw in enumerate(f, 1):
             line = raw.split("#", 1)[0].strip(_SPACE)
-            if not line:
+            if not line.split():  # also a line of only non-ASCII white space (a no-break space): empty
                 if "#" not in raw:
                     blanks.append(number)
                 continue  # a comment line
@@ -531,6 +536,8 @@ def load_libsvm(path: str | Path) -> Dataset:
                 header_line = number
                 blanks.clear()  # before the header: not samples
                 continue
+            if blanks and header is None and not lines:
+                blanks.clear()  # empty lines before the first sample (and no header): nothing to shift
             if blanks:
                 if header is None:
                     raise DataError(
@@ -607,6 +614,14 @@ def _range_hint(limit: int, header: Any, letter: str) -> str:
 # --- CSV -----------------------------------------------------------------------------------------------------------
 
 
+def _fails(read: Any, value: str) -> bool:
+    try:
+        read(value)
+    except ValueError:
+        return True
+    return False
+
+
 def load_csv(
     path: str | Path, labels: Sequence[str] | None, features: Sequence[str] | None = None, read_labels: bool = True
 ) -> Dataset:
@@ -629,16 +644,27 @@ def load_csv(
             skip = set(labels or ()) if features is not None and not read_labels else set()
             parse = [(lambda v: 0.0) if name in skip else _number for name in header]
             rows, lines = [], []
-            for row in reader:
+            while True:
+                start = reader.line_num + 1  # the line this row starts on (a quoted field may span lines)
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:  # e.g. a quote never closed, running past the field size limit
+                    raise DataError(f"{path}:{start}: this row cannot be read as CSV ({exc}): a quote opened here or "
+                                    "below is never closed?") from None  # fmt: skip
                 number = reader.line_num
                 if not row:
                     continue
                 if len(row) != len(header):
-                    raise DataError(f"{path}:{number}: expected {len(header)} fields as in the header, got {len(row)}")
+                    spans = f" (it runs from line {start}: a quote opened there is never closed?)" if number > start else ""
+                    raise DataError(f"{path}:{start}: expected {len(header)} fields as in the header, got {len(row)}{spans}")
                 try:
                     rows.append([read(v) for read, v in zip(parse, row)])
                 except ValueError as exc:
-                    raise DataError(f"{path}:{number}: expected numbers ({exc})") from None
+                    column = next((name for read, v, name in zip(parse, row, header) if _fails(read, v)), None)
+                    what = "a label, 0 or 1" if labels and column in labels else "a number"
+                    raise DataError(f"{path}:{number}: column {column!r}: expected {what} ({exc})") from None
                 lines.append(number)
     except UnicodeDecodeError:
         raise _not_utf8(path) from None

@@ -148,6 +148,9 @@ def train_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--cv {args.cv}: expected K >= 2 folds, and no --test (cross-validation tests on each fold)")
     if args.cv is not None and args.test_fraction != 0.2:
         raise ValueError(f"--test-fraction {args.test_fraction} with --cv {args.cv}: cross-validation tests on each fold; drop one")
+    if args.test and args.test_fraction != 0.2:
+        raise ValueError(f"--test-fraction {args.test_fraction} with --test {args.test}: the test data is given, nothing is "
+                         "held out of --data; drop one")  # fmt: skip
     _check_label_options(args, args.data, args.test)
     train, test = D.load_train_test(args.data, args.test, args.labels, args.xml)
     if train.Y is None or train.Y.shape[1] < 2:

@@ -615,6 +615,9 @@ def fit(
         ValueError: a setting that cannot work with this data (tuned thresholds with sparse labels).
     """
     config.check()
+    if train.X.shape[1] == 0:
+        raise ValueError(f"{train.name}: no feature columns (every column is a label, or the LIBSVM rows hold labels "
+                         "only): nothing to learn from")  # fmt: skip
     if train.Y is None:
         raise ValueError(f"{train.name}: training needs labels, the data has none")
     config = config.resolve(train)
