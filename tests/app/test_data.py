@@ -589,3 +589,18 @@ def test_an_arff_header_line_it_does_not_know_is_refused(tmp_path):
     (tmp_path / "nodata.arff").write_text("@relation t\n@attribute a numeric\n@attribute y {0,1}\n")
     with pytest.raises(D.DataError, match=r"nodata\.arff: no '@data' line after the 2 attributes"):
         D.load_arff(tmp_path / "nodata.arff", labels=["y"])
+
+
+def test_arff_nominal_attributes_other_than_0_1_are_refused(tmp_path):
+    base = "@relation t\n@attribute a numeric\n"
+    (tmp_path / "nominal.arff").write_text(base + "@attribute color {red,green}\n@attribute y {0,1}\n@data\n{0 1}\n")
+    with pytest.raises(D.DataError, match=r"nominal\.arff:3: attribute type '\{red,green\}' is not numeric or \{0,1\}"):
+        D.load_arff(tmp_path / "nominal.arff", labels=["y"])
+    # ARFF: a value left out of a sparse row is the first declared one, 1 for {1,0}: refused rather than read as 0
+    (tmp_path / "reversed.arff").write_text(base + "@attribute y {1,0}\n@data\n{0 1}\n")
+    with pytest.raises(D.DataError, match=r"reversed\.arff:3: attribute 'y' is declared \{1,0\}: in a sparse file"):
+        D.load_arff(tmp_path / "reversed.arff", labels=["y"])
+    (tmp_path / "dense.arff").write_text(base + "@attribute y {1,0}\n@data\n1,0\n2,1\n")  # dense: every value written
+    assert D.load_arff(tmp_path / "dense.arff", labels=["y"]).Y.tolist() == [[0], [1]]
+    (tmp_path / "quoted.arff").write_text(base + "@attribute y {'0','1'}\n@data\n{0 1,1 1}\n")
+    assert np.asarray(D.load_arff(tmp_path / "quoted.arff", labels=["y"]).Y).tolist() == [[1]]

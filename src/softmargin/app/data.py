@@ -306,6 +306,7 @@ def _read_arff_text(path: Path, skip: Collection[str]) -> tuple[list[str], Any, 
     vals: list[float] = []
     dense_rows: list[list[float]] = []
     lines: list[int] = []
+    first_one: list[tuple[int, str]] = []  # nominal {1,0} attributes: (line, name)
     sparse = None
     with open(path, encoding="utf-8-sig") as f:
         in_data = False
@@ -320,9 +321,12 @@ def _read_arff_text(path: Path, skip: Collection[str]) -> tuple[list[str], Any, 
                     if not match:
                         raise DataError(f"{path}:{number}: expected '@attribute NAME TYPE', got {line[:80]!r}")
                     kind = match.group(2).strip().lower()
-                    if not (kind in ("numeric", "real", "integer") or kind.startswith("{")):
-                        raise DataError(f"{path}:{number}: attribute type {kind!r} is not numeric or {{0,1}}")
+                    nominal = [_unquote(v.strip()) for v in kind[1:kind.rfind("}")].split(",")] if kind.startswith("{") else None
+                    if not (kind in ("numeric", "real", "integer") or (nominal is not None and sorted(nominal) == ["0", "1"])):
+                        raise DataError(f"{path}:{number}: attribute type {match.group(2).strip()!r} is not numeric or {{0,1}}")
                     name = _unquote(match.group(1))
+                    if nominal == ["1", "0"]:  # in a sparse row an omitted value is the first declared one: here 1
+                        first_one.append((number, name))
                     other = spelt.setdefault(_nfc(name), name)
                     if other == name and len(spelt) == len(names):
                         raise DataError(f"{path}:{number}: attribute {name!r} is declared twice")
@@ -340,6 +344,10 @@ def _read_arff_text(path: Path, skip: Collection[str]) -> tuple[list[str], Any, 
             is_sparse = line.startswith("{")
             if sparse is None:
                 sparse = is_sparse
+                if sparse and first_one:
+                    at, name = first_one[0]
+                    raise DataError(f"{path}:{at}: attribute {name!r} is declared {{1,0}}: in a sparse file a value "
+                                    "left out is the first declared one, 1, where softmargin reads 0; declare it {0,1}")  # fmt: skip
             elif sparse != is_sparse:
                 raise DataError(f"{path}:{number}: a {'sparse' if is_sparse else 'dense'} row in a {'sparse' if sparse else 'dense'} file")
             first = len(cols)
