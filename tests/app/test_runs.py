@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import bag_of_words
 from cli_helpers import one_line_error as _one_line_error
 from cli_helpers import run as _run
 
@@ -352,13 +353,7 @@ def test_predict_reads_unlabeled_arff_and_csv(trained, tmp_path, capsys):
 
 def _bag_of_words(path: Path, rows: int = 150, seed: int = 0) -> Path:
     """A LIBSVM file of counts (4 labels): its default run is the Newton-solved linear model with tuned thresholds."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for _ in range(rows):
-        labels = [j for j in range(4) if rng.random() < 0.3] or [0]
-        features = sorted(set(rng.integers(0, 40, 8).tolist()))
-        lines.append(",".join(map(str, labels)) + " " + " ".join(f"{f}:{rng.integers(1, 4)}" for f in features))
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(bag_of_words(rows, seed, num_labels=4, num_features=40, rate=0.3, per_row=8)) + "\n")
     return path
 
 

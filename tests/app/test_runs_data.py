@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import one_line_error
+from cli_helpers import bag_of_words, one_line_error
 from cli_helpers import run as _run
 
 pytest.importorskip("torch")
@@ -67,13 +67,7 @@ def trained(tmp_path_factory):
 
 
 def _bag_of_words(rows: int = 60, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    lines = []
-    for _ in range(rows):
-        labels = [j for j in range(3) if rng.random() < 0.4] or [0]
-        features = sorted(set(rng.integers(0, 8, 4).tolist()))
-        lines.append(",".join(map(str, labels)) + " " + " ".join(f"{f}:{rng.integers(1, 4)}" for f in features))
-    return lines
+    return bag_of_words(rows, seed, num_labels=3, num_features=8, rate=0.4, per_row=4)
 
 
 @pytest.fixture(scope="module")

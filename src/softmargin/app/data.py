@@ -124,17 +124,26 @@ def _normalisation_hint(missing: Sequence[str], have: Sequence[str], whose: str 
     return ""
 
 
+def _seen_before(seen: dict[str, str], name: str) -> str | None:
+    """The name met before that ``name`` repeats (itself, or a spelling that differs only in Unicode normalisation,
+    NFC / NFD), else None, recording ``name``; ``seen`` maps each NFC form to the name as first written."""
+    key = _nfc(name)
+    if key in seen:
+        return seen[key]
+    seen[key] = name
+    return None
+
+
 def _check_unique(names: Sequence[str], what: str) -> None:
     """Each name once; two names that differ only in Unicode normalisation (NFC / NFD) count as the same name."""
     seen: dict[str, str] = {}
     for name in names:
-        other = seen.get(_nfc(name))
+        other = _seen_before(seen, name)
         if other == name:
             raise DataError(f"{what} names {name!r} twice: expected each name once")
         if other is not None:
             raise DataError(f"{what} names {other!r} and {name!r}, which differ only in Unicode normalisation ({_form(other)}, "
                             f"{_form(name)}): expected each name once")  # fmt: skip
-        seen[_nfc(name)] = name
 
 
 def _in_float32(values: np.ndarray) -> np.ndarray:
@@ -327,10 +336,10 @@ def _read_arff_text(path: Path, skip: Collection[str]) -> tuple[list[str], Any, 
                     name = _unquote(match.group(1))
                     if nominal == ["1", "0"]:  # in a sparse row an omitted value is the first declared one: here 1
                         first_one.append((number, name))
-                    other = spelt.setdefault(_nfc(name), name)
-                    if other == name and len(spelt) == len(names):
+                    other = _seen_before(spelt, name)
+                    if other == name:
                         raise DataError(f"{path}:{number}: attribute {name!r} is declared twice")
-                    if other != name:
+                    if other is not None:
                         raise DataError(f"{path}:{number}: attribute {name!r} is declared twice: {other!r} and {name!r} differ "
                                         f"only in Unicode normalisation ({_form(other)}, {_form(name)})")  # fmt: skip
                     names.append(name)
