@@ -166,6 +166,17 @@ def test_a_failing_process_does_not_hang_the_other(tmp_path):
     assert time.monotonic() - started < 90
 
 
+def test_the_label_count_is_reduced_on_a_device_the_backend_serves(monkeypatch):
+    # NCCL reduces CUDA tensors only: a CPU count there fails ("No backend type associated with device type cpu").
+    from softmargin.torch import _count_device
+
+    dist = pytest.importorskip("torch.distributed")
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    assert _count_device(object()) == "cuda"
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert _count_device(object()) == "cpu"
+
+
 def test_trainers_fused_head_gives_the_plain_loss():
     from softmargin.app.train import MultiLabelNet
     from softmargin.torch import MultiLabelSoftMarginLoss

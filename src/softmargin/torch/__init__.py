@@ -266,10 +266,17 @@ def _check_values(target: Any, *weights: tuple[str, Tensor | None, bool]) -> Non
             V.check_weight_values(name, value.detach(), positive=positive)
 
 
+def _count_device(group: Any) -> str:
+    return "cuda" if torch.distributed.get_backend(group) == "nccl" else "cpu"
+
+
 def _total_labels(local: int, group: Any) -> int:
+    """The label count over every shard: one all-reduce (and one read-back) when the head is built, or per call of the
+    functional form without ``total_labels=``. NCCL reduces only CUDA tensors: the count goes through this process's
+    current CUDA device there, through the CPU on any other backend (gloo, MPI, or a group with a CPU backend)."""
     if group is None:
         return local
-    count = torch.tensor([local], dtype=torch.int64)
+    count = torch.tensor([local], dtype=torch.int64, device=_count_device(group))
     torch.distributed.all_reduce(count, group=group)
     return int(count.item())
 
