@@ -41,14 +41,26 @@ from __future__ import annotations
 from typing import Any
 
 
+def _exp_minus_abs(x: Any, xp: Any) -> Any:
+    """``exp(-|x|)``, written so that automatic differentiation of every expression below is right at ``x = 0``.
+
+    The expressions here pick a branch with ``x >= 0`` (``x`` for ``x >= 0`` in ``relu``, ``sigmoid(|x|)`` for
+    ``sigmoid(x)``). Autodiff takes ``d|x|/dx = 0`` and ``d relu(x)/dx = 0`` at 0, which mixes the two branches'
+    one-sided derivatives: the second derivative of the loss (the derivative of this module's gradient) came out 0
+    there instead of ``sigmoid'(0) = 1/4``. ``-|x|`` written as ``where(x < 0, x, -x)`` (and ``relu`` as
+    ``where(x >= 0, x, 0)``) has the derivative of the ``x >= 0`` branch at 0. The values are the same bits.
+    """
+    return xp.exp(xp.where(x < 0, x, -x))
+
+
 def element_loss_and_grad(x: Any, y: Any, xp: Any, *, need_grad: bool = True) -> tuple[Any, Any]:
     """Element-wise loss ``l(x, y)`` and derivative ``dl/dx`` (``None`` unless ``need_grad``).
 
     ``xp`` is ``numpy`` or ``torch`` (both spell these functions alike); ``x`` and ``y`` have one floating dtype.
     NaN in ``x`` propagates to both outputs.
     """
-    z = xp.exp(-xp.abs(x))  # in [0, 1]: the argument is never positive, so exp cannot overflow
-    margin = (1 - y) * xp.where(x > 0, x, 0) + y * xp.where(x < 0, -x, 0)
+    z = _exp_minus_abs(x, xp)  # in [0, 1]: the argument is never positive, so exp cannot overflow
+    margin = (1 - y) * xp.where(x >= 0, x, 0) + y * xp.where(x < 0, -x, 0)
     # 0 * inf (a right prediction at infinity) is NaN in IEEE arithmetic; its limit is 0. A NaN logit still
     # propagates through log1p(z) below, so this cannot hide one.
     margin = xp.nan_to_num(margin, nan=0.0, posinf=float("inf"))
@@ -96,9 +108,9 @@ def element_loss_and_grad_options(
         d/dx[p^g- (-log(1 - p))]      = p^g- * (g- * q * (-log(1 - p)) + p)                       (clip = 0)
         d/dx[p_m^g- (-log(1 - p_m))]  = p q p_m^g- * (g- * (-log(1 - p_m)) / p_m + 1 / (1 - p_m))  (p > clip, else 0)
     """
-    z = xp.exp(-xp.abs(x))
+    z = _exp_minus_abs(x, xp)
     tail = xp.log1p(z)
-    softplus_pos = tail + xp.where(x > 0, x, 0)  # -log(1 - p)
+    softplus_pos = tail + xp.where(x >= 0, x, 0)  # -log(1 - p)
     softplus_neg = tail + xp.where(x < 0, -x, 0)  # -log p
     sig_abs = 1 / (1 + z)
     nonneg = x >= 0

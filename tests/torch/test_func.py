@@ -132,3 +132,27 @@ def test_batched_backward_equals_one_backward_per_vector(reduction, options, dty
         jacobian = torch.autograd.functional.jacobian(loss, x.detach(), vectorize=True)
         looped = torch.autograd.functional.jacobian(loss, x.detach())
         torch.testing.assert_close(jacobian, looped, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", [{}, dict(pos_weight=torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)),
+                                     dict(gamma_pos=1.0, gamma_neg=3.0, clip=0.05), dict(gamma_neg=2.0), dict(label_smoothing=0.1)])
+def test_second_derivatives_at_zero_and_infinite_logits(options):
+    # autodiff of |x| and relu takes the derivative 0 at x = 0, which mixed the two branches of the stable formula:
+    # the second derivative at an exactly zero logit (a zero-initialised head) came out 0 instead of sigmoid'(0) / C
+    x = torch.tensor([[0.0, -0.0, 1.5, -2.0, 0.0], [0.3, 0.0, -0.0, 4.0, -1.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.3], [0.0, 1.0, 0.7, 1.0, 0.0]], dtype=torch.float64)
+    f = lambda a: st.multilabel_soft_margin_loss(a, y, **options)
+    h = hessian(f)(x).reshape(x.numel(), x.numel())
+    step = 1e-5
+    for i in range(x.numel()):  # column i against central differences of the first derivative along e_i
+        e = torch.zeros(x.numel(), dtype=torch.float64)
+        e[i] = step
+        fd = (grad(f)(x + e.reshape(x.shape)) - grad(f)(x - e.reshape(x.shape))) / (2 * step)
+        torch.testing.assert_close(h[:, i], fd.reshape(-1), rtol=1e-6, atol=1e-10)
+    if not options:  # and torch's own, where torch is right (finite logits)
+        torch.testing.assert_close(h, hessian(lambda a: F.multilabel_soft_margin_loss(a, y))(x).reshape(h.shape), rtol=1e-12, atol=1e-15)
+    big = x.clone()
+    big[0, 2], big[1, 3] = float("inf"), -float("inf")
+    h = hessian(f)(big).reshape(x.numel(), x.numel())
+    assert bool(h.isfinite().all())
+    assert h[2, 2] == 0 and h[8, 8] == 0  # sigmoid'(+-inf) = 0

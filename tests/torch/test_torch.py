@@ -253,6 +253,37 @@ def test_a_float64_weight_beyond_float32_is_read_as_torch_reads_it(value):
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
 
 
+def test_a_narrower_weights_gradient_is_rounded_once():
+    # float32 logits, a float16 weight: each term l / (N C) is subnormal in float16, so summing in the weight's dtype
+    # biased the gradient by 20 %; it is summed in float32 and rounded once, as torch does
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4000, generator=gen)
+    y = (torch.rand(64, 4000, generator=gen) < 0.01).float()
+    w = torch.rand(4000, generator=gen).half().requires_grad_()
+    (got,) = torch.autograd.grad(multilabel_soft_margin_loss(x, y, weight=w), w)
+    w64 = w.detach().double().requires_grad_()
+    (exact,) = torch.autograd.grad(F.multilabel_soft_margin_loss(x.double(), y.double(), weight=w64), w64)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.double(), exact, rtol=2**-10, atol=0)  # float16's rounding, no more
+    # float64 logits and a float32 weight: the gradient 3.3e38 is finite in float32, its terms in float32 are not
+    x = torch.tensor([[1e39, -2.0, 3.0]], dtype=torch.float64)
+    w = torch.ones(3, requires_grad=True)
+    (got,) = torch.autograd.grad(multilabel_soft_margin_loss(x, torch.tensor([[0.0, 1.0, 0.0]]), weight=w), w)
+    (expected,) = torch.autograd.grad(F.multilabel_soft_margin_loss(x, torch.tensor([[0.0, 1.0, 0.0]]), weight=w), w)
+    assert got.dtype == torch.float32 and bool(got.isfinite().all())
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+
+
+def test_a_narrower_weights_forward_derivative_is_exact():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4000, generator=gen)
+    y = (torch.rand(64, 4000, generator=gen) < 0.01).float()
+    w, w_t = torch.rand(4000, generator=gen).half(), torch.rand(4000, generator=gen).half()
+    _, got = torch.func.jvp(lambda v: multilabel_soft_margin_loss(x, y, weight=v), (w,), (w_t,))
+    _, exact = torch.func.jvp(lambda v: F.multilabel_soft_margin_loss(x.double(), y.double(), weight=v), (w.double(),), (w_t.double(),))
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize(
     "input_dtype,target_dtype,weight",
     [

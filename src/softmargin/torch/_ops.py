@@ -220,9 +220,16 @@ def input_grads(
             grad_y = grad_y.to(dense.dtype)
         if need_w:  # d per_sample / dw = l(x, y) / C, summed over the dimensions the weight was broadcast along
             assert weight is not None
-            element_loss, _ = element_loss_and_grad(x.to(weight.dtype), dense.to(weight.dtype), torch, need_grad=False)
-            grad_w = (element_loss * scale.to(weight.dtype)).sum_to_size(weight.shape)
+            # in the wider of the two dtypes, at least float32, and rounded to the weight's dtype once, at the end:
+            # in a narrower weight's dtype each term l / (N C) would be subnormal (float16) or overflow (x = 1e39)
+            wide = _wide_dtype(x.dtype, weight.dtype)
+            element_loss, _ = element_loss_and_grad(x.to(wide), dense.to(wide), torch, need_grad=False)
+            grad_w = (element_loss * scale.to(wide)).sum_to_size(weight.shape).to(weight.dtype)
     return grad_x, grad_y, grad_w
+
+
+def _wide_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    return torch.promote_types(torch.promote_types(a, b), torch.float32)
 
 
 def _sparse_of(x: Tensor, indptr: Tensor | None, indices: Tensor | None, values: Tensor | None) -> SparseTargets | None:
@@ -416,9 +423,10 @@ class _EagerLoss(torch.autograd.Function):
                 term = -x * y_t * scale
                 term = term if weight is None else torch.where(weight == 0, 0.0, term * weight)
                 tangent = term.sum(-1) if tangent is None else tangent + term.sum(-1)
-            if w_t is not None:
-                element_loss, _ = element_loss_and_grad(x.to(w_t.dtype), y.to(w_t.dtype), torch, need_grad=False)
-                term = (element_loss * w_t * scale).sum(-1)
+            if w_t is not None:  # in the wider dtype, as the weight's gradient in input_grads
+                wide = _wide_dtype(x.dtype, w_t.dtype)
+                element_loss, _ = element_loss_and_grad(x.to(wide), y.to(wide), torch, need_grad=False)
+                term = (element_loss * w_t.to(wide) * scale).sum(-1)
                 tangent = term if tangent is None else tangent + term
         return tangent, None, None
 
