@@ -178,6 +178,24 @@ def test_linear_head():
     torch.testing.assert_close(head(hidden, y), expected, rtol=1e-5, atol=1e-7)  # eager afterwards
 
 
+def test_a_func_transform_inside_compile_is_an_error_not_a_wrong_gradient():
+    # torch traces torch.func.grad into the custom operator's autograd rule, which supports torch.autograd only; if
+    # torch lifts that limit this test fails, and the README's table should say so
+    from torch.func import grad
+
+    x = torch.randn(4, 5, dtype=torch.float64)
+    y = (torch.rand(4, 5) < 0.5).double()
+    with pytest.raises(Exception, match="setup_context"):
+        torch.compile(grad(lambda a: st.multilabel_soft_margin_loss(a, y)), backend="aot_eager")(x)
+    # the same gradient taken with torch.autograd inside the compiled function is right
+    def autograd_grad(a):
+        a = a.detach().requires_grad_()
+        return torch.autograd.grad(st.multilabel_soft_margin_loss(a, y), a)[0]
+
+    expected = grad(lambda a: F.multilabel_soft_margin_loss(a, y))(x)
+    torch.testing.assert_close(torch.compile(autograd_grad, backend="aot_eager")(x), expected, rtol=1e-12, atol=1e-15)
+
+
 def _trajectory(loss_fn, backend, steps=50):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 6))

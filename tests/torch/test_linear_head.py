@@ -108,6 +108,14 @@ def test_an_operand_it_cannot_differentiate_is_refused_not_left_without_grad(nam
         call()
 
 
+def test_torch_func_transforms_are_refused_by_name():
+    from torch.func import grad
+
+    hidden, weight, bias, target = _problem(n=4, h=3, c=5)
+    with pytest.raises(RuntimeError, match=r"differentiated by torch.autograd .* not by torch.func transforms"):
+        grad(lambda w: st.linear_multilabel_soft_margin_loss(hidden, w, bias, target))(weight)
+
+
 def test_second_derivatives_are_refused_by_name():
     hidden, weight, bias, target = _problem(n=4, h=3, c=5)
     hidden = hidden.clone().requires_grad_()

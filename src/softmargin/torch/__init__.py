@@ -351,6 +351,13 @@ def linear_multilabel_soft_margin_loss(
         target = as_sparse_targets(target, (num_rows, num_labels), torch, device=hidden.device)
     else:
         V.check_same_shape("target", target.shape, (num_rows, num_labels))
+    if any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (hidden, weight, bias)):
+        raise RuntimeError(
+            "softmargin: the fused linear head is differentiated by torch.autograd (loss.backward(), "
+            "torch.autograd.grad), not by torch.func transforms (grad, vmap, jacrev, ...): its forward pass computes "
+            "the gradients as it walks the label chunks; for a transform, compute the logits (hidden @ weight.T + "
+            "bias) and call multilabel_soft_margin_loss for them"
+        )
     for name, given in (("target", target), ("class_weight", class_weight), ("pos_weight", pos_weight)):
         if isinstance(given, Tensor) and given.requires_grad and torch.is_grad_enabled():
             raise ValueError(
