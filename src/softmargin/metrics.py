@@ -83,8 +83,16 @@ def _precision_at_k(Y: np.ndarray, scores: np.ndarray, k: int) -> float:
 
 def propensities(label_counts: np.ndarray, num_samples: int, A: float = 0.55, B: float = 1.5) -> np.ndarray:
     """Jain, Prabhu & Varma (KDD 2016) label propensities p_l = 1 / (1 + C exp(-A log(N_l + B))), with
-    C = (log N - 1)(B + 1)^A; A=0.55, B=1.5 are the usual constants (0.6 / 2.6 for Amazon, 0.5 / 0.4 for Wikipedia)."""
-    c = (np.log(num_samples) - 1) * (B + 1) ** A
+    C = (log N - 1)(B + 1)^A; A=0.55, B=1.5 are the usual constants (0.6 / 2.6 for Amazon, 0.5 / 0.4 for Wikipedia).
+
+    ``num_samples`` N is the number of training samples, at least 1 (ValueError otherwise). For N <= 2 (N < e)
+    the formula's log N - 1 is negative, which would give propensities outside (0, 1] (negative, or above 1) and PSP@k
+    NaN; C is clamped at 0 there, so every propensity is 1: so little data says nothing about missing labels, and
+    PSP@k reduces to the normalised P@k."""
+    if not (isinstance(num_samples, (int, float, np.integer, np.floating)) and not isinstance(num_samples, bool)
+            and num_samples >= 1 and np.isfinite(num_samples)):  # fmt: skip
+        raise ValueError(f"num_samples={num_samples!r}: expected the number of training samples, at least 1")
+    c = max(float(np.log(num_samples)) - 1.0, 0.0) * (B + 1) ** A
     propensity: NDArray[np.float64] = 1.0 / (1.0 + c * np.exp(-A * np.log(np.asarray(label_counts, dtype=np.float64) + B)))
     return propensity
 

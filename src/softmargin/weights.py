@@ -1,7 +1,7 @@
 """Per-class weights computed from a label matrix, for imbalanced multi-label data.
 
 Both functions take a label matrix of shape (N, C) with values in [0, 1] (soft labels count fractionally) as a NumPy
-array, a torch tensor or a scipy.sparse matrix, and never densify a sparse one. They return a NumPy float64 array of
+array, a torch tensor (dense, or sparse: COO, CSR, CSC) or a scipy.sparse matrix, and never densify a sparse one. They return a NumPy float64 array of
 shape (C,), or a float32 torch tensor on the labels' device when given a tensor. A label with no positive example
 gets a warning and the weight of a label with exactly one (the largest finite weight): never inf or NaN. Labels
 outside [0, 1] (a {-1, +1} matrix, counts, NaN) and a matrix without rows (nothing to count) are refused with a
@@ -40,20 +40,34 @@ def _counts(targets: Any, name: str = "targets") -> tuple[NDArray[np.float64], i
     """(positives per class, number of samples, a function returning a result in the input's array family), after
     :func:`_check_labels`."""
     if type(targets).__module__.split(".")[0] == "torch":
+        import torch
+
         device = targets.device
         array = targets.detach()
         if array.dim() != 2:
             raise ValueError(f"{name}.shape == {tuple(array.shape)}: expected a 2-D label matrix (N, C)")
         if array.dtype.is_complex:
             raise TypeError(f"{name} has dtype {array.dtype}: expected numbers or booleans")
-        values = array.double()
-        low, high = (float(v) for v in values.aminmax()) if values.numel() else (0.0, 0.0)
-        _check_labels(name, tuple(array.shape), low, high)
-        n_pos = values.sum(0).cpu().numpy()
+        if array.layout != torch.strided:  # sparse (COO, CSR, CSC, ...): its stored values by column, never densified
+            coo = array.to_sparse_coo().coalesce()  # CSR -> COO keeps the nonzeros only; duplicates summed
+            if coo.sparse_dim() != 2:
+                raise TypeError(f"{name} is a hybrid sparse tensor ({coo.sparse_dim()} sparse, {coo.dense_dim()} dense "
+                                "dimension): expected a label matrix (N, C) whose two dimensions are sparse, or a dense one")  # fmt: skip
+            stored = coo.values().double()
+            low, high = (float(v) for v in stored.aminmax()) if stored.numel() else (0.0, 0.0)
+            if stored.numel() < array.shape[0] * array.shape[1] and not math.isnan(low):
+                low = min(low, 0.0)  # the implicit zeros
+            _check_labels(name, tuple(array.shape), low, high)
+            columns = coo.indices()[1]
+            counts = torch.zeros(array.shape[1], dtype=torch.float64, device=stored.device)
+            n_pos = counts.index_add_(0, columns, stored).cpu().numpy()
+        else:
+            values = array.double()
+            low, high = (float(v) for v in values.aminmax()) if values.numel() else (0.0, 0.0)
+            _check_labels(name, tuple(array.shape), low, high)
+            n_pos = values.sum(0).cpu().numpy()
 
         def wrap(result: NDArray[np.float64]) -> Any:
-            import torch
-
             return torch.as_tensor(result, dtype=torch.float32, device=device)
 
         return n_pos, int(array.shape[0]), wrap

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +84,70 @@ def test_a_non_finite_loss_stops_the_run(monkeypatch):
     monkeypatch.setattr(T._TrainingLoss, "forward", lambda self, x, y: real(self, x, y) * float("nan"))
     with pytest.raises(T.TrainingError, match=r"the training loss became nan \(epoch 1, seed 0\)"):
         T.fit(data, T.TrainConfig(epochs=3, ensemble=1), progress=False)
+
+
+def _untrained_yeast_validation_loss(seed: int = 0) -> float:
+    """The validation loss of `softmargin train`'s seed-`seed` MLP before any epoch, rebuilt with NumPy, scikit-learn
+    and plain torch (not the trainer): the seeded 15% validation split, standardised on the other rows, one 512-unit
+    ReLU layer initialised from the same torch seed, and the mean binary cross-entropy over samples and labels."""
+    import torch
+    from sklearn.preprocessing import StandardScaler
+
+    from softmargin.app import data as D
+
+    train, _ = D.load_builtin("yeast")
+    X, Y = np.asarray(train.X, np.float64), np.asarray(train.Y, np.float64)
+    order = np.random.default_rng(seed).permutation(len(X))
+    valid, rest = np.sort(order[: round(0.15 * len(X))]), np.sort(order[round(0.15 * len(X)):])
+    scaler = StandardScaler().fit(X[rest])
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(103, 512), torch.nn.ReLU(), torch.nn.Linear(512, 14)).double()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(scaler.transform(X[valid])))
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(Y[valid])).item()
+
+
+def test_a_run_no_epoch_of_which_beats_the_untrained_network_saves_nothing(tmp_path, capsys):
+    """--lr 100 blows up without reaching NaN: the best epoch's validation loss (1.588) is worse than the untrained
+    network's (0.694), and the model predicts worse than no label at all. It was saved silently (exit 0): the guard
+    started from an infinite loss, so every epoch "improved" on it."""
+    reference = _untrained_yeast_validation_loss()
+    assert 0.68 < reference < 0.71
+    argv = ["train", "--data", "yeast", "--ensemble", "1", "--epochs", "5", "--lr", "100", "--quiet", "--out", str(tmp_path / "runs")]
+    err = _one_line_error(argv, capsys, rf"seed 0: no epoch improved on the untrained network's loss {reference:.4g} \(validation "
+                                        r"rows; the best epoch, \d, had [\d.]+ there\): training diverged, and nothing was "
+                                        r"saved; lower --lr \(now 100\).*or train longer \(--epochs 5\)$")  # fmt: skip
+    assert "Traceback" not in err
+    assert list((tmp_path / "runs").iterdir()) == []  # not even a partial folder
+
+
+def test_overfitting_noise_is_not_divergence():
+    """Labels with nothing to learn (8 training rows of noise, 2 validation rows): the validation loss rises from
+    the first epoch while the training loss falls. That is no divergence: the best epoch is kept, as before (it is
+    what scikit-learn's check_estimator fits)."""
+    from sklearn.utils import check_random_state
+
+    X = check_random_state(0).uniform(size=(10, 3)).astype(np.float32)
+    data = T.Dataset(X, np.repeat([[0], [1]], 5, axis=0).astype(np.uint8), ["a", "b", "c"], ["y"])
+    config = T.TrainConfig(hidden=(256,), dropout=0.2, ensemble=1, epochs=50, seed=1, thresholds="fixed")
+    model = T.fit(data, config, progress=False)
+    valid = [h["valid_loss"] for h in model.history]
+    assert valid == sorted(valid) and len(valid) == 21  # never improved: stopped after --patience 20 epochs
+    assert min(h["train_loss"] for h in model.history) < valid[0]
+
+
+def test_the_lbfgs_divergence_advice_names_no_learning_rate(tmp_path, capsys):
+    """L-BFGS takes no --lr (its line search sizes each step): its divergence error used to advise lowering it."""
+    table = _table()
+    table[:, 0] *= 1e30  # unscaled features this large send the full-batch steps to NaN
+    _write_csv(tmp_path / "huge.csv", table)
+    argv = ["train", "--data", str(tmp_path / "huge.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs"), "--model",
+            "linear", "--optimizer", "lbfgs", "--standardize", "no", "--ensemble", "1", "--quiet"]  # fmt: skip
+    err = _one_line_error(argv, capsys, r"the training loss became (nan|inf) \(L-BFGS iteration \d+\): training diverged and "
+                                        r"nothing was saved; check the scale of the features \(--standardize yes, now no; L-BFGS "
+                                        r"has no learning rate, its line search sizes each step\); without an L2 penalty .*set --C")  # fmt: skip
+    assert "--lr" not in err
+    assert list((tmp_path / "runs").iterdir()) == []
 
 
 def test_test_and_later_data_are_matched_by_column_name(trained, tmp_path, capsys):
@@ -197,18 +263,39 @@ def test_an_edit_no_field_check_can_see_is_refused_by_the_checksum(trained, tmp_
         load_model(edited)
 
 
-def test_a_format_2_model_json_without_the_content_checksum_still_loads(trained, tmp_path):
+FORMAT_2_WARNING = (r"model\.json: format 'softmargin-model-2' \(older\) has no content checksum \(content_sha256\), so an "
+                    r"edit to it cannot be detected; retrain with this version to get a checked file \('softmargin-model-3'\)")
+
+
+def test_a_format_2_model_json_without_the_content_checksum_still_loads_with_a_warning(trained, tmp_path, capsys):
+    """Format 2 still loads (older run folders), but setting "format" to 2 used to get any edit past the checksum
+    silently: now every load says that this file's edits cannot be detected, in the CLI as one line on stderr."""
     import shutil
+    import warnings
 
     from softmargin.app.train import load_model
 
-    _, run = trained
+    folder, run = trained
     older = Path(shutil.copytree(run, tmp_path / "older"))
     meta = json.loads((older / "model.json").read_text())
     del meta["content_sha256"]
     meta["format"] = "softmargin-model-2"
     (older / "model.json").write_text(json.dumps(meta))
-    assert np.array_equal(load_model(older).thresholds, load_model(run).thresholds)
+    with pytest.warns(UserWarning, match=FORMAT_2_WARNING):
+        assert np.array_equal(load_model(older).thresholds, load_model(run).thresholds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the current format: no warning
+        load_model(run)
+    with pytest.warns(UserWarning, match=FORMAT_2_WARNING):
+        import softmargin
+
+        softmargin.load_run(older)
+    for argv in (["evaluate", str(older), "--data", str(folder / "test.csv")],
+                 ["predict", str(older), "--data", str(folder / "test.csv"), "--out", str(tmp_path / "p.csv")]):  # fmt: skip
+        code, _, err = _run(argv, capsys)
+        warned = [line for line in err.splitlines() if "warning:" in line]
+        assert code == 0 and len(warned) == 1, err
+        assert re.fullmatch(rf"softmargin {argv[0]}: warning: .*{FORMAT_2_WARNING}", warned[0]), warned
 
 
 def test_a_damaged_config_json_is_named(trained, tmp_path):
@@ -264,6 +351,67 @@ def test_an_interrupt_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
     code, _, err = _run(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs")] + FAST, capsys)
     assert code == 130 and "interrupted; nothing was written" in err
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_leaves_no_run_folder(tmp_path):
+    """SIGTERM (timeout, Slurm, docker stop) mid-training: the half-made run folder is removed as after Ctrl-C, and
+    the exit code is 128 + 15. Python's default SIGTERM handling skipped the clean-up and left a hidden .partial
+    folder behind."""
+    import time
+
+    _write_csv(tmp_path / "train.csv", _table(400))
+    out = tmp_path / "runs"
+    argv = ["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(out), "--epochs", "100000",
+            "--patience", "100000", "--ensemble", "1", "--hidden", "8", "--threads", "1", "--quiet"]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "softmargin", *argv], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(p.name.endswith(".partial") for p in out.iterdir())):  # training has begun
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.stderr else ""
+            time.sleep(0.05)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.splitlines()[-1] == "softmargin train: terminated (SIGTERM); nothing was written" and "Traceback" not in err
+    assert list(out.iterdir()) == []  # no .partial folder, no run folder
+
+
+def test_the_sigterm_handler_is_the_commands_only(tmp_path, capsys):
+    """In-process, main() puts the previous SIGTERM handler back (and a command run outside the main thread, where
+    handlers cannot be set, still runs)."""
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    _one_line_error(["train", "--out", str(tmp_path / "runs"), "--patience", "0"], capsys, r"--patience 0: expected")
+    assert signal.getsignal(signal.SIGTERM) is before
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(main(["train", "--out", str(tmp_path / "runs"), "--patience", "0"])))
+    thread.start()
+    thread.join()
+    assert codes == [2] and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_newton_solver_refuses_fewer_rows_than_folds(tmp_path, capsys):
+    """The Newton solver cross-fits over --folds (3): with fewer training rows a fold is empty, and the held-out
+    predictions used to choose C came from a model trained on no row (1 row: "held-out P@1 1.000", run saved)."""
+    table = _table(60)
+    _write_csv(tmp_path / "test.csv", table[20:])
+    for rows, folds in ((1, []), (2, []), (1, ["--folds", "2"]), (3, ["--folds", "4"])):
+        _write_csv(tmp_path / "few.csv", table[:rows])
+        argv = ["train", "--data", str(tmp_path / "few.csv"), "--test", str(tmp_path / "test.csv"), "--labels", "ya,yb,yc",
+                "--model", "linear", "--quiet", "--out", str(tmp_path / "runs"), *folds]  # fmt: skip
+        count = int(folds[1]) if folds else 3
+        _one_line_error(argv, capsys, rf"few: {rows} training sample\(s\) for the Newton solver's {count}-fold cross-fitting "
+                                      rf"\(folds={count}, --folds\): expected at least {count}, one per fold")  # fmt: skip
+        assert list((tmp_path / "runs").iterdir()) == []
+    _write_csv(tmp_path / "few.csv", table[:3])  # one row per fold (3 folds): trains
+    code, _, err = _run(["train", "--data", str(tmp_path / "few.csv"), "--test", str(tmp_path / "test.csv"), "--labels",
+                         "ya,yb,yc", "--model", "linear", "--quiet", "--out", str(tmp_path / "runs")], capsys)  # fmt: skip
+    assert code == 0, err
 
 
 @pytest.mark.parametrize(
@@ -364,6 +512,15 @@ def _bag_of_words(path: Path, rows: int = 150, seed: int = 0) -> Path:
                                  r"this run: --model linear, --optimizer newton, --thresholds tuned"),
         (["--k", "3"], r"--k 3: this run would ignore it \(it is the labels per sample of --thresholds top-k"),
         (["--epochs", "7"], r"--epochs 7: this run would ignore it \(it belongs to --optimizer adamw / lbfgs"),
+        (["--lr", "0.5"], r"--lr 0\.5: this run would ignore it \(it belongs to --optimizer adamw \(lbfgs takes full-batch "
+                          r"steps sized by its line search.*; this run: --model linear, --optimizer newton"),
+        *[(["--optimizer", "lbfgs", option, value], rf"{option} {value}: this run would ignore it \(it belongs to --optimizer "
+           r"adamw \(lbfgs takes full-batch steps sized by its line search, with no early stopping, weight decay or fused "
+           r"head.*; this run: --model linear, --optimizer lbfgs")
+          for option, value in (("--lr", "0.5"), ("--batch-size", "7"), ("--patience", "3"), ("--weight-decay", "0.5"),
+                                ("--head", "fused"))],
+        (["--optimizer", "lbfgs", "--valid-fraction", "0.3"], r"--valid-fraction 0\.3: this run would ignore it \(validation "
+         r"rows serve adamw's early stopping and the tuned thresholds"),
         (["--ensemble", "2"], r"--ensemble 2: this run would ignore it"),
         (["--thresholds", "fixed", "--macro-weight", "1"], r"--macro-weight 1\.0: this run would ignore it \(it sets --thresholds tuned's"),
         (["--thresholds", "fixed", "--cut-counts", "observed"], r"--cut-counts observed: this run would ignore it"),
@@ -394,7 +551,11 @@ def test_the_options_a_run_uses_are_accepted(tmp_path, capsys):
     """The other side of the refusals above: the same options where the run uses them."""
     data = _bag_of_words(tmp_path / "bow.txt")
     for extra in (["--thresholds", "fixed", "--threshold", "0.3"], ["--cut-counts", "observed", "--fbr", "0.2"],
-                  ["--thresholds", "top-k", "--k", "2"], ["--macro-weight", "1", "--calibration-prior", "5"]):  # fmt: skip
+                  ["--thresholds", "top-k", "--k", "2"], ["--macro-weight", "1", "--calibration-prior", "5"],
+                  ["--optimizer", "lbfgs", "--epochs", "3", "--C", "1", "--ensemble", "2"],
+                  ["--optimizer", "lbfgs", "--epochs", "3", "--thresholds", "tuned", "--valid-fraction", "0.3"],
+                  ["--optimizer", "adamw", "--epochs", "2", "--lr", "0.01", "--batch-size", "7", "--patience", "3",
+                   "--weight-decay", "0.5", "--head", "fused", "--ensemble", "1"]):  # fmt: skip
         code, _, err = _run(["train", "--data", str(data), "--out", str(tmp_path / "runs"), "--quiet", *extra], capsys)
         assert code == 0, (extra, err)
 

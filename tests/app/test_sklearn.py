@@ -59,7 +59,9 @@ def test_linear_lbfgs_is_logistic_regression():
 
     X, Y = make_multilabel_classification(n_samples=300, n_features=15, n_classes=5, random_state=2)
     X = StandardScaler().fit_transform(X)
-    ours = SoftMarginClassifier(model="linear", optimizer="lbfgs", C=1.0, valid_fraction=0, standardize="no").fit(X, Y)
+    # L-BFGS has no early stopping: with fixed thresholds it trains on every row whatever valid_fraction says (it
+    # held 15 % out, unused)
+    ours = SoftMarginClassifier(model="linear", optimizer="lbfgs", C=1.0, standardize="no").fit(X, Y)
     reference = OneVsRestClassifier(LogisticRegression(C=1.0, tol=1e-8, max_iter=5000)).fit(X, Y)
     # the same objective, solved in float32 by L-BFGS and in float64 by lbfgs: probabilities agree to 1e-3
     np.testing.assert_allclose(ours.predict_proba(X), reference.predict_proba(X), atol=1e-3)
@@ -182,3 +184,34 @@ def test_one_int_is_one_hidden_layer_as_in_mlpclassifier():
     X, Y = make_multilabel_classification(n_samples=20, n_features=4, n_classes=3, random_state=0)
     clf = SoftMarginClassifier(hidden_layer_sizes=8, epochs=1, random_state=0).fit(X, Y)
     assert clf.model_.config.hidden == (8,)
+
+
+@pytest.mark.parametrize("strategy", ["top-k", "rcut"])
+def test_rank_strategies_predict_each_samples_best_labels(strategy):
+    """top-k and rcut rank, they do not threshold (model_.thresholds is NaN): predict gives each sample's best label(s),
+    as the model's own decision does (before: p >= NaN, no label for any sample)."""
+    X, Y = make_multilabel_classification(n_samples=200, n_features=10, n_classes=5, random_state=0)
+    clf = SoftMarginClassifier(hidden_layer_sizes=(16,), epochs=10, random_state=0, thresholds=strategy).fit(X, Y)
+    p = clf.predict_proba(X)
+    pred = clf.predict(X)
+    np.testing.assert_array_equal(pred, clf.model_.decide(p))
+    k = 1 if strategy == "top-k" else int(round(Y.sum(1).mean()))  # RCut: the training label cardinality, rounded
+    reference = np.zeros(Y.shape, np.int64)
+    np.put_along_axis(reference, np.argsort(-p, axis=1, kind="stable")[:, :k], 1, axis=1)
+    descending = -np.sort(-p, axis=1)
+    assert 1 <= k < Y.shape[1] and (descending[:, k - 1] > descending[:, k]).all()  # no ties: one right answer
+    np.testing.assert_array_equal(pred, reference)
+    assert (pred.sum(1) == k).all()
+
+
+@pytest.mark.parametrize("strategy", ["top-k", "rcut"])
+def test_a_binary_y_refuses_the_rank_strategies(strategy):
+    """A binary y is one sigmoid: ranking one label would predict the positive class for every sample (before: p >=
+    NaN, the negative class for every sample)."""
+    X, Y = make_multilabel_classification(n_samples=60, n_features=6, n_classes=3, random_state=0)
+    with pytest.raises(ValueError, match=rf"thresholds='{strategy}': a binary y is one label \(the positive class\), "
+                                         r"which .* would predict for every sample; expected 'fixed' or 'tuned'"):  # fmt: skip
+        SoftMarginClassifier(epochs=2, random_state=0, thresholds=strategy).fit(X, Y[:, 0])
+    binary = SoftMarginClassifier(hidden_layer_sizes=(8,), epochs=5, random_state=0, thresholds="tuned").fit(X, Y[:, 0])
+    p = binary.predict_proba(X)[:, 1]
+    np.testing.assert_array_equal(binary.predict(X), (p >= binary.model_.tuned[0]).astype(int))

@@ -56,6 +56,25 @@ def test_psp_and_ndcg_against_hand_computation():
     assert abs(metrics["nDCG@3"] - (dcg0 / idcg0 + dcg1 / 1.0) / 2) < 1e-12
 
 
+def test_propensities_of_fewer_than_three_training_samples_are_one():
+    """Jain et al.'s C = (log N - 1)(B + 1)^A is negative for N <= 2 (N < e): the propensities left (0, 1] (one was
+    negative) and PSP@3 came out NaN. C is clamped at 0 there: every propensity is 1, PSP@k the normalised P@k."""
+    counts = np.array([1, 0, 2, 1])
+    for n in (1, 2, 2.0):
+        np.testing.assert_array_equal(M.propensities(counts, n), np.ones(4))
+    c3 = (np.log(3) - 1) * 2.5**0.55  # from N = 3 on, the formula as published (C > 0)
+    np.testing.assert_allclose(M.propensities(counts, 3), 1 / (1 + c3 * (counts + 1.5) ** -0.55), rtol=1e-15)
+    labels = np.array([[1, 0, 1, 0], [0, 1, 0, 1]])
+    scores = np.array([[0.9, 0.8, 0.1, 0.2], [0.1, 0.2, 0.9, 0.3]])
+    metrics, _ = M.evaluate(labels, scores, train_label_counts=counts, train_size=1)
+    # propensity 1: PSP@k is the hits among the k top-scored labels over min(k, positives), summed over the samples
+    assert metrics["PSP@1"] == 1 / 2  # sample 0's top label 0 is right, sample 1's top label 2 is not
+    assert metrics["PSP@3"] == (1 + 2) / (2 + 2)  # top 3: sample 0 {0, 1, 3} hits 0; sample 1 {2, 3, 1} hits 3 and 1
+    for bad in (0, -5, 0.5, float("nan"), True, "10"):
+        with pytest.raises(ValueError, match=r"num_samples=.*: expected the number of training samples, at least 1"):
+            M.propensities(counts, bad)
+
+
 def test_macro_f1_over_training_labels_against_hand_counts():
     """LibMultiLabel's "Macro-F1": the per-label F1 averaged over the labels seen in training only."""
     labels = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 0]])

@@ -160,3 +160,51 @@ def test_a_soft_count_below_one_is_not_raised_to_one(family):
         positive = softmargin.pos_weight(_families()[family](soft))
     np.testing.assert_allclose(np.asarray(weights), n / (2 * n_pos))
     np.testing.assert_allclose(np.asarray(positive), (n - n_pos) / n_pos)
+
+
+@pytest.mark.parametrize("layout", ["coo", "coo uncoalesced", "csr", "csc"])
+def test_a_torch_sparse_tensor_is_counted_without_densifying(layout, monkeypatch):
+    """A torch sparse tensor (the docstring promised torch tensors, and never densifying a sparse one) was a raw
+    NotImplementedError ('aten::aminmax' on SparseCPU): its stored values are counted by column, as scipy's are."""
+    torch = pytest.importorskip("torch")
+    soft = np.array([[1.0, 0.0, 0.5], [0.0, 0.0, 1.0], [1.0, 0.25, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
+    dense = torch.tensor(soft)
+    if layout == "coo uncoalesced":  # 0.5 stored as 0.25 + 0.25 at [0, 2]: duplicates add up
+        rows, cols = np.nonzero(soft)
+        values = soft[rows, cols].copy()
+        first = int(np.flatnonzero((rows == 0) & (cols == 2))[0])
+        values[first] = 0.25
+        given = torch.sparse_coo_tensor(np.vstack([np.r_[rows, 0], np.r_[cols, 2]]), np.r_[values, 0.25], soft.shape,
+                                        check_invariants=True)
+        assert not given.is_coalesced()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR tensor support is in beta"
+            given = {"coo": dense.to_sparse, "csr": dense.to_sparse_csr, "csc": dense.to_sparse_csc}[layout]()
+    monkeypatch.setattr(torch.Tensor, "to_dense", lambda self, *a, **k: pytest.fail("densified"))
+    for method in ("inverse", "sqrt_inverse", "effective_number"):
+        result = softmargin.class_weights(given, method)
+        assert result.dtype == torch.float32 and result.layout == torch.strided
+        np.testing.assert_allclose(result.numpy(), softmargin.class_weights(soft, method), rtol=1e-6)
+    np.testing.assert_allclose(softmargin.pos_weight(given, max_weight=3.0).numpy(), softmargin.pos_weight(soft, max_weight=3.0), rtol=1e-6)
+    n_pos = soft.sum(0)  # an independent reference: N / (C n_c), and n_neg / n_pos
+    np.testing.assert_allclose(softmargin.class_weights(given, normalize=False).numpy(), 5 / (3 * n_pos), rtol=1e-6)
+    np.testing.assert_allclose(softmargin.pos_weight(given).numpy(), (5 - n_pos) / n_pos, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    (np.array([[1.0, -1.0], [0.0, 1.0]]), r"targets has values from -1 to 1: expected labels in \[0, 1\]"),
+    (np.array([[2.0, 0.0], [0.0, 1.0]]), r"targets has values from 0 to 2: expected labels in \[0, 1\]"),
+    (np.array([[np.nan, 1.0], [0.0, 1.0]]), r"targets holds NaN: expected labels in \[0, 1\]"),
+    (np.zeros((0, 3)), r"targets\.shape == \(0, 3\): expected at least one sample \(row\)"),
+])  # fmt: skip
+def test_a_torch_sparse_tensor_outside_0_1_is_refused_as_a_dense_one(labels, message):
+    torch = pytest.importorskip("torch")
+    for given in (torch.tensor(labels).to_sparse(), torch.tensor(labels).to_sparse_csr()):
+        with pytest.raises(ValueError, match=message):
+            softmargin.class_weights(given)
+        with pytest.raises(ValueError, match=message):
+            softmargin.pos_weight(given)
+    hybrid = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).to_sparse(1)  # rows sparse, columns dense
+    with pytest.raises(TypeError, match=r"targets is a hybrid sparse tensor \(1 sparse, 1 dense dimension\): expected"):
+        softmargin.class_weights(hybrid)

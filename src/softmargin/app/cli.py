@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -365,16 +370,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _warnings_as_lines(args.command), _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except (ValueError, OSError, ImportError) as exc:  # user errors: one clear line, no traceback
         if isinstance(exc, BrokenPipeError):  # the reader went away (`softmargin ... | head`): not an error
             _silence_stdout()
             return 0
         print(f"softmargin {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            print(f"softmargin {args.command}: terminated (SIGTERM); nothing was written", file=sys.stderr)
+            return 128 + int(signal.SIGTERM)
         print(f"softmargin {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, ``docker stop``, ``kill``), raised in the main thread as Ctrl-C's
+    KeyboardInterrupt is, so that the same clean-up runs (a half-made run folder is removed)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the command runs: SIGTERM raises :class:`Terminated` (once: a second SIGTERM during the clean-up is
+    ignored); the previous handler is restored afterwards. Only the main thread can set handlers: elsewhere, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """While the command runs: a warning is one line on stderr, ``softmargin <command>: warning: ...``, as errors are
+    (Python's default shows the file and line of the code that warned)."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:  # fmt: skip
+        print(f"softmargin {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _silence_stdout() -> None:

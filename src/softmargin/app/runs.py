@@ -72,7 +72,14 @@ _USED_WHEN: list[tuple[str, str, Any, str]] = [
     ("--dropout", "dropout", lambda c: c.model == "mlp", "it is the MLP's"),
     *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer != "newton",
        "it belongs to --optimizer adamw / lbfgs (the Newton solver runs to convergence on every row, one model)")
-      for name in ("epochs", "batch_size", "lr", "weight_decay", "valid_fraction", "patience", "ensemble", "head")],
+      for name in ("epochs", "ensemble")],
+    ("--valid-fraction", "valid_fraction", lambda c: c.optimizer == "adamw" or (c.optimizer == "lbfgs" and c.thresholds == "tuned"),
+     "validation rows serve adamw's early stopping and the tuned thresholds (lbfgs runs to convergence on every row "
+     "otherwise; the Newton solver cross-fits)"),
+    *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer == "adamw",
+       "it belongs to --optimizer adamw (lbfgs takes full-batch steps sized by its line search, with no early stopping, "
+       "weight decay or fused head; the Newton solver runs to convergence on every row, one model)")
+      for name in ("batch_size", "lr", "weight_decay", "patience", "head")],
     *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer == "newton", "it belongs to the Newton solver (--optimizer newton)")
       for name in ("folds", "linear_loss")],
     *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer == "newton" and not c.pos_weight,

@@ -45,6 +45,12 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
     train``'s default is seed 0). Anything else (a float, a string, a bool, a ``numpy.random.Generator``) is refused
     by ``fit`` with a ValueError.
 
+    ``thresholds`` is how ``predict`` turns a label matrix's probabilities into 0/1: ``"fixed"`` (0.5), ``"tuned"``
+    (per label, on the validation split), ``"top-k"`` (each sample's best label) or ``"rcut"`` (each sample's t best,
+    t the training label cardinality). A binary y (one sigmoid) takes ``"fixed"`` or ``"tuned"``: ranking its one
+    label would predict the positive class for every sample, so ``fit`` refuses the others with a ValueError; a
+    multiclass y predicts the most probable class.
+
     Attributes:
         classes_: for a label matrix, ``np.arange(n_labels)``; for 1-D targets, the sorted class labels.
         model_: the fitted :class:`softmargin.train.TrainedModel`.
@@ -182,6 +188,12 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
             )
         if len(self.classes_) < 2 and self._binarizer is not None:
             raise ValueError(f"y has {len(self.classes_)} class: expected at least 2 classes")
+        if len(self.classes_) == 2 and self._binarizer is not None and config.thresholds in ("top-k", "rcut"):
+            # one sigmoid for the positive class: ranking one label would give every sample the positive class
+            raise ValueError(
+                f"thresholds={self.thresholds!r}: a binary y is one label (the positive class), which {self.thresholds} "
+                "would predict for every sample; expected 'fixed' or 'tuned' for a binary y"
+            )
         names = [str(c) for c in range(Y.shape[1])]
         features = [str(f) for f in range(X.shape[1])]
         random_state = self._random_state()
@@ -214,9 +226,11 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         return logits[:, 0] if self._binarizer is not None and len(self.classes_) == 2 else logits
 
     def predict(self, X: Any) -> np.ndarray:
+        """Multi-label: (n, n_labels) 0/1 by the ``thresholds`` strategy (fixed, tuned, each sample's top-k or RCut
+        labels); binary: the class whose probability passes the threshold; multiclass: the most probable class."""
         p = self._scores(X)
         if self._binarizer is None:
-            return T.decide(p, self.model_.thresholds, self.model_.at_least_one).astype(np.int64)
+            return self.model_.decide(p).astype(np.int64)
         if len(self.classes_) == 2:
             return self.classes_[(p[:, 0] >= self.model_.thresholds[0]).astype(int)]
         return self.classes_[p.argmax(1)]

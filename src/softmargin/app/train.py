@@ -611,7 +611,8 @@ def fit(
     stopping, then threshold tuning on the ensemble's held-out predictions).
 
     Raises:
-        TrainingError: the training loss became NaN or infinite (nothing is returned, so nothing can be saved).
+        TrainingError: the training loss became NaN or infinite, or no epoch of a member beat its untrained
+            network's validation loss, nor on the training rows (diverged; nothing is returned, so nothing can be saved).
         ValueError: a setting that cannot work with this data (tuned thresholds with sparse labels).
     """
     config.check()
@@ -644,8 +645,10 @@ def fit(
         for member in members:
             seed = config.seed + member
             started = time.perf_counter()
-            # each member has its own validation split (diversity, as in bagging) and its own scaler and class weights
-            train_index, valid_index = _split(len(train), config.valid_fraction, np.random.default_rng(seed))
+            # each member has its own validation split (diversity, as in bagging) and its own scaler and class weights;
+            # L-BFGS has no early stopping: it holds rows out only for the tuned thresholds' held-out predictions
+            fraction = config.valid_fraction if config.optimizer == "adamw" or tuned else 0.0
+            train_index, valid_index = _split(len(train), fraction, np.random.default_rng(seed))
             scaling = _scaler(train.X[train_index], config.standardize)
             net, history = _fit_one(train, config, seed, train_index, valid_index, scaling, interactive, log, device, dist)
             nets.append(net)
@@ -694,6 +697,10 @@ def _fit_newton(train: Dataset, config: TrainConfig, progress: bool, log: Callab
     positive = pos_weight(Yd, config.pos_weight_max) if config.pos_weight else _rare_weights(Yd, config)
     work = (Xs.nnz if sp.issparse(Xs) else Xs.size) * num_labels
     count = config.folds or (FOLDS if work <= AUTO_C_HUGE else FOLDS_HUGE)
+    if len(train) < count:  # an empty fold: its "held-out" predictions would come from a model trained on no row
+        raise ValueError(f"{train.name}: {len(train)} training sample(s) for the Newton solver's {count}-fold cross-fitting "
+                         f"(folds={count}, --folds): expected at least {count}, one per fold (an empty fold's held-out "
+                         "predictions would come from a model trained on no row); use more data, or fewer folds (at least 2)")  # fmt: skip
     folds = np.array_split(np.random.default_rng(config.seed).permutation(len(train)), count)
     threads = config.threads
 
@@ -862,10 +869,17 @@ class _TrainingLoss(nn.Module):
 
 def _check_finite_loss(value: float, where: str, config: TrainConfig) -> None:
     if not math.isfinite(value):
-        raise TrainingError(
-            f"the training loss became {value} ({where}): training diverged and nothing was saved; lower --lr "
-            f"(now {config.lr:g}) or check the scale of the features (--standardize yes)"
-        )
+        raise TrainingError(f"the training loss became {value} ({where}): training diverged and nothing was saved; "
+                            f"{_divergence_advice(config)}")  # fmt: skip
+
+
+def _divergence_advice(config: TrainConfig) -> str:
+    """What to change when a run diverges: L-BFGS takes no learning rate (its line search sets each step)."""
+    if config.optimizer == "lbfgs":
+        penalty = "; without an L2 penalty the weights of separable labels grow without bound: set --C (e.g. 1)"
+        return (f"check the scale of the features (--standardize yes, now {config.standardize}; L-BFGS has no learning "
+                f"rate, its line search sizes each step){penalty if config.C is None else ''}")  # fmt: skip
+    return f"lower --lr (now {config.lr:g}) or check the scale of the features (--standardize yes, now {config.standardize})"
 
 
 def _fit_one(
@@ -918,6 +932,12 @@ def _fit_one(
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     X_valid = _dense_batch(X, valid_index).to(device) if len(valid_index) else None
     Y_valid = _targets(Y, valid_index, columns, fused, device) if len(valid_index) else None
+    untrained = math.inf  # the untrained network's validation loss: the guard after the epochs compares with it
+    if X_valid is not None:
+        net.eval()
+        with torch.no_grad():
+            untrained = training_loss(X_valid, Y_valid).item()  # every rank alike, as each epoch's validation below
+        untrained = untrained if math.isfinite(untrained) else math.inf  # NaN: the first epoch's check names it
     best = (math.inf, 0, {k: v.clone() for k, v in net.state_dict().items()})
     history: list[dict[str, float]] = []
     epochs = _progress(range(config.epochs), progress, desc=f"train {train.name} (seed {seed})", unit="epoch")
@@ -954,9 +974,14 @@ def _fit_one(
         if X_valid is not None and epoch + 1 - best[1] >= config.patience:
             log(f"seed {seed}: early stop at epoch {epoch + 1}, best validation loss at epoch {best[1]}")
             break
-    if best[1] == 0:  # no epoch beat the untrained network: keeping it would be a silently useless model
-        raise TrainingError(f"seed {seed}: no epoch improved on the untrained network's loss; nothing was saved; "
-                            f"lower --lr (now {config.lr:g}) or train longer")  # fmt: skip
+    # Diverged: no epoch beat the untrained network, on the validation rows nor on the training rows (whose untrained
+    # loss is the validation rows', in expectation). Keeping the best epoch would save a model worse than no training,
+    # silently. Only the validation loss not improving (the training loss did: on data with nothing to learn, or very
+    # few validation rows) keeps the best epoch, as early stopping always has.
+    if X_valid is not None and best[0] >= untrained - 1e-6 and min(h["train_loss"] for h in history) >= untrained:
+        raise TrainingError(f"seed {seed}: no epoch improved on the untrained network's loss {untrained:.4g} (validation "
+                            f"rows; the best epoch, {best[1]}, had {best[0]:.4g} there): training diverged, and nothing was "
+                            f"saved; {_divergence_advice(config)}, or train longer (--epochs {config.epochs})")  # fmt: skip
     net.load_state_dict(best[2])
     if label_parallel:
         net = _gather_head(net, dist, num_labels, hidden, config.dropout)
@@ -1331,7 +1356,8 @@ def _saved_config(path: Path) -> TrainConfig:
 
 def load_model(run: Path) -> TrainedModel:
     """A model saved by :func:`save_model`: safetensors weights (loading executes no code), checked against the
-    SHA-256 in ``model.json``, and JSON metadata. A missing, damaged or altered file is a ValueError naming it."""
+    SHA-256 in ``model.json``, and JSON metadata. A missing, damaged or altered file is a ValueError naming it. A
+    model.json of the older format 2 (no ``content_sha256``) loads with a UserWarning: edits to it cannot be seen."""
     from safetensors.torch import load_file
 
     run = Path(run)
@@ -1344,6 +1370,10 @@ def load_model(run: Path) -> TrainedModel:
     if not isinstance(meta, dict) or meta.get("format") not in _READABLE_FORMATS:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{run / 'model.json'}: format {found!r}, expected {MODEL_FORMAT!r} (retrain with this version)")
+    if meta["format"] != MODEL_FORMAT:  # format 2: still read, but nothing can tell whether it was edited
+        warnings.warn(f"{run / 'model.json'}: format {meta['format']!r} (older) has no content checksum "
+                      "(content_sha256), so an edit to it cannot be detected; retrain with this version to get a checked "
+                      f"file ({MODEL_FORMAT!r})", UserWarning, stacklevel=2)  # fmt: skip
     if meta["format"] == MODEL_FORMAT and meta.get("content_sha256") != _content_sha256(meta):
         raise ValueError(f"{run / 'model.json'}: its content differs from its SHA-256 (content_sha256): the file was "
                          "edited or is damaged; retrain, or restore it (predict's --thresholds/--threshold/--top-k "
