@@ -204,6 +204,11 @@ def test_saved_config_says_what_the_cuts_counted(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "config.json").read_text())
     del saved["train"]["cut_counts"], saved["train"]["macro_weight"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"config\.json: its training settings differ from those model\.json records"):
+        T.load_model(tmp_path)  # an edit, as far as model.json can tell
+    meta = json.loads((tmp_path / "model.json").read_text())  # a model.json from before it recorded the settings
+    del meta["train_settings_sha256"], meta["content_sha256"]
+    T.write_json(tmp_path / "model.json", {**meta, "content_sha256": T._content_sha256(meta)})
     old = T.load_model(tmp_path)
     assert (old.config.cut_counts, old.config.macro_weight) == ("observed", 1.0)
     assert old.tuned is not None and model.tuned is not None

@@ -313,6 +313,25 @@ def test_a_damaged_config_json_is_named(trained, tmp_path):
             load_model(damaged)
 
 
+def test_an_edited_or_swapped_config_json_is_refused(trained, tmp_path):
+    # predictions come from model.json, but load_run(...).model_.config would report the edited settings
+    import shutil
+
+    from softmargin.app.train import load_model
+
+    _, run = trained
+    edited = Path(shutil.copytree(run, tmp_path / "edited"))
+    config = json.loads((edited / "config.json").read_text())
+    config["train"]["standardize"] = "no" if config["train"]["standardize"] != "no" else "yes"
+    (edited / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json: its training settings differ from those model\.json records"):
+        load_model(edited)
+    config["versions"]["python"] = "0.0"  # the versions and data are not the model's: an edit there is not refused
+    config["train"] = json.loads((run / "config.json").read_text())["train"]
+    (edited / "config.json").write_text(json.dumps(config, indent=1))
+    assert load_model(edited).config == load_model(run).config
+
+
 def test_model_json_records_the_weights_checksum(trained):
     _, run = trained
     meta = json.loads((run / "model.json").read_text())

@@ -1252,6 +1252,8 @@ def save_model(model: TrainedModel, run: Path) -> None:
             "at_least_one": model.at_least_one,
             "label_counts": None if model.label_counts is None else model.label_counts.tolist(),
             "train_size": model.train_size,
+            # config.json's "train" settings (written beside it by the CLI): an edited one is refused on loading
+            "train_settings_sha256": _canonical_sha256(json.loads(json.dumps(dataclasses.asdict(model.config), default=_json_default))),
     }  # fmt: skip
     meta = json.loads(json.dumps(meta, default=_json_default))  # as it will be read back
     write_json(run / "model.json", {**meta, "content_sha256": _content_sha256(meta)})
@@ -1265,8 +1267,11 @@ _READABLE_FORMATS = ("softmargin-model-2", MODEL_FORMAT)
 
 def _content_sha256(meta: dict[str, Any]) -> str:
     """SHA-256 of ``meta`` without its ``content_sha256``, as canonical JSON (sorted keys, no spaces, ASCII)."""
-    rest = {k: v for k, v in meta.items() if k != "content_sha256"}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return _canonical_sha256({k: v for k, v in meta.items() if k != "content_sha256"})
+
+
+def _canonical_sha256(document: Any) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _read_json(path: Path) -> Any:
@@ -1335,9 +1340,9 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
             raise bad(what, f"values from {np.nanmin(array):g} to {np.nanmax(array):g}", "thresholds above 0")
 
 
-def _saved_config(path: Path) -> TrainConfig:
+def _saved_config(path: Path, sha256: str | None = None) -> TrainConfig:
     """The training configuration recorded in ``config.json`` (the defaults where there is none), checked: a damaged
-    or edited file is refused by name."""
+    or edited file is refused by name (against ``sha256``, model.json's record of the settings, where there is one)."""
     if not path.exists():
         return TrainConfig()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -1349,9 +1354,13 @@ def _saved_config(path: Path) -> TrainConfig:
     if raw and "cut_counts" not in raw:  # saved before the calibrated counts: its cuts counted the labels
         settings.update(cut_counts="observed", macro_weight=raw.get("macro_weight", MACRO_WEIGHT))
     try:
-        return TrainConfig(**settings).check()
+        config = TrainConfig(**settings).check()
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: its training settings are not valid ({exc}): the run folder is damaged or was edited") from None
+    if sha256 is not None and _canonical_sha256(raw) != sha256:
+        raise ValueError(f"{path}: its training settings differ from those model.json records (train_settings_sha256): "
+                         "config.json was edited, or comes from another run; restore it, or retrain")  # fmt: skip
+    return config
 
 
 def load_model(run: Path) -> TrainedModel:
@@ -1399,7 +1408,7 @@ def load_model(run: Path) -> TrainedModel:
             net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, assign=True)
             nets.append(net.eval())
         del tensors
-        config = _saved_config(run / "config.json")
+        config = _saved_config(run / "config.json", meta.get("train_settings_sha256"))
         counts = meta.get("label_counts")
         tuned = meta.get("tuned_thresholds")
         model = TrainedModel(
