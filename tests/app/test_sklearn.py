@@ -215,3 +215,14 @@ def test_a_binary_y_refuses_the_rank_strategies(strategy):
     binary = SoftMarginClassifier(hidden_layer_sizes=(8,), epochs=5, random_state=0, thresholds="tuned").fit(X, Y[:, 0])
     p = binary.predict_proba(X)[:, 1]
     np.testing.assert_array_equal(binary.predict(X), (p >= binary.model_.tuned[0]).astype(int))
+
+
+@pytest.mark.parametrize("standardize", ["no", "tfidf"])
+def test_dense_and_sparse_x_train_the_same_model_under_one_scaling_rule(standardize):
+    # (standardize="auto" standardises dense X only: there the two differ, as the docstring says)
+    import scipy.sparse as sparse
+
+    X, Y = make_multilabel_classification(n_samples=200, n_classes=5, random_state=0)
+    dense = SoftMarginClassifier(epochs=5, random_state=0, standardize=standardize).fit(X, Y)
+    csr = SoftMarginClassifier(epochs=5, random_state=0, standardize=standardize).fit(sparse.csr_matrix(X), Y)
+    np.testing.assert_allclose(csr.predict_proba(sparse.csr_matrix(X)), dense.predict_proba(X), atol=1e-6)

@@ -51,6 +51,11 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
     label would predict the positive class for every sample, so ``fit`` refuses the others with a ValueError; a
     multiclass y predicts the most probable class.
 
+    ``standardize="auto"`` (as ``--standardize auto``) standardises dense ``X`` and leaves a scipy.sparse ``X`` as it
+    is (centring would densify it): the same numbers given dense and given sparse train different models. ``"no"``
+    (or ``"tfidf"``, for counts) treats both alike; ``"yes"`` standardises dense ``X`` and scales sparse ``X`` by each
+    feature's largest absolute value (scikit-learn's MaxAbsScaler).
+
     Attributes:
         classes_: for a label matrix, ``np.arange(n_labels)``; for 1-D targets, the sorted class labels.
         model_: the fitted :class:`softmargin.train.TrainedModel`.
