@@ -179,6 +179,17 @@ def test_two_gloo_processes_match_one_on_yeast(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_diverged_run_stops_every_process(tmp_path):
+    """The divergence check (no epoch beats the untrained network) is decided once for all ranks: each data-parallel
+    rank's training loss is its own part's, and a rank that stopped alone would leave the others waiting."""
+    argv = ["train", "--epochs", "5", "--lr", "100", "--ensemble", "1", "--quiet", "--threads", "1", "--out", "runs"]
+    two = _torchrun(2, argv, tmp_path)
+    assert two.returncode != 0
+    assert two.stderr.count("no epoch improved on the untrained network's loss") == 2, two.stderr[-3000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
 def test_two_processes_split_the_labels_of_a_fused_head(tmp_path):
     """From 512 labels the head is fused; under torchrun each process holds half of the output layer and sees the
     whole batch (label-parallel), initialised as one process would, so the result matches one process closely

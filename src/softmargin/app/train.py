@@ -978,7 +978,12 @@ def _fit_one(
     # loss is the validation rows', in expectation). Keeping the best epoch would save a model worse than no training,
     # silently. Only the validation loss not improving (the training loss did: on data with nothing to learn, or very
     # few validation rows) keeps the best epoch, as early stopping always has.
-    if X_valid is not None and best[0] >= untrained - 1e-6 and min(h["train_loss"] for h in history) >= untrained:
+    diverged = X_valid is not None and best[0] >= untrained - 1e-6 and min(h["train_loss"] for h in history) >= untrained
+    if dist.world > 1:  # one decision on every rank (each data-parallel rank's training loss is its own part's)
+        flag = torch.tensor([float(diverged)], device=device)  # on the device: NCCL reduces CUDA tensors only
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=dist.group)
+        diverged = bool(flag.item())
+    if diverged:
         raise TrainingError(f"seed {seed}: no epoch improved on the untrained network's loss {untrained:.4g} (validation "
                             f"rows; the best epoch, {best[1]}, had {best[0]:.4g} there): training diverged, and nothing was "
                             f"saved; {_divergence_advice(config)}, or train longer (--epochs {config.epochs})")  # fmt: skip
