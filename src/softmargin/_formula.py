@@ -77,8 +77,13 @@ def element_loss_and_grad(x: Any, y: Any, xp: Any, *, need_grad: bool = True) ->
 
 
 def _times(a: Any, b: Any, xp: Any) -> Any:
-    """a * b with 0 * inf taken as 0: the limit wherever a vanishes as b diverges (a right prediction at infinity)."""
-    return xp.where(a == 0, 0.0, a * b)
+    """a * b with 0 * inf taken as 0: the limit wherever a vanishes as b diverges (a right prediction at infinity).
+
+    ``b`` is also replaced by 0 where ``a == 0`` before the product (the "double where"): the values are the same
+    bits, but reverse-mode autodiff differentiates the unselected product too, and there ``d(a * b)/da = b = inf``
+    times a zero cotangent gave NaN (grad of grad at infinite logits with pos_weight, focusing or clip)."""
+    vanishes = a == 0
+    return xp.where(vanishes, 0.0, a * xp.where(vanishes, 0.0, b))
 
 
 def element_loss_and_grad_options(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+
+import numpy as np
 
 from . import _validation as V
 
@@ -55,6 +58,15 @@ def resolve(
 ) -> LossOptions:
     """One :class:`LossOptions` from an ``options=`` argument or the four keyword arguments (not both)."""
     keywords = (label_smoothing, gamma_pos, gamma_neg, clip)
+    for name, value in zip(("label_smoothing", "gamma_pos", "gamma_neg", "clip"), keywords):
+        # an array, or a JAX tracer (an option passed through jax.jit or jax.vmap): refused here, before a comparison
+        # would ask it for a bool (JAX's TracerBoolConversionError, naming nothing)
+        if hasattr(value, "shape") and not isinstance(value, (numbers.Real, np.generic, np.ndarray)):
+            raise TypeError(
+                f"{name} is a {type(value).__name__} of shape {tuple(value.shape)}: expected a static Python float "
+                "(an option decides which formula is computed: under jax.jit mark it static with static_argnums or "
+                "static_argnames, and do not vmap over it)"
+            )
     if options is None:
         return PLAIN if keywords == (0.0, 0.0, 0.0, 0.0) else LossOptions(*keywords)
     if not isinstance(options, LossOptions):

@@ -107,7 +107,10 @@ class MultiLabelSoftMarginLoss(keras.losses.Loss):
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Per-sample losses, shape ``y_pred.shape[:-1]``."""
-        as_tensor = lambda v: None if v is None else keras.ops.convert_to_tensor(v, dtype=y_pred.dtype)
+        # the weights in float32 (float64 for float64 logits), never narrowed to a half-precision y_pred: the
+        # backends compute half precision in float32, and a weight of 1e5 (inf in float16) or 1e-8 (0) stays as given
+        wide = "float64" if keras.backend.standardize_dtype(y_pred.dtype) == "float64" else "float32"
+        as_tensor = lambda v: None if v is None else keras.ops.convert_to_tensor(v, dtype=wide)
         weight, pos_weight = as_tensor(self.weight), as_tensor(self.pos_weight)
         if keras.backend.backend() == "jax":
             from .jax import multilabel_soft_margin_loss

@@ -252,9 +252,21 @@ def _native(
 ) -> tuple[NDArray[np.float64], NDArray[Any] | None, Any, float, bool]:
     """The fused kernel: (row sums, gradient or None, divisor, rows in the mean, whether a target was out of range).
     The gradient goes into ``grad_out`` (checked: (N, C), C-contiguous, the input's dtype) where given."""
-    divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
-    k, ytype = _kernel_rows(rows, plain)
+    weight, row_weight = _compact(rows.weight, per_row=True)
+    mask, row_mask = _compact(rows.mask, per_row=True)
+    pos_weight, _ = _compact(rows.pos_weight, per_row=False)
+    # the bookkeeping counts a per-row mask's labels on its broadcast view (no copy)
+    divisor, grad_scale, counted = row_bookkeeping(
+        Rows(rows.x, rows.y, weight, pos_weight, rows.mask if row_mask is not None else mask), reduction, np, _as_float64
+    )  # fmt: skip
+    k, ytype = _kernel_rows(Rows(rows.x, rows.y, weight, pos_weight, mask), plain)
     num_rows, num_classes = k.num_rows, k.num_classes
+    factor = None  # a per-row weight (and mask): the kernel runs unweighted, each row's sum and gradient scaled
+    if row_weight is not None or row_mask is not None:
+        factor = np.ones(num_rows) if row_weight is None else row_weight.astype(np.float64)
+        if row_mask is not None:
+            factor = np.where(row_mask, factor, 0.0)
+        grad_scale = grad_scale * factor
     row_scale = None if isinstance(grad_scale, float) else np.ascontiguousarray(grad_scale, dtype=np.float64)
     row_sums = np.empty(num_rows, dtype=np.float64)
     grad = grad_out if grad_out is not None else np.empty((num_rows, num_classes), k.x.dtype) if need_grad else None
@@ -272,7 +284,54 @@ def _native(
         None if sparse is None else (sparse.indptr.ctypes.data, sparse.indices.ctypes.data,
                                      None if sparse.values is None else sparse.values.ctypes.data),
     )  # fmt: skip
+    if factor is not None:  # a zero weight (or a missing label) removes the row's elements, even where inf or NaN
+        with np.errstate(invalid="ignore", over="ignore"):
+            row_sums = np.where(factor == 0, 0.0, row_sums * factor)
     return row_sums, grad, divisor, counted, out_of_range
+
+
+def _compact(a: NDArray[Any] | None, per_row: bool) -> tuple[NDArray[Any] | None, NDArray[Any] | None]:
+    """An (N, C) operand the kernel reads without making it dense: (operand, None), the operand a (1, C) row where
+    it is one row broadcast (a (C,) weight through ``np.broadcast_to``: row stride 0); or, with ``per_row``,
+    (None, its (N,) column) where it is one value per row broadcast over the labels (an (N, 1) weight or mask: label
+    stride 0), for the caller to fold into each row's scale. The kernel takes row steps 0 or C only, so either
+    would otherwise be copied whole (a logits-sized weight, or N x C mask bytes)."""
+    if a is None or a.shape[0] == 1:
+        return a, None
+    if a.strides[0] == 0:
+        return a[:1], None
+    if per_row and a.shape[1] > 1 and a.strides[1] == 0:
+        return None, a[:, 0]
+    return a, None
+
+
+def _redo_overflowed_rows(rows: Rows, options: Options, row_sums: NDArray[np.float64]) -> None:
+    """Recompute in float64 (the chunked path) the loss of the rows whose kernel sum is inf, in place.
+
+    For float16/float32 input the kernel forms each element's loss in float32 and accumulates ``w * l`` in float64,
+    so a weight cannot overflow it; but ``pos_weight`` multiplies inside the element (``y * pw * softplus(-x)``), and
+    that product can exceed float32 where the sample's loss does not (``x = -3e38, y = 1, pw = 10, C = 100``: 3e37).
+    Only rows whose sum came out inf are redone (at an infinite logit the loss may really be inf: redoing finds the
+    same), in runs of consecutive rows; the gradient, ``w * scale * pw * (p - 1)`` with no such product, stays."""
+    bad = np.flatnonzero(np.isinf(row_sums))
+    if bad.size == 0:
+        return
+    runs = np.split(bad, np.flatnonzero(np.diff(bad) != 1) + 1)  # consecutive rows: one chunked call each
+
+    def part(a: Any, start: int, stop: int) -> Any:
+        return a if a is None or a.shape[0] == 1 else a[start:stop]
+
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for run in runs:
+            start, stop = int(run[0]), int(run[-1]) + 1
+            sub = Rows(
+                rows.x[start:stop], rows.y[start:stop], part(rows.weight, start, stop),
+                part(rows.pos_weight, start, stop), part(rows.mask, start, stop),
+            )  # fmt: skip
+            loss_rows(
+                sub, options, 1.0, False, xp=np, compute=_as_float64, row_sum=lambda a: a.sum(axis=1),
+                row_sums_out=row_sums[start:stop], grad_out=None, chunk_elements=CHUNK_ELEMENTS,
+            )  # fmt: skip
 
 
 def _compute(
@@ -288,6 +347,8 @@ def _compute(
         row_sums, grad, divisor, counted, out_of_range = _native(rows, reduction, options, need_grad, plain, grad_rows)
         if out_of_range and kernel_checks:
             V.check_target_values(rows.y)  # raises, naming the first bad value
+        if rows.pos_weight is not None and rows.x.dtype != np.float64:
+            _redo_overflowed_rows(rows, options, row_sums)
     else:
         divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
         row_sums = np.empty(rows.num_rows, dtype=np.float64)

@@ -141,3 +141,51 @@ def test_targets_and_weights_are_checked(backend):
     )
     assert out["scalar"][0] == pytest.approx(out["scalar"][1], rel=1e-6)
     assert out["scalar_config"] == [2.0, 3.0]
+
+
+HALF = textwrap.dedent(
+    """
+    import json
+    import numpy as np, keras
+    from softmargin.keras import MultiLabelSoftMarginLoss as KL
+    Y = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]], np.float32)
+    P = np.array([[0.5, -0.5, 2.0], [6e4, 20.0, 20.0]], np.float32)
+    call = lambda loss: loss(Y, P)
+    if keras.backend.backend() == "jax":
+        import jax
+        call = lambda loss: jax.jit(lambda a, b: loss(a, b))(Y, P)
+    out = {}
+    for name, kwargs in {"big weight": dict(weight=[1e5, 1.0, 1.0]), "tiny weight": dict(weight=[1e-8, 1.0, 1.0]),
+                         "big pos_weight": dict(pos_weight=[1.0, 1e5, 1.0])}.items():
+        loss = KL(dtype="mixed_float16", reduction="none", **kwargs)
+        try:
+            out[name] = [float(v) for v in keras.ops.convert_to_numpy(call(loss))]
+        except Exception as error:
+            out[name] = f"{type(error).__name__}: {error}"
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_weights_are_not_narrowed_to_a_half_precision_loss(backend):
+    """dtype="mixed_float16": weights and pos_weights stay float32 (a 1e5 weight became inf in float16: a silent
+    inf on JAX, an error naming a weight the user never passed on torch; 1e-8 became 0), and the per-sample losses
+    are the float64 definition's, rounded to float16 (the second sample's loss with weight 1e5 is 2e9: inf there;
+    with 1e-8 it is 2e-4, all from the tiny weight)."""
+    import numpy as np
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", HALF], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    y = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    x = np.array([[0.5, -0.5, 2.0], [6e4, 20.0, 20.0]])
+    for name, w, pw in [("big weight", [1e5, 1, 1], 1.0), ("tiny weight", [1e-8, 1, 1], 1.0), ("big pos_weight", 1.0, [1, 1e5, 1])]:
+        expected = (np.asarray(w) * (np.asarray(pw) * y * np.logaddexp(0, -x) + (1 - y) * np.logaddexp(0, x))).mean(1)
+        assert isinstance(out[name], list), (name, out[name])
+        with np.errstate(over="ignore"):  # 2e9 is inf in float16
+            expected = expected.astype(np.float16)
+        np.testing.assert_allclose(out[name], expected, rtol=1e-3, err_msg=name)

@@ -123,3 +123,25 @@ def test_first_order_gradients_stay_with_the_callback(jit, rng, monkeypatch):
     assert len(calls) == 2  # the step's, then the expected values'
     assert_close(loss, expected[0], RTOL["float64"], "loss")
     assert_close(grad, expected[1], RTOL["float64"], "grad")
+
+
+@pytest.mark.parametrize("impl", ["xla", "callback"])
+@pytest.mark.parametrize(
+    "options",
+    [{"pos_weight": jnp.asarray([2.0, 0.5, 3.0, 1.0])}, {"gamma_pos": 2.0, "gamma_neg": 2.0}, {"clip": 0.05},
+     {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05, "label_smoothing": 0.1}],
+)  # fmt: skip
+def test_grad_of_grad_at_infinite_logits(options, impl):
+    """Reverse over reverse at +-inf (right and wrong predictions): the Hessian is diagonal, so grad of the summed
+    gradient is its diagonal: 0 at the infinite logits (sigmoid' vanishes there; the unselected branch of the
+    0 * inf guard used to give 0 * inf = NaN), central differences of the gradient at the finite ones."""
+    x = jnp.asarray([[np.inf, 0.5, -np.inf, 2.0], [-np.inf, -1.0, np.inf, 0.0]])
+    y = jnp.asarray([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.3]])
+    f = lambda x: multilabel_soft_margin_loss(x, y, impl=impl, validate=False, **options)
+    diagonal = np.asarray(jax.grad(lambda x: jax.grad(f)(x).sum())(x))
+    finite = np.isfinite(np.asarray(x))
+    assert (diagonal[~finite] == 0).all(), diagonal
+    step, gradient = 1e-5, jax.grad(f)
+    for index in zip(*np.nonzero(finite)):
+        fd = (gradient(x.at[index].add(step))[index] - gradient(x.at[index].add(-step))[index]) / (2 * step)
+        assert_close(diagonal[index], fd, 1e-6, f"{options} {index}")

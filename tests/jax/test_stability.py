@@ -100,3 +100,44 @@ def test_a_dropped_nan_logit(impl, dropped, reduction):
     for name, ours, theirs in zip(("target", "pos_weight"), grads[1:], expected[1:]):
         assert np.all(np.isfinite(np.asarray(ours))), name
         assert_close(ours, theirs, 1e-15, name)
+
+
+def _float64_loss_and_grad(x, y, w, pw):
+    """The definition in float64 (mean over C and N), and its gradient w * (pw * y * (p - 1) + (1 - y) * p) / (C N)."""
+    x, y, w, pw = (np.asarray(a, np.float64) for a in (x, y, w, pw))
+    element = pw * y * np.logaddexp(0, -x) + (1 - y) * np.logaddexp(0, x)
+    p = 1 / (1 + np.exp(-x))
+    return (w * element).mean(-1).mean(), w * (pw * y * (p - 1) + (1 - y) * p) / x.size
+
+
+@pytest.mark.parametrize("impl", ["xla", "callback"])
+@pytest.mark.parametrize("case", ["float32 weight", "no weight", "float64 weight", "float64 pos_weight"])
+def test_weighted_loss_beyond_float32_is_finite(impl, case):
+    """float32 logits: the weighted element loss (or the row sum) beyond float32's range where the mean over the
+    labels is within it (XLA formed sum_c(l * w) in float32 before dividing by C: inf); a float64 weight (x64)
+    beyond float32's range, which XLA narrowed to inf, is used as given, as the NumPy backend does."""
+    x, y = np.zeros((2, 100), np.float32), np.zeros((2, 100), np.float32)
+    w, pw = np.ones(100, np.float32), np.ones(100, np.float32)
+    if case == "float32 weight":
+        x[0, 0], w[:] = 3e38, 10.0
+    elif case == "no weight":
+        x[0, :2] = 3e38
+    elif case == "float64 weight":
+        w = w.astype(np.float64)
+        w[0] = 1e39
+    else:
+        y[:, 0], pw = 1.0, pw.astype(np.float64)
+        pw[0] = 1e39
+    expected_loss, expected_grad = _float64_loss_and_grad(x, y, w, pw)
+    kwargs = {} if case == "no weight" else {"weight": jnp.asarray(w)}
+    if case == "float64 pos_weight":
+        kwargs["pos_weight"] = jnp.asarray(pw)
+    loss, grad = jax.value_and_grad(lambda x: multilabel_soft_margin_loss(x, jnp.asarray(y), impl=impl, **kwargs))(jnp.asarray(x))
+    assert loss.dtype == grad.dtype == jnp.float32
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
+    assert_close(float(loss), expected_loss, 1e-6, "loss")
+    np.testing.assert_allclose(np.asarray(grad, np.float64), expected_grad, rtol=2e-6)
+    if case.startswith("float64"):  # and the weight's cotangent, in the weight's dtype
+        name = "pos_weight" if case == "float64 pos_weight" else "weight"
+        other = jax.grad(lambda v: multilabel_soft_margin_loss(jnp.asarray(x), jnp.asarray(y), impl=impl, **{**kwargs, name: v}))(kwargs[name])
+        assert other.dtype == jnp.float64 and np.all(np.isfinite(np.asarray(other)))

@@ -80,6 +80,64 @@ def test_shard_map_and_pmap_over_two_cpu_devices():
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
 
 
+@pytest.mark.slow
+def test_shard_map_gradients_of_replicated_operands_equal_the_unsharded_ones():
+    """Rows split over two (virtual CPU) devices, weight, pos_weight and mask replicated (``P()``): the gradients
+    with respect to all four floating operands are the unsharded loss's, under jit and without it (a custom_vjp with
+    symbolic zeros is not implemented under an un-jitted shard_map); impl="callback" is refused there (its results
+    carry no mesh axes: the target's gradient came out twice the reference)."""
+    code = textwrap.dedent(
+        """
+        import numpy as np, jax, jax.numpy as jnp
+        from jax.sharding import Mesh, PartitionSpec as P
+        from softmargin.jax import multilabel_soft_margin_loss as L
+        assert len(jax.devices()) == 2
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((8, 6)), jnp.float32)
+        y = jnp.asarray(rng.random((8, 6)), jnp.float32)
+        w, pw = jnp.asarray(rng.random(6) + 0.5, jnp.float32), jnp.asarray(rng.random(6) + 0.5, jnp.float32)
+        m = jnp.asarray([True, True, False, True, True, True])
+        mesh = Mesh(np.array(jax.devices()), ("b",))
+        specs = (P("b"), P("b"), P(), P(), P())
+        for impl in ("auto", "xla"):
+            for options in ({}, {"gamma_neg": 2.0, "label_smoothing": 0.1}):
+                kw = dict(reduction="sum", validate=False, impl=impl, **options)
+                local = lambda x, y, w, pw, m: jax.lax.psum(L(x, y, w, pos_weight=pw, mask=m, **kw), "b")
+                sharded = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())
+                whole = lambda x, y, w, pw, m: L(x, y, w, pos_weight=pw, mask=m, **kw)
+                ref = jax.value_and_grad(whole, argnums=(0, 1, 2, 3))(x, y, w, pw, m)
+                for name, f in (("jit", jax.jit(sharded)), ("eager", sharded)):
+                    got = jax.value_and_grad(f, argnums=(0, 1, 2, 3))(x, y, w, pw, m)
+                    assert np.allclose(got[0], ref[0], rtol=1e-5), (impl, name, got[0], ref[0])
+                    for i, (a, b) in enumerate(zip(got[1], ref[1])):
+                        assert a.shape == b.shape and np.allclose(a, b, rtol=1e-5, atol=1e-7), (impl, name, i, a, b)
+                    assert np.allclose(f(x, y, w, pw, m), ref[0], rtol=1e-5), (impl, name)
+        local = lambda x, y: jax.lax.psum(L(x, y, reduction="sum", validate=False, impl="callback"), "b")
+        try:
+            jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("b"), P("b")), out_specs=P()))(x, y)
+        except ValueError as error:
+            assert "impl='callback' cannot run inside shard_map" in str(error), error
+        else:
+            raise AssertionError("impl='callback' was accepted inside shard_map")
+        print("ok")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_callback_is_refused_inside_shard_map():
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("b",))
+    local = lambda x, y: jax.lax.psum(multilabel_soft_margin_loss(x, y, reduction="sum", validate=False, impl="callback"), "b")
+    f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("b"), P("b")), out_specs=P()))
+    with pytest.raises(ValueError, match=r"impl='callback' cannot run inside shard_map \(the operands vary over mesh axes \['b'\]\).*expected impl='xla' or impl='auto'"):
+        f(jnp.zeros((4, 3)), jnp.zeros((4, 3)))
+
+
 def test_checkify_reports_a_bad_target_under_jit():
     x = jnp.zeros((2, 3))
     f = jax.jit(lambda x, y: multilabel_soft_margin_loss(x, y))
@@ -177,3 +235,18 @@ def test_type_errors_name_the_argument():
         multilabel_soft_margin_loss("logits", jnp.zeros(3))
     with pytest.raises(ValueError, match="impl='triton' is not valid"):
         multilabel_soft_margin_loss(jnp.zeros(3), jnp.zeros(3), impl="triton")
+
+
+def test_a_traced_option_is_a_type_error_naming_it():
+    """An option passed through jit or vmap is a tracer: JAX's TracerBoolConversionError named nothing."""
+    x, y = jnp.zeros((2, 3)), jnp.zeros((2, 3))
+    expected = r"expected a static Python float \(an option decides which formula is computed: under jax.jit mark it static"
+    with pytest.raises(TypeError, match=r"label_smoothing is a \w+ of shape \(\): " + expected):
+        jax.jit(lambda x, eps: multilabel_soft_margin_loss(x, y, label_smoothing=eps, validate=False))(x, 0.1)
+    with pytest.raises(TypeError, match=r"gamma_neg is a \w+ of shape \(\): " + expected):
+        jax.vmap(lambda g: multilabel_soft_margin_loss(x, y, gamma_neg=g, validate=False))(jnp.asarray([1.0, 2.0]))
+    static = jax.jit(lambda x, eps: multilabel_soft_margin_loss(x, y, label_smoothing=eps, validate=False), static_argnums=1)
+    eager = multilabel_soft_margin_loss(x, y, label_smoothing=0.1)
+    assert_close(static(x, 0.1), eager, RTOL["float32"])
+    # and the float64 definition: x = 0 gives log 2 whatever the smoothed target
+    assert_close(eager, np.log(2), RTOL["float32"])

@@ -253,3 +253,91 @@ def test_a_float64_weight_beyond_float32_is_not_rounded_by_the_kernel(monkeypatc
     (native_loss, native_grad), (chunked_loss, chunked_grad) = _both(monkeypatch, x, y, reduction="sum", **{name: weights})
     assert native_loss == chunked_loss and np.array_equal(native_grad, chunked_grad)
     assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("options", [{}, {"gamma_pos": 1.0, "gamma_neg": 2.0}, {"mask": "full"}, {"weight": 2.0}])
+def test_pos_weight_times_the_positive_term_beyond_float32(options):
+    """The kernel forms y * pw * softplus(-x) in float32: beyond float32's range (x = -3e38, pw = 10) it was inf where
+    the sample's loss, a mean over the labels, is not (3e37); the rows it overflows are redone in float64. Rows with
+    an infinite logit keep their true inf, the gradient is finite, and the other rows are untouched."""
+    xmin, pw_value = -3e38, 10.0
+    x = np.zeros((4, 100), np.float32)
+    y = np.zeros((4, 100), np.float32)
+    x[1, 0], x[3, 0], x[2, 5] = xmin, xmin, -np.inf
+    y[1, 0], y[3, 0], y[2, 5] = 1.0, 1.0, 1.0
+    pw = np.full(100, pw_value, np.float32)
+    kwargs = {k: v for k, v in options.items() if k not in ("mask", "weight")}
+    mask = np.ones((4, 100), bool)
+    if "mask" in options:
+        mask[1, 50:] = False
+        kwargs["mask"] = mask
+    weight = options.get("weight", 1.0)
+    if "weight" in options:
+        kwargs["weight"] = np.full(100, weight, np.float32)
+    loss, grad = snp.multilabel_soft_margin_loss_and_grad(x, y, reduction="none", pos_weight=pw, **kwargs)
+    # the float64 reference, per element; with focusing (1 - p)^g+ = 1 at x -> -inf and p^g- = 2^-g- at x = 0
+    x64 = x.astype(np.float64)
+    gp, gn = options.get("gamma_pos", 0.0), options.get("gamma_neg", 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = 1 / (1 + np.exp(-x64))
+        element = np.where(y == 1, pw * (1 - p) ** gp * np.logaddexp(0, -x64), p**gn * np.logaddexp(0, x64))
+    expected = (weight * element * mask).sum(1) / mask.sum(1)
+    assert np.isinf(loss[2]) and np.all(np.isfinite(loss[[0, 1, 3]])), loss
+    assert_close(loss[[0, 1, 3]], expected[[0, 1, 3]], 1e-6, "loss")
+    assert np.all(np.isfinite(grad))
+
+
+PER_ROW = {
+    "(N, 1) weight": lambda n, c, r: dict(weight=(r.random((n, 1)) + 0.5).astype(np.float32)),
+    "(N, 1) weight with zeros": lambda n, c, r: dict(weight=np.where(np.arange(n)[:, None] % 3 == 0, 0.0, r.random((n, 1))).astype(np.float32)),
+    "broadcast (C,) weight": lambda n, c, r: dict(weight=np.broadcast_to((r.random(c) + 0.5).astype(np.float32), (n, c))),
+    "(N, 1) mask": lambda n, c, r: dict(mask=r.random((n, 1)) < 0.6),
+    "(N, 1) mask, (N, 1) weight, options": lambda n, c, r: dict(
+        mask=r.random((n, 1)) < 0.6, weight=(r.random((n, 1)) + 0.5).astype(np.float32), gamma_neg=2.0,
+        pos_weight=np.float32(3.0), label_smoothing=0.1),
+    "broadcast (C,) mask": lambda n, c, r: dict(mask=np.broadcast_to(r.random(c) < 0.6, (n, c))),
+}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("case", list(PER_ROW))
+def test_per_row_and_broadcast_operands_are_not_made_dense(monkeypatch, case, reduction):
+    """An (N, 1) weight or mask, or a (C,) one broadcast to (N, C): the kernel takes row steps 0 or C only, and such
+    an operand was copied dense (a logits-sized weight); now a per-row one scales each row's sum and gradient and a
+    broadcast row is read as one row. The same values as the chunked NumPy code and the float64 reference (an
+    infinite logit in a zero-weight or masked-out row adds nothing), and no temporary beyond the gradient."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n, c = 64, 3000
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    y = (rng.random((n, c)) < 0.2).astype(np.float32)
+    kwargs = PER_ROW[case](n, c, rng)
+    # an infinite logit where the weight is 0 or the label is missing
+    if case == "broadcast (C,) mask":
+        x[0, int(np.flatnonzero(~kwargs["mask"][0])[0])] = np.inf
+    elif "mask" in kwargs:
+        kwargs["mask"][0] = False
+        x[0, 7] = np.inf
+    elif "zeros" in case:
+        x[0, 7] = np.inf
+    (loss, grad), (chunked_loss, chunked_grad) = _both(monkeypatch, x, y, reduction=reduction, **kwargs)
+    assert_close(loss, chunked_loss, 1e-6, "loss")
+    assert_close(np.where(np.isfinite(grad), grad, 0), np.where(np.isfinite(chunked_grad), chunked_grad, 0), 1e-6, "grad")
+    assert np.array_equal(np.isnan(grad), np.isnan(chunked_grad))
+    plain = {k: v for k, v in kwargs.items() if k in ("weight", "mask")}
+    if len(plain) == len(kwargs):  # the float64 definition
+        w = np.broadcast_to(np.asarray(plain.get("weight", 1.0), np.float64), (n, c))
+        m = np.broadcast_to(np.asarray(plain.get("mask", True)), (n, c))
+        with np.errstate(invalid="ignore"):
+            element = np.where(m & (w != 0), w * (np.logaddexp(0, x.astype(np.float64)) - y * x), 0.0)
+        per_sample = np.where(m.sum(1) > 0, element.sum(1) / np.maximum(m.sum(1), 1), 0.0)
+        expected = per_sample if reduction == "none" else per_sample.sum() / max((m.sum(1) > 0).sum(), 1)
+        assert_close(loss, expected, 1e-6, "reference")
+    tracemalloc.start()
+    try:
+        snp.multilabel_soft_margin_loss(x, y, reduction=reduction, **kwargs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < x.nbytes / 8, f"{peak / x.nbytes:.2f}x the logits for the loss alone"

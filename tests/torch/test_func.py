@@ -156,3 +156,26 @@ def test_second_derivatives_at_zero_and_infinite_logits(options):
     h = hessian(f)(big).reshape(x.numel(), x.numel())
     assert bool(h.isfinite().all())
     assert h[2, 2] == 0 and h[8, 8] == 0  # sigmoid'(+-inf) = 0
+
+
+@pytest.mark.parametrize("options", [dict(pos_weight=torch.tensor([2.0, 0.5, 3.0, 1.0], dtype=torch.float64)),
+                                     dict(gamma_pos=2.0, gamma_neg=2.0), dict(clip=0.05),
+                                     dict(gamma_pos=1.0, gamma_neg=4.0, clip=0.05, label_smoothing=0.1)])
+def test_double_backward_at_infinite_logits(options):
+    """autograd.grad(create_graph=True) twice at +-inf: 0 at the infinite logits (sigmoid' vanishes; the
+    unselected branch of the formula's 0 * inf guard gave 0 * inf = NaN), central differences of the gradient at
+    the finite ones (the Hessian is diagonal, so the gradient of the summed gradient is its diagonal)."""
+    inf = float("inf")
+    x = torch.tensor([[inf, 0.5, -inf, 2.0], [-inf, -1.0, inf, 0.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.3]], dtype=torch.float64)
+    (g,) = torch.autograd.grad(st.multilabel_soft_margin_loss(x, y, **options), x, create_graph=True)
+    (diagonal,) = torch.autograd.grad(g.sum(), x)
+    finite = x.detach().isfinite()
+    assert bool((diagonal[~finite] == 0).all()), diagonal
+    gradient = grad(lambda a: st.multilabel_soft_margin_loss(a, y, **options))
+    step = 1e-5
+    for i, j in finite.nonzero().tolist():
+        e = torch.zeros_like(x.detach())
+        e[i, j] = step
+        fd = (gradient(x.detach() + e)[i, j] - gradient(x.detach() - e)[i, j]) / (2 * step)
+        torch.testing.assert_close(diagonal[i, j], fd, rtol=1e-6, atol=1e-10)

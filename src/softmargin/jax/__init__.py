@@ -203,28 +203,31 @@ def multilabel_soft_margin_loss(
     V.check_input_kind("input", _kind(x.dtype), x.dtype)
     V.check_input_ndim(x.shape)
     shape = tuple(int(s) for s in x.shape)
-    resolved_impl = _ops.resolve_impl(impl, x)
     y: Any
-    report_target = False
     if _is_sparse(target):
         y = _sparse_rows(target, shape, validate)
     else:
         y = _as_array("target", target)
         V.check_target_kind(_kind(y.dtype), y.dtype)
         V.check_same_shape("target", y.shape, shape)
-        # a traced target going to the callback: the kernel checks its range as it reads it (no extra pass)
-        report_target = validate and y.size > 0 and _traced(y) and resolved_impl == "callback"
-        if validate and y.size and not report_target:
-            _check_range("target", y, "[0, 1]", lambda a: (a >= 0) & (a <= 1))
     w = _operand("weight", weight, shape)
     pw = _operand("pos_weight", pos_weight, shape)
     m = _operand("mask", mask, shape)
+    axes = _ops.varying_axes(x, y, w, pw, m)  # inside shard_map: the mesh axes the operands vary over
+    resolved_impl = _ops.resolve_impl(impl, x, axes)
+    dense = not isinstance(y, SparseRows)
+    # a traced target going to the callback: the kernel checks its range as it reads it (no extra pass)
+    report_target = dense and validate and y.size > 0 and _traced(y) and resolved_impl == "callback"
+    if dense and validate and y.size and not report_target:
+        _check_range("target", y, "[0, 1]", lambda a: (a >= 0) & (a <= 1))
     if validate:
         finite = lambda a: jnp.isfinite(a)
         if w is not None and w.size:
             _check_range("weight", w, "the finite range [0, inf)", lambda a: finite(a) & (a >= 0))
         if pw is not None and pw.size:
             _check_range("pos_weight", pw, "the finite range (0, inf)", lambda a: finite(a) & (a > 0))
+    # a replicated weight (or target) in shard_map: cast to vary like the rest, so its cotangent is psum'ed
+    x, y, w, pw, m = _ops.match_varying(axes, x, y, w, pw, m)
     config = _ops.Config(reduction, resolved, resolved_impl, report_target)
     result: jax.Array = _ops.loss(config, x, y, w, pw, m)
     if report_target:

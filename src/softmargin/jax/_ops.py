@@ -80,28 +80,61 @@ def numpy_backend_is_fused() -> bool:
     return cpu is not None and cpu.kernel() is not None
 
 
-def _varying(x: Any) -> bool:
-    """Whether ``x`` varies over a mesh axis of an enclosing ``shard_map`` (its type's varying manual axes:
-    ``manual_axis_type.varying`` in JAX 0.10, ``vma`` in earlier releases)."""
-    try:
-        aval = jax.typeof(x)
-    except (AttributeError, TypeError):
-        return False
-    manual = getattr(aval, "manual_axis_type", None)
-    return bool(getattr(manual, "varying", ()) or getattr(aval, "vma", ()))
+def varying_axes(*operands: Any) -> frozenset[str]:
+    """The mesh axes of an enclosing ``shard_map`` over which any of ``operands`` (arrays, pytrees, None) varies:
+    their types' varying manual axes (``manual_axis_type.varying`` in JAX 0.10, ``vma`` in earlier releases);
+    empty outside ``shard_map``."""
+    axes: set[str] = set()
+    for leaf in jax.tree_util.tree_leaves(operands):
+        try:
+            aval = jax.typeof(leaf)
+        except (AttributeError, TypeError):
+            continue
+        manual = getattr(aval, "manual_axis_type", None)
+        axes.update(getattr(manual, "varying", ()) or getattr(aval, "vma", ()) or ())
+    return frozenset(axes)
 
 
-def resolve_impl(impl: str, x: Any) -> str:
+def match_varying(axes: frozenset[str], *operands: Any) -> tuple[Any, ...]:
+    """Each operand made to vary over ``axes`` (``lax.pcast(..., to="varying")``) where it does not already.
+
+    Inside ``shard_map`` the custom_vjp's backward pass returns, for a replicated operand (a weight given with
+    ``P()``), a cotangent computed from the shard's rows: it varies over the mesh axis, and JAX refuses it as the
+    cotangent of an operand that does not. Cast first, the operator sees operands of one type, and the transpose of
+    the cast is the ``psum`` over the mesh axis that turns the shards' cotangents into the replicated operand's."""
+    pcast: Any = getattr(lax, "pcast", None)  # JAX >= 0.8; lax.pvary(a, axes) before (removed in 0.10)
+    if pcast is None and hasattr(lax, "pvary"):
+        pcast = lambda a, missing, to: lax.pvary(a, missing)
+    if not axes or pcast is None:
+        return operands
+
+    def cast(leaf: Any) -> Any:
+        missing = tuple(sorted(axes - varying_axes(leaf)))
+        return pcast(leaf, missing, to="varying") if missing else leaf
+
+    return tuple(jax.tree_util.tree_map(cast, a) for a in operands)
+
+
+def resolve_impl(impl: str, x: Any, axes: frozenset[str] = frozenset()) -> str:
     """``"auto"``: the callback on the CPU for the dtypes the NumPy backend's fused kernel takes (float16, float32,
     float64), where that kernel is there, from :data:`CALLBACK_MIN_ELEMENTS` logits; XLA otherwise (on accelerators
     it is the one that stays on the device; bfloat16 would cost the callback two conversions; small calls are
-    faster without a trip to the host). ``softmargin bench --backend jax`` times both."""
+    faster without a trip to the host). ``softmargin bench --backend jax`` times both.
+
+    ``axes`` are the mesh axes the operands vary over (:func:`varying_axes`; inside ``shard_map``): a host
+    callback's results carry no per-device axes, so its loss would be typed as replicated and its gradients come
+    out wrong (the target's ``mesh size`` times too big, the input's refused by JAX). ``"auto"`` takes XLA there,
+    whose own operations keep the axes, and an explicit ``"callback"`` is refused."""
+    if impl == "callback" and axes:
+        raise ValueError(
+            f"impl='callback' cannot run inside shard_map (the operands vary over mesh axes {sorted(axes)}): a host "
+            "callback's results carry no per-device axes, so its gradients would be wrong; expected impl='xla' or "
+            "impl='auto' (which takes XLA there)"
+        )
     if impl != "auto":
         return impl
-    if math.prod(x.shape) < CALLBACK_MIN_ELEMENTS:
+    if math.prod(x.shape) < CALLBACK_MIN_ELEMENTS or axes:
         return "xla"
-    if _varying(x):  # inside shard_map: a host callback's results carry no per-device axes, so its VJP cannot
-        return "xla"  # match the input's type; XLA's own operations keep them
     fused_cpu = jax.default_backend() == "cpu" and np.dtype(x.dtype).name in ("float16", "float32", "float64")
     return "callback" if fused_cpu and numpy_backend_is_fused() else "xla"
 
@@ -131,6 +164,15 @@ def _weights(w: Any, m: Any, shape: tuple[int, ...], cdt: Any) -> Any:
         mf = jnp.broadcast_to(m, shape).astype(cdt)
         return mf if w is None else mf * w.astype(cdt)
     return None if w is None else jnp.broadcast_to(w.astype(cdt), shape)
+
+
+def weight_dtype(cdt: Any, w: Any, pw: Any) -> Any:
+    """The dtype the weights multiply in: the compute dtype, or float64 for a float64 ``weight`` or ``pos_weight``
+    (under ``jax_enable_x64``) with float16/bfloat16/float32 logits. Such a weight beyond float32's range (1e39)
+    became inf when narrowed; as in the NumPy and torch backends it is used as given, and the weighted terms, row
+    sums and gradient are float64 until the result is cast to the input's dtype."""
+    wide = any(a is not None and a.dtype == jnp.float64 for a in (w, pw))
+    return jnp.float64 if wide else cdt
 
 
 def bookkeeping(m: Any, shape: tuple[int, ...], reduction: str, cdt: Any) -> tuple[Any, Any, Any]:
@@ -186,9 +228,10 @@ def xla_forward(
     """The loss (reduced, in ``x.dtype``) and the gradient of the reduced loss (``x.dtype``; for "none" of the sum
     of the per-sample losses), or None, from XLA-fused jax.numpy operations."""
     shape, options, cdt = tuple(x.shape), config.options, compute_dtype(x.dtype)
-    pwc = None if pw is None else jnp.broadcast_to(pw.astype(cdt), shape)
-    weight = _weights(w, m, shape, cdt)
-    divisor, scale, counted = bookkeeping(m, shape, config.reduction, cdt)
+    wdt = weight_dtype(cdt, w, pw)
+    pwc = None if pw is None else jnp.broadcast_to(pw.astype(wdt), shape)
+    weight = _weights(w, m, shape, wdt)
+    divisor, scale, counted = bookkeeping(m, shape, config.reduction, wdt)
     if isinstance(y, SparseRows):
         loss, grad = _sparse_element(x, y, pwc, options, need_grad, shape, cdt)
     elif need_grad and jax.default_backend() == "cpu":
@@ -200,14 +243,17 @@ def xla_forward(
         _, grad = _element(xb.astype(cdt), _smooth(yb.astype(cdt), options), pwb, options, True)
     else:
         loss, grad = _element(x.astype(cdt), _smooth(y.astype(cdt), options), pwc, options, need_grad)
+    # each element is divided by its sample's divisor (C, or its observed labels) before the weight multiplies it
+    # and the row sums it: sum_c(l * w) / C overflows float32 where the sample's loss does not (x = 3e38, w = 10,
+    # C = 100: the loss is 3e37), and so does sum_c(l) / C of two logits near float32's largest
+    inverse = 1 / divisor if m is None else jnp.where(divisor > 0, 1 / jnp.where(divisor > 0, divisor, 1), 0)
+    loss = loss * (inverse[..., None] if jnp.ndim(inverse) else inverse)
     if weight is not None:
         # a zero weight (or a missing label) removes the element from the loss, even where its loss is inf (0 * inf);
         # the input's gradient is not masked: at a NaN logit it stays NaN, as torch's and the other backends' do
         loss = jnp.where(weight == 0, 0, loss * weight)
         grad = None if grad is None else grad * weight
-    per_sample = loss.sum(-1) / divisor
-    if m is not None:
-        per_sample = jnp.where(divisor > 0, per_sample, 0)
+    per_sample = loss.sum(-1)
     out = _reduce(per_sample, config.reduction, counted, m is not None).astype(x.dtype)
     if grad is not None:
         grad = (grad * (scale[..., None] if jnp.ndim(scale) else scale)).astype(x.dtype)
@@ -368,10 +414,12 @@ def _primal_out(config: Config, loss: Any, flag: Any) -> Any:
 # The custom_vjp
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _loss_op(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
+def _loss_value(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
     loss, _, flag = _forward(config, x, y, w, pw, m, need_grad=False)
     return _primal_out(config, loss, flag)
+
+
+_loss_op = partial(jax.custom_vjp, nondiff_argnums=(0,))(_loss_value)
 
 
 def _fwd(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, Any]:
@@ -433,12 +481,13 @@ def _other_cotangents(
     ``dl/dpw = y * P``; each times the sample's scale and the incoming cotangent."""
     x, y, w, pw, m = kept
     shape, options, cdt = tuple(x.shape), config.options, compute_dtype(x.dtype)
+    wdt = weight_dtype(cdt, w, pw)
     xc = x.astype(cdt)
-    _, scale, _ = bookkeeping(m, shape, config.reduction, cdt)
-    row = g.astype(cdt) * scale
+    _, scale, _ = bookkeeping(m, shape, config.reduction, wdt)
+    row = g.astype(wdt) * scale
     row = row[..., None] if jnp.ndim(row) else row
-    weight = _weights(w, m, shape, cdt)
-    pwc = None if pw is None else jnp.broadcast_to(pw.astype(cdt), shape)
+    weight = _weights(w, m, shape, wdt)
+    pwc = None if pw is None else jnp.broadcast_to(pw.astype(wdt), shape)
     ys = _smooth(y.astype(cdt), options)
     positive, _ = _element(xc, jnp.ones((), cdt), None, options, False)  # P: unit pos_weight
     negative, _ = _element(xc, jnp.zeros((), cdt), None, options, False)
@@ -461,7 +510,31 @@ def _other_cotangents(
 _loss_op.defvjp(_fwd, _bwd, symbolic_zeros=True)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _loss_op_all(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
+    """:func:`_loss_op` without ``symbolic_zeros``, for ``shard_map`` (JAX 0.10 does not implement a custom_vjp with
+    symbolic zeros under an un-jitted ``shard_map``): every floating operand counts as perturbed, so backward makes
+    each cotangent; under ``jit`` the ones nobody uses are dead code, which XLA drops."""
+    return _loss_value(config, x, y, w, pw, m)
+
+
+def _fwd_all(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> tuple[Any, Any]:
+    def primal(a: Any) -> Any:
+        moved = a is not None and not isinstance(a, SparseRows) and jnp.issubdtype(a.dtype, jnp.inexact)
+        return CustomVJPPrimal(a, moved)
+
+    return _fwd(config, *(primal(a) for a in (x, y, w, pw, m)))
+
+
+def _bwd_all(config: Config, residuals: Any, g: Any) -> tuple[Any, ...]:
+    return _bwd(config, residuals, g)
+
+
+_loss_op_all.defvjp(_fwd_all, _bwd_all)
+
+
 def loss(config: Config, x: Any, y: Any, w: Any, pw: Any, m: Any) -> Any:
     """The loss with the fused custom_vjp (see the module docstring); arguments already validated and converted.
     With ``config.report_target``: (loss, int32 flag, 1 where the target has a value outside [0, 1] or NaN)."""
-    return _loss_op(config, x, y, w, pw, m)
+    op = _loss_op_all if varying_axes(x) else _loss_op  # inside shard_map
+    return op(config, x, y, w, pw, m)
