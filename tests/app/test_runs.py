@@ -114,7 +114,7 @@ def test_a_run_no_epoch_of_which_beats_the_untrained_network_saves_nothing(tmp_p
     reference = _untrained_yeast_validation_loss()
     assert 0.68 < reference < 0.71
     argv = ["train", "--data", "yeast", "--ensemble", "1", "--epochs", "5", "--lr", "100", "--quiet", "--out", str(tmp_path / "runs")]
-    err = _one_line_error(argv, capsys, rf"seed 0: no epoch improved on the untrained network's loss {reference:.4g} \(validation "
+    err = _one_line_error(argv, capsys, rf"seed 0: every epoch was worse than the untrained network's loss {reference:.4g} \(validation "
                                         r"rows; the best epoch, \d, had [\d.]+ there\): training diverged, and nothing was "
                                         r"saved; lower --lr \(now 100\).*or train longer \(--epochs 5\)$")  # fmt: skip
     assert "Traceback" not in err
@@ -397,6 +397,44 @@ def test_sigterm_leaves_no_run_folder(tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, err
     assert err.splitlines()[-1] == "softmargin train: terminated (SIGTERM); nothing was written" and "Traceback" not in err
     assert list(out.iterdir()) == []  # no .partial folder, no run folder
+
+
+@pytest.mark.parametrize("out, said", [("-", "the output on standard output is incomplete"), ("p.csv", "nothing was written")])
+@pytest.mark.parametrize("interrupt, how", [("Terminated", "terminated (SIGTERM)"), ("KeyboardInterrupt", "interrupted")])
+def test_an_interrupted_command_says_what_it_left(monkeypatch, capsys, out, said, interrupt, how):
+    """Files are written whole or not at all, but what went to standard output is cut off where it stopped."""
+    from softmargin.app import cli
+
+    def stopped(args):
+        raise getattr(cli, "Terminated", None) if interrupt == "Terminated" else KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_predict", stopped)
+    code = cli.main(["predict", "run", "--data", "d.csv", "--out", out])
+    assert code == (143 if interrupt == "Terminated" else 130)
+    assert capsys.readouterr().err.splitlines()[-1] == f"softmargin predict: {how}; {said}"
+
+
+def test_a_run_whose_loss_did_not_move_keeps_its_model(tmp_path, capsys):
+    """--lr 1e-9: every epoch's validation loss is the untrained network's, to 1e-6. That is no divergence (lowering
+    --lr, the advice for one, would not help): the run is saved, as before the check."""
+    argv = ["train", "--data", "yeast", "--ensemble", "1", "--epochs", "3", "--lr", "1e-9", "--quiet", "--out", str(tmp_path / "runs")]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_a_run_folder_without_config_json_loads_with_a_warning(trained, tmp_path):
+    import shutil
+
+    from softmargin.app.train import TrainConfig, load_model
+
+    _, run = trained
+    moved = Path(shutil.copytree(run, tmp_path / "moved"))
+    (moved / "config.json").unlink()
+    with pytest.warns(UserWarning, match=r"config\.json is missing: the model loads .* \.config reports the defaults"):
+        model = load_model(moved)
+    assert model.config == TrainConfig()
+    np.testing.assert_array_equal(model.thresholds, load_model(run).thresholds)
 
 
 def test_the_sigterm_handler_is_the_commands_only(tmp_path, capsys):

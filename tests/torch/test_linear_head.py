@@ -114,6 +114,8 @@ def test_torch_func_transforms_are_refused_by_name():
     hidden, weight, bias, target = _problem(n=4, h=3, c=5)
     with pytest.raises(RuntimeError, match=r"differentiated by torch.autograd .* not by torch.func transforms"):
         grad(lambda w: st.linear_multilabel_soft_margin_loss(hidden, w, bias, target))(weight)
+    with pytest.raises(RuntimeError, match=r"differentiated by torch.autograd .* not by torch.func transforms"):
+        torch.func.vmap(lambda t: st.linear_multilabel_soft_margin_loss(hidden, weight, bias, t))(torch.stack([target, target]))
 
 
 def test_second_derivatives_are_refused_by_name():

@@ -379,10 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"softmargin {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
+        # files are written whole or not at all; what went to standard output (--out -) is cut off where it stopped
+        written = ("the output on standard output is incomplete" if getattr(args, "out", None) == "-"
+                   else "nothing was written")  # fmt: skip
         if isinstance(exc, Terminated):
-            print(f"softmargin {args.command}: terminated (SIGTERM); nothing was written", file=sys.stderr)
+            print(f"softmargin {args.command}: terminated (SIGTERM); {written}", file=sys.stderr)
             return 128 + int(signal.SIGTERM)
-        print(f"softmargin {args.command}: interrupted; nothing was written", file=sys.stderr)
+        print(f"softmargin {args.command}: interrupted; {written}", file=sys.stderr)
         return 130
 
 

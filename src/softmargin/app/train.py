@@ -974,17 +974,20 @@ def _fit_one(
         if X_valid is not None and epoch + 1 - best[1] >= config.patience:
             log(f"seed {seed}: early stop at epoch {epoch + 1}, best validation loss at epoch {best[1]}")
             break
-    # Diverged: no epoch beat the untrained network, on the validation rows nor on the training rows (whose untrained
-    # loss is the validation rows', in expectation). Keeping the best epoch would save a model worse than no training,
-    # silently. Only the validation loss not improving (the training loss did: on data with nothing to learn, or very
-    # few validation rows) keeps the best epoch, as early stopping always has.
-    diverged = X_valid is not None and best[0] >= untrained - 1e-6 and min(h["train_loss"] for h in history) >= untrained
+    # Diverged: every epoch worse than the untrained network, on the validation rows and on the training rows (whose
+    # untrained loss is the validation rows', in expectation). Keeping the best epoch would save a model worse than no
+    # training, silently. Only the validation loss not improving (the training loss did: on data with nothing to
+    # learn, or very few validation rows) keeps the best epoch, as early stopping always has.
+    # Worse, not merely no better: a run whose loss did not move (a learning rate too small to matter) keeps its model,
+    # as before; one whose every epoch is worse than the untrained network by more than 0.1 % is refused
+    worse = untrained + max(1e-6, 1e-3 * untrained)
+    diverged = X_valid is not None and best[0] > worse and min(h["train_loss"] for h in history) > worse
     if dist.world > 1:  # one decision on every rank (each data-parallel rank's training loss is its own part's)
         flag = torch.tensor([float(diverged)], device=device)  # on the device: NCCL reduces CUDA tensors only
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=dist.group)
         diverged = bool(flag.item())
     if diverged:
-        raise TrainingError(f"seed {seed}: no epoch improved on the untrained network's loss {untrained:.4g} (validation "
+        raise TrainingError(f"seed {seed}: every epoch was worse than the untrained network's loss {untrained:.4g} (validation "
                             f"rows; the best epoch, {best[1]}, had {best[0]:.4g} there): training diverged, and nothing was "
                             f"saved; {_divergence_advice(config)}, or train longer (--epochs {config.epochs})")  # fmt: skip
     net.load_state_dict(best[2])
@@ -1349,6 +1352,9 @@ def _saved_config(path: Path, sha256: str | None = None) -> TrainConfig:
     """The training configuration recorded in ``config.json`` (the defaults where there is none), checked: a damaged
     or edited file is refused by name (against ``sha256``, model.json's record of the settings, where there is one)."""
     if not path.exists():
+        if sha256 is not None:  # saved beside model.json by `softmargin train`: the folder lost it
+            warnings.warn(f"{path} is missing: the model loads (its predictions need model.json and model.safetensors "
+                          "only), but its training settings are unknown and .config reports the defaults", UserWarning, stacklevel=3)  # fmt: skip
         return TrainConfig()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     document = _read_json(path)

@@ -351,7 +351,8 @@ def linear_multilabel_soft_margin_loss(
         target = as_sparse_targets(target, (num_rows, num_labels), torch, device=hidden.device)
     else:
         V.check_same_shape("target", target.shape, (num_rows, num_labels))
-    if any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (hidden, weight, bias)):
+    operands = (hidden, weight, bias, target, class_weight, pos_weight)
+    if any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in operands):
         raise RuntimeError(
             "softmargin: the fused linear head is differentiated by torch.autograd (loss.backward(), "
             "torch.autograd.grad), not by torch.func transforms (grad, vmap, jacrev, ...): its forward pass computes "
