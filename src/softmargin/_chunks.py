@@ -37,7 +37,8 @@ class Rows:
         return int(self.x.shape[1])
 
 
-def _take(a: Any, start: int, stop: int) -> Any:
+def take_rows(a: Any, start: int, stop: int) -> Any:
+    """Rows start:stop of an operand, or the operand itself where it is None or one row broadcast over all."""
     return a if a is None or a.shape[0] == 1 else a[start:stop]
 
 
@@ -98,13 +99,13 @@ def loss_rows(
         if plain:
             loss, grad = element_loss_and_grad(x, y, xp, need_grad=need_grad)
         else:
-            pos_weight = _take(rows.pos_weight, start, stop)
+            pos_weight = take_rows(rows.pos_weight, start, stop)
             loss, grad = element_loss_and_grad_options(
                 x, y, xp, pos_weight=None if pos_weight is None else compute(pos_weight),
                 gamma_pos=options.gamma_pos, gamma_neg=options.gamma_neg, clip=options.clip, need_grad=need_grad,
             )  # fmt: skip
-        weight = _take(rows.weight, start, stop)
-        mask = _take(rows.mask, start, stop)
+        weight = take_rows(rows.weight, start, stop)
+        mask = take_rows(rows.mask, start, stop)
         if mask is not None:
             weight = compute(mask) if weight is None else weight * compute(mask)
         if weight is not None:

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _validation as V
-from ._chunks import Options, Rows, loss_rows, row_bookkeeping
+from ._chunks import Options, Rows, loss_rows, row_bookkeeping, take_rows
 from ._options import LossOptions, resolve
 from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from .kernels import cpu
@@ -317,16 +317,12 @@ def _redo_overflowed_rows(rows: Rows, options: Options, row_sums: NDArray[np.flo
     if bad.size == 0:
         return
     runs = np.split(bad, np.flatnonzero(np.diff(bad) != 1) + 1)  # consecutive rows: one chunked call each
-
-    def part(a: Any, start: int, stop: int) -> Any:
-        return a if a is None or a.shape[0] == 1 else a[start:stop]
-
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for run in runs:
             start, stop = int(run[0]), int(run[-1]) + 1
             sub = Rows(
-                rows.x[start:stop], rows.y[start:stop], part(rows.weight, start, stop),
-                part(rows.pos_weight, start, stop), part(rows.mask, start, stop),
+                rows.x[start:stop], rows.y[start:stop], take_rows(rows.weight, start, stop),
+                take_rows(rows.pos_weight, start, stop), take_rows(rows.mask, start, stop),
             )  # fmt: skip
             loss_rows(
                 sub, options, 1.0, False, xp=np, compute=_as_float64, row_sum=lambda a: a.sum(axis=1),
