@@ -119,3 +119,39 @@ def loss_rows(
         row_sums_out[start:stop] = row_sum(loss)
         if need_grad and grad is not None:
             grad_out[start:stop] = grad * (grad_scale if isinstance(grad_scale, float) else grad_scale[start:stop, None])
+
+
+def redo_overflowed_rows(
+    rows: Rows,
+    options: Options,
+    row_sums: Any,
+    *,
+    xp: Any,
+    compute: Callable[[Any], Any],
+    row_sum: Callable[[Any], Any],
+    chunk_elements: int,
+) -> None:
+    """Recompute with ``compute`` (float64) the loss of the rows whose ``row_sums`` (float64; a NumPy array or a CPU
+    tensor: they are read) is inf, in place.
+
+    For float16/bfloat16/float32 input the C kernel forms each element's loss in float32 and accumulates ``w * l`` in
+    float64, so a weight cannot overflow it; but ``pos_weight`` multiplies inside the element (``y * pw *
+    softplus(-x)``), and that product can exceed float32 where the sample's loss does not (``x = -3e38, y = 1, pw =
+    10, C = 100``: 3e37). Only rows whose sum came out inf are redone (at an infinite logit the loss may really be inf:
+    redoing finds the same), in runs of consecutive rows; the gradient, ``w * scale * pw * (p - 1)`` with no such
+    product, stays."""
+    import numpy as np
+
+    bad = np.flatnonzero(np.isinf(row_sums if xp.__name__ == "numpy" else row_sums.numpy()))
+    if bad.size == 0:
+        return
+    for run in np.split(bad, np.flatnonzero(np.diff(bad) != 1) + 1):  # consecutive rows: one chunked call each
+        start, stop = int(run[0]), int(run[-1]) + 1
+        sub = Rows(
+            rows.x[start:stop], rows.y[start:stop], take_rows(rows.weight, start, stop),
+            take_rows(rows.pos_weight, start, stop), take_rows(rows.mask, start, stop),
+        )  # fmt: skip
+        loss_rows(
+            sub, options, 1.0, False, xp=xp, compute=compute, row_sum=row_sum, row_sums_out=row_sums[start:stop],
+            grad_out=None, chunk_elements=chunk_elements,
+        )  # fmt: skip

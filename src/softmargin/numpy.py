@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _validation as V
-from ._chunks import Options, Rows, loss_rows, row_bookkeeping, take_rows
+from ._chunks import Options, Rows, loss_rows, redo_overflowed_rows, row_bookkeeping
 from ._options import LossOptions, resolve
 from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from .kernels import cpu
@@ -305,31 +305,6 @@ def _compact(a: NDArray[Any] | None, per_row: bool) -> tuple[NDArray[Any] | None
     return a, None
 
 
-def _redo_overflowed_rows(rows: Rows, options: Options, row_sums: NDArray[np.float64]) -> None:
-    """Recompute in float64 (the chunked path) the loss of the rows whose kernel sum is inf, in place.
-
-    For float16/float32 input the kernel forms each element's loss in float32 and accumulates ``w * l`` in float64,
-    so a weight cannot overflow it; but ``pos_weight`` multiplies inside the element (``y * pw * softplus(-x)``), and
-    that product can exceed float32 where the sample's loss does not (``x = -3e38, y = 1, pw = 10, C = 100``: 3e37).
-    Only rows whose sum came out inf are redone (at an infinite logit the loss may really be inf: redoing finds the
-    same), in runs of consecutive rows; the gradient, ``w * scale * pw * (p - 1)`` with no such product, stays."""
-    bad = np.flatnonzero(np.isinf(row_sums))
-    if bad.size == 0:
-        return
-    runs = np.split(bad, np.flatnonzero(np.diff(bad) != 1) + 1)  # consecutive rows: one chunked call each
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        for run in runs:
-            start, stop = int(run[0]), int(run[-1]) + 1
-            sub = Rows(
-                rows.x[start:stop], rows.y[start:stop], take_rows(rows.weight, start, stop),
-                take_rows(rows.pos_weight, start, stop), take_rows(rows.mask, start, stop),
-            )  # fmt: skip
-            loss_rows(
-                sub, options, 1.0, False, xp=np, compute=_as_float64, row_sum=lambda a: a.sum(axis=1),
-                row_sums_out=row_sums[start:stop], grad_out=None, chunk_elements=CHUNK_ELEMENTS,
-            )  # fmt: skip
-
-
 def _compute(
     rows: Rows, shape: tuple[int, ...], reduction: str, options: Options, need_grad: bool, native: bool = False,
     kernel_checks: bool = False, plain: bool = True, grad_out: NDArray[Any] | None = None,
@@ -344,7 +319,11 @@ def _compute(
         if out_of_range and kernel_checks:
             V.check_target_values(rows.y)  # raises, naming the first bad value
         if rows.pos_weight is not None and rows.x.dtype != np.float64:
-            _redo_overflowed_rows(rows, options, row_sums)
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                redo_overflowed_rows(
+                    rows, options, row_sums, xp=np, compute=_as_float64, row_sum=lambda a: a.sum(axis=1),
+                    chunk_elements=CHUNK_ELEMENTS,
+                )  # fmt: skip
     else:
         divisor, grad_scale, counted = row_bookkeeping(rows, reduction, np, _as_float64)
         row_sums = np.empty(rows.num_rows, dtype=np.float64)

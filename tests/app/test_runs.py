@@ -465,6 +465,13 @@ def test_the_newton_solver_refuses_fewer_rows_than_folds(tmp_path, capsys):
         _one_line_error(argv, capsys, rf"few: {rows} training sample\(s\) for the Newton solver's {count}-fold cross-fitting "
                                       rf"\(folds={count}, --folds\): expected at least {count}, one per fold")  # fmt: skip
         assert list((tmp_path / "runs").iterdir()) == []
+    # under --cv the training rows are a fold's: 4 rows, --cv 2 trains on 2 (the error says which, not only --folds)
+    _write_csv(tmp_path / "few.csv", table[:4])
+    _one_line_error(["train", "--data", str(tmp_path / "few.csv"), "--labels", "ya,yb,yc", "--model", "linear", "--cv", "2",
+                     "--quiet", "--out", str(tmp_path / "runs")], capsys,
+                    r"--cv 2, fold 1/2 \(trained on 2 of the 4 samples\): few: 2 training sample\(s\) for the Newton "
+                    r"solver's 3-fold")  # fmt: skip
+    assert list((tmp_path / "runs").iterdir()) == []
     _write_csv(tmp_path / "few.csv", table[:3])  # one row per fold (3 folds): trains
     code, _, err = _run(["train", "--data", str(tmp_path / "few.csv"), "--test", str(tmp_path / "test.csv"), "--labels",
                          "ya,yb,yc", "--model", "linear", "--quiet", "--out", str(tmp_path / "runs")], capsys)  # fmt: skip

@@ -67,6 +67,34 @@ def test_linear_lbfgs_is_logistic_regression():
     np.testing.assert_allclose(ours.predict_proba(X), reference.predict_proba(X), atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "params, ignored",
+    [
+        ({"optimizer": "lbfgs", "lr": 0.5}, "lr=0.5"),
+        ({"optimizer": "lbfgs", "batch_size": 7}, "batch_size=7"),
+        ({"model": "linear", "dropout": 0.7}, "dropout=0.7"),
+        ({"model": "linear", "hidden_layer_sizes": (8,)}, "hidden_layer_sizes=(8,)"),
+        ({"thresholds": "top-k", "at_least_one": "yes"}, "at_least_one='yes'"),
+    ],
+)
+def test_a_parameter_the_fit_ignores_is_warned_of(params, ignored):
+    X, Y = make_multilabel_classification(n_samples=60, n_features=6, n_classes=3, random_state=0)
+    import re
+
+    with pytest.warns(UserWarning, match=re.escape(ignored) + " is ignored by this fit"):
+        SoftMarginClassifier(epochs=2, random_state=0, **params).fit(X, Y)
+
+
+def test_parameters_the_fit_uses_raise_no_warning():
+    import warnings
+
+    X, Y = make_multilabel_classification(n_samples=60, n_features=6, n_classes=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SoftMarginClassifier(epochs=2, lr=0.01, batch_size=16, hidden_layer_sizes=[256], random_state=0).fit(X, Y)
+        SoftMarginClassifier(model="linear", optimizer="lbfgs", epochs=2, random_state=0).fit(X, Y)
+
+
 def test_bad_targets():
     with pytest.raises(ValueError, match="Unknown label type"):
         SoftMarginClassifier(epochs=1).fit(np.zeros((4, 2)), np.array([0.5, 1.5, 2.5, 3.5]))

@@ -70,3 +70,44 @@ def test_each_backend_through_the_public_api_matches_torch(backend, monkeypatch)
     expected.backward()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(x.grad, reference.grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("options", [{}, {"gamma_pos": 1.0, "gamma_neg": 2.0}, {"mask": "full"}, {"weight": 2.0}, {"sparse": True}])
+def test_cpu_kernel_pos_weight_times_the_positive_term_beyond_float32(options, monkeypatch):
+    """The C kernel forms y * pw * softplus(-x) in float32: beyond float32's range (x = -3e38, pw = 10) the sample's
+    loss was inf where torch's float64 loss, a mean over the labels, is 3e37 (which float32 holds); such rows are redone
+    in float64. A row with an infinite logit keeps its true inf, the gradient stays finite, the other rows are
+    untouched."""
+    import numpy as np
+
+    if cpu.kernel() is None:
+        pytest.skip("the C kernel is not built here")
+    monkeypatch.setenv("SOFTMARGIN_BACKEND", "cpu")
+    x = torch.zeros(4, 100)
+    y = torch.zeros(4, 100)
+    x[1, 0], x[3, 0], x[2, 5] = -3e38, -3e38, -float("inf")
+    y[1, 0], y[3, 0], y[2, 5] = 1.0, 1.0, 1.0
+    pw = torch.full((100,), 10.0)
+    kwargs = {k: v for k, v in options.items() if k in ("gamma_pos", "gamma_neg")}
+    mask = torch.ones(4, 100, dtype=torch.bool)
+    if "mask" in options:
+        mask[1, 50:] = False
+        kwargs["mask"] = mask
+    weight = torch.full((100,), options.get("weight", 1.0))
+    if "weight" in options:
+        kwargs["weight"] = weight
+    target = y.to_sparse_csr() if options.get("sparse") else y
+    xg = x.clone().requires_grad_()
+    loss = st.multilabel_soft_margin_loss(xg, target, pos_weight=pw, reduction="none", **kwargs)
+    loss.sum().backward()
+    # the float64 reference: torch's own BCE with logits (focusing: the formula, whose factors at x = -3e38 and x = 0
+    # are (1 - p)^g+ = 1 and p^g- = 2^-g-)
+    x64 = x.double()
+    element = F.binary_cross_entropy_with_logits(x64, y.double(), pos_weight=pw.double(), reduction="none")
+    if "gamma_pos" in options:
+        p = torch.sigmoid(x64)
+        element = torch.where(y == 1, (1 - p) ** options["gamma_pos"], p ** options["gamma_neg"]) * element
+    expected = (weight.double() * element * mask).sum(1) / mask.sum(1)
+    assert loss.dtype == torch.float32 and torch.isinf(loss[2]) and torch.isfinite(loss[[0, 1, 3]]).all(), loss
+    np.testing.assert_allclose(loss[[0, 1, 3]].detach().double().numpy(), expected[[0, 1, 3]].numpy(), rtol=1e-6)
+    assert torch.isfinite(xg.grad).all()

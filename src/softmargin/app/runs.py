@@ -232,7 +232,11 @@ def _cross_validate(
         raise ValueError(f"--cv {folds}: the data has only {len(data)} samples")
     results = []
     for i, (train_index, test_index) in enumerate(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(data)))):
-        model = T.fit(data.subset(train_index), config, progress=progress, log=log)
+        try:
+            model = T.fit(data.subset(train_index), config, progress=progress, log=log)
+        except ValueError as error:  # "N training samples": the fold's, not the file's
+            raise ValueError(f"--cv {folds}, fold {i + 1}/{folds} (trained on {len(train_index)} of the {len(data)} "
+                             f"samples): {error}") from error  # fmt: skip
         metrics, _ = T.evaluate(model, data.subset(test_index), config.device)
         log(f"fold {i + 1}/{folds}: micro_f1 {metrics['micro_f1']:.4f}, hamming_loss {metrics['hamming_loss']:.4f}")
         results.append(metrics)

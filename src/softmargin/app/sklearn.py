@@ -9,6 +9,8 @@ one sigmoid per class, one-vs-rest, probabilities normalised to sum to 1). It wo
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import warnings
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -50,6 +52,11 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
     t the training label cardinality). A binary y (one sigmoid) takes ``"fixed"`` or ``"tuned"``: ranking its one
     label would predict the positive class for every sample, so ``fit`` refuses the others with a ValueError; a
     multiclass y predicts the most probable class.
+
+    A parameter set to other than its default where the fit does not use it (``lr`` or ``batch_size`` with
+    ``optimizer="lbfgs"``, ``dropout`` or ``hidden_layer_sizes`` with ``model="linear"``) gets a ``UserWarning`` at
+    ``fit``, as scikit-learn's ``LogisticRegression`` warns of an unused ``l1_ratio`` (``softmargin train`` refuses
+    the option outright); a grid search over the optimizer and its learning rate still runs.
 
     ``standardize="auto"`` (as ``--standardize auto``) standardises dense ``X`` and leaves a scipy.sparse ``X`` as it
     is (centring would densify it): the same numbers given dense and given sparse train different models. ``"no"``
@@ -204,8 +211,32 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         random_state = self._random_state()
         seed = random_state if isinstance(random_state, int) else int(random_state.randint(np.iinfo(np.int32).max))
         config = dataclasses.replace(config, seed=seed)
-        self.model_ = T.fit(Dataset(X, Y, features, names, "fit"), config, progress=self.verbose)
+        data = Dataset(X, Y, features, names, "fit")
+        self._ignored_parameters(config.resolve(data))
+        self.model_ = T.fit(data, config, progress=self.verbose)
         return self
+
+    def _ignored_parameters(self, resolved: T.TrainConfig) -> None:
+        """Warn of a parameter set to other than its default where this fit does not use it (``lr`` with
+        ``optimizer="lbfgs"``, ``dropout`` with ``model="linear"``, ...). ``softmargin train`` refuses such an option;
+        the estimator warns, as scikit-learn's ``LogisticRegression`` does of an unused ``l1_ratio``, so that a grid
+        search over the optimizer and its learning rate still runs."""
+        from .runs import _USED_WHEN
+
+        defaults = {name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()}
+        for _option, field, used, why in [*_USED_WHEN, ("", "hidden", lambda c: c.model == "mlp", "it sets the MLP's layers")]:
+            name = {"hidden": "hidden_layer_sizes", "class_weight": "label_weight"}.get(field, field)
+            if name not in defaults or used(resolved):
+                continue
+            default = defaults[name]
+            if (self._hidden() if name == "hidden_layer_sizes" else getattr(self, name)) != default:
+                warnings.warn(
+                    f"{name}={getattr(self, name)!r} is ignored by this fit ({why}; this fit: model={resolved.model!r}, "
+                    f"optimizer={resolved.optimizer!r}, thresholds={resolved.thresholds!r}); leave it at its default "
+                    f"({default!r}), or set the parameters it belongs to",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     def _features(self, X: Any) -> Any:
         check_is_fitted(self, "model_")

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .. import _validation as V
-from .._chunks import Rows, row_bookkeeping
+from .._chunks import Rows, redo_overflowed_rows, row_bookkeeping
 from .._chunks import loss_rows as chunked_loss_rows
 from .._options import PLAIN, LossOptions
 from .._sparse import SparseTargets
@@ -223,6 +223,11 @@ def _native(
         None if sparse is None else (sparse.indptr.data_ptr(), sparse.indices.data_ptr(),
                                      None if sparse_values is None else sparse_values.data_ptr()),
     )  # fmt: skip
+    if pos_weight is not None and x.dtype != torch.float64:  # pw * softplus(-x) beyond float32: those rows in float64
+        redo_overflowed_rows(
+            rows, options, row_sums, xp=torch, compute=lambda t: t.to(torch.float64),
+            row_sum=lambda t: t.sum(dim=1, dtype=torch.float64), chunk_elements=CHUNK_ELEMENTS,
+        )  # fmt: skip
     return (_per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted), out_of_range
 
 
