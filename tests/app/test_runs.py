@@ -673,6 +673,25 @@ def test_predict_matches_load_run_and_top_k(trained, capsys):
         np.testing.assert_allclose([float(v) for v in fields[2::2]], p[best], atol=1e-6)
 
 
+def test_predict_announces_a_huge_dense_output_and_points_to_top_k(trained, tmp_path, capsys, monkeypatch):
+    """10,000 samples x 100,000 labels wrote 11 GB of CSV over 400 s without a word: from LARGE_PREDICTIONS cells on
+    the size is announced with --top-k's alternative (the output itself is what was asked for)."""
+    from softmargin.app import runs
+
+    folder, run = trained
+    argv = ["predict", str(run), "--data", str(folder / "test.csv"), "--out", str(tmp_path / "p.csv")]
+    assert main(argv) == 0
+    assert "GB of CSV" not in capsys.readouterr().err
+    rows = len((folder / "test.csv").read_text().splitlines()) - 1
+    monkeypatch.setattr(runs, "LARGE_PREDICTIONS", rows * 3)
+    assert main([*argv, "--force"]) == 0
+    err = capsys.readouterr().err
+    assert f"predict: {rows} samples x 3 labels" in err and "--top-k K writes each sample's K best labels instead" in err
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == rows + 1
+    assert main([*argv, "--force", "--top-k", "1"]) == 0
+    assert "GB of CSV" not in capsys.readouterr().err
+
+
 def test_threshold_strategies_chosen_at_train_time_and_overridden_later(trained, tmp_path, capsys):
     import softmargin
 

@@ -49,7 +49,10 @@ def test_torch_sparse_equals_dense(soft, dtype, options, torch_path):
     x, dense = _problem(soft=soft, classes=300 if torch_path == "triton" else 1200)
     kw = {k: (torch.rand(x.shape[1], dtype=torch.float64) + 0.5 if v == "class" else v) for k, v in options.items()}
     reference = None
-    for name, target in _forms(dense).items():
+    forms = _forms(dense)
+    if torch_path == "triton":  # every form becomes the same CSR before any backend: the other paths test them all
+        forms = {name: forms[name] for name in ("scipy", "torch coo")}
+    for name, target in forms.items():
         xt = torch.tensor(x, dtype=dtype, requires_grad=True)
         loss = st.multilabel_soft_margin_loss(xt, target, reduction="none", **kw)
         loss.sum().backward()

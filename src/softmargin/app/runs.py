@@ -352,6 +352,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: From this many samples x labels on, predict's dense output (without --top-k) is announced with its size.
+LARGE_PREDICTIONS = 10**8
+
 #: What predict's ``--out`` names (:func:`softmargin.app.files.check_out`'s messages).
 _PREDICTIONS = "a CSV file name (or - for standard output)"
 
@@ -383,6 +386,13 @@ def predict_command(args: argparse.Namespace) -> int:
         check_out(args.out, args.force, _PREDICTIONS)
     model, data = _load_for(args, labels_needed=False)
     names = model.label_names
+    cells = len(data) * len(names)
+    if not args.top_k and cells >= LARGE_PREDICTIONS:  # 10,000 x 100,000 labels: 11 GB of CSV, minutes of writing
+        print(f"predict: {len(data)} samples x {len(names)} labels, a probability and a 0/1 column each: about "
+              f"{cells * 11 / 1e9:.1f} GB of CSV; --top-k K writes each sample's K best labels instead", file=sys.stderr)  # fmt: skip
+    batches = model.iter_proba(data.X, device=args.device)
+    if args.out != "-" and sys.stderr.isatty():
+        batches = T._progress(batches, True, "predict", "batch")
     with _output(args.out, args.force) as f:
         writer = csv.writer(f, lineterminator="\n")
         if args.top_k:
@@ -390,7 +400,7 @@ def predict_command(args: argparse.Namespace) -> int:
             writer.writerow(["row"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"p_{i}")])
         else:
             writer.writerow(["row"] + [f"p_{n}" for n in names] + [f"y_{n}" for n in names])
-        for rows, scores in model.iter_proba(data.X, device=args.device):
+        for rows, scores in batches:
             if args.top_k:
                 top = T._top(scores, k)
                 for offset, ids in enumerate(top):
