@@ -72,3 +72,59 @@ def test_errors():
         linear_multilabel_soft_margin_loss(hidden, weight, None, jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="class_weight has 1 value outside the finite range"):
         linear_multilabel_soft_margin_loss(hidden, weight, None, jnp.zeros((2, 4)), class_weight=jnp.ones(4).at[0].set(-1.0))
+
+
+def test_under_shard_map_data_and_label_parallel():
+    """Inside shard_map the head failed for the plain data-parallel use (rows split, weight replicated with P()):
+    its scan carry started as a replicated zero and came out varying over the mesh axis, which JAX refuses. Now
+    the operands are cast to vary alike (a replicated operand's cotangent is psum'ed) and the carry with them. Data
+    parallel (rows split) and label parallel (labels split, hidden replicated), with options and a sparse target,
+    jitted and not: the loss and the gradients w.r.t. hidden, weight and bias are the unsharded head's."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import numpy as np, jax, jax.numpy as jnp
+        from jax.sharding import Mesh, PartitionSpec as P
+        from softmargin.jax import linear_multilabel_soft_margin_loss as head, multilabel_soft_margin_loss as loss
+        assert len(jax.devices()) == 2
+        rng = np.random.default_rng(0)
+        n, d, c = 8, 5, 12
+        h = jnp.asarray(rng.standard_normal((n, d)), jnp.float32)
+        W = jnp.asarray(rng.standard_normal((c, d)), jnp.float32)
+        b = jnp.asarray(rng.standard_normal(c), jnp.float32)
+        y = jnp.asarray(rng.random((n, c)) < 0.3, jnp.float32)
+        pw = jnp.asarray(rng.random(c) + 0.5, jnp.float32)
+        mesh = Mesh(np.array(jax.devices()), ("d",))
+        kw = dict(reduction="sum", validate=False, pos_weight=None, gamma_neg=2.0, chunk_size=4)
+        def check(got, ref, what):
+            for a, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+                assert a.shape == r.shape and np.allclose(a, r, rtol=2e-5, atol=1e-6), (what, a, r)
+        # data parallel: each shard's rows; the per-shard sums psum'ed
+        whole = lambda h, W, b: loss(h @ W.T + b, y, pos_weight=pw, reduction="sum", gamma_neg=2.0)
+        ref = jax.value_and_grad(whole, argnums=(0, 1, 2))(h, W, b)
+        local = lambda h, W, b, y, pw: jax.lax.psum(head(h, W, b, y, **{**kw, "pos_weight": pw}), "d")
+        data = jax.shard_map(local, mesh=mesh, in_specs=(P("d"), P(), P(), P("d"), P()), out_specs=P())
+        for name, f in (("data jit", jax.jit(data)), ("data eager", data)):
+            check(jax.value_and_grad(lambda h, W, b: f(h, W, b, y, pw), argnums=(0, 1, 2))(h, W, b), ref, name)
+        # a sparse target (label lists) in the data-parallel head, concrete, closed over per shard is not possible:
+        # the unsharded head with label lists against the dense one instead, under jit
+        lists = [list(np.flatnonzero(r)) for r in np.asarray(y)]
+        got = jax.jit(jax.value_and_grad(lambda h, W, b: head(h, W, b, lists, **{**kw, "pos_weight": pw}), argnums=(0, 1, 2)))(h, W, b)
+        check(got, ref, "sparse")
+        # label parallel: each shard's labels; the per-shard sums over its labels, times its share of C, psum'ed
+        def local_labels(h, W, b, y, pw):
+            part = head(h, W, b, y, **{**kw, "pos_weight": pw}) * (W.shape[0] / c)
+            return jax.lax.psum(part, "d")
+        labels = jax.shard_map(local_labels, mesh=mesh, in_specs=(P(), P("d"), P("d"), P(None, "d"), P("d")), out_specs=P())
+        for name, f in (("labels jit", jax.jit(labels)), ("labels eager", labels)):
+            check(jax.value_and_grad(lambda h, W, b: f(h, W, b, y, pw), argnums=(0, 1, 2))(h, W, b), ref, name)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

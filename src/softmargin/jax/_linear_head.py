@@ -68,6 +68,7 @@ def _walk(
         return (row_sums, grad_hidden), (grad.T @ h, grad.sum(0))
 
     init = (jnp.zeros(num_rows, cdt), jnp.zeros((num_rows, width), cdt))
+    (init,) = _ops.match_varying(_ops.varying_axes(h, weight), init)  # inside shard_map: the carry varies like h
     (row_sums, grad_hidden), stacked = lax.scan(step, init, per_chunk)
     if not need_grad:
         return row_sums, None, None, None
@@ -193,6 +194,10 @@ def linear_multilabel_soft_margin_loss(
             _check_range("class_weight", arrays["class_weight"], "the finite range [0, inf)", lambda a: jnp.isfinite(a) & (a >= 0))
         if arrays["pos_weight"] is not None:
             _check_range("pos_weight", arrays["pos_weight"], "the finite range (0, inf)", lambda a: jnp.isfinite(a) & (a > 0))
+    # inside shard_map, an operand given replicated (P(): the weight of a data-parallel head, or the hidden
+    # features of a label-parallel one) is cast to vary like the rest, so that its cotangent is psum'ed
+    operands = (hidden, weight, arrays["bias"], y, arrays["class_weight"], arrays["pos_weight"])
+    operands = _ops.match_varying(_ops.varying_axes(*operands), *operands)
     config = (reduction, resolved, num_labels, min(chunk_size, max(num_labels, 1)))
-    result: jax.Array = _head(config, hidden, weight, arrays["bias"], y, arrays["class_weight"], arrays["pos_weight"])
+    result: jax.Array = _head(config, *operands)
     return result
