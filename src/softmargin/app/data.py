@@ -211,6 +211,15 @@ def _check_binary(path: Path, Y: np.ndarray, lines: Sequence[int], names: Sequen
         raise DataError(f"{path}:{lines[row]}: label {names[col]!r} is {Y[row, col]}: expected 0 or 1")
 
 
+def _check_binary_sparse(path: Path, Y: sp.csr_matrix, lines: Sequence[int], names: Sequence[str]) -> None:
+    """:func:`_check_binary` for a CSR label matrix: only its stored values are looked at (the rest are 0)."""
+    bad = np.flatnonzero(~np.isin(Y.data, (0, 1)))
+    if len(bad):
+        row = int(np.searchsorted(Y.indptr, bad[0], side="right")) - 1
+        col = int(Y.indices[bad[0]])
+        raise DataError(f"{path}:{lines[row]}: label {names[col]!r} is {Y.data[bad[0]]}: expected 0 or 1")
+
+
 # --- built-in ------------------------------------------------------------------------------------------------------
 
 
@@ -462,8 +471,12 @@ def _dataset(
     Y = None
     if labels is not None:
         Y = matrix[:, label_index]
-        Y = Y.toarray() if sp.issparse(Y) else Y
-        _check_binary(path, Y, lines, [names[i] for i in label_index])
+        if sp.issparse(Y) and Y.shape[0] * Y.shape[1] >= SPARSE_LABELS_FROM:  # as LIBSVM labels: no dense copy
+            Y = Y.tocsr()
+            _check_binary_sparse(path, Y, lines, [names[i] for i in label_index])
+        else:
+            Y = Y.toarray() if sp.issparse(Y) else Y
+            _check_binary(path, Y, lines, [names[i] for i in label_index])
         Y = Y.astype(np.uint8)
     label_names = [names[i] for i in label_index]
     feature_names = [names[i] for i in feature_index]

@@ -24,7 +24,7 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import train as T
-from .data import Dataset
+from .data import SPARSE_LABELS_FROM, Dataset
 
 
 def _is_int(value: Any) -> TypeGuard[int | np.integer[Any]]:
@@ -186,7 +186,10 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
                     f"y has the values {values.tolist()}: expected a multi-label indicator matrix (n_samples, n_labels) "
                     "of 0/1 (or booleans); for class labels pass a 1-D y"
                 )
-            Y = np.asarray(y.toarray() if sp.issparse(y) else y).astype(np.uint8)
+            if sp.issparse(y) and y.shape[0] * y.shape[1] >= SPARSE_LABELS_FROM:  # as `softmargin train`: no dense copy
+                Y: Any = sp.csr_matrix(y).astype(np.uint8)
+            else:
+                Y = np.asarray(y.toarray() if sp.issparse(y) else y).astype(np.uint8)
             self.classes_ = np.arange(Y.shape[1])
             self._binarizer = None
         elif target_type in ("binary", "multiclass"):
@@ -309,7 +312,8 @@ class RunModel(BaseEstimator):
         if not hasattr(self, "model_"):
             raise NotFittedError("this RunModel holds no model: get one from softmargin.load_run(path)")
         if hasattr(X, "columns") and hasattr(X, "loc"):  # a DataFrame: by name, in the model's order
-            missing = [name for name in self.model_.feature_names if name not in set(map(str, X.columns))]
+            columns = set(map(str, X.columns))  # once: rebuilt for each name it took minutes at 100,000 features
+            missing = [name for name in self.model_.feature_names if name not in columns]
             if missing:
                 raise ValueError(f"X lacks the model's feature column(s) {missing[:5]}: expected all of {self.n_features_in_}")
             X = X.rename(columns=str)[self.model_.feature_names].to_numpy()
