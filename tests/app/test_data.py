@@ -87,6 +87,9 @@ def test_many_sparse_arff_labels_stay_sparse_and_are_checked(tmp_path, monkeypat
     sparse = D.load_arff(tmp_path / "s.arff", labels=["a", "b"])
     assert sparse.sparse_labels and not dense.sparse_labels and sparse.Y.dtype == np.uint8
     np.testing.assert_array_equal(sparse.Y.toarray(), dense.Y)
+    (tmp_path / "zero.arff").write_text(SPARSE_ARFF.replace("{}", "{3 0}"))  # a 0 written out is stored: not a label
+    zero = D.load_arff(tmp_path / "zero.arff", labels=["a", "b"])
+    assert zero.Y.nnz == 2 and zero.label_counts().tolist() == [1, 1]
     (tmp_path / "bad.arff").write_text(SPARSE_ARFF.replace("{1 0.25,3 1}", "{1 0.25,3 2}"))
     with pytest.raises(D.DataError, match=r"bad\.arff:8: label 'b' is 2\.0: expected 0 or 1"):
         D.load_arff(tmp_path / "bad.arff", labels=["a", "b"])

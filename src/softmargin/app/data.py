@@ -478,6 +478,8 @@ def _dataset(
             Y = Y.toarray() if sp.issparse(Y) else Y
             _check_binary(path, Y, lines, [names[i] for i in label_index])
         Y = Y.astype(np.uint8)
+        if sp.issparse(Y):
+            Y.eliminate_zeros()  # a stored 0 ("{3 0}") is no positive: the sparse metrics count stored entries
     label_names = [names[i] for i in label_index]
     feature_names = [names[i] for i in feature_index]
     return Dataset(X, Y, feature_names, label_names, path.stem, str(path), missing_labels=missing_labels)

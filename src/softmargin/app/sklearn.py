@@ -188,6 +188,7 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
                 )
             if sp.issparse(y) and y.shape[0] * y.shape[1] >= SPARSE_LABELS_FROM:  # as `softmargin train`: no dense copy
                 Y: Any = sp.csr_matrix(y).astype(np.uint8)
+                Y.eliminate_zeros()  # a stored 0 is no positive
             else:
                 Y = np.asarray(y.toarray() if sp.issparse(y) else y).astype(np.uint8)
             self.classes_ = np.arange(Y.shape[1])
