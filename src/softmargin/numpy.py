@@ -73,9 +73,12 @@ def num_threads() -> int:
 def _as_array(name: str, value: Any) -> NDArray[Any]:
     """``np.asarray(value)``, with NumPy's error for a value it cannot read (a ragged nested list) naming ``name``."""
     try:
-        return np.asarray(value)
+        array = np.asarray(value)
     except ValueError as error:
         raise ValueError(f"{name} could not be read as an array ({error}): expected an array or a rectangular nested list") from None
+    if not array.dtype.isnative:  # big-endian data on this machine: the kernel reads native numbers (one copy)
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
 
 
 def _array(name: str, value: ArrayLike | None, shape: tuple[int, ...]) -> NDArray[Any] | None:
