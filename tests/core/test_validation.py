@@ -97,6 +97,30 @@ def test_torch_rejects_non_tensors():
         st.multilabel_soft_margin_loss(torch.zeros(2, 3), np.zeros((2, 3)))
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support", "ignore:The PyTorch API of nested tensors")
+def test_torch_rejects_sparse_and_nested_operands_by_name():
+    """A sparse or nested input, weight or mask failed deep inside with torch's "unsupported memory format option
+    Contiguous" (naming neither the operand nor a way out); only the target may be sparse."""
+    x, y = torch.randn(4, 5), (torch.rand(4, 5) < 0.3).float()
+    cases = {
+        "input": dict(input=x.to_sparse(), target=y),
+        "weight": dict(input=x, target=y, weight=torch.ones(5).to_sparse()),
+        "pos_weight": dict(input=x, target=y, pos_weight=torch.ones(5).to_sparse()),
+        "mask": dict(input=x, target=y, mask=torch.ones(4, 5, dtype=torch.bool).to_sparse()),
+    }
+    for name, kwargs in cases.items():
+        with pytest.raises(TypeError, match=rf"^{name} is a sparse_coo tensor: expected a dense \(strided\) tensor"):
+            st.multilabel_soft_margin_loss(**kwargs)
+    with pytest.raises(TypeError, match=r"^input is a sparse_csr tensor"):
+        st.multilabel_soft_margin_loss(x.to_sparse_csr(), y)
+    nested = torch.nested.nested_tensor([torch.randn(2, 5), torch.randn(3, 5)], layout=torch.jagged)
+    with pytest.raises(TypeError, match=r"^input is a nested tensor: .*to_padded_tensor\(0\)"):
+        st.multilabel_soft_margin_loss(nested, nested)
+    with pytest.raises(TypeError, match=r"^hidden is a sparse_coo tensor"):
+        st.linear_multilabel_soft_margin_loss(x.to_sparse(), torch.randn(3, 5), None, [[0], [], [1], [2]])
+    assert torch.isfinite(st.multilabel_soft_margin_loss(x, y.to_sparse()))  # the target may be sparse
+
+
 def test_torch_module_rejects_unknown_reduction():
     with pytest.raises(ValueError, match="reduction='elementwise' is not valid"):
         st.MultiLabelSoftMarginLoss(reduction="elementwise")

@@ -60,6 +60,21 @@ def _on_host(fn: Any) -> Any:
     return torch.compiler.disable(fn) if torch.compiler.is_compiling() else fn
 
 
+def _check_strided(name: str, value: Tensor) -> None:
+    """A dense operand: a sparse or nested tensor is refused by name (torch's own errors from deep inside, "unsupported
+    memory format option Contiguous", said neither which operand nor what to do)."""
+    if value.is_nested:
+        raise TypeError(
+            f"{name} is a nested tensor: expected a dense (strided) tensor; pad its rows to one length "
+            f"({name}.to_padded_tensor(0)) and pass a mask that marks the padding as missing"
+        )
+    if value.layout != torch.strided:
+        raise TypeError(
+            f"{name} is a {str(value.layout).removeprefix('torch.')} tensor: expected a dense (strided) tensor "
+            f"({name}.to_dense()); only the target may be sparse"
+        )
+
+
 def _problem(
     input: Tensor,
     target: Any,
@@ -76,6 +91,9 @@ def _problem(
     for name, value in (("input", input), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask)):
         if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"{name} is a {type(value).__name__}: expected a torch.Tensor")
+    for name, value in (("input", input), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask)):
+        if value is not None:
+            _check_strided(name, value)
     V.check_input_kind("input", _kind(input.dtype), input.dtype)
     V.check_input_ndim(input.shape)
     if type(input).__name__ == "DTensor":
@@ -338,6 +356,7 @@ def linear_multilabel_soft_margin_loss(
     for name, value in (("hidden", hidden), ("weight", weight)):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} is a {type(value).__name__}: expected a torch.Tensor")
+        _check_strided(name, value)
         V.check_input_kind(name, _kind(value.dtype), value.dtype)
     if hidden.dim() != 2 or weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
         raise ValueError(
