@@ -134,6 +134,21 @@ def test_validation_loss_of_sparse_features_in_parts_equals_the_whole(monkeypatc
     np.testing.assert_allclose([h["valid_loss"] for h in parts], [h["valid_loss"] for h in whole], rtol=1e-6)
 
 
+def test_lbfgs_says_when_it_makes_sparse_features_dense(monkeypatch):
+    import scipy.sparse as sp
+
+    X = sp.random(60, 40, density=0.1, random_state=0, format="csr", dtype=np.float32)
+    Y = (np.arange(60)[:, None] % np.array([2, 3]) == 0).astype(np.uint8)
+    data = D.Dataset(X, Y, [str(i) for i in range(40)], ["a", "b"])
+    config = T.TrainConfig(model="linear", optimizer="lbfgs", ensemble=1)
+    said: list[str] = []
+    T.fit(data, config, progress=False, log=said.append)
+    assert not any("L-BFGS is full batch" in s for s in said)
+    monkeypatch.setattr(T, "LBFGS_DENSE_NOTICE", 60 * 40)
+    T.fit(data, config, progress=False, log=said.append)
+    assert any("L-BFGS is full batch: the 60 x 40 sparse features are made dense" in s for s in said), said
+
+
 @needs_proc
 @pytest.mark.slow
 def test_100k_labels_train_and_evaluate_without_a_dense_label_matrix(tmp_path):

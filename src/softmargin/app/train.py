@@ -114,6 +114,8 @@ def resolve_device(device: str) -> torch.device:
             raise ValueError(f"device={device!r}: this machine has no CUDA device torch can use; use 'cpu' or 'auto'")
         return torch.device(device)
     raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+#: From this many cells (rows x features) on, L-BFGS on sparse features says that it makes them dense (512 MB).
+LBFGS_DENSE_NOTICE = 1 << 27
 #: The most cells of sparse features made dense at once for the validation loss (64 MB of float32).
 VALID_CHUNK_CELLS = 1 << 24
 #: From this many labels on, ``head="auto"`` trains the last layer and the loss as one fused head.
@@ -923,6 +925,10 @@ def _fit_one(
     loss_fn = _loss(config, Y[train_index], columns).to(device)
     penalty = _l2_penalty(net, config.C, len(train_index), num_labels)
     if config.optimizer == "lbfgs":
+        cells = len(train_index) * X.shape[1]
+        if sp.issparse(X) and cells >= LBFGS_DENSE_NOTICE and seed == config.seed:
+            log(f"L-BFGS is full batch: the {len(train_index)} x {X.shape[1]} sparse features are made dense "
+                f"({cells * 4 / 1e9:.1f} GB); --optimizer newton (the linear model) or adamw keeps them sparse")  # fmt: skip
         X_all = _dense_batch(X, train_index).to(device)
         return net, _fit_lbfgs(net, loss_fn, penalty, X_all, _targets(Y, train_index, columns, False, device), config)
     training_loss = _TrainingLoss(net, loss_fn, fused, penalty, dist if label_parallel else None, num_labels)
