@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -625,3 +626,13 @@ def test_arff_nominal_attributes_other_than_0_1_are_refused(tmp_path):
     assert D.load_arff(tmp_path / "dense.arff", labels=["y"]).Y.tolist() == [[0], [1]]
     (tmp_path / "quoted.arff").write_text(base + "@attribute y {'0','1'}\n@data\n{0 1,1 1}\n")
     assert np.asarray(D.load_arff(tmp_path / "quoted.arff", labels=["y"]).Y).tolist() == [[1]]
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_csv_separated_by_another_character_is_named(tmp_path, separator):
+    """A European (';') or tab-separated file was read as one column, and the error named a number it could not read
+    in the column 'f1;f2;ya'; it now says what the file seems to be."""
+    path = tmp_path / "other.csv"
+    path.write_text(separator.join(["f1", "f2", "ya"]) + "\n" + separator.join(["1.5", "2", "1"]) + "\n")
+    with pytest.raises(D.DataError, match=rf"other\.csv:1: the header .* is one column: .* seems separated by {re.escape(repr(separator))}"):
+        D.load_csv(path, ["ya"])

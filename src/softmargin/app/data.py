@@ -675,6 +675,10 @@ def load_csv(
             except StopIteration:
                 raise DataError(f"{path}:1: expected a header row, the file is empty") from None
             header = [h.strip() for h in header]
+            separator = next((c for c in ";\t|" if c in header[0]), None) if len(header) == 1 else None
+            if separator is not None:  # a European (';') or tab-separated file read as one column
+                raise DataError(f"{path}:1: the header {header[0][:60]!r} is one column: a .csv file is read as "
+                                f"comma-separated, and this one seems separated by {separator!r}; convert it to commas")  # fmt: skip
             _check_unique(header, f"{path}:1: the header")
             skip = set(labels or ()) if features is not None and not read_labels else set()
             parse = [(lambda v: 0.0) if name in skip else _number for name in header]
