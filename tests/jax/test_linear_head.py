@@ -122,9 +122,33 @@ def test_under_shard_map_data_and_label_parallel():
         labels = jax.shard_map(local_labels, mesh=mesh, in_specs=(P(), P("d"), P("d"), P(None, "d"), P("d")), out_specs=P())
         for name, f in (("labels jit", jax.jit(labels)), ("labels eager", labels)):
             check(jax.value_and_grad(lambda h, W, b: f(h, W, b, y, pw), argnums=(0, 1, 2))(h, W, b), ref, name)
+        # inside shard_map the head cannot tell what is differentiated: a constant's gradient is NaN, never 0
+        cw = jnp.ones(c, jnp.float32)
+        local_cw = lambda h, y, cw: jax.lax.psum(head(h, W, b, y, class_weight=cw, reduction="sum", validate=False), "d")
+        with_cw = jax.shard_map(local_cw, mesh=mesh, in_specs=(P("d"), P("d"), P()), out_specs=P())
+        assert np.isnan(np.asarray(jax.grad(with_cw, argnums=2)(h, y, cw))).all()
         print("ok")
         """
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_gradients_it_does_not_make_are_refused(jit, rng):
+    """jax.grad with respect to class_weight, pos_weight or target came back all zeros (the backward pass returned
+    None for them): a silently wrong gradient. Asked for, they are refused by name; stop_gradient says "constant"."""
+    hidden, weight = jnp.asarray(rng.standard_normal((6, 4))), jnp.asarray(rng.standard_normal((5, 4)))
+    y = jnp.asarray((rng.random((6, 5)) < 0.3).astype(np.float64))
+    cw, pw = jnp.asarray(rng.random(5) + 0.5), jnp.asarray(rng.random(5) + 0.5)
+    loss = lambda cw, pw, y: linear_multilabel_soft_margin_loss(hidden, weight, None, y, class_weight=cw, pos_weight=pw, validate=False)
+    for argnum, name in enumerate(("class_weight", "pos_weight", "target")):
+        grad = jax.grad(loss, argnums=argnum)
+        with pytest.raises(ValueError, match=rf"^{name} is differentiated, but the fused linear head makes gradients for hidden"):
+            (jax.jit(grad) if jit else grad)(cw, pw, y)
+    constant = lambda cw: linear_multilabel_soft_margin_loss(hidden, weight, None, y, class_weight=jax.lax.stop_gradient(cw))
+    assert not np.asarray(jax.grad(constant)(cw)).any()
+    full = lambda w: multilabel_soft_margin_loss(hidden @ w.T, y, cw, pos_weight=pw)
+    fused = lambda w: linear_multilabel_soft_margin_loss(hidden, w, None, y, class_weight=cw, pos_weight=pw)
+    assert_close(np.asarray(jax.grad(fused)(weight)), np.asarray(jax.grad(full)(weight)), RTOL["float64"])

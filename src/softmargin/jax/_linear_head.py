@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from .. import _validation as V
 from .._options import LossOptions, resolve
@@ -98,6 +99,20 @@ def _head(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_w
 
 
 def _head_fwd(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
+    # symbolic_zeros=True: each argument is a CustomVJPPrimal, whose ``perturbed`` says whether JAX differentiates
+    # with respect to it. The head makes gradients for hidden, weight and bias only: asked for another, it refuses
+    # (a zero cotangent would be a silently wrong gradient)
+    for name, operand in (("target", target), ("class_weight", class_weight), ("pos_weight", pos_weight)):
+        if _ops._perturbed(operand):
+            raise ValueError(
+                f"{name} is differentiated, but the fused linear head makes gradients for hidden, weight and bias "
+                f"only ({name} is a constant to it): pass jax.lax.stop_gradient({name}), or take {name}'s gradient "
+                f"from multilabel_soft_margin_loss(hidden @ weight.T + bias, ...)"
+            )
+    return _head_fwd_values(config, *(_ops._value(a) for a in (hidden, weight, bias, target, class_weight, pos_weight)))
+
+
+def _head_fwd_values(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
     eager = config[0] != "none"  # "none": the cotangent differs per sample; walk again in backward
     scale = _row_scale(config, hidden.shape[0], _ops.compute_dtype(hidden.dtype))
     row_sums, *grads = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, scale, eager)
@@ -106,6 +121,8 @@ def _head_fwd(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, cla
 
 
 def _head_bwd(config: Any, residuals: Any, g: Any) -> tuple[Any, ...]:
+    if isinstance(g, SymbolicZero):
+        return (None, None, None, None, None, None)
     grads, kept = residuals
     hidden, weight, bias, target, class_weight, pos_weight = kept
     if grads is None:
@@ -117,7 +134,34 @@ def _head_bwd(config: Any, residuals: Any, g: Any) -> tuple[Any, ...]:
     return (g_hidden, g_weight, g_bias, None, None, None)
 
 
-_head.defvjp(_head_fwd, _head_bwd)
+_head.defvjp(_head_fwd, _head_bwd, symbolic_zeros=True)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _head_all(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
+    """:func:`_head` without ``symbolic_zeros``, for ``shard_map`` (JAX 0.10 does not implement a custom_vjp with
+    symbolic zeros under an un-jitted ``shard_map``): it cannot tell which operands JAX differentiates, so the
+    constants' cotangents are NaN, never a silently wrong zero (under ``jit`` unused ones are dead code)."""
+    row_sums, *_ = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, None, False)
+    return _reduce(config, row_sums, hidden.dtype)
+
+
+def _head_all_fwd(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
+    return _head_fwd_values(config, hidden, weight, bias, target, class_weight, pos_weight)
+
+
+def _nan_like(a: Any) -> Any:
+    floating = a is not None and not isinstance(a, _ops.SparseRows) and jnp.issubdtype(a.dtype, jnp.inexact)
+    return jnp.full_like(a, jnp.nan) if floating else None
+
+
+def _head_all_bwd(config: Any, residuals: Any, g: Any) -> tuple[Any, ...]:
+    g_hidden, g_weight, g_bias, *_ = _head_bwd(config, residuals, g)
+    _, kept = residuals
+    return (g_hidden, g_weight, g_bias, *(_nan_like(a) for a in kept[3:]))
+
+
+_head_all.defvjp(_head_all_fwd, _head_all_bwd)
 
 
 def linear_multilabel_soft_margin_loss(
@@ -199,5 +243,6 @@ def linear_multilabel_soft_margin_loss(
     operands = (hidden, weight, arrays["bias"], y, arrays["class_weight"], arrays["pos_weight"])
     operands = _ops.match_varying(_ops.varying_axes(*operands), *operands)
     config = (reduction, resolved, num_labels, min(chunk_size, max(num_labels, 1)))
-    result: jax.Array = _head(config, *operands)
+    op = _head_all if _ops.varying_axes(*operands) else _head  # inside shard_map: no symbolic zeros
+    result: jax.Array = op(config, *operands)
     return result
