@@ -187,3 +187,16 @@ def test_auto_takes_the_callback_for_large_cpu_calls_only():
     assert _ops.resolve_impl("auto", small) == "xla"
     assert _ops.resolve_impl("auto", large.astype(jnp.bfloat16)) == "xla"
     assert _ops.resolve_impl("callback", small) == "callback" and _ops.resolve_impl("xla", large) == "xla"
+
+
+@pytest.mark.parametrize("name", ["weight", "pos_weight"])
+def test_gradient_with_respect_to_a_python_float_weight(name):
+    """jax.grad(lambda w: loss(x, y, w))(2.0) raised AttributeError ('TypedFloat' has no 'astype'): the custom_vjp
+    got the bare Python scalar. It is now read as an array; the gradient equals a central difference."""
+    x = jnp.asarray([[0.5, -1.0, 3.0], [1.5, -2.0, 0.0]])
+    y = jnp.asarray([[1.0, 0, 1], [0, 1, 0]])
+    f = lambda w: multilabel_soft_margin_loss(x, y, validate=False, **{name: w})
+    step = 1e-6
+    expected = (f(jnp.asarray(2.0 + step)) - f(jnp.asarray(2.0 - step))) / (2 * step)
+    for grad in (jax.grad(f), jax.jit(jax.grad(f))):
+        assert float(grad(2.0)) == pytest.approx(float(expected), rel=1e-7)

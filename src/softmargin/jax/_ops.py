@@ -439,7 +439,9 @@ def _is_primal(leaf: Any) -> bool:
 
 
 def _value(tree: Any) -> Any:
-    return jax.tree_util.tree_map(lambda p: p.value, tree, is_leaf=_is_primal)
+    # jnp.asarray: a Python float differentiated (jax.grad(lambda w: loss(x, y, w))(2.0)) arrives as a bare scalar
+    plain = lambda v: v if v is None or isinstance(v, (SparseRows, jax.Array, np.ndarray)) else jnp.asarray(v)
+    return jax.tree_util.tree_map(lambda p: plain(p.value), tree, is_leaf=_is_primal)
 
 
 def _perturbed(tree: Any) -> bool:
