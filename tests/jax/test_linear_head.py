@@ -127,6 +127,22 @@ def test_under_shard_map_data_and_label_parallel():
         local_cw = lambda h, y, cw: jax.lax.psum(head(h, W, b, y, class_weight=cw, reduction="sum", validate=False), "d")
         with_cw = jax.shard_map(local_cw, mesh=mesh, in_specs=(P("d"), P("d"), P()), out_specs=P())
         assert np.isnan(np.asarray(jax.grad(with_cw, argnums=2)(h, y, cw))).all()
+        # arrays sharded over an Explicit axis (jax.make_mesh's default in JAX 0.10): the walk's products over
+        # sharded rows were refused ("Contracting dimensions are sharded"); rows or labels split, the loss and the
+        # gradients equal the unsharded ones and keep their shardings
+        if hasattr(jax.sharding, "AxisType") and hasattr(jax.sharding, "use_abstract_mesh"):
+            explicit = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
+            put = lambda a, spec: jax.device_put(a, jax.sharding.NamedSharding(explicit, spec))
+            for reduction in ("mean", "none"):
+                f = lambda h, W, y: head(h, W, b, y, reduction=reduction, validate=False).sum()
+                ref = jax.value_and_grad(f, argnums=(0, 1))(h, W, y)
+                for split, args in (("rows", (put(h, P("d", None)), W, put(y, P("d", None)))), ("labels", (h, put(W, P("d", None)), y))):
+                    with jax.set_mesh(explicit):
+                        for name, g in (("jit", jax.jit(jax.value_and_grad(f, argnums=(0, 1)))), ("eager", jax.value_and_grad(f, argnums=(0, 1)))):
+                            got = g(*args)
+                            check(got, ref, f"explicit {reduction} {split} {name}")
+                            assert jax.typeof(got[1][0]).sharding.spec[0] == ("d" if split == "rows" else None)
+                            assert jax.typeof(got[1][1]).sharding.spec[0] == ("d" if split == "labels" else None)
         print("ok")
         """
     )

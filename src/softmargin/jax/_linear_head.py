@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 from jax.custom_derivatives import SymbolicZero
 
 from .. import _validation as V
@@ -244,5 +245,28 @@ def linear_multilabel_soft_margin_loss(
     operands = _ops.match_varying(_ops.varying_axes(*operands), *operands)
     config = (reduction, resolved, num_labels, min(chunk_size, max(num_labels, 1)))
     op = _head_all if _ops.varying_axes(*operands) else _head  # inside shard_map: no symbolic zeros
-    result: jax.Array = op(config, *operands)
+    mesh = _explicit_mesh(*operands)
+    if mesh is None:
+        result: jax.Array = op(config, *operands)
+        return result
+    # arrays sharded over Explicit axes (jax.make_mesh's default): the walk's products over the rows would be
+    # refused as ambiguous ("Contracting dimensions are sharded"); it runs with those axes Auto, its result sharded
+    # as the loss of the rows is (a scalar: replicated; "none": as hidden's rows)
+    spec = tuple(jax.typeof(operands[0]).sharding.spec)
+    out = P() if reduction != "none" else P(spec[0] if spec else None)
+    with jax.sharding.use_abstract_mesh(mesh):  # (jit: an eager call has no devices for the mesh otherwise)
+        result = jax.jit(jax.sharding.auto_axes(lambda *a: op(config, *a), out_sharding=out))(*operands)
     return result
+
+
+def _explicit_mesh(*operands: Any) -> Any:
+    """The (abstract) mesh of an operand sharded over an Explicit axis, else None."""
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    for leaf in jax.tree_util.tree_leaves(operands):
+        try:
+            mesh = jax.typeof(leaf).sharding.mesh
+        except (AttributeError, TypeError):
+            continue
+        if explicit is not None and explicit in tuple(getattr(mesh, "axis_types", ())):
+            return mesh
+    return None
