@@ -102,7 +102,8 @@ def _check_range(name: str, array: Any, expected: str, ok: Any) -> None:
     if _traced(array):
         checkify.check(
             jnp.all(ok(array)),
-            f"{name} has values outside {expected} (min {{}}, max {{}}); expected every {name} value in {expected}",
+            f"{name} has values outside {expected} or NaN (min {{}}, max {{}}: a NaN may not show there); expected every "
+            f"{name} value in {expected}",
             array.min(), array.max(),
         )  # fmt: skip
         return
