@@ -250,3 +250,39 @@ def test_a_traced_option_is_a_type_error_naming_it():
     assert_close(static(x, 0.1), eager, RTOL["float32"])
     # and the float64 definition: x = 0 gives log 2 whatever the smoothed target
     assert_close(eager, np.log(2), RTOL["float32"])
+
+
+def test_auto_takes_xla_for_logits_known_to_be_sharded():
+    """impl="auto" took the host callback for logits split over several devices, which XLA then gathered onto one
+    host (right values, no parallelism): a concrete sharded array, or a traced one whose type names an Explicit
+    axis, now takes XLA; replicated logits keep the callback; the values equal the unsharded call's."""
+    code = textwrap.dedent(
+        """
+        import numpy as np, jax, jax.numpy as jnp
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from softmargin.jax import _ops, multilabel_soft_margin_loss as L
+        if not _ops.numpy_backend_is_fused() or not hasattr(jax.sharding, "AxisType"):
+            print("ok"); raise SystemExit
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((256, 256)), jnp.float32)
+        y = jnp.asarray(rng.random((256, 256)) < 0.3, jnp.float32)
+        assert _ops.resolve_impl("auto", x) == "callback"
+        ref = L(x, y)
+        for types in ((jax.sharding.AxisType.Explicit,), (jax.sharding.AxisType.Auto,)):
+            mesh = jax.make_mesh((2,), ("d",), axis_types=types)
+            xs, ys = (jax.device_put(a, NamedSharding(mesh, P("d", None))) for a in (x, y))
+            assert _ops.resolve_impl("auto", xs) == "xla", types
+            assert _ops.resolve_impl("auto", jax.device_put(x, NamedSharding(mesh, P()))) == "callback", types
+            assert np.allclose(L(xs, ys), ref, rtol=1e-6), types
+        explicit = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
+        xs, ys = (jax.device_put(a, NamedSharding(explicit, P("d", None))) for a in (x, y))
+        seen = []
+        with jax.set_mesh(explicit):
+            value = jax.jit(lambda a, b: seen.append(_ops.resolve_impl("auto", a)) or L(a, b, validate=False))(xs, ys)
+        assert seen == ["xla"] and np.allclose(value, ref, rtol=1e-6), (seen, value, ref)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -115,6 +115,18 @@ def match_varying(axes: frozenset[str], *operands: Any) -> tuple[Any, ...]:
     return tuple(jax.tree_util.tree_map(cast, a) for a in operands)
 
 
+def _sharded(x: Any) -> bool:
+    """Whether ``x`` is known to be split over several devices: a concrete array's sharding, or a traced one's
+    Explicit-axes type. (Under ``jit`` with Auto axes nothing says so at trace time.) The callback would have XLA
+    gather it onto one host."""
+    try:
+        sharding = x.sharding if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) else jax.typeof(x).sharding
+    except (AttributeError, TypeError):
+        return False
+    spec = getattr(sharding, "spec", None)  # a NamedSharding's: an axis named on some dimension
+    return spec is not None and any(axis is not None for axis in tuple(spec))
+
+
 def resolve_impl(impl: str, x: Any, axes: frozenset[str] = frozenset()) -> str:
     """``"auto"``: the callback on the CPU for the dtypes the NumPy backend's fused kernel takes (float16, float32,
     float64), where that kernel is there, from :data:`CALLBACK_MIN_ELEMENTS` logits; XLA otherwise (on accelerators
@@ -133,7 +145,7 @@ def resolve_impl(impl: str, x: Any, axes: frozenset[str] = frozenset()) -> str:
         )
     if impl != "auto":
         return impl
-    if math.prod(x.shape) < CALLBACK_MIN_ELEMENTS or axes:
+    if math.prod(x.shape) < CALLBACK_MIN_ELEMENTS or axes or _sharded(x):
         return "xla"
     fused_cpu = jax.default_backend() == "cpu" and np.dtype(x.dtype).name in ("float16", "float32", "float64")
     return "callback" if fused_cpu and numpy_backend_is_fused() else "xla"
