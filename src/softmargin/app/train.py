@@ -114,6 +114,8 @@ def resolve_device(device: str) -> torch.device:
             raise ValueError(f"device={device!r}: this machine has no CUDA device torch can use; use 'cpu' or 'auto'")
         return torch.device(device)
     raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
 #: From this many cells (rows x features) on, L-BFGS on sparse features says that it makes them dense (512 MB).
 LBFGS_DENSE_NOTICE = 1 << 27
 #: The most cells of sparse features made dense at once for the validation loss (64 MB of float32).
