@@ -636,3 +636,7 @@ def test_a_csv_separated_by_another_character_is_named(tmp_path, separator):
     path.write_text(separator.join(["f1", "f2", "ya"]) + "\n" + separator.join(["1.5", "2", "1"]) + "\n")
     with pytest.raises(D.DataError, match=rf"other\.csv:1: the header .* is one column: .* seems separated by {re.escape(repr(separator))}"):
         D.load_csv(path, ["ya"])
+    # a one-column file whose column is a model's feature (predict) is no such file (review)
+    name = separator.join(["f1", "f2"])
+    (tmp_path / "one.csv").write_text(f"{name}\n1.5\n2\n")
+    assert D.load_csv(tmp_path / "one.csv", ["ya"], features=[name], read_labels=False).X.shape == (2, 1)

@@ -200,3 +200,15 @@ def test_gradient_with_respect_to_a_python_float_weight(name):
     expected = (f(jnp.asarray(2.0 + step)) - f(jnp.asarray(2.0 - step))) / (2 * step)
     for grad in (jax.grad(f), jax.jit(jax.grad(f))):
         assert float(grad(2.0)) == pytest.approx(float(expected), rel=1e-7)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0)])
+def test_empty_batches_and_no_classes_give_torchs_values(shape, reduction, impl):
+    """With no class the XLA path gave 0 (an empty sum times 1/0) where torch's loss, NumPy's and the callback give
+    NaN (0 / 0); an empty batch's mean is NaN and its sum 0 everywhere."""
+    torch = pytest.importorskip("torch")
+    expected = torch.nn.functional.multilabel_soft_margin_loss(torch.zeros(shape), torch.zeros(shape), reduction=reduction)
+    got = multilabel_soft_margin_loss(jnp.zeros(shape), jnp.zeros(shape), reduction=reduction, impl=impl)
+    np.testing.assert_array_equal(np.asarray(got), expected.numpy())

@@ -168,3 +168,19 @@ def test_gradients_it_does_not_make_are_refused(jit, rng):
     full = lambda w: multilabel_soft_margin_loss(hidden @ w.T, y, cw, pos_weight=pw)
     fused = lambda w: linear_multilabel_soft_margin_loss(hidden, w, None, y, class_weight=cw, pos_weight=pw)
     assert_close(np.asarray(jax.grad(fused)(weight)), np.asarray(jax.grad(full)(weight)), RTOL["float64"])
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize(("rows", "labels"), [(0, 3), (2, 0)])
+def test_empty_batches_and_no_labels_give_torchs_values(rows, labels, reduction):
+    """No row (mean) or no label raised ZeroDivisionError or a slice error in the walk (review); the head now gives
+    the loss of the empty logits, torch's values, with gradients of the operands' shapes."""
+    torch = pytest.importorskip("torch")
+    expected = torch.nn.functional.multilabel_soft_margin_loss(torch.zeros(rows, labels), torch.zeros(rows, labels), reduction=reduction)
+    hidden, weight = jnp.zeros((rows, 4)), jnp.zeros((labels, 4))
+    for target in (jnp.zeros((rows, labels)), [[] for _ in range(rows)]):
+        got = linear_multilabel_soft_margin_loss(hidden, weight, jnp.zeros(labels), target, reduction=reduction)
+        np.testing.assert_array_equal(np.asarray(got), expected.numpy())
+    f = lambda h, w: linear_multilabel_soft_margin_loss(h, w, None, jnp.zeros((rows, labels)), reduction=reduction).sum()
+    grads = jax.grad(f, argnums=(0, 1))(hidden, weight)
+    assert grads[0].shape == hidden.shape and grads[1].shape == weight.shape

@@ -675,7 +675,9 @@ def load_csv(
             except StopIteration:
                 raise DataError(f"{path}:1: expected a header row, the file is empty") from None
             header = [h.strip() for h in header]
-            separator = next((c for c in ";\t|" if c in header[0]), None) if len(header) == 1 else None
+            known = set(labels or ()) | set(features or ())  # a one-column file whose column is named may be one
+            one = len(header) == 1 and header[0] not in known
+            separator = next((c for c in ";\t|" if c in header[0]), None) if one else None
             if separator is not None:  # a European (';') or tab-separated file read as one column
                 raise DataError(f"{path}:1: the header {header[0][:60]!r} is one column: a .csv file is read as "
                                 f"comma-separated, and this one seems separated by {separator!r}; convert it to commas")  # fmt: skip

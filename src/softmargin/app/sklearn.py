@@ -186,7 +186,8 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
                     f"y has the values {values.tolist()}: expected a multi-label indicator matrix (n_samples, n_labels) "
                     "of 0/1 (or booleans); for class labels pass a 1-D y"
                 )
-            if sp.issparse(y) and y.shape[0] * y.shape[1] >= SPARSE_LABELS_FROM:  # as `softmargin train`: no dense copy
+            # as `softmargin train` keeps LIBSVM labels: no dense copy (tuned thresholds need the dense matrix)
+            if sp.issparse(y) and y.shape[0] * y.shape[1] >= SPARSE_LABELS_FROM and config.thresholds != "tuned":
                 Y: Any = sp.csr_matrix(y).astype(np.uint8)
                 Y.eliminate_zeros()  # a stored 0 is no positive
             else:

@@ -1123,9 +1123,13 @@ EVALUATE_DENSE_MAX = 1 << 23
 
 def evaluate_sparse(model: TrainedModel, data: Dataset, device: str = "cpu") -> tuple[dict[str, float], list[dict[str, Any]]]:
     """The metrics that need no N x L matrix, from batches of rows: Hamming loss, subset accuracy, micro / macro /
-    samples F1, precision and recall, P@k, nDCG@k (the extreme classification repository's: DCG@k over the ideal
-    DCG of min(k, positives)) and PSP@k. Ranking metrics over all labels (LRAP, coverage, mAP) are left out."""
+    samples F1 (and macro-F1 over the labels with a training positive), precision and recall, P@k, one-error (1 -
+    P@1), nDCG@k (the extreme classification repository's: DCG@k over the ideal DCG of min(k, positives)) and PSP@k.
+    Ranking metrics over all labels (LRAP, ranking loss, coverage, mAP) are left out."""
     Y = data.Y.tocsr()
+    if Y.nnz and not Y.data.all():  # a stored 0 is no positive (the loaders drop them; a caller's matrix may not)
+        Y = Y.copy()
+        Y.eliminate_zeros()
     num_rows, num_labels = Y.shape
     tp = np.zeros(num_labels, np.int64)
     predicted = np.zeros(num_labels, np.int64)
@@ -1185,6 +1189,10 @@ def evaluate_sparse(model: TrainedModel, data: Dataset, device: str = "cpu") -> 
         "macro_recall": float(label_recall.mean()),
     }
     metrics |= {f"P@{k}": precision[k] / n for k in ks} | {f"nDCG@{k}": ndcg[k] / n for k in ks}
+    metrics["one_error"] = 1.0 - precision[1] / n if num_rows else float("nan")  # the top label not a true one
+    if model.label_counts is not None and model.train_size:
+        seen = np.asarray(model.label_counts) > 0
+        metrics["macro_f1_train_labels"] = float(label_f1[seen].mean()) if seen.any() else float("nan")
     if inv_p is not None:
         metrics |= {f"PSP@{k}": psp_gain[k] / psp_ideal[k] if psp_ideal[k] else float("nan") for k in ks}
     per_label = [

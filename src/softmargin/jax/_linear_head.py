@@ -239,6 +239,14 @@ def linear_multilabel_soft_margin_loss(
             _check_range("class_weight", arrays["class_weight"], "the finite range [0, inf)", lambda a: jnp.isfinite(a) & (a >= 0))
         if arrays["pos_weight"] is not None:
             _check_range("pos_weight", arrays["pos_weight"], "the finite range (0, inf)", lambda a: jnp.isfinite(a) & (a > 0))
+    if num_rows == 0 or num_labels == 0:  # nothing to walk (it divided by zero): the loss of the empty logits, whose
+        # value is torch's (NaN for the mean of no sample, or over no label)
+        from . import multilabel_soft_margin_loss
+
+        logits = hidden @ weight.T + (0 if arrays["bias"] is None else arrays["bias"])
+        dense = jnp.zeros(logits.shape, logits.dtype) if isinstance(y, _ops.SparseRows) else y
+        return multilabel_soft_margin_loss(logits, dense, arrays["class_weight"], pos_weight=arrays["pos_weight"],
+                                           reduction=reduction, options=resolved, validate=False)  # type: ignore[arg-type]  # fmt: skip
     # inside shard_map, an operand given replicated (P(): the weight of a data-parallel head, or the hidden
     # features of a label-parallel one) is cast to vary like the rest, so that its cotangent is psum'ed
     operands = (hidden, weight, arrays["bias"], y, arrays["class_weight"], arrays["pos_weight"])

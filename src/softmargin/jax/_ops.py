@@ -266,6 +266,8 @@ def xla_forward(
         loss = jnp.where(weight == 0, 0, loss * weight)
         grad = None if grad is None else grad * weight
     per_sample = loss.sum(-1)
+    if m is None and shape[-1] == 0:  # no class: the mean over none is 0 / 0, NaN, as torch's (and NumPy's) loss
+        per_sample = jnp.full_like(per_sample, jnp.nan)
     out = _reduce(per_sample, config.reduction, counted, m is not None).astype(x.dtype)
     if grad is not None:
         grad = (grad * (scale[..., None] if jnp.ndim(scale) else scale)).astype(x.dtype)
