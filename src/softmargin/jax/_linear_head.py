@@ -262,8 +262,8 @@ def linear_multilabel_soft_margin_loss(
     # as the loss of the rows is (a scalar: replicated; "none": as hidden's rows)
     spec = tuple(jax.typeof(operands[0]).sharding.spec)
     out = P() if reduction != "none" else P(spec[0] if spec else None)
-    with jax.sharding.use_abstract_mesh(mesh):  # (jit: an eager call has no devices for the mesh otherwise)
-        result = jax.jit(jax.sharding.auto_axes(lambda *a: op(config, *a), out_sharding=out))(*operands)
+    with jax.sharding.use_abstract_mesh(mesh):
+        result = jax.sharding.auto_axes(lambda *a: op(config, *a), out_sharding=out)(*operands)
     return result
 
 
