@@ -957,9 +957,9 @@ def _fit_one(
             return losses[0]
         return sum(loss * len(part) for loss, part in zip(losses, parts)) / len(valid_index)
 
-    X_valid = parts or None
+    validating = len(valid_index) > 0
     untrained = math.inf  # the untrained network's validation loss: the guard after the epochs compares with it
-    if X_valid is not None:
+    if validating:
         net.eval()
         with torch.no_grad():
             untrained = validation_loss()  # every rank alike, as each epoch's validation below
@@ -986,7 +986,7 @@ def _fit_one(
             total += value * len(batch)
             count += len(batch)
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
-        if X_valid is not None:
+        if validating:
             net.eval()
             with torch.no_grad():
                 record["valid_loss"] = validation_loss()
@@ -997,7 +997,7 @@ def _fit_one(
             best = (monitored, epoch + 1, {k: v.clone() for k, v in net.state_dict().items()})
         if hasattr(epochs, "set_postfix"):
             epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"} | {"best": best[1]})
-        if X_valid is not None and epoch + 1 - best[1] >= config.patience:
+        if validating and epoch + 1 - best[1] >= config.patience:
             log(f"seed {seed}: early stop at epoch {epoch + 1}, best validation loss at epoch {best[1]}")
             break
     # Diverged: every epoch worse than the untrained network, on the validation rows and on the training rows (whose
@@ -1007,7 +1007,7 @@ def _fit_one(
     # Worse, not merely no better: a run whose loss did not move (a learning rate too small to matter) keeps its model,
     # as before; one whose every epoch is worse than the untrained network by more than 0.1 % is refused
     worse = untrained + max(1e-6, 1e-3 * untrained)
-    diverged = X_valid is not None and best[0] > worse and min(h["train_loss"] for h in history) > worse
+    diverged = validating and best[0] > worse and min(h["train_loss"] for h in history) > worse
     if dist.world > 1:  # one decision on every rank (each data-parallel rank's training loss is its own part's)
         flag = torch.tensor([float(diverged)], device=device)  # on the device: NCCL reduces CUDA tensors only
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=dist.group)
@@ -1127,8 +1127,9 @@ def evaluate_sparse(model: TrainedModel, data: Dataset, device: str = "cpu") -> 
     P@1), nDCG@k (the extreme classification repository's: DCG@k over the ideal DCG of min(k, positives)) and PSP@k.
     Ranking metrics over all labels (LRAP, ranking loss, coverage, mAP) are left out."""
     Y = data.Y.tocsr()
-    if Y.nnz and not Y.data.all():  # a stored 0 is no positive (the loaders drop them; a caller's matrix may not)
-        Y = Y.copy()
+    if not Y.has_canonical_format or (Y.nnz and not Y.data.all()):  # once, not per batch: each cell once, and a
+        Y = Y.copy()  # stored 0 is no positive (the loaders give neither; a caller's matrix may); the caller's stays
+        Y.sum_duplicates()
         Y.eliminate_zeros()
     num_rows, num_labels = Y.shape
     tp = np.zeros(num_labels, np.int64)
@@ -1144,12 +1145,11 @@ def evaluate_sparse(model: TrainedModel, data: Dataset, device: str = "cpu") -> 
         inv_p = 1.0 / M.propensities(model.label_counts, model.train_size)
     discount = 1.0 / np.log2(np.arange(2, 7))
     for rows, scores in model.iter_proba(data.X, device=device):
-        truth = Y[rows]
-        truth.sum_duplicates()  # (a CSR slice of a canonical matrix already is; the hits below count each cell once)
+        truth = Y[rows]  # canonical, without stored zeros: its entries are the true labels
         pred = model.decide(scores).astype(bool, copy=False)  # dense: a CSR copy of it cost more than all else here
         row_true = np.diff(truth.indptr)
         truth_rows = np.repeat(np.arange(truth.shape[0]), row_true)
-        hit = pred[truth_rows, truth.indices] & (truth.data != 0)  # the true labels predicted
+        hit = pred[truth_rows, truth.indices]  # the true labels predicted
         tp += np.bincount(truth.indices[hit], minlength=num_labels)
         predicted += pred.sum(0, dtype=np.int64)
         row_tp = np.bincount(truth_rows[hit], minlength=truth.shape[0])
