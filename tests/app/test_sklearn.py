@@ -99,7 +99,7 @@ def test_a_large_sparse_y_stays_sparse(monkeypatch):
     """A scipy.sparse y was made dense (twice: toarray, then uint8): 10,000 x 100,000 labels took 2.6 GB against the
     CLI's 0.63. From SPARSE_LABELS_FROM cells on it stays CSR, as `softmargin train` keeps LIBSVM labels, and trains
     the same model."""
-    from softmargin.app import sklearn as S
+    from softmargin.app import data as D
     from softmargin.app import train as T
 
     X, Y = make_multilabel_classification(n_samples=120, n_features=8, n_classes=4, random_state=0)
@@ -107,7 +107,7 @@ def test_a_large_sparse_y_stays_sparse(monkeypatch):
     seen = []
     fit = T.fit
     monkeypatch.setattr(T, "fit", lambda data, *a, **k: seen.append(sp.issparse(data.Y)) or fit(data, *a, **k))
-    monkeypatch.setattr(S, "SPARSE_LABELS_FROM", Y.size)
+    monkeypatch.setattr(D, "SPARSE_LABELS_FROM", Y.size)  # the estimator keeps what the loaders keep
     sparse = SoftMarginClassifier(epochs=3, random_state=0).fit(X, sp.csr_matrix(Y))
     assert seen == [True]
     np.testing.assert_array_equal(sparse.predict_proba(X), dense.predict_proba(X))

@@ -212,6 +212,19 @@ def _check_binary(path: Path, Y: np.ndarray, lines: Sequence[int], names: Sequen
         raise DataError(f"{path}:{lines[row]}: label {names[col]!r} is {Y[row, col]}: expected 0 or 1")
 
 
+def stays_sparse(Y: Any) -> bool:
+    """Whether a label matrix is kept sparse: a scipy.sparse one of :data:`SPARSE_LABELS_FROM` cells or more."""
+    return sp.issparse(Y) and Y.shape[0] * Y.shape[1] >= SPARSE_LABELS_FROM
+
+
+def sparse_labels(Y: Any) -> sp.csr_matrix:
+    """0/1 labels (already checked) as a uint8 CSR matrix without stored zeros: a stored 0 ("{3 0}") is no positive,
+    and the sparse metrics count stored entries."""
+    Y = sp.csr_matrix(Y).astype(np.uint8)
+    Y.eliminate_zeros()
+    return Y
+
+
 def _check_binary_sparse(path: Path, Y: sp.csr_matrix, lines: Sequence[int], names: Sequence[str]) -> None:
     """:func:`_check_binary` for a CSR label matrix: only its stored values are looked at (the rest are 0)."""
     bad = np.flatnonzero(~np.isin(Y.data, (0, 1)))
@@ -472,15 +485,14 @@ def _dataset(
     Y = None
     if labels is not None:
         Y = matrix[:, label_index]
-        if sp.issparse(Y) and Y.shape[0] * Y.shape[1] >= SPARSE_LABELS_FROM:  # as LIBSVM labels: no dense copy
+        if stays_sparse(Y):  # as LIBSVM labels: no dense copy
             Y = Y.tocsr()
             _check_binary_sparse(path, Y, lines, [names[i] for i in label_index])
+            Y = sparse_labels(Y)
         else:
             Y = Y.toarray() if sp.issparse(Y) else Y
             _check_binary(path, Y, lines, [names[i] for i in label_index])
-        Y = Y.astype(np.uint8)
-        if sp.issparse(Y):
-            Y.eliminate_zeros()  # a stored 0 ("{3 0}") is no positive: the sparse metrics count stored entries
+            Y = Y.astype(np.uint8)
     label_names = [names[i] for i in label_index]
     feature_names = [names[i] for i in feature_index]
     return Dataset(X, Y, feature_names, label_names, path.stem, str(path), missing_labels=missing_labels)
@@ -635,7 +647,7 @@ def load_libsvm(path: str | Path) -> Dataset:
         (np.ones(len(label_ids), np.uint8), np.frombuffer(label_ids, np.int64), np.asarray(label_ptr, np.int64)),
         shape=(len(lines), height),
     )
-    if len(lines) * height < SPARSE_LABELS_FROM:
+    if not stays_sparse(Y):
         Y = Y.toarray()
     return Dataset(X, Y, feature_names, [str(i) for i in range(height)], path.stem, str(path), True)
 

@@ -24,7 +24,7 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import train as T
-from .data import SPARSE_LABELS_FROM, Dataset
+from .data import Dataset, sparse_labels, stays_sparse
 
 
 def _is_int(value: Any) -> TypeGuard[int | np.integer[Any]]:
@@ -187,9 +187,8 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
                     "of 0/1 (or booleans); for class labels pass a 1-D y"
                 )
             # as `softmargin train` keeps LIBSVM labels: no dense copy (tuned thresholds need the dense matrix)
-            if sp.issparse(y) and y.shape[0] * y.shape[1] >= SPARSE_LABELS_FROM and config.thresholds != "tuned":
-                Y: Any = sp.csr_matrix(y).astype(np.uint8)
-                Y.eliminate_zeros()  # a stored 0 is no positive
+            if stays_sparse(y) and config.thresholds != "tuned":
+                Y: Any = sparse_labels(y)
             else:
                 Y = np.asarray(y.toarray() if sp.issparse(y) else y).astype(np.uint8)
             self.classes_ = np.arange(Y.shape[1])
