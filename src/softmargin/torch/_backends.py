@@ -162,6 +162,11 @@ def _per_sample(row_sums: torch.Tensor, divisor: Any, masked: bool, shape: torch
     return reshaped
 
 
+def _row_sums(t: torch.Tensor) -> torch.Tensor:
+    """Each row's sum in float64: the chunked loop's row sums (chunked_loss_rows, redo_overflowed_rows)."""
+    return t.sum(dim=1, dtype=torch.float64)
+
+
 def _ones(num_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """A (1, C) row of ones: the kernel's default weight, pos_weight and mask (made per call: a few microseconds;
     a cached tensor could be a fake or functional one left by a trace)."""
@@ -226,7 +231,7 @@ def _native(
     if pos_weight is not None and x.dtype != torch.float64:  # pw * softplus(-x) beyond float32: those rows in float64
         redo_overflowed_rows(
             rows, options, row_sums, xp=torch, compute=lambda t: t.to(torch.float64),
-            row_sum=lambda t: t.sum(dim=1, dtype=torch.float64), chunk_elements=CHUNK_ELEMENTS,
+            row_sum=_row_sums, chunk_elements=CHUNK_ELEMENTS,
         )  # fmt: skip
     return (_per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted), out_of_range
 
@@ -324,7 +329,7 @@ def _chunked(
     else:
         chunked_loss_rows(
             rows, options, grad_scale, need_grad, xp=torch, compute=lambda t: t.to(cdtype),
-            row_sum=lambda t: t.sum(dim=1, dtype=torch.float64), row_sums_out=row_sums, grad_out=grad,
+            row_sum=_row_sums, row_sums_out=row_sums, grad_out=grad,
             chunk_elements=CHUNK_ELEMENTS,
         )  # fmt: skip
     return _per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted
