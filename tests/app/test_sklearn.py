@@ -21,7 +21,6 @@ from softmargin import SoftMarginClassifier
 # Checks skipped, and why (everything else in check_estimator must pass):
 EXPECTED_SKIPS = {
     "check_array_api_input",  # needs SCIPY_ARRAY_API and an array-API namespace: the model computes in torch
-    "check_classifier_data_not_an_array",  # needs pandas, which the project does not depend on
 }
 
 
