@@ -1,8 +1,7 @@
 """Multi-label data sets: the built-in yeast, MULAN ARFF (dense and sparse), LIBSVM / extreme-classification text,
 and CSV with named label columns.
 
-Every loader returns a :class:`Dataset`: features ``X`` (a dense float32 array, or a scipy.sparse CSR matrix when the
-file is sparse: sparse stays sparse), labels ``Y`` (uint8, shape (N, L): dense, or a CSR matrix for large label sets:
+Every loader returns a :class:`Dataset`: features ``X`` (a dense float64 array, as read; or a float32 scipy.sparse CSR matrix when the file is sparse: sparse stays sparse), labels ``Y`` (uint8, shape (N, L): dense, or a CSR matrix for large label sets:
 the positives only, never N x L; None for unlabeled data) and the names of both. A malformed file raises
 :class:`DataError` naming the file, the line and what was expected there; so does a missing, NaN or infinite feature
 value, one beyond float32's range, a number not in plain ASCII decimal or scientific notation (Python's ``float``
@@ -55,7 +54,7 @@ _FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 class Dataset:
     """Features ``X`` (N, F), labels ``Y`` (N, L) or None (unlabeled data, for ``predict``) and their names."""
 
-    X: Any  # np.ndarray (float32) or scipy.sparse.csr_matrix
+    X: Any  # np.ndarray (float64 from the loaders; float32 too) or scipy.sparse.csr_matrix (float32)
     Y: Any  # np.ndarray (uint8, (N, L)), scipy.sparse.csr_matrix (uint8) for large label sets, or None (unlabeled)
     feature_names: list[str] = field(default_factory=list)
     label_names: list[str] = field(default_factory=list)
@@ -257,7 +256,7 @@ def load_builtin(name: str) -> tuple[Dataset, Dataset]:
     labels = [i for i, h in enumerate(header) if h.startswith("Class")]
     features = [i for i in range(len(header)) if i not in labels]
     data = Dataset(
-        values[:, features].astype(np.float32),
+        values[:, features],
         values[:, labels].astype(np.uint8),
         [header[i] for i in features],
         [header[i] for i in labels],
@@ -481,7 +480,9 @@ def _dataset(
         feature_index = [i for i in range(len(names)) if i not in taken]
     X = matrix[:, feature_index]
     _check_finite(path, X, lines, [names[i] for i in feature_index])  # before the cast, which would make inf
-    X = X.tocsr().astype(np.float32) if sp.issparse(X) else X.astype(np.float32)
+    # dense features stay float64 (the text they were parsed from took far more memory): training casts them to
+    # float32 unless float32 would blur a column (train._as_computed), prediction computes in float64
+    X = X.tocsr().astype(np.float32) if sp.issparse(X) else np.asarray(X, np.float64)
     Y = None
     if labels is not None:
         Y = matrix[:, label_index]

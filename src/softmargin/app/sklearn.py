@@ -173,7 +173,8 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> SoftMarginClassifier:
         config = self._config()
-        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float32, multi_output=True)
+        # float64 stays float64 until the fit has checked that float32 does not blur a column (train._as_computed)
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=(np.float64, np.float32), multi_output=True)
         target_type = type_of_target(y)
         if target_type == "multilabel-indicator":
             # scikit-learn calls any matrix of at most two values an indicator matrix: {-1, +1} and {0, 2} too,
@@ -244,7 +245,7 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
 
     def _features(self, X: Any) -> Any:
         check_is_fitted(self, "model_")
-        return validate_data(self, X, accept_sparse="csr", dtype=np.float32, reset=False)
+        return validate_data(self, X, accept_sparse="csr", dtype=(np.float64, np.float32), reset=False)
 
     def _scores(self, X: Any) -> np.ndarray:
         X = self._features(X)
@@ -318,7 +319,7 @@ class RunModel(BaseEstimator):
             if missing:
                 raise ValueError(f"X lacks the model's feature column(s) {missing[:5]}: expected all of {self.n_features_in_}")
             X = X.rename(columns=str)[self.model_.feature_names].to_numpy()
-        return validate_data(self, X, accept_sparse="csr", dtype=np.float32, reset=False)
+        return validate_data(self, X, accept_sparse="csr", dtype=(np.float64, np.float32), reset=False)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Probabilities, (n_samples, n_labels)."""

@@ -301,8 +301,11 @@ class MultiLabelNet(nn.Module):
         return self.layers(self.inputs(x))
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """The scaled (and, with ``normalize``, row-normalised) features the first layer sees."""
+        """The scaled (and, with ``normalize``, row-normalised) features the first layer sees. float64 features
+        (kept so where float32 would blur them: :func:`_float32_blurs`) are centred and scaled in float64, then cast."""
         x = (x - self.shift) * self.scale
+        if x.dtype != self.scale.dtype:
+            x = x.to(self.scale.dtype)
         if self.normalize:
             x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
         return x
@@ -501,10 +504,47 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _dense_batch(X: Any, index: Any) -> torch.Tensor:
+    """Rows ``index`` of the features as a dense tensor: float32, or float64 for dense float64 features (kept so only
+    where float32 would blur them, :func:`_as_computed`; the network centres them before casting)."""
     rows = X[index]
     if sp.issparse(rows):  # sparse features stay sparse; each mini-batch is made dense on its own
         rows = rows.toarray()
-    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    dtype = np.float64 if not sp.issparse(X) and X.dtype == np.float64 else np.float32
+    return torch.from_numpy(np.ascontiguousarray(rows, dtype=dtype))
+
+
+#: float32 blurs a feature column when its rounding (up to 2**-24 of a value's magnitude) exceeds this share of the
+#: column's standard deviation
+BLUR = 1e-3
+
+
+def _float32_blurs(X: Any, block_cells: int = 1 << 22) -> bool:
+    """Whether float32 would blur a column of dense float64 features ``X``: round its values by more than
+    :data:`BLUR` of the column's standard deviation. Timestamps of 1.6e9 +- 50 s are such a column: float32 holds them
+    to 128 s (300 of them had 4 distinct float32 values), which no model can learn from. Column statistics in blocks
+    of rows (``block_cells`` cells at a time), so that no copy of ``X`` is made."""
+    if sp.issparse(X) or X.dtype != np.float64 or len(X) < 2:
+        return False
+    count, mean, squares = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    step = max(1, block_cells // max(1, X.shape[1]))
+    for start in range(0, len(X), step):  # Chan et al.'s pairwise update of the mean and the sum of squares
+        block = X[start:start + step]
+        block_mean = block.mean(0)
+        delta, total = block_mean - mean, count + len(block)
+        squares += ((block - block_mean) ** 2).sum(0) + delta**2 * count * len(block) / total
+        mean += delta * len(block) / total
+        count = total
+    std = np.sqrt(squares / count)
+    return bool(((np.abs(mean) * 2.0**-24 > BLUR * std) & (std > 0)).any())
+
+
+def _as_computed(train: Dataset) -> Dataset:
+    """``train`` with its features in float32, as the network computes, unless float32 would blur a dense column
+    (:func:`_float32_blurs`): those features stay float64 and are centred in float64 (``MultiLabelNet.inputs``)."""
+    X = train.X
+    if X.dtype == np.float32 or _float32_blurs(X):
+        return train
+    return dataclasses.replace(train, X=X.astype(np.float32))
 
 
 def _scaler(X: Any, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -628,6 +668,7 @@ def fit(
     if train.Y is None:
         raise ValueError(f"{train.name}: training needs labels, the data has none")
     config = config.resolve(train)
+    train = _as_computed(train)
     if config.optimizer == "newton":
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("optimizer='newton' runs on one process: use adamw under torchrun")
