@@ -61,7 +61,11 @@ def resolve(
     for name, value in zip(("label_smoothing", "gamma_pos", "gamma_neg", "clip"), keywords):
         # an array, or a JAX tracer (an option passed through jax.jit or jax.vmap): refused here, before a comparison
         # would ask it for a bool (JAX's TracerBoolConversionError, naming nothing)
-        if hasattr(value, "shape") and not isinstance(value, (numbers.Real, np.generic, np.ndarray)):
+        # (a Python number first: under torch.compile(dynamic=True) a float is symbolic, and dynamo cannot trace
+        # hasattr on it)
+        if isinstance(value, (int, float)) or isinstance(value, (numbers.Real, np.generic, np.ndarray)):
+            continue
+        if hasattr(value, "shape"):
             raise TypeError(
                 f"{name} is a {type(value).__name__} of shape {tuple(value.shape)}: expected a static Python float "
                 "(an option decides which formula is computed: under jax.jit mark it static with static_argnums or "

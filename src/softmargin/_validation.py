@@ -69,7 +69,7 @@ def check_broadcastable(name: str, shape: Sequence[int], input_shape: Sequence[i
     """``shape`` must broadcast to ``input_shape`` without changing it."""
     shape, input_shape = _shape(shape), _shape(input_shape)
     ok = len(shape) <= len(input_shape) and all(
-        s in (1, t) for s, t in zip(reversed(shape), reversed(input_shape))
+        s == 1 or s == t for s, t in zip(reversed(shape), reversed(input_shape))  # not "in (1, t)": dynamo misreads it on symbolic sizes
     )
     if not ok:
         raise ValueError(

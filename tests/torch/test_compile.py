@@ -65,6 +65,7 @@ CHEAP = [
     dict(backend="aot_eager"),
     dict(backend="aot_eager", fullgraph=True),
     dict(backend="aot_eager", dynamic=True),
+    dict(backend="aot_eager", fullgraph=True, dynamic=True),
     dict(backend="inductor", fullgraph=True),
 ]
 EXPENSIVE = [
@@ -112,6 +113,37 @@ def test_every_option_fullgraph_matches_eager(option):
     x, y, kwargs = _problem(OPTIONS[option])
     compiled = torch.compile(st.multilabel_soft_margin_loss, backend="aot_eager", fullgraph=True)
     _assert_matches(_value_and_grad(compiled, x, y, kwargs), _value_and_grad(st.multilabel_soft_margin_loss, x, y, kwargs))
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_every_option_fullgraph_dynamic_matches_eager(option):
+    """dynamic=True makes the option floats symbolic too: resolving them once asked hasattr of a symbolic float,
+    which dynamo cannot trace, so fullgraph=True failed even for the plain call."""
+    compiled = torch.compile(st.multilabel_soft_margin_loss, backend="aot_eager", fullgraph=True, dynamic=True)
+    for shape, seed in (((8, 5), 0), ((13, 7), 1)):
+        x, y, kwargs = _problem(OPTIONS[option], shape=shape, seed=seed)
+        _assert_matches(_value_and_grad(compiled, x, y, kwargs), _value_and_grad(st.multilabel_soft_margin_loss, x, y, kwargs))
+
+
+def test_options_as_changing_python_floats_fullgraph():
+    """An option passed as a Python float that changes between calls: dynamo makes it symbolic at the second value."""
+
+    def loss(x, y, smoothing, gamma, clip):
+        return st.multilabel_soft_margin_loss(x, y, label_smoothing=smoothing, gamma_neg=gamma, clip=clip)
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    x, y, _ = _problem({})
+    for values in ((0.1, 1.0, 0.05), (0.2, 2.0, 0.1), (0.3, 3.5, 0.02)):
+        _assert_matches(_value_and_grad(lambda x, y: compiled(x, y, *values), x, y, {}),
+                        _value_and_grad(lambda x, y: loss(x, y, *values), x, y, {}))  # fmt: skip
+
+
+def test_module_with_a_weight_fullgraph_dynamic():
+    weight = torch.rand(5) + 0.5
+    compiled = torch.compile(st.MultiLabelSoftMarginLoss(weight=weight), backend="aot_eager", fullgraph=True, dynamic=True)
+    for shape in ((8, 5), (3, 5)):
+        x, y, _ = _problem({}, shape=shape)
+        torch.testing.assert_close(compiled(x, y), F.multilabel_soft_margin_loss(x, y, weight=weight), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))

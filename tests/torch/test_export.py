@@ -59,3 +59,14 @@ def test_export_with_dynamic_batch():
     program = torch.export.export(model, (x, y), dynamic_shapes=({0: batch}, {0: batch}))
     x3, y3 = torch.randn(3, 6), (torch.rand(3, 5) < 0.4).float()
     torch.testing.assert_close(program.module()(x3, y3), model(x3, y3), rtol=1e-6, atol=1e-7)
+
+
+def test_exported_module_compiled_backward():
+    """The exported forward skips the gradient (need_grad=False: nothing required grad at export); a backward through
+    it under torch.compile recomputes it through the operator, not the kernels (a FakeTensor has no data pointer)."""
+    exported = torch.export.export(st.MultiLabelSoftMarginLoss(), (torch.randn(3, 4), torch.rand(3, 4)))
+    x, y = torch.randn(3, 4, requires_grad=True), torch.rand(3, 4)
+    torch.compile(exported.module(), backend="aot_eager")(x, y).backward()
+    reference = x.detach().clone().requires_grad_()
+    torch.nn.functional.multilabel_soft_margin_loss(reference, y).backward()
+    torch.testing.assert_close(x.grad, reference.grad)

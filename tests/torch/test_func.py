@@ -59,6 +59,41 @@ def test_jvp_wrt_target_and_weight():
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("extra", ["mask", "pos_weight", "label_smoothing"])
+def test_forward_mode_wrt_target_or_weight_with_extras_is_refused(extra):
+    """The forward-mode formulas for target and weight are the plain loss's: with a mask or pos_weight they gave
+    the unmasked, unweighted derivative (jacfwd w.r.t. weight with a mask: [0.206, 0.169, 0.192, 0.167] against
+    [0.259, 0.166, 0.054, 0.276]). Refused now, as reverse mode refuses them; input's tangent stays right."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, y, w = _data(3)
+    kwargs = {"mask": torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.6,
+              "pos_weight": torch.rand(x.shape[-1], dtype=torch.float64) + 0.5,
+              "label_smoothing": 0.1}  # fmt: skip
+    options = {extra: kwargs[extra]}
+    with pytest.raises(ValueError, match=r"weight has a forward-mode tangent.*pass weight\.detach\(\)"):
+        jacfwd(lambda c: st.multilabel_soft_margin_loss(x, y, c, **options))(w)
+    with pytest.raises(ValueError, match=r"target has a forward-mode tangent"):
+        jacfwd(lambda b: st.multilabel_soft_margin_loss(x, b, **options))(y)
+    with pytest.raises(ValueError, match=r"pos_weight has a forward-mode tangent"), fwAD.dual_level():
+        # before: an internal assert of PyTorch's autograd
+        st.multilabel_soft_margin_loss(x, y, pos_weight=fwAD.make_dual(kwargs["pos_weight"], torch.ones(x.shape[-1], dtype=torch.float64)))
+    forward = jacfwd(lambda a: st.multilabel_soft_margin_loss(a, y, w, **options))(x)
+    torch.testing.assert_close(forward, jacrev(lambda a: st.multilabel_soft_margin_loss(a, y, w, **options))(x), rtol=1e-10, atol=1e-14)
+
+
+def test_a_weight_requiring_grad_is_fine_under_no_grad():
+    """Evaluation with a learned class weight and pos_weight: nothing is differentiated, nothing to refuse."""
+    x, y, w = _data(3)
+    learned = torch.nn.Parameter(w.clone())
+    pos_weight = torch.full((x.shape[-1],), 2.0, dtype=torch.float64)
+    with torch.no_grad():
+        value = st.multilabel_soft_margin_loss(x, y, learned, pos_weight=pos_weight)
+    torch.testing.assert_close(value, st.multilabel_soft_margin_loss(x, y, w, pos_weight=pos_weight))
+    with pytest.raises(ValueError, match=r"weight requires grad, but with pos_weight"):
+        st.multilabel_soft_margin_loss(x, y, learned, pos_weight=pos_weight)
+
+
 @pytest.mark.parametrize("batched", ["input", "input+target", "input+target+weight"])
 def test_vmap(batched):
     gen = torch.Generator().manual_seed(1)

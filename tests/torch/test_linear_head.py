@@ -262,3 +262,25 @@ def test_triton_backend_matches_the_cpu_kernel(sparse, options, monkeypatch):
         results.append((loss.detach(), *(p.grad for p in params)))
     for ours, theirs in zip(*results):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("hidden_dtype,target_dtype,class_weight_dtype", [
+    (torch.bfloat16, torch.float32, None), (torch.float32, torch.float64, None),
+    (torch.float32, torch.float32, torch.float64), (torch.float32, torch.bool, None), (torch.float64, torch.float32, None),
+])  # fmt: skip
+def test_result_dtype_is_the_plain_paths(hidden_dtype, target_dtype, class_weight_dtype):
+    """The head's loss takes the dtype multilabel_soft_margin_loss gives on the logits (it returned hidden's: a
+    bfloat16 loss, 0.7656 where the plain path gives 0.7637 in float32, for a float32 target)."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 5, generator=gen).to(hidden_dtype).requires_grad_()
+    weight = torch.randn(7, 5, generator=gen).to(hidden_dtype).requires_grad_()
+    bias = torch.randn(7, generator=gen).to(hidden_dtype)
+    target = (torch.rand(6, 7, generator=gen) < 0.4).to(target_dtype)
+    class_weight = None if class_weight_dtype is None else (torch.rand(7, generator=gen) + 0.5).to(class_weight_dtype)
+    ours = st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target, class_weight=class_weight)
+    plain = st.multilabel_soft_margin_loss(hidden @ weight.T + bias, target, class_weight)
+    assert ours.dtype == plain.dtype
+    tolerance = 2e-3 if hidden_dtype == torch.bfloat16 else 1e-6  # the plain path rounds its logits to bfloat16
+    torch.testing.assert_close(ours, plain, rtol=tolerance, atol=tolerance)
+    ours.backward()
+    assert hidden.grad.dtype == hidden_dtype and weight.grad.dtype == hidden_dtype

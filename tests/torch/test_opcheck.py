@@ -14,8 +14,8 @@ _GEN = torch.Generator().manual_seed(0)
 
 
 def _sample(shape=(6, 5), dtype=torch.float32, target="same", weight=None, pos_weight=None, mask=None,
-            sparse=False, options=(0.0, 0.0, 0.0, 0.0), need_grad=True, check=True):
-    x = (torch.randn(shape, generator=_GEN) * 3).to(dtype).requires_grad_(need_grad)
+            sparse=False, options=(0.0, 0.0, 0.0, 0.0), need_grad=True, check=True, requires_grad=None):
+    x = (torch.randn(shape, generator=_GEN) * 3).to(dtype).requires_grad_(need_grad if requires_grad is None else requires_grad)
     hard = torch.rand(shape, generator=_GEN) < 0.4
     y = {"same": hard.to(dtype), "bool": hard, "uint8": hard.to(torch.uint8), "soft": torch.rand(shape, generator=_GEN).to(dtype)}[target]
     rows = {"class": (shape[-1],), "full": shape}
@@ -42,6 +42,10 @@ SAMPLES = {
     "options": _sample(pos_weight="class", mask="full", options=(0.1, 1.0, 4.0, 0.05)),
     "mask row": _sample(mask="class", options=(0.0, 2.0, 2.0, 0.0)),
     "no grad": _sample(need_grad=False, weight="class"),
+    # the forward skipped the gradient that a backward then needs: recomputed through the operator (under tracing
+    # the kernels' data pointers are not there: aot_dispatch failed with "Cannot access data pointer of Tensor")
+    "grad recomputed": _sample(dtype=torch.bfloat16, target="bool", need_grad=False, requires_grad=True),
+    "grad recomputed, sparse": _sample(sparse=True, weight="class", need_grad=False, requires_grad=True),
     "unchecked": _sample(check=False),
     "sparse": _sample(sparse=True),
     "empty batch": _sample(shape=(0, 5)),

@@ -119,7 +119,7 @@ def _problem(
         V.check_broadcastable("mask", mask.shape, input.shape)
     if not (pos_weight is None and mask is None and options == PLAIN):
         for name, value in (("target", dense), ("weight", weight), ("pos_weight", pos_weight)):
-            if value is not None and value.requires_grad:
+            if value is not None and value.requires_grad and torch.is_grad_enabled():  # (no_grad: nothing to refuse)
                 raise ValueError(
                     f"{name} requires grad, but with pos_weight, mask, label_smoothing or asymmetric focusing only "
                     f"input is differentiable; pass {name}.detach()"
@@ -389,8 +389,14 @@ def linear_multilabel_soft_margin_loss(
     budget = memory_budget if memory_budget is not None else auto_budget(num_rows, num_labels)
     chunks = chunk_shape(num_rows, num_labels, budget, chunk_size)
     total = total_labels if total_labels is not None else _total_labels(num_labels, process_group)
+    # the dtype multilabel_soft_margin_loss would give on the logits: theirs (hidden's and weight's), promoted with a
+    # dense target's and a class weight's (a bfloat16 hidden and a float32 target give a float32 loss)
+    dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    for operand in (target, class_weight):
+        if isinstance(operand, Tensor) and operand.dim() > 0:
+            dtype = torch.promote_types(dtype, operand.dtype)
     loss: Tensor = LinearMultiLabelSoftMarginLossFunction.apply(
-        hidden, weight, bias, target, class_weight, pos_weight, reduction, resolved, chunks, process_group, total
+        hidden, weight, bias, target, class_weight, pos_weight, reduction, resolved, chunks, process_group, total, dtype
     )
     return loss
 

@@ -202,6 +202,7 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
         chunks: tuple[int, int],
         group: Any,
         total_labels: int,
+        dtype: torch.dtype,
     ) -> torch.Tensor:
         num_rows = hidden.shape[0]
         scale = 1.0 / (total_labels * (num_rows if reduction == "mean" else 1)) if total_labels and num_rows else math.nan
@@ -219,9 +220,9 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, bias)
         per_sample = row_sums / total_labels if total_labels else row_sums * math.nan
         if reduction == "none":
-            return per_sample.to(hidden.dtype)
+            return per_sample.to(dtype)
         total = per_sample.sum()
-        return (total / num_rows if reduction == "mean" else total).to(hidden.dtype)
+        return (total / num_rows if reduction == "mean" else total).to(dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -251,5 +252,5 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
         cast = lambda g, like: None if g is None else g.to(like.dtype)
         return (
             cast(g_hidden, hidden), cast(g_weight, weight), None if bias is None else cast(g_bias, bias),
-            None, None, None, None, None, None, None, None,
+            None, None, None, None, None, None, None, None, None,
         )  # fmt: skip

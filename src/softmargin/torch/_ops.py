@@ -203,9 +203,14 @@ def input_grads(
             grad_x = _differentiable_grad(x, _dense_target(y, sparse, x), weight, pos_weight, mask, options)
             grad_x = grad_x * g.to(grad_x.dtype)
         else:
-            if grad is None or (grad.numel() == 0 and x.numel() != 0):
-                target: Any = sparse if sparse is not None else y
-                grad = B.loss_rows(x, target, weight, pos_weight, mask, options, True, False)[1]
+            if grad is None or (grad.numel() == 0 and x.numel() != 0):  # the forward ran with need_grad=False
+                if _ordinary((x, y, weight, pos_weight, mask)):
+                    target: Any = sparse if sparse is not None else y
+                    grad = B.loss_rows(x, target, weight, pos_weight, mask, options, True, False)[1]
+                else:  # traced (compile, export, FakeTensor): the operator, never the kernels' data pointers
+                    csr = (sparse.indptr, sparse.indices, sparse.values) if sparse is not None else (None, None, None)
+                    grad = loss_rows(x, y, weight, pos_weight, mask, *csr, options.label_smoothing, options.gamma_pos,
+                                     options.gamma_neg, options.clip, True, False)[1]  # fmt: skip
                 in_place = True
             assert grad is not None
             # (not in place under a batched backward: g then carries a batch dimension grad lacks)
@@ -392,6 +397,7 @@ class _EagerLoss(torch.autograd.Function):
         else:
             ctx.save_for_backward(x, y, weight, pos_weight, mask, indptr, indices, values, grad)
         ctx.save_for_forward(x, y, weight, grad)
+        ctx.extras = pos_weight is not None or mask is not None  # forward mode: only input's tangent then
 
     @staticmethod
     def backward(ctx: Any, grad_per_sample: Tensor | None, _grad: Any, _counted: Any) -> tuple[Tensor | None, ...]:
@@ -410,14 +416,21 @@ class _EagerLoss(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None, None, None)
 
     @staticmethod
-    def jvp(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    def jvp(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | None, pw_t: Tensor | None,
+            *_: Any) -> tuple[Any, ...]:  # fmt: skip
         x, y, weight, grad = ctx.saved_tensors
+        # as in reverse mode (the public API refuses target/weight/pos_weight requiring grad there): these formulas
+        # are the plain loss's, which would silently drop the mask and pos_weight
+        for name, t in (("target", y_t), ("weight", w_t), ("pos_weight", pw_t)):
+            if t is not None and (name == "pos_weight" or ctx.extras or ctx.options != PLAIN or y is None):
+                raise ValueError(
+                    f"{name} has a forward-mode tangent, but with pos_weight, mask, label_smoothing, asymmetric "
+                    f"focusing or sparse targets only input is differentiable; pass {name}.detach()"
+                )
         tangent: Tensor | None = None
         if x_t is not None:
             tangent = (grad.to(B.compute_dtype(x.dtype)) * x_t).sum(-1)
         if y_t is not None or w_t is not None:
-            if ctx.options != PLAIN or y is None:
-                raise RuntimeError("softmargin: forward-mode derivatives w.r.t. target or weight need the plain loss")
             scale = 1.0 / x.shape[-1]
             if y_t is not None:
                 term = -x * y_t * scale
