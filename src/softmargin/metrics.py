@@ -16,7 +16,9 @@ labels and drops the others), for comparison with its published figures.
 
 Label matrices (``Y``, and ``pred`` in :func:`evaluate`) hold 0 and 1: bool, int or float, dense or scipy.sparse (made
 dense). Any other value (soft labels, a {-1, +1} coding, NaN) is refused with a ValueError naming the argument and the
-first such value, rather than truncated; ``k`` (P@k, PSP@k) is an integer >= 1.
+first such value, rather than truncated; ``k`` (P@k, PSP@k) is an integer >= 1. ``scores`` are real numbers (bool, int
+or float, made float64; scipy.sparse is made dense, a missing entry scoring 0) of ``Y``'s shape, NaN refused (and
+infinities in :func:`evaluate`, whose scikit-learn metrics refuse them), with a ValueError naming the argument.
 """
 
 from __future__ import annotations
@@ -57,22 +59,55 @@ def _label_matrix(Y: Any, name: str) -> np.ndarray:
     return dense
 
 
+def _real_array(
+    values: Any, name: str, shape: tuple[int, ...], expected: str, finite: bool = False
+) -> NDArray[np.float64]:
+    """``values`` as a float64 array (scipy.sparse made dense), checked to have ``shape`` (``expected`` says so in the
+    error) and to hold no NaN (with ``finite``, no infinity either). The error names the argument and the first bad
+    value (row-major)."""
+    dense = np.asarray(values.toarray()) if sp.issparse(values) else np.asarray(values)
+    if dense.shape != shape:
+        raise ValueError(f"{name} has shape {dense.shape}: expected {expected}")
+    if dense.dtype.kind not in "biuf":
+        raise ValueError(f"{name} has dtype {dense.dtype}: expected real numbers (booleans, ints or floats)")
+    array: NDArray[np.float64] = dense.astype(np.float64, copy=False)
+    if array.size == 0:
+        return array
+    low = array.min()  # NaN if any is: a pass or two, and no mask, unless something is wrong
+    if not np.isnan(low) and not (finite and (np.isinf(low) or np.isinf(array.max()))):
+        return array
+    bad, kind, expected = np.isnan(array), "NaN", "numbers, not NaN"
+    if not bad.any():
+        bad, kind, expected = np.isinf(array), "infinite", "finite numbers"
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = "[" + ", ".join(map(str, first)) + "]"
+    raise ValueError(
+        f"{name} holds {int(bad.sum())} {kind} value(s), the first {array[first].item()!r} at {where}: "
+        f"expected {expected}"
+    )
+
+
+def _scores(scores: Any, Y: np.ndarray, finite: bool = False) -> NDArray[np.float64]:
+    return _real_array(scores, "scores", Y.shape, f"Y's shape {Y.shape}", finite)
+
+
 def _check_k(k: Any) -> int:
     if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1):
         raise ValueError(f"k={k!r}: expected an integer >= 1")
     return int(k)
 
 
-def precision_at_k(Y: Any, scores: np.ndarray, k: int) -> float:
+def precision_at_k(Y: Any, scores: Any, k: int) -> float:
     """Mean fraction of true labels among each sample's ``k`` top-scored ones (``k`` at most the number of labels).
 
     Args:
         Y: (N, L) true labels of 0 and 1 (bool, int or float; dense or scipy.sparse).
-        scores: (N, L) scores, higher meaning more likely.
+        scores: (N, L) real scores, higher meaning more likely (any real dtype or a nested list; no NaN).
         k: an integer >= 1.
     """
     k = _check_k(k)
-    return _precision_at_k(_label_matrix(Y, "Y"), scores, k)
+    Y = _label_matrix(Y, "Y")
+    return _precision_at_k(Y, _scores(scores, Y), k)
 
 
 def _precision_at_k(Y: np.ndarray, scores: np.ndarray, k: int) -> float:
@@ -97,14 +132,18 @@ def propensities(label_counts: np.ndarray, num_samples: int, A: float = 0.55, B:
     return propensity
 
 
-def psp_at_k(Y: Any, scores: np.ndarray, inv_propensity: np.ndarray, k: int) -> float:
+def psp_at_k(Y: Any, scores: Any, inv_propensity: Any, k: int) -> float:
     """Propensity-scored precision@k, normalised by its best possible value (as the extreme classification
     repository reports it): sum of y / p over the k top-scored labels over the same for the k best labels.
 
-    ``Y`` holds 0 and 1 (bool, int or float; dense or scipy.sparse); ``k`` is an integer >= 1 (at most the number of
+    ``Y`` holds 0 and 1 (bool, int or float; dense or scipy.sparse), ``scores`` real numbers of its shape (no NaN),
+    ``inv_propensity`` one 1 / p per label (shape (L,), no NaN); ``k`` is an integer >= 1 (at most the number of
     labels is used)."""
     k = _check_k(k)
-    return _psp_at_k(_label_matrix(Y, "Y"), scores, inv_propensity, k)
+    Y = _label_matrix(Y, "Y")
+    L = Y.shape[1]
+    inv_propensity = _real_array(inv_propensity, "inv_propensity", (L,), f"one value per label of Y, shape ({L},)")
+    return _psp_at_k(Y, _scores(scores, Y), inv_propensity, k)
 
 
 def _psp_at_k(Y: np.ndarray, scores: np.ndarray, inv_propensity: np.ndarray, k: int) -> float:
@@ -117,7 +156,7 @@ def _psp_at_k(Y: np.ndarray, scores: np.ndarray, inv_propensity: np.ndarray, k: 
 
 def evaluate(
     Y: Any,
-    scores: np.ndarray,
+    scores: Any,
     thresholds: Any = 0.5,
     pred: Any = None,
     train_label_counts: np.ndarray | None = None,
@@ -128,26 +167,41 @@ def evaluate(
     ``macro_f1_train_labels`` (the macro-F1 over the labels with a training positive: LibMultiLabel's "Macro-F1").
 
     ``Y`` and ``pred`` hold 0 and 1 (bool, int or float; dense or scipy.sparse): any other value (soft labels, a
-    {-1, +1} coding, NaN) is refused with a ValueError."""
+    {-1, +1} coding, NaN) is refused with a ValueError; ``scores`` and ``pred`` have ``Y``'s shape, the scores finite.
+    One label (L = 1) is evaluated too, each metric taking its definition's value for that label (a sample without
+    it scoring 1 in LRAP and 0 in nDCG, as scikit-learn counts samples without positives)."""
     Y = _label_matrix(Y, "Y").astype(np.int64)
+    scores = _scores(scores, Y, finite=True)
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (Y.shape[1],))
-    pred = (scores >= thresholds).astype(np.int64) if pred is None else _label_matrix(pred, "pred").astype(np.int64)
+    if pred is None:
+        pred = (scores >= thresholds).astype(np.int64)
+    else:
+        pred = _label_matrix(pred, "pred").astype(np.int64)
+        if pred.shape != Y.shape:
+            raise ValueError(f"pred has shape {pred.shape}: expected Y's shape {Y.shape}")
+    # scikit-learn types a one-column matrix as binary (classes 0 and 1: its averages and per-label rows would be over
+    # both) and refuses samples averages and rankings on it: one label is evaluated beside a second that is never true
+    # nor predicted and scored below every score, which changes no metric computed over labels=[0] (or over samples)
+    labels, Yw, predw, scoresw = None, Y, pred, scores
+    if Y.shape[1] == 1:
+        labels, Yw, predw = [0], np.c_[Y, np.zeros_like(Y)], np.c_[pred, np.zeros_like(pred)]
+        scoresw = np.c_[scores, np.full(len(Y), np.nextafter(scores.min(initial=0.0), -np.inf))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # labels without positives: handled below
         has_positive = Y.sum(0) > 0
         result = {
             "hamming_loss": skm.hamming_loss(Y, pred),
             "subset_accuracy": skm.accuracy_score(Y, pred),
-            "micro_f1": skm.f1_score(Y, pred, average="micro", zero_division=0),
-            "macro_f1": skm.f1_score(Y, pred, average="macro", zero_division=0),
-            "samples_f1": skm.f1_score(Y, pred, average="samples", zero_division=0),
-            "micro_precision": skm.precision_score(Y, pred, average="micro", zero_division=0),
-            "micro_recall": skm.recall_score(Y, pred, average="micro", zero_division=0),
-            "macro_precision": skm.precision_score(Y, pred, average="macro", zero_division=0),
-            "macro_recall": skm.recall_score(Y, pred, average="macro", zero_division=0),
-            "lrap": skm.label_ranking_average_precision_score(Y, scores),
-            "ranking_loss": skm.label_ranking_loss(Y, scores),
-            "coverage": skm.coverage_error(Y, scores),
+            "micro_f1": skm.f1_score(Yw, predw, labels=labels, average="micro", zero_division=0),
+            "macro_f1": skm.f1_score(Yw, predw, labels=labels, average="macro", zero_division=0),
+            "samples_f1": skm.f1_score(Yw, predw, average="samples", zero_division=0),
+            "micro_precision": skm.precision_score(Yw, predw, labels=labels, average="micro", zero_division=0),
+            "micro_recall": skm.recall_score(Yw, predw, labels=labels, average="micro", zero_division=0),
+            "macro_precision": skm.precision_score(Yw, predw, labels=labels, average="macro", zero_division=0),
+            "macro_recall": skm.recall_score(Yw, predw, labels=labels, average="macro", zero_division=0),
+            "lrap": skm.label_ranking_average_precision_score(Yw, scoresw),
+            "ranking_loss": skm.label_ranking_loss(Yw, scoresw),
+            "coverage": skm.coverage_error(Yw, scoresw),
             "one_error": float(1.0 - Y[np.arange(len(Y)), scores.argmax(1)].mean()) if len(Y) else float("nan"),
             # C order: a fancy-indexed column subset is Fortran-ordered, and scikit-learn's per-column loop over it
             # took 31 s on delicious' test set (2 s in C order)
@@ -160,16 +214,18 @@ def evaluate(
         for k in (1, 3, 5):
             result[f"P@{k}"] = _precision_at_k(Y, scores, k)
         for k in (1, 3, 5):
-            result[f"nDCG@{k}"] = skm.ndcg_score(Y, scores, k=k) if Y.shape[1] > 1 else float("nan")
+            result[f"nDCG@{k}"] = skm.ndcg_score(Yw, scoresw, k=k)
         if train_label_counts is not None and train_size:
             inv_p = 1.0 / propensities(train_label_counts, train_size)
             for k in (1, 3, 5):
                 result[f"PSP@{k}"] = _psp_at_k(Y, scores, inv_p, k)
             seen = np.flatnonzero(np.asarray(train_label_counts) > 0)
             result["macro_f1_train_labels"] = (
-                skm.f1_score(Y, pred, labels=seen, average="macro", zero_division=0) if len(seen) else float("nan")
+                skm.f1_score(Yw, predw, labels=seen, average="macro", zero_division=0) if len(seen) else float("nan")
             )
-        precision, recall, f1, support = skm.precision_recall_fscore_support(Y, pred, average=None, zero_division=0)
+        precision, recall, f1, support = skm.precision_recall_fscore_support(
+            Yw, predw, labels=labels, average=None, zero_division=0
+        )
     per_label = [
         {"support": int(s), "precision": float(p), "recall": float(r), "f1": float(f), "threshold": float(t)}
         for p, r, f, s, t in zip(precision, recall, f1, support, thresholds)
@@ -177,11 +233,15 @@ def evaluate(
     return {k: float(v) for k, v in result.items()}, per_label
 
 
-def tune_thresholds(Y: Any, scores: np.ndarray) -> np.ndarray:
-    """Per label, the threshold on the scores that maximises that label's F1 on (Y, scores); 0.5 for a label with no
-    positive example. Candidates are midpoints between consecutive distinct scores. ``Y`` holds 0 and 1 (bool, int
-    or float; dense or scipy.sparse)."""
+def tune_thresholds(Y: Any, scores: Any) -> np.ndarray:
+    """Per label, the threshold t for which predicting ``scores >= t`` maximises that label's F1 on (Y, scores), the
+    fewest samples predicted among equally good cuts; 0.5 for a label with no positive example. ``Y`` holds 0 and 1
+    (bool, int or float; dense or scipy.sparse), ``scores`` real numbers of its shape (no NaN; any sign).
+
+    t is the midpoint between the lowest score predicted and the next lower one (the lowest score predicted itself
+    where the midpoint rounds onto the lower one), or the lowest score of all where predicting every sample is best."""
     Y = _label_matrix(Y, "Y")
+    scores = _scores(scores, Y)
     thresholds = np.full(Y.shape[1], 0.5)
     for j in range(Y.shape[1]):
         y = Y[:, j].astype(bool)
@@ -194,7 +254,11 @@ def tune_thresholds(Y: Any, scores: np.ndarray) -> np.ndarray:
         f1 = 2 * tp / (tp + fp + y.sum())  # predicting the top i+1 as positive
         distinct = np.r_[s[1:] != s[:-1], True]  # only cut between different scores
         best = int(np.argmax(np.where(distinct, f1, -1)))
-        thresholds[j] = (s[best] + s[best + 1]) / 2 if best + 1 < len(s) else s[best] / 2
+        if best + 1 == len(s):  # every sample (half the lowest score, as before, was above it when negative)
+            thresholds[j] = s[best]
+        else:
+            middle = s[best] / 2 + s[best + 1] / 2  # halves first: no overflow
+            thresholds[j] = middle if s[best + 1] < middle <= s[best] else s[best]
     return thresholds
 
 

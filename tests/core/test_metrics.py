@@ -163,3 +163,175 @@ def test_the_reported_soft_label_case_is_refused():
     with pytest.raises(ValueError, match=r"^Y holds 3 value\(s\) other than 0 and 1, the first 0.5 at \[0, 0\]"):
         M.evaluate(np.eye(3) * 0.5, np.eye(3))
     assert M.evaluate(np.eye(3), np.eye(3))[0]["micro_f1"] == 1.0
+
+
+SCORE_FUNCTIONS = {
+    "precision_at_k": lambda scores: M.precision_at_k(Y, scores, 2),
+    "psp_at_k": lambda scores: M.psp_at_k(Y, scores, INV_P, 2),
+    "evaluate": lambda scores: M.evaluate(Y, scores, 5)[0],
+    "tune_thresholds": lambda scores: M.tune_thresholds(Y, scores),
+}
+S10 = np.rint(S * 10)  # [[9, 2, 4], [6, 7, 1], [3, 8, 2], [1, 2, 3]]: every kind of number holds these
+
+
+@pytest.mark.parametrize("function", sorted(SCORE_FUNCTIONS))
+@pytest.mark.parametrize("convert", [
+    lambda s: s.astype(np.uint8), lambda s: s.astype(np.int64), lambda s: s.astype(np.float32), lambda s: s.tolist(),
+    lambda s: s.astype(int).tolist(), sp.csr_matrix,
+])  # fmt: skip
+def test_scores_of_every_kind_give_the_float_results(function, convert):
+    """Unsigned scores were negated with wraparound (P@k 0 for right rankings), a list of lists raised TypeError."""
+    expected, got = SCORE_FUNCTIONS[function](S10), SCORE_FUNCTIONS[function](convert(S10))
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys()
+        np.testing.assert_array_equal([got[k] for k in expected], list(expected.values()))
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_the_reported_unsigned_scores_rank_as_numbers():
+    labels = np.array([[0, 0, 1], [1, 0, 0]])
+    assert M.precision_at_k(labels, np.array([[0, 1, 5], [3, 0, 1]], np.uint8), 1) == 1.0
+    assert M.psp_at_k(labels, np.array([[0, 1, 5], [3, 0, 1]], np.uint8), INV_P, 1) == 1.0
+
+
+@pytest.mark.parametrize("function", sorted(SCORE_FUNCTIONS))
+@pytest.mark.parametrize(("scores", "message"), [
+    (S[:1], "scores has shape (1, 3): expected Y's shape (4, 3)"),  # was broadcast: P@k of the first row's ranking
+    (S[:, :2], "scores has shape (4, 2): expected Y's shape (4, 3)"),  # was read past: IndexError or truncation
+    (S.T, "scores has shape (3, 4): expected Y's shape (4, 3)"),
+    (S[0], "scores has shape (3,): expected Y's shape (4, 3)"),
+    (S.astype(str), "scores has dtype <U32: expected real numbers (booleans, ints or floats)"),
+    (np.where(np.eye(4, 3) == 1, np.nan, S), "scores holds 3 NaN value(s), the first nan at [0, 0]: expected numbers"),
+    (np.where(S == 0.1, np.nan, S), "scores holds 2 NaN value(s), the first nan at [1, 2]: expected numbers"),
+])  # fmt: skip
+def test_scores_of_another_shape_or_with_nan_are_refused(function, scores, message):
+    with pytest.raises(ValueError) as refused:
+        SCORE_FUNCTIONS[function](scores)
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_the_reported_broadcast_scores_are_refused():
+    with pytest.raises(ValueError, match=r"^scores has shape \(1, 3\): expected Y's shape \(3, 3\)$"):
+        M.precision_at_k(np.eye(3, dtype=int), np.array([[0.9, 0.1, 0.1]]), 1)  # gave 1/3
+
+
+def test_infinite_scores_rank_in_p_at_k_and_are_refused_by_evaluate():
+    """scikit-learn's ranking metrics refuse infinities: evaluate says so first, naming scores and the first one."""
+    scores = np.where(S == 0.9, np.inf, np.where(S == 0.1, -np.inf, S))
+    assert M.precision_at_k(Y, scores, 2) == M.precision_at_k(Y, S, 2)
+    assert M.psp_at_k(Y, scores, INV_P, 2) == M.psp_at_k(Y, S, INV_P, 2)
+    with pytest.raises(ValueError, match=r"^scores holds 3 infinite value\(s\), the first inf at \[0, 0\]: expected"):
+        M.evaluate(Y, scores)
+
+
+@pytest.mark.parametrize(("inv_propensity", "message"), [
+    (np.ones(2), r"^inv_propensity has shape \(2,\): expected one value per label of Y, shape \(3,\)$"),
+    (np.ones((1, 3)), r"^inv_propensity has shape \(1, 3\): expected one value per label of Y, shape \(3,\)$"),
+    (np.array([1.0, np.nan, 2.0]), r"^inv_propensity holds 1 NaN value\(s\), the first nan at \[1\]"),
+])  # fmt: skip
+def test_inverse_propensities_are_one_number_per_label(inv_propensity, message):
+    with pytest.raises(ValueError, match=message):
+        M.psp_at_k(Y, S, inv_propensity, 1)
+    assert M.psp_at_k(Y, S, [1, 1, 1], 1) == M.psp_at_k(Y, S, INV_P, 1)
+
+
+def test_predictions_of_another_shape_are_refused():
+    with pytest.raises(ValueError, match=r"^pred has shape \(4, 2\): expected Y's shape \(4, 3\)$"):
+        M.evaluate(Y, S, pred=Y[:, :2])
+
+
+def _f1(y, predicted):
+    tp = int((y & predicted).sum())
+    return 2 * tp / (tp + int(predicted.sum()) + int(y.sum()))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_tuned_thresholds_reproduce_the_best_cut_for_scores_of_either_sign(seed):
+    """Predicting ``scores >= tune_thresholds(Y, scores)`` gives, per label, the best F1 of any cut (brute force over
+    every distinct score), with the fewest samples among equally good cuts. Half the lowest score, the threshold where
+    predicting everything was best, lay above that score when it was negative, leaving its sample out."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 12))
+    labels = (rng.random((n, 6)) < rng.uniform(0.1, 0.9)).astype(int)
+    scores = np.c_[
+        rng.normal(size=(n, 2)), rng.normal(-3, 1, size=(n, 2)),  # logits of both signs, all negative
+        rng.integers(-3, 3, size=(n, 2)) / 2,  # ties
+    ]  # fmt: skip
+    scores[:, 1] += 2.0 * labels[:, 1]  # a label the scores separate
+    thresholds = M.tune_thresholds(labels, scores)
+    predicted = scores >= thresholds
+    for j in range(labels.shape[1]):
+        y = labels[:, j].astype(bool)
+        if not y.any():
+            assert thresholds[j] == 0.5
+            continue
+        cuts = [scores[:, j] >= value for value in np.unique(scores[:, j])]
+        best = max(_f1(y, cut) for cut in cuts)
+        assert _f1(y, predicted[:, j]) == best, (j, thresholds[j], scores[:, j], y)
+        assert predicted[:, j].sum() == min(cut.sum() for cut in cuts if _f1(y, cut) == best)
+
+
+def test_the_reported_negative_scores_are_all_predicted():
+    np.testing.assert_array_equal(M.tune_thresholds(np.array([[1], [1]]), np.array([[-0.2], [-0.4]])), [-0.4])  # -0.2
+    np.testing.assert_array_equal(M.tune_thresholds(np.array([[1]]), np.array([[-0.2]])), [-0.2])  # was -0.1
+    assert M.tune_thresholds(np.array([[1], [0]]), np.array([[0.8], [0.2]]))[0] == 0.5  # the midpoint, as before
+
+
+def test_tuned_threshold_between_neighbouring_floats_keeps_the_cut():
+    """The midpoint of two neighbouring floats rounds onto one of them: onto the lower, it predicted both."""
+    high = np.nextafter(1.0, 2.0)
+    assert (1.0 + high) / 2 == 1.0  # round half to even
+    labels, scores = np.array([[1], [0]]), np.array([[high], [1.0]])
+    assert M.tune_thresholds(labels, scores)[0] == high
+    huge = np.array([[1.5e308], [1e308]])  # their sum overflows
+    np.testing.assert_array_equal(huge >= M.tune_thresholds(labels, huge), labels.astype(bool))
+
+
+Y1 = np.array([[1], [0], [1], [0], [1]])
+S1 = np.array([[0.9], [0.2], [0.4], [0.6], [0.3]])
+
+
+def test_one_label_against_hand_counts():
+    """scikit-learn types an (N, 1) matrix as binary: evaluate raised on the samples average (and would have averaged
+    the rest over the classes 0 and 1). Each metric is now its definition's value for the one label."""
+    metrics, per_label = M.evaluate(Y1, S1, 0.5, train_label_counts=np.array([5]), train_size=10)
+    # predicted [1, 0, 0, 1, 0]: tp 1 (sample 0), fp 1 (sample 3), fn 2 (samples 2, 4)
+    assert metrics["hamming_loss"] == 3 / 5
+    assert metrics["subset_accuracy"] == 2 / 5
+    for average in ("micro", "macro"):
+        assert metrics[f"{average}_precision"] == 1 / 2
+        assert metrics[f"{average}_recall"] == 1 / 3
+        assert metrics[f"{average}_f1"] == 2 / 5
+    assert metrics["macro_f1_train_labels"] == 2 / 5
+    assert metrics["samples_f1"] == 1 / 5  # 1 for sample 0; 0 for the others (wrong, or nothing true nor predicted)
+    assert metrics["lrap"] == 1.0  # every sample has all or none of its labels right at the top
+    assert metrics["ranking_loss"] == 0.0  # no (true, false) label pairs
+    assert metrics["coverage"] == 3 / 5  # one label for a sample with it, none for one without
+    assert metrics["one_error"] == 1 - 3 / 5
+    assert metrics["mAP"] == pytest.approx((1 + 2 / 3 + 3 / 4) / 3, abs=1e-15)  # ranked 0.9 0.6 0.4 0.3 0.2: 1 0 1 1 0
+    for k in (1, 3, 5):
+        assert metrics[f"P@{k}"] == metrics[f"nDCG@{k}"] == 3 / 5  # nDCG 0 without a positive, as scikit-learn's
+        assert metrics[f"PSP@{k}"] == 1.0
+    assert per_label == [{"support": 3, "precision": 0.5, "recall": 1 / 3, "f1": 0.4, "threshold": 0.5}]
+    assert np.isnan(M.evaluate(Y1, S1, train_label_counts=np.array([0]), train_size=10)[0]["macro_f1_train_labels"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_label_as_two_with_a_second_never_true_nor_predicted(seed):
+    """scikit-learn on a second label that is never true, never predicted and scored lowest: the same metrics, but for
+    those that average over labels (halved by the second's zeros) and P@k for k >= 2 (divided by 2, not 1)."""
+    rng = np.random.default_rng(seed)
+    labels, scores = (rng.random((20, 1)) < 0.4).astype(int), rng.normal(size=(20, 1))
+    counts = np.array([7])
+    pred = None if seed % 2 else (rng.random((20, 1)) < 0.5).astype(int)
+    one, per_label = M.evaluate(labels, scores, 0.0, pred, counts, 50)
+    two, per_label_two = M.evaluate(
+        np.c_[labels, np.zeros_like(labels)], np.c_[scores, np.full(20, scores.min() - 1)], [0.0, np.inf],
+        None if pred is None else np.c_[pred, np.zeros_like(pred)], np.r_[counts, 7], 50,
+    )  # fmt: skip
+    halved = {"hamming_loss", "macro_f1", "macro_precision", "macro_recall", "macro_f1_train_labels", "P@3", "P@5"}
+    assert one.keys() == two.keys()
+    for key in one:
+        assert one[key] == pytest.approx(two[key] * (2 if key in halved else 1), rel=1e-15, abs=0), key
+    assert per_label == per_label_two[:1]
