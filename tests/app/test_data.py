@@ -643,3 +643,86 @@ def test_a_csv_separated_by_another_character_is_named(tmp_path, separator):
     name = separator.join(["f1", "f2"])
     (tmp_path / "one.csv").write_text(f"{name}\n1.5\n2\n")
     assert D.load_csv(tmp_path / "one.csv", ["ya"], features=[name], read_labels=False).X.shape == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ['"f0,f1,L0,L1\n', "x" * 140_000 + ",f1,L0,L1\n"],  # a quote never closed; a name past csv's field size limit
+    ids=["unclosed-quote", "long-name"],
+)
+def test_a_header_csv_cannot_read_is_a_data_error_naming_line_1(tmp_path, header):
+    """csv.Error (not a ValueError) from the header row was a traceback and exit code 1."""
+    (tmp_path / "h.csv").write_text(header + "0.1,0.2,1,0\n" * 20_000)
+    with pytest.raises(D.DataError, match=r"h\.csv:1: the header row cannot be read as CSV \(field larger than field "
+                       r"limit \(131072\)\): a quote opened here or below is never closed, or a field is longer"):  # fmt: skip
+        D.load_csv(tmp_path / "h.csv", ["L0", "L1"])
+
+
+@pytest.mark.parametrize(
+    "header,message",
+    [
+        ("2 1000000000 3", r"h\.txt:2: the header 'N F L' says F = 1000000000 features: expected at most 16,777,216 \(the most a file without a header"),
+        ("2 3 16777217", r"h\.txt:2: the header 'N F L' says L = 16777217 labels: expected at most 16,777,216"),
+        ("2 99999999999999999999 3", r"h\.txt:2: the header 'N F L' says F = 99999999999999999999 features"),
+        ("2 3 " + "9" * 5000, r"h\.txt:2: the header 'N F L' says L = a 5000-digit number, 9999999999\.\.\. labels"),
+        ("1" * 5000 + " 3 3", r"h\.txt:2: the header 'N F L' says N = a 5000-digit number, 1111111111\.\.\. samples"),
+    ],
+)
+def test_a_libsvm_header_with_an_absurd_width_is_refused_before_anything_is_made(tmp_path, header, message):
+    """F = 1e9 built 1e9 feature names (tens of GB); F = 1e20 overflowed in scipy; a 5000-digit N could not even be
+    printed in the count's error. F and L are bounded as a headerless file's indices are (2**24)."""
+    (tmp_path / "h.txt").write_text(f"# comment\n{header}\n0,1 0:1\n1,2 1:1\n")
+    with pytest.raises(D.DataError, match=message):
+        D.load(str(tmp_path / "h.txt"))
+
+
+def test_a_libsvm_header_at_the_width_limit_still_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "MAX_INDEX_WITHOUT_HEADER", 8)  # 2**24 names: a second and a gigabyte
+    (tmp_path / "w.txt").write_text("1 8 8\n0,7 7:1\n")
+    d = D.load_libsvm(tmp_path / "w.txt")
+    assert d.X.shape == (1, 8) and d.Y.shape == (1, 8) and d.feature_names[-1] == "7"
+    (tmp_path / "w.txt").write_text("1 9 8\n0,7 7:1\n")
+    with pytest.raises(D.DataError, match=r"w\.txt:1: the header 'N F L' says F = 9 features: expected at most 8 \(the most"):
+        D.load_libsvm(tmp_path / "w.txt")
+
+
+@pytest.mark.parametrize("header,column", [(",f1,y1,y2", 1), ("f1, ,y1,y2", 2), ("f1,x,y1,y2,", 5)])
+def test_an_unnamed_csv_column_is_refused_by_its_position(tmp_path, header, column):
+    """pandas' to_csv writes its index as a column with an empty name: it became a feature '' (the row number)."""
+    cells = "0,1.5,1,0\n1,2.5,0,1\n" if header.count(",") == 3 else "0,1.5,1,0,\n1,2.5,0,1,\n"
+    (tmp_path / "u.csv").write_text(f"{header}\n{cells}")
+    with pytest.raises(D.DataError, match=rf"u\.csv:1: column {column} of the header has no name \(a pandas index\? "
+                       r"to_csv\(index=False\) leaves it out\): name the column, or drop it"):  # fmt: skip
+        D.load(str(tmp_path / "u.csv"), ["y1", "y2"])
+    # a model trained on such a column before (its feature '') still reads the file it was made for
+    if column == 1:
+        d = D.load(str(tmp_path / "u.csv"), ["y1", "y2"], features=["", "f1"], read_labels=False)
+        assert d.feature_names == ["", "f1"]
+
+
+@pytest.mark.parametrize("name", ["z.csv", "z.arff", "z.txt", "z.gz"])
+def test_a_gzip_file_is_named_as_such_whatever_its_extension(tmp_path, name):
+    """It gave a UTF-8 error (CSV, ARFF) or a LIBSVM format one."""
+    import gzip
+
+    (tmp_path / name).write_bytes(gzip.compress(b"f1,y1,y2\n1,0,1\n"))
+    with pytest.raises(D.DataError, match=rf"{re.escape(name)}:1: the file is gzip-compressed, not text: decompress it first"):
+        D.load(str(tmp_path / name), ["y1", "y2"])
+    (tmp_path / "book.csv").write_bytes(b"PK\x03\x04" + bytes(40))  # an Excel workbook renamed
+    with pytest.raises(D.DataError, match=r"book\.csv:1: the file is a zip archive \(an Excel \.xlsx workbook\?\)"):
+        D.load(str(tmp_path / "book.csv"), ["y1", "y2"])
+
+
+def test_train_test_mismatch_names_the_training_file_not_a_model(tmp_path):
+    """At train time there is no model yet: the test file's columns are --data's."""
+    (tmp_path / "train.csv").write_text("f1,f2,y1,y2\n1,2,0,1\n3,4,1,1\n")
+    (tmp_path / "test.csv").write_text("f1,y1,y2\n1,0,1\n")
+    with pytest.raises(D.DataError, match=r"test\.csv: the features do not match --data's 2 by name: missing feature\(s\) \['f2'\]$"):
+        D.load_train_test(str(tmp_path / "train.csv"), str(tmp_path / "test.csv"), ["y1", "y2"])
+    (tmp_path / "train.txt").write_text("0 0:1\n1 2:1\n")
+    (tmp_path / "test.txt").write_text("0 4:1\n1 0:1\n")
+    with pytest.raises(D.DataError, match=r"test\.txt: feature index 4: --data has 3 features \(0 to 2\)$"):
+        D.load_train_test(str(tmp_path / "train.txt"), str(tmp_path / "test.txt"))
+    (tmp_path / "labels.txt").write_text("0 0:1\n5 0:1\n")
+    with pytest.raises(D.DataError, match=r"labels\.txt: label 5: --data has 2 labels \(0 to 1\)$"):
+        D.load_train_test(str(tmp_path / "train.txt"), str(tmp_path / "labels.txt"))

@@ -863,3 +863,35 @@ def test_fbr_options_without_observed_counts_are_a_one_line_error(capsys):
     """--fbr / --fallback / --fbr-positives have no meaning with the default calibrated counts: refused, not ignored."""
     _one_line_error(["train", "--data", "yeast", "--fallback", "above"], capsys, r"--fallback 'above': the SCutfbr fallback belongs to --cut-counts 'observed'")
     _one_line_error(["train", "--data", "yeast", "--fbr", "0.3"], capsys, r"--fbr 0\.3: .*--cut-counts 'observed'")
+
+
+def test_data_errors_at_the_cli_are_one_line_not_tracebacks(tmp_path, capsys):
+    """A CSV header that csv cannot read (its csv.Error is no ValueError) was a traceback and exit code 1; a LIBSVM
+    header's F = 1e20 an OverflowError from scipy."""
+    (tmp_path / "q.csv").write_text('"f0,f1,L0,L1\n' + "0.1,0.2,1,0\n" * 20_000)
+    _one_line_error(["train", "--data", str(tmp_path / "q.csv"), "--labels", "L0,L1"] + FAST, capsys,
+                    r"q\.csv:1: the header row cannot be read as CSV .*a quote opened here or below is never closed")  # fmt: skip
+    (tmp_path / "g.txt").write_text("1 99999999999999999999 3\n0 0:1\n")
+    _one_line_error(["train", "--data", str(tmp_path / "g.txt")] + FAST, capsys, r"g\.txt:1: the header 'N F L' says F = ")
+
+
+@pytest.mark.parametrize("labels", [",", "", " , "])
+def test_labels_naming_nothing_is_an_error_not_ignored(tmp_path, capsys, labels):
+    """--labels ',' was an empty label list, --labels '' the option ignored."""
+    _write_csv(tmp_path / "train.csv", _table())
+    for command in (["train", "--data", str(tmp_path / "train.csv")], ["predict", str(tmp_path), "--data", "yeast", "--out", "-"]):
+        _one_line_error(command + ["--labels", labels], capsys, r"--labels: no label name given: expected comma-separated names")
+
+
+def test_predict_names_an_empty_out_and_a_file_given_as_the_run(trained, tmp_path, capsys):
+    """--out '' was read as the current folder ('--out . is a folder'), a file as RUN 'no such run folder'."""
+    folder, run = trained
+    test_csv = str(folder / "test.csv")
+    _one_line_error(["predict", str(run), "--data", test_csv, "--out", ""], capsys,
+                    r"--out is empty: expected a CSV file name \(or - for standard output\)", quiet_stdout=True)  # fmt: skip
+    for command in ("predict", "evaluate"):
+        _one_line_error([command, test_csv, "--data", test_csv, "--out", str(tmp_path / "p.csv")], capsys,
+                        rf"{re.escape(test_csv)} is a file, not a run folder: expected a folder written by 'softmargin train'$")  # fmt: skip
+    _one_line_error(["predict", str(run / "model.json"), "--data", test_csv, "--out", str(tmp_path / "p.csv")], capsys,
+                    rf"model\.json is a file, not a run folder: .*; give its folder, {re.escape(str(run))}$")  # fmt: skip
+    assert not (tmp_path / "p.csv").exists()

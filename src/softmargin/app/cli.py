@@ -170,8 +170,15 @@ def _hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _names(text: str | None) -> list[str] | None:
-    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+def _names(text: str) -> list[str]:
+    """``--labels``: comma-separated names (empty ones between commas skipped). None at all (``''``, ``','``) gives an
+    empty list, which :func:`_check_labels` refuses (never read as no label, nor the option ignored)."""
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _check_labels(args: argparse.Namespace) -> None:
+    if getattr(args, "labels", None) == []:
+        raise ValueError("--labels: no label name given: expected comma-separated names, e.g. --labels ya,yb")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -183,13 +190,28 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .runs import evaluate_command
 
+    _check_run(args.run)
     return evaluate_command(args)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .runs import predict_command
 
+    if args.out == "":  # read as the current folder, refused only after the model and the data were read
+        raise ValueError("--out is empty: expected a CSV file name (or - for standard output)")
+    _check_run(args.run)
     return predict_command(args)
+
+
+def _check_run(run: str) -> None:
+    """The RUN of evaluate / predict: a file given for it is named as one (the model's loader says only that there is
+    no such run folder), with the folder to give when it is one of a run's files."""
+    from pathlib import Path
+
+    path = Path(run)
+    if path.is_file():
+        hint = f"; give its folder, {path.parent}" if path.name in ("model.json", "model.safetensors", "config.json") else ""
+        raise ValueError(f"{run} is a file, not a run folder: expected a folder written by 'softmargin train'{hint}")
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, default: str | None, test: bool) -> None:
@@ -371,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with _warnings_as_lines(args.command), _sigterm_as_interrupt():
+            _check_labels(args)
             return int(args.func(args) or 0)
     except (ValueError, OSError, ImportError) as exc:  # user errors: one clear line, no traceback
         if isinstance(exc, BrokenPipeError):  # the reader went away (`softmargin ... | head`): not an error

@@ -42,7 +42,8 @@ class DataError(ValueError):
 
 #: From this many label cells (N x L) on, LIBSVM labels stay a sparse CSR matrix.
 SPARSE_LABELS_FROM = 1 << 26
-#: Without an ``N F L`` header, a LIBSVM feature or label index at or above this is taken for a broken file.
+#: Without an ``N F L`` header, a LIBSVM feature or label index at or above this is taken for a broken file; with one,
+#: an ``F`` or ``L`` above it is (each column gets a name; far more than the extreme-classification sets' millions).
 MAX_INDEX_WITHOUT_HEADER = 1 << 24
 #: The largest float32. A feature value from float32's max plus half its last step on (2**128 - 2**103) would become
 #: inf in the float32 features, so it is refused; one in between rounds to the max (``3.4028235e+38`` reads back).
@@ -544,8 +545,9 @@ def load_libsvm(path: str | Path) -> Dataset:
     when there are many (from :data:`SPARSE_LABELS_FROM` cells). Columns are named by their index. ``#`` starts a
     comment, to the end of the line; the header is the first line that is not a comment.
 
-    With a header, the file must hold N rows and its indices must be below F and L; without one, an index from
-    :data:`MAX_INDEX_WITHOUT_HEADER` on is taken for a typo (it would make a huge model).
+    With a header, the file must hold N rows and its indices must be below F and L, which may not exceed
+    :data:`MAX_INDEX_WITHOUT_HEADER` (2**24); without one, an index from :data:`MAX_INDEX_WITHOUT_HEADER` on is taken
+    for a typo (it would make a huge model).
 
     An empty line is a sample with no labels and no features in a file with a header (as the extreme-classification
     repository's readers take it: every line after the header is a sample, and N counts it); without a header it is
@@ -579,7 +581,17 @@ def load_libsvm(path: str | Path) -> Dataset:
                     blanks.append(number)
                 continue  # a comment line
             if header is None and not lines and _HEADER.fullmatch(line):
-                header = tuple(int(v) for v in line.split())  # type: ignore[assignment]
+                fields = [v.lstrip("0") or "0" for v in line.split()]
+                for letter, what, text in zip("NFL", ("samples", "features", "labels"), fields):
+                    # F or L up to 2**24 (each column gets a name: 1e9 names would fill the memory); N is checked
+                    # against the file, but a number of thousands of digits is no count (nor could a message print it)
+                    limit = 10**18 if letter == "N" else MAX_INDEX_WITHOUT_HEADER
+                    if len(text) > 19 or int(text) > limit:
+                        said = text if len(text) <= 30 else f"a {len(text)}-digit number, {text[:10]}..."
+                        raise DataError(f"{path}:{number}: the header 'N F L' says {letter} = {said} {what}: expected "
+                                        f"at most {limit:,}" + ("" if letter == "N" else " (the most a file without a header "
+                                        "may have too)"))  # fmt: skip
+                header = (int(fields[0]), int(fields[1]), int(fields[2]))
                 header_line = number
                 blanks.clear()  # before the header: not samples
                 continue
@@ -662,6 +674,20 @@ def _range_hint(limit: int, header: Any, letter: str) -> str:
 # --- CSV -----------------------------------------------------------------------------------------------------------
 
 
+#: What a ``csv.Error`` on a row most likely means (its own text says what it is: the field size limit, mostly).
+_CSV_ERROR_HINT = (f"a quote opened here or below is never closed, or a field is longer than {csv.field_size_limit():,} "
+                   "characters?")  # fmt: skip
+
+
+def _check_names_given(path: Path, header: Sequence[str], features: Sequence[str] | None) -> None:
+    """A header field that is empty (or white space) names no column: pandas' ``to_csv`` writes its index that way, and
+    it would be trained on as a feature named ''. Refused, naming its position, unless a model has such a feature."""
+    if "" in header and "" not in (features or ()):
+        column = header.index("") + 1
+        raise DataError(f"{path}:1: column {column} of the header has no name (a pandas index? to_csv(index=False) "
+                        "leaves it out): name the column, or drop it")  # fmt: skip
+
+
 def _fails(read: Any, value: str) -> bool:
     try:
         read(value)
@@ -687,6 +713,8 @@ def load_csv(
                 header = next(reader)
             except StopIteration:
                 raise DataError(f"{path}:1: expected a header row, the file is empty") from None
+            except csv.Error as exc:  # a quote never closed, or a name, running past the field size limit
+                raise DataError(f"{path}:1: the header row cannot be read as CSV ({exc}): {_CSV_ERROR_HINT}") from None
             header = [h.strip() for h in header]
             known = set(labels or ()) | set(features or ())  # a one-column file whose column is named may be one
             one = len(header) == 1 and header[0] not in known
@@ -694,6 +722,7 @@ def load_csv(
             if separator is not None:  # a European (';') or tab-separated file read as one column
                 raise DataError(f"{path}:1: the header {header[0][:60]!r} is one column: a .csv file is read as "
                                 f"comma-separated, and this one seems separated by {separator!r}; convert it to commas")  # fmt: skip
+            _check_names_given(path, header, features)
             _check_unique(header, f"{path}:1: the header")
             skip = set(labels or ()) if features is not None and not read_labels else set()
             parse = [(lambda v: 0.0) if name in skip else _number for name in header]
@@ -705,8 +734,7 @@ def load_csv(
                 except StopIteration:
                     break
                 except csv.Error as exc:  # e.g. a quote never closed, running past the field size limit
-                    raise DataError(f"{path}:{start}: this row cannot be read as CSV ({exc}): a quote opened here or "
-                                    "below is never closed?") from None  # fmt: skip
+                    raise DataError(f"{path}:{start}: this row cannot be read as CSV ({exc}): {_CSV_ERROR_HINT}") from None
                 number = reader.line_num
                 if not row:
                     continue
@@ -743,12 +771,32 @@ def load(
         raise FileNotFoundError(f"{argument} {spec!r}: no such file, and not a built-in data set ({', '.join(BUILTIN)})")
     if path.is_dir():
         raise DataError(f"{argument} {spec!r} is a folder: expected a data file (.arff, .csv or LIBSVM text)")
+    _check_not_compressed(path)
     suffix = path.suffix.lower()
     if suffix == ".arff":
         return load_arff(path, labels, xml, features, read_labels)
     if suffix == ".csv":
         return load_csv(path, labels, features, read_labels)
     return load_libsvm(path)
+
+
+#: The first bytes of compressed files (never the start of UTF-8 text), what they are and how to undo them.
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip FILE.gz, or zcat FILE > NEW_FILE)"),
+    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook?)", "extract the data, or save the sheet as 'CSV UTF-8'"),
+)
+
+
+def _check_not_compressed(path: Path) -> None:
+    """A compressed file is named as such (read as text it would give an error about UTF-8 or the LIBSVM format).
+    Only a regular file is looked at: a pipe's first bytes, once read, would be gone."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        start = f.read(4)
+    for magic, what, fix in _COMPRESSED:
+        if start.startswith(magic):
+            raise DataError(f"{path}:1: the file is {what}, not text: {fix}")
 
 
 def load_train_test(
@@ -765,25 +813,29 @@ def load_train_test(
     if test is None:
         return train, None
     test_set = load(test, labels or train.label_names, argument="--test")  # the labels --xml named for --data
-    return train, align(test_set, train.feature_names, train.label_names, positional=train.positional)
+    return train, align(test_set, train.feature_names, train.label_names, positional=train.positional, against="--data")
 
 
-def align(data: Dataset, feature_names: Sequence[str], label_names: Sequence[str], positional: bool = False) -> Dataset:
+def align(
+    data: Dataset, feature_names: Sequence[str], label_names: Sequence[str], positional: bool = False,
+    against: str = "the model",
+) -> Dataset:  # fmt: skip
     """``data`` with its features and labels in the order of ``feature_names`` / ``label_names`` (a model's or a
     training file's), matched by name (exactly: names that differ only in Unicode normalisation are told apart, and
     the error says so). Positional (LIBSVM) columns match by index: a file that never mentions the last ones is padded
     with zeros, and an index the model lacks is an error naming the largest such index in the file (a header's larger
-    ``F`` or ``L`` alone is not: its extra columns are all zero). Missing or extra names are an error that lists them."""
+    ``F`` or ``L`` alone is not: its extra columns are all zero). Missing or extra names are an error that lists them.
+    ``against``: whose columns these are, for the errors (``--data``: the training file's, for ``train --test``)."""
     X, Y = data.X, data.Y
     where = data.path or data.name
     if positional and data.positional:
-        X = _to_width(X, len(feature_names), lambda top: f"{where}: feature index {top}: the model has {len(feature_names)} features (0 to {len(feature_names) - 1})")
+        X = _to_width(X, len(feature_names), lambda top: f"{where}: feature index {top}: {against} has {len(feature_names)} features (0 to {len(feature_names) - 1})")
         if Y is not None:
-            Y = _to_width(Y, len(label_names), lambda top: f"{where}: label {top}: the model has {len(label_names)} labels (0 to {len(label_names) - 1})")
+            Y = _to_width(Y, len(label_names), lambda top: f"{where}: label {top}: {against} has {len(label_names)} labels (0 to {len(label_names) - 1})")
         return Dataset(X, Y, list(feature_names), list(label_names) if Y is not None else [], data.name, data.path, True)
-    X = X[:, _order(where, data.feature_names, feature_names, "feature")]
+    X = X[:, _order(where, data.feature_names, feature_names, "feature", against)]
     if Y is not None:
-        Y = Y[:, _order(where, data.label_names, label_names, "label")]
+        Y = Y[:, _order(where, data.label_names, label_names, "label", against)]
     return Dataset(
         X, Y, list(feature_names), list(label_names) if Y is not None else [], data.name, data.path,
         missing_labels=data.missing_labels,
@@ -808,7 +860,7 @@ def _to_width(M: Any, width: int, error: Any) -> Any:
     return M[:, :width] if M.shape[1] > width else np.pad(M, ((0, 0), (0, width - M.shape[1])))
 
 
-def _order(where: str, have: Sequence[str], want: Sequence[str], what: str) -> Any:
+def _order(where: str, have: Sequence[str], want: Sequence[str], what: str, against: str = "the model") -> Any:
     if list(have) == list(want):
         return slice(None)
     position = {name: i for i, name in enumerate(have)}
@@ -816,6 +868,6 @@ def _order(where: str, have: Sequence[str], want: Sequence[str], what: str) -> A
     extra = sorted(set(have) - set(want))
     if missing or extra:
         parts = [f"missing {what}(s) {_few(missing)}" if missing else "", f"extra {what}(s) {_few(extra)}" if extra else ""]
-        raise DataError(f"{where}: the {what}s do not match the model's {len(want)} by name: {'; '.join(p for p in parts if p)}"
+        raise DataError(f"{where}: the {what}s do not match {against}'s {len(want)} by name: {'; '.join(p for p in parts if p)}"
                         f"{_normalisation_hint(missing, extra)}")  # fmt: skip
     return np.asarray([position[name] for name in want])
