@@ -3,7 +3,8 @@
 Both functions take a label matrix of shape (N, C) with values in [0, 1] (soft labels count fractionally) as a NumPy
 array, a torch tensor (dense, or sparse: COO, CSR, CSC) or a scipy.sparse matrix, and never densify a sparse one. They return a NumPy float64 array of
 shape (C,), or a float32 torch tensor on the labels' device when given a tensor. A label with no positive example
-gets a warning and the weight of a label with exactly one (the largest finite weight): never inf or NaN. Labels
+gets a warning and is counted as having exactly one (``n_pos = 1``; for ``pos_weight`` that is ``N / 1``, one more
+than a label with one positive gets, its ``n_neg`` being ``N``, not ``N - 1``): never inf or NaN. Labels
 outside [0, 1] (a {-1, +1} matrix, counts, NaN) and a matrix without rows (nothing to count) are refused with a
 ValueError naming ``targets``, whatever the input family.
 """
@@ -98,7 +99,7 @@ def _at_least_one(n_pos: NDArray[np.float64], what: str) -> NDArray[np.float64]:
         shown = ", ".join(map(str, empty[:10])) + (", ..." if empty.size > 10 else "")
         warnings.warn(
             f"{empty.size} label{'s have' if empty.size > 1 else ' has'} no positive example (columns {shown}); "
-            f"{what} gives {'them' if empty.size > 1 else 'it'} the weight of a label with one positive",
+            f"{what} counts {'them' if empty.size > 1 else 'it'} as having one positive (n_pos = 1)",
             UserWarning,
             stacklevel=3,
         )

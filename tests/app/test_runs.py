@@ -895,3 +895,20 @@ def test_predict_names_an_empty_out_and_a_file_given_as_the_run(trained, tmp_pat
     _one_line_error(["predict", str(run / "model.json"), "--data", test_csv, "--out", str(tmp_path / "p.csv")], capsys,
                     rf"model\.json is a file, not a run folder: .*; give its folder, {re.escape(str(run))}$")  # fmt: skip
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_metrics_json_is_strict_json_when_a_metric_is_undefined(trained, tmp_path):
+    """Test labels all 0: mAP and PSP@k are undefined. metrics.json held a bare NaN, which JSON.parse (and any strict
+    parser) refuses; it now holds null."""
+    folder, run = trained
+    table = _table(40, seed=3)
+    table[:, 6:] = 0
+    _write_csv(tmp_path / "zeros.csv", table)
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "zeros.csv"), "--out", str(tmp_path / "ev")]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["mAP"] is None and metrics["PSP@1"] is None
+    assert isinstance(metrics["hamming_loss"], float)

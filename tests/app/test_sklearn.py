@@ -274,3 +274,84 @@ def test_dense_and_sparse_x_train_the_same_model_under_one_scaling_rule(standard
     dense = SoftMarginClassifier(epochs=5, random_state=0, standardize=standardize).fit(X, Y)
     csr = SoftMarginClassifier(epochs=5, random_state=0, standardize=standardize).fit(sparse.csr_matrix(X), Y)
     np.testing.assert_allclose(csr.predict_proba(sparse.csr_matrix(X)), dense.predict_proba(X), atol=1e-6)
+
+
+# --- from a hostile review (session 14) ----------------------------------------------------------------------------
+
+
+def test_a_failed_refit_leaves_the_estimator_unfitted():
+    """A refit refused after the labels were read (top-k on a binary y) kept the 4-label model beside the binary
+    classes_: predict answered [0 0 0] from the old model."""
+    from sklearn.exceptions import NotFittedError
+
+    X, Y = make_multilabel_classification(n_samples=60, n_features=6, n_classes=4, random_state=0)
+    clf = SoftMarginClassifier(epochs=3, random_state=0, thresholds="top-k").fit(X, Y)
+    with pytest.raises(ValueError, match=r"a binary y is one label"):
+        clf.fit(X, Y[:, 0])
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+
+
+@pytest.mark.parametrize("params,pattern", [
+    (dict(epochs=2.0), r"epochs=2\.0: expected a positive integer"),
+    (dict(batch_size=1.5), r"batch_size=1\.5: expected a positive integer"),
+    (dict(ensemble=True), r"ensemble=True: expected a positive integer"),
+    (dict(lr="0.1"), r"lr='0\.1': expected a number"),
+    (dict(dropout=None), r"dropout=None: expected a number"),
+])  # fmt: skip
+def test_parameters_of_the_wrong_type_are_named(params, pattern):
+    X, Y = make_multilabel_classification(n_samples=30, n_features=4, n_classes=3, random_state=0)
+    with pytest.raises(ValueError, match=pattern):
+        SoftMarginClassifier(**params).fit(X, Y)
+
+
+@pytest.mark.parametrize("params,rows,pattern", [
+    (dict(thresholds="tuned"), 3, r"valid_fraction=0\.15: 3 samples leave no validation row"),
+    (dict(thresholds="tuned", optimizer="lbfgs"), 3, r"valid_fraction=0\.15: 3 samples leave no validation row"),
+    (dict(valid_fraction=0.9), 4, r"valid_fraction=0\.9: 4 samples leave no training row"),
+])  # fmt: skip
+def test_a_split_without_rows_is_named(params, rows, pattern):
+    """Before: an IndexError from the threshold cut, or scikit-learn's 'Found array with 0 sample(s)'."""
+    X, Y = make_multilabel_classification(n_samples=30, n_features=4, n_classes=3, random_state=0)
+    with pytest.raises(ValueError, match=pattern):
+        SoftMarginClassifier(epochs=2, random_state=0, **params).fit(X[:rows], Y[:rows])
+
+
+def test_decision_function_is_the_unclipped_logit_of_the_mean_probability():
+    """It was logit(clip(p, 1e-12)): every logit beyond 27.6 tied. One member: the member's own logit; an ensemble:
+    log mean sigmoid(z) - log mean sigmoid(-z), computed here in mpmath from the members' logits."""
+    import mpmath
+    import torch
+
+    from softmargin.app.train import _Inference
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 5))
+    Y = (X[:, :3] > 0).astype(int)  # separable, weakly regularised: logits in the hundreds
+    linear = SoftMarginClassifier(model="linear", optimizer="lbfgs", C=1e6, random_state=0).fit(X, Y)
+    logits = linear.decision_function(X)
+    assert np.abs(logits).max() > 60 and len(np.unique(logits)) == logits.size
+    np.testing.assert_allclose(linear.predict_proba(X), 1 / (1 + np.exp(-logits)), rtol=1e-12)
+    ensemble = SoftMarginClassifier(hidden_layer_sizes=(16,), ensemble=3, epochs=30, lr=0.05, random_state=0).fit(X, Y)
+    members = np.stack([_Inference(net, torch.device("cpu")).logits(X) for net in ensemble.model_.nets])
+    expected = [[float(mpmath.log(sum(1 / (1 + mpmath.exp(-mpmath.mpf(z))) for z in members[:, i, j]))
+                       - mpmath.log(sum(1 / (1 + mpmath.exp(mpmath.mpf(z))) for z in members[:, i, j])))
+                 for j in range(members.shape[2])] for i in range(members.shape[1])]  # fmt: skip
+    np.testing.assert_allclose(ensemble.decision_function(X), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_fit_leaves_torchs_global_generator_as_it_was():
+    import torch
+
+    X, Y = make_multilabel_classification(n_samples=40, n_features=4, n_classes=3, random_state=0)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    SoftMarginClassifier(epochs=2, random_state=0).fit(X, Y)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_the_multi_label_tag_is_set():
+    from sklearn.utils import get_tags
+
+    assert get_tags(SoftMarginClassifier()).classifier_tags.multi_label

@@ -65,7 +65,8 @@ def test_effective_number_tends_to_inverse_and_to_uniform():
 
 
 def test_pos_weight_is_neg_over_pos_with_cap():
-    with pytest.warns(UserWarning, match="no positive example"):
+    # the empty column counts as one positive, its n_neg staying 5: 5 / 1, one more than the one-positive column's 4 / 1
+    with pytest.warns(UserWarning, match=r"no positive example \(columns 3\); pos_weight counts it as having one positive \(n_pos = 1\)"):
         weights = softmargin.pos_weight(LABELS)
     np.testing.assert_allclose(weights, [1e-3 / 5, 4 / 1, 3 / 2, 5 / 1])  # all-positive column: n_neg taken as 1e-3
     with pytest.warns(UserWarning):

@@ -194,7 +194,7 @@ def train_command(args: argparse.Namespace) -> int:
             summary = _cross_validate(train, config, args.cv, args.seed, not args.quiet, log, folder)
             if folder is not None:
                 T.write_json(folder.path / "config.json", T.config_dict(config, **extra))
-                T.write_json(folder.path / "cv_metrics.json", summary)
+                T.write_json(folder.path / "cv_metrics.json", summary, strict=True)
                 run = folder.commit()
                 print(metrics_table(summary["mean"], f"{args.cv}-fold cross-validation on {train.name} ({len(train)} samples), mean ± std:", summary["std"]))
                 print(f"\nrun folder: {run}  ({time.perf_counter() - started:.1f} s)")

@@ -172,6 +172,9 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         ).check()  # fmt: skip
 
     def fit(self, X: Any, y: Any) -> SoftMarginClassifier:
+        # a fit that fails leaves the estimator unfitted: never a previous model_ beside this fit's classes_
+        for name in ("model_", "classes_", "_binarizer"):
+            self.__dict__.pop(name, None)
         config = self._config()
         # float64 stays float64 until the fit has checked that float32 does not blur a column (train._as_computed)
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=(np.float64, np.float32), multi_output=True)
@@ -218,7 +221,12 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         config = dataclasses.replace(config, seed=seed)
         data = Dataset(X, Y, features, names, "fit")
         self._ignored_parameters(config.resolve(data))
-        self.model_ = T.fit(data, config, progress=self.verbose)
+        import torch
+
+        # training seeds torch's global generators (dropout, initialisation): the caller's state is put back after
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            self.model_ = T.fit(data, config, progress=self.verbose)
         return self
 
     def _ignored_parameters(self, resolved: T.TrainConfig) -> None:
@@ -261,7 +269,10 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         return p / np.maximum(p.sum(1, keepdims=True), 1e-300)
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Logits: (n, n_labels) for multi-label and multiclass targets, (n,) for binary ones."""
+        """Logits: (n, n_labels) for multi-label and multiclass targets, (n,) for binary ones: the logit of the
+        ensemble's mean probability, unclipped. ``predict`` cuts the probabilities at the decision thresholds, so
+        ``decision_function(X) > 0`` agrees with it only for ``thresholds="fixed"`` at 0.5 (the default for dense
+        features); with tuned thresholds the cut is at ``logit(threshold)``, per label."""
         X = self._features(X)  # before touching model_: an unfitted estimator raises NotFittedError
         logits = self.model_.decision_function(X)
         return logits[:, 0] if self._binarizer is not None and len(self.classes_) == 2 else logits
@@ -279,6 +290,7 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        tags.classifier_tags.multi_label = True  # scikit-learn's multi-label estimator checks run too
         tags.input_tags.sparse = True
         return tags
 

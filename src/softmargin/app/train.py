@@ -36,6 +36,7 @@ from typing import Any, TypeGuard
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.special import logsumexp
 from torch import nn
 
 from .. import metrics as M
@@ -180,6 +181,11 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
 
     def check(self) -> TrainConfig:
+        for name in ("lr", "valid_fraction", "dropout", "threshold", "fbr", "min_threshold", "label_smoothing",
+                     "gamma_pos", "gamma_neg", "clip"):  # fmt: skip
+            value = getattr(self, name)  # before the range checks, which would compare a str and fail unclearly
+            if not (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)):
+                raise ValueError(f"{name}={value!r}: expected a number")
         if self.model not in MODELS:
             raise ValueError(f"model={self.model!r}: expected one of {', '.join(MODELS)}")
         if self.class_weight not in CLASS_WEIGHTS:
@@ -229,8 +235,9 @@ class TrainConfig:
         if self.at_least_one not in ("auto", "yes", "no"):
             raise ValueError(f"at_least_one={self.at_least_one!r}: expected 'auto', 'yes' or 'no'")
         for name in ("epochs", "batch_size", "ensemble", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+            value = getattr(self, name)
+            if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name}={value!r}: expected a positive integer")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads!r}: expected a positive number of threads, or None for torch's default")
         if not math.isfinite(self.lr) or self.lr <= 0:
@@ -366,10 +373,22 @@ class TrainedModel:
     def num_features(self) -> int:
         return int(self.nets[0].shift.numel())
 
-    def decision_function(self, X: Any, batch_size: int | None = None) -> np.ndarray:
-        """The logit of the ensemble's mean probability, (N, L)."""
-        p = np.clip(self.predict_proba(X, batch_size), 1e-12, 1 - 1e-12)
-        return np.log(p) - np.log1p(-p)
+    def decision_function(self, X: Any, batch_size: int | None = None, device: str = "cpu") -> np.ndarray:
+        """The logit of the ensemble's mean probability, (N, L), from the members' logits z_m, unclipped:
+        ``log mean sigmoid(z_m) - log mean sigmoid(-z_m)`` (one member: its logit itself). The logit of the mean
+        probability, clipped to [1e-12, 1 - 1e-12], tied every logit beyond +-27.6."""
+        total = np.zeros((X.shape[0], len(self.label_names)), np.float64)
+        batch_size = batch_size or max(1, min(4096, (1 << 20) // max(1, len(self.label_names))))
+        where = resolve_device(device)
+        members = [_Inference(net, where) for net in self.nets]
+        for start in range(0, X.shape[0], batch_size):
+            rows = slice(start, min(start + batch_size, X.shape[0]))
+            z = np.stack([member.logits(X[rows]) for member in members])
+            if len(members) == 1:
+                total[rows] = z[0]
+            else:  # log sigmoid(z) = -softplus(-z); the 1/M of both means cancels
+                total[rows] = logsumexp(-np.logaddexp(0.0, -z), axis=0) - logsumexp(-np.logaddexp(0.0, z), axis=0)
+        return total
 
     def predict_proba(self, X: Any, batch_size: int | None = None, device: str = "cpu") -> np.ndarray:
         """The members' mean probability, (N, L). Dense input is computed in float64, so that a row's result does not
@@ -450,8 +469,13 @@ class _Inference:
         self.normalize = net.normalize
         self.rest = copy.deepcopy(net.layers[1:]).double().eval().to(device)
 
-    @torch.no_grad()
     def __call__(self, batch: Any) -> np.ndarray:
+        """The member's probabilities of ``batch``, float64."""
+        return 1.0 / (1.0 + np.exp(-self.logits(batch)))
+
+    @torch.no_grad()
+    def logits(self, batch: Any) -> np.ndarray:
+        """The member's logits of ``batch``, float64."""
         if sp.issparse(batch):
             # (x - shift) * scale @ W.T + b == (x * scale) @ W.T + (b - W @ (shift * scale))
             csr = sp.csr_matrix(batch.multiply(self.scale.cpu().numpy()[None, :]), dtype=np.float32)
@@ -471,7 +495,7 @@ class _Inference:
             if self.normalize:
                 x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
             first = torch.nn.functional.linear(x, self.weight.double(), self.bias)
-        return torch.sigmoid(self.rest(first)).cpu().numpy()
+        return self.rest(first).cpu().numpy()
 
 
 def decide(scores: np.ndarray, thresholds: Any, at_least_one: bool) -> np.ndarray:
@@ -684,6 +708,12 @@ def fit(
         raise ValueError("optimizer='lbfgs' (full batch) runs on one process: use adamw under torchrun")
     nets, histories = [], []
     tuned = config.thresholds == "tuned"
+    fraction = config.valid_fraction if config.optimizer == "adamw" or tuned else 0.0
+    held = int(round(len(train) * fraction)) if fraction else 0  # as _split counts them
+    if held >= len(train) or (tuned and held == 0):  # (adamw without a validation row stops on the training loss)
+        what = "no training row" if held else "no validation row, which tuned thresholds are cut on"
+        raise ValueError(f"valid_fraction={config.valid_fraction}: {len(train)} samples leave {what}: expected a "
+                         f"valid_fraction that holds out between 1 and {len(train) - 1} of them, or more samples")  # fmt: skip
     held_out_sum = np.zeros(train.Y.shape, np.float64) if tuned else None  # each sample's held-out predictions
     held_out_count = np.zeros(len(train), np.int64)
     interactive = progress and sys.stderr.isatty()  # in a log file, a line per model instead of progress-bar frames
@@ -694,7 +724,6 @@ def fit(
             started = time.perf_counter()
             # each member has its own validation split (diversity, as in bagging) and its own scaler and class weights;
             # L-BFGS has no early stopping: it holds rows out only for the tuned thresholds' held-out predictions
-            fraction = config.valid_fraction if config.optimizer == "adamw" or tuned else 0.0
             train_index, valid_index = _split(len(train), fraction, np.random.default_rng(seed))
             scaling = _scaler(train.X[train_index], config.standardize)
             net, history = _fit_one(train, config, seed, train_index, valid_index, scaling, interactive, log, device, dist)
@@ -1254,8 +1283,27 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> 
         write(f)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False, default=_json_default))
+def write_json(path: Path, obj: Any, *, strict: bool = False) -> None:
+    """``obj`` as JSON. ``strict`` (the metrics files, read by other tools): a NaN or infinite number (a metric
+    undefined on this data: mAP or PSP@k without a positive label) is written as null, which every JSON parser reads;
+    json.dump's bare NaN is not JSON. model.json keeps its NaN thresholds (top-k, rcut), which softmargin reads back
+    and its content checksum covers."""
+    if strict:
+        obj = _finite(obj)
+    _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False, default=_json_default, allow_nan=not strict))
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (Python's or NumPy's, in dicts, lists and arrays) replaced by None."""
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -1607,7 +1655,7 @@ def write_report(
     train_frequency: np.ndarray | None = None,
 ) -> None:  # fmt: skip
     """metrics.json, per_label.csv (sorted by support, most frequent first) and f1_vs_frequency.png into ``run``."""
-    write_json(run / "metrics.json", metrics)
+    write_json(run / "metrics.json", metrics, strict=True)
     header = ["label", "support", "precision", "recall", "f1", "threshold"]
     order = sorted(range(len(per_label)), key=lambda i: -per_label[i]["support"])
     rows = [[label_names[i]] + [per_label[i][k] for k in header[1:]] for i in order]
