@@ -126,7 +126,9 @@ def element_loss_and_grad_options(
     pos_loss = softplus_neg if focus_pos is None else focus_pos * softplus_neg
     if clip:
         p_m = xp.where(p > clip, p - clip, 0.0)
-        neg_term = -xp.log1p(-p_m)  # -log(1 - p_m), finite: p_m <= 1 - clip
+        # -log(1 - p_m), 1 - p_m = q + clip formed without cancellation: -log1p(-p_m) lost clip in p_m as p rounded
+        # to 1 (inf at x = 20, clip = 1e-8, float32); -log(q + clip) itself where 1 - p_m <= 1/2, finite: >= clip
+        neg_term = xp.where(p_m < 0.5, -xp.log1p(-xp.where(p_m < 0.5, p_m, 0.0)), -xp.log(q + clip))
         focus_neg = p_m**gamma_neg if gamma_neg else None
     else:
         p_m = p
@@ -147,7 +149,10 @@ def element_loss_and_grad_options(
     if clip:
         ratio = xp.where(p_m > 0, neg_term / xp.where(p_m > 0, p_m, 1.0), 1.0)  # -log(1 - p_m) / p_m -> 1
         focus = 1.0 if focus_neg is None else focus_neg
-        neg_grad = xp.where(p_m > 0, p * q * focus * (gamma_neg * ratio + 1 / (1 - p_m)), 0.0)
+        # p q (gamma_neg ratio + 1 / (1 - p_m)), 1 - p_m = q + clip: q / (q + clip) <= 1, where 1 / (q + clip) would
+        # overflow float32 for a subnormal clip
+        q_share = xp.where(q > 0, q / xp.where(q > 0, q + clip, 1.0), 0.0)
+        neg_grad = xp.where(p_m > 0, p * focus * (gamma_neg * q * ratio + q_share), 0.0)
     else:
         neg_grad = gamma_neg * _times(q, neg_term, xp) + p
         if focus_neg is not None:

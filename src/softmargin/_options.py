@@ -63,7 +63,9 @@ def resolve(
         # would ask it for a bool (JAX's TracerBoolConversionError, naming nothing)
         # (a Python number first: under torch.compile(dynamic=True) a float is symbolic, and dynamo cannot trace
         # hasattr on it)
-        if isinstance(value, (int, float)) or isinstance(value, (numbers.Real, np.generic, np.ndarray)):
+        if isinstance(value, (int, float)) or isinstance(value, (numbers.Real, np.generic)):
+            continue
+        if isinstance(value, np.ndarray) and value.ndim == 0:
             continue
         if hasattr(value, "shape"):
             raise TypeError(

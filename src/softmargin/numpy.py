@@ -36,7 +36,7 @@ from ._options import LossOptions, resolve
 from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from .kernels import cpu
 
-__all__ = ["multilabel_soft_margin_loss", "multilabel_soft_margin_loss_grad"]
+__all__ = ["multilabel_soft_margin_loss", "multilabel_soft_margin_loss_and_grad", "multilabel_soft_margin_loss_grad"]
 
 Reduction = Literal["none", "mean", "sum"]
 
@@ -72,10 +72,16 @@ def num_threads() -> int:
 
 def _as_array(name: str, value: Any) -> NDArray[Any]:
     """``np.asarray(value)``, with NumPy's error for a value it cannot read (a ragged nested list) naming ``name``."""
+    if isinstance(value, np.ma.MaskedArray):  # np.asarray would drop its mask, and the masked values would count
+        raise TypeError(f"{name} is a NumPy masked array: its mask would be ignored; pass {name}.data, and the "
+                        "observed labels as mask= (True where observed: ~array.mask)")  # fmt: skip
     try:
         array = np.asarray(value)
     except ValueError as error:
         raise ValueError(f"{name} could not be read as an array ({error}): expected an array or a rectangular nested list") from None
+    if array.dtype.name == "bfloat16":  # ml_dtypes' (dtype kind 'V'): NumPy itself has no bfloat16 arithmetic
+        raise TypeError(f"{name} has dtype bfloat16 (ml_dtypes): the NumPy API takes float16, float32 and float64; "
+                        f"convert with {name}.astype(np.float32), the precision bfloat16 is computed in elsewhere")  # fmt: skip
     if not array.dtype.isnative:  # big-endian data on this machine: the kernel reads native numbers (one copy)
         array = array.astype(array.dtype.newbyteorder("="))
     return array
@@ -206,13 +212,15 @@ def _as_float64(array: NDArray[Any]) -> NDArray[np.float64]:
 
 def _exact_in_kernel(a: NDArray[Any] | None, dtype: np.dtype[Any]) -> bool:
     """Whether the kernel, which reads a weight in float32 for a float16/float32 input, sees the same weight: a float64
-    weight beyond float32's range (it would become inf) or below its smallest value (0, dropping the element) is
-    left to the chunked path, which computes in float64."""
+    weight beyond float32's range (it would become inf), below its smallest value (0, dropping the element) or in its
+    subnormal range (rounded by up to 2 %: 1e-44 became 9.8e-45) is left to the chunked path, which computes in
+    float64."""
     if a is None or dtype == np.float64 or a.dtype.kind != "f" or a.dtype.itemsize <= 4:
         return True
     with np.errstate(over="ignore", under="ignore"):
         narrow = a.astype(np.float32)
-    return bool(np.array_equal(np.isinf(narrow), np.isinf(a)) and np.array_equal(narrow == 0, a == 0))
+    tiny = np.finfo(np.float32).tiny
+    return bool(np.array_equal(np.isinf(narrow), np.isinf(a)) and not ((a != 0) & (np.abs(a) < tiny)).any())
 
 
 def _kernel_rows(rows: Rows, plain: bool) -> tuple[Rows, str]:

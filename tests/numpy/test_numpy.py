@@ -245,3 +245,46 @@ def test_big_endian_arrays_are_read_as_numbers(dtype, rng):
     np.testing.assert_array_equal(grad, expected[1])
     # and against the independent float64 reference (no pos_weight there)
     assert_close(multilabel_soft_margin_loss(swapped(x), swapped(y), weight=swapped(w)), reference_loss(x, y, w), RTOL[x.dtype.name])
+
+
+# --- from a hostile review (session 14) ----------------------------------------------------------------------------
+
+
+def test_a_masked_array_is_refused_not_read_without_its_mask():
+    x = np.ma.masked_array([[0.5, -1.0, 3.0]], mask=[[False, True, False]])
+    y = np.array([[1.0, 0.0, 1.0]])
+    with pytest.raises(TypeError, match=r"input is a NumPy masked array: its mask would be ignored.*mask="):
+        multilabel_soft_margin_loss(x, y)
+    with pytest.raises(TypeError, match=r"target is a NumPy masked array"):
+        multilabel_soft_margin_loss(x.data, np.ma.masked_array(y, mask=x.mask))
+
+
+def test_an_array_option_is_named():
+    x, y = np.zeros((2, 3)), np.ones((2, 3))
+    with pytest.raises(TypeError, match=r"gamma_neg is a ndarray of shape \(2,\): expected a static Python float"):
+        multilabel_soft_margin_loss(x, y, gamma_neg=np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match=r"gamma_neg=array\(2\.\) is a ndarray: expected a float"):  # 0-d: as before
+        multilabel_soft_margin_loss(x, y, gamma_neg=np.array(2.0))
+
+
+def test_bfloat16_from_ml_dtypes_is_named():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = np.zeros((2, 3)).astype(ml_dtypes.bfloat16)
+    with pytest.raises(TypeError, match=r"input has dtype bfloat16 \(ml_dtypes\).*astype\(np\.float32\)"):
+        multilabel_soft_margin_loss(x, np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["weight", "pos_weight"])
+def test_a_float64_weight_in_float32s_subnormal_range_is_not_rounded(name):
+    """The kernel reads a weight in float32 for float32 input: 1e-44 became 9.8e-45 (2 % off); such weights go to
+    the float64 path, as those beyond float32's range already did."""
+    x, y = np.array([[-1e30]], np.float32), np.array([[1.0]], np.float32)
+    for value in (1e-44, 1e-42, 1e-40):
+        loss = multilabel_soft_margin_loss(x, y, **{name: np.array([value])})
+        np.testing.assert_allclose(float(loss), value * 1e30, rtol=1e-6)
+
+
+def test_the_and_grad_function_is_exported():
+    import softmargin.numpy as snp
+
+    assert "multilabel_soft_margin_loss_and_grad" in snp.__all__

@@ -341,3 +341,26 @@ def test_per_row_and_broadcast_operands_are_not_made_dense(monkeypatch, case, re
     finally:
         tracemalloc.stop()
     assert peak < x.nbytes / 8, f"{peak / x.nbytes:.2f}x the logits for the loss alone"
+
+
+@pytest.mark.parametrize("path", ["kernel", "chunked"])
+@pytest.mark.parametrize("dtype,clip", [(np.float32, 1e-8), (np.float32, 1e-7), (np.float64, 1e-17), (np.float64, 1e-9)])
+def test_a_small_clip_is_not_lost_as_p_rounds_to_one(path, dtype, clip, monkeypatch):
+    """A negative at x = 20 with clip = 1e-8 in float32 gave loss inf and gradient NaN (the clip vanished from
+    p - clip as p rounded to 1); float64 the same at clip = 1e-17. Against mpmath: -log(1 - p + clip) and its
+    derivative p q / (q + clip), q = 1 - p."""
+    import mpmath
+
+    if path == "kernel" and cpu.kernel() is None:
+        pytest.skip("the C kernel is not built here")
+    if path == "chunked":
+        monkeypatch.setattr(cpu, "kernel", lambda: None)
+    x = np.array([[20.0, 40.0, 17.0]], dtype)
+    loss, grad = snp.multilabel_soft_margin_loss_and_grad(x, np.zeros_like(x), reduction="sum", clip=clip)
+    with mpmath.workdps(50):
+        p = [1 / (1 + mpmath.exp(-mpmath.mpf(float(v)))) for v in x[0]]
+        exact_loss = float(sum(-mpmath.log(1 - pi + clip) for pi in p) / 3)
+        exact_grad = [float(pi * (1 - pi) / (1 - pi + clip) / 3) for pi in p]
+    tolerance = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(float(loss), exact_loss, rtol=tolerance)
+    np.testing.assert_allclose(grad[0].astype(np.float64), exact_grad, rtol=tolerance)

@@ -3,6 +3,7 @@ clear error where the one asked for cannot run."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -48,17 +49,22 @@ def test_triton_backend_without_triton_is_a_clear_error(monkeypatch):
         st.multilabel_soft_margin_loss(torch.randn(2, 3), torch.ones(2, 3))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
-def test_each_backend_through_the_public_api_matches_torch(backend, monkeypatch):
+def _use_backend(backend, monkeypatch):
+    """SOFTMARGIN_BACKEND=backend for this test, or a skip where that backend cannot run here."""
     import os
 
     if backend == "cpu" and cpu.kernel() is None:
-        pytest.skip("the CPU kernel cannot be built here")
+        pytest.skip("the C kernel is not built here")
     if backend == "triton":
         pytest.importorskip("triton")
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("needs TRITON_INTERPRET=1 on a machine without CUDA")
     monkeypatch.setenv("SOFTMARGIN_BACKEND", backend)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
+def test_each_backend_through_the_public_api_matches_torch(backend, monkeypatch):
+    _use_backend(backend, monkeypatch)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(9, 70, generator=gen, dtype=torch.float64, requires_grad=True)
     y = (torch.rand(9, 70, generator=gen) < 0.3).double()
@@ -111,3 +117,71 @@ def test_cpu_kernel_pos_weight_times_the_positive_term_beyond_float32(options, m
     assert loss.dtype == torch.float32 and torch.isinf(loss[2]) and torch.isfinite(loss[[0, 1, 3]]).all(), loss
     np.testing.assert_allclose(loss[[0, 1, 3]].detach().double().numpy(), expected[[0, 1, 3]].numpy(), rtol=1e-6)
     assert torch.isfinite(xg.grad).all()
+
+
+def _exact_clipped(x, y, gamma_neg, clip):
+    """mpmath, 50 digits: the element loss and d/dx with asymmetric focusing's clip, hard y (gamma_pos = 0):
+    y (-log p) + (1 - y) p_m^g (-log(1 - p_m)), p_m = max(p - clip, 0)."""
+    import mpmath
+
+    with mpmath.workdps(50):
+        x = mpmath.mpf(float(x))
+        p = 1 / (1 + mpmath.exp(-x))
+
+        def loss(x):
+            p = 1 / (1 + mpmath.exp(-x))
+            if y:
+                return -mpmath.log(p)
+            p_m = max(p - clip, 0)
+            return (p_m**gamma_neg if gamma_neg else 1) * -mpmath.log(1 - p_m)
+
+        if y:
+            return float(loss(x)), float(-(1 - p))
+        if not mpmath.isfinite(x) or p <= clip:
+            return float(loss(x)), 0.0
+        return float(loss(x)), float(mpmath.diff(loss, x))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("clip", [1e-8, 1e-6, 0.05])
+@pytest.mark.parametrize("gamma_neg", [0.0, 2.0])
+def test_a_small_clip_keeps_the_negatives_loss_accurate(backend, dtype, clip, gamma_neg, monkeypatch):
+    """-log(1 - p_m) was -log1p(-(p - clip)): as p rounds to 1 the clip is lost, so a confident wrong negative's loss
+    drifted (1 % at clip 1e-7 in float32) and became inf with a NaN gradient (x = 20, clip = 1e-8, float32; float64 at
+    clip 1e-17); 1 - p_m is now q + clip, without cancellation. Against mpmath, every backend."""
+    _use_backend(backend, monkeypatch)
+    values = [-30.0, -5.0, -1.0, 0.0, 1.0, 3.0, 8.0, 12.0, 17.0, 20.0, 40.0, 90.0, 1e4, float("inf")]
+    x = torch.tensor([values, values], dtype=dtype)
+    y = torch.tensor([[0.0] * len(values), [1.0] * len(values)], dtype=dtype)
+    xg = x.clone().requires_grad_()
+    loss = st.multilabel_soft_margin_loss(xg, y, reduction="none", gamma_neg=gamma_neg, clip=clip)
+    (grad,) = torch.autograd.grad(loss.sum(), xg)
+    exact = [[_exact_clipped(v, int(t), gamma_neg, clip) for v in values] for t in (0, 1)]
+    # each row's loss is the mean of its elements; its gradient each element's derivative / C
+    expected_loss = torch.tensor([np.mean([e[0] for e in row]) for row in exact], dtype=torch.float64)
+    expected_grad = torch.tensor([[e[1] / len(values) for e in row] for row in exact], dtype=torch.float64)
+    tolerance = 5e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(loss.double(), expected_loss, rtol=tolerance, atol=0)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=tolerance, atol=1e-12 if dtype == torch.float64 else 1e-9)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
+def test_a_subnormal_clip_gives_a_finite_gradient(backend, monkeypatch):
+    """p q / (q + clip) was p q * (1 / (q + clip)): for clip = 1e-40, a float32 subnormal, 1 / (q + clip) overflowed
+    at x = 90 and beyond (gradient inf, NaN at +inf) while the loss stayed finite. Against the float64 computation
+    (1 - p at x = 100 is 3.7e-44, a float32 subnormal of 5 bits: rtol 5e-2, the representation's, not the formula's)."""
+    _use_backend(backend, monkeypatch)
+    clip = float(np.float32(1e-40))  # as float32 holds it, so that float64 computes the same problem
+    x = torch.tensor([[90.0], [95.0], [100.0], [float("inf")]])
+    y = torch.zeros(4, 1)
+    xg = x.clone().requires_grad_()
+    loss = st.multilabel_soft_margin_loss(xg, y, reduction="none", clip=clip)
+    (grad,) = torch.autograd.grad(loss.sum(), xg)
+    monkeypatch.setenv("SOFTMARGIN_BACKEND", "torch")
+    x64 = x.double().requires_grad_()
+    expected = st.multilabel_soft_margin_loss(x64, y.double(), reduction="none", clip=clip)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x64)
+    assert torch.isfinite(grad).all() and torch.isfinite(loss).all()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=5e-2, atol=1e-30)

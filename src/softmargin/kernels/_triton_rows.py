@@ -88,16 +88,18 @@ def _element(
             pos_grad = -focus_pos * (gamma_pos * _times(p, softplus_neg) + q)
             if CLIP:
                 p_m = tl.where(p > clip, p - clip, 0.0)
-                neg_term = -_log1p(-p_m, ACCURATE)  # -log(1 - p_m): finite, p_m <= 1 - clip
+                # -log(1 - p_m), 1 - p_m = q + clip without cancellation: -log1p(-p_m) up to p_m = 1/2, beyond it
+                # -log(q + clip) (-log1p(-p_m) alone lost clip in p_m as p rounded to 1: inf at x = 20, clip = 1e-8)
+                neg_term = tl.where(p_m < 0.5, -_log1p(-tl.where(p_m < 0.5, p_m, 0.0), ACCURATE), -tl.log(q + clip))
                 p_m_safe = tl.where(p_m > 0, p_m, 1.0)
                 # p_m^gamma_neg = exp(-gamma_neg log1p((1 - p_m) / p_m)): 1 - p_m >= clip does not cancel
-                log_p_m = -_log1p(_div(1.0 - p_m_safe, p_m_safe, ACCURATE), ACCURATE)
+                log_p_m = -_log1p(_div(tl.where(p_m > 0, q + clip, 0.0), p_m_safe, ACCURATE), ACCURATE)
                 focus_neg = tl.where(gamma_neg == 0.0, 1.0, tl.where(p_m > 0, _exp(gamma_neg * log_p_m, ACCURATE), 0.0))
                 neg_loss = _times(focus_neg, neg_term)
                 ratio = tl.where(p_m > 0, _div(neg_term, p_m_safe, ACCURATE), 1.0)  # -log(1 - p_m) / p_m -> 1
-                neg_grad = (
-                    p * q * focus_neg * (gamma_neg * ratio + _div(tl.full(x.shape, 1.0, x.dtype), 1.0 - p_m, ACCURATE))
-                )
+                # q / (q + clip) <= 1 (1 - p_m = q + clip), where 1 / (q + clip) overflows for a subnormal clip
+                q_share = tl.where(q > 0, _div(q, tl.where(q > 0, q + clip, 1.0), ACCURATE), 0.0)
+                neg_grad = p * focus_neg * (gamma_neg * q * ratio + q_share)
                 neg_grad = tl.where(p_m > 0, neg_grad, 0.0)
             else:
                 # p^gamma_neg = exp(-gamma_neg softplus(-x))

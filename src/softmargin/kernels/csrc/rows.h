@@ -161,22 +161,31 @@ typedef double (*row_fn)(const rowargs *);
     fpos = gp == (T)0 ? (T)1 : fpos; /* 0 * inf would be NaN */                                                \
     T pos_loss = pwv * fpos * sp_neg;                                                                          \
     T pm = p > clip ? p - clip : (T)0;                                                                         \
-    T nterm = has_clip ? -LOG1P(-pm) : sp_pos; /* -log(1 - p_m) */                                             \
+    /* -log(1 - p_m), 1 - p_m = q + clip (p > clip) formed without cancellation: -log1p(-p_m) up to p_m = 1/2;  \
+     * beyond, -log(q + clip) = -log q - log1p(clip / q) (q >= clip) or -log clip - log1p(q / clip): one log1p    \
+     * of a selected argument in [0, 1]. (-log1p(-p_m) alone lost clip in p_m as p rounded to 1: inf at x = 20,  \
+     * clip = 1e-8, float32.) */                                                                               \
+    T narg = pm < (T)0.5 ? -pm : q >= clip ? clip / (q > 0 ? q : (T)1) : q / clip;                             \
+    T nbase = pm < (T)0.5 ? (T)0 : q >= clip ? sp_pos : nlog_clip;                                             \
+    T nterm = has_clip ? nbase - LOG1P(narg) : sp_pos;                                                         \
     T pm_safe = pm > 0 ? pm : (T)1; /* log p_m = -log1p((1 - p_m) / p_m): accurate, and vectorises */          \
-    T fneg = has_clip ? (pm > 0 ? EXP(-gn * LOG1P(((T)1 - pm_safe) / pm_safe)) : (T)0) : EXP(-gn * sp_neg);     \
+    T fneg = has_clip ? (pm > 0 ? EXP(-gn * LOG1P((q + clip) / pm_safe)) : (T)0) : EXP(-gn * sp_neg);           \
     fneg = gn == (T)0 ? (T)1 : fneg; /* p_m^g- */                                                              \
     T neg_loss = fneg == (T)0 ? (T)0 : fneg * nterm;                                                           \
     T l = (yv == (T)0 ? (T)0 : yv * pos_loss) + (yv == (T)1 ? (T)0 : ((T)1 - yv) * neg_loss);                  \
     buf[c] = wb[c] == (T)0 ? (T)0 : l;
-#define FOCUSED_GRAD(T) FOCUSED_GRAD_##T(yv, p, q, pm, sp_neg, nterm, fpos, fneg, pwv, gp, gn, has_clip)
+#define FOCUSED_GRAD(T) FOCUSED_GRAD_##T(yv, p, q, pm, sp_neg, nterm, fpos, fneg, pwv, gp, gn, clip, has_clip)
 
 #define DEFINE_FOCUSED_GRAD(T)                                                                                 \
-    _Pragma("omp declare simd notinbranch uniform(gp, gn, has_clip)")                                          \
+    _Pragma("omp declare simd notinbranch uniform(gp, gn, clip, has_clip)")                                    \
     static inline T focused_grad_##T(T yv, T p, T q, T pm, T sp_neg, T nterm, T fpos, T fneg, T pwv, T gp, T gn,  \
-                                     int has_clip) {                                                           \
+                                     T clip, int has_clip) {                                                   \
         T pos_grad = -pwv * fpos * (gp * (p == (T)0 ? (T)0 : p * sp_neg) + q);                                  \
         T ratio = nterm / (pm > 0 ? pm : (T)1); /* -log(1 - p_m) / p_m */                                      \
-        T clipped = pm > 0 ? p * q * fneg * (gn * ratio + (T)1 / ((T)1 - pm)) : (T)0;                          \
+        /* p q (g- ratio + 1 / (1 - p_m)), 1 - p_m = q + clip; q / (q + clip) <= 1, where 1 / (q + clip) would       \
+         * overflow float32 for a subnormal clip */                                                            \
+        T q_share = q > 0 ? q / (q + clip) : (T)0;                                                             \
+        T clipped = pm > 0 ? p * fneg * (gn * q * ratio + q_share) : (T)0;                                     \
         T unclipped = fneg * (gn * (q == (T)0 ? (T)0 : q * nterm) + p);                                        \
         return yv * pos_grad + ((T)1 - yv) * (has_clip ? clipped : unclipped);                                 \
     }
@@ -212,7 +221,8 @@ DEFINE_FOCUSED_GRAD(double)
     const T scale = (T)a->scale, eps = (T)a->eps, gp = (T)a->gamma_pos, gn = (T)a->gamma_neg;                  \
     const T clip = (T)a->clip;                                                                                 \
     const int has_clip = a->clip != 0;                                                                         \
-    (void)gp; (void)gn; (void)clip; (void)has_clip;                                                            \
+    const T nlog_clip = has_clip ? (T)-log(a->clip) : (T)0; /* -log clip, once */                              \
+    (void)gp; (void)gn; (void)clip; (void)has_clip; (void)nlog_clip;                                           \
     double lanes[LANES] = {0}, tail = 0;                                                                       \
     T buf[BLOCK] __attribute__((aligned(64)));                                                                 \
     T wbuf[BLOCK] __attribute__((aligned(64)));
