@@ -332,6 +332,12 @@ def test_decision_function_is_the_unclipped_logit_of_the_mean_probability():
     logits = linear.decision_function(X)
     assert np.abs(logits).max() > 60 and len(np.unique(logits)) == logits.size
     np.testing.assert_allclose(linear.predict_proba(X), 1 / (1 + np.exp(-logits)), rtol=1e-12)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # logits of thousands: no "overflow encountered in exp"
+        far = linear.predict_proba(X * 10)
+    assert set(np.unique(far.round())) <= {0.0, 1.0}
     ensemble = SoftMarginClassifier(hidden_layer_sizes=(16,), ensemble=3, epochs=30, lr=0.05, random_state=0).fit(X, Y)
     members = np.stack([_Inference(net, torch.device("cpu")).logits(X) for net in ensemble.model_.nets])
     expected = [[float(mpmath.log(sum(1 / (1 + mpmath.exp(-mpmath.mpf(z))) for z in members[:, i, j]))

@@ -36,7 +36,7 @@ from typing import Any, TypeGuard
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.special import logsumexp
+from scipy.special import expit, logsumexp
 from torch import nn
 
 from .. import metrics as M
@@ -471,7 +471,7 @@ class _Inference:
 
     def __call__(self, batch: Any) -> np.ndarray:
         """The member's probabilities of ``batch``, float64."""
-        return 1.0 / (1.0 + np.exp(-self.logits(batch)))
+        return np.asarray(expit(self.logits(batch)))  # (no overflow warning for a logit of -1000, as 1 / (1 + exp(1000)) gives)
 
     @torch.no_grad()
     def logits(self, batch: Any) -> np.ndarray:
