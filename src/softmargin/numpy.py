@@ -81,7 +81,7 @@ def _as_array(name: str, value: Any) -> NDArray[Any]:
         raise ValueError(f"{name} could not be read as an array ({error}): expected an array or a rectangular nested list") from None
     if array.dtype.name == "bfloat16":  # ml_dtypes' (dtype kind 'V'): NumPy itself has no bfloat16 arithmetic
         raise TypeError(f"{name} has dtype bfloat16 (ml_dtypes): the NumPy API takes float16, float32 and float64; "
-                        f"convert with {name}.astype(np.float32), the precision bfloat16 is computed in elsewhere")  # fmt: skip
+                        f"convert with {name}.astype(np.float32) (torch and JAX compute bfloat16 in float32 too)")  # fmt: skip
     if not array.dtype.isnative:  # big-endian data on this machine: the kernel reads native numbers (one copy)
         array = array.astype(array.dtype.newbyteorder("="))
     return array
