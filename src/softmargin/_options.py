@@ -65,8 +65,8 @@ def resolve(
         # hasattr on it)
         if isinstance(value, (int, float)) or isinstance(value, (numbers.Real, np.generic)):
             continue
-        if isinstance(value, np.ndarray) and value.ndim == 0:
-            continue
+        if isinstance(value, np.ndarray):  # (before the comparison below, which a multi-element array fails unclearly)
+            raise TypeError(f"{name}={value!r} is a ndarray: expected a float")
         if hasattr(value, "shape"):
             raise TypeError(
                 f"{name} is a {type(value).__name__} of shape {tuple(value.shape)}: expected a static Python float "

@@ -132,6 +132,10 @@ def check_weight_values(name: str, weight: Any, *, positive: bool = False) -> No
     raise ValueError(_describe_bad(name, bad, weight, expected).replace("outside", "outside the finite range"))
 
 
+#: The largest float32 (the kernels read the loss options in float32 for float16/float32 logits).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_options(label_smoothing: float, gamma_pos: float, gamma_neg: float, clip: float) -> None:
     """The scalar loss options: label_smoothing and clip in [0, 1), gammas finite and >= 0."""
     for name, value in (("label_smoothing", label_smoothing), ("gamma_pos", gamma_pos), ("gamma_neg", gamma_neg), ("clip", clip)):
@@ -141,8 +145,11 @@ def check_options(label_smoothing: float, gamma_pos: float, gamma_neg: float, cl
         if not 0 <= value < 1:
             raise ValueError(f"{name}={value!r} is outside [0, 1): expected 0 <= {name} < 1")
     for name, value in (("gamma_pos", gamma_pos), ("gamma_neg", gamma_neg)):
-        if not (0 <= value < math.inf):
-            raise ValueError(f"{name}={value!r}: expected a finite {name} >= 0 (0 switches focusing off)")
+        # at most float32's largest: the kernels read the option in float32 for float16/float32 logits, where a
+        # larger one became inf and every gradient NaN
+        if not (0 <= value <= FLOAT32_MAX):
+            raise ValueError(f"{name}={value!r}: expected a finite {name} >= 0, at most {FLOAT32_MAX:.4g} (float32's "
+                             "largest; 0 switches focusing off)")  # fmt: skip
 
 
 def check_mask_kind(kind: str, dtype: object) -> None:

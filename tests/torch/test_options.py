@@ -162,6 +162,8 @@ def test_options_stay_finite_at_infinite_logits(options):
 BAD = [
     (dict(gamma_pos=-1.0), ValueError, r"gamma_pos=-1\.0: expected a finite gamma_pos >= 0"),
     (dict(gamma_neg=float("inf")), ValueError, r"gamma_neg=inf: expected a finite gamma_neg >= 0"),
+    # beyond float32's largest the kernels read inf, and every gradient of float32 logits was NaN
+    (dict(gamma_pos=1e39), ValueError, r"gamma_pos=1e\+39: expected a finite gamma_pos >= 0, at most 3\.403e\+38"),
     (dict(clip=1.0), ValueError, r"clip=1\.0 is outside \[0, 1\)"),
     (dict(clip=-0.1), ValueError, r"clip=-0\.1 is outside \[0, 1\)"),
     (dict(label_smoothing=1.0), ValueError, r"label_smoothing=1\.0 is outside \[0, 1\)"),
