@@ -55,6 +55,20 @@ def test_weights_from_the_training_labels_equal_bce_with_weights(rng):
     assert abs(float(ours) - float(reference)) <= 1e-6 * float(reference)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_weights_keep_their_precision_with_half_precision_logits(rng, dtype):
+    """The weights were cast to the logits' dtype: with float16 logits a class weight of 1e5 became inf (refused as
+    if given so) and one of 1e-8 became 0 (its label silently dropped). Against float64 on the same logits."""
+    logits = torch.as_tensor(rng.standard_normal((8, 4)), dtype=dtype)
+    labels = torch.as_tensor((rng.random((8, 4)) < 0.4).astype(np.float32))
+    for weights in ([1e5, 1.0, 1.0, 1.0], [1e-8, 1.0, 1.0, 1.0]):
+        ours = loss_function(class_weight=weights, pos_weight=[3.0, 1.0, 1.0, 1e4])({"logits": logits}, labels)
+        reference = torch.nn.BCEWithLogitsLoss(
+            weight=torch.tensor(weights, dtype=torch.float64), pos_weight=torch.tensor([3.0, 1.0, 1.0, 1e4], dtype=torch.float64)
+        )(logits.double(), labels.double())  # fmt: skip
+        assert torch.isfinite(ours) and abs(float(ours) - float(reference)) <= 1e-6 * float(reference)
+
+
 def test_missing_labels_are_masked(rng):
     logits = torch.as_tensor(rng.standard_normal((3, NUM_LABELS)), dtype=torch.float32)
     labels = torch.tensor([[1.0, 0, -100, 0, 1], [0, 0, 0, 1, -100], [-100, 1, 1, 0, 0]])

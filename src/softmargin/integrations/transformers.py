@@ -88,7 +88,10 @@ def loss_function(
         if missing_label is not None:
             mask = labels != missing_label
             labels = torch.where(mask, labels, torch.zeros((), dtype=labels.dtype, device=labels.device))
-        move = lambda t: None if t is None else t.to(device=logits.device, dtype=logits.dtype if logits.is_floating_point() else None)
+        # weights stay float32 (float64 for float64 logits), as the Keras loss keeps them: float16 logits' dtype made
+        # a weight of 1e5 inf (refused as if the user had given inf) and one of 1e-8 zero (its label dropped, silently)
+        wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        move = lambda t: None if t is None else t.to(device=logits.device, dtype=wide)
         loss = multilabel_soft_margin_loss(
             logits, labels.to(logits.dtype), move(class_weight), pos_weight=move(pos_weight), mask=mask,
             label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, validate=validate,
