@@ -912,3 +912,21 @@ def test_metrics_json_is_strict_json_when_a_metric_is_undefined(trained, tmp_pat
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text(), parse_constant=refuse)
     assert metrics["mAP"] is None and metrics["PSP@1"] is None
     assert isinstance(metrics["hamming_loss"], float)
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--lr", "3.5e38"], r"--lr 3\.5e\+38: expected a positive learning rate, at most float32's largest"),  # a torch traceback
+    (["--valid-fraction", "0", "--patience", "1"], r"--patience 1: this run would ignore it \(early stopping watches the validation rows"),
+    (["--rare-weight", "1", "--rare-positives", "20", "--model", "linear"], r"--rare-positives 20: this run would ignore it \(it says which labels --rare-weight weights"),
+])  # fmt: skip
+def test_options_a_run_would_ignore_or_torch_would_crash_on_are_named(tmp_path, capsys, extra, pattern):
+    _write_csv(tmp_path / "t.csv", _table())
+    fast = ["--quiet"] if "linear" in extra else FAST  # (the Newton solver refuses --epochs / --ensemble)
+    _one_line_error(["train", "--data", str(tmp_path / "t.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs"),
+                     *fast, *extra], capsys, pattern)  # fmt: skip
+
+
+def test_test_fraction_with_a_builtin_data_set_is_refused(tmp_path, capsys):
+    """yeast has its standard test split: --test-fraction 0.5 was silently ignored, and recorded in config.json."""
+    _one_line_error(["train", "--data", "yeast", "--test-fraction", "0.5", "--out", str(tmp_path / "runs"), *FAST], capsys,
+                    r"--test-fraction 0\.5 with --data yeast: a built-in data set comes with its standard test split")  # fmt: skip

@@ -84,6 +84,8 @@ _USED_WHEN: list[tuple[str, str, Any, str]] = [
       for name in ("folds", "linear_loss")],
     *[(f"--{name.replace('_', '-')}", name, lambda c: c.optimizer == "newton" and not c.pos_weight,
        "it weights the Newton solver's rare labels, and --pos-weight replaces it") for name in ("rare_weight", "rare_positives")],
+    ("--rare-positives", "rare_positives", lambda c: c.rare_weight > 1, "it says which labels --rare-weight weights, and 1 weights none"),
+    ("--patience", "patience", lambda c: c.valid_fraction > 0, "early stopping watches the validation rows, and --valid-fraction 0 holds none out"),
     ("--pos-weight-max", "pos_weight_max", lambda c: c.pos_weight, "it caps --pos-weight"),
     ("--at-least-one", "at_least_one", lambda c: c.thresholds in ("fixed", "tuned"),
      "the rank rules top-k and rcut give every sample labels anyway"),
@@ -158,6 +160,9 @@ def train_command(args: argparse.Namespace) -> int:
     if args.test and args.test_fraction != 0.2:
         raise ValueError(f"--test-fraction {args.test_fraction} with --test {args.test}: the test data is given, nothing is "
                          "held out of --data; drop one")  # fmt: skip
+    if args.data in D.BUILTIN and args.test_fraction != 0.2 and args.cv is None:
+        raise ValueError(f"--test-fraction {args.test_fraction} with --data {args.data}: a built-in data set comes with "
+                         "its standard test split, nothing is held out; drop --test-fraction")  # fmt: skip
     _check_label_options(args, args.data, args.test)
     train, test = D.load_train_test(args.data, args.test, args.labels, args.xml)
     if train.Y is None or train.Y.shape[1] < 2:

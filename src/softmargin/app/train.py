@@ -240,8 +240,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r}: expected a positive integer")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads!r}: expected a positive number of threads, or None for torch's default")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr={self.lr!r}: expected a positive learning rate")
+        if not (0 < self.lr <= 3.4028234663852886e38):  # beyond float32's largest, AdamW's step failed inside torch
+            raise ValueError(f"lr={self.lr!r}: expected a positive learning rate, at most float32's largest (3.4e38)")
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay={self.weight_decay!r}: expected a non-negative finite weight decay")
         if self.pos_weight_max is not None and not (
