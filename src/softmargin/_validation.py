@@ -132,7 +132,8 @@ def check_weight_values(name: str, weight: Any, *, positive: bool = False) -> No
     raise ValueError(_describe_bad(name, bad, weight, expected).replace("outside", "outside the finite range"))
 
 
-#: The largest float32 (the kernels read the loss options in float32 for float16/float32 logits).
+#: The largest float32, ``float(np.finfo(np.float32).max)`` (the kernels read the loss options in float32 for
+#: float16/float32 logits; the trainer's features and learning rate are float32 too).
 FLOAT32_MAX = 3.4028234663852886e38
 
 

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .. import _validation as V
+
 BUILTIN = ("yeast",)
 
 
@@ -45,9 +47,10 @@ SPARSE_LABELS_FROM = 1 << 26
 #: Without an ``N F L`` header, a LIBSVM feature or label index at or above this is taken for a broken file; with one,
 #: an ``F`` or ``L`` above it is (each column gets a name; far more than the extreme-classification sets' millions).
 MAX_INDEX_WITHOUT_HEADER = 1 << 24
-#: The largest float32. A feature value from float32's max plus half its last step on (2**128 - 2**103) would become
-#: inf in the float32 features, so it is refused; one in between rounds to the max (``3.4028235e+38`` reads back).
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The largest float32 (:data:`softmargin._validation.FLOAT32_MAX`). A feature value from float32's max plus half its
+#: last step on (2**128 - 2**103) would become inf in the float32 features, so it is refused; one in between rounds to
+#: the max (``3.4028235e+38`` reads back).
+FLOAT32_MAX = V.FLOAT32_MAX
 _FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 
 

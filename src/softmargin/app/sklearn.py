@@ -16,6 +16,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import LabelBinarizer
@@ -221,8 +222,6 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         config = dataclasses.replace(config, seed=seed)
         data = Dataset(X, Y, features, names, "fit")
         self._ignored_parameters(config.resolve(data))
-        import torch
-
         # training seeds torch's global generators (dropout, initialisation): the caller's state is put back after
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):

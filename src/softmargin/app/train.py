@@ -42,7 +42,7 @@ from torch import nn
 from .. import metrics as M
 from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
 from ..weights import METHODS, Method, class_weights, pos_weight
-from .data import Dataset
+from .data import FLOAT32_MAX, Dataset
 from .decisions import COUNTS, FALLBACKS, cv_thresholds
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
@@ -240,7 +240,7 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r}: expected a positive integer")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads!r}: expected a positive number of threads, or None for torch's default")
-        if not (0 < self.lr <= 3.4028234663852886e38):  # beyond float32's largest, AdamW's step failed inside torch
+        if not (0 < self.lr <= FLOAT32_MAX):  # beyond float32's largest, AdamW's step failed inside torch
             raise ValueError(f"lr={self.lr!r}: expected a positive learning rate, at most float32's largest (3.4e38)")
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay={self.weight_decay!r}: expected a non-negative finite weight decay")
@@ -378,12 +378,8 @@ class TrainedModel:
         ``log mean sigmoid(z_m) - log mean sigmoid(-z_m)`` (one member: its logit itself). The logit of the mean
         probability, clipped to [1e-12, 1 - 1e-12], tied every logit beyond +-27.6."""
         total = np.zeros((X.shape[0], len(self.label_names)), np.float64)
-        batch_size = batch_size or max(1, min(4096, (1 << 20) // max(1, len(self.label_names))))
-        where = resolve_device(device)
-        members = [_Inference(net, where) for net in self.nets]
-        for start in range(0, X.shape[0], batch_size):
-            rows = slice(start, min(start + batch_size, X.shape[0]))
-            z = np.stack([member.logits(X[rows]) for member in members])
+        for rows, batch, members in self._batches(X, batch_size, device):
+            z = np.stack([member.logits(batch) for member in members])
             if len(members) == 1:
                 total[rows] = z[0]
             else:  # log sigmoid(z) = -softplus(-z); the 1/M of both means cancels
@@ -401,16 +397,21 @@ class TrainedModel:
 
     def iter_proba(self, X: Any, batch_size: int | None = None, device: str = "cpu") -> Iterator[tuple[slice, np.ndarray]]:
         """(rows, the members' mean probability of those rows) one batch at a time: memory bounded by the batch."""
+        for rows, batch, members in self._batches(X, batch_size, device):
+            total = members[0](batch)
+            for member in members[1:]:
+                total = total + member(batch)
+            yield rows, total / len(members)
+
+    def _batches(self, X: Any, batch_size: int | None, device: str) -> Iterator[tuple[slice, Any, list[_Inference]]]:
+        """(rows, X's rows, the members ready on ``device``) one batch at a time (default: up to 4096 rows, about a
+        million cells of output)."""
         batch_size = batch_size or max(1, min(4096, (1 << 20) // max(1, len(self.label_names))))
         where = resolve_device(device)
         members = [_Inference(net, where) for net in self.nets]
         for start in range(0, X.shape[0], batch_size):
             rows = slice(start, min(start + batch_size, X.shape[0]))
-            batch = X[rows]
-            total = members[0](batch)
-            for member in members[1:]:
-                total = total + member(batch)
-            yield rows, total / len(members)
+            yield rows, X[rows], members
 
     def predict(self, X: Any) -> np.ndarray:
         return self.decide(self.predict_proba(X))
@@ -549,17 +550,14 @@ def _float32_blurs(X: Any, block_cells: int = 1 << 22) -> bool:
     of rows (``block_cells`` cells at a time), so that no copy of ``X`` is made."""
     if sp.issparse(X) or X.dtype != np.float64 or len(X) < 2:
         return False
-    count, mean, squares = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler()
     step = max(1, block_cells // max(1, X.shape[1]))
-    for start in range(0, len(X), step):  # Chan et al.'s pairwise update of the mean and the sum of squares
-        block = X[start:start + step]
-        block_mean = block.mean(0)
-        delta, total = block_mean - mean, count + len(block)
-        squares += ((block - block_mean) ** 2).sum(0) + delta**2 * count * len(block) / total
-        mean += delta * len(block) / total
-        count = total
-    std = np.sqrt(squares / count)
-    return bool(((np.abs(mean) * 2.0**-24 > BLUR * std) & (std > 0)).any())
+    for start in range(0, len(X), step):  # its partial_fit: Chan et al.'s update of the mean and variance
+        scaler.partial_fit(X[start:start + step])
+    std = np.sqrt(scaler.var_)
+    return bool(((np.abs(scaler.mean_) * 2.0**-24 > BLUR * std) & (std > 0)).any())
 
 
 def _as_computed(train: Dataset) -> Dataset:
@@ -609,9 +607,14 @@ def _is_class_weighting(name: str) -> TypeGuard[Method]:
     return name in METHODS
 
 
+def _valid_count(n: int, fraction: float) -> int:
+    """The rows of ``n`` that :func:`_split` holds out for ``fraction``."""
+    return int(round(n * fraction)) if fraction else 0
+
+
 def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     order = rng.permutation(n)
-    num_valid = int(round(n * fraction)) if fraction else 0
+    num_valid = _valid_count(n, fraction)
     return np.sort(order[num_valid:]), np.sort(order[:num_valid])
 
 
@@ -709,7 +712,7 @@ def fit(
     nets, histories = [], []
     tuned = config.thresholds == "tuned"
     fraction = config.valid_fraction if config.optimizer == "adamw" or tuned else 0.0
-    held = int(round(len(train) * fraction)) if fraction else 0  # as _split counts them
+    held = _valid_count(len(train), fraction)
     if held >= len(train) or (tuned and held == 0):  # (adamw without a validation row stops on the training loss)
         what = "no training row" if held else "no validation row, which tuned thresholds are cut on"
         raise ValueError(f"valid_fraction={config.valid_fraction}: {len(train)} samples leave {what}: expected a "

@@ -124,11 +124,16 @@ def _problem(
                     f"{name} requires grad, but with pos_weight, mask, label_smoothing or asymmetric focusing only "
                     f"input is differentiable; pass {name}.detach()"
                 )
-    result_dtype = input.dtype
-    for operand in (dense, weight):
-        if operand is not None and operand.dim() > 0:  # torch.result_type: a 0-d tensor does not promote a float
-            result_dtype = torch.promote_types(result_dtype, operand.dtype)
-    return Problem(input, dense, sparse, weight, pos_weight, mask, options, reduction, validate, result_dtype)
+    return Problem(input, dense, sparse, weight, pos_weight, mask, options, reduction, validate, _promoted(input.dtype, dense, weight))
+
+
+def _promoted(dtype: torch.dtype, *operands: Any) -> torch.dtype:
+    """The loss's dtype: ``dtype`` promoted with each operand's that is a tensor of at least one dimension (as
+    torch.result_type does: a 0-d tensor does not promote a float; sparse targets and None do not count)."""
+    for operand in operands:
+        if isinstance(operand, Tensor) and operand.dim() > 0:
+            dtype = torch.promote_types(dtype, operand.dtype)
+    return dtype
 
 
 def multilabel_soft_margin_loss(
@@ -391,10 +396,7 @@ def linear_multilabel_soft_margin_loss(
     total = total_labels if total_labels is not None else _total_labels(num_labels, process_group)
     # the dtype multilabel_soft_margin_loss would give on the logits: theirs (hidden's and weight's), promoted with a
     # dense target's and a class weight's (a bfloat16 hidden and a float32 target give a float32 loss)
-    dtype = torch.promote_types(hidden.dtype, weight.dtype)
-    for operand in (target, class_weight):
-        if isinstance(operand, Tensor) and operand.dim() > 0:
-            dtype = torch.promote_types(dtype, operand.dtype)
+    dtype = _promoted(torch.promote_types(hidden.dtype, weight.dtype), target, class_weight)
     loss: Tensor = LinearMultiLabelSoftMarginLossFunction.apply(
         hidden, weight, bias, target, class_weight, pos_weight, reduction, resolved, chunks, process_group, total, dtype
     )
