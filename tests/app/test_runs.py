@@ -121,6 +121,29 @@ def test_a_run_no_epoch_of_which_beats_the_untrained_network_saves_nothing(tmp_p
     assert list((tmp_path / "runs").iterdir()) == []  # not even a partial folder
 
 
+def test_the_adamw_divergence_advice_names_a_weight_decay_that_flips_the_weights(tmp_path, capsys):
+    """AdamW scales the weights by 1 - lr x weight_decay each step: at 500 x 0.01 = 5 they flip and grow, and the
+    advice used to name only the learning rate and the features' scale."""
+    _write_csv(tmp_path / "train.csv", _table())
+    argv = ["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs"),
+            "--lr", "0.01", "--weight-decay", "500", "--epochs", "5", "--ensemble", "1", "--quiet"]  # fmt: skip
+    _one_line_error(argv, capsys, r"training diverged.*lower --lr \(now 0\.01\).*or lower --weight-decay \(now 500: each "
+                                  r"step scales the weights by 1 - 5\)")  # fmt: skip
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_validation_fraction_that_holds_out_no_row_is_a_warning(tmp_path, capsys):
+    """--valid-fraction 0.15 of 3 training rows rounds to none: the early stopping asked for cannot run. The run used
+    to train every epoch without a word."""
+    _write_csv(tmp_path / "train.csv", _table(3))
+    _write_csv(tmp_path / "test.csv", _table(20, seed=1))
+    code, _, err = _run(["train", "--data", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--labels",
+                         "ya,yb,yc", "--model", "mlp", "--out", str(tmp_path / "runs")] + FAST, capsys)  # fmt: skip
+    assert code == 0, err
+    assert ("softmargin train: warning: --valid-fraction 0.15 of 3 samples holds out no row: the model trains 2 epochs "
+            "without early stopping") in err
+
+
 def test_overfitting_noise_is_not_divergence():
     """Labels with nothing to learn (8 training rows of noise, 2 validation rows): the validation loss rises from
     the first epoch while the training loss falls. That is no divergence: the best epoch is kept, as before (it is
@@ -490,6 +513,14 @@ def test_the_newton_solver_refuses_fewer_rows_than_folds(tmp_path, capsys):
         (["--threshold", "1.5"], r"--threshold 1\.5: expected a probability strictly between 0 and 1"),
         (["--cv", "1"], r"--cv 1: expected K >= 2 folds"),
         (["--test-fraction", "1"], r"--test-fraction 1.0: expected a fraction in \[0, 1\)"),
+        # the loss's options are checked with the others, before the data are read; they were named by the loss's
+        # field (label_smoothing=1.0) once training had started
+        (["--label-smoothing", "1"], r"--label-smoothing 1\.0 is outside \[0, 1\)"),
+        (["--gamma-neg", "1e39"], r"--gamma-neg 1e\+39: expected a finite gamma_neg >= 0"),
+        (["--clip", "-0.5"], r"--clip -0\.5 is outside \[0, 1\)"),
+        # the command's 0 is every label (the configuration's None): its messages say 0, not None
+        (["--fbr-positives", "0"], r"--fbr-positives 0: the SCutfbr fallback belongs to --cut-counts 'observed'"),
+        (["--cut-counts", "observed", "--fbr-positives", "-1"], r"--fbr-positives -1: expected a count of held-out positives, or 0"),
     ],
 )
 def test_options_that_would_be_ignored_or_invalid_are_errors(tmp_path, capsys, extra, pattern):

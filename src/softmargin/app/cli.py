@@ -443,6 +443,10 @@ def _warnings_as_lines(command: str) -> Iterator[None]:
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
              line: str | None = None) -> None:  # fmt: skip
+        if command == "train":  # in the command's words, as its errors are: valid_fraction=0.1 -> --valid-fraction 0.1
+            from .runs import as_options
+
+            message = as_options(str(message))
         print(f"softmargin {command}: warning: {message}", file=sys.stderr)
 
     with warnings.catch_warnings():

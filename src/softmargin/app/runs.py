@@ -112,10 +112,12 @@ def _config(args: argparse.Namespace) -> T.TrainConfig:
     if args.model == "linear" and args.hidden is not None:
         raise ValueError("--hidden sets the MLP's layers: it has no meaning with --model linear; drop one of them")
     model = "mlp" if args.model == "auto" and args.hidden is not None else args.model  # --hidden means the MLP
+    if args.fbr_positives < 0:
+        raise ValueError(f"--fbr-positives {args.fbr_positives}: expected a count of held-out positives, or 0 for every label")
     try:
         return _settings(args, model).check()
-    except ValueError as exc:
-        raise ValueError(as_options(str(exc))) from None
+    except ValueError as exc:  # the command's 0 is the config's None (every label)
+        raise ValueError(as_options(str(exc)).replace("--fbr-positives None", "--fbr-positives 0")) from None
 
 
 def _settings(args: argparse.Namespace, model: str) -> T.TrainConfig:

@@ -40,6 +40,7 @@ from scipy.special import expit, logsumexp
 from torch import nn
 
 from .. import metrics as M
+from .._validation import check_options
 from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
 from ..weights import METHODS, Method, class_weights, pos_weight
 from .data import FLOAT32_MAX, Dataset
@@ -226,6 +227,8 @@ class TrainConfig:
         if self.linear_loss not in LINEAR_LOSSES:
             raise ValueError(f"linear_loss={self.linear_loss!r}: expected one of {', '.join(LINEAR_LOSSES)}")
         check_decision(self.threshold, self.k)
+        # the loss's own check, here rather than when training starts (after the data were read)
+        check_options(self.label_smoothing, self.gamma_pos, self.gamma_neg, self.clip)
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"valid_fraction={self.valid_fraction!r}: expected a fraction in [0, 1)")
         if not 0 <= self.dropout < 1:
@@ -717,6 +720,9 @@ def fit(
         what = "no training row" if held else "no validation row, which tuned thresholds are cut on"
         raise ValueError(f"valid_fraction={config.valid_fraction}: {len(train)} samples leave {what}: expected a "
                          f"valid_fraction that holds out between 1 and {len(train) - 1} of them, or more samples")  # fmt: skip
+    if held == 0 and fraction:  # the early stopping asked for cannot happen: say so, not silently
+        warnings.warn(f"valid_fraction={fraction} of {len(train)} samples holds out no row: the model trains "
+                      f"{config.epochs} epochs without early stopping", UserWarning, stacklevel=2)  # fmt: skip
     held_out_sum = np.zeros(train.Y.shape, np.float64) if tuned else None  # each sample's held-out predictions
     held_out_count = np.zeros(len(train), np.int64)
     interactive = progress and sys.stderr.isatty()  # in a log file, a line per model instead of progress-bar frames
@@ -958,7 +964,14 @@ def _divergence_advice(config: TrainConfig) -> str:
         penalty = "; without an L2 penalty the weights of separable labels grow without bound: set --C (e.g. 1)"
         return (f"check the scale of the features (--standardize yes, now {config.standardize}; L-BFGS has no learning "
                 f"rate, its line search sizes each step){penalty if config.C is None else ''}")  # fmt: skip
-    return f"lower --lr (now {config.lr:g}) or check the scale of the features (--standardize yes, now {config.standardize})"
+    advice = f"lower --lr (now {config.lr:g}) or check the scale of the features (--standardize yes, now {config.standardize})"
+    # the regularisation can be the cause as well: AdamW scales the weights by 1 - lr x weight_decay each step, and an
+    # L2 penalty of 1 / (2 C) per weight steepens every step as C shrinks
+    if config.lr * config.weight_decay >= 0.1:
+        advice += f"; or lower --weight-decay (now {config.weight_decay:g}: each step scales the weights by 1 - {config.lr * config.weight_decay:.3g})"
+    if config.C is not None:
+        advice += f"; or raise --C (now {config.C:g}: its L2 penalty steepens as C shrinks)"
+    return advice
 
 
 def _fit_one(
