@@ -1022,9 +1022,15 @@ def _fit_one(
     training_loss = _TrainingLoss(net, loss_fn, fused, penalty, dist if label_parallel else None, num_labels)
     objective: nn.Module = training_loss
     if dist.world > 1 and not label_parallel:
+        # the buffers (the features' centring, the loss's weights) are the same on every rank: no sync per forward.
+        # torch 2.13 renamed the switch and warns, once per process, at the old name
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel
 
-        objective = DistributedDataParallel(training_loss, broadcast_buffers=False)
+        renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        no_sync: dict[str, bool] = {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
+        objective = DistributedDataParallel(training_loss, **no_sync)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # the validation rows, in parts: sparse features are made dense a part at a time (at most VALID_CHUNK_CELLS
     # cells: 3,000 rows of 100,000 features made dense at once took 1.2 GB), dense ones are one part
