@@ -1029,7 +1029,7 @@ def _fit_one(
         from torch.nn.parallel import DistributedDataParallel
 
         renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-        no_sync: dict[str, bool] = {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
+        no_sync: dict[str, Any] = {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
         objective = DistributedDataParallel(training_loss, **no_sync)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # the validation rows, in parts: sparse features are made dense a part at a time (at most VALID_CHUNK_CELLS
