@@ -128,8 +128,10 @@ def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any 
             f"sparse target has shape {tuple(given)}, expected ({num_rows}, {num_classes}) = input.shape as (rows, classes): "
             f"targets are never broadcast"
         )
-    indptr = np.asarray(indptr, dtype=np.int64)
-    indices = np.asarray(indices, dtype=np.int64)
+    # contiguous: the CPU kernel reads the arrays by address, and a strided view (a column of np.nonzero's result,
+    # a[::2]) would be read as its underlying buffer, indices that are not the given ones (or out of range)
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
     if indptr.shape != (num_rows + 1,) or indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != len(indices):
         raise ValueError(f"sparse target: indptr must be {num_rows + 1} non-decreasing offsets from 0 to {len(indices)}")
     if len(indices) and (indices.min() < 0 or indices.max() >= num_classes):
@@ -145,7 +147,7 @@ def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any 
         at = int(np.flatnonzero(duplicate)[0])
         raise ValueError(f"sparse target repeats label {int(indices[at])} in row {int(rows[at])}: expected each label once")
     if values is not None:
-        values = np.asarray(values, dtype=np.float64)
+        values = np.ascontiguousarray(values, dtype=np.float64)
         if len(values) != len(indices):
             raise ValueError(f"sparse target has {len(values)} values for {len(indices)} indices")
         if np.all(values == 1):
