@@ -84,6 +84,30 @@ def test_module_trains_an_encoder_and_topk_is_exact():
     assert torch.equal(full.gather(1, ids), scores)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_under_autocast_a_bfloat16_hidden_and_float32_weights_train(reduction):
+    """An autocast encoder hands the head bfloat16 features, its parameters are float32. "none" (whose backward walks
+    the chunks again, outside the autocast region) failed in backward with "mat1 and mat2 must have the same dtype";
+    now its gradients are forward's for "mean" (the same walk under autocast), and both those of the unfused loss."""
+    hidden, weight, bias, target = _problem(torch.float32, c=700)
+    hidden = hidden.bfloat16()
+    grad_output = torch.full((hidden.shape[0],), 1.0 / hidden.shape[0]) if reduction == "none" else torch.tensor(1.0)
+
+    def grads(loss_fn, grad_output):
+        tensors = [t.detach().clone().requires_grad_(True) for t in (hidden, weight, bias)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # forward under autocast, backward outside, as recommended
+            out = loss_fn(*tensors)
+        return torch.autograd.grad((out * grad_output).sum(), tensors)
+
+    ours = grads(lambda h, w, b: st.linear_multilabel_soft_margin_loss(h, w, b, target, reduction=reduction, chunk_size=256), grad_output)
+    ref = grads(lambda h, w, b: st.multilabel_soft_margin_loss(h @ w.T + b, target, reduction=reduction), grad_output)
+    mean = grads(lambda h, w, b: st.linear_multilabel_soft_margin_loss(h, w, b, target, chunk_size=256), 1.0)
+    for name, a, b, m in zip(("hidden", "weight", "bias"), ours, ref, mean):
+        assert a.dtype == b.dtype, name
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-3, msg=name)
+        torch.testing.assert_close(a, m, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_bad_shapes():
     hidden, weight, bias, target = _problem(n=4, h=3, c=5)
     with pytest.raises(ValueError, match=r"expected \(N, H\) and \(C, H\)"):
