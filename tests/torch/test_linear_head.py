@@ -118,6 +118,41 @@ def test_bad_shapes():
         st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target[:, :4])
 
 
+
+@pytest.mark.parametrize("change,error,message", [
+    # torch's own "mat1 and mat2 must have the same dtype, but got BFloat16 and Float" named neither argument
+    (dict(hidden=torch.bfloat16), TypeError, r"different dtypes \(hidden bfloat16, weight float32, bias float32\): expected one dtype"),
+    (dict(bias=torch.float64), TypeError, r"different dtypes \(hidden float32, weight float32, bias float64\)"),
+    (dict(bias=[0.0] * 5), TypeError, r"bias is a list: expected a torch.Tensor of shape \(5,\) or None"),
+    (dict(class_weight=[1.0] * 5), TypeError, r"class_weight is a list: expected a torch.Tensor"),
+    (dict(target=np.zeros((4, 5))), TypeError, r"target is a ndarray: expected a torch.Tensor, sparse positives or label lists"),
+    # silently one label per chunk, or the smallest chunks
+    (dict(chunk_size=0), ValueError, r"chunk_size=0: expected a positive integer, or None for the default"),
+    (dict(chunk_size=-1), ValueError, r"chunk_size=-1: expected a positive integer"),
+    (dict(chunk_size=2.5), ValueError, r"chunk_size=2.5: expected a positive integer"),
+    (dict(memory_budget=0), ValueError, r"memory_budget=0: expected a positive integer"),
+    # silently divided the loss by 3 labels instead of 5 (twice the loss)
+    (dict(total_labels=3), ValueError, r"total_labels=3: expected 5 \(weight.shape\[0\]\) without a process_group"),
+])  # fmt: skip
+def test_bad_arguments_are_refused_by_name(change, error, message):
+    hidden, weight, bias, target = _problem(torch.float32, n=4, h=3, c=5)
+    args = dict(hidden=hidden, weight=weight, bias=bias, target=target)
+    for name, value in change.items():
+        if name in args:
+            args[name] = args[name].to(value) if isinstance(value, torch.dtype) else value
+    keywords = {name: value for name, value in change.items() if name not in args}
+    with pytest.raises(error, match=message):
+        st.linear_multilabel_soft_margin_loss(args["hidden"], args["weight"], args["bias"], args["target"], **keywords)
+
+
+def test_integer_sizes_of_any_kind_are_taken():
+    hidden, weight, bias, target = _problem(torch.float32, n=4, h=3, c=5)
+    expected = st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target)
+    ours = st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target, chunk_size=np.int64(2), total_labels=np.int64(5))
+    torch.testing.assert_close(ours, expected)
+    with pytest.raises(ValueError, match=r"chunk_size=0: expected a positive integer"):
+        st.LinearMultiLabelSoftMarginLoss(3, 5, chunk_size=0)
+
 @pytest.mark.parametrize("name", ["target", "class_weight", "pos_weight"])
 def test_an_operand_it_cannot_differentiate_is_refused_not_left_without_grad(name):
     # their .grad would silently stay None, where the unfused loss gives target and class_weight gradients
