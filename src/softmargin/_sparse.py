@@ -1,6 +1,6 @@
 """Sparse targets: each sample's positive labels (and, optionally, their soft values), never a dense N x C matrix.
 
-Accepted forms (``as_sparse_targets``): a torch sparse CSR (or COO) tensor, a scipy.sparse matrix, a tuple
+Accepted forms (``as_sparse_targets``): a torch sparse CSR (or COO, CSC, BSR, BSC) tensor, a scipy.sparse matrix, a tuple
 ``(indptr, indices)`` or ``(indptr, indices, values)``, or a list of label-index lists. They become one
 :class:`SparseTargets` in CSR form with the indices of every row ascending and unique. Its rows can be made dense a
 chunk at a time (``targets[start:stop]``), which is how the chunked paths use it; the CPU kernel reads the CSR
@@ -67,7 +67,7 @@ def is_sparse_target(target: Any, lists: bool) -> bool:
     if hasattr(target, "tocsr") and hasattr(target, "nnz"):  # scipy.sparse
         return True
     layout = getattr(target, "layout", None)
-    return layout is not None and str(layout) in ("torch.sparse_csr", "torch.sparse_coo")
+    return layout is not None and str(layout) in ("torch.sparse_csr", "torch.sparse_coo", "torch.sparse_csc", "torch.sparse_bsr", "torch.sparse_bsc")
 
 
 def _label_id(value: Any) -> int:
@@ -92,7 +92,11 @@ def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any 
         csr = target.tocsr()
         indptr, indices, values, given = csr.indptr, csr.indices, csr.data, tuple(csr.shape)
     elif getattr(target, "layout", None) is not None:
-        csr = target.detach().to_sparse_csr() if str(target.layout) == "torch.sparse_coo" else target.detach()
+        # CSC, BSR and BSC (which torch.sparse makes as readily) through COO: they failed deep in the dense path
+        # ("Sparse CSC tensors do not have is_contiguous")
+        layout = str(target.layout)
+        csr = target.detach()
+        csr = csr if layout == "torch.sparse_csr" else (csr if layout == "torch.sparse_coo" else csr.to_sparse_coo()).to_sparse_csr()
         indptr, indices = _to_numpy(csr.crow_indices()), _to_numpy(csr.col_indices())
         values, given = _to_numpy(csr.values()), tuple(csr.shape)
     elif isinstance(target, tuple):

@@ -153,3 +153,17 @@ def test_strided_index_arrays_are_read_as_given():
     nonzero = np.nonzero(dense.numpy())  # NumPy's own strided columns
     target = (np.concatenate([[0], np.cumsum(np.bincount(nonzero[0], minlength=2))]), nonzero[1], dense.numpy()[nonzero])
     torch.testing.assert_close(st.multilabel_soft_margin_loss(x, target, reduction="none"), expected)
+
+
+def test_every_torch_sparse_layout_is_a_sparse_target():
+    """CSC, BSR and BSC targets (torch.sparse makes them as readily as CSR) failed deep in the dense path with
+    "Sparse CSC tensors do not have is_contiguous"; the fused head refused them as not strided."""
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    dense = (torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) < 0.4).double()
+    dense[1] = 0
+    expected = st.multilabel_soft_margin_loss(x, dense, reduction="none")
+    hidden, weight = torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    expected_head = st.linear_multilabel_soft_margin_loss(hidden, weight, None, dense)
+    for target in (dense.to_sparse_csc(), dense.to_sparse_bsr((2, 2)), dense.to_sparse_bsc((2, 2))):
+        torch.testing.assert_close(st.multilabel_soft_margin_loss(x, target, reduction="none"), expected, msg=str(target.layout))
+        torch.testing.assert_close(st.linear_multilabel_soft_margin_loss(hidden, weight, None, target), expected_head)
