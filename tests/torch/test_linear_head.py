@@ -108,6 +108,17 @@ def test_under_autocast_a_bfloat16_hidden_and_float32_weights_train(reduction):
         torch.testing.assert_close(a, m, rtol=1e-6, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_meta_device_shapes(reduction):
+    """Shapes only (validate=False: there are no values to check): the autocast state read for the backward walk must
+    not fail for a device autocast does not know."""
+    hidden = torch.empty(4, 3, device="meta", requires_grad=True)
+    weight = torch.empty(6, 3, device="meta", requires_grad=True)
+    loss = st.linear_multilabel_soft_margin_loss(hidden, weight, None, torch.empty(4, 6, device="meta"), reduction=reduction, validate=False)
+    loss.sum().backward()
+    assert hidden.grad.shape == (4, 3) and weight.grad.shape == (6, 3) and hidden.grad.device.type == "meta"
+
+
 def test_bad_shapes():
     hidden, weight, bias, target = _problem(n=4, h=3, c=5)
     with pytest.raises(ValueError, match=r"expected \(N, H\) and \(C, H\)"):

@@ -189,9 +189,13 @@ def _triton_chunk(
 
 
 def autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
-    """(enabled, dtype) of ``torch.autocast`` for ``device_type`` now."""
+    """(enabled, dtype) of ``torch.autocast`` for ``device_type`` now (disabled for a device autocast does not know,
+    such as "meta")."""
     if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+        try:
+            return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+        except RuntimeError:  # "unknown device type for autocast"
+            return False, torch.float32
     if device_type == "cpu":
         return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
     return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
