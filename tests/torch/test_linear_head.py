@@ -119,6 +119,20 @@ def test_meta_device_shapes(reduction):
     assert hidden.grad.shape == (4, 3) and weight.grad.shape == (6, 3) and hidden.grad.device.type == "meta"
 
 
+def test_topk_refuses_a_negative_k_by_name_and_serves_an_empty_shard():
+    head = st.LinearMultiLabelSoftMarginLoss(3, 5)
+    hidden = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"k=-1: expected a non-negative integer"):  # torch's "selected index k out of range"
+        head.topk(hidden, -1)
+    with pytest.raises(ValueError, match=r"k=2.0: expected a non-negative integer"):
+        head.topk(hidden, 2.0)
+    assert head.topk(hidden, 0)[1].shape == (4, 0)
+    with pytest.warns(UserWarning, match="zero-element"):  # torch.nn.Linear's init says so
+        empty = st.LinearMultiLabelSoftMarginLoss(3, 0)
+    scores, ids = empty.topk(hidden, 3)  # an AssertionError before
+    assert scores.shape == ids.shape == (4, 0) and ids.dtype == torch.int64
+
+
 def test_bad_shapes():
     hidden, weight, bias, target = _problem(n=4, h=3, c=5)
     with pytest.raises(ValueError, match=r"expected \(N, H\) and \(C, H\)"):

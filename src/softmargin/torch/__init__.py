@@ -514,7 +514,13 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
 
     @torch.no_grad()
     def topk(self, hidden: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """(scores, label ids) of each sample's k highest logits, walking the labels in chunks (never N x C)."""
+        """(scores, label ids) of each sample's k highest logits, walking the labels in chunks (never N x C); fewer
+        than k where the shard has fewer labels."""
+        if _integer(k) is None or k < 0:
+            raise ValueError(f"k={k!r}: expected a non-negative integer, the number of labels to return per sample")
+        if self.weight.shape[0] == 0:  # (an AssertionError before)
+            empty = hidden.new_empty((hidden.shape[0], 0), dtype=self.weight.dtype)
+            return empty, torch.empty((hidden.shape[0], 0), dtype=torch.int64, device=hidden.device)
         budget = self.memory_budget or auto_budget(hidden.shape[0], self.weight.shape[0])
         _, label_chunk = chunk_shape(hidden.shape[0], self.weight.shape[0], budget, self.chunk_size)
         best_scores: Tensor | None = None
