@@ -1,6 +1,6 @@
 """Sparse targets: each sample's positive labels (and, optionally, their soft values), never a dense N x C matrix.
 
-Accepted forms (``as_sparse_targets``): a torch sparse CSR (or COO) tensor, a scipy.sparse matrix, a tuple
+Accepted forms (``as_sparse_targets``): a torch sparse CSR (or COO, CSC, BSR, BSC) tensor, a scipy.sparse matrix, a tuple
 ``(indptr, indices)`` or ``(indptr, indices, values)``, or a list of label-index lists. They become one
 :class:`SparseTargets` in CSR form with the indices of every row ascending and unique. Its rows can be made dense a
 chunk at a time (``targets[start:stop]``), which is how the chunked paths use it; the CPU kernel reads the CSR
@@ -67,7 +67,7 @@ def is_sparse_target(target: Any, lists: bool) -> bool:
     if hasattr(target, "tocsr") and hasattr(target, "nnz"):  # scipy.sparse
         return True
     layout = getattr(target, "layout", None)
-    return layout is not None and str(layout) in ("torch.sparse_csr", "torch.sparse_coo")
+    return layout is not None and str(layout) in ("torch.sparse_csr", "torch.sparse_coo", "torch.sparse_csc", "torch.sparse_bsr", "torch.sparse_bsc")
 
 
 def _label_id(value: Any) -> int:
@@ -92,7 +92,11 @@ def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any 
         csr = target.tocsr()
         indptr, indices, values, given = csr.indptr, csr.indices, csr.data, tuple(csr.shape)
     elif getattr(target, "layout", None) is not None:
-        csr = target.detach().to_sparse_csr() if str(target.layout) == "torch.sparse_coo" else target.detach()
+        # CSC, BSR and BSC (which torch.sparse makes as readily) through COO: they failed deep in the dense path
+        # ("Sparse CSC tensors do not have is_contiguous")
+        layout = str(target.layout)
+        csr = target.detach()
+        csr = csr if layout == "torch.sparse_csr" else (csr if layout == "torch.sparse_coo" else csr.to_sparse_coo()).to_sparse_csr()
         indptr, indices = _to_numpy(csr.crow_indices()), _to_numpy(csr.col_indices())
         values, given = _to_numpy(csr.values()), tuple(csr.shape)
     elif isinstance(target, tuple):
@@ -128,8 +132,10 @@ def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any 
             f"sparse target has shape {tuple(given)}, expected ({num_rows}, {num_classes}) = input.shape as (rows, classes): "
             f"targets are never broadcast"
         )
-    indptr = np.asarray(indptr, dtype=np.int64)
-    indices = np.asarray(indices, dtype=np.int64)
+    # contiguous: the CPU kernel reads the arrays by address, and a strided view (a column of np.nonzero's result,
+    # a[::2]) would be read as its underlying buffer, indices that are not the given ones (or out of range)
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
     if indptr.shape != (num_rows + 1,) or indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != len(indices):
         raise ValueError(f"sparse target: indptr must be {num_rows + 1} non-decreasing offsets from 0 to {len(indices)}")
     if len(indices) and (indices.min() < 0 or indices.max() >= num_classes):
@@ -145,7 +151,7 @@ def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any 
         at = int(np.flatnonzero(duplicate)[0])
         raise ValueError(f"sparse target repeats label {int(indices[at])} in row {int(rows[at])}: expected each label once")
     if values is not None:
-        values = np.asarray(values, dtype=np.float64)
+        values = np.ascontiguousarray(values, dtype=np.float64)
         if len(values) != len(indices):
             raise ValueError(f"sparse target has {len(values)} values for {len(indices)} indices")
         if np.all(values == 1):

@@ -84,6 +84,55 @@ def test_module_trains_an_encoder_and_topk_is_exact():
     assert torch.equal(full.gather(1, ids), scores)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_under_autocast_a_bfloat16_hidden_and_float32_weights_train(reduction):
+    """An autocast encoder hands the head bfloat16 features, its parameters are float32. "none" (whose backward walks
+    the chunks again, outside the autocast region) failed in backward with "mat1 and mat2 must have the same dtype";
+    now its gradients are forward's for "mean" (the same walk under autocast), and both those of the unfused loss."""
+    hidden, weight, bias, target = _problem(torch.float32, c=700)
+    hidden = hidden.bfloat16()
+    grad_output = torch.full((hidden.shape[0],), 1.0 / hidden.shape[0]) if reduction == "none" else torch.tensor(1.0)
+
+    def grads(loss_fn, grad_output):
+        tensors = [t.detach().clone().requires_grad_(True) for t in (hidden, weight, bias)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # forward under autocast, backward outside, as recommended
+            out = loss_fn(*tensors)
+        return torch.autograd.grad((out * grad_output).sum(), tensors)
+
+    ours = grads(lambda h, w, b: st.linear_multilabel_soft_margin_loss(h, w, b, target, reduction=reduction, chunk_size=256), grad_output)
+    ref = grads(lambda h, w, b: st.multilabel_soft_margin_loss(h @ w.T + b, target, reduction=reduction), grad_output)
+    mean = grads(lambda h, w, b: st.linear_multilabel_soft_margin_loss(h, w, b, target, chunk_size=256), 1.0)
+    for name, a, b, m in zip(("hidden", "weight", "bias"), ours, ref, mean):
+        assert a.dtype == b.dtype, name
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-3, msg=name)
+        torch.testing.assert_close(a, m, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_meta_device_shapes(reduction):
+    """Shapes only (validate=False: there are no values to check): the autocast state read for the backward walk must
+    not fail for a device autocast does not know."""
+    hidden = torch.empty(4, 3, device="meta", requires_grad=True)
+    weight = torch.empty(6, 3, device="meta", requires_grad=True)
+    loss = st.linear_multilabel_soft_margin_loss(hidden, weight, None, torch.empty(4, 6, device="meta"), reduction=reduction, validate=False)
+    loss.sum().backward()
+    assert hidden.grad.shape == (4, 3) and weight.grad.shape == (6, 3) and hidden.grad.device.type == "meta"
+
+
+def test_topk_refuses_a_negative_k_by_name_and_serves_an_empty_shard():
+    head = st.LinearMultiLabelSoftMarginLoss(3, 5)
+    hidden = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"k=-1: expected a non-negative integer"):  # torch's "selected index k out of range"
+        head.topk(hidden, -1)
+    with pytest.raises(ValueError, match=r"k=2.0: expected a non-negative integer"):
+        head.topk(hidden, 2.0)
+    assert head.topk(hidden, 0)[1].shape == (4, 0)
+    with pytest.warns(UserWarning, match="zero-element"):  # torch.nn.Linear's init says so
+        empty = st.LinearMultiLabelSoftMarginLoss(3, 0)
+    scores, ids = empty.topk(hidden, 3)  # an AssertionError before
+    assert scores.shape == ids.shape == (4, 0) and ids.dtype == torch.int64
+
+
 def test_bad_shapes():
     hidden, weight, bias, target = _problem(n=4, h=3, c=5)
     with pytest.raises(ValueError, match=r"expected \(N, H\) and \(C, H\)"):
@@ -93,6 +142,41 @@ def test_bad_shapes():
     with pytest.raises(ValueError, match=r"target\.shape == \(4, 4\), expected input\.shape == \(4, 5\)"):
         st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target[:, :4])
 
+
+
+@pytest.mark.parametrize("change,error,message", [
+    # torch's own "mat1 and mat2 must have the same dtype, but got BFloat16 and Float" named neither argument
+    (dict(hidden=torch.bfloat16), TypeError, r"different dtypes \(hidden bfloat16, weight float32, bias float32\): expected one dtype"),
+    (dict(bias=torch.float64), TypeError, r"different dtypes \(hidden float32, weight float32, bias float64\)"),
+    (dict(bias=[0.0] * 5), TypeError, r"bias is a list: expected a torch.Tensor of shape \(5,\) or None"),
+    (dict(class_weight=[1.0] * 5), TypeError, r"class_weight is a list: expected a torch.Tensor"),
+    (dict(target=np.zeros((4, 5))), TypeError, r"target is a ndarray: expected a torch.Tensor, sparse positives or label lists"),
+    # silently one label per chunk, or the smallest chunks
+    (dict(chunk_size=0), ValueError, r"chunk_size=0: expected a positive integer, or None for the default"),
+    (dict(chunk_size=-1), ValueError, r"chunk_size=-1: expected a positive integer"),
+    (dict(chunk_size=2.5), ValueError, r"chunk_size=2.5: expected a positive integer"),
+    (dict(memory_budget=0), ValueError, r"memory_budget=0: expected a positive integer"),
+    # silently divided the loss by 3 labels instead of 5 (twice the loss)
+    (dict(total_labels=3), ValueError, r"total_labels=3: expected 5 \(weight.shape\[0\]\) without a process_group"),
+])  # fmt: skip
+def test_bad_arguments_are_refused_by_name(change, error, message):
+    hidden, weight, bias, target = _problem(torch.float32, n=4, h=3, c=5)
+    args = dict(hidden=hidden, weight=weight, bias=bias, target=target)
+    for name, value in change.items():
+        if name in args:
+            args[name] = args[name].to(value) if isinstance(value, torch.dtype) else value
+    keywords = {name: value for name, value in change.items() if name not in args}
+    with pytest.raises(error, match=message):
+        st.linear_multilabel_soft_margin_loss(args["hidden"], args["weight"], args["bias"], args["target"], **keywords)
+
+
+def test_integer_sizes_of_any_kind_are_taken():
+    hidden, weight, bias, target = _problem(torch.float32, n=4, h=3, c=5)
+    expected = st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target)
+    ours = st.linear_multilabel_soft_margin_loss(hidden, weight, bias, target, chunk_size=np.int64(2), total_labels=np.int64(5))
+    torch.testing.assert_close(ours, expected)
+    with pytest.raises(ValueError, match=r"chunk_size=0: expected a positive integer"):
+        st.LinearMultiLabelSoftMarginLoss(3, 5, chunk_size=0)
 
 @pytest.mark.parametrize("name", ["target", "class_weight", "pos_weight"])
 def test_an_operand_it_cannot_differentiate_is_refused_not_left_without_grad(name):

@@ -134,3 +134,36 @@ def test_no_positive_at_all():
     x2 = x.detach().clone().requires_grad_(True)
     st.multilabel_soft_margin_loss(x2, torch.zeros(3, 50)).backward()
     torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_strided_index_arrays_are_read_as_given():
+    """(indptr, indices[, values]) given as strided views (np.nonzero(dense)[1] is one, in NumPy 2: a column of an
+    (nnz, 2) array) were handed to the CPU kernel by address, which read their underlying buffer: label 9 of 4 and a
+    loss of 1.545 instead of 0.795."""
+    x = torch.tensor([[0.0, 1.0, 2.0, 3.0], [-1.0, 0.5, 2.0, -3.0]], dtype=torch.float64, requires_grad=True)
+    dense = torch.tensor([[0.0, 1.0, 0.0, 0.5], [1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    expected = st.multilabel_soft_margin_loss(x, dense, reduction="none")
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+    indptr, indices, values = np.array([0, 9, 2, 9, 3])[::2], np.array([1, 9, 3, 9, 0, 9])[::2], np.array([1.0, 7, 0.5, 7, 1, 7])[::2]
+    for target in ((indptr, indices, values), tuple(torch.from_numpy(a) for a in (indptr, indices, values))):
+        loss = st.multilabel_soft_margin_loss(x, target, reduction="none")
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(grad, expected_grad)
+    nonzero = np.nonzero(dense.numpy())  # NumPy's own strided columns
+    target = (np.concatenate([[0], np.cumsum(np.bincount(nonzero[0], minlength=2))]), nonzero[1], dense.numpy()[nonzero])
+    torch.testing.assert_close(st.multilabel_soft_margin_loss(x, target, reduction="none"), expected)
+
+
+def test_every_torch_sparse_layout_is_a_sparse_target():
+    """CSC, BSR and BSC targets (torch.sparse makes them as readily as CSR) failed deep in the dense path with
+    "Sparse CSC tensors do not have is_contiguous"; the fused head refused them as not strided."""
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    dense = (torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) < 0.4).double()
+    dense[1] = 0
+    expected = st.multilabel_soft_margin_loss(x, dense, reduction="none")
+    hidden, weight = torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    expected_head = st.linear_multilabel_soft_margin_loss(hidden, weight, None, dense)
+    for target in (dense.to_sparse_csc(), dense.to_sparse_bsr((2, 2)), dense.to_sparse_bsc((2, 2))):
+        torch.testing.assert_close(st.multilabel_soft_margin_loss(x, target, reduction="none"), expected, msg=str(target.layout))
+        torch.testing.assert_close(st.linear_multilabel_soft_margin_loss(hidden, weight, None, target), expected_head)

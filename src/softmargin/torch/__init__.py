@@ -6,6 +6,7 @@ not (infinite logits, float16 with many classes). The operator and its dispatch 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from .. import _validation as V
 from .._options import PLAIN, LossOptions, resolve
 from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
-from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, chunk_shape
+from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, autocast_state, chunk_shape
 from ._ops import Problem, compute, ensure_dtensor_sharding, ensure_triton_op, plain_loss
 
 __all__ = [
@@ -304,6 +305,24 @@ def _total_labels(local: int, group: Any) -> int:
     return int(count.item())
 
 
+def _integer(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (a Python or NumPy int, not a bool or a float), else None."""
+    if isinstance(value, (bool, float)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _check_chunking(chunk_size: Any, memory_budget: Any) -> None:
+    """A chunk of 0 or -1 labels was silently 1 label (a million-label head walked one label at a time), a budget of
+    0 or less the smallest chunks: refused by name."""
+    for name, size in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
+        if size is not None and (_integer(size) or 0) < 1:
+            raise ValueError(f"{name}={size!r}: expected a positive integer, or None for the default")
+
+
 def linear_multilabel_soft_margin_loss(
     hidden: Tensor,
     weight: Tensor,
@@ -369,11 +388,37 @@ def linear_multilabel_soft_margin_loss(
         )
     num_rows, num_labels = hidden.shape[0], weight.shape[0]
     for name, operand in (("bias", bias), ("class_weight", class_weight), ("pos_weight", pos_weight)):
+        if operand is not None and not isinstance(operand, Tensor):
+            raise TypeError(f"{name} is a {type(operand).__name__}: expected a torch.Tensor of shape ({num_labels},) or None")
         if operand is not None and tuple(operand.shape) != (num_labels,):
             raise ValueError(f"{name}.shape == {tuple(operand.shape)}, expected ({num_labels},): one per label")
+    if bias is not None:
+        _check_strided("bias", bias)
+    if not autocast_state(hidden.device.type)[0]:  # (autocast casts the chunk products' operands to one dtype)
+        dtypes = {name: value.dtype for name, value in (("hidden", hidden), ("weight", weight), ("bias", bias)) if value is not None}
+        if len(set(dtypes.values())) > 1:
+            shown = ", ".join(f"{name} {str(dtype).removeprefix('torch.')}" for name, dtype in dtypes.items())
+            raise TypeError(
+                f"hidden, weight and bias have different dtypes ({shown}): expected one dtype, as "
+                "torch.nn.functional.linear does; "
+                "cast them (e.g. hidden.to(weight.dtype)), or call the head under torch.autocast"
+            )
+    _check_chunking(chunk_size, memory_budget)
+    # a total_labels that is not the label count divided the loss by another number
+    if total_labels is not None:
+        count = _integer(total_labels)
+        if count is None or count < num_labels or (process_group is None and count != num_labels):
+            expected = f"{num_labels} (weight.shape[0]) without a process_group" if process_group is None else (
+                f"the label count over every shard, at least this shard's {num_labels}")  # fmt: skip
+            raise ValueError(f"total_labels={total_labels!r}: expected {expected}; it divides the loss")
+        total_labels = count
     if is_sparse_target(target, lists=True):
         target = as_sparse_targets(target, (num_rows, num_labels), torch, device=hidden.device)
+    elif not isinstance(target, Tensor):
+        raise TypeError(f"target is a {type(target).__name__}: expected a torch.Tensor, sparse positives or label lists")
     else:
+        _check_strided("target", target)
+        V.check_target_kind(_kind(target.dtype), target.dtype)
         V.check_same_shape("target", target.shape, (num_rows, num_labels))
     operands = (hidden, weight, bias, target, class_weight, pos_weight)
     if any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in operands):
@@ -439,6 +484,7 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
     ) -> None:
         super().__init__()
         V.check_reduction(reduction)
+        _check_chunking(chunk_size, memory_budget)
         linear = torch.nn.Linear(in_features, num_labels, bias=bias, device=device, dtype=dtype)  # its init
         self.weight = linear.weight
         self.bias = linear.bias
@@ -468,7 +514,13 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
 
     @torch.no_grad()
     def topk(self, hidden: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """(scores, label ids) of each sample's k highest logits, walking the labels in chunks (never N x C)."""
+        """(scores, label ids) of each sample's k highest logits, walking the labels in chunks (never N x C); fewer
+        than k where the shard has fewer labels."""
+        if _integer(k) is None or k < 0:
+            raise ValueError(f"k={k!r}: expected a non-negative integer, the number of labels to return per sample")
+        if self.weight.shape[0] == 0:  # (an AssertionError before)
+            empty = hidden.new_empty((hidden.shape[0], 0), dtype=self.weight.dtype)
+            return empty, torch.empty((hidden.shape[0], 0), dtype=torch.int64, device=hidden.device)
         budget = self.memory_budget or auto_budget(hidden.shape[0], self.weight.shape[0])
         _, label_chunk = chunk_shape(hidden.shape[0], self.weight.shape[0], budget, self.chunk_size)
         best_scores: Tensor | None = None

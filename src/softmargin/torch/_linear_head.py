@@ -13,6 +13,7 @@ weight and bias gradients stay local.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -187,6 +188,19 @@ def _triton_chunk(
     return row_sums / (c1 - c0), grad
 
 
+def autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    """(enabled, dtype) of ``torch.autocast`` for ``device_type`` now (disabled for a device autocast does not know,
+    such as "meta")."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        try:
+            return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+        except RuntimeError:  # "unknown device type for autocast"
+            return False, torch.float32
+    if device_type == "cpu":
+        return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+
+
 class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -217,6 +231,10 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
             _all_reduce(g_hidden, group)  # every shard's labels contribute to d loss / d hidden
         ctx.grads = (g_hidden, g_weight, g_bias)
         ctx.setup = (target, class_weight, pos_weight, options, scale, need, chunks, group, reduction)
+        # backward runs outside the forward's autocast region: a walk there (for "none", or a second backward) is
+        # put back under it, so that its chunk products see the dtypes forward's did (a bfloat16 hidden from an
+        # autocast encoder and float32 weights failed there with "mat1 and mat2 must have the same dtype")
+        ctx.autocast = (hidden.device.type, *autocast_state(hidden.device.type))
         ctx.save_for_backward(hidden, weight, bias)
         per_sample = row_sums / total_labels if total_labels else row_sums * math.nan
         if reduction == "none":
@@ -237,9 +255,11 @@ class LinearMultiLabelSoftMarginLossFunction(torch.autograd.Function):
         consumed = ctx.grads is None  # a second backward through the same graph (retain_graph=True, gradcheck)
         if reduction == "none" or consumed:  # walk again; "none" folds the per-sample gradient into the walk
             row_scale = grad_output.to(torch.float64) if reduction == "none" else None
-            _, g_hidden, g_weight, g_bias = walk(
-                hidden, weight, bias, target, class_weight, pos_weight, options, row_scale, scale, need, chunks,
-            )  # fmt: skip
+            device_type, autocast, autocast_dtype = ctx.autocast
+            with torch.autocast(device_type, dtype=autocast_dtype) if autocast else contextlib.nullcontext():
+                _, g_hidden, g_weight, g_bias = walk(
+                    hidden, weight, bias, target, class_weight, pos_weight, options, row_scale, scale, need, chunks,
+                )  # fmt: skip
             if g_hidden is not None:
                 _all_reduce(g_hidden, group)
         else:
