@@ -41,6 +41,18 @@ def test_run_writes_one_row_per_implementation(tmp_path):
     assert "softmargin" in bench.report(rows)
 
 
+def test_report_where_softmargin_itself_failed_shows_the_error_and_the_anchors():
+    """A run where every softmargin call failed (SOFTMARGIN_BACKEND=triton on the CPU without the interpreter) still
+    prints its table: the report raised KeyError 'median_ms' at the floor row, after the whole run."""
+    base = {"shape": "32x10", "dtype": "float32", "first_call_s": 0.01, "peak_extra_x_logits": None}
+    rows = [{"shape": "32x10", "dtype": "float32", "impl": "softmargin", "error": "RuntimeError: needs CUDA tensors"},
+            {**base, "impl": "torch eager", "median_ms": 0.08}, {**base, "impl": "floor", "median_ms": 0.002}]  # fmt: skip
+    table = bench.report(rows).splitlines()
+    assert "needs CUDA tensors" in table[2]
+    assert table[3].split()[:4] == ["32x10", "float32", "torch", "eager"] and table[3].split()[6] == "-"
+    assert "x floor" not in table[4]
+
+
 def test_cpu_kernel_benchmark_measures_every_dtype_and_thread_count():
     import sys
     from pathlib import Path

@@ -715,9 +715,10 @@ def report(rows: list[dict[str, Any]]) -> str:
             (r for r in rows if r["impl"] == "softmargin" and r["shape"] == row["shape"] and r["dtype"] == row["dtype"]),
             None,
         )
-        speedup = _ratio(row["median_ms"], ours.get("median_ms")) if ours and row["impl"] != "softmargin" else ""
-        if row["impl"] == "floor" and ours:
-            speedup = f"softmargin = {ours['median_ms'] / row['median_ms']:.2f}x floor"
+        ours_ms = ours.get("median_ms") if ours else None  # None where softmargin's own row is an error
+        speedup = _ratio(row["median_ms"], ours_ms) if ours and row["impl"] != "softmargin" else ""
+        if row["impl"] == "floor" and ours_ms and row["median_ms"]:
+            speedup = f"softmargin = {ours_ms / row['median_ms']:.2f}x floor"
         table.append(
             [
                 row["shape"],
