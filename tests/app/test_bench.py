@@ -224,6 +224,38 @@ def test_out_a_folder_or_under_a_file_is_refused_before_the_run(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "notes.txt"] and not list(folder.iterdir())
 
 
+def _mkstemp_refused(monkeypatch):
+    import errno
+    import tempfile
+
+    def refused(prefix, suffix, dir):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}x1y2z3{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+
+
+@pytest.mark.parametrize("real", [False, True])
+def test_an_out_folder_nothing_can_be_written_in_is_refused_before_the_run(tmp_path, monkeypatch, capsys, measuring, real):
+    """A read-only folder (or /proc, where root cannot make a file either) was found only when the CSV was written,
+    after the whole run, and named by the hidden temporary file: '.b.csv.jiy4jqeu.tmp: Permission denied'."""
+    import os
+
+    if real:
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("no /proc")
+        out, folder, reason = "/proc/b.csv", "/proc", ""
+    else:
+        _mkstemp_refused(monkeypatch)
+        out, folder, reason = str(tmp_path / "new" / "b.csv"), str(tmp_path), "Permission denied"
+    _refused_up_front(capsys, ["--options", "--shapes", "8x5", "--out", out], f"--out {out}: nothing can be written in {folder} ({reason}")
+
+
+def test_write_csv_names_the_file_asked_for_where_it_cannot_write(tmp_path, monkeypatch):
+    _mkstemp_refused(monkeypatch)
+    with pytest.raises(OSError, match=f"^\\[Errno 13\\] {tmp_path / 'b.csv'}: cannot write there \\(Permission denied\\)$"):
+        bench.write_csv(tmp_path / "b.csv", ["a"], [{"a": 1.0}])
+
+
 def test_write_csv_leaves_no_temporary_file_when_it_fails(tmp_path, monkeypatch):
     folder = tmp_path / "d"
     folder.mkdir()
