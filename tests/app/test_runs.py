@@ -371,6 +371,20 @@ def test_force_never_replaces_the_data_read_or_the_runs_own_report(trained, tmp_
     assert {name: (run / name).read_bytes() for name in before} == before
 
 
+def test_top_k_with_more_labels_than_there_are_is_refused(trained, tmp_path, capsys):
+    """--k 20 with 14 labels predicted every label for every sample (yeast: Hamming loss 0.70), silently."""
+    folder, run = trained
+    _write_csv(tmp_path / "train.csv", _table())
+    _one_line_error(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs"),
+                     "--thresholds", "top-k", "--k", "4"] + FAST, capsys, r"--k 4: top-k with 4 labels per sample, and there are 3 labels")  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+    for command in ("evaluate", "predict"):
+        argv = [command, str(run), "--data", str(folder / "test.csv"), "--thresholds", "top-k", "--k", "4"]
+        _one_line_error(argv + (["--out", "-"] if command == "predict" else []), capsys, r"--k 4: top-k with 4 labels per sample, and there are 3")
+    assert main(["evaluate", str(run), "--data", str(folder / "test.csv"), "--thresholds", "top-k", "--k", "3"]) == 0
+    capsys.readouterr()
+
+
 def test_single_label_data_is_refused_before_training(tmp_path, capsys):
     _write_csv(tmp_path / "one.csv", _table())
     _one_line_error(["train", "--data", str(tmp_path / "one.csv"), "--labels", "ya", "--out", str(tmp_path / "runs")] + FAST,

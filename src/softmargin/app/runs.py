@@ -174,6 +174,8 @@ def train_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--test {args.test}: no row has a label (LIBSVM text: the ids before the features): nothing to test against")
     try:
         ignored_options(config, config.resolve(train))
+        if config.thresholds == "top-k":
+            T.check_k(config.k, train.Y.shape[1])
     except ValueError as exc:
         raise ValueError(as_options(str(exc))) from None
     dist = T.Distributed.from_env(T._device(config))
