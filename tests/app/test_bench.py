@@ -41,6 +41,28 @@ def test_run_writes_one_row_per_implementation(tmp_path):
     assert "softmargin" in bench.report(rows)
 
 
+def test_report_where_softmargin_itself_failed_shows_the_error_and_the_anchors():
+    """A run where every softmargin call failed (SOFTMARGIN_BACKEND=triton on the CPU without the interpreter) still
+    prints its table: the report raised KeyError 'median_ms' at the floor row, after the whole run."""
+    base = {"shape": "32x10", "dtype": "float32", "first_call_s": 0.01, "peak_extra_x_logits": None}
+    rows = [{"shape": "32x10", "dtype": "float32", "impl": "softmargin", "error": "RuntimeError: needs CUDA tensors"},
+            {**base, "impl": "torch eager", "median_ms": 0.08}, {**base, "impl": "floor", "median_ms": 0.002}]  # fmt: skip
+    table = bench.report(rows).splitlines()
+    assert "needs CUDA tensors" in table[2]
+    assert table[3].split()[:4] == ["32x10", "float32", "torch", "eager"] and table[3].split()[6] == "-"
+    assert "x floor" not in table[4]
+
+
+def test_write_csv_keeps_small_timings_and_the_final_loss_to_six_significant_digits(tmp_path):
+    """The CSV is the record the tables are recomputed from: at four fixed decimals a floor of 0.000412 ms was 0.0004
+    (the printed "softmargin = 181.55x floor" read 187x from the file) and the training step's final loss 0.6226."""
+    out = tmp_path / "b.csv"
+    bench.write_csv(out, ["impl", "median_ms", "final_loss", "first_call_s"],
+                    [{"impl": "floor", "median_ms": 0.000412345, "final_loss": 0.62262512, "first_call_s": 1234.56789}])  # fmt: skip
+    (row,) = csv.DictReader(open(out))
+    assert row == {"impl": "floor", "median_ms": "0.000412345", "final_loss": "0.622625", "first_call_s": "1234.57"}
+
+
 def test_cpu_kernel_benchmark_measures_every_dtype_and_thread_count():
     import sys
     from pathlib import Path
@@ -200,6 +222,38 @@ def test_out_a_folder_or_under_a_file_is_refused_before_the_run(tmp_path, capsys
     with pytest.raises(ValueError, match="is not a regular file"):
         bench.check_out("/dev/null", force=force)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "notes.txt"] and not list(folder.iterdir())
+
+
+def _mkstemp_refused(monkeypatch):
+    import errno
+    import tempfile
+
+    def refused(prefix, suffix, dir):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}x1y2z3{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+
+
+@pytest.mark.parametrize("real", [False, True])
+def test_an_out_folder_nothing_can_be_written_in_is_refused_before_the_run(tmp_path, monkeypatch, capsys, measuring, real):
+    """A read-only folder (or /proc, where root cannot make a file either) was found only when the CSV was written,
+    after the whole run, and named by the hidden temporary file: '.b.csv.jiy4jqeu.tmp: Permission denied'."""
+    import os
+
+    if real:
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("no /proc")
+        out, folder, reason = "/proc/b.csv", "/proc", ""
+    else:
+        _mkstemp_refused(monkeypatch)
+        out, folder, reason = str(tmp_path / "new" / "b.csv"), str(tmp_path), "Permission denied"
+    _refused_up_front(capsys, ["--options", "--shapes", "8x5", "--out", out], f"--out {out}: nothing can be written in {folder} ({reason}")
+
+
+def test_write_csv_names_the_file_asked_for_where_it_cannot_write(tmp_path, monkeypatch):
+    _mkstemp_refused(monkeypatch)
+    with pytest.raises(OSError, match=f"^\\[Errno 13\\] {tmp_path / 'b.csv'}: cannot write there \\(Permission denied\\)$"):
+        bench.write_csv(tmp_path / "b.csv", ["a"], [{"a": 1.0}])
 
 
 def test_write_csv_leaves_no_temporary_file_when_it_fails(tmp_path, monkeypatch):
@@ -613,7 +667,7 @@ def test_tiny_shapes_print_a_dash_for_memory_not_noise(tmp_path, monkeypatch, ca
     assert len(memory) == 4 and all("(256, 1000)" in call for call in memory)
     cells = {(r["shape"], r["impl"]): r["peak_extra_x_logits"] for r in csv.DictReader(open(out))}
     assert {v for (shape, _), v in cells.items() if shape == "8x4"} == {""}
-    assert {v for (shape, _), v in cells.items() if shape == "256x1000"} == {"1.0000"}
+    assert {float(v) for (shape, _), v in cells.items() if shape == "256x1000"} == {1.0}
 
 
 def test_peak_memory_below_the_floor_is_not_a_reading():

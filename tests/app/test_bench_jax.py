@@ -41,3 +41,22 @@ def test_cli_writes_the_csv(tmp_path, capsys, monkeypatch):
     assert "optax" in capsys.readouterr().out
     assert {r["peak_extra_x_logits"] for r in rows} == {""}  # 4x3: below what the memory reading resolves
     assert bench.report([{**r, "median_ms": float(r["median_ms"]), "peak_extra_x_logits": None, "first_call_s": float(r["first_call_s"])} for r in rows])
+
+
+def test_threads_is_what_the_timing_processes_compute_on(monkeypatch):
+    """--threads 1: XLA ignores OMP_NUM_THREADS (it sized its pool by every CPU: 4 threads busy on 2 CPUs) and JAX's
+    callback ran the NumPy backend's kernel on every CPU, while the CSV said 1 thread."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: nothing to limit")
+    seen = []
+    real = bench._in_fresh_process
+
+    def fresh(call, what, threads, **kwargs):
+        seen.append(real("threads_used()", what, threads, **kwargs))
+        return {"median_ms": 1.0, "min_ms": 1.0, "first_call_s": 1.0}
+
+    monkeypatch.setattr(bench, "_in_fresh_process", fresh)
+    bench_jax.run(shapes=[(4, 3)], impls=["softmargin"], repeat=1, threads=1, rounds=1)
+    assert seen == [{"cpus": 1, "kernel_threads": 1}]

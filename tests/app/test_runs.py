@@ -364,15 +364,47 @@ def test_model_json_records_the_weights_checksum(trained):
 # --- broken before -------------------------------------------------------------------------------------------------
 
 
-def test_evaluate_out_never_overwrites_without_force(trained, capsys):
+def test_evaluate_out_never_overwrites_without_force(trained, tmp_path, capsys):
     folder, run = trained
-    before = (run / "metrics.json").read_bytes()
-    argv = ["evaluate", str(run), "--data", str(folder / "test.csv"), "--labels", "ya,yb,yc", "--out", str(run)]
+    out = tmp_path / "evaluated"
+    argv = ["evaluate", str(run), "--data", str(folder / "test.csv"), "--labels", "ya,yb,yc", "--out", str(out)]
+    assert main(argv) == 0 and (out / "metrics.json").exists()
+    (out / "metrics.json").write_text("{}")
     _one_line_error(argv, capsys, r"already holds metrics\.json, per_label\.csv, f1_vs_frequency\.png: pass --force")
-    assert (run / "metrics.json").read_bytes() == before
-    out = folder / "evaluated"
-    assert main(argv[:-1] + [str(out)]) == 0 and (out / "metrics.json").exists()
-    assert main(argv[:-1] + [str(out), "--force"]) == 0
+    assert (out / "metrics.json").read_text() == "{}"
+    assert main(argv + ["--force"]) == 0 and (out / "metrics.json").read_text() != "{}"
+    capsys.readouterr()
+
+
+def test_force_never_replaces_the_data_read_or_the_runs_own_report(trained, tmp_path, capsys):
+    """--force overwrites an earlier output, not the input: predict --out naming the --data file replaced the data
+    with its predictions, and evaluate --out naming the run folder replaced the run's report of its test split."""
+    folder, run = trained
+    data = tmp_path / "new.csv"
+    data.write_bytes((folder / "test.csv").read_bytes())
+    link = tmp_path / "link.csv"
+    link.symlink_to(data)
+    for out in (data, link, tmp_path / "." / "new.csv"):
+        _one_line_error(["predict", str(run), "--data", str(data), "--out", str(out), "--force"], capsys, r"is the --data file")
+    assert data.read_bytes() == (folder / "test.csv").read_bytes()
+    before = {name: (run / name).read_bytes() for name in ("metrics.json", "per_label.csv", "f1_vs_frequency.png")}
+    argv = ["evaluate", str(run), "--data", str(folder / "test.csv"), "--labels", "ya,yb,yc", "--force", "--out"]
+    _one_line_error(argv + [str(run)], capsys, r"is the run folder")
+    _one_line_error(argv + [str(run) + "/."], capsys, r"is the run folder")
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_top_k_with_more_labels_than_there_are_is_refused(trained, tmp_path, capsys):
+    """--k 20 with 14 labels predicted every label for every sample (yeast: Hamming loss 0.70), silently."""
+    folder, run = trained
+    _write_csv(tmp_path / "train.csv", _table())
+    _one_line_error(["train", "--data", str(tmp_path / "train.csv"), "--labels", "ya,yb,yc", "--out", str(tmp_path / "runs"),
+                     "--thresholds", "top-k", "--k", "4"] + FAST, capsys, r"--k 4: top-k with 4 labels per sample, and there are 3 labels")  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+    for command in ("evaluate", "predict"):
+        argv = [command, str(run), "--data", str(folder / "test.csv"), "--thresholds", "top-k", "--k", "4"]
+        _one_line_error(argv + (["--out", "-"] if command == "predict" else []), capsys, r"--k 4: top-k with 4 labels per sample, and there are 3")
+    assert main(["evaluate", str(run), "--data", str(folder / "test.csv"), "--thresholds", "top-k", "--k", "3"]) == 0
     capsys.readouterr()
 
 

@@ -200,6 +200,9 @@ MMAP_THRESHOLD = 1 << 16
 ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 #: Put first in a memory measurement's fresh process: every thread it starts runs on one CPU (:func:`memory_floor`).
 ON_ONE_CPU = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+#: Put first in a JAX timing process (``pin``): it runs on the first ``{}`` CPUs it may use (XLA's thread pool is as
+#: large as the CPUs a process may run on).
+ON_CPUS = "import os; os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{}]); "
 
 
 def memory_floor(threads: int = 1) -> int:
@@ -362,15 +365,20 @@ def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int, devic
 
 
 def _in_fresh_process(
-    call: str, what: str, threads: int, timeout: int = 1800, module: str = "softmargin.app.bench"
+    call: str, what: str, threads: int, timeout: int = 1800, module: str = "softmargin.app.bench", pin: bool = False
 ) -> dict[str, Any]:
     """Run ``<module>.<call>`` (a call expression returning a dict) in a new Python process; its result, or
     {"error": the last line it printed}. For "memory", glibc returns large freed blocks at once, so the high-water
-    mark sees every allocation, and the process runs on one CPU (:func:`memory_floor`)."""
+    mark sees every allocation, and the process runs on one CPU (:func:`memory_floor`). ``pin`` (JAX): a timing
+    process runs on the first ``threads`` CPUs this one may use, and the NumPy backend's kernel (JAX's callback) on
+    ``threads`` threads: XLA sizes its CPU thread pool by the CPUs it may run on and ignores ``OMP_NUM_THREADS``."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    if pin:
+        env["SOFTMARGIN_NUM_THREADS"] = str(threads)
     if what == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
-    code = (ON_ONE_CPU if what == "memory" else "") + f"import json, {module} as b; print(json.dumps(b.{call}))"
+    on = ON_ONE_CPU if what == "memory" else ON_CPUS.format(threads) if pin else ""
+    code = on + f"import json, {module} as b; print(json.dumps(b.{call}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -380,7 +388,8 @@ def _in_fresh_process(
 def write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     """Results to ``out``, through a temporary file beside it moved into place: never half-written, and nothing left
     behind if writing fails. Overwrites ``out`` (the command refuses that up front without ``--force``:
-    :func:`check_out`), but never a folder."""
+    :func:`check_out`), but never a folder. Numbers keep six significant digits (a fixed four decimals wrote a
+    floor of 0.00041 ms as 0.0004 and every memory ratio of a small run as 0.0000)."""
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{out} is a folder: expected a CSV file name")
@@ -389,7 +398,7 @@ def write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) 
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 #: Shapes of at most this many elements are "tiny": more calls, timed interleaved in turns of ``TINY_BLOCK`` calls
@@ -715,9 +724,10 @@ def report(rows: list[dict[str, Any]]) -> str:
             (r for r in rows if r["impl"] == "softmargin" and r["shape"] == row["shape"] and r["dtype"] == row["dtype"]),
             None,
         )
-        speedup = _ratio(row["median_ms"], ours.get("median_ms")) if ours and row["impl"] != "softmargin" else ""
-        if row["impl"] == "floor" and ours:
-            speedup = f"softmargin = {ours['median_ms'] / row['median_ms']:.2f}x floor"
+        ours_ms = ours.get("median_ms") if ours else None  # None where softmargin's own row is an error
+        speedup = _ratio(row["median_ms"], ours_ms) if ours and row["impl"] != "softmargin" else ""
+        if row["impl"] == "floor" and ours_ms and row["median_ms"]:
+            speedup = f"softmargin = {ours_ms / row['median_ms']:.2f}x floor"
         table.append(
             [
                 row["shape"],

@@ -103,6 +103,14 @@ def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int) -> di
     return {"peak_extra_mb": peak / 2**20, "peak_extra_x_logits": peak / (x.size * x.dtype.itemsize)}
 
 
+def threads_used() -> dict[str, int]:
+    """What a process of :func:`run` computes on: the CPUs it may run on (XLA's thread pool) and the NumPy backend's
+    kernel threads (JAX's callback)."""
+    from ..numpy import num_threads
+
+    return {"cpus": len(os.sched_getaffinity(0)), "kernel_threads": num_threads()}
+
+
 def run(
     shapes: Sequence[Sequence[int]] = DEFAULT_SHAPES,
     dtypes: Sequence[str] = ("float32",),
@@ -112,7 +120,8 @@ def run(
     out: Path | None = None,
     rounds: int = 3,
 ) -> list[dict[str, Any]]:
-    """Every (shape, dtype) and implementation, each in fresh processes (``rounds`` timing rounds, then memory)."""
+    """Every (shape, dtype) and implementation, each in fresh processes (``rounds`` timing rounds, then memory), on
+    ``threads`` CPUs and kernel threads (default: the CPUs available)."""
     threads = threads or len(os.sched_getaffinity(0))
     module = "softmargin.app.bench_jax"
     rows: list[dict[str, Any]] = []
@@ -124,13 +133,13 @@ def run(
             for _ in range(rounds):
                 for impl in impls:
                     call = f"time_group([{impl!r}], {tuple(shape)!r}, {dtype!r}, {reps}, {threads})"
-                    timed = bench._in_fresh_process(call, "time", threads, module=module)
+                    timed = bench._in_fresh_process(call, "time", threads, module=module, pin=True)
                     per_round[impl].append(timed.get(impl, timed))
             for impl, results in per_round.items():
                 row: dict[str, Any] = {"impl": impl, **base, **bench.combine_rounds(results)}
                 if "error" not in row and bench.memory_measurable(shape, dtype, threads=threads):  # else "–" (see bench's docstring)
                     call = f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r}, {threads})"
-                    row.update(bench._in_fresh_process(call, "memory", threads, module=module))
+                    row.update(bench._in_fresh_process(call, "memory", threads, module=module, pin=True))
                 rows.append(row)
     if out is not None:
         fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]

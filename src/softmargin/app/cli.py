@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16", "float64"],
                        help="default: float32 bfloat16 (torch, jax), float32 (numpy, --options); --train-step and --extreme: float32 only")  # fmt: skip
     bench.add_argument("--repeat", type=int, default=None, help="timed calls per configuration, the median reported (default 15; --extreme 3)")
-    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
+    bench.add_argument("--threads", type=int, default=None, help="threads: torch's; --backend numpy: the kernel's; --backend jax: the CPUs XLA and the "
+                       "callback's kernel run on (default: the CPUs available)")
     bench.add_argument("--backend", choices=["torch", "jax", "numpy"], default="torch",
                        help="jax: jitted value_and_grad of softmargin.jax against jitted optax; numpy: softmargin.numpy "
                        "against a naive NumPy formula, torch never imported (both on the CPU)")  # fmt: skip

@@ -16,7 +16,10 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     block ends without an error, with the permissions a plain ``open`` would give. On an error nothing is left behind:
     never a half-written file, never a stray temporary one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # named by the file asked for, not by the temporary one (a read-only folder, /proc)
+        raise OSError(exc.errno, f"{path}: cannot write there ({exc.strerror})") from None
     try:
         with os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, newline="", encoding="utf-8") as f:
             yield f
@@ -32,7 +35,7 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
 def check_out(out: Path | str | None, force: bool = False, expected: str = "a CSV file name") -> None:
     """Refuse, before any work, an ``--out`` file the command would destroy or could write only to fail: an existing
     file unless ``force`` (``--force``), a folder, anything but a regular file (``/dev/null`` would be replaced), a
-    path under a file. ``expected``: what ``--out`` should name, for the messages."""
+    path under a file, a folder nothing can be written in (read-only, ``/proc``: found after the work, before). ``expected``: what ``--out`` should name, for the messages."""
     if out is None or str(out) == "":
         return
     path = Path(out)
@@ -45,3 +48,11 @@ def check_out(out: Path | str | None, force: bool = False, expected: str = "a CS
     above = next((folder for folder in path.parents if folder.exists()), None)
     if above is not None and not above.is_dir():
         raise ValueError(f"--out {path}: {above} is a file: expected a folder there")
+    if above is not None:  # where the file (or the folders above it) will be made: a file made there and removed
+        try:
+            fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=above)
+        except OSError as exc:
+            raise ValueError(f"--out {path}: nothing can be written in {above} ({exc.strerror}): expected {expected} "
+                             "in a folder this user can write to") from None  # fmt: skip
+        os.close(fd)
+        os.unlink(probe)

@@ -176,6 +176,8 @@ def train_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--test {args.test}: no row has a label (LIBSVM text: the ids before the features): nothing to test against")
     try:
         ignored_options(config, config.resolve(train))
+        if config.thresholds == "top-k":
+            T.check_k(config.k, train.Y.shape[1])
     except ValueError as exc:
         raise ValueError(as_options(str(exc))) from None
     dist = T.Distributed.from_env(T._device(config))
@@ -320,6 +322,14 @@ def _few(names: list[str], limit: int = 5) -> str:
     return repr(names[:limit])[:-1] + (f", ... {len(names) - limit} more]" if len(names) > limit else "]")
 
 
+def _same_path(a: Path | str, b: Path | str) -> bool:
+    """Whether ``a`` and ``b`` both exist and are the same file or folder (through links and other spellings)."""
+    try:
+        return Path(a).exists() and Path(b).exists() and Path(a).samefile(b)
+    except OSError:
+        return False
+
+
 def _check_device(device: str) -> None:
     """``--device``, checked before the model and the data are read (and before a CSV header is written)."""
     try:
@@ -334,6 +344,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if out is not None:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file: expected a folder for metrics.json, per_label.csv and the plot")
+        if _same_path(out, args.run):  # --force or not: the run's own report of its test split
+            raise ValueError(f"--out {out} is the run folder: its metrics.json, per_label.csv and plot are the run's own "
+                             "report of the data it was tested on (config.json's evaluated_on); give another folder")  # fmt: skip
         taken = [n for n in ("metrics.json", "per_label.csv", "f1_vs_frequency.png") if (out / n).exists()]
         if taken and not args.force:
             raise ValueError(f"--out {out} already holds {', '.join(taken)}: pass --force to overwrite, or another --out")
@@ -391,6 +404,9 @@ def predict_command(args: argparse.Namespace) -> int:
     _check_device(args.device)
     if args.out != "-":  # before the model and the data are read; _output checks again when it writes
         check_out(args.out, args.force, _PREDICTIONS)
+        if args.data not in D.BUILTIN and _same_path(args.out, args.data):  # --force or not
+            raise ValueError(f"--out {args.out} is the --data file: the predictions would replace the data they are made "
+                             "from; name another file")  # fmt: skip
     model, data = _load_for(args, labels_needed=False)
     names = model.label_names
     cells = len(data) * len(names)

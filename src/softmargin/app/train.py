@@ -105,6 +105,13 @@ def check_decision(threshold: float, k: int) -> None:
         raise ValueError(f"k={k!r}: expected a positive number of labels per sample")
 
 
+def check_k(k: int, num_labels: int) -> None:
+    """top-k's ``k`` against the labels there are: more would predict every label for every sample."""
+    if k > num_labels:
+        raise ValueError(f"k={k}: top-k with {k} labels per sample, and there are {num_labels} labels (every label would "
+                         f"be predicted for every sample); expected at most {num_labels}")  # fmt: skip
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU; ``cpu``; ``cuda`` / ``cuda:N``."""
     if device == "auto":
@@ -441,6 +448,8 @@ class TrainedModel:
         if k is not None:
             decision["k"] = k
         check_decision(decision["threshold"], decision["k"])
+        if (strategy, k) != (None, None) and decision["strategy"] == "top-k":
+            check_k(decision["k"], len(self.label_names))
         if decision["strategy"] == "tuned" and self.tuned is None:
             raise ValueError("--thresholds tuned: this model was trained without tuned thresholds (train it with --thresholds tuned)")
         model = copy.copy(self)
