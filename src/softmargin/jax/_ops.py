@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
-from .._formula import element_loss_and_grad, element_loss_and_grad_options
+from .._formula import _linear, element_loss_and_grad, element_loss_and_grad_options
 from .._options import LossOptions
 
 IMPLS = ("auto", "xla", "callback")
@@ -519,7 +519,7 @@ def _other_cotangents(
         mf = 1 if m is None else jnp.broadcast_to(m, shape).astype(cdt)
         gw = _sum_to(jnp.where(row * mf == 0, 0, row * mf * full), w)
     if need_pw:
-        gpw = _sum_to(only_kept(element_weight * jnp.where(ys == 0, 0, ys * positive)), pw)
+        gpw = _sum_to(only_kept(element_weight * _linear(ys, positive, jnp)), pw)  # d/dy kept at y = 0
     return gy, gw, gpw
 
 
