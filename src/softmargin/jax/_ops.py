@@ -368,7 +368,23 @@ def callback_forward(
     # "sequential": under vmap each mapped slice is its own problem (its own mean)
     result = iter(buffer_callback(call, tuple(result_type), vmap_method="sequential")(*operands))
     loss = next(result)
-    return loss, (next(result) if need_grad else None), next(result, None)
+    return loss, (_sharded_like(next(result), x) if need_grad else None), next(result, None)
+
+
+def _sharded_like(value: Any, like: Any) -> Any:
+    """``value`` resharded as ``like`` where ``like``'s type names an Explicit mesh axis. A host callback's results
+    are typed replicated; as the gradient of logits sharded over an Explicit axis JAX refused it ("Custom VJP bwd
+    rule must produce an output with the same type"); with Auto axes (or none) types carry no sharding."""
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    try:
+        sharding = jax.typeof(like).sharding
+    except (AttributeError, TypeError):
+        return value
+    if explicit is None or explicit not in tuple(getattr(getattr(sharding, "mesh", None), "axis_types", ())):
+        return value
+    if tuple(jax.typeof(value).sharding.spec) == tuple(sharding.spec):
+        return value
+    return jax.sharding.reshard(value, sharding)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 1))
