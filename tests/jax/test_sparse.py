@@ -69,3 +69,6 @@ def test_sparse_errors():
         multilabel_soft_margin_loss(x, [[0], [3]])
     with pytest.raises(ValueError, match="a sparse target is not differentiable"):
         jax.grad(lambda v: multilabel_soft_margin_loss(x, sparse.BCOO((v, jnp.asarray([[0, 1]])), shape=(2, 3))))(jnp.ones(1))
+    # a dense 0/1 target given as a nested list: the advice is JAX's (it named torch.tensor and torch.ones)
+    with pytest.raises(ValueError, match=r"as many as the input's classes.*jnp.asarray\(target\).*jnp.ones$"):
+        multilabel_soft_margin_loss(x, [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
