@@ -520,7 +520,8 @@ def _other_cotangents(
     row = row[..., None] if jnp.ndim(row) else row
     weight = _weights(w, m, shape, wdt)
     pwc = None if pw is None else jnp.broadcast_to(pw.astype(wdt), shape)
-    ys = _smooth(y.astype(cdt), options)
+    sparse = isinstance(y, SparseRows)  # then only weight and pos_weight are differentiated (_fwd refuses y)
+    ys = None if sparse else _smooth(y.astype(cdt), options)
     positive, _ = _element(xc, jnp.ones((), cdt), None, options, False)  # P: unit pos_weight
     negative, _ = _element(xc, jnp.zeros((), cdt), None, options, False)
     element_weight = row if weight is None else row * weight
@@ -531,12 +532,23 @@ def _other_cotangents(
         weighted_pos = positive if pwc is None else positive * pwc
         gy = _sum_to(only_kept(element_weight * (weighted_pos - negative) * (1 - options.label_smoothing)), y)
     if need_w:
-        full, _ = _element(xc, ys, pwc, options, False)
+        full = (_sparse_element(x, y, pwc, options, False, shape, cdt) if sparse else _element(xc, ys, pwc, options, False))[0]
         mf = 1 if m is None else jnp.broadcast_to(m, shape).astype(cdt)
         gw = _sum_to(jnp.where(row * mf == 0, 0, row * mf * full), w)
     if need_pw:
-        gpw = _sum_to(only_kept(element_weight * _linear(ys, positive, jnp)), pw)  # d/dy kept at y = 0
+        target_times_positive = _sparse_times(y, positive, options) if sparse else _linear(ys, positive, jnp)
+        gpw = _sum_to(only_kept(element_weight * target_times_positive), pw)
     return gy, gw, gpw
+
+
+def _sparse_times(y: SparseRows, a: Any, options: LossOptions) -> Any:
+    """The smoothed sparse target times ``a`` (an element-wise array of the input's shape), without making the
+    target dense: every element as a negative's (smoothed 0), the positives' elements replaced by their own."""
+    flat = a.reshape(-1, a.shape[-1])
+    values = jnp.ones((), a.dtype) if y.values is None else y.values.astype(a.dtype)
+    out = _linear(jnp.asarray(_smooth(0.0, options), a.dtype), flat, jnp)
+    out = out.at[y.rows, y.cols].set(_linear(_smooth(values, options), flat[y.rows, y.cols], jnp), unique_indices=True)
+    return out.reshape(a.shape)
 
 
 _loss_op.defvjp(_fwd, _bwd, symbolic_zeros=True)
