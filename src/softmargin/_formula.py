@@ -86,6 +86,15 @@ def _times(a: Any, b: Any, xp: Any) -> Any:
     return xp.where(vanishes, 0.0, a * xp.where(vanishes, 0.0, b))
 
 
+def _linear(y: Any, b: Any, xp: Any) -> Any:
+    """``y * b`` with 0 * inf (and 0 * NaN) taken as 0, as :func:`_times`, for a term linear in the target ``y``:
+    only a non-finite ``b`` is guarded, so the derivative in ``y`` stays ``b`` at ``y = 0`` (``_times`` cut it there:
+    the loss of a hard label counted as a constant in its target, and second derivatives through ``y`` came out
+    wrong). The values are the same bits; ``b`` here is a loss term, never negative, so no -0 appears."""
+    vanishes = (y == 0) & ~xp.isfinite(b)
+    return xp.where(vanishes, 0.0, y * xp.where(vanishes, 0.0, b))
+
+
 def element_loss_and_grad_options(
     x: Any,
     y: Any,
@@ -137,7 +146,7 @@ def element_loss_and_grad_options(
     neg_loss = neg_term if focus_neg is None else _times(focus_neg, neg_term, xp)
     if pos_weight is not None:
         pos_loss = pos_loss * pos_weight
-    loss = _times(y, pos_loss, xp) + _times(1 - y, neg_loss, xp)
+    loss = _linear(y, pos_loss, xp) + _linear(1 - y, neg_loss, xp)
     if not need_grad:
         return loss, None
 

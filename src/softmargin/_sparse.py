@@ -81,8 +81,18 @@ def _label_id(value: Any) -> int:
     raise TypeError(f"target: a label list holds {value!r} ({type(value).__name__}): expected integer class indices")
 
 
-def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any = None) -> SparseTargets:
-    """Normalise any accepted form to :class:`SparseTargets` of ``shape`` = (rows, classes) in namespace ``xp``."""
+#: how each API that reads a list as label lists says to pass a dense target and an all-positive one instead
+_DENSE_ADVICE = {
+    "torch": "pass a dense target as a tensor (torch.tensor(target)), and every label positive as torch.ones",
+    "jax": "pass a dense target as an array (jnp.asarray(target)), and every label positive as jnp.ones",
+}
+
+
+def as_sparse_targets(
+    target: Any, shape: tuple[int, int], xp: Any, device: Any = None, api: str = "torch"
+) -> SparseTargets:
+    """Normalise any accepted form to :class:`SparseTargets` of ``shape`` = (rows, classes) in namespace ``xp``;
+    ``api`` (``"torch"`` or ``"jax"``) is the caller's, for the advice in the error messages."""
     num_rows, num_classes = shape
     values: np.ndarray | None = None
     if isinstance(target, SparseTargets):
@@ -119,8 +129,8 @@ def as_sparse_targets(target: Any, shape: tuple[int, int], xp: Any, device: Any 
         if num_classes and lengths and all(length == num_classes for length in lengths):
             raise ValueError(
                 f"target is a list of {len(target)} rows of {num_classes} entries, as many as the input's classes: "
-                "read as label lists it gives every sample every label, read as a dense 0/1 target it does not; "
-                "pass a dense target as a tensor (torch.tensor(target)), and every label positive as torch.ones"
+                f"read as label lists it gives every sample every label, read as a dense 0/1 target it does not; "
+                f"{_DENSE_ADVICE[api]}"
             )
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         indices = np.fromiter((_label_id(i) for labels in target for i in labels), dtype=np.int64, count=int(indptr[-1]))

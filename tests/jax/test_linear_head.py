@@ -43,6 +43,25 @@ def test_jit_and_float32(rng):
     assert_close(ga, gb, 1e-5, "grad")
 
 
+@pytest.mark.parametrize(("hidden_dtype", "weight_dtype"), [("bfloat16", "float32"), ("float16", "float32"), ("float32", "float64")])
+def test_mixed_precision_gives_the_logits_dtype(hidden_dtype, weight_dtype, rng):
+    """Half-precision features with a float32 head (or float32 features with a float64 head, x64): the loss on the
+    full logits is in their dtype (hidden @ weight.T promotes); the head computed in and returned hidden's dtype (a
+    bfloat16 loss, 2e-3 off; float64 weights narrowed to float32). Gradients keep each operand's dtype."""
+    n, h, c = 16, 8, 300
+    hidden = jnp.asarray(rng.standard_normal((n, h)), hidden_dtype)
+    weight, bias = jnp.asarray(rng.standard_normal((c, h)) * 0.3, weight_dtype), jnp.asarray(rng.standard_normal(c), weight_dtype)
+    y = jnp.asarray(rng.random((n, c)) < 0.3, jnp.float32)
+    fused = lambda hd, w, b: linear_multilabel_soft_margin_loss(hd, w, b, y, chunk_size=64)
+    full = lambda hd, w, b: multilabel_soft_margin_loss(hd @ w.T + b, y)
+    (ours, ours_grads), (theirs, their_grads) = (jax.value_and_grad(f, (0, 1, 2))(hidden, weight, bias) for f in (fused, full))
+    assert ours.dtype == theirs.dtype == jnp.dtype(weight_dtype)
+    assert_close(ours, theirs, RTOL[weight_dtype], "loss")
+    for name, a, e, given in zip(("hidden", "weight", "bias"), ours_grads, their_grads, (hidden, weight, bias)):
+        assert a.dtype == given.dtype, name
+        assert_close(a.astype(jnp.float64), e.astype(jnp.float64), RTOL[str(given.dtype)], name)
+
+
 def test_never_holds_the_logits_at_100k_labels(rng):
     """XLA's own buffer assignment: the compiled step's temporaries stay far below one N x C float32 array."""
     n, h, c = 256, 32, 100_000

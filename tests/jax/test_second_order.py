@@ -145,3 +145,35 @@ def test_grad_of_grad_at_infinite_logits(options, impl):
     for index in zip(*np.nonzero(finite)):
         fd = (gradient(x.at[index].add(step))[index] - gradient(x.at[index].add(-step))[index]) / (2 * step)
         assert_close(diagonal[index], fd, 1e-6, f"{options} {index}")
+
+
+def _focal_reference(x, y, w, pw, gamma_pos, gamma_neg, clip):
+    """The asymmetric loss of every element, straight from its definition (jax.numpy, float64), mean over all."""
+    p = jax.nn.sigmoid(x)
+    p_m = jnp.maximum(p - clip, 0.0)
+    positive = pw * (1 - p) ** gamma_pos * jnp.logaddexp(0.0, -x)
+    negative = p_m**gamma_neg * -jnp.log1p(-p_m)
+    return ((y * positive + (1 - y) * negative) * w).mean()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"gamma_pos": 2.0, "gamma_neg": 2.0}, {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05}],
+    ids=["pos_weight", "focal", "asymmetric"],
+)
+@pytest.mark.parametrize("impl", ["xla", "callback"])
+def test_second_derivatives_in_a_hard_target(impl, options, rng):
+    """Second derivatives through the target where it is exactly 0 or 1 (the usual labels): the element loss is
+    linear in y, but its 0 * inf guard used to cut y's derivative there (y * pos_loss at y = 0 counted as the
+    constant 0), so d/dy of the loss's own value (the Hessian of loss ** 2 in y) and d/dy of the weights'
+    gradients were wrong; the first derivatives, written out, were right."""
+    x, _, w, pw, _ = _operands(rng)
+    y = jnp.asarray(rng.random(x.shape) < 0.5, x.dtype).at[0, 0].set(0.3)
+    full = {"gamma_pos": 0.0, "gamma_neg": 0.0, "clip": 0.0, **options}
+    ours = lambda x, y, w, pw: multilabel_soft_margin_loss(x, y, w, pos_weight=pw, impl=impl, **options) ** 2
+    theirs = lambda x, y, w, pw: _focal_reference(x, y, w, pw, **full) ** 2
+    args = (x, y, w, pw)
+    expected = jax.hessian(theirs, argnums=(0, 1, 2, 3))(*args)
+    for i, row in enumerate(jax.hessian(ours, argnums=(0, 1, 2, 3))(*args)):
+        for j, block in enumerate(row):
+            assert_close(block, expected[i][j], 1e-10, f"{options} block {i}, {j}")

@@ -41,6 +41,26 @@ def test_sparse_forms_equal_the_dense_target(form, options, rng):
     assert_close(grad, expected_grad, RTOL["float64"], "grad")
 
 
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1, "gamma_pos": 1.0, "gamma_neg": 2.0, "clip": 0.05}])
+@pytest.mark.parametrize("form", ["lists", "bcoo", "bcoo jit"])
+def test_gradients_of_weight_and_pos_weight_with_a_sparse_target(form, options, rng):
+    """jax.grad with respect to weight or pos_weight with a sparse target failed (AttributeError: 'SparseRows'
+    object has no attribute 'astype'); they equal the dense target's, with soft values and a batch with more axes."""
+    x, y = _problem(rng, (2, 3, 9))
+    y[0, 1, 4] = 0.4
+    w, pw = jnp.asarray(rng.random((3, 9)) + 0.5), jnp.asarray(rng.random(9) + 0.5)
+    if form == "lists":
+        target = [list(np.flatnonzero(row)) for row in y.reshape(-1, 9)]
+        y = (y > 0).astype(np.float64)  # label lists are hard positives
+    else:
+        target = sparse.BCOO.fromdense(jnp.asarray(y))
+    f = lambda x, t, w, pw: multilabel_soft_margin_loss(x, t, w, "sum", pos_weight=pw, validate=form != "bcoo jit", **options)
+    ours = (jax.jit(jax.grad(f, (0, 2, 3))) if form == "bcoo jit" else jax.grad(f, (0, 2, 3)))(jnp.asarray(x), target, w, pw)
+    expected = jax.grad(f, (0, 2, 3))(jnp.asarray(x), jnp.asarray(y), w, pw)
+    for name, a, e in zip(("input", "weight", "pos_weight"), ours, expected):
+        assert_close(a, e, RTOL["float64"], name)
+
+
 def test_soft_values_and_duplicates_in_bcoo(rng):
     x, _ = _problem(rng, (3, 4))
     indices = jnp.asarray([[0, 1], [0, 1], [2, 3]])
@@ -69,3 +89,6 @@ def test_sparse_errors():
         multilabel_soft_margin_loss(x, [[0], [3]])
     with pytest.raises(ValueError, match="a sparse target is not differentiable"):
         jax.grad(lambda v: multilabel_soft_margin_loss(x, sparse.BCOO((v, jnp.asarray([[0, 1]])), shape=(2, 3))))(jnp.ones(1))
+    # a dense 0/1 target given as a nested list: the advice is JAX's (it named torch.tensor and torch.ones)
+    with pytest.raises(ValueError, match=r"as many as the input's classes.*jnp.asarray\(target\).*jnp.ones$"):
+        multilabel_soft_margin_loss(x, [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])

@@ -286,3 +286,39 @@ def test_auto_takes_xla_for_logits_known_to_be_sharded():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_callback_gradient_of_logits_sharded_over_an_explicit_axis():
+    """impl="callback" on logits sharded over an Explicit mesh axis: the values were right, but jax.grad failed
+    inside JAX ("Custom VJP bwd rule must produce an output with the same type": the host's gradient came back
+    replicated, float32[16,6], for logits typed float32[16@d,6]); the gradient now takes the logits' sharding, eager
+    and jitted, and equals the unsharded one."""
+    code = textwrap.dedent(
+        """
+        import numpy as np, jax, jax.numpy as jnp
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from softmargin.jax import multilabel_soft_margin_loss as L
+        if not hasattr(jax.sharding, "AxisType"):
+            print("ok"); raise SystemExit
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((16, 6)), jnp.float32)
+        y = jnp.asarray(rng.random((16, 6)) < 0.3, jnp.float32)
+        w = jnp.asarray(rng.random(6) + 0.5, jnp.float32)
+        explicit = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
+        xs, ys = (jax.device_put(a, NamedSharding(explicit, P("d", None))) for a in (x, y))
+        for reduction in ("mean", "none"):
+            f = lambda x, w, y: L(x, y, w, reduction, impl="callback", validate=False).sum()
+            expected = jax.grad(f, argnums=(0, 1))(x, w, y)
+            with jax.set_mesh(explicit):
+                for step in (jax.grad(f, argnums=(0, 1)), jax.jit(jax.grad(f, argnums=(0, 1)))):
+                    gx, gw = step(xs, w, ys)
+                    assert jax.typeof(gx).sharding.spec == jax.typeof(xs).sharding.spec, jax.typeof(gx)
+                    assert np.allclose(gx, expected[0], rtol=1e-6) and np.allclose(gw, expected[1], rtol=1e-6)
+                hessian = jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(f)(x, w, ys) ** 2)))(xs)
+                assert np.allclose(hessian, jax.grad(lambda x: jnp.sum(jax.grad(f)(x, w, y) ** 2))(x), rtol=1e-5)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

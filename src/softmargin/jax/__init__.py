@@ -76,7 +76,7 @@ def _sparse_rows(target: Any, shape: tuple[int, ...], validate: bool) -> SparseR
     """Any sparse form as :class:`SparseRows` over the input's (rows, classes), checked like the other backends'."""
     num_rows, num_classes = math.prod(shape[:-1]), shape[-1]
     if not _is_bcoo(target):
-        csr = as_sparse_targets(target, (num_rows, num_classes), np)  # checks shape, indices, duplicates
+        csr = as_sparse_targets(target, (num_rows, num_classes), np, api="jax")  # checks shape, indices, duplicates
         if validate:
             V.check_sparse_target_values(csr)
         rows = np.repeat(np.arange(num_rows, dtype=np.int32), np.diff(csr.indptr))

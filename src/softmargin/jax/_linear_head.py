@@ -31,7 +31,7 @@ def _walk(
     """Per-row loss sums (compute dtype) and, if ``need_grad``, the gradients of ``sum_n row_scale[n] * row_sum_n``
     w.r.t. hidden, weight and bias (None for those not made)."""
     reduction, options, num_labels, chunk = config
-    cdt = _ops.compute_dtype(hidden.dtype)
+    cdt = _ops.compute_dtype(_logits_dtype(hidden, weight, bias))
     num_rows, width = hidden.shape
     chunks = -(-num_labels // chunk)
     padded = chunks * chunk
@@ -79,6 +79,12 @@ def _walk(
     return row_sums, grad_hidden.astype(hidden.dtype), grad_weight, grad_bias
 
 
+def _logits_dtype(hidden: Any, weight: Any, bias: Any) -> Any:
+    """The dtype of ``hidden @ weight.T + bias`` (JAX's promotion), the loss's on the full logits: bfloat16 features
+    with a float32 head give float32, float32 features with a float64 head (x64) float64."""
+    return jnp.result_type(*(a.dtype for a in (hidden, weight, bias) if a is not None))
+
+
 def _reduce(config: Any, row_sums: Any, dtype: Any) -> Any:
     reduction, _, num_labels, _ = config
     per_sample = row_sums / num_labels
@@ -96,7 +102,7 @@ def _row_scale(config: Any, num_rows: int, cdt: Any) -> Any:
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _head(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
     row_sums, *_ = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, None, False)
-    return _reduce(config, row_sums, hidden.dtype)
+    return _reduce(config, row_sums, _logits_dtype(hidden, weight, bias))
 
 
 def _head_fwd(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
@@ -115,10 +121,11 @@ def _head_fwd(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, cla
 
 def _head_fwd_values(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
     eager = config[0] != "none"  # "none": the cotangent differs per sample; walk again in backward
-    scale = _row_scale(config, hidden.shape[0], _ops.compute_dtype(hidden.dtype))
+    dtype = _logits_dtype(hidden, weight, bias)
+    scale = _row_scale(config, hidden.shape[0], _ops.compute_dtype(dtype))
     row_sums, *grads = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, scale, eager)
     kept = (hidden, weight, bias, target, class_weight, pos_weight)
-    return _reduce(config, row_sums, hidden.dtype), (tuple(grads) if eager else None, kept)
+    return _reduce(config, row_sums, dtype), (tuple(grads) if eager else None, kept)
 
 
 def _head_bwd(config: Any, residuals: Any, g: Any) -> tuple[Any, ...]:
@@ -127,7 +134,7 @@ def _head_bwd(config: Any, residuals: Any, g: Any) -> tuple[Any, ...]:
     grads, kept = residuals
     hidden, weight, bias, target, class_weight, pos_weight = kept
     if grads is None:
-        scale = _row_scale(config, hidden.shape[0], _ops.compute_dtype(hidden.dtype)) * g
+        scale = _row_scale(config, hidden.shape[0], _ops.compute_dtype(_logits_dtype(hidden, weight, bias))) * g
         _, *grads = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, scale, True)
     else:
         grads = [None if a is None else (a * g).astype(a.dtype) for a in grads]
@@ -144,7 +151,7 @@ def _head_all(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, cla
     symbolic zeros under an un-jitted ``shard_map``): it cannot tell which operands JAX differentiates, so the
     constants' cotangents are NaN, never a silently wrong zero (under ``jit`` unused ones are dead code)."""
     row_sums, *_ = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, None, False)
-    return _reduce(config, row_sums, hidden.dtype)
+    return _reduce(config, row_sums, _logits_dtype(hidden, weight, bias))
 
 
 def _head_all_fwd(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
@@ -194,7 +201,8 @@ def linear_multilabel_soft_margin_loss(
         chunk_size: labels per chunk; the temporaries are a few (N, chunk_size) arrays.
 
     Returns:
-        The loss, as :func:`softmargin.jax.multilabel_soft_margin_loss` would give on the full logits; gradients
+        The loss, as :func:`softmargin.jax.multilabel_soft_margin_loss` would give on the full logits (in their
+        dtype: ``hidden``'s, ``weight``'s and ``bias``'s promoted, computed in float32 or float64); gradients
         w.r.t. ``hidden``, ``weight`` and ``bias`` (the target and the per-label weights are constants).
 
     Example:

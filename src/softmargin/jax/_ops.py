@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
-from .._formula import element_loss_and_grad, element_loss_and_grad_options
+from .._formula import _linear, element_loss_and_grad, element_loss_and_grad_options
 from .._options import LossOptions
 
 IMPLS = ("auto", "xla", "callback")
@@ -368,7 +368,23 @@ def callback_forward(
     # "sequential": under vmap each mapped slice is its own problem (its own mean)
     result = iter(buffer_callback(call, tuple(result_type), vmap_method="sequential")(*operands))
     loss = next(result)
-    return loss, (next(result) if need_grad else None), next(result, None)
+    return loss, (_sharded_like(next(result), x) if need_grad else None), next(result, None)
+
+
+def _sharded_like(value: Any, like: Any) -> Any:
+    """``value`` resharded as ``like`` where ``like``'s type names an Explicit mesh axis. A host callback's results
+    are typed replicated; as the gradient of logits sharded over an Explicit axis JAX refused it ("Custom VJP bwd
+    rule must produce an output with the same type"); with Auto axes (or none) types carry no sharding."""
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    try:
+        sharding = jax.typeof(like).sharding
+    except (AttributeError, TypeError):
+        return value
+    if explicit is None or explicit not in tuple(getattr(getattr(sharding, "mesh", None), "axis_types", ())):
+        return value
+    if tuple(jax.typeof(value).sharding.spec) == tuple(sharding.spec):
+        return value
+    return jax.sharding.reshard(value, sharding)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -504,7 +520,8 @@ def _other_cotangents(
     row = row[..., None] if jnp.ndim(row) else row
     weight = _weights(w, m, shape, wdt)
     pwc = None if pw is None else jnp.broadcast_to(pw.astype(wdt), shape)
-    ys = _smooth(y.astype(cdt), options)
+    sparse = isinstance(y, SparseRows)  # then only weight and pos_weight are differentiated (_fwd refuses y)
+    ys = None if sparse else _smooth(y.astype(cdt), options)
     positive, _ = _element(xc, jnp.ones((), cdt), None, options, False)  # P: unit pos_weight
     negative, _ = _element(xc, jnp.zeros((), cdt), None, options, False)
     element_weight = row if weight is None else row * weight
@@ -515,12 +532,23 @@ def _other_cotangents(
         weighted_pos = positive if pwc is None else positive * pwc
         gy = _sum_to(only_kept(element_weight * (weighted_pos - negative) * (1 - options.label_smoothing)), y)
     if need_w:
-        full, _ = _element(xc, ys, pwc, options, False)
+        full = (_sparse_element(x, y, pwc, options, False, shape, cdt) if sparse else _element(xc, ys, pwc, options, False))[0]
         mf = 1 if m is None else jnp.broadcast_to(m, shape).astype(cdt)
         gw = _sum_to(jnp.where(row * mf == 0, 0, row * mf * full), w)
     if need_pw:
-        gpw = _sum_to(only_kept(element_weight * jnp.where(ys == 0, 0, ys * positive)), pw)
+        target_times_positive = _sparse_times(y, positive, options) if sparse else _linear(ys, positive, jnp)
+        gpw = _sum_to(only_kept(element_weight * target_times_positive), pw)
     return gy, gw, gpw
+
+
+def _sparse_times(y: SparseRows, a: Any, options: LossOptions) -> Any:
+    """The smoothed sparse target times ``a`` (an element-wise array of the input's shape), without making the
+    target dense: every element as a negative's (smoothed 0), the positives' elements replaced by their own."""
+    flat = a.reshape(-1, a.shape[-1])
+    values = jnp.ones((), a.dtype) if y.values is None else y.values.astype(a.dtype)
+    out = _linear(jnp.asarray(_smooth(0.0, options), a.dtype), flat, jnp)
+    out = out.at[y.rows, y.cols].set(_linear(_smooth(values, options), flat[y.rows, y.cols], jnp), unique_indices=True)
+    return out.reshape(a.shape)
 
 
 _loss_op.defvjp(_fwd, _bwd, symbolic_zeros=True)
