@@ -848,6 +848,12 @@ def test_help_shows_defaults_and_version(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for default in ("(default: 200)", "(default: 0.2)", "(default: auto)", "(default: 0.05)", "(default: runs)", "(default: 0.001)"):
         assert default in text, default
+    # no "(default: None)": it stood after the required --data, and after "(default: the model's)"
+    for command in ("train", "evaluate", "predict", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text, command
     done = subprocess.run([sys.executable, "-m", "softmargin", "--version"], capture_output=True, text=True, timeout=120)
     import softmargin
 

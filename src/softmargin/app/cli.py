@@ -233,7 +233,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _STRATEGIES = ["fixed", "tuned", "top-k", "rcut"]
-_DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+class _DEFAULTS(argparse.ArgumentDefaultsHelpFormatter):
+    """Every default shown, except where there is none to show (None: "(default: None)" after --data, which is
+    required, or after "(default: the model's)") or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.required or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", choices=["auto", "linear", "mlp"], default="auto",
                        help="linear = per-label linear model (binary relevance: --linear-loss with newton, else logistic); auto: linear for sparse "
                        "non-negative (bag-of-words) features, mlp otherwise")  # fmt: skip
-    model.add_argument("--hidden", type=_hidden, default=None, help="MLP hidden sizes, e.g. 512 or 512,256 (MLP only; None means 512)")
+    model.add_argument("--hidden", type=_hidden, default=None, help="MLP hidden sizes, e.g. 512 or 512,256 (MLP only; default 512)")
     model.add_argument("--dropout", type=float, default=0.5, help="dropout after each hidden layer")
     model.add_argument("--ensemble", type=int, default=5, help="networks from consecutive seeds, probabilities averaged")
     model.add_argument("--head", choices=["auto", "fused", "plain"], default="auto",
@@ -281,14 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     opt.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's decoupled weight decay")
     opt.add_argument("--C", type=float, default=None,
-                     help="L2 penalty as LogisticRegression(C=...) / LIBLINEAR's -c; None: no penalty, except newton: chosen by "
+                     help="L2 penalty as LogisticRegression(C=...) / LIBLINEAR's -c; not given: no penalty, except newton: chosen by "
                      "cross-validation (held-out P@1+P@3+P@5)")  # fmt: skip
     opt.add_argument("--valid-fraction", type=float, default=0.15, help="validation split for early stopping (0: none)")
     opt.add_argument("--patience", type=int, default=20, help="epochs without a better validation loss before stopping")
     opt.add_argument("--standardize", choices=["auto", "yes", "no", "tfidf"], default="auto",
                      help="tfidf: idf weights, rows to unit L2 norm; auto: tfidf for newton on bag-of-words, else standardise dense features only")  # fmt: skip
     opt.add_argument("--seed", type=int, default=0, help="seed of the splits, the initialisation and the batches")
-    opt.add_argument("--threads", type=int, default=None, help="torch threads; None: torch's default")
+    opt.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     opt.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     loss = train.add_argument_group("loss (see docs/imbalance.md)")
     loss.add_argument("--class-weight", choices=["none", "inverse", "sqrt_inverse", "effective_number"], default="none", help="per-label weights from the label frequencies")
