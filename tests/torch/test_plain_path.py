@@ -259,3 +259,42 @@ def test_backend_override_is_honoured(backend, plain, monkeypatch):
     loss = st.multilabel_soft_margin_loss(x.requires_grad_(), y)
     assert (type(loss.grad_fn).__name__ == "_PlainLossBackward") is plain
     torch.testing.assert_close(loss, torch.nn.functional.multilabel_soft_margin_loss(x, y))
+
+
+def test_a_thread_in_flush_to_zero_mode_changes_nothing():
+    """XLA runs JAX's host callbacks with flush-to-zero / denormals-are-zero set, and OpenMP workers started from such
+    a thread keep that mode: a float16 gradient of subnormals (1e-6) came back 0 on the second thread's rows. The
+    kernel computes in IEEE mode on every thread and gives the caller's mode back."""
+    import threading
+
+    x, y, w = _problem(600, 500, torch.float16, "same", True, 8)
+    go = torch.tensor(-1.7, dtype=torch.float16)
+    expected = [_run(x, y, w, "mean", go, through_operator) for through_operator in (False, True)]
+    assert (expected[0][1].abs() < 6e-5).any()  # float16 subnormals: what a flushing mode loses
+    found: dict[str, object] = {}
+
+    def in_a_fresh_thread():  # its OpenMP workers start in the mode it holds when it first runs a parallel region
+        try:
+            if not torch.set_flush_denormal(True):
+                found["skip"] = True
+                return
+            found["flushing"] = [_run(x, y, w, "mean", go, through_operator) for through_operator in (False, True)]
+            found["mode kept"] = bool(torch.tensor(1e-39) * 1.0 == 0)  # DAZ/FTZ still the caller's
+            torch.set_flush_denormal(False)  # the workers keep theirs
+            found["after"] = [_run(x, y, w, "mean", go, through_operator) for through_operator in (False, True)]
+        except BaseException as error:  # reported in the main thread
+            found["error"] = error
+        finally:
+            torch.set_flush_denormal(False)
+
+    thread = threading.Thread(target=in_a_fresh_thread)
+    thread.start()
+    thread.join()
+    if "error" in found:
+        raise found["error"]  # type: ignore[misc]
+    if found.get("skip"):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    assert found["mode kept"]
+    for key in ("flushing", "after"):
+        for (loss, grad), (expected_loss, expected_grad) in zip(found[key], expected):  # type: ignore[call-overload]
+            assert torch.equal(loss, expected_loss) and torch.equal(grad, expected_grad), key

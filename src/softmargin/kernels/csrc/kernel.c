@@ -283,7 +283,17 @@ int softmargin_count_rows(const uint8_t *mask, int64_t N, int64_t C, int32_t *ou
     return SM_OK;
 }
 
+static int fused(const softmargin_args *args, char *message, int64_t message_size);
+
+/* The entry points run in IEEE mode on the calling thread too (its FTZ/DAZ, if any, given back): scalar_math.h. */
 int softmargin_fused(const softmargin_args *args, char *message, int64_t message_size) {
+    const sm_fpmode mode = sm_fp_enter();
+    const int status = fused(args, message, message_size);
+    sm_fp_leave(mode);
+    return status;
+}
+
+static int fused(const softmargin_args *args, char *message, int64_t message_size) {
     if (!args) REJECT(SM_ERR_NULL, "args is NULL");
     const softmargin_args *s = args;
     const int64_t N = s->num_rows, C = s->num_classes;
@@ -362,8 +372,20 @@ static int weights_ok(const void *weight, int xtype, int64_t C) {
 
 #define SMALL 256 /* rows (and classes) whose buffers live on the stack */
 
+static int reduced(const softmargin_args *args, int32_t weight_type, int32_t per_sample_type, int32_t result_type,
+                   int32_t reduction, int32_t check, void *result, char *message, int64_t message_size);
+
 int softmargin_reduced(const softmargin_args *args, int32_t weight_type, int32_t per_sample_type, int32_t result_type,
                        int32_t reduction, int32_t check, void *result, char *message, int64_t message_size) {
+    const sm_fpmode mode = sm_fp_enter();
+    const int status =
+        reduced(args, weight_type, per_sample_type, result_type, reduction, check, result, message, message_size);
+    sm_fp_leave(mode);
+    return status;
+}
+
+static int reduced(const softmargin_args *args, int32_t weight_type, int32_t per_sample_type, int32_t result_type,
+                   int32_t reduction, int32_t check, void *result, char *message, int64_t message_size) {
     if (!args) REJECT(SM_ERR_NULL, "args is NULL");
     if (args->out) REJECT(SM_ERR_ARGUMENT, "out is not NULL (the row sums live in the call's own buffer)");
     if (args->options) REJECT(SM_ERR_ARGUMENT, "options is not 0 (the reduced call is the plain loss)");
@@ -454,8 +476,12 @@ int softmargin_reduced(const softmargin_args *args, int32_t weight_type, int32_t
     do {                                                                                                       \
         const __typeof__(SCALAR) s = (SCALAR);                                                                 \
         T *g = grad;                                                                                           \
-        _Pragma("omp parallel for simd num_threads(nthreads) schedule(static)")                               \
-        for (int64_t i = 0; i < n; i++) g[i] = STORE(LOAD(g[i]) * s);                                          \
+        _Pragma("omp parallel num_threads(nthreads)") {                                                        \
+            const sm_fpmode mode = sm_fp_enter(); /* workers too: scalar_math.h */                             \
+            _Pragma("omp for simd schedule(static)")                                                           \
+            for (int64_t i = 0; i < n; i++) g[i] = STORE(LOAD(g[i]) * s);                                      \
+            sm_fp_leave(mode);                                                                                 \
+        }                                                                                                      \
     } while (0)
 
 int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, int32_t factor_type, double divisor,
@@ -470,6 +496,7 @@ int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, i
     case SM_F16: f = f16_to_f32(*(const _Float16 *)factor); break;
     default: f = bf16_to_f32(*(const uint16_t *)factor); break;
     }
+    const sm_fpmode mode = sm_fp_enter(); /* the divisions below, without OpenMP the loops too */
     const int nthreads = n < ((int64_t)1 << 18) || num_threads < 1 ? 1 : num_threads > MAX_THREADS ? MAX_THREADS : num_threads;
     /* the incoming gradient over the batch size, in the per-sample losses' dtype (float64 for float64, else
        float32), then in the gradient's: the operator's path (input_grads) */
@@ -481,5 +508,6 @@ int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, i
     default: SCALE_LOOP(uint16_t, bf16_to_f32(f32_to_bf16(s32)), bf16_to_f32, f32_to_bf16); break;
     }
     (void)nthreads;
+    sm_fp_leave(mode);
     return SM_OK;
 }

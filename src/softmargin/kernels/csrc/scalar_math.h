@@ -20,6 +20,40 @@ extern double exp(double);
 extern double log1p(double);
 #endif
 
+/* ---- the floating-point mode every kernel call runs in ----
+ * The float16 conversions below and the small e^-|x| terms go through float32 subnormals, which flush-to-zero /
+ * denormals-are-zero modes turn into 0 (and so a float16 gradient of 1e-6 into 0). A thread can hold such a mode
+ * without its owner knowing: XLA runs JAX's host callbacks on threads with FTZ/DAZ set, and OpenMP workers started
+ * from such a thread inherit it and keep it, so a later torch call found half its rows flushed. Every entry point and
+ * every worker therefore enters IEEE mode (no FTZ/DAZ, round to nearest) and gives the caller's mode back on leaving. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+typedef unsigned int sm_fpmode;
+static inline sm_fpmode sm_fp_enter(void) {
+    const unsigned int mode = _mm_getcsr();
+    const unsigned int ieee = mode & ~(0x8000u | 0x6000u | 0x0040u); /* FTZ, rounding control, DAZ */
+    if (ieee != mode) _mm_setcsr(ieee);
+    return mode;
+}
+static inline void sm_fp_leave(sm_fpmode mode) {
+    if (_mm_getcsr() != mode) _mm_setcsr(mode);
+}
+#elif defined(__aarch64__)
+typedef uint64_t sm_fpmode;
+static inline sm_fpmode sm_fp_enter(void) {
+    uint64_t mode;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(mode));
+    const uint64_t ieee = mode & ~((1ull << 24) | (3ull << 22) | (1ull << 19)); /* FZ, RMode, FZ16 */
+    if (ieee != mode) __asm__ volatile("msr fpcr, %0" : : "r"(ieee));
+    return mode;
+}
+static inline void sm_fp_leave(sm_fpmode mode) { __asm__ volatile("msr fpcr, %0" : : "r"(mode)); }
+#else
+typedef int sm_fpmode;
+static inline sm_fpmode sm_fp_enter(void) { return 0; }
+static inline void sm_fp_leave(sm_fpmode mode) { (void)mode; }
+#endif
+
 /* ---- float32 exp and log1p of our own, for the plain loss ----
  * glibc's vector expf/log1pf cost two thirds of the plain kernel's time. These two are inline, branch-free and
  * vectorise with the loop; they keep one extra float of precision where it matters (each returns a hi + lo pair),

@@ -46,16 +46,18 @@ static inline void row_args(rowargs *a, const job *j, int64_t r, void *scratch) 
 }
 
 static void run_rows(const job *j) {
+    const sm_fpmode mode = sm_fp_enter(); /* a worker may hold another thread's FTZ/DAZ: scalar_math.h */
     if (j->packed) {
         j->packed(j);
-        return;
+    } else {
+        double scratch[BLOCK]; /* large enough for BLOCK elements of any type */
+        for (int64_t r = j->row0; r < j->row1; r++) {
+            rowargs a;
+            row_args(&a, j, r, scratch);
+            j->out[r] = j->fn(&a);
+        }
     }
-    double scratch[BLOCK]; /* large enough for BLOCK elements of any type */
-    for (int64_t r = j->row0; r < j->row1; r++) {
-        rowargs a;
-        row_args(&a, j, r, scratch);
-        j->out[r] = j->fn(&a);
-    }
+    sm_fp_leave(mode);
 }
 
 /* The number of threads worth starting for N rows of C elements, at most `requested`. */
