@@ -90,6 +90,8 @@ def test_load_run_matches_dataframe_columns_by_name(yeast_run):
     _, test = D.load_builtin("yeast")
     frame = pd.DataFrame(test.X[:20], columns=test.feature_names)
     np.testing.assert_array_equal(run.predict_proba(frame[frame.columns[::-1]]), run.predict_proba(test.X[:20]))
+    # a DataFrame's values come Fortran-ordered: the same bits as the C-ordered rows, not one ulp apart
+    np.testing.assert_array_equal(run.predict_proba(np.asfortranarray(test.X[:20])), run.predict_proba(test.X[:20]))
     with pytest.raises(ValueError, match=r"X lacks the model's feature column\(s\) \['Att1'\]"):
         run.predict(frame.drop(columns=["Att1"]))
 

@@ -399,7 +399,8 @@ class TrainedModel:
     def predict_proba(self, X: Any, batch_size: int | None = None, device: str = "cpu") -> np.ndarray:
         """The members' mean probability, (N, L). Dense input is computed in float64, so that a row's result does not
         depend on which other rows share its batch (float32 matrix products round differently with the batch size);
-        sparse input stays sparse: its first layer is a sparse product (row by row, so batch-independent too)."""
+        sparse input stays sparse: its first layer is a sparse product (row by row, so batch-independent too). Nor does it
+        depend on the input's memory order: a Fortran-ordered batch is made C-contiguous first."""
         total = np.zeros((X.shape[0], len(self.label_names)), np.float64)
         for rows, probabilities in self.iter_proba(X, batch_size, device):
             total[rows] = probabilities
@@ -421,7 +422,10 @@ class TrainedModel:
         members = [_Inference(net, where) for net in self.nets]
         for start in range(0, X.shape[0], batch_size):
             rows = slice(start, min(start + batch_size, X.shape[0]))
-            yield rows, X[rows], members
+            batch = X[rows]
+            if isinstance(batch, np.ndarray):  # a Fortran-ordered (a DataFrame's) batch rounded the products differently
+                batch = np.ascontiguousarray(batch)
+            yield rows, batch, members
 
     def predict(self, X: Any) -> np.ndarray:
         return self.decide(self.predict_proba(X))
