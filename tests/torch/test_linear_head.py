@@ -368,3 +368,19 @@ def test_result_dtype_is_the_plain_paths(hidden_dtype, target_dtype, class_weigh
     torch.testing.assert_close(ours, plain, rtol=tolerance, atol=tolerance)
     ours.backward()
     assert hidden.grad.dtype == hidden_dtype and weight.grad.dtype == hidden_dtype
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "target", "class_weight", "pos_weight"])
+def test_an_operand_on_another_device_than_hidden_is_refused_by_name(name):
+    """A meta weight gave a loss of 9e26 (its logits read from garbage), a meta target, class_weight or pos_weight
+    failed with "Tensor.item() cannot be called on meta tensors": refused by name."""
+    hidden, weight, bias, target = _problem(torch.float32, n=4, h=3, c=5)
+    operands = dict(weight=weight, bias=bias, target=target, class_weight=torch.ones(5), pos_weight=torch.ones(5))
+    operands[name] = operands[name].to("meta")
+    with pytest.raises(ValueError, match=rf"{name}\.device == meta, expected hidden\.device == cpu: every operand must be on the hidden's device"):
+        st.linear_multilabel_soft_margin_loss(hidden, operands["weight"], operands["bias"], operands["target"],
+                                              class_weight=operands["class_weight"], pos_weight=operands["pos_weight"])  # fmt: skip
+    if name in ("class_weight", "pos_weight"):
+        head = st.LinearMultiLabelSoftMarginLoss(3, 5, **{name: operands[name]})
+        with pytest.raises(ValueError, match=rf"{name}\.device == meta, expected hidden\.device == cpu.*module\.to\(device\)"):
+            head(hidden, target)

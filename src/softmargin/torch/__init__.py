@@ -19,7 +19,7 @@ from .. import _validation as V
 from .._options import PLAIN, LossOptions, resolve
 from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, autocast_state, chunk_shape
-from ._ops import Problem, compute, ensure_dtensor_sharding, ensure_triton_op, plain_loss
+from ._ops import Problem, check_devices, compute, ensure_dtensor_sharding, ensure_triton_op, plain_loss
 
 __all__ = [
     "LinearMultiLabelSoftMarginLoss",
@@ -76,6 +76,14 @@ def _check_strided(name: str, value: Tensor) -> None:
         )
 
 
+def _to_device(value: Tensor | None, device: torch.device) -> Tensor | None:
+    """``value`` on ``device`` if it is a 0-d CPU tensor (which torch's elementwise operations take with a tensor on
+    any device, as a weight of its loss functions), else ``value`` itself (:func:`check_devices` judges it)."""
+    if value is not None and value.device != device and value.dim() == 0 and value.device.type == "cpu":
+        return value.to(device)
+    return value
+
+
 def _problem(
     input: Tensor,
     target: Any,
@@ -95,6 +103,7 @@ def _problem(
     for name, value in (("input", input), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask)):
         if value is not None:
             _check_strided(name, value)
+    weight, pos_weight, mask = (_to_device(value, input.device) for value in (weight, pos_weight, mask))
     V.check_input_kind("input", _kind(input.dtype), input.dtype)
     V.check_input_ndim(input.shape)
     if type(input).__name__ == "DTensor":
@@ -111,6 +120,8 @@ def _problem(
         V.check_target_kind(_kind(target.dtype), target.dtype)
         V.check_same_shape("target", target.shape, input.shape)
         dense = target
+    operands = (("target", dense), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask))
+    check_devices("input", input.device, operands)
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
             V.check_target_kind(_kind(value.dtype), value.dtype, name)
@@ -160,7 +171,9 @@ def multilabel_soft_margin_loss(
         \ell_n = \frac{1}{C}\sum_{c=1}^{C} w_{nc}\,\bigl(\operatorname{softplus}(x_{nc}) - y_{nc}\,x_{nc}\bigr)
 
     Args:
-        input: logits of shape ``(C,)`` or ``(N, ..., C)``; float16, bfloat16, float32 or float64, any device.
+        input: logits of shape ``(C,)`` or ``(N, ..., C)``; float16, bfloat16, float32 or float64, any device. Every
+            other tensor must be on the input's device (``ValueError`` otherwise), except that a 0-d CPU ``weight``,
+            ``pos_weight`` or ``mask`` goes with any device, as in torch's loss functions.
         target: same shape as ``input`` (never broadcast), values in [0, 1] (soft targets allowed); or sparse, as
             the positives only: a sparse CSR/COO tensor, a scipy.sparse matrix, ``(indptr, indices[, values])``
             (integer arrays or tensors) or a list of label-index lists, one per sample (rows = ``input.shape[:-1]``
@@ -420,6 +433,10 @@ def linear_multilabel_soft_margin_loss(
         _check_strided("target", target)
         V.check_target_kind(_kind(target.dtype), target.dtype)
         V.check_same_shape("target", target.shape, (num_rows, num_labels))
+    check_devices("hidden", hidden.device, (
+        ("weight", weight), ("bias", bias), ("target", target if isinstance(target, Tensor) else None),
+        ("class_weight", class_weight), ("pos_weight", pos_weight),
+    ))  # fmt: skip
     operands = (hidden, weight, bias, target, class_weight, pos_weight)
     if any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in operands):
         raise RuntimeError(
