@@ -278,8 +278,28 @@ def _sparse_of(x: Tensor, indptr: Tensor | None, indices: Tensor | None, values:
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
     x, y, weight, pos_weight, mask, indptr, indices, values, eps, gamma_pos, gamma_neg, clip, _, _ = inputs
-    ctx.save_for_backward(x, y, weight, pos_weight, mask, indptr, indices, values, output[1])
     ctx.options = LossOptions(eps, gamma_pos, gamma_neg, clip)
+    plain = pos_weight is None and mask is None and ctx.options == PLAIN
+    _refuse_undifferentiated(ctx.needs_input_grad, plain, indptr is not None)
+    ctx.save_for_backward(x, y, weight, pos_weight, mask, indptr, indices, values, output[1])
+
+
+def _refuse_undifferentiated(needs: tuple[bool, ...], plain: bool, sparse: bool) -> None:
+    """A direct call of the operator with an operand that requires grad and that backward does not differentiate:
+    refused by name, as the public API refuses it. Its backward differentiates target and weight with the plain
+    loss's formulas, so with options (label smoothing, say) their gradients were wrong, and pos_weight's (or the
+    sparse values') were None."""
+    for index, name in ((1, "target"), (2, "weight"), (3, "pos_weight"), (7, "values")):
+        if not needs[index]:
+            continue
+        if name in ("pos_weight", "values"):
+            what = "never differentiates pos_weight" if name == "pos_weight" else "never differentiates a sparse target"
+        elif not plain or sparse:
+            what = (f"differentiates {name} only for the plain loss of a dense target (no pos_weight, mask, "
+                    "label_smoothing, asymmetric focusing or sparse target)")  # fmt: skip
+        else:
+            continue
+        raise ValueError(f"{name} requires grad, but torch.ops.softmargin.loss_rows {what}; pass {name}.detach()")
 
 
 def _backward(ctx: Any, grad_per_sample: Tensor, _grad: Any, _counted: Any) -> tuple[Tensor | None, ...]:
