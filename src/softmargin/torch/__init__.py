@@ -84,6 +84,25 @@ def _to_device(value: Tensor | None, device: torch.device) -> Tensor | None:
     return value
 
 
+#: why a target, weight or pos_weight that requires grad is refused by the loss (and what is differentiated)
+_ONLY_INPUT = (
+    "with pos_weight, mask, label_smoothing or asymmetric focusing only input is differentiable (the plain loss, "
+    "without them, differentiates target and weight too)"
+)
+
+
+def _refuse_gradients(operands: tuple[tuple[str, Any], ...], reason: str, module: str | None = None) -> None:
+    """A tensor among ``operands`` that requires grad, which the loss would not differentiate, refused by name
+    (its gradient would silently be None); ``module``: the loss module whose buffer it is, to say how to detach it
+    there. Nothing to refuse under no_grad."""
+    if not torch.is_grad_enabled():
+        return
+    for name, value in operands:
+        if isinstance(value, Tensor) and value.requires_grad:
+            fix = f"construct the {module} with {name}={name}.detach()" if module else f"pass {name}.detach()"
+            raise ValueError(f"{name} requires grad, but {reason}; {fix}")
+
+
 def _problem(
     input: Tensor,
     target: Any,
@@ -130,12 +149,7 @@ def _problem(
         V.check_mask_kind(_kind(mask.dtype), mask.dtype)
         V.check_broadcastable("mask", mask.shape, input.shape)
     if not (pos_weight is None and mask is None and options == PLAIN):
-        for name, value in (("target", dense), ("weight", weight), ("pos_weight", pos_weight)):
-            if value is not None and value.requires_grad and torch.is_grad_enabled():  # (no_grad: nothing to refuse)
-                raise ValueError(
-                    f"{name} requires grad, but with pos_weight, mask, label_smoothing or asymmetric focusing only "
-                    f"input is differentiable; pass {name}.detach()"
-                )
+        _refuse_gradients((("target", dense), ("weight", weight), ("pos_weight", pos_weight)), _ONLY_INPUT)
     return Problem(input, dense, sparse, weight, pos_weight, mask, options, reduction, validate, _promoted(input.dtype, dense, weight))
 
 
@@ -230,7 +244,7 @@ def multilabel_soft_margin_loss(
         fast = plain_loss(input, target, weight, reduction, validate)
         if fast is not None:
             return fast
-    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="torch")
     return compute(_problem(input, target, weight, reduction, validate, pos_weight, mask, resolved))
 
 
@@ -267,7 +281,7 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         V.check_reduction(self.reduction)
-        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="torch")
         self.pos_weight: Tensor | None
         self.register_buffer("pos_weight", pos_weight)  # also when None: a tensor assigned later is a buffer too
         self.validate = validate
@@ -286,10 +300,23 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
     clip = property(lambda self: self.options.clip)
 
     def forward(self, input: Tensor, target: Any, mask: Tensor | None = None) -> Tensor:
+        weight, pos_weight = self.weight, self.pos_weight
+        if (pos_weight is not None or (weight is not None and weight.requires_grad)) and not (
+            pos_weight is None and mask is None and self.options == PLAIN
+        ):  # the buffers refused here, with advice in the module's terms (the call below would say "pass ...")
+            _refuse_gradients((("weight", weight), ("pos_weight", pos_weight)), _ONLY_INPUT, "MultiLabelSoftMarginLoss")
         return multilabel_soft_margin_loss(
             input, target, weight=self.weight, reduction=self.reduction, pos_weight=self.pos_weight, mask=mask,
             options=self.options, validate=self.validate,
         )  # fmt: skip
+
+
+#: why the fused linear head refuses a target, class_weight or pos_weight that requires grad
+_HEAD_ONLY = (
+    "the fused linear head differentiates hidden, weight and bias only (for target and class_weight gradients, "
+    "compute the logits, hidden @ weight.T + bias, and call multilabel_soft_margin_loss without pos_weight and "
+    "options)"
+)
 
 
 def _check_values(target: Any, *weights: tuple[str, Tensor | None, bool]) -> None:
@@ -388,7 +415,7 @@ def linear_multilabel_soft_margin_loss(
             chunk_size=chunk_size, memory_budget=memory_budget, process_group=process_group,
             total_labels=total_labels, options=options, validate=validate,
         )  # fmt: skip
-    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="torch")
     V.check_reduction(reduction)
     for name, value in (("hidden", hidden), ("weight", weight)):
         if not isinstance(value, Tensor):
@@ -445,12 +472,7 @@ def linear_multilabel_soft_margin_loss(
             "the gradients as it walks the label chunks; for a transform, compute the logits (hidden @ weight.T + "
             "bias) and call multilabel_soft_margin_loss for them"
         )
-    for name, given in (("target", target), ("class_weight", class_weight), ("pos_weight", pos_weight)):
-        if isinstance(given, Tensor) and given.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                f"{name} requires grad, but the fused linear head differentiates hidden, weight and bias only; pass "
-                f"{name}.detach(), or compute the logits and call multilabel_soft_margin_loss for its gradient"
-            )
+    _refuse_gradients((("target", target), ("class_weight", class_weight), ("pos_weight", pos_weight)), _HEAD_ONLY)
     if validate:
         _check_values(target, ("class_weight", class_weight, False), ("pos_weight", pos_weight, True))
     budget = memory_budget if memory_budget is not None else auto_budget(num_rows, num_labels)
@@ -510,7 +532,7 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         self.register_buffer("class_weight", class_weight)
         self.register_buffer("pos_weight", pos_weight)
         self.reduction = reduction
-        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="torch")
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.process_group = process_group
@@ -518,6 +540,9 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         self.total_labels = _total_labels(num_labels, process_group)
 
     def forward(self, hidden: Tensor, target: Any) -> Tensor:
+        if self.class_weight is not None or self.pos_weight is not None:  # the buffers, with advice in its terms
+            _refuse_gradients((("class_weight", self.class_weight), ("pos_weight", self.pos_weight)), _HEAD_ONLY,
+                              "LinearMultiLabelSoftMarginLoss")  # fmt: skip
         return linear_multilabel_soft_margin_loss(
             hidden, self.weight, self.bias, target, class_weight=self.class_weight, pos_weight=self.pos_weight,
             reduction=self.reduction, chunk_size=self.chunk_size, memory_budget=self.memory_budget,
