@@ -384,3 +384,19 @@ def test_an_operand_on_another_device_than_hidden_is_refused_by_name(name):
         head = st.LinearMultiLabelSoftMarginLoss(3, 5, **{name: operands[name]})
         with pytest.raises(ValueError, match=rf"{name}\.device == meta, expected hidden\.device == cpu.*module\.to\(device\)"):
             head(hidden, target)
+
+
+def test_options_assigned_to_the_head_are_checked_and_used():
+    """``head.label_smoothing = 0.1`` set a plain attribute that forward never read (the loss stayed the plain one):
+    now it is checked as the constructor checks it and used."""
+    hidden, _, _, target = _problem(torch.float64, n=6, h=3, c=5)
+    head = st.LinearMultiLabelSoftMarginLoss(3, 5, dtype=torch.float64)
+    head.label_smoothing = 0.1
+    logits = torch.nn.functional.linear(hidden, head.weight, head.bias).detach()
+    smoothed = target * 0.9 + 0.05  # torch's own BCE on the smoothed targets
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, smoothed, reduction="none").mean(-1).mean()
+    torch.testing.assert_close(head(hidden, target).detach(), expected, rtol=1e-12, atol=0)
+    assert head.options == st.LossOptions(label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"clip=1\.5 is outside \[0, 1\)"):
+        head.clip = 1.5
+    assert head.options == st.LossOptions(label_smoothing=0.1)

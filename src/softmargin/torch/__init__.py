@@ -248,7 +248,50 @@ def multilabel_soft_margin_loss(
     return compute(_problem(input, target, weight, reduction, validate, pos_weight, mask, resolved))
 
 
-class MultiLabelSoftMarginLoss(_WeightedLoss):
+_OPTION_FIELDS = ("label_smoothing", "gamma_pos", "gamma_neg", "clip")
+
+
+def _option_attribute(name: str) -> Any:
+    def get(self: _LossOptionAttributes) -> float:
+        value: float = getattr(self._options, name)
+        return value
+
+    def set(self: _LossOptionAttributes, value: float) -> None:
+        fields = {field: getattr(self._options, field) for field in _OPTION_FIELDS}
+        self._options = resolve(None, **{**fields, name: value}, api="torch")
+
+    return property(get, set, doc=f"``options.{name}``; an assignment is checked as the constructor checks it")
+
+
+class _LossOptionAttributes:
+    """``options`` and its four fields as attributes of a loss module, as torch-style code reads and sets them:
+    ``loss_fn.label_smoothing = 0.1`` is checked as the constructor checks the argument (a bad value raises naming
+    the option) and takes effect at the next call. (Before, the loss module refused the assignment with an
+    AttributeError, the linear head kept the value beside the options it used, and ``options`` took anything.)"""
+
+    _options: LossOptions
+
+    @property
+    def options(self) -> LossOptions:
+        """The loss options (:class:`softmargin.LossOptions`); None assigns the defaults."""
+        return self._options
+
+    @options.setter
+    def options(self, value: LossOptions | None) -> None:
+        self._options = resolve(value, 0.0, 0.0, 0.0, 0.0, api="torch")
+
+    label_smoothing = _option_attribute("label_smoothing")
+    gamma_pos = _option_attribute("gamma_pos")
+    gamma_neg = _option_attribute("gamma_neg")
+    clip = _option_attribute("clip")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "options" in state:  # pickled when options was an ordinary attribute
+            state["_options"] = state.pop("options")
+        super().__setstate__(state)  # type: ignore[misc]
+
+
+class MultiLabelSoftMarginLoss(_LossOptionAttributes, _WeightedLoss):
     r"""Drop-in for ``torch.nn.MultiLabelSoftMarginLoss``; see :func:`multilabel_soft_margin_loss`.
 
     ``weight`` (shape ``(C,)`` or broadcastable to the input) and ``pos_weight`` are registered buffers: they move
@@ -292,12 +335,6 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
         shown += [f"{name}={getattr(self.options, name)}" for name in ("label_smoothing", "gamma_pos", "gamma_neg", "clip")
                   if getattr(self.options, name)]  # fmt: skip
         return ", ".join(shown + ([] if self.validate else ["validate=False"]))
-
-    # The four option attributes of torch-style code read through to ``options``.
-    label_smoothing = property(lambda self: self.options.label_smoothing)
-    gamma_pos = property(lambda self: self.options.gamma_pos)
-    gamma_neg = property(lambda self: self.options.gamma_neg)
-    clip = property(lambda self: self.options.clip)
 
     def forward(self, input: Tensor, target: Any, mask: Tensor | None = None) -> Tensor:
         weight, pos_weight = self.weight, self.pos_weight
@@ -487,7 +524,7 @@ def linear_multilabel_soft_margin_loss(
     return loss
 
 
-class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
+class LinearMultiLabelSoftMarginLoss(_LossOptionAttributes, torch.nn.Module):
     r"""A linear output layer fused with the multi-label soft-margin loss, for very many labels.
 
     ``forward(hidden, target)`` is ``MultiLabelSoftMarginLoss()(hidden @ weight.T + bias, target)`` computed in
