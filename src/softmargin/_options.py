@@ -52,11 +52,28 @@ class LossOptions:
 
 PLAIN = LossOptions()
 
+#: what each API tells a caller who gave an array for an option (the JAX advice, jax.jit's static_argnums, reached
+#: torch users too)
+_ARRAY_OPTION_ADVICE = {
+    "numpy": "expected a Python float (an option decides which formula is computed): pass a number, e.g. float(a) "
+    "for a one-element array a",
+    "torch": "expected a Python float (an option decides which formula is computed and is not differentiated): pass "
+    "a number, e.g. t.item() for a 0-d tensor t",
+    "jax": "expected a static Python float (an option decides which formula is computed: under jax.jit mark it static "
+    "with static_argnums or static_argnames, and do not vmap over it)",
+}
+
 
 def resolve(
-    options: LossOptions | None, label_smoothing: float, gamma_pos: float, gamma_neg: float, clip: float
+    options: LossOptions | None,
+    label_smoothing: float,
+    gamma_pos: float,
+    gamma_neg: float,
+    clip: float,
+    api: str = "numpy",
 ) -> LossOptions:
-    """One :class:`LossOptions` from an ``options=`` argument or the four keyword arguments (not both)."""
+    """One :class:`LossOptions` from an ``options=`` argument or the four keyword arguments (not both); ``api``
+    (``"numpy"``, ``"torch"`` or ``"jax"``) is the caller's, for the advice in the error messages."""
     keywords = (label_smoothing, gamma_pos, gamma_neg, clip)
     for name, value in zip(("label_smoothing", "gamma_pos", "gamma_neg", "clip"), keywords):
         # an array, or a JAX tracer (an option passed through jax.jit or jax.vmap): refused here, before a comparison
@@ -69,9 +86,7 @@ def resolve(
             raise TypeError(f"{name}={value!r} is a ndarray: expected a float")
         if hasattr(value, "shape"):
             raise TypeError(
-                f"{name} is a {type(value).__name__} of shape {tuple(value.shape)}: expected a static Python float "
-                "(an option decides which formula is computed: under jax.jit mark it static with static_argnums or "
-                "static_argnames, and do not vmap over it)"
+                f"{name} is a {type(value).__name__} of shape {tuple(value.shape)}: {_ARRAY_OPTION_ADVICE[api]}"
             )
     if options is None:
         return PLAIN if keywords == (0.0, 0.0, 0.0, 0.0) else LossOptions(*keywords)

@@ -138,3 +138,62 @@ def test_cpu_autocast_dtype_as_torch(dtype):
         theirs = F.multilabel_soft_margin_loss(x, y)
     assert ours.dtype == theirs.dtype
     torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-2, atol=1e-3)
+
+
+_OPERANDS = {
+    "target": lambda device: torch.ones(3, 4, device=device),
+    "weight": lambda device: torch.ones(4, device=device),
+    "pos_weight": lambda device: torch.ones(4, device=device),
+    "mask": lambda device: torch.ones(3, 4, dtype=torch.bool, device=device),
+}
+
+
+def _other_devices():
+    return ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("other", _other_devices())
+@pytest.mark.parametrize("name", list(_OPERANDS))
+def test_an_operand_on_another_device_is_refused_by_name(name, other):
+    """The CPU kernel read an operand on another device through its data pointer: a meta weight gave a loss of
+    -3.5e37 (garbage memory), a meta target 0. Refused by name, through the functional, the module and the operator,
+    as torch refuses a (C,) weight on another device."""
+    x = torch.randn(3, 4)
+    operands = {name: make("cpu") for name, make in _OPERANDS.items()}
+    operands[name] = _OPERANDS[name](other)
+    message = rf"{name}\.device == {other}(:0)?, expected input\.device == cpu: every operand must be on the input's device"
+    with pytest.raises(ValueError, match=message):
+        st.multilabel_soft_margin_loss(x, operands["target"], operands["weight"], pos_weight=operands["pos_weight"], mask=operands["mask"])
+    if name == "weight":  # the plain loss's fast path too
+        with pytest.raises(ValueError, match=message):
+            st.multilabel_soft_margin_loss(x, operands["target"], operands["weight"])
+    if name in ("weight", "pos_weight"):  # a module's buffer left behind
+        module = st.MultiLabelSoftMarginLoss(weight=operands["weight"], pos_weight=operands["pos_weight"])
+        with pytest.raises(ValueError, match=message + r".*module\.to\(device\)"):
+            module(x, operands["target"])
+    with pytest.raises(ValueError, match=message):
+        torch.ops.softmargin.loss_rows(
+            x, operands["target"], operands["weight"], operands["pos_weight"], operands["mask"], None, None, None,
+            0.0, 0.0, 0.0, 0.0, True, True,
+        )  # fmt: skip
+    _eager_still_right()
+
+
+@pytest.mark.parametrize("name", ["weight", "pos_weight"])
+def test_a_0d_cpu_weight_goes_with_any_device_as_in_torch(name):
+    """torch's loss functions take a 0-d CPU weight with a tensor on another device (and refuse a (C,) one): so do
+    these, on meta tensors, where torch's own loss gives the shape to compare with."""
+    x, y = torch.empty(3, 4, device="meta", requires_grad=True), torch.empty(3, 4, device="meta")
+    theirs = {"weight": F.multilabel_soft_margin_loss, "pos_weight": F.binary_cross_entropy_with_logits}[name]
+    for reduction in ("none", "mean"):
+        expected = theirs(x, y, **{name: torch.tensor(2.0)}, reduction=reduction)
+        ours = st.multilabel_soft_margin_loss(x, y, **{name: torch.tensor(2.0)}, reduction=reduction, validate=False)
+        if name == "pos_weight":  # BCE's "none" is per element, ours per sample
+            expected = expected.mean(-1) if reduction == "none" else expected
+        assert ours.device == expected.device and ours.shape == expected.shape
+        ours.sum().backward()
+        assert x.grad.device.type == "meta"
+    with pytest.raises(RuntimeError):
+        theirs(x, y, **{name: torch.ones(4)})
+    with pytest.raises(ValueError, match=rf"{name}\.device == cpu, expected input\.device == meta"):
+        st.multilabel_soft_margin_loss(x, y, **{name: torch.ones(4)}, validate=False)

@@ -585,3 +585,21 @@ def test_api_weight_check_is_a_device_assertion():
         "st.multilabel_soft_margin_loss(x, y, w); torch.cuda.synchronize()\n"
     )
     _fails_a_device_assertion(script, "a weight is negative")
+
+
+@pytest.mark.parametrize("name", ["weight", "pos_weight"])
+def test_a_0d_cpu_weight_goes_with_cuda_logits_and_a_cpu_vector_is_refused(name):
+    """As in torch: a 0-d CPU weight or pos_weight with CUDA logits is taken (values and gradients torch's), a (C,)
+    CPU one refused by name (the kernels would have read a host pointer on the device)."""
+    x, y = _data((16, 9), torch.float64, seed=4)
+    theirs = {"weight": torch.nn.functional.multilabel_soft_margin_loss,
+              "pos_weight": lambda a, b, **k: torch.nn.functional.binary_cross_entropy_with_logits(a, b, **k, reduction="none").mean(-1).mean()}[name]  # fmt: skip
+    xc, xr = x.cuda().requires_grad_(), x.clone().requires_grad_()
+    ours = st.multilabel_soft_margin_loss(xc, y.cuda(), **{name: torch.tensor(1.7, dtype=torch.float64)})
+    expected = theirs(xr, y, **{name: torch.tensor(1.7, dtype=torch.float64)})
+    ours.backward()
+    expected.backward()
+    torch.testing.assert_close(ours.cpu(), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(xc.grad.cpu(), xr.grad, rtol=1e-12, atol=1e-16)
+    with pytest.raises(ValueError, match=rf"{name}\.device == cpu, expected input\.device == cuda:0"):
+        st.multilabel_soft_margin_loss(xc, y.cuda(), **{name: torch.ones(9, dtype=torch.float64)})

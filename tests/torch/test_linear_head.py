@@ -368,3 +368,35 @@ def test_result_dtype_is_the_plain_paths(hidden_dtype, target_dtype, class_weigh
     torch.testing.assert_close(ours, plain, rtol=tolerance, atol=tolerance)
     ours.backward()
     assert hidden.grad.dtype == hidden_dtype and weight.grad.dtype == hidden_dtype
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "target", "class_weight", "pos_weight"])
+def test_an_operand_on_another_device_than_hidden_is_refused_by_name(name):
+    """A meta weight gave a loss of 9e26 (its logits read from garbage), a meta target, class_weight or pos_weight
+    failed with "Tensor.item() cannot be called on meta tensors": refused by name."""
+    hidden, weight, bias, target = _problem(torch.float32, n=4, h=3, c=5)
+    operands = dict(weight=weight, bias=bias, target=target, class_weight=torch.ones(5), pos_weight=torch.ones(5))
+    operands[name] = operands[name].to("meta")
+    with pytest.raises(ValueError, match=rf"{name}\.device == meta, expected hidden\.device == cpu: every operand must be on the hidden's device"):
+        st.linear_multilabel_soft_margin_loss(hidden, operands["weight"], operands["bias"], operands["target"],
+                                              class_weight=operands["class_weight"], pos_weight=operands["pos_weight"])  # fmt: skip
+    if name in ("class_weight", "pos_weight"):
+        head = st.LinearMultiLabelSoftMarginLoss(3, 5, **{name: operands[name]})
+        with pytest.raises(ValueError, match=rf"{name}\.device == meta, expected hidden\.device == cpu.*module\.to\(device\)"):
+            head(hidden, target)
+
+
+def test_options_assigned_to_the_head_are_checked_and_used():
+    """``head.label_smoothing = 0.1`` set a plain attribute that forward never read (the loss stayed the plain one):
+    now it is checked as the constructor checks it and used."""
+    hidden, _, _, target = _problem(torch.float64, n=6, h=3, c=5)
+    head = st.LinearMultiLabelSoftMarginLoss(3, 5, dtype=torch.float64)
+    head.label_smoothing = 0.1
+    logits = torch.nn.functional.linear(hidden, head.weight, head.bias).detach()
+    smoothed = target * 0.9 + 0.05  # torch's own BCE on the smoothed targets
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, smoothed, reduction="none").mean(-1).mean()
+    torch.testing.assert_close(head(hidden, target).detach(), expected, rtol=1e-12, atol=0)
+    assert head.options == st.LossOptions(label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"clip=1\.5 is outside \[0, 1\)"):
+        head.clip = 1.5
+    assert head.options == st.LossOptions(label_smoothing=0.1)

@@ -130,3 +130,56 @@ def test_triton_operator_vmap_rule(monkeypatch):
     batched = torch.func.vmap(per_sample)(x, y)
     looped = torch.stack([per_sample(x[i], y[i]) for i in range(3)])
     assert torch.equal(batched, looped)
+
+
+def _op_call(x, y, w, pw=None, mask=None, options=(0.0, 0.0, 0.0, 0.0), csr=(None, None, None)):
+    return torch.ops.softmargin.loss_rows(x, y, w, pw, mask, *csr, *options, True, True)
+
+
+@pytest.mark.parametrize("options", [
+    dict(options=(0.1, 0.0, 0.0, 0.0)), dict(options=(0.0, 1.0, 2.0, 0.05)), dict(pw="yes"), dict(mask="yes"),
+])  # fmt: skip
+@pytest.mark.parametrize("name", ["target", "weight"])
+def test_operator_refuses_a_target_or_weight_it_would_differentiate_wrongly(name, options):
+    """Called directly, the operator differentiated target and weight with the plain loss's formulas whatever the
+    options: with label smoothing 0.1 the target's gradient was off by 0.043, the weight's by 0.022 (float64, against
+    autograd through the smoothed BCE). Refused by name, as the public API refuses it."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    operands = {"target": torch.rand(4, 3, generator=gen, dtype=torch.float64), "weight": torch.rand(3, generator=gen, dtype=torch.float64) + 0.5}
+    operands[name].requires_grad_()
+    pw = torch.full((3,), 2.0, dtype=torch.float64) if "pw" in options else None
+    mask = torch.ones(4, 3, dtype=torch.bool) if "mask" in options else None
+    call = lambda: _op_call(x, operands["target"], operands["weight"], pw, mask, options.get("options", (0.0,) * 4))
+    with pytest.raises(ValueError, match=rf"{name} requires grad, but torch.ops.softmargin.loss_rows differentiates {name} only for the plain loss"):
+        call()
+    with torch.no_grad():  # nothing differentiated: nothing to refuse
+        call()
+    with pytest.raises(ValueError, match=rf"{name} requires grad, but with pos_weight, mask"):  # the public API's rule
+        st.multilabel_soft_margin_loss(x, operands["target"], operands["weight"], pos_weight=pw, mask=mask,
+                                       options=st.LossOptions(*options.get("options", (0.0,) * 4)))  # fmt: skip
+
+
+def test_operator_refuses_a_pos_weight_or_sparse_values_requiring_grad():
+    """Their gradients came back None, silently."""
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.ones(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"pos_weight requires grad, but torch.ops.softmargin.loss_rows never differentiates pos_weight"):
+        _op_call(x, y, None, torch.ones(3, dtype=torch.float64, requires_grad=True))
+    csr = (torch.tensor([0, 1, 2]), torch.tensor([0, 2]), torch.ones(2, dtype=torch.float64, requires_grad=True))
+    with pytest.raises(ValueError, match=r"values requires grad, but torch.ops.softmargin.loss_rows never differentiates a sparse target"):
+        _op_call(x, None, None, csr=csr)
+
+
+def test_operator_still_differentiates_the_plain_losss_target_and_weight():
+    """Without options the operator's gradients w.r.t. target and weight are torch's (per sample, reduction none)."""
+    gen = torch.Generator().manual_seed(4)
+    tensors = [torch.randn(5, 3, generator=gen, dtype=torch.float64), torch.rand(5, 3, generator=gen, dtype=torch.float64),
+               torch.rand(3, generator=gen, dtype=torch.float64) + 0.5]  # fmt: skip
+    ours = [t.clone().requires_grad_() for t in tensors]
+    theirs = [t.clone().requires_grad_() for t in tensors]
+    for got, expected in zip(
+        torch.autograd.grad(_op_call(*ours)[0].sum(), ours),
+        torch.autograd.grad(torch.nn.functional.multilabel_soft_margin_loss(*theirs, reduction="none").sum(), theirs),
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)

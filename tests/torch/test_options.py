@@ -201,3 +201,46 @@ def test_module_keeps_pos_weight_as_buffer_and_takes_a_mask():
     mask = torch.tensor([[True, False], [True, True], [False, False]])
     expected = naive_loss(x.numpy(), y.numpy(), pos_weight=np.array([1.0, 2.0]), mask=mask.numpy(), gamma_neg=1.0)
     assert_close(module(x, y, mask).item(), expected, 1e-6)
+
+
+def test_a_tensor_option_gets_torch_advice_not_jaxs():
+    """A tensor given for an option was told to "mark it static with static_argnums" under jax.jit."""
+    x, y = torch.zeros(2, 3), torch.zeros(2, 3)
+    expected = r"label_smoothing is a Tensor of shape \(\): expected a Python float \(an option decides which formula is computed and is not differentiated\): pass a number, e\.g\. t\.item\(\)"
+    for call in (
+        lambda: st.multilabel_soft_margin_loss(x, y, label_smoothing=torch.tensor(0.1)),
+        lambda: st.MultiLabelSoftMarginLoss(label_smoothing=torch.tensor(0.1)),
+        lambda: st.linear_multilabel_soft_margin_loss(x, torch.zeros(3, 3), None, torch.zeros(2, 3), label_smoothing=torch.tensor(0.1)),
+    ):
+        with pytest.raises(TypeError, match=expected) as caught:
+            call()
+        assert "jax" not in str(caught.value) and "static_arg" not in str(caught.value)
+    with pytest.raises(TypeError, match=r"gamma_pos is a Tensor of shape \(3,\): expected a Python float .*: pass a number, e\.g\. float\(a\)"):
+        snp.multilabel_soft_margin_loss(np.zeros((2, 3)), np.zeros((2, 3)), gamma_pos=torch.ones(3))
+
+
+def test_a_learned_weight_with_pos_weight_is_refused_in_the_modules_terms():
+    """A module user was told to "pass weight.detach()", but passes no weight to forward: the module says how to
+    construct it instead; the functional keeps its advice."""
+    x, y = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 3)
+    learned = torch.nn.Parameter(torch.ones(3))
+    module = st.MultiLabelSoftMarginLoss(weight=learned, pos_weight=torch.full((3,), 2.0))
+    with pytest.raises(ValueError, match=r"weight requires grad, but with pos_weight, mask.*only input is differentiable.*"
+                                         r"; construct the MultiLabelSoftMarginLoss with weight=weight\.detach\(\)$"):
+        module(x, y)
+    smoothing = st.MultiLabelSoftMarginLoss(weight=learned, label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"construct the MultiLabelSoftMarginLoss with weight=weight\.detach\(\)$"):
+        smoothing(x, y)
+    with pytest.raises(ValueError, match=r"pass weight\.detach\(\)$"):
+        st.multilabel_soft_margin_loss(x, y, learned, pos_weight=torch.full((3,), 2.0))
+    # the plain module differentiates its weight: nothing refused, the gradient is torch's
+    plain = st.MultiLabelSoftMarginLoss(weight=learned)
+    plain(x, y).backward()
+    expected = torch.nn.Parameter(torch.ones(3))
+    torch.nn.functional.multilabel_soft_margin_loss(x, y, expected).backward()
+    torch.testing.assert_close(learned.grad, expected.grad)
+    head = st.LinearMultiLabelSoftMarginLoss(3, 3, class_weight=learned)
+    with pytest.raises(ValueError, match=r"class_weight requires grad, but the fused linear head differentiates hidden, "
+                                         r"weight and bias only.*; construct the LinearMultiLabelSoftMarginLoss with "
+                                         r"class_weight=class_weight\.detach\(\)$"):
+        head(torch.zeros(2, 3), y)

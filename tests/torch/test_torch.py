@@ -360,3 +360,48 @@ def test_repr_shows_the_settings_that_differ_from_the_defaults():
     assert repr(MultiLabelSoftMarginLoss(reduction="sum", gamma_neg=4.0, clip=0.05)) == (
         "MultiLabelSoftMarginLoss(reduction='sum', gamma_neg=4.0, clip=0.05)"
     )
+
+
+def _smoothed_reference(x, y, eps):
+    """torch's own BCE on the smoothed targets, averaged over the classes then the batch, in float64."""
+    return F.binary_cross_entropy_with_logits(x.double(), y.double() * (1 - eps) + eps / 2, reduction="none").mean(-1).mean()
+
+
+def test_options_assigned_after_construction_are_checked_and_used():
+    """``loss_fn.label_smoothing = 0.1`` raised AttributeError (a property without a setter) and ``loss_fn.options =
+    "x"`` was taken until the next call: now each is checked as the constructor checks it and used by forward."""
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(5, 4, generator=gen, dtype=torch.float64), (torch.rand(5, 4, generator=gen) < 0.5).double()
+    loss_fn = MultiLabelSoftMarginLoss()
+    loss_fn.label_smoothing = 0.1
+    assert_close(loss_fn(x, y).item(), _smoothed_reference(x, y, 0.1).item(), 1e-13, "smoothed")
+    assert loss_fn.options.label_smoothing == 0.1 and repr(loss_fn) == "MultiLabelSoftMarginLoss(label_smoothing=0.1)"
+    loss_fn.gamma_neg, loss_fn.clip = 2.0, 0.05
+    constructed = MultiLabelSoftMarginLoss(label_smoothing=0.1, gamma_neg=2.0, clip=0.05)
+    assert loss_fn.options == constructed.options and repr(loss_fn) == repr(constructed)
+    torch.testing.assert_close(loss_fn(x, y), constructed(x, y))
+    for name, value, error, message in [
+        ("label_smoothing", 1.0, ValueError, r"label_smoothing=1\.0 is outside \[0, 1\)"),
+        ("gamma_pos", -1.0, ValueError, r"gamma_pos=-1\.0: expected a finite gamma_pos >= 0"),
+        ("clip", "0.1", TypeError, r"clip='0\.1' is a str: expected a float"),
+        ("gamma_neg", torch.tensor(2.0), TypeError, r"gamma_neg is a Tensor of shape \(\): expected a Python float"),
+        ("options", "focal", TypeError, r"options is a str: expected softmargin.LossOptions or None"),
+    ]:
+        with pytest.raises(error, match=message):
+            setattr(loss_fn, name, value)
+        assert loss_fn.options == constructed.options  # a refused value changes nothing
+    loss_fn.options = None
+    assert loss_fn.options.plain and loss_fn.label_smoothing == 0.0
+    torch.testing.assert_close(loss_fn(x, y), F.multilabel_soft_margin_loss(x, y))
+
+
+def test_a_module_pickled_when_options_was_an_attribute_still_loads():
+    import pickle
+
+    loss_fn = MultiLabelSoftMarginLoss(gamma_neg=2.0)
+    state = loss_fn.__getstate__()
+    state["options"] = state.pop("_options")  # the attribute's old name
+    restored = MultiLabelSoftMarginLoss.__new__(MultiLabelSoftMarginLoss)
+    restored.__setstate__(state)
+    assert restored.options == loss_fn.options and restored.gamma_neg == 2.0
+    assert pickle.loads(pickle.dumps(loss_fn)).options == loss_fn.options

@@ -197,7 +197,7 @@ def multilabel_soft_margin_loss(
         >>> grad = jax.jit(jax.grad(lambda x: multilabel_soft_margin_loss(x, y, validate=False)))(x)
     """
     reduction = V.check_reduction(reduction)  # type: ignore[assignment]
-    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="jax")
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not valid: expected one of {', '.join(repr(i) for i in IMPLS)}")
     x = _as_array("input", input)

@@ -216,7 +216,7 @@ def linear_multilabel_soft_margin_loss(
     from . import _as_array, _check_range, _is_sparse, _kind, _sparse_rows
 
     V.check_reduction(reduction)
-    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="jax")
     hidden, weight = _as_array("hidden", hidden), _as_array("weight", weight)
     for name, value in (("hidden", hidden), ("weight", weight)):
         V.check_input_kind(name, _kind(value.dtype), value.dtype)

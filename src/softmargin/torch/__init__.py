@@ -19,7 +19,7 @@ from .. import _validation as V
 from .._options import PLAIN, LossOptions, resolve
 from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, autocast_state, chunk_shape
-from ._ops import Problem, compute, ensure_dtensor_sharding, ensure_triton_op, plain_loss
+from ._ops import Problem, check_devices, compute, ensure_dtensor_sharding, ensure_triton_op, plain_loss
 
 __all__ = [
     "LinearMultiLabelSoftMarginLoss",
@@ -76,6 +76,33 @@ def _check_strided(name: str, value: Tensor) -> None:
         )
 
 
+def _to_device(value: Tensor | None, device: torch.device) -> Tensor | None:
+    """``value`` on ``device`` if it is a 0-d CPU tensor (which torch's elementwise operations take with a tensor on
+    any device, as a weight of its loss functions), else ``value`` itself (:func:`check_devices` judges it)."""
+    if value is not None and value.device != device and value.dim() == 0 and value.device.type == "cpu":
+        return value.to(device)
+    return value
+
+
+#: why a target, weight or pos_weight that requires grad is refused by the loss (and what is differentiated)
+_ONLY_INPUT = (
+    "with pos_weight, mask, label_smoothing or asymmetric focusing only input is differentiable (the plain loss, "
+    "without them, differentiates target and weight too)"
+)
+
+
+def _refuse_gradients(operands: tuple[tuple[str, Any], ...], reason: str, module: str | None = None) -> None:
+    """A tensor among ``operands`` that requires grad, which the loss would not differentiate, refused by name
+    (its gradient would silently be None); ``module``: the loss module whose buffer it is, to say how to detach it
+    there. Nothing to refuse under no_grad."""
+    if not torch.is_grad_enabled():
+        return
+    for name, value in operands:
+        if isinstance(value, Tensor) and value.requires_grad:
+            fix = f"construct the {module} with {name}={name}.detach()" if module else f"pass {name}.detach()"
+            raise ValueError(f"{name} requires grad, but {reason}; {fix}")
+
+
 def _problem(
     input: Tensor,
     target: Any,
@@ -95,6 +122,7 @@ def _problem(
     for name, value in (("input", input), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask)):
         if value is not None:
             _check_strided(name, value)
+    weight, pos_weight, mask = (_to_device(value, input.device) for value in (weight, pos_weight, mask))
     V.check_input_kind("input", _kind(input.dtype), input.dtype)
     V.check_input_ndim(input.shape)
     if type(input).__name__ == "DTensor":
@@ -111,6 +139,8 @@ def _problem(
         V.check_target_kind(_kind(target.dtype), target.dtype)
         V.check_same_shape("target", target.shape, input.shape)
         dense = target
+    operands = (("target", dense), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask))
+    check_devices("input", input.device, operands)
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
             V.check_target_kind(_kind(value.dtype), value.dtype, name)
@@ -119,12 +149,7 @@ def _problem(
         V.check_mask_kind(_kind(mask.dtype), mask.dtype)
         V.check_broadcastable("mask", mask.shape, input.shape)
     if not (pos_weight is None and mask is None and options == PLAIN):
-        for name, value in (("target", dense), ("weight", weight), ("pos_weight", pos_weight)):
-            if value is not None and value.requires_grad and torch.is_grad_enabled():  # (no_grad: nothing to refuse)
-                raise ValueError(
-                    f"{name} requires grad, but with pos_weight, mask, label_smoothing or asymmetric focusing only "
-                    f"input is differentiable; pass {name}.detach()"
-                )
+        _refuse_gradients((("target", dense), ("weight", weight), ("pos_weight", pos_weight)), _ONLY_INPUT)
     return Problem(input, dense, sparse, weight, pos_weight, mask, options, reduction, validate, _promoted(input.dtype, dense, weight))
 
 
@@ -160,7 +185,9 @@ def multilabel_soft_margin_loss(
         \ell_n = \frac{1}{C}\sum_{c=1}^{C} w_{nc}\,\bigl(\operatorname{softplus}(x_{nc}) - y_{nc}\,x_{nc}\bigr)
 
     Args:
-        input: logits of shape ``(C,)`` or ``(N, ..., C)``; float16, bfloat16, float32 or float64, any device.
+        input: logits of shape ``(C,)`` or ``(N, ..., C)``; float16, bfloat16, float32 or float64, any device. Every
+            other tensor must be on the input's device (``ValueError`` otherwise), except that a 0-d CPU ``weight``,
+            ``pos_weight`` or ``mask`` goes with any device, as in torch's loss functions.
         target: same shape as ``input`` (never broadcast), values in [0, 1] (soft targets allowed); or sparse, as
             the positives only: a sparse CSR/COO tensor, a scipy.sparse matrix, ``(indptr, indices[, values])``
             (integer arrays or tensors) or a list of label-index lists, one per sample (rows = ``input.shape[:-1]``
@@ -217,11 +244,54 @@ def multilabel_soft_margin_loss(
         fast = plain_loss(input, target, weight, reduction, validate)
         if fast is not None:
             return fast
-    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="torch")
     return compute(_problem(input, target, weight, reduction, validate, pos_weight, mask, resolved))
 
 
-class MultiLabelSoftMarginLoss(_WeightedLoss):
+_OPTION_FIELDS = ("label_smoothing", "gamma_pos", "gamma_neg", "clip")
+
+
+def _option_attribute(name: str) -> Any:
+    def get(self: _LossOptionAttributes) -> float:
+        value: float = getattr(self._options, name)
+        return value
+
+    def set(self: _LossOptionAttributes, value: float) -> None:
+        fields = {field: getattr(self._options, field) for field in _OPTION_FIELDS}
+        self._options = resolve(None, **{**fields, name: value}, api="torch")
+
+    return property(get, set, doc=f"``options.{name}``; an assignment is checked as the constructor checks it")
+
+
+class _LossOptionAttributes:
+    """``options`` and its four fields as attributes of a loss module, as torch-style code reads and sets them:
+    ``loss_fn.label_smoothing = 0.1`` is checked as the constructor checks the argument (a bad value raises naming
+    the option) and takes effect at the next call. (Before, the loss module refused the assignment with an
+    AttributeError, the linear head kept the value beside the options it used, and ``options`` took anything.)"""
+
+    _options: LossOptions
+
+    @property
+    def options(self) -> LossOptions:
+        """The loss options (:class:`softmargin.LossOptions`); None assigns the defaults."""
+        return self._options
+
+    @options.setter
+    def options(self, value: LossOptions | None) -> None:
+        self._options = resolve(value, 0.0, 0.0, 0.0, 0.0, api="torch")
+
+    label_smoothing = _option_attribute("label_smoothing")
+    gamma_pos = _option_attribute("gamma_pos")
+    gamma_neg = _option_attribute("gamma_neg")
+    clip = _option_attribute("clip")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "options" in state:  # pickled when options was an ordinary attribute
+            state["_options"] = state.pop("options")
+        super().__setstate__(state)  # type: ignore[misc]
+
+
+class MultiLabelSoftMarginLoss(_LossOptionAttributes, _WeightedLoss):
     r"""Drop-in for ``torch.nn.MultiLabelSoftMarginLoss``; see :func:`multilabel_soft_margin_loss`.
 
     ``weight`` (shape ``(C,)`` or broadcastable to the input) and ``pos_weight`` are registered buffers: they move
@@ -254,7 +324,7 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
     ) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         V.check_reduction(self.reduction)
-        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="torch")
         self.pos_weight: Tensor | None
         self.register_buffer("pos_weight", pos_weight)  # also when None: a tensor assigned later is a buffer too
         self.validate = validate
@@ -266,17 +336,24 @@ class MultiLabelSoftMarginLoss(_WeightedLoss):
                   if getattr(self.options, name)]  # fmt: skip
         return ", ".join(shown + ([] if self.validate else ["validate=False"]))
 
-    # The four option attributes of torch-style code read through to ``options``.
-    label_smoothing = property(lambda self: self.options.label_smoothing)
-    gamma_pos = property(lambda self: self.options.gamma_pos)
-    gamma_neg = property(lambda self: self.options.gamma_neg)
-    clip = property(lambda self: self.options.clip)
-
     def forward(self, input: Tensor, target: Any, mask: Tensor | None = None) -> Tensor:
+        weight, pos_weight = self.weight, self.pos_weight
+        if (pos_weight is not None or (weight is not None and weight.requires_grad)) and not (
+            pos_weight is None and mask is None and self.options == PLAIN
+        ):  # the buffers refused here, with advice in the module's terms (the call below would say "pass ...")
+            _refuse_gradients((("weight", weight), ("pos_weight", pos_weight)), _ONLY_INPUT, "MultiLabelSoftMarginLoss")
         return multilabel_soft_margin_loss(
             input, target, weight=self.weight, reduction=self.reduction, pos_weight=self.pos_weight, mask=mask,
             options=self.options, validate=self.validate,
         )  # fmt: skip
+
+
+#: why the fused linear head refuses a target, class_weight or pos_weight that requires grad
+_HEAD_ONLY = (
+    "the fused linear head differentiates hidden, weight and bias only (for target and class_weight gradients, "
+    "compute the logits, hidden @ weight.T + bias, and call multilabel_soft_margin_loss without pos_weight and "
+    "options)"
+)
 
 
 def _check_values(target: Any, *weights: tuple[str, Tensor | None, bool]) -> None:
@@ -375,7 +452,7 @@ def linear_multilabel_soft_margin_loss(
             chunk_size=chunk_size, memory_budget=memory_budget, process_group=process_group,
             total_labels=total_labels, options=options, validate=validate,
         )  # fmt: skip
-    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+    resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="torch")
     V.check_reduction(reduction)
     for name, value in (("hidden", hidden), ("weight", weight)):
         if not isinstance(value, Tensor):
@@ -420,6 +497,10 @@ def linear_multilabel_soft_margin_loss(
         _check_strided("target", target)
         V.check_target_kind(_kind(target.dtype), target.dtype)
         V.check_same_shape("target", target.shape, (num_rows, num_labels))
+    check_devices("hidden", hidden.device, (
+        ("weight", weight), ("bias", bias), ("target", target if isinstance(target, Tensor) else None),
+        ("class_weight", class_weight), ("pos_weight", pos_weight),
+    ))  # fmt: skip
     operands = (hidden, weight, bias, target, class_weight, pos_weight)
     if any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in operands):
         raise RuntimeError(
@@ -428,12 +509,7 @@ def linear_multilabel_soft_margin_loss(
             "the gradients as it walks the label chunks; for a transform, compute the logits (hidden @ weight.T + "
             "bias) and call multilabel_soft_margin_loss for them"
         )
-    for name, given in (("target", target), ("class_weight", class_weight), ("pos_weight", pos_weight)):
-        if isinstance(given, Tensor) and given.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                f"{name} requires grad, but the fused linear head differentiates hidden, weight and bias only; pass "
-                f"{name}.detach(), or compute the logits and call multilabel_soft_margin_loss for its gradient"
-            )
+    _refuse_gradients((("target", target), ("class_weight", class_weight), ("pos_weight", pos_weight)), _HEAD_ONLY)
     if validate:
         _check_values(target, ("class_weight", class_weight, False), ("pos_weight", pos_weight, True))
     budget = memory_budget if memory_budget is not None else auto_budget(num_rows, num_labels)
@@ -448,7 +524,7 @@ def linear_multilabel_soft_margin_loss(
     return loss
 
 
-class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
+class LinearMultiLabelSoftMarginLoss(_LossOptionAttributes, torch.nn.Module):
     r"""A linear output layer fused with the multi-label soft-margin loss, for very many labels.
 
     ``forward(hidden, target)`` is ``MultiLabelSoftMarginLoss()(hidden @ weight.T + bias, target)`` computed in
@@ -493,7 +569,7 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         self.register_buffer("class_weight", class_weight)
         self.register_buffer("pos_weight", pos_weight)
         self.reduction = reduction
-        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
+        self.options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="torch")
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.process_group = process_group
@@ -501,6 +577,9 @@ class LinearMultiLabelSoftMarginLoss(torch.nn.Module):
         self.total_labels = _total_labels(num_labels, process_group)
 
     def forward(self, hidden: Tensor, target: Any) -> Tensor:
+        if self.class_weight is not None or self.pos_weight is not None:  # the buffers, with advice in its terms
+            _refuse_gradients((("class_weight", self.class_weight), ("pos_weight", self.pos_weight)), _HEAD_ONLY,
+                              "LinearMultiLabelSoftMarginLoss")  # fmt: skip
         return linear_multilabel_soft_margin_loss(
             hidden, self.weight, self.bias, target, class_weight=self.class_weight, pos_weight=self.pos_weight,
             reduction=self.reduction, chunk_size=self.chunk_size, memory_budget=self.memory_budget,

@@ -71,11 +71,43 @@ def _loss_rows_impl(
     and the weights: on the CPU with a ``ValueError`` naming the first bad value, on other devices as a device-side
     assertion.
     """
+    _check_operand_devices(input, target, weight, pos_weight, mask, indptr, indices, values)
     per_sample, grad, counted = _compute_rows(
         input, target, weight, pos_weight, mask, indptr, indices, values,
         LossOptions(label_smoothing, gamma_pos, gamma_neg, clip), need_grad, check,
     )  # fmt: skip
     return per_sample, grad, counted
+
+
+def check_devices(reference: str, device: torch.device, operands: tuple[tuple[str, Tensor | None], ...]) -> None:
+    """Every operand on ``device``, the device of ``reference`` (the input; the linear head's hidden): the CPU kernel
+    reads a tensor through its data pointer, and one on another device (meta, CUDA) was read as host memory (a
+    garbage loss, or a crash). Refused by name; nothing is moved between devices behind the caller's back."""
+    for name, value in operands:
+        if value is not None and value.device != device:
+            raise ValueError(
+                f"{name}.device == {value.device}, expected {reference}.device == {device}: every operand must be on "
+                f"the {reference}'s device; pass {name}.to({reference}.device) (a module's parameters and buffers "
+                "move with module.to(device))"
+            )
+
+
+def _check_operand_devices(
+    input: Tensor,
+    target: Tensor | None,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    mask: Tensor | None,
+    indptr: Tensor | None,
+    indices: Tensor | None,
+    values: Tensor | None,
+) -> None:
+    """The operator's operands on the input's device (the public API moves a 0-d CPU weight, as torch's elementwise
+    operations accept one, before it calls the operator)."""
+    check_devices("input", input.device, (
+        ("target", target), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask), ("indptr", indptr),
+        ("indices", indices), ("values", values),
+    ))  # fmt: skip
 
 
 #: The operator (the implementation above, opaque to tracing); ``loss_rows_triton`` below registers the same
@@ -119,6 +151,7 @@ def _loss_rows_fake(
     need_grad: bool,
     check: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_operand_devices(input, target, weight, pos_weight, mask, indptr, indices, values)
     per_sample = input.new_empty(input.shape[:-1], dtype=B.per_sample_dtype(input, target, weight))
     grad = input.new_empty(input.shape) if need_grad else input.new_empty(0)
     return per_sample, grad, input.new_empty((), dtype=torch.float64)
@@ -245,8 +278,28 @@ def _sparse_of(x: Tensor, indptr: Tensor | None, indices: Tensor | None, values:
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
     x, y, weight, pos_weight, mask, indptr, indices, values, eps, gamma_pos, gamma_neg, clip, _, _ = inputs
-    ctx.save_for_backward(x, y, weight, pos_weight, mask, indptr, indices, values, output[1])
     ctx.options = LossOptions(eps, gamma_pos, gamma_neg, clip)
+    plain = pos_weight is None and mask is None and ctx.options == PLAIN
+    _refuse_undifferentiated(ctx.needs_input_grad, plain, indptr is not None)
+    ctx.save_for_backward(x, y, weight, pos_weight, mask, indptr, indices, values, output[1])
+
+
+def _refuse_undifferentiated(needs: tuple[bool, ...], plain: bool, sparse: bool) -> None:
+    """A direct call of the operator with an operand that requires grad and that backward does not differentiate:
+    refused by name, as the public API refuses it. Its backward differentiates target and weight with the plain
+    loss's formulas, so with options (label smoothing, say) their gradients were wrong, and pos_weight's (or the
+    sparse values') were None."""
+    for index, name in ((1, "target"), (2, "weight"), (3, "pos_weight"), (7, "values")):
+        if not needs[index]:
+            continue
+        if name in ("pos_weight", "values"):
+            what = "never differentiates pos_weight" if name == "pos_weight" else "never differentiates a sparse target"
+        elif not plain or sparse:
+            what = (f"differentiates {name} only for the plain loss of a dense target (no pos_weight, mask, "
+                    "label_smoothing, asymmetric focusing or sparse target)")  # fmt: skip
+        else:
+            continue
+        raise ValueError(f"{name} requires grad, but torch.ops.softmargin.loss_rows {what}; pass {name}.detach()")
 
 
 def _backward(ctx: Any, grad_per_sample: Tensor, _grad: Any, _counted: Any) -> tuple[Tensor | None, ...]:
