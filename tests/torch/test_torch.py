@@ -360,6 +360,16 @@ def test_repr_shows_the_settings_that_differ_from_the_defaults():
     assert repr(MultiLabelSoftMarginLoss(reduction="sum", gamma_neg=4.0, clip=0.05)) == (
         "MultiLabelSoftMarginLoss(reduction='sum', gamma_neg=4.0, clip=0.05)"
     )
+    from softmargin.torch import LinearMultiLabelSoftMarginLoss
+
+    # the head showed nothing at all: "LinearMultiLabelSoftMarginLoss()" whatever its size and options
+    assert repr(LinearMultiLabelSoftMarginLoss(8, 5)) == "LinearMultiLabelSoftMarginLoss(in_features=8, num_labels=5, bias=True)"
+    head = LinearMultiLabelSoftMarginLoss(8, 5, bias=False, reduction="sum", clip=0.05, chunk_size=2)
+    head.label_smoothing = 0.1
+    assert repr(head) == (
+        "LinearMultiLabelSoftMarginLoss(in_features=8, num_labels=5, bias=False, reduction='sum', label_smoothing=0.1, "
+        "clip=0.05, chunk_size=2)"
+    )
 
 
 def _smoothed_reference(x, y, eps):

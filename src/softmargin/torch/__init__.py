@@ -576,6 +576,17 @@ class LinearMultiLabelSoftMarginLoss(_LossOptionAttributes, torch.nn.Module):
         self.label_offset = label_offset
         self.total_labels = _total_labels(num_labels, process_group)
 
+    def extra_repr(self) -> str:
+        """As nn.Linear's, then the settings that differ from the defaults."""
+        shown = [f"in_features={self.weight.shape[1]}", f"num_labels={self.weight.shape[0]}", f"bias={self.bias is not None}"]
+        if self.total_labels != self.weight.shape[0]:
+            shown += [f"total_labels={self.total_labels}", f"label_offset={self.label_offset}"]
+        shown += [f"reduction={self.reduction!r}"] if self.reduction != "mean" else []
+        shown += [f"{name}={getattr(self.options, name)}" for name in ("label_smoothing", "gamma_pos", "gamma_neg", "clip")
+                  if getattr(self.options, name)]  # fmt: skip
+        shown += [f"{name}={getattr(self, name)}" for name in ("chunk_size", "memory_budget") if getattr(self, name) is not None]
+        return ", ".join(shown)
+
     def forward(self, hidden: Tensor, target: Any) -> Tensor:
         if self.class_weight is not None or self.pos_weight is not None:  # the buffers, with advice in its terms
             _refuse_gradients((("class_weight", self.class_weight), ("pos_weight", self.pos_weight)), _HEAD_ONLY,
