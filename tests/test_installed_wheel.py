@@ -215,3 +215,15 @@ def test_a_variant_that_no_longer_builds_leaves_no_earlier_library(sdist, tmp_pa
                             capture_output=True, text=True, cwd=source, timeout=300, env={**os.environ, "CC": "/bin/false"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in kernels.glob("_cpu_*.so")) == []
+
+
+def test_setup_py_names_the_setuptools_it_needs():
+    """With --no-build-isolation the environment's setuptools builds; a fresh venv's (65.5.0 here) failed first on a
+    relative __file__ in setup.py, then on pyproject.toml's SPDX license, saying neither the version nor the fix."""
+    code = "import runpy, setuptools; setuptools.__version__ = '65.5.0'; runpy.run_path('setup.py', run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "softmargin needs setuptools >= 77 to build, found 65.5.0: pip install -U 'setuptools>=77' "
+        "(or build without --no-build-isolation)"
+    )
