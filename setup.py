@@ -11,16 +11,29 @@ install: without a kernel the library runs its torch/NumPy fallback.
 import importlib.util
 from pathlib import Path
 
+import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-_spec = importlib.util.spec_from_file_location(
-    "softmargin_kernel_build", Path(__file__).parent / "src" / "softmargin" / "kernels" / "build.py"
-)
+# pyproject.toml asks for setuptools >= 77 (its SPDX `license` string), which pip installs in an isolated build; with
+# --no-build-isolation the environment's own is used, and an older one failed on the metadata with a schema error
+# (or, before that, in this file) that said neither the version nor the fix.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    raise SystemExit(
+        f"softmargin needs setuptools >= 77 to build, found {setuptools.__version__}: "
+        "pip install -U 'setuptools>=77' (or build without --no-build-isolation)"
+    )
+
+#: The project root, resolved: older setuptools (65 here) ran this file with ``__file__ == "setup.py"``, whose parent,
+#: ".", then did not contain the absolute paths of kernels/build.py (relative_to raised ValueError).
+ROOT = Path(__file__).resolve().parent
+
+_spec = importlib.util.spec_from_file_location("softmargin_kernel_build", ROOT / "src" / "softmargin" / "kernels" / "build.py")
 kernel_build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kernel_build)
 
-_SOURCES = sorted(str(p.relative_to(Path(__file__).parent)) for p in kernel_build.CSRC.iterdir())
+# relative to the root, as setuptools wants an extension's sources (it runs this file from there)
+_SOURCES = sorted(str(p.resolve().relative_to(ROOT)) for p in kernel_build.CSRC.iterdir())
 
 
 class KernelLibrary(Extension):
@@ -40,12 +53,19 @@ class BuildKernels(build_ext):
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext: Extension) -> None:
-        if not isinstance(ext, KernelLibrary):
-            super().build_extension(ext)
-            return
+        # A library that does not build now leaves no earlier build's in its place (build/lib/ outlives a build: a
+        # wheel built with CC=/bin/false after a good build carried the good build's libraries).
         target = Path(self.get_ext_fullpath(ext.name))
+        if not isinstance(ext, KernelLibrary):
+            try:
+                super().build_extension(ext)
+            except Exception:
+                target.unlink(missing_ok=True)
+                raise
+            return
         error = kernel_build.build_variant(ext.variant, target)
         if error is not None:
+            target.unlink(missing_ok=True)
             print(f"warning: softmargin kernel variant {ext.variant} not built (the library falls back): {error}")
 
 

@@ -1,13 +1,38 @@
-"""Shared fixtures; the references and the tolerance table are in helpers.py."""
+"""Shared fixtures; the references and the tolerance table are in helpers.py.
+
+The test folders are named like the packages they test (``tests/torch``, ``tests/jax``, ``tests/kernels``), so no
+test folder is ever put on ``sys.path``: where a package is not installed, ``import torch`` would find ``tests/torch``
+as a namespace package instead of failing (and ``importlib.util.find_spec("kernels")``, which transformers asks,
+would find ``tests/kernels``). Test modules are imported by path (``--import-mode=importlib`` in pyproject.toml), and
+the two shared modules, ``helpers`` and ``cli_helpers``, are registered here by path so that test modules can still
+``from helpers import ...``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import use_backend
 from hypothesis import settings
+
+
+def _load_by_path(name: str) -> None:
+    """Import ``tests/<name>.py`` as the top-level module ``name`` without putting tests/ on sys.path."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None  # a .py file: always a source loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_load_by_path("helpers")
+_load_by_path("cli_helpers")
+
+from helpers import use_backend  # registered just above
 
 settings.register_profile("ci", max_examples=60, deadline=None)
 settings.load_profile("ci")
@@ -23,8 +48,6 @@ def torch_path(request, monkeypatch):
     """Run a torch test through the compiled CPU kernel and through the chunked torch fallback (modules with the
     option and sparse-target matrices add the Triton kernel: ``with_triton_path``)."""
     return use_backend(request.param, monkeypatch)
-
-
 
 
 def pytest_configure(config):

@@ -1,15 +1,21 @@
 """Keras 3 loss: :class:`MultiLabelSoftMarginLoss`, running softmargin's JAX or PyTorch implementation of the active
 Keras backend (``KERAS_BACKEND=jax`` or ``torch``), with its class weights, pos_weight, label smoothing and focusing.
 
-Importing this module imports keras (and so its backend); ``import softmargin`` alone does not.
+Importing this module imports keras (and so its backend); ``import softmargin`` alone does not. Without keras, or
+without the framework of Keras's backend, it raises ``ModuleNotFoundError`` naming the extras to install
+(``pip install 'softmargin[keras,jax]'`` or ``'softmargin[keras,torch]'``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import keras
 import numpy as np
+
+from ._extras import keras_needed
+
+with keras_needed():
+    import keras
 
 __all__ = ["MultiLabelSoftMarginLoss"]
 

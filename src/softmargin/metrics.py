@@ -27,9 +27,13 @@ import warnings
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import NDArray
-from sklearn import metrics as skm
+
+from ._extras import needed
+
+with needed("app", by="softmargin.metrics"):  # scipy and scikit-learn
+    import scipy.sparse as sp
+    from sklearn import metrics as skm
 
 
 def _label_matrix(Y: Any, name: str) -> np.ndarray:

@@ -58,6 +58,7 @@ def test_importing_the_library_loads_no_application_and_no_framework(module):
 
 
 def test_torch_backend_loads_no_application_and_no_compiler_stack():
+    pytest.importorskip("torch")
     code = (
         "import sys, softmargin.torch; print(sorted(m for m in sys.modules if m.startswith('softmargin.app')), "
         "'torch._dynamo' in sys.modules, 'triton' in sys.modules)"

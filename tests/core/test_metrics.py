@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
+sp = pytest.importorskip("scipy.sparse")  # softmargin.metrics needs scipy and scikit-learn (the app extra)
+pytest.importorskip("sklearn")
 from softmargin import metrics as M
 
 Y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 import softmargin
 
@@ -15,7 +14,7 @@ N_POS = np.array([5.0, 1.0, 2.0, 0.0])
 
 
 def test_inverse_is_sklearns_balanced_scale():
-    from sklearn.utils.class_weight import compute_class_weight
+    compute_class_weight = pytest.importorskip("sklearn.utils.class_weight").compute_class_weight
 
     labels = LABELS[:, :3]
     with _no_warning():
@@ -78,7 +77,7 @@ def test_every_input_family_gives_the_same_weights(family):
     labels = LABELS[:, :3]
     expected = softmargin.class_weights(labels)
     if family == "sparse":
-        given = sp.csr_matrix(labels)
+        given = _family("sparse")(labels)
     elif family == "bool":
         given = labels.astype(bool)
     elif family == "torch":
@@ -116,16 +115,14 @@ def test_weights_plug_into_the_loss():
     assert torch.isfinite(loss)
 
 
-def _families():
-    """Every input family the functions take, as a function making one from a NumPy array."""
-    families = {"numpy": np.asarray, "sparse": sp.csr_matrix}
-    try:
-        import torch
-
-        families["torch"] = torch.as_tensor
-    except ImportError:
-        pass
-    return families
+def _family(name):
+    """The function making an input of family ``name`` ("numpy", "sparse": scipy.sparse, "torch") from a NumPy array;
+    the test is skipped where the family's package is not installed (the weights themselves need NumPy only)."""
+    if name == "sparse":
+        return pytest.importorskip("scipy.sparse").csr_matrix
+    if name == "torch":
+        return pytest.importorskip("torch").as_tensor
+    return np.asarray
 
 
 @pytest.mark.parametrize("family", ["numpy", "sparse", "torch"])
@@ -138,10 +135,9 @@ def _families():
 ])  # fmt: skip
 @pytest.mark.parametrize("function", [softmargin.class_weights, softmargin.pos_weight])
 def test_labels_outside_0_1_and_an_empty_matrix_are_refused_in_every_family(family, labels, message, function):
-    if family not in _families():
-        pytest.skip(f"{family} is not installed")
+    make = _family(family)
     with pytest.raises(ValueError, match=message):
-        function(_families()[family](labels))
+        function(make(labels))
 
 
 def test_soft_labels_in_0_1_are_still_counted_fractionally():
@@ -157,8 +153,8 @@ def test_a_soft_count_below_one_is_not_raised_to_one(family):
     n_pos, n = soft.sum(0), len(soft)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "no positive example" warning either
-        weights = softmargin.class_weights(_families()[family](soft), normalize=False)
-        positive = softmargin.pos_weight(_families()[family](soft))
+        weights = softmargin.class_weights(_family(family)(soft), normalize=False)
+        positive = softmargin.pos_weight(_family(family)(soft))
     np.testing.assert_allclose(np.asarray(weights), n / (2 * n_pos))
     np.testing.assert_allclose(np.asarray(positive), (n - n_pos) / n_pos)
 

@@ -116,7 +116,7 @@ def test_float32_per_sample_loss_within_2e7_of_mpmath():
 
 def _exact_focused(x, y, gamma_pos, gamma_neg):
     """mpmath, 40 digits: -(y (1 - p)^gp log p + (1 - y) p^gn log(1 - p)), p = sigmoid(x), hard y."""
-    import mpmath
+    mpmath = pytest.importorskip("mpmath")
 
     with mpmath.workdps(40):
         p = 1 / (1 + mpmath.exp(-mpmath.mpf(float(x))))
@@ -349,7 +349,7 @@ def test_a_small_clip_is_not_lost_as_p_rounds_to_one(path, dtype, clip, monkeypa
     """A negative at x = 20 with clip = 1e-8 in float32 gave loss inf and gradient NaN (the clip vanished from
     p - clip as p rounded to 1); float64 the same at clip = 1e-17. Against mpmath: -log(1 - p + clip) and its
     derivative p q / (q + clip), q = 1 - p."""
-    import mpmath
+    mpmath = pytest.importorskip("mpmath")
 
     if path == "kernel" and cpu.kernel() is None:
         pytest.skip("the C kernel is not built here")

@@ -45,7 +45,7 @@ def test_triton_backend_on_cpu_tensors_without_the_interpreter_is_a_clear_error(
 def test_triton_backend_without_triton_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("SOFTMARGIN_BACKEND", "triton")
     monkeypatch.setattr(_backends, "triton_module", lambda: None)
-    with pytest.raises(RuntimeError, match="Triton is not installed"):
+    with pytest.raises(RuntimeError, match=r"Triton is not installed: pip install 'softmargin\[triton\]'"):
         st.multilabel_soft_margin_loss(torch.randn(2, 3), torch.ones(2, 3))
 
 

@@ -400,8 +400,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    from .._extras import needed
+
     try:
-        with _warnings_as_lines(args.command), _sigterm_as_interrupt():
+        # a subcommand imports its dependencies when it runs: a missing one is named with its extra
+        with (
+            _warnings_as_lines(args.command),
+            _sigterm_as_interrupt(),
+            needed("app", "jax", "triton", by="the command"),
+        ):
             _check_labels(args)
             return int(args.func(args) or 0)
     except (ValueError, OSError, ImportError) as exc:  # user errors: one clear line, no traceback

@@ -15,17 +15,21 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 import numpy as np
-import scipy.sparse as sp
-import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import NotFittedError
-from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import type_of_target
-from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import train as T
-from .data import Dataset, sparse_labels, stays_sparse
+from .._extras import needed
+
+with needed("app", by="softmargin.SoftMarginClassifier"):
+    import scipy.sparse as sp
+    import torch
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import NotFittedError
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import type_of_target
+    from sklearn.utils.validation import check_is_fitted, validate_data
+
+    from . import train as T
+    from .data import Dataset, sparse_labels, stays_sparse
 
 
 def _is_int(value: Any) -> TypeGuard[int | np.integer[Any]]:

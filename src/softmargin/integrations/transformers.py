@@ -2,7 +2,9 @@
 
 ``problem_type="multi_label_classification"`` in transformers computes a bare ``BCEWithLogitsLoss()``: no class
 weights, no pos_weight (transformers issues #15450, #35061). :func:`loss_function` returns the function that
-``Trainer(compute_loss_func=...)`` calls with the model's outputs and the labels. It needs torch, not transformers.
+``Trainer(compute_loss_func=...)`` calls with the model's outputs and the labels. It needs torch, not transformers:
+this module imports without either, and :func:`loss_function` without torch raises ``ModuleNotFoundError`` naming
+the extra (``pip install 'softmargin[transformers]'``, which brings torch, transformers and accelerate).
 """
 
 from __future__ import annotations
@@ -55,11 +57,14 @@ def loss_function(
         >>> trainer = Trainer(model=model, args=args, train_dataset=train,  # doctest: +SKIP
         ...                   compute_loss_func=loss_function(train_labels, class_weight="inverse", pos_weight=True))
     """
-    import torch
-
     from .. import weights as W
+    from .._extras import needed
     from .._validation import check_options
-    from ..torch import multilabel_soft_margin_loss
+
+    with needed("transformers", by="softmargin.integrations.transformers.loss_function"):
+        import torch
+
+        from ..torch import multilabel_soft_margin_loss
 
     check_options(label_smoothing, gamma_pos, gamma_neg, clip)
     if isinstance(class_weight, str) or pos_weight is True:

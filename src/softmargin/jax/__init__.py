@@ -20,10 +20,14 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.experimental import checkify
+
+from .._extras import needed
+
+with needed("jax", by="softmargin.jax"):
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import checkify
 
 from .. import _validation as V
 from .._options import LossOptions, resolve

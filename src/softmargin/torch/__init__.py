@@ -9,11 +9,14 @@ import math
 import operator
 from typing import Any
 
-import torch
-from torch import Tensor
-from torch.nn import _reduction as _legacy_reduction
-from torch.nn.modules.loss import _WeightedLoss
-from torch.overrides import handle_torch_function, has_torch_function_variadic
+from .._extras import needed
+
+with needed("torch", by="softmargin.torch"):
+    import torch
+    from torch import Tensor
+    from torch.nn import _reduction as _legacy_reduction
+    from torch.nn.modules.loss import _WeightedLoss
+    from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from .. import _validation as V
 from .._options import PLAIN, LossOptions, resolve

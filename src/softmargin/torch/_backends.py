@@ -105,7 +105,7 @@ def choose_backend(x: torch.Tensor) -> str:
         )
     if wanted == "triton":
         if triton_module() is None:
-            raise RuntimeError("SOFTMARGIN_BACKEND=triton, but Triton is not installed: pip install triton")
+            raise RuntimeError("SOFTMARGIN_BACKEND=triton, but Triton is not installed: pip install 'softmargin[triton]'")
         if not _triton_runs_on(x):
             raise RuntimeError(
                 f"SOFTMARGIN_BACKEND=triton needs CUDA tensors (input is on {x.device}); CPU tensors run through "
