@@ -81,9 +81,10 @@ def _check_strided(name: str, value: Tensor) -> None:
 
 def _to_device(value: Tensor | None, device: torch.device) -> Tensor | None:
     """``value`` on ``device`` if it is a 0-d CPU tensor (which torch's elementwise operations take with a tensor on
-    any device, as a weight of its loss functions), else ``value`` itself (:func:`check_devices` judges it)."""
+    any device, as a weight of its loss functions), else ``value`` itself (:func:`check_devices` judges it). The copy
+    is non-blocking: from pageable memory it is staged at once, and no stream synchronisation waits for the GPU."""
     if value is not None and value.device != device and value.dim() == 0 and value.device.type == "cpu":
-        return value.to(device)
+        return value.to(device, non_blocking=True)
     return value
 
 
