@@ -167,3 +167,26 @@ def test_every_torch_sparse_layout_is_a_sparse_target():
     for target in (dense.to_sparse_csc(), dense.to_sparse_bsr((2, 2)), dense.to_sparse_bsc((2, 2))):
         torch.testing.assert_close(st.multilabel_soft_margin_loss(x, target, reduction="none"), expected, msg=str(target.layout))
         torch.testing.assert_close(st.linear_multilabel_soft_margin_loss(hidden, weight, None, target), expected_head)
+
+
+def test_sparse_target_values_that_require_grad_are_refused():
+    """A sparse target is read as labels: values that required grad (a sparse COO/CSR tensor, or the values of
+    ``(indptr, indices, values)``) got a gradient of None, silently. Refused by name, in the loss and the fused head;
+    under no_grad, or detached, they are taken."""
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    dense = torch.tensor([[1.0, 0, 0, 1, 0], [0, 0, 0, 0, 0], [0, 0.5, 0, 0, 1]], dtype=torch.float64)
+    values = torch.tensor([1.0, 1.0, 0.5, 1.0], dtype=torch.float64)
+    parts = (torch.tensor([0, 2, 2, 4]), torch.tensor([0, 3, 1, 4]))
+    hidden, weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True), torch.randn(5, 4, dtype=torch.float64)
+    expected = st.multilabel_soft_margin_loss(x, dense)
+    for make in (lambda: dense.to_sparse(), lambda: dense.to_sparse_csr(), lambda: (*parts, values.clone())):
+        target = make()
+        taken = st.multilabel_soft_margin_loss(x, target)  # not requiring grad: taken
+        torch.testing.assert_close(taken, expected)
+        (target if isinstance(target, torch.Tensor) else target[2]).requires_grad_()
+        with pytest.raises(ValueError, match=r"target's values require grad, but a sparse target is read as labels"):
+            st.multilabel_soft_margin_loss(x, target)
+        with pytest.raises(ValueError, match=r"target's values require grad"):
+            st.linear_multilabel_soft_margin_loss(hidden, weight, None, target)
+        with torch.no_grad():
+            torch.testing.assert_close(st.multilabel_soft_margin_loss(x, target), expected)

@@ -107,6 +107,18 @@ def _refuse_gradients(operands: tuple[tuple[str, Any], ...], reason: str, module
             raise ValueError(f"{name} requires grad, but {reason}; {fix}")
 
 
+def _refuse_sparse_gradient(target: Any) -> None:
+    """A sparse target whose values require grad (a sparse tensor, or the values of ``(indptr, indices, values)``),
+    refused: sparse targets are read as labels, and the values' gradient would silently be None."""
+    values = target if isinstance(target, Tensor) else target[2] if isinstance(target, (tuple, list)) and len(target) == 3 else None
+    if torch.is_grad_enabled() and isinstance(values, Tensor) and values.requires_grad:
+        raise ValueError(
+            "target's values require grad, but a sparse target is read as labels and not differentiated (its "
+            "gradient would be None); pass a dense target (e.g. target.to_dense()) for the target's gradient, or "
+            "detach the values"
+        )
+
+
 def _problem(
     input: Tensor,
     target: Any,
@@ -133,6 +145,7 @@ def _problem(
         ensure_dtensor_sharding()
     sparse: SparseTargets | None = None
     if is_sparse_target(target, lists=True):
+        _refuse_sparse_gradient(target)
         sparse = _on_host(as_sparse_targets)(target, (math.prod(input.shape[:-1]), input.shape[-1]), torch, device=input.device)
         if validate:
             V.check_sparse_target_values(sparse)
@@ -494,6 +507,7 @@ def linear_multilabel_soft_margin_loss(
             raise ValueError(f"total_labels={total_labels!r}: expected {expected}; it divides the loss")
         total_labels = count
     if is_sparse_target(target, lists=True):
+        _refuse_sparse_gradient(target)
         target = as_sparse_targets(target, (num_rows, num_labels), torch, device=hidden.device)
     elif not isinstance(target, Tensor):
         raise TypeError(f"target is a {type(target).__name__}: expected a torch.Tensor, sparse positives or label lists")
