@@ -3,8 +3,9 @@
 ``import softmargin`` and :mod:`softmargin.numpy` need NumPy only; every other entry point imports its framework
 inside :func:`needed`, which turns "No module named 'torch'" into "softmargin.torch needs torch, which is not
 installed: pip install 'softmargin[torch]'". The error stays a ``ModuleNotFoundError`` (its ``name`` the package to
-install, "torch" where "torch.nn" failed), so ``except ImportError`` and ``pytest.importorskip`` treat it as before. Any other import failure (a
-module that is installed but broken, a missing module no extra brings) is raised unchanged.
+install, "torch" where "torch.nn" failed), so ``except ImportError`` and ``pytest.importorskip`` treat it as before.
+Any other import failure (a module that is installed but broken, a missing module no extra brings) is raised
+unchanged.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ EXTRAS = {
 KERAS_BACKENDS = {"jax": "jax", "torch": "torch"}
 #: The frameworks of every Keras backend (keras imports the configured one when it is first imported).
 KERAS_BACKEND_MODULES = frozenset({"jax", "jaxlib", "torch", "tensorflow", "openvino"})
+
 
 def _missing(error: ModuleNotFoundError) -> str:
     """The top-level name of the module that was not found ("" when the error does not say)."""
