@@ -1,4 +1,4 @@
-"""Forward+backward time and peak extra memory of softmargin against its anchors (see softmargin/bench.py).
+"""Forward+backward time and peak extra memory of softmargin against its anchors (see softmargin/app/bench.py).
 
     python benchmarks/bench_loss.py                      # the default shapes and dtypes, CSV to runs/bench-<date>-<time>/
     python benchmarks/bench_loss.py --shapes 4096x2000 --dtypes float32 --no-compile

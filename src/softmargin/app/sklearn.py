@@ -39,11 +39,12 @@ def _is_int(value: Any) -> TypeGuard[int | np.integer[Any]]:
 class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
     """Multi-label classifier (linear "binary relevance" or MLP) trained with the soft-margin loss.
 
-    Parameters mirror ``softmargin train`` (see :class:`softmargin.train.TrainConfig`); ``hidden_layer_sizes`` is
+    Parameters mirror ``softmargin train`` (see :class:`softmargin.app.train.TrainConfig`); ``hidden_layer_sizes`` is
     scikit-learn's name for ``--hidden``, ``random_state`` for ``--seed``, and ``label_weight`` for ``--class-weight``
     (a per-label weighting method computed from the data: ``"none"``, ``"inverse"``, ``"sqrt_inverse"``,
     ``"effective_number"``; not scikit-learn's ``class_weight`` dictionary, whose per-sample meaning it does not have). The defaults train one MLP, quickly;
-    ``softmargin train``'s defaults (an ensemble of 5) are ``ensemble=5, at_least_one="auto"``.
+    ``softmargin train``'s defaults for dense features (an ensemble of 5 networks of 512 hidden units, dropout 0.5) are
+    ``hidden_layer_sizes=(512,), dropout=0.5, ensemble=5, at_least_one="auto"``.
 
     ``random_state`` (default None) follows scikit-learn's ``check_random_state``: an int in [0, 2**32) is the seed
     itself (``--seed``: the same int, the same model); a ``numpy.random.RandomState`` gives the seed as one draw from
@@ -70,7 +71,7 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
 
     Attributes:
         classes_: for a label matrix, ``np.arange(n_labels)``; for 1-D targets, the sorted class labels.
-        model_: the fitted :class:`softmargin.train.TrainedModel`.
+        model_: the fitted :class:`softmargin.app.train.TrainedModel`.
         n_features_in_: number of features seen in ``fit``.
 
     Example:

@@ -175,7 +175,8 @@ def multilabel_soft_margin_loss(
             ``validate=False`` under ``jit``). Shape and dtype checks always run, at trace time.
         impl: ``"xla"`` (fused jax.numpy, any device), ``"callback"`` (the NumPy backend's fused C kernel on the
             host through ``jax.experimental.buffer_callback``, writing into XLA's result buffers; CPU) or
-            ``"auto"`` (the callback on the CPU for float16/float32/float64 where the kernel is built, else XLA).
+            ``"auto"`` (the callback on the CPU for float16/float32/float64 from 32Ki logits where the kernel is built,
+            else XLA).
 
     Returns:
         The loss in ``input``'s dtype (half precision is computed in float32): a scalar, or ``input.shape[:-1]``
