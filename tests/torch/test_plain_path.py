@@ -298,3 +298,44 @@ def test_a_thread_in_flush_to_zero_mode_changes_nothing():
     for key in ("flushing", "after"):
         for (loss, grad), (expected_loss, expected_grad) in zip(found[key], expected):  # type: ignore[call-overload]
             assert torch.equal(loss, expected_loss) and torch.equal(grad, expected_grad), key
+
+
+
+@pytest.mark.parametrize(("dtype", "incoming"), [(torch.float32, 1e-39), (torch.float16, 5e-6), (torch.float64, 1e-310)])  # fmt: skip
+def test_a_subnormal_incoming_gradient_in_a_flush_to_zero_thread_is_not_zero(dtype, incoming):
+    """Backward scales the gradient by autograd's incoming one (``softmargin_scale``), which the kernel read before it
+    entered IEEE mode: under denormals-are-zero a subnormal incoming gradient (``(loss * 1e-5).backward()`` in
+    float16) read as 0, and the whole gradient came back 0 (nonzero on a thread in IEEE mode)."""
+    import threading
+
+    x, y, _ = _problem(64, 80, dtype, "same", False, 9)
+    go = torch.tensor(incoming, dtype=dtype)
+    assert 0 < go.abs() < torch.finfo(dtype).tiny  # subnormal in its dtype
+    expected = _run(x, y, None, "sum", go, through_operator=False)
+    reference = (torch.sigmoid(x.double()) - y.double()) / x.shape[1] * go.double()  # d loss / d x, float64
+    smallest = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps  # the dtype's smallest subnormal
+    torch.testing.assert_close(expected[1].double(), reference, rtol=0, atol=smallest)  # in IEEE mode: right
+    found: dict[str, object] = {}
+
+    def in_a_fresh_thread():
+        try:
+            if not torch.set_flush_denormal(True):
+                found["skip"] = True
+                return
+            found["flushing"] = _run(x, y, None, "sum", go, through_operator=False)
+        except BaseException as error:  # reported in the main thread
+            found["error"] = error
+        finally:
+            torch.set_flush_denormal(False)
+
+    thread = threading.Thread(target=in_a_fresh_thread)
+    thread.start()
+    thread.join()
+    if "error" in found:
+        raise found["error"]  # type: ignore[misc]
+    if found.get("skip"):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    loss, grad = found["flushing"]  # type: ignore[misc]
+    assert torch.equal(loss, expected[0])
+    nonzero = int((grad != 0).sum()), int((expected[1] != 0).sum())
+    assert torch.equal(grad, expected[1]), f"{nonzero[0]} nonzero elements, expected {nonzero[1]}"
