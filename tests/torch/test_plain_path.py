@@ -4,6 +4,9 @@ or hand to the general path; its kernel calls through the ``_fastcall`` extensio
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -217,6 +220,40 @@ def test_the_extension_is_built_where_the_headers_were():
     assert cpu.fastcall() is not None
 
 
+_FORKED_CHILD = """
+import multiprocessing, sys
+import numpy as np, torch
+import softmargin.torch as st
+rng = np.random.default_rng(10)
+x, y = rng.standard_normal((1000, 300)).astype(np.float32), (rng.random((1000, 300)) < 0.3).astype(np.float32)
+def loss_and_grad(_):
+    xi = torch.from_numpy(x).requires_grad_()  # no torch operator of its own on more than one thread: those hang
+    loss = st.multilabel_soft_margin_loss(xi, torch.from_numpy(y))
+    loss.backward()
+    assert type(loss.grad_fn).__name__ == "_PlainLossBackward"
+    return loss.detach().numpy().tobytes() + xi.grad.numpy().tobytes()
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    expected = loss_and_grad(0)  # on 2 threads: the parent's thread pool exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        try:
+            found = pool.map_async(loss_and_grad, [0]).get(timeout=30)[0]
+        except multiprocessing.TimeoutError:
+            sys.exit("the forked child hung (no result in 30 s)")
+    sys.exit(0 if found == expected else "the forked child's results differ")
+"""
+
+
+def test_a_forked_child_computes_without_hanging(tmp_path):
+    """A child forked after the kernel ran on several threads inherits a libgomp pool without its threads; there the
+    forward pass's rows run on threads of the kernel's own and backward's scaling (300,000 elements: 2 threads in the
+    parent) on the calling thread, both of which hung there before (tests/numpy has the NumPy API's case)."""
+    script = tmp_path / "forked_child.py"
+    script.write_text(_FORKED_CHILD)
+    done = subprocess.run([sys.executable, str(script)], timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_reduced_call_rejects_bad_arguments():
     x, y = torch.randn(3, 4), torch.ones(3, 4)
     out, grad = torch.empty(()), torch.empty(3, 4)
@@ -298,7 +335,6 @@ def test_a_thread_in_flush_to_zero_mode_changes_nothing():
     for key in ("flushing", "after"):
         for (loss, grad), (expected_loss, expected_grad) in zip(found[key], expected):  # type: ignore[call-overload]
             assert torch.equal(loss, expected_loss) and torch.equal(grad, expected_grad), key
-
 
 
 @pytest.mark.parametrize(("dtype", "incoming"), [(torch.float32, 1e-39), (torch.float16, 5e-6), (torch.float64, 1e-310)])  # fmt: skip

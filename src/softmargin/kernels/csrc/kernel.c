@@ -499,7 +499,8 @@ int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, i
     case SM_F16: f = f16_to_f32(*(const _Float16 *)factor); break;
     default: f = bf16_to_f32(*(const uint16_t *)factor); break;
     }
-    const int nthreads = n < ((int64_t)1 << 18) || num_threads < 1 ? 1 : num_threads > MAX_THREADS ? MAX_THREADS : num_threads;
+    const int wanted = n < ((int64_t)1 << 18) || num_threads < 1 ? 1 : num_threads > MAX_THREADS ? MAX_THREADS : num_threads;
+    const int nthreads = omp_threads(wanted);
     /* the incoming gradient over the batch size, in the per-sample losses' dtype (float64 for float64, else
        float32), then in the gradient's: the operator's path (input_grads) */
     const float s32 = (float)(f / divisor);
