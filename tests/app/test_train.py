@@ -329,3 +329,32 @@ def test_train_evaluate_predict_on_cuda_match_the_cpu(tmp_path, yeast_run, capsy
         assert main(["predict", str(yeast_run), "--data", "yeast", "--out", "-", "--device", device]) == 0
         outputs[device] = np.loadtxt(capsys.readouterr().out.splitlines(), delimiter=",", skiprows=1)
     np.testing.assert_allclose(outputs["cuda"], outputs["cpu"], atol=2e-6)
+
+
+def test_a_child_forked_during_a_fit_can_fit():
+    """Fits take turns through ``T.TORCH_GLOBALS``; a child forked while a thread of its parent held it (a fork
+    ``multiprocessing`` pool started beside a fitting thread) gets a lock of its own, not a copy nobody releases."""
+    import threading
+    import warnings
+
+    holding, release = threading.Event(), threading.Event()
+
+    def fitting():
+        with T.TORCH_GLOBALS:
+            holding.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=fitting)
+    thread.start()
+    holding.wait(60)
+    try:
+        with warnings.catch_warnings():  # Python 3.12+ warns of a fork beside threads: this test's very subject
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: only the lock, then out without running the parent's clean-up
+            os._exit(0 if T.TORCH_GLOBALS.acquire(timeout=10) else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0

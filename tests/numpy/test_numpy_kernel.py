@@ -3,6 +3,7 @@ float64/mpmath references, for every dtype, option and target form; thread count
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -170,6 +171,40 @@ def test_num_threads_setting(monkeypatch):
             snp.num_threads()
     monkeypatch.delenv("SOFTMARGIN_NUM_THREADS")
     assert snp.num_threads() >= 1
+
+
+_FORKED_POOL = """
+import multiprocessing, sys
+import numpy as np
+import softmargin.numpy as snp
+rng = np.random.default_rng(9)
+dtypes = (np.float32, np.float16, np.float64)
+problems = [(rng.standard_normal((400, 300)).astype(dtype), rng.random((400, 300)) < 0.3) for dtype in dtypes]
+options = [{}, {"pos_weight": np.full(300, 2.0)}, {"mask": rng.random((400, 300)) < 0.8}]
+def loss_and_grad(i):
+    x, y = problems[i % 3]
+    loss, grad = snp.multilabel_soft_margin_loss_and_grad(x, y, reduction="none", **options[i // 3])
+    return loss.tobytes() + grad.tobytes()
+if __name__ == "__main__":
+    expected = [loss_and_grad(i) for i in range(9)]  # on 2 threads: the parent's thread pool exists now
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        try:
+            found = pool.map_async(loss_and_grad, range(9)).get(timeout=30)
+        except multiprocessing.TimeoutError:
+            sys.exit("the forked children hung (no result in 30 s)")
+    sys.exit(0 if found == expected else "the forked children's results differ")
+"""
+
+
+def test_a_forked_child_computes_without_hanging(tmp_path):
+    """A process forked after the kernel ran on several threads (``multiprocessing``'s fork start method, Linux's
+    default up to Python 3.14) inherits a libgomp thread pool whose threads it does not have: each child hung in its
+    first kernel call (the pool's map timed out). The kernel runs there on threads of its own, bitwise the same."""
+    script = tmp_path / "forked_pool.py"
+    script.write_text(_FORKED_POOL)
+    env = {**os.environ, "SOFTMARGIN_NUM_THREADS": "2"}  # 400 x 300 elements: 2 threads (csrc/threads.h)
+    done = subprocess.run([sys.executable, str(script)], env=env, timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_the_arrays_numpy_users_pass(tmp_path):

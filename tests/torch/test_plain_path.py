@@ -4,6 +4,9 @@ or hand to the general path; its kernel calls through the ``_fastcall`` extensio
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -217,6 +220,89 @@ def test_the_extension_is_built_where_the_headers_were():
     assert cpu.fastcall() is not None
 
 
+def test_a_kernel_call_lets_other_threads_run():
+    """The extension's calls release the GIL while the kernel runs, as ctypes and torch's operators do: holding it, a
+    multi-threaded server's other Python threads stopped for the whole length of each large loss (measured: 450 ms
+    beside a loop of 8192 x 2000 losses)."""
+    import threading
+    import time
+
+    fast = cpu.fastcall()
+    if fast is None:
+        pytest.skip("the _fastcall extension is not built here (ctypes releases the GIL itself)")
+    x, y = torch.randn(4096, 2000), (torch.rand(4096, 2000) < 0.3).to(torch.uint8)
+    grad, result = torch.empty_like(x), torch.empty(())
+    # (float32 input, uint8 target, no weight, 4096 x 2000, one thread, mean, no check): see kernels/cpu.py's reduced()
+    arguments = (0, 4, x.data_ptr(), y.data_ptr(), None, 0, 4096, 2000, grad.data_ptr(), 1, 0, 0, 1, False, result.data_ptr())  # fmt: skip
+    durations = []
+    for _ in range(3):
+        started = time.perf_counter()
+        assert fast.reduced(*arguments) == 0
+        durations.append(time.perf_counter() - started)
+    call = min(durations)  # one kernel call on one thread: about 10 ms here
+
+    def longest_stall() -> float:
+        """The longest this thread waited between two steps of a loop while another made kernel calls."""
+        done = threading.Event()
+
+        def kernel_calls():
+            try:
+                for _ in range(6):
+                    fast.reduced(*arguments)
+            finally:
+                done.set()
+
+        calls = threading.Thread(target=kernel_calls)
+        calls.start()
+        longest, last = 0.0, time.perf_counter()
+        while not done.is_set():
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+        calls.join()
+        return longest
+
+    stalls = []
+    for _ in range(3):  # a busy machine may stall a thread now and then; a held GIL stalls it every time
+        stalls.append(longest_stall())
+        if stalls[-1] < call / 2:
+            return
+    pytest.fail(f"this thread stalled {[round(1e3 * s, 1) for s in stalls]} ms beside {1e3 * call:.1f} ms kernel calls")
+
+
+_FORKED_CHILD = """
+import multiprocessing, sys
+import numpy as np, torch
+import softmargin.torch as st
+rng = np.random.default_rng(10)
+x, y = rng.standard_normal((1000, 300)).astype(np.float32), (rng.random((1000, 300)) < 0.3).astype(np.float32)
+def loss_and_grad(_):
+    xi = torch.from_numpy(x).requires_grad_()  # no torch operator of its own on more than one thread: those hang
+    loss = st.multilabel_soft_margin_loss(xi, torch.from_numpy(y))
+    loss.backward()
+    assert type(loss.grad_fn).__name__ == "_PlainLossBackward"
+    return loss.detach().numpy().tobytes() + xi.grad.numpy().tobytes()
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    expected = loss_and_grad(0)  # on 2 threads: the parent's thread pool exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        try:
+            found = pool.map_async(loss_and_grad, [0]).get(timeout=30)[0]
+        except multiprocessing.TimeoutError:
+            sys.exit("the forked child hung (no result in 30 s)")
+    sys.exit(0 if found == expected else "the forked child's results differ")
+"""
+
+
+def test_a_forked_child_computes_without_hanging(tmp_path):
+    """A child forked after the kernel ran on several threads inherits a libgomp pool without its threads; there the
+    forward pass's rows run on threads of the kernel's own and backward's scaling (300,000 elements: 2 threads in the
+    parent) on the calling thread, both of which hung there before (tests/numpy has the NumPy API's case)."""
+    script = tmp_path / "forked_child.py"
+    script.write_text(_FORKED_CHILD)
+    done = subprocess.run([sys.executable, str(script)], timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_reduced_call_rejects_bad_arguments():
     x, y = torch.randn(3, 4), torch.ones(3, 4)
     out, grad = torch.empty(()), torch.empty(3, 4)
@@ -298,3 +384,43 @@ def test_a_thread_in_flush_to_zero_mode_changes_nothing():
     for key in ("flushing", "after"):
         for (loss, grad), (expected_loss, expected_grad) in zip(found[key], expected):  # type: ignore[call-overload]
             assert torch.equal(loss, expected_loss) and torch.equal(grad, expected_grad), key
+
+
+@pytest.mark.parametrize(("dtype", "incoming"), [(torch.float32, 1e-39), (torch.float16, 5e-6), (torch.float64, 1e-310)])  # fmt: skip
+def test_a_subnormal_incoming_gradient_in_a_flush_to_zero_thread_is_not_zero(dtype, incoming):
+    """Backward scales the gradient by autograd's incoming one (``softmargin_scale``), which the kernel read before it
+    entered IEEE mode: under denormals-are-zero a subnormal incoming gradient (``(loss * 1e-5).backward()`` in
+    float16) read as 0, and the whole gradient came back 0 (nonzero on a thread in IEEE mode)."""
+    import threading
+
+    x, y, _ = _problem(64, 80, dtype, "same", False, 9)
+    go = torch.tensor(incoming, dtype=dtype)
+    assert 0 < go.abs() < torch.finfo(dtype).tiny  # subnormal in its dtype
+    expected = _run(x, y, None, "sum", go, through_operator=False)
+    reference = (torch.sigmoid(x.double()) - y.double()) / x.shape[1] * go.double()  # d loss / d x, float64
+    smallest = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps  # the dtype's smallest subnormal
+    torch.testing.assert_close(expected[1].double(), reference, rtol=0, atol=smallest)  # in IEEE mode: right
+    found: dict[str, object] = {}
+
+    def in_a_fresh_thread():
+        try:
+            if not torch.set_flush_denormal(True):
+                found["skip"] = True
+                return
+            found["flushing"] = _run(x, y, None, "sum", go, through_operator=False)
+        except BaseException as error:  # reported in the main thread
+            found["error"] = error
+        finally:
+            torch.set_flush_denormal(False)
+
+    thread = threading.Thread(target=in_a_fresh_thread)
+    thread.start()
+    thread.join()
+    if "error" in found:
+        raise found["error"]  # type: ignore[misc]
+    if found.get("skip"):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    loss, grad = found["flushing"]  # type: ignore[misc]
+    assert torch.equal(loss, expected[0])
+    nonzero = int((grad != 0).sum()), int((expected[1] != 0).sum())
+    assert torch.equal(grad, expected[1]), f"{nonzero[0]} nonzero elements, expected {nonzero[1]}"

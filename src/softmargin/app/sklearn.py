@@ -51,7 +51,8 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
     it at each ``fit`` (so it advances, and two fits with one instance differ); None draws the seed from NumPy's
     global ``RandomState``, so each fit gives a different model (unless ``np.random.seed`` was called; ``softmargin
     train``'s default is seed 0). Anything else (a float, a string, a bool, a ``numpy.random.Generator``) is refused
-    by ``fit`` with a ValueError.
+    by ``fit`` with a ValueError. Training draws from torch's process-wide generators, so fits in several threads at
+    once (joblib's threading backend) take turns: in threads too, a seed gives its model.
 
     ``thresholds`` is how ``predict`` turns a label matrix's probabilities into 0/1: ``"fixed"`` (0.5), ``"tuned"``
     (per label, on the validation split), ``"top-k"`` (each sample's best label) or ``"rcut"`` (each sample's t best,
@@ -227,9 +228,10 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
         config = dataclasses.replace(config, seed=seed)
         data = Dataset(X, Y, features, names, "fit")
         self._ignored_parameters(config.resolve(data))
-        # training seeds torch's global generators (dropout, initialisation): the caller's state is put back after
+        # training seeds torch's global generators (dropout, initialisation): the caller's state is put back after;
+        # fits in other threads wait (T.TORCH_GLOBALS), or they would draw, and put back, each other's states
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
+        with T.TORCH_GLOBALS, torch.random.fork_rng(devices=devices):
             self.model_ = T.fit(data, config, progress=self.verbose)
         return self
 

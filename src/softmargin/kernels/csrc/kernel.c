@@ -489,6 +489,9 @@ int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, i
     if (n < 0) return SM_ERR_SIZE;
     if (dtype < SM_F32 || dtype > SM_BF16 || factor_type < SM_F32 || factor_type > SM_BF16) return SM_ERR_DTYPE;
     if (!factor || (n > 0 && !grad)) return SM_ERR_NULL;
+    /* IEEE mode from here on (scalar_math.h): the factor's conversion too, which under DAZ read a subnormal incoming
+       gradient (a float32 1e-39, a float16 5e-6) as 0, and the whole gradient came back 0 */
+    const sm_fpmode mode = sm_fp_enter();
     double f;
     switch (factor_type) {
     case SM_F32: f = *(const float *)factor; break;
@@ -496,8 +499,8 @@ int softmargin_scale(void *grad, int32_t dtype, int64_t n, const void *factor, i
     case SM_F16: f = f16_to_f32(*(const _Float16 *)factor); break;
     default: f = bf16_to_f32(*(const uint16_t *)factor); break;
     }
-    const sm_fpmode mode = sm_fp_enter(); /* the divisions below, without OpenMP the loops too */
-    const int nthreads = n < ((int64_t)1 << 18) || num_threads < 1 ? 1 : num_threads > MAX_THREADS ? MAX_THREADS : num_threads;
+    const int wanted = n < ((int64_t)1 << 18) || num_threads < 1 ? 1 : num_threads > MAX_THREADS ? MAX_THREADS : num_threads;
+    const int nthreads = omp_threads(wanted);
     /* the incoming gradient over the batch size, in the per-sample losses' dtype (float64 for float64, else
        float32), then in the gradient's: the operator's path (input_grads) */
     const float s32 = (float)(f / divisor);

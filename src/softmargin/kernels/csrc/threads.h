@@ -3,7 +3,7 @@
  *
  * OpenMP where the build has it: loaded beside torch, this is torch's own libgomp (the same soname), so the kernel
  * runs on the pool torch's operators just used instead of fighting its spinning workers for cores. Without OpenMP,
- * POSIX threads started per call. */
+ * and in a forked child (below), POSIX threads started per call. */
 #ifndef SOFTMARGIN_THREADS_H
 #define SOFTMARGIN_THREADS_H
 #include <pthread.h>
@@ -69,12 +69,25 @@ static int useful_threads(int requested, int64_t N, int64_t C) {
     return nthreads;
 }
 
-#ifndef _OPENMP
+/* ---- fork ----
+ * GNU libgomp does not survive fork(): a child forked from a thread that ran a parallel region (ours or torch's)
+ * inherits that thread's pool, whose workers do not exist in the child, and its next parallel region of more than
+ * one thread waits for them forever (measured: NumPy's multiprocessing.Pool and os.fork() children hung in
+ * softmargin_fused; torch's own operators hang there too). A team of one thread never touches the pool, which is why
+ * torch's DataLoader workers, set to one thread, run. A forked child therefore runs the rows on POSIX threads started
+ * per call (the same rows to the same jobs: bitwise the same results), and count_rows and softmargin_scale on the
+ * calling thread. */
+static int sm_forked;
+static void sm_fork_child(void) { sm_forked = 1; }
+__attribute__((constructor)) static void sm_watch_fork(void) { pthread_atfork(0, 0, sm_fork_child); }
+
+/* Threads an OpenMP region may have here: 1 in a forked child. */
+static inline int omp_threads(int nthreads) { return sm_forked ? 1 : nthreads; }
+
 static void *run_thread(void *arg) {
     run_rows((const job *)arg);
     return 0;
 }
-#endif
 
 /* Run jobs[0 .. nthreads - 1], one per thread. */
 static void run_jobs(job *jobs, int nthreads) {
@@ -83,9 +96,12 @@ static void run_jobs(job *jobs, int nthreads) {
         return;
     }
 #ifdef _OPENMP
+    if (!sm_forked) {
 #pragma omp parallel for num_threads(nthreads) schedule(static, 1)
-    for (int t = 0; t < nthreads; t++) run_rows(&jobs[t]);
-#else
+        for (int t = 0; t < nthreads; t++) run_rows(&jobs[t]);
+        return;
+    }
+#endif
     pthread_t threads[MAX_THREADS];
     int started[MAX_THREADS];
     for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&threads[t], 0, run_thread, &jobs[t]) == 0;
@@ -94,12 +110,12 @@ static void run_jobs(job *jobs, int nthreads) {
         if (started[t]) pthread_join(threads[t], 0);
         else run_rows(&jobs[t]); /* no thread to be had: do its rows here */
     }
-#endif
 }
 
 /* Each row's nonzero bytes of a contiguous (N, C) uint8 mask: the per-row divisors of a masked loss. */
 static void count_rows(const uint8_t *mask, int64_t N, int64_t C, int32_t *out, int nthreads) {
     if (nthreads < 1 || N * C < ((int64_t)1 << 18)) nthreads = 1;
+    nthreads = omp_threads(nthreads);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nthreads) schedule(static)
 #endif
