@@ -347,42 +347,55 @@ def test_backend_override_is_honoured(backend, plain, monkeypatch):
     torch.testing.assert_close(loss, torch.nn.functional.multilabel_soft_margin_loss(x, y))
 
 
-def test_a_thread_in_flush_to_zero_mode_changes_nothing():
-    """XLA runs JAX's host callbacks with flush-to-zero / denormals-are-zero set, and OpenMP workers started from such
-    a thread keep that mode: a float16 gradient of subnormals (1e-6) came back 0 on the second thread's rows. The
-    kernel computes in IEEE mode on every thread and gives the caller's mode back."""
+def _in_a_fresh_flushing_thread(work):
+    """``work()`` on a fresh thread with flush-to-zero / denormals-are-zero set (``torch.set_flush_denormal``): its
+    result returned here, its exception raised here; the test skipped where the CPU has no such mode. A fresh thread,
+    because OpenMP workers start in the mode their thread holds when it first runs a parallel region."""
     import threading
 
-    x, y, w = _problem(600, 500, torch.float16, "same", True, 8)
-    go = torch.tensor(-1.7, dtype=torch.float16)
-    expected = [_run(x, y, w, "mean", go, through_operator) for through_operator in (False, True)]
-    assert (expected[0][1].abs() < 6e-5).any()  # float16 subnormals: what a flushing mode loses
     found: dict[str, object] = {}
 
-    def in_a_fresh_thread():  # its OpenMP workers start in the mode it holds when it first runs a parallel region
+    def run():
         try:
             if not torch.set_flush_denormal(True):
                 found["skip"] = True
                 return
-            found["flushing"] = [_run(x, y, w, "mean", go, through_operator) for through_operator in (False, True)]
-            found["mode kept"] = bool(torch.tensor(1e-39) * 1.0 == 0)  # DAZ/FTZ still the caller's
-            torch.set_flush_denormal(False)  # the workers keep theirs
-            found["after"] = [_run(x, y, w, "mean", go, through_operator) for through_operator in (False, True)]
+            found["result"] = work()
         except BaseException as error:  # reported in the main thread
             found["error"] = error
         finally:
             torch.set_flush_denormal(False)
 
-    thread = threading.Thread(target=in_a_fresh_thread)
+    thread = threading.Thread(target=run)
     thread.start()
     thread.join()
     if "error" in found:
         raise found["error"]  # type: ignore[misc]
     if found.get("skip"):
         pytest.skip("this CPU has no flush-to-zero mode")
+    return found["result"]
+
+
+def test_a_thread_in_flush_to_zero_mode_changes_nothing():
+    """XLA runs JAX's host callbacks with flush-to-zero / denormals-are-zero set, and OpenMP workers started from such
+    a thread keep that mode: a float16 gradient of subnormals (1e-6) came back 0 on the second thread's rows. The
+    kernel computes in IEEE mode on every thread and gives the caller's mode back."""
+    x, y, w = _problem(600, 500, torch.float16, "same", True, 8)
+    go = torch.tensor(-1.7, dtype=torch.float16)
+    both = lambda: [_run(x, y, w, "mean", go, through_operator) for through_operator in (False, True)]
+    expected = both()
+    assert (expected[0][1].abs() < 6e-5).any()  # float16 subnormals: what a flushing mode loses
+
+    def work():
+        flushing = both()
+        mode_kept = bool(torch.tensor(1e-39) * 1.0 == 0)  # DAZ/FTZ still the caller's
+        torch.set_flush_denormal(False)  # the workers keep theirs
+        return {"flushing": flushing, "after": both(), "mode kept": mode_kept}
+
+    found = _in_a_fresh_flushing_thread(work)
     assert found["mode kept"]
     for key in ("flushing", "after"):
-        for (loss, grad), (expected_loss, expected_grad) in zip(found[key], expected):  # type: ignore[call-overload]
+        for (loss, grad), (expected_loss, expected_grad) in zip(found[key], expected):
             assert torch.equal(loss, expected_loss) and torch.equal(grad, expected_grad), key
 
 
@@ -391,8 +404,6 @@ def test_a_subnormal_incoming_gradient_in_a_flush_to_zero_thread_is_not_zero(dty
     """Backward scales the gradient by autograd's incoming one (``softmargin_scale``), which the kernel read before it
     entered IEEE mode: under denormals-are-zero a subnormal incoming gradient (``(loss * 1e-5).backward()`` in
     float16) read as 0, and the whole gradient came back 0 (nonzero on a thread in IEEE mode)."""
-    import threading
-
     x, y, _ = _problem(64, 80, dtype, "same", False, 9)
     go = torch.tensor(incoming, dtype=dtype)
     assert 0 < go.abs() < torch.finfo(dtype).tiny  # subnormal in its dtype
@@ -400,27 +411,7 @@ def test_a_subnormal_incoming_gradient_in_a_flush_to_zero_thread_is_not_zero(dty
     reference = (torch.sigmoid(x.double()) - y.double()) / x.shape[1] * go.double()  # d loss / d x, float64
     smallest = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps  # the dtype's smallest subnormal
     torch.testing.assert_close(expected[1].double(), reference, rtol=0, atol=smallest)  # in IEEE mode: right
-    found: dict[str, object] = {}
-
-    def in_a_fresh_thread():
-        try:
-            if not torch.set_flush_denormal(True):
-                found["skip"] = True
-                return
-            found["flushing"] = _run(x, y, None, "sum", go, through_operator=False)
-        except BaseException as error:  # reported in the main thread
-            found["error"] = error
-        finally:
-            torch.set_flush_denormal(False)
-
-    thread = threading.Thread(target=in_a_fresh_thread)
-    thread.start()
-    thread.join()
-    if "error" in found:
-        raise found["error"]  # type: ignore[misc]
-    if found.get("skip"):
-        pytest.skip("this CPU has no flush-to-zero mode")
-    loss, grad = found["flushing"]  # type: ignore[misc]
+    loss, grad = _in_a_fresh_flushing_thread(lambda: _run(x, y, None, "sum", go, through_operator=False))
     assert torch.equal(loss, expected[0])
     nonzero = int((grad != 0).sum()), int((expected[1] != 0).sum())
     assert torch.equal(grad, expected[1]), f"{nonzero[0]} nonzero elements, expected {nonzero[1]}"
