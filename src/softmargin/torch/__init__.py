@@ -302,6 +302,13 @@ class _LossOptionAttributes:
     gamma_neg = _option_attribute("gamma_neg")
     clip = _option_attribute("clip")
 
+    reduction: str
+
+    def _changed_settings(self) -> list[str]:
+        """The reduction and the options that differ from the defaults, as ``extra_repr`` shows them."""
+        shown = [f"reduction={self.reduction!r}"] if self.reduction != "mean" else []
+        return shown + [f"{name}={getattr(self._options, name)}" for name in _OPTION_FIELDS if getattr(self._options, name)]
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "options" in state:  # pickled when options was an ordinary attribute
             state["_options"] = state.pop("options")
@@ -348,10 +355,7 @@ class MultiLabelSoftMarginLoss(_LossOptionAttributes, _WeightedLoss):
 
     def extra_repr(self) -> str:
         """The settings that differ from the defaults (torch's module shows none)."""
-        shown = [f"reduction={self.reduction!r}"] if self.reduction != "mean" else []
-        shown += [f"{name}={getattr(self.options, name)}" for name in ("label_smoothing", "gamma_pos", "gamma_neg", "clip")
-                  if getattr(self.options, name)]  # fmt: skip
-        return ", ".join(shown + ([] if self.validate else ["validate=False"]))
+        return ", ".join(self._changed_settings() + ([] if self.validate else ["validate=False"]))
 
     def forward(self, input: Tensor, target: Any, mask: Tensor | None = None) -> Tensor:
         weight, pos_weight = self.weight, self.pos_weight
@@ -599,9 +603,7 @@ class LinearMultiLabelSoftMarginLoss(_LossOptionAttributes, torch.nn.Module):
         shown = [f"in_features={self.weight.shape[1]}", f"num_labels={self.weight.shape[0]}", f"bias={self.bias is not None}"]
         if self.total_labels != self.weight.shape[0]:
             shown += [f"total_labels={self.total_labels}", f"label_offset={self.label_offset}"]
-        shown += [f"reduction={self.reduction!r}"] if self.reduction != "mean" else []
-        shown += [f"{name}={getattr(self.options, name)}" for name in ("label_smoothing", "gamma_pos", "gamma_neg", "clip")
-                  if getattr(self.options, name)]  # fmt: skip
+        shown += self._changed_settings()
         shown += [f"{name}={getattr(self, name)}" for name in ("chunk_size", "memory_budget") if getattr(self, name) is not None]
         return ", ".join(shown)
 
