@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 from softmargin.app import data as D
 
@@ -629,6 +630,22 @@ def test_arff_nominal_attributes_other_than_0_1_are_refused(tmp_path):
     assert D.load_arff(tmp_path / "dense.arff", labels=["y"]).Y.tolist() == [[0], [1]]
     (tmp_path / "quoted.arff").write_text(base + "@attribute y {'0','1'}\n@data\n{0 1,1 1}\n")
     assert np.asarray(D.load_arff(tmp_path / "quoted.arff", labels=["y"]).Y).tolist() == [[1]]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_arff_values_written_in_quotes_are_read(tmp_path, sparse):
+    """Weka writes a nominal {0,1} attribute's values quoted ('1'); they were refused as not numbers."""
+    head = "@relation t\n@attribute a numeric\n@attribute 'y a' {'0','1'}\n@attribute \"y b\" {0,1}\n@data\n"
+    rows = "{0 '1.5',1 '1'}\n{0 \"2\",2 '1'}\n" if sparse else "'1.5','1',\"0\"\n2,'0',\"1\"\n"
+    (tmp_path / "q.arff").write_text(head + rows)
+    data = D.load_arff(tmp_path / "q.arff", labels=["y a", "y b"])
+    dense = [np.asarray(M.todense() if scipy.sparse.issparse(M) else M).tolist() for M in (data.X, data.Y)]
+    assert dense == [[[1.5], [2.0]], [[1, 0], [0, 1]]]
+    # a quoted '?' is the text ?, not a missing value; a quote never closed is no number either
+    for bad in ("'?'", "'1"):
+        (tmp_path / "bad.arff").write_text(head + f"1,{bad},0\n")
+        with pytest.raises(D.DataError, match=r"bad\.arff:6: expected 3 comma-separated numbers"):
+            D.load_arff(tmp_path / "bad.arff", labels=["y a", "y b"])
 
 
 @pytest.mark.parametrize("separator", [";", "\t"])

@@ -310,6 +310,18 @@ def _number(text: str) -> float:
     return math.nan if text in ("?", "") else _value(text)
 
 
+def _arff_number(text: str) -> float:
+    """An ARFF data value: :func:`_number`, also in quotes (Weka writes a {0,1} attribute's values as ``'1'``). A
+    quoted ``'?'`` is the text ?, not a missing value, so it stays an error."""
+    text = text.strip(_SPACE)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        inner = _unquote(text)
+        if inner.strip(_SPACE) in ("?", "") or inner != inner.strip(_SPACE):
+            raise ValueError(f"could not convert string to float: {text!r}")
+        return _value(inner)
+    return _number(text)
+
+
 def mulan_labels(xml_path: str | Path) -> list[str]:
     """The label names listed in a MULAN XML file (``<labels><label name="..."/>...</labels>``)."""
     try:
@@ -396,12 +408,12 @@ def _read_arff_text(path: Path, skip: Collection[str]) -> tuple[list[str], Any, 
                             raise ValueError(f"index {index} is outside the {len(names)} attributes")
                         rows.append(len(lines))
                         cols.append(index)
-                        vals.append(0.0 if index in skipped else _number(value))
+                        vals.append(0.0 if index in skipped else _arff_number(value))
                 else:
                     cells = line.split(",")
                     if len(cells) != len(names):
                         raise ValueError(f"{len(cells)} values for {len(names)} attributes")
-                    dense_rows.append([0.0 if i in skipped else _number(v) for i, v in enumerate(cells)])
+                    dense_rows.append([0.0 if i in skipped else _arff_number(v) for i, v in enumerate(cells)])
             except ValueError as exc:
                 expected = "'{index value, ...}'" if is_sparse else f"{len(names)} comma-separated numbers"
                 raise DataError(f"{path}:{number}: expected {expected} ({exc}); got {line[:80]!r}") from None
