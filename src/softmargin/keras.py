@@ -100,6 +100,9 @@ class MultiLabelSoftMarginLoss(keras.losses.Loss):
         from . import _validation as V
 
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        # kept for get_config only when given (keras.losses.Loss drops it, so a float64 loss reloaded in float32); a
+        # loss built without one follows the global dtype policy wherever it is loaded
+        self._given_dtype = None if dtype is None else dtype if isinstance(dtype, str) else self._dtype_policy.name
         V.check_options(label_smoothing, gamma_pos, gamma_neg, clip)
         backend = keras.backend.backend()
         if backend not in _BACKENDS:
@@ -136,4 +139,5 @@ class MultiLabelSoftMarginLoss(keras.losses.Loss):
         )
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "weight": self.weight, "pos_weight": self.pos_weight, **self.options}
+        config = {**super().get_config(), "weight": self.weight, "pos_weight": self.pos_weight, **self.options}
+        return config if self._given_dtype is None else {**config, "dtype": self._given_dtype}

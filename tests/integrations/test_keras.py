@@ -107,6 +107,10 @@ CHECKS = textwrap.dedent(
     scalar, per_class = KL(weight=2.0, pos_weight=np.float32(3.0)), KL(weight=[2.0] * 4, pos_weight=[3.0] * 4)
     out["scalar"] = [float(scalar(Y[:3], yp)), float(per_class(Y[:3], yp))]
     out["scalar_config"] = [KL.from_config(scalar.get_config()).get_config()[k] for k in ("weight", "pos_weight")]
+    # a dtype given survives get_config through JSON (keras.losses.Loss drops it); none given follows the policy
+    policies = ("float64", keras.DTypePolicy("mixed_float16"), None)
+    reloaded = [KL.from_config(json.loads(json.dumps(KL(dtype=d).get_config()))) for d in policies]
+    out["dtype_config"] = [[loss.dtype, loss.get_config().get("dtype")] for loss in reloaded]
     print(json.dumps(out))
     """
 )
@@ -143,6 +147,7 @@ def test_targets_and_weights_are_checked(backend):
     )
     assert out["scalar"][0] == pytest.approx(out["scalar"][1], rel=1e-6)
     assert out["scalar_config"] == [2.0, 3.0]
+    assert out["dtype_config"] == [["float64", "float64"], ["float16", "mixed_float16"], ["float32", None]]
 
 
 HALF = textwrap.dedent(
