@@ -261,11 +261,21 @@ def test_a_kernel_call_lets_other_threads_run():
         calls.join()
         return longest
 
-    stalls = []
-    for _ in range(3):  # a busy machine may stall a thread now and then; a held GIL stalls it every time
-        stalls.append(longest_stall())
-        if stalls[-1] < call / 2:
-            return
+    # Two Python threads hand the GIL over only every switch interval (5 ms by default, half a call here: on a busy
+    # machine a released GIL still measured 8 ms stalls beside 9 ms calls); at 0.1 ms, a stall of half a call can
+    # only be a GIL held through the call
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        stalls = []
+        for _ in range(3):  # a busy machine may stall a thread now and then; a held GIL stalls it every time
+            stalls.append(longest_stall())
+            if stalls[-1] < call / 2:
+                return
+    finally:
+        sys.setswitchinterval(interval)
     pytest.fail(f"this thread stalled {[round(1e3 * s, 1) for s in stalls]} ms beside {1e3 * call:.1f} ms kernel calls")
 
 
