@@ -9,6 +9,7 @@ install: without a kernel the library runs its torch/NumPy fallback.
 """
 
 import importlib.util
+import os
 from pathlib import Path
 
 import setuptools
@@ -46,6 +47,11 @@ class KernelLibrary(Extension):
 
 
 class BuildKernels(build_ext):
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:  # the kernel variants are independent compiler runs: one per CPU (pip gives no -j)
+            self.parallel = os.cpu_count() or 1
+
     def get_ext_filename(self, fullname: str) -> str:
         ext = self.ext_map.get(fullname) if hasattr(self, "ext_map") else None
         if isinstance(ext, KernelLibrary) or fullname.startswith("softmargin.kernels._cpu_"):

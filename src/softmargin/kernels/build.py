@@ -146,11 +146,17 @@ def build_variant(
 
 def build_all(directory: Path = PACKAGE_DIR, extra: list[str] | None = None, only: list[str] | None = None,
               log: Callable[[str], object] = print) -> dict[str, str | None]:
-    """Build every variant (or ``only`` those) into ``directory``; returns each variant's error or None."""
-    errors: dict[str, str | None] = {}
-    for variant in only or variants():
-        errors[variant] = build_variant(variant, library_path(variant, directory), extra)
-        log(f"softmargin kernel {variant}: " + ("built" if errors[variant] is None else f"not built: {errors[variant]}"))
+    """Build every variant (or ``only`` those) into ``directory``, one compiler per CPU at a time (each variant is a
+    compiler run of its own); returns each variant's error or None."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = list(only or variants())
+    with ThreadPoolExecutor(max_workers=max(1, min(len(wanted), os.cpu_count() or 1))) as pool:
+        jobs = [pool.submit(build_variant, variant, library_path(variant, directory), extra) for variant in wanted]
+        errors: dict[str, str | None] = {}
+        for variant, job in zip(wanted, jobs):
+            errors[variant] = job.result()
+            log(f"softmargin kernel {variant}: " + ("built" if errors[variant] is None else f"not built: {errors[variant]}"))
     return errors
 
 
