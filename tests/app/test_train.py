@@ -277,36 +277,24 @@ def test_a_diverged_run_stops_every_process(tmp_path):
 def test_two_processes_split_the_labels_of_a_fused_head(tmp_path):
     """From 512 labels the head is fused; under torchrun each process holds half of the output layer and sees the
     whole batch (label-parallel), initialised as one process would, so the result matches one process closely
-    (tolerance 0.005 on P@1, micro-F1)."""
-    data = _libsvm(tmp_path / "xc.txt", rows=1500, features=60, labels=600, per_row=20)
-    argv = ["train", "--data", str(data), "--hidden", "32", "--epochs", "20", "--lr", "0.01", "--ensemble", "1", "--dropout", "0", "--threads", "1"]
+    (tolerance 0.005 on P@1, micro-F1, measured on a --test file); rank 0 alone writes the run folder. (This replaced
+    a run on delicious, 983 labels, the same path at 29 s of CI.)"""
+    header, *lines = _libsvm(tmp_path / "xc.txt", rows=2000, features=60, labels=600, per_row=20).read_text().splitlines()
+    for name, part in (("train", lines[:1500]), ("test", lines[1500:])):
+        (tmp_path / f"{name}.txt").write_text(f"{len(part)} 60 600\n" + "\n".join(part) + "\n")
+    argv = ["train", "--data", "train.txt", "--test", "test.txt", "--hidden", "32", "--epochs", "20", "--lr", "0.01",
+            "--ensemble", "1", "--dropout", "0", "--threads", "1"]  # fmt: skip
     one = _torchrun(1, argv + ["--out", "one", "--quiet"], tmp_path)
     two = _torchrun(2, argv + ["--out", "two"], tmp_path)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert "label-parallel fused head: 600 labels in 2 shards (rank 0: labels 0:300)" in two.stderr
-    assert len(list((tmp_path / "two").iterdir())) == 1
+    (run,) = (tmp_path / "two").iterdir()
+    assert json.loads((run / "model.json").read_text())["label_names"][:2] == ["0", "1"]
     first, second = (json.loads((next((tmp_path / n).iterdir()) / "metrics.json").read_text()) for n in ("one", "two"))
     print({key: (first[key], second[key]) for key in ("P@1", "micro_f1")})
     assert first["P@1"] > 0.2, "the comparison means something only if the model learned"
     for key in ("P@1", "micro_f1"):
         assert abs(first[key] - second[key]) <= 0.005, (key, first[key], second[key])
-
-
-MULAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mulan"
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not (MULAN / "delicious").exists(), reason="../shared/data/mulan is not on this machine")
-def test_delicious_on_two_processes_uses_the_label_parallel_head(tmp_path):
-    """delicious (983 labels, from 512 the head is fused): two processes split its output layer; rank 0 alone writes."""
-    folder = MULAN / "delicious"
-    argv = ["train", "--data", str(folder / "delicious-train.arff"), "--test", str(folder / "delicious-test.arff"),
-            "--hidden", "64", "--epochs", "1", "--ensemble", "1", "--batch-size", "256", "--threads", "1", "--out", "runs"]  # fmt: skip
-    done = _torchrun(2, argv, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "label-parallel fused head: 983 labels in 2 shards (rank 0: labels 0:491)" in done.stderr
-    (run,) = (tmp_path / "runs").iterdir()
-    assert json.loads((run / "model.json").read_text())["label_names"][:1] and (run / "metrics.json").exists()
 
 
 # --- device --------------------------------------------------------------------------------------------------------
