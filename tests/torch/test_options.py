@@ -98,11 +98,15 @@ def test_option_against_naive_reference(case, reduction, soft, rng):
 
 
 @pytest.mark.parametrize("case", ["pos_weight", "mask", "smoothing", "focal", "asymmetric", "fractional gammas"])
-def test_gradcheck(case, rng):
+def test_gradcheck(case, rng, torch_path):
     x = torch.tensor(rng.standard_normal((4, 5)) * 2, requires_grad=True)
     y = torch.tensor(rng.random((4, 5)))
     kw = {k: (torch.tensor(v) if isinstance(v, np.ndarray) else v) for k, v in _api_kwargs(CASES[case]).items()}
-    assert torch.autograd.gradcheck(lambda a: st.multilabel_soft_margin_loss(a, y, reduction="none", **kw), (x,))
+    # Triton's interpreter takes 0.1 s a call: its full Jacobian (40 calls) took 3.5 s a case, gradcheck's fast mode
+    # (a random projection of it) a few calls; the element-wise check of its gradient is the formula tests' job
+    fast = torch_path == "triton"
+    loss = lambda a: st.multilabel_soft_margin_loss(a, y, reduction="none", **kw)
+    assert torch.autograd.gradcheck(loss, (x,), fast_mode=fast)
 
 
 def test_focal_matches_torchvision_formula(rng):
