@@ -116,6 +116,19 @@ def test_cv_thresholds_first_label_reaches_the_best_f1() -> None:
     assert _f1(y, scores >= threshold) == pytest.approx(best)
 
 
+
+@pytest.mark.parametrize("counts", ["observed", "calibrated"])
+def test_cv_thresholds_a_cut_taking_every_held_out_row_sits_below_every_held_out_score(counts: str) -> None:
+    """A label positive in every held-out row (scores 0.9 to 1 - 1e-7) is cut below all of them: at most 0.5, as a
+    label without a held-out positive is cut above all of them, at least 0.5. Its threshold was the lowest held-out
+    score itself, so a new row scored a hair below it lost the label."""
+    rng = np.random.default_rng(0)
+    Y = np.c_[rng.random(100) < 0.3, np.ones(100)].astype(np.uint8)
+    S = np.c_[np.clip(0.4 * Y[:, 0] + 0.6 * rng.random(100), 0, 1), 1 - rng.uniform(1e-7, 0.1, 100)]
+    thresholds = cv_thresholds(Y, S, counts=counts, floor=0.05)
+    assert thresholds[1] == 0.5
+    assert (S[:, 1] >= thresholds[1]).all()
+
 @pytest.mark.parametrize("seed", range(5))
 def test_cv_thresholds_never_below_the_floor(seed: int) -> None:
     rng = np.random.default_rng(seed)
