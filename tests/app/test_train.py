@@ -126,6 +126,30 @@ def test_features_float32_would_blur_train_in_float64():
     assert (model.predict(X[200:]) == Y[200:]).mean() > 0.95
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_features_beyond_float32s_range_are_refused_by_name(sparse):
+    """Features of 1e-50 became 0 in float32: the model ignored them and fit silently (0.59 off in probability from
+    the same data times 1e50); beyond 3.4e38 they became infinite (an unclear error, or NaN). Refused, named; the
+    smallest normal float32 (1.2e-38) and features of 1e-30 still train."""
+    import scipy.sparse as sp
+
+    X, Y = _timestamps(100)
+    X = np.abs(X - 1.6e9) + 1.0  # positive, so that sparse input holds every value
+    config = T.TrainConfig(seed=0, ensemble=1, model="linear", optimizer="lbfgs", C=1.0, standardize="yes")
+
+    def fit(scale):
+        features = X * np.array([1.0, scale])
+        features = sp.csr_matrix(features) if sparse else features
+        return T.fit(D.Dataset(features, Y, ["t0", "t1"], ["a", "b"], "scaled"), config, progress=False)
+
+    with pytest.raises(ValueError, match=r"scaled: feature 't1' \(column 1\) has values of magnitude up to .*e-4\d, below float32's smallest normal"):
+        fit(1e-50)
+    with pytest.raises(ValueError, match=r"scaled: feature 't1' \(column 1\) has values of magnitude up to .*e\+39, beyond float32's largest"):
+        fit(1e38)
+    for scale in (2 * np.finfo(np.float32).tiny / X[:, 1].max(), 1e-30, 1e37 / X[:, 1].max()):
+        assert np.isfinite(fit(scale).predict_proba(X * np.array([1.0, scale]))).all()
+
+
 def test_load_run_is_exported_lazily():
     code = "import sys, softmargin; assert 'softmargin.app' not in sys.modules; softmargin.load_run; assert 'softmargin.app' in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

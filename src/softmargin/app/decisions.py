@@ -18,9 +18,10 @@ What the cut counts (``counts``):
   threshold, the one threshold shared by every label that maximises the pooled held-out micro-F1; with
   ``fallback="above"`` (SCutfbr's rule) to a threshold above every held-out score (at least 0.5).
 
-Either way a label without any held-out positive is predicted only above every held-out score, and no threshold is
-below ``floor``: a cut tuned on a handful of held-out positives can sit at 1e-7 and predict a label for every sample
-(this is what made the old per-label F1 tuning wreck Hamming loss and micro-F1 on medical and enron).
+Either way a label without any held-out positive is predicted only above every held-out score (at least 0.5), one
+whose best cut takes every held-out row from below every held-out score (at most 0.5), and no threshold is below
+``floor``: a cut tuned on a handful of held-out positives can sit at 1e-7 and predict a label for every sample (this
+is what made the old per-label F1 tuning wreck Hamming loss and micro-F1 on medical and enron).
 """
 
 from __future__ import annotations
@@ -251,8 +252,10 @@ def cv_thresholds(
             above = max(0.5, float(np.nextafter(s[0], np.inf)))  # SCutfbr: above every held-out score
             thresholds[j] = shared if fallback == "global" and y.any() and not calibrated else above
             best = 0  # the running micro-F1 counts the label as not predicted on held-out rows
-        elif best == len(s):
-            thresholds[j] = float(s[-1])
+        elif best == len(s):  # every held-out row: below every held-out score (at most 0.5), as "above" mirrored
+            # (at the lowest held-out score itself, a label positive in every training row was predicted absent for
+            # 14 of its 200 rows: L-BFGS gave them 1 - 5e-7, a hair below the lowest held-out probability)
+            thresholds[j] = min(0.5, float(s[-1]))
         else:
             thresholds[j] = (s[best - 1] + s[best]) / 2
         totals += (tp[best], fp[best], fn[best])

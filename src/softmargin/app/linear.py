@@ -45,7 +45,13 @@ def tfidf_weights(X: Any) -> np.ndarray:
         [1.0, 2.099]
     """
     n = X.shape[0]
-    df = np.diff(sp.csc_matrix(X).indptr) if sp.issparse(X) else np.count_nonzero(np.asarray(X), axis=0)
+    if sp.issparse(X):  # a stored entry is not a non-zero: stored zeros (sparse arithmetic, BSR blocks) are no occurrence
+        counted = sp.csc_matrix(X, copy=True)
+        counted.sum_duplicates()
+        counted.eliminate_zeros()
+        df = np.diff(counted.indptr)
+    else:
+        df = np.count_nonzero(np.asarray(X), axis=0)
     return (1.0 + np.log((1.0 + n) / (1.0 + df))).astype(np.float64)
 
 

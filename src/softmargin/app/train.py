@@ -577,10 +577,35 @@ def _float32_blurs(X: Any, block_cells: int = 1 << 22) -> bool:
     return bool(((np.abs(scaler.mean_) * 2.0**-24 > BLUR * std) & (std > 0)).any())
 
 
+def _check_float32_range(train: Dataset) -> None:
+    """Refuse float64 features that float32, which the network and its scaler are computed and stored in, cannot
+    hold: a column whose every non-zero is below float32's smallest normal number (1.2e-38; all of 1e-50 became 0: the
+    model ignored the feature, 0.59 off in probability from the same data times 1e50) or a value above its largest
+    (3.4e38: it became infinite). One pass over the values, no copy of a dense ``X``."""
+    X = train.X
+    if X.dtype != np.float64 or X.shape[0] == 0:
+        return
+    if sp.issparse(X):
+        largest = np.asarray(abs(sp.csr_matrix(X)).max(axis=0).toarray()).ravel()
+    else:
+        largest = np.maximum(X.max(axis=0), -X.min(axis=0))
+    limits = np.finfo(np.float32)
+    for bad, what in (((largest > 0) & (largest < limits.tiny), f"below float32's smallest normal number {limits.tiny:.3g}, "
+                                                                 "which it rounds to 0 or to a few bits (the feature is lost)"),
+                      (largest > limits.max, f"beyond float32's largest {limits.max:.3g}, so that they would become infinite")):  # fmt: skip
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            name = train.feature_names[j] if j < len(train.feature_names) else str(j)
+            raise ValueError(f"{train.name}: feature {name!r} (column {j}) has values of magnitude up to {largest[j]:.3g}, "
+                             f"{what}: the network computes in float32 ({int(bad.sum())} such column(s)); rescale the "
+                             "features first, e.g. divide each column by its largest absolute value")  # fmt: skip
+
+
 def _as_computed(train: Dataset) -> Dataset:
     """``train`` with its features in float32, as the network computes, unless float32 would blur a dense column
     (:func:`_float32_blurs`): those features stay float64 and are centred in float64 (``MultiLabelNet.inputs``)."""
     X = train.X
+    _check_float32_range(train)
     if X.dtype == np.float32 or _float32_blurs(X):
         return train
     return dataclasses.replace(train, X=X.astype(np.float32))
