@@ -123,6 +123,10 @@ def as_sparse_targets(
             if part.dtype.kind not in "iu":
                 raise TypeError(f"sparse target: {name} has dtype {part.dtype}: expected integers")
         values = None if len(target) == 2 else np.asarray(_to_numpy(target[2]))
+        shapes = {"indices": indices.shape, "values": None if values is None else values.shape}
+        for name, part_shape in shapes.items():
+            if part_shape is not None and len(part_shape) != 1:  # the kernel would read an (nnz, 1) column, the chunked path fail
+                raise ValueError(f"sparse target: {name} has shape {part_shape}: expected one dimension, one entry per positive")
         given = (len(indptr) - 1, num_classes)
     elif isinstance(target, list):
         lengths = [len(labels) for labels in target]
@@ -151,6 +155,9 @@ def as_sparse_targets(
     if len(indices) and (indices.min() < 0 or indices.max() >= num_classes):
         bad = int(indices[(indices < 0) | (indices >= num_classes)][0])
         raise ValueError(f"sparse target has a label index {bad} outside [0, {num_classes}): expected class indices")
+    if values is not None and np.asarray(values).dtype.kind not in "biuf":
+        # a complex matrix lost its imaginary parts to the float64 conversion below (a dense one is refused)
+        raise TypeError(f"sparse target has values of dtype {np.asarray(values).dtype}: expected a real (floating, integer or boolean) dtype")
     rows = np.repeat(np.arange(num_rows), np.diff(indptr))
     order = np.lexsort((indices, rows))
     if (order != np.arange(len(order))).any():  # sort each row's labels, as the kernel walks them in order

@@ -176,7 +176,12 @@ def evaluate(
     it scoring 1 in LRAP and 0 in nDCG, as scikit-learn counts samples without positives)."""
     Y = _label_matrix(Y, "Y").astype(np.int64)
     scores = _scores(scores, Y, finite=True)
-    thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (Y.shape[1],))
+    num_labels = Y.shape[1]
+    given = np.asarray(thresholds)
+    if given.ndim > 1 or given.size not in (1, num_labels):  # NumPy's broadcast error named no argument
+        raise ValueError(f"thresholds has shape {given.shape}: expected one threshold, or one per label of Y, shape ({num_labels},)")
+    # a NaN threshold predicted nothing for its label, silently
+    thresholds = np.broadcast_to(_real_array(given.reshape(-1), "thresholds", (given.size,), "its own shape"), (num_labels,))
     if pred is None:
         pred = (scores >= thresholds).astype(np.int64)
     else:
@@ -220,6 +225,10 @@ def evaluate(
         for k in (1, 3, 5):
             result[f"nDCG@{k}"] = skm.ndcg_score(Yw, scoresw, k=k)
         if train_label_counts is not None and train_size:
+            # a longer one was read for its first labels (its last ones' only as macro-F1 labels), a shorter one failed
+            train_label_counts = _real_array(
+                train_label_counts, "train_label_counts", (Y.shape[1],), f"one count per label of Y, shape ({Y.shape[1]},)"
+            )  # fmt: skip
             inv_p = 1.0 / propensities(train_label_counts, train_size)
             for k in (1, 3, 5):
                 result[f"PSP@{k}"] = _psp_at_k(Y, scores, inv_p, k)

@@ -336,3 +336,25 @@ def test_one_label_as_two_with_a_second_never_true_nor_predicted(seed):
     for key in one:
         assert one[key] == pytest.approx(two[key] * (2 if key in halved else 1), rel=1e-15, abs=0), key
     assert per_label == per_label_two[:1]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    # NumPy's "operands could not be broadcast together with remapped shapes", naming no argument
+    ({"thresholds": [0.5, 0.5]}, r"^thresholds has shape \(2,\): expected one threshold, or one per label of Y, shape \(3,\)$"),
+    ({"thresholds": np.full((4, 3), 0.5)}, r"^thresholds has shape \(4, 3\): expected one threshold"),
+    # a NaN threshold predicted nothing for its label: micro-F1 0.25 (0.6 at 0.5), silently
+    ({"thresholds": [0.5, np.nan, 0.5]}, r"^thresholds holds 1 NaN value\(s\), the first nan at \[1\]"),
+    # a longer list was read for its first labels: PSP@k computed, silently, with another label's propensities
+    ({"train_label_counts": np.array([5, 2, 3, 0]), "train_size": 10},
+     r"^train_label_counts has shape \(4,\): expected one count per label of Y, shape \(3,\)$"),
+    ({"train_label_counts": np.array([5, 2]), "train_size": 10}, r"^train_label_counts has shape \(2,\): expected one count"),
+])  # fmt: skip
+def test_evaluate_refuses_thresholds_and_label_counts_of_another_length(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        M.evaluate(Y, S, **kwargs)
+
+
+def test_evaluate_takes_one_threshold_or_one_per_label():
+    pred = (S >= np.array([0.5, 0.3, 0.7])).astype(int)
+    assert M.evaluate(Y, S, thresholds=[0.5, 0.3, 0.7])[0] == M.evaluate(Y, S, pred=pred)[0]
+    assert M.evaluate(Y, S, thresholds=np.array([0.5]))[0] == M.evaluate(Y, S, thresholds=0.5)[0]

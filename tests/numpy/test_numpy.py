@@ -288,3 +288,25 @@ def test_the_and_grad_function_is_exported():
     import softmargin.numpy as snp
 
     assert "multilabel_soft_margin_loss_and_grad" in snp.__all__
+
+
+
+@pytest.mark.parametrize(("target", "error", "message"), [
+    # the imaginary parts were dropped (the real parts used as the target): a dense complex target is refused
+    ("scipy complex", TypeError, r"sparse target has values of dtype complex128: expected a real"),
+    ((np.array([0, 1, 2]), np.array([2, 3]), np.array([0.5, 0.25 + 1j])), TypeError,
+     r"sparse target has values of dtype complex128: expected a real"),
+    ((np.array([0, 1, 2]), np.array([2, 3]), np.array(["a", "b"])), TypeError,
+     r"sparse target has values of dtype <U1: expected a real"),
+    # an (nnz, 1) column of values: the kernel read it as the values, the chunked path failed in NumPy's indexing
+    ((np.array([0, 1, 2]), np.array([2, 3]), np.array([[0.5], [0.25]])), ValueError,
+     r"sparse target: values has shape \(2, 1\): expected one dimension"),
+    ((np.array([0, 1, 2]), np.array([[2], [3]])), ValueError, r"sparse target: indices has shape \(2, 1\): expected one dimension"),
+])  # fmt: skip
+def test_a_sparse_target_of_complex_or_non_1d_values_is_refused(numpy_path, target, error, message):
+    if isinstance(target, str):
+        sparse = pytest.importorskip("scipy.sparse")
+        target = sparse.csr_matrix(np.array([[0, 0, 0.5 + 0.5j, 0, 0], [0, 0, 0, 0.25, 0]]))
+    x = np.linspace(-2, 2, 10).reshape(2, 5)
+    with pytest.raises(error, match=message):
+        multilabel_soft_margin_loss_and_grad(x, target)
