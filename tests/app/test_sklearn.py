@@ -3,6 +3,8 @@ logistic regression."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -141,6 +143,20 @@ def test_0_1_booleans_and_1d_class_labels_still_fit():
     assert set(SoftMarginClassifier(epochs=2, random_state=0).fit(X, signs).predict(X)) <= {-1, 1}
     names = np.array(["a", "b", "c"])[Y[:, 0] + Y[:, 1]]
     assert set(SoftMarginClassifier(epochs=2, random_state=0).fit(X, names).predict(X)) <= {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("params", [{"thresholds": "tuned"}, {"thresholds": "top-k"}, {"at_least_one": "yes"}])
+def test_decision_rules_on_a_multiclass_y_are_named_as_ignored(params):
+    """predict takes the most probable class of a multiclass y: a decision rule there did nothing, silently ("tuned"
+    held rows out for it); now it warns, and the fit is the one with the default rule."""
+    X, Y = make_multilabel_classification(n_samples=60, n_features=4, n_classes=3, random_state=0)
+    names = np.array(["a", "b", "c"])[Y[:, 0] + Y[:, 1]]
+    with pytest.warns(UserWarning, match=rf"{next(iter(params))}=.* ignored for a multiclass y"):
+        ruled = SoftMarginClassifier(epochs=3, random_state=0, **params).fit(X, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = SoftMarginClassifier(epochs=3, random_state=0).fit(X, names)
+    np.testing.assert_array_equal(ruled.predict_proba(X), plain.predict_proba(X))
 
 
 @pytest.mark.parametrize(("params", "message"), [

@@ -221,6 +221,15 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
                 f"thresholds={self.thresholds!r}: a binary y is one label (the positive class), which {self.thresholds} "
                 "would predict for every sample; expected 'fixed' or 'tuned' for a binary y"
             )
+        if len(self.classes_) > 2 and self._binarizer is not None and (self.thresholds, self.at_least_one) != ("fixed", "no"):
+            # predict takes the most probable class: no decision rule applies, and "tuned" would hold rows out for nothing
+            warnings.warn(
+                f"thresholds={self.thresholds!r}, at_least_one={self.at_least_one!r} are ignored for a multiclass y "
+                "(predict takes the most probable class); this fit uses thresholds='fixed', at_least_one='no'",
+                UserWarning,
+                stacklevel=2,
+            )
+            config = dataclasses.replace(config, thresholds="fixed", at_least_one="no")
         names = [str(c) for c in range(Y.shape[1])]
         features = [str(f) for f in range(X.shape[1])]
         random_state = self._random_state()
