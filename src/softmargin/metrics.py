@@ -180,8 +180,10 @@ def evaluate(
     given = np.asarray(thresholds)
     if given.ndim > 1 or given.size not in (1, num_labels):  # NumPy's broadcast error named no argument
         raise ValueError(f"thresholds has shape {given.shape}: expected one threshold, or one per label of Y, shape ({num_labels},)")
-    # a NaN threshold predicted nothing for its label, silently
-    thresholds = np.broadcast_to(_real_array(given.reshape(-1), "thresholds", (given.size,), "its own shape"), (num_labels,))
+    if pred is None:  # a NaN threshold predicted nothing for its label, silently
+        given = _real_array(given.reshape(-1), "thresholds", (given.size,), "its own shape")
+    # (with ``pred`` the thresholds are only reported per label: a rank rule's are NaN, none applies)
+    thresholds = np.broadcast_to(given.reshape(-1).astype(np.float64), (num_labels,))
     if pred is None:
         pred = (scores >= thresholds).astype(np.int64)
     else:

@@ -358,3 +358,6 @@ def test_evaluate_takes_one_threshold_or_one_per_label():
     pred = (S >= np.array([0.5, 0.3, 0.7])).astype(int)
     assert M.evaluate(Y, S, thresholds=[0.5, 0.3, 0.7])[0] == M.evaluate(Y, S, pred=pred)[0]
     assert M.evaluate(Y, S, thresholds=np.array([0.5]))[0] == M.evaluate(Y, S, thresholds=0.5)[0]
+    # with pred the thresholds decide nothing: a rank rule's (top-k, rcut) are NaN, as the trainer passes them
+    metrics, per_label = M.evaluate(Y, S, thresholds=np.full(3, np.nan), pred=pred)
+    assert metrics == M.evaluate(Y, S, pred=pred)[0] and all(np.isnan(r["threshold"]) for r in per_label)
