@@ -58,7 +58,13 @@ class SoftMarginClassifier(ClassifierMixin, BaseEstimator):
     (per label, on the validation split), ``"top-k"`` (each sample's best label) or ``"rcut"`` (each sample's t best,
     t the training label cardinality). A binary y (one sigmoid) takes ``"fixed"`` or ``"tuned"``: ranking its one
     label would predict the positive class for every sample, so ``fit`` refuses the others with a ValueError; a
-    multiclass y predicts the most probable class.
+    multiclass y predicts the most probable class (a decision rule other than the defaults warns that it is ignored
+    there, and the fit uses the defaults).
+
+    ``optimizer="newton"`` (with ``model="linear"``) trains LIBLINEAR's L2-loss SVM (the squared hinge), as ``softmargin
+    train``'s default for bag-of-words features does: its ``predict_proba`` is sigmoid(margin), which ranks and cuts
+    well but is not a calibrated probability (``softmargin train --linear-loss logistic`` gives calibrated ones; the
+    estimator does not expose that choice).
 
     A parameter set to other than its default where the fit does not use it (``lr`` or ``batch_size`` with
     ``optimizer="lbfgs"``, ``dropout`` or ``hidden_layer_sizes`` with ``model="linear"``) gets a ``UserWarning`` at
