@@ -95,6 +95,11 @@ def _scores(scores: Any, Y: np.ndarray, finite: bool = False) -> NDArray[np.floa
     return _real_array(scores, "scores", Y.shape, f"Y's shape {Y.shape}", finite)
 
 
+def _check_rows(Y: np.ndarray) -> None:
+    if len(Y) == 0:  # P@k was NaN with NumPy's "Mean of empty slice"; evaluate failed in scikit-learn naming no argument
+        raise ValueError(f"Y has shape {Y.shape}: expected at least one sample (row) to evaluate")
+
+
 def _check_k(k: Any) -> int:
     if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1):
         raise ValueError(f"k={k!r}: expected an integer >= 1")
@@ -111,6 +116,7 @@ def precision_at_k(Y: Any, scores: Any, k: int) -> float:
     """
     k = _check_k(k)
     Y = _label_matrix(Y, "Y")
+    _check_rows(Y)
     return _precision_at_k(Y, _scores(scores, Y), k)
 
 
@@ -127,12 +133,20 @@ def propensities(label_counts: np.ndarray, num_samples: int, A: float = 0.55, B:
     ``num_samples`` N is the number of training samples, at least 1 (ValueError otherwise). For N <= 2 (N < e)
     the formula's log N - 1 is negative, which would give propensities outside (0, 1] (negative, or above 1) and PSP@k
     NaN; C is clamped at 0 there, so every propensity is 1: so little data says nothing about missing labels, and
-    PSP@k reduces to the normalised P@k."""
+    PSP@k reduces to the normalised P@k. ``label_counts`` are non-negative numbers (ValueError otherwise: a count
+    of -1.5 gave the propensity 0, one below that NaN)."""
     if not (isinstance(num_samples, (int, float, np.integer, np.floating)) and not isinstance(num_samples, bool)
             and num_samples >= 1 and np.isfinite(num_samples)):  # fmt: skip
         raise ValueError(f"num_samples={num_samples!r}: expected the number of training samples, at least 1")
+    counts = _real_array(label_counts, "label_counts", np.shape(label_counts), "its own shape", finite=True)
+    if counts.size and counts.min() < 0:
+        first = tuple(int(i) for i in np.argwhere(counts < 0)[0])
+        raise ValueError(
+            f"label_counts holds {int((counts < 0).sum())} negative value(s), the first {counts[first].item()!r} at "
+            f"{list(first)}: expected each label's number of training positives (>= 0)"
+        )
     c = max(float(np.log(num_samples)) - 1.0, 0.0) * (B + 1) ** A
-    propensity: NDArray[np.float64] = 1.0 / (1.0 + c * np.exp(-A * np.log(np.asarray(label_counts, dtype=np.float64) + B)))
+    propensity: NDArray[np.float64] = 1.0 / (1.0 + c * np.exp(-A * np.log(counts + B)))
     return propensity
 
 
@@ -145,6 +159,7 @@ def psp_at_k(Y: Any, scores: Any, inv_propensity: Any, k: int) -> float:
     labels is used)."""
     k = _check_k(k)
     Y = _label_matrix(Y, "Y")
+    _check_rows(Y)
     L = Y.shape[1]
     inv_propensity = _real_array(inv_propensity, "inv_propensity", (L,), f"one value per label of Y, shape ({L},)")
     return _psp_at_k(Y, _scores(scores, Y), inv_propensity, k)
@@ -175,6 +190,7 @@ def evaluate(
     One label (L = 1) is evaluated too, each metric taking its definition's value for that label (a sample without
     it scoring 1 in LRAP and 0 in nDCG, as scikit-learn counts samples without positives)."""
     Y = _label_matrix(Y, "Y").astype(np.int64)
+    _check_rows(Y)
     scores = _scores(scores, Y, finite=True)
     num_labels = Y.shape[1]
     given = np.asarray(thresholds)

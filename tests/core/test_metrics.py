@@ -361,3 +361,26 @@ def test_evaluate_takes_one_threshold_or_one_per_label():
     # with pred the thresholds decide nothing: a rank rule's (top-k, rcut) are NaN, as the trainer passes them
     metrics, per_label = M.evaluate(Y, S, thresholds=np.full(3, np.nan), pred=pred)
     assert metrics == M.evaluate(Y, S, pred=pred)[0] and all(np.isnan(r["threshold"]) for r in per_label)
+
+
+def test_propensities_refuse_negative_or_nan_label_counts():
+    """A count of -1.5 made log(N_l + B) -inf (propensity 0, PSP@k infinite), one below it NaN: refused by name."""
+    with pytest.raises(ValueError, match=r"label_counts holds 1 negative value\(s\), the first -1.5 at \[1\]"):
+        M.propensities(np.array([3, -1.5, 0]), 100)
+    with pytest.raises(ValueError, match=r"label_counts holds 1 NaN value\(s\)"):
+        M.propensities(np.array([3, np.nan]), 100)
+    with pytest.raises(ValueError, match=r"train_label_counts holds 1 negative|label_counts holds 1 negative"):
+        M.evaluate(np.eye(2), np.eye(2), train_label_counts=np.array([1, -2]), train_size=10)
+
+
+@pytest.mark.parametrize("metric", ["evaluate", "precision_at_k", "psp_at_k"])
+def test_metrics_on_zero_samples_are_refused_by_name(metric):
+    """P@k of no rows was NaN behind NumPy's "Mean of empty slice"; evaluate failed inside scikit-learn."""
+    Y, scores = np.zeros((0, 3)), np.zeros((0, 3))
+    call = {
+        "evaluate": lambda: M.evaluate(Y, scores),
+        "precision_at_k": lambda: M.precision_at_k(Y, scores, 1),
+        "psp_at_k": lambda: M.psp_at_k(Y, scores, np.ones(3), 1),
+    }[metric]
+    with pytest.raises(ValueError, match=r"Y has shape \(0, 3\): expected at least one sample"):
+        call()
