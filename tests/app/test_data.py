@@ -95,6 +95,11 @@ def test_many_sparse_arff_labels_stay_sparse_and_are_checked(tmp_path, monkeypat
     (tmp_path / "bad.arff").write_text(SPARSE_ARFF.replace("{1 0.25,3 1}", "{1 0.25,3 2}"))
     with pytest.raises(D.DataError, match=r"bad\.arff:8: label 'b' is 2\.0: expected 0 or 1"):
         D.load_arff(tmp_path / "bad.arff", labels=["a", "b"])
+    (tmp_path / "missing.arff").write_text(SPARSE_ARFF.replace("{1 0.25,3 1}", "{1 0.25,3 ?}"))
+    for threshold in (6, 1 << 26):  # sparse labels and dense ones: a '?' label cell is named missing, not "nan"
+        monkeypatch.setattr(D, "SPARSE_LABELS_FROM", threshold)
+        with pytest.raises(D.DataError, match=r"missing\.arff:8: label 'b' is missing \('\?', empty or NaN; 1 such"):
+            D.load_arff(tmp_path / "missing.arff", labels=["a", "b"])
     monkeypatch.setattr(D, "SPARSE_LABELS_FROM", 1 << 26)
     with pytest.raises(D.DataError, match=r"bad\.arff:8: label 'b' is 2\.0: expected 0 or 1"):
         D.load_arff(tmp_path / "bad.arff", labels=["a", "b"])
@@ -170,7 +175,7 @@ def test_unknown_data_spec():
         ("1.5,nan,1,0\n", r"d\.arff:7: feature 'f 2' is nan: expected a finite number"),
         ("1,2,1,0\ninf,2,1,0\n", r"d\.arff:8: feature 'f1' is inf"),
         ("1,?,1,0\n", r"d\.arff:7: feature 'f 2' is nan"),
-        ("1,2,?,0\n", r"d\.arff:7: label 'a' is nan: expected 0 or 1"),
+        ("1,2,?,0\n", r"d\.arff:7: label 'a' is missing \('\?', empty or NaN; 1 such label cell\(s\) in the file\): expected 0 or 1"),
     ],
 )
 def test_non_finite_arff_features_are_rejected_with_file_and_line(tmp_path, body, message):

@@ -208,11 +208,21 @@ def _not_utf8(path: Path) -> DataError:
     return DataError(f"{path}: expected a UTF-8 text file")  # pragma: no cover - called on a decoding error
 
 
+def _label_error(path: Path, line: int, name: str, value: float, missing: int) -> DataError:
+    if np.isnan(value):  # "is nan" for a '?' or an empty cell read as if the file held the text nan
+        return DataError(
+            f"{path}:{line}: label {name!r} is missing ('?', empty or NaN; {missing} such label cell(s) in the file): "
+            f"expected 0 or 1 in every label cell (the trainer and evaluate do not take partly labelled rows; the "
+            f"loss's mask= argument does, in the library)"
+        )
+    return DataError(f"{path}:{line}: label {name!r} is {value}: expected 0 or 1")
+
+
 def _check_binary(path: Path, Y: np.ndarray, lines: Sequence[int], names: Sequence[str]) -> None:
     bad = np.argwhere(~np.isin(Y, (0, 1)))
     if len(bad):
         row, col = (int(v) for v in bad[0])
-        raise DataError(f"{path}:{lines[row]}: label {names[col]!r} is {Y[row, col]}: expected 0 or 1")
+        raise _label_error(path, lines[row], names[col], Y[row, col], int(np.isnan(Y).sum()))
 
 
 def stays_sparse(Y: Any) -> bool:
@@ -234,7 +244,7 @@ def _check_binary_sparse(path: Path, Y: sp.csr_matrix, lines: Sequence[int], nam
     if len(bad):
         row = int(np.searchsorted(Y.indptr, bad[0], side="right")) - 1
         col = int(Y.indices[bad[0]])
-        raise DataError(f"{path}:{lines[row]}: label {names[col]!r} is {Y.data[bad[0]]}: expected 0 or 1")
+        raise _label_error(path, lines[row], names[col], Y.data[bad[0]], int(np.isnan(Y.data).sum()))
 
 
 # --- built-in ------------------------------------------------------------------------------------------------------
