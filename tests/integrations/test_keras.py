@@ -4,6 +4,7 @@ Each backend runs in its own process (KERAS_BACKEND is read when keras is first 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -121,12 +122,7 @@ def test_targets_and_weights_are_checked(backend):
     """Targets outside [0, 1] (or NaN) fail fit with run_eagerly=True on both backends (on JAX, fit differentiates:
     y_pred is traced there, y_true is not); weight and pos_weight are checked when the loss is made, (C,) or a
     scalar, never silently flattened."""
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", CHECKS], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = _scripts_run_once(backend)["CHECKS"]
     assert out["fit_eager_bad"].startswith("ValueError: target has ") and "outside [0, 1]" in out["fit_eager_bad"]
     assert f"(the first at position (0, 0): {out['first_bad']!r})" in out["fit_eager_bad"]
     assert out["fit_eager_nan"].startswith("ValueError: target has ") and ": nan)" in out["fit_eager_nan"]
@@ -182,12 +178,7 @@ def test_weights_are_not_narrowed_to_a_half_precision_loss(backend):
     with 1e-8 it is 2e-4, all from the tiny weight)."""
     import numpy as np
 
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", HALF], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = _scripts_run_once(backend)["HALF"]
     y = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
     x = np.array([[0.5, -0.5, 2.0], [6e4, 20.0, 20.0]])
     for name, w, pw in [("big weight", [1e5, 1, 1], 1.0), ("tiny weight", [1e-8, 1, 1], 1.0), ("big pos_weight", 1.0, [1, 1e5, 1])]:
@@ -196,3 +187,31 @@ def test_weights_are_not_narrowed_to_a_half_precision_loss(backend):
         with np.errstate(over="ignore"):  # 2e9 is inf in float16
             expected = expected.astype(np.float16)
         np.testing.assert_allclose(out[name], expected, rtol=1e-3, err_msg=name)
+
+
+# Keras's own import (scikit-learn and torch._dynamo with the torch backend) takes 6 to 10 s a process: CHECKS and HALF
+# run in one process per backend, each script in a namespace of its own, its last printed line its result.
+DRIVER = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    results = {}
+    for name, code in json.loads(sys.argv[1]).items():
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, name, "exec"), {"__name__": "__main__"})
+        results[name] = json.loads(printed.getvalue().strip().splitlines()[-1])
+    print(json.dumps(results))
+    """
+)
+
+
+@functools.cache
+def _scripts_run_once(backend: str) -> dict:
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
+    scripts = json.dumps({"CHECKS": CHECKS, "HALF": HALF})
+    result = subprocess.run([sys.executable, "-c", DRIVER, scripts], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out: dict = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
