@@ -119,6 +119,31 @@ def test_meta_device_shapes(reduction):
     assert hidden.grad.shape == (4, 3) and weight.grad.shape == (6, 3) and hidden.grad.device.type == "meta"
 
 
+def test_value_checks_off_the_cpu_read_nothing_back():
+    """validate=True off the CPU checks the target, class_weight and pos_weight as the loss does, by assertions on
+    the device: the head read two values back per tensor (a host synchronisation each on a GPU), and on the meta
+    device failed with "Tensor.item() cannot be called on meta tensors". The meta device stands in for a GPU here."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = []
+
+    class CountReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+                reads.append(func)
+            return func(*args, **(kwargs or {}))
+
+    hidden = torch.empty(4, 3, device="meta", requires_grad=True)
+    weight = torch.empty(6, 3, device="meta", requires_grad=True)
+    per_label = torch.empty(6, device="meta")
+    with CountReads():
+        loss = st.linear_multilabel_soft_margin_loss(
+            hidden, weight, None, torch.empty(4, 6, device="meta"), class_weight=per_label, pos_weight=per_label
+        )
+        loss.backward()
+    assert reads == [] and hidden.grad.shape == (4, 3) and weight.grad.device.type == "meta"
+
+
 def test_topk_refuses_a_negative_k_by_name_and_serves_an_empty_shard():
     head = st.LinearMultiLabelSoftMarginLoss(3, 5)
     hidden = torch.randn(4, 3)

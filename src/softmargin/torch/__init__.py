@@ -21,6 +21,7 @@ with needed("torch", by="softmargin.torch"):
 from .. import _validation as V
 from .._options import PLAIN, LossOptions, resolve
 from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
+from . import _backends
 from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, autocast_state, chunk_shape
 from ._ops import Problem, check_devices, compute, ensure_dtensor_sharding, ensure_triton_op, plain_loss
 
@@ -378,14 +379,16 @@ _HEAD_ONLY = (
 
 
 def _check_values(target: Any, *weights: tuple[str, Tensor | None, bool]) -> None:
-    """The linear head's value checks: a sparse target's values, each (name, weight, strictly positive)."""
+    """The linear head's value checks: a sparse target's values, each (name, weight, strictly positive). A dense
+    target's and the weights' are checked as the loss checks them: on a GPU by an assertion on the device, without
+    reading anything back (the head read two values back per checked tensor, a host synchronisation each)."""
     if isinstance(target, SparseTargets):
-        V.check_sparse_target_values(target)
+        V.check_sparse_target_values(target)  # its indices were checked on the host already
     elif target is not None:
-        V.check_target_values(target.detach())
+        _backends.check_target_values(target.detach())
     for name, value, positive in weights:
         if value is not None:
-            V.check_weight_values(name, value.detach(), positive=positive)
+            _backends.check_weight_values(name, value.detach(), positive=positive)
 
 
 def _count_device(group: Any) -> str:
