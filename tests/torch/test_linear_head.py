@@ -144,6 +144,24 @@ def test_value_checks_off_the_cpu_read_nothing_back():
     assert reads == [] and hidden.grad.shape == (4, 3) and weight.grad.device.type == "meta"
 
 
+def test_fake_tensor_mode_with_the_default_value_checks():
+    """Under FakeTensorMode (memory estimates, non-strict export) the head failed with DataDependentOutputException
+    unless validate=False: its value checks read values back; fake tensors have none to check."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        hidden = torch.randn(4, 3, requires_grad=True)
+        weight = torch.randn(6, 3, requires_grad=True)
+        loss = st.LinearMultiLabelSoftMarginLoss(3, 6, pos_weight=torch.ones(6))(hidden, torch.ones(4, 6))
+        loss.backward()
+        assert loss.shape == () and hidden.grad.shape == (4, 3)
+        loss = st.linear_multilabel_soft_margin_loss(hidden, weight, None, torch.ones(4, 6), class_weight=torch.ones(6))
+        assert loss.shape == ()
+    hidden = torch.randn(4, 3)  # outside it, a real target is still checked
+    with pytest.raises(ValueError, match="target"):
+        st.linear_multilabel_soft_margin_loss(hidden, torch.randn(6, 3), None, torch.full((4, 6), 2.0))
+
+
 def test_topk_refuses_a_negative_k_by_name_and_serves_an_empty_shard():
     head = st.LinearMultiLabelSoftMarginLoss(3, 5)
     hidden = torch.randn(4, 3)

@@ -14,6 +14,7 @@ from .._extras import needed
 with needed("torch", by="softmargin.torch"):
     import torch
     from torch import Tensor
+    from torch._subclasses.fake_tensor import is_fake
     from torch.nn import _reduction as _legacy_reduction
     from torch.nn.modules.loss import _WeightedLoss
     from torch.overrides import handle_torch_function, has_torch_function_variadic
@@ -381,7 +382,10 @@ _HEAD_ONLY = (
 def _check_values(target: Any, *weights: tuple[str, Tensor | None, bool]) -> None:
     """The linear head's value checks: a sparse target's values, each (name, weight, strictly positive). A dense
     target's and the weights' are checked as the loss checks them: on a GPU by an assertion on the device, without
-    reading anything back (the head read two values back per checked tensor, a host synchronisation each)."""
+    reading anything back (the head read two values back per checked tensor, a host synchronisation each). A
+    FakeTensor has no values to check (FakeTensorMode failed with DataDependentOutputException on the read-back)."""
+    if any(is_fake(t) for t in (target, *(value for _, value, _ in weights)) if isinstance(t, Tensor)):
+        return
     if isinstance(target, SparseTargets):
         V.check_sparse_target_values(target)  # its indices were checked on the host already
     elif target is not None:
