@@ -70,3 +70,28 @@ def test_exported_module_compiled_backward():
     reference = x.detach().clone().requires_grad_()
     torch.nn.functional.multilabel_soft_margin_loss(reference, y).backward()
     torch.testing.assert_close(x.grad, reference.grad)
+
+
+class _HeadModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(6, 4)
+        self.head = st.LinearMultiLabelSoftMarginLoss(4, 5, pos_weight=torch.tensor([1.0, 2.0, 3.0, 0.5, 1.5]))
+
+    def forward(self, x, y):
+        return self.head(self.body(x), y)
+
+
+def test_non_strict_export_of_a_model_ending_in_the_fused_head():
+    """Non-strict export ran the head under is_compiling() without Dynamo: its graph break re-entered itself until
+    RecursionError (and its value checks failed on the FakeTensors). Now it traces the head's eager walk: the program
+    gives the eager values, on new inputs too. (Strict export, like fullgraph=True, refuses the host-driven head.)"""
+    torch.manual_seed(0)
+    model = _HeadModel()
+    x, y = torch.randn(8, 6), (torch.rand(8, 5) < 0.4).float()
+    program = torch.export.export(model, (x, y), strict=False)
+    torch.testing.assert_close(program.module()(x, y), model(x, y), rtol=1e-6, atol=1e-7)
+    x2 = torch.randn(8, 6)
+    logits = model.body(x2) @ model.head.weight.T + model.head.bias
+    expected = st.multilabel_soft_margin_loss(logits, y, pos_weight=model.head.pos_weight)  # the unfused loss
+    torch.testing.assert_close(program.module()(x2, y), expected, rtol=1e-6, atol=1e-7)

@@ -473,7 +473,8 @@ def linear_multilabel_soft_margin_loss(
     It runs eagerly (a graph break under ``torch.compile``): its walk over the chunks, sparse blocks and all-reduces
     are host-driven.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():  # not is_compiling(): non-strict export sets it, and disable() there
+        # does not clear it, so the call below recursed until RecursionError
         return _on_host(linear_multilabel_soft_margin_loss)(  # type: ignore[no-any-return]
             hidden, weight, bias, target, class_weight=class_weight, pos_weight=pos_weight, reduction=reduction,
             label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip,
