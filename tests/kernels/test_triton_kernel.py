@@ -117,6 +117,22 @@ def test_target_dtypes_and_strided_rows(target):
                                                   tk.fused_rows(x, y, scale=0.5, need_grad=True, block=64)))  # fmt: skip
 
 
+@interpreted
+def test_strided_row_scale_is_read_as_its_values():
+    """A row_scale that is a view with a stride (a column of per-sample weights, an expanded incoming gradient) scales
+    each row by its own value: the kernel read row_scale[row] at offset row, so the second column of an (N, 2) table
+    scaled rows 1.. by elements of the first column (here 40 % of the gradient's largest element off)."""
+    x, y = _data(torch.float32, seed=4)
+    table = torch.rand(N, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) + 0.5
+    row_scale = table[:, 1]
+    assert not row_scale.is_contiguous()
+    ref = formula_rows(x, y, {}, 0.5, row_scale.clone())
+    _check_rows(*tk.fused_rows(x, y, scale=0.5, row_scale=row_scale, need_grad=True, block=64), *ref, 2e-6, "strided")
+    one = torch.tensor([2.0], dtype=torch.float64).expand(N)  # stride 0
+    ref = formula_rows(x, y, {}, 0.5, one.clone())
+    _check_rows(*tk.fused_rows(x, y, scale=0.5, row_scale=one, need_grad=True, block=64), *ref, 2e-6, "expanded")
+
+
 def _csr(y):
     csr = y.to_sparse_csr()
     return csr.crow_indices(), csr.col_indices(), csr.values()

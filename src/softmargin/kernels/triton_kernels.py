@@ -201,8 +201,10 @@ def fused_rows(
     w, w_stride = _rows_operand("weight", weight, num_rows, num_classes)
     pw, pw_stride = _rows_operand("pos_weight", pos_weight, num_rows, num_classes)
     m, m_stride = _rows_operand("mask", mask, num_rows, num_classes)
-    if row_scale is not None and row_scale.shape != (num_rows,):
-        raise ValueError(f"row_scale.shape == {tuple(row_scale.shape)}, expected ({num_rows},)")
+    if row_scale is not None:
+        if row_scale.shape != (num_rows,):
+            raise ValueError(f"row_scale.shape == {tuple(row_scale.shape)}, expected ({num_rows},)")
+        row_scale = row_scale.contiguous()  # the kernel reads row_scale[row] at offset row
     if sparse is not None:
         indptr, indices, values = sparse
         if indptr.dim() != 1 or indptr.shape[0] < sparse_origin[0] + num_rows + 1:
