@@ -8,6 +8,7 @@ float64 are tested here; the compiled kernel, bfloat16, sync-freedom and CUDA gr
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -272,6 +273,46 @@ def test_runs_inside_a_triton_op():
     assert torch.equal(ours[0], direct[0]) and torch.equal(ours[1], direct[1])
     graph = make_fx(lambda a, b, c: torch.ops.softmargin_test.interpreted_rows(a, b, c, 0.5))(x, y, w)
     assert "softmargin_test.interpreted_rows" in graph.code
+
+
+def test_launches_run_on_the_logits_device():
+    """Triton launches on the current CUDA device, not on the tensors': logits on cuda:1 while cuda:0 is current need
+    ``torch.cuda.device(cuda:1)`` around the launch (without it, a crash or garbage read from the other GPU; run for
+    real by tests/torch/test_gpu.py with two GPUs). A fake tensor on cuda:1 stands in for one here; while a dispatch
+    mode traces, the device is left to the generated code."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    with mode:
+        logits = torch.empty(3, 4, device="cuda:1")
+        assert isinstance(tk._launch_device(logits), contextlib.nullcontext)
+    guard = tk._launch_device(logits)
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(tk._launch_device(torch.zeros(3, 4)), contextlib.nullcontext)
+
+
+@interpreted
+def test_every_launch_is_inside_the_device_guard(monkeypatch):
+    entered = []
+
+    @contextlib.contextmanager
+    def guard(x):
+        entered.append(x.device)
+        yield
+        entered.append(None)
+
+    launched = []
+    launcher = tk._launcher
+
+    def recording(kernel, x):
+        launched.append(entered[-1:] == [x.device])  # inside the guard of x's device
+        return launcher(kernel, x)
+
+    monkeypatch.setattr(tk, "_launch_device", guard)
+    monkeypatch.setattr(tk, "_launcher", recording)
+    x, y = _data(torch.float32, seed=15)
+    tk.fused_rows(x, y, scale=1.0, need_grad=True, block=64, span=128)  # three tiles: both kernels
+    assert launched == [True, True] and entered == [x.device, None]
 
 
 def test_bad_shapes_name_the_argument():
