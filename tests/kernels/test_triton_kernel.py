@@ -8,6 +8,7 @@ float64 are tested here; the compiled kernel, bfloat16, sync-freedom and CUDA gr
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -115,6 +116,22 @@ def test_target_dtypes_and_strided_rows(target):
     assert not strided.is_contiguous()
     assert all(torch.equal(a, b) for a, b in zip(tk.fused_rows(x, strided, scale=0.5, need_grad=True, block=64),
                                                   tk.fused_rows(x, y, scale=0.5, need_grad=True, block=64)))  # fmt: skip
+
+
+@interpreted
+def test_strided_row_scale_is_read_as_its_values():
+    """A row_scale that is a view with a stride (a column of per-sample weights, an expanded incoming gradient) scales
+    each row by its own value: the kernel read row_scale[row] at offset row, so the second column of an (N, 2) table
+    scaled rows 1.. by elements of the first column (here 40 % of the gradient's largest element off)."""
+    x, y = _data(torch.float32, seed=4)
+    table = torch.rand(N, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) + 0.5
+    row_scale = table[:, 1]
+    assert not row_scale.is_contiguous()
+    ref = formula_rows(x, y, {}, 0.5, row_scale.clone())
+    _check_rows(*tk.fused_rows(x, y, scale=0.5, row_scale=row_scale, need_grad=True, block=64), *ref, 2e-6, "strided")
+    one = torch.tensor([2.0], dtype=torch.float64).expand(N)  # stride 0
+    ref = formula_rows(x, y, {}, 0.5, one.clone())
+    _check_rows(*tk.fused_rows(x, y, scale=0.5, row_scale=one, need_grad=True, block=64), *ref, 2e-6, "expanded")
 
 
 def _csr(y):
@@ -256,6 +273,46 @@ def test_runs_inside_a_triton_op():
     assert torch.equal(ours[0], direct[0]) and torch.equal(ours[1], direct[1])
     graph = make_fx(lambda a, b, c: torch.ops.softmargin_test.interpreted_rows(a, b, c, 0.5))(x, y, w)
     assert "softmargin_test.interpreted_rows" in graph.code
+
+
+def test_launches_run_on_the_logits_device():
+    """Triton launches on the current CUDA device, not on the tensors': logits on cuda:1 while cuda:0 is current need
+    ``torch.cuda.device(cuda:1)`` around the launch (without it, a crash or garbage read from the other GPU; run for
+    real by tests/torch/test_gpu.py with two GPUs). A fake tensor on cuda:1 stands in for one here; while a dispatch
+    mode traces, the device is left to the generated code."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    with mode:
+        logits = torch.empty(3, 4, device="cuda:1")
+        assert isinstance(tk._launch_device(logits), contextlib.nullcontext)
+    guard = tk._launch_device(logits)
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(tk._launch_device(torch.zeros(3, 4)), contextlib.nullcontext)
+
+
+@interpreted
+def test_every_launch_is_inside_the_device_guard(monkeypatch):
+    entered = []
+
+    @contextlib.contextmanager
+    def guard(x):
+        entered.append(x.device)
+        yield
+        entered.append(None)
+
+    launched = []
+    launcher = tk._launcher
+
+    def recording(kernel, x):
+        launched.append(entered[-1:] == [x.device])  # inside the guard of x's device
+        return launcher(kernel, x)
+
+    monkeypatch.setattr(tk, "_launch_device", guard)
+    monkeypatch.setattr(tk, "_launcher", recording)
+    x, y = _data(torch.float32, seed=15)
+    tk.fused_rows(x, y, scale=1.0, need_grad=True, block=64, span=128)  # three tiles: both kernels
+    assert launched == [True, True] and entered == [x.device, None]
 
 
 def test_bad_shapes_name_the_argument():

@@ -131,6 +131,23 @@ def test_cuda_options_match_cpu(options):
     assert_close(results[1][1], results[0][1], 1e-12, "grad")
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_kernel_runs_on_the_logits_device_not_the_current_one():
+    """Logits on cuda:1 while cuda:0 is current (a model spread over GPUs, no set_device): Triton launches on the
+    current device, so the launcher enters the logits' device first (without it, a crash or garbage)."""
+    x, y = _data((64, 700), torch.float32, seed=5)
+    results = []
+    for device in ("cpu", "cuda:1"):
+        with torch.cuda.device(0):
+            xd = x.detach().clone().to(device).requires_grad_(True)
+            loss = st.multilabel_soft_margin_loss(xd, y.to(device), gamma_neg=2.0, clip=0.05)
+            loss.backward()
+            torch.cuda.synchronize(1)
+        results.append((loss.item(), xd.grad.cpu().numpy()))
+    assert_close(results[1][0], results[0][0], 1e-6, "loss")
+    assert_close(results[1][1], results[0][1], 1e-6, "grad")
+
+
 def test_cuda_sparse_targets_match_dense():
     x, y = _data((16, 5000), torch.float32, seed=7)
     dense = st.multilabel_soft_margin_loss(x.cuda(), y.cuda())

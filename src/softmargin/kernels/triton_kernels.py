@@ -51,12 +51,13 @@ sums added by a second, tiny kernel in a fixed order. The tiling depends only on
 multiprocessor count, so results are bitwise reproducible on a given GPU. Nothing in a launcher looks at a
 tensor's values: no host synchronisation, and a launcher can run inside ``torch.library.triton_op`` (while anything
 traces, the kernels are launched through ``torch.library.wrap_triton``; on real tensors in eager mode directly) and
-under CUDA-graph capture. Tested on the CPU with
+under CUDA-graph capture. The kernels run on x's device, whichever CUDA device is current. Tested on the CPU with
 ``TRITON_INTERPRET=1`` (which has neither bfloat16 nor libdevice: NumPy's functions stand in for libdevice's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -116,6 +117,17 @@ def _launcher(kernel: Any, x: torch.Tensor) -> Any:
     about a millisecond of host time per launch in eager mode (measured on the H200 machine), many times the kernel's
     own time."""
     return kernel if _eager(x) else torch.library.wrap_triton(kernel)
+
+
+def _launch_device(x: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """``torch.cuda.device(x.device)`` around a launch on real CUDA tensors: Triton launches on the *current* device
+    and its current stream, not on the tensors' device, so logits on ``cuda:1`` while ``cuda:0`` was current were
+    computed by a kernel on the other GPU, through pointers into another device's memory and unordered with the
+    stream that wrote them (a crash, or garbage). While anything traces, inductor's generated code guards the device
+    itself (and a fake tensor's device must not become the current one)."""
+    if x.is_cuda and not torch._C._len_torch_dispatch_stack() and not torch.compiler.is_compiling():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -201,8 +213,10 @@ def fused_rows(
     w, w_stride = _rows_operand("weight", weight, num_rows, num_classes)
     pw, pw_stride = _rows_operand("pos_weight", pos_weight, num_rows, num_classes)
     m, m_stride = _rows_operand("mask", mask, num_rows, num_classes)
-    if row_scale is not None and row_scale.shape != (num_rows,):
-        raise ValueError(f"row_scale.shape == {tuple(row_scale.shape)}, expected ({num_rows},)")
+    if row_scale is not None:
+        if row_scale.shape != (num_rows,):
+            raise ValueError(f"row_scale.shape == {tuple(row_scale.shape)}, expected ({num_rows},)")
+        row_scale = row_scale.contiguous()  # the kernel reads row_scale[row] at offset row
     if sparse is not None:
         indptr, indices, values = sparse
         if indptr.dim() != 1 or indptr.shape[0] < sparse_origin[0] + num_rows + 1:
@@ -237,23 +251,24 @@ def fused_rows(
     check_weights = check_weights and (w is not None or pw is not None)
     checked = check_target or check_weights
     ok = torch.empty(num_rows * num_tiles, dtype=torch.uint8, device=x.device) if checked else out
-    _launcher(_rows_kernel, x)[(num_rows, num_tiles)](
-        x, y if y is not None else any_tensor, w if w is not None else any_tensor,
-        pw if pw is not None else any_tensor, m if m is not None else any_tensor,
-        row_scale if row_scale is not None else any_tensor, indptr_t, indices_t,
-        values_t if values_t is not None else any_tensor, out, grad if grad is not None else out, ok,
-        num_classes, y.stride(0) if y is not None else 0, w_stride, pw_stride, m_stride,
-        sparse_origin[0], sparse_origin[1], span, num_tiles,
-        *_split(scale), *_split(label_smoothing), *_split(gamma_pos), *_split(gamma_neg), *_split(clip),
-        HAS_W=w is not None, HAS_PW=pw is not None, HAS_MASK=m is not None, HAS_ROW_SCALE=row_scale is not None,
-        SMOOTH=bool(label_smoothing), FOCUS=focus, CLIP=bool(clip), SPARSE=sparse is not None,
-        HAS_VALUES=values_t is not None, HAS_GRAD=grad is not None, CHECK=check_target, CHECK_W=check_weights, SPLIT=num_tiles > 1,
-        BLOCK=block, ACCURATE=not INTERPRETED, num_warps=4,
-    )  # fmt: skip
-    if num_tiles > 1:
-        _launcher(_combine_tiles_kernel, x)[(num_rows,)](
-            out, row_sums, num_tiles, BLOCK=triton.next_power_of_2(num_tiles)
-        )
+    with _launch_device(x):
+        _launcher(_rows_kernel, x)[(num_rows, num_tiles)](
+            x, y if y is not None else any_tensor, w if w is not None else any_tensor,
+            pw if pw is not None else any_tensor, m if m is not None else any_tensor,
+            row_scale if row_scale is not None else any_tensor, indptr_t, indices_t,
+            values_t if values_t is not None else any_tensor, out, grad if grad is not None else out, ok,
+            num_classes, y.stride(0) if y is not None else 0, w_stride, pw_stride, m_stride,
+            sparse_origin[0], sparse_origin[1], span, num_tiles,
+            *_split(scale), *_split(label_smoothing), *_split(gamma_pos), *_split(gamma_neg), *_split(clip),
+            HAS_W=w is not None, HAS_PW=pw is not None, HAS_MASK=m is not None, HAS_ROW_SCALE=row_scale is not None,
+            SMOOTH=bool(label_smoothing), FOCUS=focus, CLIP=bool(clip), SPARSE=sparse is not None,
+            HAS_VALUES=values_t is not None, HAS_GRAD=grad is not None, CHECK=check_target, CHECK_W=check_weights, SPLIT=num_tiles > 1,
+            BLOCK=block, ACCURATE=not INTERPRETED, num_warps=4,
+        )  # fmt: skip
+        if num_tiles > 1:
+            _launcher(_combine_tiles_kernel, x)[(num_rows,)](
+                out, row_sums, num_tiles, BLOCK=triton.next_power_of_2(num_tiles)
+            )
     if checked:
         # a device-side assertion: on a GPU it fails asynchronously (and ends the CUDA context), never syncs
         message = TARGET_MESSAGE if not check_weights else WEIGHTS_MESSAGE if not check_target else (
