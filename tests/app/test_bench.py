@@ -680,3 +680,24 @@ def test_memory_processes_run_on_one_cpu():
 
     assert bench._in_fresh_process("os.sched_getaffinity(0).__len__()", "memory", 1) == 1
     assert bench._in_fresh_process("os.sched_getaffinity(0).__len__()", "time", 1) == len(os.sched_getaffinity(0))
+
+
+# --- a value given twice is refused: its ratios would be taken against another group's softmargin time -------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shapes", "8x5", "16x3", "8X5", "--no-compile"], "--shapes 8x5 16x3 8x5: 8x5 given twice: expected each value once"),
+        (["--shapes", "8x5", "--dtypes", "float32", "bfloat16", "float32", "--no-compile"], "--dtypes float32 bfloat16 float32: float32 given twice"),
+        (["--train-step", "--shapes", "8x5", "8x5"], "--shapes 8x5 8x5: 8x5 given twice"),
+        (["--backend", "numpy", "--shapes", "8x5", "8x5"], "--shapes 8x5 8x5: 8x5 given twice"),
+    ],
+)
+def test_a_shape_or_dtype_given_twice_is_refused_before_the_run(tmp_path, monkeypatch, capsys, measuring, argv, message):
+    """--shapes 8x5 16x3 8x5 measured 8x5 twice, and the report divided the second group's anchors by the first
+    group's softmargin time (it looks softmargin's row up by shape and dtype): ratios against a softmargin time not
+    measured with them, in a row that says they were."""
+    monkeypatch.chdir(tmp_path)
+    _refused_up_front(capsys, argv, message)
+    assert not list(tmp_path.iterdir())
