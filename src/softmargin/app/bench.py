@@ -171,7 +171,7 @@ def check_command(args: Any) -> str:
                "jax": "JAX computes float64 only with JAX_ENABLE_X64=1 (without it, float64 arrays are float32)"}  # fmt: skip
         raise ValueError(f"--dtypes {' '.join(bad)}: {why.get(mode, f'{run} runs float32 only')}; drop it")
     if device != "cpu" and mode not in ("torch", "train-step"):
-        why = {"numpy": "NumPy computes on the CPU", "jax": "it times jax's default device, which --device does not choose"}
+        why = {"numpy": "NumPy computes on the CPU", "jax": "it times JAX on the CPU"}
         raise ValueError(f"--device {device}: {run} would ignore it ({why.get(mode, 'it measures on the CPU only')}); "
                          "drop it")  # fmt: skip
     if args.no_compile and mode not in ("torch", "train-step"):
@@ -378,10 +378,13 @@ def _in_fresh_process(
     {"error": the last line it printed}. For "memory", glibc returns large freed blocks at once, so the high-water
     mark sees every allocation, and the process runs on one CPU (:func:`memory_floor`). ``pin`` (JAX): a timing
     process runs on the first ``threads`` CPUs this one may use, and the NumPy backend's kernel (JAX's callback) on
-    ``threads`` threads: XLA sizes its CPU thread pool by the CPUs it may run on and ignores ``OMP_NUM_THREADS``."""
+    ``threads`` threads: XLA sizes its CPU thread pool by the CPUs it may run on and ignores ``OMP_NUM_THREADS``; and
+    JAX computes on the CPU (``JAX_PLATFORMS=cpu``), as its rows say (device cpu) and as the resident-size memory
+    reading needs: where jax has a GPU, its default device, the rows were GPU times labelled cpu."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if pin:
         env["SOFTMARGIN_NUM_THREADS"] = str(threads)
+        env["JAX_PLATFORMS"] = "cpu"
     if what == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     on = ON_ONE_CPU if what == "memory" else ON_CPUS.format(threads) if pin else ""
