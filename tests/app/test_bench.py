@@ -701,3 +701,23 @@ def test_a_shape_or_dtype_given_twice_is_refused_before_the_run(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     _refused_up_front(capsys, argv, message)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("during", ["shapes", "training step"])
+def test_an_interrupted_default_run_says_which_file_it_wrote(tmp_path, monkeypatch, capsys, fake_measuring, during):
+    """The default run writes its CSV, then times the training step: Ctrl-C there said "nothing was written" while
+    the CSV it had just announced ("written to ...") was on disk."""
+    from softmargin.app.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "measure_group" if during == "shapes" else "train_step", interrupted)
+    out = tmp_path / "mine.csv"
+    assert main(["bench", "--out", str(out)]) == 130
+    last = capsys.readouterr().err.splitlines()[-1]
+    if during == "shapes":
+        assert last == "softmargin bench: interrupted; nothing was written" and not list(tmp_path.iterdir())
+    else:
+        assert last == f"softmargin bench: interrupted; written before it: {out}; nothing else"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv"]

@@ -59,6 +59,7 @@ def _bench_run(args: argparse.Namespace) -> int:
     outputs = _bench_outputs(args)
     for path in outputs:
         bench.check_out(path, args.force)
+    args.written = []  # each file as it is finished: the default run writes its CSV before its training step
     out = Path(outputs[0]) if outputs else None
     repeat = args.repeat if args.repeat is not None else bench.EXTREME_REPEAT if mode == "extreme" else bench.DEFAULT_REPEAT
     dtypes = args.dtypes or bench.default_dtypes(mode)
@@ -103,6 +104,7 @@ def _bench_run(args: argparse.Namespace) -> int:
         )
         print(bench.report(rows))
     if out is not None:
+        args.written.append(str(out))
         print(f"\nwritten to {out}")
     if mode == "torch" and not args.no_compile and not args.shapes:  # the default run: issue 11's compiled training
         print()  # step, in the same run
@@ -155,6 +157,7 @@ def _train_step_report(args: argparse.Namespace, shapes: list[tuple[int, int]], 
     if out is not None:
         bench.write_csv(Path(out), ["impl", "shape", "device", "compiled", "features", "threads", "median_ms", "min_ms", "first_call_s",
                               "final_loss", "error"], rows)  # fmt: skip
+        args.written.append(str(out))
         print(f"\nwritten to {out}")
 
 
@@ -418,8 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"softmargin {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        # files are written whole or not at all; what went to standard output (--out -) is cut off where it stopped
+        # files are written whole or not at all; what went to standard output (--out -) is cut off where it stopped;
+        # a command that writes several files in turn (bench) lists in args.written those it finished
+        finished = getattr(args, "written", None)
         written = ("the output on standard output is incomplete" if getattr(args, "out", None) == "-"
+                   else f"written before it: {', '.join(finished)}; nothing else" if finished
                    else "nothing was written")  # fmt: skip
         if isinstance(exc, Terminated):
             print(f"softmargin {args.command}: terminated (SIGTERM); {written}", file=sys.stderr)
