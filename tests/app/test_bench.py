@@ -721,3 +721,16 @@ def test_an_interrupted_default_run_says_which_file_it_wrote(tmp_path, monkeypat
     else:
         assert last == f"softmargin bench: interrupted; written before it: {out}; nothing else"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv"]
+
+
+def test_a_measuring_process_killed_or_silent_is_an_error_row_that_says_so():
+    """SIGKILL (the out-of-memory killer's) left an empty stderr: the row's error read "no output"; a process that
+    printed nothing on success raised IndexError and ended the whole run with a traceback."""
+    killed = bench._in_fresh_process("os.kill(__import__('os').getpid(), 9)", "time", 1)
+    assert killed == {"error": "killed by SIGKILL (out of memory? the kernel's OOM killer sends it)"}
+    aborted = bench._in_fresh_process("os.abort()", "time", 1)
+    assert aborted == {"error": "killed by SIGABRT"}
+    silent = bench._in_fresh_process("sys.stdout.write('') and None or __import__('os')._exit(0)", "time", 1)
+    assert silent["error"] == "printed no result: ''"
+    failed = bench._in_fresh_process("no_such_function()", "time", 1)
+    assert failed == {"error": "AttributeError: module 'softmargin.app.bench' has no attribute 'no_such_function'"}

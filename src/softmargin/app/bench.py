@@ -47,6 +47,7 @@ import math
 import numbers
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -390,9 +391,24 @@ def _in_fresh_process(
     on = ON_ONE_CPU if what == "memory" else ON_CPUS.format(threads) if pin else ""
     code = on + f"import json, {module} as b; print(json.dumps(b.{call}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    return process_result(result)
+
+
+def process_result(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """What a measuring process printed last (a JSON object), or ``{"error": why not}``: its last line on stderr
+    where it failed, the signal that ended it where one did (SIGKILL, the out-of-memory killer's, left an empty
+    stderr and read "no output"; any line there then is not the reason)."""
+    if result.returncode < 0:
+        number = -result.returncode
+        name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+        why = " (out of memory? the kernel's OOM killer sends it)" if name == "SIGKILL" else ""
+        return {"error": f"killed by {name}{why}"}  # the table shows an error's first 60 characters
     if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        return {"error": (result.stderr.strip().splitlines() or [f"exit status {result.returncode}, no output"])[-1]}
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": f"printed no result: {result.stdout.strip()[-80:]!r}"}
 
 
 def write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:

@@ -13,7 +13,6 @@ median over its rounds, as ``softmargin bench`` does), then its peak extra memor
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from .bench import (
     call_times,
     combine_rounds,
     memory_measurable,
+    process_result,
     write_csv,
 )
 
@@ -102,9 +102,7 @@ def _fresh(call: str, impl: str, threads: int, memory: bool = False) -> dict[str
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     code = (ON_ONE_CPU if memory else "") + f"import json, softmargin.app.bench_numpy as b; print(json.dumps(b.{call}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
-    if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    return process_result(result)
 
 
 def run(
