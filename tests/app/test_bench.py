@@ -734,3 +734,42 @@ def test_a_measuring_process_killed_or_silent_is_an_error_row_that_says_so():
     assert silent["error"] == "printed no result: ''"
     failed = bench._in_fresh_process("no_such_function()", "time", 1)
     assert failed == {"error": "AttributeError: module 'softmargin.app.bench' has no attribute 'no_such_function'"}
+
+
+# --- a median of an even count is the mean of the middle two, not the slower one -----------------------------------
+
+
+def _fake_clock(monkeypatch, module, durations):
+    """Each step advances a fake clock by the next of ``durations`` (seconds): what the timing loop measures."""
+    import time
+
+    clock = [0.0]
+    left = iter(durations)
+
+    def step(*args, **kwargs):
+        clock[0] += next(left)
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(module, "_step_fn", lambda *args: step)
+
+
+def test_the_median_of_two_calls_is_their_mean(monkeypatch):
+    """--repeat 2 wrote the slower of the two calls as median_ms (sorted[len // 2]): 3 ms for calls of 1 and 3 ms."""
+    import sys
+
+    from softmargin.app import bench_numpy
+
+    _fake_clock(monkeypatch, bench, [5.0, 5.0, 0.001, 0.003])  # first call, warm-up, two timed calls
+    timed = bench.time_group(["softmargin"], (2, 3), "float32", 2, 1)["softmargin"]
+    assert timed["median_ms"] == pytest.approx(2.0) and timed["min_ms"] == pytest.approx(1.0)
+    _fake_clock(monkeypatch, bench_numpy, [5.0, 5.0, 0.003, 0.001])
+    monkeypatch.delitem(sys.modules, "torch")  # time_one checks that its process never imported torch (restored after)
+    timed = bench_numpy.time_one("softmargin", (2, 3), "float32", 2)
+    assert timed["median_ms"] == pytest.approx(2.0) and timed["min_ms"] == pytest.approx(1.0)
+
+
+def test_two_good_rounds_of_three_give_their_mean():
+    """A round that failed left two: the slower one was reported as the median of the rounds."""
+    rounds = [{"median_ms": 1.0, "min_ms": 0.5, "first_call_s": 0.1}, {"error": "RuntimeError: x"},
+              {"median_ms": 3.0, "min_ms": 0.7, "first_call_s": 0.2}]  # fmt: skip
+    assert bench.combine_rounds(rounds) == {"median_ms": 2.0, "min_ms": 0.5, "first_call_s": 0.1, "rounds": 2}

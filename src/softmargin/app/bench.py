@@ -48,6 +48,7 @@ import numbers
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -292,8 +293,14 @@ def _data(shape: Sequence[int], dtype: str, device: str) -> tuple[Any, Any, Any]
     return x, y, w
 
 
+def median(values: Sequence[float]) -> float:
+    """The median: for an even count, the mean of the middle two (``sorted[len // 2]``, the upper one, made the
+    "median" of ``--repeat 2`` the slower call, and of two rounds out of three the slower round)."""
+    return statistics.median(values)
+
+
 def call_times(fn: Callable[[], Any], repeat: int, warmup: int = 0) -> list[float]:
-    """Seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones, sorted (the median is [len // 2])."""
+    """Seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones, sorted (:func:`median` of them)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -342,7 +349,7 @@ def time_group(
                 times[impl].append(time.perf_counter() - started)
     for impl, spent in times.items():
         spent.sort()
-        result[impl].update(median_ms=1e3 * spent[len(spent) // 2], min_ms=1e3 * spent[0], calls=len(spent))
+        result[impl].update(median_ms=1e3 * median(spent), min_ms=1e3 * spent[0], calls=len(spent))
     return result
 
 
@@ -446,7 +453,7 @@ def combine_rounds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not good:
         return {"error": results[0].get("error", "not measured")}
     medians = sorted(r["median_ms"] for r in good)
-    return {"median_ms": medians[len(medians) // 2], "min_ms": min(r["min_ms"] for r in good),
+    return {"median_ms": median(medians), "min_ms": min(r["min_ms"] for r in good),
             "first_call_s": good[0]["first_call_s"], "rounds": len(good)}  # fmt: skip
 
 
@@ -536,7 +543,7 @@ def time_train_step(
         fn()
     first = time.perf_counter() - start
     times = call_times(fn, repeat)
-    return {"median_ms": 1e3 * sorted(times)[len(times) // 2], "min_ms": 1e3 * min(times), "first_call_s": first,
+    return {"median_ms": 1e3 * median(times), "min_ms": 1e3 * min(times), "first_call_s": first,
             "final_loss": float(fn())}  # fmt: skip
 
 
@@ -617,7 +624,7 @@ def option_costs(
 
                 try:
                     times = call_times(step, repeat, warmup=2)
-                    group.append({"option": name, **base, "median_ms": 1e3 * times[len(times) // 2]})
+                    group.append({"option": name, **base, "median_ms": 1e3 * median(times)})
                 except Exception as error:
                     group.append({"option": name, **base, "error": f"{type(error).__name__}: {error}".splitlines()[0]})
             plain = group[0].get("median_ms")
@@ -680,7 +687,7 @@ def measure_extreme_one(impl: str, num_labels: int, what: str, rows: int = 256, 
         peak, _ = _peak_bytes(lambda: step().backward())
         return {"peak_extra_mb": max(peak - grad_bytes, 0) / 2**20, "grad_mb": grad_bytes / 2**20}
     times = call_times(full, repeat, warmup=1)
-    return {"median_s": times[len(times) // 2]}
+    return {"median_s": median(times)}
 
 
 def extreme(labels: Sequence[int] = EXTREME_LABELS, repeat: int = 3, threads: int | None = None,

@@ -85,7 +85,7 @@ def time_group(impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: i
             step()
             result[impl] = {"first_call_s": time.perf_counter() - started}
             spent = bench.call_times(step, repeat, warmup=1)
-            result[impl].update(median_ms=1e3 * spent[len(spent) // 2], min_ms=1e3 * spent[0])
+            result[impl].update(median_ms=1e3 * bench.median(spent), min_ms=1e3 * spent[0])
         except Exception as error:
             result[impl] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
     return result

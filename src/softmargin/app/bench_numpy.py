@@ -28,6 +28,7 @@ from .bench import (
     _repeats,
     call_times,
     combine_rounds,
+    median,
     memory_measurable,
     process_result,
     write_csv,
@@ -77,7 +78,7 @@ def time_one(impl: str, shape: Sequence[int], dtype: str, repeat: int) -> dict[s
     first = time.perf_counter() - started
     spent = call_times(step, repeat, warmup=1)
     assert "torch" not in sys.modules, "the NumPy benchmark imported torch"
-    return {"median_ms": 1e3 * spent[len(spent) // 2], "min_ms": 1e3 * spent[0], "first_call_s": first}
+    return {"median_ms": 1e3 * median(spent), "min_ms": 1e3 * spent[0], "first_call_s": first}
 
 
 def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int = 1) -> dict[str, Any]:
