@@ -773,3 +773,27 @@ def test_two_good_rounds_of_three_give_their_mean():
     rounds = [{"median_ms": 1.0, "min_ms": 0.5, "first_call_s": 0.1}, {"error": "RuntimeError: x"},
               {"median_ms": 3.0, "min_ms": 0.7, "first_call_s": 0.2}]  # fmt: skip
     assert bench.combine_rounds(rounds) == {"median_ms": 2.0, "min_ms": 0.5, "first_call_s": 0.1, "rounds": 2}
+
+
+def test_the_tables_keep_three_significant_digits_of_small_times(capsys, fake_measuring, monkeypatch, tmp_path):
+    """A floor of 0.000412 ms printed as 0.000 (a median of zero) and a first call of 46 us as 0.00 s; --options
+    and the training step printed two decimals of a millisecond."""
+    from softmargin.app.cli import main
+
+    base = {"shape": "32x10", "dtype": "float32", "peak_extra_x_logits": None}
+    rows = [{**base, "impl": "softmargin", "median_ms": 0.0283, "first_call_s": 0.0157},
+            {**base, "impl": "floor", "median_ms": 0.000412, "first_call_s": 4.6e-05},
+            {**base, "impl": "torch eager", "median_ms": 61.4, "first_call_s": 1.5}]  # fmt: skip
+    lines = bench.report(rows).splitlines()[2:]
+    for line, median_ms, first_call_s in zip(lines, ("0.0283", "0.000412", "61.400"), ("0.0157", "4.60e-05", "1.500")):
+        assert f" {median_ms} " in line and line.endswith(f" {first_call_s}"), line
+    assert "softmargin = 68.69x floor" in bench.report(rows)  # from the unrounded times, as before
+    monkeypatch.setattr(bench, "option_costs", lambda *a: [{"option": "plain", "shape": "4x3", "dtype": "float32",
+                                                            "median_ms": 0.0123, "x_plain": 1.0}])  # fmt: skip
+    assert main(["bench", "--options", "--shapes", "4x3", "--out", ""]) == 0
+    assert "0.0123" in capsys.readouterr().out
+    monkeypatch.setattr(bench, "train_step", lambda shape, **k: [{"impl": i, "shape": "4x3", "median_ms": 0.0456,
+                                                                  "first_call_s": 0.0321, "final_loss": 0.5} for i in bench.TRAIN_STEP_IMPLS])  # fmt: skip
+    assert main(["bench", "--train-step", "--shapes", "4x3", "--out", ""]) == 0
+    step = [line for line in capsys.readouterr().out.splitlines() if line.startswith("4x3")]
+    assert len(step) == 2 and all(" 0.0456 " in line and " 0.0321 " in line for line in step), step

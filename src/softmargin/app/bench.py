@@ -739,6 +739,12 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def figures(value: float) -> str:
+    """A time for the tables: three decimals from 1 on, three significant digits below (at three decimals a floor of
+    0.000412 ms printed as 0.000, and every first call under 5 ms as 0.00 s)."""
+    return f"{value:.3f}" if value >= 1 else f"{value:#.3g}"
+
+
 def _memory(x_logits: float | None) -> str:
     """The peak extra memory column: "–" where it was not measured (logits too small, :func:`memory_measurable`)."""
     return "–" if x_logits is None else f"{x_logits:.2f}"
@@ -766,10 +772,10 @@ def report(rows: list[dict[str, Any]]) -> str:
                 row["shape"],
                 row["dtype"],
                 row["impl"],
-                f"{row['median_ms']:.3f}",
+                figures(row["median_ms"]),
                 _memory(row.get("peak_extra_x_logits")),
                 speedup,
-                f"{row['first_call_s']:.2f}",
+                figures(row["first_call_s"]),
             ]
         )
     return format_table(header, table)

@@ -75,7 +75,7 @@ def _bench_run(args: argparse.Namespace) -> int:
         rows = bench.option_costs(args.shapes or [bench.TRAIN_STEP_SHAPE], dtypes, repeat, args.threads)
         print("Forward+backward, each loss option against the plain loss:")
         print(format_table(["shape", "dtype", "option", "median ms", "x plain"],
-                           [[r["shape"], r["dtype"], r["option"], f"{r['median_ms']:.2f}" if "median_ms" in r else r["error"][:60],
+                           [[r["shape"], r["dtype"], r["option"], bench.figures(r["median_ms"]) if "median_ms" in r else r["error"][:60],
                              f"{r['x_plain']:.2f}" if "x_plain" in r else "-"] for r in rows]))  # fmt: skip
         if out is not None:
             bench.write_csv(out, ["shape", "dtype", "option", "threads", "median_ms", "x_plain", "error"], rows)
@@ -151,7 +151,7 @@ def _train_step_report(args: argparse.Namespace, shapes: list[tuple[int, int]], 
     table = []
     for r in rows:
         ours = next((o.get("median_ms") for o in rows if o.get("shape") == r.get("shape") and o["impl"] == "softmargin"), None)
-        table.append([r.get("shape", ""), r["impl"], f"{r.get('median_ms', float('nan')):.2f}", f"{r.get('first_call_s', float('nan')):.1f}",
+        table.append([r.get("shape", ""), r["impl"], bench.figures(r.get("median_ms", float("nan"))), bench.figures(r.get("first_call_s", float("nan"))),
                       f"{r.get('final_loss', float('nan')):.6f}", bench._ratio(r.get("median_ms"), ours) if r["impl"] != "softmargin" else ""])  # fmt: skip
     print(format_table(["NxC", "loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"], table))
     if out is not None:
