@@ -797,3 +797,17 @@ def test_the_tables_keep_three_significant_digits_of_small_times(capsys, fake_me
     assert main(["bench", "--train-step", "--shapes", "4x3", "--out", ""]) == 0
     step = [line for line in capsys.readouterr().out.splitlines() if line.startswith("4x3")]
     assert len(step) == 2 and all(" 0.0456 " in line and " 0.0321 " in line for line in step), step
+
+
+def test_jax_threads_beyond_the_cpus_available_is_refused(tmp_path, monkeypatch, capsys, measuring):
+    """--backend jax --threads 8 on 2 CPUs: XLA ran on the 2 (its pool is the CPUs the process may run on) and every
+    row said threads 8."""
+    import os
+
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.chdir(tmp_path)
+    _refused_up_front(capsys, ["--backend", "jax", "--threads", str(cpus + 6), "--shapes", "4x3"],
+                      f"--threads {cpus + 6}: --backend jax runs XLA on that many of the CPUs this process may use")  # fmt: skip
+    assert not list(tmp_path.iterdir())

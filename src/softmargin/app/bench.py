@@ -179,6 +179,11 @@ def check_command(args: Any) -> str:
     if args.no_compile and mode not in ("torch", "train-step"):
         reason = "jax.jit always compiles; --no-compile skips torch.compile" if mode == "jax" else "nothing in it runs torch.compile"
         raise ValueError(f"--no-compile: {run} would ignore it ({reason}); drop it")
+    cpus = len(os.sched_getaffinity(0))
+    if mode == "jax" and args.threads is not None and args.threads > cpus:  # XLA's pool is the CPUs it may run on
+        raise ValueError(f"--threads {args.threads}: --backend jax runs XLA on that many of the CPUs this process may use, "
+                         f"and there {'are' if cpus > 1 else 'is'} {cpus}: expected 1 to {cpus} (the rows would say "
+                         f"{args.threads} threads for {cpus})")  # fmt: skip
     if args.force and args.out == "":
         raise ValueError("--force: --out '' writes no file, there is nothing to overwrite; drop one of them")
     check_options(repeat, args.threads, device, "torch" if mode in MODES else args.backend)
