@@ -811,3 +811,16 @@ def test_jax_threads_beyond_the_cpus_available_is_refused(tmp_path, monkeypatch,
     _refused_up_front(capsys, ["--backend", "jax", "--threads", str(cpus + 6), "--shapes", "4x3"],
                       f"--threads {cpus + 6}: --backend jax runs XLA on that many of the CPUs this process may use")  # fmt: skip
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("run", [["--no-compile"], ["--backend", "numpy"], ["--options"], ["--train-step"]])
+def test_a_shape_larger_than_the_machines_memory_is_refused_before_the_run(tmp_path, monkeypatch, capsys, measuring, run):
+    """--shapes 100000x100000 started fifteen measuring processes that each failed to allocate its logits (or, just
+    under the limit, were ended by the out-of-memory killer, with whatever else it chose)."""
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1 << 18}  # 1 GiB
+    monkeypatch.setattr(bench.os, "sysconf", lambda name: pages.get(name, 4096))
+    monkeypatch.chdir(tmp_path)
+    _refused_up_front(capsys, [*run, "--shapes", "8x5", "20000x10000", "--dtypes", "float32"],
+                      "--shapes 20000x10000: its float32 logits, target and gradient alone take 2.2 GiB, more than this "
+                      "machine's 1.0 GiB of memory: expected a smaller shape")  # fmt: skip
+    assert not list(tmp_path.iterdir())

@@ -179,6 +179,15 @@ def check_command(args: Any) -> str:
     if args.no_compile and mode not in ("torch", "train-step"):
         reason = "jax.jit always compiles; --no-compile skips torch.compile" if mode == "jax" else "nothing in it runs torch.compile"
         raise ValueError(f"--no-compile: {run} would ignore it ({reason}); drop it")
+    if device == "cpu" and args.shapes:  # else each measuring process fails to allocate, or the OOM killer ends it
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        dtype = max(args.dtypes or default_dtypes(mode), key=ITEMSIZE.__getitem__)
+        for shape in args.shapes:
+            need = 3 * math.prod(shape) * ITEMSIZE[dtype]
+            if need > memory:
+                raise ValueError(f"--shapes {'x'.join(map(str, shape))}: its {dtype} logits, target and gradient alone take "
+                                 f"{need / 2**30:,.1f} GiB, more than this machine's {memory / 2**30:,.1f} GiB of memory: "
+                                 "expected a smaller shape")  # fmt: skip
     cpus = len(os.sched_getaffinity(0))
     if mode == "jax" and args.threads is not None and args.threads > cpus:  # XLA's pool is the CPUs it may run on
         raise ValueError(f"--threads {args.threads}: --backend jax runs XLA on that many of the CPUs this process may use, "
