@@ -824,3 +824,25 @@ def test_a_shape_larger_than_the_machines_memory_is_refused_before_the_run(tmp_p
                       "--shapes 20000x10000: its float32 logits, target and gradient alone take 2.2 GiB, more than this "
                       "machine's 1.0 GiB of memory: expected a smaller shape")  # fmt: skip
     assert not list(tmp_path.iterdir())
+
+
+def test_the_csv_says_how_many_rounds_each_median_is_of(tmp_path, monkeypatch):
+    """A round that failed was dropped without a trace: the CSV's median read as the usual three rounds' when it was
+    two rounds'."""
+    from softmargin.app import bench_numpy
+
+    calls = []
+
+    def fake(call, what, threads, timeout=1800, module=""):
+        calls.append(call)
+        if "'softmargin'" in call and len(calls) == 3:  # softmargin's second round
+            return {"error": "RuntimeError: a glitch"}
+        return _fake_fresh_process(call, what, threads)
+
+    monkeypatch.setattr(bench, "_in_fresh_process", fake)
+    out = tmp_path / "b.csv"
+    bench.run(shapes=[(300, 300)], dtypes=["float32"], impls=["softmargin", "floor"], repeat=1, threads=1, out=out, progress=False)
+    assert {r["impl"]: r["rounds"] for r in csv.DictReader(open(out))} == {"softmargin": "2", "floor": "3"}
+    monkeypatch.setattr(bench_numpy, "_fresh", lambda call, impl, threads, memory=False: {"median_ms": 1.0, "min_ms": 1.0, "first_call_s": 0.1})
+    bench_numpy.run(shapes=[(4, 3)], impls=["softmargin"], repeat=1, threads=1, out=tmp_path / "n.csv", rounds=3)
+    assert [r["rounds"] for r in csv.DictReader(open(tmp_path / "n.csv"))] == ["3"]

@@ -828,6 +828,6 @@ def run(
             iterator.set_postfix_str(f"{'x'.join(map(str, shape))} {dtype}")
         rows.extend(measure_group(impls, shape, dtype, repeat, threads, device))
     if out is not None:
-        fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
+        fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "rounds", "peak_extra_mb"]
         write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
     return rows

@@ -145,6 +145,6 @@ def run(
                     row.update(bench._in_fresh_process(call, "memory", threads, module=module, pin=True))
                 rows.append(row)
     if out is not None:
-        fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
+        fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "rounds", "peak_extra_mb"]
         bench.write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
     return rows

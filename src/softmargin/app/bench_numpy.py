@@ -138,6 +138,6 @@ def run(
                 row.update(_fresh(f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r}, {threads})", impl, threads, memory=True))
                 rows.append(row)
     if out is not None:
-        fields = ["backend", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
+        fields = ["backend", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "rounds", "peak_extra_mb"]
         write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
     return rows

@@ -155,7 +155,7 @@ def _train_step_report(args: argparse.Namespace, shapes: list[tuple[int, int]], 
                       f"{r.get('final_loss', float('nan')):.6f}", bench._ratio(r.get("median_ms"), ours) if r["impl"] != "softmargin" else ""])  # fmt: skip
     print(format_table(["NxC", "loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"], table))
     if out is not None:
-        bench.write_csv(Path(out), ["impl", "shape", "device", "compiled", "features", "threads", "median_ms", "min_ms", "first_call_s",
+        bench.write_csv(Path(out), ["impl", "shape", "device", "compiled", "features", "threads", "median_ms", "min_ms", "first_call_s", "rounds",
                               "final_loss", "error"], rows)  # fmt: skip
         args.written.append(str(out))
         print(f"\nwritten to {out}")
