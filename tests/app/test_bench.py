@@ -846,3 +846,11 @@ def test_the_csv_says_how_many_rounds_each_median_is_of(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_numpy, "_fresh", lambda call, impl, threads, memory=False: {"median_ms": 1.0, "min_ms": 1.0, "first_call_s": 0.1})
     bench_numpy.run(shapes=[(4, 3)], impls=["softmargin"], repeat=1, threads=1, out=tmp_path / "n.csv", rounds=3)
     assert [r["rounds"] for r in csv.DictReader(open(tmp_path / "n.csv"))] == ["3"]
+
+
+def test_an_out_ending_with_a_slash_is_refused_not_written_as_a_file(tmp_path, monkeypatch, capsys, measuring):
+    """--out new/ (a folder, as typed) wrote a file named new, whether or not --force was given."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["--options"], ["--backend", "numpy"], ["--no-compile"], ["--options", "--force"]):
+        _refused_up_front(capsys, [*argv, "--shapes", "4x3", "--out", "new/"], "--out new/ ends with '/', as a folder does: expected a CSV file name")
+    assert not list(tmp_path.iterdir())
