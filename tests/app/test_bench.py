@@ -854,3 +854,14 @@ def test_an_out_ending_with_a_slash_is_refused_not_written_as_a_file(tmp_path, m
     for argv in (["--options"], ["--backend", "numpy"], ["--no-compile"], ["--options", "--force"]):
         _refused_up_front(capsys, [*argv, "--shapes", "4x3", "--out", "new/"], "--out new/ ends with '/', as a folder does: expected a CSV file name")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_shape_beyond_int64_is_an_argument_error_not_a_traceback(capsys, measuring):
+    """--shapes 1e400x10 (written out) ended in OverflowError: the memory check's float could not hold its size."""
+    from softmargin.app.cli import main
+
+    huge = "1" + "0" * 400
+    with pytest.raises(SystemExit) as refused:
+        main(["bench", "--shapes", f"{huge}x10", "--out", ""])
+    assert refused.value.code == 2
+    assert f"shape '{huge}x10': N*C is 2**63 elements or more: expected fewer" in capsys.readouterr().err

@@ -26,6 +26,8 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"shape {text!r}: expected NxC, e.g. 4096x2000") from None
     if len(shape) != 2 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"shape {text!r}: expected two positive sizes NxC, e.g. 4096x2000")
+    if shape[0] * shape[1] >= 2**63:  # torch's sizes are int64 (and the memory check's float would overflow)
+        raise argparse.ArgumentTypeError(f"shape {text!r}: N*C is 2**63 elements or more: expected fewer (sizes are int64)")
     return shape
 
 
