@@ -865,3 +865,9 @@ def test_a_shape_beyond_int64_is_an_argument_error_not_a_traceback(capsys, measu
         main(["bench", "--shapes", f"{huge}x10", "--out", ""])
     assert refused.value.code == 2
     assert f"shape '{huge}x10': N*C is 2**63 elements or more: expected fewer" in capsys.readouterr().err
+
+
+def test_a_measuring_process_past_its_timeout_is_an_error_row_not_the_end_of_the_run():
+    """subprocess.TimeoutExpired went up through the command as a traceback, and every row measured before it was
+    lost (the CSV is written at the end)."""
+    assert bench._in_fresh_process("time.sleep(30)", "time", 1, timeout=1) == {"error": "timed out after 1 s"}

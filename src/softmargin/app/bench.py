@@ -411,14 +411,18 @@ def _in_fresh_process(
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     on = ON_ONE_CPU if what == "memory" else ON_CPUS.format(threads) if pin else ""
     code = on + f"import json, {module} as b; print(json.dumps(b.{call}))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
-    return process_result(result)
+    return run_process(code, env, timeout)
 
 
-def process_result(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    """What a measuring process printed last (a JSON object), or ``{"error": why not}``: its last line on stderr
-    where it failed, the signal that ended it where one did (SIGKILL, the out-of-memory killer's, left an empty
-    stderr and read "no output"; any line there then is not the reason)."""
+def run_process(code: str, env: dict[str, str], timeout: int) -> dict[str, Any]:
+    """Run ``python -c code`` in ``env``; what it printed last (a JSON object), or ``{"error": why not}``: its last
+    line on stderr where it failed, the signal that ended it where one did (SIGKILL, the out-of-memory killer's, left
+    an empty stderr and read "no output"; any line there then is not the reason), or the timeout it ran past (which
+    ended the whole run with a TimeoutExpired traceback, every row measured before it lost)."""
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
     if result.returncode < 0:
         number = -result.returncode
         name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"

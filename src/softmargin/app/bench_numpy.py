@@ -14,7 +14,6 @@ median over its rounds, as ``softmargin bench`` does), then its peak extra memor
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from .bench import (
     combine_rounds,
     median,
     memory_measurable,
-    process_result,
+    run_process,
     write_csv,
 )
 
@@ -102,8 +101,7 @@ def _fresh(call: str, impl: str, threads: int, memory: bool = False) -> dict[str
     if memory:
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     code = (ON_ONE_CPU if memory else "") + f"import json, softmargin.app.bench_numpy as b; print(json.dumps(b.{call}))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
-    return process_result(result)
+    return run_process(code, env, timeout=1800)
 
 
 def run(
