@@ -692,6 +692,7 @@ def test_memory_processes_run_on_one_cpu():
         (["--shapes", "8x5", "--dtypes", "float32", "bfloat16", "float32", "--no-compile"], "--dtypes float32 bfloat16 float32: float32 given twice"),
         (["--train-step", "--shapes", "8x5", "8x5"], "--shapes 8x5 8x5: 8x5 given twice"),
         (["--backend", "numpy", "--shapes", "8x5", "8x5"], "--shapes 8x5 8x5: 8x5 given twice"),
+        (["--extreme", "--shapes", "8x5", "8x5"], "--shapes 8x5 8x5: --extreme measures sizes of its own"),  # the whole option
     ],
 )
 def test_a_shape_or_dtype_given_twice_is_refused_before_the_run(tmp_path, monkeypatch, capsys, measuring, argv, message):

@@ -151,13 +151,6 @@ def check_command(args: Any) -> str:
         raise ValueError("--out -: bench prints its table to standard output and writes its CSV to a file: name a file "
                          "(or --out '' for none)")  # fmt: skip
     run = f"--backend {args.backend}" if mode in BACKENDS else f"--{mode}"
-    # a value given twice would be measured twice, and the report takes each ratio against the first softmargin row of
-    # its (shape, dtype): the repeat's anchors were divided by a softmargin time measured in another group
-    for option, values in (("--shapes", ["x".join(map(str, s)) for s in args.shapes or ()]), ("--dtypes", args.dtypes or ())):
-        twice = [value for i, value in enumerate(values) if value in values[:i]]
-        if twice:
-            raise ValueError(f"{option} {' '.join(values)}: {', '.join(dict.fromkeys(twice))} given twice: expected each "
-                             "value once (each is measured once, its ratios against the softmargin time measured with it)")  # fmt: skip
     if mode in MODES and args.backend != "torch":
         raise ValueError(f"--backend {args.backend}: {run} times the torch loss and would ignore it; drop one of them")
     if mode == "extreme" and args.shapes:
@@ -179,6 +172,13 @@ def check_command(args: Any) -> str:
     if args.no_compile and mode not in ("torch", "train-step"):
         reason = "jax.jit always compiles; --no-compile skips torch.compile" if mode == "jax" else "nothing in it runs torch.compile"
         raise ValueError(f"--no-compile: {run} would ignore it ({reason}); drop it")
+    # a value given twice would be measured twice, and the report takes each ratio against the first softmargin row of
+    # its (shape, dtype): the repeat's anchors were divided by a softmargin time measured in another group
+    for option, values in (("--shapes", ["x".join(map(str, s)) for s in args.shapes or ()]), ("--dtypes", args.dtypes or ())):
+        twice = [value for i, value in enumerate(values) if value in values[:i]]
+        if twice:
+            raise ValueError(f"{option} {' '.join(values)}: {', '.join(dict.fromkeys(twice))} given twice: expected each "
+                             "value once (each is measured once, its ratios against the softmargin time measured with it)")  # fmt: skip
     if device == "cpu" and args.shapes:  # else each measuring process fails to allocate, or the OOM killer ends it
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         dtype = max(args.dtypes or default_dtypes(mode), key=ITEMSIZE.__getitem__)
