@@ -680,3 +680,195 @@ def test_memory_processes_run_on_one_cpu():
 
     assert bench._in_fresh_process("os.sched_getaffinity(0).__len__()", "memory", 1) == 1
     assert bench._in_fresh_process("os.sched_getaffinity(0).__len__()", "time", 1) == len(os.sched_getaffinity(0))
+
+
+# --- a value given twice is refused: its ratios would be taken against another group's softmargin time -------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shapes", "8x5", "16x3", "8X5", "--no-compile"], "--shapes 8x5 16x3 8x5: 8x5 given twice: expected each value once"),
+        (["--shapes", "8x5", "--dtypes", "float32", "bfloat16", "float32", "--no-compile"], "--dtypes float32 bfloat16 float32: float32 given twice"),
+        (["--train-step", "--shapes", "8x5", "8x5"], "--shapes 8x5 8x5: 8x5 given twice"),
+        (["--backend", "numpy", "--shapes", "8x5", "8x5"], "--shapes 8x5 8x5: 8x5 given twice"),
+        (["--extreme", "--shapes", "8x5", "8x5"], "--shapes 8x5 8x5: --extreme measures sizes of its own"),  # the whole option
+    ],
+)
+def test_a_shape_or_dtype_given_twice_is_refused_before_the_run(tmp_path, monkeypatch, capsys, measuring, argv, message):
+    """--shapes 8x5 16x3 8x5 measured 8x5 twice, and the report divided the second group's anchors by the first
+    group's softmargin time (it looks softmargin's row up by shape and dtype): ratios against a softmargin time not
+    measured with them, in a row that says they were."""
+    monkeypatch.chdir(tmp_path)
+    _refused_up_front(capsys, argv, message)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("during", ["shapes", "training step"])
+def test_an_interrupted_default_run_says_which_file_it_wrote(tmp_path, monkeypatch, capsys, fake_measuring, during):
+    """The default run writes its CSV, then times the training step: Ctrl-C there said "nothing was written" while
+    the CSV it had just announced ("written to ...") was on disk."""
+    from softmargin.app.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "measure_group" if during == "shapes" else "train_step", interrupted)
+    out = tmp_path / "mine.csv"
+    assert main(["bench", "--out", str(out)]) == 130
+    last = capsys.readouterr().err.splitlines()[-1]
+    if during == "shapes":
+        assert last == "softmargin bench: interrupted; nothing was written" and not list(tmp_path.iterdir())
+    else:
+        assert last == f"softmargin bench: interrupted; written before it: {out}; nothing else"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv"]
+
+
+def test_a_measuring_process_killed_or_silent_is_an_error_row_that_says_so():
+    """SIGKILL (the out-of-memory killer's) left an empty stderr: the row's error read "no output"; a process that
+    printed nothing on success raised IndexError and ended the whole run with a traceback."""
+    killed = bench._in_fresh_process("os.kill(__import__('os').getpid(), 9)", "time", 1)
+    assert killed == {"error": "killed by SIGKILL (out of memory? the kernel's OOM killer sends it)"}
+    aborted = bench._in_fresh_process("os.abort()", "time", 1)
+    assert aborted == {"error": "killed by SIGABRT"}
+    silent = bench._in_fresh_process("sys.stdout.write('') and None or __import__('os')._exit(0)", "time", 1)
+    assert silent["error"] == "printed no result: ''"
+    failed = bench._in_fresh_process("no_such_function()", "time", 1)
+    assert failed == {"error": "AttributeError: module 'softmargin.app.bench' has no attribute 'no_such_function'"}
+
+
+# --- a median of an even count is the mean of the middle two, not the slower one -----------------------------------
+
+
+def _fake_clock(monkeypatch, module, durations):
+    """Each step advances a fake clock by the next of ``durations`` (seconds): what the timing loop measures."""
+    import time
+
+    clock = [0.0]
+    left = iter(durations)
+
+    def step(*args, **kwargs):
+        clock[0] += next(left)
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(module, "_step_fn", lambda *args: step)
+
+
+def test_the_median_of_two_calls_is_their_mean(monkeypatch):
+    """--repeat 2 wrote the slower of the two calls as median_ms (sorted[len // 2]): 3 ms for calls of 1 and 3 ms."""
+    import sys
+
+    from softmargin.app import bench_numpy
+
+    _fake_clock(monkeypatch, bench, [5.0, 5.0, 0.001, 0.003])  # first call, warm-up, two timed calls
+    timed = bench.time_group(["softmargin"], (2, 3), "float32", 2, 1)["softmargin"]
+    assert timed["median_ms"] == pytest.approx(2.0) and timed["min_ms"] == pytest.approx(1.0)
+    _fake_clock(monkeypatch, bench_numpy, [5.0, 5.0, 0.003, 0.001])
+    monkeypatch.delitem(sys.modules, "torch")  # time_one checks that its process never imported torch (restored after)
+    timed = bench_numpy.time_one("softmargin", (2, 3), "float32", 2)
+    assert timed["median_ms"] == pytest.approx(2.0) and timed["min_ms"] == pytest.approx(1.0)
+
+
+def test_two_good_rounds_of_three_give_their_mean():
+    """A round that failed left two: the slower one was reported as the median of the rounds."""
+    rounds = [{"median_ms": 1.0, "min_ms": 0.5, "first_call_s": 0.1}, {"error": "RuntimeError: x"},
+              {"median_ms": 3.0, "min_ms": 0.7, "first_call_s": 0.2}]  # fmt: skip
+    assert bench.combine_rounds(rounds) == {"median_ms": 2.0, "min_ms": 0.5, "first_call_s": 0.1, "rounds": 2}
+
+
+def test_the_tables_keep_three_significant_digits_of_small_times(capsys, fake_measuring, monkeypatch, tmp_path):
+    """A floor of 0.000412 ms printed as 0.000 (a median of zero) and a first call of 46 us as 0.00 s; --options
+    and the training step printed two decimals of a millisecond."""
+    from softmargin.app.cli import main
+
+    base = {"shape": "32x10", "dtype": "float32", "peak_extra_x_logits": None}
+    rows = [{**base, "impl": "softmargin", "median_ms": 0.0283, "first_call_s": 0.0157},
+            {**base, "impl": "floor", "median_ms": 0.000412, "first_call_s": 4.6e-05},
+            {**base, "impl": "torch eager", "median_ms": 61.4, "first_call_s": 1.5}]  # fmt: skip
+    lines = bench.report(rows).splitlines()[2:]
+    for line, median_ms, first_call_s in zip(lines, ("0.0283", "0.000412", "61.400"), ("0.0157", "4.60e-05", "1.500")):
+        assert f" {median_ms} " in line and line.endswith(f" {first_call_s}"), line
+    assert "softmargin = 68.69x floor" in bench.report(rows)  # from the unrounded times, as before
+    monkeypatch.setattr(bench, "option_costs", lambda *a: [{"option": "plain", "shape": "4x3", "dtype": "float32",
+                                                            "median_ms": 0.0123, "x_plain": 1.0}])  # fmt: skip
+    assert main(["bench", "--options", "--shapes", "4x3", "--out", ""]) == 0
+    assert "0.0123" in capsys.readouterr().out
+    monkeypatch.setattr(bench, "train_step", lambda shape, **k: [{"impl": i, "shape": "4x3", "median_ms": 0.0456,
+                                                                  "first_call_s": 0.0321, "final_loss": 0.5} for i in bench.TRAIN_STEP_IMPLS])  # fmt: skip
+    assert main(["bench", "--train-step", "--shapes", "4x3", "--out", ""]) == 0
+    step = [line for line in capsys.readouterr().out.splitlines() if line.startswith("4x3")]
+    assert len(step) == 2 and all(" 0.0456 " in line and " 0.0321 " in line for line in step), step
+
+
+def test_jax_threads_beyond_the_cpus_available_is_refused(tmp_path, monkeypatch, capsys, measuring):
+    """--backend jax --threads 8 on 2 CPUs: XLA ran on the 2 (its pool is the CPUs the process may run on) and every
+    row said threads 8."""
+    import os
+
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.chdir(tmp_path)
+    _refused_up_front(capsys, ["--backend", "jax", "--threads", str(cpus + 6), "--shapes", "4x3"],
+                      f"--threads {cpus + 6}: --backend jax runs XLA on that many of the CPUs this process may use")  # fmt: skip
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("run", [["--no-compile"], ["--backend", "numpy"], ["--options"], ["--train-step"]])
+def test_a_shape_larger_than_the_machines_memory_is_refused_before_the_run(tmp_path, monkeypatch, capsys, measuring, run):
+    """--shapes 100000x100000 started fifteen measuring processes that each failed to allocate its logits (or, just
+    under the limit, were ended by the out-of-memory killer, with whatever else it chose)."""
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1 << 18}  # 1 GiB
+    monkeypatch.setattr(bench.os, "sysconf", lambda name: pages.get(name, 4096))
+    monkeypatch.chdir(tmp_path)
+    _refused_up_front(capsys, [*run, "--shapes", "8x5", "20000x10000", "--dtypes", "float32"],
+                      "--shapes 20000x10000: its float32 logits, target and gradient alone take 2.2 GiB, more than this "
+                      "machine's 1.0 GiB of memory: expected a smaller shape")  # fmt: skip
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_csv_says_how_many_rounds_each_median_is_of(tmp_path, monkeypatch):
+    """A round that failed was dropped without a trace: the CSV's median read as the usual three rounds' when it was
+    two rounds'."""
+    from softmargin.app import bench_numpy
+
+    calls = []
+
+    def fake(call, what, threads, timeout=1800, module=""):
+        calls.append(call)
+        if "'softmargin'" in call and len(calls) == 3:  # softmargin's second round
+            return {"error": "RuntimeError: a glitch"}
+        return _fake_fresh_process(call, what, threads)
+
+    monkeypatch.setattr(bench, "_in_fresh_process", fake)
+    out = tmp_path / "b.csv"
+    bench.run(shapes=[(300, 300)], dtypes=["float32"], impls=["softmargin", "floor"], repeat=1, threads=1, out=out, progress=False)
+    assert {r["impl"]: r["rounds"] for r in csv.DictReader(open(out))} == {"softmargin": "2", "floor": "3"}
+    monkeypatch.setattr(bench_numpy, "_fresh", lambda call, impl, threads, memory=False: {"median_ms": 1.0, "min_ms": 1.0, "first_call_s": 0.1})
+    bench_numpy.run(shapes=[(4, 3)], impls=["softmargin"], repeat=1, threads=1, out=tmp_path / "n.csv", rounds=3)
+    assert [r["rounds"] for r in csv.DictReader(open(tmp_path / "n.csv"))] == ["3"]
+
+
+def test_an_out_ending_with_a_slash_is_refused_not_written_as_a_file(tmp_path, monkeypatch, capsys, measuring):
+    """--out new/ (a folder, as typed) wrote a file named new, whether or not --force was given."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["--options"], ["--backend", "numpy"], ["--no-compile"], ["--options", "--force"]):
+        _refused_up_front(capsys, [*argv, "--shapes", "4x3", "--out", "new/"], "--out new/ ends with '/', as a folder does: expected a CSV file name")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_shape_beyond_int64_is_an_argument_error_not_a_traceback(capsys, measuring):
+    """--shapes 1e400x10 (written out) ended in OverflowError: the memory check's float could not hold its size."""
+    from softmargin.app.cli import main
+
+    huge = "1" + "0" * 400
+    with pytest.raises(SystemExit) as refused:
+        main(["bench", "--shapes", f"{huge}x10", "--out", ""])
+    assert refused.value.code == 2
+    assert f"shape '{huge}x10': N*C is 2**63 elements or more: expected fewer" in capsys.readouterr().err
+
+
+def test_a_measuring_process_past_its_timeout_is_an_error_row_not_the_end_of_the_run():
+    """subprocess.TimeoutExpired went up through the command as a traceback, and every row measured before it was
+    lost (the CSV is written at the end)."""
+    assert bench._in_fresh_process("time.sleep(30)", "time", 1, timeout=1) == {"error": "timed out after 1 s"}

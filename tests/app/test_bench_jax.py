@@ -54,9 +54,18 @@ def test_threads_is_what_the_timing_processes_compute_on(monkeypatch):
     real = bench._in_fresh_process
 
     def fresh(call, what, threads, **kwargs):
-        seen.append(real("threads_used()", what, threads, **kwargs))
+        seen.append(real("computes_on()", what, threads, **kwargs))
         return {"median_ms": 1.0, "min_ms": 1.0, "first_call_s": 1.0}
 
     monkeypatch.setattr(bench, "_in_fresh_process", fresh)
     bench_jax.run(shapes=[(4, 3)], impls=["softmargin"], repeat=1, threads=1, rounds=1)
-    assert seen == [{"cpus": 1, "kernel_threads": 1}]
+    assert seen == [{"platform": "cpu", "cpus": 1, "kernel_threads": 1}]
+
+
+def test_jax_is_timed_on_the_cpu_whatever_its_default_device(monkeypatch):
+    """The rows say device cpu and the memory is the resident size's peak, but the processes ran on jax's default
+    device: with a GPU jax (here JAX_PLATFORMS=cuda stands for it) the GPU's times were written as the CPU's."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    for what in ("time", "memory"):
+        seen = bench._in_fresh_process("computes_on()", what, 1, module="softmargin.app.bench_jax", pin=True)
+        assert seen.get("platform") == "cpu", seen

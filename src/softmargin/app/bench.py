@@ -47,6 +47,8 @@ import math
 import numbers
 import os
 import re
+import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -164,12 +166,33 @@ def check_command(args: Any) -> str:
                "jax": "JAX computes float64 only with JAX_ENABLE_X64=1 (without it, float64 arrays are float32)"}  # fmt: skip
         raise ValueError(f"--dtypes {' '.join(bad)}: {why.get(mode, f'{run} runs float32 only')}; drop it")
     if device != "cpu" and mode not in ("torch", "train-step"):
-        why = {"numpy": "NumPy computes on the CPU", "jax": "it times jax's default device, which --device does not choose"}
+        why = {"numpy": "NumPy computes on the CPU", "jax": "it times JAX on the CPU"}
         raise ValueError(f"--device {device}: {run} would ignore it ({why.get(mode, 'it measures on the CPU only')}); "
                          "drop it")  # fmt: skip
     if args.no_compile and mode not in ("torch", "train-step"):
         reason = "jax.jit always compiles; --no-compile skips torch.compile" if mode == "jax" else "nothing in it runs torch.compile"
         raise ValueError(f"--no-compile: {run} would ignore it ({reason}); drop it")
+    # a value given twice would be measured twice, and the report takes each ratio against the first softmargin row of
+    # its (shape, dtype): the repeat's anchors were divided by a softmargin time measured in another group
+    for option, values in (("--shapes", ["x".join(map(str, s)) for s in args.shapes or ()]), ("--dtypes", args.dtypes or ())):
+        twice = [value for i, value in enumerate(values) if value in values[:i]]
+        if twice:
+            raise ValueError(f"{option} {' '.join(values)}: {', '.join(dict.fromkeys(twice))} given twice: expected each "
+                             "value once (each is measured once, its ratios against the softmargin time measured with it)")  # fmt: skip
+    if device == "cpu" and args.shapes:  # else each measuring process fails to allocate, or the OOM killer ends it
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        dtype = max(args.dtypes or default_dtypes(mode), key=ITEMSIZE.__getitem__)
+        for shape in args.shapes:
+            need = 3 * math.prod(shape) * ITEMSIZE[dtype]
+            if need > memory:
+                raise ValueError(f"--shapes {'x'.join(map(str, shape))}: its {dtype} logits, target and gradient alone take "
+                                 f"{need / 2**30:,.1f} GiB, more than this machine's {memory / 2**30:,.1f} GiB of memory: "
+                                 "expected a smaller shape")  # fmt: skip
+    cpus = len(os.sched_getaffinity(0))
+    if mode == "jax" and args.threads is not None and args.threads > cpus:  # XLA's pool is the CPUs it may run on
+        raise ValueError(f"--threads {args.threads}: --backend jax runs XLA on that many of the CPUs this process may use, "
+                         f"and there {'are' if cpus > 1 else 'is'} {cpus}: expected 1 to {cpus} (the rows would say "
+                         f"{args.threads} threads for {cpus})")  # fmt: skip
     if args.force and args.out == "":
         raise ValueError("--force: --out '' writes no file, there is nothing to overwrite; drop one of them")
     check_options(repeat, args.threads, device, "torch" if mode in MODES else args.backend)
@@ -284,8 +307,14 @@ def _data(shape: Sequence[int], dtype: str, device: str) -> tuple[Any, Any, Any]
     return x, y, w
 
 
+def median(values: Sequence[float]) -> float:
+    """The median: for an even count, the mean of the middle two (``sorted[len // 2]``, the upper one, made the
+    "median" of ``--repeat 2`` the slower call, and of two rounds out of three the slower round)."""
+    return statistics.median(values)
+
+
 def call_times(fn: Callable[[], Any], repeat: int, warmup: int = 0) -> list[float]:
-    """Seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones, sorted (the median is [len // 2])."""
+    """Seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones, sorted (:func:`median` of them)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -334,7 +363,7 @@ def time_group(
                 times[impl].append(time.perf_counter() - started)
     for impl, spent in times.items():
         spent.sort()
-        result[impl].update(median_ms=1e3 * spent[len(spent) // 2], min_ms=1e3 * spent[0], calls=len(spent))
+        result[impl].update(median_ms=1e3 * median(spent), min_ms=1e3 * spent[0], calls=len(spent))
     return result
 
 
@@ -371,18 +400,40 @@ def _in_fresh_process(
     {"error": the last line it printed}. For "memory", glibc returns large freed blocks at once, so the high-water
     mark sees every allocation, and the process runs on one CPU (:func:`memory_floor`). ``pin`` (JAX): a timing
     process runs on the first ``threads`` CPUs this one may use, and the NumPy backend's kernel (JAX's callback) on
-    ``threads`` threads: XLA sizes its CPU thread pool by the CPUs it may run on and ignores ``OMP_NUM_THREADS``."""
+    ``threads`` threads: XLA sizes its CPU thread pool by the CPUs it may run on and ignores ``OMP_NUM_THREADS``; and
+    JAX computes on the CPU (``JAX_PLATFORMS=cpu``), as its rows say (device cpu) and as the resident-size memory
+    reading needs: where jax has a GPU, its default device, the rows were GPU times labelled cpu."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if pin:
         env["SOFTMARGIN_NUM_THREADS"] = str(threads)
+        env["JAX_PLATFORMS"] = "cpu"
     if what == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     on = ON_ONE_CPU if what == "memory" else ON_CPUS.format(threads) if pin else ""
     code = on + f"import json, {module} as b; print(json.dumps(b.{call}))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    return run_process(code, env, timeout)
+
+
+def run_process(code: str, env: dict[str, str], timeout: int) -> dict[str, Any]:
+    """Run ``python -c code`` in ``env``; what it printed last (a JSON object), or ``{"error": why not}``: its last
+    line on stderr where it failed, the signal that ended it where one did (SIGKILL, the out-of-memory killer's, left
+    an empty stderr and read "no output"; any line there then is not the reason), or the timeout it ran past (which
+    ended the whole run with a TimeoutExpired traceback, every row measured before it lost)."""
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if result.returncode < 0:
+        number = -result.returncode
+        name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+        why = " (out of memory? the kernel's OOM killer sends it)" if name == "SIGKILL" else ""
+        return {"error": f"killed by {name}{why}"}  # the table shows an error's first 60 characters
     if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        return {"error": (result.stderr.strip().splitlines() or [f"exit status {result.returncode}, no output"])[-1]}
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": f"printed no result: {result.stdout.strip()[-80:]!r}"}
 
 
 def write_csv(out: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
@@ -420,7 +471,7 @@ def combine_rounds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not good:
         return {"error": results[0].get("error", "not measured")}
     medians = sorted(r["median_ms"] for r in good)
-    return {"median_ms": medians[len(medians) // 2], "min_ms": min(r["min_ms"] for r in good),
+    return {"median_ms": median(medians), "min_ms": min(r["min_ms"] for r in good),
             "first_call_s": good[0]["first_call_s"], "rounds": len(good)}  # fmt: skip
 
 
@@ -510,7 +561,7 @@ def time_train_step(
         fn()
     first = time.perf_counter() - start
     times = call_times(fn, repeat)
-    return {"median_ms": 1e3 * sorted(times)[len(times) // 2], "min_ms": 1e3 * min(times), "first_call_s": first,
+    return {"median_ms": 1e3 * median(times), "min_ms": 1e3 * min(times), "first_call_s": first,
             "final_loss": float(fn())}  # fmt: skip
 
 
@@ -591,7 +642,7 @@ def option_costs(
 
                 try:
                     times = call_times(step, repeat, warmup=2)
-                    group.append({"option": name, **base, "median_ms": 1e3 * times[len(times) // 2]})
+                    group.append({"option": name, **base, "median_ms": 1e3 * median(times)})
                 except Exception as error:
                     group.append({"option": name, **base, "error": f"{type(error).__name__}: {error}".splitlines()[0]})
             plain = group[0].get("median_ms")
@@ -654,7 +705,7 @@ def measure_extreme_one(impl: str, num_labels: int, what: str, rows: int = 256, 
         peak, _ = _peak_bytes(lambda: step().backward())
         return {"peak_extra_mb": max(peak - grad_bytes, 0) / 2**20, "grad_mb": grad_bytes / 2**20}
     times = call_times(full, repeat, warmup=1)
-    return {"median_s": times[len(times) // 2]}
+    return {"median_s": median(times)}
 
 
 def extreme(labels: Sequence[int] = EXTREME_LABELS, repeat: int = 3, threads: int | None = None,
@@ -706,6 +757,12 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def figures(value: float) -> str:
+    """A time for the tables: three decimals from 1 on, three significant digits below (at three decimals a floor of
+    0.000412 ms printed as 0.000, and every first call under 5 ms as 0.00 s)."""
+    return f"{value:.3f}" if value >= 1 else f"{value:#.3g}"
+
+
 def _memory(x_logits: float | None) -> str:
     """The peak extra memory column: "–" where it was not measured (logits too small, :func:`memory_measurable`)."""
     return "–" if x_logits is None else f"{x_logits:.2f}"
@@ -733,10 +790,10 @@ def report(rows: list[dict[str, Any]]) -> str:
                 row["shape"],
                 row["dtype"],
                 row["impl"],
-                f"{row['median_ms']:.3f}",
+                figures(row["median_ms"]),
                 _memory(row.get("peak_extra_x_logits")),
                 speedup,
-                f"{row['first_call_s']:.2f}",
+                figures(row["first_call_s"]),
             ]
         )
     return format_table(header, table)
@@ -775,6 +832,6 @@ def run(
             iterator.set_postfix_str(f"{'x'.join(map(str, shape))} {dtype}")
         rows.extend(measure_group(impls, shape, dtype, repeat, threads, device))
     if out is not None:
-        fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
+        fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "rounds", "peak_extra_mb"]
         write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
     return rows

@@ -1,7 +1,8 @@
 """``softmargin bench --backend jax``: jitted forward+backward of the JAX backend against jitted optax, in one run.
 
-Each implementation is timed in its own fresh process, three rounds, the median of each round's median (the
-method and the memory measurement of :mod:`softmargin.app.bench`, whose helpers this reuses). Implementations:
+Each implementation is timed in its own fresh process, on the CPU (``JAX_PLATFORMS=cpu``, whatever devices jax has),
+three rounds, the median of each round's median (the method and the memory measurement of
+:mod:`softmargin.app.bench`, whose helpers this reuses). Implementations:
 
 - ``softmargin``: ``jax.jit(jax.value_and_grad(softmargin.jax.multilabel_soft_margin_loss))`` with ``impl="auto"``;
 - ``softmargin xla`` / ``softmargin callback``: the two implementations forced;
@@ -84,7 +85,7 @@ def time_group(impls: Sequence[str], shape: Sequence[int], dtype: str, repeat: i
             step()
             result[impl] = {"first_call_s": time.perf_counter() - started}
             spent = bench.call_times(step, repeat, warmup=1)
-            result[impl].update(median_ms=1e3 * spent[len(spent) // 2], min_ms=1e3 * spent[0])
+            result[impl].update(median_ms=1e3 * bench.median(spent), min_ms=1e3 * spent[0])
         except Exception as error:
             result[impl] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
     return result
@@ -103,12 +104,14 @@ def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int) -> di
     return {"peak_extra_mb": peak / 2**20, "peak_extra_x_logits": peak / (x.size * x.dtype.itemsize)}
 
 
-def threads_used() -> dict[str, int]:
-    """What a process of :func:`run` computes on: the CPUs it may run on (XLA's thread pool) and the NumPy backend's
-    kernel threads (JAX's callback)."""
+def computes_on() -> dict[str, Any]:
+    """What a process of :func:`run` computes on: JAX's platform, the CPUs it may run on (XLA's thread pool) and the
+    NumPy backend's kernel threads (JAX's callback)."""
+    import jax
+
     from ..numpy import num_threads
 
-    return {"cpus": len(os.sched_getaffinity(0)), "kernel_threads": num_threads()}
+    return {"platform": jax.default_backend(), "cpus": len(os.sched_getaffinity(0)), "kernel_threads": num_threads()}
 
 
 def run(
@@ -142,6 +145,6 @@ def run(
                     row.update(bench._in_fresh_process(call, "memory", threads, module=module, pin=True))
                 rows.append(row)
     if out is not None:
-        fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
+        fields = ["device", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "rounds", "peak_extra_mb"]
         bench.write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
     return rows

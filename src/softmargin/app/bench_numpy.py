@@ -13,9 +13,7 @@ median over its rounds, as ``softmargin bench`` does), then its peak extra memor
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +27,9 @@ from .bench import (
     _repeats,
     call_times,
     combine_rounds,
+    median,
     memory_measurable,
+    run_process,
     write_csv,
 )
 
@@ -77,7 +77,7 @@ def time_one(impl: str, shape: Sequence[int], dtype: str, repeat: int) -> dict[s
     first = time.perf_counter() - started
     spent = call_times(step, repeat, warmup=1)
     assert "torch" not in sys.modules, "the NumPy benchmark imported torch"
-    return {"median_ms": 1e3 * spent[len(spent) // 2], "min_ms": 1e3 * spent[0], "first_call_s": first}
+    return {"median_ms": 1e3 * median(spent), "min_ms": 1e3 * spent[0], "first_call_s": first}
 
 
 def peak_memory(impl: str, shape: Sequence[int], dtype: str, threads: int = 1) -> dict[str, Any]:
@@ -101,10 +101,7 @@ def _fresh(call: str, impl: str, threads: int, memory: bool = False) -> dict[str
     if memory:
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     code = (ON_ONE_CPU if memory else "") + f"import json, softmargin.app.bench_numpy as b; print(json.dumps(b.{call}))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
-    if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    return run_process(code, env, timeout=1800)
 
 
 def run(
@@ -139,6 +136,6 @@ def run(
                 row.update(_fresh(f"peak_memory({impl!r}, {tuple(shape)!r}, {dtype!r}, {threads})", impl, threads, memory=True))
                 rows.append(row)
     if out is not None:
-        fields = ["backend", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "peak_extra_mb"]
+        fields = ["backend", "shape", "dtype", "impl", "threads", "median_ms", "min_ms", "first_call_s", "rounds", "peak_extra_mb"]
         write_csv(out, [*fields, "peak_extra_x_logits", "error"], rows)
     return rows

@@ -26,6 +26,8 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"shape {text!r}: expected NxC, e.g. 4096x2000") from None
     if len(shape) != 2 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"shape {text!r}: expected two positive sizes NxC, e.g. 4096x2000")
+    if shape[0] * shape[1] >= 2**63:  # torch's sizes are int64 (and the memory check's float would overflow)
+        raise argparse.ArgumentTypeError(f"shape {text!r}: N*C is 2**63 elements or more: expected fewer (sizes are int64)")
     return shape
 
 
@@ -59,6 +61,7 @@ def _bench_run(args: argparse.Namespace) -> int:
     outputs = _bench_outputs(args)
     for path in outputs:
         bench.check_out(path, args.force)
+    args.written = []  # each file as it is finished: the default run writes its CSV before its training step
     out = Path(outputs[0]) if outputs else None
     repeat = args.repeat if args.repeat is not None else bench.EXTREME_REPEAT if mode == "extreme" else bench.DEFAULT_REPEAT
     dtypes = args.dtypes or bench.default_dtypes(mode)
@@ -74,7 +77,7 @@ def _bench_run(args: argparse.Namespace) -> int:
         rows = bench.option_costs(args.shapes or [bench.TRAIN_STEP_SHAPE], dtypes, repeat, args.threads)
         print("Forward+backward, each loss option against the plain loss:")
         print(format_table(["shape", "dtype", "option", "median ms", "x plain"],
-                           [[r["shape"], r["dtype"], r["option"], f"{r['median_ms']:.2f}" if "median_ms" in r else r["error"][:60],
+                           [[r["shape"], r["dtype"], r["option"], bench.figures(r["median_ms"]) if "median_ms" in r else r["error"][:60],
                              f"{r['x_plain']:.2f}" if "x_plain" in r else "-"] for r in rows]))  # fmt: skip
         if out is not None:
             bench.write_csv(out, ["shape", "dtype", "option", "threads", "median_ms", "x_plain", "error"], rows)
@@ -103,6 +106,7 @@ def _bench_run(args: argparse.Namespace) -> int:
         )
         print(bench.report(rows))
     if out is not None:
+        args.written.append(str(out))
         print(f"\nwritten to {out}")
     if mode == "torch" and not args.no_compile and not args.shapes:  # the default run: issue 11's compiled training
         print()  # step, in the same run
@@ -149,12 +153,13 @@ def _train_step_report(args: argparse.Namespace, shapes: list[tuple[int, int]], 
     table = []
     for r in rows:
         ours = next((o.get("median_ms") for o in rows if o.get("shape") == r.get("shape") and o["impl"] == "softmargin"), None)
-        table.append([r.get("shape", ""), r["impl"], f"{r.get('median_ms', float('nan')):.2f}", f"{r.get('first_call_s', float('nan')):.1f}",
+        table.append([r.get("shape", ""), r["impl"], bench.figures(r.get("median_ms", float("nan"))), bench.figures(r.get("first_call_s", float("nan"))),
                       f"{r.get('final_loss', float('nan')):.6f}", bench._ratio(r.get("median_ms"), ours) if r["impl"] != "softmargin" else ""])  # fmt: skip
     print(format_table(["NxC", "loss", "median ms", "first calls s", "final loss", "softmargin's speed-up"], table))
     if out is not None:
-        bench.write_csv(Path(out), ["impl", "shape", "device", "compiled", "features", "threads", "median_ms", "min_ms", "first_call_s",
+        bench.write_csv(Path(out), ["impl", "shape", "device", "compiled", "features", "threads", "median_ms", "min_ms", "first_call_s", "rounds",
                               "final_loss", "error"], rows)  # fmt: skip
+        args.written.append(str(out))
         print(f"\nwritten to {out}")
 
 
@@ -418,8 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"softmargin {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        # files are written whole or not at all; what went to standard output (--out -) is cut off where it stopped
+        # files are written whole or not at all; what went to standard output (--out -) is cut off where it stopped;
+        # a command that writes several files in turn (bench) lists in args.written those it finished
+        finished = getattr(args, "written", None)
         written = ("the output on standard output is incomplete" if getattr(args, "out", None) == "-"
+                   else f"written before it: {', '.join(finished)}; nothing else" if finished
                    else "nothing was written")  # fmt: skip
         if isinstance(exc, Terminated):
             print(f"softmargin {args.command}: terminated (SIGTERM); {written}", file=sys.stderr)

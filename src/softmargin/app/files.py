@@ -34,10 +34,14 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
 
 def check_out(out: Path | str | None, force: bool = False, expected: str = "a CSV file name") -> None:
     """Refuse, before any work, an ``--out`` file the command would destroy or could write only to fail: an existing
-    file unless ``force`` (``--force``), a folder, anything but a regular file (``/dev/null`` would be replaced), a
-    path under a file, a folder nothing can be written in (read-only, ``/proc``: found after the work, before). ``expected``: what ``--out`` should name, for the messages."""
+    file unless ``force`` (``--force``), a folder, a name ending with ``/`` (``--out new/`` wrote a file named
+    ``new``), anything but a regular file (``/dev/null`` would be replaced), a path under a file, a folder nothing can
+    be written in (read-only, ``/proc``: found after the work, before). ``expected``: what ``--out`` should name, for
+    the messages."""
     if out is None or str(out) == "":
         return
+    if isinstance(out, str) and out.endswith(tuple(filter(None, (os.sep, os.altsep)))):  # Path() would drop it
+        raise ValueError(f"--out {out} ends with {out[-1]!r}, as a folder does: expected {expected}")
     path = Path(out)
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder: expected {expected}")
