@@ -730,6 +730,19 @@ def test_a_gzip_file_is_named_as_such_whatever_its_extension(tmp_path, name):
         D.load(str(tmp_path / "book.csv"), ["y1", "y2"])
 
 
+@pytest.mark.parametrize("encoding,mark", [("utf-16", "FF FE"), ("utf-16-be", "FE FF"), ("utf-32", "FF FE 00 00")])
+@pytest.mark.parametrize("name", ["w.csv", "w.arff", "w.txt"])
+def test_a_utf16_or_utf32_file_is_named_as_such(tmp_path, name, encoding, mark):
+    """UTF-16 (Windows PowerShell's '>' writes it) gave 'byte 0xff ... is not UTF-8 ... iconv -f latin1' (CSV, ARFF),
+    or a LIBSVM format error quoting the text with a NUL byte between every character."""
+    text = {"w.csv": "f1,y1,y2\n1,0,1\n", "w.arff": "@relation r\n@attribute f1 numeric\n@data\n1\n", "w.txt": "0,1 0:1.5\n"}
+    bom = "\ufeff" if encoding == "utf-16-be" else ""  # the plain codecs write their byte-order mark themselves
+    (tmp_path / name).write_bytes((bom + text[name]).encode(encoding))
+    with pytest.raises(D.DataError, match=rf"{re.escape(name)}:1: the file is UTF-{encoding[4:6]} text \(byte-order mark "
+                       rf"{mark}.*\), not UTF-8: convert it \(iconv -f utf-{encoding[4:6]} -t utf-8"):  # fmt: skip
+        D.load(str(tmp_path / name), ["y1", "y2"])
+
+
 def test_train_test_mismatch_names_the_training_file_not_a_model(tmp_path):
     """At train time there is no model yet: the test file's columns are --data's."""
     (tmp_path / "train.csv").write_text("f1,f2,y1,y2\n1,2,0,1\n3,4,1,1\n")

@@ -786,7 +786,7 @@ def load(
         raise FileNotFoundError(f"{argument} {spec!r}: no such file, and not a built-in data set ({', '.join(BUILTIN)})")
     if path.is_dir():
         raise DataError(f"{argument} {spec!r} is a folder: expected a data file (.arff, .csv or LIBSVM text)")
-    _check_not_compressed(path)
+    _check_utf8_text(path)
     suffix = path.suffix.lower()
     if suffix == ".arff":
         return load_arff(path, labels, xml, features, read_labels)
@@ -795,23 +795,35 @@ def load(
     return load_libsvm(path)
 
 
-#: The first bytes of compressed files (never the start of UTF-8 text), what they are and how to undo them.
-_COMPRESSED = (
-    (b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip FILE.gz, or zcat FILE > NEW_FILE)"),
-    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook?)", "extract the data, or save the sheet as 'CSV UTF-8'"),
-)
+#: The first bytes of files that are not UTF-8 text (never the start of UTF-8 text), what they are and how to undo it:
+#: compressed files, and UTF-16 / UTF-32 text by its byte-order mark (UTF-32's before UTF-16's, whose mark it starts
+#: with).
+_NOT_UTF8_TEXT = (
+    (b"\x1f\x8b", "gzip-compressed, not text", "decompress it first (gunzip FILE.gz, or zcat FILE > NEW_FILE)"),
+    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook?), not text",
+     "extract the data, or save the sheet as 'CSV UTF-8'"),
+    (b"\xff\xfe\x00\x00", "UTF-32 text (byte-order mark FF FE 00 00), not UTF-8",
+     "convert it (iconv -f utf-32 -t utf-8 FILE > NEW_FILE)"),
+    (b"\x00\x00\xfe\xff", "UTF-32 text (byte-order mark 00 00 FE FF), not UTF-8",
+     "convert it (iconv -f utf-32 -t utf-8 FILE > NEW_FILE)"),
+    (b"\xff\xfe", "UTF-16 text (byte-order mark FF FE, as Windows PowerShell's '>' and Excel's 'Unicode Text' write "
+     "it), not UTF-8", "convert it (iconv -f utf-16 -t utf-8 FILE > NEW_FILE), or save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text (byte-order mark FE FF), not UTF-8",
+     "convert it (iconv -f utf-16 -t utf-8 FILE > NEW_FILE), or save it as UTF-8"),
+)  # fmt: skip
 
 
-def _check_not_compressed(path: Path) -> None:
-    """A compressed file is named as such (read as text it would give an error about UTF-8 or the LIBSVM format).
-    Only a regular file is looked at: a pipe's first bytes, once read, would be gone."""
+def _check_utf8_text(path: Path) -> None:
+    """A compressed or UTF-16 / UTF-32 file is named as such (read as text it would give an error about UTF-8 that
+    suggests converting from latin1, or, LIBSVM, a format error quoting garbled text). Only a regular file is looked
+    at: a pipe's first bytes, once read, would be gone."""
     if not path.is_file():
         return
     with open(path, "rb") as f:
         start = f.read(4)
-    for magic, what, fix in _COMPRESSED:
+    for magic, what, fix in _NOT_UTF8_TEXT:
         if start.startswith(magic):
-            raise DataError(f"{path}:1: the file is {what}, not text: {fix}")
+            raise DataError(f"{path}:1: the file is {what}: {fix}")
 
 
 def load_train_test(
