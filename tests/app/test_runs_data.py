@@ -119,6 +119,27 @@ def test_an_empty_libsvm_line_is_a_sample_after_a_header_and_an_error_without(li
     assert predicted == _predict(run, tmp_path / "zero.txt", capsys)  # the empty sample, written as 0:0
 
 
+def test_libsvm_text_in_which_no_row_gives_a_feature_is_named(linear, tmp_path, capsys):
+    """A file of comma-separated integers without a header (a CSV file named .txt) reads as LIBSVM rows of labels
+    only: predict gave every row the same probabilities, the model's biases, and train with an 'N F L' header trained
+    on F all-zero columns, both silently."""
+    folder, run = linear
+    (tmp_path / "ints.txt").write_text("0,2\n1\n0,1,2\n")
+    code, out, err = _run(["predict", str(run), "--data", str(tmp_path / "ints.txt"), "--out", "-"], capsys)
+    assert code == 0 and len(out.splitlines()) == 4, err
+    assert re.search(r"predict: warning: --data .*ints\.txt: no row gives a feature value \(LIBSVM text: the idx:val "
+                     r"pairs after a row's labels\), so every row gets the same probabilities", err), err  # fmt: skip
+    code, out, err = _run(["evaluate", str(run), "--data", str(tmp_path / "ints.txt")], capsys)
+    assert code == 0 and "evaluate: warning: --data" in err and "no row gives a feature value" in err, err
+    (tmp_path / "zero.txt").write_text("0:0\n1\n")
+    code, out, err = _run(["predict", str(run), "--data", str(tmp_path / "zero.txt"), "--out", "-"], capsys)
+    assert code == 0 and "warning" not in err, err  # one feature given, even an explicit 0: no warning
+    (tmp_path / "header.txt").write_text("40 8 3\n" + "".join(line.split()[0] + "\n" for line in _bag_of_words(40)))
+    _one_line_error(["train", "--data", str(tmp_path / "header.txt"), "--out", str(tmp_path / "runs"), "--quiet"], capsys,
+                    r"header: no row gives a feature value \(the LIBSVM rows hold labels only.*nothing to learn from")  # fmt: skip
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 # --- items 5, 9, 17: numbers, extra columns, label columns predict does not need --------------------------------------
 
 

@@ -12,6 +12,7 @@ import csv
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -313,6 +314,9 @@ def _load_for(args: argparse.Namespace, labels_needed: bool = True) -> tuple[T.T
         _given_labels(args, model, labels_needed)
         data = D.load(args.data, model.label_names, features=None if model.positional else model.feature_names,
                       read_labels=labels_needed)  # fmt: skip
+    if data.sparse and len(data) and data.X.nnz == 0:  # labels only: a comma-separated file of integers is such text
+        warnings.warn(f"--data {args.data}: no row gives a feature value (LIBSVM text: the idx:val pairs after a row's "
+                      "labels), so every row gets the same probabilities, the model's biases alone", UserWarning, stacklevel=2)  # fmt: skip
     if not labels_needed and data.Y is not None:  # LIBSVM labels (parsed with the row) or a built-in's: not used
         data = D.Dataset(data.X, None, data.feature_names, [], data.name, data.path, data.positional)
     return model, D.align(data, model.feature_names, model.label_names, positional=model.positional)

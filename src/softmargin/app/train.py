@@ -751,6 +751,9 @@ def fit(
     if train.X.shape[1] == 0:
         raise ValueError(f"{train.name}: no feature columns (every column is a label, or the LIBSVM rows hold labels "
                          "only): nothing to learn from")  # fmt: skip
+    if train.sparse and len(train) and train.X.nnz == 0:  # an 'N F L' header gives F columns all the same
+        raise ValueError(f"{train.name}: no row gives a feature value (the LIBSVM rows hold labels only, or the sparse "
+                         "ARFF rows name label attributes only): nothing to learn from")  # fmt: skip
     if train.Y is None:
         raise ValueError(f"{train.name}: training needs labels, the data has none")
     config = config.resolve(train)
