@@ -743,6 +743,21 @@ def test_a_utf16_or_utf32_file_is_named_as_such(tmp_path, name, encoding, mark):
         D.load(str(tmp_path / name), ["y1", "y2"])
 
 
+@pytest.mark.parametrize(
+    "text,kind,suffix",
+    [("f1,f2,y1\n1.5,2,0\n", "CSV", ".csv"), ("1.5,2,0\n", "CSV", ".csv"), ("% from Weka\n@relation r\n", "ARFF", ".arff"),
+     ("@RELATION r\n@attribute f1 numeric\n", "ARFF", ".arff"), ("0 1:x\n", None, None), ("1;2;3\n", None, None)],
+)  # fmt: skip
+def test_csv_or_arff_text_read_as_libsvm_says_the_name_chose_the_format(tmp_path, text, kind, suffix):
+    """A CSV or ARFF file named .txt (or .tsv, .dat) is read as LIBSVM: the error said only that a line was not
+    LIBSVM, not why the file was read as such."""
+    (tmp_path / "data.txt").write_text(text)
+    hint = rf" \(is it {kind}\? data\.txt is read as LIBSVM text: a file is read as {kind} only when its name ends in \{suffix}\)$"
+    with pytest.raises(D.DataError, match=r"data\.txt:\d: expected 'l1,l2,\.\.\. idx:val idx:val \.\.\.'") as error:
+        D.load(str(tmp_path / "data.txt"))
+    assert re.search(hint, str(error.value)) if kind else "(is it" not in str(error.value), str(error.value)
+
+
 def test_train_test_mismatch_names_the_training_file_not_a_model(tmp_path):
     """At train time there is no model yet: the test file's columns are --data's."""
     (tmp_path / "train.csv").write_text("f1,f2,y1,y2\n1,2,0,1\n3,4,1,1\n")

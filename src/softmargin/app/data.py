@@ -629,7 +629,7 @@ def load_libsvm(path: str | Path) -> Dataset:
             except ValueError:
                 raise DataError(
                     f"{path}:{number}: expected 'l1,l2,... idx:val idx:val ...' with integer labels and indices and "
-                    f"plain ASCII numbers; got {line[:80]!r}"
+                    f"plain ASCII numbers; got {line[:80]!r}{_other_format_hint(path, line)}"
                 ) from None
             num_features = header[1] if header else MAX_INDEX_WITHOUT_HEADER
             num_labels = header[2] if header else MAX_INDEX_WITHOUT_HEADER
@@ -678,6 +678,18 @@ def load_libsvm(path: str | Path) -> Dataset:
     if not stays_sparse(Y):
         Y = Y.toarray()
     return Dataset(X, Y, feature_names, [str(i) for i in range(height)], path.stem, str(path), True)
+
+
+def _other_format_hint(path: Path, line: str) -> str:
+    """Why a line of ARFF or CSV text was read as LIBSVM: the format is chosen by the file's name, not its content."""
+    if line.lower().startswith(("@relation", "@attribute", "@data", "%")):
+        kind, suffix = "ARFF", ".arff"
+    elif "," in line and ":" not in line and not line.replace(",", "").isdigit():
+        kind, suffix = "CSV", ".csv"
+    else:
+        return ""
+    return (f" (is it {kind}? {path.name} is read as LIBSVM text: a file is read as {kind} only when its name ends in "
+            f"{suffix})")  # fmt: skip
 
 
 def _range_hint(limit: int, header: Any, letter: str) -> str:
