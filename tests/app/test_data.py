@@ -758,6 +758,45 @@ def test_csv_or_arff_text_read_as_libsvm_says_the_name_chose_the_format(tmp_path
     assert re.search(hint, str(error.value)) if kind else "(is it" not in str(error.value), str(error.value)
 
 
+def _lost_in_float32(column: np.ndarray) -> bool:
+    """A reference written here: float32 rounds the column to 0 (every non-zero below its smallest normal number), or
+    by more than 1e-3 of its standard deviation (2**-24 of its mean)."""
+    nonzero = np.abs(column[column != 0])
+    tiny = len(nonzero) > 0 and nonzero.max() < np.finfo(np.float32).tiny
+    return bool(tiny or (column.std() > 0 and abs(column.mean()) * 2.0**-24 > 1e-3 * column.std()))
+
+
+@pytest.mark.parametrize("scale,offset,lost", [(1e-50, 0.0, True), (50.0, 1.6e9, True), (1.0, 0.0, False), (1e6, 1.6e9, False)])
+@pytest.mark.parametrize("kind", ["libsvm", "sparse arff"])
+def test_sparse_features_that_float32_would_lose_are_kept_as_read(tmp_path, kind, scale, offset, lost):
+    """Sparse features were cast to float32 as they were read: a column of 1e-50s became 0 and timestamps 1.6e9 +- 50
+    kept a few distinct values of 40, silently (the same data dense is refused by training, or kept in float64)."""
+    column = offset + scale * np.random.default_rng(0).standard_normal(40)
+    assert _lost_in_float32(column) == lost
+    if kind == "libsvm":
+        (tmp_path / "s.txt").write_text("".join(f"0 0:{float(v)!r} 1:1.5\n" for v in column))
+        data = D.load(str(tmp_path / "s.txt"))
+    else:
+        head = "@relation s\n@attribute f0 numeric\n@attribute f1 numeric\n@attribute y {0,1}\n@data\n"
+        (tmp_path / "s.arff").write_text(head + "".join(f"{{0 {float(v)!r},1 1.5,2 1}}\n" for v in column))
+        data = D.load(str(tmp_path / "s.arff"), ["y"])
+    assert data.sparse and data.X.dtype == (np.float64 if lost else np.float32)
+    expected = column if lost else column.astype(np.float32)
+    np.testing.assert_array_equal(data.X[:, 0].toarray().ravel(), expected)
+    np.testing.assert_array_equal(data.X[:, 1].toarray().ravel(), 1.5)
+    data.X.sort_indices()  # writable (LIBSVM's float64 values are not a read-only view of the parser's buffer)
+
+
+def test_float32_blurred_sparse_matches_numpys_column_statistics():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        X = rng.normal(size=(int(rng.integers(2, 50)), 3)) * rng.uniform(1e-3, 1e3, 3) + rng.uniform(-1e7, 1e7, 3)
+        X[rng.random(X.shape) < 0.3] = 0.0  # the zeros a sparse matrix leaves out count in the statistics
+        expected = (np.abs(X.mean(0)) * 2.0**-24 > 1e-3 * X.std(0)) & (X.std(0) > 0)
+        np.testing.assert_array_equal(D.float32_blurred(scipy.sparse.csr_matrix(X)), expected)
+        np.testing.assert_array_equal(D.float32_blurred(X), expected)
+
+
 def test_train_test_mismatch_names_the_training_file_not_a_model(tmp_path):
     """At train time there is no model yet: the test file's columns are --data's."""
     (tmp_path / "train.csv").write_text("f1,f2,y1,y2\n1,2,0,1\n3,4,1,1\n")

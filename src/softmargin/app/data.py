@@ -1,7 +1,7 @@
 """Multi-label data sets: the built-in yeast, MULAN ARFF (dense and sparse), LIBSVM / extreme-classification text,
 and CSV with named label columns.
 
-Every loader returns a :class:`Dataset`: features ``X`` (a dense float64 array, as read; or a float32 scipy.sparse CSR matrix when the file is sparse: sparse stays sparse), labels ``Y`` (uint8, shape (N, L): dense, or a CSR matrix for large label sets:
+Every loader returns a :class:`Dataset`: features ``X`` (a dense float64 array, as read; or a float32 scipy.sparse CSR matrix when the file is sparse: sparse stays sparse; float64 where float32 would lose a column, which training then refuses by name), labels ``Y`` (uint8, shape (N, L): dense, or a CSR matrix for large label sets:
 the positives only, never N x L; None for unlabeled data) and the names of both. A malformed file raises
 :class:`DataError` naming the file, the line and what was expected there; so does a missing, NaN or infinite feature
 value, one beyond float32's range, a number not in plain ASCII decimal or scientific notation (Python's ``float``
@@ -157,6 +157,52 @@ def _in_float32(values: np.ndarray) -> np.ndarray:
 
 def _beyond_float32(value: float) -> str:
     return f"{value}, beyond float32's range: expected a magnitude of at most {FLOAT32_MAX:.8g} (rescale the feature)"
+
+
+#: float32 blurs a feature column when its rounding (up to 2**-24 of a value's magnitude) exceeds this share of the
+#: column's standard deviation
+BLUR = 1e-3
+
+
+def float32_blurred(X: Any, block_cells: int = 1 << 22) -> np.ndarray:
+    """Which columns of float64 features ``X`` (dense or sparse) float32 would blur, (F,) bool: round their values by
+    more than :data:`BLUR` of the column's standard deviation. Timestamps of 1.6e9 +- 50 s are such a column: float32
+    holds them to 128 s (300 of them had 4 distinct float32 values), which no model can learn from. Column statistics
+    without a copy of ``X``: a dense one in blocks of rows (``block_cells`` cells at a time), a sparse one over its
+    stored values and its zeros. All False for float32 features and for fewer than 2 rows."""
+    if X.dtype != np.float64 or X.shape[0] < 2:
+        return np.zeros(X.shape[1], bool)
+    if sp.issparse(X):
+        from sklearn.utils.sparsefuncs import mean_variance_axis
+
+        mean, var = mean_variance_axis(sp.csr_matrix(X), axis=0)
+    else:
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler()
+        step = max(1, block_cells // max(1, X.shape[1]))
+        for start in range(0, len(X), step):  # its partial_fit: Chan et al.'s update of the mean and variance
+            scaler.partial_fit(X[start:start + step])
+        mean, var = scaler.mean_, scaler.var_
+    std = np.sqrt(var)
+    return (np.abs(mean) * 2.0**-24 > BLUR * std) & (std > 0)
+
+
+def _as_float32_unless_lost(X: sp.csr_matrix) -> sp.csr_matrix:
+    """Sparse float64 features as float32 (half the memory), unless float32 would lose a column: every non-zero of it
+    below float32's smallest normal number (1e-50 becomes 0) or a column float32 blurs (:func:`float32_blurred`).
+    Then they stay float64, so that training refuses that column by name, as it refuses such dense features, and
+    prediction scales them before casting (cast here, the feature was silently lost)."""
+    magnitudes = np.abs(X.data)
+    if ((magnitudes > 0) & (magnitudes < np.finfo(np.float32).tiny)).any():  # lost if none of its column's is normal
+        largest = np.zeros(X.shape[1])
+        np.maximum.at(largest, X.indices, magnitudes)
+        if ((largest > 0) & (largest < np.finfo(np.float32).tiny)).any():
+            return X if X.data.flags.writeable else X.copy()
+    del magnitudes  # (a copy of the values: not kept beside the float32 one made below)
+    if float32_blurred(X).any():
+        return X if X.data.flags.writeable else X.copy()  # (LIBSVM's values: a view of the parser's buffer)
+    return X.astype(np.float32)
 
 
 def _check_finite(path: Path, X: Any, lines: Sequence[int], names: Sequence[str]) -> None:
@@ -498,7 +544,7 @@ def _dataset(
     _check_finite(path, X, lines, [names[i] for i in feature_index])  # before the cast, which would make inf
     # dense features stay float64 (the text they were parsed from took far more memory): training casts them to
     # float32 unless float32 would blur a column (train._as_computed), prediction computes in float64
-    X = X.tocsr().astype(np.float32) if sp.issparse(X) else np.asarray(X, np.float64)
+    X = _as_float32_unless_lost(X.tocsr()) if sp.issparse(X) else np.asarray(X, np.float64)
     Y = None
     if labels is not None:
         Y = matrix[:, label_index]
@@ -665,8 +711,8 @@ def load_libsvm(path: str | Path) -> Dataset:
             raise DataError(f"{path}:{header_line}: the header says {header[0]} samples, the file holds {len(lines)}{counted}")
     width = header[1] if header else (max(indices) + 1 if indices else 0)
     height = header[2] if header else (max(label_ids) + 1 if label_ids else 0)
-    X = sp.csr_matrix((np.frombuffer(values).astype(np.float32), np.frombuffer(indices, np.int64), indptr),
-                      shape=(len(lines), width))
+    X = _as_float32_unless_lost(sp.csr_matrix((np.frombuffer(values), np.frombuffer(indices, np.int64), indptr),
+                                              shape=(len(lines), width)))  # fmt: skip
     X.sort_indices()
     feature_names = [str(i) for i in range(width)]
     if not label_ids:  # no row has a label: unlabeled data (evaluation against all-zero labels would mean nothing)
