@@ -735,6 +735,73 @@ def test_a_gzip_file_is_named_as_such_whatever_its_extension(tmp_path, name):
         D.load(str(tmp_path / "book.csv"), ["y1", "y2"])
 
 
+@pytest.mark.parametrize("encoding,mark", [("utf-16", "FF FE"), ("utf-16-be", "FE FF"), ("utf-32", "FF FE 00 00")])
+@pytest.mark.parametrize("name", ["w.csv", "w.arff", "w.txt"])
+def test_a_utf16_or_utf32_file_is_named_as_such(tmp_path, name, encoding, mark):
+    """UTF-16 (Windows PowerShell's '>' writes it) gave 'byte 0xff ... is not UTF-8 ... iconv -f latin1' (CSV, ARFF),
+    or a LIBSVM format error quoting the text with a NUL byte between every character."""
+    text = {"w.csv": "f1,y1,y2\n1,0,1\n", "w.arff": "@relation r\n@attribute f1 numeric\n@data\n1\n", "w.txt": "0,1 0:1.5\n"}
+    bom = "\ufeff" if encoding == "utf-16-be" else ""  # the plain codecs write their byte-order mark themselves
+    (tmp_path / name).write_bytes((bom + text[name]).encode(encoding))
+    with pytest.raises(D.DataError, match=rf"{re.escape(name)}:1: the file is UTF-{encoding[4:6]} text \(byte-order mark "
+                       rf"{mark}.*\), not UTF-8: convert it \(iconv -f utf-{encoding[4:6]} -t utf-8"):  # fmt: skip
+        D.load(str(tmp_path / name), ["y1", "y2"])
+
+
+@pytest.mark.parametrize(
+    "text,kind,suffix",
+    [("f1,f2,y1\n1.5,2,0\n", "CSV", ".csv"), ("1.5,2,0\n", "CSV", ".csv"), ("% from Weka\n@relation r\n", "ARFF", ".arff"),
+     ("@RELATION r\n@attribute f1 numeric\n", "ARFF", ".arff"), ("0 1:x\n", None, None), ("1;2;3\n", None, None)],
+)  # fmt: skip
+def test_csv_or_arff_text_read_as_libsvm_says_the_name_chose_the_format(tmp_path, text, kind, suffix):
+    """A CSV or ARFF file named .txt (or .tsv, .dat) is read as LIBSVM: the error said only that a line was not
+    LIBSVM, not why the file was read as such."""
+    (tmp_path / "data.txt").write_text(text)
+    hint = rf" \(is it {kind}\? data\.txt is read as LIBSVM text: a file is read as {kind} only when its name ends in \{suffix}\)$"
+    with pytest.raises(D.DataError, match=r"data\.txt:\d: expected 'l1,l2,\.\.\. idx:val idx:val \.\.\.'") as error:
+        D.load(str(tmp_path / "data.txt"))
+    assert re.search(hint, str(error.value)) if kind else "(is it" not in str(error.value), str(error.value)
+
+
+def _lost_in_float32(column: np.ndarray) -> bool:
+    """A reference written here: float32 rounds the column to 0 (every non-zero below its smallest normal number), or
+    by more than 1e-3 of its standard deviation (2**-24 of its mean)."""
+    nonzero = np.abs(column[column != 0])
+    tiny = len(nonzero) > 0 and nonzero.max() < np.finfo(np.float32).tiny
+    return bool(tiny or (column.std() > 0 and abs(column.mean()) * 2.0**-24 > 1e-3 * column.std()))
+
+
+@pytest.mark.parametrize("scale,offset,lost", [(1e-50, 0.0, True), (50.0, 1.6e9, True), (1.0, 0.0, False), (1e6, 1.6e9, False)])
+@pytest.mark.parametrize("kind", ["libsvm", "sparse arff"])
+def test_sparse_features_that_float32_would_lose_are_kept_as_read(tmp_path, kind, scale, offset, lost):
+    """Sparse features were cast to float32 as they were read: a column of 1e-50s became 0 and timestamps 1.6e9 +- 50
+    kept a few distinct values of 40, silently (the same data dense is refused by training, or kept in float64)."""
+    column = offset + scale * np.random.default_rng(0).standard_normal(40)
+    assert _lost_in_float32(column) == lost
+    if kind == "libsvm":
+        (tmp_path / "s.txt").write_text("".join(f"0 0:{float(v)!r} 1:1.5\n" for v in column))
+        data = D.load(str(tmp_path / "s.txt"))
+    else:
+        head = "@relation s\n@attribute f0 numeric\n@attribute f1 numeric\n@attribute y {0,1}\n@data\n"
+        (tmp_path / "s.arff").write_text(head + "".join(f"{{0 {float(v)!r},1 1.5,2 1}}\n" for v in column))
+        data = D.load(str(tmp_path / "s.arff"), ["y"])
+    assert data.sparse and data.X.dtype == (np.float64 if lost else np.float32)
+    expected = column if lost else column.astype(np.float32)
+    np.testing.assert_array_equal(data.X[:, 0].toarray().ravel(), expected)
+    np.testing.assert_array_equal(data.X[:, 1].toarray().ravel(), 1.5)
+    data.X.sort_indices()  # writable (LIBSVM's float64 values are not a read-only view of the parser's buffer)
+
+
+def test_float32_blurred_sparse_matches_numpys_column_statistics():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        X = rng.normal(size=(int(rng.integers(2, 50)), 3)) * rng.uniform(1e-3, 1e3, 3) + rng.uniform(-1e7, 1e7, 3)
+        X[rng.random(X.shape) < 0.3] = 0.0  # the zeros a sparse matrix leaves out count in the statistics
+        expected = (np.abs(X.mean(0)) * 2.0**-24 > 1e-3 * X.std(0)) & (X.std(0) > 0)
+        np.testing.assert_array_equal(D.float32_blurred(scipy.sparse.csr_matrix(X)), expected)
+        np.testing.assert_array_equal(D.float32_blurred(X), expected)
+
+
 def test_train_test_mismatch_names_the_training_file_not_a_model(tmp_path):
     """At train time there is no model yet: the test file's columns are --data's."""
     (tmp_path / "train.csv").write_text("f1,f2,y1,y2\n1,2,0,1\n3,4,1,1\n")

@@ -394,6 +394,35 @@ def test_force_never_replaces_the_data_read_or_the_runs_own_report(trained, tmp_
     assert {name: (run / name).read_bytes() for name in before} == before
 
 
+def test_force_never_replaces_a_run_folders_own_files_or_the_xml_read(trained, tmp_path, capsys):
+    """predict --out RUN/model.json --force replaced the model with its own predictions (the run never loaded again:
+    'model.json: not valid JSON'), --out naming the --xml file replaced the label names, and evaluate --out naming
+    another run's folder replaced that run's report with this run's numbers."""
+    import shutil
+
+    folder, trained_run = trained
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    (tmp_path / "link.json").symlink_to(run / "model.json")
+    data = str(folder / "test.csv")
+    for name in R.RUN_FILES:
+        for out in (run / name, run / "." / name):
+            argv = ["predict", str(run), "--data", data, "--out", str(out), "--force"]
+            _one_line_error(argv, capsys, rf"--out .*{re.escape(name)} is the run folder's {re.escape(name)}: the predictions would replace")
+    _one_line_error(["predict", str(run), "--data", data, "--out", str(tmp_path / "link.json"), "--force"], capsys,
+                    r"is the run folder's model\.json")  # fmt: skip
+    (tmp_path / "labels.xml").write_text('<labels><label name="ya"/><label name="yb"/><label name="yc"/></labels>')
+    _one_line_error(["predict", str(run), "--data", data, "--xml", str(tmp_path / "labels.xml"), "--out",
+                     str(tmp_path / "labels.xml"), "--force"], capsys, r"is the --xml file")  # fmt: skip
+    assert "ya" in (tmp_path / "labels.xml").read_text()
+    _one_line_error(["evaluate", str(trained_run), "--data", data, "--out", str(run), "--force"], capsys,
+                    r"is a run folder \(it holds model\.json\): its metrics\.json, per_label\.csv and plot are that run's own report")  # fmt: skip
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+    assert main(["predict", str(run), "--data", data, "--out", str(run / "predictions.csv")]) == 0  # a new name: fine
+    assert main(["predict", str(run), "--data", data, "--out", str(run / "predictions.csv"), "--force"]) == 0
+    capsys.readouterr()
+
+
 def test_top_k_with_more_labels_than_there_are_is_refused(trained, tmp_path, capsys):
     """--k 20 with 14 labels predicted every label for every sample (yeast: Hamming loss 0.70), silently."""
     folder, run = trained

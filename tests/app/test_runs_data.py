@@ -119,6 +119,45 @@ def test_an_empty_libsvm_line_is_a_sample_after_a_header_and_an_error_without(li
     assert predicted == _predict(run, tmp_path / "zero.txt", capsys)  # the empty sample, written as 0:0
 
 
+def test_libsvm_text_in_which_no_row_gives_a_feature_is_named(linear, tmp_path, capsys):
+    """A file of comma-separated integers without a header (a CSV file named .txt) reads as LIBSVM rows of labels
+    only: predict gave every row the same probabilities, the model's biases, and train with an 'N F L' header trained
+    on F all-zero columns, both silently."""
+    folder, run = linear
+    (tmp_path / "ints.txt").write_text("0,2\n1\n0,1,2\n")
+    code, out, err = _run(["predict", str(run), "--data", str(tmp_path / "ints.txt"), "--out", "-"], capsys)
+    assert code == 0 and len(out.splitlines()) == 4, err
+    assert re.search(r"predict: warning: --data .*ints\.txt: no row gives a feature value \(LIBSVM text: the idx:val "
+                     r"pairs after a row's labels\), so every row gets the same probabilities", err), err  # fmt: skip
+    code, out, err = _run(["evaluate", str(run), "--data", str(tmp_path / "ints.txt")], capsys)
+    assert code == 0 and "evaluate: warning: --data" in err and "no row gives a feature value" in err, err
+    (tmp_path / "zero.txt").write_text("0:0\n1\n")
+    code, out, err = _run(["predict", str(run), "--data", str(tmp_path / "zero.txt"), "--out", "-"], capsys)
+    assert code == 0 and "warning" not in err, err  # one feature given, even an explicit 0: no warning
+    (tmp_path / "header.txt").write_text("40 8 3\n" + "".join(line.split()[0] + "\n" for line in _bag_of_words(40)))
+    _one_line_error(["train", "--data", str(tmp_path / "header.txt"), "--out", str(tmp_path / "runs"), "--quiet"], capsys,
+                    r"header: no row gives a feature value \(the LIBSVM rows hold labels only.*nothing to learn from")  # fmt: skip
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_sparse_features_float32_would_lose_are_refused_by_train_as_dense_ones_are(tmp_path, capsys):
+    """LIBSVM features of 1e-50 x N(0, 1) or 1.6e9 + 50 x N(0, 1), the only signal of label 0, trained silently with
+    that feature lost in float32 (label 0's F1 0.67 and 0.70, against 0.985 from the same values x 1); the same data
+    dense is refused (1e-50) or kept in float64 (timestamps)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(60)
+    for name, column, pattern in (
+        ("tiny", x * 1e-50, r"feature '0' \(column 0\) has values of magnitude up to .*e-50, below float32's smallest normal"),
+        ("times", 1.6e9 + 50 * x, r"feature '0' \(column 0\) varies too little for its magnitude: float32, in which sparse "
+                                  r"features are computed .*subtract a typical value from the column first"),
+    ):  # fmt: skip
+        lines = [("0," if v > 0 else "") + f"1 0:{float(c)!r} 1:{float(n)!r}" for v, c, n in zip(x, column, rng.standard_normal(60))]
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n")
+        _one_line_error(["train", "--data", str(tmp_path / f"{name}.txt"), "--out", str(tmp_path / "runs"), "--quiet"], capsys,
+                        rf"train: error: {name}: {pattern}")  # fmt: skip
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 # --- items 5, 9, 17: numbers, extra columns, label columns predict does not need --------------------------------------
 
 

@@ -1,7 +1,7 @@
 """Multi-label data sets: the built-in yeast, MULAN ARFF (dense and sparse), LIBSVM / extreme-classification text,
 and CSV with named label columns.
 
-Every loader returns a :class:`Dataset`: features ``X`` (a dense float64 array, as read; or a float32 scipy.sparse CSR matrix when the file is sparse: sparse stays sparse), labels ``Y`` (uint8, shape (N, L): dense, or a CSR matrix for large label sets:
+Every loader returns a :class:`Dataset`: features ``X`` (a dense float64 array, as read; or a float32 scipy.sparse CSR matrix when the file is sparse: sparse stays sparse; float64 where float32 would lose a column, which training then refuses by name), labels ``Y`` (uint8, shape (N, L): dense, or a CSR matrix for large label sets:
 the positives only, never N x L; None for unlabeled data) and the names of both. A malformed file raises
 :class:`DataError` naming the file, the line and what was expected there; so does a missing, NaN or infinite feature
 value, one beyond float32's range, a number not in plain ASCII decimal or scientific notation (Python's ``float``
@@ -157,6 +157,52 @@ def _in_float32(values: np.ndarray) -> np.ndarray:
 
 def _beyond_float32(value: float) -> str:
     return f"{value}, beyond float32's range: expected a magnitude of at most {FLOAT32_MAX:.8g} (rescale the feature)"
+
+
+#: float32 blurs a feature column when its rounding (up to 2**-24 of a value's magnitude) exceeds this share of the
+#: column's standard deviation
+BLUR = 1e-3
+
+
+def float32_blurred(X: Any, block_cells: int = 1 << 22) -> np.ndarray:
+    """Which columns of float64 features ``X`` (dense or sparse) float32 would blur, (F,) bool: round their values by
+    more than :data:`BLUR` of the column's standard deviation. Timestamps of 1.6e9 +- 50 s are such a column: float32
+    holds them to 128 s (300 of them had 4 distinct float32 values), which no model can learn from. Column statistics
+    without a copy of ``X``: a dense one in blocks of rows (``block_cells`` cells at a time), a sparse one over its
+    stored values and its zeros. All False for float32 features and for fewer than 2 rows."""
+    if X.dtype != np.float64 or X.shape[0] < 2:
+        return np.zeros(X.shape[1], bool)
+    if sp.issparse(X):
+        from sklearn.utils.sparsefuncs import mean_variance_axis
+
+        mean, var = mean_variance_axis(sp.csr_matrix(X), axis=0)
+    else:
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler()
+        step = max(1, block_cells // max(1, X.shape[1]))
+        for start in range(0, len(X), step):  # its partial_fit: Chan et al.'s update of the mean and variance
+            scaler.partial_fit(X[start:start + step])
+        mean, var = scaler.mean_, scaler.var_
+    std = np.sqrt(var)
+    return (np.abs(mean) * 2.0**-24 > BLUR * std) & (std > 0)
+
+
+def _as_float32_unless_lost(X: sp.csr_matrix) -> sp.csr_matrix:
+    """Sparse float64 features as float32 (half the memory), unless float32 would lose a column: every non-zero of it
+    below float32's smallest normal number (1e-50 becomes 0) or a column float32 blurs (:func:`float32_blurred`).
+    Then they stay float64, so that training refuses that column by name, as it refuses such dense features, and
+    prediction scales them before casting (cast here, the feature was silently lost)."""
+    magnitudes = np.abs(X.data)
+    if ((magnitudes > 0) & (magnitudes < np.finfo(np.float32).tiny)).any():  # lost if none of its column's is normal
+        largest = np.zeros(X.shape[1])
+        np.maximum.at(largest, X.indices, magnitudes)
+        if ((largest > 0) & (largest < np.finfo(np.float32).tiny)).any():
+            return X if X.data.flags.writeable else X.copy()
+    del magnitudes  # (a copy of the values: not kept beside the float32 one made below)
+    if float32_blurred(X).any():
+        return X if X.data.flags.writeable else X.copy()  # (LIBSVM's values: a view of the parser's buffer)
+    return X.astype(np.float32)
 
 
 def _check_finite(path: Path, X: Any, lines: Sequence[int], names: Sequence[str]) -> None:
@@ -508,7 +554,7 @@ def _dataset(
     _check_finite(path, X, lines, [names[i] for i in feature_index])  # before the cast, which would make inf
     # dense features stay float64 (the text they were parsed from took far more memory): training casts them to
     # float32 unless float32 would blur a column (train._as_computed), prediction computes in float64
-    X = X.tocsr().astype(np.float32) if sp.issparse(X) else np.asarray(X, np.float64)
+    X = _as_float32_unless_lost(X.tocsr()) if sp.issparse(X) else np.asarray(X, np.float64)
     Y = None
     if labels is not None:
         Y = matrix[:, label_index]
@@ -639,7 +685,7 @@ def load_libsvm(path: str | Path) -> Dataset:
             except ValueError:
                 raise DataError(
                     f"{path}:{number}: expected 'l1,l2,... idx:val idx:val ...' with integer labels and indices and "
-                    f"plain ASCII numbers; got {line[:80]!r}"
+                    f"plain ASCII numbers; got {line[:80]!r}{_other_format_hint(path, line)}"
                 ) from None
             num_features = header[1] if header else MAX_INDEX_WITHOUT_HEADER
             num_labels = header[2] if header else MAX_INDEX_WITHOUT_HEADER
@@ -675,8 +721,8 @@ def load_libsvm(path: str | Path) -> Dataset:
             raise DataError(f"{path}:{header_line}: the header says {header[0]} samples, the file holds {len(lines)}{counted}")
     width = header[1] if header else (max(indices) + 1 if indices else 0)
     height = header[2] if header else (max(label_ids) + 1 if label_ids else 0)
-    X = sp.csr_matrix((np.frombuffer(values).astype(np.float32), np.frombuffer(indices, np.int64), indptr),
-                      shape=(len(lines), width))
+    X = _as_float32_unless_lost(sp.csr_matrix((np.frombuffer(values), np.frombuffer(indices, np.int64), indptr),
+                                              shape=(len(lines), width)))  # fmt: skip
     X.sort_indices()
     feature_names = [str(i) for i in range(width)]
     if not label_ids:  # no row has a label: unlabeled data (evaluation against all-zero labels would mean nothing)
@@ -688,6 +734,18 @@ def load_libsvm(path: str | Path) -> Dataset:
     if not stays_sparse(Y):
         Y = Y.toarray()
     return Dataset(X, Y, feature_names, [str(i) for i in range(height)], path.stem, str(path), True)
+
+
+def _other_format_hint(path: Path, line: str) -> str:
+    """Why a line of ARFF or CSV text was read as LIBSVM: the format is chosen by the file's name, not its content."""
+    if line.lower().startswith(("@relation", "@attribute", "@data", "%")):
+        kind, suffix = "ARFF", ".arff"
+    elif "," in line and ":" not in line and not line.replace(",", "").isdigit():
+        kind, suffix = "CSV", ".csv"
+    else:
+        return ""
+    return (f" (is it {kind}? {path.name} is read as LIBSVM text: a file is read as {kind} only when its name ends in "
+            f"{suffix})")  # fmt: skip
 
 
 def _range_hint(limit: int, header: Any, letter: str) -> str:
@@ -796,7 +854,7 @@ def load(
         raise FileNotFoundError(f"{argument} {spec!r}: no such file, and not a built-in data set ({', '.join(BUILTIN)})")
     if path.is_dir():
         raise DataError(f"{argument} {spec!r} is a folder: expected a data file (.arff, .csv or LIBSVM text)")
-    _check_not_compressed(path)
+    _check_utf8_text(path)
     suffix = path.suffix.lower()
     if suffix == ".arff":
         return load_arff(path, labels, xml, features, read_labels)
@@ -805,23 +863,35 @@ def load(
     return load_libsvm(path)
 
 
-#: The first bytes of compressed files (never the start of UTF-8 text), what they are and how to undo them.
-_COMPRESSED = (
-    (b"\x1f\x8b", "gzip-compressed", "decompress it first (gunzip FILE.gz, or zcat FILE > NEW_FILE)"),
-    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook?)", "extract the data, or save the sheet as 'CSV UTF-8'"),
-)
+#: The first bytes of files that are not UTF-8 text (never the start of UTF-8 text), what they are and how to undo it:
+#: compressed files, and UTF-16 / UTF-32 text by its byte-order mark (UTF-32's before UTF-16's, whose mark it starts
+#: with).
+_NOT_UTF8_TEXT = (
+    (b"\x1f\x8b", "gzip-compressed, not text", "decompress it first (gunzip FILE.gz, or zcat FILE > NEW_FILE)"),
+    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook?), not text",
+     "extract the data, or save the sheet as 'CSV UTF-8'"),
+    (b"\xff\xfe\x00\x00", "UTF-32 text (byte-order mark FF FE 00 00), not UTF-8",
+     "convert it (iconv -f utf-32 -t utf-8 FILE > NEW_FILE)"),
+    (b"\x00\x00\xfe\xff", "UTF-32 text (byte-order mark 00 00 FE FF), not UTF-8",
+     "convert it (iconv -f utf-32 -t utf-8 FILE > NEW_FILE)"),
+    (b"\xff\xfe", "UTF-16 text (byte-order mark FF FE, as Windows PowerShell's '>' and Excel's 'Unicode Text' write "
+     "it), not UTF-8", "convert it (iconv -f utf-16 -t utf-8 FILE > NEW_FILE), or save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text (byte-order mark FE FF), not UTF-8",
+     "convert it (iconv -f utf-16 -t utf-8 FILE > NEW_FILE), or save it as UTF-8"),
+)  # fmt: skip
 
 
-def _check_not_compressed(path: Path) -> None:
-    """A compressed file is named as such (read as text it would give an error about UTF-8 or the LIBSVM format).
-    Only a regular file is looked at: a pipe's first bytes, once read, would be gone."""
+def _check_utf8_text(path: Path) -> None:
+    """A compressed or UTF-16 / UTF-32 file is named as such (read as text it would give an error about UTF-8 that
+    suggests converting from latin1, or, LIBSVM, a format error quoting garbled text). Only a regular file is looked
+    at: a pipe's first bytes, once read, would be gone."""
     if not path.is_file():
         return
     with open(path, "rb") as f:
         start = f.read(4)
-    for magic, what, fix in _COMPRESSED:
+    for magic, what, fix in _NOT_UTF8_TEXT:
         if start.startswith(magic):
-            raise DataError(f"{path}:1: the file is {what}, not text: {fix}")
+            raise DataError(f"{path}:1: the file is {what}: {fix}")
 
 
 def load_train_test(

@@ -12,6 +12,7 @@ import csv
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -313,6 +314,9 @@ def _load_for(args: argparse.Namespace, labels_needed: bool = True) -> tuple[T.T
         _given_labels(args, model, labels_needed)
         data = D.load(args.data, model.label_names, features=None if model.positional else model.feature_names,
                       read_labels=labels_needed)  # fmt: skip
+    if data.sparse and len(data) and data.X.nnz == 0:  # labels only: a comma-separated file of integers is such text
+        warnings.warn(f"--data {args.data}: no row gives a feature value (LIBSVM text: the idx:val pairs after a row's "
+                      "labels), so every row gets the same probabilities, the model's biases alone", UserWarning, stacklevel=2)  # fmt: skip
     if not labels_needed and data.Y is not None:  # LIBSVM labels (parsed with the row) or a built-in's: not used
         data = D.Dataset(data.X, None, data.feature_names, [], data.name, data.path, data.positional)
     return model, D.align(data, model.feature_names, model.label_names, positional=model.positional)
@@ -347,6 +351,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if _same_path(out, args.run):  # --force or not: the run's own report of its test split
             raise ValueError(f"--out {out} is the run folder: its metrics.json, per_label.csv and plot are the run's own "
                              "report of the data it was tested on (config.json's evaluated_on); give another folder")  # fmt: skip
+        if (out / "model.json").is_file():  # another run's report, as above
+            raise ValueError(f"--out {out} is a run folder (it holds model.json): its metrics.json, per_label.csv and plot "
+                             "are that run's own report; give another folder")  # fmt: skip
         taken = [n for n in ("metrics.json", "per_label.csv", "f1_vs_frequency.png") if (out / n).exists()]
         if taken and not args.force:
             raise ValueError(f"--out {out} already holds {', '.join(taken)}: pass --force to overwrite, or another --out")
@@ -371,6 +378,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
         print(f"\nwritten to {out}")
     return 0
 
+
+#: The files ``softmargin train`` writes into a run folder: predict ``--out`` never replaces one, ``--force`` or not.
+RUN_FILES = ("model.json", "model.safetensors", "config.json", "metrics.json", "per_label.csv", "history.csv", "loss.png",
+             "f1_vs_frequency.png", "cv_metrics.json")  # fmt: skip
 
 #: From this many samples x labels on, predict's dense output (without --top-k) is announced with its size.
 LARGE_PREDICTIONS = 10**8
@@ -403,10 +414,19 @@ def predict_command(args: argparse.Namespace) -> int:
                              "probabilities and decides nothing, so it would ignore it; drop one of them")  # fmt: skip
     _check_device(args.device)
     if args.out != "-":  # before the model and the data are read; _output checks again when it writes
-        check_out(args.out, args.force, _PREDICTIONS)
         if args.data not in D.BUILTIN and _same_path(args.out, args.data):  # --force or not
             raise ValueError(f"--out {args.out} is the --data file: the predictions would replace the data they are made "
                              "from; name another file")  # fmt: skip
+        if args.xml and _same_path(args.out, args.xml):
+            raise ValueError(f"--out {args.out} is the --xml file: the predictions would replace the label names; name "
+                             "another file")  # fmt: skip
+        out = Path(args.out)
+        own = next((name for name in RUN_FILES if _same_path(out, Path(args.run) / name)
+                    or (name == out.name and _same_path(out.parent, args.run))), None)  # fmt: skip
+        if own is not None:  # model.json replaced by a CSV file: the run would never load again
+            raise ValueError(f"--out {args.out} is the run folder's {own}: the predictions would replace the run's own "
+                             "file; name another file (a new name in the run folder is fine)")  # fmt: skip
+        check_out(args.out, args.force, _PREDICTIONS)
     model, data = _load_for(args, labels_needed=False)
     names = model.label_names
     cells = len(data) * len(names)

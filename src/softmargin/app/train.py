@@ -44,7 +44,7 @@ from .. import metrics as M
 from .._validation import check_options
 from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
 from ..weights import METHODS, Method, class_weights, pos_weight
-from .data import FLOAT32_MAX, Dataset
+from .data import BLUR, FLOAT32_MAX, Dataset, float32_blurred
 from .decisions import COUNTS, FALLBACKS, cv_thresholds
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
@@ -555,26 +555,9 @@ def _dense_batch(X: Any, index: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rows, dtype=dtype))
 
 
-#: float32 blurs a feature column when its rounding (up to 2**-24 of a value's magnitude) exceeds this share of the
-#: column's standard deviation
-BLUR = 1e-3
-
-
 def _float32_blurs(X: Any, block_cells: int = 1 << 22) -> bool:
-    """Whether float32 would blur a column of dense float64 features ``X``: round its values by more than
-    :data:`BLUR` of the column's standard deviation. Timestamps of 1.6e9 +- 50 s are such a column: float32 holds them
-    to 128 s (300 of them had 4 distinct float32 values), which no model can learn from. Column statistics in blocks
-    of rows (``block_cells`` cells at a time), so that no copy of ``X`` is made."""
-    if sp.issparse(X) or X.dtype != np.float64 or len(X) < 2:
-        return False
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler()
-    step = max(1, block_cells // max(1, X.shape[1]))
-    for start in range(0, len(X), step):  # its partial_fit: Chan et al.'s update of the mean and variance
-        scaler.partial_fit(X[start:start + step])
-    std = np.sqrt(scaler.var_)
-    return bool(((np.abs(scaler.mean_) * 2.0**-24 > BLUR * std) & (std > 0)).any())
+    """Whether float32 would blur a column of float64 features ``X`` (:func:`softmargin.app.data.float32_blurred`)."""
+    return bool(float32_blurred(X, block_cells).any())
 
 
 def _check_float32_range(train: Dataset) -> None:
@@ -603,10 +586,22 @@ def _check_float32_range(train: Dataset) -> None:
 
 def _as_computed(train: Dataset) -> Dataset:
     """``train`` with its features in float32, as the network computes, unless float32 would blur a dense column
-    (:func:`_float32_blurs`): those features stay float64 and are centred in float64 (``MultiLabelNet.inputs``)."""
+    (:func:`_float32_blurs`): those features stay float64 and are centred in float64 (``MultiLabelNet.inputs``).
+    Sparse features are never centred (that would make them dense): a sparse column float32 blurs is refused."""
     X = train.X
     _check_float32_range(train)
-    if X.dtype == np.float32 or _float32_blurs(X):
+    if X.dtype == np.float32:
+        return train
+    blurred = float32_blurred(X)
+    if blurred.any() and sp.issparse(X):
+        j = int(np.flatnonzero(blurred)[0])
+        name = train.feature_names[j] if j < len(train.feature_names) else str(j)
+        raise ValueError(f"{train.name}: feature {name!r} (column {j}) varies too little for its magnitude: float32, in "
+                         "which sparse features are computed (never centred: that would make them dense), rounds its "
+                         f"values by more than {BLUR:g} of its standard deviation ({int(blurred.sum())} such column(s)); "
+                         "subtract a typical value from the column first (e.g. its minimum), or write the data dense "
+                         "(CSV), whose features are centred in float64")  # fmt: skip
+    if blurred.any():
         return train
     return dataclasses.replace(train, X=X.astype(np.float32))
 
@@ -751,6 +746,9 @@ def fit(
     if train.X.shape[1] == 0:
         raise ValueError(f"{train.name}: no feature columns (every column is a label, or the LIBSVM rows hold labels "
                          "only): nothing to learn from")  # fmt: skip
+    if train.sparse and len(train) and train.X.nnz == 0:  # an 'N F L' header gives F columns all the same
+        raise ValueError(f"{train.name}: no row gives a feature value (the LIBSVM rows hold labels only, or the sparse "
+                         "ARFF rows name label attributes only): nothing to learn from")  # fmt: skip
     if train.Y is None:
         raise ValueError(f"{train.name}: training needs labels, the data has none")
     config = config.resolve(train)
