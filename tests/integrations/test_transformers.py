@@ -69,6 +69,39 @@ def test_weights_keep_their_precision_with_half_precision_logits(rng, dtype):
         assert torch.isfinite(ours) and abs(float(ours) - float(reference)) <= 1e-6 * float(reference)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_loss_is_float32_under_autocast_as_the_models_own(rng, dtype):
+    """Under autocast (the Trainer's bf16=True / fp16=True) the logits are half precision and the model's own
+    BCEWithLogitsLoss float32. The labels were cast to the logits' dtype, so the loss was half precision: 1.9e-3 off
+    the model's (bfloat16), and a float16 loss made GradScaler's first backward inf (its scale 65536 overflows
+    float16), so that step was skipped."""
+    model = _model().eval()
+    batch = _batch(rng)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        outputs = model(**batch)
+        ours = loss_function()(outputs, batch["labels"])
+    assert outputs.logits.dtype == dtype and ours.dtype == outputs.loss.dtype == torch.float32
+    assert abs(float(ours) - float(outputs.loss)) <= 1e-6 * float(outputs.loss)
+    linear = torch.nn.Linear(6, NUM_LABELS)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=dtype):
+        loss = loss_function()({"logits": linear(torch.randn(8, 6))}, batch["labels"][:8])
+    scaler.scale(loss).backward()
+    assert scaler.get_scale() == 65536.0 and torch.isfinite(linear.weight.grad).all()
+
+
+def test_nan_as_missing_label_masks_as_minus_100_does(rng):
+    """missing_label=NaN was compared with ==, which NaN never is: nothing was masked and the NaN labels refused."""
+    train = np.array([[1, 0, -100], [0, -100, 1], [1, 1, 0], [-100, 0, 1]], dtype=np.float64)
+    labels = torch.tensor([[1.0, -100, 0], [0, 1, -100]])
+    logits = torch.as_tensor(rng.standard_normal((2, 3)), dtype=torch.float32)
+    for options in ({}, {"class_weight": "inverse", "pos_weight": True}):
+        with_nan = loss_function(np.where(train == -100, np.nan, train), missing_label=float("nan"), **options)
+        with_minus_100 = loss_function(train, missing_label=-100, **options)
+        ours = with_nan({"logits": logits}, labels.where(labels != -100, torch.tensor(float("nan"))))
+        assert float(ours) == pytest.approx(float(with_minus_100({"logits": logits}, labels)), rel=1e-6)
+
+
 def test_missing_labels_are_masked(rng):
     logits = torch.as_tensor(rng.standard_normal((3, NUM_LABELS)), dtype=torch.float32)
     labels = torch.tensor([[1.0, 0, -100, 0, 1], [0, 0, 0, 1, -100], [-100, 1, 1, 0, 0]])

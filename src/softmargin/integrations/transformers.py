@@ -9,6 +9,7 @@ the extra (``pip install 'softmargin[transformers]'``, which brings torch, trans
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,13 +39,14 @@ def loss_function(
         pos_weight: True for :func:`softmargin.pos_weight` of ``train_labels`` (capped at ``pos_weight_max``), or
             the (C,) weights themselves, or None.
         label_smoothing, gamma_pos, gamma_neg, clip: as in :func:`softmargin.torch.multilabel_soft_margin_loss`.
-        missing_label: a label value meaning "not observed" (e.g. -100): such entries are masked out, and each
-            sample's loss is the mean over its observed labels. In ``train_labels`` they count at their column's
+        missing_label: a label value meaning "not observed" (e.g. -100, or NaN): such entries are masked out, and
+            each sample's loss is the mean over its observed labels. In ``train_labels`` they count at their column's
             observed rate of positives when the weights are computed.
         validate: check the labels' range and the weights.
 
     Returns:
-        ``compute_loss_func(outputs, labels, num_items_in_batch=None) -> loss``: the batch mean. With a
+        ``compute_loss_func(outputs, labels, num_items_in_batch=None) -> loss``: the batch mean, float32 for
+        half-precision logits (as the model's own loss is under autocast; float64 for float64 logits). With a
         ``compute_loss_func`` the Trainer does not divide the loss by the gradient accumulation steps; it passes
         ``num_items_in_batch``, its count of label entries other than -100 over all the accumulated micro-batches,
         instead. The batch mean is then scaled by this micro-batch's share of that count, so that the accumulated
@@ -91,14 +93,17 @@ def loss_function(
         labels = original = labels.to(logits.device)
         mask = None
         if missing_label is not None:
-            mask = labels != missing_label
+            mask = ~torch.isnan(labels) if math.isnan(missing_label) else labels != missing_label
             labels = torch.where(mask, labels, torch.zeros((), dtype=labels.dtype, device=labels.device))
-        # weights stay float32 (float64 for float64 logits), as the Keras loss keeps them: float16 logits' dtype made
-        # a weight of 1e5 inf (refused as if the user had given inf) and one of 1e-8 zero (its label dropped, silently)
+        # labels and weights float32 (float64 for float64 logits), as the Keras loss keeps the weights: float16 logits'
+        # dtype made a weight of 1e5 inf (refused as if the user had given inf) and one of 1e-8 zero (its label
+        # dropped, silently); and float32 labels make the loss float32, as the model's own BCEWithLogitsLoss is under
+        # autocast: a half-precision loss was 2e-3 off it (bfloat16), and a float16 one made GradScaler's first
+        # backward inf (65536 overflows float16), so that step was skipped
         wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
         move = lambda t: None if t is None else t.to(device=logits.device, dtype=wide)
         loss = multilabel_soft_margin_loss(
-            logits, labels.to(logits.dtype), move(class_weight), pos_weight=move(pos_weight), mask=mask,
+            logits, labels.to(wide), move(class_weight), pos_weight=move(pos_weight), mask=mask,
             label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, validate=validate,
         )  # fmt: skip
         if num_items_in_batch is not None:  # this micro-batch's share of the Trainer's count (see Returns)
@@ -123,7 +128,7 @@ def _impute_missing(train_labels: Any, missing_label: float) -> Any:
     labels = np.array(dense, dtype=np.float64)  # a copy: the caller's matrix is not changed
     if labels.ndim != 2:
         raise ValueError(f"train_labels.shape == {labels.shape}: expected a 2-D label matrix (N, C)")
-    missing = labels == missing_label
+    missing = np.isnan(labels) if math.isnan(missing_label) else labels == missing_label
     observed = (~missing).sum(0)
     rate = np.where(missing, 0.0, labels).sum(0) / np.maximum(observed, 1)
     return np.where(missing, rate, labels)
