@@ -145,6 +145,30 @@ def test_num_items_in_batch_makes_accumulated_micro_batches_the_whole_batch(rng,
         assert float(parts) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("average_tokens_across_devices", [True, False])
+def test_num_items_in_batch_under_data_parallel(rng, average_tokens_across_devices):
+    """Under torch.nn.DataParallel (n_gpu > 1, one process) transformers 5's Trainer (_get_num_items_in_batch, then
+    compute_loss and training_step) expands the count to one per GPU, shape (n_gpu, 1), after dividing it by n_gpu
+    when average_tokens_across_devices is False, and multiplies the loss by n_gpu when it is True, then takes
+    loss.mean(); compute_loss_func sees the gathered logits. The loss came out n_gpu times the single device's (and
+    of shape (n_gpu, 1)). Replays those steps (no GPU needed) against one device's loss."""
+    n_gpu = 2
+    logits = torch.tensor(rng.standard_normal((8, NUM_LABELS)), dtype=torch.float64)
+    labels = torch.as_tensor((rng.random((8, NUM_LABELS)) < 0.4).astype(np.float64))
+    compute = loss_function()
+    counted = (labels != -100).sum()  # the Trainer's count over the two micro-batches below
+    single = sum(compute({"logits": logits[rows]}, labels[rows], num_items_in_batch=counted)
+                 for rows in (slice(0, 3), slice(3, 8)))  # fmt: skip
+    handed = counted if average_tokens_across_devices else counted // n_gpu
+    handed = handed.unsqueeze(0).expand(n_gpu, -1)
+    parallel = 0.0
+    for rows in (slice(0, 3), slice(3, 8)):
+        loss = compute({"logits": logits[rows]}, labels[rows], num_items_in_batch=handed)
+        parallel = parallel + (loss * n_gpu if average_tokens_across_devices else loss).mean()
+    assert float(parallel) == pytest.approx(float(single), rel=1e-12)
+    assert float(single) == pytest.approx(float(compute({"logits": logits}, labels)), rel=1e-12)
+
+
 def test_weights_from_training_labels_with_missing_entries_use_the_observed_rates():
     train = np.array([[1, 0, -100], [0, -100, 1], [1, 1, 0], [-100, 0, 1], [0, 0, 1]], dtype=np.float64)
     compute = loss_function(train, class_weight="inverse", pos_weight=True, pos_weight_max=None, missing_label=-100)

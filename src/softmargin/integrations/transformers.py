@@ -51,7 +51,8 @@ def loss_function(
         ``num_items_in_batch``, its count of label entries other than -100 over all the accumulated micro-batches,
         instead. The batch mean is then scaled by this micro-batch's share of that count, so that the accumulated
         gradient is that of the whole batch's mean (exactly, without missing labels; with missing labels each
-        micro-batch's mean weighs by its observed labels), and a single micro-batch keeps its plain mean.
+        micro-batch's mean weighs by its observed labels), and a single micro-batch keeps its plain mean. Under
+        ``torch.nn.DataParallel`` the per-GPU counts the Trainer passes are summed.
 
     Example:
         >>> from transformers import Trainer
@@ -108,7 +109,11 @@ def loss_function(
         )  # fmt: skip
         if num_items_in_batch is not None:  # this micro-batch's share of the Trainer's count (see Returns)
             counted = (original != -100).sum()
-            total = torch.as_tensor(num_items_in_batch, device=loss.device, dtype=torch.float64)
+            # under torch.nn.DataParallel the Trainer hands over one count per GPU, shape (n_gpu, 1), and multiplies
+            # the loss by n_gpu: each replica's count is the whole batch's (or its n_gpu-th without
+            # average_tokens_across_devices), while this function sees the gathered logits; summing them makes the
+            # loss a scalar whose update is the whole batch's in both cases (it came out n_gpu times too large)
+            total = torch.as_tensor(num_items_in_batch, device=loss.device, dtype=torch.float64).sum()
             loss = loss * (counted.to(torch.float64) / total).to(loss.dtype)
         return loss
 
