@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -117,6 +118,23 @@ def test_errors():
         loss_function(class_weight="inverse")
     with pytest.raises(ValueError, match="target has 1 value outside"):
         loss_function()({"logits": torch.zeros(1, 2)}, torch.tensor([[2.0, 0.0]]))
+
+
+def test_given_weights_are_checked_when_the_hook_is_made():
+    """class_weight and pos_weight given as values were checked only at the first training step, with the message
+    naming `weight`; a (1, C) pos_weight was taken and broadcast. Now when loss_function is called, by their names."""
+    train = np.zeros((4, 3))
+    with pytest.raises(ValueError, match=re.escape("class_weight.shape == (2,): expected (3,), one class_weight per column")):
+        loss_function(train, class_weight=[1.0, 2.0])
+    with pytest.raises(ValueError, match=re.escape("pos_weight.shape == (1, 3): expected shape (C,), one pos_weight per")):
+        loss_function(pos_weight=[[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match=re.escape("class_weight has 1 value outside the finite range [0, inf) (the first at position (1,): -2.0)")):
+        loss_function(class_weight=[1.0, -2.0, 1.0])
+    with pytest.raises(ValueError, match=re.escape("pos_weight has 1 value outside the finite range (0, inf) (the first at position (0,): 0.0)")):
+        loss_function(pos_weight=[0.0, 1.0])
+    logits, labels = torch.zeros(2, 3), torch.ones(2, 3)
+    scalar = loss_function(class_weight=2.0, pos_weight=3.0)({"logits": logits}, labels)
+    assert float(scalar) == pytest.approx(6 * float(loss_function()({"logits": logits}, labels)), rel=1e-6)
 
 
 @pytest.mark.parametrize("missing_label", [None, -100.0])

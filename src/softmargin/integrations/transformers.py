@@ -84,8 +84,9 @@ def loss_function(
         pos_weight = W.pos_weight(train_labels, max_weight=pos_weight_max)
     elif pos_weight is False:
         pos_weight = None
-    as_tensor = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float32)
-    class_weight, pos_weight = as_tensor(class_weight), as_tensor(pos_weight)
+    classes = getattr(train_labels, "shape", (None,))[-1]
+    class_weight = _checked_weights("class_weight", class_weight, classes, validate)
+    pos_weight = _checked_weights("pos_weight", pos_weight, classes, validate)
 
     def compute_loss_func(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits if hasattr(outputs, "logits") else outputs[0]
@@ -118,6 +119,30 @@ def loss_function(
         return loss
 
     return compute_loss_func
+
+
+def _checked_weights(name: str, value: Any, classes: int | None, validate: bool) -> Any:
+    """``class_weight`` / ``pos_weight`` as a float32 tensor, checked when the hook is made (as the Keras loss checks
+    its weights), not at the first training step, and named as the caller passed them: shape ``(C,)`` (C from
+    ``train_labels`` when given) or a scalar; finite and >= 0 (``pos_weight`` > 0) unless ``validate`` is False."""
+    import torch
+
+    from .._validation import check_weight_values
+
+    if value is None:
+        return None
+    weights = torch.as_tensor(value, dtype=torch.float32)
+    if weights.ndim > 1:
+        raise ValueError(
+            f"{name}.shape == {tuple(weights.shape)}: expected shape (C,), one {name} per class (or a scalar for every class)"
+        )
+    if weights.ndim == 1 and classes is not None and len(weights) != classes:
+        raise ValueError(
+            f"{name}.shape == ({len(weights)},): expected ({classes},), one {name} per column of train_labels"
+        )
+    if validate:
+        check_weight_values(name, weights.numpy(), positive=name == "pos_weight")
+    return weights
 
 
 def _impute_missing(train_labels: Any, missing_label: float) -> Any:
