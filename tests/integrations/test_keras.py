@@ -189,7 +189,61 @@ def test_weights_are_not_narrowed_to_a_half_precision_loss(backend):
         np.testing.assert_allclose(out[name], expected, rtol=1e-3, err_msg=name)
 
 
-# Keras's own import (scikit-learn and torch._dynamo with the torch backend) takes 6 to 10 s a process: CHECKS and HALF
+SEMANTICS = textwrap.dedent(
+    """
+    import json
+    import numpy as np, keras
+    from softmargin.keras import MultiLabelSoftMarginLoss as KL
+    rng = np.random.default_rng(0)
+    w, pw = [1.0, 2.0, 0.5, 1.5], [3.0, 1.0, 0.5, 2.0]
+    x = (3 * rng.standard_normal((6, 5, 4))).astype("float32")
+    y = (rng.random((6, 5, 4)) < 0.4).astype("float32")
+    sw = (2 * rng.random((6, 5))).astype("float32")
+    out = {"x": x.tolist(), "y": y.tolist(), "sw": sw.tolist()}
+    for reduction in ("sum_over_batch_size", "sum", "mean_with_sample_weight", "none", None):
+        loss = KL(weight=w, pos_weight=pw, reduction=reduction)
+        value = lambda *a, **k: np.asarray(keras.ops.convert_to_numpy(loss(*a, **k)), np.float64).tolist()
+        out[f"2d {reduction}"] = value(y[:, 0], x[:, 0], sample_weight=sw[:, 0])
+        out[f"3d {reduction}"] = value(y, x, sample_weight=sw)
+        out[f"bool {reduction}"] = value(y[:, 0].astype(bool), x[:, 0])
+    # a sequence model behind a Masking layer: the loss of each masked step is left out, as keras's own losses do
+    steps = np.array([5, 2, 3, 1, 4, 5])
+    inputs = rng.standard_normal((6, 5, 3)).astype("float32") + 1.0
+    inputs[np.arange(5)[None, :] >= steps[:, None]] = 0.0
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.Masking(0.0), keras.layers.Dense(4)])
+    model.compile(loss=KL(weight=w, pos_weight=pw))
+    out["masked"] = float(model.evaluate(inputs, y, batch_size=6, verbose=0))
+    out["masked_logits"] = np.asarray(model.predict(inputs, verbose=0), np.float64).tolist()
+    out["steps"] = steps.tolist()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_sample_weight_reduction_and_mask_as_keras_losses_do(backend):
+    """Keras applies sample_weight (per sample, or per step of a sequence), the reduction and a Masking layer's mask to
+    the per-sample losses; against the float64 definition with weight and pos_weight."""
+    import numpy as np
+
+    out = _scripts_run_once(backend)["SEMANTICS"]
+    x, y, sw = (np.asarray(out[k], np.float64) for k in ("x", "y", "sw"))
+    w, pw = np.array([1.0, 2.0, 0.5, 1.5]), np.array([3.0, 1.0, 0.5, 2.0])
+    per_sample = lambda x, y: (w * (pw * y * np.logaddexp(0, -x) + (1 - y) * np.logaddexp(0, x))).mean(-1)
+    reduce = {
+        "sum_over_batch_size": lambda v, s: (v * s).sum() / v.size, "sum": lambda v, s: (v * s).sum(),
+        "mean_with_sample_weight": lambda v, s: (v * s).sum() / s.sum(), "none": lambda v, s: v * s, None: lambda v, s: v * s,
+    }  # fmt: skip
+    for reduction, expected in reduce.items():
+        for name, args in {"2d": (x[:, 0], y[:, 0], sw[:, 0]), "3d": (x, y, sw), "bool": (x[:, 0], y[:, 0], 1.0)}.items():
+            want = expected(per_sample(args[0], args[1]), np.broadcast_to(args[2], args[0].shape[:-1]))
+            np.testing.assert_allclose(out[f"{name} {reduction}"], want, rtol=1e-6, err_msg=f"{name} {reduction}")
+    observed = np.arange(5)[None, :] < np.asarray(out["steps"])[:, None]
+    masked = per_sample(np.asarray(out["masked_logits"]), y)[observed].mean()
+    assert out["masked"] == pytest.approx(masked, rel=1e-6)
+
+
+# Keras's own import (scikit-learn and torch._dynamo with the torch backend) takes 6 to 10 s a process: CHECKS, HALF and SEMANTICS
 # run in one process per backend, each script in a namespace of its own, its last printed line its result.
 DRIVER = textwrap.dedent(
     """
@@ -210,7 +264,7 @@ def _scripts_run_once(backend: str) -> dict:
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
-    scripts = json.dumps({"CHECKS": CHECKS, "HALF": HALF})
+    scripts = json.dumps({"CHECKS": CHECKS, "HALF": HALF, "SEMANTICS": SEMANTICS})
     result = subprocess.run([sys.executable, "-c", DRIVER, scripts], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out: dict = json.loads(result.stdout.strip().splitlines()[-1])

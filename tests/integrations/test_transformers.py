@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -69,6 +70,39 @@ def test_weights_keep_their_precision_with_half_precision_logits(rng, dtype):
         assert torch.isfinite(ours) and abs(float(ours) - float(reference)) <= 1e-6 * float(reference)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_loss_is_float32_under_autocast_as_the_models_own(rng, dtype):
+    """Under autocast (the Trainer's bf16=True / fp16=True) the logits are half precision and the model's own
+    BCEWithLogitsLoss float32. The labels were cast to the logits' dtype, so the loss was half precision: 1.9e-3 off
+    the model's (bfloat16), and a float16 loss made GradScaler's first backward inf (its scale 65536 overflows
+    float16), so that step was skipped."""
+    model = _model().eval()
+    batch = _batch(rng)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        outputs = model(**batch)
+        ours = loss_function()(outputs, batch["labels"])
+    assert outputs.logits.dtype == dtype and ours.dtype == outputs.loss.dtype == torch.float32
+    assert abs(float(ours) - float(outputs.loss)) <= 1e-6 * float(outputs.loss)
+    linear = torch.nn.Linear(6, NUM_LABELS)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=dtype):
+        loss = loss_function()({"logits": linear(torch.randn(8, 6))}, batch["labels"][:8])
+    scaler.scale(loss).backward()
+    assert scaler.get_scale() == 65536.0 and torch.isfinite(linear.weight.grad).all()
+
+
+def test_nan_as_missing_label_masks_as_minus_100_does(rng):
+    """missing_label=NaN was compared with ==, which NaN never is: nothing was masked and the NaN labels refused."""
+    train = np.array([[1, 0, -100], [0, -100, 1], [1, 1, 0], [-100, 0, 1]], dtype=np.float64)
+    labels = torch.tensor([[1.0, -100, 0], [0, 1, -100]])
+    logits = torch.as_tensor(rng.standard_normal((2, 3)), dtype=torch.float32)
+    for options in ({}, {"class_weight": "inverse", "pos_weight": True}):
+        with_nan = loss_function(np.where(train == -100, np.nan, train), missing_label=float("nan"), **options)
+        with_minus_100 = loss_function(train, missing_label=-100, **options)
+        ours = with_nan({"logits": logits}, labels.where(labels != -100, torch.tensor(float("nan"))))
+        assert float(ours) == pytest.approx(float(with_minus_100({"logits": logits}, labels)), rel=1e-6)
+
+
 def test_missing_labels_are_masked(rng):
     logits = torch.as_tensor(rng.standard_normal((3, NUM_LABELS)), dtype=torch.float32)
     labels = torch.tensor([[1.0, 0, -100, 0, 1], [0, 0, 0, 1, -100], [-100, 1, 1, 0, 0]])
@@ -84,6 +118,23 @@ def test_errors():
         loss_function(class_weight="inverse")
     with pytest.raises(ValueError, match="target has 1 value outside"):
         loss_function()({"logits": torch.zeros(1, 2)}, torch.tensor([[2.0, 0.0]]))
+
+
+def test_given_weights_are_checked_when_the_hook_is_made():
+    """class_weight and pos_weight given as values were checked only at the first training step, with the message
+    naming `weight`; a (1, C) pos_weight was taken and broadcast. Now when loss_function is called, by their names."""
+    train = np.zeros((4, 3))
+    with pytest.raises(ValueError, match=re.escape("class_weight.shape == (2,): expected (3,), one class_weight per column")):
+        loss_function(train, class_weight=[1.0, 2.0])
+    with pytest.raises(ValueError, match=re.escape("pos_weight.shape == (1, 3): expected shape (C,), one pos_weight per")):
+        loss_function(pos_weight=[[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match=re.escape("class_weight has 1 value outside the finite range [0, inf) (the first at position (1,): -2.0)")):
+        loss_function(class_weight=[1.0, -2.0, 1.0])
+    with pytest.raises(ValueError, match=re.escape("pos_weight has 1 value outside the finite range (0, inf) (the first at position (0,): 0.0)")):
+        loss_function(pos_weight=[0.0, 1.0])
+    logits, labels = torch.zeros(2, 3), torch.ones(2, 3)
+    scalar = loss_function(class_weight=2.0, pos_weight=3.0)({"logits": logits}, labels)
+    assert float(scalar) == pytest.approx(6 * float(loss_function()({"logits": logits}, labels)), rel=1e-6)
 
 
 @pytest.mark.parametrize("missing_label", [None, -100.0])
@@ -110,6 +161,30 @@ def test_num_items_in_batch_makes_accumulated_micro_batches_the_whole_batch(rng,
         expected = sum(share * float(compute({"logits": logits[rows]}, labels[rows]))
                        for share, rows in zip(shares, (slice(0, 3), slice(3, 8))))  # fmt: skip
         assert float(parts) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("average_tokens_across_devices", [True, False])
+def test_num_items_in_batch_under_data_parallel(rng, average_tokens_across_devices):
+    """Under torch.nn.DataParallel (n_gpu > 1, one process) transformers 5's Trainer (_get_num_items_in_batch, then
+    compute_loss and training_step) expands the count to one per GPU, shape (n_gpu, 1), after dividing it by n_gpu
+    when average_tokens_across_devices is False, and multiplies the loss by n_gpu when it is True, then takes
+    loss.mean(); compute_loss_func sees the gathered logits. The loss came out n_gpu times the single device's (and
+    of shape (n_gpu, 1)). Replays those steps (no GPU needed) against one device's loss."""
+    n_gpu = 2
+    logits = torch.tensor(rng.standard_normal((8, NUM_LABELS)), dtype=torch.float64)
+    labels = torch.as_tensor((rng.random((8, NUM_LABELS)) < 0.4).astype(np.float64))
+    compute = loss_function()
+    counted = (labels != -100).sum()  # the Trainer's count over the two micro-batches below
+    single = sum(compute({"logits": logits[rows]}, labels[rows], num_items_in_batch=counted)
+                 for rows in (slice(0, 3), slice(3, 8)))  # fmt: skip
+    handed = counted if average_tokens_across_devices else counted // n_gpu
+    handed = handed.unsqueeze(0).expand(n_gpu, -1)
+    parallel = 0.0
+    for rows in (slice(0, 3), slice(3, 8)):
+        loss = compute({"logits": logits[rows]}, labels[rows], num_items_in_batch=handed)
+        parallel = parallel + (loss * n_gpu if average_tokens_across_devices else loss).mean()
+    assert float(parallel) == pytest.approx(float(single), rel=1e-12)
+    assert float(single) == pytest.approx(float(compute({"logits": logits}, labels)), rel=1e-12)
 
 
 def test_weights_from_training_labels_with_missing_entries_use_the_observed_rates():

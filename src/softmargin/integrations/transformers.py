@@ -9,6 +9,7 @@ the extra (``pip install 'softmargin[transformers]'``, which brings torch, trans
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,18 +39,20 @@ def loss_function(
         pos_weight: True for :func:`softmargin.pos_weight` of ``train_labels`` (capped at ``pos_weight_max``), or
             the (C,) weights themselves, or None.
         label_smoothing, gamma_pos, gamma_neg, clip: as in :func:`softmargin.torch.multilabel_soft_margin_loss`.
-        missing_label: a label value meaning "not observed" (e.g. -100): such entries are masked out, and each
-            sample's loss is the mean over its observed labels. In ``train_labels`` they count at their column's
+        missing_label: a label value meaning "not observed" (e.g. -100, or NaN): such entries are masked out, and
+            each sample's loss is the mean over its observed labels. In ``train_labels`` they count at their column's
             observed rate of positives when the weights are computed.
         validate: check the labels' range and the weights.
 
     Returns:
-        ``compute_loss_func(outputs, labels, num_items_in_batch=None) -> loss``: the batch mean. With a
+        ``compute_loss_func(outputs, labels, num_items_in_batch=None) -> loss``: the batch mean, float32 for
+        half-precision logits (as the model's own loss is under autocast; float64 for float64 logits). With a
         ``compute_loss_func`` the Trainer does not divide the loss by the gradient accumulation steps; it passes
         ``num_items_in_batch``, its count of label entries other than -100 over all the accumulated micro-batches,
         instead. The batch mean is then scaled by this micro-batch's share of that count, so that the accumulated
         gradient is that of the whole batch's mean (exactly, without missing labels; with missing labels each
-        micro-batch's mean weighs by its observed labels), and a single micro-batch keeps its plain mean.
+        micro-batch's mean weighs by its observed labels), and a single micro-batch keeps its plain mean. Under
+        ``torch.nn.DataParallel`` the per-GPU counts the Trainer passes are summed.
 
     Example:
         >>> from transformers import Trainer
@@ -81,8 +84,9 @@ def loss_function(
         pos_weight = W.pos_weight(train_labels, max_weight=pos_weight_max)
     elif pos_weight is False:
         pos_weight = None
-    as_tensor = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float32)
-    class_weight, pos_weight = as_tensor(class_weight), as_tensor(pos_weight)
+    classes = getattr(train_labels, "shape", (None,))[-1]
+    class_weight = _checked_weights("class_weight", class_weight, classes, validate)
+    pos_weight = _checked_weights("pos_weight", pos_weight, classes, validate)
 
     def compute_loss_func(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits if hasattr(outputs, "logits") else outputs[0]
@@ -91,23 +95,54 @@ def loss_function(
         labels = original = labels.to(logits.device)
         mask = None
         if missing_label is not None:
-            mask = labels != missing_label
+            mask = ~torch.isnan(labels) if math.isnan(missing_label) else labels != missing_label
             labels = torch.where(mask, labels, torch.zeros((), dtype=labels.dtype, device=labels.device))
-        # weights stay float32 (float64 for float64 logits), as the Keras loss keeps them: float16 logits' dtype made
-        # a weight of 1e5 inf (refused as if the user had given inf) and one of 1e-8 zero (its label dropped, silently)
+        # labels and weights float32 (float64 for float64 logits), as the Keras loss keeps the weights: float16 logits'
+        # dtype made a weight of 1e5 inf (refused as if the user had given inf) and one of 1e-8 zero (its label
+        # dropped, silently); and float32 labels make the loss float32, as the model's own BCEWithLogitsLoss is under
+        # autocast: a half-precision loss was 2e-3 off it (bfloat16), and a float16 one made GradScaler's first
+        # backward inf (65536 overflows float16), so that step was skipped
         wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
         move = lambda t: None if t is None else t.to(device=logits.device, dtype=wide)
         loss = multilabel_soft_margin_loss(
-            logits, labels.to(logits.dtype), move(class_weight), pos_weight=move(pos_weight), mask=mask,
+            logits, labels.to(wide), move(class_weight), pos_weight=move(pos_weight), mask=mask,
             label_smoothing=label_smoothing, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, validate=validate,
         )  # fmt: skip
         if num_items_in_batch is not None:  # this micro-batch's share of the Trainer's count (see Returns)
             counted = (original != -100).sum()
-            total = torch.as_tensor(num_items_in_batch, device=loss.device, dtype=torch.float64)
+            # under torch.nn.DataParallel the Trainer hands over one count per GPU, shape (n_gpu, 1), and multiplies
+            # the loss by n_gpu: each replica's count is the whole batch's (or its n_gpu-th without
+            # average_tokens_across_devices), while this function sees the gathered logits; summing them makes the
+            # loss a scalar whose update is the whole batch's in both cases (it came out n_gpu times too large)
+            total = torch.as_tensor(num_items_in_batch, device=loss.device, dtype=torch.float64).sum()
             loss = loss * (counted.to(torch.float64) / total).to(loss.dtype)
         return loss
 
     return compute_loss_func
+
+
+def _checked_weights(name: str, value: Any, classes: int | None, validate: bool) -> Any:
+    """``class_weight`` / ``pos_weight`` as a float32 tensor, checked when the hook is made (as the Keras loss checks
+    its weights), not at the first training step, and named as the caller passed them: shape ``(C,)`` (C from
+    ``train_labels`` when given) or a scalar; finite and >= 0 (``pos_weight`` > 0) unless ``validate`` is False."""
+    import torch
+
+    from .._validation import check_weight_values
+
+    if value is None:
+        return None
+    weights = torch.as_tensor(value, dtype=torch.float32)
+    if weights.ndim > 1:
+        raise ValueError(
+            f"{name}.shape == {tuple(weights.shape)}: expected shape (C,), one {name} per class (or a scalar for every class)"
+        )
+    if weights.ndim == 1 and classes is not None and len(weights) != classes:
+        raise ValueError(
+            f"{name}.shape == ({len(weights)},): expected ({classes},), one {name} per column of train_labels"
+        )
+    if validate:
+        check_weight_values(name, weights.numpy(), positive=name == "pos_weight")
+    return weights
 
 
 def _impute_missing(train_labels: Any, missing_label: float) -> Any:
@@ -123,7 +158,7 @@ def _impute_missing(train_labels: Any, missing_label: float) -> Any:
     labels = np.array(dense, dtype=np.float64)  # a copy: the caller's matrix is not changed
     if labels.ndim != 2:
         raise ValueError(f"train_labels.shape == {labels.shape}: expected a 2-D label matrix (N, C)")
-    missing = labels == missing_label
+    missing = np.isnan(labels) if math.isnan(missing_label) else labels == missing_label
     observed = (~missing).sum(0)
     rate = np.where(missing, 0.0, labels).sum(0) / np.maximum(observed, 1)
     return np.where(missing, rate, labels)
