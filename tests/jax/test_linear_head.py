@@ -203,3 +203,19 @@ def test_empty_batches_and_no_labels_give_torchs_values(rows, labels, reduction)
     f = lambda h, w: linear_multilabel_soft_margin_loss(h, w, None, jnp.zeros((rows, labels)), reduction=reduction).sum()
     grads = jax.grad(f, argnums=(0, 1))(hidden, weight)
     assert grads[0].shape == hidden.shape and grads[1].shape == weight.shape
+
+
+@pytest.mark.parametrize("chunk_size", [2, 4, 5])
+def test_an_infinite_feature_with_labels_not_a_multiple_of_the_chunk(chunk_size, rng):
+    """The walk pads the labels to a multiple of the chunk with zero weight rows, whose logits are inf * 0 = NaN for
+    an infinite feature: hidden's gradient came out NaN for chunk sizes 2 and 4 of 5 labels, finite for 5 and on the
+    full logits. The padded labels' gradients are now left out; every gradient equals the full logits'."""
+    hidden = jnp.asarray([[np.inf, 1.0], [0.5, -1.0]])
+    weight, bias = jnp.asarray(rng.standard_normal((5, 2))), jnp.asarray(rng.standard_normal(5))
+    y = jnp.asarray(rng.random((2, 5)) < 0.5, jnp.float64)
+    fused = lambda h, w, b: linear_multilabel_soft_margin_loss(h, w, b, y, chunk_size=chunk_size)
+    full = lambda h, w, b: multilabel_soft_margin_loss(h @ w.T + b, y)
+    got, expected = (jax.grad(f, argnums=(0, 1, 2))(hidden, weight, bias) for f in (fused, full))
+    assert np.isfinite(np.asarray(expected[0])).all()
+    for a, e in zip(got, expected):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=RTOL["float64"])

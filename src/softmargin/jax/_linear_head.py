@@ -43,7 +43,7 @@ def _walk(
     per_chunk = {
         "w": w_chunks, "cw": cw.reshape(chunks, chunk),
         "b": b_chunks, "pw": None if pos_weight is None else pad(pos_weight.astype(cdt), 1).reshape(chunks, chunk),
-        "start": jnp.arange(chunks) * chunk,
+        "start": jnp.arange(chunks) * chunk, "valid": valid.reshape(chunks, chunk),
     }  # fmt: skip
     sparse = isinstance(target, _ops.SparseRows)
     if not sparse:  # sliced per chunk in the scan; padded (a copy) only when C is not a multiple of the chunk
@@ -65,7 +65,8 @@ def _walk(
         row_sums = row_sums + loss.sum(-1)
         if not need_grad:
             return (row_sums, grad_hidden), None
-        grad = grad * c["cw"] * row_scale[:, None]
+        # a padded label's logit is h @ 0, NaN where a feature is infinite: its gradient must not reach hidden's
+        grad = jnp.where(c["valid"], grad * c["cw"], 0) * row_scale[:, None]
         grad_hidden = grad_hidden + grad @ c["w"].astype(cdt)
         return (row_sums, grad_hidden), (grad.T @ h, grad.sum(0))
 
