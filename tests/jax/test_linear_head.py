@@ -93,6 +93,18 @@ def test_errors():
         linear_multilabel_soft_margin_loss(hidden, weight, None, jnp.zeros((2, 4)), class_weight=jnp.ones(4).at[0].set(-1.0))
 
 
+
+def test_chunk_size_takes_numpy_integers():
+    """chunk_size=np.int64(2) (a size computed with NumPy) was refused as "chunk_size=np.int64(2): expected a
+    positive int"; it is now taken, as torch's head takes it. Floats, bools and non-positive sizes stay refused."""
+    hidden, weight, y = jnp.ones((2, 3)), jnp.asarray(np.arange(12.0).reshape(4, 3) / 10), jnp.zeros((2, 4))
+    expected = multilabel_soft_margin_loss(hidden @ weight.T, y)
+    got = linear_multilabel_soft_margin_loss(hidden, weight, None, y, chunk_size=np.int64(3))
+    assert_close(np.asarray(got), np.asarray(expected), RTOL["float64"])
+    for size in (0, -1, 2.0, True, "4"):
+        with pytest.raises(ValueError, match=rf"chunk_size={size!r}: expected a positive integer"):
+            linear_multilabel_soft_margin_loss(hidden, weight, None, y, chunk_size=size)
+
 def test_under_shard_map_data_and_label_parallel():
     """Inside shard_map the head failed for the plain data-parallel use (rows split, weight replicated with P()):
     its scan carry started as a replicated zero and came out varying over the mesh axis, which JAX refuses. Now

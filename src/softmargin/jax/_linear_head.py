@@ -10,6 +10,7 @@ incoming per-sample cotangent. Labels are padded to a multiple of the chunk; pad
 
 from __future__ import annotations
 
+import operator
 from functools import partial
 from typing import Any
 
@@ -225,8 +226,9 @@ def linear_multilabel_soft_margin_loss(
         raise ValueError(
             f"hidden.shape == {tuple(hidden.shape)}, weight.shape == {tuple(weight.shape)}: expected (N, H) and (C, H)"
         )
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r}: expected a positive int")
+    chunk = None if isinstance(chunk_size, (bool, float)) else _index(chunk_size)  # NumPy ints too, as torch's head
+    if chunk is None or chunk < 1:
+        raise ValueError(f"chunk_size={chunk_size!r}: expected a positive integer")
     num_rows, num_labels = int(hidden.shape[0]), int(weight.shape[0])
     arrays = {}
     for name, value in (("bias", bias), ("class_weight", class_weight), ("pos_weight", pos_weight)):
@@ -260,7 +262,7 @@ def linear_multilabel_soft_margin_loss(
     # features of a label-parallel one) is cast to vary like the rest, so that its cotangent is psum'ed
     operands = (hidden, weight, arrays["bias"], y, arrays["class_weight"], arrays["pos_weight"])
     operands = _ops.match_varying(_ops.varying_axes(*operands), *operands)
-    config = (reduction, resolved, num_labels, min(chunk_size, max(num_labels, 1)))
+    config = (reduction, resolved, num_labels, min(chunk, max(num_labels, 1)))
     op = _head_all if _ops.varying_axes(*operands) else _head  # inside shard_map: no symbolic zeros
     mesh = _explicit_mesh(*operands)
     if mesh is None:
@@ -274,6 +276,14 @@ def linear_multilabel_soft_margin_loss(
     with jax.sharding.use_abstract_mesh(mesh):
         result = jax.sharding.auto_axes(lambda *a: op(config, *a), out_sharding=out)(*operands)
     return result
+
+
+def _index(value: Any) -> int | None:
+    """``value`` as an int if it is one (a Python or NumPy integer), else None."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _explicit_mesh(*operands: Any) -> Any:
