@@ -231,3 +231,26 @@ def test_an_infinite_feature_with_labels_not_a_multiple_of_the_chunk(chunk_size,
     assert np.isfinite(np.asarray(expected[0])).all()
     for a, e in zip(got, expected):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=RTOL["float64"])
+
+
+@pytest.mark.parametrize(("name", "value", "dtype"), [("class_weight", 1e39, jnp.float64), ("pos_weight", 1e39, jnp.float64), ("class_weight", 1e37, jnp.float32)])
+def test_weights_beyond_float32_as_the_loss_on_the_full_logits(name, value, dtype, rng):
+    """With float32 logits the head narrowed a float64 class_weight or pos_weight (x64) to float32 (1e39: inf) and
+    summed the weighted losses over the labels before dividing by C (100 labels weighted 1e37: 7e38, inf in
+    float32): loss and gradients were inf where the loss on the full logits is finite, and equal to a float64
+    formula. Weights now multiply in the loss's dtype, each label's loss divided by C first, as the loss's XLA path."""
+    hidden = jnp.asarray(rng.standard_normal((2, 3)), jnp.float32)
+    weight = jnp.asarray(rng.standard_normal((100, 3)), jnp.float32)
+    y = jnp.zeros((2, 100)).at[:, 0].set(1.0)
+    w = jnp.full(100, value, dtype) if dtype == jnp.float32 else jnp.ones(100).at[0].set(value)
+    fused = lambda W: linear_multilabel_soft_margin_loss(hidden, W, None, y, chunk_size=32, **{name: w})
+    full = lambda W: multilabel_soft_margin_loss(hidden @ W.T, y, **{"weight" if name == "class_weight" else name: w})
+    x, w64 = np.asarray(hidden @ weight.T, np.float64), np.asarray(w, np.float64)
+    yn = np.asarray(y)
+    terms = (yn * (w64 if name == "pos_weight" else 1) * np.logaddexp(0, -x) + (1 - yn) * np.logaddexp(0, x))
+    expected = (terms * (w64 if name == "class_weight" else 1)).mean()
+    (got, got_grad), (full_value, full_grad) = (jax.value_and_grad(f)(weight) for f in (fused, full))
+    assert np.isfinite(float(got)) and float(got) == pytest.approx(expected, rel=1e-5)
+    assert float(full_value) == pytest.approx(expected, rel=1e-5)
+    assert np.isfinite(np.asarray(got_grad)).all()
+    assert_close(np.asarray(got_grad), np.asarray(full_grad), RTOL["float32"])

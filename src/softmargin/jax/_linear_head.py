@@ -29,21 +29,23 @@ def _walk(
     config: tuple[str, LossOptions, int, int], hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any,
     pos_weight: Any, row_scale: Any, need_grad: bool,
 ) -> tuple[Any, Any, Any, Any]:
-    """Per-row loss sums (compute dtype) and, if ``need_grad``, the gradients of ``sum_n row_scale[n] * row_sum_n``
-    w.r.t. hidden, weight and bias (None for those not made)."""
+    """Per-row losses (the weighted sums over the labels divided by C; in the weights' dtype, :func:`_weight_dtype`)
+    and, if ``need_grad``, the gradients of ``sum_n row_scale[n] * C * loss_n`` w.r.t. hidden, weight and bias (None
+    for those not made)."""
     reduction, options, num_labels, chunk = config
     cdt = _ops.compute_dtype(_logits_dtype(hidden, weight, bias))
+    wdt = _weight_dtype(hidden, weight, bias, class_weight, pos_weight)
     num_rows, width = hidden.shape
     chunks = -(-num_labels // chunk)
     padded = chunks * chunk
     pad: Any = lambda a, fill=0: None if a is None else jnp.pad(a, [(0, padded - num_labels)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
     valid = jnp.arange(padded) < num_labels
-    cw = valid.astype(cdt) if class_weight is None else pad(class_weight.astype(cdt))
+    cw = valid.astype(wdt) if class_weight is None else pad(class_weight.astype(wdt))
     w_chunks = pad(weight).reshape(chunks, chunk, width)
     b_chunks = None if bias is None else pad(bias).reshape(chunks, chunk)
     per_chunk = {
         "w": w_chunks, "cw": cw.reshape(chunks, chunk),
-        "b": b_chunks, "pw": None if pos_weight is None else pad(pos_weight.astype(cdt), 1).reshape(chunks, chunk),
+        "b": b_chunks, "pw": None if pos_weight is None else pad(pos_weight.astype(wdt), 1).reshape(chunks, chunk),
         "start": jnp.arange(chunks) * chunk, "valid": valid.reshape(chunks, chunk),
     }  # fmt: skip
     sparse = isinstance(target, _ops.SparseRows)
@@ -62,16 +64,18 @@ def _walk(
         else:
             y = lax.dynamic_slice_in_dim(target, c["start"], chunk, axis=1).astype(cdt)
         loss, grad = _ops.element_rows(logits, y, c["pw"], options, need_grad)
-        loss = jnp.where(c["cw"] == 0, 0, loss * c["cw"])
+        # each label's loss divided by C before its weight multiplies it and the row sums it, as the loss's XLA path:
+        # the sum over the labels of the weighted losses overflows float32 where the sample's loss does not
+        loss = jnp.where(c["cw"] == 0, 0, loss / num_labels * c["cw"])
         row_sums = row_sums + loss.sum(-1)
         if not need_grad:
             return (row_sums, grad_hidden), None
         # a padded label's logit is h @ 0, NaN where a feature is infinite: its gradient must not reach hidden's
-        grad = jnp.where(c["valid"], grad * c["cw"], 0) * row_scale[:, None]
+        grad = (jnp.where(c["valid"], grad * c["cw"], 0) * row_scale[:, None]).astype(cdt)
         grad_hidden = grad_hidden + grad @ c["w"].astype(cdt)
         return (row_sums, grad_hidden), (grad.T @ h, grad.sum(0))
 
-    init = (jnp.zeros(num_rows, cdt), jnp.zeros((num_rows, width), cdt))
+    init = (jnp.zeros(num_rows, wdt), jnp.zeros((num_rows, width), cdt))
     (init,) = _ops.match_varying(_ops.varying_axes(h, weight), init)  # inside shard_map: the carry varies like h
     (row_sums, grad_hidden), stacked = lax.scan(step, init, per_chunk)
     if not need_grad:
@@ -87,13 +91,19 @@ def _logits_dtype(hidden: Any, weight: Any, bias: Any) -> Any:
     return jnp.result_type(*(a.dtype for a in (hidden, weight, bias) if a is not None))
 
 
-def _reduce(config: Any, row_sums: Any, dtype: Any) -> Any:
-    reduction, _, num_labels, _ = config
-    per_sample = row_sums / num_labels
+def _weight_dtype(hidden: Any, weight: Any, bias: Any, class_weight: Any, pos_weight: Any) -> Any:
+    """The dtype the per-label weights multiply in: the compute dtype, or float64 for a float64 ``class_weight`` or
+    ``pos_weight`` (x64) with float32 logits, as the loss's (:func:`softmargin.jax._ops.weight_dtype`): narrowed,
+    a weight beyond float32's range (1e39) became inf."""
+    return _ops.weight_dtype(_ops.compute_dtype(_logits_dtype(hidden, weight, bias)), class_weight, pos_weight)
+
+
+def _reduce(config: Any, per_sample: Any, dtype: Any) -> Any:
+    reduction = config[0]
     if reduction == "none":
         return per_sample.astype(dtype)
     total = per_sample.sum()
-    return (total / row_sums.shape[0] if reduction == "mean" else total).astype(dtype)
+    return (total / per_sample.shape[0] if reduction == "mean" else total).astype(dtype)
 
 
 def _row_scale(config: Any, num_rows: int, cdt: Any) -> Any:
@@ -124,7 +134,7 @@ def _head_fwd(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, cla
 def _head_fwd_values(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
     eager = config[0] != "none"  # "none": the cotangent differs per sample; walk again in backward
     dtype = _logits_dtype(hidden, weight, bias)
-    scale = _row_scale(config, hidden.shape[0], _ops.compute_dtype(dtype))
+    scale = _row_scale(config, hidden.shape[0], _weight_dtype(hidden, weight, bias, class_weight, pos_weight))
     row_sums, *grads = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, scale, eager)
     kept = (hidden, weight, bias, target, class_weight, pos_weight)
     return _reduce(config, row_sums, dtype), (tuple(grads) if eager else None, kept)
@@ -136,7 +146,7 @@ def _head_bwd(config: Any, residuals: Any, g: Any) -> tuple[Any, ...]:
     grads, kept = residuals
     hidden, weight, bias, target, class_weight, pos_weight = kept
     if grads is None:
-        scale = _row_scale(config, hidden.shape[0], _ops.compute_dtype(_logits_dtype(hidden, weight, bias))) * g
+        scale = _row_scale(config, hidden.shape[0], _weight_dtype(hidden, weight, bias, class_weight, pos_weight)) * g
         _, *grads = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, scale, True)
     else:
         grads = [None if a is None else (a * g).astype(a.dtype) for a in grads]
