@@ -208,7 +208,8 @@ def linear_multilabel_soft_margin_loss(
         weight, bias: the head's parameters, (C, H) and (C,) (``bias`` may be None).
         target: (N, C) dense array, or sparse positives (a ``BCOO`` or label lists; see
             :func:`softmargin.jax.multilabel_soft_margin_loss`), the way to go for very many labels.
-        class_weight, pos_weight: (C,) per-label weights (the loss's ``weight`` and ``pos_weight``).
+        class_weight, pos_weight: (C,) per-label weights (the loss's ``weight`` and ``pos_weight``; a float64 one
+            (x64) is applied in float64 with float32 logits, as the loss applies it).
         reduction, label_smoothing, gamma_pos, gamma_neg, clip, options, validate: as in the loss.
         chunk_size: labels per chunk; the temporaries are a few (N, chunk_size) arrays.
 
