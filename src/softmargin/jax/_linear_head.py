@@ -44,7 +44,9 @@ def _walk(
     w_chunks = pad(weight).reshape(chunks, chunk, width)
     b_chunks = None if bias is None else pad(bias).reshape(chunks, chunk)
     per_chunk = {
-        "w": w_chunks, "cw": cw.reshape(chunks, chunk),
+        # each label's loss divided by C before its weight multiplies it and the row sums it, as the loss's XLA path:
+        # the sum over the labels of the weighted losses overflows float32 where the sample's loss does not
+        "w": w_chunks, "cw": cw.reshape(chunks, chunk), "share": (cw / num_labels).reshape(chunks, chunk),
         "b": b_chunks, "pw": None if pos_weight is None else pad(pos_weight.astype(wdt), 1).reshape(chunks, chunk),
         "start": jnp.arange(chunks) * chunk, "valid": valid.reshape(chunks, chunk),
     }  # fmt: skip
@@ -64,14 +66,14 @@ def _walk(
         else:
             y = lax.dynamic_slice_in_dim(target, c["start"], chunk, axis=1).astype(cdt)
         loss, grad = _ops.element_rows(logits, y, c["pw"], options, need_grad)
-        # each label's loss divided by C before its weight multiplies it and the row sums it, as the loss's XLA path:
-        # the sum over the labels of the weighted losses overflows float32 where the sample's loss does not
-        loss = jnp.where(c["cw"] == 0, 0, loss / num_labels * c["cw"])
+        loss = jnp.where(c["cw"] == 0, 0, loss * c["share"])
         row_sums = row_sums + loss.sum(-1)
         if not need_grad:
             return (row_sums, grad_hidden), None
-        # a padded label's logit is h @ 0, NaN where a feature is infinite: its gradient must not reach hidden's
-        grad = (jnp.where(c["valid"], grad * c["cw"], 0) * row_scale[:, None]).astype(cdt)
+        grad = grad * c["cw"]
+        if padded != num_labels:  # a padded label's logit is h @ 0, NaN for an infinite feature: kept from hidden's
+            grad = jnp.where(c["valid"], grad, 0)
+        grad = (grad * row_scale[:, None]).astype(cdt)
         grad_hidden = grad_hidden + grad @ c["w"].astype(cdt)
         return (row_sums, grad_hidden), (grad.T @ h, grad.sum(0))
 
