@@ -129,7 +129,14 @@ def as_sparse_targets(
                 raise ValueError(f"sparse target: {name} has shape {part_shape}: expected one dimension, one entry per positive")
         given = (len(indptr) - 1, num_classes)
     elif isinstance(target, list):
-        lengths = [len(labels) for labels in target]
+        try:
+            lengths = [len(labels) for labels in target]
+        except TypeError:  # [0, 3] for one sample failed here as "object of type 'int' has no len()"
+            flat = next(labels for labels in target if not hasattr(labels, "__len__") or np.ndim(labels) == 0)
+            raise TypeError(
+                f"target is a list holding a {type(flat).__name__} ({flat!r}): expected label lists, one list per "
+                f"sample ([[0, 3]] for one sample with labels 0 and 3)"
+            ) from None
         if num_classes and lengths and all(length == num_classes for length in lengths):
             raise ValueError(
                 f"target is a list of {len(target)} rows of {num_classes} entries, as many as the input's classes: "

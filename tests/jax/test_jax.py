@@ -212,3 +212,16 @@ def test_empty_batches_and_no_classes_give_torchs_values(shape, reduction, impl)
     expected = torch.nn.functional.multilabel_soft_margin_loss(torch.zeros(shape), torch.zeros(shape), reduction=reduction)
     got = multilabel_soft_margin_loss(jnp.zeros(shape), jnp.zeros(shape), reduction=reduction, impl=impl)
     np.testing.assert_array_equal(np.asarray(got), expected.numpy())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("mask_shape", [(0, 3), (3,)])
+def test_an_empty_batch_with_a_mask_gives_torchs_values(mask_shape, reduction, impl):
+    """An empty batch with a mask: XLA's mean was 0 (the "nothing observed" rule) where the callback, the NumPy and
+    torch backends give torch's NaN for the mean over no sample. A mask observing every label changes nothing."""
+    torch = pytest.importorskip("torch")
+    expected = torch.nn.functional.multilabel_soft_margin_loss(torch.zeros(0, 3), torch.zeros(0, 3), reduction=reduction)
+    mask = jnp.ones(mask_shape, bool)
+    got = multilabel_soft_margin_loss(jnp.zeros((0, 3)), jnp.zeros((0, 3)), reduction=reduction, mask=mask, impl=impl)
+    np.testing.assert_array_equal(np.asarray(got), expected.numpy())

@@ -93,6 +93,18 @@ def test_errors():
         linear_multilabel_soft_margin_loss(hidden, weight, None, jnp.zeros((2, 4)), class_weight=jnp.ones(4).at[0].set(-1.0))
 
 
+
+def test_chunk_size_takes_numpy_integers():
+    """chunk_size=np.int64(2) (a size computed with NumPy) was refused as "chunk_size=np.int64(2): expected a
+    positive int"; it is now taken, as torch's head takes it. Floats, bools and non-positive sizes stay refused."""
+    hidden, weight, y = jnp.ones((2, 3)), jnp.asarray(np.arange(12.0).reshape(4, 3) / 10), jnp.zeros((2, 4))
+    expected = multilabel_soft_margin_loss(hidden @ weight.T, y)
+    got = linear_multilabel_soft_margin_loss(hidden, weight, None, y, chunk_size=np.int64(3))
+    assert_close(np.asarray(got), np.asarray(expected), RTOL["float64"])
+    for size in (0, -1, 2.0, True, "4"):
+        with pytest.raises(ValueError, match=rf"chunk_size={size!r}: expected a positive integer"):
+            linear_multilabel_soft_margin_loss(hidden, weight, None, y, chunk_size=size)
+
 def test_under_shard_map_data_and_label_parallel():
     """Inside shard_map the head failed for the plain data-parallel use (rows split, weight replicated with P()):
     its scan carry started as a replicated zero and came out varying over the mesh axis, which JAX refuses. Now
@@ -203,3 +215,42 @@ def test_empty_batches_and_no_labels_give_torchs_values(rows, labels, reduction)
     f = lambda h, w: linear_multilabel_soft_margin_loss(h, w, None, jnp.zeros((rows, labels)), reduction=reduction).sum()
     grads = jax.grad(f, argnums=(0, 1))(hidden, weight)
     assert grads[0].shape == hidden.shape and grads[1].shape == weight.shape
+
+
+@pytest.mark.parametrize("chunk_size", [2, 4, 5])
+def test_an_infinite_feature_with_labels_not_a_multiple_of_the_chunk(chunk_size, rng):
+    """The walk pads the labels to a multiple of the chunk with zero weight rows, whose logits are inf * 0 = NaN for
+    an infinite feature: hidden's gradient came out NaN for chunk sizes 2 and 4 of 5 labels, finite for 5 and on the
+    full logits. The padded labels' gradients are now left out; every gradient equals the full logits'."""
+    hidden = jnp.asarray([[np.inf, 1.0], [0.5, -1.0]])
+    weight, bias = jnp.asarray(rng.standard_normal((5, 2))), jnp.asarray(rng.standard_normal(5))
+    y = jnp.asarray(rng.random((2, 5)) < 0.5, jnp.float64)
+    fused = lambda h, w, b: linear_multilabel_soft_margin_loss(h, w, b, y, chunk_size=chunk_size)
+    full = lambda h, w, b: multilabel_soft_margin_loss(h @ w.T + b, y)
+    got, expected = (jax.grad(f, argnums=(0, 1, 2))(hidden, weight, bias) for f in (fused, full))
+    assert np.isfinite(np.asarray(expected[0])).all()
+    for a, e in zip(got, expected):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=RTOL["float64"])
+
+
+@pytest.mark.parametrize(("name", "value", "dtype"), [("class_weight", 1e39, jnp.float64), ("pos_weight", 1e39, jnp.float64), ("class_weight", 1e37, jnp.float32)])
+def test_weights_beyond_float32_as_the_loss_on_the_full_logits(name, value, dtype, rng):
+    """With float32 logits the head narrowed a float64 class_weight or pos_weight (x64) to float32 (1e39: inf) and
+    summed the weighted losses over the labels before dividing by C (100 labels weighted 1e37: 7e38, inf in
+    float32): loss and gradients were inf where the loss on the full logits is finite, and equal to a float64
+    formula. Weights now multiply in the loss's dtype, each label's loss divided by C first, as the loss's XLA path."""
+    hidden = jnp.asarray(rng.standard_normal((2, 3)), jnp.float32)
+    weight = jnp.asarray(rng.standard_normal((100, 3)), jnp.float32)
+    y = jnp.zeros((2, 100)).at[:, 0].set(1.0)
+    w = jnp.full(100, value, dtype) if dtype == jnp.float32 else jnp.ones(100).at[0].set(value)
+    fused = lambda W: linear_multilabel_soft_margin_loss(hidden, W, None, y, chunk_size=32, **{name: w})
+    full = lambda W: multilabel_soft_margin_loss(hidden @ W.T, y, **{"weight" if name == "class_weight" else name: w})
+    x, w64 = np.asarray(hidden @ weight.T, np.float64), np.asarray(w, np.float64)
+    yn = np.asarray(y)
+    terms = (yn * (w64 if name == "pos_weight" else 1) * np.logaddexp(0, -x) + (1 - yn) * np.logaddexp(0, x))
+    expected = (terms * (w64 if name == "class_weight" else 1)).mean()
+    (got, got_grad), (full_value, full_grad) = (jax.value_and_grad(f)(weight) for f in (fused, full))
+    assert np.isfinite(float(got)) and float(got) == pytest.approx(expected, rel=1e-5)
+    assert float(full_value) == pytest.approx(expected, rel=1e-5)
+    assert np.isfinite(np.asarray(got_grad)).all()
+    assert_close(np.asarray(got_grad), np.asarray(full_grad), RTOL["float32"])

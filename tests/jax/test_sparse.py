@@ -92,3 +92,13 @@ def test_sparse_errors():
     # a dense 0/1 target given as a nested list: the advice is JAX's (it named torch.tensor and torch.ones)
     with pytest.raises(ValueError, match=r"as many as the input's classes.*jnp.asarray\(target\).*jnp.ones$"):
         multilabel_soft_margin_loss(x, [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize(("shape", "target"), [((5,), [0, 3]), ((2, 5), [[0, 3], 1])])
+def test_a_flat_label_list_is_a_type_error_saying_what_is_expected(shape, target):
+    """One sample's labels given flat ([0, 3] for a 1-D input, whose one sample wants [[0, 3]]) failed deep in the
+    conversion with "object of type 'int' has no len()"; now a TypeError names the form expected."""
+    with pytest.raises(TypeError, match=r"target is a list holding a int \(\d\): expected label lists, one list per sample \(\[\[0, 3\]\]"):
+        multilabel_soft_margin_loss(jnp.zeros(shape), target)
+    expected = multilabel_soft_margin_loss(jnp.zeros(5), jnp.asarray([1.0, 0, 0, 1, 0]))
+    assert_close(np.asarray(multilabel_soft_margin_loss(jnp.zeros(5), [[0, 3]])), np.asarray(expected), RTOL["float64"])

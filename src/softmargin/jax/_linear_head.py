@@ -10,6 +10,7 @@ incoming per-sample cotangent. Labels are padded to a multiple of the chunk; pad
 
 from __future__ import annotations
 
+import operator
 from functools import partial
 from typing import Any
 
@@ -28,22 +29,26 @@ def _walk(
     config: tuple[str, LossOptions, int, int], hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any,
     pos_weight: Any, row_scale: Any, need_grad: bool,
 ) -> tuple[Any, Any, Any, Any]:
-    """Per-row loss sums (compute dtype) and, if ``need_grad``, the gradients of ``sum_n row_scale[n] * row_sum_n``
-    w.r.t. hidden, weight and bias (None for those not made)."""
+    """Per-row losses (the weighted sums over the labels divided by C; in the weights' dtype, :func:`_weight_dtype`)
+    and, if ``need_grad``, the gradients of ``sum_n row_scale[n] * C * loss_n`` w.r.t. hidden, weight and bias (None
+    for those not made)."""
     reduction, options, num_labels, chunk = config
     cdt = _ops.compute_dtype(_logits_dtype(hidden, weight, bias))
+    wdt = _weight_dtype(hidden, weight, bias, class_weight, pos_weight)
     num_rows, width = hidden.shape
     chunks = -(-num_labels // chunk)
     padded = chunks * chunk
     pad: Any = lambda a, fill=0: None if a is None else jnp.pad(a, [(0, padded - num_labels)] + [(0, 0)] * (a.ndim - 1), constant_values=fill)
     valid = jnp.arange(padded) < num_labels
-    cw = valid.astype(cdt) if class_weight is None else pad(class_weight.astype(cdt))
+    cw = valid.astype(wdt) if class_weight is None else pad(class_weight.astype(wdt))
     w_chunks = pad(weight).reshape(chunks, chunk, width)
     b_chunks = None if bias is None else pad(bias).reshape(chunks, chunk)
     per_chunk = {
-        "w": w_chunks, "cw": cw.reshape(chunks, chunk),
-        "b": b_chunks, "pw": None if pos_weight is None else pad(pos_weight.astype(cdt), 1).reshape(chunks, chunk),
-        "start": jnp.arange(chunks) * chunk,
+        # each label's loss divided by C before its weight multiplies it and the row sums it, as the loss's XLA path:
+        # the sum over the labels of the weighted losses overflows float32 where the sample's loss does not
+        "w": w_chunks, "cw": cw.reshape(chunks, chunk), "share": (cw / num_labels).reshape(chunks, chunk),
+        "b": b_chunks, "pw": None if pos_weight is None else pad(pos_weight.astype(wdt), 1).reshape(chunks, chunk),
+        "start": jnp.arange(chunks) * chunk, "valid": valid.reshape(chunks, chunk),
     }  # fmt: skip
     sparse = isinstance(target, _ops.SparseRows)
     if not sparse:  # sliced per chunk in the scan; padded (a copy) only when C is not a multiple of the chunk
@@ -61,15 +66,18 @@ def _walk(
         else:
             y = lax.dynamic_slice_in_dim(target, c["start"], chunk, axis=1).astype(cdt)
         loss, grad = _ops.element_rows(logits, y, c["pw"], options, need_grad)
-        loss = jnp.where(c["cw"] == 0, 0, loss * c["cw"])
+        loss = jnp.where(c["cw"] == 0, 0, loss * c["share"])
         row_sums = row_sums + loss.sum(-1)
         if not need_grad:
             return (row_sums, grad_hidden), None
-        grad = grad * c["cw"] * row_scale[:, None]
+        grad = grad * c["cw"]
+        if padded != num_labels:  # a padded label's logit is h @ 0, NaN for an infinite feature: kept from hidden's
+            grad = jnp.where(c["valid"], grad, 0)
+        grad = (grad * row_scale[:, None]).astype(cdt)
         grad_hidden = grad_hidden + grad @ c["w"].astype(cdt)
         return (row_sums, grad_hidden), (grad.T @ h, grad.sum(0))
 
-    init = (jnp.zeros(num_rows, cdt), jnp.zeros((num_rows, width), cdt))
+    init = (jnp.zeros(num_rows, wdt), jnp.zeros((num_rows, width), cdt))
     (init,) = _ops.match_varying(_ops.varying_axes(h, weight), init)  # inside shard_map: the carry varies like h
     (row_sums, grad_hidden), stacked = lax.scan(step, init, per_chunk)
     if not need_grad:
@@ -85,13 +93,19 @@ def _logits_dtype(hidden: Any, weight: Any, bias: Any) -> Any:
     return jnp.result_type(*(a.dtype for a in (hidden, weight, bias) if a is not None))
 
 
-def _reduce(config: Any, row_sums: Any, dtype: Any) -> Any:
-    reduction, _, num_labels, _ = config
-    per_sample = row_sums / num_labels
+def _weight_dtype(hidden: Any, weight: Any, bias: Any, class_weight: Any, pos_weight: Any) -> Any:
+    """The dtype the per-label weights multiply in: the compute dtype, or float64 for a float64 ``class_weight`` or
+    ``pos_weight`` (x64) with float32 logits, as the loss's (:func:`softmargin.jax._ops.weight_dtype`): narrowed,
+    a weight beyond float32's range (1e39) became inf."""
+    return _ops.weight_dtype(_ops.compute_dtype(_logits_dtype(hidden, weight, bias)), class_weight, pos_weight)
+
+
+def _reduce(config: Any, per_sample: Any, dtype: Any) -> Any:
+    reduction = config[0]
     if reduction == "none":
         return per_sample.astype(dtype)
     total = per_sample.sum()
-    return (total / row_sums.shape[0] if reduction == "mean" else total).astype(dtype)
+    return (total / per_sample.shape[0] if reduction == "mean" else total).astype(dtype)
 
 
 def _row_scale(config: Any, num_rows: int, cdt: Any) -> Any:
@@ -122,7 +136,7 @@ def _head_fwd(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, cla
 def _head_fwd_values(config: Any, hidden: Any, weight: Any, bias: Any, target: Any, class_weight: Any, pos_weight: Any) -> Any:
     eager = config[0] != "none"  # "none": the cotangent differs per sample; walk again in backward
     dtype = _logits_dtype(hidden, weight, bias)
-    scale = _row_scale(config, hidden.shape[0], _ops.compute_dtype(dtype))
+    scale = _row_scale(config, hidden.shape[0], _weight_dtype(hidden, weight, bias, class_weight, pos_weight))
     row_sums, *grads = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, scale, eager)
     kept = (hidden, weight, bias, target, class_weight, pos_weight)
     return _reduce(config, row_sums, dtype), (tuple(grads) if eager else None, kept)
@@ -134,7 +148,7 @@ def _head_bwd(config: Any, residuals: Any, g: Any) -> tuple[Any, ...]:
     grads, kept = residuals
     hidden, weight, bias, target, class_weight, pos_weight = kept
     if grads is None:
-        scale = _row_scale(config, hidden.shape[0], _ops.compute_dtype(_logits_dtype(hidden, weight, bias))) * g
+        scale = _row_scale(config, hidden.shape[0], _weight_dtype(hidden, weight, bias, class_weight, pos_weight)) * g
         _, *grads = _walk(config, hidden, weight, bias, target, class_weight, pos_weight, scale, True)
     else:
         grads = [None if a is None else (a * g).astype(a.dtype) for a in grads]
@@ -196,7 +210,8 @@ def linear_multilabel_soft_margin_loss(
         weight, bias: the head's parameters, (C, H) and (C,) (``bias`` may be None).
         target: (N, C) dense array, or sparse positives (a ``BCOO`` or label lists; see
             :func:`softmargin.jax.multilabel_soft_margin_loss`), the way to go for very many labels.
-        class_weight, pos_weight: (C,) per-label weights (the loss's ``weight`` and ``pos_weight``).
+        class_weight, pos_weight: (C,) per-label weights (the loss's ``weight`` and ``pos_weight``; a float64 one
+            (x64) is applied in float64 with float32 logits, as the loss applies it).
         reduction, label_smoothing, gamma_pos, gamma_neg, clip, options, validate: as in the loss.
         chunk_size: labels per chunk; the temporaries are a few (N, chunk_size) arrays.
 
@@ -224,8 +239,9 @@ def linear_multilabel_soft_margin_loss(
         raise ValueError(
             f"hidden.shape == {tuple(hidden.shape)}, weight.shape == {tuple(weight.shape)}: expected (N, H) and (C, H)"
         )
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r}: expected a positive int")
+    chunk = None if isinstance(chunk_size, (bool, float)) else _index(chunk_size)  # NumPy ints too, as torch's head
+    if chunk is None or chunk < 1:
+        raise ValueError(f"chunk_size={chunk_size!r}: expected a positive integer")
     num_rows, num_labels = int(hidden.shape[0]), int(weight.shape[0])
     arrays = {}
     for name, value in (("bias", bias), ("class_weight", class_weight), ("pos_weight", pos_weight)):
@@ -259,7 +275,7 @@ def linear_multilabel_soft_margin_loss(
     # features of a label-parallel one) is cast to vary like the rest, so that its cotangent is psum'ed
     operands = (hidden, weight, arrays["bias"], y, arrays["class_weight"], arrays["pos_weight"])
     operands = _ops.match_varying(_ops.varying_axes(*operands), *operands)
-    config = (reduction, resolved, num_labels, min(chunk_size, max(num_labels, 1)))
+    config = (reduction, resolved, num_labels, min(chunk, max(num_labels, 1)))
     op = _head_all if _ops.varying_axes(*operands) else _head  # inside shard_map: no symbolic zeros
     mesh = _explicit_mesh(*operands)
     if mesh is None:
@@ -273,6 +289,14 @@ def linear_multilabel_soft_margin_loss(
     with jax.sharding.use_abstract_mesh(mesh):
         result = jax.sharding.auto_axes(lambda *a: op(config, *a), out_sharding=out)(*operands)
     return result
+
+
+def _index(value: Any) -> int | None:
+    """``value`` as an int if it is one (a Python or NumPy integer), else None."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _explicit_mesh(*operands: Any) -> Any:

@@ -221,9 +221,9 @@ def _reduce(per_sample: Any, reduction: str, counted: Any, masked: bool) -> Any:
     total = per_sample.sum()
     if reduction == "sum":
         return total
-    if masked:  # only a mask leaves samples uncounted: a batch with nothing observed has loss 0
+    if masked and per_sample.size:  # only a mask leaves samples uncounted: a batch with nothing observed has loss 0
         return jnp.where(counted > 0, total / jnp.maximum(counted, 1), 0)
-    return total / counted  # an empty batch: 0 / 0 = NaN, as torch's mean
+    return total / counted  # an empty batch (masked or not): 0 / 0 = NaN, as torch's mean
 
 
 def _sparse_parts(x: Any, y: SparseRows, shape: tuple[int, ...], cdt: Any) -> tuple[Any, Any, Any]:
