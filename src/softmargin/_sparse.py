@@ -132,7 +132,9 @@ def as_sparse_targets(
         try:
             lengths = [len(labels) for labels in target]
         except TypeError:  # [0, 3] for one sample failed here as "object of type 'int' has no len()"
-            flat = next(labels for labels in target if not hasattr(labels, "__len__") or np.ndim(labels) == 0)
+            flat = next((labels for labels in target if not hasattr(labels, "__len__") or np.ndim(labels) == 0), None)
+            if flat is None:  # a len() that failed for another reason: its own error
+                raise
             raise TypeError(
                 f"target is a list holding a {type(flat).__name__} ({flat!r}): expected label lists, one list per "
                 f"sample ([[0, 3]] for one sample with labels 0 and 3)"
