@@ -70,6 +70,20 @@ def test_weights_keep_their_precision_with_half_precision_logits(rng, dtype):
         assert torch.isfinite(ours) and abs(float(ours) - float(reference)) <= 1e-6 * float(reference)
 
 
+def test_weights_keep_float64_with_float64_logits(rng):
+    """Given weights were stored in float32, so a float64 model's loss used weights rounded to float32 (1 + 1e-9 became
+    1, 1e-50 became 0): against the float64 definition on the same logits."""
+    logits = torch.as_tensor(rng.standard_normal((8, 4)), dtype=torch.float64)
+    labels = torch.as_tensor((rng.random((8, 4)) < 0.4).astype(np.float64))
+    weights, positive = [1 + 1e-9, 1e-50, 2.0, 0.5], [3.0, 1.0 + 1e-9, 1.0, 2.0]
+    ours = loss_function(class_weight=weights, pos_weight=positive)({"logits": logits}, labels)
+    reference = torch.nn.BCEWithLogitsLoss(
+        weight=torch.tensor(weights, dtype=torch.float64), pos_weight=torch.tensor(positive, dtype=torch.float64)
+    )(logits, labels)
+    assert ours.dtype == torch.float64
+    assert abs(float(ours) - float(reference)) <= 1e-15 * float(reference)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_loss_is_float32_under_autocast_as_the_models_own(rng, dtype):
     """Under autocast (the Trainer's bf16=True / fp16=True) the logits are half precision and the model's own
