@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from .. import metrics as M
 from . import data as D
@@ -151,6 +152,33 @@ def holdout(data: D.Dataset, fraction: float, seed: int) -> tuple[D.Dataset, D.D
     return data.subset(np.sort(order[num_test:])), data.subset(np.sort(order[:num_test]))
 
 
+def _row_keys(X: Any) -> list[bytes]:
+    """Each row's features as bytes (float64; a sparse row as its sorted column indices and values, stored zeros
+    dropped): equal for rows with the same features, dense or sparse, float32 or float64."""
+    if not sp.issparse(X):
+        dense = np.ascontiguousarray(X, np.float64) + 0.0  # + 0.0: -0.0 becomes 0.0, the same feature value
+        return [row.tobytes() for row in dense]
+    rows = sp.csr_matrix(X, dtype=np.float64, copy=True)
+    rows.sum_duplicates()
+    rows.eliminate_zeros()
+    indices, data, starts = rows.indices.astype(np.int64), rows.data, rows.indptr
+    return [indices[a:b].tobytes() + data[a:b].tobytes() for a, b in zip(starts[:-1], starts[1:])]
+
+
+def seen_in_training(train: D.Dataset, test: D.Dataset) -> int:
+    """How many rows of ``test`` have the same features as some row of ``train`` (duplicates in the data): the model's
+    prediction for such a row is its prediction for a row it was trained on, so metrics on them are not held out."""
+    known = set(_row_keys(train.X))
+    return sum(key in known for key in _row_keys(test.X))
+
+
+def _warn_seen(count: int, tested: int, where: str) -> None:
+    if count:
+        warnings.warn(f"{where}: {count} of the {tested} test rows have the same features as a training row (duplicates "
+                      "in the data): the model was trained on their features, so the metrics overstate how it does on "
+                      "new data; remove the duplicate rows first", UserWarning, stacklevel=3)  # fmt: skip
+
+
 def train_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = _config(args)
@@ -195,6 +223,10 @@ def train_command(args: argparse.Namespace) -> int:
             say("--test-fraction 0 and no --test: the metrics below are on the training data")
     if test is not None:
         say(f"test:  {test.describe()}")
+        if dist.writer:
+            split = (f"--test {args.test}" if args.test else f"--data {args.data}'s test split" if args.data in D.BUILTIN
+                     else f"--test-fraction {args.test_fraction} (seed {args.seed})")  # fmt: skip
+            _warn_seen(seen_in_training(train, test), len(test), split)
     folder = T.RunFolder(Path(args.out), Path(str(args.data)).stem) if dist.writer else None
     try:
         log = say if not args.quiet else (lambda s: None)
@@ -240,8 +272,11 @@ def _cross_validate(
 
     if len(data) < folds:
         raise ValueError(f"--cv {folds}: the data has only {len(data)} samples")
+    splits = list(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(data))))
+    seen = sum(seen_in_training(data.subset(train_index), data.subset(test_index)) for train_index, test_index in splits)
+    _warn_seen(seen, len(data), f"--cv {folds} (each fold's test rows against its training part)")
     results = []
-    for i, (train_index, test_index) in enumerate(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(data)))):
+    for i, (train_index, test_index) in enumerate(splits):
         try:
             model = T.fit(data.subset(train_index), config, progress=progress, log=log)
         except ValueError as error:  # "N training samples": the fold's, not the file's
