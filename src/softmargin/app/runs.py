@@ -273,8 +273,9 @@ def _cross_validate(
     if len(data) < folds:
         raise ValueError(f"--cv {folds}: the data has only {len(data)} samples")
     splits = list(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(data))))
-    seen = sum(seen_in_training(data.subset(train_index), data.subset(test_index)) for train_index, test_index in splits)
-    _warn_seen(seen, len(data), f"--cv {folds} (each fold's test rows against its training part)")
+    if folder is not None:  # the writer (rank 0 of a torchrun job) alone says it
+        seen = sum(seen_in_training(data.subset(train_index), data.subset(test_index)) for train_index, test_index in splits)
+        _warn_seen(seen, len(data), f"--cv {folds} (each fold's test rows against its training part)")
     results = []
     for i, (train_index, test_index) in enumerate(splits):
         try:
