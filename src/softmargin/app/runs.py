@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import math
 import sys
 import time
@@ -153,30 +154,43 @@ def holdout(data: D.Dataset, fraction: float, seed: int) -> tuple[D.Dataset, D.D
 
 
 def _row_keys(X: Any) -> list[bytes]:
-    """Each row's features as bytes (float64; a sparse row as its sorted column indices and values, stored zeros
-    dropped): equal for rows with the same features, dense or sparse, float32 or float64."""
+    """Each row's features as a 128-bit digest of their bytes (float64; a sparse row as its sorted column indices and
+    values, stored zeros dropped): equal for rows with the same features, dense or sparse, float32 or float64. Dense
+    rows are hashed a block at a time (a float64 copy of the whole matrix would double a large data set's memory)."""
+    digest = lambda raw: hashlib.blake2b(raw, digest_size=16).digest()
     if not sp.issparse(X):
-        dense = np.ascontiguousarray(X, np.float64) + 0.0  # + 0.0: -0.0 becomes 0.0, the same feature value
-        return [row.tobytes() for row in dense]
+        step = max(1, (1 << 20) // max(1, X.shape[1]))  # about 8 MiB of float64 at a time
+        keys: list[bytes] = []
+        for start in range(0, X.shape[0], step):
+            block = np.asarray(X[start:start + step], np.float64) + 0.0  # + 0.0: -0.0 becomes 0.0, the same value
+            keys.extend(digest(row.tobytes()) for row in block)
+        return keys
     rows = sp.csr_matrix(X, dtype=np.float64, copy=True)
     rows.sum_duplicates()
     rows.eliminate_zeros()
     indices, data, starts = rows.indices.astype(np.int64), rows.data, rows.indptr
-    return [indices[a:b].tobytes() + data[a:b].tobytes() for a, b in zip(starts[:-1], starts[1:])]
+    return [digest(indices[a:b].tobytes() + data[a:b].tobytes()) for a, b in zip(starts[:-1], starts[1:])]
 
 
 def seen_in_training(train: D.Dataset, test: D.Dataset) -> int:
-    """How many rows of ``test`` have the same features as some row of ``train`` (duplicates in the data): the model's
-    prediction for such a row is its prediction for a row it was trained on, so metrics on them are not held out."""
-    known = set(_row_keys(train.X))
-    return sum(key in known for key in _row_keys(test.X))
+    """How many rows of ``test`` are also rows of ``train``: the same features and, where both have labels, the same
+    labels (duplicate samples in the data). The model was trained on such a row, so metrics on it are not held out.
+    (Features alone coincide often without any duplication: 871 of delicious' 3,185 test rows have a training row's
+    500 binary features, 63 its labels too.)"""
+    def keys(data: D.Dataset, labelled: bool) -> list[bytes]:
+        features = _row_keys(data.X)
+        return [f + y for f, y in zip(features, _row_keys(sp.csr_matrix(data.Y)))] if labelled else features
+
+    labelled = train.Y is not None and test.Y is not None
+    known = set(keys(train, labelled))
+    return sum(key in known for key in keys(test, labelled))
 
 
 def _warn_seen(count: int, tested: int, where: str) -> None:
     if count:
-        warnings.warn(f"{where}: {count} of the {tested} test rows have the same features as a training row (duplicates "
-                      "in the data): the model was trained on their features, so the metrics overstate how it does on "
-                      "new data; remove the duplicate rows first", UserWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(f"{where}: {count} of the {tested} test rows ({100 * count / tested:.1f} %) are also training rows "
+                      "(the same features and labels: duplicate samples in the data); the model was trained on them, so "
+                      "the metrics on them are not held out", UserWarning, stacklevel=3)  # fmt: skip
 
 
 def train_command(args: argparse.Namespace) -> int:
