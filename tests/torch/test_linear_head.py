@@ -443,3 +443,18 @@ def test_options_assigned_to_the_head_are_checked_and_used():
     with pytest.raises(ValueError, match=r"clip=1\.5 is outside \[0, 1\)"):
         head.clip = 1.5
     assert head.options == st.LossOptions(label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_a_chunk_sum_beyond_float32_is_the_loss_on_the_full_logits(reduction):
+    """The head turned each chunk's per-row mean back into a sum in float32 before adding it to its float64 row sums:
+    100 labels weighted 1e37 gave inf where the loss on the full logits is 7.0e36 (a sample's mean fits float32, its
+    label sum does not)."""
+    gen = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(2, 8, generator=gen), torch.randn(100, 8, generator=gen) * 0.1
+    target = (torch.rand(2, 100, generator=gen) < 0.3).float()
+    class_weight = torch.full((100,), 1e37)
+    ours = st.linear_multilabel_soft_margin_loss(hidden, weight, None, target, class_weight=class_weight, reduction=reduction)
+    expected = st.multilabel_soft_margin_loss(hidden @ weight.T, target, class_weight, reduction=reduction)
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=0)

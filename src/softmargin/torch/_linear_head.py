@@ -112,7 +112,7 @@ def walk(
             if on_triton:
                 per_row, grad = _triton_chunk(h, w_chunk, None if bias is None else bias[c0:c1], target, cw, pw,
                                               options, any_grad, r0, r1, c0, c1)  # fmt: skip
-                row_sums[r0:r1] += per_row * (c1 - c0)
+                row_sums[r0:r1] += per_row.to(torch.float64) * (c1 - c0)
                 if grad is not None:
                     _accumulate(grad, h, w_chunk, row_scale, scale, c1 - c0, (r0, r1, c0, c1), acc,
                                 grad_hidden, grad_weight, grad_bias)  # fmt: skip
@@ -126,7 +126,8 @@ def walk(
                 *((None, None, None) if sparse is None else (sparse.indptr, sparse.indices, sparse.values)),
                 options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip, any_grad, False,
             )  # fmt: skip
-            row_sums[r0:r1] += per_row * (c1 - c0)
+            # in float64: in float32 a chunk mean times its width overflowed (100 labels weighted 1e37: inf)
+            row_sums[r0:r1] += per_row.to(torch.float64) * (c1 - c0)
             if any_grad:
                 _accumulate(grad, h, w_chunk, row_scale, scale, c1 - c0, (r0, r1, c0, c1), acc,
                             grad_hidden, grad_weight, grad_bias)  # fmt: skip
