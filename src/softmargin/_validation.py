@@ -65,6 +65,15 @@ def check_same_shape(name: str, shape: Sequence[int], input_shape: Sequence[int]
         )
 
 
+def check_per_class_shape(name: str, shape: Sequence[int]) -> None:
+    """A per-class ``weight`` / ``pos_weight`` given once for every call (the Keras loss, the Trainer hook): ``(C,)``
+    or a scalar."""
+    if len(shape) > 1:
+        raise ValueError(
+            f"{name}.shape == {_shape(shape)}: expected shape (C,), one {name} per class (or a scalar for every class)"
+        )
+
+
 def check_broadcastable(name: str, shape: Sequence[int], input_shape: Sequence[int]) -> None:
     """``shape`` must broadcast to ``input_shape`` without changing it."""
     shape, input_shape = _shape(shape), _shape(input_shape)

@@ -36,10 +36,7 @@ def _class_weights(name: str, value: Any) -> float | list[float] | None:
     if value is None:
         return None
     array = np.asarray(keras.ops.convert_to_numpy(value))
-    if array.ndim > 1:
-        raise ValueError(
-            f"{name}.shape == {array.shape}: expected shape (C,), one {name} per class (or a scalar for every class)"
-        )
+    V.check_per_class_shape(name, array.shape)
     kind = {"b": "bool", "f": "float", "i": "int", "u": "int", "c": "complex"}.get(array.dtype.kind, "other")
     V.check_target_kind(kind, array.dtype, name)
     array = array.astype(np.float64)

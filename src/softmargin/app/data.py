@@ -188,19 +188,22 @@ def float32_blurred(X: Any, block_cells: int = 1 << 22) -> np.ndarray:
     return (np.abs(mean) * 2.0**-24 > BLUR * std) & (std > 0)
 
 
+def column_magnitudes(X: Any) -> np.ndarray:
+    """Each column's largest absolute value, (F,) float64 (0 for no rows), dense or sparse: one pass, no dense copy."""
+    if X.shape[0] == 0:
+        return np.zeros(X.shape[1])
+    if sp.issparse(X):
+        return np.asarray(abs(sp.csr_matrix(X)).max(axis=0).toarray(), np.float64).ravel()
+    return np.maximum(X.max(axis=0), -X.min(axis=0)).astype(np.float64, copy=False)
+
+
 def _as_float32_unless_lost(X: sp.csr_matrix) -> sp.csr_matrix:
     """Sparse float64 features as float32 (half the memory), unless float32 would lose a column: every non-zero of it
     below float32's smallest normal number (1e-50 becomes 0) or a column float32 blurs (:func:`float32_blurred`).
     Then they stay float64, so that training refuses that column by name, as it refuses such dense features, and
     prediction scales them before casting (cast here, the feature was silently lost)."""
-    magnitudes = np.abs(X.data)
-    if ((magnitudes > 0) & (magnitudes < np.finfo(np.float32).tiny)).any():  # lost if none of its column's is normal
-        largest = np.zeros(X.shape[1])
-        np.maximum.at(largest, X.indices, magnitudes)
-        if ((largest > 0) & (largest < np.finfo(np.float32).tiny)).any():
-            return X if X.data.flags.writeable else X.copy()
-    del magnitudes  # (a copy of the values: not kept beside the float32 one made below)
-    if float32_blurred(X).any():
+    largest = column_magnitudes(X)
+    if ((largest > 0) & (largest < np.finfo(np.float32).tiny)).any() or float32_blurred(X).any():
         return X if X.data.flags.writeable else X.copy()  # (LIBSVM's values: a view of the parser's buffer)
     return X.astype(np.float32)
 

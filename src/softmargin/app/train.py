@@ -44,7 +44,7 @@ from .. import metrics as M
 from .._validation import check_options
 from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
 from ..weights import METHODS, Method, class_weights, pos_weight
-from .data import BLUR, FLOAT32_MAX, Dataset, float32_blurred
+from .data import BLUR, FLOAT32_MAX, Dataset, column_magnitudes, float32_blurred
 from .decisions import COUNTS, FALLBACKS, cv_thresholds
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
@@ -568,10 +568,7 @@ def _check_float32_range(train: Dataset) -> None:
     X = train.X
     if X.dtype != np.float64 or X.shape[0] == 0:
         return
-    if sp.issparse(X):
-        largest = np.asarray(abs(sp.csr_matrix(X)).max(axis=0).toarray()).ravel()
-    else:
-        largest = np.maximum(X.max(axis=0), -X.min(axis=0))
+    largest = column_magnitudes(X)
     limits = np.finfo(np.float32)
     for bad, what in (((largest > 0) & (largest < limits.tiny), f"below float32's smallest normal number {limits.tiny:.3g}, "
                                                                  "which it rounds to 0 or to a few bits (the feature is lost)"),

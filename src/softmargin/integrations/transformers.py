@@ -123,20 +123,18 @@ def loss_function(
 
 def _checked_weights(name: str, value: Any, classes: int | None, validate: bool) -> Any:
     """``class_weight`` / ``pos_weight`` as a float64 tensor (each call casts it to float32, or float64 for float64
-    logits: made float32 here, a float64 model's weights lost their float64 digits), checked when the hook is made (as the Keras loss checks
-    its weights), not at the first training step, and named as the caller passed them: shape ``(C,)`` (C from
-    ``train_labels`` when given) or a scalar; finite and >= 0 (``pos_weight`` > 0) unless ``validate`` is False."""
+    logits: made float32 here, a float64 model's weights lost their float64 digits), checked when the hook is made
+    (as the Keras loss checks its weights), not at the first training step, and named as the caller passed them:
+    shape ``(C,)`` (C from ``train_labels`` when given) or a scalar; finite and >= 0 (``pos_weight`` > 0) unless
+    ``validate`` is False."""
     import torch
 
-    from .._validation import check_weight_values
+    from .._validation import check_per_class_shape, check_weight_values
 
     if value is None:
         return None
     weights = torch.as_tensor(value, dtype=torch.float64)
-    if weights.ndim > 1:
-        raise ValueError(
-            f"{name}.shape == {tuple(weights.shape)}: expected shape (C,), one {name} per class (or a scalar for every class)"
-        )
+    check_per_class_shape(name, weights.shape)
     if weights.ndim == 1 and classes is not None and len(weights) != classes:
         raise ValueError(
             f"{name}.shape == ({len(weights)},): expected ({classes},), one {name} per column of train_labels"
