@@ -183,3 +183,26 @@ def test_operator_still_differentiates_the_plain_losss_target_and_weight():
         torch.autograd.grad(torch.nn.functional.multilabel_soft_margin_loss(*theirs, reduction="none").sum(), theirs),
     ):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("operands, error, message", [
+    ({"y": torch.ones(4, 2)}, ValueError, r"target.shape == \(4, 2\), expected input.shape == \(4, 3\): targets are never broadcast"),
+    ({"y": torch.ones(3)}, ValueError, r"target.shape == \(3,\), expected input.shape == \(4, 3\)"),
+    ({"x": torch.zeros(4, 3, dtype=torch.int64)}, TypeError, r"input has dtype torch.int64: expected a floating-point dtype"),
+    ({"x": torch.tensor(0.5), "y": torch.tensor(1.0)}, ValueError, r"input is a 0-d scalar"),
+    ({"y": torch.ones(4, 3, dtype=torch.complex64)}, TypeError, r"target has dtype torch.complex64: expected a real"),
+    ({"w": torch.ones(2)}, ValueError, r"weight.shape == \(2,\) does not broadcast to input.shape == \(4, 3\)"),
+    ({"pw": torch.ones(5)}, ValueError, r"pos_weight.shape == \(5,\) does not broadcast"),
+    ({"mask": torch.ones(4, 3)}, TypeError, r"mask has dtype torch.float32: expected bool"),
+], ids=["narrow target", "broadcast target", "int input", "0-d input", "complex target", "weight", "pos_weight", "float mask"])  # fmt: skip
+def test_operator_checks_its_operands_dtypes_and_shapes(operands, error, message):
+    """Called directly, without the public API in front, the operator read a (4, 2) target for (4, 3) logits past its
+    end (a finite loss from whatever followed it in memory), broadcast a (3,) target, took integer logits, and failed
+    on the rest with torch's messages from deep inside (a 0-d input: IndexError, a complex target: '"aminmax_cpu" not
+    implemented'). Checked as the public API checks them."""
+    args = {"x": torch.randn(4, 3), "y": torch.ones(4, 3), "w": None, "pw": None, "mask": None, **operands}
+    with pytest.raises(error, match=message):
+        _op_call(args["x"], args["y"], args["w"], args["pw"], args["mask"])
+    if operands.keys() <= {"y", "w", "pw", "mask"}:  # the public API, for the same operands, says the same
+        with pytest.raises(error, match=message):
+            st.multilabel_soft_margin_loss(args["x"], args["y"], args["w"], pos_weight=args["pw"], mask=args["mask"])

@@ -24,7 +24,16 @@ from .._options import PLAIN, LossOptions, resolve
 from .._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from . import _backends
 from ._linear_head import LinearMultiLabelSoftMarginLossFunction, auto_budget, autocast_state, chunk_shape
-from ._ops import Problem, check_devices, compute, ensure_dtensor_sharding, ensure_triton_op, plain_loss
+from ._ops import (
+    Problem,
+    check_devices,
+    check_operands,
+    compute,
+    dtype_kind,
+    ensure_dtensor_sharding,
+    ensure_triton_op,
+    plain_loss,
+)
 
 __all__ = [
     "LinearMultiLabelSoftMarginLoss",
@@ -47,16 +56,6 @@ if torch.cuda.is_available():  # CUDA tensors compile through the Triton operato
             RuntimeWarning,
             stacklevel=2,
         )
-
-
-def _kind(dtype: torch.dtype) -> str:
-    if dtype == torch.bool:
-        return "bool"
-    if dtype.is_floating_point:
-        return "float"
-    if dtype.is_complex:
-        return "complex"
-    return "int"
 
 
 def _on_host(fn: Any) -> Any:
@@ -141,7 +140,7 @@ def _problem(
         if value is not None:
             _check_strided(name, value)
     weight, pos_weight, mask = (_to_device(value, input.device) for value in (weight, pos_weight, mask))
-    V.check_input_kind("input", _kind(input.dtype), input.dtype)
+    V.check_input_kind("input", dtype_kind(input.dtype), input.dtype)
     V.check_input_ndim(input.shape)
     if type(input).__name__ == "DTensor":
         ensure_dtensor_sharding()
@@ -155,18 +154,10 @@ def _problem(
     elif not isinstance(target, Tensor):
         raise TypeError(f"target is a {type(target).__name__}: expected a torch.Tensor, sparse positives or label lists")
     else:
-        V.check_target_kind(_kind(target.dtype), target.dtype)
-        V.check_same_shape("target", target.shape, input.shape)
         dense = target
     operands = (("target", dense), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask))
     check_devices("input", input.device, operands)
-    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
-        if value is not None:
-            V.check_target_kind(_kind(value.dtype), value.dtype, name)
-            V.check_broadcastable(name, value.shape, input.shape)
-    if mask is not None:
-        V.check_mask_kind(_kind(mask.dtype), mask.dtype)
-        V.check_broadcastable("mask", mask.shape, input.shape)
+    check_operands(input, dense, weight, pos_weight, mask)
     if not (pos_weight is None and mask is None and options == PLAIN):
         _refuse_gradients((("target", dense), ("weight", weight), ("pos_weight", pos_weight)), _ONLY_INPUT)
     return Problem(input, dense, sparse, weight, pos_weight, mask, options, reduction, validate, _promoted(input.dtype, dense, weight))
@@ -487,7 +478,7 @@ def linear_multilabel_soft_margin_loss(
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} is a {type(value).__name__}: expected a torch.Tensor")
         _check_strided(name, value)
-        V.check_input_kind(name, _kind(value.dtype), value.dtype)
+        V.check_input_kind(name, dtype_kind(value.dtype), value.dtype)
     if hidden.dim() != 2 or weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
         raise ValueError(
             f"hidden.shape == {tuple(hidden.shape)}, weight.shape == {tuple(weight.shape)}: expected (N, H) and (C, H)"
@@ -525,7 +516,7 @@ def linear_multilabel_soft_margin_loss(
         raise TypeError(f"target is a {type(target).__name__}: expected a torch.Tensor, sparse positives or label lists")
     else:
         _check_strided("target", target)
-        V.check_target_kind(_kind(target.dtype), target.dtype)
+        V.check_target_kind(dtype_kind(target.dtype), target.dtype)
         V.check_same_shape("target", target.shape, (num_rows, num_labels))
     check_devices("hidden", hidden.device, (
         ("weight", weight), ("bias", bias), ("target", target if isinstance(target, Tensor) else None),

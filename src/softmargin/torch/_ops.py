@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import _validation as V
 from .._formula import element_loss_and_grad, element_loss_and_grad_options
 from .._options import PLAIN, LossOptions
 from .._sparse import SparseTargets
@@ -69,14 +70,47 @@ def _loss_rows_impl(
     ``target`` is dense (``input``'s shape; float, uint8 or bool) or None with CSR positives ``indptr``, ``indices``
     and ``values`` (None: all ones) over the rows ``input.shape[:-1]`` flattened. ``check`` checks the target's range
     and the weights: on the CPU with a ``ValueError`` naming the first bad value, on other devices as a device-side
-    assertion.
+    assertion. The operands' dtypes, shapes and devices are checked here too, as the public API checks them: a direct
+    call reaches the operator without it.
     """
+    V.check_input_kind("input", dtype_kind(input.dtype), input.dtype)
+    V.check_input_ndim(input.shape)
+    check_operands(input, target, weight, pos_weight, mask)
     _check_operand_devices(input, target, weight, pos_weight, mask, indptr, indices, values)
     per_sample, grad, counted = _compute_rows(
         input, target, weight, pos_weight, mask, indptr, indices, values,
         LossOptions(label_smoothing, gamma_pos, gamma_neg, clip), need_grad, check,
     )  # fmt: skip
     return per_sample, grad, counted
+
+
+def dtype_kind(dtype: torch.dtype) -> str:
+    """``dtype`` as :mod:`softmargin._validation` names its kinds: 'float', 'int', 'bool' or 'complex'."""
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "int"
+
+
+def check_operands(
+    input: Tensor, target: Tensor | None, weight: Tensor | None, pos_weight: Tensor | None, mask: Tensor | None
+) -> None:
+    """A dense target (``input``'s shape, never broadcast), the weights and the mask (broadcastable to ``input``):
+    their dtypes and shapes, for the public API and for the operator itself. A direct call of the operator with a
+    (4, 2) target for (4, 3) logits read the target past its end; a (3,) target was broadcast."""
+    if target is not None:
+        V.check_target_kind(dtype_kind(target.dtype), target.dtype)
+        V.check_same_shape("target", target.shape, input.shape)
+    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+        if value is not None:
+            V.check_target_kind(dtype_kind(value.dtype), value.dtype, name)
+            V.check_broadcastable(name, value.shape, input.shape)
+    if mask is not None:
+        V.check_mask_kind(dtype_kind(mask.dtype), mask.dtype)
+        V.check_broadcastable("mask", mask.shape, input.shape)
 
 
 def check_devices(reference: str, device: torch.device, operands: tuple[tuple[str, Tensor | None], ...]) -> None:
