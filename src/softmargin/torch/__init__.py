@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._extras import needed
 
@@ -33,6 +33,9 @@ from ._ops import (
     ensure_dtensor_sharding,
     ensure_triton_op,
     plain_loss,
+    promoted_dtype,
+    script_loss,
+    to_device,
 )
 
 __all__ = [
@@ -78,15 +81,6 @@ def _check_strided(name: str, value: Tensor) -> None:
             f"{name} is a {str(value.layout).removeprefix('torch.')} tensor: expected a dense (strided) tensor "
             f"({name}.to_dense()); only the target may be sparse"
         )
-
-
-def _to_device(value: Tensor | None, device: torch.device) -> Tensor | None:
-    """``value`` on ``device`` if it is a 0-d CPU tensor (which torch's elementwise operations take with a tensor on
-    any device, as a weight of its loss functions), else ``value`` itself (:func:`check_devices` judges it). The copy
-    is non-blocking: from pageable memory it is staged at once, and no stream synchronisation waits for the GPU."""
-    if value is not None and value.device != device and value.dim() == 0 and value.device.type == "cpu":
-        return value.to(device, non_blocking=True)
-    return value
 
 
 #: why a target, weight or pos_weight that requires grad is refused by the loss (and what is differentiated)
@@ -139,7 +133,7 @@ def _problem(
     for name, value in (("input", input), ("weight", weight), ("pos_weight", pos_weight), ("mask", mask)):
         if value is not None:
             _check_strided(name, value)
-    weight, pos_weight, mask = (_to_device(value, input.device) for value in (weight, pos_weight, mask))
+    weight, pos_weight, mask = (to_device(value, input.device) for value in (weight, pos_weight, mask))
     V.check_input_kind("input", dtype_kind(input.dtype), input.dtype)
     V.check_input_ndim(input.shape)
     if type(input).__name__ == "DTensor":
@@ -160,16 +154,7 @@ def _problem(
     check_operands(input, dense, weight, pos_weight, mask)
     if not (pos_weight is None and mask is None and options == PLAIN):
         _refuse_gradients((("target", dense), ("weight", weight), ("pos_weight", pos_weight)), _ONLY_INPUT)
-    return Problem(input, dense, sparse, weight, pos_weight, mask, options, reduction, validate, _promoted(input.dtype, dense, weight))
-
-
-def _promoted(dtype: torch.dtype, *operands: Any) -> torch.dtype:
-    """The loss's dtype: ``dtype`` promoted with each operand's that is a tensor of at least one dimension (as
-    torch.result_type does: a 0-d tensor does not promote a float; sparse targets and None do not count)."""
-    for operand in operands:
-        if isinstance(operand, Tensor) and operand.dim() > 0:
-            dtype = torch.promote_types(dtype, operand.dtype)
-    return dtype
+    return Problem(input, dense, sparse, weight, pos_weight, mask, options, reduction, validate, promoted_dtype(input.dtype, dense, weight))
 
 
 def multilabel_soft_margin_loss(
@@ -179,7 +164,7 @@ def multilabel_soft_margin_loss(
     size_average: bool | None = None,
     reduce: bool | None = None,
     reduction: str = "mean",
-    *,
+    *,  # TorchScript compiles no keyword-only arguments: scripted code calls a MultiLabelSoftMarginLoss submodule
     pos_weight: Tensor | None = None,
     mask: Tensor | None = None,
     label_smoothing: float = 0.0,
@@ -229,7 +214,9 @@ def multilabel_soft_margin_loss(
     The gradient w.r.t. ``input`` is computed in the same pass as the loss; for the plain loss ``target`` and
     ``weight`` get gradients too when they require them. Second derivatives, ``torch.func`` transforms
     (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian), ``torch.compile`` (``fullgraph=True`` included) and
-    ``torch.export`` work: the computation is the operator ``torch.ops.softmargin.loss_rows``.
+    ``torch.export`` work: the computation is the operator ``torch.ops.softmargin.loss_rows``. Under
+    ``torch.jit.trace`` a call with a dense target is recorded as one TorchScript call; ``torch.jit.script`` compiles
+    no keyword-only arguments, so scripted code calls a :class:`MultiLabelSoftMarginLoss` submodule instead.
 
     Example:
         >>> import torch
@@ -255,6 +242,13 @@ def multilabel_soft_margin_loss(
         if fast is not None:
             return fast
     resolved = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip, api="torch")
+    if torch.jit.is_tracing() and isinstance(target, Tensor) and target.layout == torch.strided:
+        # recorded as one call of the TorchScript function, whose operator checks the operands as it runs: the traced
+        # module keeps its batch size free and saves with torch.jit.save (the eager path's autograd.Functions were
+        # recorded as Python calls, which torch.jit.save refused, with their checks of shapes and strides frozen)
+        return torch.jit.script(script_loss)(  # type: ignore[no-any-return]
+            input, target, weight, pos_weight, mask, _option_values(resolved), reduction, validate
+        )
     return compute(_problem(input, target, weight, reduction, validate, pos_weight, mask, resolved))
 
 
@@ -268,7 +262,7 @@ def _option_attribute(name: str) -> Any:
 
     def set(self: _LossOptionAttributes, value: float) -> None:
         fields = {field: getattr(self._options, field) for field in _OPTION_FIELDS}
-        self._options = resolve(None, **{**fields, name: value}, api="torch")
+        self.options = resolve(None, **{**fields, name: value}, api="torch")
 
     return property(get, set, doc=f"``options.{name}``; an assignment is checked as the constructor checks it")
 
@@ -279,7 +273,14 @@ class _LossOptionAttributes:
     the option) and takes effect at the next call. (Before, the loss module refused the assignment with an
     AttributeError, the linear head kept the value beside the options it used, and ``options`` took anything.)"""
 
-    _options: LossOptions
+    if TYPE_CHECKING:  # for type checkers only: TorchScript reads a module class's annotations, and these strings
+        # (from __future__ import annotations) failed torch.jit.script with "Unknown type annotation: 'str'"
+        _options: LossOptions
+        _option_values: tuple[float, float, float, float]
+        reduction: str
+
+    #: not compiled by TorchScript (a LossOptions is no TorchScript type): a scripted module reads _option_values
+    __jit_unused_properties__ = ["options", *_OPTION_FIELDS]
 
     @property
     def options(self) -> LossOptions:
@@ -288,14 +289,14 @@ class _LossOptionAttributes:
 
     @options.setter
     def options(self, value: LossOptions | None) -> None:
-        self._options = resolve(value, 0.0, 0.0, 0.0, 0.0, api="torch")
+        options = resolve(value, 0.0, 0.0, 0.0, 0.0, api="torch")
+        self._options = options
+        self._option_values = _option_values(options)
 
     label_smoothing = _option_attribute("label_smoothing")
     gamma_pos = _option_attribute("gamma_pos")
     gamma_neg = _option_attribute("gamma_neg")
     clip = _option_attribute("clip")
-
-    reduction: str
 
     def _changed_settings(self) -> list[str]:
         """The reduction and the options that differ from the defaults, as ``extra_repr`` shows them."""
@@ -305,7 +306,14 @@ class _LossOptionAttributes:
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "options" in state:  # pickled when options was an ordinary attribute
             state["_options"] = state.pop("options")
+        if "_option_values" not in state:  # pickled before a scripted module read them
+            state["_option_values"] = _option_values(state["_options"])
         super().__setstate__(state)  # type: ignore[misc]
+
+
+def _option_values(options: LossOptions) -> tuple[float, float, float, float]:
+    """The options as four floats, which TorchScript can hold (the operator's arguments)."""
+    return (options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
 
 
 class MultiLabelSoftMarginLoss(_LossOptionAttributes, _WeightedLoss):
@@ -314,6 +322,11 @@ class MultiLabelSoftMarginLoss(_LossOptionAttributes, _WeightedLoss):
     ``weight`` (shape ``(C,)`` or broadcastable to the input) and ``pos_weight`` are registered buffers: they move
     with ``.to()`` and appear in ``state_dict``, as in torch. A mask, which changes with every batch, is an argument
     of ``forward``.
+
+    ``torch.jit.script`` compiles it, alone or inside a scripted model, to the operator with the same values and
+    gradients as eager, for dense targets (sparse ones and label lists are read in Python: eager calls only). The
+    scripted module keeps the options and reduction it had when scripted and saves with ``torch.jit.save``;
+    ``torch.jit.load`` needs ``import softmargin.torch`` first, which registers the operator.
 
     Example:
         >>> import torch
@@ -351,6 +364,10 @@ class MultiLabelSoftMarginLoss(_LossOptionAttributes, _WeightedLoss):
         return ", ".join(self._changed_settings() + ([] if self.validate else ["validate=False"]))
 
     def forward(self, input: Tensor, target: Any, mask: Tensor | None = None) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch alone: the operator, the same results as below
+            return script_loss(
+                input, target, self.weight, self.pos_weight, mask, self._option_values, self.reduction, self.validate
+            )
         weight, pos_weight = self.weight, self.pos_weight
         if (pos_weight is not None or (weight is not None and weight.requires_grad)) and not (
             pos_weight is None and mask is None and self.options == PLAIN
@@ -424,7 +441,7 @@ def linear_multilabel_soft_margin_loss(
     weight: Tensor,
     bias: Tensor | None,
     target: Any,
-    *,
+    *,  # TorchScript compiles no keyword-only arguments: the head runs eagerly (or with torch.compile's graph break)
     class_weight: Tensor | None = None,
     pos_weight: Tensor | None = None,
     reduction: str = "mean",
@@ -538,7 +555,7 @@ def linear_multilabel_soft_margin_loss(
     total = total_labels if total_labels is not None else _total_labels(num_labels, process_group)
     # the dtype multilabel_soft_margin_loss would give on the logits: theirs (hidden's and weight's), promoted with a
     # dense target's and a class weight's (a bfloat16 hidden and a float32 target give a float32 loss)
-    dtype = _promoted(torch.promote_types(hidden.dtype, weight.dtype), target, class_weight)
+    dtype = promoted_dtype(torch.promote_types(hidden.dtype, weight.dtype), target, class_weight)
     loss: Tensor = LinearMultiLabelSoftMarginLossFunction.apply(
         hidden, weight, bias, target, class_weight, pos_weight, reduction, resolved, chunks, process_group, total, dtype
     )

@@ -71,7 +71,7 @@ def _loss_rows_impl(
     and ``values`` (None: all ones) over the rows ``input.shape[:-1]`` flattened. ``check`` checks the target's range
     and the weights: on the CPU with a ``ValueError`` naming the first bad value, on other devices as a device-side
     assertion. The operands' dtypes, shapes and devices are checked here too, as the public API checks them: a direct
-    call reaches the operator without it.
+    call (or a scripted module's) reaches the operator without it.
     """
     V.check_input_kind("input", dtype_kind(input.dtype), input.dtype)
     V.check_input_ndim(input.shape)
@@ -111,6 +111,25 @@ def check_operands(
     if mask is not None:
         V.check_mask_kind(dtype_kind(mask.dtype), mask.dtype)
         V.check_broadcastable("mask", mask.shape, input.shape)
+
+
+def to_device(value: Tensor | None, device: torch.device) -> Tensor | None:
+    """``value`` on ``device`` if it is a 0-d CPU tensor (which torch's elementwise operations take with a tensor on
+    any device, as a weight of its loss functions), else ``value`` itself (:func:`check_devices` judges it). The copy
+    is non-blocking: from pageable memory it is staged at once, and no stream synchronisation waits for the GPU."""
+    if value is not None and value.device != device and value.dim() == 0 and value.device.type == "cpu":
+        return value.to(device, non_blocking=True)
+    return value
+
+
+def promoted_dtype(dtype: torch.dtype, target: Any, weight: Tensor | None) -> torch.dtype:
+    """The loss's dtype: ``dtype`` promoted with a dense target's and the weight's if they have at least one dimension
+    (as torch.result_type does: a 0-d tensor does not promote a float; a sparse target and None do not count)."""
+    if isinstance(target, Tensor) and target.dim() > 0:
+        dtype = torch.promote_types(dtype, target.dtype)
+    if weight is not None and weight.dim() > 0:
+        dtype = torch.promote_types(dtype, weight.dtype)
+    return dtype
 
 
 def check_devices(reference: str, device: torch.device, operands: tuple[tuple[str, Tensor | None], ...]) -> None:
@@ -667,6 +686,7 @@ def _batched(t: Tensor) -> bool:
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
 _forward_ad = torch.autograd.forward_ad
+_tracing = torch._C._is_tracing
 _STRIDED = torch.strided
 try:  # whether SOFTMARGIN_BACKEND is set, without os.environ.get's key encoding (a microsecond: a tenth of a small
     # call); os.environ keeps its encoded keys in _data, which setenv, monkeypatch and os.environ writes update
@@ -692,8 +712,12 @@ def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str
     bool that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
     nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
     A bad target or weight value also answers None: the general path then raises its message."""
-    if _is_compiling() or (type(input) is not Tensor and type(input) is not _Parameter) or type(target) is not Tensor:
-        return None  # compiling first: dynamo folds it to a constant and traces nothing below
+    if (
+        _is_compiling() or _tracing()
+        or (type(input) is not Tensor and type(input) is not _Parameter) or type(target) is not Tensor
+    ):  # fmt: skip
+        return None  # compiling first: dynamo folds it to a constant and traces nothing below (nor does
+        # torch.jit.trace, which would freeze the checks below into the trace)
     dtype = input.dtype
     if (
         dtype not in _PLAIN_CODES or reduction not in _REDUCTIONS
@@ -792,6 +816,42 @@ def reduce(per_sample: Tensor, counted: Tensor, reduction: str, masked: bool, dt
     if masked:
         return (total / counted.clamp_min(1.0)).to(dtype)
     return (total / per_sample.numel()).to(dtype)
+
+
+def script_loss(
+    input: Tensor,
+    target: Any,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    mask: Tensor | None,
+    options: tuple[float, float, float, float],
+    reduction: str,
+    check: bool,
+) -> Tensor:
+    """The loss in the Python that TorchScript compiles: a scripted
+    :class:`softmargin.torch.MultiLabelSoftMarginLoss` runs it, and a call under ``torch.jit.trace`` is recorded as a
+    call of it (so a traced module keeps its batch size and the inputs' layout free, and saves with
+    ``torch.jit.save``). The operator, which checks its operands' dtypes, shapes, devices and (``check``) values, then
+    :func:`reduce`, as :func:`compute` under ``torch.compile``: the same results as an eager call. ``options`` is
+    ``(label_smoothing, gamma_pos, gamma_neg, clip)``. A sparse target, label lists and ``__torch_function__``
+    subclasses need Python: eager calls only."""
+    if not isinstance(target, Tensor) or target.layout != torch.strided:
+        raise TypeError(
+            "target: expected a dense tensor of the input's shape; a TorchScript module (torch.jit.script) takes no "
+            "sparse target or label lists (they are read on the host, in Python): call the module eagerly, or under "
+            "torch.compile or torch.export, for them"
+        )
+    if reduction != "none" and reduction != "mean" and reduction != "sum":  # V.check_reduction's message (TorchScript
+        # cannot call it): reduce() would take any other string for "mean"
+        raise ValueError("reduction='" + reduction + "' is not valid: expected one of 'none', 'mean', 'sum'")
+    device = input.device
+    weight, pos_weight, mask = to_device(weight, device), to_device(pos_weight, device), to_device(mask, device)
+    label_smoothing, gamma_pos, gamma_neg, clip = options
+    per_sample, _, counted = torch.ops.softmargin.loss_rows(
+        input, target, weight, pos_weight, mask, None, None, None, label_smoothing, gamma_pos, gamma_neg, clip,
+        input.requires_grad and torch.is_grad_enabled(), check,
+    )  # fmt: skip
+    return reduce(per_sample, counted, reduction, mask is not None, promoted_dtype(input.dtype, target, weight))
 
 
 # ---- DTensor: the operator is row-wise, so rows may be sharded -------------------------------------------------------
