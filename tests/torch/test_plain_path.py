@@ -223,7 +223,15 @@ def test_the_extension_is_built_where_the_headers_were():
 def test_a_kernel_call_lets_other_threads_run():
     """The extension's calls release the GIL while the kernel runs, as ctypes and torch's operators do: holding it, a
     multi-threaded server's other Python threads stopped for the whole length of each large loss (measured: 450 ms
-    beside a loop of 8192 x 2000 losses)."""
+    beside a loop of 8192 x 2000 losses).
+
+    This thread timestamps a loop while another thread makes kernel calls; with the GIL released it runs during the
+    calls, so one of its timestamps falls in the middle half of some call. Holding the GIL, no Python thread can run
+    inside a call at all (a switch between the call's start time and the call itself lets this thread run for one
+    switch interval, 0.1 ms here, at the start of the call, not in its middle half). Only a stall longer than half of
+    every one of 18 calls (each about 10 ms here) could fail it on a busy machine: before, the test asked for no stall
+    longer than half a call, which a loaded machine gave now and then with the GIL released."""
+    import sys
     import threading
     import time
 
@@ -234,49 +242,46 @@ def test_a_kernel_call_lets_other_threads_run():
     grad, result = torch.empty_like(x), torch.empty(())
     # (float32 input, uint8 target, no weight, 4096 x 2000, one thread, mean, no check): see kernels/cpu.py's reduced()
     arguments = (0, 4, x.data_ptr(), y.data_ptr(), None, 0, 4096, 2000, grad.data_ptr(), 1, 0, 0, 1, False, result.data_ptr())  # fmt: skip
-    durations = []
-    for _ in range(3):
-        started = time.perf_counter()
-        assert fast.reduced(*arguments) == 0
-        durations.append(time.perf_counter() - started)
-    call = min(durations)  # one kernel call on one thread: about 10 ms here
+    assert fast.reduced(*arguments) == 0
 
-    def longest_stall() -> float:
-        """The longest this thread waited between two steps of a loop while another made kernel calls."""
+    def calls_and_stamps() -> tuple[list[tuple[float, float]], list[float]]:
+        """(start, end) of each kernel call made by another thread, and this thread's loop timestamps meanwhile."""
         done = threading.Event()
+        calls: list[tuple[float, float]] = []
 
         def kernel_calls():
             try:
                 for _ in range(6):
+                    started = time.perf_counter()
                     fast.reduced(*arguments)
+                    calls.append((started, time.perf_counter()))
             finally:
                 done.set()
 
-        calls = threading.Thread(target=kernel_calls)
-        calls.start()
-        longest, last = 0.0, time.perf_counter()
+        thread = threading.Thread(target=kernel_calls)
+        stamps: list[float] = []
+        thread.start()
         while not done.is_set():
-            now = time.perf_counter()
-            longest, last = max(longest, now - last), now
-        calls.join()
-        return longest
-
-    # Two Python threads hand the GIL over only every switch interval (5 ms by default, half a call here: on a busy
-    # machine a released GIL still measured 8 ms stalls beside 9 ms calls); at 0.1 ms, a stall of half a call can
-    # only be a GIL held through the call
-    import sys
+            stamps.append(time.perf_counter())
+        thread.join()
+        return calls, stamps
 
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
+    sys.setswitchinterval(1e-4)  # hand the GIL over every 0.1 ms (5 ms by default)
     try:
-        stalls = []
-        for _ in range(3):  # a busy machine may stall a thread now and then; a held GIL stalls it every time
-            stalls.append(longest_stall())
-            if stalls[-1] < call / 2:
+        for _ in range(3):
+            calls, stamps = calls_and_stamps()
+            inside = [
+                sum(1 for t in stamps if start + (end - start) / 4 < t < end - (end - start) / 4) for start, end in calls
+            ]
+            if any(inside):
                 return
     finally:
         sys.setswitchinterval(interval)
-    pytest.fail(f"this thread stalled {[round(1e3 * s, 1) for s in stalls]} ms beside {1e3 * call:.1f} ms kernel calls")
+    pytest.fail(
+        f"this thread never ran in the middle half of a kernel call ({[round(1e3 * (e - s), 1) for s, e in calls]} ms):"
+        " the call holds the GIL"
+    )
 
 
 _FORKED_CHILD = """
