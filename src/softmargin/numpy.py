@@ -9,7 +9,9 @@ rounding of ``clip``: there ``p - clip`` cancels, and the element's loss, tiny, 
 - **The fused C kernel** (``softmargin.kernels.cpu``, built at install time; the one the torch backend runs on the
   CPU) for float16, float32 and float64 inputs, dense or sparse targets and every option: loss and gradient in one
   pass, in float32 for float16/float32 inputs and float64 for float64, no temporary beyond the gradient. A target in
-  another dtype than the input's (bool and uint8 excepted) is converted to it once, as the torch backend does. It
+  another dtype than the input's (bool, uint8 and, for float16 inputs, float32 excepted: those are read as they
+  are) is converted once to the compute dtype, as the torch backend does: a soft float32 or float64 target of
+  float16 logits keeps float32's precision. It
   runs on ``SOFTMARGIN_NUM_THREADS`` threads (default: torch's thread count where torch is already imported, else
   the CPUs this process may use); every row is summed by one thread in a fixed order, so results are bitwise the
   same for any thread count.
@@ -168,7 +170,8 @@ def _prepare(
     )  # fmt: skip
     plain = pos_weight is None and mask is None and options == Options()
     kernel_checks = (
-        (validate or report_target) and native and not isinstance(y, SparseTargets) and y.dtype in (x.dtype, np.uint8, np.bool_)
+        (validate or report_target) and native and not isinstance(y, SparseTargets)
+        and y.dtype in (x.dtype, np.uint8, np.bool_, np.float64 if x.dtype == np.float64 else np.float32)  # read as is
         and (not plain or x.dtype.name in cpu.TARGET_CHECKED)
     )  # fmt: skip
     if validate:
@@ -228,23 +231,26 @@ def _kernel_rows(rows: Rows, plain: bool) -> tuple[Rows, str]:
     default operands as rows of ones), and the target's kernel dtype."""
     x = np.ascontiguousarray(rows.x)
     cdtype = np.float64 if x.dtype == np.float64 else np.float32
+
+    def target(a: NDArray[Any]) -> NDArray[Any]:
+        """A target (or sparse values) as the kernel reads it: in the input's dtype, uint8 or the compute dtype as it
+        is (float16 logits take a float32 target, not rounded to their 11 bits: see kernels/csrc/kernel.c), another
+        converted once to the compute dtype."""
+        return np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (x.dtype, np.uint8, cdtype) else cdtype)
+
     num_classes = x.shape[1]
     y: Any
     if isinstance(rows.y, SparseTargets):
-        values = rows.y.values
+        values = None if rows.y.values is None else target(rows.y.values)
         y = SparseTargets(
             np.ascontiguousarray(rows.y.indptr, dtype=np.int64), np.ascontiguousarray(rows.y.indices, dtype=np.int64),
-            None if values is None else np.ascontiguousarray(values, dtype=x.dtype), rows.y.shape, np,
+            values, rows.y.shape, np,
         )  # fmt: skip
-        ytype = "uint8" if values is None else x.dtype.name
+        ytype = "uint8" if values is None else values.dtype.name
     else:
         y = rows.y
-        if y.dtype == np.bool_:
-            y = np.ascontiguousarray(y).view(np.uint8)  # one byte each: no copy
-        elif y.dtype != np.uint8:
-            y = np.ascontiguousarray(y, dtype=x.dtype)  # a target in another dtype is converted once
-        y = np.ascontiguousarray(y)
-        ytype = "uint8" if y.dtype == np.uint8 else x.dtype.name
+        y = np.ascontiguousarray(y).view(np.uint8) if y.dtype == np.bool_ else target(y)  # bool: one byte, no copy
+        ytype = y.dtype.name
 
     def operand(a: NDArray[Any] | None, dtype: Any, default: bool) -> NDArray[Any] | None:
         if a is None:

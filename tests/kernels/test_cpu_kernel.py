@@ -32,7 +32,7 @@ def _rows(x, y, w, need_grad=True):
 
 @pytest.mark.parametrize("num_classes", [1, 2, 10, 15, 16, 17])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("target_dtype", ["same", torch.uint8])
+@pytest.mark.parametrize("target_dtype", ["same", torch.uint8, torch.float32])
 def test_short_rows_are_each_the_row_computed_alone(num_classes, dtype, target_dtype):
     """Rows of at most 16 classes are computed packed, several rows to a vector (kernel.c); each row's loss and
     gradient must be bitwise those of the same row computed alone (a single row takes the row function): with rows
@@ -42,9 +42,9 @@ def test_short_rows_are_each_the_row_computed_alone(num_classes, dtype, target_d
     rows = 70
     x = (torch.randn(rows, num_classes, generator=gen, dtype=torch.float64) * 6).to(dtype)
     x[3, 0], x[40, -1] = 90.0, -float("inf")
-    y = (torch.rand(rows, num_classes, generator=gen) < 0.3).to(torch.uint8 if target_dtype is torch.uint8 else dtype)
+    y = (torch.rand(rows, num_classes, generator=gen) < 0.3).to(dtype if target_dtype == "same" else target_dtype)
     if target_dtype != torch.uint8:
-        y[7, 0] = 0.25  # a soft target: the fast loop keeps it
+        y[7, 0] = 0.25 if target_dtype == "same" else 0.3  # a soft target: the fast loop keeps it
     w = (torch.rand(num_classes, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
     w[num_classes // 2] = 0
     for weight in (w, None):
@@ -117,18 +117,20 @@ def test_half_precision_kernels(dtype, target):
 
 @pytest.mark.parametrize("num_classes", [1, 15, 16, 17, 511, 512, 513, 2000])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("target", ["same", "soft", torch.uint8, torch.bool])
+@pytest.mark.parametrize("target", ["same", "soft", torch.uint8, torch.bool, "float32", "float32 soft"])
 def test_half_kernels_match_formula_at_every_tail(num_classes, dtype, target):
     """float16/bfloat16 rows of every length around the vector (16) and block (512) sizes, with inf/NaN logits, a
-    zero weight and soft targets: row sums within 1e-6 of the formula, gradients within one unit of the dtype's
-    last place (both round a float32 gradient once; the kernel's float32 may differ from torch's by a few ulp)."""
+    zero weight and soft targets (float32 ones read as they are, not rounded to the input's dtype): row sums within
+    1e-6 of the formula, gradients within one unit of the dtype's last place (both round a float32 gradient once;
+    the kernel's float32 may differ from torch's by a few ulp)."""
     gen = torch.Generator().manual_seed(num_classes)
     x = (torch.randn(29, num_classes, generator=gen) * 8).to(dtype)
     x[0, :3] = torch.tensor([float("inf"), -float("inf"), float("nan")])[: min(3, num_classes)].to(dtype)
     x[1, -1] = 90.0  # beyond the fast range, in the last (partial) vector
     probabilities = torch.rand(29, num_classes, generator=gen)
     hard = probabilities < 0.3
-    y = {"same": hard.to(dtype), "soft": probabilities.to(dtype), torch.uint8: hard.to(torch.uint8)}.get(target, hard)
+    y = {"same": hard.to(dtype), "soft": probabilities.to(dtype), torch.uint8: hard.to(torch.uint8),
+         "float32": hard.float(), "float32 soft": probabilities}.get(target, hard)  # fmt: skip
     w = torch.rand(num_classes, generator=gen) + 0.1
     w[num_classes // 2] = 0
     (ns, ng), (cs, cg) = _both_paths(x, y, w)
@@ -298,15 +300,17 @@ OPTION_CASES = [
 
 @pytest.mark.parametrize("case", range(len(OPTION_CASES)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("soft", [False, True, "uint8 target"])
+@pytest.mark.parametrize("soft", [False, True, "uint8 target", "float32 target"])
 def test_kernel_options_match_formula(case, dtype, soft):
     spec = dict(OPTION_CASES[case])
     gen = torch.Generator().manual_seed(case)
     shape = (23, 700)
     x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 6).to(dtype)
     x[0, :4] = torch.tensor([float("inf"), -float("inf"), float("inf"), -float("inf")]).to(dtype)
-    y = (torch.rand(shape, generator=gen) if soft is True else (torch.rand(shape, generator=gen) < 0.3).double()).to(dtype)
-    y[0, :4] = torch.tensor([1.0, 0.0, 0.0, 1.0]).to(dtype)
+    target_dtype = torch.float32 if soft == "float32 target" else dtype  # float32 soft labels of any input, unrounded
+    probabilities = torch.rand(shape, generator=gen)
+    y = (probabilities if soft in (True, "float32 target") else (probabilities < 0.3).double()).to(target_dtype)
+    y[0, :4] = torch.tensor([1.0, 0.0, 0.0, 1.0]).to(target_dtype)
     y = y.to(torch.uint8) if soft == "uint8 target" else y
     w = torch.rand(shape[-1], generator=gen) + 0.2
     pos_weight = {"class": torch.rand(shape[-1], generator=gen) + 0.5, "full": torch.rand(shape, generator=gen) + 0.5}.get(spec.get("pos_weight"))
@@ -323,6 +327,29 @@ def test_kernel_options_match_formula(case, dtype, soft):
         assert_close(ng.double().numpy(), cg.double().numpy(), ulp, "grad", atol=torch.finfo(dtype).smallest_normal * ulp)
     else:
         assert_close(ng.double().numpy(), cg.double().numpy(), 10 * rtol, "grad")
+
+
+@pytest.mark.parametrize("num_classes", [10, 700])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", ["plain", "pos_weight", "focal", "clipped"])
+def test_a_float32_target_exact_in_the_half_dtype_gives_its_bits(num_classes, dtype, case):
+    """float16/bfloat16 inputs read a float32 target as it is (kernel.c, the *_f32 row functions), with the
+    arithmetic of the input's own target dtype: where the target's values are exact in that dtype (hard labels,
+    quarters), losses and gradients are bitwise the same, packed short rows (10 classes) and blocks with a tail and
+    with logits beyond the fast range (700) alike."""
+    gen = torch.Generator().manual_seed(num_classes)
+    x = (torch.randn(24, num_classes, generator=gen) * 6).to(dtype)
+    x[1, :3] = torch.tensor([float("inf"), -float("inf"), 90.0]).to(dtype)
+    y = torch.randint(0, 5, (24, num_classes), generator=gen) / 4.0
+    y[2] = (y[2] > 0.5).float()
+    w = torch.rand(num_classes, generator=gen) + 0.1
+    w[num_classes // 2] = 0
+    pos_weight = torch.rand(num_classes, generator=gen) + 0.5 if case == "pos_weight" else None
+    options = {"focal": Options(gamma_pos=1.0, gamma_neg=2.0), "clipped": Options(gamma_neg=2.0, clip=0.05)}
+    option = options.get(case, PLAIN)
+    results = [torch_ops._native(x, target, w, pos_weight, None, option, "sum", True)[0] for target in (y, y.to(dtype))]
+    assert results[0][0].dtype == torch.float64 and results[0][1].dtype == dtype
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
 def test_float32_element_loss_in_float64_is_within_8e8_of_logaddexp():
@@ -365,14 +392,15 @@ def test_blocks_with_extreme_logits_take_the_exact_functions(extreme):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("bad", [1.5, -0.25, float("nan")])
 @pytest.mark.parametrize("options", [{}, {"pos_weight": "c"}])
-def test_target_outside_unit_interval_is_caught_in_the_kernel_and_before_it(dtype, bad, options):
-    """The kernel checks the target as it reads it (the plain loss in float32/16, the options in every dtype); the
-    float64 plain loss takes a pass before. Either way the same error, naming the target and its first bad
-    position; validate=False skips both."""
+@pytest.mark.parametrize("target_dtype", ["same", torch.float32])
+def test_target_outside_unit_interval_is_caught_in_the_kernel_and_before_it(dtype, bad, options, target_dtype):
+    """The kernel checks the target as it reads it (the plain loss in float32/16, the options in every dtype; a
+    float32 target of half logits too); the float64 plain loss takes a pass before. Either way the same error,
+    naming the target and its first bad position; validate=False skips both."""
     import softmargin.torch as st
 
     x = torch.randn(6, 700).to(dtype)
-    y = (torch.rand(6, 700) < 0.3).to(dtype)
+    y = (torch.rand(6, 700) < 0.3).to(dtype if target_dtype == "same" else target_dtype)
     y[4, 650] = bad
     kw = {k: torch.rand(700).to(dtype) + 0.5 for k in options}
     with pytest.raises(ValueError, match=r"target.*\(4, 650\)"):

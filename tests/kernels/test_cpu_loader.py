@@ -59,6 +59,8 @@ def test_a_valid_call_computes_the_loss():
         (dict(xtype=-1), -3, "xtype"),
         (dict(xtype=4, ytype=4), -3, "xtype"),  # uint8 logits: no loop for them
         (dict(ytype=1), -3, "ytype"),  # float32 logits with float64 targets
+        (dict(xtype=1, ytype=0), -3, "ytype"),  # float64 logits with float32 targets (only half logits take them)
+        (dict(xtype=2, ytype=3), -3, "ytype"),  # float16 logits with bfloat16 targets
         (dict(options=2), -4, "options"),
     ],
 )

@@ -123,6 +123,45 @@ def numpy_path(request, monkeypatch):
     return request.param
 
 
+def _distilled(target_dtype, seed=0):
+    """float16 student logits near a teacher's, the teacher's sigmoid as the soft target (float32 or float64): where
+    sigmoid(x) is near y the gradient sigmoid(x) - y is small, and y rounded to float16's 11 bits moves it by more
+    than itself."""
+    rng = np.random.default_rng(seed)
+    teacher = rng.standard_normal((32, 520)) * 4  # a block of 512 and a tail
+    x = (teacher + 0.3 * rng.standard_normal(teacher.shape)).astype(np.float16)
+    return x, (1 / (1 + np.exp(-teacher))).astype(target_dtype)
+
+
+@pytest.mark.parametrize("target_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_float16_logits_read_a_finer_soft_target_unrounded(numpy_path, target_dtype, reduction):
+    """A float32 or float64 soft target with float16 logits is not rounded to float16 first (the kernel reads
+    float32): each gradient element within one unit in its last place of the float64 reference plus float32's own
+    rounding of sigmoid(x) - y (rounded to float16 first, most were more than one unit off); the float16 loss within
+    one unit of its last place (its own rounding, 5e-4, hides the target's, 1e-4)."""
+    x, y = _distilled(target_dtype)
+    out = (np.empty(32 if reduction == "none" else (), np.float16), np.empty_like(x))
+    loss, grad = multilabel_soft_margin_loss_and_grad(x, y, reduction=reduction, out=out)
+    assert loss.dtype == grad.dtype == np.float16
+    exact_loss, exact_grad = reference_loss(x, y, None, reduction), reference_grad(x, y, None, reduction)
+    eps = np.finfo(np.float16).eps
+    assert np.all(np.abs(loss - exact_loss) <= eps * np.abs(exact_loss))
+    bound = eps * np.abs(exact_grad) + 16 * 2.0**-24 * np.abs(exact_grad).max() + eps * np.finfo(np.float16).tiny
+    excess = np.abs(grad - exact_grad) / bound
+    assert excess.max() <= 1, f"gradient {excess.max():.3g} times its bound"
+    assert np.array_equal(multilabel_soft_margin_loss_and_grad(x, y, reduction=reduction)[1], grad)  # out= or not
+
+
+@pytest.mark.parametrize("target_dtype", [np.float32, np.float64])
+def test_float16_logits_with_a_hard_finer_target_give_the_float16_targets_bits(numpy_path, target_dtype):
+    x, soft = _distilled(target_dtype)
+    y = (soft > 0.5).astype(target_dtype)
+    for kwargs in ({}, {"pos_weight": np.full(520, 2.0)}, {"label_smoothing": 0.1, "reduction": "none"}):
+        ours, theirs = (multilabel_soft_margin_loss_and_grad(x, t, **kwargs) for t in (y, y.astype(np.float16)))
+        assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
+
+
 @pytest.mark.parametrize(("shape", "reduction"), [((5, 7), "mean"), ((2, 3, 4), "none"), ((300, 257), "sum"), ((0, 3), "sum")])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_out_receives_loss_and_gradient(numpy_path, shape, reduction, dtype, rng):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from helpers import assert_close, with_triton_path
+from helpers import assert_close, reference_grad, with_triton_path
 
 import softmargin.numpy as snp
 
@@ -60,12 +60,33 @@ def test_torch_sparse_equals_dense(soft, dtype, options, torch_path):
         loss.sum().backward()
         if reference is None:
             xr = torch.tensor(x, dtype=dtype, requires_grad=True)
-            ref = st.multilabel_soft_margin_loss(xr, torch.tensor(dense, dtype=dtype), reduction="none", **kw)
+            # the dense target in the compute dtype: soft values keep float32's precision with half logits, sparse
+            # or dense (rounded to bfloat16 they moved a gradient sigmoid(x) - y by more than itself where it is small)
+            ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+            ref = st.multilabel_soft_margin_loss(xr, torch.tensor(dense, dtype=ref_dtype), reduction="none", **kw)
             ref.sum().backward()
-            reference = (ref.detach().double().numpy(), xr.grad.double().numpy())
-        rtol = 1e-13 if dtype == torch.float64 else 1e-6  # the same arithmetic on the same values (half: rounded alike)
+            reference = (ref.detach().to(loss.dtype).double().numpy(), xr.grad.double().numpy())  # loss: x's dtype
+        rtol = 1e-13 if dtype == torch.float64 else 1e-6  # the same arithmetic on the same values
         assert_close(loss.detach().double().numpy(), reference[0], rtol, f"{name} loss")
         assert_close(xt.grad.double().numpy(), reference[1], rtol, f"{name} grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_logits_read_float32_sparse_values_unrounded(dtype, torch_path):
+    """float32 soft values of a sparse target with half logits are not rounded to the logits' dtype (every kernel
+    reads them in float32): each gradient element within one unit in its last place of the float64 formula's, plus
+    float32's own rounding of sigmoid(x) - y (rounded to the logits' dtype first, as before, they were not)."""
+    x, dense = _problem(soft=True, classes=100 if torch_path == "triton" else 1200)
+    x = torch.tensor(x).to(dtype)
+    dense[dense > 0] = 1 / (1 + np.exp(-x.double().numpy()[dense > 0] + 0.02))  # the positives' own sigmoid, nearly
+    target = torch.tensor(dense, dtype=torch.float32)
+    xt = x.clone().requires_grad_(True)
+    st.multilabel_soft_margin_loss(xt, target.to_sparse_csr(), reduction="sum").backward()
+    exact = reference_grad(x.double().numpy(), target.double().numpy(), None, "sum")
+    eps = torch.finfo(dtype).eps
+    bound = eps * np.abs(exact) + 16 * 2.0**-24 * np.abs(exact).max() + eps * torch.finfo(dtype).tiny
+    excess = np.abs(xt.grad.double().numpy() - exact) / bound
+    assert excess.max() <= 1, f"gradient {excess.max():.3g} times its bound"
 
 
 def test_numpy_sparse_equals_dense():

@@ -6,7 +6,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F
-from helpers import RTOL, SEED_LABELS, SEED_LOGITS, SEED_WEIGHTS, assert_close, reference_loss
+from helpers import (
+    OPTION_CASES,
+    RTOL,
+    SEED_LABELS,
+    SEED_LOGITS,
+    SEED_WEIGHTS,
+    assert_close,
+    formula_rows,
+    option_operands,
+    reference_loss,
+)
 
 from softmargin.torch import MultiLabelSoftMarginLoss, multilabel_soft_margin_loss
 
@@ -103,6 +113,78 @@ def test_half_precision_against_float64_on_rounded_inputs(dtype, reduction):
         lambda t: F.multilabel_soft_margin_loss(t, y.double(), w.double(), reduction=reduction).sum()
     )(x.double())
     assert_close(xr.grad.double().numpy(), ref_grad.numpy(), RTOL[str(dtype).split(".")[1]], "grad")
+
+
+MIXED_CASES = ["plain", "class weight", "pos_weight", "full mask", "smoothing", "focal"]
+
+
+def _distilled(dtype, seed=0):
+    """Half-precision student logits near a teacher's: the soft target is the teacher's sigmoid in float32. Where
+    sigmoid(x) is near y the gradient sigmoid(x) - y is small, and y rounded to the logits' 8 (bfloat16) or 11
+    (float16) bits moves it by more than itself; near y = 1 the rounding moves the small loss too."""
+    gen = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(32, 520, generator=gen, dtype=torch.float64) * 4  # a block of 512 and a tail
+    x = (teacher + 0.3 * torch.randn(32, 520, generator=gen, dtype=torch.float64)).to(dtype)
+    return x, torch.sigmoid(teacher).float()
+
+
+def _float64_reference(x, y, opts, reduction):
+    """The reduced loss and its gradient w.r.t. x (for "none": of the per-sample losses' sum) from the formula in
+    float64 on x.double() and y.double() (every row observes a label: option_operands)."""
+    num_rows, num_classes = x.shape
+    mask = opts.get("mask")
+    count = torch.full((num_rows,), float(num_classes), dtype=torch.float64)
+    if mask is not None:
+        count = mask.expand(num_rows, num_classes).double().sum(1)
+    sums, grad = formula_rows(x, y, opts, 1.0, row_scale=1 / count)
+    per_sample = sums / count
+    if reduction == "none":
+        return per_sample, grad
+    return (per_sample.sum(), grad) if reduction == "sum" else (per_sample.mean(), grad / num_rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("case", MIXED_CASES)
+def test_half_logits_read_a_float32_soft_target_as_it_is(dtype, reduction, case):
+    """A float32 soft target with float16/bfloat16 logits keeps its precision: the loss (float32, torch's result
+    type) within 1e-6 of the float64 formula, each gradient element within one unit in its last place plus
+    float32's own rounding of sigmoid(x) - y. Rounded to the logits' dtype first (as before), the loss was off by
+    up to 1e-3 (bfloat16) or 2e-4 (float16), and most gradient elements by more than one unit."""
+    x, y = _distilled(dtype)
+    opts = option_operands(OPTION_CASES[case], torch.float32, *x.shape)
+    xr = x.clone().requires_grad_(True)
+    loss = multilabel_soft_margin_loss(xr, y, reduction=reduction, **opts)
+    loss.sum().backward()
+    ref_loss, ref_grad = _float64_reference(x, y, opts, reduction)
+    assert loss.dtype == torch.float32 and xr.grad.dtype == dtype
+    relative = ((loss.double() - ref_loss) / ref_loss).abs()
+    assert relative.max() <= 1e-6, f"loss {relative.max():.3g} off"
+    eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny
+    bound = eps * ref_grad.abs() + 16 * 2.0**-24 * ref_grad.abs().max() + eps * tiny  # the last: a subnormal step
+    excess = (xr.grad.double() - ref_grad).abs() / bound
+    assert excess.max() <= 1, f"gradient {excess.max():.3g} times its bound"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", MIXED_CASES)
+def test_half_logits_with_a_hard_float32_target_give_the_half_targets_bits(dtype, case):
+    """Binary targets are exact in every dtype: in float32 they give bitwise the results of the same target in the
+    logits' dtype (a float32 weight makes both results float32)."""
+    x, soft = _distilled(dtype)
+    y = (soft > 0.5).float()
+    opts = option_operands(OPTION_CASES[case], torch.float32, *x.shape)
+    opts.setdefault("weight", torch.ones(x.shape[-1]))
+    results = []
+    for target in (y, y.to(dtype)):
+        for reduction in ("none", "mean"):
+            xr = x.clone().requires_grad_(True)
+            loss = multilabel_soft_margin_loss(xr, target, reduction=reduction, **opts)
+            loss.sum().backward()
+            results.append((loss.detach(), xr.grad))
+    for (loss, grad), (half_loss, half_grad) in zip(results[:2], results[2:]):
+        assert loss.dtype == half_loss.dtype == torch.float32
+        assert torch.equal(loss, half_loss) and torch.equal(grad, half_grad)
 
 
 def test_gradcheck_input_target_weight():

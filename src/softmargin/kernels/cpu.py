@@ -33,7 +33,7 @@ from typing import Any
 from softmargin.kernels import build
 
 #: The ABI this loader speaks (``SOFTMARGIN_ABI_VERSION`` in csrc/softmargin.h).
-ABI_VERSION = 4
+ABI_VERSION = 5
 #: Element types in code order (``enum softmargin_dtype``; checked against the library's ``softmargin_dtype_names``).
 DTYPES = ("float32", "float64", "float16", "bfloat16", "uint8")
 #: Input dtypes whose plain-loss row functions check the target's range as they read it (the options' row functions

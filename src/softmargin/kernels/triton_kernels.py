@@ -19,7 +19,8 @@ Launcher API (the torch backend calls these; nothing here validates user input b
                  incoming per-sample gradient of ``reduction="none"``).
     need_grad    whether to compute the gradient; without it ``grad`` is None.
     sparse       None or ``(indptr, indices, values_or_None)``: CSR positives on x's device, indices ascending and
-                 unique within each row, values in x's dtype (None: all ones); replaces ``y``. Read in the kernel.
+                 unique within each row, values of any float dtype, read as they are (None: all ones); replaces
+                 ``y``. Read in the kernel.
     sparse_origin
                  (row0, col0): x is rows row0.., columns col0.. of the CSR target (a chunk of the linear head's
                  logits): the chunk needs no slicing of the CSR arrays, hence no host round trip.

@@ -56,6 +56,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _kernel_target(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A dense target (or a sparse target's values) as the C kernel reads it: in the input's dtype, uint8 or the
+    compute dtype as given (float16/bfloat16 logits take a float32 target: soft labels are not rounded to the
+    logits' 11 or 8 bits, see kernels/csrc/kernel.c); another dtype converted once to the compute dtype (documented
+    cost)."""
+    if y.dtype in (x.dtype, torch.uint8, compute_dtype(x.dtype)):
+        return y
+    return y.to(compute_dtype(x.dtype))
+
+
 def per_sample_dtype(x: torch.Tensor, y: Any, weight: torch.Tensor | None) -> torch.dtype:
     """The per-sample losses' dtype: float64 when the input, a dense target or the weight is float64 (torch's loss
     then computes in float64 from the weighting on: a float32 input's per-sample loss may exceed float32's range and
@@ -189,17 +199,17 @@ def _native(
     x = x.contiguous()
     if (
         x.dim() == 2 and pos_weight is None and mask is None and options == PLAIN and isinstance(y, torch.Tensor)
-        and y.dtype in (x.dtype, torch.uint8) and (weight is None or weight.dim() <= 1)
+        and y.dtype in (x.dtype, torch.uint8, cdtype) and (weight is None or weight.dim() <= 1)
     ):  # fmt: skip
         return _native_plain(x, y.contiguous(), weight, cdtype, reduction, need_grad)
     sparse = y if isinstance(y, SparseTargets) else None
     if sparse is not None:
-        y_kind = "uint8" if sparse.values is None else _NATIVE_DTYPES[x.dtype]
-        sparse_values = None if sparse.values is None else sparse.values.to(x.dtype).contiguous()
+        sparse_values = None if sparse.values is None else _kernel_target(sparse.values, x).contiguous()
+        y_kind = "uint8" if sparse_values is None else _NATIVE_DTYPES[sparse_values.dtype]
     elif y.dtype == torch.bool:
         y = y.contiguous().view(torch.uint8)
-    elif y.dtype not in (x.dtype, torch.uint8):
-        y = y.to(x.dtype)  # a target in another float dtype is converted once (documented cost)
+    else:
+        y = _kernel_target(y, x)
     mask_bytes = None if mask is None else mask.contiguous().view(torch.uint8)  # bool is one byte: no copy
     rows = _rows(x, y if sparse is not None else y.contiguous(), weight, pos_weight, mask_bytes, cdtype)
     divisor, grad_scale, counted = row_bookkeeping(rows, reduction, torch, lambda t: t.to(torch.float64), _count_rows)
@@ -218,7 +228,7 @@ def _native(
         return (None, 0) if t is None else (t.data_ptr(), 0 if t.shape[0] == 1 else num_classes)
 
     if sparse is None:
-        y_kind = "uint8" if rows.y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype]
+        y_kind = "uint8" if rows.y.dtype == torch.uint8 else _NATIVE_DTYPES[rows.y.dtype]
     out_of_range = cpu.fused(
         _NATIVE_DTYPES[x.dtype], y_kind, rows.x.data_ptr(), None if sparse is not None else rows.y.data_ptr(),
         pointer(w), pointer(pw), pointer(m), num_rows, num_classes,
@@ -261,7 +271,7 @@ def _native_plain(
     row_sums = torch.empty(num_rows, dtype=torch.float64)
     grad = torch.empty_like(x) if need_grad else None
     out_of_range = cpu.fused(
-        _NATIVE_DTYPES[x.dtype], "uint8" if y.dtype == torch.uint8 else _NATIVE_DTYPES[x.dtype], x.data_ptr(),
+        _NATIVE_DTYPES[x.dtype], "uint8" if y.dtype == torch.uint8 else _NATIVE_DTYPES[y.dtype], x.data_ptr(),
         y.data_ptr(), (w.data_ptr(), 0), (None, 0), (None, 0), num_rows, num_classes,
         _scale(reduction, num_rows, num_classes), None, None, row_sums.data_ptr(),
         None if grad is None else grad.data_ptr(), torch.get_num_threads(),
@@ -414,9 +424,12 @@ def loss_rows(
     weights (the C kernel checks a dense target as it reads it: see ``cpu.fused``).
     """
     sparse = y if isinstance(y, SparseTargets) else None
-    if sparse is not None and sparse.values is not None and sparse.values.dtype != x.dtype:
-        # soft values are used at the input's precision, as a dense target of its dtype would be, on every path
-        y = sparse = dataclasses.replace(sparse, values=sparse.values.to(x.dtype))
+    values = None if sparse is None else sparse.values
+    if sparse is not None and values is not None and values.dtype not in (x.dtype, compute_dtype(x.dtype)):
+        # soft values in the input's dtype or in the compute dtype are used as they are (float32 values of bfloat16
+        # logits are not rounded to its 8 bits), as a dense target is, on every path; float64 values (a scipy matrix's)
+        # of float32 logits are converted once
+        y = sparse = dataclasses.replace(sparse, values=values.to(compute_dtype(x.dtype)))
     plain = pos_weight is None and mask is None and options == PLAIN
     backend = choose_backend(x)
     if (backend == "cpu" or (backend == "torch" and x.is_cpu)) and not (
@@ -433,7 +446,7 @@ def loss_rows(
     if backend == "cpu":
         in_kernel = (
             check and sparse is None and (not plain or _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED)
-            and y.dtype in (x.dtype, torch.uint8, torch.bool)  # a target the kernel reads as given, not converted
+            and y.dtype in (x.dtype, torch.uint8, torch.bool, compute_dtype(x.dtype))  # read as given, not converted
         )  # fmt: skip
         if check and sparse is None and not in_kernel:
             check_target_values(y)

@@ -180,7 +180,9 @@ def _triton_chunk(
         gamma_neg=options.gamma_neg, clip=options.clip, scale=1.0 / (c1 - c0), need_grad=need_grad,
     )  # fmt: skip
     if isinstance(target, SparseTargets):
-        values = None if target.values is None else target.values.to(h.dtype)
+        # in the compute dtype, as _backends.loss_rows passes them: in h's, float32 soft values were rounded to
+        # bfloat16's 8 bits, though the kernel computes in float32
+        values = None if target.values is None else target.values.to(compute_dtype(h.dtype))
         keywords.update(sparse=(target.indptr, target.indices, values), sparse_origin=(r0, c0))
         y = None
     else:

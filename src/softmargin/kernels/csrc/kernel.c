@@ -74,6 +74,12 @@ DEFINE_OPTS(f16_f16, float, expf, log1pf, _Float16, F16LOAD, _Float16, F16LOAD, 
 DEFINE_OPTS(f16_u8, float, expf, log1pf, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE)
 DEFINE_OPTS(bf16_bf16, float, expf, log1pf, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16)
 DEFINE_OPTS(bf16_u8, float, expf, log1pf, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
+/* float16/bfloat16 inputs with a float32 target, read as it is (soft labels finer than the input: rounded to its 11
+   or 8 bits first, they moved a mean loss by 1e-6 or 1e-5 relative, and a small gradient sigmoid(x) - y by more
+   than itself); the loops compute in float32 anyway. A target exact in the input's dtype (0/1) gives the same bits
+   as in that dtype: the same arithmetic on the same float32 values. */
+DEFINE_OPTS(f16_f32, float, expf, log1pf, _Float16, F16LOAD, float, ID, F16STORE)
+DEFINE_OPTS(bf16_f32, float, expf, log1pf, uint16_t, bf16_to_f32, float, ID, f32_to_bf16)
 
 
 DEFINE_EXACT_BLOCK(exact_f32_f32, float, ID, float, ID, ID)
@@ -82,15 +88,19 @@ DEFINE_EXACT_BLOCK(exact_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE
 DEFINE_EXACT_BLOCK(exact_f16_u8, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE)
 DEFINE_EXACT_BLOCK(exact_bf16_bf16, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16)
 DEFINE_EXACT_BLOCK(exact_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16)
+DEFINE_EXACT_BLOCK(exact_f16_f32, _Float16, F16LOAD, float, ID, F16STORE)
+DEFINE_EXACT_BLOCK(exact_bf16_f32, uint16_t, bf16_to_f32, float, ID, f32_to_bf16)
 #ifdef SOFTMARGIN_AVX512
-/* the six input/target pairs of one kind of loss: P the row functions' prefix, EXACT(S) their exact block functions */
+/* the eight input/target pairs of one kind of loss: P the row functions' prefix, EXACT(S) their exact blocks */
 #define DEFINE_AVX512_ALL(P, EXACT, F32S, HALFS)                                                               \
     DEFINE_AVX512(P##f32_f32, float, avx_load_f32, float, avx_load_f32, avx_store_f32, EXACT(f32_f32), F32S)  \
     DEFINE_AVX512(P##f32_u8, float, avx_load_f32, uint8_t, avx_load_u8, avx_store_f32, EXACT(f32_u8), F32S)   \
     DEFINE_AVX512(P##f16_f16, _Float16, avx_load_f16, _Float16, avx_load_f16, avx_store_f16, EXACT(f16_f16), HALFS) \
     DEFINE_AVX512(P##f16_u8, _Float16, avx_load_f16, uint8_t, avx_load_u8, avx_store_f16, EXACT(f16_u8), HALFS) \
     DEFINE_AVX512(P##bf16_bf16, uint16_t, avx_load_bf16, uint16_t, avx_load_bf16, avx_store_bf16, EXACT(bf16_bf16), HALFS) \
-    DEFINE_AVX512(P##bf16_u8, uint16_t, avx_load_bf16, uint8_t, avx_load_u8, avx_store_bf16, EXACT(bf16_u8), HALFS)
+    DEFINE_AVX512(P##bf16_u8, uint16_t, avx_load_bf16, uint8_t, avx_load_u8, avx_store_bf16, EXACT(bf16_u8), HALFS) \
+    DEFINE_AVX512(P##f16_f32, _Float16, avx_load_f16, float, avx_load_f32, avx_store_f16, EXACT(f16_f32), HALFS) \
+    DEFINE_AVX512(P##bf16_f32, uint16_t, avx_load_bf16, float, avx_load_f32, avx_store_bf16, EXACT(bf16_f32), HALFS)
 #define PLAIN_EXACT(S) exact_##S
 #define WEIGHTED_EXACT(S) weighted_##S##_block
 DEFINE_AVX512_ALL(fast_, PLAIN_EXACT, F32_STEP, HALF_STEP)
@@ -160,15 +170,19 @@ DEFINE_AVX512_PACKED(packed_f16_f16, _Float16, avx_load_f16, _Float16, avx_load_
 DEFINE_AVX512_PACKED(packed_f16_u8, _Float16, avx_load_f16, uint8_t, avx_load_u8, avx_store_f16, PACKED_ELEMENT_HALF, 0)
 DEFINE_AVX512_PACKED(packed_bf16_bf16, uint16_t, avx_load_bf16, uint16_t, avx_load_bf16, avx_store_bf16, PACKED_ELEMENT_HALF, 0)
 DEFINE_AVX512_PACKED(packed_bf16_u8, uint16_t, avx_load_bf16, uint8_t, avx_load_u8, avx_store_bf16, PACKED_ELEMENT_HALF, 0)
-/* [xtype][target is uint8] (float64: none) */
-static void (*const PACKED_FNS[4][2])(const job *) = {
-    {packed_f32_f32, packed_f32_u8}, {0, 0}, {packed_f16_f16, packed_f16_u8}, {packed_bf16_bf16, packed_bf16_u8}};
+DEFINE_AVX512_PACKED(packed_f16_f32, _Float16, avx_load_f16, float, avx_load_f32, avx_store_f16, PACKED_ELEMENT_HALF, 0)
+DEFINE_AVX512_PACKED(packed_bf16_f32, uint16_t, avx_load_bf16, float, avx_load_f32, avx_store_bf16, PACKED_ELEMENT_HALF, 0)
+/* [xtype][target kind: TARGET_KIND] (float64: none) */
+static void (*const PACKED_FNS[4][3])(const job *) = {{packed_f32_f32, packed_f32_u8, 0},
+                                                      {0, 0, 0},
+                                                      {packed_f16_f16, packed_f16_u8, packed_f16_f32},
+                                                      {packed_bf16_bf16, packed_bf16_u8, packed_bf16_f32}};
 /* the packed function for these rows, or NULL: the plain loss, dense targets, one weight row, no per-row scale,
    1 <= C <= 16, at least two rows (a single row takes the row function) */
-#define PACKED(XTYPE, U8, KIND, S, ROWS)                                                                       \
+#define PACKED(XTYPE, TKIND, KIND, S, ROWS)                                                                    \
     ((KIND) == 0 && (S)->y && !(S)->row_scale && (S)->weight_row_step == 0 && (S)->num_classes >= 1 &&         \
              (S)->num_classes <= SHORT_ROW_MAX && (ROWS) >= 2                                                  \
-         ? PACKED_FNS[XTYPE][U8]                                                                               \
+         ? PACKED_FNS[XTYPE][TKIND]                                                                            \
          : 0)
 /* pos_weight, mask, label smoothing: the blocks the loop cannot do exactly go to the options' own block functions */
 DEFINE_AVX512_ALL(avxw_, WEIGHTED_EXACT, WEIGHTED_F32_STEP, WEIGHTED_HALF_STEP)
@@ -183,10 +197,12 @@ DEFINE_FOCUSED_DISPATCH(f16_f16)
 DEFINE_FOCUSED_DISPATCH(f16_u8)
 DEFINE_FOCUSED_DISPATCH(bf16_bf16)
 DEFINE_FOCUSED_DISPATCH(bf16_u8)
+DEFINE_FOCUSED_DISPATCH(f16_f32)
+DEFINE_FOCUSED_DISPATCH(bf16_f32)
 #define FOCUSED_FN(S) avxf_##S
 #define WEIGHTED_FN(S) avxw_##S
 #else
-#define PACKED(XTYPE, U8, KIND, S, ROWS) ((void (*)(const job *))0)
+#define PACKED(XTYPE, TKIND, KIND, S, ROWS) ((void (*)(const job *))0)
 #define WEIGHTED_FN(S) weighted_##S
 #define FOCUSED_FN(S) focused_##S
 DEFINE_PLAIN_FAST(fast_f32_f32, float, ID, float, ID, ID, 1, exact_f32_f32)
@@ -195,16 +211,22 @@ DEFINE_PLAIN_FAST(fast_f16_f16, _Float16, F16LOAD, _Float16, F16LOAD, F16STORE, 
 DEFINE_PLAIN_FAST(fast_f16_u8, _Float16, F16LOAD, uint8_t, U8LOAD, F16STORE, 0, exact_f16_u8)
 DEFINE_PLAIN_FAST(fast_bf16_bf16, uint16_t, bf16_to_f32, uint16_t, bf16_to_f32, f32_to_bf16, 0, exact_bf16_bf16)
 DEFINE_PLAIN_FAST(fast_bf16_u8, uint16_t, bf16_to_f32, uint8_t, U8LOAD, f32_to_bf16, 0, exact_bf16_u8)
+DEFINE_PLAIN_FAST(fast_f16_f32, _Float16, F16LOAD, float, ID, F16STORE, 0, exact_f16_f32)
+DEFINE_PLAIN_FAST(fast_bf16_f32, uint16_t, bf16_to_f32, float, ID, f32_to_bf16, 0, exact_bf16_f32)
 #endif
 
-/* [xtype][target is uint8][0 plain, 1 pos_weight/mask/smoothing, 2 with focusing]: the float32 compute types take
-   the plain loss with our exp/log1p, float64 and the options glibc's */
-#define FNS(P, W, F, S, U) {{P##S, W(S), F(S)}, {P##U, W(U), F(U)}}
+/* [xtype][target kind][0 plain, 1 pos_weight/mask/smoothing, 2 with focusing]: the float32 compute types take
+   the plain loss with our exp/log1p, float64 and the options glibc's. The target kind (TARGET_KIND): 0 the input's
+   own dtype, 1 uint8, 2 float32 for a float16/bfloat16 input (float32 and float64 inputs have none: zeros). */
+#define FNS(P, W, F, S, U) {{P##S, W(S), F(S)}, {P##U, W(U), F(U)}, {0, 0, 0}}
+#define HALF_FNS(P, W, F, S, U, F32) {{P##S, W(S), F(S)}, {P##U, W(U), F(U)}, {P##F32, W(F32), F(F32)}}
 #define GLIBC_WEIGHTED(S) weighted_##S
 #define GLIBC_FOCUSED(S) focused_##S
-static const row_fn ROW_FNS[4][2][3] = {
+static const row_fn ROW_FNS[4][3][3] = {
     FNS(fast_, WEIGHTED_FN, FOCUSED_FN, f32_f32, f32_u8), FNS(plain_, GLIBC_WEIGHTED, GLIBC_FOCUSED, f64_f64, f64_u8),
-    FNS(fast_, WEIGHTED_FN, FOCUSED_FN, f16_f16, f16_u8), FNS(fast_, WEIGHTED_FN, FOCUSED_FN, bf16_bf16, bf16_u8)};
+    HALF_FNS(fast_, WEIGHTED_FN, FOCUSED_FN, f16_f16, f16_u8, f16_f32),
+    HALF_FNS(fast_, WEIGHTED_FN, FOCUSED_FN, bf16_bf16, bf16_u8, bf16_f32)};
+#define TARGET_KIND(S) ((S)->ytype == (S)->xtype ? 0 : (S)->ytype == SM_U8 ? 1 : 2)
 
 static const int64_t ELEMENT_SIZE[SM_NUM_DTYPES] = {4, 8, 2, 2, 1};
 
@@ -298,7 +320,9 @@ static int fused(const softmargin_args *args, char *message, int64_t message_siz
     const softmargin_args *s = args;
     const int64_t N = s->num_rows, C = s->num_classes;
     if (s->xtype < SM_F32 || s->xtype > SM_BF16) REJECT(SM_ERR_DTYPE, "xtype is not a known input dtype code");
-    if (s->ytype != s->xtype && s->ytype != SM_U8) REJECT(SM_ERR_DTYPE, "ytype is neither xtype nor uint8");
+    const int half_input = s->xtype == SM_F16 || s->xtype == SM_BF16;
+    if (s->ytype != s->xtype && s->ytype != SM_U8 && !(s->ytype == SM_F32 && half_input))
+        REJECT(SM_ERR_DTYPE, "ytype is neither xtype nor uint8 (nor float32, which a float16/bfloat16 xtype takes)");
     if (N < 0 || C < 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is negative");
     if (s->weight_row_step < 0 || s->pos_weight_row_step < 0 || s->mask_row_step < 0)
         REJECT(SM_ERR_SIZE, "a row step is negative");
@@ -344,10 +368,10 @@ static int fused(const softmargin_args *args, char *message, int64_t message_siz
     int bad[MAX_THREADS] = {0};
     const int kind = !options ? 0 : (s->gamma_pos != 0 || s->gamma_neg != 0 || s->clip != 0) ? 2 : 1;
     for (int t = 0; t < nthreads; t++) {
-        job j = {ROW_FNS[s->xtype][s->ytype == SM_U8][kind], xsize, ysize, s->xtype == SM_F64 ? 8 : 4,
+        job j = {ROW_FNS[s->xtype][TARGET_KIND(s)][kind], xsize, ysize, s->xtype == SM_F64 ? 8 : 4,
                  s->weight_row_step, s->pos_weight_row_step, s->mask_row_step, N * t / nthreads,
                  N * (t + 1) / nthreads, base, s->row_scale, s->out, &bad[t], s->y ? 0 : s->sparse_indptr,
-                 PACKED(s->xtype, s->ytype == SM_U8, kind, s, N * (t + 1) / nthreads - N * t / nthreads)};
+                 PACKED(s->xtype, TARGET_KIND(s), kind, s, N * (t + 1) / nthreads - N * t / nthreads)};
         jobs[t] = j;
     }
     run_jobs(jobs, nthreads);

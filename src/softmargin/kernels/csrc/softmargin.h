@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SOFTMARGIN_ABI_VERSION 4
+#define SOFTMARGIN_ABI_VERSION 5
 
 /* Element types. The names (softmargin_dtype_names) are numpy's and torch's. */
 enum softmargin_dtype { SM_F32 = 0, SM_F64 = 1, SM_F16 = 2, SM_BF16 = 3, SM_U8 = 4, SM_NUM_DTYPES = 5 };
@@ -31,8 +31,10 @@ enum softmargin_status {
 };
 
 /* One call of the kernel. x, y and grad are contiguous (num_rows, num_classes) arrays of xtype (y: of ytype, which
- * is xtype or SM_U8); weight and pos_weight hold the compute type (float32 for float32/float16/bfloat16 inputs,
- * float64 for float64) and mask uint8, each either one row (row step 0) or num_rows rows (row step num_classes).
+ * is xtype, SM_U8, or SM_F32 for a float16/bfloat16 xtype: a soft target finer than the input, read as it is, not
+ * rounded to the input's dtype first); weight and pos_weight hold the compute type (float32 for float32/float16/
+ * bfloat16 inputs, float64 for float64) and mask uint8, each either one row (row step 0) or num_rows rows (row step
+ * num_classes).
  *
  * Sparse targets: y NULL, sparse_indptr (num_rows + 1 offsets), sparse_indices (each row's positive columns,
  * ascending; may be NULL when there are none) and sparse_values (ytype, NULL for all ones) give each row's positives.
