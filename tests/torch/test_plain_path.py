@@ -25,7 +25,11 @@ def _problem(n, c, dtype, target, weight, seed):
     x = torch.randn(n, c, generator=gen, dtype=torch.float64) * torch.exp(2 * torch.randn(n, c, generator=gen, dtype=torch.float64))
     x = x.to(dtype)
     hard = torch.rand(n, c, generator=gen) < 0.3
-    y = {"same": hard.to(dtype), "bool": hard, "uint8": hard.to(torch.uint8), "soft": torch.rand(n, c, generator=gen).to(dtype)}[target]
+    soft = torch.rand(n, c, generator=gen)
+    y = {
+        "same": hard.to(dtype), "bool": hard, "uint8": hard.to(torch.uint8), "soft": soft.to(dtype),
+        "float32": hard.float(), "soft float32": soft,  # a half input's float32 target, read as it is
+    }[target]  # fmt: skip
     w = torch.rand(c, generator=gen).to(dtype) * 2 if weight else None
     return x, y, w
 
@@ -44,24 +48,34 @@ def _run(x, y, w, reduction, grad_output, through_operator):
     return loss.detach(), grad
 
 
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # the last four reach past the kernel's stack buffers (256 rows, 256 classes): the full matrix runs with the slow tests
 SHAPES = [(1, 1), (32, 10), (64, 80), *(pytest.param(s, marks=pytest.mark.slow) for s in [(3, 300), (257, 3), (600, 7), (5, 2000)])]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("target", ["same", "bool", "uint8", "soft"])
+@pytest.mark.parametrize(
+    ("dtype", "target"),
+    [
+        *((dtype, target) for dtype in DTYPES for target in ("same", "bool", "uint8", "soft")),
+        # a half input's float32 target (mixed precision's usual pair)
+        *((dtype, target) for dtype in (torch.bfloat16, torch.float16) for target in ("float32", "soft float32")),
+    ],
+)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_plain_path_and_operator_agree_bitwise(shape, dtype, target, reduction):
     x, y, w = _problem(*shape, dtype, target, weight=shape[0] % 2 == 1 or shape == (32, 10), seed=sum(shape))
     for grad_output in (1.0, -2.7182818, 1e-3):
-        go = torch.tensor(grad_output, dtype=dtype)
+        go = torch.tensor(grad_output, dtype=torch.promote_types(dtype, y.dtype if y.is_floating_point() else dtype))
         fast = _run(x, y, w, reduction, go, through_operator=False)
         general = _run(x, y, w, reduction, go, through_operator=True)
+        assert fast[0].dtype == general[0].dtype == go.dtype  # float32 for a half input's float32 target, as torch
         assert torch.equal(fast[0], general[0])
         assert torch.equal(fast[1], general[1])
         expected = torch.nn.functional.multilabel_soft_margin_loss(x.double(), y.double(), None if w is None else w.double(), reduction=reduction)
         rtol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 1e-2)  # float16/bfloat16: their rounding
+        if target == "soft float32":  # the target is not rounded to the input's dtype: float32's accuracy
+            rtol = 1e-5
         torch.testing.assert_close(fast[0].double(), expected, rtol=rtol, atol=0)
 
 
@@ -159,7 +173,7 @@ def test_second_backward_and_second_order_take_the_general_backward():
 @pytest.mark.parametrize(
     "case",
     ["non-contiguous", "3-d", "none", "target needs grad", "weight needs grad", "float64 weight", "weight (1, C)",
-     "bfloat16 with a float32 target", "no grad"],
+     "bfloat16 with a float64 target", "float32 with a bfloat16 target", "no grad"],
 )
 def test_other_calls_take_the_general_path_and_stay_right(case):
     x, y = torch.randn(6, 5, dtype=torch.float64).float(), (torch.rand(6, 5) < 0.4).float()
@@ -178,8 +192,10 @@ def test_other_calls_take_the_general_path_and_stay_right(case):
         w = torch.rand(5, dtype=torch.float64)
     elif case == "weight (1, C)":
         w = torch.rand(1, 5)
-    elif case == "bfloat16 with a float32 target":
-        x = x.bfloat16()
+    elif case == "bfloat16 with a float64 target":
+        x, y = x.bfloat16(), y.double()
+    elif case == "float32 with a bfloat16 target":
+        y = y.bfloat16()
     xi = x.clone().requires_grad_(case != "no grad")
     loss = st.multilabel_soft_margin_loss(xi, y, w, reduction=reduction)
     assert type(loss.grad_fn).__name__ != "_PlainLossBackward"

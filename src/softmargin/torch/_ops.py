@@ -613,6 +613,7 @@ class _Declined(Exception):
 _PLAIN_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _FLOAT32 = torch.float32
 _BYTE_TARGETS = (torch.uint8, torch.bool)
+_HALVES = (torch.float16, torch.bfloat16)
 _REDUCTIONS = {"mean": 1, "sum": 2}
 #: A 0-dim CPU tensor per dtype code, never written: empty_like of it allocates the result (0.3 us less than
 #: new_empty(())). Made here, once: no call's tensor (fake, meta, functional, a subclass) can land in it.
@@ -633,13 +634,16 @@ class _PlainLoss(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, y: Tensor, weight: Tensor | None, reduction: str, check: bool) -> Tensor:
         num_rows, num_classes = x.shape
         code = _PLAIN_CODES[x.dtype]
+        # a float32 target of float16/bfloat16 logits is read as it is, and the loss is float32 (torch's promotion)
+        y_code = code if y.dtype is x.dtype else 0 if y.dtype is _FLOAT32 else 4
+        result_code = 0 if y_code == 0 else code
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(x) if need_grad else None
-        result = torch.empty_like(_SCALARS[code])
+        result = torch.empty_like(_SCALARS[result_code])
         arguments = (  # a float16/bfloat16 weight goes as it is: the kernel converts it to float32 (exactly)
-            code, code if y.dtype == x.dtype else 4, x.data_ptr(), y.data_ptr(),
+            code, y_code, x.data_ptr(), y.data_ptr(),
             None if weight is None else weight.data_ptr(), code, num_rows, num_classes, None if grad is None else grad.data_ptr(), torch.get_num_threads(),
-            1 if code == 1 else 0, code, _REDUCTIONS[reduction], check, result.data_ptr(),
+            1 if code == 1 else 0, result_code, _REDUCTIONS[reduction], check, result.data_ptr(),
         )  # fmt: skip
         status = (cpu.fastcall() or cpu).reduced(*arguments)
         if status:
@@ -709,7 +713,7 @@ except (AttributeError, KeyError):  # pragma: no cover - another torch's interna
 def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str, check: bool) -> Tensor | None:
     """The loss by :class:`_PlainLoss` when the call is one it takes (checked here, cheapest first), else None:
     ordinary contiguous CPU tensors of shape (N, C), of a float dtype, a target of the input's dtype, uint8 or
-    bool that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
+    bool (or float32 for a float16/bfloat16 input: mixed precision's usual pair) that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
     nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
     A bad target or weight value also answers None: the general path then raises its message."""
     if (
@@ -721,7 +725,10 @@ def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str
     dtype = input.dtype
     if (
         dtype not in _PLAIN_CODES or reduction not in _REDUCTIONS
-        or (target.dtype is not dtype and target.dtype not in _BYTE_TARGETS)
+        or (
+            target.dtype is not dtype and target.dtype not in _BYTE_TARGETS
+            and not (target.dtype is _FLOAT32 and dtype in _HALVES)
+        )
         or input.layout is not _STRIDED or target.layout is not _STRIDED
         or input.dim() != 2 or target.shape != input.shape or not input.is_cpu or not target.is_cpu
         or not input.is_contiguous() or not target.is_contiguous() or target.requires_grad or input.numel() == 0
