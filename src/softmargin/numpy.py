@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _validation as V
 from ._chunks import Options, Rows, loss_rows, redo_overflowed_rows, row_bookkeeping
-from ._options import LossOptions, resolve
+from ._options import PLAIN, LossOptions, resolve
 from ._sparse import SparseTargets, as_sparse_targets, is_sparse_target
 from .kernels import cpu
 
@@ -47,8 +47,21 @@ CHUNK_ELEMENTS = 1 << 16
 
 _KINDS = {"f": "float", "i": "int", "u": "int", "b": "bool", "c": "complex"}
 
-#: Input dtypes the fused kernel takes (NumPy has no bfloat16).
-_NATIVE_DTYPES = frozenset({"float16", "float32", "float64"})
+#: Input dtypes the fused kernel takes (NumPy has no bfloat16), each with its name, looked up by the dtype itself:
+#: ``dtype.name`` costs about 2 microseconds a call, a tenth of a small call's time. Every float dtype of one of these
+#: names is here (a long double of 64 bits is "float64" where the platform has one).
+_NATIVE_DTYPES: dict[np.dtype[Any], str] = {
+    np.dtype(code): np.dtype(code).name for code in np.typecodes["Float"]
+    if np.dtype(code).name in ("float16", "float32", "float64")
+}  # fmt: skip
+_FLOAT64, _FLOAT32, _UINT8, _BOOL = np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.bool_)
+#: The kernel's names of the dtypes it reads: the inputs' and uint8 (a target's).
+_KERNEL_DTYPE_NAMES: dict[np.dtype[Any], str] = {**_NATIVE_DTYPES, _UINT8: "uint8"}
+
+
+def _kernel_dtype_name(dtype: np.dtype[Any]) -> str:
+    """``dtype.name``, from :data:`_KERNEL_DTYPE_NAMES` for the dtypes the kernel reads."""
+    return _KERNEL_DTYPE_NAMES.get(dtype) or dtype.name
 
 
 def num_threads() -> int:
@@ -81,7 +94,9 @@ def _as_array(name: str, value: Any) -> NDArray[Any]:
         array = np.asarray(value)
     except ValueError as error:
         raise ValueError(f"{name} could not be read as an array ({error}): expected an array or a rectangular nested list") from None
-    if array.dtype.name == "bfloat16":  # ml_dtypes' (dtype kind 'V'): NumPy itself has no bfloat16 arithmetic
+    # ml_dtypes' (dtype kind 'V'): NumPy itself has no bfloat16 arithmetic (NumPy's own dtypes, isbuiltin 1, are
+    # never named so: their name is not looked up)
+    if array.dtype.isbuiltin != 1 and array.dtype.name == "bfloat16":
         raise TypeError(f"{name} has dtype bfloat16 (ml_dtypes): the NumPy API takes float16, float32 and float64; "
                         f"convert with {name}.astype(np.float32) (torch and JAX compute bfloat16 in float32 too)")  # fmt: skip
     if not array.dtype.isnative:  # big-endian data on this machine: the kernel reads native numbers (one copy)
@@ -106,7 +121,10 @@ def _rows(array: NDArray[Any] | None, shape: tuple[int, ...], num_rows: int) -> 
     if array is None:
         return None
     if array.ndim <= 1:
-        return np.broadcast_to(array.reshape(1, -1), (1, shape[-1]))
+        row = array.reshape(1, -1)
+        return row if row.shape[1] == shape[-1] else np.broadcast_to(row, (1, shape[-1]))
+    if array.shape == shape:  # nothing to broadcast (np.broadcast_to costs microseconds)
+        return array.reshape(num_rows, shape[-1])
     return np.broadcast_to(array, shape).reshape(num_rows, shape[-1])
 
 
@@ -141,11 +159,12 @@ def _prepare(
     options: Options,
     out: tuple[Any, Any] | None = None,
     report_target: bool = False,
-) -> tuple[Rows, tuple[int, ...], str, bool, bool]:
-    """The problem as rows, the input's shape, the reduction, whether the fused kernel runs, and whether the dense
+) -> tuple[Rows, tuple[int, ...], str, bool, bool, bool]:
+    """The problem as rows, the input's shape, the reduction, whether the fused kernel runs, whether the dense
     target's range is left for the kernel to check as it reads it (then, should it see a bad value, the caller runs
-    the check that names it, or reports it: ``report_target``, with ``validate=False``). ``out`` = (loss, gradient)
-    output arrays, either None, checked here before the values."""
+    the check that names it, or reports it: ``report_target``, with ``validate=False``), and whether the loss is the
+    plain one (no pos_weight, no mask, every option at its default). ``out`` = (loss, gradient) output arrays, either
+    None, checked here before the values."""
     reduction = V.check_reduction(reduction)
     V.check_options(options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
     x = _as_array("input", input)
@@ -153,7 +172,7 @@ def _prepare(
     V.check_input_ndim(x.shape)
     n = math.prod(x.shape[:-1])
     y: Any
-    if is_sparse_target(target, lists=False):
+    if type(target) is not np.ndarray and is_sparse_target(target, lists=False):  # (a plain array never is)
         y = as_sparse_targets(target, (n, x.shape[-1]), np)
     else:
         y = _as_array("target", target)
@@ -165,14 +184,14 @@ def _prepare(
     if out is not None:
         _check_outs(out, x, y, w, pw, m, reduction)
     native = (
-        x.size > 0 and x.dtype.name in _NATIVE_DTYPES and cpu.kernel() is not None
+        x.size > 0 and x.dtype in _NATIVE_DTYPES and cpu.kernel() is not None
         and _exact_in_kernel(w, x.dtype) and _exact_in_kernel(pw, x.dtype)
     )  # fmt: skip
-    plain = pos_weight is None and mask is None and options == Options()
+    plain = pos_weight is None and mask is None and options == PLAIN
     kernel_checks = (
         (validate or report_target) and native and not isinstance(y, SparseTargets)
-        and y.dtype in (x.dtype, np.uint8, np.bool_, np.float64 if x.dtype == np.float64 else np.float32)  # read as is
-        and (not plain or x.dtype.name in cpu.TARGET_CHECKED)
+        and y.dtype in (x.dtype, _UINT8, _BOOL, _FLOAT64 if x.dtype == _FLOAT64 else _FLOAT32)  # read as is
+        and (not plain or _NATIVE_DTYPES[x.dtype] in cpu.TARGET_CHECKED)
     )  # fmt: skip
     if validate:
         if isinstance(y, SparseTargets):
@@ -186,7 +205,7 @@ def _prepare(
     rows = Rows(
         x.reshape(n, x.shape[-1]), y if isinstance(y, SparseTargets) else y.reshape(n, x.shape[-1]), _rows(w, x.shape, n), _rows(pw, x.shape, n), _rows(m, x.shape, n)
     )
-    return rows, x.shape, reduction, native, kernel_checks
+    return rows, x.shape, reduction, native, kernel_checks, plain
 
 
 def _check_outs(out: Any, x: Any, y: Any, w: Any, pw: Any, m: Any, reduction: str) -> None:
@@ -218,7 +237,7 @@ def _exact_in_kernel(a: NDArray[Any] | None, dtype: np.dtype[Any]) -> bool:
     weight beyond float32's range (it would become inf), below its smallest value (0, dropping the element) or in its
     subnormal range (rounded by up to 2 %: 1e-44 became 9.8e-45) is left to the chunked path, which computes in
     float64."""
-    if a is None or dtype == np.float64 or a.dtype.kind != "f" or a.dtype.itemsize <= 4:
+    if a is None or dtype == _FLOAT64 or a.dtype.kind != "f" or a.dtype.itemsize <= 4:
         return True
     with np.errstate(over="ignore", under="ignore"):
         narrow = a.astype(np.float32)
@@ -226,17 +245,18 @@ def _exact_in_kernel(a: NDArray[Any] | None, dtype: np.dtype[Any]) -> bool:
     return bool(np.array_equal(np.isinf(narrow), np.isinf(a)) and not ((a != 0) & (np.abs(a) < tiny)).any())
 
 
-def _kernel_rows(rows: Rows, plain: bool) -> tuple[Rows, str]:
+def _kernel_rows(rows: Rows, plain: bool) -> tuple[Rows, str, str]:
     """The rows as the fused kernel reads them (contiguous; weights in the compute dtype, the mask as bytes, the
-    default operands as rows of ones), and the target's kernel dtype."""
+    default operands as rows of ones), and the kernel dtypes of the input and of the target."""
     x = np.ascontiguousarray(rows.x)
-    cdtype = np.float64 if x.dtype == np.float64 else np.float32
+    xtype = _NATIVE_DTYPES[x.dtype]
+    cdtype = _FLOAT64 if x.dtype == _FLOAT64 else _FLOAT32
 
     def target(a: NDArray[Any]) -> NDArray[Any]:
         """A target (or sparse values) as the kernel reads it: in the input's dtype, uint8 or the compute dtype as it
         is (float16 logits take a float32 target, not rounded to their 11 bits: see kernels/csrc/kernel.c), another
         converted once to the compute dtype."""
-        return np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (x.dtype, np.uint8, cdtype) else cdtype)
+        return np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (x.dtype, _UINT8, cdtype) else cdtype)
 
     num_classes = x.shape[1]
     y: Any
@@ -246,11 +266,11 @@ def _kernel_rows(rows: Rows, plain: bool) -> tuple[Rows, str]:
             np.ascontiguousarray(rows.y.indptr, dtype=np.int64), np.ascontiguousarray(rows.y.indices, dtype=np.int64),
             values, rows.y.shape, np,
         )  # fmt: skip
-        ytype = "uint8" if values is None else values.dtype.name
+        ytype = "uint8" if values is None else _kernel_dtype_name(values.dtype)
     else:
         y = rows.y
-        y = np.ascontiguousarray(y).view(np.uint8) if y.dtype == np.bool_ else target(y)  # bool: one byte, no copy
-        ytype = y.dtype.name
+        y = np.ascontiguousarray(y).view(np.uint8) if y.dtype == _BOOL else target(y)  # bool: one byte, no copy
+        ytype = _kernel_dtype_name(y.dtype)
 
     def operand(a: NDArray[Any] | None, dtype: Any, default: bool) -> NDArray[Any] | None:
         if a is None:
@@ -261,7 +281,7 @@ def _kernel_rows(rows: Rows, plain: bool) -> tuple[Rows, str]:
     return Rows(
         x, y, operand(rows.weight, cdtype, True), operand(rows.pos_weight, cdtype, not plain),
         operand(mask, np.uint8, not plain),
-    ), ytype  # fmt: skip
+    ), xtype, ytype  # fmt: skip
 
 
 def _native(
@@ -276,7 +296,7 @@ def _native(
     divisor, grad_scale, counted = row_bookkeeping(
         Rows(rows.x, rows.y, weight, pos_weight, rows.mask if row_mask is not None else mask), reduction, np, _as_float64
     )  # fmt: skip
-    k, ytype = _kernel_rows(Rows(rows.x, rows.y, weight, pos_weight, mask), plain)
+    k, xtype, ytype = _kernel_rows(Rows(rows.x, rows.y, weight, pos_weight, mask), plain)
     num_rows, num_classes = k.num_rows, k.num_classes
     factor = None  # a per-row weight (and mask): the kernel runs unweighted, each row's sum and gradient scaled
     if row_weight is not None or row_mask is not None:
@@ -293,7 +313,7 @@ def _native(
 
     sparse = k.y if isinstance(k.y, SparseTargets) else None
     out_of_range = cpu.fused(
-        k.x.dtype.name, ytype, k.x.ctypes.data, None if sparse is not None else k.y.ctypes.data,
+        xtype, ytype, k.x.ctypes.data, None if sparse is not None else k.y.ctypes.data,
         pointer(k.weight), pointer(k.pos_weight), pointer(k.mask), num_rows, num_classes,
         grad_scale if row_scale is None else 0.0, None if row_scale is None else row_scale.ctypes.data,
         None if plain else (options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip),
@@ -351,11 +371,14 @@ def _compute(
                 rows, options, grad_scale, need_grad, xp=np, compute=_as_float64, row_sum=lambda a: a.sum(axis=1),
                 row_sums_out=row_sums, grad_out=grad, chunk_elements=CHUNK_ELEMENTS,
             )  # fmt: skip
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    if rows.mask is None and divisor >= 1:  # by C >= 1: a division that cannot warn (np.errstate costs a microsecond)
         per_sample = row_sums / divisor
-        if rows.mask is not None:  # a sample with no observed label contributes 0
-            per_sample = np.where(np.asarray(divisor) > 0, per_sample, 0.0)
-    per_sample = np.broadcast_to(per_sample, (rows.num_rows,)).reshape(shape[:-1])
+    else:
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            per_sample = row_sums / divisor
+            if rows.mask is not None:  # a sample with no observed label contributes 0
+                per_sample = np.where(np.asarray(divisor) > 0, per_sample, 0.0)
+    per_sample = per_sample.reshape(shape[:-1])  # (N,) like row_sums
     if grad_out is not None:
         return per_sample, grad_out, counted, out_of_range
     return per_sample, (grad.reshape(shape) if grad is not None else None), counted, out_of_range
@@ -429,10 +452,9 @@ def multilabel_soft_margin_loss(
         1.18012
     """
     options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
-    rows, shape, checked, native, kernel_checks = _prepare(
+    rows, shape, checked, native, kernel_checks, plain = _prepare(
         input, target, weight, reduction, validate, pos_weight, mask, options
     )
-    plain = pos_weight is None and mask is None and options == Options()
     per_sample, _, counted, _ = _compute(rows, shape, checked, options, False, native, kernel_checks, plain)
     return _reduce(per_sample, checked, counted, rows.x.dtype)
 
@@ -513,11 +535,10 @@ def multilabel_soft_margin_loss_and_grad(
         (True, 0.8929)
     """
     options = resolve(options, label_smoothing, gamma_pos, gamma_neg, clip)
-    rows, shape, checked, native, kernel_checks = _prepare(
+    rows, shape, checked, native, kernel_checks, plain = _prepare(
         input, target, weight, reduction, validate, pos_weight, mask, options, out
     )
     loss_out, grad_out = out if out is not None else (None, None)
-    plain = pos_weight is None and mask is None and options == Options()
     per_sample, grad, counted, _ = _compute(rows, shape, checked, options, True, native, kernel_checks, plain, grad_out)
     assert grad is not None  # need_grad=True always returns one; not a user-input check
     loss = _reduce(per_sample, checked, counted, rows.x.dtype)
@@ -547,14 +568,13 @@ def loss_and_grad_reporting_target(
     Returns:
         True when a target lies outside [0, 1] or is NaN (then the results are those of the bad values).
     """
-    rows, shape, checked, native, kernel_checks = _prepare(
+    rows, shape, checked, native, kernel_checks, plain = _prepare(
         input, target, weight, reduction, False, pos_weight, mask, options, out, report_target=True
     )
     bad = False
     if not kernel_checks:  # the kernel does not look here (float64's plain loss, the chunked path, a sparse target)
         values = rows.y.values if isinstance(rows.y, SparseTargets) else rows.y
         bad = values is not None and values.size > 0 and not (values.min() >= 0 and values.max() <= 1)
-    plain = pos_weight is None and mask is None and options == Options()
     per_sample, _, counted, flagged = _compute(rows, shape, checked, options, need_grad, native, False, plain, out[1])
     out[0][...] = _reduce(per_sample, checked, counted, rows.x.dtype)
     return bool(bad or (kernel_checks and flagged))
