@@ -333,8 +333,10 @@ class MultiLabelSoftMarginLoss(_LossOptionAttributes, _WeightedLoss):
     assigned later, and takes its own assignments (``scripted.gamma_neg = 3.0``, ``scripted.reduction = "sum"``;
     checked at its next call; ``options``, a Python object, is none of its attributes: assign the four). It saves with
     ``torch.jit.save``; ``torch.jit.load`` needs ``import softmargin.torch`` first, which registers the operator.
-    Forward-mode AD (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``) needs the eager module: through
-    the operator torch drops the tangent (a zero or None tangent, without an error).
+    ``torch.jit.trace`` records the options, reduction and ``validate`` as constants: an assignment to a traced module
+    sets a Python attribute only (as for torch's traced losses); trace again. Forward-mode AD (``torch.func.jvp``,
+    ``jacfwd``, ``torch.autograd.forward_ad``) needs the eager module: through the operator torch drops the tangent
+    (a zero or None tangent, without an error).
 
     Example:
         >>> import torch
