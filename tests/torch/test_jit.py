@@ -157,10 +157,34 @@ def test_the_options_a_module_had_when_scripted_are_the_scripted_modules():
     assert not torch.equal(scripted(x, y), module(x, y))
 
 
+@pytest.mark.parametrize("option, value", [("label_smoothing", 0.2), ("gamma_pos", 1.0), ("gamma_neg", 3.0), ("clip", 0.05)])
+def test_an_option_assigned_to_the_scripted_module_takes_effect_there(option, value, tmp_path):
+    """``scripted.gamma_neg = 3.0`` changes what the scripted module computes, as the assignment does on the eager
+    module and as ``scripted.reduction = "sum"`` does, also on a module saved and loaded; a bad value is refused at the
+    next call, naming the option. (Before, the options reached the compiled code as one tuple attribute: the
+    assignment set a Python attribute that read back 3.0 while the loss stayed the plain one, silently.)"""
+    x, y = _batch((6, 5), torch.float64)
+    weight = torch.tensor([0.5, 2.0, 1.5, 1.0, 0.25], dtype=torch.float64)
+    expected = st.MultiLabelSoftMarginLoss(weight=weight, **{option: value})
+    scripted = torch.jit.script(st.MultiLabelSoftMarginLoss(weight=weight))
+    torch.jit.save(scripted, str(tmp_path / "loss.pt"))
+    for candidate in (scripted, torch.jit.load(str(tmp_path / "loss.pt"))):
+        setattr(candidate, option, value)
+        assert getattr(candidate, option) == value
+        loss, grad = _loss_and_grad(candidate, x, y)
+        expected_loss, expected_grad = _loss_and_grad(expected, x, y)
+        assert torch.equal(loss, expected_loss)
+        assert torch.equal(grad, expected_grad)
+        assert not torch.equal(loss, _loss_and_grad(st.MultiLabelSoftMarginLoss(weight=weight), x, y)[0])
+        setattr(candidate, option, 1.5 if option in ("label_smoothing", "clip") else -1.0)
+        with _raises(rf"ValueError: {option}=(1.5|-1.0)"):
+            candidate(x, y)
+
+
 def test_options_assigned_before_scripting_or_pickled_before_this_change_are_scripted():
     """An option assigned to the module (``loss_fn.gamma_neg = 3.0``, ``loss_fn.options = ...``) is what the scripted
-    module computes; so is a module unpickled from before scripting was supported (its state holds no
-    ``_option_values``)."""
+    module computes; so is a module unpickled from before scripting was supported (its state holds ``_options``
+    alone) or from when the scripted module read the options as one tuple, ``_option_values``."""
     x, y = _batch((6, 5), torch.float64)
     expected = st.MultiLabelSoftMarginLoss(gamma_neg=3.0, clip=0.05)
     assigned = st.MultiLabelSoftMarginLoss(gamma_neg=1.0)
@@ -168,11 +192,14 @@ def test_options_assigned_before_scripting_or_pickled_before_this_change_are_scr
     assigned.clip = 0.05
     replaced = st.MultiLabelSoftMarginLoss()
     replaced.options = st.LossOptions(gamma_neg=3.0, clip=0.05)
-    state = expected.__getstate__()
-    del state["_option_values"]
-    unpickled = st.MultiLabelSoftMarginLoss.__new__(st.MultiLabelSoftMarginLoss)
-    unpickled.__setstate__(state)
-    for module in (assigned, replaced, unpickled):
+    unpickled = []
+    for stale in ({}, {"_option_values": (0.0, 0.0, 3.0, 0.05)}):
+        state = {key: value for key, value in expected.__getstate__().items() if key not in _OPTION_NAMES}
+        module = st.MultiLabelSoftMarginLoss.__new__(st.MultiLabelSoftMarginLoss)
+        module.__setstate__({**state, **stale})
+        assert "_option_values" not in vars(module)
+        unpickled.append(module)
+    for module in (assigned, replaced, *unpickled):
         assert torch.equal(torch.jit.script(module)(x, y), expected(x, y))
 
 

@@ -276,10 +276,10 @@ class _LossOptionAttributes:
     if TYPE_CHECKING:  # for type checkers only: TorchScript reads a module class's annotations, and these strings
         # (from __future__ import annotations) failed torch.jit.script with "Unknown type annotation: 'str'"
         _options: LossOptions
-        _option_values: tuple[float, float, float, float]
         reduction: str
 
-    #: not compiled by TorchScript (a LossOptions is no TorchScript type): a scripted module reads _option_values
+    #: not compiled by TorchScript (a LossOptions is no TorchScript type): a scripted module has the four options as
+    #: float attributes of these names instead (the options setter says how)
     __jit_unused_properties__ = ["options", *_OPTION_FIELDS]
 
     @property
@@ -291,7 +291,11 @@ class _LossOptionAttributes:
     def options(self, value: LossOptions | None) -> None:
         options = resolve(value, 0.0, 0.0, 0.0, 0.0, api="torch")
         self._options = options
-        self._option_values = _option_values(options)
+        # the four values also in the instance's __dict__ under their own names: eager code never sees them there (the
+        # properties, data descriptors, come first), but torch.jit.script makes them float attributes of the scripted
+        # module, which its forward reads, so that `scripted.gamma_neg = 3.0` takes effect there as `reduction` does
+        # (read from one tuple attribute, the assignment set a Python attribute that the compiled code never read)
+        self.__dict__.update(zip(_OPTION_FIELDS, _option_values(options)))
 
     label_smoothing = _option_attribute("label_smoothing")
     gamma_pos = _option_attribute("gamma_pos")
@@ -306,13 +310,13 @@ class _LossOptionAttributes:
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "options" in state:  # pickled when options was an ordinary attribute
             state["_options"] = state.pop("options")
-        if "_option_values" not in state:  # pickled before a scripted module read them
-            state["_option_values"] = _option_values(state["_options"])
+        state.pop("_option_values", None)  # the scripted module's options as one tuple (3 Dec 2026)
+        state.update(zip(_OPTION_FIELDS, _option_values(state["_options"])))  # the scripted module's attributes
         super().__setstate__(state)  # type: ignore[misc]
 
 
 def _option_values(options: LossOptions) -> tuple[float, float, float, float]:
-    """The options as four floats, which TorchScript can hold (the operator's arguments)."""
+    """The options as four floats, which TorchScript can hold (the operator's arguments), in ``_OPTION_FIELDS``' order."""
     return (options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip)
 
 
@@ -325,8 +329,14 @@ class MultiLabelSoftMarginLoss(_LossOptionAttributes, _WeightedLoss):
 
     ``torch.jit.script`` compiles it, alone or inside a scripted model, to the operator with the same values and
     gradients as eager, for dense targets (sparse ones and label lists are read in Python: eager calls only). The
-    scripted module keeps the options and reduction it had when scripted and saves with ``torch.jit.save``;
-    ``torch.jit.load`` needs ``import softmargin.torch`` first, which registers the operator.
+    scripted module is a copy: it keeps the options and reduction it had when scripted, whatever the eager module is
+    assigned later, and takes its own assignments (``scripted.gamma_neg = 3.0``, ``scripted.reduction = "sum"``;
+    checked at its next call; ``options``, a Python object, is none of its attributes: assign the four). It saves with
+    ``torch.jit.save``; ``torch.jit.load`` needs ``import softmargin.torch`` first, which registers the operator.
+    ``torch.jit.trace`` records the options, reduction and ``validate`` as constants: an assignment to a traced module
+    sets a Python attribute only (as for torch's traced losses); trace again. Forward-mode AD (``torch.func.jvp``,
+    ``jacfwd``, ``torch.autograd.forward_ad``) needs the eager module: through the operator torch drops the tangent
+    (a zero or None tangent, without an error).
 
     Example:
         >>> import torch
@@ -366,7 +376,8 @@ class MultiLabelSoftMarginLoss(_LossOptionAttributes, _WeightedLoss):
     def forward(self, input: Tensor, target: Any, mask: Tensor | None = None) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript compiles this branch alone: the operator, the same results as below
             return script_loss(
-                input, target, self.weight, self.pos_weight, mask, self._option_values, self.reduction, self.validate
+                input, target, self.weight, self.pos_weight, mask,
+                (self.label_smoothing, self.gamma_pos, self.gamma_neg, self.clip), self.reduction, self.validate,
             )
         weight, pos_weight = self.weight, self.pos_weight
         if (pos_weight is not None or (weight is not None and weight.requires_grad)) and not (
