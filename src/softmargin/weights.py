@@ -12,6 +12,7 @@ ValueError naming ``targets``, whatever the input family.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, Literal
 
@@ -35,6 +36,12 @@ def _check_labels(name: str, shape: tuple[int, ...], low: float, high: float) ->
         raise ValueError(f"{name} holds NaN: {expected}")
     if not (0 <= low and high <= 1):
         raise ValueError(f"{name} has values from {low:g} to {high:g}: {expected}")
+
+
+def _is_number(value: object) -> bool:
+    """A real Python or NumPy scalar, not a bool (``max_weight=True`` would be a cap of 1) nor an array or tensor (an
+    array's comparison is ambiguous, a tensor's turns the result into a tensor)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _counts(targets: Any, name: str = "targets") -> tuple[NDArray[np.float64], int, Any]:
@@ -76,6 +83,9 @@ def _counts(targets: Any, name: str = "targets") -> tuple[NDArray[np.float64], i
         if len(targets.shape) != 2:
             raise ValueError(f"{name}.shape == {targets.shape}: expected a 2-D label matrix (N, C)")
         csr = targets.tocsr()
+        if not csr.has_canonical_format:  # a cell stored twice holds the sum (scipy's toarray, tocoo): check and count that
+            csr = csr.copy()  # tocsr() of a CSR matrix is the caller's own matrix: never summed in place
+            csr.sum_duplicates()
         stored = np.asarray(csr.data)  # the explicit values; the implicit ones are 0
         if stored.dtype.kind not in "biuf":
             raise TypeError(f"{name} has dtype {stored.dtype}: expected numbers or booleans")
@@ -140,6 +150,8 @@ def class_weights(targets: Any, method: Method = "inverse", beta: float = 0.999,
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not valid: expected one of {', '.join(map(repr, METHODS))}")
+    if not _is_number(beta):
+        raise TypeError(f"beta={beta!r} is a {type(beta).__name__}: expected a number in [0, 1)")
     if not 0 <= beta < 1:
         raise ValueError(f"beta={beta!r} is outside [0, 1): expected 0 <= beta < 1")
     n_pos, num_samples, wrap = _counts(targets)
@@ -169,6 +181,8 @@ def pos_weight(targets: Any, max_weight: float | None = None) -> Any:
         Weights > 0 of shape (C,), to pass as ``pos_weight=`` to the loss. A class whose every example is positive
         gets a tiny positive weight (``n_neg`` is taken as at least 1e-3) rather than 0, which the loss rejects.
     """
+    if max_weight is not None and not _is_number(max_weight):
+        raise TypeError(f"max_weight={max_weight!r} is a {type(max_weight).__name__}: expected a number > 0, or None for no bound")
     if max_weight is not None and not max_weight > 0:
         raise ValueError(f"max_weight={max_weight!r}: expected a number > 0, or None for no bound")
     n_pos, num_samples, wrap = _counts(targets)

@@ -220,3 +220,50 @@ def test_a_float32_scipy_sparse_matrix_is_counted_in_float64():
         warnings.simplefilter("ignore", UserWarning)  # column 1 has no positive
         np.testing.assert_allclose(softmargin.pos_weight(soft)[0], (n - n_pos[0]) / n_pos[0], rtol=1e-12)
         np.testing.assert_allclose(softmargin.class_weights(soft, normalize=False)[0], n / (2 * n_pos[0]), rtol=1e-12)
+
+
+def test_a_scipy_csr_matrix_with_duplicate_entries_is_checked_as_summed():
+    """A CSR matrix built from (data, indices, indptr) may store one cell twice; scipy (toarray, tocoo, sum) adds the
+    two up. 0.6 stored twice in a cell is 1.2, refused as a COO matrix, a torch tensor and the dense matrix are; it was
+    counted as 1.2 positives without a word (pos_weight 0.667 where no 0/1 or soft label matrix gives it)."""
+    sp = pytest.importorskip("scipy.sparse")
+    data, indices, indptr = np.array([0.6, 0.6, 1.0]), np.array([0, 0, 1]), np.array([0, 2, 3])
+    duplicated = sp.csr_matrix((data, indices, indptr), shape=(2, 2))
+    assert not duplicated.has_canonical_format and duplicated.toarray()[0, 0] == pytest.approx(1.2)
+    for function in (softmargin.class_weights, softmargin.pos_weight):
+        with pytest.raises(ValueError, match=r"targets has values from 0 to 1\.2: expected labels in \[0, 1\]"):
+            function(duplicated)
+    assert duplicated.data.tolist() == [0.6, 0.6, 1.0]  # the caller's matrix is left as it was
+    # duplicates within [0, 1] are counted once summed: 0.25 + 0.25 is one half positive, as in the dense matrix
+    halves = sp.csr_matrix((np.array([0.25, 0.25, 1.0]), indices, indptr), shape=(2, 2))
+    dense = halves.toarray()
+    n_pos, n = dense.sum(0), len(dense)
+    np.testing.assert_allclose(softmargin.pos_weight(halves), (n - n_pos) / n_pos, rtol=1e-12)
+    np.testing.assert_allclose(softmargin.class_weights(halves, normalize=False), n / (2 * n_pos), rtol=1e-12)
+    assert halves.data.tolist() == [0.25, 0.25, 1.0]
+    # a boolean matrix's duplicates are one True, as scipy's toarray() has them (not two positives)
+    flags = sp.csr_matrix((np.array([True, True, True]), indices, indptr), shape=(2, 2))
+    np.testing.assert_allclose(softmargin.pos_weight(flags), [1.0, 1.0])  # one positive, one negative per column
+
+
+@pytest.mark.parametrize(("argument", "value"), [
+    ("max_weight", "10"), ("max_weight", True), ("max_weight", np.array([1.0, 2.0])), ("max_weight", "torch"),
+    ("beta", "0.9"), ("beta", None), ("beta", np.array([0.9])),
+])  # fmt: skip
+def test_options_that_are_not_numbers_are_refused_by_name(argument, value):
+    """max_weight="10" and beta="0.9" were raw "'>' not supported between 'str' and 'int'", an array max_weight
+    numpy's "truth value ... is ambiguous", max_weight=True a cap of 1, and a 0-d torch tensor max_weight turned the
+    NumPy result into a float64 torch tensor."""
+    if isinstance(value, str) and value == "torch":
+        value = pytest.importorskip("torch").tensor(2.0)
+    labels = LABELS[:, :3]
+    expected = {"max_weight": "expected a number > 0, or None for no bound", "beta": r"expected a number in \[0, 1\)"}
+    with pytest.raises(TypeError, match=rf"{argument}=.* is a \w+: {expected[argument]}"):
+        if argument == "max_weight":
+            softmargin.pos_weight(labels, max_weight=value)
+        else:
+            softmargin.class_weights(labels, "effective_number", beta=value)
+    # NumPy scalars are numbers (columns 1 and 2: one and two positives of five)
+    reference = (5 - N_POS[1:3]) / N_POS[1:3]
+    np.testing.assert_allclose(softmargin.pos_weight(LABELS[:, 1:3], max_weight=np.float32(2.0)), np.minimum(reference, 2.0))
+    assert type(softmargin.pos_weight(LABELS[:, 1:3], max_weight=np.int64(2))) is np.ndarray
