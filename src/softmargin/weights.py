@@ -1,7 +1,9 @@
 """Per-class weights computed from a label matrix, for imbalanced multi-label data.
 
 Both functions take a label matrix of shape (N, C) with values in [0, 1] (soft labels count fractionally) as a NumPy
-array, a torch tensor (dense, or sparse: COO, CSR, CSC) or a scipy.sparse matrix, and never densify a sparse one. They return a NumPy float64 array of
+array, a torch tensor (dense, or sparse: COO, CSR, CSC) or a scipy.sparse matrix (a cell stored twice holds the sum,
+as scipy reads it), and never densify a sparse one; anything else NumPy reads (a JAX array, bfloat16 included, a list,
+a DataFrame) is counted as a NumPy array. They return a NumPy float64 array of
 shape (C,), or a float32 torch tensor on the labels' device when given a tensor. A label with no positive example
 gets a warning and is counted as having exactly one (``n_pos = 1``; for ``pos_weight`` that is ``N / 1``, one more
 than a label with one positive gets, its ``n_neg`` being ``N``, not ``N - 1``): never inf or NaN. Labels
@@ -20,6 +22,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = ["class_weights", "pos_weight"]
+
+#: Elements per block of rows when a dense torch label matrix is counted in float64.
+_BLOCK = 1 << 22
 
 Method = Literal["inverse", "sqrt_inverse", "effective_number"]
 METHODS = ("inverse", "sqrt_inverse", "effective_number")
@@ -70,10 +75,15 @@ def _counts(targets: Any, name: str = "targets") -> tuple[NDArray[np.float64], i
             counts = torch.zeros(array.shape[1], dtype=torch.float64, device=stored.device)
             n_pos = counts.index_add_(0, columns, stored).cpu().numpy()
         else:
-            values = array.double()
-            low, high = (float(v) for v in values.aminmax()) if values.numel() else (0.0, 0.0)
+            # amin/amax read the labels in their own dtype (NaN propagates); the float64 sums go a block of rows at a
+            # time: a float64 copy of the whole matrix (sum(dtype=float64) makes one too) is 8x a bool one, on the GPU
+            low, high = (float(array.amin()), float(array.amax())) if array.numel() else (0.0, 0.0)
             _check_labels(name, tuple(array.shape), low, high)
-            n_pos = values.sum(0).cpu().numpy()
+            rows = max(1, _BLOCK // max(1, array.shape[1]))
+            sums = torch.zeros(array.shape[1], dtype=torch.float64, device=device)
+            for block in array.split(rows):
+                sums += block.sum(0, dtype=torch.float64)
+            n_pos = sums.cpu().numpy()
 
         def wrap(result: NDArray[np.float64]) -> Any:
             return torch.as_tensor(result, dtype=torch.float32, device=device)
@@ -98,6 +108,8 @@ def _counts(targets: Any, name: str = "targets") -> tuple[NDArray[np.float64], i
         n_pos = np.bincount(csr.indices, weights=stored.astype(np.float64, copy=False), minlength=int(targets.shape[1]))
         return n_pos.astype(np.float64, copy=False), int(targets.shape[0]), lambda r: r
     array = np.asarray(targets)
+    if array.dtype.type.__module__ == "ml_dtypes":  # bfloat16, float8 (JAX's): numbers NumPy does not class as floats
+        array = array.astype(np.float32)  # exact: float32 holds every one of their values
     if array.ndim != 2:
         raise ValueError(f"{name}.shape == {array.shape}: expected a 2-D label matrix (N, C)")
     if array.dtype.kind not in "biuf":
@@ -131,7 +143,8 @@ def class_weights(targets: Any, method: Method = "inverse", beta: float = 0.999,
       square root of frequencies for the same purpose);
     - ``"effective_number"``: :math:`w_c = (1 - \beta) / (1 - \beta^{n_c})`, the inverse "effective number of
       samples" of Cui et al., "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019. ``beta`` in
-      [0, 1): 0 gives equal weights, ``beta -> 1`` approaches ``"inverse"``.
+      [0, 1): 0 gives equal weights, ``beta -> 1`` approaches ``1 / n_c``, hence
+      ``"inverse"`` up to a common factor (the same weights once normalized).
 
     Args:
         targets: label matrix (N, C) with values in [0, 1]: NumPy array, torch tensor or scipy.sparse matrix.
