@@ -177,13 +177,15 @@ def seen_in_training(train: D.Dataset, test: D.Dataset) -> int:
     labels (duplicate samples in the data). The model was trained on such a row, so metrics on it are not held out.
     (Features alone coincide often without any duplication: 871 of delicious' 3,185 test rows have a training row's
     500 binary features, 63 its labels too.)"""
-    def keys(data: D.Dataset, labelled: bool) -> list[bytes]:
-        features = _row_keys(data.X)
-        return [f + y for f, y in zip(features, _row_keys(sp.csr_matrix(data.Y)))] if labelled else features
-
     labelled = train.Y is not None and test.Y is not None
-    known = set(keys(train, labelled))
-    return sum(key in known for key in keys(test, labelled))
+    known = set(_sample_keys(train, labelled))
+    return sum(key in known for key in _sample_keys(test, labelled))
+
+
+def _sample_keys(data: D.Dataset, labelled: bool) -> list[bytes]:
+    """Each row's key for :func:`seen_in_training`: its features' digest, followed by its labels' where ``labelled``."""
+    features = _row_keys(data.X)
+    return [f + y for f, y in zip(features, _row_keys(sp.csr_matrix(data.Y)))] if labelled else features
 
 
 def _warn_seen(count: int, tested: int, where: str) -> None:
@@ -288,7 +290,12 @@ def _cross_validate(
         raise ValueError(f"--cv {folds}: the data has only {len(data)} samples")
     splits = list(KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(data))))
     if folder is not None:  # the writer (rank 0 of a torchrun job) alone says it
-        seen = sum(seen_in_training(data.subset(train_index), data.subset(test_index)) for train_index, test_index in splits)
+        # each row's key once (a row's key is the same in any subset), not each fold's two subsets copied and hashed
+        keys = _sample_keys(data, data.Y is not None)
+        seen = 0
+        for train_index, test_index in splits:
+            known = {keys[i] for i in train_index}
+            seen += sum(keys[i] in known for i in test_index)
         _warn_seen(seen, len(data), f"--cv {folds} (each fold's test rows against its training part)")
     results = []
     for i, (train_index, test_index) in enumerate(splits):
