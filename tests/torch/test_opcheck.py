@@ -206,3 +206,29 @@ def test_operator_checks_its_operands_dtypes_and_shapes(operands, error, message
     if operands.keys() <= {"y", "w", "pw", "mask"}:  # the public API, for the same operands, says the same
         with pytest.raises(error, match=message):
             st.multilabel_soft_margin_loss(args["x"], args["y"], args["w"], pos_weight=args["pw"], mask=args["mask"])
+
+
+def test_triton_operator_forward_mode_and_func_grad(monkeypatch):
+    """The Triton operator has the operator's own Autograd kernel too: forward-mode tangents and torch.func.grad of a
+    direct call, equal to ``loss_rows``'s (through the interpreter on CPU tensors)."""
+    pytest.importorskip("triton")
+    from helpers import use_backend
+
+    from softmargin.torch import _ops
+
+    use_backend("triton", monkeypatch)
+    op = _ops.ensure_triton_op()
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    y = (torch.rand(4, 6, generator=gen) < 0.4).double()
+    tangent = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+
+    def per_sample(operator):
+        return lambda a: operator(a, y, None, None, None, None, None, None, 0.1, 0.0, 2.0, 0.05, False, False)[0]
+
+    triton_jvp = torch.func.jvp(per_sample(op), (x,), (tangent,))
+    plain_jvp = torch.func.jvp(per_sample(torch.ops.softmargin.loss_rows), (x,), (tangent,))
+    torch.testing.assert_close(triton_jvp, plain_jvp, rtol=1e-12, atol=1e-14)
+    assert triton_jvp[1].abs().max() > 1e-3
+    grads = [torch.func.grad(lambda a, f=f: per_sample(f)(a).sum())(x) for f in (op, torch.ops.softmargin.loss_rows)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-14)

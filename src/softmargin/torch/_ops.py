@@ -15,7 +15,8 @@ the incoming per-sample gradient, forward-mode AD sums ``grad * tangent`` over t
 
 It is registered the way the ecosystem does it (``torch.library.custom_op``): a fake implementation (FakeTensor,
 meta, ``torch.compile``, ``torch.export``), autograd (with ``setup_context``; second derivatives through a
-differentiable formula), a vmap rule (the batch folded into the rows) and an autocast rule for CUDA. Nothing in
+differentiable formula; forward mode and ``torch.func`` transforms through its own Autograd kernel, as
+``register_autograd`` gives reverse mode only: :func:`_register_forward_ad`), a vmap rule (the batch folded into the rows) and an autocast rule for CUDA. Nothing in
 traced code touches pointers, thread counts, files or caches: the backends (``_backends.py``) run inside the
 operator, on real tensors.
 
@@ -404,10 +405,166 @@ def _operator_for(x: Tensor) -> Any:
 
 
 def _register_rules(op: Any, name: str) -> None:
-    """Autograd, vmap and CUDA autocast rules, the same for both registrations of the operator."""
+    """Autograd (reverse and forward mode), vmap and CUDA autocast rules, the same for both registrations of the
+    operator."""
     op.register_autograd(_backward, setup_context=_setup_context)
+    _register_forward_ad(op)
     torch.library.register_vmap(name, _vmap)
     torch.library.register_autocast(name, "cuda", torch.float32)
+
+
+# ---- forward mode and torch.func transforms of the operator itself -------------------------------------------------
+#
+# ``register_autograd`` gives a custom operator reverse mode through ``torch.autograd`` only: its Autograd kernel
+# passes an operand's forward-mode tangent by, silently (torch.func.jvp of a scripted or traced module, of a direct
+# call, or inside torch.compile, gave a tangent of 0; forward_ad dual tensors came back without one), and refuses
+# torch.func.grad ("... must override the setup_context staticmethod"). The eager public API has its own
+# autograd.Function (:class:`_EagerLoss`); the operator gets the same here: its Autograd kernel is replaced by one
+# that hands such calls to an autograd.Function with ``setup_context`` and ``jvp`` and every other call to torch's
+# own kernel, unchanged. It leans on torch's functorch internals; where a torch lacks them, torch's kernel stays.
+
+try:
+    _JVP, _GRAD = torch._C._functorch.TransformType.Jvp, torch._C._functorch.TransformType.Grad
+    _LAYER_FRONT_BACK = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode) | (
+        torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerBackMode)
+    )
+    #: the keys functorch excludes while a transform's layer runs an operator (DynamicLayer.cpp,
+    #: keysToExcludeWhenEnteringDynamicLayer), given back to the layer below
+    _LAYER_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode)
+    for _key in ("FuncTorchBatched", "FuncTorchVmapMode", "FuncTorchGradWrapper", "Functionalize", "PythonTLSSnapshot"):
+        _LAYER_KEYS = _LAYER_KEYS | torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, _key))
+    _FUNCTORCH_INTERNALS = hasattr(torch._C, "_ForceDispatchKeyGuard") and hasattr(torch._C, "_AutoDispatchBelowAutograd")
+except AttributeError:  # pragma: no cover - another torch's internals
+    _FUNCTORCH_INTERNALS = False
+
+
+def _has_tangent(t: Any) -> bool:
+    return isinstance(t, Tensor) and _forward_ad.unpack_dual(t).tangent is not None
+
+
+def _jvp_rows(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | None, pw_t: Tensor | None) -> Tensor | None:
+    """The tangent of the per-sample losses from the operands' tangents. ``ctx`` holds ``options``, ``extras``
+    (pos_weight, a mask or a sparse target: only the input is differentiable then) and, saved for forward,
+    ``(x, y, weight, grad)`` with ``grad`` the operator's Jacobian."""
+    x, y, weight, grad = ctx.saved_tensors
+    # as in reverse mode (the public API refuses target/weight/pos_weight requiring grad there): these formulas
+    # are the plain loss's, which would silently drop the mask and pos_weight
+    for name, t in (("target", y_t), ("weight", w_t), ("pos_weight", pw_t)):
+        if t is not None and (name == "pos_weight" or ctx.extras or ctx.options != PLAIN or y is None):
+            raise ValueError(
+                f"{name} has a forward-mode tangent, but with pos_weight, mask, label_smoothing, asymmetric "
+                f"focusing or sparse targets only input is differentiable; pass {name}.detach()"
+            )
+    tangent: Tensor | None = None
+    if x_t is not None:
+        tangent = (grad.to(B.compute_dtype(x.dtype)) * x_t).sum(-1)
+    if y_t is not None or w_t is not None:
+        scale = 1.0 / x.shape[-1]
+        if y_t is not None:
+            term = -x * y_t * scale
+            term = term if weight is None else torch.where(weight == 0, 0.0, term * weight)
+            tangent = term.sum(-1) if tangent is None else tangent + term.sum(-1)
+        if w_t is not None:  # in the wider dtype, as the weight's gradient in input_grads
+            wide = _wide_dtype(x.dtype, w_t.dtype)
+            element_loss, _ = element_loss_and_grad(x.to(wide), y.to(wide), torch, need_grad=False)
+            term = (element_loss * w_t.to(wide) * scale).sum(-1)
+            tangent = term if tangent is None else tangent + term
+    return tangent
+
+
+def _register_forward_ad(op: Any) -> None:
+    """Replace ``op``'s Autograd kernel (made by ``register_autograd``) with one that also carries forward-mode
+    tangents (``torch.autograd.forward_ad`` dual tensors, ``torch.func.jvp`` / ``jacfwd`` / ``hessian``) and takes
+    ``torch.func.grad`` / ``jacrev``, eager or inside ``torch.compile``."""
+    import warnings
+
+    try:
+        from torch._functorch.utils import enable_single_level_autograd_function
+        from torch._library.autograd import make_autograd_impl
+    except ImportError:  # pragma: no cover - another torch's internals: torch's kernel stays
+        return
+    if not _FUNCTORCH_INTERNALS:  # pragma: no cover
+        return
+    reverse_only = make_autograd_impl(op._opoverload, op)
+    overload = op._opoverload
+
+    def forward(*args: Any) -> tuple[Tensor, Tensor, Tensor]:
+        # the operator below autograd, with its Jacobian (the tangent is made of it) whether asked for or not
+        with torch._C._AutoDispatchBelowAutograd():
+            return overload(*args[:12], True, args[13])  # type: ignore[no-any-return]
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+        _, grad, counted = output
+        ctx.mark_non_differentiable(grad, counted)
+        ctx.set_materialize_grads(False)
+        _setup_context(ctx, inputs, output)  # reverse mode, as torch's kernel: refuses what backward cannot do
+        x, y, weight, pos_weight, mask, indptr = inputs[:6]
+        ctx.extras = pos_weight is not None or mask is not None or indptr is not None
+        ctx.save_for_forward(x, y, weight, grad)
+
+    def backward(ctx: Any, grad_per_sample: Tensor | None, _grad: Any, _counted: Any) -> tuple[Tensor | None, ...]:
+        if grad_per_sample is None:
+            return (None,) * 14
+        return _backward(ctx, grad_per_sample, _grad, _counted)
+
+    def jvp(ctx: Any, x_t: Any, y_t: Any, w_t: Any, pw_t: Any, _m: Any, _ip: Any, _ix: Any, values_t: Any,
+            *_: Any) -> tuple[Tensor | None, None, None]:  # fmt: skip
+        if values_t is not None:
+            raise ValueError(
+                "values has a forward-mode tangent, but torch.ops.softmargin.loss_rows never differentiates a sparse "
+                "target; pass values.detach()"
+            )
+        return _jvp_rows(ctx, x_t, y_t, w_t, pw_t), None, None
+
+    rules = {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+             "backward": staticmethod(backward), "jvp": staticmethod(jvp)}  # fmt: skip
+    function: Any = type(f"{op._name}_forward_ad", (torch.autograd.Function,), rules)
+    single_level: Any = type(f"{op._name}_forward_ad_level", (torch.autograd.function._SingleLevelFunction,), {
+        **rules, "forward": staticmethod(lambda *args: _at_level_below(overload, *args))
+    })  # fmt: skip
+
+    def kernel(keyset: Any, *args: Any) -> Any:
+        interpreter = torch._C._functorch.peek_interpreter_stack()
+        if interpreter is None:
+            if _forward_ad._current_level < 0 or not any(_has_tangent(t) for t in args[:8]):
+                return reverse_only(keyset, *args)
+            per_sample, grad, counted = function.apply(*args)
+        elif interpreter.key() == _JVP or (
+            interpreter.key() == _GRAD and torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
+        ):  # a torch.func transform's tensors (torch's kernel refuses them: its autograd.Function has no setup_context;
+            # and no operator may run here to look for a tangent): its level unwrapped, the operator run a level
+            # below, as torch does for an autograd.Function
+            with enable_single_level_autograd_function():
+                per_sample, grad, counted = single_level.apply(*args)
+        else:
+            return reverse_only(keyset, *args)
+        return per_sample, (grad if args[12] else grad.new_empty(0)), counted
+
+    with warnings.catch_warnings():  # torch warns of the kernel it replaces, its own
+        warnings.simplefilter("ignore")
+        op._lib.impl(op._name, kernel, "Autograd", with_keyset=True)
+
+
+def _at_level_below(overload: Any, *args: Any) -> Any:
+    """The operator on a torch.func transform's operands unwrapped, run in the transform below (what
+    ``torch._functorch.autograd_function`` does for an autograd.Function), with its Jacobian; outputs wrapped again."""
+    from torch._C._functorch import _unwrap_for_grad, _wrap_for_grad
+    from torch._functorch.autograd_function import wrap_outputs_maintaining_identity
+    from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+
+    interpreter = retrieve_current_functorch_interpreter()
+    level = interpreter.level()
+    unwrapped = tuple(_unwrap_for_grad(a, level) if isinstance(a, Tensor) else a for a in args)
+    # the dispatch state of the transforms' callers, which the operator's Autograd kernel runs without (the transforms'
+    # own keys excluded: functorch restores it for the layer below, as here)
+    exclude = torch._C._dispatch_tls_local_exclude_set() - _LAYER_KEYS
+    include = torch._C._dispatch_tls_local_include_set()
+    with torch.enable_grad(), _forward_ad._set_fwd_grad_enabled(True), interpreter.lower():
+        if torch._C._functorch.peek_interpreter_stack() is None:  # no transform below: none of their keys
+            include = include - _LAYER_FRONT_BACK
+        with torch._C._ForceDispatchKeyGuard(include, exclude):
+            output = overload(*unwrapped[:12], True, unwrapped[13])
+    return wrap_outputs_maintaining_identity(output, unwrapped, args, lambda t: _wrap_for_grad(t, level))
 
 
 _register_rules(loss_rows, "softmargin::loss_rows")
@@ -524,30 +681,7 @@ class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | None, pw_t: Tensor | None,
             *_: Any) -> tuple[Any, ...]:  # fmt: skip
-        x, y, weight, grad = ctx.saved_tensors
-        # as in reverse mode (the public API refuses target/weight/pos_weight requiring grad there): these formulas
-        # are the plain loss's, which would silently drop the mask and pos_weight
-        for name, t in (("target", y_t), ("weight", w_t), ("pos_weight", pw_t)):
-            if t is not None and (name == "pos_weight" or ctx.extras or ctx.options != PLAIN or y is None):
-                raise ValueError(
-                    f"{name} has a forward-mode tangent, but with pos_weight, mask, label_smoothing, asymmetric "
-                    f"focusing or sparse targets only input is differentiable; pass {name}.detach()"
-                )
-        tangent: Tensor | None = None
-        if x_t is not None:
-            tangent = (grad.to(B.compute_dtype(x.dtype)) * x_t).sum(-1)
-        if y_t is not None or w_t is not None:
-            scale = 1.0 / x.shape[-1]
-            if y_t is not None:
-                term = -x * y_t * scale
-                term = term if weight is None else torch.where(weight == 0, 0.0, term * weight)
-                tangent = term.sum(-1) if tangent is None else tangent + term.sum(-1)
-            if w_t is not None:  # in the wider dtype, as the weight's gradient in input_grads
-                wide = _wide_dtype(x.dtype, w_t.dtype)
-                element_loss, _ = element_loss_and_grad(x.to(wide), y.to(wide), torch, need_grad=False)
-                term = (element_loss * w_t.to(wide) * scale).sum(-1)
-                tangent = term if tangent is None else tangent + term
-        return tangent, None, None
+        return _jvp_rows(ctx, x_t, y_t, w_t, pw_t), None, None
 
 
 class _EagerReducedLoss(torch.autograd.Function):
@@ -805,7 +939,7 @@ def _total(per_sample: Tensor) -> Tensor:
     """The per-sample losses summed in float64: on the CPU in order, first to last (a cumulative sum's last element),
     as the kernel library's reduced call sums them (:class:`_PlainLoss`), so that every eager path gives the same
     bits; elsewhere, and under ``torch.compile``, by ``sum``."""
-    if per_sample.device.type == "cpu" and per_sample.numel() and not torch.compiler.is_compiling():
+    if per_sample.device.type == "cpu" and _numel(per_sample) and not torch.compiler.is_compiling():
         return per_sample.reshape(-1).cumsum(0, dtype=torch.float64)[-1]
     return per_sample.sum(dtype=torch.float64)
 
@@ -818,11 +952,22 @@ def reduce(per_sample: Tensor, counted: Tensor, reduction: str, masked: bool, dt
     total = _total(per_sample)
     if reduction == "sum":
         return total.to(dtype)
-    if per_sample.numel() == 0:
+    if _numel(per_sample) == 0:
         return (total * math.nan).to(dtype)
     if masked:
         return (total / counted.clamp_min(1.0)).to(dtype)
-    return (total / per_sample.numel()).to(dtype)
+    return (total / _numel(per_sample)).to(dtype)
+
+
+def _numel(t: Tensor) -> int:
+    """``t.numel()``; in TorchScript the product of its sizes: there ``numel`` is an operator, which ``vmap`` has no
+    rule for (``torch.func.vmap`` of a scripted loss failed), where sizes are the batched tensor's own."""
+    if torch.jit.is_scripting():
+        count = 1
+        for size in t.shape:
+            count *= size
+        return count
+    return t.numel()
 
 
 def script_loss(
