@@ -872,3 +872,28 @@ def test_a_measuring_process_past_its_timeout_is_an_error_row_not_the_end_of_the
     """subprocess.TimeoutExpired went up through the command as a traceback, and every row measured before it was
     lost (the CSV is written at the end)."""
     assert bench._in_fresh_process("time.sleep(30)", "time", 1, timeout=1) == {"error": "timed out after 1 s"}
+
+
+def test_option_costs_time_each_option_against_what_torch_writes_for_it():
+    """Each option's torch anchor computes the same loss as softmargin's option (a mask: over all observed elements
+    rather than per sample, the same when every row observes as many), and the run reports it beside the option."""
+    import torch
+
+    from softmargin.torch import multilabel_soft_margin_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, generator=gen), (torch.rand(6, 4, generator=gen) < 0.4).float()
+    per_class = torch.rand(4, generator=gen) + 0.5
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    mask[:, 1] = False  # every row observes 3 labels
+    for name, case in bench.OPTION_CASES.items():
+        kwargs = {k: per_class if v == "class" else mask if v == "full" else v for k, v in case.items()}
+        anchor = bench._torch_option_anchor(name, kwargs)
+        assert (anchor is None) == ("gamma_neg" in case)  # focusing: torch has no loss for it
+        if anchor is None:
+            continue
+        torch.testing.assert_close(anchor(x, y), multilabel_soft_margin_loss(x, y, **kwargs), rtol=1e-6, atol=1e-7)
+    rows = bench.option_costs([(8, 5)], repeat=1, threads=1)
+    with_anchor = {row["option"] for row in rows if "x_torch" in row}
+    assert with_anchor == {"plain", "weight (C,)", "pos_weight (C,)", "mask (N, C)", "label_smoothing=0.1"}
+    assert all(row["x_torch"] == pytest.approx(row["median_ms"] / row["torch_ms"]) for row in rows if "x_torch" in row)

@@ -607,12 +607,37 @@ OPTION_CASES: dict[str, dict[str, str | float]] = {
 }
 
 
+def _torch_option_anchor(name: str, kwargs: dict[str, Any]) -> Any:
+    """What a torch user writes for the option ``name`` with torch's own losses (the same values, up to the mean's
+    denominator for a mask), or None where torch has no loss for it (focusing): the anchor each option is timed
+    against in the same run."""
+    import torch.nn.functional as F
+
+    if name in ("plain", "weight (C,)"):
+        return lambda x, y: F.multilabel_soft_margin_loss(x, y, kwargs.get("weight"))
+    if name.startswith("pos_weight"):
+        return lambda x, y: F.binary_cross_entropy_with_logits(x, y, pos_weight=kwargs["pos_weight"])
+    if name.startswith("mask"):
+        mask = kwargs["mask"]
+        observed = mask.sum()
+
+        def masked(x: Any, y: Any) -> Any:
+            return (F.binary_cross_entropy_with_logits(x, y, reduction="none") * mask).sum() / observed
+
+        return masked
+    if name.startswith("label_smoothing"):
+        eps = kwargs["label_smoothing"]
+        return lambda x, y: F.multilabel_soft_margin_loss(x, y * (1 - eps) + eps / 2)
+    return None
+
+
 def option_costs(
     shapes: Sequence[Sequence[int]] = ((4096, 2000),), dtypes: Sequence[str] = ("float32",), repeat: int = 15,
     threads: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Forward+backward time of each loss option against the plain loss, for every (shape, dtype), in this process
-    (time only), on ``threads`` torch threads (default: the CPUs available)."""
+    """Forward+backward time of each loss option against the plain loss, and against what a torch user writes for
+    it with torch's own losses (``torch_ms``, ``x_torch``: softmargin's time over torch's; none for focusing), for
+    every (shape, dtype), in this process (time only), on ``threads`` torch threads (default: the CPUs available)."""
     check_options(repeat, threads)
     import torch
 
@@ -640,9 +665,19 @@ def option_costs(
                     x.grad = None
                     multilabel_soft_margin_loss(x, y, **kwargs).backward()
 
+                anchor = _torch_option_anchor(name, kwargs)
+
+                def torch_step(anchor: Any = anchor, x: Any = x, y: Any = y) -> None:
+                    x.grad = None
+                    anchor(x, y).backward()
+
                 try:
-                    times = call_times(step, repeat, warmup=2)
-                    group.append({"option": name, **base, "median_ms": 1e3 * median(times)})
+                    ours_ms = 1e3 * median(call_times(step, repeat, warmup=2))
+                    row: dict[str, Any] = {"option": name, **base, "median_ms": ours_ms}
+                    if anchor is not None:
+                        torch_ms = 1e3 * median(call_times(torch_step, repeat, warmup=2))
+                        row.update(torch_ms=torch_ms, x_torch=ours_ms / torch_ms)
+                    group.append(row)
                 except Exception as error:
                     group.append({"option": name, **base, "error": f"{type(error).__name__}: {error}".splitlines()[0]})
             plain = group[0].get("median_ms")

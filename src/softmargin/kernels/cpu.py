@@ -33,7 +33,7 @@ from typing import Any
 from softmargin.kernels import build
 
 #: The ABI this loader speaks (``SOFTMARGIN_ABI_VERSION`` in csrc/softmargin.h).
-ABI_VERSION = 5
+ABI_VERSION = 6
 #: Element types in code order (``enum softmargin_dtype``; checked against the library's ``softmargin_dtype_names``).
 DTYPES = ("float32", "float64", "float16", "bfloat16", "uint8")
 #: Input dtypes whose plain-loss row functions check the target's range as they read it (the options' row functions
@@ -97,6 +97,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.softmargin_fused.restype = ctypes.c_int
     lib.softmargin_reduced.argtypes = [ctypes.POINTER(FusedArgs), _i32, _i32, _i32, _i32, _i32, _ptr, ctypes.c_char_p, _i64]
     lib.softmargin_reduced.restype = ctypes.c_int
+    lib.softmargin_reduced_options.argtypes = [
+        ctypes.POINTER(FusedArgs), _i32, _i32, _i32, _i32, _ptr, ctypes.POINTER(_f64), ctypes.c_char_p, _i64,
+    ]
+    lib.softmargin_reduced_options.restype = ctypes.c_int
     lib.softmargin_scale.argtypes = [_ptr, _i32, _i64, _ptr, _i32, _f64, _i32]
     lib.softmargin_scale.restype = ctypes.c_int
     lib.softmargin_count_rows.argtypes = [_ptr, _i64, _i64, _ptr, ctypes.c_int]
@@ -293,6 +297,56 @@ def reduced(
         lib.softmargin_reduced(ctypes.byref(args), weight_type, per_sample_type, result_type, reduction, check, result, message, len(message))
         _raise(status, message.value)
     return status
+
+
+def reduced_options(
+    xtype: int,
+    ytype: int,
+    x: int,
+    y: int,
+    weight: int | None,
+    pos_weight: int | None,
+    mask: tuple[int | None, int],
+    num_rows: int,
+    num_classes: int,
+    options: tuple[float, float, float, float],
+    grad: int | None,
+    num_threads: int,
+    per_sample_type: int,
+    result_type: int,
+    reduction: int,
+    check: bool,
+    result: int,
+) -> tuple[int, float]:
+    """The loss with options (pos_weight, a mask, label smoothing, asymmetric focusing) of a contiguous (num_rows,
+    num_classes) problem reduced over the batch, written to ``result``, and its per-sample Jacobian to ``grad``; see
+    ``softmargin_reduced_options`` in csrc/softmargin.h. ``weight`` and ``pos_weight`` are one row each in the
+    kernel's weight type (float64 for a float64 input, else float32) or None; ``mask`` is (pointer or None, row step
+    0 or num_classes); ``options`` is (label_smoothing, gamma_pos, gamma_neg, clip). Returns (status, the number of
+    samples that count in a mean): the status 0, or, with ``check``, a target outside [0, 1] or a weight out of its
+    range, or 3 (declined: a row the general path computes otherwise); nothing reliable is written unless it is 0.
+
+    Raises:
+        KernelArgumentError: the kernel rejected the arguments.
+    """
+    lib = kernel()
+    assert lib is not None, "reduced_options() called without a kernel; check kernel() first"
+    args = FusedArgs(
+        xtype, ytype, x, y, weight, 0, pos_weight, 0, mask[0], mask[1], num_rows, num_classes, 0.0, None, 1,
+        *options, None, grad, num_threads, None, None, None,
+    )  # fmt: skip
+    counted = _f64(0.0)
+    status: int = lib.softmargin_reduced_options(
+        ctypes.byref(args), per_sample_type, result_type, reduction, check, result, ctypes.byref(counted), None, 0
+    )
+    if status < 0:
+        message = ctypes.create_string_buffer(256)
+        lib.softmargin_reduced_options(
+            ctypes.byref(args), per_sample_type, result_type, reduction, check, result, ctypes.byref(counted),
+            message, len(message),
+        )  # fmt: skip
+        _raise(status, message.value)
+    return status, counted.value
 
 
 @functools.cache

@@ -32,6 +32,7 @@ from ._ops import (
     dtype_kind,
     ensure_dtensor_sharding,
     ensure_triton_op,
+    options_loss,
     plain_loss,
     promoted_dtype,
     script_loss,
@@ -249,6 +250,10 @@ def multilabel_soft_margin_loss(
         return torch.jit.script(script_loss)(  # type: ignore[no-any-return]
             input, target, weight, pos_weight, mask, _option_values(resolved), reduction, validate
         )
+    if pos_weight is not None or mask is not None or resolved != PLAIN:
+        fast = options_loss(input, target, weight, pos_weight, mask, resolved, reduction, validate)
+        if fast is not None:
+            return fast
     return compute(_problem(input, target, weight, reduction, validate, pos_weight, mask, resolved))
 
 

@@ -17,10 +17,10 @@ backend    where                                       what
 =========  ==========================================  =================================================
 
 ``auto`` (the default) takes the first that applies; ``SOFTMARGIN_BACKEND=cpu|triton|torch`` forces one, and
-asking for one that cannot run on the given tensors is an error, not a silent fallback. One eager call skips this
-table: the plain loss of a contiguous (N, C) CPU batch reduced to its mean or sum, when ``cpu`` would run it, goes
-straight to the kernel library (``_ops._PlainLoss``, bitwise the same results; ``SOFTMARGIN_BACKEND=torch`` or
-``triton`` still decides).
+asking for one that cannot run on the given tensors is an error, not a silent fallback. Two eager calls skip this
+table: the loss of a contiguous (N, C) CPU batch reduced to its mean or sum, plain or with options (one-row weights, a
+mask), when ``cpu`` would run it, goes straight to the kernel library (``_ops._PlainLoss``, ``_ops._OptionsLoss``,
+bitwise the same results; ``SOFTMARGIN_BACKEND=torch`` or ``triton`` still decides).
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ copy; it gives bitwise the same results as the operator (tested), which everythi
 the plain loss of a contiguous (N, C) batch reduced to its mean or sum, takes a leaner one still,
 :class:`_PlainLoss` (:func:`plain_loss` says when): one kernel call computes the gradient, the rows' losses and
 their reduction, and backward scales the gradient in place, with the operator's arithmetic in the operator's order
-(the rows summed in order on the CPU: :func:`_total`), so again bitwise the same (tested). Forward-mode AD and
+(the rows summed in order on the CPU: :func:`_total`), so again bitwise the same (tested); calls with options
+(pos_weight, a mask, label smoothing, focusing) take :class:`_OptionsLoss` (:func:`options_loss`), the same with the
+rows' divisors from the mask. Forward-mode AD and
 ``torch.func`` transforms in eager mode go through :class:`_EagerLoss`, which has ``jvp`` and ``setup_context``.
 """
 
@@ -748,6 +750,7 @@ _PLAIN_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bflo
 _FLOAT32 = torch.float32
 _BYTE_TARGETS = (torch.uint8, torch.bool)
 _HALVES = (torch.float16, torch.bfloat16)
+_BOOL = torch.bool
 _REDUCTIONS = {"mean": 1, "sum": 2}
 #: A 0-dim CPU tensor per dtype code, never written: empty_like of it allocates the result (0.3 us less than
 #: new_empty(())). Made here, once: no call's tensor (fake, meta, functional, a subclass) can land in it.
@@ -788,26 +791,88 @@ class _PlainLoss(torch.autograd.Function):
             ctx.save_for_backward(x, y, weight, None, None, None, None, None)
             per_sample_dtype = torch.float64 if code == 1 else _FLOAT32  # B.per_sample_dtype for these operands
             ctx.grad, ctx.options, ctx.reduction, ctx.per_sample = grad, PLAIN, reduction, ((num_rows,), per_sample_dtype)
+            ctx.divisor = float(num_rows) if reduction == "mean" else 1.0
         return result
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grad = ctx.grad
-        code = _PLAIN_CODES.get(grad_output.dtype)
-        if (
-            grad is None or code is None or torch.is_grad_enabled() or ctx.needs_input_grad[1]
-            or type(grad_output) is not Tensor or not grad_output.is_cpu or _batched(grad_output)
-        ):  # fmt: skip
-            return _EagerReducedLoss.backward(ctx, grad_output)[:5]
-        ctx.grad = None  # handed over: autograd makes this very tensor input.grad
-        divisor = float(grad.shape[0]) if ctx.reduction == "mean" else 1.0
-        arguments = (
-            grad.data_ptr(), _PLAIN_CODES[grad.dtype], grad.numel(), grad_output.data_ptr(), code, divisor,
-            torch.get_num_threads(),
+        return (*_reduced_backward(ctx, grad_output), None, None)
+
+
+def _reduced_backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+    """The backward of :class:`_PlainLoss` and :class:`_OptionsLoss`: the gradient computed in forward scaled in
+    place by the incoming one over ``ctx.divisor`` (``softmargin_scale``), as :class:`_EagerReducedLoss`'s backward
+    computes it with torch's operations, which anything unusual takes. Gradients of (input, target, weight)."""
+    grad = ctx.grad
+    code = _PLAIN_CODES.get(grad_output.dtype)
+    if (
+        grad is None or code is None or torch.is_grad_enabled() or ctx.needs_input_grad[1]
+        or type(grad_output) is not Tensor or not grad_output.is_cpu or _batched(grad_output)
+    ):  # fmt: skip
+        return _EagerReducedLoss.backward(ctx, grad_output)[:3]
+    ctx.grad = None  # handed over: autograd makes this very tensor input.grad
+    arguments = (
+        grad.data_ptr(), _PLAIN_CODES[grad.dtype], grad.numel(), grad_output.data_ptr(), code, ctx.divisor,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if (cpu.fastcall() or cpu).scale(*arguments):
+        cpu.scale(*arguments)  # raises, with the reason
+    return grad, None, None
+
+
+class _OptionsLoss(torch.autograd.Function):
+    """:class:`_PlainLoss` for the common eager call with options: pos_weight and the weight one row each, a mask of
+    the input's shape or one row, label smoothing, asymmetric focusing. One kernel call (``softmargin_reduced_options``)
+    computes the gradient, the rows' losses over their divisors and their reduction, with the operator's path's
+    arithmetic in its order (:func:`_native`, ``row_bookkeeping``, :func:`reduce`), so the results are bitwise the same
+    (tested); :func:`options_loss` says when. A row the general path computes otherwise (a pos_weight term beyond
+    float32) or a bad value declines the call: the general path then runs (and raises its message)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        y: Tensor,
+        weight: Tensor | None,
+        pos_weight: Tensor | None,
+        mask: Tensor | None,
+        options: LossOptions,
+        reduction: str,
+        check: bool,
+    ) -> Tensor:
+        num_rows, num_classes = x.shape
+        code = _PLAIN_CODES[x.dtype]
+        y_code = 4 if y.dtype in _BYTE_TARGETS else code if y.dtype is x.dtype else 0
+        result_code = 0 if y_code == 0 else code
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(x) if need_grad else None
+        result = torch.empty_like(_SCALARS[result_code])
+        # the weights in the kernel's type: float32 for a float16/bfloat16 input (exactly, as the operator's path)
+        w = weight if weight is None or code < 2 else weight.float()
+        pw = pos_weight if pos_weight is None or code < 2 else pos_weight.float()
+        status, counted = cpu.reduced_options(
+            code, y_code, x.data_ptr(), y.data_ptr(), None if w is None else w.data_ptr(),
+            None if pw is None else pw.data_ptr(),
+            (None, 0) if mask is None else (mask.data_ptr(), 0 if mask.dim() == 1 else num_classes),
+            num_rows, num_classes, (options.label_smoothing, options.gamma_pos, options.gamma_neg, options.clip),
+            None if grad is None else grad.data_ptr(), torch.get_num_threads(), 1 if code == 1 else 0, result_code,
+            _REDUCTIONS[reduction], check, result.data_ptr(),
         )  # fmt: skip
-        if (cpu.fastcall() or cpu).scale(*arguments):
-            cpu.scale(*arguments)  # raises, with the reason
-        return grad, None, None, None, None
+        if status:
+            raise _Declined
+        if need_grad:
+            ctx.save_for_backward(x, y, weight, pos_weight, mask, None, None, None)
+            per_sample_dtype = torch.float64 if code == 1 else _FLOAT32  # B.per_sample_dtype for these operands
+            ctx.grad, ctx.options, ctx.reduction, ctx.per_sample = grad, options, reduction, ((num_rows,), per_sample_dtype)
+            masked_mean = mask is not None and reduction == "mean"
+            ctx.divisor = max(counted, 1.0) if masked_mean else float(num_rows) if reduction == "mean" else 1.0
+            if mask is not None:  # for _EagerReducedLoss's backward, which anything unusual takes
+                ctx.counted = torch.tensor(counted, dtype=torch.float64)
+        return result
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        return (*_reduced_backward(ctx, grad_output), None, None, None, None, None)
 
 
 _Parameter = torch.nn.Parameter
@@ -840,24 +905,22 @@ except AttributeError:  # pragma: no cover - another Python's os.environ
 try:  # Function.apply without its Python wrapper, whose work (functorch transforms, their escaped wrappers) the
     # checks below rule out: a small call notices its 2-3 microseconds
     _plain_apply: Any = torch._C._FunctionBase.__dict__["apply"].__get__(None, _PlainLoss)
+    _options_apply: Any = torch._C._FunctionBase.__dict__["apply"].__get__(None, _OptionsLoss)
 except (AttributeError, KeyError):  # pragma: no cover - another torch's internals
     _plain_apply = _PlainLoss.apply
+    _options_apply = _OptionsLoss.apply
 
 
-def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str, check: bool) -> Tensor | None:
-    """The loss by :class:`_PlainLoss` when the call is one it takes (checked here, cheapest first), else None:
-    ordinary contiguous CPU tensors of shape (N, C), of a float dtype, a target of the input's dtype, uint8 or
-    bool (or float32 for a float16/bfloat16 input: mixed precision's usual pair) that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
-    nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
-    A bad target or weight value also answers None: the general path then raises its message."""
+def _fast_batch(input: Tensor, target: Any, reduction: str) -> bool:
+    """Whether the batch is one the kernel library reduces (:func:`plain_loss`), cheapest checks first."""
     if (
         _is_compiling() or _tracing()
         or (type(input) is not Tensor and type(input) is not _Parameter) or type(target) is not Tensor
     ):  # fmt: skip
-        return None  # compiling first: dynamo folds it to a constant and traces nothing below (nor does
+        return False  # compiling first: dynamo folds it to a constant and traces nothing below (nor does
         # torch.jit.trace, which would freeze the checks below into the trace)
     dtype = input.dtype
-    if (
+    return not (
         dtype not in _PLAIN_CODES or reduction not in _REDUCTIONS
         or (
             target.dtype is not dtype and target.dtype not in _BYTE_TARGETS
@@ -866,22 +929,73 @@ def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str
         or input.layout is not _STRIDED or target.layout is not _STRIDED
         or input.dim() != 2 or target.shape != input.shape or not input.is_cpu or not target.is_cpu
         or not input.is_contiguous() or not target.is_contiguous() or target.requires_grad or input.numel() == 0
-    ):  # fmt: skip
-        return None
-    if weight is not None and (
-        (type(weight) is not Tensor and type(weight) is not _Parameter) or weight.dtype is not dtype
-        or weight.layout is not _STRIDED or weight.shape != input.shape[1:] or not weight.is_cpu
-        or not weight.is_contiguous() or weight.requires_grad or _wrapped(weight)
-    ):  # fmt: skip
-        return None
-    if (
+    )  # fmt: skip
+
+
+def _fast_row(value: Any, input: Tensor) -> bool:
+    """Whether a weight (or pos_weight) is one row the kernel library reads: (C,), the input's dtype, no gradient."""
+    return not (
+        (type(value) is not Tensor and type(value) is not _Parameter) or value.dtype is not input.dtype
+        or value.layout is not _STRIDED or value.shape != input.shape[1:] or not value.is_cpu
+        or not value.is_contiguous() or value.requires_grad or _wrapped(value)
+    )  # fmt: skip
+
+
+def _untouched(input: Tensor, target: Tensor) -> bool:
+    """Whether nothing traces or intercepts the call, the kernel library is loaded and SOFTMARGIN_BACKEND allows it."""
+    return not (
         _interpreter() is not None or _dispatch_modes() or _function_modes()
         or _forward_ad._current_level >= 0 or _wrapped(input) or _wrapped(target) or cpu.kernel() is None
         or (_backend_set() and B.requested_backend() not in ("auto", "cpu"))
-    ):  # fmt: skip
+    )  # fmt: skip
+
+
+def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str, check: bool) -> Tensor | None:
+    """The loss by :class:`_PlainLoss` when the call is one it takes (checked here, cheapest first), else None:
+    ordinary contiguous CPU tensors of shape (N, C), of a float dtype, a target of the input's dtype, uint8 or
+    bool (or float32 for a float16/bfloat16 input: mixed precision's usual pair) that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
+    nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
+    A bad target or weight value also answers None: the general path then raises its message."""
+    if not _fast_batch(input, target, reduction) or (weight is not None and not _fast_row(weight, input)):
+        return None
+    if not _untouched(input, target):
         return None
     try:
         loss: Tensor = _plain_apply(input, target, weight, reduction, check)
+    except _Declined:
+        return None
+    return loss
+
+
+def options_loss(
+    input: Tensor,
+    target: Any,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    mask: Tensor | None,
+    options: LossOptions,
+    reduction: str,
+    check: bool,
+) -> Tensor | None:
+    """The loss by :class:`_OptionsLoss` when the call is one it takes, else None: what :func:`plain_loss` takes,
+    with pos_weight None or a (C,) tensor like the weight, and a bool mask of the input's shape or (C,) (or neither,
+    with options)."""
+    if (
+        not _fast_batch(input, target, reduction)
+        or (weight is not None and not _fast_row(weight, input))
+        or (pos_weight is not None and not _fast_row(pos_weight, input))
+    ):  # fmt: skip
+        return None
+    if mask is not None and (
+        type(mask) is not Tensor or mask.dtype is not _BOOL or mask.layout is not _STRIDED
+        or (mask.shape != input.shape and mask.shape != input.shape[1:]) or not mask.is_cpu
+        or not mask.is_contiguous() or _wrapped(mask)
+    ):  # fmt: skip
+        return None
+    if not _untouched(input, target):
+        return None
+    try:
+        loss: Tensor = _options_apply(input, target, weight, pos_weight, mask, options, reduction, check)
     except _Declined:
         return None
     return loss

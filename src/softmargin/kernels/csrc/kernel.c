@@ -396,6 +396,16 @@ static int weights_ok(const void *weight, int xtype, int64_t C) {
 
 #define SMALL 256 /* rows (and classes) whose buffers live on the stack */
 
+/* A reduced loss written in result_type; torch converts float64 to float16/bfloat16 through float32, as here. */
+static void write_result(void *result, int32_t result_type, double total) {
+    switch (result_type) {
+    case SM_F32: *(float *)result = (float)total; break;
+    case SM_F64: *(double *)result = total; break;
+    case SM_F16: *(_Float16 *)result = f32_to_f16((float)total); break;
+    default: *(uint16_t *)result = f32_to_bf16((float)total); break;
+    }
+}
+
 static int reduced(const softmargin_args *args, int32_t weight_type, int32_t per_sample_type, int32_t result_type,
                    int32_t reduction, int32_t check, void *result, char *message, int64_t message_size);
 
@@ -482,15 +492,142 @@ static int reduced(const softmargin_args *args, int32_t weight_type, int32_t per
         for (int64_t r = 0; r < N; r++) /* in order: as reduce()'s cumsum */
             total += per_sample_type == SM_F32 ? (double)(float)(rows[r] / (double)C) : rows[r] / (double)C;
         if (reduction == 1) total = total / (double)N;
-        switch (result_type) { /* torch converts float64 to float16/bfloat16 through float32, as here */
-        case SM_F32: *(float *)result = (float)total; break;
-        case SM_F64: *(double *)result = total; break;
-        case SM_F16: *(_Float16 *)result = f32_to_f16((float)total); break;
-        default: *(uint16_t *)result = f32_to_bf16((float)total); break;
-        }
+        write_result(result, result_type, total);
     }
     if (rows != small_rows) free(rows);
     if (ones != small_ones) free(ones);
+    return status;
+}
+
+static int reduced_options(const softmargin_args *args, int32_t per_sample_type, int32_t result_type,
+                           int32_t reduction, int32_t check, void *result, double *counted, char *message,
+                           int64_t message_size);
+
+int softmargin_reduced_options(const softmargin_args *args, int32_t per_sample_type, int32_t result_type,
+                               int32_t reduction, int32_t check, void *result, double *counted, char *message,
+                               int64_t message_size) {
+    const sm_fpmode mode = sm_fp_enter();
+    const int status = reduced_options(args, per_sample_type, result_type, reduction, check, result, counted,
+                                       message, message_size);
+    sm_fp_leave(mode);
+    return status;
+}
+
+/* A weight row's values are finite and > 0 (pos_weight's range). */
+static int positive_ok(const void *weight, int xtype, int64_t C) {
+    if (xtype == SM_F64) {
+        const double *w = weight;
+        for (int64_t c = 0; c < C; c++)
+            if (!(w[c] > 0 && w[c] <= DBL_MAX)) return 0;
+    } else {
+        const float *w = weight;
+        for (int64_t c = 0; c < C; c++)
+            if (!(w[c] > 0 && w[c] <= FLT_MAX)) return 0;
+    }
+    return 1;
+}
+
+static int reduced_options(const softmargin_args *args, int32_t per_sample_type, int32_t result_type,
+                           int32_t reduction, int32_t check, void *result, double *counted, char *message,
+                           int64_t message_size) {
+    if (!args) REJECT(SM_ERR_NULL, "args is NULL");
+    if (args->out) REJECT(SM_ERR_ARGUMENT, "out is not NULL (the row sums live in the call's own buffer)");
+    if (args->row_scale) REJECT(SM_ERR_ARGUMENT, "row_scale is not NULL (the call sets each row's scale)");
+    if (args->options != 1) REJECT(SM_ERR_ARGUMENT, "options is not 1 (the plain loss is softmargin_reduced's)");
+    if (args->sparse_indptr || !args->y) REJECT(SM_ERR_ARGUMENT, "y is NULL or the target sparse (a dense y only)");
+    if (args->weight_row_step || args->pos_weight_row_step)
+        REJECT(SM_ERR_ARGUMENT, "weight_row_step or pos_weight_row_step is not 0 (one row each)");
+    if (args->xtype < SM_F32 || args->xtype > SM_BF16) REJECT(SM_ERR_DTYPE, "xtype is not a known input dtype code");
+    if (per_sample_type != (args->xtype == SM_F64 ? SM_F64 : SM_F32) && per_sample_type != SM_F64)
+        REJECT(SM_ERR_DTYPE, "per_sample_type is neither float32 (for a float32/16 input) nor float64");
+    if (result_type < SM_F32 || result_type > SM_BF16) REJECT(SM_ERR_DTYPE, "result_type is not a float dtype code");
+    if (reduction != 1 && reduction != 2) REJECT(SM_ERR_ARGUMENT, "reduction is neither 1 (mean) nor 2 (sum)");
+    if (!result || !counted) REJECT(SM_ERR_NULL, "result or counted is NULL");
+    const int64_t N = args->num_rows, C = args->num_classes;
+    if (N <= 0 || C <= 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is not positive");
+    if (!fits(N, C, 8)) REJECT(SM_ERR_SIZE, "num_rows * num_classes overflows");
+    if (args->mask_row_step != 0 && args->mask_row_step != C)
+        REJECT(SM_ERR_ARGUMENT, "mask_row_step is neither 0 (one row) nor num_classes (a row per sample)");
+    if (!args->x) REJECT(SM_ERR_NULL, "x is NULL");
+    const int64_t wsize = args->xtype == SM_F64 ? 8 : 4; /* weights in the kernel's type (the caller converts) */
+    if (check && ((args->weight && !weights_ok(args->weight, args->xtype, C)) ||
+                  (args->pos_weight && !positive_ok(args->pos_weight, args->xtype, C))))
+        return SM_WEIGHT_OUT_OF_RANGE;
+    const int per_row_mask = args->mask && args->mask_row_step == C;
+    double small_rows[SMALL], small_scales[SMALL];
+    int32_t small_counts[SMALL];
+    const int small = N <= SMALL || !per_row_mask;
+    double *rows = N <= SMALL ? small_rows : malloc((size_t)N * sizeof(double));
+    double *scales = small ? small_scales : malloc((size_t)N * sizeof(double));
+    int32_t *counts = small ? small_counts : malloc((size_t)N * sizeof(int32_t));
+    /* rows of ones for what the caller has none of: the weight and pos_weight (kernel type), the mask (bytes) */
+    unsigned char *ones = malloc((size_t)(2 * C * wsize + C));
+    if (!rows || !scales || !counts || !ones) {
+        if (rows != small_rows) free(rows);
+        if (scales != small_scales) free(scales);
+        if (counts != small_counts) free(counts);
+        free(ones);
+        REJECT(SM_ERR_SIZE, "out of memory for the row sums");
+    }
+    unsigned char *ones_mask = ones + 2 * C * wsize;
+    for (int64_t c = 0; c < C; c++) {
+        if (args->xtype == SM_F64) ((double *)ones)[c] = ((double *)ones)[C + c] = 1.0;
+        else ((float *)ones)[c] = ((float *)ones)[C + c] = 1.0f;
+        ones_mask[c] = 1;
+    }
+    softmargin_args s = *args;
+    if (!s.weight) s.weight = ones;
+    if (!s.pos_weight) s.pos_weight = ones + C * wsize;
+    if (!s.mask) {
+        s.mask = ones_mask;
+        s.mask_row_step = 0;
+    }
+    /* each row's divisor and gradient scale, as _chunks.row_bookkeeping (reduction "none"): without a mask C and
+       1 / C; with one, its observed labels and 1 / their count, or 0 for a row with none */
+    double count = (double)C, rows_counted = (double)N;
+    if (args->mask && !per_row_mask) {
+        int64_t k = 0;
+        for (int64_t c = 0; c < C; c++) k += args->mask[c] != 0;
+        count = (double)k;
+        rows_counted = k ? (double)N : 0.0;
+    }
+    if (per_row_mask) {
+        count_rows(args->mask, N, C, counts, s.num_threads);
+        rows_counted = 0;
+        for (int64_t r = 0; r < N; r++) {
+            scales[r] = counts[r] > 0 ? 1.0 / (double)counts[r] : 0.0;
+            rows_counted += counts[r] > 0;
+        }
+        s.row_scale = scales;
+    } else {
+        s.scale = count ? 1.0 / count : 0.0;
+    }
+    s.out = rows;
+    int status = softmargin_fused(&s, message, message_size);
+    if (status == SM_TARGET_OUT_OF_RANGE && !check) status = SM_OK; /* computed all the same; not asked to look */
+    if (status == SM_OK && args->pos_weight && args->xtype != SM_F64) {
+        /* pw * softplus(-x) formed in float32 may overflow where the row's mean does not: the general path
+           redoes such rows in float64 (_chunks.redo_overflowed_rows); leave them to it */
+        for (int64_t r = 0; r < N; r++)
+            if (isinf(rows[r])) status = SM_DECLINED;
+    }
+    if (status == SM_OK) {
+        double total = 0;
+        for (int64_t r = 0; r < N; r++) { /* in order: as reduce()'s cumsum */
+            const double k = per_row_mask ? (double)counts[r] : count; /* the row's divisor */
+            const int observed = k > 0;
+            double loss = observed || !args->mask ? rows[r] / k : 0.0;
+            if (per_sample_type == SM_F32) loss = (double)(float)loss;
+            total += loss;
+        }
+        if (reduction == 1) total = total / (args->mask ? (rows_counted > 1 ? rows_counted : 1.0) : (double)N);
+        write_result(result, result_type, total);
+        *counted = args->mask ? rows_counted : (double)N;
+    }
+    if (rows != small_rows) free(rows);
+    if (scales != small_scales) free(scales);
+    if (counts != small_counts) free(counts);
+    free(ones);
     return status;
 }
 

@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SOFTMARGIN_ABI_VERSION 5
+#define SOFTMARGIN_ABI_VERSION 6
 
 /* Element types. The names (softmargin_dtype_names) are numpy's and torch's. */
 enum softmargin_dtype { SM_F32 = 0, SM_F64 = 1, SM_F16 = 2, SM_BF16 = 3, SM_U8 = 4, SM_NUM_DTYPES = 5 };
@@ -24,6 +24,8 @@ enum softmargin_status {
     SM_OK = 0,
     SM_TARGET_OUT_OF_RANGE = 1, /* computed all the same; a row function saw a target outside [0, 1] or NaN */
     SM_WEIGHT_OUT_OF_RANGE = 2, /* softmargin_reduced: a weight is negative, infinite or NaN (nothing computed) */
+    SM_DECLINED = 3,            /* softmargin_reduced_options: a row the general path computes otherwise (nothing
+                                   reliable written: the caller runs that path) */
     SM_ERR_NULL = -1,           /* a pointer the call needs is NULL */
     SM_ERR_SIZE = -2,           /* a negative size or row step, or sizes whose product overflows */
     SM_ERR_DTYPE = -3,          /* an unknown dtype code, or an input/target pair the kernel has no loop for */
@@ -106,6 +108,23 @@ int softmargin_fused(const softmargin_args *args, char *message, int64_t message
  * float16/bfloat16 input, the input's own dtype, converted to float32 here (exactly, as torch's .to(float32)). */
 int softmargin_reduced(const softmargin_args *args, int32_t weight_type, int32_t per_sample_type, int32_t result_type,
                        int32_t reduction, int32_t check, void *result, char *message, int64_t message_size);
+/* The loss with options (options 1: pos_weight, a mask, label smoothing, asymmetric focusing) reduced over the
+ * batch, for the eager fast path of such calls (softmargin/torch/_ops.py, _OptionsLoss): args as for softmargin_fused
+ * with a dense y, except that out and row_scale must be NULL (the call's own buffers), the weight and pos_weight are
+ * one row (row step 0) in the kernel's weight type or NULL for ones, and the mask is NULL (no mask), one row (row step
+ * 0) or one per sample (row step num_classes). As the operator's path followed by torch's operations does (_native,
+ * row_bookkeeping, reduce() in _ops.py): each row's loss is its weighted sum over its divisor (num_classes; with a
+ * mask its observed labels, a row with none 0), rounded to per_sample_type; the rows summed in float64 in order;
+ * divided for reduction 1 (mean) by num_rows (with a mask: the rows with an observed label, at least 1); written to
+ * *result in result_type; *counted receives the rows that count in a mean (all, or those with an observed label).
+ * The gradient (each row's 1 / divisor times d loss / d x; 0 for a row with nothing observed) goes to grad when it
+ * is not NULL. check != 0 checks the weight (finite, >= 0) and pos_weight (finite, > 0) first
+ * (SM_WEIGHT_OUT_OF_RANGE, nothing computed) and the target's range (SM_TARGET_OUT_OF_RANGE). SM_DECLINED: with a
+ * pos_weight and a float32/float16/bfloat16 input a row's sum overflowed float32 (the general path redoes it in
+ * float64). */
+int softmargin_reduced_options(const softmargin_args *args, int32_t per_sample_type, int32_t result_type,
+                               int32_t reduction, int32_t check, void *result, double *counted, char *message,
+                               int64_t message_size);
 /* grad[i] *= s for i < n, s = (dtype)(per-sample type)((double)*factor / divisor): the backward of the reduced loss
  * (autograd's incoming gradient, read as factor_type, over the batch size for a mean), as the operator's path
  * computes it with torch's operations (float16/bfloat16: the product in float32, rounded once). Any float dtype. */
