@@ -414,3 +414,27 @@ def test_a_label_present_in_every_training_row_is_predicted_for_every_row_with_t
         predicted = SoftMarginClassifier(thresholds="tuned", random_state=0, **params).fit(features, Y).predict(features)
         np.testing.assert_array_equal(predicted[:, 4], 1)
         np.testing.assert_array_equal(predicted[:, 5], 0)
+
+
+@pytest.mark.parametrize("name", ["dropout", "lr", "weight_decay", "C", "valid_fraction", "pos_weight_max",
+                                  "rare_weight", "label_smoothing", "fbr", "min_threshold", "macro_weight",
+                                  "calibration_prior", "threshold", "epochs", "batch_size", "patience",
+                                  "rare_positives", "folds", "fbr_positives", "k", "ensemble", "seed", "threads"])  # fmt: skip
+@pytest.mark.parametrize("value", [True, "1"])
+def test_every_numeric_setting_refuses_a_bool_or_a_string_by_name(name, value):
+    """True passed every range check as 1 (C=True trained with C = 1; pos_weight_max=True was refused with the
+    message of another argument), a string failed with a TypeError from a comparison."""
+    from softmargin.app.train import TrainConfig
+
+    with pytest.raises(ValueError, match=rf"^{name}={value!r}: expected an? (positive )?(number|integer)"):
+        TrainConfig(**{name: value}).check()
+
+
+def test_an_integer_setting_refuses_a_float_and_pos_weight_a_number():
+    from softmargin.app.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"threads=2\.0: expected an integer or None"):
+        TrainConfig(threads=2.0).check()
+    with pytest.raises(ValueError, match=r"pos_weight=1: expected True or False"):
+        TrainConfig(pos_weight=1).check()
+    TrainConfig(C=None, threads=None, folds=None, macro_weight=None, pos_weight_max=None).check()

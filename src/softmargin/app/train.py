@@ -134,6 +134,20 @@ VALID_CHUNK_CELLS = 1 << 24
 FUSED_HEAD_FROM = 512
 
 
+def _is_number(value: Any) -> bool:
+    """A real number, not a bool (True would pass as 1) nor a string."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+#: TrainConfig's numeric fields, checked for their type before their range; the optional ones may be None.
+_NUMBER_FIELDS = ("dropout", "lr", "weight_decay", "C", "valid_fraction", "pos_weight_max", "rare_weight",
+                  "label_smoothing", "gamma_pos", "gamma_neg", "clip", "fbr", "min_threshold", "macro_weight",
+                  "calibration_prior", "threshold")  # fmt: skip
+_INTEGER_FIELDS = ("rare_positives", "folds", "fbr_positives", "k", "seed", "threads")  # (epochs, batch_size,
+# ensemble and patience: "expected a positive integer" below)
+_OPTIONAL_FIELDS = ("C", "pos_weight_max", "macro_weight", "folds", "fbr_positives", "threads")
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (saved as config.json)."""
@@ -190,11 +204,17 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
 
     def check(self) -> TrainConfig:
-        for name in ("lr", "valid_fraction", "dropout", "threshold", "fbr", "min_threshold", "label_smoothing",
-                     "gamma_pos", "gamma_neg", "clip"):  # fmt: skip
-            value = getattr(self, name)  # before the range checks, which would compare a str and fail unclearly
-            if not (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)):
-                raise ValueError(f"{name}={value!r}: expected a number")
+        # types before the range checks, which would compare a str and fail unclearly, or take True for 1
+        for name in _NUMBER_FIELDS:
+            value = getattr(self, name)
+            if not (value is None and name in _OPTIONAL_FIELDS) and not _is_number(value):
+                raise ValueError(f"{name}={value!r}: expected a number{' or None' if name in _OPTIONAL_FIELDS else ''}")
+        for name in _INTEGER_FIELDS:
+            value = getattr(self, name)
+            if not (value is None and name in _OPTIONAL_FIELDS) and not (_is_number(value) and isinstance(value, (int, np.integer))):
+                raise ValueError(f"{name}={value!r}: expected an integer{' or None' if name in _OPTIONAL_FIELDS else ''}")
+        if not isinstance(self.pos_weight, (bool, np.bool_)):
+            raise ValueError(f"pos_weight={self.pos_weight!r}: expected True or False")
         if self.model not in MODELS:
             raise ValueError(f"model={self.model!r}: expected one of {', '.join(MODELS)}")
         if self.class_weight not in CLASS_WEIGHTS:
