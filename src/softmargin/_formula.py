@@ -60,10 +60,11 @@ def element_loss_and_grad(x: Any, y: Any, xp: Any, *, need_grad: bool = True) ->
     NaN in ``x`` propagates to both outputs.
     """
     z = _exp_minus_abs(x, xp)  # in [0, 1]: the argument is never positive, so exp cannot overflow
-    margin = (1 - y) * xp.where(x >= 0, x, 0) + y * xp.where(x < 0, -x, 0)
-    # 0 * inf (a right prediction at infinity) is NaN in IEEE arithmetic; its limit is 0. A NaN logit still
-    # propagates through log1p(z) below, so this cannot hide one.
-    margin = xp.nan_to_num(margin, nan=0.0, posinf=float("inf"))
+    # 0 * inf (a right prediction at infinity) is NaN in IEEE arithmetic; its limit is 0: each term is 0 where its
+    # factor in y is (the Triton kernel's form). A NaN target stays NaN, as in torch's loss (nan_to_num of the sum
+    # turned it into 0: the loss of a NaN target was log1p(exp(-|x|)), silently, with validate=False); a NaN logit
+    # propagates through log1p(z) below.
+    margin = xp.where(y == 1, 0.0, (1 - y) * xp.where(x >= 0, x, 0)) + xp.where(y == 0, 0.0, y * xp.where(x < 0, -x, 0))
     loss = xp.log1p(z) + margin
     if not need_grad:
         return loss, None

@@ -151,3 +151,4 @@ def test_float32_logits_with_a_float64_weight_keep_a_loss_beyond_float32_range(r
     ours = st.multilabel_soft_margin_loss(x, y, w, reduction=reduction)
     assert ours.dtype == theirs.dtype == torch.float64 and torch.isfinite(ours).all()
     torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=0)
+

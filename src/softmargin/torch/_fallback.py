@@ -37,7 +37,6 @@ runs while a graph is traced: the backends run inside the operator, on real tens
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -279,7 +278,9 @@ def _element_loss(
     if s is not None:
         torch.addcmul(d, s, g, out=s)  # -dl/dx = d + g sigmoid(-|x|)
     if careful:
-        torch.mul(d, x, out=g).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)  # a NaN x: NaN in a already
+        # 0 * inf taken as 0 where d is 0 (a NaN x: NaN in a already; a NaN target: NaN, as in torch's loss, where
+        # nan_to_num made it 0)
+        torch.mul(d, x, out=g).masked_fill_(d == 0, 0.0)
         a.sub_(g)
     else:
         torch.addcmul(a, d, x, value=-1.0, out=a)  # l = log1p(exp(-|x|)) - d x: both terms >= 0, no cancellation
