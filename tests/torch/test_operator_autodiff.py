@@ -208,3 +208,36 @@ def test_func_transforms_inside_torch_compile(case, transform, backend):
     compiled = torch.compile(apply(lambda a: module(a, y, *mask_args)), fullgraph=True, backend=backend)
     _close(compiled(x, tangent), reference)
     assert reference.abs().max() > 1e-3
+
+
+def test_the_layer_below_runs_with_the_callers_dispatch_keys(monkeypatch):
+    """The operator run a transform's level below gets the dispatch keys its caller had: ZeroTensor, Conjugate,
+    Negative, Tracer and others that functorch excludes while a transform's layer runs stayed excluded there, so a
+    negative view (``torch._neg_view``) lost its sign under jvp (a loss off by 0.01), and torch's zero tangents
+    (ZeroTensor) met there by forward-mode formulas (jvp of jvp) crashed the process."""
+    import softmargin.torch._backends as backends
+
+    seen = []
+    compute = backends.loss_rows
+    full = torch._C._dispatch_keyset_full()
+
+    def spy(*args, **kwargs):  # the excluded keys' functionality bits (a key set's backend bits exclude nothing)
+        seen.append((full - (full - torch._C._dispatch_tls_local_exclude_set())).raw_repr())
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "loss_rows", spy)
+    module, mask, x, y, tangent = _case("plain", "sum")
+    f = _callers(module, mask, x, y)["direct"]
+    seen.clear()
+    f(x)
+    (outside,) = seen
+    for transform in (lambda: jvp(f, (x,), (tangent,)), lambda: grad(f)(x), lambda: jvp(grad(f), (x,), (tangent,)),
+                      lambda: vmap(grad(f))(torch.stack([x, -x])), lambda: jacfwd(jacfwd(f))(x)):  # fmt: skip
+        seen.clear()
+        transform()
+        assert seen and all(keys == outside for keys in seen), (seen, outside)
+    monkeypatch.undo()
+    negative = torch._neg_view(x)
+    torch_loss = lambda a: torch.nn.functional.multilabel_soft_margin_loss(a, y, reduction="sum")
+    for ours, reference in zip(jvp(f, (negative,), (tangent,)), jvp(torch_loss, (-x,), (tangent,))):
+        _close(ours, reference)

@@ -428,11 +428,19 @@ try:
     _LAYER_FRONT_BACK = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode) | (
         torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerBackMode)
     )
-    #: the keys functorch excludes while a transform's layer runs an operator (DynamicLayer.cpp,
-    #: keysToExcludeWhenEnteringDynamicLayer), given back to the layer below
-    _LAYER_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode)
-    for _key in ("FuncTorchBatched", "FuncTorchVmapMode", "FuncTorchGradWrapper", "Functionalize", "PythonTLSSnapshot"):
-        _LAYER_KEYS = _LAYER_KEYS | torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, _key))
+    #: the keys functorch excludes while a transform's layer runs an operator, given back to the layer below: every
+    #: key from DynamicLayerBackMode up to DynamicLayerFrontMode but autocast's (the caller's autocast state stays)
+    #: and FuncTorchVmapMode (DynamicLayer.cpp, get_all_dynlayer_keyset; autocast's keys lie between AutocastCPU and
+    #: FuncTorchBatched, some of them unnamed in Python). Five keys were listed here: ZeroTensor, Conjugate, Negative,
+    #: Tracer and others stayed excluded below, where a negative view lost its sign (a wrong loss under jvp)
+    _full_after = torch._C._dispatch_keyset_full_after
+    _AUTOCAST_KEYS = (_full_after("FuncTorchBatched") - _full_after("AutocastCPU")) | (
+        torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+    )
+    _LAYER_KEYS = (
+        _full_after("FuncTorchDynamicLayerFrontMode") - _full_after("FuncTorchDynamicLayerBackMode") - _AUTOCAST_KEYS
+        - torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchVmapMode)
+    ) | torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode)
     _FUNCTORCH_INTERNALS = hasattr(torch._C, "_ForceDispatchKeyGuard") and hasattr(torch._C, "_AutoDispatchBelowAutograd")
 except AttributeError:  # pragma: no cover - another torch's internals
     _FUNCTORCH_INTERNALS = False
