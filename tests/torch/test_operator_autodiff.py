@@ -340,6 +340,22 @@ def test_the_layer_below_runs_with_the_callers_dispatch_keys(monkeypatch):
         _close(ours, reference)
 
 
+@pytest.mark.parametrize("caller", ["eager", "scripted"])
+@pytest.mark.parametrize("transform", ["jacfwd", "hessian"])
+def test_transforms_of_an_empty_batch_as_torch(transform, caller):
+    """An empty batch's mean is NaN, as torch's; its Jacobian and Hessian are empty. The eager module multiplied the
+    empty sum by NaN, which torch's vmap fails on with no batch (jacfwd, hessian: 'select(): index 0 out of range')."""
+    module = st.MultiLabelSoftMarginLoss()
+    x, y = torch.randn(0, 5, dtype=torch.float64), torch.zeros(0, 5, dtype=torch.float64)
+    f = {"eager": module, "scripted": torch.jit.script(module)}[caller]
+    apply = {"jacfwd": jacfwd, "hessian": hessian}[transform]
+    ours = apply(lambda a: f(a, y))(x)
+    reference = apply(lambda a: torch.nn.functional.multilabel_soft_margin_loss(a, y))(x)
+    assert ours.shape == reference.shape and ours.dtype == reference.dtype
+    value, tangent = jvp(lambda a: f(a, y), (x,), (x,))
+    assert value.isnan() and tangent.isnan()
+
+
 @pytest.mark.parametrize("caller", ["eager", "direct"])
 @pytest.mark.parametrize(
     "derivative", ["jvp in target of jvp in input", "jvp in input of jvp in target", "grad in weight of jvp in input",

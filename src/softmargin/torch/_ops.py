@@ -1043,8 +1043,8 @@ def reduce(per_sample: Tensor, counted: Tensor, reduction: str, masked: bool, dt
     total = _total(per_sample)
     if reduction == "sum":
         return total.to(dtype)
-    if _numel(per_sample) == 0:
-        return (total * math.nan).to(dtype)
+    if _numel(per_sample) == 0:  # NaN, by an empty mean: total * nan failed under vmap with no batch (jacfwd, hessian)
+        return per_sample.mean(dtype=torch.float64).to(dtype)
     if masked:
         return (total / counted.clamp_min(1.0)).to(dtype)
     return (total / _numel(per_sample)).to(dtype)
