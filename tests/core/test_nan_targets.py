@@ -13,7 +13,6 @@ import softmargin.numpy as snp
 torch = pytest.importorskip("torch")
 import softmargin.torch as st
 
-
 _NAN_LOGITS = [0.0, 1.0, -1.0, 30.0, -30.0, math.inf, -math.inf]
 _NAN_OPTIONS = [{}, {"label_smoothing": 0.1}, {"pos_weight": True}, {"gamma_neg": 2.0, "clip": 0.05}]
 

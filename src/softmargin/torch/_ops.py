@@ -28,13 +28,16 @@ the plain loss of a contiguous (N, C) batch reduced to its mean or sum, takes a 
 their reduction, and backward scales the gradient in place, with the operator's arithmetic in the operator's order
 (the rows summed in order on the CPU: :func:`_total`), so again bitwise the same (tested); calls with options
 (pos_weight, a mask, label smoothing, focusing) take :class:`_OptionsLoss` (:func:`options_loss`), the same with the
-rows' divisors from the mask. Forward-mode AD and
-``torch.func`` transforms in eager mode go through :class:`_EagerLoss`, which has ``jvp`` and ``setup_context``.
+rows' divisors from the mask. Forward-mode AD (dual tensors) and unusual tensors in eager mode go through
+:class:`_EagerLoss`, which has ``jvp`` and ``setup_context``; ``torch.func`` transforms call the operator, whose own
+Autograd kernel takes them (:func:`_register_forward_ad`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from os import environ as _environ
 from typing import Any
@@ -217,8 +220,8 @@ def _loss_rows_fake(
 
 
 def _dense_target(y: Tensor | None, sparse: SparseTargets | None, like: Tensor) -> Tensor:
-    if sparse is None:
-        assert y is not None
+    """``y``; None (forward mode saves no CSR arrays) or ``sparse`` mean a sparse target: refused."""
+    if sparse is None and y is not None:
         return y
     raise RuntimeError(
         "softmargin: this derivative (second order, or w.r.t. the target or weight) is not available with sparse "
@@ -288,7 +291,9 @@ def input_grads(
     g = grad_per_sample.unsqueeze(-1)
     grad_x = grad_y = grad_w = None
     if need_x:
-        if torch.is_grad_enabled():  # a graph of this backward is wanted: second derivatives
+        if torch.is_grad_enabled() or _forward_differentiated(x, y, weight, grad_per_sample):
+            # a graph of this backward is wanted, or forward-mode AD differentiates it (a dual tensor, jacfwd of
+            # jacrev, hessian under torch.no_grad), whatever the grad mode: second derivatives
             grad_x = _differentiable_grad(x, _dense_target(y, sparse, x), weight, pos_weight, mask, options)
             grad_x = grad_x * g.to(grad_x.dtype)
         else:
@@ -430,11 +435,19 @@ try:
     _LAYER_FRONT_BACK = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode) | (
         torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerBackMode)
     )
-    #: the keys functorch excludes while a transform's layer runs an operator (DynamicLayer.cpp,
-    #: keysToExcludeWhenEnteringDynamicLayer), given back to the layer below
-    _LAYER_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode)
-    for _key in ("FuncTorchBatched", "FuncTorchVmapMode", "FuncTorchGradWrapper", "Functionalize", "PythonTLSSnapshot"):
-        _LAYER_KEYS = _LAYER_KEYS | torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, _key))
+    #: the keys functorch excludes while a transform's layer runs an operator, given back to the layer below: every
+    #: key from DynamicLayerBackMode up to DynamicLayerFrontMode but autocast's (the caller's autocast state stays)
+    #: and FuncTorchVmapMode (DynamicLayer.cpp, get_all_dynlayer_keyset; autocast's keys lie between AutocastCPU and
+    #: FuncTorchBatched, some of them unnamed in Python). Five keys were listed here: ZeroTensor, Conjugate, Negative,
+    #: Tracer and others stayed excluded below, where a negative view lost its sign (a wrong loss under jvp)
+    _full_after = torch._C._dispatch_keyset_full_after
+    _AUTOCAST_KEYS = (_full_after("FuncTorchBatched") - _full_after("AutocastCPU")) | (
+        torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+    )
+    _LAYER_KEYS = (
+        _full_after("FuncTorchDynamicLayerFrontMode") - _full_after("FuncTorchDynamicLayerBackMode") - _AUTOCAST_KEYS
+        - torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchVmapMode)
+    ) | torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchDynamicLayerFrontMode)
     _FUNCTORCH_INTERNALS = hasattr(torch._C, "_ForceDispatchKeyGuard") and hasattr(torch._C, "_AutoDispatchBelowAutograd")
 except AttributeError:  # pragma: no cover - another torch's internals
     _FUNCTORCH_INTERNALS = False
@@ -447,8 +460,16 @@ def _has_tangent(t: Any) -> bool:
 def _jvp_rows(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | None, pw_t: Tensor | None) -> Tensor | None:
     """The tangent of the per-sample losses from the operands' tangents. ``ctx`` holds ``options``, ``extras``
     (pos_weight, a mask or a sparse target: only the input is differentiable then) and, saved for forward,
-    ``(x, y, weight, grad)`` with ``grad`` the operator's Jacobian."""
-    x, y, weight, grad = ctx.saved_tensors
+    ``(x, y, weight, pos_weight, mask, grad)`` with ``grad`` the operator's Jacobian.
+
+    The tangent is differentiable in turn (``jvp`` of ``jvp``, ``jacfwd`` of ``jacfwd``, ``grad`` of ``jvp``, a dual
+    tensor's tangent differentiated by ``torch.autograd``) where something may differentiate it
+    (:func:`_differentiated_further`): there the Jacobian is recomputed from differentiable operations
+    (:func:`_differentiable_grad`), as backward does for second derivatives, and under ``torch.func`` the tangent is
+    computed a level below with forward mode on (torch runs a ``jvp`` rule with forward-mode AD off for every level, so
+    an outer ``jvp`` saw none of it). With ``grad``, a constant to autograd, every second derivative through the
+    tangent was 0, silently."""
+    x, y, weight, pos_weight, mask, grad = ctx.saved_tensors
     # as in reverse mode (the public API refuses target/weight/pos_weight requiring grad there): these formulas
     # are the plain loss's, which would silently drop the mask and pos_weight
     for name, t in (("target", y_t), ("weight", w_t), ("pos_weight", pw_t)):
@@ -457,10 +478,45 @@ def _jvp_rows(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | No
                 f"{name} has a forward-mode tangent, but with pos_weight, mask, label_smoothing, asymmetric "
                 f"focusing or sparse targets only input is differentiable; pass {name}.detach()"
             )
+    if not _differentiated_further(x, y, weight, pos_weight, x_t, y_t, w_t):
+        return _tangent(ctx.options, x, y, weight, pos_weight, mask, grad, x_t, y_t, w_t)
+    # from here the Jacobian is recomputed (grad None)
+    if torch._C._functorch.peek_interpreter_stack() is None:  # a dual tensor whose tangent autograd differentiates
+        return _tangent(ctx.options, x, y, weight, pos_weight, mask, None, x_t, y_t, w_t)
+    from torch._C._functorch import _unwrap_for_grad, _wrap_for_grad
+    from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+
+    interpreter = retrieve_current_functorch_interpreter()  # the jvp transform whose rule this is
+    level = interpreter.level()
+    x = _unwrap_for_grad(x, level)
+    y, weight, pos_weight, mask, x_t, y_t, w_t = (
+        None if t is None else _unwrap_for_grad(t, level) for t in (y, weight, pos_weight, mask, x_t, y_t, w_t)
+    )
+    with _level_below(interpreter):
+        tangent = _tangent(ctx.options, x, y, weight, pos_weight, mask, None, x_t, y_t, w_t)
+    return None if tangent is None else _wrap_for_grad(tangent, level)
+
+
+def _tangent(
+    options: LossOptions,
+    x: Tensor,
+    y: Tensor | None,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    mask: Tensor | None,
+    grad: Tensor | None,
+    x_t: Tensor | None,
+    y_t: Tensor | None,
+    w_t: Tensor | None,
+) -> Tensor | None:
+    """:func:`_jvp_rows`'s tangent; ``grad`` None: the Jacobian from differentiable operations."""
     tangent: Tensor | None = None
     if x_t is not None:
+        if grad is None:
+            grad = _differentiable_grad(x, _dense_target(y, None, x), weight, pos_weight, mask, options)
         tangent = (grad.to(B.compute_dtype(x.dtype)) * x_t).sum(-1)
     if y_t is not None or w_t is not None:
+        assert y is not None
         scale = 1.0 / x.shape[-1]
         if y_t is not None:
             term = -x * y_t * scale
@@ -472,6 +528,32 @@ def _jvp_rows(ctx: Any, x_t: Tensor | None, y_t: Tensor | None, w_t: Tensor | No
             term = (element_loss * w_t.to(wide) * scale).sum(-1)
             tangent = term if tangent is None else tangent + term
     return tangent
+
+
+def _forward_differentiated(*tensors: Tensor | None) -> bool:
+    """Whether forward-mode AD differentiates what is computed from ``tensors``, whatever the grad mode: under a
+    ``torch.func`` jvp transform (jacfwd, hessian) or with a ``torch.autograd.forward_ad`` dual tensor among them."""
+    interpreters = torch._C._functorch.get_interpreter_stack()
+    if interpreters:
+        return any(interpreter.key() == torch._C._functorch.TransformType.Jvp for interpreter in interpreters)
+    return _forward_ad._current_level >= 0 and any(_has_tangent(t) for t in tensors)
+
+
+def _differentiated_further(*tensors: Tensor | None) -> bool:
+    """Whether a tangent computed from ``tensors`` may be differentiated in turn: under a ``torch.func`` grad or jvp
+    transform below the current one (``jvp`` of ``jvp``, ``grad`` of ``jvp``, ``hessian`` by ``jacfwd``), or with an
+    operand (under functorch's wrappers) that requires grad (a dual tensor's tangent differentiated by
+    ``torch.autograd``)."""
+    interpreters = torch._C._functorch.get_interpreter_stack() or []
+    autograd_based = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+    if any(interpreter.key() in autograd_based for interpreter in interpreters[:-1]):
+        return True
+    for t in tensors:
+        while t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t):
+            t = torch._C._functorch.get_unwrapped(t)
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def _register_forward_ad(op: Any) -> None:
@@ -502,7 +584,7 @@ def _register_forward_ad(op: Any) -> None:
         _setup_context(ctx, inputs, output)  # reverse mode, as torch's kernel: refuses what backward cannot do
         x, y, weight, pos_weight, mask, indptr = inputs[:6]
         ctx.extras = pos_weight is not None or mask is not None or indptr is not None
-        ctx.save_for_forward(x, y, weight, grad)
+        ctx.save_for_forward(x, y, weight, pos_weight, mask, grad)
 
     def backward(ctx: Any, grad_per_sample: Tensor | None, _grad: Any, _counted: Any) -> tuple[Tensor | None, ...]:
         if grad_per_sample is None:
@@ -557,6 +639,15 @@ def _at_level_below(overload: Any, *args: Any) -> Any:
     interpreter = retrieve_current_functorch_interpreter()
     level = interpreter.level()
     unwrapped = tuple(_unwrap_for_grad(a, level) if isinstance(a, Tensor) else a for a in args)
+    with _level_below(interpreter):
+        output = overload(*unwrapped[:12], True, unwrapped[13])
+    return wrap_outputs_maintaining_identity(output, unwrapped, args, lambda t: _wrap_for_grad(t, level))
+
+
+@contextlib.contextmanager
+def _level_below(interpreter: Any) -> Iterator[None]:
+    """Run in the ``torch.func`` transform below ``interpreter`` (the current one), with autograd and forward-mode AD
+    on, as ``torch._functorch.autograd_function`` runs an autograd.Function's forward."""
     # the dispatch state of the transforms' callers, which the operator's Autograd kernel runs without (the transforms'
     # own keys excluded: functorch restores it for the layer below, as here)
     exclude = torch._C._dispatch_tls_local_exclude_set() - _LAYER_KEYS
@@ -565,8 +656,7 @@ def _at_level_below(overload: Any, *args: Any) -> Any:
         if torch._C._functorch.peek_interpreter_stack() is None:  # no transform below: none of their keys
             include = include - _LAYER_FRONT_BACK
         with torch._C._ForceDispatchKeyGuard(include, exclude):
-            output = overload(*unwrapped[:12], True, unwrapped[13])
-    return wrap_outputs_maintaining_identity(output, unwrapped, args, lambda t: _wrap_for_grad(t, level))
+            yield
 
 
 _register_rules(loss_rows, "softmargin::loss_rows")
@@ -619,11 +709,10 @@ def _ordinary(tensors: tuple[Tensor | None, ...]) -> bool:
 
 class _EagerLoss(torch.autograd.Function):
     """The operator's eager path: the same implementation without the dispatcher; the precomputed gradient handed to
-    autograd without a copy; ``jvp`` for forward-mode AD (``torch.func.jvp``, ``jacfwd``, ``hessian``); vmap through
-    the operator's rule. Under ``torch.compile``/``torch.export`` the operator itself is called instead (dynamo does
-    not trace a custom ``jvp``)."""
-
-    generate_vmap_rule = True
+    autograd without a copy; ``jvp`` for forward-mode AD (``torch.autograd.forward_ad`` dual tensors). Under
+    ``torch.compile``/``torch.export`` and ``torch.func`` transforms the operator itself is called instead (dynamo
+    does not trace a custom ``jvp``; functorch's generated vmap rule for an autograd.Function failed on
+    ``jacrev(jacfwd(loss))``)."""
 
     @staticmethod
     def forward(
@@ -661,7 +750,7 @@ class _EagerLoss(torch.autograd.Function):
             ctx.save_for_backward(x, y, weight, pos_weight, mask, indptr, indices, values)
         else:
             ctx.save_for_backward(x, y, weight, pos_weight, mask, indptr, indices, values, grad)
-        ctx.save_for_forward(x, y, weight, grad)
+        ctx.save_for_forward(x, y, weight, pos_weight, mask, grad)
         ctx.extras = pos_weight is not None or mask is not None  # forward mode: only input's tangent then
 
     @staticmethod
@@ -1033,7 +1122,9 @@ def compute(problem: Problem) -> Tensor:
     sparse = problem.sparse
     indptr, indices, values = (None, None, None) if sparse is None else (sparse.indptr, sparse.indices, sparse.values)
     operands = (x, problem.target, problem.weight, problem.pos_weight, problem.mask, indptr, indices, values)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        # (under torch.func, the operator's own Autograd kernel: an autograd.Function there is run by functorch's
+        # generated vmap rule, which failed on jacrev(jacfwd(loss)) and jacfwd(jacfwd(loss)))
         need_grad = x.requires_grad
         o = problem.options
         op = _operator_for(x)
@@ -1066,8 +1157,8 @@ def reduce(per_sample: Tensor, counted: Tensor, reduction: str, masked: bool, dt
     total = _total(per_sample)
     if reduction == "sum":
         return total.to(dtype)
-    if _numel(per_sample) == 0:
-        return (total * math.nan).to(dtype)
+    if _numel(per_sample) == 0:  # NaN, by an empty mean: total * nan failed under vmap with no batch (jacfwd, hessian)
+        return per_sample.mean(dtype=torch.float64).to(dtype)
     if masked:
         return (total / counted.clamp_min(1.0)).to(dtype)
     return (total / _numel(per_sample)).to(dtype)
