@@ -22,7 +22,7 @@ For each (shape, dtype):
   allocations and nothing else: the resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
   during one forward+backward, minus the resident size just before it, with glibc told to return freed blocks to
   the system (``MALLOC_MMAP_THRESHOLD_``); reported as a multiple of the logits' size. The gradient itself (kept in
-  ``x.grad``) counts: the least any implementation can need is 1x. The process runs on one CPU, because Linux
+  ``x.grad``) counts: the least any implementation can need is 1x. The CSVs' ``*_mb`` columns are MiB (2**20 bytes). The process runs on one CPU, because Linux
   counts a process's resident pages per CPU and adds each CPU's count to the total only in batches: a reading can
   lag by up to a batch, a difference of two readings by two (:func:`memory_floor`: 256 KiB on a machine of up to 16
   CPUs). Logits smaller than that are not measured ("–" in the table, empty in the CSV): there the reading would be
@@ -785,7 +785,7 @@ def extreme_report(rows: list[dict[str, Any]]) -> str:
         if row["impl"] == "fused" and plain:
             ratio = f"time {row['median_s'] / plain['median_s']:.2f}x, extra memory {100 * row['peak_extra_mb'] / max(plain['peak_extra_mb'], 1e-9):.1f} %"
         table.append([f"{row['labels']:,}", row["impl"], f"{row['median_s']:.2f}", f"{row['peak_extra_mb']:.0f}", f"{row['grad_mb']:.0f}", ratio])
-    return format_table(["labels", "path", "step s", "extra MB", "param grads MB", "fused vs plain"], table)
+    return format_table(["labels", "path", "step s", "extra MiB", "param grads MiB", "fused vs plain"], table)
 
 
 def _ratio(a: float | None, b: float | None) -> str:
