@@ -893,7 +893,11 @@ def test_option_costs_time_each_option_against_what_torch_writes_for_it():
         if anchor is None:
             continue
         torch.testing.assert_close(anchor(x, y), multilabel_soft_margin_loss(x, y, **kwargs), rtol=1e-6, atol=1e-7)
-    rows = bench.option_costs([(8, 5)], repeat=1, threads=1)
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.option_costs([(8, 5)], repeat=1, threads=1)
+    finally:  # option_costs sets torch's threads: every later test in this process ran on 1
+        torch.set_num_threads(threads)
     with_anchor = {row["option"] for row in rows if "x_torch" in row}
     assert with_anchor == {"plain", "weight (C,)", "pos_weight (C,)", "mask (N, C)", "label_smoothing=0.1"}
     assert all(row["x_torch"] == pytest.approx(row["median_ms"] / row["torch_ms"]) for row in rows if "x_torch" in row)

@@ -815,8 +815,9 @@ class _EagerReducedLoss(torch.autograd.Function):
         else:  # per_sample.sum(dtype=float64) [/ count].to(dtype)
             total = grad_output.to(torch.float64)
             if ctx.reduction == "mean":
-                if mask is not None:
-                    total = total / ctx.counted.clamp_min(1.0)
+                if mask is not None:  # a 0-d tensor; from _OptionsLoss a float (no tensor made for this rare path)
+                    counted = ctx.counted
+                    total = total / (counted.clamp_min(1.0) if isinstance(counted, Tensor) else max(counted, 1.0))
                 elif math.prod(shape):
                     total = total / math.prod(shape)
                 else:
@@ -956,7 +957,7 @@ class _OptionsLoss(torch.autograd.Function):
             masked_mean = mask is not None and reduction == "mean"
             ctx.divisor = max(counted, 1.0) if masked_mean else float(num_rows) if reduction == "mean" else 1.0
             if mask is not None:  # for _EagerReducedLoss's backward, which anything unusual takes
-                ctx.counted = torch.tensor(counted, dtype=torch.float64)
+                ctx.counted = counted
         return result
 
     @staticmethod
