@@ -250,7 +250,8 @@ def multilabel_soft_margin_loss(
         return torch.jit.script(script_loss)(  # type: ignore[no-any-return]
             input, target, weight, pos_weight, mask, _option_values(resolved), reduction, validate
         )
-    if pos_weight is not None or mask is not None or resolved != PLAIN:
+    if not torch.compiler.is_compiling() and (pos_weight is not None or mask is not None or resolved != PLAIN):
+        # (not compiling first: under dynamic=True an option may be a symbolic float, which dynamo cannot compare)
         fast = options_loss(input, target, weight, pos_weight, mask, resolved, reduction, validate)
         if fast is not None:
             return fast
