@@ -16,9 +16,9 @@ the incoming per-sample gradient, forward-mode AD sums ``grad * tangent`` over t
 It is registered the way the ecosystem does it (``torch.library.custom_op``): a fake implementation (FakeTensor,
 meta, ``torch.compile``, ``torch.export``), autograd (with ``setup_context``; second derivatives through a
 differentiable formula; forward mode and ``torch.func`` transforms through its own Autograd kernel, as
-``register_autograd`` gives reverse mode only: :func:`_register_forward_ad`), a vmap rule (the batch folded into the rows) and an autocast rule for CUDA. Nothing in
-traced code touches pointers, thread counts, files or caches: the backends (``_backends.py``) run inside the
-operator, on real tensors.
+``register_autograd`` gives reverse mode only: :func:`_register_forward_ad`), a vmap rule (the batch folded into the
+rows) and an autocast rule for CUDA. Nothing in traced code touches pointers, thread counts, files or caches: the
+backends (``_backends.py``) run inside the operator, on real tensors.
 
 Eager calls on ordinary tensors take a lean path, :class:`_EagerReducedLoss`: one ``autograd.Function`` that calls the
 same implementation without the dispatcher, reduces in forward and hands the precomputed gradient over without a
