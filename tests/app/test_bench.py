@@ -901,3 +901,24 @@ def test_option_costs_time_each_option_against_what_torch_writes_for_it():
     with_anchor = {row["option"] for row in rows if "x_torch" in row}
     assert with_anchor == {"plain", "weight (C,)", "pos_weight (C,)", "mask (N, C)", "label_smoothing=0.1"}
     assert all(row["x_torch"] == pytest.approx(row["median_ms"] / row["torch_ms"]) for row in rows if "x_torch" in row)
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch, capsys, fake_measuring):
+    """The default folder was runs/bench-<date>-<time>: a second run in the same second was refused (its CSV existed)
+    or, started before the first wrote it, wrote over it. Now each run reserves its folder (-1, -2, ... after it); a
+    run refused before it wrote anything leaves no folder."""
+    import time
+
+    from softmargin.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: fmt.replace("%Y%m%d-%H%M%S", "20261203-120000"))
+    for _ in range(3):
+        assert main(["bench", "--options", "--shapes", "4x3"]) == 0
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert folders == ["bench-20261203-120000", "bench-20261203-120000-1", "bench-20261203-120000-2"]
+    assert all((tmp_path / "runs" / f / "bench-options.csv").is_file() for f in folders)
+    monkeypatch.setattr(bench, "option_costs", lambda *a: (_ for _ in ()).throw(RuntimeError("measuring failed")))
+    with pytest.raises(RuntimeError, match="measuring failed"):
+        main(["bench", "--options", "--shapes", "4x3"])
+    assert len(list((tmp_path / "runs").iterdir())) == 3  # the failed run's empty folder removed

@@ -9,7 +9,10 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -47,17 +50,45 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_run(args: argparse.Namespace) -> int:
+    from . import bench
+
+    # every option and every file this run will write, checked before anything is measured (some runs take hours)
+    mode = bench.check_command(args)
+    reserved = None
+    if args.out is None:  # a run folder of its own, never the source tree
+        reserved = _reserve_bench_folder()
+        args.out = str(reserved / bench.default_out_name(mode, args.device))
+    try:
+        return _bench_measure(args, mode)
+    finally:
+        if reserved is not None and not any(reserved.iterdir()):  # refused or failed before it wrote anything
+            reserved.rmdir()
+
+
+def _reserve_bench_folder() -> Path:
+    """``runs/bench-<date>-<time>``, made now (``-1``, ``-2``, ... after it when that exists): two runs started in the
+    same second wrote into one folder, the second's CSV over the first's, or the second was refused."""
+    import time
+    from pathlib import Path
+
+    stamp = time.strftime("bench-%Y%m%d-%H%M%S")
+    Path("runs").mkdir(exist_ok=True)
+    for i in range(1000):
+        folder = Path("runs") / (stamp + (f"-{i}" if i else ""))
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise RuntimeError(f"could not make a new run folder for {stamp} under runs/")
+
+
+def _bench_measure(args: argparse.Namespace, mode: str) -> int:
     from pathlib import Path
 
     from . import bench
     from .compare import format_table
 
-    # every option and every file this run will write, checked before anything is measured (some runs take hours)
-    mode = bench.check_command(args)
-    if args.out is None:  # a run folder of its own, never the source tree
-        import time
-
-        args.out = str(Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S") / bench.default_out_name(mode, args.device))
     outputs = _bench_outputs(args)
     for path in outputs:
         bench.check_out(path, args.force)
