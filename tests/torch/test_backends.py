@@ -78,17 +78,17 @@ def test_each_backend_through_the_public_api_matches_torch(backend, monkeypatch)
     torch.testing.assert_close(x.grad, reference.grad, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("backend", ["native", "chunked"])
 @pytest.mark.parametrize("options", [{}, {"gamma_pos": 1.0, "gamma_neg": 2.0}, {"mask": "full"}, {"weight": 2.0}, {"sparse": True}])
-def test_cpu_kernel_pos_weight_times_the_positive_term_beyond_float32(options, monkeypatch):
-    """The C kernel forms y * pw * softplus(-x) in float32: beyond float32's range (x = -3e38, pw = 10) the sample's
-    loss was inf where torch's float64 loss, a mean over the labels, is 3e37 (which float32 holds); such rows are redone
-    in float64. A row with an infinite logit keeps its true inf, the gradient stays finite, the other rows are
-    untouched."""
+def test_cpu_kernel_pos_weight_times_the_positive_term_beyond_float32(options, backend, monkeypatch):
+    """The C kernel and the chunked torch backend form y * pw * softplus(-x) in float32: beyond float32's range (x =
+    -3e38, pw = 10) the sample's loss was inf where torch's float64 loss, a mean over the labels, is 3e37 (which float32
+    holds); such rows are redone in float64 on the CPU (the chunked backend did not, until this test covered it). A row
+    with an infinite logit keeps its true inf, the gradient stays finite, the other rows are untouched."""
     import numpy as np
+    from helpers import use_backend
 
-    if cpu.kernel() is None:
-        pytest.skip("the C kernel is not built here")
-    monkeypatch.setenv("SOFTMARGIN_BACKEND", "cpu")
+    use_backend(backend, monkeypatch)
     x = torch.zeros(4, 100)
     y = torch.zeros(4, 100)
     x[1, 0], x[3, 0], x[2, 5] = -3e38, -3e38, -float("inf")

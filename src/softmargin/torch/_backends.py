@@ -342,6 +342,13 @@ def _chunked(
             row_sum=_row_sums, row_sums_out=row_sums, grad_out=grad,
             chunk_elements=CHUNK_ELEMENTS,
         )  # fmt: skip
+        if pos_weight is not None and cdtype != torch.float64 and x.is_cpu:
+            # pw * softplus(-x) beyond float32 where the row's mean is not: those rows in float64, as the C kernel's
+            # path does (on other devices that would read the row sums back: there the Triton kernel runs)
+            redo_overflowed_rows(
+                rows, options, row_sums, xp=torch, compute=lambda t: t.to(torch.float64), row_sum=_row_sums,
+                chunk_elements=CHUNK_ELEMENTS,
+            )  # fmt: skip
     return _per_sample(row_sums, divisor, mask is not None, x.shape), _shaped(grad, x.shape), counted
 
 
