@@ -33,7 +33,7 @@ from typing import Any
 from softmargin.kernels import build
 
 #: The ABI this loader speaks (``SOFTMARGIN_ABI_VERSION`` in csrc/softmargin.h).
-ABI_VERSION = 6
+ABI_VERSION = 7
 #: Element types in code order (``enum softmargin_dtype``; checked against the library's ``softmargin_dtype_names``).
 DTYPES = ("float32", "float64", "float16", "bfloat16", "uint8")
 #: Input dtypes whose plain-loss row functions check the target's range as they read it (the options' row functions
@@ -278,7 +278,7 @@ def reduced(
     and its gradient (d loss / d x times 1 / num_classes: the operator's per-sample Jacobian) to ``grad``; see
     ``softmargin_reduced`` in csrc/softmargin.h. Dtypes are codes (indices into :data:`DTYPES`); ``weight_type`` is
     the weight's (float32 for a float32 input, float64 for float64, either float32 or the input's own for float16
-    and bfloat16, which the kernel converts); ``reduction`` is 1 (mean) or 2 (sum). Returns the status (csrc/softmargin.h): 0, or, with ``check``, a target outside [0, 1] or a
+    and bfloat16, which the kernel converts); ``reduction`` is 1 (mean), 2 (sum) or 0 (none: ``result`` holds num_rows values). Returns the status (csrc/softmargin.h): 0, or, with ``check``, a target outside [0, 1] or a
     weight not finite and >= 0 (nothing reliable computed: the caller raises). The kernel library must be loaded
     (:func:`kernel`).
 

@@ -841,7 +841,7 @@ _FLOAT32 = torch.float32
 _BYTE_TARGETS = (torch.uint8, torch.bool)
 _HALVES = (torch.float16, torch.bfloat16)
 _BOOL = torch.bool
-_REDUCTIONS = {"mean": 1, "sum": 2}
+_REDUCTIONS = {"mean": 1, "sum": 2, "none": 0}
 #: A 0-dim CPU tensor per dtype code, never written: empty_like of it allocates the result (0.3 us less than
 #: new_empty(())). Made here, once: no call's tensor (fake, meta, functional, a subclass) can land in it.
 _SCALARS = {code: torch.zeros((), dtype=dtype) for dtype, code in _PLAIN_CODES.items()}
@@ -866,7 +866,7 @@ class _PlainLoss(torch.autograd.Function):
         result_code = 0 if y_code == 0 else code
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(x) if need_grad else None
-        result = torch.empty_like(_SCALARS[result_code])
+        result = _result(result_code, reduction, num_rows)
         arguments = (  # a float16/bfloat16 weight goes as it is: the kernel converts it to float32 (exactly)
             code, y_code, x.data_ptr(), y.data_ptr(),
             None if weight is None else weight.data_ptr(), code, num_rows, num_classes, None if grad is None else grad.data_ptr(), torch.get_num_threads(),
@@ -889,6 +889,14 @@ class _PlainLoss(torch.autograd.Function):
         return (*_reduced_backward(ctx, grad_output), None, None)
 
 
+def _result(code: int, reduction: str, num_rows: int) -> Tensor:
+    """The kernel's result: a 0-d tensor of dtype ``code`` (empty_like of one made once: 0.3 us less than
+    new_empty), or one per row for reduction "none"."""
+    if reduction == "none":
+        return _SCALARS[code].new_empty(num_rows)
+    return torch.empty_like(_SCALARS[code])
+
+
 def _reduced_backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
     """The backward of :class:`_PlainLoss` and :class:`_OptionsLoss`: the gradient computed in forward scaled in
     place by the incoming one over ``ctx.divisor`` (``softmargin_scale``), as :class:`_EagerReducedLoss`'s backward
@@ -896,9 +904,10 @@ def _reduced_backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...
     grad = ctx.grad
     code = _PLAIN_CODES.get(grad_output.dtype)
     if (
-        grad is None or code is None or torch.is_grad_enabled() or ctx.needs_input_grad[1]
+        grad is None or code is None or torch.is_grad_enabled() or ctx.needs_input_grad[1] or ctx.reduction == "none"
         or type(grad_output) is not Tensor or not grad_output.is_cpu or _batched(grad_output)
     ):  # fmt: skip
+        # ("none": one incoming gradient per sample, which the general backward multiplies in with one operation)
         return _EagerReducedLoss.backward(ctx, grad_output)[:3]
     ctx.grad = None  # handed over: autograd makes this very tensor input.grad
     arguments = (
@@ -936,7 +945,7 @@ class _OptionsLoss(torch.autograd.Function):
         result_code = 0 if y_code == 0 else code
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(x) if need_grad else None
-        result = torch.empty_like(_SCALARS[result_code])
+        result = _result(result_code, reduction, num_rows)
         # the weights in the kernel's type: float32 for a float16/bfloat16 input (exactly, as the operator's path)
         w = weight if weight is None or code < 2 else weight.float()
         pw = pos_weight if pos_weight is None or code < 2 else pos_weight.float()
@@ -1043,7 +1052,7 @@ def _untouched(input: Tensor, target: Tensor) -> bool:
 def plain_loss(input: Tensor, target: Any, weight: Tensor | None, reduction: str, check: bool) -> Tensor | None:
     """The loss by :class:`_PlainLoss` when the call is one it takes (checked here, cheapest first), else None:
     ordinary contiguous CPU tensors of shape (N, C), of a float dtype, a target of the input's dtype, uint8 or
-    bool (or float32 for a float16/bfloat16 input: mixed precision's usual pair) that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean or sum,
+    bool (or float32 for a float16/bfloat16 input: mixed precision's usual pair) that needs no gradient, no weight or a (C,) one of the input's dtype that needs none, reduction mean, sum or none,
     nothing tracing or intercepting the call, the kernel library loaded and not overridden by SOFTMARGIN_BACKEND.
     A bad target or weight value also answers None: the general path then raises its message."""
     if not _fast_batch(input, target, reduction) or (weight is not None and not _fast_row(weight, input)):

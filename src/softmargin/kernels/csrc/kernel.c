@@ -397,12 +397,12 @@ static int weights_ok(const void *weight, int xtype, int64_t C) {
 #define SMALL 256 /* rows (and classes) whose buffers live on the stack */
 
 /* A reduced loss written in result_type; torch converts float64 to float16/bfloat16 through float32, as here. */
-static void write_result(void *result, int32_t result_type, double total) {
+static void write_result(void *result, int32_t result_type, int64_t i, double total) {
     switch (result_type) {
-    case SM_F32: *(float *)result = (float)total; break;
-    case SM_F64: *(double *)result = total; break;
-    case SM_F16: *(_Float16 *)result = f32_to_f16((float)total); break;
-    default: *(uint16_t *)result = f32_to_bf16((float)total); break;
+    case SM_F32: ((float *)result)[i] = (float)total; break;
+    case SM_F64: ((double *)result)[i] = total; break;
+    case SM_F16: ((_Float16 *)result)[i] = f32_to_f16((float)total); break;
+    default: ((uint16_t *)result)[i] = f32_to_bf16((float)total); break;
     }
 }
 
@@ -428,7 +428,7 @@ static int reduced(const softmargin_args *args, int32_t weight_type, int32_t per
     if (per_sample_type != (args->xtype == SM_F64 ? SM_F64 : SM_F32) && per_sample_type != SM_F64)
         REJECT(SM_ERR_DTYPE, "per_sample_type is neither float32 (for a float32/16 input) nor float64");
     if (result_type < SM_F32 || result_type > SM_BF16) REJECT(SM_ERR_DTYPE, "result_type is not a float dtype code");
-    if (reduction != 1 && reduction != 2) REJECT(SM_ERR_ARGUMENT, "reduction is neither 1 (mean) nor 2 (sum)");
+    if (reduction < 0 || reduction > 2) REJECT(SM_ERR_ARGUMENT, "reduction is none of 0 (none), 1 (mean), 2 (sum)");
     if (!result) REJECT(SM_ERR_NULL, "result is NULL");
     const int64_t N = args->num_rows, C = args->num_classes;
     if (N <= 0 || C <= 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is not positive");
@@ -489,10 +489,13 @@ static int reduced(const softmargin_args *args, int32_t weight_type, int32_t per
     if (status == SM_TARGET_OUT_OF_RANGE && !check) status = SM_OK; /* computed all the same; not asked to look */
     if (status == SM_OK) {
         double total = 0;
-        for (int64_t r = 0; r < N; r++) /* in order: as reduce()'s cumsum */
-            total += per_sample_type == SM_F32 ? (double)(float)(rows[r] / (double)C) : rows[r] / (double)C;
+        for (int64_t r = 0; r < N; r++) { /* in order: as reduce()'s cumsum */
+            const double loss = per_sample_type == SM_F32 ? (double)(float)(rows[r] / (double)C) : rows[r] / (double)C;
+            if (reduction == 0) write_result(result, result_type, r, loss); /* each sample's, as per_sample.to() */
+            total += loss;
+        }
         if (reduction == 1) total = total / (double)N;
-        write_result(result, result_type, total);
+        if (reduction) write_result(result, result_type, 0, total);
     }
     if (rows != small_rows) free(rows);
     if (ones != small_ones) free(ones);
@@ -541,7 +544,7 @@ static int reduced_options(const softmargin_args *args, int32_t per_sample_type,
     if (per_sample_type != (args->xtype == SM_F64 ? SM_F64 : SM_F32) && per_sample_type != SM_F64)
         REJECT(SM_ERR_DTYPE, "per_sample_type is neither float32 (for a float32/16 input) nor float64");
     if (result_type < SM_F32 || result_type > SM_BF16) REJECT(SM_ERR_DTYPE, "result_type is not a float dtype code");
-    if (reduction != 1 && reduction != 2) REJECT(SM_ERR_ARGUMENT, "reduction is neither 1 (mean) nor 2 (sum)");
+    if (reduction < 0 || reduction > 2) REJECT(SM_ERR_ARGUMENT, "reduction is none of 0 (none), 1 (mean), 2 (sum)");
     if (!result || !counted) REJECT(SM_ERR_NULL, "result or counted is NULL");
     const int64_t N = args->num_rows, C = args->num_classes;
     if (N <= 0 || C <= 0) REJECT(SM_ERR_SIZE, "num_rows or num_classes is not positive");
@@ -618,10 +621,11 @@ static int reduced_options(const softmargin_args *args, int32_t per_sample_type,
             const int observed = k > 0;
             double loss = observed || !args->mask ? rows[r] / k : 0.0;
             if (per_sample_type == SM_F32) loss = (double)(float)loss;
+            if (reduction == 0) write_result(result, result_type, r, loss); /* each sample's, as per_sample.to() */
             total += loss;
         }
         if (reduction == 1) total = total / (args->mask ? (rows_counted > 1 ? rows_counted : 1.0) : (double)N);
-        write_result(result, result_type, total);
+        if (reduction) write_result(result, result_type, 0, total);
         *counted = args->mask ? rows_counted : (double)N;
     }
     if (rows != small_rows) free(rows);

@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#define SOFTMARGIN_ABI_VERSION 6
+#define SOFTMARGIN_ABI_VERSION 7
 
 /* Element types. The names (softmargin_dtype_names) are numpy's and torch's. */
 enum softmargin_dtype { SM_F32 = 0, SM_F64 = 1, SM_F16 = 2, SM_BF16 = 3, SM_U8 = 4, SM_NUM_DTYPES = 5 };
@@ -100,7 +100,8 @@ int softmargin_fused(const softmargin_args *args, char *message, int64_t message
  * target); the rows are summed in
  * float64 in order, first to last (reduce() sums in order with cumsum on the CPU); divided by num_rows for
  * reduction 1 (mean; 2 is sum); the result written to *result in result_type (the input's dtype; float16 and
- * bfloat16 through float32, as torch converts).
+ * bfloat16 through float32, as torch converts). Reduction 0 (none) writes each row's loss to result[r] instead
+ * (num_rows values of result_type).
  * check != 0 checks the weight's values first (finite, >= 0; else SM_WEIGHT_OUT_OF_RANGE, nothing computed) and,
  * for a float64 input, the target's range (float32/float16/bfloat16 row functions check it as they read it):
  * SM_TARGET_OUT_OF_RANGE.
@@ -116,7 +117,7 @@ int softmargin_reduced(const softmargin_args *args, int32_t weight_type, int32_t
  * row_bookkeeping, reduce() in _ops.py): each row's loss is its weighted sum over its divisor (num_classes; with a
  * mask its observed labels, a row with none 0), rounded to per_sample_type; the rows summed in float64 in order;
  * divided for reduction 1 (mean) by num_rows (with a mask: the rows with an observed label, at least 1); written to
- * *result in result_type; *counted receives the rows that count in a mean (all, or those with an observed label).
+ * *result in result_type (reduction 0, none: each row's loss to result[r]); *counted receives the rows that count in a mean (all, or those with an observed label).
  * The gradient (each row's 1 / divisor times d loss / d x; 0 for a row with nothing observed) goes to grad when it
  * is not NULL. check != 0 checks the weight (finite, >= 0) and pos_weight (finite, > 0) first
  * (SM_WEIGHT_OUT_OF_RANGE, nothing computed) and the target's range (SM_TARGET_OUT_OF_RANGE). SM_DECLINED: with a
