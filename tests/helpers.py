@@ -197,6 +197,16 @@ def use_backend(name, monkeypatch):
 
 
 
+def incoming_gradient(grad_output, loss):
+    """The incoming gradient for ``loss``: ``grad_output`` for a reduced loss; for reduction "none" one per sample
+    (``grad_output`` scaled by the rows' positions, so that each differs)."""
+    import torch
+
+    if loss.dim() == 0:
+        return grad_output
+    return grad_output * torch.linspace(0.5, 2.0, loss.numel(), dtype=torch.float64).to(grad_output.dtype).reshape(loss.shape)
+
+
 def passthrough_mode():
     """A TorchDispatchMode that runs every operation as it is and records their names (``.seen``): any active
     dispatch mode sends a loss call through the operator instead of the eager paths."""

@@ -9,7 +9,7 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-from helpers import passthrough_mode
+from helpers import incoming_gradient, passthrough_mode
 
 import softmargin.torch as st
 from softmargin.kernels import cpu
@@ -52,25 +52,17 @@ def _problem(n, c, dtype, target, case, seed):
     return x.to(dtype), y, kwargs
 
 
-
-def _per_sample(grad_output, loss):
-    """The incoming gradient: the scalar for a reduced loss; for reduction "none" one per sample (scaled by the rows'
-    positions, so that each differs)."""
-    if loss.dim() == 0:
-        return grad_output
-    return grad_output * torch.linspace(0.5, 2.0, loss.numel(), dtype=torch.float64).to(grad_output.dtype).reshape(loss.shape)
-
 def _run(x, y, kwargs, reduction, grad_output, through_operator):
     xi = x.clone().requires_grad_()
     if through_operator:
         with passthrough_mode() as mode:
             loss = st.multilabel_soft_margin_loss(xi, y, reduction=reduction, **kwargs)
-            (grad,) = torch.autograd.grad(loss, xi, _per_sample(grad_output, loss))
+            (grad,) = torch.autograd.grad(loss, xi, incoming_gradient(grad_output, loss))
         assert "softmargin.loss_rows.default" in mode.seen
     else:
         loss = st.multilabel_soft_margin_loss(xi, y, reduction=reduction, **kwargs)
         assert type(loss.grad_fn).__name__ == "_OptionsLossBackward"
-        (grad,) = torch.autograd.grad(loss, xi, _per_sample(grad_output, loss))
+        (grad,) = torch.autograd.grad(loss, xi, incoming_gradient(grad_output, loss))
     return loss.detach(), grad
 
 

@@ -71,16 +71,10 @@ def _reserve_bench_folder() -> Path:
     import time
     from pathlib import Path
 
-    stamp = time.strftime("bench-%Y%m%d-%H%M%S")
+    from .files import new_folder
+
     Path("runs").mkdir(exist_ok=True)
-    for i in range(1000):
-        folder = Path("runs") / (stamp + (f"-{i}" if i else ""))
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        return folder
-    raise RuntimeError(f"could not make a new run folder for {stamp} under runs/")
+    return new_folder(Path("runs"), time.strftime("bench-%Y%m%d-%H%M%S"))
 
 
 def _bench_measure(args: argparse.Namespace, mode: str) -> int:

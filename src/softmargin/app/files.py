@@ -60,3 +60,16 @@ def check_out(out: Path | str | None, force: bool = False, expected: str = "a CS
                              "in a folder this user can write to") from None  # fmt: skip
         os.close(fd)
         os.unlink(probe)
+
+
+def new_folder(root: Path, name: str) -> Path:
+    """``root / name`` made now, or ``name-1``, ``name-2``, ... when it exists: ``mkdir`` fails on an existing folder,
+    so two processes asking at once (runs started in the same second) never get the same one."""
+    for i in range(1000):
+        folder = Path(root) / (name + (f"-{i}" if i else ""))
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise RuntimeError(f"could not make a new run folder for {name} under {root}")

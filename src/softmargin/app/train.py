@@ -46,6 +46,7 @@ from ..torch import MultiLabelSoftMarginLoss, linear_multilabel_soft_margin_loss
 from ..weights import METHODS, Method, class_weights, pos_weight
 from .data import BLUR, FLOAT32_MAX, Dataset, column_magnitudes, float32_blurred
 from .decisions import COUNTS, FALLBACKS, cv_thresholds
+from .files import new_folder
 
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse", "effective_number")
 #: How probabilities become 0/1 decisions: a fixed threshold, per-label thresholds tuned for F1 on held-out data,
@@ -1436,16 +1437,9 @@ class RunFolder:
     def commit(self) -> Path:
         """Rename the assembled folder to its final name. The name is reserved first with ``mkdir`` (which fails
         if it exists); renaming onto one's own empty folder then replaces it in one step."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for i in range(1000):
-            final = self.root / (f"{stamp}-{self.name}" + (f"-{i}" if i else ""))
-            try:
-                final.mkdir()
-            except FileExistsError:
-                continue
-            os.replace(self.path, final)
-            return final
-        raise RuntimeError(f"could not make a new run folder under {self.root}")
+        final = new_folder(self.root, f"{time.strftime('%Y%m%d-%H%M%S')}-{self.name}")
+        os.replace(self.path, final)
+        return final
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
